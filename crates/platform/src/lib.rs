@@ -1,1 +1,47 @@
+//! The runtime every Coffer service shares.
+//!
+//! - [`config`]: one YAML file + `COFFER_*` environment overrides, validated
+//!   into typed settings before any I/O.
+//! - [`tls`] and [`identity`]: the mTLS listener whose certificates reload from
+//!   disk, and the SPIFFE identity of every caller.
+//! - [`call`]: the layer every API call passes through: identity, forwarded
+//!   identity, trace context, deadline, load shedding and its one audit event.
+//! - [`server`]: health, reflection, limits and graceful shutdown around a set
+//!   of services; [`client`]: mTLS channels between services.
+//! - [`error`], [`db`], [`telemetry`], [`audit`], [`pki`], [`arn`].
 
+pub mod arn;
+pub mod audit;
+pub mod call;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod identity;
+pub mod pki;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod trace;
+
+/// The services Coffer is made of, by their short name.
+pub const SERVICE_NAMES: &[&str] = &["keys", "secrets", "parameters", "certificates", "audit"];
+
+/// Installs aws-lc-rs as rustls' process-wide crypto provider. Idempotent.
+pub fn install_crypto_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The IAM prefix of a service by its short name (keys → kms, …), used in
+/// ARNs, action names and event sources.
+pub fn service_prefix(service_name: &str) -> &'static str {
+    match service_name {
+        "keys" => "kms",
+        "secrets" => "secretsmanager",
+        "parameters" => "ssm",
+        "certificates" => "acm",
+        "audit" => "cloudtrail",
+        _ => "coffer",
+    }
+}

@@ -1,0 +1,202 @@
+//! Audit events (DESIGN §5): the CloudTrail-shaped record, the draft a handler
+//! fills during a call, and the sink events are delivered to.
+//!
+//! The call layer ([`crate::call`]) creates one draft per API call and emits
+//! exactly one event when the call ends, whatever the outcome. Handlers only
+//! add what they alone know: allow-listed request parameters, response
+//! elements, resources, and the AWS error code. Nothing else reaches an event,
+//! so plaintext, secret values and key material cannot.
+//!
+//! Until the audit service exists, [`JsonLinesSink`] writes one JSON object per
+//! line to a file or to standard output.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The identity that made a call, as CloudTrail's `userIdentity`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdentity {
+    /// `IAMUser`, `AssumedRole`, `CofferService` or `Unknown`.
+    #[serde(rename = "type")]
+    pub identity_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// The Coffer service that made the call on the principal's behalf.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
+}
+
+/// A resource a call acted on.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditResource {
+    #[serde(rename = "ARN")]
+    pub arn: String,
+    #[serde(rename = "accountId")]
+    pub account_id: String,
+    #[serde(rename = "type")]
+    pub resource_type: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum EventCategory {
+    Management,
+    Data,
+}
+
+/// One audit event, serialized with CloudTrail's field names.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub event_version: &'static str,
+    #[serde(rename = "eventID")]
+    pub event_id: String,
+    pub event_time: String,
+    pub event_source: String,
+    pub event_name: String,
+    pub event_type: &'static str,
+    pub aws_region: String,
+    #[serde(rename = "sourceIPAddress")]
+    pub source_ip_address: String,
+    pub user_agent: String,
+    pub user_identity: UserIdentity,
+    pub request_parameters: Value,
+    pub response_elements: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(rename = "requestID")]
+    pub request_id: String,
+    pub read_only: bool,
+    pub resources: Vec<AuditResource>,
+    pub management_event: bool,
+    pub event_category: EventCategory,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_account_id: Option<String>,
+    pub trace_id: String,
+}
+
+/// What an RPC is, for its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcKind {
+    pub read_only: bool,
+    pub category: EventCategory,
+}
+
+/// What a handler adds to its call's event.
+#[derive(Debug, Default)]
+pub(crate) struct AuditDraft {
+    pub(crate) request_parameters: Option<Value>,
+    pub(crate) response_elements: Option<Value>,
+    pub(crate) resources: Vec<AuditResource>,
+    pub(crate) error: Option<(String, String)>,
+    pub(crate) recipient_account_id: Option<String>,
+}
+
+/// A handle on the current call's draft, shared with the call layer.
+#[derive(Debug, Clone, Default)]
+pub struct AuditRecorder(Arc<Mutex<AuditDraft>>);
+
+impl AuditRecorder {
+    fn with<R>(&self, change: impl FnOnce(&mut AuditDraft) -> R) -> R {
+        let mut draft = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut draft)
+    }
+
+    /// The allow-listed request parameters of this call.
+    pub fn request_parameters(&self, parameters: Value) {
+        self.with(|draft| draft.request_parameters = Some(parameters));
+    }
+
+    /// The allow-listed response elements of a successful call.
+    pub fn response_elements(&self, elements: Value) {
+        self.with(|draft| draft.response_elements = Some(elements));
+    }
+
+    pub fn resource(&self, arn: String, account_id: String, resource_type: &str) {
+        self.with(|draft| {
+            if !draft.resources.iter().any(|existing| existing.arn == arn) {
+                draft.resources.push(AuditResource {
+                    arn,
+                    account_id,
+                    resource_type: resource_type.to_owned(),
+                });
+            }
+        });
+    }
+
+    /// The account that owns what the call touched, when it is not the caller's.
+    pub fn recipient_account(&self, account_id: String) {
+        self.with(|draft| draft.recipient_account_id = Some(account_id));
+    }
+
+    pub(crate) fn error(&self, exception: &str, message: &str) {
+        self.with(|draft| draft.error = Some((exception.to_owned(), message.to_owned())));
+    }
+
+    pub(crate) fn take(&self) -> AuditDraft {
+        self.with(std::mem::take)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit event could not be delivered: {0}")]
+pub struct AuditDeliveryError(pub String);
+
+/// Where events go.
+#[async_trait::async_trait]
+pub trait AuditSink: Send + Sync + 'static {
+    /// Delivers one event; returns once the sink has accepted it.
+    async fn emit(&self, event: &AuditEvent) -> Result<(), AuditDeliveryError>;
+}
+
+/// One JSON object per line, to a file (appended) or standard output.
+pub struct JsonLinesSink {
+    target: Mutex<SinkTarget>,
+}
+
+enum SinkTarget {
+    File(File),
+    Stdout,
+}
+
+impl JsonLinesSink {
+    pub fn stdout() -> Self {
+        Self {
+            target: Mutex::new(SinkTarget::Stdout),
+        }
+    }
+
+    pub fn file(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            target: Mutex::new(SinkTarget::File(file)),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for JsonLinesSink {
+    async fn emit(&self, event: &AuditEvent) -> Result<(), AuditDeliveryError> {
+        let mut line = serde_json::to_vec(event).map_err(|error| AuditDeliveryError(error.to_string()))?;
+        line.push(b'\n');
+        let mut target = self.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let written = match &mut *target {
+            SinkTarget::File(file) => file.write_all(&line),
+            SinkTarget::Stdout => std::io::stdout().lock().write_all(&line),
+        };
+        written.map_err(|error| AuditDeliveryError(error.to_string()))
+    }
+}

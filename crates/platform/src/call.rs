@@ -1,0 +1,473 @@
+//! The layer every API call passes through, in this order:
+//!
+//! 1. identity: the peer certificate's principal; a Coffer service may name
+//!    the caller it acts for in `x-coffer-forwarded-for`, which is honoured
+//!    only when the peer *is* a service and removed from every request;
+//! 2. trace context from `traceparent`, or a new trace;
+//! 3. the per-call deadline: the configured limit or the caller's
+//!    `grpc-timeout`, whichever is shorter (DEADLINE_EXCEEDED);
+//! 4. the concurrency limit, shedding excess calls with RESOURCE_EXHAUSTED;
+//! 5. the handler, which reads its [`CallContext`] from the request;
+//! 6. exactly one audit event, whatever happened above.
+//!
+//! Paths that are not API calls (health, reflection) pass straight through.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request, Response};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::arn::Location;
+use crate::audit::{AuditEvent, AuditRecorder, AuditSink, EventCategory, RpcKind, UserIdentity};
+use crate::error::{ApiError, exception_for_code};
+use crate::identity::{Principal, PrincipalKind, principal_from_spiffe_id};
+use crate::service_prefix;
+use crate::tls::PeerInfo;
+use crate::trace::{TRACEPARENT_HEADER, TraceContext};
+
+/// The caller a Coffer service acts for (its SPIFFE id).
+pub const FORWARDED_FOR_HEADER: &str = "x-coffer-forwarded-for";
+/// The original caller's address, as seen by the forwarding service.
+pub const FORWARDED_SOURCE_IP_HEADER: &str = "x-coffer-forwarded-source-ip";
+/// Returned on every API response.
+pub const REQUEST_ID_HEADER: &str = "x-coffer-request-id";
+
+const MAX_USER_AGENT_LEN: usize = 256;
+
+/// How one gRPC service's calls are audited.
+#[derive(Clone)]
+pub struct ServiceCatalog {
+    /// Fully qualified gRPC service name, e.g. `coffer.keys.v1.Keys`.
+    pub grpc_service: &'static str,
+    /// Short service name, e.g. `keys`.
+    pub service_name: &'static str,
+    /// Read-only flag and category of each RPC; `None` for unknown methods.
+    pub rpc_kind: fn(&str) -> Option<RpcKind>,
+}
+
+/// Who is calling, and the handles a handler needs. Inserted into every API
+/// request's extensions by the call layer.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    principal: Arc<Principal>,
+    invoked_by: Option<Arc<Principal>>,
+    source_ip: IpAddr,
+    request_id: Arc<str>,
+    trace: TraceContext,
+    audit: AuditRecorder,
+    error_domain: Arc<str>,
+}
+
+impl CallContext {
+    /// The context the call layer attached. Its absence is a wiring fault.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, tonic::Status> {
+        request.extensions().get::<Self>().cloned().ok_or_else(|| {
+            tracing::error!("api call reached a handler without a call context");
+            ApiError::internal().into_status("coffer")
+        })
+    }
+
+    /// The principal the call is made for (the forwarded caller when a
+    /// service forwards one).
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The Coffer service that made the call on the principal's behalf.
+    pub fn invoked_by(&self) -> Option<&Principal> {
+        self.invoked_by.as_deref()
+    }
+
+    pub fn source_ip(&self) -> IpAddr {
+        self.source_ip
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    pub fn trace(&self) -> TraceContext {
+        self.trace
+    }
+
+    pub fn audit(&self) -> &AuditRecorder {
+        &self.audit
+    }
+
+    /// Records the error on the call's audit event and renders it.
+    pub fn fail(&self, error: ApiError) -> tonic::Status {
+        self.audit.error(error.exception, &error.message);
+        error.into_status(&self.error_domain)
+    }
+}
+
+/// Settings of the call layer.
+#[derive(Clone)]
+pub struct CallSettings {
+    pub location: Location,
+    pub trust_domain: String,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
+struct Shared {
+    catalogs: Vec<(ServiceCatalog, Arc<str>)>,
+    settings: CallSettings,
+    sink: Arc<dyn AuditSink>,
+    permits: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn catalog_for<'p>(&self, path: &'p str) -> Option<(&ServiceCatalog, &Arc<str>, &'p str)> {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        self.catalogs
+            .iter()
+            .find(|(catalog, _)| catalog.grpc_service == service)
+            .map(|(catalog, source)| (catalog, source, method))
+    }
+}
+
+/// The tower layer; see the module documentation.
+#[derive(Clone)]
+pub struct CallLayer {
+    shared: Arc<Shared>,
+}
+
+impl CallLayer {
+    pub fn new(catalogs: Vec<ServiceCatalog>, settings: CallSettings, sink: Arc<dyn AuditSink>) -> Self {
+        let catalogs = catalogs
+            .into_iter()
+            .map(|catalog| {
+                let source: Arc<str> =
+                    Arc::from(settings.location.event_source(service_prefix(catalog.service_name)));
+                (catalog, source)
+            })
+            .collect();
+        let permits = Arc::new(Semaphore::new(settings.max_concurrent_requests));
+        Self {
+            shared: Arc::new(Shared {
+                catalogs,
+                settings,
+                sink,
+                permits,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for CallLayer {
+    type Service = CallService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<Body>> for CallService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // The clone that was polled ready is the one that serves this call.
+        let fresh = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, fresh);
+        let shared = self.shared.clone();
+        Box::pin(handle_call(shared, inner, request))
+    }
+}
+
+/// The identity a call runs as.
+struct CallIdentity {
+    principal: Arc<Principal>,
+    invoked_by: Option<Arc<Principal>>,
+    source_ip: IpAddr,
+}
+
+fn resolve_identity(
+    peer: Option<&PeerInfo>,
+    headers: &HeaderMap,
+    trust_domain: &str,
+) -> Result<CallIdentity, ApiError> {
+    let peer = peer.ok_or_else(|| ApiError::unauthenticated("no client certificate was presented"))?;
+    let direct = peer
+        .identity
+        .clone()
+        .map_err(|error| ApiError::unauthenticated(error.to_string()))?;
+    let forwarded = headers.get(FORWARDED_FOR_HEADER);
+    let Some(forwarded) = forwarded.filter(|_| direct.is_service()) else {
+        // An ordinary caller's forwarding headers are ignored, never trusted.
+        return Ok(CallIdentity {
+            principal: direct,
+            invoked_by: None,
+            source_ip: peer.remote_addr.ip(),
+        });
+    };
+    let forwarded_principal = forwarded
+        .to_str()
+        .ok()
+        .and_then(|text| principal_from_spiffe_id(text, trust_domain).ok())
+        .filter(|principal| !principal.is_service())
+        .ok_or_else(|| ApiError::unauthenticated("the forwarded caller identity is malformed"))?;
+    let source_ip = headers
+        .get(FORWARDED_SOURCE_IP_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| peer.remote_addr.ip());
+    Ok(CallIdentity {
+        principal: Arc::new(forwarded_principal),
+        invoked_by: Some(direct),
+        source_ip,
+    })
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+fn grpc_status_of(response: &Response<Body>) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+fn user_identity(identity: Option<&CallIdentity>, location: &Location) -> UserIdentity {
+    let Some(identity) = identity else {
+        return UserIdentity {
+            identity_type: "Unknown".into(),
+            principal_id: None,
+            arn: None,
+            account_id: None,
+            user_name: None,
+            invoked_by: None,
+        };
+    };
+    let principal = &identity.principal;
+    let identity_type = match principal.kind() {
+        PrincipalKind::User => "IAMUser",
+        PrincipalKind::Role => "AssumedRole",
+        PrincipalKind::Service => "CofferService",
+    };
+    UserIdentity {
+        identity_type: identity_type.into(),
+        principal_id: Some(principal.spiffe_id().to_owned()),
+        arn: Some(principal.arn(&location.partition)),
+        account_id: principal.account().map(|account| account.to_string()),
+        user_name: Some(principal.name().to_owned()),
+        invoked_by: identity
+            .invoked_by
+            .as_ref()
+            .map(|service| location.event_source(service_prefix(service.name()))),
+    }
+}
+
+async fn handle_call<S>(shared: Arc<Shared>, mut inner: S, mut request: Request<Body>) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send,
+    S::Future: Send,
+{
+    let path = request.uri().path().to_owned();
+    let Some((catalog, event_source, method)) = shared.catalog_for(&path) else {
+        return inner.call(request).await;
+    };
+    let rpc_kind = (catalog.rpc_kind)(method).unwrap_or(RpcKind {
+        read_only: false,
+        category: EventCategory::Management,
+    });
+    let event_name = method.to_owned();
+    let event_source = event_source.clone();
+
+    let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+    let incoming_trace = request
+        .headers()
+        .get(TRACEPARENT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceContext::parse_traceparent);
+    let parent_trace = incoming_trace.unwrap_or_else(TraceContext::generate);
+    let trace = parent_trace.child();
+    let user_agent: String = request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(MAX_USER_AGENT_LEN)
+        .collect();
+    let peer = request.extensions().get::<PeerInfo>().cloned();
+    let identity = resolve_identity(peer.as_ref(), request.headers(), &shared.settings.trust_domain);
+    request.headers_mut().remove(FORWARDED_FOR_HEADER);
+    request.headers_mut().remove(FORWARDED_SOURCE_IP_HEADER);
+
+    let recorder = AuditRecorder::default();
+    let span = crate::telemetry::rpc_span(&path, &request_id, &parent_trace);
+
+    let (mut response, identity) = match identity {
+        Err(error) => {
+            recorder.error(error.exception, &error.message);
+            (error.into_status(&event_source).into_http::<Body>(), None)
+        }
+        Ok(identity) => {
+            let context = CallContext {
+                principal: identity.principal.clone(),
+                invoked_by: identity.invoked_by.clone(),
+                source_ip: identity.source_ip,
+                request_id: request_id.clone(),
+                trace,
+                audit: recorder.clone(),
+                error_domain: event_source.clone(),
+            };
+            request.extensions_mut().insert(context);
+            let deadline = parse_grpc_timeout(request.headers())
+                .map_or(shared.settings.request_timeout, |asked| asked.min(shared.settings.request_timeout));
+            let response = match shared.permits.clone().try_acquire_owned() {
+                Err(_) => {
+                    let error = ApiError::throttled();
+                    recorder.error(error.exception, &error.message);
+                    error.into_status(&event_source).into_http::<Body>()
+                }
+                Ok(_permit) => {
+                    match tokio::time::timeout(deadline, inner.call(request).instrument(span.clone())).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(error)) => return Err(error),
+                        Err(_elapsed) => {
+                            let error = ApiError::deadline_exceeded();
+                            recorder.error(error.exception, &error.message);
+                            error.into_status(&event_source).into_http::<Body>()
+                        }
+                    }
+                }
+            };
+            (response, Some(identity))
+        }
+    };
+
+    let code = grpc_status_of(&response);
+    let draft = recorder.take();
+    let (error_code, error_message) = match (code, draft.error) {
+        (tonic::Code::Ok, _) => (None, None),
+        (_, Some((exception, message))) => (Some(exception), Some(message)),
+        (code, None) => {
+            let message = response
+                .headers()
+                .get("grpc-message")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .chars()
+                .take(512)
+                .collect::<String>();
+            (Some(exception_for_code(code).to_owned()), Some(message))
+        }
+    };
+    let location = &shared.settings.location;
+    let caller_account = identity
+        .as_ref()
+        .and_then(|identity| identity.principal.account().map(|account| account.to_string()));
+    let event = AuditEvent {
+        event_version: "1.11",
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_time: crate::telemetry::now_rfc3339(),
+        event_source: event_source.to_string(),
+        event_name,
+        event_type: "AwsApiCall",
+        aws_region: location.region.clone(),
+        source_ip_address: identity
+            .as_ref()
+            .map(|identity| identity.source_ip)
+            .or(peer.as_ref().map(|peer| peer.remote_addr.ip()))
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        user_agent,
+        user_identity: user_identity(identity.as_ref(), location),
+        request_parameters: draft.request_parameters.unwrap_or(Value::Null),
+        response_elements: if code == tonic::Code::Ok {
+            draft.response_elements.unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        },
+        error_code,
+        error_message,
+        request_id: request_id.to_string(),
+        read_only: rpc_kind.read_only,
+        resources: draft.resources,
+        management_event: rpc_kind.category == EventCategory::Management,
+        event_category: rpc_kind.category,
+        recipient_account_id: draft.recipient_account_id.or(caller_account),
+        trace_id: trace.trace_id_hex(),
+    };
+    if let Err(error) = shared.sink.emit(&event).await {
+        tracing::error!(%error, request_id = %request_id, "audit event not delivered");
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let mut headers = HeaderMap::new();
+        for (text, expected) in [
+            ("5S", Some(Duration::from_secs(5))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("10u", Some(Duration::from_micros(10))),
+            ("S", None),
+            ("123456789S", None),
+            ("5x", None),
+        ] {
+            headers.insert("grpc-timeout", HeaderValue::from_static(text));
+            assert_eq!(parse_grpc_timeout(&headers), expected, "{text}");
+        }
+    }
+}

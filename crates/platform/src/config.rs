@@ -1,0 +1,566 @@
+//! Configuration: one YAML file, `COFFER_*` environment overrides, and a few
+//! flags, validated into [`Settings`] before any I/O.
+//!
+//! An environment variable `COFFER_A__B__C` overrides the field `a.b.c`; the
+//! value is read as a YAML scalar. Only variables whose first segment names a
+//! top-level field take part, so `COFFER_CONFIG` or a root key held in
+//! `COFFER_ROOT_KEY_MATERIAL` are never mistaken for overrides.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+use thiserror::Error;
+
+use coffer_crypto::RootKeySource;
+
+use crate::SERVICE_NAMES;
+use crate::arn::Location;
+
+/// A configuration problem, naming the field it is about.
+#[derive(Debug, Error)]
+#[error("invalid configuration: {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The file as written. Every block rejects unknown fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub region: Option<String>,
+    #[serde(default = "default_partition")]
+    pub partition: String,
+    #[serde(default = "default_dns_suffix")]
+    pub dns_suffix: String,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    pub tls: Option<TlsFile>,
+    pub root_key: Option<RootKeyFile>,
+    pub admin_listen: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub audit: AuditFile,
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceFile>,
+}
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "region",
+    "partition",
+    "dns_suffix",
+    "trust_domain",
+    "tls",
+    "root_key",
+    "admin_listen",
+    "limits",
+    "audit",
+    "telemetry",
+    "services",
+];
+
+fn default_partition() -> String {
+    "coffer".into()
+}
+fn default_dns_suffix() -> String {
+    "coffer.internal".into()
+}
+fn default_trust_domain() -> String {
+    "coffer.local".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain this instance presents (server and client side).
+    pub cert_file: PathBuf,
+    /// PEM private key for `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM bundle of CAs whose client certificates are accepted, and which
+    /// sign the peers this instance calls.
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootKeyFile {
+    /// A file holding the 32-byte root key, raw or base64.
+    pub file: Option<PathBuf>,
+    /// An environment variable holding the base64 root key.
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    pub max_message_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 1024,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditFile {
+    /// Where audit events go until the audit service exists: a JSON-lines
+    /// file, or standard output when unset.
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryFile {
+    /// `json` (default) or `text`.
+    pub log_format: String,
+    /// A tracing filter, e.g. `info` or `coffer_keys=debug,info`.
+    pub log_level: String,
+    /// OTLP/gRPC collector endpoint for trace export, e.g. `http://otel:4317`.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryFile {
+    fn default() -> Self {
+        Self {
+            log_format: "json".into(),
+            log_level: "info".into(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// `host:port` of the mTLS gRPC listener. Services given the same address
+    /// share one server.
+    pub listen: String,
+    pub database: DatabaseFile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseFile {
+    /// `postgres://…` or `sqlite://path`.
+    pub url: String,
+    /// Postgres schema holding this service's tables (default `coffer_{service}`).
+    pub schema: Option<String>,
+    pub max_connections: Option<u32>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub location: Location,
+    pub trust_domain: String,
+    pub tls: TlsSettings,
+    pub root_key: RootKeySource,
+    pub admin_listen: Option<SocketAddr>,
+    pub limits: Limits,
+    pub audit: AuditSettings,
+    pub telemetry: TelemetrySettings,
+    pub services: BTreeMap<String, ServiceSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    pub listen: SocketAddr,
+    pub database: DatabaseSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub backend: DatabaseBackend,
+    pub url: String,
+    pub schema: String,
+    pub max_connections: u32,
+}
+
+/// Reads `path`, applies `COFFER_*` overrides from `environment`, and
+/// validates. `environment` is passed in so tests need not touch the process.
+pub fn load(
+    path: Option<&Path>,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let text = match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::new("config", format!("cannot read {}: {error}", path.display()))
+        })?,
+        None => String::new(),
+    };
+    from_yaml(&text, environment)
+}
+
+pub fn from_yaml(
+    text: &str,
+    environment: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let mut tree: Value = if text.trim().is_empty() {
+        Value::Mapping(Default::default())
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|error| ConfigError::new("config", error.to_string()))?
+    };
+    if tree.is_null() {
+        tree = Value::Mapping(Default::default());
+    }
+    for (name, value) in environment {
+        apply_override(&mut tree, &name, &value)?;
+    }
+    let file: ConfigFile = serde_path_to_error::deserialize(tree).map_err(|error| {
+        let field = error.path().to_string();
+        ConfigError::new(field, error.into_inner().to_string())
+    })?;
+    validate(file)
+}
+
+fn apply_override(tree: &mut Value, name: &str, value: &str) -> Result<(), ConfigError> {
+    let Some(path) = name.strip_prefix("COFFER_") else {
+        return Ok(());
+    };
+    let segments: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    let Some(first) = segments.first() else {
+        return Ok(());
+    };
+    if !TOP_LEVEL_FIELDS.contains(&first.as_str()) {
+        return Ok(());
+    }
+    let parsed: Value = serde_yaml_ng::from_str(value).unwrap_or(Value::String(value.to_owned()));
+    let mut node = tree;
+    for (depth, segment) in segments.iter().enumerate() {
+        let Value::Mapping(mapping) = node else {
+            return Err(ConfigError::new(
+                segments.get(..depth).unwrap_or_default().join("."),
+                format!("{name} overrides a field inside a value that is not a mapping"),
+            ));
+        };
+        let key = Value::String(segment.clone());
+        if depth + 1 == segments.len() {
+            mapping.insert(key, parsed);
+            return Ok(());
+        }
+        node = mapping
+            .entry(key)
+            .or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    Ok(())
+}
+
+fn validate_dns_like(field: &str, value: &str) -> Result<(), ConfigError> {
+    let valid = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::new(field, format!("{value:?} must be lowercase DNS labels separated by dots")))
+    }
+}
+
+fn parse_socket_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        ConfigError::new(field, format!("{text:?} is not an address of the form host-ip:port"))
+    })
+}
+
+fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
+    let region = file
+        .region
+        .ok_or_else(|| ConfigError::new("region", "is required (for example eu-west-1)"))?;
+    let region_is_valid = (1..=32).contains(&region.len())
+        && region
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-');
+    if !region_is_valid {
+        return Err(ConfigError::new("region", format!("{region:?} must look like eu-west-1")));
+    }
+    let partition_is_valid = (1..=32).contains(&file.partition.len())
+        && file
+            .partition
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+    if !partition_is_valid {
+        return Err(ConfigError::new("partition", "must be lowercase letters, digits and hyphens"));
+    }
+    validate_dns_like("dns_suffix", &file.dns_suffix)?;
+    validate_dns_like("trust_domain", &file.trust_domain)?;
+
+    let tls = file
+        .tls
+        .ok_or_else(|| ConfigError::new("tls", "is required: cert_file, key_file and ca_file"))?;
+
+    let root_key = match file.root_key {
+        Some(RootKeyFile {
+            file: Some(path),
+            env: None,
+        }) => RootKeySource::File(path),
+        Some(RootKeyFile {
+            file: None,
+            env: Some(variable),
+        }) => RootKeySource::Env(variable),
+        Some(_) => {
+            return Err(ConfigError::new("root_key", "set exactly one of file or env"));
+        }
+        None => return Err(ConfigError::new("root_key", "is required: file or env")),
+    };
+
+    let admin_listen = file
+        .admin_listen
+        .as_deref()
+        .map(|text| parse_socket_addr("admin_listen", text))
+        .transpose()?;
+
+    let limits_file = file.limits;
+    if limits_file.max_message_bytes < 16 * 1024 {
+        return Err(ConfigError::new("limits.max_message_bytes", "must be at least 16384"));
+    }
+    if limits_file.request_timeout_ms == 0 {
+        return Err(ConfigError::new("limits.request_timeout_ms", "must be positive"));
+    }
+    if limits_file.max_concurrent_requests == 0 {
+        return Err(ConfigError::new("limits.max_concurrent_requests", "must be positive"));
+    }
+    let limits = Limits {
+        max_message_bytes: limits_file.max_message_bytes,
+        request_timeout: Duration::from_millis(limits_file.request_timeout_ms),
+        max_concurrent_requests: limits_file.max_concurrent_requests,
+        shutdown_grace: Duration::from_millis(limits_file.shutdown_grace_ms),
+    };
+
+    let log_format = match file.telemetry.log_format.as_str() {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        other => {
+            return Err(ConfigError::new(
+                "telemetry.log_format",
+                format!("{other:?} is not one of json, text"),
+            ));
+        }
+    };
+    if let Some(endpoint) = &file.telemetry.otlp_endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        return Err(ConfigError::new("telemetry.otlp_endpoint", "must start with http:// or https://"));
+    }
+
+    let mut services = BTreeMap::new();
+    for (name, service) in file.services {
+        let field = format!("services.{name}");
+        if !SERVICE_NAMES.contains(&name.as_str()) {
+            return Err(ConfigError::new(
+                field,
+                format!("unknown service; expected one of {}", SERVICE_NAMES.join(", ")),
+            ));
+        }
+        let listen = parse_socket_addr(&format!("{field}.listen"), &service.listen)?;
+        let url = service.database.url;
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DatabaseBackend::Postgres
+        } else if url.starts_with("sqlite:") {
+            DatabaseBackend::Sqlite
+        } else {
+            return Err(ConfigError::new(
+                format!("{field}.database.url"),
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        };
+        let schema = service.database.schema.unwrap_or_else(|| format!("coffer_{name}"));
+        let schema_is_valid = (1..=63).contains(&schema.len())
+            && schema
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
+            && schema.bytes().next().is_some_and(|byte| byte.is_ascii_lowercase());
+        if !schema_is_valid {
+            return Err(ConfigError::new(
+                format!("{field}.database.schema"),
+                "must be a lowercase identifier: letters, digits, underscores",
+            ));
+        }
+        services.insert(
+            name,
+            ServiceSettings {
+                listen,
+                database: DatabaseSettings {
+                    backend,
+                    url,
+                    schema,
+                    max_connections: service.database.max_connections.unwrap_or(16).max(1),
+                },
+            },
+        );
+    }
+
+    Ok(Settings {
+        location: Location {
+            partition: file.partition,
+            region,
+            dns_suffix: file.dns_suffix,
+        },
+        trust_domain: file.trust_domain,
+        tls: TlsSettings {
+            cert_file: tls.cert_file,
+            key_file: tls.key_file,
+            ca_file: tls.ca_file,
+        },
+        root_key,
+        admin_listen,
+        limits,
+        audit: AuditSettings {
+            log_file: file.audit.log_file,
+        },
+        telemetry: TelemetrySettings {
+            log_format,
+            log_level: file.telemetry.log_level,
+            otlp_endpoint: file.telemetry.otlp_endpoint,
+        },
+        services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+region: eu-west-1
+tls: { cert_file: c.pem, key_file: k.pem, ca_file: ca.pem }
+root_key: { file: root-key }
+services:
+  keys:
+    listen: 127.0.0.1:8443
+    database: { url: "sqlite://keys.db" }
+"#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn minimal_file_validates() -> Result<(), ConfigError> {
+        let settings = from_yaml(MINIMAL, no_env())?;
+        assert_eq!(settings.location.region, "eu-west-1");
+        assert_eq!(settings.location.partition, "coffer");
+        let keys = settings.services.get("keys").map(|s| s.database.schema.clone());
+        assert_eq!(keys.as_deref(), Some("coffer_keys"));
+        Ok(())
+    }
+
+    #[test]
+    fn environment_overrides_nested_fields() -> Result<(), ConfigError> {
+        let environment = vec![
+            ("COFFER_REGION".to_owned(), "us-east-2".to_owned()),
+            ("COFFER_SERVICES__KEYS__DATABASE__URL".to_owned(), "postgres://db/x".to_owned()),
+            ("COFFER_LIMITS__MAX_CONCURRENT_REQUESTS".to_owned(), "7".to_owned()),
+            ("COFFER_CONFIG".to_owned(), "/ignored.yaml".to_owned()),
+            ("COFFER_ROOT_KEY_MATERIAL".to_owned(), "ignored".to_owned()),
+        ];
+        let settings = from_yaml(MINIMAL, environment)?;
+        assert_eq!(settings.location.region, "us-east-2");
+        assert_eq!(settings.limits.max_concurrent_requests, 7);
+        let backend = settings.services.get("keys").map(|s| s.database.backend.clone());
+        assert_eq!(backend, Some(DatabaseBackend::Postgres));
+        Ok(())
+    }
+
+    fn error_field(text: &str) -> String {
+        from_yaml(text, no_env()).err().map(|e| e.field).unwrap_or_default()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(error_field("tls: {cert_file: a, key_file: b, ca_file: c}"), "region");
+        assert_eq!(error_field(&MINIMAL.replace("eu-west-1", "EU West")), "region");
+        assert_eq!(error_field(&format!("{MINIMAL}\nbogus: 1\n")), "bogus");
+        assert_eq!(
+            error_field(&MINIMAL.replace("127.0.0.1:8443", "nowhere")),
+            "services.keys.listen"
+        );
+        assert_eq!(
+            error_field(&MINIMAL.replace("sqlite://keys.db", "mysql://x")),
+            "services.keys.database.url"
+        );
+        assert_eq!(error_field(&MINIMAL.replace("keys:", "vault:")), "services.vault");
+        assert_eq!(error_field(&format!("{MINIMAL}\nlimits: {{ max_message_bytes: 1 }}\n")), "limits.max_message_bytes");
+        assert_eq!(error_field(&format!("{MINIMAL}\ntelemetry: {{ log_format: xml }}\n")), "telemetry.log_format");
+    }
+
+    #[test]
+    fn unknown_nested_field_is_named() {
+        let text = MINIMAL.replace("root_key: { file: root-key }", "root_key: { file: root-key, colour: red }");
+        let error = from_yaml(&text, no_env()).err();
+        let rendered = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(rendered.contains("root_key") && rendered.contains("colour"), "{rendered}");
+    }
+}

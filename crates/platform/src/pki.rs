@@ -1,0 +1,157 @@
+//! A small certificate authority for operators, `coffer dev` and tests:
+//! `init` makes a CA directory, `issue` mints an identity (a SPIFFE URI SAN,
+//! optionally DNS names and IP addresses) signed by it. Keys are ECDSA P-256;
+//! private keys are written with mode 0600.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use thiserror::Error;
+
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+
+#[derive(Debug, Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} already holds a CA; refusing to overwrite it")]
+    AlreadyExists(PathBuf),
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0:?} is not a SPIFFE id (spiffe://trust-domain/path)")]
+    SpiffeId(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(path).map_err(io_error(path))?;
+    file.write_all(contents.as_bytes()).map_err(io_error(path))
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+/// Creates `dir/ca.pem` and `dir/ca-key.pem`.
+pub fn init_ca(dir: &Path, trust_domain: &str) -> Result<(), PkiError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let cert_path = dir.join(CA_CERT_FILE);
+    if cert_path.exists() {
+        return Err(PkiError::AlreadyExists(dir.to_owned()));
+    }
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Coffer");
+    name.push(DnType::CommonName, format!("Coffer CA ({trust_domain})"));
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, 3650);
+    let key = KeyPair::generate()?;
+    let certificate = params.self_signed(&key)?;
+    write_file(&dir.join(CA_KEY_FILE), &key.serialize_pem(), true)?;
+    write_file(&cert_path, &certificate.pem(), false)
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Clone)]
+pub struct IssuedIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedIdentity {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("IssuedIdentity").finish_non_exhaustive()
+    }
+}
+
+/// A loaded CA that can issue identities.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(io_error(&cert_path))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(io_error(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Self { issuer, cert_pem })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A one-year certificate for `spiffe_id`, usable as client and server.
+    pub fn issue(&self, spiffe_id: &str, dns_names: &[String], ip_addresses: &[IpAddr]) -> Result<IssuedIdentity, PkiError> {
+        let valid_id = spiffe_id
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(domain, path)| !domain.is_empty() && !path.is_empty());
+        if !valid_id {
+            return Err(PkiError::SpiffeId(spiffe_id.to_owned()));
+        }
+        let mut params = CertificateParams::new(dns_names.to_vec())?;
+        params.subject_alt_names.push(SanType::URI(
+            spiffe_id.try_into().map_err(|_| PkiError::SpiffeId(spiffe_id.to_owned()))?,
+        ));
+        params
+            .subject_alt_names
+            .extend(ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, "Coffer");
+        name.push(DnType::CommonName, spiffe_id.rsplit('/').next().unwrap_or(spiffe_id));
+        params.distinguished_name = name;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, 365);
+        let key = KeyPair::generate()?;
+        let certificate = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedIdentity {
+            cert_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Writes `dir/{name}-cert.pem` and `dir/{name}-key.pem`; returns their paths.
+pub fn write_identity(dir: &Path, name: &str, identity: &IssuedIdentity) -> Result<(PathBuf, PathBuf), PkiError> {
+    let cert_path = dir.join(format!("{name}-cert.pem"));
+    let key_path = dir.join(format!("{name}-key.pem"));
+    write_file(&key_path, &identity.key_pem, true)?;
+    write_file(&cert_path, &identity.cert_pem, false)?;
+    Ok((cert_path, key_path))
+}

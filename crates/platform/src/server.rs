@@ -1,0 +1,201 @@
+//! Serving a set of services on one mTLS address, with grpc.health.v1 and
+//! reflection (v1 and v1alpha) beside them, health also on a plaintext admin
+//! port for Kubernetes probes, and a graceful shutdown that reports
+//! NOT_SERVING first and then drains the calls in flight.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::RoutesBuilder;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::audit::AuditSink;
+use crate::call::{CallLayer, CallSettings, ServiceCatalog};
+use crate::tls::{ServerTls, tls_incoming};
+
+/// One service ready to be served: how its calls are audited, the encoded
+/// descriptor set reflection serves for it, and how to add its routes given
+/// the maximum message size.
+pub struct ServiceRegistration {
+    pub catalog: ServiceCatalog,
+    pub descriptor_set: &'static [u8],
+    pub install: InstallRoutes,
+}
+
+/// Adds a service's routes, given the maximum message size.
+pub type InstallRoutes = Box<dyn FnOnce(&mut RoutesBuilder, usize) + Send>;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("reflection: {0}")]
+    Reflection(String),
+    #[error("cannot read the bound address: {0}")]
+    Address(std::io::Error),
+}
+
+pub struct ServerParams {
+    /// The mTLS listener, already bound (tests bind `127.0.0.1:0` first).
+    pub listener: TcpListener,
+    /// The plaintext health-only listener, if any.
+    pub admin_listener: Option<TcpListener>,
+    pub tls: Arc<ServerTls>,
+    pub call: CallSettings,
+    pub max_message_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub services: Vec<ServiceRegistration>,
+    pub audit_sink: Arc<dyn AuditSink>,
+}
+
+/// A server that is accepting calls.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    health: HealthReporter,
+    grpc_services: Vec<&'static str>,
+    shutdown_grace: Duration,
+    stop_senders: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RunningServer")
+            .field("local_addr", &self.local_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stop_signal() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'static) {
+    let (sender, receiver) = oneshot::channel::<()>();
+    (sender, async move {
+        // A dropped sender also means stop.
+        let _stopped = receiver.await;
+    })
+}
+
+pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
+    let local_addr = params.listener.local_addr().map_err(ServerError::Address)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+
+    let mut descriptor_sets: Vec<&'static [u8]> = vec![tonic_health::pb::FILE_DESCRIPTOR_SET];
+    let mut routes = RoutesBuilder::default();
+    let mut catalogs = Vec::new();
+    let mut grpc_services = Vec::new();
+    for service in params.services {
+        if !descriptor_sets.iter().any(|known| std::ptr::eq(*known, service.descriptor_set)) {
+            descriptor_sets.push(service.descriptor_set);
+        }
+        grpc_services.push(service.catalog.grpc_service);
+        catalogs.push(service.catalog);
+        (service.install)(&mut routes, params.max_message_bytes);
+    }
+    let reflection_builder = || {
+        descriptor_sets.iter().fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+    };
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|error| ServerError::Reflection(error.to_string()))?;
+    let reflection_v1 = reflection_builder()
+        .build_v1()
+        .map_err(|error| ServerError::Reflection(error.to_string()))?;
+    routes
+        .add_service(health_service.clone())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    health.set_service_status("", ServingStatus::Serving).await;
+    for name in &grpc_services {
+        health.set_service_status(*name, ServingStatus::Serving).await;
+    }
+
+    let call_layer = CallLayer::new(catalogs, params.call.clone(), params.audit_sink);
+    let incoming = tls_incoming(params.listener, params.tls, params.call.trust_domain.clone());
+    let (stop_sender, stop) = stop_signal();
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(call_layer)
+        .add_routes(routes.routes());
+    let main_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop));
+    let mut stop_senders = vec![stop_sender];
+    let mut tasks = vec![main_task];
+
+    let mut admin_addr = None;
+    if let Some(admin_listener) = params.admin_listener {
+        admin_addr = Some(admin_listener.local_addr().map_err(ServerError::Address)?);
+        let (admin_stop_sender, admin_stop) = stop_signal();
+        let admin_incoming = tokio_stream::wrappers::TcpListenerStream::new(admin_listener);
+        let admin = Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(admin_incoming, admin_stop);
+        tasks.push(tokio::spawn(admin));
+        stop_senders.push(admin_stop_sender);
+    }
+
+    Ok(RunningServer {
+        local_addr,
+        admin_addr,
+        health,
+        grpc_services,
+        shutdown_grace: params.shutdown_grace,
+        stop_senders,
+        tasks,
+    })
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn health(&self) -> &HealthReporter {
+        &self.health
+    }
+
+    /// Reports NOT_SERVING, stops accepting, and waits (up to the grace
+    /// period) for the calls in flight to finish.
+    pub async fn shutdown(self) {
+        self.health.set_service_status("", ServingStatus::NotServing).await;
+        for name in &self.grpc_services {
+            self.health.set_service_status(*name, ServingStatus::NotServing).await;
+        }
+        for sender in self.stop_senders {
+            let _already_stopped = sender.send(());
+        }
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            for task in self.tasks {
+                match task.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "server ended with an error"),
+                    Err(error) => tracing::error!(%error, "server task failed"),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(grace = ?self.shutdown_grace, "calls still in flight after the grace period");
+        }
+    }
+
+    /// Runs until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!(addr = %self.local_addr, "shutting down");
+        self.shutdown().await;
+    }
+}

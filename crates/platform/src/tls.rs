@@ -1,0 +1,289 @@
+//! mTLS on rustls with the aws-lc-rs provider.
+//!
+//! [`ServerTls`] holds the server configuration built from three PEM files
+//! (certificate chain, key, client CA bundle). Before every handshake it
+//! compares the files' modification stamps with the ones it loaded and
+//! rebuilds the configuration when they changed, so a rotated certificate or
+//! CA takes effect on the next connection without a restart. A half-written
+//! or mismatched set is refused and the previous configuration stays in use.
+//!
+//! [`tls_incoming`] turns a TCP listener into a stream of [`TlsConnection`]s
+//! carrying the peer's [`PeerInfo`], which tonic hands to every request.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::config::TlsSettings;
+use crate::identity::{IdentityError, Principal, principal_from_certificate};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} holds no PEM {what}")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("{path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(String),
+}
+
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certificates = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Pem {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+    if certificates.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(certificates)
+}
+
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|error| TlsError::Pem {
+        path: path.to_owned(),
+        message: format!("no usable private key ({error})"),
+    })
+}
+
+pub(crate) fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(path)? {
+        roots
+            .add(certificate)
+            .map_err(|error| TlsError::Rustls(format!("{}: {error}", path.display())))?;
+    }
+    Ok(roots)
+}
+
+fn build_server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = Arc::new(root_store(&settings.ca_file)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|error| TlsError::Rustls(error.to_string()))?;
+    let chain = read_certificates(&settings.cert_file)?;
+    let key = read_private_key(&settings.key_file)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::Rustls(error.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|error| TlsError::Rustls(error.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// What identifies one version of a file on disk.
+type FileStamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+struct Loaded {
+    stamps: [FileStamp; 3],
+    acceptor: TlsAcceptor,
+}
+
+/// The server side of mTLS, reloading its files when they change.
+pub struct ServerTls {
+    settings: TlsSettings,
+    loaded: Mutex<Loaded>,
+}
+
+impl ServerTls {
+    pub fn load(settings: TlsSettings) -> Result<Self, TlsError> {
+        let stamps = Self::stamps_of(&settings);
+        let acceptor = TlsAcceptor::from(Arc::new(build_server_config(&settings)?));
+        Ok(Self {
+            settings,
+            loaded: Mutex::new(Loaded { stamps, acceptor }),
+        })
+    }
+
+    fn stamps_of(settings: &TlsSettings) -> [FileStamp; 3] {
+        [
+            stamp(&settings.cert_file),
+            stamp(&settings.key_file),
+            stamp(&settings.ca_file),
+        ]
+    }
+
+    /// The acceptor for the next handshake, rebuilt first if a file changed.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let current_stamps = Self::stamps_of(&self.settings);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if loaded.stamps != current_stamps {
+            match build_server_config(&self.settings) {
+                Ok(config) => {
+                    loaded.acceptor = TlsAcceptor::from(Arc::new(config));
+                    loaded.stamps = current_stamps;
+                    tracing::info!(cert_file = %self.settings.cert_file.display(), "reloaded tls certificates");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "tls files changed but do not load; keeping the previous certificates");
+                }
+            }
+        }
+        loaded.acceptor.clone()
+    }
+}
+
+/// Who is on the other end of a connection. The identity is parsed once per
+/// connection; a certificate that verified but names no valid SPIFFE id is
+/// kept as an error so each call can be refused with UNAUTHENTICATED.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote_addr: SocketAddr,
+    pub identity: Result<Arc<Principal>, IdentityError>,
+}
+
+/// A server-side TLS connection and its peer.
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    peer: PeerInfo,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(context, buffer)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, buffer)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, completes each TLS handshake on its own task, and
+/// yields the ones that succeed. Stops when the returned stream is dropped.
+pub fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    trust_domain: String,
+) -> ReceiverStream<Result<TlsConnection, io::Error>> {
+    let (sender, receiver) = mpsc::channel(256);
+    let trust_domain: Arc<str> = Arc::from(trust_domain);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = sender.closed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, remote_addr) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            let acceptor = tls.acceptor();
+            let sender = sender.clone();
+            let trust_domain = trust_domain.clone();
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                let stream = match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::info!(%remote_addr, %error, "tls handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote_addr, "tls handshake timed out");
+                        return;
+                    }
+                };
+                let identity = match stream.get_ref().1.peer_certificates() {
+                    Some([leaf, ..]) => principal_from_certificate(leaf, &trust_domain).map(Arc::new),
+                    _ => Err(IdentityError::NoCertificate),
+                };
+                let connection = TlsConnection {
+                    stream,
+                    peer: PeerInfo {
+                        remote_addr,
+                        identity,
+                    },
+                };
+                // The receiver is gone only when the server stopped.
+                let _server_stopped = sender.send(Ok(connection)).await;
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}
