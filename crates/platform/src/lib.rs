@@ -13,6 +13,7 @@
 pub mod arn;
 pub mod audit;
 pub mod call;
+pub mod clock;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -1,0 +1,122 @@
+//! Encrypt, Decrypt, GenerateDataKey(WithoutPlaintext), GenerateRandom.
+
+use coffer_crypto::{EncryptionContext, Zeroizing, encrypt_symmetric, parse_blob, random_bytes};
+use coffer_platform::arn::AccountId;
+
+use super::KeysDomain;
+use super::types::{EncryptionAlgorithm, KeyId, KeyReference};
+use crate::error::{KeysError, Result};
+use crate::store::KeyRecord;
+
+/// A data key: its plaintext (wiped on drop) and its ciphertext blob.
+pub struct DataKey {
+    pub key: KeyRecord,
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub ciphertext_blob: Vec<u8>,
+}
+
+impl KeysDomain {
+    fn ensure_algorithm(&self, key: &KeyRecord, algorithm: EncryptionAlgorithm) -> Result<()> {
+        if algorithm != EncryptionAlgorithm::SymmetricDefault {
+            return Err(KeysError::InvalidKeyUsage(format!(
+                "{algorithm} is not valid for {}; its only encryption algorithm is SYMMETRIC_DEFAULT.",
+                self.key_arn(&key.account, &key.key_id)
+            )));
+        }
+        Ok(())
+    }
+
+    async fn encrypt_under(&self, key: &KeyRecord, context: &EncryptionContext, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let material_id = key
+            .current_material_id
+            .ok_or_else(|| KeysError::InvalidState {
+                key_arn: self.key_arn(&key.account, &key.key_id),
+                state: key.key_state,
+            })?;
+        let material = self
+            .symmetric_material(key, &material_id)
+            .await?
+            .ok_or_else(|| KeysError::Crypto(coffer_crypto::CryptoError::Unseal))?;
+        Ok(encrypt_symmetric(&material, key.key_id.as_str(), material_id, context, plaintext)?)
+    }
+
+    pub async fn encrypt(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        algorithm: EncryptionAlgorithm,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<(KeyRecord, Vec<u8>)> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        self.ensure_symmetric_encryption_key(&key, "Encrypt")?;
+        self.ensure_algorithm(&key, algorithm)?;
+        let blob = self.encrypt_under(&key, context, plaintext).await?;
+        Ok((key, blob))
+    }
+
+    /// Decrypts a blob. The blob names its key; when the caller also names
+    /// one, it must be the same key. Any blob that is malformed, names a key
+    /// the caller cannot see, names an unknown material version, or fails
+    /// authentication is `InvalidCiphertext`.
+    pub async fn decrypt(
+        &self,
+        caller: &AccountId,
+        blob: &[u8],
+        expected_key: Option<&KeyReference>,
+        algorithm: EncryptionAlgorithm,
+        context: &EncryptionContext,
+    ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>)> {
+        let parsed = parse_blob(blob).map_err(|_| KeysError::InvalidCiphertext)?;
+        let blob_key_id = KeyId::parse(parsed.key_id()).ok_or(KeysError::InvalidCiphertext)?;
+        let key = match expected_key {
+            Some(reference) => {
+                let key = self.resolve(caller, reference).await?;
+                if key.key_id != blob_key_id {
+                    return Err(KeysError::IncorrectKey);
+                }
+                key
+            }
+            None => self
+                .store
+                .get_key(caller, &blob_key_id)
+                .await?
+                .ok_or(KeysError::InvalidCiphertext)?,
+        };
+        self.ensure_usable(&key)?;
+        self.ensure_symmetric_encryption_key(&key, "Decrypt")?;
+        self.ensure_algorithm(&key, algorithm)?;
+        let material = self
+            .symmetric_material(&key, &parsed.material_id())
+            .await?
+            .ok_or(KeysError::InvalidCiphertext)?;
+        let plaintext = parsed
+            .decrypt(&material, context)
+            .map_err(|_| KeysError::InvalidCiphertext)?;
+        Ok((key, plaintext))
+    }
+
+    pub async fn generate_data_key(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        length: usize,
+        context: &EncryptionContext,
+    ) -> Result<DataKey> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        self.ensure_symmetric_encryption_key(&key, "GenerateDataKey")?;
+        let plaintext = random_bytes(length)?;
+        let ciphertext_blob = self.encrypt_under(&key, context, &plaintext).await?;
+        Ok(DataKey {
+            key,
+            plaintext,
+            ciphertext_blob,
+        })
+    }
+
+    pub fn generate_random(&self, length: usize) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(random_bytes(length)?)
+    }
+}

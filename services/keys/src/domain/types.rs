@@ -1,0 +1,177 @@
+//! The vocabulary of the keys service, as KMS names it.
+
+use std::fmt;
+
+use coffer_platform::arn::AccountId;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+
+            pub fn names() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What a key's material is.
+    KeySpec {
+        SymmetricDefault => "SYMMETRIC_DEFAULT",
+        Rsa2048 => "RSA_2048",
+        Rsa3072 => "RSA_3072",
+        Rsa4096 => "RSA_4096",
+        EccNistP256 => "ECC_NIST_P256",
+        EccNistP384 => "ECC_NIST_P384",
+        EccNistP521 => "ECC_NIST_P521",
+        EccSecgP256k1 => "ECC_SECG_P256K1",
+        Hmac224 => "HMAC_224",
+        Hmac256 => "HMAC_256",
+        Hmac384 => "HMAC_384",
+        Hmac512 => "HMAC_512",
+        Sm2 => "SM2",
+    }
+);
+
+string_enum!(
+    /// What a key may be used for.
+    KeyUsage {
+        EncryptDecrypt => "ENCRYPT_DECRYPT",
+        SignVerify => "SIGN_VERIFY",
+        GenerateVerifyMac => "GENERATE_VERIFY_MAC",
+        KeyAgreement => "KEY_AGREEMENT",
+    }
+);
+
+string_enum!(
+    /// The key states of KMS.
+    KeyState {
+        Creating => "Creating",
+        Enabled => "Enabled",
+        Disabled => "Disabled",
+        PendingDeletion => "PendingDeletion",
+        PendingImport => "PendingImport",
+        PendingReplicaDeletion => "PendingReplicaDeletion",
+        Unavailable => "Unavailable",
+        Updating => "Updating",
+    }
+);
+
+string_enum!(
+    /// Where a key's material came from.
+    Origin {
+        AwsKms => "AWS_KMS",
+        External => "EXTERNAL",
+        AwsCloudhsm => "AWS_CLOUDHSM",
+    }
+);
+
+string_enum!(
+    /// Who manages a key: the customer, or Coffer itself (service-managed keys).
+    KeyManager {
+        Customer => "CUSTOMER",
+        Aws => "AWS",
+    }
+);
+
+string_enum!(
+    /// Encryption algorithms.
+    EncryptionAlgorithm {
+        SymmetricDefault => "SYMMETRIC_DEFAULT",
+        RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
+        RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+        Sm2Pke => "SM2PKE",
+    }
+);
+
+string_enum!(
+    /// Data key specs of GenerateDataKey.
+    DataKeySpec {
+        Aes256 => "AES_256",
+        Aes128 => "AES_128",
+    }
+);
+
+impl DataKeySpec {
+    pub fn length(self) -> usize {
+        match self {
+            Self::Aes256 => 32,
+            Self::Aes128 => 16,
+        }
+    }
+}
+
+/// A key id: a UUID, or `mrk-` and 32 hex digits for multi-Region keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let is_uuid = text.len() == 36
+            && uuid::Uuid::try_parse(text).is_ok()
+            && text.bytes().all(|byte| !byte.is_ascii_uppercase());
+        let is_multi_region = text
+            .strip_prefix("mrk-")
+            .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        (is_uuid || is_multi_region).then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// How a request names a key: by id, by key ARN, or by alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyReference {
+    /// A bare key id, in the caller's account.
+    Id(KeyId),
+    /// A key ARN; its account and region must be checked against the caller.
+    Arn {
+        partition: String,
+        region: String,
+        account: AccountId,
+        key_id: KeyId,
+    },
+    /// `alias/name` or an alias ARN.
+    Alias(String),
+    /// Well-formed but names nothing that can exist.
+    Unknown(String),
+}
+
+/// A tag, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}

@@ -1,0 +1,108 @@
+//! The keys service's errors and their one mapping to what callers see.
+
+use coffer_platform::error::{ApiError, ErrorCode};
+use thiserror::Error;
+
+use crate::domain::types::KeyState;
+use crate::store::StoreError;
+
+pub type Result<T, E = KeysError> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum KeysError {
+    #[error("{field}: {message}")]
+    Validation { field: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("invalid ciphertext")]
+    InvalidCiphertext,
+    #[error("{key_arn} is disabled")]
+    Disabled { key_arn: String },
+    #[error("{key_arn} is {state}")]
+    InvalidState { key_arn: String, state: KeyState },
+    #[error("{0}")]
+    InvalidKeyUsage(String),
+    #[error("the key id does not identify the key that encrypted the ciphertext")]
+    IncorrectKey,
+    #[error("the marker was not issued by ListKeys")]
+    InvalidMarker,
+    #[error("{0}")]
+    Tag(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("storage failure")]
+    Store(#[from] StoreError),
+    #[error("cryptographic failure")]
+    Crypto(#[from] coffer_crypto::CryptoError),
+}
+
+impl KeysError {
+    pub fn validation(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
+const INVALID_CIPHERTEXT_MESSAGE: &str =
+    "The ciphertext is invalid, was not made by this service, or does not match the key or encryption context";
+
+/// Every keys error as the caller sees it. Server faults are logged here
+/// with their cause chain and reach the caller only as a generic message.
+pub fn api_error(error: &KeysError) -> ApiError {
+    match error {
+        KeysError::Validation { field, message } => ApiError::validation(*field, message.clone()),
+        KeysError::NotFound(message) => ApiError::new(ErrorCode::NotFound, "NotFoundException", message.clone()),
+        KeysError::InvalidCiphertext => {
+            ApiError::new(ErrorCode::InvalidArgument, "InvalidCiphertextException", INVALID_CIPHERTEXT_MESSAGE)
+        }
+        KeysError::Disabled { key_arn } => {
+            ApiError::new(ErrorCode::FailedPrecondition, "DisabledException", format!("{key_arn} is disabled."))
+        }
+        KeysError::InvalidState { key_arn, state } => ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "KMSInvalidStateException",
+            format!("{key_arn} is {state}."),
+        ),
+        KeysError::InvalidKeyUsage(message) => {
+            ApiError::new(ErrorCode::InvalidArgument, "InvalidKeyUsageException", message.clone())
+        }
+        KeysError::IncorrectKey => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "IncorrectKeyException",
+            "The key ID in the request does not identify the key that encrypted the ciphertext.",
+        ),
+        KeysError::InvalidMarker => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "InvalidMarkerException",
+            "The marker is not one that ListKeys returned.",
+        ),
+        KeysError::Tag(message) => ApiError::new(ErrorCode::InvalidArgument, "TagException", message.clone()),
+        KeysError::Unsupported(message) => {
+            ApiError::new(ErrorCode::InvalidArgument, "UnsupportedOperationException", message.clone())
+        }
+        KeysError::AccessDenied(message) => {
+            ApiError::new(ErrorCode::PermissionDenied, "AccessDeniedException", message.clone())
+        }
+        KeysError::Store(_) | KeysError::Crypto(_) => {
+            tracing::error!(error = %cause_chain(error), "keys request failed");
+            let mut internal = ApiError::internal();
+            internal.exception = "KMSInternalException";
+            internal
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The gRPC edge of the keys service: each RPC validates its request into
+//! domain types (ValidationException naming the field, before any I/O), calls
+//! the domain, converts the answer, and tells the call's audit event the
+//! allow-listed request parameters and the resources touched. Plaintext,
+//! data keys and random bytes never enter an audit event.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use coffer_crypto::{EncryptionContext, Zeroizing};
+use coffer_platform::arn::{AccountId, ArnParts};
+use coffer_platform::call::CallContext;
+use coffer_proto::keys::v1 as pb;
+use pb::keys_server::Keys;
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+use crate::domain::lifecycle::NewKey;
+use crate::domain::types::{DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage, Tag};
+use crate::domain::{KeysDomain, SERVICE_PREFIX};
+use crate::error::{KeysError, Result, api_error};
+use crate::store::KeyRecord;
+
+/// Largest plaintext Encrypt accepts (KMS's limit).
+pub const MAX_PLAINTEXT_BYTES: usize = 4096;
+/// Largest ciphertext blob any Coffer key produces, with room to spare.
+const MAX_CIPHERTEXT_BYTES: usize = 6144;
+const MAX_KEY_ID_CHARS: usize = 2048;
+const MAX_DESCRIPTION_CHARS: usize = 8192;
+const MAX_ENCRYPTION_CONTEXT_BYTES: usize = 8192;
+const MAX_GRANT_TOKENS: usize = 10;
+const MAX_GRANT_TOKEN_CHARS: usize = 8192;
+const MAX_TAGS: usize = 50;
+const MAX_RANDOM_BYTES: i32 = 1024;
+const DEFAULT_LIST_LIMIT: i32 = 100;
+const MAX_LIST_LIMIT: i32 = 1000;
+const KEY_RESOURCE_TYPE: &str = "AWS::KMS::Key";
+
+/// The tonic service.
+pub struct KeysGrpc {
+    domain: Arc<KeysDomain>,
+}
+
+impl KeysGrpc {
+    pub fn new(domain: Arc<KeysDomain>) -> Self {
+        Self { domain }
+    }
+
+    fn record_key(&self, call: &CallContext, key: &KeyRecord) {
+        call.audit().resource(
+            self.domain.key_arn(&key.account, &key.key_id),
+            key.account.to_string(),
+            KEY_RESOURCE_TYPE,
+        );
+    }
+
+    fn fail(&self, call: &CallContext, error: &KeysError) -> Status {
+        let api = api_error(error);
+        if let KeysError::Disabled { key_arn } | KeysError::InvalidState { key_arn, .. } = error
+            && let Some(account) = ArnParts::parse(key_arn).map(|parts| parts.account.to_owned())
+        {
+            call.audit().resource(key_arn.clone(), account, KEY_RESOURCE_TYPE);
+        }
+        if !matches!(error, KeysError::Store(_) | KeysError::Crypto(_)) {
+            tracing::info!(exception = api.exception, request_id = call.request_id(), "keys request rejected");
+        }
+        call.fail(api)
+    }
+
+    fn metadata(&self, key: &KeyRecord) -> pb::KeyMetadata {
+        let encryption_algorithms = match key.key_spec {
+            KeySpec::SymmetricDefault => vec![EncryptionAlgorithm::SymmetricDefault.as_str().to_owned()],
+            _ => Vec::new(),
+        };
+        pb::KeyMetadata {
+            aws_account_id: key.account.to_string(),
+            key_id: key.key_id.to_string(),
+            arn: self.domain.key_arn(&key.account, &key.key_id),
+            creation_date: Some(timestamp(key.created_at_ms)),
+            enabled: key.key_state == KeyState::Enabled,
+            description: key.description.clone(),
+            key_usage: key.key_usage.to_string(),
+            key_state: key.key_state.to_string(),
+            deletion_date: key.deletion_date_ms.map(timestamp),
+            origin: key.origin.to_string(),
+            key_manager: key.key_manager.to_string(),
+            key_spec: key.key_spec.to_string(),
+            encryption_algorithms,
+            multi_region: key.multi_region,
+            pending_deletion_window_in_days: None,
+        }
+    }
+}
+
+fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// The account the call acts in. Coffer services must forward a caller.
+fn caller_account(call: &CallContext) -> Result<AccountId> {
+    call.principal().account().cloned().ok_or_else(|| {
+        KeysError::AccessDenied("a Coffer service must act for a caller to use keys".into())
+    })
+}
+
+fn key_reference(field: &'static str, text: &str) -> Result<KeyReference> {
+    if text.is_empty() {
+        return Err(KeysError::validation(field, "must not be empty"));
+    }
+    if text.chars().count() > MAX_KEY_ID_CHARS {
+        return Err(KeysError::validation(field, format!("must be at most {MAX_KEY_ID_CHARS} characters")));
+    }
+    if text.starts_with("alias/") {
+        return Ok(KeyReference::Alias(text.to_owned()));
+    }
+    if let Some(parts) = ArnParts::parse(text) {
+        let account = AccountId::parse(parts.account);
+        let resource_key = parts.resource.strip_prefix("key/").and_then(KeyId::parse);
+        return Ok(match (parts.service, account, resource_key) {
+            (SERVICE_PREFIX, Some(account), Some(key_id)) => KeyReference::Arn {
+                partition: parts.partition.to_owned(),
+                region: parts.region.to_owned(),
+                account,
+                key_id,
+            },
+            (SERVICE_PREFIX, Some(_), None) if parts.resource.starts_with("alias/") => {
+                KeyReference::Alias(text.to_owned())
+            }
+            _ => KeyReference::Unknown(text.to_owned()),
+        });
+    }
+    Ok(KeyId::parse(text).map_or_else(|| KeyReference::Unknown(text.to_owned()), KeyReference::Id))
+}
+
+fn optional_key_reference(field: &'static str, text: &str) -> Result<Option<KeyReference>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    key_reference(field, text).map(Some)
+}
+
+fn encryption_context(pairs: &std::collections::HashMap<String, String>) -> Result<EncryptionContext> {
+    if pairs.keys().any(String::is_empty) {
+        return Err(KeysError::validation("encryption_context", "keys must not be empty"));
+    }
+    let context: EncryptionContext = pairs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_ENCRYPTION_CONTEXT_BYTES {
+        return Err(KeysError::validation(
+            "encryption_context",
+            format!("must be at most {MAX_ENCRYPTION_CONTEXT_BYTES} bytes of keys and values"),
+        ));
+    }
+    Ok(context)
+}
+
+fn encryption_algorithm(text: &str) -> Result<EncryptionAlgorithm> {
+    if text.is_empty() {
+        return Ok(EncryptionAlgorithm::SymmetricDefault);
+    }
+    EncryptionAlgorithm::parse(text).ok_or_else(|| {
+        KeysError::validation("encryption_algorithm", format!("must be one of {}", EncryptionAlgorithm::names()))
+    })
+}
+
+fn grant_tokens(tokens: &[String]) -> Result<()> {
+    if tokens.len() > MAX_GRANT_TOKENS {
+        return Err(KeysError::validation("grant_tokens", format!("at most {MAX_GRANT_TOKENS} tokens")));
+    }
+    if tokens.iter().any(|token| token.is_empty() || token.chars().count() > MAX_GRANT_TOKEN_CHARS) {
+        return Err(KeysError::validation(
+            "grant_tokens",
+            format!("each token must be 1 to {MAX_GRANT_TOKEN_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
+    if tags.len() > MAX_TAGS {
+        return Err(KeysError::Tag(format!("A key can have at most {MAX_TAGS} tags.")));
+    }
+    let mut validated: Vec<Tag> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let key_length = tag.tag_key.chars().count();
+        if !(1..=128).contains(&key_length) {
+            return Err(KeysError::Tag("TagKey must be 1 to 128 characters.".into()));
+        }
+        if tag.tag_value.chars().count() > 256 {
+            return Err(KeysError::Tag("TagValue must be at most 256 characters.".into()));
+        }
+        if tag.tag_key.to_ascii_lowercase().starts_with("aws:") {
+            return Err(KeysError::Tag("TagKey must not begin with aws: (reserved).".into()));
+        }
+        if validated.iter().any(|existing| existing.key == tag.tag_key) {
+            return Err(KeysError::Tag(format!("TagKey {:?} appears more than once.", tag.tag_key)));
+        }
+        validated.push(Tag {
+            key: tag.tag_key.clone(),
+            value: tag.tag_value.clone(),
+        });
+    }
+    Ok(validated)
+}
+
+fn data_key_length(number_of_bytes: Option<i32>, key_spec: &str) -> Result<usize> {
+    match (number_of_bytes, key_spec.is_empty()) {
+        (Some(_), false) => Err(KeysError::validation("key_spec", "specify either key_spec or number_of_bytes, not both")),
+        (None, true) => Err(KeysError::validation("key_spec", "key_spec or number_of_bytes is required")),
+        (Some(count), true) => random_length("number_of_bytes", count),
+        (None, false) => DataKeySpec::parse(key_spec)
+            .map(DataKeySpec::length)
+            .ok_or_else(|| KeysError::validation("key_spec", format!("must be one of {}", DataKeySpec::names()))),
+    }
+}
+
+fn random_length(field: &'static str, count: i32) -> Result<usize> {
+    if !(1..=MAX_RANDOM_BYTES).contains(&count) {
+        return Err(KeysError::validation(field, format!("must be 1 to {MAX_RANDOM_BYTES}")));
+    }
+    usize::try_from(count).map_err(|_| KeysError::validation(field, "must be positive"))
+}
+
+fn list_marker(marker: &str) -> Result<Option<KeyId>> {
+    if marker.is_empty() {
+        return Ok(None);
+    }
+    let decoded = URL_SAFE_NO_PAD.decode(marker).map_err(|_| KeysError::InvalidMarker)?;
+    let text = String::from_utf8(decoded).map_err(|_| KeysError::InvalidMarker)?;
+    KeyId::parse(&text).map(Some).ok_or(KeysError::InvalidMarker)
+}
+
+/// The names of the context's keys only: values may be sensitive to some
+/// users, but AWS logs the whole context, and so do we.
+fn context_for_audit(pairs: &std::collections::HashMap<String, String>) -> serde_json::Value {
+    json!(pairs)
+}
+
+#[tonic::async_trait]
+impl Keys for KeysGrpc {
+    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({
+            "description": message.description,
+            "keyUsage": message.key_usage,
+            "keySpec": message.key_spec,
+            "multiRegion": message.multi_region,
+            "tags": message.tags.iter().map(|t| json!({"tagKey": t.tag_key, "tagValue": t.tag_value})).collect::<Vec<_>>(),
+        }));
+        let outcome = async {
+            let account = caller_account(&call)?;
+            if message.description.chars().count() > MAX_DESCRIPTION_CHARS {
+                return Err(KeysError::validation("description", format!("must be at most {MAX_DESCRIPTION_CHARS} characters")));
+            }
+            let key_usage = if message.key_usage.is_empty() {
+                KeyUsage::EncryptDecrypt
+            } else {
+                KeyUsage::parse(&message.key_usage)
+                    .ok_or_else(|| KeysError::validation("key_usage", format!("must be one of {}", KeyUsage::names())))?
+            };
+            let key_spec = if message.key_spec.is_empty() {
+                KeySpec::SymmetricDefault
+            } else {
+                KeySpec::parse(&message.key_spec)
+                    .ok_or_else(|| KeysError::validation("key_spec", format!("must be one of {}", KeySpec::names())))?
+            };
+            let new_key = NewKey {
+                description: message.description.clone(),
+                key_usage,
+                key_spec,
+                tags: tags(&message.tags)?,
+                multi_region: message.multi_region,
+            };
+            self.domain.create_key(&account, new_key).await
+        }
+        .await;
+        match outcome {
+            Ok(key) => {
+                self.record_key(&call, &key);
+                let metadata = self.metadata(&key);
+                call.audit().response_elements(json!({"keyMetadata": {
+                    "keyId": metadata.key_id, "arn": metadata.arn, "keyState": metadata.key_state,
+                    "keySpec": metadata.key_spec, "keyUsage": metadata.key_usage, "origin": metadata.origin,
+                }}));
+                Ok(Response::new(pb::CreateKeyResponse { key_metadata: Some(metadata) }))
+            }
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+
+    async fn describe_key(&self, request: Request<pb::DescribeKeyRequest>) -> Result<Response<pb::DescribeKeyResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({"keyId": message.key_id}));
+        let outcome = async {
+            let account = caller_account(&call)?;
+            let reference = key_reference("key_id", &message.key_id)?;
+            grant_tokens(&message.grant_tokens)?;
+            self.domain.describe_key(&account, &reference).await
+        }
+        .await;
+        match outcome {
+            Ok(key) => {
+                self.record_key(&call, &key);
+                Ok(Response::new(pb::DescribeKeyResponse { key_metadata: Some(self.metadata(&key)) }))
+            }
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({"limit": message.limit, "marker": message.marker}));
+        let outcome = async {
+            let account = caller_account(&call)?;
+            let limit = match message.limit {
+                0 => DEFAULT_LIST_LIMIT,
+                limit if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
+                _ => return Err(KeysError::validation("limit", format!("must be 1 to {MAX_LIST_LIMIT}"))),
+            };
+            let after = list_marker(&message.marker)?;
+            self.domain.list_keys(&account, limit.unsigned_abs(), after.as_ref()).await
+        }
+        .await;
+        match outcome {
+            Ok(page) => Ok(Response::new(pb::ListKeysResponse {
+                keys: page
+                    .keys
+                    .iter()
+                    .map(|key| pb::KeyListEntry {
+                        key_id: key.key_id.to_string(),
+                        key_arn: self.domain.key_arn(&key.account, &key.key_id),
+                    })
+                    .collect(),
+                truncated: page.next_after.is_some(),
+                next_marker: page
+                    .next_after
+                    .map(|key_id| URL_SAFE_NO_PAD.encode(key_id.as_str()))
+                    .unwrap_or_default(),
+            })),
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+
+    async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let mut message = request.into_inner();
+        let plaintext = Zeroizing::new(std::mem::take(&mut message.plaintext));
+        call.audit().request_parameters(json!({
+            "keyId": message.key_id,
+            "encryptionAlgorithm": message.encryption_algorithm,
+            "encryptionContext": context_for_audit(&message.encryption_context),
+        }));
+        let outcome = async {
+            let account = caller_account(&call)?;
+            let reference = key_reference("key_id", &message.key_id)?;
+            if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_BYTES {
+                return Err(KeysError::validation("plaintext", format!("must be 1 to {MAX_PLAINTEXT_BYTES} bytes")));
+            }
+            let context = encryption_context(&message.encryption_context)?;
+            let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
+            grant_tokens(&message.grant_tokens)?;
+            self.domain.encrypt(&account, &reference, algorithm, &context, &plaintext).await
+        }
+        .await;
+        match outcome {
+            Ok((key, ciphertext_blob)) => {
+                self.record_key(&call, &key);
+                Ok(Response::new(pb::EncryptResponse {
+                    ciphertext_blob,
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                    encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
+                }))
+            }
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+
+    async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({
+            "keyId": message.key_id,
+            "encryptionAlgorithm": message.encryption_algorithm,
+            "encryptionContext": context_for_audit(&message.encryption_context),
+        }));
+        let outcome = async {
+            let account = caller_account(&call)?;
+            let expected = optional_key_reference("key_id", &message.key_id)?;
+            let context = encryption_context(&message.encryption_context)?;
+            let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
+            grant_tokens(&message.grant_tokens)?;
+            if message.ciphertext_blob.len() > MAX_CIPHERTEXT_BYTES {
+                return Err(KeysError::InvalidCiphertext);
+            }
+            self.domain
+                .decrypt(&account, &message.ciphertext_blob, expected.as_ref(), algorithm, &context)
+                .await
+        }
+        .await;
+        match outcome {
+            Ok((key, plaintext)) => {
+                self.record_key(&call, &key);
+                Ok(Response::new(pb::DecryptResponse {
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                    plaintext: plaintext.to_vec(),
+                    encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
+                }))
+            }
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+
+    async fn generate_data_key(
+        &self,
+        request: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({
+            "keyId": message.key_id,
+            "keySpec": message.key_spec,
+            "numberOfBytes": message.number_of_bytes,
+            "encryptionContext": context_for_audit(&message.encryption_context),
+        }));
+        let outcome = async {
+            let account = caller_account(&call)?;
+            let reference = key_reference("key_id", &message.key_id)?;
+            let length = data_key_length(message.number_of_bytes, &message.key_spec)?;
+            let context = encryption_context(&message.encryption_context)?;
+            grant_tokens(&message.grant_tokens)?;
+            self.domain.generate_data_key(&account, &reference, length, &context).await
+        }
+        .await;
+        match outcome {
+            Ok(data_key) => {
+                self.record_key(&call, &data_key.key);
+                Ok(Response::new(pb::GenerateDataKeyResponse {
+                    key_id: self.domain.key_arn(&data_key.key.account, &data_key.key.key_id),
+                    plaintext: data_key.plaintext.to_vec(),
+                    ciphertext_blob: data_key.ciphertext_blob,
+                }))
+            }
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({
+            "keyId": message.key_id,
+            "keySpec": message.key_spec,
+            "numberOfBytes": message.number_of_bytes,
+            "encryptionContext": context_for_audit(&message.encryption_context),
+        }));
+        let outcome = async {
+            let account = caller_account(&call)?;
+            let reference = key_reference("key_id", &message.key_id)?;
+            let length = data_key_length(message.number_of_bytes, &message.key_spec)?;
+            let context = encryption_context(&message.encryption_context)?;
+            grant_tokens(&message.grant_tokens)?;
+            self.domain.generate_data_key(&account, &reference, length, &context).await
+        }
+        .await;
+        match outcome {
+            Ok(data_key) => {
+                self.record_key(&call, &data_key.key);
+                Ok(Response::new(pb::GenerateDataKeyWithoutPlaintextResponse {
+                    key_id: self.domain.key_arn(&data_key.key.account, &data_key.key.key_id),
+                    ciphertext_blob: data_key.ciphertext_blob,
+                }))
+            }
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+
+    async fn generate_random(
+        &self,
+        request: Request<pb::GenerateRandomRequest>,
+    ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({"numberOfBytes": message.number_of_bytes}));
+        let outcome = async {
+            caller_account(&call)?;
+            let length = random_length("number_of_bytes", message.number_of_bytes)?;
+            self.domain.generate_random(length)
+        }
+        .await;
+        match outcome {
+            Ok(bytes) => Ok(Response::new(pb::GenerateRandomResponse { plaintext: bytes.to_vec() })),
+            Err(error) => Err(self.fail(&call, &error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_references() -> Result<()> {
+        let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert!(matches!(key_reference("key_id", id)?, KeyReference::Id(_)));
+        let arn = format!("arn:coffer:kms:eu-west-1:111122223333:key/{id}");
+        assert!(matches!(key_reference("key_id", &arn)?, KeyReference::Arn { .. }));
+        assert!(matches!(key_reference("key_id", "alias/x")?, KeyReference::Alias(_)));
+        assert!(matches!(key_reference("key_id", "not-a-key")?, KeyReference::Unknown(_)));
+        assert!(matches!(key_reference("key_id", &id.to_uppercase())?, KeyReference::Unknown(_)));
+        assert!(matches!(key_reference("key_id", ""), Err(KeysError::Validation { field: "key_id", .. })));
+        assert!(matches!(
+            key_reference("key_id", &"a".repeat(2049)),
+            Err(KeysError::Validation { field: "key_id", .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn data_key_length_rules() {
+        assert!(matches!(data_key_length(None, "AES_256"), Ok(32)));
+        assert!(matches!(data_key_length(None, "AES_128"), Ok(16)));
+        assert!(matches!(data_key_length(Some(64), ""), Ok(64)));
+        assert!(matches!(data_key_length(Some(64), "AES_256"), Err(KeysError::Validation { field: "key_spec", .. })));
+        assert!(matches!(data_key_length(None, ""), Err(KeysError::Validation { field: "key_spec", .. })));
+        assert!(matches!(data_key_length(Some(0), ""), Err(KeysError::Validation { field: "number_of_bytes", .. })));
+        assert!(matches!(data_key_length(Some(1025), ""), Err(KeysError::Validation { field: "number_of_bytes", .. })));
+        assert!(matches!(data_key_length(None, "AES_512"), Err(KeysError::Validation { field: "key_spec", .. })));
+    }
+
+    #[test]
+    fn markers_must_be_ours() {
+        assert!(matches!(list_marker("!!"), Err(KeysError::InvalidMarker)));
+        assert!(matches!(list_marker(&URL_SAFE_NO_PAD.encode("nope")), Err(KeysError::InvalidMarker)));
+        assert!(matches!(list_marker(""), Ok(None)));
+    }
+}

@@ -1,0 +1,102 @@
+//! Storage of keys, their sealed material versions and tags. One trait, a
+//! Postgres and a SQLite implementation generated from the same statements
+//! (see [`sql`]), and one contract test suite that runs against both.
+
+mod sql;
+#[cfg(test)]
+mod contract_tests;
+
+use async_trait::async_trait;
+use coffer_crypto::MaterialId;
+use coffer_platform::arn::AccountId;
+use coffer_platform::db::{DbPool, MigrationFile, Migrations};
+use thiserror::Error;
+
+use crate::domain::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag};
+
+pub use sql::{PostgresKeyStore, SqliteKeyStore};
+
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &[MigrationFile {
+        version: 1,
+        description: "keys",
+        sql: include_str!("../../migrations/postgres/0001_keys.sql"),
+    }],
+    sqlite: &[MigrationFile {
+        version: 1,
+        description: "keys",
+        sql: include_str!("../../migrations/sqlite/0001_keys.sql"),
+    }],
+};
+
+/// A key as stored. Its ARN is derived from the instance location, never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_id: KeyId,
+    pub account: AccountId,
+    pub description: String,
+    pub key_usage: KeyUsage,
+    pub key_spec: KeySpec,
+    pub origin: Origin,
+    pub key_manager: KeyManager,
+    pub key_state: KeyState,
+    pub multi_region: bool,
+    pub current_material_id: Option<MaterialId>,
+    pub created_at_ms: i64,
+    pub deletion_date_ms: Option<i64>,
+}
+
+/// One version of a key's material, sealed under the root key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaterialRecord {
+    pub material_id: MaterialId,
+    pub sealed_material: Vec<u8>,
+    pub origin: Origin,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("a record with this identity already exists")]
+    Conflict,
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+/// Maps database failures to store errors: the one place SQL error codes are read.
+pub(crate) fn convert_sqlx_error(error: sqlx::Error) -> StoreError {
+    let is_unique_violation = error
+        .as_database_error()
+        .is_some_and(|database_error| matches!(database_error.kind(), sqlx::error::ErrorKind::UniqueViolation));
+    if is_unique_violation {
+        StoreError::Conflict
+    } else {
+        StoreError::Database(error)
+    }
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Stores a new key with its first material version and tags, atomically.
+    async fn create_key(&self, key: &KeyRecord, material: &MaterialRecord, tags: &[Tag]) -> Result<(), StoreError>;
+
+    /// The key `key_id` of `account`; `None` when it does not exist there.
+    async fn get_key(&self, account: &AccountId, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    async fn get_material(&self, key_id: &KeyId, material_id: &MaterialId) -> Result<Option<MaterialRecord>, StoreError>;
+
+    /// Up to `limit` keys of `account` ordered by key id, after `after`.
+    async fn list_keys(&self, account: &AccountId, after: Option<&KeyId>, limit: u32) -> Result<Vec<KeyRecord>, StoreError>;
+
+    async fn list_tags(&self, key_id: &KeyId) -> Result<Vec<Tag>, StoreError>;
+}
+
+/// The store for a connected pool.
+pub fn key_store(pool: DbPool) -> std::sync::Arc<dyn KeyStore> {
+    match pool {
+        DbPool::Postgres(pool) => std::sync::Arc::new(PostgresKeyStore::new(pool)),
+        DbPool::Sqlite(pool) => std::sync::Arc::new(SqliteKeyStore::new(pool)),
+    }
+}
