@@ -4,10 +4,7 @@
 
 use std::path::PathBuf;
 
-const PROTO_FILES: &[&str] = &[
-    "coffer/common/v1/common.proto",
-    "coffer/keys/v1/keys.proto",
-];
+const PROTO_FILES: &[&str] = &["coffer/common/v1/common.proto", "coffer/keys/v1/keys.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prost_config = tonic_prost_build::Config::new();

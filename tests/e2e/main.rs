@@ -1,1 +1,7 @@
+//! End-to-end tests: real services, real mTLS, real databases.
 
+mod audit;
+mod ciphertexts;
+mod identity;
+mod keys;
+mod operations;

@@ -1,1 +1,422 @@
+//! Boots real Coffer services in-process for end-to-end tests: services bind
+//! `127.0.0.1:0`, speak mTLS with certificates minted by a per-test CA, and
+//! store into SQLite or Postgres. Clients can be made for any principal.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::Context as _;
+use coffer::Instance;
+use coffer_platform::client::ClientTls;
+use coffer_platform::clock::{Clock, SystemClock};
+use coffer_platform::config::{self, Settings};
+use coffer_platform::db::testing;
+use coffer_platform::pki::{self, Authority, IssuedIdentity};
+use coffer_proto::keys::v1::keys_client::KeysClient;
+use tonic::transport::Channel;
+
+pub use coffer_proto::keys::v1 as keys_pb;
+
+pub const TRUST_DOMAIN: &str = "coffer.test";
+pub const ACCOUNT_A: &str = "111122223333";
+pub const ACCOUNT_B: &str = "444455556666";
+
+/// Where a test's services keep their state.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// A Postgres URL; each harness gets its own schema.
+    Postgres(String),
+}
+
+/// The Postgres backend when reachable (a failure under CI=true).
+pub async fn postgres_backend() -> Option<Backend> {
+    testing::postgres_url().await.map(Backend::Postgres)
+}
+
+/// Limits a test may tighten.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub max_message_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 256,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// Log lines of every harness in this process, so tests can prove that no
+/// plaintext reaches a log.
+pub fn captured_logs() -> String {
+    let buffer = log_buffer()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    String::from_utf8_lossy(&buffer).into_owned()
+}
+
+fn log_buffer() -> &'static Mutex<Vec<u8>> {
+    static BUFFER: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    BUFFER.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+#[derive(Clone, Copy)]
+struct CapturedWriter;
+
+impl std::io::Write for CapturedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut buffer = log_buffer()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn install_log_capture() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("debug,h2=info,hyper=info,tower=info,rustls=info,sqlx=warn")
+            .with_writer(|| CapturedWriter)
+            .finish();
+        let _already_set = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+/// A running set of services and the CA that identifies their callers.
+pub struct Harness {
+    directory: tempfile::TempDir,
+    authority: Authority,
+    settings: Settings,
+    services: Vec<String>,
+    clock: Arc<dyn Clock>,
+    instance: Option<Instance>,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Harness")
+            .field("dir", &self.directory.path())
+            .finish_non_exhaustive()
+    }
+}
+
+fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
+}
+
+impl Harness {
+    pub async fn start(backend: Backend) -> anyhow::Result<Self> {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, options: Options) -> anyhow::Result<Self> {
+        coffer_platform::install_crypto_provider();
+        install_log_capture();
+        let directory = tempfile::tempdir()?;
+        let dir = directory.path();
+        pki::init_ca(dir, TRUST_DOMAIN)?;
+        let authority = Authority::load(dir)?;
+        let server = authority.issue(
+            &format!("spiffe://{TRUST_DOMAIN}/service/keys"),
+            &["localhost".to_owned()],
+            &["127.0.0.1".parse()?],
+        )?;
+        pki::write_identity(dir, "server", &server)?;
+        write(
+            &dir.join("root-key"),
+            coffer_crypto::RootKey::generate()?.to_base64().as_str(),
+        )?;
+        let database = match &backend {
+            Backend::Sqlite => format!("url: \"sqlite://{}\"", dir.join("keys.db").display()),
+            Backend::Postgres(url) => {
+                format!(
+                    "url: \"{url}\"\n      schema: {}",
+                    testing::unique_schema("e2e_keys")
+                )
+            }
+        };
+        let config_text = format!(
+            "region: eu-west-1\n\
+             trust_domain: {TRUST_DOMAIN}\n\
+             tls:\n  cert_file: \"{dir}/server-cert.pem\"\n  key_file: \"{dir}/server-key.pem\"\n  ca_file: \"{dir}/ca.pem\"\n\
+             root_key:\n  file: \"{dir}/root-key\"\n\
+             admin_listen: \"127.0.0.1:0\"\n\
+             limits:\n  max_message_bytes: {}\n  request_timeout_ms: {}\n  max_concurrent_requests: {}\n  shutdown_grace_ms: {}\n\
+             audit:\n  log_file: \"{dir}/audit.jsonl\"\n\
+             services:\n  keys:\n    listen: \"127.0.0.1:0\"\n    database:\n      {database}\n",
+            options.max_message_bytes,
+            options.request_timeout_ms,
+            options.max_concurrent_requests,
+            options.shutdown_grace_ms,
+            dir = dir.display(),
+        );
+        write(&dir.join("coffer.yaml"), &config_text)?;
+        let settings = config::load(Some(&dir.join("coffer.yaml")), Vec::new())?;
+        let services = vec!["keys".to_owned()];
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let instance = coffer::launch(&settings, &services, clock.clone()).await?;
+        Ok(Self {
+            directory,
+            authority,
+            settings,
+            services,
+            clock,
+            instance: Some(instance),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.directory.path()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn instance(&self) -> anyhow::Result<&Instance> {
+        self.instance.as_ref().context("the harness is stopped")
+    }
+
+    /// `host:port` of the keys service.
+    pub fn keys_addr(&self) -> anyhow::Result<String> {
+        Ok(self
+            .instance()?
+            .addr_of("keys")
+            .context("keys is not served")?
+            .to_string())
+    }
+
+    pub fn ca_pem(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(std::fs::read(self.dir().join(pki::CA_CERT_FILE))?)
+    }
+
+    /// A certificate for `spiffe_id` from this harness's CA.
+    pub fn identity(&self, spiffe_id: &str) -> anyhow::Result<IssuedIdentity> {
+        Ok(self.authority.issue(spiffe_id, &[], &[])?)
+    }
+
+    pub fn user_id(account: &str, name: &str) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/account/{account}/user/{name}")
+    }
+
+    pub fn service_id(service: &str) -> String {
+        format!("spiffe://{TRUST_DOMAIN}/service/{service}")
+    }
+
+    /// A channel presenting `identity` (or no certificate at all).
+    pub async fn channel_with(&self, identity: Option<&IssuedIdentity>) -> anyhow::Result<Channel> {
+        let tls = ClientTls::from_pem(
+            &self.ca_pem()?,
+            identity.map(|id| (id.cert_pem.as_bytes(), id.key_pem.as_bytes())),
+        );
+        Ok(tls.connect(&self.keys_addr()?, "localhost").await?)
+    }
+
+    pub async fn keys_as(&self, spiffe_id: &str) -> anyhow::Result<KeysClient<Channel>> {
+        let identity = self.identity(spiffe_id)?;
+        Ok(KeysClient::new(self.channel_with(Some(&identity)).await?))
+    }
+
+    /// A user `name` of `account`.
+    pub async fn keys_for(&self, account: &str, name: &str) -> anyhow::Result<KeysClient<Channel>> {
+        self.keys_as(&Self::user_id(account, name)).await
+    }
+
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.dir().join("audit.jsonl")
+    }
+
+    /// Every audit event written so far.
+    pub fn audit_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(self.audit_log_path()).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .with_context(|| format!("audit line is not JSON: {line}"))
+            })
+            .collect()
+    }
+
+    /// The events of one request id.
+    pub fn audit_events_for(&self, request_id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(self
+            .audit_events()?
+            .into_iter()
+            .filter(|event| event["requestID"] == request_id)
+            .collect())
+    }
+
+    /// Graceful shutdown of the running services.
+    pub async fn stop(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            instance.shutdown().await;
+        }
+    }
+
+    /// Takes the running instance out, for tests that drive shutdown.
+    pub fn take_instance(&mut self) -> Option<Instance> {
+        self.instance.take()
+    }
+
+    /// Starts the services again on the same state.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        self.instance =
+            Some(coffer::launch(&self.settings, &self.services, self.clock.clone()).await?);
+        Ok(())
+    }
+}
+
+/// The request id Coffer returned with a response or error.
+pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get(coffer_platform::call::REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The AWS exception name a status carries.
+pub fn exception_of(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Asserts a call failed with exactly this code and exception.
+#[track_caller]
+pub fn assert_error<T: std::fmt::Debug>(
+    outcome: Result<T, tonic::Status>,
+    code: tonic::Code,
+    exception: &str,
+) -> tonic::Status {
+    match outcome {
+        Ok(value) => panic!("expected {code:?} {exception}, got success {value:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "status: {status:?}");
+            assert_eq!(exception_of(&status), exception, "status: {status:?}");
+            status
+        }
+    }
+}
+
+/// Declares each listed `async fn name(backend: Backend) -> anyhow::Result<()>`
+/// as a SQLite test and a Postgres test (the latter skipped when Postgres is
+/// unreachable, and failing under CI=true).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    match $crate::postgres_backend().await {
+                        Some(backend) => super::$name(backend).await,
+                        None => Ok(()),
+                    }
+                }
+            )+
+        }
+    };
+}
+
+/// A write lock on the keys table, taken from outside the service: calls
+/// that write keys wait until it is released. Lets tests hold a call in
+/// flight without sleeping.
+pub enum TableLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl Harness {
+    pub async fn lock_keys_table(&self) -> anyhow::Result<TableLock> {
+        use sqlx::Connection as _;
+        let database = &self
+            .settings
+            .services
+            .get("keys")
+            .context("keys is not configured")?
+            .database;
+        match database.backend {
+            coffer_platform::config::DatabaseBackend::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(&database.url).await?;
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut connection)
+                    .await?;
+                Ok(TableLock::Sqlite(connection))
+            }
+            coffer_platform::config::DatabaseBackend::Postgres => {
+                let mut connection = sqlx::PgConnection::connect(&database.url).await?;
+                sqlx::query("BEGIN").execute(&mut connection).await?;
+                sqlx::query(&format!(
+                    "LOCK TABLE \"{}\".keys IN EXCLUSIVE MODE",
+                    database.schema
+                ))
+                .execute(&mut connection)
+                .await?;
+                Ok(TableLock::Postgres(connection))
+            }
+        }
+    }
+
+    /// Waits (polling, bounded) until `count` API calls are in flight.
+    pub async fn wait_for_in_flight(&self, count: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let in_flight: usize = self
+                .instance()?
+                .servers()
+                .map(|server| server.in_flight_calls())
+                .sum();
+            if in_flight >= count {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "only {in_flight} calls in flight after 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl TableLock {
+    pub async fn release(self) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(mut connection) => {
+                sqlx::query("COMMIT").execute(&mut connection).await?;
+            }
+            Self::Postgres(mut connection) => {
+                sqlx::query("COMMIT").execute(&mut connection).await?;
+            }
+        }
+        Ok(())
+    }
+}

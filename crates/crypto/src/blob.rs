@@ -131,15 +131,17 @@ pub fn encrypt_symmetric(
     let key_id_len = u8::try_from(key_id.len()).map_err(|_| CryptoError::KeyIdFormat)?;
     let nonce: [u8; NONCE_LEN] = random_array()?;
 
-    let mut blob =
-        Vec::with_capacity(2 + key_id.len() + MaterialId::LEN + NONCE_LEN + plaintext.len() + TAG_LEN);
+    let mut blob = Vec::with_capacity(
+        2 + key_id.len() + MaterialId::LEN + NONCE_LEN + plaintext.len() + TAG_LEN,
+    );
     blob.push(BLOB_FORMAT_V1);
     blob.push(key_id_len);
     blob.extend_from_slice(key_id.as_bytes());
     blob.extend_from_slice(material_id.as_bytes());
     blob.extend_from_slice(&nonce);
 
-    let cipher = Aes256Gcm::new_from_slice(material.as_bytes()).map_err(|_| CryptoError::Encrypt)?;
+    let cipher =
+        Aes256Gcm::new_from_slice(material.as_bytes()).map_err(|_| CryptoError::Encrypt)?;
     let aad = associated_data(&blob, context);
     let sealed = cipher
         .encrypt(
@@ -162,11 +164,12 @@ mod tests {
 
     const KEY_ID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
 
-    fn fixture() -> Result<(SymmetricKeyMaterial, MaterialId, EncryptionContext, Vec<u8>), CryptoError>
-    {
+    fn fixture()
+    -> Result<(SymmetricKeyMaterial, MaterialId, EncryptionContext, Vec<u8>), CryptoError> {
         let material = SymmetricKeyMaterial::generate()?;
         let material_id = MaterialId::generate()?;
-        let context: EncryptionContext = [("purpose", "test"), ("tenant", "a")].into_iter().collect();
+        let context: EncryptionContext =
+            [("purpose", "test"), ("tenant", "a")].into_iter().collect();
         let blob = encrypt_symmetric(&material, KEY_ID, material_id, &context, b"hello")?;
         Ok((material, material_id, context, blob))
     }
@@ -185,7 +188,10 @@ mod tests {
     fn wrong_context_or_key_fails() -> Result<(), Box<dyn std::error::Error>> {
         let (material, _, context, blob) = fixture()?;
         let parsed = parse_blob(&blob)?;
-        assert_eq!(parsed.decrypt(&material, &EncryptionContext::default()), Err(InvalidCiphertext));
+        assert_eq!(
+            parsed.decrypt(&material, &EncryptionContext::default()),
+            Err(InvalidCiphertext)
+        );
         let extra: EncryptionContext = context
             .pairs()
             .iter()
@@ -208,7 +214,11 @@ mod tests {
                     *byte ^= 1 << bit;
                 }
                 let outcome = parse_blob(&tampered).and_then(|p| p.decrypt(&material, &context));
-                assert_eq!(outcome, Err(InvalidCiphertext), "flip byte {index} bit {bit}");
+                assert_eq!(
+                    outcome,
+                    Err(InvalidCiphertext),
+                    "flip byte {index} bit {bit}"
+                );
             }
         }
         for cut in 0..blob.len() {

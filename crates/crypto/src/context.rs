@@ -37,7 +37,11 @@ impl EncryptionContext {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for EncryptionContext {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -65,7 +69,10 @@ mod tests {
         assert_ne!(joined.canonical_bytes(), split.canonical_bytes());
         assert_ne!(
             EncryptionContext::default().canonical_bytes(),
-            [("", "")].into_iter().collect::<EncryptionContext>().canonical_bytes()
+            [("", "")]
+                .into_iter()
+                .collect::<EncryptionContext>()
+                .canonical_bytes()
         );
     }
 }

@@ -113,7 +113,10 @@ mod tests {
         assert!(matches!(material, Ok(ref m) if format!("{m:?}") == "SymmetricKeyMaterial(..)"));
         assert!(matches!(
             SymmetricKeyMaterial::from_bytes(&[1u8; 31]),
-            Err(CryptoError::MaterialLength { expected: 32, actual: 31 })
+            Err(CryptoError::MaterialLength {
+                expected: 32,
+                actual: 31
+            })
         ));
     }
 }

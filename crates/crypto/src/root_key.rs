@@ -49,12 +49,11 @@ impl RootKey {
     pub fn load(source: &RootKeySource) -> Result<Self, RootKeyError> {
         match source {
             RootKeySource::File(path) => {
-                let contents = Zeroizing::new(std::fs::read(path).map_err(|source| {
-                    RootKeyError::Read {
+                let contents =
+                    Zeroizing::new(std::fs::read(path).map_err(|source| RootKeyError::Read {
                         path: path.clone(),
                         source,
-                    }
-                })?);
+                    })?);
                 Self::from_file_contents(&contents, &path.display().to_string())
             }
             RootKeySource::Env(variable) => {
@@ -142,7 +141,9 @@ mod tests {
     #[test]
     fn missing_env_is_named() {
         let error = RootKey::load(&RootKeySource::Env("COFFER_TEST_NO_SUCH_VAR".into())).err();
-        assert!(matches!(error, Some(RootKeyError::MissingEnv(name)) if name == "COFFER_TEST_NO_SUCH_VAR"));
+        assert!(
+            matches!(error, Some(RootKeyError::MissingEnv(name)) if name == "COFFER_TEST_NO_SUCH_VAR")
+        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub fn seal(
     binding: &SealBinding<'_>,
     material: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let cipher = Aes256Gcm::new_from_slice(root_key.as_bytes()).map_err(|_| CryptoError::Encrypt)?;
+    let cipher =
+        Aes256Gcm::new_from_slice(root_key.as_bytes()).map_err(|_| CryptoError::Encrypt)?;
     let nonce: [u8; NONCE_LEN] = random_array()?;
     let aad = binding.associated_data();
     let sealed = cipher
@@ -103,12 +104,18 @@ mod tests {
             resource_arn: "arn:coffer:kms:eu-west-1:111122223333:key/k2",
             ..BINDING
         };
-        assert!(matches!(unseal(&root, &other_key, &record), Err(CryptoError::Unseal)));
+        assert!(matches!(
+            unseal(&root, &other_key, &record),
+            Err(CryptoError::Unseal)
+        ));
         let other_material = SealBinding {
             material_id: "ffffffffffffffffffffffffffffffff",
             ..BINDING
         };
-        assert!(matches!(unseal(&root, &other_material, &record), Err(CryptoError::Unseal)));
+        assert!(matches!(
+            unseal(&root, &other_material, &record),
+            Err(CryptoError::Unseal)
+        ));
         assert!(matches!(
             unseal(&RootKey::generate()?, &BINDING, &record),
             Err(CryptoError::Unseal)
@@ -122,13 +129,19 @@ mod tests {
         let record = seal(&root, &BINDING, b"material")?;
         for cut in 0..record.len() {
             let truncated = record.get(..cut).unwrap_or_default();
-            assert!(matches!(unseal(&root, &BINDING, truncated), Err(CryptoError::Unseal)));
+            assert!(matches!(
+                unseal(&root, &BINDING, truncated),
+                Err(CryptoError::Unseal)
+            ));
         }
         let mut flipped = record.clone();
         if let Some(last) = flipped.last_mut() {
             *last ^= 1;
         }
-        assert!(matches!(unseal(&root, &BINDING, &flipped), Err(CryptoError::Unseal)));
+        assert!(matches!(
+            unseal(&root, &BINDING, &flipped),
+            Err(CryptoError::Unseal)
+        ));
         Ok(())
     }
 }

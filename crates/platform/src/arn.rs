@@ -79,7 +79,13 @@ mod tests {
     #[test]
     fn account_ids_are_twelve_digits() {
         assert!(AccountId::parse("111122223333").is_some());
-        for bad in ["", "11112222333", "1111222233334", "11112222333a", " 11112222333"] {
+        for bad in [
+            "",
+            "11112222333",
+            "1111222233334",
+            "11112222333a",
+            " 11112222333",
+        ] {
             assert!(AccountId::parse(bad).is_none(), "{bad:?}");
         }
     }

@@ -111,7 +111,10 @@ pub struct AuditRecorder(Arc<Mutex<AuditDraft>>);
 
 impl AuditRecorder {
     fn with<R>(&self, change: impl FnOnce(&mut AuditDraft) -> R) -> R {
-        let mut draft = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut draft = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         change(&mut draft)
     }
 
@@ -190,9 +193,13 @@ impl JsonLinesSink {
 #[async_trait::async_trait]
 impl AuditSink for JsonLinesSink {
     async fn emit(&self, event: &AuditEvent) -> Result<(), AuditDeliveryError> {
-        let mut line = serde_json::to_vec(event).map_err(|error| AuditDeliveryError(error.to_string()))?;
+        let mut line =
+            serde_json::to_vec(event).map_err(|error| AuditDeliveryError(error.to_string()))?;
         line.push(b'\n');
-        let mut target = self.target.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut target = self
+            .target
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let written = match &mut *target {
             SinkTarget::File(file) => file.write_all(&line),
             SinkTarget::Stdout => std::io::stdout().lock().write_all(&line),

@@ -143,12 +143,19 @@ pub struct CallLayer {
 }
 
 impl CallLayer {
-    pub fn new(catalogs: Vec<ServiceCatalog>, settings: CallSettings, sink: Arc<dyn AuditSink>) -> Self {
+    pub fn new(
+        catalogs: Vec<ServiceCatalog>,
+        settings: CallSettings,
+        sink: Arc<dyn AuditSink>,
+    ) -> Self {
         let catalogs = catalogs
             .into_iter()
             .map(|catalog| {
-                let source: Arc<str> =
-                    Arc::from(settings.location.event_source(service_prefix(catalog.service_name)));
+                let source: Arc<str> = Arc::from(
+                    settings
+                        .location
+                        .event_source(service_prefix(catalog.service_name)),
+                );
                 (catalog, source)
             })
             .collect();
@@ -161,6 +168,13 @@ impl CallLayer {
                 permits,
             }),
         }
+    }
+}
+
+impl CallLayer {
+    /// API calls currently holding a concurrency permit.
+    pub fn in_flight(&self) -> usize {
+        self.shared.settings.max_concurrent_requests - self.shared.permits.available_permits()
     }
 }
 
@@ -218,7 +232,8 @@ fn resolve_identity(
     headers: &HeaderMap,
     trust_domain: &str,
 ) -> Result<CallIdentity, ApiError> {
-    let peer = peer.ok_or_else(|| ApiError::unauthenticated("no client certificate was presented"))?;
+    let peer =
+        peer.ok_or_else(|| ApiError::unauthenticated("no client certificate was presented"))?;
     let direct = peer
         .identity
         .clone()
@@ -308,7 +323,11 @@ fn user_identity(identity: Option<&CallIdentity>, location: &Location) -> UserId
     }
 }
 
-async fn handle_call<S>(shared: Arc<Shared>, mut inner: S, mut request: Request<Body>) -> Result<Response<Body>, S::Error>
+async fn handle_call<S>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    mut request: Request<Body>,
+) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send,
     S::Future: Send,
@@ -341,7 +360,11 @@ where
         .take(MAX_USER_AGENT_LEN)
         .collect();
     let peer = request.extensions().get::<PeerInfo>().cloned();
-    let identity = resolve_identity(peer.as_ref(), request.headers(), &shared.settings.trust_domain);
+    let identity = resolve_identity(
+        peer.as_ref(),
+        request.headers(),
+        &shared.settings.trust_domain,
+    );
     request.headers_mut().remove(FORWARDED_FOR_HEADER);
     request.headers_mut().remove(FORWARDED_SOURCE_IP_HEADER);
 
@@ -365,7 +388,9 @@ where
             };
             request.extensions_mut().insert(context);
             let deadline = parse_grpc_timeout(request.headers())
-                .map_or(shared.settings.request_timeout, |asked| asked.min(shared.settings.request_timeout));
+                .map_or(shared.settings.request_timeout, |asked| {
+                    asked.min(shared.settings.request_timeout)
+                });
             let response = match shared.permits.clone().try_acquire_owned() {
                 Err(_) => {
                     let error = ApiError::throttled();
@@ -373,7 +398,12 @@ where
                     error.into_status(&event_source).into_http::<Body>()
                 }
                 Ok(_permit) => {
-                    match tokio::time::timeout(deadline, inner.call(request).instrument(span.clone())).await {
+                    match tokio::time::timeout(
+                        deadline,
+                        inner.call(request).instrument(span.clone()),
+                    )
+                    .await
+                    {
                         Ok(Ok(response)) => response,
                         Ok(Err(error)) => return Err(error),
                         Err(_elapsed) => {
@@ -388,8 +418,21 @@ where
         }
     };
 
-    let code = grpc_status_of(&response);
-    let draft = recorder.take();
+    let mut code = grpc_status_of(&response);
+    let mut draft = recorder.take();
+    if code == tonic::Code::OutOfRange && draft.error.is_none() {
+        // tonic rejects an over-size message with OUT_OF_RANGE; the gRPC
+        // specification (and Coffer's closed set of codes) says RESOURCE_EXHAUSTED.
+        code = tonic::Code::ResourceExhausted;
+        response.headers_mut().insert(
+            "grpc-status",
+            HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
+        draft.error = Some((
+            "RequestEntityTooLargeException".to_owned(),
+            "the request message is larger than the server accepts".to_owned(),
+        ));
+    }
     let (error_code, error_message) = match (code, draft.error) {
         (tonic::Code::Ok, _) => (None, None),
         (_, Some((exception, message))) => (Some(exception), Some(message)),
@@ -406,9 +449,12 @@ where
         }
     };
     let location = &shared.settings.location;
-    let caller_account = identity
-        .as_ref()
-        .and_then(|identity| identity.principal.account().map(|account| account.to_string()));
+    let caller_account = identity.as_ref().and_then(|identity| {
+        identity
+            .principal
+            .account()
+            .map(|account| account.to_string())
+    });
     let event = AuditEvent {
         event_version: "1.11",
         event_id: uuid::Uuid::new_v4().to_string(),

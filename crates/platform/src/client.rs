@@ -16,7 +16,10 @@ use crate::trace::TRACEPARENT_HEADER;
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid endpoint {endpoint}: {message}")]
     Endpoint { endpoint: String, message: String },
     #[error("cannot connect to {endpoint}: {message}")]
@@ -39,13 +42,21 @@ pub struct ClientTls {
 
 impl ClientTls {
     /// Trust `ca_file`; present `cert_file` + `key_file` when given.
-    pub fn from_files(ca_file: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, ClientError> {
+    pub fn from_files(
+        ca_file: &Path,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<Self, ClientError> {
         let ca = read(ca_file)?;
         let identity = match identity {
             Some((cert_file, key_file)) => Some((read(cert_file)?, read(key_file)?)),
             None => None,
         };
-        Ok(Self::from_pem(&ca, identity.as_ref().map(|(cert, key)| (cert.as_slice(), key.as_slice()))))
+        Ok(Self::from_pem(
+            &ca,
+            identity
+                .as_ref()
+                .map(|(cert, key)| (cert.as_slice(), key.as_slice())),
+        ))
     }
 
     pub fn from_pem(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Self {
@@ -70,10 +81,13 @@ impl ClientTls {
                 endpoint: endpoint_text.clone(),
                 message: error.to_string(),
             })?;
-        endpoint.connect().await.map_err(|error| ClientError::Connect {
-            endpoint: endpoint_text,
-            message: error_chain(&error),
-        })
+        endpoint
+            .connect()
+            .await
+            .map_err(|error| ClientError::Connect {
+                endpoint: endpoint_text,
+                message: error_chain(&error),
+            })
     }
 }
 
@@ -108,16 +122,19 @@ impl ForwardCaller {
 }
 
 impl Interceptor for ForwardCaller {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let metadata = request.metadata_mut();
         for (name, value) in [
             (FORWARDED_FOR_HEADER, &self.forwarded_for),
             (FORWARDED_SOURCE_IP_HEADER, &self.source_ip),
             (TRACEPARENT_HEADER, &self.traceparent),
         ] {
-            let value: MetadataValue<_> = value
-                .parse()
-                .map_err(|_| tonic::Status::internal("forwarded metadata is not a valid header value"))?;
+            let value: MetadataValue<_> = value.parse().map_err(|_| {
+                tonic::Status::internal("forwarded metadata is not a valid header value")
+            })?;
             metadata.insert(name, value);
         }
         Ok(request)

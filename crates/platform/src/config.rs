@@ -263,7 +263,8 @@ pub fn from_yaml(
     let mut tree: Value = if text.trim().is_empty() {
         Value::Mapping(Default::default())
     } else {
-        serde_yaml_ng::from_str(text).map_err(|error| ConfigError::new("config", error.to_string()))?
+        serde_yaml_ng::from_str(text)
+            .map_err(|error| ConfigError::new("config", error.to_string()))?
     };
     if tree.is_null() {
         tree = Value::Mapping(Default::default());
@@ -323,13 +324,19 @@ fn validate_dns_like(field: &str, value: &str) -> Result<(), ConfigError> {
     if valid {
         Ok(())
     } else {
-        Err(ConfigError::new(field, format!("{value:?} must be lowercase DNS labels separated by dots")))
+        Err(ConfigError::new(
+            field,
+            format!("{value:?} must be lowercase DNS labels separated by dots"),
+        ))
     }
 }
 
 fn parse_socket_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     text.parse().map_err(|_| {
-        ConfigError::new(field, format!("{text:?} is not an address of the form host-ip:port"))
+        ConfigError::new(
+            field,
+            format!("{text:?} is not an address of the form host-ip:port"),
+        )
     })
 }
 
@@ -344,7 +351,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         && !region.starts_with('-')
         && !region.ends_with('-');
     if !region_is_valid {
-        return Err(ConfigError::new("region", format!("{region:?} must look like eu-west-1")));
+        return Err(ConfigError::new(
+            "region",
+            format!("{region:?} must look like eu-west-1"),
+        ));
     }
     let partition_is_valid = (1..=32).contains(&file.partition.len())
         && file
@@ -352,7 +362,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             .bytes()
             .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
     if !partition_is_valid {
-        return Err(ConfigError::new("partition", "must be lowercase letters, digits and hyphens"));
+        return Err(ConfigError::new(
+            "partition",
+            "must be lowercase letters, digits and hyphens",
+        ));
     }
     validate_dns_like("dns_suffix", &file.dns_suffix)?;
     validate_dns_like("trust_domain", &file.trust_domain)?;
@@ -371,7 +384,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             env: Some(variable),
         }) => RootKeySource::Env(variable),
         Some(_) => {
-            return Err(ConfigError::new("root_key", "set exactly one of file or env"));
+            return Err(ConfigError::new(
+                "root_key",
+                "set exactly one of file or env",
+            ));
         }
         None => return Err(ConfigError::new("root_key", "is required: file or env")),
     };
@@ -384,13 +400,22 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
 
     let limits_file = file.limits;
     if limits_file.max_message_bytes < 16 * 1024 {
-        return Err(ConfigError::new("limits.max_message_bytes", "must be at least 16384"));
+        return Err(ConfigError::new(
+            "limits.max_message_bytes",
+            "must be at least 16384",
+        ));
     }
     if limits_file.request_timeout_ms == 0 {
-        return Err(ConfigError::new("limits.request_timeout_ms", "must be positive"));
+        return Err(ConfigError::new(
+            "limits.request_timeout_ms",
+            "must be positive",
+        ));
     }
     if limits_file.max_concurrent_requests == 0 {
-        return Err(ConfigError::new("limits.max_concurrent_requests", "must be positive"));
+        return Err(ConfigError::new(
+            "limits.max_concurrent_requests",
+            "must be positive",
+        ));
     }
     let limits = Limits {
         max_message_bytes: limits_file.max_message_bytes,
@@ -412,7 +437,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
     if let Some(endpoint) = &file.telemetry.otlp_endpoint
         && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
     {
-        return Err(ConfigError::new("telemetry.otlp_endpoint", "must start with http:// or https://"));
+        return Err(ConfigError::new(
+            "telemetry.otlp_endpoint",
+            "must start with http:// or https://",
+        ));
     }
 
     let mut services = BTreeMap::new();
@@ -421,7 +449,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         if !SERVICE_NAMES.contains(&name.as_str()) {
             return Err(ConfigError::new(
                 field,
-                format!("unknown service; expected one of {}", SERVICE_NAMES.join(", ")),
+                format!(
+                    "unknown service; expected one of {}",
+                    SERVICE_NAMES.join(", ")
+                ),
             ));
         }
         let listen = parse_socket_addr(&format!("{field}.listen"), &service.listen)?;
@@ -436,12 +467,18 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
                 "must start with postgres://, postgresql:// or sqlite:",
             ));
         };
-        let schema = service.database.schema.unwrap_or_else(|| format!("coffer_{name}"));
+        let schema = service
+            .database
+            .schema
+            .unwrap_or_else(|| format!("coffer_{name}"));
         let schema_is_valid = (1..=63).contains(&schema.len())
             && schema
                 .bytes()
                 .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
-            && schema.bytes().next().is_some_and(|byte| byte.is_ascii_lowercase());
+            && schema
+                .bytes()
+                .next()
+                .is_some_and(|byte| byte.is_ascii_lowercase());
         if !schema_is_valid {
             return Err(ConfigError::new(
                 format!("{field}.database.schema"),
@@ -512,7 +549,10 @@ services:
         let settings = from_yaml(MINIMAL, no_env())?;
         assert_eq!(settings.location.region, "eu-west-1");
         assert_eq!(settings.location.partition, "coffer");
-        let keys = settings.services.get("keys").map(|s| s.database.schema.clone());
+        let keys = settings
+            .services
+            .get("keys")
+            .map(|s| s.database.schema.clone());
         assert_eq!(keys.as_deref(), Some("coffer_keys"));
         Ok(())
     }
@@ -521,27 +561,45 @@ services:
     fn environment_overrides_nested_fields() -> Result<(), ConfigError> {
         let environment = vec![
             ("COFFER_REGION".to_owned(), "us-east-2".to_owned()),
-            ("COFFER_SERVICES__KEYS__DATABASE__URL".to_owned(), "postgres://db/x".to_owned()),
-            ("COFFER_LIMITS__MAX_CONCURRENT_REQUESTS".to_owned(), "7".to_owned()),
+            (
+                "COFFER_SERVICES__KEYS__DATABASE__URL".to_owned(),
+                "postgres://db/x".to_owned(),
+            ),
+            (
+                "COFFER_LIMITS__MAX_CONCURRENT_REQUESTS".to_owned(),
+                "7".to_owned(),
+            ),
             ("COFFER_CONFIG".to_owned(), "/ignored.yaml".to_owned()),
             ("COFFER_ROOT_KEY_MATERIAL".to_owned(), "ignored".to_owned()),
         ];
         let settings = from_yaml(MINIMAL, environment)?;
         assert_eq!(settings.location.region, "us-east-2");
         assert_eq!(settings.limits.max_concurrent_requests, 7);
-        let backend = settings.services.get("keys").map(|s| s.database.backend.clone());
+        let backend = settings
+            .services
+            .get("keys")
+            .map(|s| s.database.backend.clone());
         assert_eq!(backend, Some(DatabaseBackend::Postgres));
         Ok(())
     }
 
     fn error_field(text: &str) -> String {
-        from_yaml(text, no_env()).err().map(|e| e.field).unwrap_or_default()
+        from_yaml(text, no_env())
+            .err()
+            .map(|e| e.field)
+            .unwrap_or_default()
     }
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(error_field("tls: {cert_file: a, key_file: b, ca_file: c}"), "region");
-        assert_eq!(error_field(&MINIMAL.replace("eu-west-1", "EU West")), "region");
+        assert_eq!(
+            error_field("tls: {cert_file: a, key_file: b, ca_file: c}"),
+            "region"
+        );
+        assert_eq!(
+            error_field(&MINIMAL.replace("eu-west-1", "EU West")),
+            "region"
+        );
         assert_eq!(error_field(&format!("{MINIMAL}\nbogus: 1\n")), "bogus");
         assert_eq!(
             error_field(&MINIMAL.replace("127.0.0.1:8443", "nowhere")),
@@ -551,16 +609,31 @@ services:
             error_field(&MINIMAL.replace("sqlite://keys.db", "mysql://x")),
             "services.keys.database.url"
         );
-        assert_eq!(error_field(&MINIMAL.replace("keys:", "vault:")), "services.vault");
-        assert_eq!(error_field(&format!("{MINIMAL}\nlimits: {{ max_message_bytes: 1 }}\n")), "limits.max_message_bytes");
-        assert_eq!(error_field(&format!("{MINIMAL}\ntelemetry: {{ log_format: xml }}\n")), "telemetry.log_format");
+        assert_eq!(
+            error_field(&MINIMAL.replace("keys:", "vault:")),
+            "services.vault"
+        );
+        assert_eq!(
+            error_field(&format!("{MINIMAL}\nlimits: {{ max_message_bytes: 1 }}\n")),
+            "limits.max_message_bytes"
+        );
+        assert_eq!(
+            error_field(&format!("{MINIMAL}\ntelemetry: {{ log_format: xml }}\n")),
+            "telemetry.log_format"
+        );
     }
 
     #[test]
     fn unknown_nested_field_is_named() {
-        let text = MINIMAL.replace("root_key: { file: root-key }", "root_key: { file: root-key, colour: red }");
+        let text = MINIMAL.replace(
+            "root_key: { file: root-key }",
+            "root_key: { file: root-key, colour: red }",
+        );
         let error = from_yaml(&text, no_env()).err();
         let rendered = error.map(|e| e.to_string()).unwrap_or_default();
-        assert!(rendered.contains("root_key") && rendered.contains("colour"), "{rendered}");
+        assert!(
+            rendered.contains("root_key") && rendered.contains("colour"),
+            "{rendered}"
+        );
     }
 }

@@ -84,11 +84,13 @@ impl DbPool {
     }
 }
 
-pub async fn connect(settings: &DatabaseSettings, migrations: &Migrations) -> Result<DbPool, DbError> {
+pub async fn connect(
+    settings: &DatabaseSettings,
+    migrations: &Migrations,
+) -> Result<DbPool, DbError> {
     match settings.backend {
         DatabaseBackend::Postgres => {
-            let base = PgConnectOptions::from_str(&settings.url)
-                .map_err(DbError::Connect)?;
+            let base = PgConnectOptions::from_str(&settings.url).map_err(DbError::Connect)?;
             create_schema(&base, &settings.schema).await?;
             let options = base.options([("search_path", settings.schema.as_str())]);
             let pool = PgPoolOptions::new()
@@ -137,7 +139,11 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), D
     match created {
         Ok(_) => Ok(()),
         // Two replicas creating the schema at once: the other one won.
-        Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("23505" | "42P06")) => Ok(()),
+        Err(sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("23505" | "42P06")) =>
+        {
+            Ok(())
+        }
         Err(error) => Err(DbError::Connect(error)),
     }
 }

@@ -54,7 +54,8 @@ pub struct ApiError {
 }
 
 /// The generic message Internal errors carry; details go to the log only.
-pub const INTERNAL_MESSAGE: &str = "an internal error occurred; the request id identifies it in the service logs";
+pub const INTERNAL_MESSAGE: &str =
+    "an internal error occurred; the request id identifies it in the service logs";
 
 impl ApiError {
     pub fn new(code: ErrorCode, exception: &'static str, message: impl Into<String>) -> Self {
@@ -83,7 +84,11 @@ impl ApiError {
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Unauthenticated, "UnrecognizedClientException", message)
+        Self::new(
+            ErrorCode::Unauthenticated,
+            "UnrecognizedClientException",
+            message,
+        )
     }
 
     pub fn throttled() -> Self {
@@ -141,13 +146,19 @@ mod tests {
 
     #[test]
     fn status_carries_error_info_and_field() {
-        let status = ApiError::validation("plaintext", "must be at most 4096 bytes").into_status("kms.coffer.internal");
+        let status = ApiError::validation("plaintext", "must be at most 4096 bytes")
+            .into_status("kms.coffer.internal");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let details = status.get_error_details();
-        let info = details.error_info().map(|info| (info.reason.clone(), info.domain.clone()));
+        let info = details
+            .error_info()
+            .map(|info| (info.reason.clone(), info.domain.clone()));
         assert_eq!(
             info,
-            Some(("ValidationException".to_owned(), "kms.coffer.internal".to_owned()))
+            Some((
+                "ValidationException".to_owned(),
+                "kms.coffer.internal".to_owned()
+            ))
         );
         let violations = details.bad_request().map(|b| b.field_violations.len());
         assert_eq!(violations, Some(1));

@@ -85,7 +85,9 @@ pub enum IdentityError {
     NoSpiffeId,
     #[error("the client certificate has more than one URI SAN")]
     SeveralUris,
-    #[error("the SPIFFE id is not of the form spiffe://{{trust-domain}}/account/{{12 digits}}/user|role/{{name}} or /service/{{name}}")]
+    #[error(
+        "the SPIFFE id is not of the form spiffe://{{trust-domain}}/account/{{12 digits}}/user|role/{{name}} or /service/{{name}}"
+    )]
     Malformed,
     #[error("the SPIFFE id belongs to another trust domain")]
     ForeignTrustDomain,
@@ -101,8 +103,13 @@ fn valid_iam_name(name: &str) -> bool {
 }
 
 /// Parses a SPIFFE id into a principal of `trust_domain`.
-pub fn principal_from_spiffe_id(spiffe_id: &str, trust_domain: &str) -> Result<Principal, IdentityError> {
-    let rest = spiffe_id.strip_prefix("spiffe://").ok_or(IdentityError::Malformed)?;
+pub fn principal_from_spiffe_id(
+    spiffe_id: &str,
+    trust_domain: &str,
+) -> Result<Principal, IdentityError> {
+    let rest = spiffe_id
+        .strip_prefix("spiffe://")
+        .ok_or(IdentityError::Malformed)?;
     let (domain, path) = rest.split_once('/').ok_or(IdentityError::Malformed)?;
     if domain != trust_domain {
         return Err(IdentityError::ForeignTrustDomain);
@@ -134,7 +141,10 @@ pub fn principal_from_spiffe_id(spiffe_id: &str, trust_domain: &str) -> Result<P
 }
 
 /// The principal named by a DER certificate's single SPIFFE URI SAN.
-pub fn principal_from_certificate(der: &[u8], trust_domain: &str) -> Result<Principal, IdentityError> {
+pub fn principal_from_certificate(
+    der: &[u8],
+    trust_domain: &str,
+) -> Result<Principal, IdentityError> {
     use x509_parser::extensions::GeneralName;
 
     let (_, certificate) =
@@ -170,11 +180,21 @@ mod tests {
 
     #[test]
     fn parses_users_roles_and_services() -> Result<(), IdentityError> {
-        let user = principal_from_spiffe_id("spiffe://coffer.test/account/111122223333/user/alice", TD)?;
+        let user =
+            principal_from_spiffe_id("spiffe://coffer.test/account/111122223333/user/alice", TD)?;
         assert_eq!(user.kind(), PrincipalKind::User);
-        assert_eq!(user.arn("coffer"), "arn:coffer:iam::111122223333:user/alice");
-        let role = principal_from_spiffe_id("spiffe://coffer.test/account/111122223333/role/deployer", TD)?;
-        assert_eq!(role.arn("coffer"), "arn:coffer:iam::111122223333:role/deployer");
+        assert_eq!(
+            user.arn("coffer"),
+            "arn:coffer:iam::111122223333:user/alice"
+        );
+        let role = principal_from_spiffe_id(
+            "spiffe://coffer.test/account/111122223333/role/deployer",
+            TD,
+        )?;
+        assert_eq!(
+            role.arn("coffer"),
+            "arn:coffer:iam::111122223333:role/deployer"
+        );
         let service = principal_from_spiffe_id("spiffe://coffer.test/service/secrets", TD)?;
         assert!(service.is_service());
         assert_eq!(service.account(), None);
@@ -184,20 +204,54 @@ mod tests {
     #[test]
     fn rejects_malformed_ids() {
         let cases = [
-            ("spiffe://other.test/account/111122223333/user/alice", IdentityError::ForeignTrustDomain),
-            ("https://coffer.test/account/111122223333/user/alice", IdentityError::Malformed),
-            ("spiffe://coffer.test/account/11112222333/user/alice", IdentityError::Malformed),
-            ("spiffe://coffer.test/account/111122223333/user/", IdentityError::Malformed),
-            ("spiffe://coffer.test/account/111122223333/user/a/b", IdentityError::Malformed),
-            ("spiffe://coffer.test/account/111122223333/user/a%2Fb", IdentityError::Malformed),
-            ("spiffe://coffer.test/account/111122223333/user/..", IdentityError::Malformed),
-            ("spiffe://coffer.test/account/111122223333/group/alice", IdentityError::Malformed),
-            ("spiffe://coffer.test/service/nosuch", IdentityError::Malformed),
-            ("spiffe://coffer.test/service/keys/", IdentityError::Malformed),
+            (
+                "spiffe://other.test/account/111122223333/user/alice",
+                IdentityError::ForeignTrustDomain,
+            ),
+            (
+                "https://coffer.test/account/111122223333/user/alice",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/account/11112222333/user/alice",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/account/111122223333/user/",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/account/111122223333/user/a/b",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/account/111122223333/user/a%2Fb",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/account/111122223333/user/..",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/account/111122223333/group/alice",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/service/nosuch",
+                IdentityError::Malformed,
+            ),
+            (
+                "spiffe://coffer.test/service/keys/",
+                IdentityError::Malformed,
+            ),
             ("spiffe://coffer.test", IdentityError::Malformed),
         ];
         for (id, expected) in cases {
-            assert_eq!(principal_from_spiffe_id(id, TD).err(), Some(expected), "{id}");
+            assert_eq!(
+                principal_from_spiffe_id(id, TD).err(),
+                Some(expected),
+                "{id}"
+            );
         }
     }
 }

@@ -13,8 +13,8 @@
 pub mod arn;
 pub mod audit;
 pub mod call;
-pub mod clock;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;

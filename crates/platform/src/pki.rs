@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use thiserror::Error;
 
@@ -18,7 +18,10 @@ pub const CA_KEY_FILE: &str = "ca-key.pem";
 #[derive(Debug, Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} already holds a CA; refusing to overwrite it")]
     AlreadyExists(PathBuf),
     #[error("certificate generation failed: {0}")]
@@ -66,7 +69,11 @@ pub fn init_ca(dir: &Path, trust_domain: &str) -> Result<(), PkiError> {
     name.push(DnType::CommonName, format!("Coffer CA ({trust_domain})"));
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut params, 3650);
     let key = KeyPair::generate()?;
     let certificate = params.self_signed(&key)?;
@@ -83,7 +90,9 @@ pub struct IssuedIdentity {
 
 impl std::fmt::Debug for IssuedIdentity {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("IssuedIdentity").finish_non_exhaustive()
+        formatter
+            .debug_struct("IssuedIdentity")
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,7 +124,12 @@ impl Authority {
     }
 
     /// A one-year certificate for `spiffe_id`, usable as client and server.
-    pub fn issue(&self, spiffe_id: &str, dns_names: &[String], ip_addresses: &[IpAddr]) -> Result<IssuedIdentity, PkiError> {
+    pub fn issue(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[String],
+        ip_addresses: &[IpAddr],
+    ) -> Result<IssuedIdentity, PkiError> {
         let valid_id = spiffe_id
             .strip_prefix("spiffe://")
             .and_then(|rest| rest.split_once('/'))
@@ -125,17 +139,25 @@ impl Authority {
         }
         let mut params = CertificateParams::new(dns_names.to_vec())?;
         params.subject_alt_names.push(SanType::URI(
-            spiffe_id.try_into().map_err(|_| PkiError::SpiffeId(spiffe_id.to_owned()))?,
+            spiffe_id
+                .try_into()
+                .map_err(|_| PkiError::SpiffeId(spiffe_id.to_owned()))?,
         ));
         params
             .subject_alt_names
             .extend(ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, "Coffer");
-        name.push(DnType::CommonName, spiffe_id.rsplit('/').next().unwrap_or(spiffe_id));
+        name.push(
+            DnType::CommonName,
+            spiffe_id.rsplit('/').next().unwrap_or(spiffe_id),
+        );
         params.distinguished_name = name;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, 365);
         let key = KeyPair::generate()?;
@@ -148,7 +170,11 @@ impl Authority {
 }
 
 /// Writes `dir/{name}-cert.pem` and `dir/{name}-key.pem`; returns their paths.
-pub fn write_identity(dir: &Path, name: &str, identity: &IssuedIdentity) -> Result<(PathBuf, PathBuf), PkiError> {
+pub fn write_identity(
+    dir: &Path,
+    name: &str,
+    identity: &IssuedIdentity,
+) -> Result<(PathBuf, PathBuf), PkiError> {
     let cert_path = dir.join(format!("{name}-cert.pem"));
     let key_path = dir.join(format!("{name}-key.pem"));
     write_file(&key_path, &identity.key_pem, true)?;

@@ -58,6 +58,7 @@ pub struct RunningServer {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     health: HealthReporter,
+    call_layer: CallLayer,
     grpc_services: Vec<&'static str>,
     shutdown_grace: Duration,
     stop_senders: Vec<oneshot::Sender<()>>,
@@ -74,7 +75,10 @@ impl std::fmt::Debug for RunningServer {
     }
 }
 
-fn stop_signal() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'static) {
+fn stop_signal() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
     let (sender, receiver) = oneshot::channel::<()>();
     (sender, async move {
         // A dropped sender also means stop.
@@ -91,16 +95,23 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
     let mut catalogs = Vec::new();
     let mut grpc_services = Vec::new();
     for service in params.services {
-        if !descriptor_sets.iter().any(|known| std::ptr::eq(*known, service.descriptor_set)) {
+        if !descriptor_sets
+            .iter()
+            .any(|known| std::ptr::eq(*known, service.descriptor_set))
+        {
             descriptor_sets.push(service.descriptor_set);
         }
         grpc_services.push(service.catalog.grpc_service);
         catalogs.push(service.catalog);
         (service.install)(&mut routes, params.max_message_bytes);
     }
+    // Both reflection versions advertise both reflection services, so a
+    // client speaking either one discovers everything.
+    descriptor_sets.push(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+    descriptor_sets.push(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
     let reflection_builder = || {
         descriptor_sets.iter().fold(
-            tonic_reflection::server::Builder::configure(),
+            tonic_reflection::server::Builder::configure().include_reflection_service(false),
             |builder, set| builder.register_encoded_file_descriptor_set(set),
         )
     };
@@ -117,15 +128,21 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
 
     health.set_service_status("", ServingStatus::Serving).await;
     for name in &grpc_services {
-        health.set_service_status(*name, ServingStatus::Serving).await;
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
 
     let call_layer = CallLayer::new(catalogs, params.call.clone(), params.audit_sink);
-    let incoming = tls_incoming(params.listener, params.tls, params.call.trust_domain.clone());
+    let incoming = tls_incoming(
+        params.listener,
+        params.tls,
+        params.call.trust_domain.clone(),
+    );
     let (stop_sender, stop) = stop_signal();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .layer(call_layer)
+        .layer(call_layer.clone())
         .add_routes(routes.routes());
     let main_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop));
     let mut stop_senders = vec![stop_sender];
@@ -147,6 +164,7 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         local_addr,
         admin_addr,
         health,
+        call_layer,
         grpc_services,
         shutdown_grace: params.shutdown_grace,
         stop_senders,
@@ -163,32 +181,52 @@ impl RunningServer {
         self.admin_addr
     }
 
+    /// API calls in progress right now.
+    pub fn in_flight_calls(&self) -> usize {
+        self.call_layer.in_flight()
+    }
+
     pub fn health(&self) -> &HealthReporter {
         &self.health
     }
 
     /// Reports NOT_SERVING, stops accepting, and waits (up to the grace
-    /// period) for the calls in flight to finish.
+    /// period) for the calls in flight to finish. The admin port keeps
+    /// answering health checks (NOT_SERVING) until the drain is over.
     pub async fn shutdown(self) {
-        self.health.set_service_status("", ServingStatus::NotServing).await;
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         for name in &self.grpc_services {
-            self.health.set_service_status(*name, ServingStatus::NotServing).await;
+            self.health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
         }
-        for sender in self.stop_senders {
+        let mut stop_senders = self.stop_senders.into_iter();
+        let mut tasks = self.tasks.into_iter();
+        let main_stop = stop_senders.next();
+        let main_task = tasks.next();
+        if let Some(sender) = main_stop {
             let _already_stopped = sender.send(());
         }
-        let drained = tokio::time::timeout(self.shutdown_grace, async {
-            for task in self.tasks {
-                match task.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::error!(%error, "server ended with an error"),
-                    Err(error) => tracing::error!(%error, "server task failed"),
+        if let Some(task) = main_task {
+            let drained = tokio::time::timeout(self.shutdown_grace, task).await;
+            match drained {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(%error, "server ended with an error"),
+                Ok(Err(error)) => tracing::error!(%error, "server task failed"),
+                Err(_) => {
+                    tracing::warn!(grace = ?self.shutdown_grace, "calls still in flight after the grace period")
                 }
             }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(grace = ?self.shutdown_grace, "calls still in flight after the grace period");
+        }
+        for sender in stop_senders {
+            let _already_stopped = sender.send(());
+        }
+        for task in tasks {
+            if let Ok(Err(error)) = task.await {
+                tracing::error!(%error, "admin server ended with an error");
+            }
         }
     }
 

@@ -5,7 +5,9 @@
 
 use std::sync::OnceLock;
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use thiserror::Error;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -45,8 +47,12 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the process-wide subscriber. Call once, from `main`.
-pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_new(&settings.log_level).map_err(|error| TelemetryError::Filter(error.to_string()))?;
+pub fn init(
+    settings: &TelemetrySettings,
+    service_name: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = EnvFilter::try_new(&settings.log_level)
+        .map_err(|error| TelemetryError::Filter(error.to_string()))?;
     let (json_layer, text_layer) = match settings.log_format {
         LogFormat::Json => (
             Some(
@@ -59,7 +65,14 @@ pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<Telemetr
             ),
             None,
         ),
-        LogFormat::Text => (None, Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))),
+        LogFormat::Text => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            ),
+        ),
     };
     let mut guard = TelemetryGuard::default();
     let otel_layer = match &settings.otlp_endpoint {
@@ -108,11 +121,17 @@ pub(crate) fn rpc_span(path: &str, request_id: &str, parent: &TraceContext) -> t
         let remote = SpanContext::new(
             TraceId::from_bytes(parent.trace_id),
             SpanId::from_bytes(parent.span_id),
-            if parent.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() },
+            if parent.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
             true,
             TraceState::default(),
         );
-        if let Err(error) = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote)) {
+        if let Err(error) =
+            span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+        {
             tracing::debug!(%error, "cannot attach the caller's trace context");
         }
     }

@@ -107,12 +107,17 @@ fn build_server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, T
     Ok(config)
 }
 
-/// What identifies one version of a file on disk.
-type FileStamp = Option<(SystemTime, u64)>;
+/// What identifies one version of a file on disk: modification time, size
+/// and (on Unix) inode, so a file replaced by rename is always noticed.
+type FileStamp = Option<(SystemTime, u64, u64)>;
 
 fn stamp(path: &Path) -> FileStamp {
     let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((metadata.modified().ok()?, metadata.len(), inode))
 }
 
 struct Loaded {
@@ -147,7 +152,10 @@ impl ServerTls {
     /// The acceptor for the next handshake, rebuilt first if a file changed.
     pub fn acceptor(&self) -> TlsAcceptor {
         let current_stamps = Self::stamps_of(&self.settings);
-        let mut loaded = self.loaded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if loaded.stamps != current_stamps {
             match build_server_config(&self.settings) {
                 Ok(config) => {
@@ -270,7 +278,9 @@ pub fn tls_incoming(
                     }
                 };
                 let identity = match stream.get_ref().1.peer_certificates() {
-                    Some([leaf, ..]) => principal_from_certificate(leaf, &trust_domain).map(Arc::new),
+                    Some([leaf, ..]) => {
+                        principal_from_certificate(leaf, &trust_domain).map(Arc::new)
+                    }
                     _ => Err(IdentityError::NoCertificate),
                 };
                 let connection = TlsConnection {

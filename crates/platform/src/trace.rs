@@ -85,7 +85,11 @@ fn encode_hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != N * 2 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if text.len() != N * 2
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let mut out = [0u8; N];
@@ -105,7 +109,10 @@ mod tests {
         let parsed = TraceContext::parse_traceparent(header);
         assert_eq!(parsed.map(|c| c.traceparent()).as_deref(), Some(header));
         let child = parsed.map(|c| c.child());
-        assert_eq!(child.map(|c| c.trace_id_hex()).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            child.map(|c| c.trace_id_hex()).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 
     #[test]
@@ -119,7 +126,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
-            assert!(TraceContext::parse_traceparent(header).is_none(), "{header}");
+            assert!(
+                TraceContext::parse_traceparent(header).is_none(),
+                "{header}"
+            );
         }
     }
 }

@@ -11,7 +11,10 @@ pub type Result<T, E = KeysError> = std::result::Result<T, E>;
 #[derive(Debug, Error)]
 pub enum KeysError {
     #[error("{field}: {message}")]
-    Validation { field: &'static str, message: String },
+    Validation {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("invalid ciphertext")]
@@ -58,29 +61,36 @@ fn cause_chain(error: &dyn std::error::Error) -> String {
     chain
 }
 
-const INVALID_CIPHERTEXT_MESSAGE: &str =
-    "The ciphertext is invalid, was not made by this service, or does not match the key or encryption context";
+const INVALID_CIPHERTEXT_MESSAGE: &str = "The ciphertext is invalid, was not made by this service, or does not match the key or encryption context";
 
 /// Every keys error as the caller sees it. Server faults are logged here
 /// with their cause chain and reach the caller only as a generic message.
 pub fn api_error(error: &KeysError) -> ApiError {
     match error {
         KeysError::Validation { field, message } => ApiError::validation(*field, message.clone()),
-        KeysError::NotFound(message) => ApiError::new(ErrorCode::NotFound, "NotFoundException", message.clone()),
-        KeysError::InvalidCiphertext => {
-            ApiError::new(ErrorCode::InvalidArgument, "InvalidCiphertextException", INVALID_CIPHERTEXT_MESSAGE)
+        KeysError::NotFound(message) => {
+            ApiError::new(ErrorCode::NotFound, "NotFoundException", message.clone())
         }
-        KeysError::Disabled { key_arn } => {
-            ApiError::new(ErrorCode::FailedPrecondition, "DisabledException", format!("{key_arn} is disabled."))
-        }
+        KeysError::InvalidCiphertext => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "InvalidCiphertextException",
+            INVALID_CIPHERTEXT_MESSAGE,
+        ),
+        KeysError::Disabled { key_arn } => ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "DisabledException",
+            format!("{key_arn} is disabled."),
+        ),
         KeysError::InvalidState { key_arn, state } => ApiError::new(
             ErrorCode::FailedPrecondition,
             "KMSInvalidStateException",
             format!("{key_arn} is {state}."),
         ),
-        KeysError::InvalidKeyUsage(message) => {
-            ApiError::new(ErrorCode::InvalidArgument, "InvalidKeyUsageException", message.clone())
-        }
+        KeysError::InvalidKeyUsage(message) => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "InvalidKeyUsageException",
+            message.clone(),
+        ),
         KeysError::IncorrectKey => ApiError::new(
             ErrorCode::InvalidArgument,
             "IncorrectKeyException",
@@ -91,13 +101,19 @@ pub fn api_error(error: &KeysError) -> ApiError {
             "InvalidMarkerException",
             "The marker is not one that ListKeys returned.",
         ),
-        KeysError::Tag(message) => ApiError::new(ErrorCode::InvalidArgument, "TagException", message.clone()),
-        KeysError::Unsupported(message) => {
-            ApiError::new(ErrorCode::InvalidArgument, "UnsupportedOperationException", message.clone())
+        KeysError::Tag(message) => {
+            ApiError::new(ErrorCode::InvalidArgument, "TagException", message.clone())
         }
-        KeysError::AccessDenied(message) => {
-            ApiError::new(ErrorCode::PermissionDenied, "AccessDeniedException", message.clone())
-        }
+        KeysError::Unsupported(message) => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "UnsupportedOperationException",
+            message.clone(),
+        ),
+        KeysError::AccessDenied(message) => ApiError::new(
+            ErrorCode::PermissionDenied,
+            "AccessDeniedException",
+            message.clone(),
+        ),
         KeysError::Store(_) | KeysError::Crypto(_) => {
             tracing::error!(error = %cause_chain(error), "keys request failed");
             let mut internal = ApiError::internal();

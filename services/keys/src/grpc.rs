@@ -17,7 +17,9 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::domain::lifecycle::NewKey;
-use crate::domain::types::{DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage, Tag};
+use crate::domain::types::{
+    DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage, Tag,
+};
 use crate::domain::{KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result, api_error};
 use crate::store::KeyRecord;
@@ -60,17 +62,24 @@ impl KeysGrpc {
         if let KeysError::Disabled { key_arn } | KeysError::InvalidState { key_arn, .. } = error
             && let Some(account) = ArnParts::parse(key_arn).map(|parts| parts.account.to_owned())
         {
-            call.audit().resource(key_arn.clone(), account, KEY_RESOURCE_TYPE);
+            call.audit()
+                .resource(key_arn.clone(), account, KEY_RESOURCE_TYPE);
         }
         if !matches!(error, KeysError::Store(_) | KeysError::Crypto(_)) {
-            tracing::info!(exception = api.exception, request_id = call.request_id(), "keys request rejected");
+            tracing::info!(
+                exception = api.exception,
+                request_id = call.request_id(),
+                "keys request rejected"
+            );
         }
         call.fail(api)
     }
 
     fn metadata(&self, key: &KeyRecord) -> pb::KeyMetadata {
         let encryption_algorithms = match key.key_spec {
-            KeySpec::SymmetricDefault => vec![EncryptionAlgorithm::SymmetricDefault.as_str().to_owned()],
+            KeySpec::SymmetricDefault => {
+                vec![EncryptionAlgorithm::SymmetricDefault.as_str().to_owned()]
+            }
             _ => Vec::new(),
         };
         pb::KeyMetadata {
@@ -112,7 +121,10 @@ fn key_reference(field: &'static str, text: &str) -> Result<KeyReference> {
         return Err(KeysError::validation(field, "must not be empty"));
     }
     if text.chars().count() > MAX_KEY_ID_CHARS {
-        return Err(KeysError::validation(field, format!("must be at most {MAX_KEY_ID_CHARS} characters")));
+        return Err(KeysError::validation(
+            field,
+            format!("must be at most {MAX_KEY_ID_CHARS} characters"),
+        ));
     }
     if text.starts_with("alias/") {
         return Ok(KeyReference::Alias(text.to_owned()));
@@ -143,9 +155,14 @@ fn optional_key_reference(field: &'static str, text: &str) -> Result<Option<KeyR
     key_reference(field, text).map(Some)
 }
 
-fn encryption_context(pairs: &std::collections::HashMap<String, String>) -> Result<EncryptionContext> {
+fn encryption_context(
+    pairs: &std::collections::HashMap<String, String>,
+) -> Result<EncryptionContext> {
     if pairs.keys().any(String::is_empty) {
-        return Err(KeysError::validation("encryption_context", "keys must not be empty"));
+        return Err(KeysError::validation(
+            "encryption_context",
+            "keys must not be empty",
+        ));
     }
     let context: EncryptionContext = pairs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -163,15 +180,24 @@ fn encryption_algorithm(text: &str) -> Result<EncryptionAlgorithm> {
         return Ok(EncryptionAlgorithm::SymmetricDefault);
     }
     EncryptionAlgorithm::parse(text).ok_or_else(|| {
-        KeysError::validation("encryption_algorithm", format!("must be one of {}", EncryptionAlgorithm::names()))
+        KeysError::validation(
+            "encryption_algorithm",
+            format!("must be one of {}", EncryptionAlgorithm::names()),
+        )
     })
 }
 
 fn grant_tokens(tokens: &[String]) -> Result<()> {
     if tokens.len() > MAX_GRANT_TOKENS {
-        return Err(KeysError::validation("grant_tokens", format!("at most {MAX_GRANT_TOKENS} tokens")));
+        return Err(KeysError::validation(
+            "grant_tokens",
+            format!("at most {MAX_GRANT_TOKENS} tokens"),
+        ));
     }
-    if tokens.iter().any(|token| token.is_empty() || token.chars().count() > MAX_GRANT_TOKEN_CHARS) {
+    if tokens
+        .iter()
+        .any(|token| token.is_empty() || token.chars().count() > MAX_GRANT_TOKEN_CHARS)
+    {
         return Err(KeysError::validation(
             "grant_tokens",
             format!("each token must be 1 to {MAX_GRANT_TOKEN_CHARS} characters"),
@@ -182,7 +208,9 @@ fn grant_tokens(tokens: &[String]) -> Result<()> {
 
 fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
     if tags.len() > MAX_TAGS {
-        return Err(KeysError::Tag(format!("A key can have at most {MAX_TAGS} tags.")));
+        return Err(KeysError::Tag(format!(
+            "A key can have at most {MAX_TAGS} tags."
+        )));
     }
     let mut validated: Vec<Tag> = Vec::with_capacity(tags.len());
     for tag in tags {
@@ -191,13 +219,20 @@ fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
             return Err(KeysError::Tag("TagKey must be 1 to 128 characters.".into()));
         }
         if tag.tag_value.chars().count() > 256 {
-            return Err(KeysError::Tag("TagValue must be at most 256 characters.".into()));
+            return Err(KeysError::Tag(
+                "TagValue must be at most 256 characters.".into(),
+            ));
         }
         if tag.tag_key.to_ascii_lowercase().starts_with("aws:") {
-            return Err(KeysError::Tag("TagKey must not begin with aws: (reserved).".into()));
+            return Err(KeysError::Tag(
+                "TagKey must not begin with aws: (reserved).".into(),
+            ));
         }
         if validated.iter().any(|existing| existing.key == tag.tag_key) {
-            return Err(KeysError::Tag(format!("TagKey {:?} appears more than once.", tag.tag_key)));
+            return Err(KeysError::Tag(format!(
+                "TagKey {:?} appears more than once.",
+                tag.tag_key
+            )));
         }
         validated.push(Tag {
             key: tag.tag_key.clone(),
@@ -209,18 +244,32 @@ fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
 
 fn data_key_length(number_of_bytes: Option<i32>, key_spec: &str) -> Result<usize> {
     match (number_of_bytes, key_spec.is_empty()) {
-        (Some(_), false) => Err(KeysError::validation("key_spec", "specify either key_spec or number_of_bytes, not both")),
-        (None, true) => Err(KeysError::validation("key_spec", "key_spec or number_of_bytes is required")),
+        (Some(_), false) => Err(KeysError::validation(
+            "key_spec",
+            "specify either key_spec or number_of_bytes, not both",
+        )),
+        (None, true) => Err(KeysError::validation(
+            "key_spec",
+            "key_spec or number_of_bytes is required",
+        )),
         (Some(count), true) => random_length("number_of_bytes", count),
         (None, false) => DataKeySpec::parse(key_spec)
             .map(DataKeySpec::length)
-            .ok_or_else(|| KeysError::validation("key_spec", format!("must be one of {}", DataKeySpec::names()))),
+            .ok_or_else(|| {
+                KeysError::validation(
+                    "key_spec",
+                    format!("must be one of {}", DataKeySpec::names()),
+                )
+            }),
     }
 }
 
 fn random_length(field: &'static str, count: i32) -> Result<usize> {
     if !(1..=MAX_RANDOM_BYTES).contains(&count) {
-        return Err(KeysError::validation(field, format!("must be 1 to {MAX_RANDOM_BYTES}")));
+        return Err(KeysError::validation(
+            field,
+            format!("must be 1 to {MAX_RANDOM_BYTES}"),
+        ));
     }
     usize::try_from(count).map_err(|_| KeysError::validation(field, "must be positive"))
 }
@@ -229,9 +278,13 @@ fn list_marker(marker: &str) -> Result<Option<KeyId>> {
     if marker.is_empty() {
         return Ok(None);
     }
-    let decoded = URL_SAFE_NO_PAD.decode(marker).map_err(|_| KeysError::InvalidMarker)?;
+    let decoded = URL_SAFE_NO_PAD
+        .decode(marker)
+        .map_err(|_| KeysError::InvalidMarker)?;
     let text = String::from_utf8(decoded).map_err(|_| KeysError::InvalidMarker)?;
-    KeyId::parse(&text).map(Some).ok_or(KeysError::InvalidMarker)
+    KeyId::parse(&text)
+        .map(Some)
+        .ok_or(KeysError::InvalidMarker)
 }
 
 /// The names of the context's keys only: values may be sensitive to some
@@ -242,7 +295,10 @@ fn context_for_audit(pairs: &std::collections::HashMap<String, String>) -> serde
 
 #[tonic::async_trait]
 impl Keys for KeysGrpc {
-    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
         call.audit().request_parameters(json!({
@@ -255,19 +311,30 @@ impl Keys for KeysGrpc {
         let outcome = async {
             let account = caller_account(&call)?;
             if message.description.chars().count() > MAX_DESCRIPTION_CHARS {
-                return Err(KeysError::validation("description", format!("must be at most {MAX_DESCRIPTION_CHARS} characters")));
+                return Err(KeysError::validation(
+                    "description",
+                    format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+                ));
             }
             let key_usage = if message.key_usage.is_empty() {
                 KeyUsage::EncryptDecrypt
             } else {
-                KeyUsage::parse(&message.key_usage)
-                    .ok_or_else(|| KeysError::validation("key_usage", format!("must be one of {}", KeyUsage::names())))?
+                KeyUsage::parse(&message.key_usage).ok_or_else(|| {
+                    KeysError::validation(
+                        "key_usage",
+                        format!("must be one of {}", KeyUsage::names()),
+                    )
+                })?
             };
             let key_spec = if message.key_spec.is_empty() {
                 KeySpec::SymmetricDefault
             } else {
-                KeySpec::parse(&message.key_spec)
-                    .ok_or_else(|| KeysError::validation("key_spec", format!("must be one of {}", KeySpec::names())))?
+                KeySpec::parse(&message.key_spec).ok_or_else(|| {
+                    KeysError::validation(
+                        "key_spec",
+                        format!("must be one of {}", KeySpec::names()),
+                    )
+                })?
             };
             let new_key = NewKey {
                 description: message.description.clone(),
@@ -287,16 +354,22 @@ impl Keys for KeysGrpc {
                     "keyId": metadata.key_id, "arn": metadata.arn, "keyState": metadata.key_state,
                     "keySpec": metadata.key_spec, "keyUsage": metadata.key_usage, "origin": metadata.origin,
                 }}));
-                Ok(Response::new(pb::CreateKeyResponse { key_metadata: Some(metadata) }))
+                Ok(Response::new(pb::CreateKeyResponse {
+                    key_metadata: Some(metadata),
+                }))
             }
             Err(error) => Err(self.fail(&call, &error)),
         }
     }
 
-    async fn describe_key(&self, request: Request<pb::DescribeKeyRequest>) -> Result<Response<pb::DescribeKeyResponse>, Status> {
+    async fn describe_key(
+        &self,
+        request: Request<pb::DescribeKeyRequest>,
+    ) -> Result<Response<pb::DescribeKeyResponse>, Status> {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
-        call.audit().request_parameters(json!({"keyId": message.key_id}));
+        call.audit()
+            .request_parameters(json!({"keyId": message.key_id}));
         let outcome = async {
             let account = caller_account(&call)?;
             let reference = key_reference("key_id", &message.key_id)?;
@@ -307,25 +380,38 @@ impl Keys for KeysGrpc {
         match outcome {
             Ok(key) => {
                 self.record_key(&call, &key);
-                Ok(Response::new(pb::DescribeKeyResponse { key_metadata: Some(self.metadata(&key)) }))
+                Ok(Response::new(pb::DescribeKeyResponse {
+                    key_metadata: Some(self.metadata(&key)),
+                }))
             }
             Err(error) => Err(self.fail(&call, &error)),
         }
     }
 
-    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
-        call.audit().request_parameters(json!({"limit": message.limit, "marker": message.marker}));
+        call.audit()
+            .request_parameters(json!({"limit": message.limit, "marker": message.marker}));
         let outcome = async {
             let account = caller_account(&call)?;
             let limit = match message.limit {
                 0 => DEFAULT_LIST_LIMIT,
                 limit if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
-                _ => return Err(KeysError::validation("limit", format!("must be 1 to {MAX_LIST_LIMIT}"))),
+                _ => {
+                    return Err(KeysError::validation(
+                        "limit",
+                        format!("must be 1 to {MAX_LIST_LIMIT}"),
+                    ));
+                }
             };
             let after = list_marker(&message.marker)?;
-            self.domain.list_keys(&account, limit.unsigned_abs(), after.as_ref()).await
+            self.domain
+                .list_keys(&account, limit.unsigned_abs(), after.as_ref())
+                .await
         }
         .await;
         match outcome {
@@ -348,7 +434,10 @@ impl Keys for KeysGrpc {
         }
     }
 
-    async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+    async fn encrypt(
+        &self,
+        request: Request<pb::EncryptRequest>,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
         let call = CallContext::of(&request)?;
         let mut message = request.into_inner();
         let plaintext = Zeroizing::new(std::mem::take(&mut message.plaintext));
@@ -361,12 +450,17 @@ impl Keys for KeysGrpc {
             let account = caller_account(&call)?;
             let reference = key_reference("key_id", &message.key_id)?;
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_BYTES {
-                return Err(KeysError::validation("plaintext", format!("must be 1 to {MAX_PLAINTEXT_BYTES} bytes")));
+                return Err(KeysError::validation(
+                    "plaintext",
+                    format!("must be 1 to {MAX_PLAINTEXT_BYTES} bytes"),
+                ));
             }
             let context = encryption_context(&message.encryption_context)?;
             let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
             grant_tokens(&message.grant_tokens)?;
-            self.domain.encrypt(&account, &reference, algorithm, &context, &plaintext).await
+            self.domain
+                .encrypt(&account, &reference, algorithm, &context, &plaintext)
+                .await
         }
         .await;
         match outcome {
@@ -382,7 +476,10 @@ impl Keys for KeysGrpc {
         }
     }
 
-    async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+    async fn decrypt(
+        &self,
+        request: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
         call.audit().request_parameters(json!({
@@ -400,7 +497,13 @@ impl Keys for KeysGrpc {
                 return Err(KeysError::InvalidCiphertext);
             }
             self.domain
-                .decrypt(&account, &message.ciphertext_blob, expected.as_ref(), algorithm, &context)
+                .decrypt(
+                    &account,
+                    &message.ciphertext_blob,
+                    expected.as_ref(),
+                    algorithm,
+                    &context,
+                )
                 .await
         }
         .await;
@@ -435,14 +538,18 @@ impl Keys for KeysGrpc {
             let length = data_key_length(message.number_of_bytes, &message.key_spec)?;
             let context = encryption_context(&message.encryption_context)?;
             grant_tokens(&message.grant_tokens)?;
-            self.domain.generate_data_key(&account, &reference, length, &context).await
+            self.domain
+                .generate_data_key(&account, &reference, length, &context)
+                .await
         }
         .await;
         match outcome {
             Ok(data_key) => {
                 self.record_key(&call, &data_key.key);
                 Ok(Response::new(pb::GenerateDataKeyResponse {
-                    key_id: self.domain.key_arn(&data_key.key.account, &data_key.key.key_id),
+                    key_id: self
+                        .domain
+                        .key_arn(&data_key.key.account, &data_key.key.key_id),
                     plaintext: data_key.plaintext.to_vec(),
                     ciphertext_blob: data_key.ciphertext_blob,
                 }))
@@ -469,14 +576,18 @@ impl Keys for KeysGrpc {
             let length = data_key_length(message.number_of_bytes, &message.key_spec)?;
             let context = encryption_context(&message.encryption_context)?;
             grant_tokens(&message.grant_tokens)?;
-            self.domain.generate_data_key(&account, &reference, length, &context).await
+            self.domain
+                .generate_data_key(&account, &reference, length, &context)
+                .await
         }
         .await;
         match outcome {
             Ok(data_key) => {
                 self.record_key(&call, &data_key.key);
                 Ok(Response::new(pb::GenerateDataKeyWithoutPlaintextResponse {
-                    key_id: self.domain.key_arn(&data_key.key.account, &data_key.key.key_id),
+                    key_id: self
+                        .domain
+                        .key_arn(&data_key.key.account, &data_key.key.key_id),
                     ciphertext_blob: data_key.ciphertext_blob,
                 }))
             }
@@ -490,7 +601,8 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
-        call.audit().request_parameters(json!({"numberOfBytes": message.number_of_bytes}));
+        call.audit()
+            .request_parameters(json!({"numberOfBytes": message.number_of_bytes}));
         let outcome = async {
             caller_account(&call)?;
             let length = random_length("number_of_bytes", message.number_of_bytes)?;
@@ -498,7 +610,9 @@ impl Keys for KeysGrpc {
         }
         .await;
         match outcome {
-            Ok(bytes) => Ok(Response::new(pb::GenerateRandomResponse { plaintext: bytes.to_vec() })),
+            Ok(bytes) => Ok(Response::new(pb::GenerateRandomResponse {
+                plaintext: bytes.to_vec(),
+            })),
             Err(error) => Err(self.fail(&call, &error)),
         }
     }
@@ -513,14 +627,35 @@ mod tests {
         let id = "1234abcd-12ab-34cd-56ef-1234567890ab";
         assert!(matches!(key_reference("key_id", id)?, KeyReference::Id(_)));
         let arn = format!("arn:coffer:kms:eu-west-1:111122223333:key/{id}");
-        assert!(matches!(key_reference("key_id", &arn)?, KeyReference::Arn { .. }));
-        assert!(matches!(key_reference("key_id", "alias/x")?, KeyReference::Alias(_)));
-        assert!(matches!(key_reference("key_id", "not-a-key")?, KeyReference::Unknown(_)));
-        assert!(matches!(key_reference("key_id", &id.to_uppercase())?, KeyReference::Unknown(_)));
-        assert!(matches!(key_reference("key_id", ""), Err(KeysError::Validation { field: "key_id", .. })));
+        assert!(matches!(
+            key_reference("key_id", &arn)?,
+            KeyReference::Arn { .. }
+        ));
+        assert!(matches!(
+            key_reference("key_id", "alias/x")?,
+            KeyReference::Alias(_)
+        ));
+        assert!(matches!(
+            key_reference("key_id", "not-a-key")?,
+            KeyReference::Unknown(_)
+        ));
+        assert!(matches!(
+            key_reference("key_id", &id.to_uppercase())?,
+            KeyReference::Unknown(_)
+        ));
+        assert!(matches!(
+            key_reference("key_id", ""),
+            Err(KeysError::Validation {
+                field: "key_id",
+                ..
+            })
+        ));
         assert!(matches!(
             key_reference("key_id", &"a".repeat(2049)),
-            Err(KeysError::Validation { field: "key_id", .. })
+            Err(KeysError::Validation {
+                field: "key_id",
+                ..
+            })
         ));
         Ok(())
     }
@@ -530,17 +665,50 @@ mod tests {
         assert!(matches!(data_key_length(None, "AES_256"), Ok(32)));
         assert!(matches!(data_key_length(None, "AES_128"), Ok(16)));
         assert!(matches!(data_key_length(Some(64), ""), Ok(64)));
-        assert!(matches!(data_key_length(Some(64), "AES_256"), Err(KeysError::Validation { field: "key_spec", .. })));
-        assert!(matches!(data_key_length(None, ""), Err(KeysError::Validation { field: "key_spec", .. })));
-        assert!(matches!(data_key_length(Some(0), ""), Err(KeysError::Validation { field: "number_of_bytes", .. })));
-        assert!(matches!(data_key_length(Some(1025), ""), Err(KeysError::Validation { field: "number_of_bytes", .. })));
-        assert!(matches!(data_key_length(None, "AES_512"), Err(KeysError::Validation { field: "key_spec", .. })));
+        assert!(matches!(
+            data_key_length(Some(64), "AES_256"),
+            Err(KeysError::Validation {
+                field: "key_spec",
+                ..
+            })
+        ));
+        assert!(matches!(
+            data_key_length(None, ""),
+            Err(KeysError::Validation {
+                field: "key_spec",
+                ..
+            })
+        ));
+        assert!(matches!(
+            data_key_length(Some(0), ""),
+            Err(KeysError::Validation {
+                field: "number_of_bytes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            data_key_length(Some(1025), ""),
+            Err(KeysError::Validation {
+                field: "number_of_bytes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            data_key_length(None, "AES_512"),
+            Err(KeysError::Validation {
+                field: "key_spec",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn markers_must_be_ours() {
         assert!(matches!(list_marker("!!"), Err(KeysError::InvalidMarker)));
-        assert!(matches!(list_marker(&URL_SAFE_NO_PAD.encode("nope")), Err(KeysError::InvalidMarker)));
+        assert!(matches!(
+            list_marker(&URL_SAFE_NO_PAD.encode("nope")),
+            Err(KeysError::InvalidMarker)
+        ));
         assert!(matches!(list_marker(""), Ok(None)));
     }
 }

@@ -31,12 +31,17 @@ pub fn rpc_kind(method: &str) -> Option<RpcKind> {
     let (read_only, category) = match method {
         "CreateKey" => (false, EventCategory::Management),
         "DescribeKey" | "ListKeys" => (true, EventCategory::Management),
-        "Encrypt" | "Decrypt" | "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" | "GenerateRandom" => {
-            (true, EventCategory::Data)
-        }
+        "Encrypt"
+        | "Decrypt"
+        | "GenerateDataKey"
+        | "GenerateDataKeyWithoutPlaintext"
+        | "GenerateRandom" => (true, EventCategory::Data),
         _ => return None,
     };
-    Some(RpcKind { read_only, category })
+    Some(RpcKind {
+        read_only,
+        category,
+    })
 }
 
 /// Opens (and migrates) the keys database and builds the domain.
@@ -48,7 +53,10 @@ pub async fn connect(
 ) -> Result<(Arc<KeysDomain>, DbPool), DbError> {
     let pool = connect_database(database, &store::MIGRATIONS).await?;
     let store = store::key_store(pool.clone());
-    Ok((Arc::new(KeysDomain::new(store, root_key, location, clock)), pool))
+    Ok((
+        Arc::new(KeysDomain::new(store, root_key, location, clock)),
+        pool,
+    ))
 }
 
 /// The keys service, ready for the server builder.

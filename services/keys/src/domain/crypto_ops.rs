@@ -26,7 +26,12 @@ impl KeysDomain {
         Ok(())
     }
 
-    async fn encrypt_under(&self, key: &KeyRecord, context: &EncryptionContext, plaintext: &[u8]) -> Result<Vec<u8>> {
+    async fn encrypt_under(
+        &self,
+        key: &KeyRecord,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
         let material_id = key
             .current_material_id
             .ok_or_else(|| KeysError::InvalidState {
@@ -37,7 +42,13 @@ impl KeysDomain {
             .symmetric_material(key, &material_id)
             .await?
             .ok_or_else(|| KeysError::Crypto(coffer_crypto::CryptoError::Unseal))?;
-        Ok(encrypt_symmetric(&material, key.key_id.as_str(), material_id, context, plaintext)?)
+        Ok(encrypt_symmetric(
+            &material,
+            key.key_id.as_str(),
+            material_id,
+            context,
+            plaintext,
+        )?)
     }
 
     pub async fn encrypt(

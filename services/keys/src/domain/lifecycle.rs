@@ -37,7 +37,10 @@ impl KeysDomain {
         if request.key_usage != KeyUsage::EncryptDecrypt {
             return Err(KeysError::validation(
                 "key_usage",
-                format!("{} is not valid for KeySpec SYMMETRIC_DEFAULT; use ENCRYPT_DECRYPT", request.key_usage),
+                format!(
+                    "{} is not valid for KeySpec SYMMETRIC_DEFAULT; use ENCRYPT_DECRYPT",
+                    request.key_usage
+                ),
             ));
         }
         if request.multi_region {
@@ -54,7 +57,11 @@ impl KeysDomain {
             let material = SymmetricKeyMaterial::generate()?;
             let key_arn = self.key_arn(caller, &key_id);
             let material_hex = material_id.to_hex();
-            let sealed = seal(&self.root_key, &Self::seal_binding(&key_arn, &material_hex), material.as_bytes())?;
+            let sealed = seal(
+                &self.root_key,
+                &Self::seal_binding(&key_arn, &material_hex),
+                material.as_bytes(),
+            )?;
             let key = KeyRecord {
                 key_id,
                 account: caller.clone(),
@@ -75,7 +82,11 @@ impl KeysDomain {
                 origin: Origin::AwsKms,
                 created_at_ms: now_ms,
             };
-            match self.store.create_key(&key, &material_record, &request.tags).await {
+            match self
+                .store
+                .create_key(&key, &material_record, &request.tags)
+                .await
+            {
                 Ok(()) => return Ok(key),
                 Err(StoreError::Conflict) => continue,
                 Err(other) => return Err(other.into()),
@@ -84,15 +95,31 @@ impl KeysDomain {
         Err(StoreError::Conflict.into())
     }
 
-    pub async fn describe_key(&self, caller: &AccountId, reference: &super::types::KeyReference) -> Result<KeyRecord> {
+    pub async fn describe_key(
+        &self,
+        caller: &AccountId,
+        reference: &super::types::KeyReference,
+    ) -> Result<KeyRecord> {
         self.resolve(caller, reference).await
     }
 
-    pub async fn list_keys(&self, caller: &AccountId, limit: u32, after: Option<&KeyId>) -> Result<KeyPage> {
-        let mut keys = self.store.list_keys(caller, after, limit.saturating_add(1)).await?;
+    pub async fn list_keys(
+        &self,
+        caller: &AccountId,
+        limit: u32,
+        after: Option<&KeyId>,
+    ) -> Result<KeyPage> {
+        let mut keys = self
+            .store
+            .list_keys(caller, after, limit.saturating_add(1))
+            .await?;
         let has_more = keys.len() > limit as usize;
         keys.truncate(limit as usize);
-        let next_after = if has_more { keys.last().map(|key| key.key_id.clone()) } else { None };
+        let next_after = if has_more {
+            keys.last().map(|key| key.key_id.clone())
+        } else {
+            None
+        };
         Ok(KeyPage { keys, next_after })
     }
 }

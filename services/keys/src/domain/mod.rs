@@ -27,7 +27,12 @@ pub struct KeysDomain {
 }
 
 impl KeysDomain {
-    pub fn new(store: Arc<dyn KeyStore>, root_key: Arc<RootKey>, location: Location, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        root_key: Arc<RootKey>,
+        location: Location,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             store,
             root_key,
@@ -41,7 +46,8 @@ impl KeysDomain {
     }
 
     pub fn key_arn(&self, account: &AccountId, key_id: &KeyId) -> String {
-        self.location.arn(SERVICE_PREFIX, account, &format!("key/{key_id}"))
+        self.location
+            .arn(SERVICE_PREFIX, account, &format!("key/{key_id}"))
     }
 
     /// The seal binding of one material version: the key ARN and material id.
@@ -64,14 +70,19 @@ impl KeysDomain {
                 account,
                 key_id,
             } => {
-                let arn = format!("arn:{partition}:{SERVICE_PREFIX}:{region}:{account}:key/{key_id}");
+                let arn =
+                    format!("arn:{partition}:{SERVICE_PREFIX}:{region}:{account}:key/{key_id}");
                 let here = *partition == self.location.partition && *region == self.location.region;
                 if !here || account != caller {
                     return Err(not_found(&arn));
                 }
                 (key_id, arn)
             }
-            KeyReference::Alias(name) => return Err(KeysError::NotFound(format!("Alias '{name}' does not exist"))),
+            KeyReference::Alias(name) => {
+                return Err(KeysError::NotFound(format!(
+                    "Alias '{name}' does not exist"
+                )));
+            }
             KeyReference::Unknown(text) => return Err(not_found(text)),
         };
         self.store
@@ -97,7 +108,11 @@ impl KeysDomain {
         }
     }
 
-    pub(crate) fn ensure_symmetric_encryption_key(&self, key: &KeyRecord, operation: &str) -> Result<()> {
+    pub(crate) fn ensure_symmetric_encryption_key(
+        &self,
+        key: &KeyRecord,
+        operation: &str,
+    ) -> Result<()> {
         if key.key_usage != KeyUsage::EncryptDecrypt || key.key_spec != KeySpec::SymmetricDefault {
             return Err(KeysError::InvalidKeyUsage(format!(
                 "{} key usage is {} and key spec is {}; {operation} needs a SYMMETRIC_DEFAULT ENCRYPT_DECRYPT key.",

@@ -134,9 +134,12 @@ impl KeyId {
         let is_uuid = text.len() == 36
             && uuid::Uuid::try_parse(text).is_ok()
             && text.bytes().all(|byte| !byte.is_ascii_uppercase());
-        let is_multi_region = text
-            .strip_prefix("mrk-")
-            .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let is_multi_region = text.strip_prefix("mrk-").is_some_and(|hex| {
+            hex.len() == 32
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
         (is_uuid || is_multi_region).then(|| Self(text.to_owned()))
     }
 

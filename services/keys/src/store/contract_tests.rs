@@ -13,7 +13,9 @@ use crate::domain::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origi
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-async fn sqlite_store(directory: &tempfile::TempDir) -> Result<Arc<dyn KeyStore>, Box<dyn std::error::Error>> {
+async fn sqlite_store(
+    directory: &tempfile::TempDir,
+) -> Result<Arc<dyn KeyStore>, Box<dyn std::error::Error>> {
     let settings = DatabaseSettings {
         backend: DatabaseBackend::Sqlite,
         url: format!("sqlite://{}", directory.path().join("keys.db").display()),
@@ -105,13 +107,27 @@ async fn create_then_get_round_trips(store: &dyn KeyStore) -> TestResult {
     let material_id = MaterialId::generate()?;
     let key = new_key(&owner, material_id);
     let tags = vec![
-        Tag { key: "team".into(), value: "payments".into() },
-        Tag { key: "env".into(), value: "".into() },
+        Tag {
+            key: "team".into(),
+            value: "payments".into(),
+        },
+        Tag {
+            key: "env".into(),
+            value: "".into(),
+        },
     ];
-    store.create_key(&key, &material(material_id), &tags).await?;
+    store
+        .create_key(&key, &material(material_id), &tags)
+        .await?;
     assert_eq!(store.get_key(&owner, &key.key_id).await?, Some(key.clone()));
     let stored_tags = store.list_tags(&key.key_id).await?;
-    assert_eq!(stored_tags.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), ["env", "team"]);
+    assert_eq!(
+        stored_tags
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect::<Vec<_>>(),
+        ["env", "team"]
+    );
     Ok(())
 }
 
@@ -133,9 +149,17 @@ async fn duplicate_key_id_is_a_conflict_and_changes_nothing(store: &dyn KeyStore
     store.create_key(&key, &material(material_id), &[]).await?;
     let mut second = key.clone();
     second.description = "second".into();
-    let outcome = store.create_key(&second, &material(MaterialId::generate()?), &[]).await;
+    let outcome = store
+        .create_key(&second, &material(MaterialId::generate()?), &[])
+        .await;
     assert!(matches!(outcome, Err(StoreError::Conflict)), "{outcome:?}");
-    assert_eq!(store.get_key(&owner, &key.key_id).await?.map(|k| k.description), Some("contract".into()));
+    assert_eq!(
+        store
+            .get_key(&owner, &key.key_id)
+            .await?
+            .map(|k| k.description),
+        Some("contract".into())
+    );
     Ok(())
 }
 
@@ -150,8 +174,14 @@ async fn list_pages_in_key_order(store: &dyn KeyStore) -> TestResult {
     }
     created.sort();
     let first_page = store.list_keys(&owner, None, 2).await?;
-    let second_page = store.list_keys(&owner, first_page.last().map(|k| &k.key_id), 10).await?;
-    let listed: Vec<KeyId> = first_page.iter().chain(second_page.iter()).map(|k| k.key_id.clone()).collect();
+    let second_page = store
+        .list_keys(&owner, first_page.last().map(|k| &k.key_id), 10)
+        .await?;
+    let listed: Vec<KeyId> = first_page
+        .iter()
+        .chain(second_page.iter())
+        .map(|k| k.key_id.clone())
+        .collect();
     assert_eq!(first_page.len(), 2);
     assert_eq!(listed, created);
     Ok(())
@@ -162,7 +192,15 @@ async fn materials_are_found_by_id(store: &dyn KeyStore) -> TestResult {
     let material_id = MaterialId::generate()?;
     let key = new_key(&owner, material_id);
     store.create_key(&key, &material(material_id), &[]).await?;
-    assert_eq!(store.get_material(&key.key_id, &material_id).await?, Some(material(material_id)));
-    assert_eq!(store.get_material(&key.key_id, &MaterialId::generate()?).await?, None);
+    assert_eq!(
+        store.get_material(&key.key_id, &material_id).await?,
+        Some(material(material_id))
+    );
+    assert_eq!(
+        store
+            .get_material(&key.key_id, &MaterialId::generate()?)
+            .await?,
+        None
+    );
     Ok(())
 }

@@ -2,9 +2,9 @@
 //! Postgres and a SQLite implementation generated from the same statements
 //! (see [`sql`]), and one contract test suite that runs against both.
 
-mod sql;
 #[cfg(test)]
 mod contract_tests;
+mod sql;
 
 use async_trait::async_trait;
 use coffer_crypto::MaterialId;
@@ -67,9 +67,12 @@ pub enum StoreError {
 
 /// Maps database failures to store errors: the one place SQL error codes are read.
 pub(crate) fn convert_sqlx_error(error: sqlx::Error) -> StoreError {
-    let is_unique_violation = error
-        .as_database_error()
-        .is_some_and(|database_error| matches!(database_error.kind(), sqlx::error::ErrorKind::UniqueViolation));
+    let is_unique_violation = error.as_database_error().is_some_and(|database_error| {
+        matches!(
+            database_error.kind(),
+            sqlx::error::ErrorKind::UniqueViolation
+        )
+    });
     if is_unique_violation {
         StoreError::Conflict
     } else {
@@ -80,15 +83,33 @@ pub(crate) fn convert_sqlx_error(error: sqlx::Error) -> StoreError {
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// Stores a new key with its first material version and tags, atomically.
-    async fn create_key(&self, key: &KeyRecord, material: &MaterialRecord, tags: &[Tag]) -> Result<(), StoreError>;
+    async fn create_key(
+        &self,
+        key: &KeyRecord,
+        material: &MaterialRecord,
+        tags: &[Tag],
+    ) -> Result<(), StoreError>;
 
     /// The key `key_id` of `account`; `None` when it does not exist there.
-    async fn get_key(&self, account: &AccountId, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+    async fn get_key(
+        &self,
+        account: &AccountId,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
-    async fn get_material(&self, key_id: &KeyId, material_id: &MaterialId) -> Result<Option<MaterialRecord>, StoreError>;
+    async fn get_material(
+        &self,
+        key_id: &KeyId,
+        material_id: &MaterialId,
+    ) -> Result<Option<MaterialRecord>, StoreError>;
 
     /// Up to `limit` keys of `account` ordered by key id, after `after`.
-    async fn list_keys(&self, account: &AccountId, after: Option<&KeyId>, limit: u32) -> Result<Vec<KeyRecord>, StoreError>;
+    async fn list_keys(
+        &self,
+        account: &AccountId,
+        after: Option<&KeyId>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
 
     async fn list_tags(&self, key_id: &KeyId) -> Result<Vec<Tag>, StoreError>;
 }

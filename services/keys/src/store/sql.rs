@@ -25,21 +25,28 @@ const INSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALU
 const SELECT_MATERIAL: &str = "SELECT material_id, sealed_material, origin, created_at_ms FROM key_materials \
      WHERE key_id = $1 AND material_id = $2";
 
-const SELECT_TAGS: &str = "SELECT tag_key, tag_value FROM key_tags WHERE key_id = $1 ORDER BY tag_key";
+const SELECT_TAGS: &str =
+    "SELECT tag_key, tag_value FROM key_tags WHERE key_id = $1 ORDER BY tag_key";
 
 fn select_key() -> String {
     format!("SELECT {KEY_COLUMNS} FROM keys WHERE account_id = $1 AND key_id = $2")
 }
 
 fn select_keys_page() -> String {
-    format!("SELECT {KEY_COLUMNS} FROM keys WHERE account_id = $1 AND key_id > $2 ORDER BY key_id LIMIT $3")
+    format!(
+        "SELECT {KEY_COLUMNS} FROM keys WHERE account_id = $1 AND key_id > $2 ORDER BY key_id LIMIT $3"
+    )
 }
 
 fn corrupt(column: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("column {column} holds {value:?}"))
 }
 
-fn parse_column<T>(column: &str, value: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, StoreError> {
+fn parse_column<T>(
+    column: &str,
+    value: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, StoreError> {
     parse(value).ok_or_else(|| corrupt(column, value))
 }
 
@@ -105,9 +112,13 @@ macro_rules! sql_key_store {
                     key_manager: row.try_get("key_manager").map_err(convert_sqlx_error)?,
                     key_state: row.try_get("key_state").map_err(convert_sqlx_error)?,
                     multi_region: row.try_get("multi_region").map_err(convert_sqlx_error)?,
-                    current_material_id: row.try_get("current_material_id").map_err(convert_sqlx_error)?,
+                    current_material_id: row
+                        .try_get("current_material_id")
+                        .map_err(convert_sqlx_error)?,
                     created_at_ms: row.try_get("created_at_ms").map_err(convert_sqlx_error)?,
-                    deletion_date_ms: row.try_get("deletion_date_ms").map_err(convert_sqlx_error)?,
+                    deletion_date_ms: row
+                        .try_get("deletion_date_ms")
+                        .map_err(convert_sqlx_error)?,
                 };
                 columns.into_record()
             }
@@ -115,7 +126,12 @@ macro_rules! sql_key_store {
 
         #[async_trait]
         impl KeyStore for $store {
-            async fn create_key(&self, key: &KeyRecord, material: &MaterialRecord, tags: &[Tag]) -> Result<(), StoreError> {
+            async fn create_key(
+                &self,
+                key: &KeyRecord,
+                material: &MaterialRecord,
+                tags: &[Tag],
+            ) -> Result<(), StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 sqlx::query(INSERT_KEY)
                     .bind(key.key_id.as_str())
@@ -154,7 +170,11 @@ macro_rules! sql_key_store {
                 transaction.commit().await.map_err(convert_sqlx_error)
             }
 
-            async fn get_key(&self, account: &AccountId, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+            async fn get_key(
+                &self,
+                account: &AccountId,
+                key_id: &KeyId,
+            ) -> Result<Option<KeyRecord>, StoreError> {
                 let row = sqlx::query(&select_key())
                     .bind(account.as_str())
                     .bind(key_id.as_str())
@@ -164,7 +184,11 @@ macro_rules! sql_key_store {
                 row.as_ref().map(Self::key_from_row).transpose()
             }
 
-            async fn get_material(&self, key_id: &KeyId, material_id: &MaterialId) -> Result<Option<MaterialRecord>, StoreError> {
+            async fn get_material(
+                &self,
+                key_id: &KeyId,
+                material_id: &MaterialId,
+            ) -> Result<Option<MaterialRecord>, StoreError> {
                 let row = sqlx::query(SELECT_MATERIAL)
                     .bind(key_id.as_str())
                     .bind(material_id.to_hex())
@@ -172,7 +196,8 @@ macro_rules! sql_key_store {
                     .await
                     .map_err(convert_sqlx_error)?;
                 let Some(row) = row else { return Ok(None) };
-                let material_text: String = row.try_get("material_id").map_err(convert_sqlx_error)?;
+                let material_text: String =
+                    row.try_get("material_id").map_err(convert_sqlx_error)?;
                 let origin_text: String = row.try_get("origin").map_err(convert_sqlx_error)?;
                 Ok(Some(MaterialRecord {
                     material_id: parse_column("material_id", &material_text, MaterialId::from_hex)?,
@@ -182,7 +207,12 @@ macro_rules! sql_key_store {
                 }))
             }
 
-            async fn list_keys(&self, account: &AccountId, after: Option<&KeyId>, limit: u32) -> Result<Vec<KeyRecord>, StoreError> {
+            async fn list_keys(
+                &self,
+                account: &AccountId,
+                after: Option<&KeyId>,
+                limit: u32,
+            ) -> Result<Vec<KeyRecord>, StoreError> {
                 let rows = sqlx::query(&select_keys_page())
                     .bind(account.as_str())
                     .bind(after.map_or("", KeyId::as_str))

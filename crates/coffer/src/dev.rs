@@ -1,0 +1,294 @@
+//! `coffer dev`: every built service in one process on one address, SQLite
+//! under DIR, and a CA directory with the server, service and admin
+//! identities. DIR is an ordinary `coffer pki` directory, so identities
+//! minted there with `coffer pki issue` are trusted by the running instance.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use coffer_crypto::RootKey;
+use coffer_platform::client::ClientTls;
+use coffer_platform::clock::SystemClock;
+use coffer_platform::{config, pki, telemetry};
+use coffer_proto::keys::v1 as keys_pb;
+
+use crate::BUILT_SERVICES;
+
+/// The dev admin's account.
+pub const DEV_ACCOUNT: &str = "111122223333";
+pub const DEV_TRUST_DOMAIN: &str = "coffer.local";
+pub const DEV_REGION: &str = "eu-west-1";
+const DEMO_KEY_FILE: &str = "demo-key-id";
+const DEMO_PLAINTEXT: &[u8] = b"hello from coffer";
+
+/// Paths of a dev directory.
+#[derive(Debug, Clone)]
+pub struct DevDir {
+    pub dir: PathBuf,
+}
+
+impl DevDir {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("coffer.yaml")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join(pki::CA_CERT_FILE)
+    }
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-cert.pem"))
+    }
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+    pub fn root_key(&self) -> PathBuf {
+        self.dir.join("root-key")
+    }
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.jsonl")
+    }
+}
+
+pub fn admin_spiffe_id() -> String {
+    format!("spiffe://{DEV_TRUST_DOMAIN}/account/{DEV_ACCOUNT}/user/admin")
+}
+
+fn issue_if_missing(
+    layout: &DevDir,
+    authority: &pki::Authority,
+    name: &str,
+    spiffe_id: &str,
+    dns: &[String],
+    ips: &[IpAddr],
+) -> anyhow::Result<()> {
+    if layout.cert(name).exists() && layout.key(name).exists() {
+        return Ok(());
+    }
+    let identity = authority.issue(spiffe_id, dns, ips)?;
+    pki::write_identity(&layout.dir, name, &identity)?;
+    Ok(())
+}
+
+/// Creates what is missing in `dir` (CA, identities, root key) and writes the
+/// configuration for `listen`. Returns the layout, with an absolute path.
+pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let layout = DevDir {
+        dir: dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?,
+    };
+    if !layout.ca().exists() {
+        pki::init_ca(&layout.dir, DEV_TRUST_DOMAIN)?;
+    }
+    let authority = pki::Authority::load(&layout.dir)?;
+    let mut server_ips = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    if !listen.ip().is_unspecified() && !server_ips.contains(&listen.ip()) {
+        server_ips.push(listen.ip());
+    }
+    issue_if_missing(
+        &layout,
+        &authority,
+        "server",
+        &format!("spiffe://{DEV_TRUST_DOMAIN}/service/coffer-dev"),
+        &["localhost".to_owned()],
+        &server_ips,
+    )?;
+    issue_if_missing(&layout, &authority, "admin", &admin_spiffe_id(), &[], &[])?;
+    for service in BUILT_SERVICES {
+        issue_if_missing(
+            &layout,
+            &authority,
+            &format!("service-{service}"),
+            &format!("spiffe://{DEV_TRUST_DOMAIN}/service/{service}"),
+            &["localhost".to_owned()],
+            &server_ips,
+        )?;
+    }
+    if !layout.root_key().exists() {
+        write_private(
+            &layout.root_key(),
+            RootKey::generate()?.to_base64().as_bytes(),
+        )?;
+    }
+    let mut services = String::new();
+    for service in BUILT_SERVICES {
+        services.push_str(&format!(
+            "  {service}:\n    listen: \"{listen}\"\n    database:\n      url: \"sqlite://{}\"\n",
+            layout.dir.join(format!("{service}.db")).display()
+        ));
+    }
+    let config_text = format!(
+        "# Written by `coffer dev`; rewritten at every start.\n\
+         region: {DEV_REGION}\n\
+         trust_domain: {DEV_TRUST_DOMAIN}\n\
+         tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n\
+         root_key:\n  file: \"{}\"\n\
+         audit:\n  log_file: \"{}\"\n\
+         telemetry:\n  log_format: text\n  log_level: info\n\
+         services:\n{services}",
+        layout.cert("server").display(),
+        layout.key("server").display(),
+        layout.ca().display(),
+        layout.root_key().display(),
+        layout.audit_log().display(),
+    );
+    std::fs::write(layout.config(), config_text)
+        .with_context(|| format!("writing {}", layout.config().display()))?;
+    Ok(layout)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)?;
+    Ok(())
+}
+
+/// What the bootstrap made, for the printed commands.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    pub key_id: String,
+    pub ciphertext_base64: String,
+}
+
+/// As the admin, over the network: make sure the demo key exists and encrypt
+/// a greeting with it, so every printed command works when pasted.
+pub async fn bootstrap_demo(layout: &DevDir, addr: &str) -> anyhow::Result<Demo> {
+    let tls = ClientTls::from_files(
+        &layout.ca(),
+        Some((&layout.cert("admin"), &layout.key("admin"))),
+    )?;
+    let channel = tls.connect(addr, "localhost").await?;
+    let mut keys = keys_pb::keys_client::KeysClient::new(channel);
+    let remembered = std::fs::read_to_string(layout.dir.join(DEMO_KEY_FILE)).ok();
+    let mut key_id = None;
+    if let Some(candidate) = remembered.map(|text| text.trim().to_owned()) {
+        let described = keys
+            .describe_key(keys_pb::DescribeKeyRequest {
+                key_id: candidate.clone(),
+                ..Default::default()
+            })
+            .await;
+        if described.is_ok() {
+            key_id = Some(candidate);
+        }
+    }
+    let key_id = match key_id {
+        Some(key_id) => key_id,
+        None => {
+            let created = keys
+                .create_key(keys_pb::CreateKeyRequest {
+                    description: "coffer dev demo key".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let key_id = created
+                .key_metadata
+                .map(|metadata| metadata.key_id)
+                .unwrap_or_default();
+            std::fs::write(layout.dir.join(DEMO_KEY_FILE), &key_id)?;
+            key_id
+        }
+    };
+    let encrypted = keys
+        .encrypt(keys_pb::EncryptRequest {
+            key_id: key_id.clone(),
+            plaintext: DEMO_PLAINTEXT.to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(Demo {
+        key_id,
+        ciphertext_base64: STANDARD.encode(encrypted.ciphertext_blob),
+    })
+}
+
+/// The address clients should dial for `listen`.
+pub fn dial_address(listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        format!("localhost:{}", listen.port())
+    } else {
+        listen.to_string()
+    }
+}
+
+/// The ready-to-paste commands.
+pub fn instructions(layout: &DevDir, addr: &str, demo: &Demo) -> String {
+    let tls = format!(
+        "-cacert {} -cert {} -key {}",
+        layout.ca().display(),
+        layout.cert("admin").display(),
+        layout.key("admin").display()
+    );
+    let ghz_tls = format!(
+        "--cacert {} --cert {} --key {}",
+        layout.ca().display(),
+        layout.cert("admin").display(),
+        layout.key("admin").display()
+    );
+    let plaintext = STANDARD.encode(DEMO_PLAINTEXT);
+    format!(
+        "\nCoffer dev is serving {services} on {addr} (region {DEV_REGION}, account {DEV_ACCOUNT}).\n\
+         State, CA and identities: {dir}\n\
+         Audit events (JSON lines): {audit}\n\
+         Mint more identities: coffer pki issue --dir {dir} --spiffe-id spiffe://{DEV_TRUST_DOMAIN}/account/{DEV_ACCOUNT}/user/alice --out alice\n\
+         \n\
+         grpcurl (server reflection is on):\n\
+         \x20 grpcurl {tls} {addr} list\n\
+         \x20 grpcurl {tls} -d '{{\"description\":\"my first key\"}}' {addr} coffer.keys.v1.Keys/CreateKey\n\
+         \x20 grpcurl {tls} -d '{{\"key_id\":\"{key}\",\"plaintext\":\"{plaintext}\"}}' {addr} coffer.keys.v1.Keys/Encrypt\n\
+         \x20 grpcurl {tls} -d '{{\"ciphertext_blob\":\"{blob}\"}}' {addr} coffer.keys.v1.Keys/Decrypt\n\
+         \x20 grpcurl {tls} -d '{{\"key_id\":\"{key}\",\"key_spec\":\"AES_256\"}}' {addr} coffer.keys.v1.Keys/GenerateDataKey\n\
+         \x20 grpcurl {tls} {addr} grpc.health.v1.Health/Check\n\
+         \n\
+         ghz (load test):\n\
+         \x20 ghz {ghz_tls} --call coffer.keys.v1.Keys/Encrypt -d '{{\"key_id\":\"{key}\",\"plaintext\":\"{plaintext}\"}}' -c 64 -z 30s {addr}\n\
+         \x20 ghz {ghz_tls} --call coffer.keys.v1.Keys/Decrypt -d '{{\"ciphertext_blob\":\"{blob}\"}}' -c 64 -z 30s {addr}\n",
+        services = BUILT_SERVICES.join(", "),
+        dir = layout.dir.display(),
+        audit = layout.audit_log().display(),
+        key = demo.key_id,
+        blob = demo.ciphertext_base64,
+    )
+}
+
+pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let layout = prepare(dir, listen)?;
+    let settings = config::load(Some(&layout.config()), std::env::vars())?;
+    let _telemetry = telemetry::init(&settings.telemetry, "dev")?;
+    let services: Vec<String> = BUILT_SERVICES
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
+    let instance = crate::launch(&settings, &services, Arc::new(SystemClock)).await?;
+    let bound = instance
+        .addr_of("keys")
+        .context("the keys service did not start")?;
+    let addr = dial_address(bound);
+    let demo = bootstrap_demo(&layout, &addr)
+        .await
+        .context("creating the demo key")?;
+    println!("{}", instructions(&layout, &addr, &demo));
+    crate::cli::shutdown_signal().await;
+    tracing::info!("shutting down");
+    instance.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! Every API call produces exactly one audit event, with the right content,
+//! and no plaintext reaches an event or a log line.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use coffer_tests::{ACCOUNT_A, Backend, Harness, backend_tests, keys_pb as pb, request_id_of};
+use serde_json::Value;
+
+backend_tests!(
+    every_rpc_emits_exactly_one_event,
+    no_plaintext_in_events_or_logs
+);
+
+fn single_event(harness: &Harness, request_id: &str) -> anyhow::Result<Value> {
+    let mut events = harness.audit_events_for(request_id)?;
+    anyhow::ensure!(
+        events.len() == 1,
+        "request {request_id} has {} events",
+        events.len()
+    );
+    Ok(events.remove(0))
+}
+
+async fn every_rpc_emits_exactly_one_event(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let caller_arn = format!("arn:coffer:iam::{ACCOUNT_A}:user/alice");
+    // (request id, event name, read only, category, names the key)
+    let mut expected: Vec<(String, &str, bool, &str, bool)> = Vec::new();
+
+    let created = client.create_key(pb::CreateKeyRequest::default()).await?;
+    expected.push((
+        request_id_of(created.metadata()),
+        "CreateKey",
+        false,
+        "Management",
+        true,
+    ));
+    let key = created
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let key_id = key.key_id.clone();
+
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    expected.push((
+        request_id_of(described.metadata()),
+        "DescribeKey",
+        true,
+        "Management",
+        true,
+    ));
+    let listed = client.list_keys(pb::ListKeysRequest::default()).await?;
+    expected.push((
+        request_id_of(listed.metadata()),
+        "ListKeys",
+        true,
+        "Management",
+        false,
+    ));
+    let encrypted = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key_id.clone(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    expected.push((
+        request_id_of(encrypted.metadata()),
+        "Encrypt",
+        true,
+        "Data",
+        true,
+    ));
+    let blob = encrypted.into_inner().ciphertext_blob;
+    let decrypted = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await?;
+    expected.push((
+        request_id_of(decrypted.metadata()),
+        "Decrypt",
+        true,
+        "Data",
+        true,
+    ));
+    let data_key = client
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key_id: key_id.clone(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await?;
+    expected.push((
+        request_id_of(data_key.metadata()),
+        "GenerateDataKey",
+        true,
+        "Data",
+        true,
+    ));
+    let without = client
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key_id: key_id.clone(),
+            number_of_bytes: Some(48),
+            ..Default::default()
+        })
+        .await?;
+    expected.push((
+        request_id_of(without.metadata()),
+        "GenerateDataKeyWithoutPlaintext",
+        true,
+        "Data",
+        true,
+    ));
+    let random = client
+        .generate_random(pb::GenerateRandomRequest { number_of_bytes: 8 })
+        .await?;
+    expected.push((
+        request_id_of(random.metadata()),
+        "GenerateRandom",
+        true,
+        "Data",
+        false,
+    ));
+
+    for (request_id, name, read_only, category, names_key) in &expected {
+        let event = single_event(&harness, request_id)?;
+        assert_eq!(event["eventName"], *name);
+        assert_eq!(event["eventSource"], "kms.coffer.internal");
+        assert_eq!(event["awsRegion"], "eu-west-1");
+        assert_eq!(event["readOnly"], *read_only, "{name}");
+        assert_eq!(event["eventCategory"], *category, "{name}");
+        assert_eq!(event["userIdentity"]["arn"], caller_arn.as_str());
+        assert_eq!(event["userIdentity"]["type"], "IAMUser");
+        assert_eq!(event["recipientAccountId"], ACCOUNT_A);
+        assert_eq!(event["sourceIPAddress"], "127.0.0.1");
+        assert!(event.get("errorCode").is_none(), "{name}: {event}");
+        assert_eq!(event["traceId"].as_str().map(str::len), Some(32));
+        let resources = event["resources"].as_array().cloned().unwrap_or_default();
+        if *names_key {
+            assert_eq!(resources.len(), 1, "{name}");
+            assert_eq!(resources[0]["ARN"], key.arn.as_str());
+            assert_eq!(resources[0]["type"], "AWS::KMS::Key");
+        } else {
+            assert!(resources.is_empty(), "{name}");
+        }
+    }
+
+    // Failures get exactly one event too, carrying the exception name.
+    let failed = client
+        .encrypt(pb::EncryptRequest {
+            key_id: uuid::Uuid::new_v4().to_string(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("encrypt under a missing key succeeded"))?;
+    let event = single_event(&harness, &request_id_of(failed.metadata()))?;
+    assert_eq!(event["errorCode"], "NotFoundException");
+    assert_eq!(event["eventName"], "Encrypt");
+    let garbage = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: vec![9; 40],
+            ..Default::default()
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("garbage decrypted"))?;
+    let event = single_event(&harness, &request_id_of(garbage.metadata()))?;
+    assert_eq!(event["errorCode"], "InvalidCiphertextException");
+
+    // And nothing else was written: one event per call made above.
+    assert_eq!(harness.audit_events()?.len(), expected.len() + 2);
+    // A propagated trace context is recorded.
+    let mut traced = tonic::Request::new(pb::ListKeysRequest::default());
+    traced.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?,
+    );
+    let response = client.list_keys(traced).await?;
+    let event = single_event(&harness, &request_id_of(response.metadata()))?;
+    assert_eq!(event["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    Ok(())
+}
+
+async fn no_plaintext_in_events_or_logs(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let marker = format!("PLAINTEXT-MARKER-{}", uuid::Uuid::new_v4().simple());
+    let key_id = client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?
+        .key_id;
+    let blob = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key_id.clone(),
+            plaintext: marker.as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await?;
+    // A rejected plaintext (too long) must not be echoed either.
+    let long = format!("{marker}{}", "y".repeat(5000));
+    let _rejected = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key_id.clone(),
+            plaintext: long.into_bytes(),
+            ..Default::default()
+        })
+        .await;
+    let data_key = client
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key_id,
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .plaintext;
+    let random = client
+        .generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: 32,
+        })
+        .await?
+        .into_inner()
+        .plaintext;
+
+    let events = std::fs::read_to_string(harness.audit_log_path())?;
+    let logs = coffer_tests::captured_logs();
+    assert!(!events.is_empty() && !logs.is_empty());
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for (what, needle) in [
+        ("plaintext", marker.clone()),
+        ("plaintext base64", STANDARD.encode(marker.as_bytes())),
+        ("data key base64", STANDARD.encode(&data_key)),
+        ("data key hex", hex(&data_key)),
+        ("random base64", STANDARD.encode(&random)),
+        ("random hex", hex(&random)),
+    ] {
+        assert!(
+            !events.contains(&needle),
+            "{what} appears in an audit event"
+        );
+        assert!(!logs.contains(&needle), "{what} appears in a log line");
+    }
+    Ok(())
+}

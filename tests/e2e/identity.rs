@@ -1,0 +1,271 @@
+//! mTLS and SPIFFE identity: who may connect, who a call runs as, and
+//! certificate reload.
+
+use std::sync::Arc;
+
+use coffer_platform::pki::{self, Authority};
+use coffer_tests::{
+    ACCOUNT_A, ACCOUNT_B, Backend, Harness, TRUST_DOMAIN, assert_error, backend_tests,
+    keys_pb as pb,
+};
+use pb::keys_client::KeysClient;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+backend_tests!(
+    callers_without_a_trusted_certificate_get_nothing,
+    malformed_identities_are_unauthenticated,
+    forwarded_identity_is_trusted_only_from_services,
+    server_certificate_reloads_without_restart,
+);
+
+/// A CA that the harness does not trust.
+fn foreign_authority() -> anyhow::Result<(tempfile::TempDir, Authority)> {
+    let directory = tempfile::tempdir()?;
+    pki::init_ca(directory.path(), TRUST_DOMAIN)?;
+    let authority = Authority::load(directory.path())?;
+    Ok((directory, authority))
+}
+
+async fn call_describe(
+    harness: &Harness,
+    identity: Option<&pki::IssuedIdentity>,
+) -> Result<(), String> {
+    let channel = match harness.channel_with(identity).await {
+        Ok(channel) => channel,
+        Err(error) => return Err(format!("connect: {error}")),
+    };
+    let outcome = KeysClient::new(channel)
+        .list_keys(pb::ListKeysRequest::default())
+        .await;
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+async fn callers_without_a_trusted_certificate_get_nothing(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let (_foreign_dir, foreign) = foreign_authority()?;
+    let before = harness.audit_events()?.len();
+
+    let no_certificate = call_describe(&harness, None).await;
+    assert!(
+        no_certificate.is_err(),
+        "a caller without a certificate was served"
+    );
+
+    let untrusted_user = foreign.issue(&Harness::user_id(ACCOUNT_A, "alice"), &[], &[])?;
+    assert!(
+        call_describe(&harness, Some(&untrusted_user))
+            .await
+            .is_err(),
+        "an untrusted CA was accepted"
+    );
+
+    let fake_service = foreign.issue(&Harness::service_id("secrets"), &[], &[])?;
+    assert!(
+        call_describe(&harness, Some(&fake_service)).await.is_err(),
+        "a forged service certificate was accepted"
+    );
+
+    // None of these reached the API, so none produced an audit event.
+    assert_eq!(harness.audit_events()?.len(), before);
+
+    // The same call with a trusted identity works.
+    let trusted = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    assert_eq!(call_describe(&harness, Some(&trusted)).await, Ok(()));
+    Ok(())
+}
+
+async fn malformed_identities_are_unauthenticated(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    for spiffe_id in [
+        "spiffe://other.test/account/111122223333/user/alice",
+        "spiffe://coffer.test/account/11112222333/user/alice",
+        "spiffe://coffer.test/account/111122223333/user/a%2Fb",
+        "spiffe://coffer.test/account/111122223333/admin/alice",
+        "spiffe://coffer.test/service/nosuch",
+    ] {
+        let identity = harness.identity(spiffe_id)?;
+        let mut client = KeysClient::new(harness.channel_with(Some(&identity)).await?);
+        let outcome = client.list_keys(pb::ListKeysRequest::default()).await;
+        let status = assert_error(
+            outcome,
+            Code::Unauthenticated,
+            "UnrecognizedClientException",
+        );
+        let request_id = coffer_tests::request_id_of(status.metadata());
+        let events = harness.audit_events_for(&request_id)?;
+        assert_eq!(events.len(), 1, "{spiffe_id}");
+        assert_eq!(events[0]["errorCode"], "UnrecognizedClientException");
+        assert_eq!(events[0]["userIdentity"]["type"], "Unknown");
+        assert_eq!(events[0]["eventName"], "ListKeys");
+    }
+    Ok(())
+}
+
+fn forwarding_client(
+    channel: tonic::transport::Channel,
+    forwarded_for: &str,
+) -> anyhow::Result<
+    KeysClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            impl tonic::service::Interceptor,
+        >,
+    >,
+> {
+    let value: MetadataValue<_> = forwarded_for.parse()?;
+    Ok(KeysClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("x-coffer-forwarded-for", value.clone());
+            Ok(request)
+        },
+    ))
+}
+
+async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let bob = Harness::user_id(ACCOUNT_B, "bob");
+
+    // The secrets service acting for bob: the key lands in bob's account and
+    // the event names both.
+    let service = harness.identity(&Harness::service_id("secrets"))?;
+    let mut as_service = forwarding_client(harness.channel_with(Some(&service)).await?, &bob)?;
+    let response = as_service
+        .create_key(pb::CreateKeyRequest::default())
+        .await?;
+    let request_id = coffer_tests::request_id_of(response.metadata());
+    let key = response
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    assert_eq!(key.aws_account_id, ACCOUNT_B);
+    let events = harness.audit_events_for(&request_id)?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["userIdentity"]["userName"], "bob");
+    assert_eq!(events[0]["userIdentity"]["accountId"], ACCOUNT_B);
+    assert_eq!(
+        events[0]["userIdentity"]["invokedBy"],
+        "secretsmanager.coffer.internal"
+    );
+
+    // An ordinary user claiming to act for bob is ignored: the key is alice's.
+    let alice = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let mut as_alice = forwarding_client(harness.channel_with(Some(&alice)).await?, &bob)?;
+    let key = as_alice
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    assert_eq!(key.aws_account_id, ACCOUNT_A);
+
+    // A service acting for nobody has no account to use keys in.
+    let mut bare_service = KeysClient::new(harness.channel_with(Some(&service)).await?);
+    let outcome = bare_service
+        .create_key(pb::CreateKeyRequest::default())
+        .await;
+    assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
+
+    // A service forwarding garbage, or another service, is refused.
+    for forwarded in [
+        "not a spiffe id",
+        "spiffe://coffer.test/service/keys",
+        "spiffe://evil.test/account/444455556666/user/bob",
+    ] {
+        let mut client = forwarding_client(harness.channel_with(Some(&service)).await?, forwarded)?;
+        let outcome = client.list_keys(pb::ListKeysRequest::default()).await;
+        assert_error(
+            outcome,
+            Code::Unauthenticated,
+            "UnrecognizedClientException",
+        );
+    }
+    Ok(())
+}
+
+/// The leaf certificate the server presents to a new connection.
+async fn presented_certificate(harness: &Harness) -> anyhow::Result<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&harness.ca_pem()?) {
+        roots.add(certificate?)?;
+    }
+    let client = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(harness.keys_addr()?).await?;
+    let stream = connector
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|certificate| certificate.to_vec())
+        .ok_or_else(|| anyhow::anyhow!("server presented no certificate"))?;
+    Ok(leaf)
+}
+
+fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(CertificateDer::from_pem_slice(pem.as_bytes())?.to_vec())
+}
+
+/// Writes `contents` next to `path` and renames it into place, as
+/// cert-manager and kubelet do.
+fn replace_file(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, contents)?;
+    std::fs::rename(&staging, path)?;
+    Ok(())
+}
+
+async fn server_certificate_reloads_without_restart(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let original = std::fs::read_to_string(harness.dir().join("server-cert.pem"))?;
+    assert_eq!(
+        presented_certificate(&harness).await?,
+        pem_to_der(&original)?
+    );
+
+    let authority = Authority::load(harness.dir())?;
+    let renewed = authority.issue(
+        &Harness::service_id("keys"),
+        &["localhost".to_owned()],
+        &["127.0.0.1".parse()?],
+    )?;
+    replace_file(&harness.dir().join("server-key.pem"), &renewed.key_pem)?;
+    replace_file(&harness.dir().join("server-cert.pem"), &renewed.cert_pem)?;
+
+    assert_eq!(
+        presented_certificate(&harness).await?,
+        pem_to_der(&renewed.cert_pem)?
+    );
+    // And calls over new connections work with it, without a restart.
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    client.list_keys(pb::ListKeysRequest::default()).await?;
+
+    // A broken replacement is refused and the renewed certificate stays.
+    replace_file(&harness.dir().join("server-cert.pem"), "not a certificate")?;
+    assert_eq!(
+        presented_certificate(&harness).await?,
+        pem_to_der(&renewed.cert_pem)?
+    );
+    Ok(())
+}

@@ -1,0 +1,525 @@
+//! The keys slice over the network: round trips, validation, tenancy.
+
+use std::collections::HashMap;
+
+use coffer_tests::{
+    ACCOUNT_A, ACCOUNT_B, Backend, Harness, assert_error, backend_tests, keys_pb as pb,
+};
+use tonic::Code;
+
+backend_tests!(
+    create_encrypt_decrypt_round_trip,
+    encryption_context_is_bound,
+    data_keys_and_random,
+    list_keys_pages_through_everything,
+    another_account_sees_nothing,
+    bad_input_gets_exact_errors,
+    restart_loses_nothing,
+);
+
+async fn create_key(
+    client: &mut pb::keys_client::KeysClient<tonic::transport::Channel>,
+) -> anyhow::Result<pb::KeyMetadata> {
+    let response = client
+        .create_key(pb::CreateKeyRequest {
+            description: "e2e".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    response
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("CreateKey returned no metadata"))
+}
+
+async fn create_encrypt_decrypt_round_trip(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = create_key(&mut client).await?;
+    assert_eq!(key.key_state, "Enabled");
+    assert_eq!(key.key_spec, "SYMMETRIC_DEFAULT");
+    assert_eq!(key.key_usage, "ENCRYPT_DECRYPT");
+    assert_eq!(
+        key.arn,
+        format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:key/{}", key.key_id)
+    );
+    assert_eq!(key.aws_account_id, ACCOUNT_A);
+    assert!(key.enabled);
+
+    let encrypted = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key.key_id.clone(),
+            plaintext: b"attack at dawn".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(encrypted.key_id, key.arn);
+    assert_eq!(encrypted.encryption_algorithm, "SYMMETRIC_DEFAULT");
+
+    let decrypted = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: encrypted.ciphertext_blob.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(decrypted.plaintext, b"attack at dawn");
+    assert_eq!(decrypted.key_id, key.arn);
+
+    // The key can be named by ARN too, on Decrypt and DescribeKey.
+    let by_arn = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: encrypted.ciphertext_blob,
+            key_id: key.arn.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(by_arn.plaintext, b"attack at dawn");
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.arn.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(described.key_metadata.map(|m| m.key_id), Some(key.key_id));
+    Ok(())
+}
+
+async fn encryption_context_is_bound(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = create_key(&mut client).await?;
+    let context: HashMap<String, String> = [
+        ("tenant".to_owned(), "blue".to_owned()),
+        ("purpose".to_owned(), "backup".to_owned()),
+    ]
+    .into();
+    let blob = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key.key_id.clone(),
+            plaintext: b"with context".to_vec(),
+            encryption_context: context.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+
+    let decrypted = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: context.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(decrypted.plaintext, b"with context");
+
+    let mut missing_pair = context.clone();
+    missing_pair.remove("purpose");
+    let mut extra_pair = context.clone();
+    extra_pair.insert("extra".into(), "1".into());
+    let mut other_case = HashMap::new();
+    other_case.insert("Tenant".to_owned(), "blue".to_owned());
+    other_case.insert("purpose".to_owned(), "backup".to_owned());
+    for wrong in [HashMap::new(), missing_pair, extra_pair, other_case] {
+        let outcome = client
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                encryption_context: wrong,
+                ..Default::default()
+            })
+            .await;
+        assert_error(outcome, Code::InvalidArgument, "InvalidCiphertextException");
+    }
+    Ok(())
+}
+
+async fn data_keys_and_random(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = create_key(&mut client).await?;
+
+    for (key_spec, number_of_bytes, expected_len) in [
+        ("AES_256", None, 32),
+        ("AES_128", None, 16),
+        ("", Some(1), 1),
+        ("", Some(1024), 1024),
+    ] {
+        let data_key = client
+            .generate_data_key(pb::GenerateDataKeyRequest {
+                key_id: key.key_id.clone(),
+                key_spec: key_spec.into(),
+                number_of_bytes,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert_eq!(data_key.plaintext.len(), expected_len);
+        assert_eq!(data_key.key_id, key.arn);
+        let decrypted = client
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: data_key.ciphertext_blob,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert_eq!(decrypted.plaintext, data_key.plaintext);
+    }
+
+    let without = client
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key_id: key.key_id.clone(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let recovered = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: without.ciphertext_blob,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(recovered.plaintext.len(), 32);
+
+    let first = client
+        .generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: 64,
+        })
+        .await?
+        .into_inner();
+    let second = client
+        .generate_random(pb::GenerateRandomRequest {
+            number_of_bytes: 64,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(first.plaintext.len(), 64);
+    assert_ne!(first.plaintext, second.plaintext);
+    Ok(())
+}
+
+async fn list_keys_pages_through_everything(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        created.push(create_key(&mut client).await?.key_id);
+    }
+    created.sort();
+    let mut listed = Vec::new();
+    let mut marker = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_keys(pb::ListKeysRequest {
+                limit: 2,
+                marker: marker.clone(),
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        listed.extend(page.keys.iter().map(|entry| entry.key_id.clone()));
+        if !page.truncated {
+            assert!(page.next_marker.is_empty());
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(listed, created);
+
+    let outcome = client
+        .list_keys(pb::ListKeysRequest {
+            limit: 2,
+            marker: "forged".into(),
+        })
+        .await;
+    assert_error(outcome, Code::InvalidArgument, "InvalidMarkerException");
+    let outcome = client
+        .list_keys(pb::ListKeysRequest {
+            limit: 1001,
+            marker: String::new(),
+        })
+        .await;
+    assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    Ok(())
+}
+
+async fn another_account_sees_nothing(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut owner = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let mut stranger = harness.keys_for(ACCOUNT_B, "mallory").await?;
+    let key = create_key(&mut owner).await?;
+    let blob = owner
+        .encrypt(pb::EncryptRequest {
+            key_id: key.key_id.clone(),
+            plaintext: b"secret".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+
+    // A key of another account answers exactly as a key that does not exist.
+    let missing_id = uuid::Uuid::new_v4().to_string();
+    let existing = stranger
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    let missing = stranger
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: missing_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    let existing = assert_error(existing, Code::NotFound, "NotFoundException");
+    let missing = assert_error(missing, Code::NotFound, "NotFoundException");
+    assert_eq!(
+        existing.message().replace(&key.key_id, "ID"),
+        missing.message().replace(&missing_id, "ID")
+    );
+
+    let existing_arn = stranger
+        .encrypt(pb::EncryptRequest {
+            key_id: key.arn.clone(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    let missing_arn = stranger
+        .encrypt(pb::EncryptRequest {
+            key_id: key.arn.replace(&key.key_id, &missing_id),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    let existing_arn = assert_error(existing_arn, Code::NotFound, "NotFoundException");
+    let missing_arn = assert_error(missing_arn, Code::NotFound, "NotFoundException");
+    assert_eq!(
+        existing_arn.message().replace(&key.key_id, "ID"),
+        missing_arn.message().replace(&missing_id, "ID")
+    );
+
+    let decrypt = stranger
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await;
+    assert_error(decrypt, Code::InvalidArgument, "InvalidCiphertextException");
+    let listed = stranger
+        .list_keys(pb::ListKeysRequest::default())
+        .await?
+        .into_inner();
+    assert!(listed.keys.is_empty());
+    Ok(())
+}
+
+async fn bad_input_gets_exact_errors(backend: Backend) -> anyhow::Result<()> {
+    use tonic_types::StatusExt as _;
+
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = create_key(&mut client).await?;
+    let encrypt = |plaintext: Vec<u8>, key_id: &str| pb::EncryptRequest {
+        key_id: key_id.to_owned(),
+        plaintext,
+        ..Default::default()
+    };
+
+    let too_big = client.encrypt(encrypt(vec![7; 4097], &key.key_id)).await;
+    let status = assert_error(too_big, Code::InvalidArgument, "ValidationException");
+    let fields: Vec<String> = status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(fields, ["plaintext"]);
+    client.encrypt(encrypt(vec![7; 4096], &key.key_id)).await?;
+    assert_error(
+        client.encrypt(encrypt(Vec::new(), &key.key_id)).await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert_error(
+        client.encrypt(encrypt(vec![1], "")).await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert_error(
+        client.encrypt(encrypt(vec![1], "not-a-key")).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_error(
+        client.encrypt(encrypt(vec![1], "alias/nothing")).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    let other_region = key.arn.replace("eu-west-1", "us-east-1");
+    assert_error(
+        client.encrypt(encrypt(vec![1], &other_region)).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+
+    let wrong_algorithm = client
+        .encrypt(pb::EncryptRequest {
+            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            ..encrypt(vec![1], &key.key_id)
+        })
+        .await;
+    assert_error(
+        wrong_algorithm,
+        Code::InvalidArgument,
+        "InvalidKeyUsageException",
+    );
+    let unknown_algorithm = client
+        .encrypt(pb::EncryptRequest {
+            encryption_algorithm: "ROT13".into(),
+            ..encrypt(vec![1], &key.key_id)
+        })
+        .await;
+    assert_error(
+        unknown_algorithm,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    let too_many_tokens = client
+        .encrypt(pb::EncryptRequest {
+            grant_tokens: vec!["t".into(); 11],
+            ..encrypt(vec![1], &key.key_id)
+        })
+        .await;
+    assert_error(
+        too_many_tokens,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+
+    // Decrypt naming a different key than the blob's.
+    let other_key = create_key(&mut client).await?;
+    let blob = client
+        .encrypt(encrypt(b"x".to_vec(), &key.key_id))
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let incorrect = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            key_id: other_key.key_id,
+            ..Default::default()
+        })
+        .await;
+    assert_error(incorrect, Code::InvalidArgument, "IncorrectKeyException");
+
+    let both = client
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key_id: key.key_id.clone(),
+            key_spec: "AES_256".into(),
+            number_of_bytes: Some(32),
+            ..Default::default()
+        })
+        .await;
+    assert_error(both, Code::InvalidArgument, "ValidationException");
+    for count in [0, 1025, -1] {
+        let outcome = client
+            .generate_random(pb::GenerateRandomRequest {
+                number_of_bytes: count,
+            })
+            .await;
+        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    }
+
+    let unsupported = client
+        .create_key(pb::CreateKeyRequest {
+            key_spec: "RSA_2048".into(),
+            key_usage: "SIGN_VERIFY".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(
+        unsupported,
+        Code::InvalidArgument,
+        "UnsupportedOperationException",
+    );
+    let bad_spec = client
+        .create_key(pb::CreateKeyRequest {
+            key_spec: "AES".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(bad_spec, Code::InvalidArgument, "ValidationException");
+    let reserved_tag = client
+        .create_key(pb::CreateKeyRequest {
+            tags: vec![coffer_proto::common::v1::Tag {
+                tag_key: "aws:owner".into(),
+                tag_value: "x".into(),
+            }],
+            ..Default::default()
+        })
+        .await;
+    assert_error(reserved_tag, Code::InvalidArgument, "TagException");
+    let long_description = client
+        .create_key(pb::CreateKeyRequest {
+            description: "d".repeat(8193),
+            ..Default::default()
+        })
+        .await;
+    assert_error(
+        long_description,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    Ok(())
+}
+
+async fn restart_loses_nothing(backend: Backend) -> anyhow::Result<()> {
+    let mut harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = create_key(&mut client).await?;
+    let blob = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key.key_id.clone(),
+            plaintext: b"durable".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    harness.restart().await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let decrypted = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(decrypted.plaintext, b"durable");
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.key_id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        described.key_metadata.map(|m| m.description),
+        Some("e2e".to_owned())
+    );
+    Ok(())
+}

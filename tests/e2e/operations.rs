@@ -1,0 +1,250 @@
+//! Server behaviour under operations: health, graceful shutdown, load
+//! shedding, deadlines and message size limits.
+
+use std::time::Duration;
+
+use coffer_tests::{
+    ACCOUNT_A, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb,
+};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+backend_tests!(
+    health_is_served_on_both_ports,
+    graceful_shutdown_completes_calls_in_flight,
+    excess_calls_are_shed_with_resource_exhausted,
+    calls_past_their_deadline_fail_deadline_exceeded,
+    oversize_messages_are_refused_and_the_server_stays_up,
+);
+
+async fn plaintext_channel(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?,
+    )
+}
+
+async fn admin_health(harness: &Harness, service: &str) -> anyhow::Result<i32> {
+    let admin = harness
+        .instance()?
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let mut client = HealthClient::new(plaintext_channel(admin).await?);
+    let response = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await?;
+    Ok(response.into_inner().status)
+}
+
+async fn health_is_served_on_both_ports(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    assert_eq!(
+        admin_health(&harness, "").await?,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        admin_health(&harness, "coffer.keys.v1.Keys").await?,
+        ServingStatus::Serving as i32
+    );
+    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let mut over_mtls = HealthClient::new(harness.channel_with(Some(&identity)).await?);
+    let response = over_mtls
+        .check(HealthCheckRequest {
+            service: "coffer.keys.v1.Keys".into(),
+        })
+        .await?;
+    assert_eq!(response.into_inner().status, ServingStatus::Serving as i32);
+    // Health checks are not API calls: no audit events.
+    assert!(harness.audit_events()?.is_empty());
+    Ok(())
+}
+
+async fn graceful_shutdown_completes_calls_in_flight(backend: Backend) -> anyhow::Result<()> {
+    let mut harness = Harness::start(backend).await?;
+    let admin = harness
+        .instance()?
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let mut admin_health = HealthClient::new(plaintext_channel(admin).await?);
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+
+    let lock = harness.lock_keys_table().await?;
+    let in_flight =
+        tokio::spawn(async move { client.create_key(pb::CreateKeyRequest::default()).await });
+    harness.wait_for_in_flight(1).await?;
+
+    let instance = harness
+        .take_instance()
+        .ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let shutdown = tokio::spawn(instance.shutdown());
+    // Health turns NOT_SERVING while the call is still held.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = admin_health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "health never turned NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the held call finished before its lock was released"
+    );
+
+    lock.release().await?;
+    let created = in_flight.await??.into_inner();
+    assert_eq!(
+        created.key_metadata.map(|m| m.key_state).as_deref(),
+        Some("Enabled")
+    );
+    tokio::time::timeout(Duration::from_secs(30), shutdown).await??;
+    Ok(())
+}
+
+async fn excess_calls_are_shed_with_resource_exhausted(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            max_concurrent_requests: 1,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut first = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let mut second = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let lock = harness.lock_keys_table().await?;
+    let held = tokio::spawn(async move { first.create_key(pb::CreateKeyRequest::default()).await });
+    harness.wait_for_in_flight(1).await?;
+
+    let shed = second.list_keys(pb::ListKeysRequest::default()).await;
+    let status = assert_error(shed, Code::ResourceExhausted, "ThrottlingException");
+    let events = harness.audit_events_for(&coffer_tests::request_id_of(status.metadata()))?;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["errorCode"], "ThrottlingException");
+
+    lock.release().await?;
+    held.await??;
+    second.list_keys(pb::ListKeysRequest::default()).await?;
+    Ok(())
+}
+
+async fn calls_past_their_deadline_fail_deadline_exceeded(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            request_timeout_ms: 2_000,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let lock = harness.lock_keys_table().await?;
+
+    // The caller's own, shorter deadline: the client gives up, and the server
+    // stops the call too, recording why.
+    let mut request = tonic::Request::new(pb::CreateKeyRequest::default());
+    request.set_timeout(Duration::from_millis(200));
+    let outcome = client.create_key(request).await;
+    let status = outcome
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a held call succeeded"))?;
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let timed_out = harness
+            .audit_events()?
+            .iter()
+            .filter(|event| {
+                event["eventName"] == "CreateKey" && event["errorCode"] == "RequestTimeoutException"
+            })
+            .count();
+        if timed_out == 1 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the server never recorded the caller's deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The server's limit when the caller sets none.
+    let outcome = client.create_key(pb::CreateKeyRequest::default()).await;
+    assert_error(outcome, Code::DeadlineExceeded, "RequestTimeoutException");
+
+    lock.release().await?;
+    // The timed-out calls were rolled back: no key was created.
+    assert!(
+        client
+            .list_keys(pb::ListKeysRequest::default())
+            .await?
+            .into_inner()
+            .keys
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn oversize_messages_are_refused_and_the_server_stays_up(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            max_message_bytes: 16 * 1024,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    for size in [20_000, 1024 * 1024] {
+        let outcome = client
+            .encrypt(pb::EncryptRequest {
+                key_id: key.key_id.clone(),
+                plaintext: vec![0; size],
+                ..Default::default()
+            })
+            .await;
+        let status = outcome
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("{size} bytes were accepted"))?;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let events = harness.audit_events_for(&coffer_tests::request_id_of(status.metadata()))?;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["errorCode"], "RequestEntityTooLargeException");
+    }
+    let encrypted = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key.key_id,
+            plaintext: vec![1; 64],
+            ..Default::default()
+        })
+        .await?;
+    assert!(!encrypted.into_inner().ciphertext_blob.is_empty());
+    Ok(())
+}
