@@ -201,7 +201,7 @@ impl<S> Service<Request<Body>> for CallService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Send,
+    S::Error: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -216,7 +216,22 @@ where
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
         let shared = self.shared.clone();
-        Box::pin(handle_call(shared, inner, request))
+        // Each call runs in its own task: a client that cancels or
+        // disconnects drops only the wait below, never the call, so the
+        // call still ends (or meets its deadline) and is audited with its
+        // real outcome.
+        let call = tokio::spawn(handle_call(shared, inner, request));
+        Box::pin(async move {
+            match call.await {
+                Ok(outcome) => outcome,
+                Err(join_error) => {
+                    tracing::error!(error = %join_error, "api call task failed");
+                    Ok(ApiError::internal()
+                        .into_status("coffer")
+                        .into_http::<Body>())
+                }
+            }
+        })
     }
 }
 
