@@ -103,6 +103,20 @@ impl CallContext {
         &self.audit
     }
 
+    /// A context for unit tests of code that acts on a caller's behalf.
+    #[cfg(test)]
+    pub(crate) fn for_tests(principal: Principal, trace: TraceContext) -> Self {
+        Self {
+            principal: Arc::new(principal),
+            invoked_by: None,
+            source_ip: IpAddr::from([10, 1, 2, 3]),
+            request_id: Arc::from("request-1"),
+            trace,
+            audit: AuditRecorder::default(),
+            error_domain: Arc::from("kms.coffer.internal"),
+        }
+    }
+
     /// Records the error on the call's audit event and renders it.
     pub fn fail(&self, error: ApiError) -> tonic::Status {
         self.audit.error(error.exception, &error.message);

@@ -140,3 +140,44 @@ impl Interceptor for ForwardCaller {
         Ok(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::principal_from_spiffe_id;
+    use crate::trace::TraceContext;
+
+    #[test]
+    fn forwards_caller_source_and_trace() -> Result<(), Box<dyn std::error::Error>> {
+        let caller = principal_from_spiffe_id(
+            "spiffe://coffer.test/account/111122223333/user/alice",
+            "coffer.test",
+        )?;
+        let trace = TraceContext::parse_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .ok_or("bad traceparent")?;
+        let context = CallContext::for_tests(caller, trace);
+        let request = ForwardCaller::new(&context).call(tonic::Request::new(()))?;
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            header(FORWARDED_FOR_HEADER).as_deref(),
+            Some("spiffe://coffer.test/account/111122223333/user/alice")
+        );
+        assert_eq!(
+            header(FORWARDED_SOURCE_IP_HEADER).as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(
+            header(TRACEPARENT_HEADER).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        Ok(())
+    }
+}
