@@ -4,4 +4,5 @@ mod audit;
 mod ciphertexts;
 mod identity;
 mod keys;
+mod lifecycle;
 mod operations;

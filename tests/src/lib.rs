@@ -41,6 +41,8 @@ pub struct Options {
     pub request_timeout_ms: u64,
     pub max_concurrent_requests: usize,
     pub shutdown_grace_ms: u64,
+    /// A clock the test moves; the system clock when `None`.
+    pub clock: Option<Arc<coffer_platform::clock::ManualClock>>,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             request_timeout_ms: 30_000,
             max_concurrent_requests: 256,
             shutdown_grace_ms: 30_000,
+            clock: None,
         }
     }
 }
@@ -169,7 +172,10 @@ impl Harness {
         write(&dir.join("coffer.yaml"), &config_text)?;
         let settings = config::load(Some(&dir.join("coffer.yaml")), Vec::new())?;
         let services = vec!["keys".to_owned()];
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let clock: Arc<dyn Clock> = match options.clock.clone() {
+            Some(manual) => manual,
+            None => Arc::new(SystemClock),
+        };
         let instance = coffer::launch(&settings, &services, clock.clone()).await?;
         Ok(Self {
             directory,
@@ -260,6 +266,11 @@ impl Harness {
             .into_iter()
             .filter(|event| event["requestID"] == request_id)
             .collect())
+    }
+
+    /// Runs the services' scheduled work (deletions, rotations) now.
+    pub async fn run_maintenance(&self) -> anyhow::Result<()> {
+        self.instance()?.run_maintenance().await
     }
 
     /// Graceful shutdown of the running services.

@@ -23,11 +23,24 @@ use tokio::net::TcpListener;
 /// The services this build of Coffer contains.
 pub const BUILT_SERVICES: &[&str] = &["keys"];
 
+/// How often each service's scheduled work (key deletions, rotations) runs.
+pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Running services: one server per distinct listen address.
-#[derive(Debug)]
 pub struct Instance {
     servers: Vec<(Vec<String>, RunningServer)>,
     pools: Vec<DbPool>,
+    keys: Option<Arc<coffer_keys::KeysDomain>>,
+    maintenance: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Instance")
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Instance {
@@ -49,8 +62,24 @@ impl Instance {
         self.servers.iter().map(|(_, server)| server)
     }
 
+    /// Runs every service's due work now (what the scheduler does every
+    /// [`MAINTENANCE_INTERVAL`]), against the instance's clock.
+    pub async fn run_maintenance(&self) -> anyhow::Result<()> {
+        if let Some(keys) = &self.keys {
+            let (deleted, rotated) = keys
+                .run_due_work()
+                .await
+                .map_err(|error| anyhow::anyhow!("keys maintenance: {error}"))?;
+            tracing::debug!(deleted, rotated, "keys maintenance ran");
+        }
+        Ok(())
+    }
+
     /// Graceful shutdown of every server, then the database pools.
     pub async fn shutdown(self) {
+        if let Some(maintenance) = &self.maintenance {
+            maintenance.abort();
+        }
         for (_, server) in self.servers {
             server.shutdown().await;
         }
@@ -86,6 +115,7 @@ pub async fn launch(
 
     let mut groups: BTreeMap<SocketAddr, Vec<(String, ServiceRegistration)>> = BTreeMap::new();
     let mut pools = Vec::new();
+    let mut keys_domain = None;
     for name in service_names {
         let service = settings
             .services
@@ -102,6 +132,7 @@ pub async fn launch(
                 .await
                 .with_context(|| format!("opening the {name} database"))?;
                 pools.push(pool);
+                keys_domain = Some(domain.clone());
                 coffer_keys::registration(domain)
             }
             other => bail!(
@@ -150,5 +181,22 @@ pub async fn launch(
         tracing::info!(addr = %server.local_addr(), services = ?names, "serving");
         servers.push((names, server));
     }
-    Ok(Instance { servers, pools })
+    let maintenance = keys_domain.clone().map(|keys| {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = keys.run_due_work().await {
+                    tracing::error!(%error, "keys maintenance failed");
+                }
+            }
+        })
+    });
+    Ok(Instance {
+        servers,
+        pools,
+        keys: keys_domain,
+        maintenance,
+    })
 }

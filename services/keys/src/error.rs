@@ -35,6 +35,12 @@ pub enum KeysError {
     Unsupported(String),
     #[error("{0}")]
     AccessDenied(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
+    InvalidAliasName(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("cryptographic failure")]
@@ -112,6 +118,21 @@ pub fn api_error(error: &KeysError) -> ApiError {
         KeysError::AccessDenied(message) => ApiError::new(
             ErrorCode::PermissionDenied,
             "AccessDeniedException",
+            message.clone(),
+        ),
+        KeysError::AlreadyExists(message) => ApiError::new(
+            ErrorCode::AlreadyExists,
+            "AlreadyExistsException",
+            message.clone(),
+        ),
+        KeysError::LimitExceeded(message) => ApiError::new(
+            ErrorCode::ResourceExhausted,
+            "LimitExceededException",
+            message.clone(),
+        ),
+        KeysError::InvalidAliasName(message) => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "InvalidAliasNameException",
             message.clone(),
         ),
         KeysError::Store(_) | KeysError::Crypto(_) => {

@@ -38,6 +38,7 @@ const MAX_RANDOM_BYTES: i32 = 1024;
 const DEFAULT_LIST_LIMIT: i32 = 100;
 const MAX_LIST_LIMIT: i32 = 1000;
 const KEY_RESOURCE_TYPE: &str = "AWS::KMS::Key";
+const ALIAS_RESOURCE_TYPE: &str = "AWS::KMS::Alias";
 
 /// The tonic service.
 pub struct KeysGrpc {
@@ -291,6 +292,117 @@ fn list_marker(marker: &str) -> Result<Option<KeyId>> {
 /// users, but AWS logs the whole context, and so do we.
 fn context_for_audit(pairs: &std::collections::HashMap<String, String>) -> serde_json::Value {
     json!(pairs)
+}
+
+fn encode_marker(text: &str) -> String {
+    URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_marker(marker: &str) -> Result<Option<String>> {
+    if marker.is_empty() {
+        return Ok(None);
+    }
+    let decoded = URL_SAFE_NO_PAD
+        .decode(marker)
+        .map_err(|_| KeysError::InvalidMarker)?;
+    String::from_utf8(decoded)
+        .map(Some)
+        .map_err(|_| KeysError::InvalidMarker)
+}
+
+fn offset_marker(marker: &str) -> Result<usize> {
+    match decode_marker(marker)? {
+        None => Ok(0),
+        Some(text) => text.parse().map_err(|_| KeysError::InvalidMarker),
+    }
+}
+
+fn page_limit(field: &'static str, limit: i32, default: i32, max: i32) -> Result<u32> {
+    match limit {
+        0 => Ok(default.unsigned_abs()),
+        value if (1..=max).contains(&value) => Ok(value.unsigned_abs()),
+        _ => Err(KeysError::validation(field, format!("must be 1 to {max}"))),
+    }
+}
+
+/// `alias/` and then letters, digits, `/`, `_` and `-`; 256 characters at most.
+fn alias_name(text: &str, allow_reserved: bool) -> Result<String> {
+    let rest = text
+        .strip_prefix("alias/")
+        .ok_or_else(|| KeysError::InvalidAliasName(format!("{text:?} must begin with alias/.")))?;
+    let valid = !rest.is_empty()
+        && text.len() <= 256
+        && rest
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'/' | b'_' | b'-'));
+    if !valid {
+        return Err(KeysError::InvalidAliasName(format!(
+            "{text:?} is not a valid alias name: alias/ followed by 1 to 250 letters, digits, /, _ or -."
+        )));
+    }
+    if !allow_reserved
+        && crate::domain::aliases::RESERVED_ALIAS_PREFIXES
+            .iter()
+            .any(|prefix| text.starts_with(prefix))
+    {
+        return Err(KeysError::InvalidAliasName(format!(
+            "{text:?} uses a reserved prefix (alias/aws/, alias/coffer/)."
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+/// A key named by id or ARN, not by alias (CreateAlias, UpdateAlias).
+fn target_key_reference(text: &str) -> Result<KeyReference> {
+    match key_reference("target_key_id", text)? {
+        KeyReference::Alias(_) => Err(KeysError::validation(
+            "target_key_id",
+            "must be a key id or key ARN, not an alias",
+        )),
+        reference => Ok(reference),
+    }
+}
+
+fn bounded_days(
+    field: &'static str,
+    value: Option<i32>,
+    default: i32,
+    min: i32,
+    max: i32,
+) -> Result<i32> {
+    let days = value.unwrap_or(default);
+    if !(min..=max).contains(&days) {
+        return Err(KeysError::validation(
+            field,
+            format!("must be {min} to {max}"),
+        ));
+    }
+    Ok(days)
+}
+
+impl KeysGrpc {
+    /// The shape of every handler: record the allow-listed parameters, run
+    /// the work as the caller's account, and turn errors into statuses.
+    async fn run<M, T, Fut>(
+        &self,
+        request: Request<M>,
+        parameters: impl FnOnce(&M) -> serde_json::Value,
+        work: impl FnOnce(CallContext, AccountId, M) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(parameters(&message));
+        let outcome = match caller_account(&call) {
+            Ok(account) => work(call.clone(), account, message).await,
+            Err(error) => Err(error),
+        };
+        outcome
+            .map(Response::new)
+            .map_err(|error| self.fail(&call, &error))
+    }
 }
 
 #[tonic::async_trait]
@@ -615,6 +727,507 @@ impl Keys for KeysGrpc {
             })),
             Err(error) => Err(self.fail(&call, &error)),
         }
+    }
+
+    async fn re_encrypt(
+        &self,
+        request: Request<pb::ReEncryptRequest>,
+    ) -> Result<Response<pb::ReEncryptResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({
+                "sourceKeyId": m.source_key_id, "destinationKeyId": m.destination_key_id,
+                "sourceEncryptionAlgorithm": m.source_encryption_algorithm,
+                "destinationEncryptionAlgorithm": m.destination_encryption_algorithm,
+                "sourceEncryptionContext": context_for_audit(&m.source_encryption_context),
+                "destinationEncryptionContext": context_for_audit(&m.destination_encryption_context),
+            }),
+            |call, account, m| async move {
+                let source = optional_key_reference("source_key_id", &m.source_key_id)?;
+                let destination = key_reference("destination_key_id", &m.destination_key_id)?;
+                let source_context = encryption_context(&m.source_encryption_context)?;
+                let destination_context = encryption_context(&m.destination_encryption_context)?;
+                let source_algorithm = encryption_algorithm(&m.source_encryption_algorithm)?;
+                let destination_algorithm = encryption_algorithm(&m.destination_encryption_algorithm)?;
+                grant_tokens(&m.grant_tokens)?;
+                if m.ciphertext_blob.len() > MAX_CIPHERTEXT_BYTES {
+                    return Err(KeysError::InvalidCiphertext);
+                }
+                let (source_key, destination_key, ciphertext_blob) = self
+                    .domain
+                    .re_encrypt(
+                        &account,
+                        &m.ciphertext_blob,
+                        source.as_ref(),
+                        source_algorithm,
+                        &source_context,
+                        &destination,
+                        destination_algorithm,
+                        &destination_context,
+                    )
+                    .await?;
+                self.record_key(&call, &source_key);
+                self.record_key(&call, &destination_key);
+                Ok(pb::ReEncryptResponse {
+                    ciphertext_blob,
+                    source_key_id: self.domain.key_arn(&source_key.account, &source_key.key_id),
+                    key_id: self.domain.key_arn(&destination_key.account, &destination_key.key_id),
+                    source_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
+                    destination_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn update_key_description(
+        &self,
+        request: Request<pb::UpdateKeyDescriptionRequest>,
+    ) -> Result<Response<pb::UpdateKeyDescriptionResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "description": m.description}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                if m.description.chars().count() > MAX_DESCRIPTION_CHARS {
+                    return Err(KeysError::validation(
+                        "description",
+                        format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+                    ));
+                }
+                let key = self
+                    .domain
+                    .update_key_description(&account, &reference, &m.description)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::UpdateKeyDescriptionResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn enable_key(
+        &self,
+        request: Request<pb::EnableKeyRequest>,
+    ) -> Result<Response<pb::EnableKeyResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id}),
+            |call, account, m| async move {
+                let key = self
+                    .domain
+                    .enable_key(&account, &key_reference("key_id", &m.key_id)?)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::EnableKeyResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn disable_key(
+        &self,
+        request: Request<pb::DisableKeyRequest>,
+    ) -> Result<Response<pb::DisableKeyResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id}),
+            |call, account, m| async move {
+                let key = self
+                    .domain
+                    .disable_key(&account, &key_reference("key_id", &m.key_id)?)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::DisableKeyResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        request: Request<pb::ScheduleKeyDeletionRequest>,
+    ) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
+        use crate::domain::lifecycle::{
+            DEFAULT_PENDING_WINDOW_DAYS, MAX_PENDING_WINDOW_DAYS, MIN_PENDING_WINDOW_DAYS,
+        };
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "pendingWindowInDays": m.pending_window_in_days}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let window = bounded_days(
+                    "pending_window_in_days",
+                    m.pending_window_in_days,
+                    DEFAULT_PENDING_WINDOW_DAYS,
+                    MIN_PENDING_WINDOW_DAYS,
+                    MAX_PENDING_WINDOW_DAYS,
+                )?;
+                let key = self
+                    .domain
+                    .schedule_key_deletion(&account, &reference, window)
+                    .await?;
+                self.record_key(&call, &key);
+                let arn = self.domain.key_arn(&key.account, &key.key_id);
+                call.audit().response_elements(json!({
+                    "keyId": arn, "keyState": key.key_state.as_str(),
+                    "deletionDate": key.deletion_date_ms, "pendingWindowInDays": window,
+                }));
+                Ok(pb::ScheduleKeyDeletionResponse {
+                    key_id: arn,
+                    deletion_date: key.deletion_date_ms.map(timestamp),
+                    key_state: key.key_state.to_string(),
+                    pending_window_in_days: window,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        request: Request<pb::CancelKeyDeletionRequest>,
+    ) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id}),
+            |call, account, m| async move {
+                let key = self
+                    .domain
+                    .cancel_key_deletion(&account, &key_reference("key_id", &m.key_id)?)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::CancelKeyDeletionResponse {
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn create_alias(
+        &self,
+        request: Request<pb::CreateAliasRequest>,
+    ) -> Result<Response<pb::CreateAliasResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"aliasName": m.alias_name, "targetKeyId": m.target_key_id}),
+            |call, account, m| async move {
+                let name = alias_name(&m.alias_name, false)?;
+                let target = target_key_reference(&m.target_key_id)?;
+                self.domain.create_alias(&account, &name, &target).await?;
+                call.audit().resource(
+                    self.domain.alias_arn(&account, &name),
+                    account.to_string(),
+                    ALIAS_RESOURCE_TYPE,
+                );
+                Ok(pb::CreateAliasResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn update_alias(
+        &self,
+        request: Request<pb::UpdateAliasRequest>,
+    ) -> Result<Response<pb::UpdateAliasResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"aliasName": m.alias_name, "targetKeyId": m.target_key_id}),
+            |call, account, m| async move {
+                let name = alias_name(&m.alias_name, false)?;
+                let target = target_key_reference(&m.target_key_id)?;
+                self.domain.update_alias(&account, &name, &target).await?;
+                call.audit().resource(
+                    self.domain.alias_arn(&account, &name),
+                    account.to_string(),
+                    ALIAS_RESOURCE_TYPE,
+                );
+                Ok(pb::UpdateAliasResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"aliasName": m.alias_name}),
+            |call, account, m| async move {
+                let name = alias_name(&m.alias_name, false)?;
+                self.domain.delete_alias(&account, &name).await?;
+                call.audit().resource(
+                    self.domain.alias_arn(&account, &name),
+                    account.to_string(),
+                    ALIAS_RESOURCE_TYPE,
+                );
+                Ok(pb::DeleteAliasResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |_call, account, m| async move {
+                let key = optional_key_reference("key_id", &m.key_id)?;
+                let limit = page_limit("limit", m.limit, 50, 100)?;
+                let after = decode_marker(&m.marker)?;
+                let page = self
+                    .domain
+                    .list_aliases(&account, key.as_ref(), limit, after.as_deref())
+                    .await?;
+                Ok(pb::ListAliasesResponse {
+                    aliases: page
+                        .aliases
+                        .iter()
+                        .map(|alias| pb::AliasListEntry {
+                            alias_name: alias.alias_name.clone(),
+                            alias_arn: self.domain.alias_arn(&alias.account, &alias.alias_name),
+                            target_key_id: alias.target_key_id.to_string(),
+                            creation_date: Some(timestamp(alias.created_at_ms)),
+                            last_updated_date: Some(timestamp(alias.updated_at_ms)),
+                        })
+                        .collect(),
+                    truncated: page.next_after.is_some(),
+                    next_marker: page
+                        .next_after
+                        .as_deref()
+                        .map(encode_marker)
+                        .unwrap_or_default(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn tag_resource(
+        &self,
+        request: Request<pb::TagResourceRequest>,
+    ) -> Result<Response<pb::TagResourceResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({
+                "keyId": m.key_id,
+                "tags": m.tags.iter().map(|t| json!({"tagKey": t.tag_key, "tagValue": t.tag_value})).collect::<Vec<_>>(),
+            }),
+            |_call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let validated = tags(&m.tags)?;
+                self.domain.tag_resource(&account, &reference, &validated).await?;
+                Ok(pb::TagResourceResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn untag_resource(
+        &self,
+        request: Request<pb::UntagResourceRequest>,
+    ) -> Result<Response<pb::UntagResourceResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "tagKeys": m.tag_keys}),
+            |_call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                if m.tag_keys.len() > MAX_TAGS
+                    || m.tag_keys
+                        .iter()
+                        .any(|key| !(1..=128).contains(&key.chars().count()))
+                {
+                    return Err(KeysError::validation(
+                        "tag_keys",
+                        format!("1 to {MAX_TAGS} keys of 1 to 128 characters"),
+                    ));
+                }
+                self.domain
+                    .untag_resource(&account, &reference, &m.tag_keys)
+                    .await?;
+                Ok(pb::UntagResourceResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn list_resource_tags(
+        &self,
+        request: Request<pb::ListResourceTagsRequest>,
+    ) -> Result<Response<pb::ListResourceTagsResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |_call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let limit = page_limit("limit", m.limit, 50, 50)?;
+                let after = decode_marker(&m.marker)?;
+                let page = self
+                    .domain
+                    .list_resource_tags(&account, &reference, limit as usize, after.as_deref())
+                    .await?;
+                Ok(pb::ListResourceTagsResponse {
+                    tags: page
+                        .tags
+                        .into_iter()
+                        .map(|tag| coffer_proto::common::v1::Tag {
+                            tag_key: tag.key,
+                            tag_value: tag.value,
+                        })
+                        .collect(),
+                    truncated: page.next_after.is_some(),
+                    next_marker: page
+                        .next_after
+                        .as_deref()
+                        .map(encode_marker)
+                        .unwrap_or_default(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn enable_key_rotation(
+        &self,
+        request: Request<pb::EnableKeyRotationRequest>,
+    ) -> Result<Response<pb::EnableKeyRotationResponse>, Status> {
+        use crate::domain::rotation::{
+            DEFAULT_ROTATION_PERIOD_DAYS, MAX_ROTATION_PERIOD_DAYS, MIN_ROTATION_PERIOD_DAYS,
+        };
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "rotationPeriodInDays": m.rotation_period_in_days}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let period = bounded_days(
+                    "rotation_period_in_days",
+                    m.rotation_period_in_days,
+                    DEFAULT_ROTATION_PERIOD_DAYS,
+                    MIN_ROTATION_PERIOD_DAYS,
+                    MAX_ROTATION_PERIOD_DAYS,
+                )?;
+                let key = self
+                    .domain
+                    .enable_key_rotation(&account, &reference, period)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::EnableKeyRotationResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn disable_key_rotation(
+        &self,
+        request: Request<pb::DisableKeyRotationRequest>,
+    ) -> Result<Response<pb::DisableKeyRotationResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id}),
+            |call, account, m| async move {
+                let key = self
+                    .domain
+                    .disable_key_rotation(&account, &key_reference("key_id", &m.key_id)?)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::DisableKeyRotationResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn get_key_rotation_status(
+        &self,
+        request: Request<pb::GetKeyRotationStatusRequest>,
+    ) -> Result<Response<pb::GetKeyRotationStatusResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id}),
+            |call, account, m| async move {
+                let status = self
+                    .domain
+                    .get_key_rotation_status(&account, &key_reference("key_id", &m.key_id)?)
+                    .await?;
+                let key = status.key;
+                self.record_key(&call, &key);
+                Ok(pb::GetKeyRotationStatusResponse {
+                    key_rotation_enabled: key.rotation_enabled,
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                    rotation_period_in_days: key.rotation_period_days,
+                    next_rotation_date: key.next_rotation_ms.map(timestamp),
+                    on_demand_rotation_start_date: None,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn rotate_key_on_demand(
+        &self,
+        request: Request<pb::RotateKeyOnDemandRequest>,
+    ) -> Result<Response<pb::RotateKeyOnDemandResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id}),
+            |call, account, m| async move {
+                let key = self
+                    .domain
+                    .rotate_key_on_demand(&account, &key_reference("key_id", &m.key_id)?)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::RotateKeyOnDemandResponse {
+                    key_id: key.key_id.to_string(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_key_rotations(
+        &self,
+        request: Request<pb::ListKeyRotationsRequest>,
+    ) -> Result<Response<pb::ListKeyRotationsResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
+                let offset = offset_marker(&m.marker)?;
+                let page = self
+                    .domain
+                    .list_key_rotations(&account, &reference, limit as usize, offset)
+                    .await?;
+                self.record_key(&call, &page.key);
+                Ok(pb::ListKeyRotationsResponse {
+                    rotations: page
+                        .rotations
+                        .iter()
+                        .map(|material| pb::RotationsListEntry {
+                            key_id: page.key.key_id.to_string(),
+                            key_material_id: material.material_id.to_hex(),
+                            rotation_date: Some(timestamp(material.created_at_ms)),
+                            rotation_type: material
+                                .rotation_type
+                                .map(|t| t.to_string())
+                                .unwrap_or_default(),
+                        })
+                        .collect(),
+                    truncated: page.next_offset.is_some(),
+                    next_marker: page
+                        .next_offset
+                        .map(|offset| encode_marker(&offset.to_string()))
+                        .unwrap_or_default(),
+                })
+            },
+        )
+        .await
     }
 }
 

@@ -127,6 +127,33 @@ impl KeysDomain {
         })
     }
 
+    /// Decrypts under the source key and encrypts under the destination key
+    /// without the plaintext ever leaving the service.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn re_encrypt(
+        &self,
+        caller: &AccountId,
+        blob: &[u8],
+        source_key: Option<&KeyReference>,
+        source_algorithm: EncryptionAlgorithm,
+        source_context: &EncryptionContext,
+        destination_key: &KeyReference,
+        destination_algorithm: EncryptionAlgorithm,
+        destination_context: &EncryptionContext,
+    ) -> Result<(KeyRecord, KeyRecord, Vec<u8>)> {
+        let (source, plaintext) = self
+            .decrypt(caller, blob, source_key, source_algorithm, source_context)
+            .await?;
+        let destination = self.resolve(caller, destination_key).await?;
+        self.ensure_usable(&destination)?;
+        self.ensure_symmetric_encryption_key(&destination, "ReEncrypt")?;
+        self.ensure_algorithm(&destination, destination_algorithm)?;
+        let blob = self
+            .encrypt_under(&destination, destination_context, &plaintext)
+            .await?;
+        Ok((source, destination, blob))
+    }
+
     pub fn generate_random(&self, length: usize) -> Result<Zeroizing<Vec<u8>>> {
         Ok(random_bytes(length)?)
     }

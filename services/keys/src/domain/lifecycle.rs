@@ -1,12 +1,17 @@
-//! CreateKey, DescribeKey, ListKeys.
+//! CreateKey, DescribeKey, ListKeys, UpdateKeyDescription, EnableKey,
+//! DisableKey, ScheduleKeyDeletion, CancelKeyDeletion, and the deletion reaper.
 
-use coffer_crypto::{MaterialId, SymmetricKeyMaterial, seal};
 use coffer_platform::arn::AccountId;
 
-use super::KeysDomain;
-use super::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag};
+use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag};
+use super::{DAY_MS, KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
-use crate::store::{KeyRecord, MaterialRecord, StoreError};
+use crate::store::{KeyRecord, StoreError};
+
+/// Shortest and longest deletion windows, and the default (days).
+pub const MIN_PENDING_WINDOW_DAYS: i32 = 7;
+pub const MAX_PENDING_WINDOW_DAYS: i32 = 30;
+pub const DEFAULT_PENDING_WINDOW_DAYS: i32 = 30;
 
 /// A validated CreateKey request.
 #[derive(Debug, Clone)]
@@ -48,20 +53,24 @@ impl KeysDomain {
                 "multi-Region keys are not supported by this release of Coffer.".into(),
             ));
         }
-        let now_ms = self.clock.now_millis();
+        self.insert_new_key(caller, request, KeyManager::Customer)
+            .await
+    }
+
+    /// Stores a new symmetric key with fresh material.
+    pub(crate) async fn insert_new_key(
+        &self,
+        caller: &AccountId,
+        request: NewKey,
+        key_manager: KeyManager,
+    ) -> Result<KeyRecord> {
+        let now_ms = self.now_ms();
         // A fresh UUID collides with an existing key id only by a fault of the
         // generator; retry once so such a fault cannot surface as a user error.
         for _attempt in 0..2 {
             let key_id = KeyId::generate();
-            let material_id = MaterialId::generate()?;
-            let material = SymmetricKeyMaterial::generate()?;
-            let key_arn = self.key_arn(caller, &key_id);
-            let material_hex = material_id.to_hex();
-            let sealed = seal(
-                &self.root_key,
-                &Self::seal_binding(&key_arn, &material_hex),
-                material.as_bytes(),
-            )?;
+            let material = self.new_symmetric_material(caller, &key_id, now_ms, None)?;
+            let rotates = key_manager == KeyManager::Aws;
             let key = KeyRecord {
                 key_id,
                 account: caller.clone(),
@@ -69,24 +78,22 @@ impl KeysDomain {
                 key_usage: request.key_usage,
                 key_spec: request.key_spec,
                 origin: Origin::AwsKms,
-                key_manager: KeyManager::Customer,
+                key_manager,
                 key_state: KeyState::Enabled,
                 multi_region: false,
-                current_material_id: Some(material_id),
+                current_material_id: Some(material.material_id),
                 created_at_ms: now_ms,
                 deletion_date_ms: None,
+                version: 0,
+                pending_window_days: None,
+                rotation_enabled: rotates,
+                rotation_period_days: rotates
+                    .then_some(super::rotation::DEFAULT_ROTATION_PERIOD_DAYS),
+                next_rotation_ms: rotates.then(|| {
+                    now_ms + i64::from(super::rotation::DEFAULT_ROTATION_PERIOD_DAYS) * DAY_MS
+                }),
             };
-            let material_record = MaterialRecord {
-                material_id,
-                sealed_material: sealed,
-                origin: Origin::AwsKms,
-                created_at_ms: now_ms,
-            };
-            match self
-                .store
-                .create_key(&key, &material_record, &request.tags)
-                .await
-            {
+            match self.store.create_key(&key, &material, &request.tags).await {
                 Ok(()) => return Ok(key),
                 Err(StoreError::Conflict) => continue,
                 Err(other) => return Err(other.into()),
@@ -98,9 +105,11 @@ impl KeysDomain {
     pub async fn describe_key(
         &self,
         caller: &AccountId,
-        reference: &super::types::KeyReference,
+        reference: &KeyReference,
     ) -> Result<KeyRecord> {
-        self.resolve(caller, reference).await
+        let key = self.resolve(caller, reference).await?;
+        self.check_state(&key, KeyOperation::Describe)?;
+        Ok(key)
     }
 
     pub async fn list_keys(
@@ -121,5 +130,124 @@ impl KeysDomain {
             None
         };
         Ok(KeyPage { keys, next_after })
+    }
+
+    pub async fn update_key_description(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        description: &str,
+    ) -> Result<KeyRecord> {
+        self.update_key_with(
+            caller,
+            reference,
+            KeyOperation::UpdateDescription,
+            |key, _now| {
+                self.ensure_customer_managed(key, "UpdateKeyDescription")?;
+                key.description = description.to_owned();
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    pub async fn enable_key(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<KeyRecord> {
+        self.update_key_with(caller, reference, KeyOperation::EnableKey, |key, _now| {
+            self.ensure_customer_managed(key, "EnableKey")?;
+            key.key_state = KeyState::Enabled;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn disable_key(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<KeyRecord> {
+        self.update_key_with(caller, reference, KeyOperation::DisableKey, |key, _now| {
+            self.ensure_customer_managed(key, "DisableKey")?;
+            key.key_state = KeyState::Disabled;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts the key in PendingDeletion for `window_days` (7 to 30, checked
+    /// at the edge); the reaper destroys it when the date comes.
+    pub async fn schedule_key_deletion(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        window_days: i32,
+    ) -> Result<KeyRecord> {
+        debug_assert!((MIN_PENDING_WINDOW_DAYS..=MAX_PENDING_WINDOW_DAYS).contains(&window_days));
+        self.update_key_with(
+            caller,
+            reference,
+            KeyOperation::ScheduleDeletion,
+            |key, now_ms| {
+                self.ensure_customer_managed(key, "ScheduleKeyDeletion")?;
+                key.key_state = KeyState::PendingDeletion;
+                key.deletion_date_ms = Some(now_ms + i64::from(window_days) * DAY_MS);
+                key.pending_window_days = Some(window_days);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Cancels a scheduled deletion; the key becomes Disabled, as in AWS.
+    pub async fn cancel_key_deletion(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<KeyRecord> {
+        self.update_key_with(
+            caller,
+            reference,
+            KeyOperation::CancelDeletion,
+            |key, _now| {
+                key.key_state = KeyState::Disabled;
+                key.deletion_date_ms = None;
+                key.pending_window_days = None;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Destroys every key whose deletion date has come, with its material,
+    /// tags and aliases. Returns how many were destroyed.
+    pub async fn delete_due_keys(&self) -> Result<usize> {
+        const BATCH: u32 = 100;
+        let mut deleted = 0;
+        loop {
+            let due = self
+                .store
+                .keys_due_for_deletion(self.now_ms(), BATCH)
+                .await?;
+            let batch_len = due.len();
+            for key in due {
+                if self.store.delete_key(&key.key_id).await? {
+                    tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
+                    deleted += 1;
+                }
+            }
+            if batch_len < BATCH as usize {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    /// The scheduler's work: deletions and automatic rotations that are due.
+    pub async fn run_due_work(&self) -> Result<(usize, usize)> {
+        let deleted = self.delete_due_keys().await?;
+        let rotated = self.rotate_due_keys().await?;
+        Ok((deleted, rotated))
     }
 }

@@ -1,8 +1,11 @@
 //! The keys service's rules: which key a request names, whether it may be
 //! used, and the cryptography. No tonic and no sqlx here.
 
+pub mod aliases;
 pub mod crypto_ops;
 pub mod lifecycle;
+pub mod rotation;
+pub mod tags;
 pub mod types;
 
 use std::sync::Arc;
@@ -13,10 +16,32 @@ use coffer_platform::clock::Clock;
 
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, KeyStore};
-use types::{KeyId, KeyReference, KeySpec, KeyState, KeyUsage};
+use types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage};
 
 /// The IAM prefix of the keys service.
 pub const SERVICE_PREFIX: &str = "kms";
+
+pub(crate) const DAY_MS: i64 = 86_400_000;
+
+/// What a request does to a key, for the key-state rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOperation {
+    Cryptographic,
+    Describe,
+    EnableKey,
+    DisableKey,
+    UpdateDescription,
+    ScheduleDeletion,
+    CancelDeletion,
+    Tag,
+    ListTags,
+    Alias,
+    EnableRotation,
+    DisableRotation,
+    RotationStatus,
+    RotateOnDemand,
+    ListRotations,
+}
 
 /// Everything the keys operations need.
 pub struct KeysDomain {
@@ -58,6 +83,10 @@ impl KeysDomain {
         }
     }
 
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_millis()
+    }
+
     /// The key a reference names, in the caller's account. A key that does
     /// not exist and a key of another account give the same answer.
     pub async fn resolve(&self, caller: &AccountId, reference: &KeyReference) -> Result<KeyRecord> {
@@ -78,11 +107,7 @@ impl KeysDomain {
                 }
                 (key_id, arn)
             }
-            KeyReference::Alias(name) => {
-                return Err(KeysError::NotFound(format!(
-                    "Alias '{name}' does not exist"
-                )));
-            }
+            KeyReference::Alias(text) => return self.resolve_alias(caller, text).await,
             KeyReference::Unknown(text) => return Err(not_found(text)),
         };
         self.store
@@ -91,21 +116,120 @@ impl KeysDomain {
             .ok_or_else(|| not_found(&named_as))
     }
 
-    /// AWS's state rules for cryptographic operations: only Enabled keys
-    /// work; Disabled gives DisabledException, every other state
-    /// KMSInvalidStateException.
-    pub(crate) fn ensure_usable(&self, key: &KeyRecord) -> Result<()> {
+    /// AWS's key-state rules: whether `operation` is allowed on `key` now.
+    /// Disabled keys refuse use with DisabledException; every other
+    /// refusal is KMSInvalidStateException naming the state.
+    pub(crate) fn check_state(&self, key: &KeyRecord, operation: KeyOperation) -> Result<()> {
+        use KeyOperation as Op;
         let key_arn = self.key_arn(&key.account, &key.key_id);
+        let invalid = |key_arn: String| KeysError::InvalidState {
+            key_arn,
+            state: key.key_state,
+        };
+        let read_only = matches!(
+            operation,
+            Op::Describe | Op::ListTags | Op::RotationStatus | Op::ListRotations
+        );
         match key.key_state {
-            KeyState::Enabled => Ok(()),
-            KeyState::Disabled => Err(KeysError::Disabled { key_arn }),
-            state @ (KeyState::Creating
-            | KeyState::PendingDeletion
+            KeyState::Enabled => match operation {
+                Op::CancelDeletion => Err(invalid(key_arn)),
+                _ => Ok(()),
+            },
+            KeyState::Disabled => match operation {
+                Op::Cryptographic | Op::EnableRotation | Op::RotateOnDemand => {
+                    Err(KeysError::Disabled { key_arn })
+                }
+                Op::CancelDeletion => Err(invalid(key_arn)),
+                _ => Ok(()),
+            },
+            KeyState::PendingDeletion => {
+                if read_only || operation == Op::CancelDeletion {
+                    Ok(())
+                } else {
+                    Err(invalid(key_arn))
+                }
+            }
+            KeyState::Creating
             | KeyState::PendingImport
             | KeyState::PendingReplicaDeletion
             | KeyState::Unavailable
-            | KeyState::Updating) => Err(KeysError::InvalidState { key_arn, state }),
+            | KeyState::Updating => {
+                if read_only {
+                    Ok(())
+                } else {
+                    Err(invalid(key_arn))
+                }
+            }
         }
+    }
+
+    /// Cryptographic operations need an Enabled key.
+    pub(crate) fn ensure_usable(&self, key: &KeyRecord) -> Result<()> {
+        self.check_state(key, KeyOperation::Cryptographic)
+    }
+
+    /// Service-managed keys cannot be managed by callers.
+    pub(crate) fn ensure_customer_managed(&self, key: &KeyRecord, operation: &str) -> Result<()> {
+        if key.key_manager == KeyManager::Aws {
+            return Err(KeysError::Unsupported(format!(
+                "{operation} is not allowed on {}: it is a service-managed key.",
+                self.key_arn(&key.account, &key.key_id)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Resolves, checks the state, applies `change` and saves, retrying when
+    /// a concurrent update got there first.
+    pub(crate) async fn update_key_with(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        operation: KeyOperation,
+        change: impl Fn(&mut KeyRecord, i64) -> Result<()>,
+    ) -> Result<KeyRecord> {
+        const ATTEMPTS: usize = 5;
+        for _attempt in 0..ATTEMPTS {
+            let mut key = self.resolve(caller, reference).await?;
+            self.check_state(&key, operation)?;
+            let now_ms = self.now_ms();
+            change(&mut key, now_ms)?;
+            match self.store.update_key(&key, now_ms).await {
+                Ok(version) => {
+                    key.version = version;
+                    return Ok(key);
+                }
+                Err(crate::store::StoreError::Conflict) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(crate::store::StoreError::Conflict.into())
+    }
+
+    /// A new material version for `key_id`, sealed under the root key.
+    pub(crate) fn new_symmetric_material(
+        &self,
+        account: &AccountId,
+        key_id: &KeyId,
+        now_ms: i64,
+        rotation_type: Option<types::RotationType>,
+    ) -> Result<crate::store::MaterialRecord> {
+        let material_id = MaterialId::generate()?;
+        let material = SymmetricKeyMaterial::generate()?;
+        let key_arn = self.key_arn(account, key_id);
+        let material_hex = material_id.to_hex();
+        let sealed = coffer_crypto::seal(
+            &self.root_key,
+            &Self::seal_binding(&key_arn, &material_hex),
+            material.as_bytes(),
+        )?;
+        Ok(crate::store::MaterialRecord {
+            material_id,
+            sealed_material: sealed,
+            origin: types::Origin::AwsKms,
+            created_at_ms: now_ms,
+            rotation_type,
+        })
     }
 
     pub(crate) fn ensure_symmetric_encryption_key(

@@ -105,6 +105,14 @@ string_enum!(
 );
 
 string_enum!(
+    /// How a material version came to be.
+    RotationType {
+        Automatic => "AUTOMATIC",
+        OnDemand => "ON_DEMAND",
+    }
+);
+
+string_enum!(
     /// Data key specs of GenerateDataKey.
     DataKeySpec {
         Aes256 => "AES_256",

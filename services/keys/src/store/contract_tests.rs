@@ -9,7 +9,9 @@ use coffer_platform::config::{DatabaseBackend, DatabaseSettings};
 use coffer_platform::db::{connect, testing};
 
 use super::*;
-use crate::domain::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag};
+use crate::domain::types::{
+    KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -70,6 +72,12 @@ contract_tests!(
     duplicate_key_id_is_a_conflict_and_changes_nothing,
     list_pages_in_key_order,
     materials_are_found_by_id,
+    updates_are_versioned,
+    added_material_becomes_current_atomically,
+    deleting_a_key_removes_everything_it_owns,
+    due_queries_find_only_due_keys,
+    tags_are_upserted_and_removed,
+    aliases_are_unique_per_account,
 );
 
 fn account(digits: &str) -> AccountId {
@@ -90,6 +98,11 @@ fn new_key(owner: &AccountId, material_id: MaterialId) -> KeyRecord {
         current_material_id: Some(material_id),
         created_at_ms: 1_700_000_000_123,
         deletion_date_ms: None,
+        version: 0,
+        pending_window_days: None,
+        rotation_enabled: false,
+        rotation_period_days: None,
+        next_rotation_ms: None,
     }
 }
 
@@ -99,6 +112,7 @@ fn material(material_id: MaterialId) -> MaterialRecord {
         sealed_material: vec![1, 2, 3, 0, 255],
         origin: Origin::AwsKms,
         created_at_ms: 1_700_000_000_123,
+        rotation_type: None,
     }
 }
 
@@ -201,6 +215,277 @@ async fn materials_are_found_by_id(store: &dyn KeyStore) -> TestResult {
             .get_material(&key.key_id, &MaterialId::generate()?)
             .await?,
         None
+    );
+    Ok(())
+}
+
+async fn stored(
+    store: &dyn KeyStore,
+    owner: &AccountId,
+) -> Result<KeyRecord, Box<dyn std::error::Error>> {
+    let material_id = MaterialId::generate()?;
+    let key = new_key(owner, material_id);
+    store.create_key(&key, &material(material_id), &[]).await?;
+    Ok(key)
+}
+
+async fn updates_are_versioned(store: &dyn KeyStore) -> TestResult {
+    let owner = account("111122223333");
+    let mut key = stored(store, &owner).await?;
+    let stale = key.clone();
+    key.key_state = KeyState::Disabled;
+    key.description = "changed".into();
+    key.version = store.update_key(&key, 1_700_000_000_500).await?;
+    assert_eq!(key.version, 1);
+    assert_eq!(store.get_key(&owner, &key.key_id).await?, Some(key.clone()));
+
+    let mut lost_update = stale;
+    lost_update.description = "stale".into();
+    let outcome = store.update_key(&lost_update, 1_700_000_000_600).await;
+    assert!(matches!(outcome, Err(StoreError::Conflict)), "{outcome:?}");
+    assert_eq!(
+        store
+            .get_key(&owner, &key.key_id)
+            .await?
+            .map(|k| k.description),
+        Some("changed".into())
+    );
+    Ok(())
+}
+
+async fn added_material_becomes_current_atomically(store: &dyn KeyStore) -> TestResult {
+    let owner = account("111122223333");
+    let mut key = stored(store, &owner).await?;
+    let first = key.current_material_id;
+    let rotated_id = MaterialId::generate()?;
+    let mut rotated = material(rotated_id);
+    rotated.created_at_ms += 1000;
+    rotated.rotation_type = Some(RotationType::OnDemand);
+    key.current_material_id = Some(rotated_id);
+    key.version = store.add_material(&key, &rotated).await?;
+    assert_eq!(
+        store
+            .get_key(&owner, &key.key_id)
+            .await?
+            .and_then(|k| k.current_material_id),
+        Some(rotated_id)
+    );
+    let materials = store.list_materials(&key.key_id).await?;
+    assert_eq!(
+        materials
+            .iter()
+            .map(|m| Some(m.material_id))
+            .collect::<Vec<_>>(),
+        [first, Some(rotated_id)]
+    );
+    assert_eq!(
+        materials.get(1).and_then(|m| m.rotation_type),
+        Some(RotationType::OnDemand)
+    );
+
+    // A stale key version writes neither the key nor the material.
+    let mut stale = key.clone();
+    stale.version -= 1;
+    let orphan_id = MaterialId::generate()?;
+    stale.current_material_id = Some(orphan_id);
+    assert!(matches!(
+        store.add_material(&stale, &material(orphan_id)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(store.get_material(&key.key_id, &orphan_id).await?, None);
+    Ok(())
+}
+
+async fn deleting_a_key_removes_everything_it_owns(store: &dyn KeyStore) -> TestResult {
+    let owner = account("111122223333");
+    let key = stored(store, &owner).await?;
+    store
+        .put_tags(
+            &key.key_id,
+            &[Tag {
+                key: "a".into(),
+                value: "b".into(),
+            }],
+        )
+        .await?;
+    let alias_name = format!("alias/doomed-{}", key.key_id);
+    store
+        .create_alias(&AliasRecord {
+            account: owner.clone(),
+            alias_name: alias_name.clone(),
+            target_key_id: key.key_id.clone(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        })
+        .await?;
+    assert!(store.delete_key(&key.key_id).await?);
+    assert!(!store.delete_key(&key.key_id).await?);
+    assert_eq!(store.get_key(&owner, &key.key_id).await?, None);
+    assert!(store.list_materials(&key.key_id).await?.is_empty());
+    assert!(store.list_tags(&key.key_id).await?.is_empty());
+    assert_eq!(store.get_alias(&owner, &alias_name).await?, None);
+    Ok(())
+}
+
+async fn due_queries_find_only_due_keys(store: &dyn KeyStore) -> TestResult {
+    let owner = account("121212121212");
+    let mut doomed = stored(store, &owner).await?;
+    doomed.key_state = KeyState::PendingDeletion;
+    doomed.deletion_date_ms = Some(5_000);
+    doomed.version = store.update_key(&doomed, 1).await?;
+    let mut later = stored(store, &owner).await?;
+    later.key_state = KeyState::PendingDeletion;
+    later.deletion_date_ms = Some(9_000);
+    later.version = store.update_key(&later, 1).await?;
+    let due: Vec<KeyId> = store
+        .keys_due_for_deletion(6_000, 100)
+        .await?
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    assert!(due.contains(&doomed.key_id) && !due.contains(&later.key_id));
+
+    let mut rotating = stored(store, &owner).await?;
+    rotating.rotation_enabled = true;
+    rotating.rotation_period_days = Some(90);
+    rotating.next_rotation_ms = Some(7_000);
+    rotating.version = store.update_key(&rotating, 1).await?;
+    let mut disabled = stored(store, &owner).await?;
+    disabled.rotation_enabled = true;
+    disabled.next_rotation_ms = Some(7_000);
+    disabled.key_state = KeyState::Disabled;
+    disabled.version = store.update_key(&disabled, 1).await?;
+    let due: Vec<KeyId> = store
+        .keys_due_for_rotation(8_000, 100)
+        .await?
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    assert!(
+        due.contains(&rotating.key_id),
+        "an enabled key due for rotation was missed"
+    );
+    assert!(
+        !due.contains(&disabled.key_id),
+        "a disabled key was offered for rotation"
+    );
+    assert!(
+        !store
+            .keys_due_for_rotation(6_000, 100)
+            .await?
+            .iter()
+            .any(|k| k.key_id == rotating.key_id)
+    );
+    Ok(())
+}
+
+async fn tags_are_upserted_and_removed(store: &dyn KeyStore) -> TestResult {
+    let owner = account("111122223333");
+    let key = stored(store, &owner).await?;
+    store
+        .put_tags(
+            &key.key_id,
+            &[
+                Tag {
+                    key: "env".into(),
+                    value: "dev".into(),
+                },
+                Tag {
+                    key: "team".into(),
+                    value: "a".into(),
+                },
+            ],
+        )
+        .await?;
+    store
+        .put_tags(
+            &key.key_id,
+            &[Tag {
+                key: "env".into(),
+                value: "prod".into(),
+            }],
+        )
+        .await?;
+    let tags = store.list_tags(&key.key_id).await?;
+    assert_eq!(
+        tags,
+        [
+            Tag {
+                key: "env".into(),
+                value: "prod".into()
+            },
+            Tag {
+                key: "team".into(),
+                value: "a".into()
+            }
+        ]
+    );
+    store
+        .delete_tags(&key.key_id, &["team".into(), "absent".into()])
+        .await?;
+    assert_eq!(store.list_tags(&key.key_id).await?.len(), 1);
+    Ok(())
+}
+
+async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
+    let owner = account("131313131313");
+    let other = account("141414141414");
+    let first = stored(store, &owner).await?;
+    let second = stored(store, &owner).await?;
+    let foreign = stored(store, &other).await?;
+    let alias = |account: &AccountId, target: &KeyId| AliasRecord {
+        account: account.clone(),
+        alias_name: "alias/app".into(),
+        target_key_id: target.clone(),
+        created_at_ms: 10,
+        updated_at_ms: 10,
+    };
+    store.create_alias(&alias(&owner, &first.key_id)).await?;
+    assert!(matches!(
+        store.create_alias(&alias(&owner, &second.key_id)).await,
+        Err(StoreError::Conflict)
+    ));
+    // The same name in another account is another alias.
+    store.create_alias(&alias(&other, &foreign.key_id)).await?;
+    assert!(
+        store
+            .update_alias(&owner, "alias/app", &second.key_id, 20)
+            .await?
+    );
+    let stored_alias = store.get_alias(&owner, "alias/app").await?;
+    assert_eq!(
+        stored_alias.as_ref().map(|a| &a.target_key_id),
+        Some(&second.key_id)
+    );
+    assert_eq!(stored_alias.map(|a| a.updated_at_ms), Some(20));
+    assert!(
+        !store
+            .update_alias(&owner, "alias/absent", &second.key_id, 20)
+            .await?
+    );
+    assert_eq!(
+        store
+            .list_aliases(&owner, Some(&first.key_id), None, 10)
+            .await?
+            .len(),
+        0
+    );
+    assert_eq!(
+        store
+            .list_aliases(&owner, Some(&second.key_id), None, 10)
+            .await?
+            .len(),
+        1
+    );
+    assert_eq!(store.list_aliases(&owner, None, None, 10).await?.len(), 1);
+    assert!(store.delete_alias(&owner, "alias/app").await?);
+    assert!(!store.delete_alias(&owner, "alias/app").await?);
+    assert_eq!(
+        store
+            .get_alias(&other, "alias/app")
+            .await?
+            .map(|a| a.target_key_id),
+        Some(foreign.key_id)
     );
     Ok(())
 }

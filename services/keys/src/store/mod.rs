@@ -12,21 +12,37 @@ use coffer_platform::arn::AccountId;
 use coffer_platform::db::{DbPool, MigrationFile, Migrations};
 use thiserror::Error;
 
-use crate::domain::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag};
+use crate::domain::types::{
+    KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
+};
 
 pub use sql::{PostgresKeyStore, SqliteKeyStore};
 
 pub const MIGRATIONS: Migrations = Migrations {
-    postgres: &[MigrationFile {
-        version: 1,
-        description: "keys",
-        sql: include_str!("../../migrations/postgres/0001_keys.sql"),
-    }],
-    sqlite: &[MigrationFile {
-        version: 1,
-        description: "keys",
-        sql: include_str!("../../migrations/sqlite/0001_keys.sql"),
-    }],
+    postgres: &[
+        MigrationFile {
+            version: 1,
+            description: "keys",
+            sql: include_str!("../../migrations/postgres/0001_keys.sql"),
+        },
+        MigrationFile {
+            version: 2,
+            description: "lifecycle",
+            sql: include_str!("../../migrations/postgres/0002_lifecycle.sql"),
+        },
+    ],
+    sqlite: &[
+        MigrationFile {
+            version: 1,
+            description: "keys",
+            sql: include_str!("../../migrations/sqlite/0001_keys.sql"),
+        },
+        MigrationFile {
+            version: 2,
+            description: "lifecycle",
+            sql: include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+        },
+    ],
 };
 
 /// A key as stored. Its ARN is derived from the instance location, never stored.
@@ -44,6 +60,12 @@ pub struct KeyRecord {
     pub current_material_id: Option<MaterialId>,
     pub created_at_ms: i64,
     pub deletion_date_ms: Option<i64>,
+    /// Bumped by every update; an update from a stale copy is a conflict.
+    pub version: i64,
+    pub pending_window_days: Option<i32>,
+    pub rotation_enabled: bool,
+    pub rotation_period_days: Option<i32>,
+    pub next_rotation_ms: Option<i64>,
 }
 
 /// One version of a key's material, sealed under the root key.
@@ -53,6 +75,18 @@ pub struct MaterialRecord {
     pub sealed_material: Vec<u8>,
     pub origin: Origin,
     pub created_at_ms: i64,
+    /// How this version came to be; `None` for the key's first material.
+    pub rotation_type: Option<RotationType>,
+}
+
+/// An alias as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasRecord {
+    pub account: AccountId,
+    pub alias_name: String,
+    pub target_key_id: KeyId,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
 }
 
 #[derive(Debug, Error)]
@@ -112,6 +146,75 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<Vec<KeyRecord>, StoreError>;
 
     async fn list_tags(&self, key_id: &KeyId) -> Result<Vec<Tag>, StoreError>;
+
+    /// Writes the mutable fields of `key` if its stored version is still
+    /// `key.version`, stamped `now_ms`; returns the new version. A stale
+    /// copy is a `Conflict`.
+    async fn update_key(&self, key: &KeyRecord, now_ms: i64) -> Result<i64, StoreError>;
+
+    /// Adds a material version and updates the key (normally to make it
+    /// current), in one transaction, under the same version check.
+    async fn add_material(
+        &self,
+        key: &KeyRecord,
+        material: &MaterialRecord,
+    ) -> Result<i64, StoreError>;
+
+    /// Every material version of a key, oldest first.
+    async fn list_materials(&self, key_id: &KeyId) -> Result<Vec<MaterialRecord>, StoreError>;
+
+    /// Removes a key with its materials, tags and aliases. `false` when absent.
+    async fn delete_key(&self, key_id: &KeyId) -> Result<bool, StoreError>;
+
+    /// Keys pending deletion whose date has come, across accounts.
+    async fn keys_due_for_deletion(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Enabled keys with automatic rotation whose next rotation has come.
+    async fn keys_due_for_rotation(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Inserts or replaces tags.
+    async fn put_tags(&self, key_id: &KeyId, tags: &[Tag]) -> Result<(), StoreError>;
+
+    async fn delete_tags(&self, key_id: &KeyId, tag_keys: &[String]) -> Result<(), StoreError>;
+
+    /// A new alias; `Conflict` when the name is taken in the account.
+    async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+
+    /// Points an existing alias at another key; `false` when it does not exist.
+    async fn update_alias(
+        &self,
+        account: &AccountId,
+        alias_name: &str,
+        target: &KeyId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    async fn delete_alias(&self, account: &AccountId, alias_name: &str)
+    -> Result<bool, StoreError>;
+
+    async fn get_alias(
+        &self,
+        account: &AccountId,
+        alias_name: &str,
+    ) -> Result<Option<AliasRecord>, StoreError>;
+
+    /// Aliases of an account (of one key when `target` is given), by name,
+    /// after `after`.
+    async fn list_aliases(
+        &self,
+        account: &AccountId,
+        target: Option<&KeyId>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AliasRecord>, StoreError>;
 }
 
 /// The store for a connected pool.

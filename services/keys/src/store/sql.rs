@@ -7,23 +7,86 @@ use coffer_crypto::MaterialId;
 use coffer_platform::arn::AccountId;
 use sqlx::Row;
 
-use super::{KeyRecord, KeyStore, MaterialRecord, StoreError, convert_sqlx_error};
-use crate::domain::types::{KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, Tag};
+use super::{AliasRecord, KeyRecord, KeyStore, MaterialRecord, StoreError, convert_sqlx_error};
+use crate::domain::types::{
+    KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
+};
 
 const KEY_COLUMNS: &str = "key_id, account_id, description, key_usage, key_spec, origin, key_manager, \
-     key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms";
+     key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms, version, \
+     pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms";
 
 const INSERT_KEY: &str = "INSERT INTO keys (key_id, account_id, description, key_usage, key_spec, origin, \
-     key_manager, key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms, updated_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $11)";
+     key_manager, key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms, updated_at_ms, \
+     version, pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $11, 0, $13, $14, $15, $16)";
 
-const INSERT_MATERIAL: &str = "INSERT INTO key_materials (key_id, material_id, sealed_material, origin, created_at_ms) \
+const UPDATE_KEY: &str = "UPDATE keys SET description = $3, key_state = $4, deletion_date_ms = $5, \
+     pending_window_days = $6, rotation_enabled = $7, rotation_period_days = $8, next_rotation_ms = $9, \
+     current_material_id = $10, updated_at_ms = $11, version = version + 1 \
+     WHERE key_id = $1 AND version = $2";
+
+const INSERT_MATERIAL: &str = "INSERT INTO key_materials (key_id, material_id, sealed_material, origin, created_at_ms, rotation_type) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+const MATERIAL_COLUMNS: &str = "material_id, sealed_material, origin, created_at_ms, rotation_type";
+
+const SELECT_MATERIALS: &str = "SELECT material_id, sealed_material, origin, created_at_ms, rotation_type \
+     FROM key_materials WHERE key_id = $1 ORDER BY created_at_ms, material_id";
+
+const DELETE_KEY: &str = "DELETE FROM keys WHERE key_id = $1";
+
+const UPSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3) \
+     ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value";
+
+const DELETE_TAG: &str = "DELETE FROM key_tags WHERE key_id = $1 AND tag_key = $2";
+
+const ALIAS_COLUMNS: &str = "account_id, alias_name, target_key_id, created_at_ms, updated_at_ms";
+
+const INSERT_ALIAS: &str = "INSERT INTO aliases (account_id, alias_name, target_key_id, created_at_ms, updated_at_ms) \
      VALUES ($1, $2, $3, $4, $5)";
+
+const UPDATE_ALIAS: &str = "UPDATE aliases SET target_key_id = $3, updated_at_ms = $4 WHERE account_id = $1 AND alias_name = $2";
+
+const DELETE_ALIAS: &str = "DELETE FROM aliases WHERE account_id = $1 AND alias_name = $2";
 
 const INSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3)";
 
-const SELECT_MATERIAL: &str = "SELECT material_id, sealed_material, origin, created_at_ms FROM key_materials \
-     WHERE key_id = $1 AND material_id = $2";
+fn select_material() -> String {
+    format!("SELECT {MATERIAL_COLUMNS} FROM key_materials WHERE key_id = $1 AND material_id = $2")
+}
+
+fn select_due_for_deletion() -> String {
+    format!(
+        "SELECT {KEY_COLUMNS} FROM keys WHERE key_state = 'PendingDeletion' AND deletion_date_ms <= $1 \
+         ORDER BY deletion_date_ms LIMIT $2"
+    )
+}
+
+fn select_due_for_rotation() -> String {
+    format!(
+        "SELECT {KEY_COLUMNS} FROM keys WHERE key_state = 'Enabled' AND rotation_enabled = $3 \
+         AND next_rotation_ms <= $1 ORDER BY next_rotation_ms LIMIT $2"
+    )
+}
+
+fn select_alias() -> String {
+    format!("SELECT {ALIAS_COLUMNS} FROM aliases WHERE account_id = $1 AND alias_name = $2")
+}
+
+fn select_aliases_page() -> String {
+    format!(
+        "SELECT {ALIAS_COLUMNS} FROM aliases WHERE account_id = $1 AND alias_name > $2 \
+         ORDER BY alias_name LIMIT $3"
+    )
+}
+
+fn select_key_aliases_page() -> String {
+    format!(
+        "SELECT {ALIAS_COLUMNS} FROM aliases WHERE account_id = $1 AND alias_name > $2 AND target_key_id = $4 \
+         ORDER BY alias_name LIMIT $3"
+    )
+}
 
 const SELECT_TAGS: &str =
     "SELECT tag_key, tag_value FROM key_tags WHERE key_id = $1 ORDER BY tag_key";
@@ -64,6 +127,56 @@ struct KeyColumns {
     current_material_id: Option<String>,
     created_at_ms: i64,
     deletion_date_ms: Option<i64>,
+    version: i64,
+    pending_window_days: Option<i32>,
+    rotation_enabled: bool,
+    rotation_period_days: Option<i32>,
+    next_rotation_ms: Option<i64>,
+}
+
+/// Column values of one `key_materials` row.
+struct MaterialColumns {
+    material_id: String,
+    sealed_material: Vec<u8>,
+    origin: String,
+    created_at_ms: i64,
+    rotation_type: Option<String>,
+}
+
+impl MaterialColumns {
+    fn into_record(self) -> Result<MaterialRecord, StoreError> {
+        Ok(MaterialRecord {
+            material_id: parse_column("material_id", &self.material_id, MaterialId::from_hex)?,
+            sealed_material: self.sealed_material,
+            origin: parse_column("origin", &self.origin, Origin::parse)?,
+            created_at_ms: self.created_at_ms,
+            rotation_type: self
+                .rotation_type
+                .map(|text| parse_column("rotation_type", &text, RotationType::parse))
+                .transpose()?,
+        })
+    }
+}
+
+/// Column values of one `aliases` row.
+struct AliasColumns {
+    account_id: String,
+    alias_name: String,
+    target_key_id: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+impl AliasColumns {
+    fn into_record(self) -> Result<AliasRecord, StoreError> {
+        Ok(AliasRecord {
+            account: parse_column("account_id", &self.account_id, AccountId::parse)?,
+            alias_name: self.alias_name,
+            target_key_id: parse_column("target_key_id", &self.target_key_id, KeyId::parse)?,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        })
+    }
 }
 
 impl KeyColumns {
@@ -84,6 +197,11 @@ impl KeyColumns {
                 .transpose()?,
             created_at_ms: self.created_at_ms,
             deletion_date_ms: self.deletion_date_ms,
+            version: self.version,
+            pending_window_days: self.pending_window_days,
+            rotation_enabled: self.rotation_enabled,
+            rotation_period_days: self.rotation_period_days,
+            next_rotation_ms: self.next_rotation_ms,
         })
     }
 }
@@ -102,25 +220,114 @@ macro_rules! sql_key_store {
             }
 
             fn key_from_row(row: &$row) -> Result<KeyRecord, StoreError> {
-                let columns = KeyColumns {
-                    key_id: row.try_get("key_id").map_err(convert_sqlx_error)?,
-                    account_id: row.try_get("account_id").map_err(convert_sqlx_error)?,
-                    description: row.try_get("description").map_err(convert_sqlx_error)?,
-                    key_usage: row.try_get("key_usage").map_err(convert_sqlx_error)?,
-                    key_spec: row.try_get("key_spec").map_err(convert_sqlx_error)?,
-                    origin: row.try_get("origin").map_err(convert_sqlx_error)?,
-                    key_manager: row.try_get("key_manager").map_err(convert_sqlx_error)?,
-                    key_state: row.try_get("key_state").map_err(convert_sqlx_error)?,
-                    multi_region: row.try_get("multi_region").map_err(convert_sqlx_error)?,
+                let get = |column: &str| row.try_get(column).map_err(convert_sqlx_error);
+                let get_i64 =
+                    |column: &str| row.try_get::<i64, _>(column).map_err(convert_sqlx_error);
+                let get_optional_i64 = |column: &str| {
+                    row.try_get::<Option<i64>, _>(column)
+                        .map_err(convert_sqlx_error)
+                };
+                let get_optional_i32 = |column: &str| {
+                    row.try_get::<Option<i32>, _>(column)
+                        .map_err(convert_sqlx_error)
+                };
+                let get_bool =
+                    |column: &str| row.try_get::<bool, _>(column).map_err(convert_sqlx_error);
+                KeyColumns {
+                    key_id: get("key_id")?,
+                    account_id: get("account_id")?,
+                    description: get("description")?,
+                    key_usage: get("key_usage")?,
+                    key_spec: get("key_spec")?,
+                    origin: get("origin")?,
+                    key_manager: get("key_manager")?,
+                    key_state: get("key_state")?,
+                    multi_region: get_bool("multi_region")?,
                     current_material_id: row
                         .try_get("current_material_id")
                         .map_err(convert_sqlx_error)?,
+                    created_at_ms: get_i64("created_at_ms")?,
+                    deletion_date_ms: get_optional_i64("deletion_date_ms")?,
+                    version: get_i64("version")?,
+                    pending_window_days: get_optional_i32("pending_window_days")?,
+                    rotation_enabled: get_bool("rotation_enabled")?,
+                    rotation_period_days: get_optional_i32("rotation_period_days")?,
+                    next_rotation_ms: get_optional_i64("next_rotation_ms")?,
+                }
+                .into_record()
+            }
+
+            fn material_from_row(row: &$row) -> Result<MaterialRecord, StoreError> {
+                MaterialColumns {
+                    material_id: row.try_get("material_id").map_err(convert_sqlx_error)?,
+                    sealed_material: row.try_get("sealed_material").map_err(convert_sqlx_error)?,
+                    origin: row.try_get("origin").map_err(convert_sqlx_error)?,
                     created_at_ms: row.try_get("created_at_ms").map_err(convert_sqlx_error)?,
-                    deletion_date_ms: row
-                        .try_get("deletion_date_ms")
-                        .map_err(convert_sqlx_error)?,
-                };
-                columns.into_record()
+                    rotation_type: row.try_get("rotation_type").map_err(convert_sqlx_error)?,
+                }
+                .into_record()
+            }
+
+            fn alias_from_row(row: &$row) -> Result<AliasRecord, StoreError> {
+                AliasColumns {
+                    account_id: row.try_get("account_id").map_err(convert_sqlx_error)?,
+                    alias_name: row.try_get("alias_name").map_err(convert_sqlx_error)?,
+                    target_key_id: row.try_get("target_key_id").map_err(convert_sqlx_error)?,
+                    created_at_ms: row.try_get("created_at_ms").map_err(convert_sqlx_error)?,
+                    updated_at_ms: row.try_get("updated_at_ms").map_err(convert_sqlx_error)?,
+                }
+                .into_record()
+            }
+
+            async fn update_in<'c, E>(
+                executor: E,
+                key: &KeyRecord,
+                now_ms: i64,
+            ) -> Result<i64, StoreError>
+            where
+                E: sqlx::Executor<'c, Database = <$pool as PoolDatabase>::Database>,
+            {
+                let outcome = sqlx::query(UPDATE_KEY)
+                    .bind(key.key_id.as_str())
+                    .bind(key.version)
+                    .bind(&key.description)
+                    .bind(key.key_state.as_str())
+                    .bind(key.deletion_date_ms)
+                    .bind(key.pending_window_days)
+                    .bind(key.rotation_enabled)
+                    .bind(key.rotation_period_days)
+                    .bind(key.next_rotation_ms)
+                    .bind(key.current_material_id.map(|id| id.to_hex()))
+                    .bind(now_ms)
+                    .execute(executor)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                if outcome.rows_affected() == 1 {
+                    Ok(key.version + 1)
+                } else {
+                    Err(StoreError::Conflict)
+                }
+            }
+
+            async fn insert_material_in<'c, E>(
+                executor: E,
+                key_id: &KeyId,
+                material: &MaterialRecord,
+            ) -> Result<(), StoreError>
+            where
+                E: sqlx::Executor<'c, Database = <$pool as PoolDatabase>::Database>,
+            {
+                sqlx::query(INSERT_MATERIAL)
+                    .bind(key_id.as_str())
+                    .bind(material.material_id.to_hex())
+                    .bind(material.sealed_material.as_slice())
+                    .bind(material.origin.as_str())
+                    .bind(material.created_at_ms)
+                    .bind(material.rotation_type.map(RotationType::as_str))
+                    .execute(executor)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(())
             }
         }
 
@@ -146,18 +353,14 @@ macro_rules! sql_key_store {
                     .bind(key.current_material_id.map(|id| id.to_hex()))
                     .bind(key.created_at_ms)
                     .bind(key.deletion_date_ms)
+                    .bind(key.pending_window_days)
+                    .bind(key.rotation_enabled)
+                    .bind(key.rotation_period_days)
+                    .bind(key.next_rotation_ms)
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                sqlx::query(INSERT_MATERIAL)
-                    .bind(key.key_id.as_str())
-                    .bind(material.material_id.to_hex())
-                    .bind(material.sealed_material.as_slice())
-                    .bind(material.origin.as_str())
-                    .bind(material.created_at_ms)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(convert_sqlx_error)?;
+                Self::insert_material_in(&mut *transaction, &key.key_id, material).await?;
                 for tag in tags {
                     sqlx::query(INSERT_TAG)
                         .bind(key.key_id.as_str())
@@ -189,22 +392,13 @@ macro_rules! sql_key_store {
                 key_id: &KeyId,
                 material_id: &MaterialId,
             ) -> Result<Option<MaterialRecord>, StoreError> {
-                let row = sqlx::query(SELECT_MATERIAL)
+                let row = sqlx::query(&select_material())
                     .bind(key_id.as_str())
                     .bind(material_id.to_hex())
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(convert_sqlx_error)?;
-                let Some(row) = row else { return Ok(None) };
-                let material_text: String =
-                    row.try_get("material_id").map_err(convert_sqlx_error)?;
-                let origin_text: String = row.try_get("origin").map_err(convert_sqlx_error)?;
-                Ok(Some(MaterialRecord {
-                    material_id: parse_column("material_id", &material_text, MaterialId::from_hex)?,
-                    sealed_material: row.try_get("sealed_material").map_err(convert_sqlx_error)?,
-                    origin: parse_column("origin", &origin_text, Origin::parse)?,
-                    created_at_ms: row.try_get("created_at_ms").map_err(convert_sqlx_error)?,
-                }))
+                row.as_ref().map(Self::material_from_row).transpose()
             }
 
             async fn list_keys(
@@ -238,8 +432,200 @@ macro_rules! sql_key_store {
                     })
                     .collect()
             }
+
+            async fn update_key(&self, key: &KeyRecord, now_ms: i64) -> Result<i64, StoreError> {
+                Self::update_in(&self.pool, key, now_ms).await
+            }
+
+            async fn add_material(
+                &self,
+                key: &KeyRecord,
+                material: &MaterialRecord,
+            ) -> Result<i64, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                let version =
+                    Self::update_in(&mut *transaction, key, material.created_at_ms).await?;
+                Self::insert_material_in(&mut *transaction, &key.key_id, material).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(version)
+            }
+
+            async fn list_materials(
+                &self,
+                key_id: &KeyId,
+            ) -> Result<Vec<MaterialRecord>, StoreError> {
+                let rows = sqlx::query(SELECT_MATERIALS)
+                    .bind(key_id.as_str())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                rows.iter().map(Self::material_from_row).collect()
+            }
+
+            async fn delete_key(&self, key_id: &KeyId) -> Result<bool, StoreError> {
+                let outcome = sqlx::query(DELETE_KEY)
+                    .bind(key_id.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(outcome.rows_affected() > 0)
+            }
+
+            async fn keys_due_for_deletion(
+                &self,
+                now_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<KeyRecord>, StoreError> {
+                let rows = sqlx::query(&select_due_for_deletion())
+                    .bind(now_ms)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                rows.iter().map(Self::key_from_row).collect()
+            }
+
+            async fn keys_due_for_rotation(
+                &self,
+                now_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<KeyRecord>, StoreError> {
+                let rows = sqlx::query(&select_due_for_rotation())
+                    .bind(now_ms)
+                    .bind(i64::from(limit))
+                    .bind(true)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                rows.iter().map(Self::key_from_row).collect()
+            }
+
+            async fn put_tags(&self, key_id: &KeyId, tags: &[Tag]) -> Result<(), StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                for tag in tags {
+                    sqlx::query(UPSERT_TAG)
+                        .bind(key_id.as_str())
+                        .bind(&tag.key)
+                        .bind(&tag.value)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(convert_sqlx_error)?;
+                }
+                transaction.commit().await.map_err(convert_sqlx_error)
+            }
+
+            async fn delete_tags(
+                &self,
+                key_id: &KeyId,
+                tag_keys: &[String],
+            ) -> Result<(), StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                for tag_key in tag_keys {
+                    sqlx::query(DELETE_TAG)
+                        .bind(key_id.as_str())
+                        .bind(tag_key)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(convert_sqlx_error)?;
+                }
+                transaction.commit().await.map_err(convert_sqlx_error)
+            }
+
+            async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+                sqlx::query(INSERT_ALIAS)
+                    .bind(alias.account.as_str())
+                    .bind(&alias.alias_name)
+                    .bind(alias.target_key_id.as_str())
+                    .bind(alias.created_at_ms)
+                    .bind(alias.updated_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(())
+            }
+
+            async fn update_alias(
+                &self,
+                account: &AccountId,
+                alias_name: &str,
+                target: &KeyId,
+                now_ms: i64,
+            ) -> Result<bool, StoreError> {
+                let outcome = sqlx::query(UPDATE_ALIAS)
+                    .bind(account.as_str())
+                    .bind(alias_name)
+                    .bind(target.as_str())
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(outcome.rows_affected() > 0)
+            }
+
+            async fn delete_alias(
+                &self,
+                account: &AccountId,
+                alias_name: &str,
+            ) -> Result<bool, StoreError> {
+                let outcome = sqlx::query(DELETE_ALIAS)
+                    .bind(account.as_str())
+                    .bind(alias_name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(outcome.rows_affected() > 0)
+            }
+
+            async fn get_alias(
+                &self,
+                account: &AccountId,
+                alias_name: &str,
+            ) -> Result<Option<AliasRecord>, StoreError> {
+                let row = sqlx::query(&select_alias())
+                    .bind(account.as_str())
+                    .bind(alias_name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                row.as_ref().map(Self::alias_from_row).transpose()
+            }
+
+            async fn list_aliases(
+                &self,
+                account: &AccountId,
+                target: Option<&KeyId>,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<AliasRecord>, StoreError> {
+                let query_text = if target.is_some() {
+                    select_key_aliases_page()
+                } else {
+                    select_aliases_page()
+                };
+                let mut query = sqlx::query(&query_text)
+                    .bind(account.as_str())
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit));
+                if let Some(target) = target {
+                    query = query.bind(target.as_str());
+                }
+                let rows = query
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                rows.iter().map(Self::alias_from_row).collect()
+            }
         }
     };
+}
+
+/// The database type behind a pool type, for the executor bounds above.
+trait PoolDatabase {
+    type Database: sqlx::Database;
+}
+
+impl<DB: sqlx::Database> PoolDatabase for sqlx::Pool<DB> {
+    type Database = DB;
 }
 
 sql_key_store!(PostgresKeyStore, sqlx::PgPool, sqlx::postgres::PgRow);

@@ -1,0 +1,247 @@
+//! Aliases, and the service-managed keys behind `alias/coffer/…`.
+
+use coffer_platform::arn::{AccountId, ArnParts};
+
+use super::lifecycle::NewKey;
+use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyUsage};
+use super::{KeyOperation, KeysDomain, SERVICE_PREFIX};
+use crate::error::{KeysError, Result};
+use crate::store::{AliasRecord, KeyRecord, StoreError};
+
+/// Aliases callers may not create, change or delete.
+pub const RESERVED_ALIAS_PREFIXES: &[&str] = &["alias/aws/", "alias/coffer/"];
+
+/// Service-managed keys, created in an account the first time they are named.
+pub const SERVICE_MANAGED_ALIASES: &[(&str, &str)] = &[
+    ("alias/coffer/secretsmanager", "Secrets Manager"),
+    ("alias/coffer/ssm", "Parameter Store"),
+    ("alias/coffer/acm", "Certificate Manager"),
+];
+
+/// One page of ListAliases.
+#[derive(Debug, Clone)]
+pub struct AliasPage {
+    pub aliases: Vec<AliasRecord>,
+    pub next_after: Option<String>,
+}
+
+impl KeysDomain {
+    pub fn alias_arn(&self, account: &AccountId, alias_name: &str) -> String {
+        self.location.arn(SERVICE_PREFIX, account, alias_name)
+    }
+
+    /// `alias/name` or an alias ARN of the caller's account and this region.
+    pub(crate) async fn resolve_alias(&self, caller: &AccountId, text: &str) -> Result<KeyRecord> {
+        let alias_name = match ArnParts::parse(text) {
+            Some(parts) => {
+                let here = parts.partition == self.location.partition
+                    && parts.region == self.location.region
+                    && parts.account == caller.as_str();
+                if !here {
+                    return Err(KeysError::NotFound(format!("Alias '{text}' is not found.")));
+                }
+                parts.resource
+            }
+            None => text,
+        };
+        let not_found = || {
+            KeysError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(caller, alias_name)
+            ))
+        };
+        match self.store.get_alias(caller, alias_name).await? {
+            Some(alias) => self
+                .store
+                .get_key(caller, &alias.target_key_id)
+                .await?
+                .ok_or_else(not_found),
+            None if SERVICE_MANAGED_ALIASES
+                .iter()
+                .any(|(name, _)| *name == alias_name) =>
+            {
+                self.service_managed_key(caller, alias_name).await
+            }
+            None => Err(not_found()),
+        }
+    }
+
+    /// The service-managed key behind `alias_name` in `account`, created on
+    /// first use: symmetric, rotated yearly, not manageable by callers.
+    pub async fn service_managed_key(
+        &self,
+        account: &AccountId,
+        alias_name: &str,
+    ) -> Result<KeyRecord> {
+        let Some((_, service_title)) = SERVICE_MANAGED_ALIASES
+            .iter()
+            .find(|(name, _)| *name == alias_name)
+        else {
+            return Err(KeysError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(account, alias_name)
+            )));
+        };
+        if let Some(alias) = self.store.get_alias(account, alias_name).await?
+            && let Some(key) = self.store.get_key(account, &alias.target_key_id).await?
+        {
+            return Ok(key);
+        }
+        let key = self
+            .insert_new_key(
+                account,
+                NewKey {
+                    description: format!("Default key that protects my {service_title} data when no other key is defined"),
+                    key_usage: KeyUsage::EncryptDecrypt,
+                    key_spec: KeySpec::SymmetricDefault,
+                    tags: Vec::new(),
+                    multi_region: false,
+                },
+                KeyManager::Aws,
+            )
+            .await?;
+        let now_ms = self.now_ms();
+        let alias = AliasRecord {
+            account: account.clone(),
+            alias_name: alias_name.to_owned(),
+            target_key_id: key.key_id.clone(),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        };
+        match self.store.create_alias(&alias).await {
+            Ok(()) => Ok(key),
+            Err(StoreError::Conflict) => {
+                // Another request created it first: use theirs, drop ours.
+                self.store.delete_key(&key.key_id).await?;
+                let existing = self
+                    .store
+                    .get_alias(account, alias_name)
+                    .await?
+                    .ok_or_else(|| {
+                        KeysError::Store(StoreError::Corrupt(
+                            "service-managed alias vanished".into(),
+                        ))
+                    })?;
+                self.store
+                    .get_key(account, &existing.target_key_id)
+                    .await?
+                    .ok_or_else(|| {
+                        KeysError::Store(StoreError::Corrupt("service-managed key vanished".into()))
+                    })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    fn ensure_alias_target(&self, key: &KeyRecord, operation: &str) -> Result<()> {
+        self.check_state(key, KeyOperation::Alias)?;
+        self.ensure_customer_managed(key, operation)
+    }
+
+    pub async fn create_alias(
+        &self,
+        caller: &AccountId,
+        alias_name: &str,
+        target: &KeyReference,
+    ) -> Result<()> {
+        let key = self.resolve(caller, target).await?;
+        self.ensure_alias_target(&key, "CreateAlias")?;
+        let now_ms = self.now_ms();
+        let alias = AliasRecord {
+            account: caller.clone(),
+            alias_name: alias_name.to_owned(),
+            target_key_id: key.key_id,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        };
+        match self.store.create_alias(&alias).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict) => Err(KeysError::AlreadyExists(format!(
+                "An alias with the name {} already exists.",
+                self.alias_arn(caller, alias_name)
+            ))),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Points an alias at another key of the same key spec and usage.
+    pub async fn update_alias(
+        &self,
+        caller: &AccountId,
+        alias_name: &str,
+        target: &KeyReference,
+    ) -> Result<()> {
+        let not_found = || {
+            KeysError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(caller, alias_name)
+            ))
+        };
+        let alias = self
+            .store
+            .get_alias(caller, alias_name)
+            .await?
+            .ok_or_else(not_found)?;
+        let new_key = self.resolve(caller, target).await?;
+        self.ensure_alias_target(&new_key, "UpdateAlias")?;
+        if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await?
+            && (current.key_spec != new_key.key_spec || current.key_usage != new_key.key_usage)
+        {
+            return Err(KeysError::validation(
+                "target_key_id",
+                format!(
+                    "the new key must have the same key spec and usage as the current one ({} {})",
+                    current.key_spec, current.key_usage
+                ),
+            ));
+        }
+        if self
+            .store
+            .update_alias(caller, alias_name, &new_key.key_id, self.now_ms())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(not_found())
+        }
+    }
+
+    pub async fn delete_alias(&self, caller: &AccountId, alias_name: &str) -> Result<()> {
+        if self.store.delete_alias(caller, alias_name).await? {
+            Ok(())
+        } else {
+            Err(KeysError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(caller, alias_name)
+            )))
+        }
+    }
+
+    pub async fn list_aliases(
+        &self,
+        caller: &AccountId,
+        key: Option<&KeyReference>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<AliasPage> {
+        let key_id: Option<KeyId> = match key {
+            Some(reference) => Some(self.resolve(caller, reference).await?.key_id),
+            None => None,
+        };
+        let mut aliases = self
+            .store
+            .list_aliases(caller, key_id.as_ref(), after, limit.saturating_add(1))
+            .await?;
+        let has_more = aliases.len() > limit as usize;
+        aliases.truncate(limit as usize);
+        let next_after = if has_more {
+            aliases.last().map(|alias| alias.alias_name.clone())
+        } else {
+            None
+        };
+        Ok(AliasPage {
+            aliases,
+            next_after,
+        })
+    }
+}

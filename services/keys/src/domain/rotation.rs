@@ -1,0 +1,203 @@
+//! Key rotation: automatic (on a schedule) and on demand. Every earlier
+//! backing key is kept, so ciphertexts made before a rotation decrypt forever.
+
+use coffer_platform::arn::AccountId;
+
+use super::types::{KeyReference, KeySpec, RotationType};
+use super::{DAY_MS, KeyOperation, KeysDomain};
+use crate::error::{KeysError, Result};
+use crate::store::{KeyRecord, MaterialRecord, StoreError};
+
+pub const DEFAULT_ROTATION_PERIOD_DAYS: i32 = 365;
+pub const MIN_ROTATION_PERIOD_DAYS: i32 = 90;
+pub const MAX_ROTATION_PERIOD_DAYS: i32 = 2560;
+/// On-demand rotations allowed per key (AWS's quota).
+pub const MAX_ON_DEMAND_ROTATIONS: usize = 10;
+
+/// GetKeyRotationStatus.
+#[derive(Debug, Clone)]
+pub struct RotationStatus {
+    pub key: KeyRecord,
+}
+
+/// One page of ListKeyRotations.
+#[derive(Debug, Clone)]
+pub struct RotationPage {
+    pub key: KeyRecord,
+    pub rotations: Vec<MaterialRecord>,
+    pub next_offset: Option<usize>,
+}
+
+impl KeysDomain {
+    fn ensure_rotatable(&self, key: &KeyRecord, operation: &str) -> Result<()> {
+        if key.key_spec != KeySpec::SymmetricDefault {
+            return Err(KeysError::Unsupported(format!(
+                "{operation} is supported only for symmetric encryption keys; {} is {}.",
+                self.key_arn(&key.account, &key.key_id),
+                key.key_spec
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn enable_key_rotation(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        period_days: i32,
+    ) -> Result<KeyRecord> {
+        self.update_key_with(
+            caller,
+            reference,
+            KeyOperation::EnableRotation,
+            |key, now_ms| {
+                self.ensure_rotatable(key, "EnableKeyRotation")?;
+                self.ensure_customer_managed(key, "EnableKeyRotation")?;
+                key.rotation_enabled = true;
+                key.rotation_period_days = Some(period_days);
+                key.next_rotation_ms = Some(now_ms + i64::from(period_days) * DAY_MS);
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    pub async fn disable_key_rotation(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<KeyRecord> {
+        self.update_key_with(
+            caller,
+            reference,
+            KeyOperation::DisableRotation,
+            |key, _now| {
+                self.ensure_rotatable(key, "DisableKeyRotation")?;
+                self.ensure_customer_managed(key, "DisableKeyRotation")?;
+                key.rotation_enabled = false;
+                key.rotation_period_days = None;
+                key.next_rotation_ms = None;
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    pub async fn get_key_rotation_status(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<RotationStatus> {
+        let key = self.resolve(caller, reference).await?;
+        self.check_state(&key, KeyOperation::RotationStatus)?;
+        self.ensure_rotatable(&key, "GetKeyRotationStatus")?;
+        Ok(RotationStatus { key })
+    }
+
+    /// Makes new material current now. Limited to
+    /// [`MAX_ON_DEMAND_ROTATIONS`] per key; the automatic schedule is unchanged.
+    pub async fn rotate_key_on_demand(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<KeyRecord> {
+        const ATTEMPTS: usize = 5;
+        for _attempt in 0..ATTEMPTS {
+            let key = self.resolve(caller, reference).await?;
+            self.check_state(&key, KeyOperation::RotateOnDemand)?;
+            self.ensure_rotatable(&key, "RotateKeyOnDemand")?;
+            self.ensure_customer_managed(&key, "RotateKeyOnDemand")?;
+            let on_demand = self
+                .store
+                .list_materials(&key.key_id)
+                .await?
+                .iter()
+                .filter(|material| material.rotation_type == Some(RotationType::OnDemand))
+                .count();
+            if on_demand >= MAX_ON_DEMAND_ROTATIONS {
+                return Err(KeysError::LimitExceeded(format!(
+                    "{} has reached its limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
+                    self.key_arn(&key.account, &key.key_id)
+                )));
+            }
+            match self.rotate(key, RotationType::OnDemand).await {
+                Err(KeysError::Store(StoreError::Conflict)) => continue,
+                outcome => return outcome,
+            }
+        }
+        Err(StoreError::Conflict.into())
+    }
+
+    async fn rotate(&self, mut key: KeyRecord, rotation_type: RotationType) -> Result<KeyRecord> {
+        let now_ms = self.now_ms();
+        let material =
+            self.new_symmetric_material(&key.account, &key.key_id, now_ms, Some(rotation_type))?;
+        key.current_material_id = Some(material.material_id);
+        if rotation_type == RotationType::Automatic {
+            let period = key
+                .rotation_period_days
+                .unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
+            key.next_rotation_ms = Some(now_ms + i64::from(period) * DAY_MS);
+        }
+        key.version = self.store.add_material(&key, &material).await?;
+        Ok(key)
+    }
+
+    /// Rotates every key whose automatic rotation is due. A key updated
+    /// concurrently is left for the next run. Returns how many rotated.
+    pub async fn rotate_due_keys(&self) -> Result<usize> {
+        const BATCH: u32 = 100;
+        let mut rotated = 0;
+        loop {
+            let due = self
+                .store
+                .keys_due_for_rotation(self.now_ms(), BATCH)
+                .await?;
+            let batch_len = due.len();
+            let mut progressed = false;
+            for key in due {
+                let key_id = key.key_id.clone();
+                match self.rotate(key, RotationType::Automatic).await {
+                    Ok(_) => {
+                        tracing::info!(key_id = %key_id, "rotated key material on schedule");
+                        rotated += 1;
+                        progressed = true;
+                    }
+                    Err(KeysError::Store(StoreError::Conflict)) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+            if batch_len < BATCH as usize || !progressed {
+                return Ok(rotated);
+            }
+        }
+    }
+
+    /// Rotations (material versions after the first), oldest first.
+    pub async fn list_key_rotations(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        limit: usize,
+        offset: usize,
+    ) -> Result<RotationPage> {
+        let key = self.resolve(caller, reference).await?;
+        self.check_state(&key, KeyOperation::ListRotations)?;
+        self.ensure_rotatable(&key, "ListKeyRotations")?;
+        let rotations: Vec<MaterialRecord> = self
+            .store
+            .list_materials(&key.key_id)
+            .await?
+            .into_iter()
+            .filter(|material| material.rotation_type.is_some())
+            .collect();
+        let total = rotations.len();
+        let page: Vec<MaterialRecord> = rotations.into_iter().skip(offset).take(limit).collect();
+        let next_offset = (offset + page.len() < total).then_some(offset + page.len());
+        Ok(RotationPage {
+            key,
+            rotations: page,
+            next_offset,
+        })
+    }
+}

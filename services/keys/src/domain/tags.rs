@@ -1,0 +1,80 @@
+//! TagResource, UntagResource, ListResourceTags.
+
+use coffer_platform::arn::AccountId;
+
+use super::types::{KeyReference, Tag};
+use super::{KeyOperation, KeysDomain};
+use crate::error::{KeysError, Result};
+
+/// Tags a key may carry.
+pub const MAX_TAGS_PER_KEY: usize = 50;
+
+/// One page of ListResourceTags.
+#[derive(Debug, Clone)]
+pub struct TagPage {
+    pub tags: Vec<Tag>,
+    pub next_after: Option<String>,
+}
+
+impl KeysDomain {
+    /// Adds or replaces tags; at most [`MAX_TAGS_PER_KEY`] in all.
+    pub async fn tag_resource(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let key = self.resolve(caller, reference).await?;
+        self.check_state(&key, KeyOperation::Tag)?;
+        self.ensure_customer_managed(&key, "TagResource")?;
+        let existing = self.store.list_tags(&key.key_id).await?;
+        let added = tags
+            .iter()
+            .filter(|tag| !existing.iter().any(|current| current.key == tag.key))
+            .count();
+        if existing.len() + added > MAX_TAGS_PER_KEY {
+            return Err(KeysError::LimitExceeded(format!(
+                "A key can have at most {MAX_TAGS_PER_KEY} tags; this one has {} and the request adds {added}.",
+                existing.len()
+            )));
+        }
+        Ok(self.store.put_tags(&key.key_id, tags).await?)
+    }
+
+    pub async fn untag_resource(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        tag_keys: &[String],
+    ) -> Result<()> {
+        let key = self.resolve(caller, reference).await?;
+        self.check_state(&key, KeyOperation::Tag)?;
+        self.ensure_customer_managed(&key, "UntagResource")?;
+        Ok(self.store.delete_tags(&key.key_id, tag_keys).await?)
+    }
+
+    pub async fn list_resource_tags(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<TagPage> {
+        let key = self.resolve(caller, reference).await?;
+        self.check_state(&key, KeyOperation::ListTags)?;
+        let all = self.store.list_tags(&key.key_id).await?;
+        let mut tags: Vec<Tag> = all
+            .into_iter()
+            .filter(|tag| after.is_none_or(|marker| tag.key.as_str() > marker))
+            .take(limit.saturating_add(1))
+            .collect();
+        let has_more = tags.len() > limit;
+        tags.truncate(limit);
+        let next_after = if has_more {
+            tags.last().map(|tag| tag.key.clone())
+        } else {
+            None
+        };
+        Ok(TagPage { tags, next_after })
+    }
+}

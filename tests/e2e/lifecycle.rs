@@ -1,0 +1,884 @@
+//! The key lifecycle over the network: states, deletion, aliases, tags,
+//! rotation (driven by a clock the test moves), service-managed keys and
+//! ReEncrypt. Every error is asserted with its exact code and exception.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use coffer_platform::clock::ManualClock;
+use coffer_tests::{
+    ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb,
+};
+use pb::keys_client::KeysClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+backend_tests!(
+    disabled_keys_refuse_use_until_enabled,
+    scheduled_deletion_destroys_the_key_when_due,
+    aliases_name_keys_wherever_a_key_id_goes,
+    tags_are_managed_and_limited,
+    rotation_keeps_old_ciphertexts_decrypting,
+    service_managed_keys_are_created_on_first_use_and_protected,
+    re_encrypt_moves_ciphertext_between_keys,
+);
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+async fn harness_with_clock(backend: Backend) -> anyhow::Result<(Harness, Arc<ManualClock>)> {
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            clock: Some(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await?;
+    Ok((harness, clock))
+}
+
+async fn new_key(client: &mut KeysClient<Channel>) -> anyhow::Result<pb::KeyMetadata> {
+    client
+        .create_key(pb::CreateKeyRequest {
+            description: "lifecycle".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))
+}
+
+async fn encrypt(
+    client: &mut KeysClient<Channel>,
+    key_id: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, tonic::Status> {
+    client
+        .encrypt(pb::EncryptRequest {
+            key_id: key_id.into(),
+            plaintext: plaintext.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .map(|response| response.into_inner().ciphertext_blob)
+}
+
+async fn decrypt(client: &mut KeysClient<Channel>, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+    client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .map(|response| response.into_inner().plaintext)
+}
+
+async fn state_of(client: &mut KeysClient<Channel>, key_id: &str) -> anyhow::Result<String> {
+    Ok(client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key_id.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .map(|metadata| metadata.key_state)
+        .unwrap_or_default())
+}
+
+fn key_id_request<T: Default>(make: impl FnOnce(String) -> T, key_id: &str) -> T {
+    make(key_id.to_owned())
+}
+
+async fn disabled_keys_refuse_use_until_enabled(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut client).await?;
+    let blob = encrypt(&mut client, &key.key_id, b"kept").await?;
+
+    client
+        .disable_key(key_id_request(
+            |key_id| pb::DisableKeyRequest { key_id },
+            &key.key_id,
+        ))
+        .await?;
+    // Disabling twice is fine, as in AWS.
+    client
+        .disable_key(key_id_request(
+            |key_id| pb::DisableKeyRequest { key_id },
+            &key.key_id,
+        ))
+        .await?;
+    assert_eq!(state_of(&mut client, &key.key_id).await?, "Disabled");
+    let status = assert_error(
+        encrypt(&mut client, &key.key_id, b"x").await,
+        Code::FailedPrecondition,
+        "DisabledException",
+    );
+    assert!(status.message().contains(&key.arn), "{status:?}");
+    assert_error(
+        decrypt(&mut client, &blob).await,
+        Code::FailedPrecondition,
+        "DisabledException",
+    );
+    let data_key = client
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key_id: key.key_id.clone(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(data_key, Code::FailedPrecondition, "DisabledException");
+    let rotate = client
+        .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await;
+    assert_error(rotate, Code::FailedPrecondition, "DisabledException");
+    // Management still works on a disabled key.
+    client
+        .update_key_description(pb::UpdateKeyDescriptionRequest {
+            key_id: key.key_id.clone(),
+            description: "renamed".into(),
+        })
+        .await?;
+
+    client
+        .enable_key(key_id_request(
+            |key_id| pb::EnableKeyRequest { key_id },
+            &key.key_id,
+        ))
+        .await?;
+    assert_eq!(decrypt(&mut client, &blob).await?, b"kept");
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    assert_eq!(described.description, "renamed");
+    assert!(described.enabled);
+    let too_long = client
+        .update_key_description(pb::UpdateKeyDescriptionRequest {
+            key_id: key.key_id.clone(),
+            description: "d".repeat(8193),
+        })
+        .await;
+    assert_error(too_long, Code::InvalidArgument, "ValidationException");
+    Ok(())
+}
+
+async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyhow::Result<()> {
+    let (harness, clock) = harness_with_clock(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let doomed = new_key(&mut client).await?;
+    let saved = new_key(&mut client).await?;
+    let doomed_blob = encrypt(&mut client, &doomed.key_id, b"doomed").await?;
+    let saved_blob = encrypt(&mut client, &saved.key_id, b"saved").await?;
+
+    for window in [6, 31, 0, -1] {
+        let outcome = client
+            .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+                key_id: doomed.key_id.clone(),
+                pending_window_in_days: Some(window),
+            })
+            .await;
+        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    }
+    let default_window = client
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: saved.key_id.clone(),
+            pending_window_in_days: None,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(default_window.pending_window_in_days, 30);
+    assert_eq!(default_window.key_state, "PendingDeletion");
+    let scheduled = client
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: doomed.key_id.clone(),
+            pending_window_in_days: Some(7),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(scheduled.key_id, doomed.arn);
+    assert_eq!(scheduled.pending_window_in_days, 7);
+    let deletion_seconds = scheduled
+        .deletion_date
+        .map(|date| date.seconds)
+        .unwrap_or_default();
+    let expected = (clock_now_seconds(&clock)) + 7 * 86_400;
+    assert!(
+        (deletion_seconds - expected).abs() <= 1,
+        "deletion date {deletion_seconds} vs {expected}"
+    );
+
+    // PendingDeletion refuses use and management with KMSInvalidStateException.
+    let status = assert_error(
+        encrypt(&mut client, &doomed.key_id, b"x").await,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+    );
+    assert!(status.message().contains("PendingDeletion"), "{status:?}");
+    assert_error(
+        decrypt(&mut client, &doomed_blob).await,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+    );
+    let disable = client
+        .disable_key(pb::DisableKeyRequest {
+            key_id: doomed.key_id.clone(),
+        })
+        .await;
+    assert_error(
+        disable,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+    );
+    let again = client
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: doomed.key_id.clone(),
+            pending_window_in_days: Some(7),
+        })
+        .await;
+    assert_error(again, Code::FailedPrecondition, "KMSInvalidStateException");
+    assert_eq!(
+        state_of(&mut client, &doomed.key_id).await?,
+        "PendingDeletion"
+    );
+
+    // Cancelling makes the key Disabled; cancelling again is invalid.
+    client
+        .cancel_key_deletion(pb::CancelKeyDeletionRequest {
+            key_id: saved.key_id.clone(),
+        })
+        .await?;
+    assert_eq!(state_of(&mut client, &saved.key_id).await?, "Disabled");
+    let cancel_again = client
+        .cancel_key_deletion(pb::CancelKeyDeletionRequest {
+            key_id: saved.key_id.clone(),
+        })
+        .await;
+    assert_error(
+        cancel_again,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+    );
+
+    // Nothing happens before the date ...
+    clock.advance(6 * DAY);
+    harness.run_maintenance().await?;
+    assert_eq!(
+        state_of(&mut client, &doomed.key_id).await?,
+        "PendingDeletion"
+    );
+    // ... and the key and its material are gone after it.
+    clock.advance(DAY + Duration::from_secs(1));
+    harness.run_maintenance().await?;
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: doomed.key_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(described, Code::NotFound, "NotFoundException");
+    assert_error(
+        decrypt(&mut client, &doomed_blob).await,
+        Code::InvalidArgument,
+        "InvalidCiphertextException",
+    );
+
+    // The cancelled key survived and works once enabled.
+    client
+        .enable_key(pb::EnableKeyRequest {
+            key_id: saved.key_id.clone(),
+        })
+        .await?;
+    assert_eq!(decrypt(&mut client, &saved_blob).await?, b"saved");
+    Ok(())
+}
+
+fn clock_now_seconds(clock: &ManualClock) -> i64 {
+    use coffer_platform::clock::Clock as _;
+    clock.now_millis() / 1000
+}
+
+async fn aliases_name_keys_wherever_a_key_id_goes(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let mut stranger = harness.keys_for(ACCOUNT_B, "mallory").await?;
+    let first = new_key(&mut client).await?;
+    let second = new_key(&mut client).await?;
+    let create = |alias_name: &str, target: &str| pb::CreateAliasRequest {
+        alias_name: alias_name.into(),
+        target_key_id: target.into(),
+    };
+
+    client
+        .create_alias(create("alias/app/payments", &first.key_id))
+        .await?;
+    let by_alias = encrypt(&mut client, "alias/app/payments", b"via alias").await?;
+    let alias_arn = format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/app/payments");
+    let by_alias_arn = encrypt(&mut client, &alias_arn, b"via alias arn").await?;
+    assert_eq!(decrypt(&mut client, &by_alias).await?, b"via alias");
+    assert_eq!(decrypt(&mut client, &by_alias_arn).await?, b"via alias arn");
+    let with_alias_key = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: by_alias.clone(),
+            key_id: "alias/app/payments".into(),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(with_alias_key.into_inner().key_id, first.arn);
+
+    assert_error(
+        client
+            .create_alias(create("alias/app/payments", &second.key_id))
+            .await,
+        Code::AlreadyExists,
+        "AlreadyExistsException",
+    );
+    for bad in [
+        "app/payments",
+        "alias/",
+        "alias/has space",
+        "alias/aws/ebs",
+        "alias/coffer/mine",
+        "alias/ünïcode",
+    ] {
+        assert_error(
+            client.create_alias(create(bad, &first.key_id)).await,
+            Code::InvalidArgument,
+            "InvalidAliasNameException",
+        );
+    }
+    assert_error(
+        client
+            .create_alias(create("alias/x", "alias/app/payments"))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert_error(
+        client
+            .create_alias(create("alias/x", &uuid::Uuid::new_v4().to_string()))
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+
+    // Another account's alias of the same name is not ours, and ours is not theirs.
+    assert_error(
+        encrypt(&mut stranger, "alias/app/payments", b"x").await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_error(
+        encrypt(&mut stranger, &alias_arn, b"x").await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_error(
+        stranger
+            .create_alias(create("alias/theirs", &first.key_id))
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+
+    client
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/app/payments".into(),
+            target_key_id: second.key_id.clone(),
+        })
+        .await?;
+    let now_second = client
+        .encrypt(pb::EncryptRequest {
+            key_id: "alias/app/payments".into(),
+            plaintext: b"y".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(now_second.key_id, second.arn);
+    let missing = client
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/absent".into(),
+            target_key_id: second.key_id.clone(),
+        })
+        .await;
+    assert_error(missing, Code::NotFound, "NotFoundException");
+
+    client
+        .create_alias(create("alias/zz-other", &first.key_id))
+        .await?;
+    let all = client
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await?
+        .into_inner();
+    let names: Vec<&str> = all
+        .aliases
+        .iter()
+        .map(|alias| alias.alias_name.as_str())
+        .collect();
+    assert_eq!(names, ["alias/app/payments", "alias/zz-other"]);
+    let of_first = client
+        .list_aliases(pb::ListAliasesRequest {
+            key_id: first.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(of_first.aliases.len(), 1);
+    assert_eq!(
+        of_first.aliases[0].alias_arn,
+        format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/zz-other")
+    );
+    let paged = client
+        .list_aliases(pb::ListAliasesRequest {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(paged.truncated);
+    let rest = client
+        .list_aliases(pb::ListAliasesRequest {
+            limit: 1,
+            marker: paged.next_marker,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        rest.aliases
+            .iter()
+            .map(|a| a.alias_name.as_str())
+            .collect::<Vec<_>>(),
+        ["alias/zz-other"]
+    );
+    assert!(!rest.truncated);
+
+    client
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: "alias/app/payments".into(),
+        })
+        .await?;
+    assert_error(
+        encrypt(&mut client, "alias/app/payments", b"x").await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    let deleted_again = client
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: "alias/app/payments".into(),
+        })
+        .await;
+    assert_error(deleted_again, Code::NotFound, "NotFoundException");
+    // Blobs made through the alias still decrypt: they name the key, not the alias.
+    assert_eq!(decrypt(&mut client, &by_alias).await?, b"via alias");
+    Ok(())
+}
+
+async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
+    use coffer_proto::common::v1::Tag;
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut client).await?;
+    let tag = |key: &str, value: &str| Tag {
+        tag_key: key.into(),
+        tag_value: value.into(),
+    };
+    client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: vec![tag("env", "dev"), tag("team", "core")],
+        })
+        .await?;
+    client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: vec![tag("env", "prod")],
+        })
+        .await?;
+    let listed = client
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.tags, vec![tag("env", "prod"), tag("team", "core")]);
+    let first_page = client
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: key.key_id.clone(),
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(first_page.truncated);
+    let second_page = client
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: key.key_id.clone(),
+            limit: 1,
+            marker: first_page.next_marker,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(second_page.tags, vec![tag("team", "core")]);
+
+    client
+        .untag_resource(pb::UntagResourceRequest {
+            key_id: key.key_id.clone(),
+            tag_keys: vec!["team".into()],
+        })
+        .await?;
+    let too_many: Vec<Tag> = (0..50)
+        .map(|index| tag(&format!("k{index}"), "v"))
+        .collect();
+    let outcome = client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: too_many,
+        })
+        .await;
+    assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
+    let reserved = client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: vec![tag("aws:x", "v")],
+        })
+        .await;
+    assert_error(reserved, Code::InvalidArgument, "TagException");
+    let listed = client
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        listed.tags,
+        vec![tag("env", "prod")],
+        "a refused request changed the tags"
+    );
+    Ok(())
+}
+
+async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::Result<()> {
+    let (harness, clock) = harness_with_clock(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut client).await?;
+    let status = client
+        .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(!status.key_rotation_enabled);
+
+    for period in [89, 2561] {
+        let outcome = client
+            .enable_key_rotation(pb::EnableKeyRotationRequest {
+                key_id: key.key_id.clone(),
+                rotation_period_in_days: Some(period),
+            })
+            .await;
+        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    }
+    client
+        .enable_key_rotation(pb::EnableKeyRotationRequest {
+            key_id: key.key_id.clone(),
+            rotation_period_in_days: None,
+        })
+        .await?;
+    let status = client
+        .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(status.key_rotation_enabled);
+    assert_eq!(status.rotation_period_in_days, Some(365));
+    let next = status
+        .next_rotation_date
+        .map(|date| date.seconds)
+        .unwrap_or_default();
+    assert!((next - (clock_now_seconds(&clock) + 365 * 86_400)).abs() <= 1);
+
+    let before = encrypt(&mut client, &key.key_id, b"before rotation").await?;
+    clock.advance(364 * DAY);
+    harness.run_maintenance().await?;
+    let rotations = |client: &mut KeysClient<Channel>| {
+        let key_id = key.key_id.clone();
+        let mut client = client.clone();
+        async move {
+            anyhow::Ok(
+                client
+                    .list_key_rotations(pb::ListKeyRotationsRequest {
+                        key_id,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .rotations,
+            )
+        }
+    };
+    assert!(
+        rotations(&mut client).await?.is_empty(),
+        "rotated before the period ended"
+    );
+    clock.advance(2 * DAY);
+    harness.run_maintenance().await?;
+    let after_automatic = rotations(&mut client).await?;
+    assert_eq!(after_automatic.len(), 1);
+    assert_eq!(after_automatic[0].rotation_type, "AUTOMATIC");
+    assert_eq!(after_automatic[0].key_material_id.len(), 32);
+    // Running again at the same time does not rotate twice.
+    harness.run_maintenance().await?;
+    assert_eq!(rotations(&mut client).await?.len(), 1);
+
+    let after = encrypt(&mut client, &key.key_id, b"after rotation").await?;
+    assert_ne!(
+        before[38..54],
+        after[38..54],
+        "the new blob must name the new material"
+    );
+    assert_eq!(decrypt(&mut client, &before).await?, b"before rotation");
+    assert_eq!(decrypt(&mut client, &after).await?, b"after rotation");
+
+    // On demand: ten per key, then LimitExceededException.
+    let mut blobs = vec![(before.clone(), b"before rotation".to_vec())];
+    for round in 0..10 {
+        client
+            .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
+                key_id: key.key_id.clone(),
+            })
+            .await?;
+        let plaintext = format!("round {round}").into_bytes();
+        blobs.push((
+            encrypt(&mut client, &key.key_id, &plaintext).await?,
+            plaintext,
+        ));
+    }
+    let eleventh = client
+        .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await;
+    assert_error(eleventh, Code::ResourceExhausted, "LimitExceededException");
+    let all = rotations(&mut client).await?;
+    assert_eq!(all.len(), 11);
+    assert_eq!(
+        all.iter()
+            .filter(|r| r.rotation_type == "ON_DEMAND")
+            .count(),
+        10
+    );
+    for (blob, plaintext) in &blobs {
+        assert_eq!(&decrypt(&mut client, blob).await?, plaintext);
+    }
+    let paged = client
+        .list_key_rotations(pb::ListKeyRotationsRequest {
+            key_id: key.key_id.clone(),
+            limit: 4,
+            marker: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(paged.truncated && paged.rotations.len() == 4);
+
+    client
+        .disable_key_rotation(pb::DisableKeyRotationRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await?;
+    let status = client
+        .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(!status.key_rotation_enabled && status.next_rotation_date.is_none());
+
+    // A restart keeps every material version.
+    let mut harness = harness;
+    harness.restart().await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    for (blob, plaintext) in &blobs {
+        assert_eq!(&decrypt(&mut client, blob).await?, plaintext);
+    }
+    Ok(())
+}
+
+async fn service_managed_keys_are_created_on_first_use_and_protected(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let blob = encrypt(&mut client, "alias/coffer/secretsmanager", b"managed").await?;
+    assert_eq!(decrypt(&mut client, &blob).await?, b"managed");
+    let metadata = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: "alias/coffer/secretsmanager".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    assert_eq!(metadata.key_manager, "AWS");
+    // The same key on every later use.
+    let again = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: "alias/coffer/secretsmanager".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .map(|m| m.key_id);
+    assert_eq!(again.as_deref(), Some(metadata.key_id.as_str()));
+    let status = client
+        .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+            key_id: metadata.key_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(status.key_rotation_enabled);
+    assert_eq!(status.rotation_period_in_days, Some(365));
+
+    let managed = metadata.key_id.clone();
+    assert_error(
+        client
+            .disable_key(pb::DisableKeyRequest {
+                key_id: managed.clone(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "UnsupportedOperationException",
+    );
+    let delete = client
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: managed.clone(),
+            pending_window_in_days: None,
+        })
+        .await;
+    assert_error(
+        delete,
+        Code::InvalidArgument,
+        "UnsupportedOperationException",
+    );
+    let rotation_off = client
+        .disable_key_rotation(pb::DisableKeyRotationRequest {
+            key_id: managed.clone(),
+        })
+        .await;
+    assert_error(
+        rotation_off,
+        Code::InvalidArgument,
+        "UnsupportedOperationException",
+    );
+    let delete_alias = client
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: "alias/coffer/secretsmanager".into(),
+        })
+        .await;
+    assert_error(
+        delete_alias,
+        Code::InvalidArgument,
+        "InvalidAliasNameException",
+    );
+    let listed = client
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await?
+        .into_inner();
+    assert!(
+        listed
+            .aliases
+            .iter()
+            .any(|alias| alias.alias_name == "alias/coffer/secretsmanager"
+                && alias.target_key_id == managed)
+    );
+    // Unknown names under the reserved prefix are not created.
+    assert_error(
+        encrypt(&mut client, "alias/coffer/nothing", b"x").await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    Ok(())
+}
+
+async fn re_encrypt_moves_ciphertext_between_keys(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let source = new_key(&mut client).await?;
+    let destination = new_key(&mut client).await?;
+    let source_context: HashMap<String, String> = [("stage".to_owned(), "old".to_owned())].into();
+    let destination_context: HashMap<String, String> =
+        [("stage".to_owned(), "new".to_owned())].into();
+    let blob = client
+        .encrypt(pb::EncryptRequest {
+            key_id: source.key_id.clone(),
+            plaintext: b"moving".to_vec(),
+            encryption_context: source_context.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let moved = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            source_encryption_context: source_context.clone(),
+            destination_key_id: destination.key_id.clone(),
+            destination_encryption_context: destination_context.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(moved.source_key_id, source.arn);
+    assert_eq!(moved.key_id, destination.arn);
+    let decrypted = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: moved.ciphertext_blob,
+            encryption_context: destination_context,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(decrypted.plaintext, b"moving");
+    assert_eq!(decrypted.key_id, destination.arn);
+
+    let wrong_context = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            destination_key_id: destination.key_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(
+        wrong_context,
+        Code::InvalidArgument,
+        "InvalidCiphertextException",
+    );
+    let wrong_source = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob,
+            source_encryption_context: source_context,
+            source_key_id: destination.key_id.clone(),
+            destination_key_id: destination.key_id,
+            ..Default::default()
+        })
+        .await;
+    assert_error(wrong_source, Code::InvalidArgument, "IncorrectKeyException");
+    Ok(())
+}
