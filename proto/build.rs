@@ -4,7 +4,11 @@
 
 use std::path::PathBuf;
 
-const PROTO_FILES: &[&str] = &["coffer/common/v1/common.proto", "coffer/keys/v1/keys.proto"];
+const PROTO_FILES: &[&str] = &[
+    "coffer/common/v1/common.proto",
+    "coffer/keys/v1/keys.proto",
+    "coffer/bench/v1/echo.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prost_config = tonic_prost_build::Config::new();

@@ -20,3 +20,9 @@ pub mod keys {
         tonic::include_proto!("coffer.keys.v1");
     }
 }
+
+pub mod bench {
+    pub mod v1 {
+        tonic::include_proto!("coffer.bench.v1");
+    }
+}

@@ -39,6 +39,8 @@ pub enum Command {
         #[arg(long, env = "COFFER_DEV_LISTEN", default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
     },
+    /// Load-test the hot RPCs and print ghz-style summaries.
+    Bench(crate::bench::BenchArgs),
     /// A small CA for minting SPIFFE identities.
     Pki {
         #[command(subcommand)]
@@ -100,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev { dir, listen } => crate::dev::run(&dir, listen).await,
+        Command::Bench(args) => crate::bench::run(&args).await.map(drop),
         Command::Pki {
             command: PkiCommand::Init { dir, trust_domain },
         } => {

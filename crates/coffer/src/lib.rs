@@ -2,6 +2,7 @@
 //! operators run: [`launch`] starts a set of services from [`Settings`];
 //! [`dev`] prepares a self-contained development instance.
 
+pub mod bench;
 pub mod cli;
 pub mod dev;
 

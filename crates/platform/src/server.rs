@@ -24,7 +24,9 @@ use crate::tls::{ServerTls, tls_incoming};
 /// descriptor set reflection serves for it, and how to add its routes given
 /// the maximum message size.
 pub struct ServiceRegistration {
-    pub catalog: ServiceCatalog,
+    /// How the service's calls are audited; `None` only for the load
+    /// generator's echo service, which is not an API.
+    pub catalog: Option<ServiceCatalog>,
     pub descriptor_set: &'static [u8],
     pub install: InstallRoutes,
 }
@@ -101,8 +103,10 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         {
             descriptor_sets.push(service.descriptor_set);
         }
-        grpc_services.push(service.catalog.grpc_service);
-        catalogs.push(service.catalog);
+        if let Some(catalog) = service.catalog {
+            grpc_services.push(catalog.grpc_service);
+            catalogs.push(catalog);
+        }
         (service.install)(&mut routes, params.max_message_bytes);
     }
     // Both reflection versions advertise both reflection services, so a

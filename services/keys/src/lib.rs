@@ -62,11 +62,11 @@ pub async fn connect(
 /// The keys service, ready for the server builder.
 pub fn registration(domain: Arc<KeysDomain>) -> ServiceRegistration {
     ServiceRegistration {
-        catalog: ServiceCatalog {
+        catalog: Some(ServiceCatalog {
             grpc_service: GRPC_SERVICE,
             service_name: "keys",
             rpc_kind,
-        },
+        }),
         descriptor_set: coffer_proto::FILE_DESCRIPTOR_SET,
         install: Box::new(move |routes, max_message_bytes| {
             routes.add_service(

@@ -112,6 +112,7 @@ impl KeysDomain {
             Ok(()) => Ok(key),
             Err(StoreError::Conflict) => {
                 // Another request created it first: use theirs, drop ours.
+                self.cache.forget_key(account, &key.key_id);
                 self.store.delete_key(&key.key_id).await?;
                 let existing = self
                     .store

@@ -90,8 +90,7 @@ impl KeysDomain {
                 key
             }
             None => self
-                .store
-                .get_key(caller, &blob_key_id)
+                .key_by_id(caller, &blob_key_id)
                 .await?
                 .ok_or(KeysError::InvalidCiphertext)?,
         };

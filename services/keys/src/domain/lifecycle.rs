@@ -233,6 +233,7 @@ impl KeysDomain {
                 .await?;
             let batch_len = due.len();
             for key in due {
+                self.cache.forget_key(&key.account, &key.key_id);
                 if self.store.delete_key(&key.key_id).await? {
                     tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
                     deleted += 1;

@@ -2,6 +2,7 @@
 //! used, and the cryptography. No tonic and no sqlx here.
 
 pub mod aliases;
+pub mod cache;
 pub mod crypto_ops;
 pub mod lifecycle;
 pub mod rotation;
@@ -46,6 +47,7 @@ pub enum KeyOperation {
 /// Everything the keys operations need.
 pub struct KeysDomain {
     store: Arc<dyn KeyStore>,
+    cache: cache::KeyCache,
     root_key: Arc<RootKey>,
     location: Location,
     clock: Arc<dyn Clock>,
@@ -60,6 +62,7 @@ impl KeysDomain {
     ) -> Self {
         Self {
             store,
+            cache: cache::KeyCache::default(),
             root_key,
             location,
             clock,
@@ -110,10 +113,25 @@ impl KeysDomain {
             KeyReference::Alias(text) => return self.resolve_alias(caller, text).await,
             KeyReference::Unknown(text) => return Err(not_found(text)),
         };
-        self.store
-            .get_key(caller, key_id)
+        self.key_by_id(caller, key_id)
             .await?
             .ok_or_else(|| not_found(&named_as))
+    }
+
+    /// A key of `account` by id, from the cache when fresh.
+    pub(crate) async fn key_by_id(
+        &self,
+        account: &AccountId,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>> {
+        if let Some(record) = self.cache.record(account, key_id) {
+            return Ok(Some(record));
+        }
+        let record = self.store.get_key(account, key_id).await?;
+        if let Some(record) = &record {
+            self.cache.put_record(record);
+        }
+        Ok(record)
     }
 
     /// AWS's key-state rules: whether `operation` is allowed on `key` now.
@@ -194,6 +212,7 @@ impl KeysDomain {
             self.check_state(&key, operation)?;
             let now_ms = self.now_ms();
             change(&mut key, now_ms)?;
+            self.cache.invalidate(&key.account, &key.key_id);
             match self.store.update_key(&key, now_ms).await {
                 Ok(version) => {
                     key.version = version;
@@ -248,12 +267,15 @@ impl KeysDomain {
         Ok(())
     }
 
-    /// Unseals one material version of a symmetric key.
+    /// Unseals one material version of a symmetric key (cached).
     pub(crate) async fn symmetric_material(
         &self,
         key: &KeyRecord,
         material_id: &MaterialId,
-    ) -> Result<Option<SymmetricKeyMaterial>> {
+    ) -> Result<Option<Arc<SymmetricKeyMaterial>>> {
+        if let Some(material) = self.cache.material(&key.key_id, material_id) {
+            return Ok(Some(material));
+        }
         let Some(record) = self.store.get_material(&key.key_id, material_id).await? else {
             return Ok(None);
         };
@@ -264,6 +286,9 @@ impl KeysDomain {
             &Self::seal_binding(&key_arn, &material_hex),
             &record.sealed_material,
         )?;
-        Ok(Some(SymmetricKeyMaterial::from_bytes(&material)?))
+        let material = Arc::new(SymmetricKeyMaterial::from_bytes(&material)?);
+        self.cache
+            .put_material(&key.key_id, *material_id, material.clone());
+        Ok(Some(material))
     }
 }

@@ -139,6 +139,7 @@ impl KeysDomain {
                 .unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
             key.next_rotation_ms = Some(now_ms + i64::from(period) * DAY_MS);
         }
+        self.cache.invalidate(&key.account, &key.key_id);
         key.version = self.store.add_material(&key, &material).await?;
         Ok(key)
     }

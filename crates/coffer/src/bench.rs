@@ -1,0 +1,462 @@
+//! `coffer bench`: a load generator for the hot RPCs, a Rust stand-in for
+//! ghz on machines without it. It prints ghz-style summaries and can write
+//! them as JSON.
+//!
+//! By default it starts its own instance in-process (mTLS, SQLite in a
+//! temporary directory, audit events to a file there) plus an echo server
+//! with the same mTLS set-up, which measures the transport's ceiling. With
+//! `--addr` it drives a running instance instead (for example `coffer dev`,
+//! using the identities in its `--dir`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use coffer_platform::client::ClientTls;
+use coffer_platform::server::{RunningServer, ServerParams, ServiceRegistration};
+use coffer_platform::tls::ServerTls;
+use coffer_proto::bench::v1 as bench_pb;
+use coffer_proto::keys::v1 as keys_pb;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+/// Scenarios `coffer bench` knows.
+pub const SCENARIOS: &[&str] = &["echo", "health", "encrypt", "decrypt", "generate-data-key"];
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Comma-separated scenarios, run one after the other.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "echo,encrypt,decrypt,generate-data-key"
+    )]
+    pub scenario: Vec<String>,
+    /// Requests in flight at once.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the requests are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// How long each scenario runs (seconds), unless --total is given.
+    #[arg(long, short = 'z', default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop each scenario after this many requests instead.
+    #[arg(long, short = 'n')]
+    pub total: Option<u64>,
+    /// Unmeasured warm-up before each scenario (seconds).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Plaintext / echo payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Write the summaries as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Drive a running instance at this address instead of an in-process one.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// With --addr: the `coffer dev` directory holding ca.pem and the admin identity.
+    #[arg(long, default_value = "coffer-dev")]
+    pub dir: PathBuf,
+}
+
+/// One scenario's results, in ghz's terms.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub payload_bytes: usize,
+    pub count: u64,
+    pub total_seconds: f64,
+    pub requests_per_second: f64,
+    pub average_ms: f64,
+    pub fastest_ms: f64,
+    pub slowest_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub status_codes: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    /// ghz's text layout.
+    pub fn render(&self) -> String {
+        let mut text = format!(
+            "\n{} (c={}, connections={}, payload={} B)\nSummary:\n  Count:\t{}\n  Total:\t{:.2} s\n  Slowest:\t{:.3} ms\n  Fastest:\t{:.3} ms\n  Average:\t{:.3} ms\n  Requests/sec:\t{:.1}\n\nLatency distribution:\n  50 % in {:.3} ms\n  90 % in {:.3} ms\n  99 % in {:.3} ms\n\nStatus code distribution:\n",
+            self.scenario,
+            self.concurrency,
+            self.connections,
+            self.payload_bytes,
+            self.count,
+            self.total_seconds,
+            self.slowest_ms,
+            self.fastest_ms,
+            self.average_ms,
+            self.requests_per_second,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+        );
+        for (code, count) in &self.status_codes {
+            text.push_str(&format!("  [{code}]\t{count} responses\n"));
+        }
+        text
+    }
+}
+
+/// A request a worker sends, over and over.
+#[derive(Clone)]
+enum Workload {
+    Echo(Vec<u8>),
+    Health,
+    Encrypt { key_id: String, plaintext: Vec<u8> },
+    Decrypt { blob: Vec<u8> },
+    GenerateDataKey { key_id: String },
+}
+
+async fn send(workload: &Workload, channel: Channel) -> tonic::Code {
+    let outcome = match workload {
+        Workload::Echo(payload) => bench_pb::echo_client::EchoClient::new(channel)
+            .echo(bench_pb::EchoRequest {
+                payload: payload.clone(),
+            })
+            .await
+            .map(drop),
+        Workload::Health => tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(drop),
+        Workload::Encrypt { key_id, plaintext } => keys_pb::keys_client::KeysClient::new(channel)
+            .encrypt(keys_pb::EncryptRequest {
+                key_id: key_id.clone(),
+                plaintext: plaintext.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Workload::Decrypt { blob } => keys_pb::keys_client::KeysClient::new(channel)
+            .decrypt(keys_pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Workload::GenerateDataKey { key_id } => keys_pb::keys_client::KeysClient::new(channel)
+            .generate_data_key(keys_pb::GenerateDataKeyRequest {
+                key_id: key_id.clone(),
+                key_spec: "AES_256".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    };
+    match outcome {
+        Ok(()) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// How long a run lasts: a duration, or a request count.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    After(Duration),
+    Count(u64),
+}
+
+/// Drives `workload` with `concurrency` workers spread over `channels`.
+async fn drive(
+    workload: &Workload,
+    channels: &[Channel],
+    concurrency: usize,
+    stop: Stop,
+) -> (Vec<u32>, BTreeMap<String, u64>, Duration) {
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let workload = workload.clone();
+        let issued = issued.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies_us: Vec<u32> = Vec::with_capacity(4096);
+            let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+            loop {
+                let go_on = match stop {
+                    Stop::After(duration) => started.elapsed() < duration,
+                    Stop::Count(total) => issued.fetch_add(1, Ordering::Relaxed) < total,
+                };
+                if !go_on {
+                    break;
+                }
+                let sent = Instant::now();
+                let code = send(&workload, channel.clone()).await;
+                latencies_us.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                *codes.entry(format!("{code:?}").to_uppercase()).or_default() += 1;
+            }
+            (latencies_us, codes)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in workers {
+        if let Ok((worker_latencies, worker_codes)) = worker.await {
+            latencies.extend(worker_latencies);
+            for (code, count) in worker_codes {
+                *codes.entry(code).or_default() += count;
+            }
+        }
+    }
+    (latencies, codes, started.elapsed())
+}
+
+fn summarize(
+    scenario: &str,
+    args: &BenchArgs,
+    mut latencies_us: Vec<u32>,
+    status_codes: BTreeMap<String, u64>,
+    elapsed: Duration,
+) -> Summary {
+    latencies_us.sort_unstable();
+    let count = latencies_us.len() as u64;
+    let millis = |micros: u32| f64::from(micros) / 1000.0;
+    let percentile = |fraction: f64| {
+        if latencies_us.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies_us.len() as f64 * fraction).ceil() as usize)
+            .clamp(1, latencies_us.len())
+            - 1;
+        millis(latencies_us[index])
+    };
+    let total_us: u64 = latencies_us.iter().map(|&micros| u64::from(micros)).sum();
+    Summary {
+        scenario: scenario.to_owned(),
+        concurrency: args.concurrency,
+        connections: args.connections,
+        payload_bytes: args.payload,
+        count,
+        total_seconds: elapsed.as_secs_f64(),
+        requests_per_second: count as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+        average_ms: if count == 0 {
+            0.0
+        } else {
+            total_us as f64 / count as f64 / 1000.0
+        },
+        fastest_ms: latencies_us.first().copied().map_or(0.0, millis),
+        slowest_ms: latencies_us.last().copied().map_or(0.0, millis),
+        p50_ms: percentile(0.50),
+        p90_ms: percentile(0.90),
+        p99_ms: percentile(0.99),
+        status_codes,
+    }
+}
+
+/// The echo service.
+struct EchoService;
+
+#[tonic::async_trait]
+impl bench_pb::echo_server::Echo for EchoService {
+    async fn echo(
+        &self,
+        request: tonic::Request<bench_pb::EchoRequest>,
+    ) -> Result<tonic::Response<bench_pb::EchoResponse>, tonic::Status> {
+        Ok(tonic::Response::new(bench_pb::EchoResponse {
+            payload: request.into_inner().payload,
+        }))
+    }
+}
+
+/// What the bench runs against.
+struct Target {
+    keys_addr: String,
+    echo_addr: Option<String>,
+    tls: ClientTls,
+    _instance: Option<(crate::Instance, RunningServer, tempfile::TempDir)>,
+}
+
+async fn in_process_target() -> anyhow::Result<Target> {
+    let directory = tempfile::tempdir()?;
+    let layout = crate::dev::prepare(directory.path(), SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let settings = coffer_platform::config::load(Some(&layout.config()), Vec::new())?;
+    let services = vec!["keys".to_owned()];
+    let instance = crate::launch(
+        &settings,
+        &services,
+        Arc::new(coffer_platform::clock::SystemClock),
+    )
+    .await?;
+    let keys_addr = instance
+        .addr_of("keys")
+        .context("keys did not start")?
+        .to_string();
+    let echo = coffer_platform::server::start(ServerParams {
+        listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        admin_listener: None,
+        tls: Arc::new(ServerTls::load(settings.tls.clone())?),
+        call: coffer_platform::call::CallSettings {
+            location: settings.location.clone(),
+            trust_domain: settings.trust_domain.clone(),
+            request_timeout: settings.limits.request_timeout,
+            max_concurrent_requests: settings.limits.max_concurrent_requests,
+        },
+        max_message_bytes: settings.limits.max_message_bytes,
+        shutdown_grace: Duration::from_secs(5),
+        services: vec![ServiceRegistration {
+            catalog: None,
+            descriptor_set: coffer_proto::FILE_DESCRIPTOR_SET,
+            install: Box::new(|routes, max_message_bytes| {
+                routes.add_service(
+                    bench_pb::echo_server::EchoServer::new(EchoService)
+                        .max_decoding_message_size(max_message_bytes),
+                );
+            }),
+        }],
+        audit_sink: Arc::new(coffer_platform::audit::JsonLinesSink::file(
+            &directory.path().join("echo-audit.jsonl"),
+        )?),
+    })
+    .await?;
+    let echo_addr = echo.local_addr().to_string();
+    let tls = ClientTls::from_files(
+        &layout.ca(),
+        Some((&layout.cert("admin"), &layout.key("admin"))),
+    )?;
+    Ok(Target {
+        keys_addr,
+        echo_addr: Some(echo_addr),
+        tls,
+        _instance: Some((instance, echo, directory)),
+    })
+}
+
+async fn channels(tls: &ClientTls, addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        channels.push(tls.connect(addr, "localhost").await?);
+    }
+    Ok(channels)
+}
+
+/// Runs the scenarios and returns their summaries (also printed).
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
+    for scenario in &args.scenario {
+        if !SCENARIOS.contains(&scenario.as_str()) {
+            bail!(
+                "unknown scenario {scenario:?}; known: {}",
+                SCENARIOS.join(", ")
+            );
+        }
+    }
+    if args.concurrency == 0 || args.connections == 0 {
+        bail!("--concurrency and --connections must be at least 1");
+    }
+    if args.payload == 0 || args.payload > 4096 {
+        bail!("--payload must be 1 to 4096 bytes (KMS's plaintext limit)");
+    }
+    let target = match &args.addr {
+        None => in_process_target().await?,
+        Some(addr) => {
+            let layout = crate::dev::DevDir {
+                dir: args.dir.clone(),
+            };
+            Target {
+                keys_addr: addr.clone(),
+                echo_addr: None,
+                tls: ClientTls::from_files(
+                    &layout.ca(),
+                    Some((&layout.cert("admin"), &layout.key("admin"))),
+                )?,
+                _instance: None,
+            }
+        }
+    };
+    let keys_channels = channels(&target.tls, &target.keys_addr, args.connections).await?;
+    let mut setup = keys_pb::keys_client::KeysClient::new(keys_channels[0].clone());
+    let key_id = setup
+        .create_key(keys_pb::CreateKeyRequest {
+            description: "coffer bench".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .map(|metadata| metadata.key_id)
+        .context("CreateKey returned no metadata")?;
+    let payload = vec![0x5a_u8; args.payload];
+    let blob = setup
+        .encrypt(keys_pb::EncryptRequest {
+            key_id: key_id.clone(),
+            plaintext: payload.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+
+    let stop = match args.total {
+        Some(total) => Stop::Count(total),
+        None => Stop::After(Duration::from_secs_f64(args.duration)),
+    };
+    let mut summaries = Vec::new();
+    for scenario in &args.scenario {
+        let (workload, scenario_channels) = match scenario.as_str() {
+            "echo" => {
+                let Some(echo_addr) = &target.echo_addr else {
+                    eprintln!("echo: skipped (only with the in-process target)");
+                    continue;
+                };
+                (
+                    Workload::Echo(payload.clone()),
+                    channels(&target.tls, echo_addr, args.connections).await?,
+                )
+            }
+            "health" => (Workload::Health, keys_channels.clone()),
+            "encrypt" => (
+                Workload::Encrypt {
+                    key_id: key_id.clone(),
+                    plaintext: payload.clone(),
+                },
+                keys_channels.clone(),
+            ),
+            "decrypt" => (
+                Workload::Decrypt { blob: blob.clone() },
+                keys_channels.clone(),
+            ),
+            "generate-data-key" => (
+                Workload::GenerateDataKey {
+                    key_id: key_id.clone(),
+                },
+                keys_channels.clone(),
+            ),
+            other => bail!("unknown scenario {other:?}"),
+        };
+        if args.warmup > 0.0 {
+            drive(
+                &workload,
+                &scenario_channels,
+                args.concurrency,
+                Stop::After(Duration::from_secs_f64(args.warmup)),
+            )
+            .await;
+        }
+        let (latencies, codes, elapsed) =
+            drive(&workload, &scenario_channels, args.concurrency, stop).await;
+        let summary = summarize(scenario, args, latencies, codes, elapsed);
+        println!("{}", summary.render());
+        summaries.push(summary);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&summaries)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(summaries)
+}

@@ -1,0 +1,103 @@
+//! The keys service's in-memory cache, so the hot path (Encrypt, Decrypt,
+//! GenerateDataKey) needs no database round trip.
+//!
+//! - Key records are kept for [`KEY_RECORD_TTL`]. A change made through this
+//!   instance invalidates its entry at once; a change made through another
+//!   replica is seen within the TTL (AWS KMS is eventually consistent in the
+//!   same way, typically within seconds).
+//! - Unsealed material versions never change, so they are kept until their
+//!   key is deleted here or the cache is full. They are wiped when dropped.
+//!
+//! Both maps are bounded; when one is full it is emptied rather than
+//! evicting entry by entry, which keeps the hot path a single lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use coffer_crypto::{MaterialId, SymmetricKeyMaterial};
+use coffer_platform::arn::AccountId;
+
+use super::types::KeyId;
+use crate::store::KeyRecord;
+
+pub const KEY_RECORD_TTL: Duration = Duration::from_secs(2);
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    records: RwLock<HashMap<(AccountId, KeyId), (KeyRecord, Instant)>>,
+    materials: RwLock<HashMap<(KeyId, MaterialId), Arc<SymmetricKeyMaterial>>>,
+}
+
+impl KeyCache {
+    pub(crate) fn record(&self, account: &AccountId, key_id: &KeyId) -> Option<KeyRecord> {
+        let records = self
+            .records
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (record, fetched_at) = records.get(&(account.clone(), key_id.clone()))?;
+        (fetched_at.elapsed() < KEY_RECORD_TTL).then(|| record.clone())
+    }
+
+    pub(crate) fn put_record(&self, record: &KeyRecord) {
+        let mut records = self
+            .records
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if records.len() >= MAX_ENTRIES {
+            records.clear();
+        }
+        records.insert(
+            (record.account.clone(), record.key_id.clone()),
+            (record.clone(), Instant::now()),
+        );
+    }
+
+    /// Forgets a key's record (after any change to it).
+    pub(crate) fn invalidate(&self, account: &AccountId, key_id: &KeyId) {
+        let mut records = self
+            .records
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        records.remove(&(account.clone(), key_id.clone()));
+    }
+
+    /// Forgets a key entirely, material included (after deletion).
+    pub(crate) fn forget_key(&self, account: &AccountId, key_id: &KeyId) {
+        self.invalidate(account, key_id);
+        let mut materials = self
+            .materials
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        materials.retain(|(cached_key, _), _| cached_key != key_id);
+    }
+
+    pub(crate) fn material(
+        &self,
+        key_id: &KeyId,
+        material_id: &MaterialId,
+    ) -> Option<Arc<SymmetricKeyMaterial>> {
+        let materials = self
+            .materials
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        materials.get(&(key_id.clone(), *material_id)).cloned()
+    }
+
+    pub(crate) fn put_material(
+        &self,
+        key_id: &KeyId,
+        material_id: MaterialId,
+        material: Arc<SymmetricKeyMaterial>,
+    ) {
+        let mut materials = self
+            .materials
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if materials.len() >= MAX_ENTRIES {
+            materials.clear();
+        }
+        materials.insert((key_id.clone(), material_id), material);
+    }
+}
