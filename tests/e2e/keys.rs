@@ -446,7 +446,7 @@ async fn bad_input_gets_exact_errors(backend: Backend) -> anyhow::Result<()> {
 
     let unsupported = client
         .create_key(pb::CreateKeyRequest {
-            key_spec: "RSA_2048".into(),
+            key_spec: "ECC_SECG_P256K1".into(),
             key_usage: "SIGN_VERIFY".into(),
             ..Default::default()
         })

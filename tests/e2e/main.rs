@@ -1,5 +1,6 @@
 //! End-to-end tests: real services, real mTLS, real databases.
 
+mod asymmetric;
 mod audit;
 mod ciphertexts;
 mod identity;

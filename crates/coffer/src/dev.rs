@@ -23,6 +23,7 @@ pub const DEV_ACCOUNT: &str = "111122223333";
 pub const DEV_TRUST_DOMAIN: &str = "coffer.local";
 pub const DEV_REGION: &str = "eu-west-1";
 const DEMO_KEY_FILE: &str = "demo-key-id";
+const DEMO_CIPHERTEXT_FILE: &str = "demo-ciphertext.b64";
 const DEMO_PLAINTEXT: &[u8] = b"hello from coffer";
 
 /// Paths of a dev directory.
@@ -215,9 +216,11 @@ pub async fn bootstrap_demo(layout: &DevDir, addr: &str) -> anyhow::Result<Demo>
         })
         .await?
         .into_inner();
+    let ciphertext_base64 = STANDARD.encode(encrypted.ciphertext_blob);
+    std::fs::write(layout.dir.join(DEMO_CIPHERTEXT_FILE), &ciphertext_base64)?;
     Ok(Demo {
         key_id,
-        ciphertext_base64: STANDARD.encode(encrypted.ciphertext_blob),
+        ciphertext_base64,
     })
 }
 

@@ -41,6 +41,10 @@ pub enum KeysError {
     LimitExceeded(String),
     #[error("{0}")]
     InvalidAliasName(String),
+    #[error("the signature is not valid")]
+    InvalidSignature,
+    #[error("the MAC is not valid")]
+    InvalidMac,
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("cryptographic failure")]
@@ -129,6 +133,16 @@ pub fn api_error(error: &KeysError) -> ApiError {
             ErrorCode::ResourceExhausted,
             "LimitExceededException",
             message.clone(),
+        ),
+        KeysError::InvalidSignature => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "KMSInvalidSignatureException",
+            "The signature is not valid for this message, key and signing algorithm.",
+        ),
+        KeysError::InvalidMac => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "KMSInvalidMacException",
+            "The MAC is not valid for this message, key and MAC algorithm.",
         ),
         KeysError::InvalidAliasName(message) => ApiError::new(
             ErrorCode::InvalidArgument,

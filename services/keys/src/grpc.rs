@@ -77,12 +77,35 @@ impl KeysGrpc {
     }
 
     fn metadata(&self, key: &KeyRecord) -> pb::KeyMetadata {
-        let encryption_algorithms = match key.key_spec {
-            KeySpec::SymmetricDefault => {
-                vec![EncryptionAlgorithm::SymmetricDefault.as_str().to_owned()]
+        let asymmetric = coffer_crypto::AsymmetricKeySpec::parse(key.key_spec.as_str());
+        let mac = coffer_crypto::MacKeySpec::parse(key.key_spec.as_str());
+        let encryption_algorithms = match (key.key_usage, asymmetric) {
+            (KeyUsage::EncryptDecrypt, None) => {
+                vec![EncryptionAlgorithm::SymmetricDefault.to_string()]
             }
+            (KeyUsage::EncryptDecrypt, Some(spec)) => spec
+                .encryption_algorithms()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             _ => Vec::new(),
         };
+        let signing_algorithms = match (key.key_usage, asymmetric) {
+            (KeyUsage::SignVerify, Some(spec)) => spec
+                .signing_algorithms()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mac_algorithms = mac
+            .map(|spec| {
+                spec.mac_algorithms()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
         pb::KeyMetadata {
             aws_account_id: key.account.to_string(),
             key_id: key.key_id.to_string(),
@@ -98,7 +121,9 @@ impl KeysGrpc {
             key_spec: key.key_spec.to_string(),
             encryption_algorithms,
             multi_region: key.multi_region,
-            pending_deletion_window_in_days: None,
+            pending_deletion_window_in_days: key.pending_window_days,
+            signing_algorithms,
+            mac_algorithms,
         }
     }
 }
@@ -380,6 +405,69 @@ fn bounded_days(
     Ok(days)
 }
 
+fn signing_algorithm(text: &str) -> Result<coffer_crypto::SigningAlgorithm> {
+    if text.is_empty() {
+        return Err(KeysError::validation("signing_algorithm", "is required"));
+    }
+    coffer_crypto::SigningAlgorithm::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = coffer_crypto::SigningAlgorithm::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        KeysError::validation(
+            "signing_algorithm",
+            format!("must be one of {}", names.join(", ")),
+        )
+    })
+}
+
+fn message_type(text: &str) -> Result<coffer_crypto::MessageType> {
+    if text.is_empty() {
+        return Ok(coffer_crypto::MessageType::Raw);
+    }
+    coffer_crypto::MessageType::parse(text)
+        .ok_or_else(|| KeysError::validation("message_type", "must be RAW or DIGEST"))
+}
+
+fn mac_algorithm(text: &str) -> Result<coffer_crypto::MacAlgorithm> {
+    coffer_crypto::MacAlgorithm::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = coffer_crypto::MacAlgorithm::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        KeysError::validation(
+            "mac_algorithm",
+            format!("must be one of {}", names.join(", ")),
+        )
+    })
+}
+
+fn signed_message(message: &[u8]) -> Result<()> {
+    if message.is_empty() || message.len() > crate::domain::asymmetric::MAX_MESSAGE_BYTES {
+        return Err(KeysError::validation(
+            "message",
+            format!(
+                "must be 1 to {} bytes",
+                crate::domain::asymmetric::MAX_MESSAGE_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn key_pair_spec(text: &str) -> Result<coffer_crypto::AsymmetricKeySpec> {
+    coffer_crypto::AsymmetricKeySpec::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = coffer_crypto::AsymmetricKeySpec::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        KeysError::validation(
+            "key_pair_spec",
+            format!("must be one of {}", names.join(", ")),
+        )
+    })
+}
+
 impl KeysGrpc {
     /// The shape of every handler: record the allow-listed parameters, run
     /// the work as the caller's account, and turn errors into statuses.
@@ -581,7 +669,10 @@ impl Keys for KeysGrpc {
                 Ok(Response::new(pb::EncryptResponse {
                     ciphertext_blob,
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
-                    encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
+                    // Validated before the call; the default when none was given.
+                    encryption_algorithm: encryption_algorithm(&message.encryption_algorithm)
+                        .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
+                        .to_string(),
                 }))
             }
             Err(error) => Err(self.fail(&call, &error)),
@@ -625,7 +716,9 @@ impl Keys for KeysGrpc {
                 Ok(Response::new(pb::DecryptResponse {
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
                     plaintext: plaintext.to_vec(),
-                    encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
+                    encryption_algorithm: encryption_algorithm(&message.encryption_algorithm)
+                        .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
+                        .to_string(),
                 }))
             }
             Err(error) => Err(self.fail(&call, &error)),
@@ -1224,6 +1317,212 @@ impl Keys for KeysGrpc {
                         .next_offset
                         .map(|offset| encode_marker(&offset.to_string()))
                         .unwrap_or_default(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn get_public_key(
+        &self,
+        request: Request<pb::GetPublicKeyRequest>,
+    ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                grant_tokens(&m.grant_tokens)?;
+                let (key, public_key) = self.domain.get_public_key(&account, &reference).await?;
+                self.record_key(&call, &key);
+                let metadata = self.metadata(&key);
+                Ok(pb::GetPublicKeyResponse {
+                    key_id: metadata.arn,
+                    public_key,
+                    key_spec: metadata.key_spec,
+                    key_usage: metadata.key_usage,
+                    encryption_algorithms: metadata.encryption_algorithms,
+                    signing_algorithms: metadata.signing_algorithms,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn sign(
+        &self,
+        request: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "messageType": m.message_type, "signingAlgorithm": m.signing_algorithm}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                signed_message(&m.message)?;
+                let algorithm = signing_algorithm(&m.signing_algorithm)?;
+                let kind = message_type(&m.message_type)?;
+                grant_tokens(&m.grant_tokens)?;
+                let (key, signature) = self.domain.sign(&account, &reference, algorithm, kind, m.message).await?;
+                self.record_key(&call, &key);
+                Ok(pb::SignResponse {
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                    signature,
+                    signing_algorithm: algorithm.to_string(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "messageType": m.message_type, "signingAlgorithm": m.signing_algorithm}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                signed_message(&m.message)?;
+                if m.signature.is_empty() || m.signature.len() > 6144 {
+                    return Err(KeysError::validation("signature", "must be 1 to 6144 bytes"));
+                }
+                let algorithm = signing_algorithm(&m.signing_algorithm)?;
+                let kind = message_type(&m.message_type)?;
+                grant_tokens(&m.grant_tokens)?;
+                let key = self
+                    .domain
+                    .verify(&account, &reference, algorithm, kind, &m.message, &m.signature)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::VerifyResponse {
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                    signature_valid: true,
+                    signing_algorithm: algorithm.to_string(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn generate_mac(
+        &self,
+        request: Request<pb::GenerateMacRequest>,
+    ) -> Result<Response<pb::GenerateMacResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                signed_message(&m.message)?;
+                let algorithm = mac_algorithm(&m.mac_algorithm)?;
+                grant_tokens(&m.grant_tokens)?;
+                let (key, mac) = self
+                    .domain
+                    .generate_mac(&account, &reference, algorithm, &m.message)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::GenerateMacResponse {
+                    mac,
+                    mac_algorithm: algorithm.to_string(),
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn verify_mac(
+        &self,
+        request: Request<pb::VerifyMacRequest>,
+    ) -> Result<Response<pb::VerifyMacResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm}),
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                signed_message(&m.message)?;
+                if m.mac.is_empty() || m.mac.len() > 6144 {
+                    return Err(KeysError::validation("mac", "must be 1 to 6144 bytes"));
+                }
+                let algorithm = mac_algorithm(&m.mac_algorithm)?;
+                grant_tokens(&m.grant_tokens)?;
+                let key = self
+                    .domain
+                    .verify_mac(&account, &reference, algorithm, &m.message, &m.mac)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::VerifyMacResponse {
+                    key_id: self.domain.key_arn(&key.account, &key.key_id),
+                    mac_valid: true,
+                    mac_algorithm: algorithm.to_string(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn generate_data_key_pair(
+        &self,
+        request: Request<pb::GenerateDataKeyPairRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyPairResponse>, Status> {
+        self.run(
+            request,
+            |m| {
+                json!({
+                    "keyId": m.key_id, "keyPairSpec": m.key_pair_spec,
+                    "encryptionContext": context_for_audit(&m.encryption_context),
+                })
+            },
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let spec = key_pair_spec(&m.key_pair_spec)?;
+                let context = encryption_context(&m.encryption_context)?;
+                grant_tokens(&m.grant_tokens)?;
+                let pair = self
+                    .domain
+                    .generate_data_key_pair(&account, &reference, spec, &context)
+                    .await?;
+                self.record_key(&call, &pair.key);
+                Ok(pb::GenerateDataKeyPairResponse {
+                    private_key_ciphertext_blob: pair.private_key_ciphertext_blob,
+                    private_key_plaintext: pair.private_key_plaintext.to_vec(),
+                    public_key: pair.public_key,
+                    key_id: self.domain.key_arn(&pair.key.account, &pair.key.key_id),
+                    key_pair_spec: spec.to_string(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn generate_data_key_pair_without_plaintext(
+        &self,
+        request: Request<pb::GenerateDataKeyPairWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyPairWithoutPlaintextResponse>, Status> {
+        self.run(
+            request,
+            |m| {
+                json!({
+                    "keyId": m.key_id, "keyPairSpec": m.key_pair_spec,
+                    "encryptionContext": context_for_audit(&m.encryption_context),
+                })
+            },
+            |call, account, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let spec = key_pair_spec(&m.key_pair_spec)?;
+                let context = encryption_context(&m.encryption_context)?;
+                grant_tokens(&m.grant_tokens)?;
+                let pair = self
+                    .domain
+                    .generate_data_key_pair(&account, &reference, spec, &context)
+                    .await?;
+                self.record_key(&call, &pair.key);
+                Ok(pb::GenerateDataKeyPairWithoutPlaintextResponse {
+                    private_key_ciphertext_blob: pair.private_key_ciphertext_blob,
+                    public_key: pair.public_key,
+                    key_id: self.domain.key_arn(&pair.key.account, &pair.key.key_id),
+                    key_pair_spec: spec.to_string(),
                 })
             },
         )

@@ -35,7 +35,13 @@ pub fn rpc_kind(method: &str) -> Option<RpcKind> {
         | "Decrypt"
         | "GenerateDataKey"
         | "GenerateDataKeyWithoutPlaintext"
-        | "GenerateRandom" => (true, EventCategory::Data),
+        | "GenerateRandom"
+        | "Sign"
+        | "Verify"
+        | "GenerateMac"
+        | "VerifyMac"
+        | "GenerateDataKeyPair"
+        | "GenerateDataKeyPairWithoutPlaintext" => (true, EventCategory::Data),
         _ => return None,
     };
     Some(RpcKind {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use coffer_crypto::{MaterialId, SymmetricKeyMaterial};
+use coffer_crypto::{AsymmetricPrivateKey, HmacKey, MaterialId, SymmetricKeyMaterial};
 use coffer_platform::arn::AccountId;
 
 use super::types::KeyId;
@@ -24,10 +24,18 @@ use crate::store::KeyRecord;
 pub const KEY_RECORD_TTL: Duration = Duration::from_secs(2);
 const MAX_ENTRIES: usize = 10_000;
 
+/// Unsealed, parsed material of one version of a key.
+#[derive(Clone)]
+pub(crate) enum LoadedMaterial {
+    Symmetric(Arc<SymmetricKeyMaterial>),
+    Asymmetric(Arc<AsymmetricPrivateKey>),
+    Hmac(Arc<HmacKey>),
+}
+
 #[derive(Default)]
 pub(crate) struct KeyCache {
     records: RwLock<HashMap<(AccountId, KeyId), (KeyRecord, Instant)>>,
-    materials: RwLock<HashMap<(KeyId, MaterialId), Arc<SymmetricKeyMaterial>>>,
+    materials: RwLock<HashMap<(KeyId, MaterialId), LoadedMaterial>>,
 }
 
 impl KeyCache {
@@ -77,7 +85,7 @@ impl KeyCache {
         &self,
         key_id: &KeyId,
         material_id: &MaterialId,
-    ) -> Option<Arc<SymmetricKeyMaterial>> {
+    ) -> Option<LoadedMaterial> {
         let materials = self
             .materials
             .read()
@@ -89,7 +97,7 @@ impl KeyCache {
         &self,
         key_id: &KeyId,
         material_id: MaterialId,
-        material: Arc<SymmetricKeyMaterial>,
+        material: LoadedMaterial,
     ) {
         let mut materials = self
             .materials

@@ -1,10 +1,12 @@
 //! Encrypt, Decrypt, GenerateDataKey(WithoutPlaintext), GenerateRandom.
 
-use coffer_crypto::{EncryptionContext, Zeroizing, encrypt_symmetric, parse_blob, random_bytes};
+use coffer_crypto::{
+    AsymmetricKeySpec, EncryptionContext, Zeroizing, encrypt_symmetric, parse_blob, random_bytes,
+};
 use coffer_platform::arn::AccountId;
 
 use super::KeysDomain;
-use super::types::{EncryptionAlgorithm, KeyId, KeyReference};
+use super::types::{EncryptionAlgorithm, KeyId, KeyReference, KeyUsage};
 use crate::error::{KeysError, Result};
 use crate::store::KeyRecord;
 
@@ -26,7 +28,7 @@ impl KeysDomain {
         Ok(())
     }
 
-    async fn encrypt_under(
+    pub(crate) async fn encrypt_under(
         &self,
         key: &KeyRecord,
         context: &EncryptionContext,
@@ -61,6 +63,14 @@ impl KeysDomain {
     ) -> Result<(KeyRecord, Vec<u8>)> {
         let key = self.resolve(caller, reference).await?;
         self.ensure_usable(&key)?;
+        if key.key_usage == KeyUsage::EncryptDecrypt
+            && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
+        {
+            let blob = self
+                .rsa_encrypt(&key, algorithm, context, plaintext)
+                .await?;
+            return Ok((key, blob));
+        }
         self.ensure_symmetric_encryption_key(&key, "Encrypt")?;
         self.ensure_algorithm(&key, algorithm)?;
         let blob = self.encrypt_under(&key, context, plaintext).await?;
@@ -79,6 +89,18 @@ impl KeysDomain {
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
     ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>)> {
+        if let Some(reference) = expected_key {
+            let key = self.resolve(caller, reference).await?;
+            if key.key_usage == KeyUsage::EncryptDecrypt
+                && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
+            {
+                self.ensure_usable(&key)?;
+                let plaintext = self
+                    .rsa_decrypt(&key, algorithm, context, blob.to_vec())
+                    .await?;
+                return Ok((key, plaintext));
+            }
+        }
         let parsed = parse_blob(blob).map_err(|_| KeysError::InvalidCiphertext)?;
         let blob_key_id = KeyId::parse(parsed.key_id()).ok_or(KeysError::InvalidCiphertext)?;
         let key = match expected_key {

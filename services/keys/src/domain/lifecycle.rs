@@ -33,20 +33,33 @@ pub struct KeyPage {
 
 impl KeysDomain {
     pub async fn create_key(&self, caller: &AccountId, request: NewKey) -> Result<KeyRecord> {
-        if request.key_spec != KeySpec::SymmetricDefault {
-            return Err(KeysError::Unsupported(format!(
-                "KeySpec {} is not supported by this release of Coffer; SYMMETRIC_DEFAULT is.",
-                request.key_spec
-            )));
-        }
-        if request.key_usage != KeyUsage::EncryptDecrypt {
-            return Err(KeysError::validation(
-                "key_usage",
-                format!(
-                    "{} is not valid for KeySpec SYMMETRIC_DEFAULT; use ENCRYPT_DECRYPT",
-                    request.key_usage
-                ),
-            ));
+        match (request.key_spec, request.key_usage) {
+            (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt)
+            | (
+                KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096,
+                KeyUsage::EncryptDecrypt | KeyUsage::SignVerify,
+            )
+            | (KeySpec::EccNistP256 | KeySpec::EccNistP384, KeyUsage::SignVerify)
+            | (
+                KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512,
+                KeyUsage::GenerateVerifyMac,
+            ) => {}
+            (
+                KeySpec::EccNistP521 | KeySpec::EccSecgP256k1 | KeySpec::Sm2 | KeySpec::Hmac224,
+                _,
+            )
+            | (_, KeyUsage::KeyAgreement) => {
+                return Err(KeysError::Unsupported(format!(
+                    "KeySpec {} with KeyUsage {} is not supported by this release of Coffer.",
+                    request.key_spec, request.key_usage
+                )));
+            }
+            (key_spec, key_usage) => {
+                return Err(KeysError::validation(
+                    "key_usage",
+                    format!("{key_usage} is not valid for KeySpec {key_spec}"),
+                ));
+            }
         }
         if request.multi_region {
             return Err(KeysError::Unsupported(
@@ -69,7 +82,9 @@ impl KeysDomain {
         // generator; retry once so such a fault cannot surface as a user error.
         for _attempt in 0..2 {
             let key_id = KeyId::generate();
-            let material = self.new_symmetric_material(caller, &key_id, now_ms, None)?;
+            let material = self
+                .new_material(caller, &key_id, request.key_spec, now_ms, None)
+                .await?;
             let rotates = key_manager == KeyManager::Aws;
             let key = KeyRecord {
                 key_id,

@@ -2,6 +2,7 @@
 //! used, and the cryptography. No tonic and no sqlx here.
 
 pub mod aliases;
+pub mod asymmetric;
 pub mod cache;
 pub mod crypto_ops;
 pub mod lifecycle;
@@ -11,9 +12,13 @@ pub mod types;
 
 use std::sync::Arc;
 
-use coffer_crypto::{MaterialId, RootKey, SealBinding, SymmetricKeyMaterial, unseal};
+use coffer_crypto::{
+    AsymmetricKeySpec, AsymmetricPrivateKey, HmacKey, MacKeySpec, MaterialId, RootKey, SealBinding,
+    SymmetricKeyMaterial, Zeroizing, unseal,
+};
 use coffer_platform::arn::{AccountId, Location};
 use coffer_platform::clock::Clock;
+use tokio::sync::Semaphore;
 
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, KeyStore};
@@ -48,6 +53,9 @@ pub enum KeyOperation {
 pub struct KeysDomain {
     store: Arc<dyn KeyStore>,
     cache: cache::KeyCache,
+    /// Bounds the threads doing slow crypto (RSA key generation and
+    /// private-key operations) so they never take every core.
+    heavy_crypto: Arc<Semaphore>,
     root_key: Arc<RootKey>,
     location: Location,
     clock: Arc<dyn Clock>,
@@ -63,6 +71,9 @@ impl KeysDomain {
         Self {
             store,
             cache: cache::KeyCache::default(),
+            heavy_crypto: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            )),
             root_key,
             location,
             clock,
@@ -225,22 +236,52 @@ impl KeysDomain {
         Err(crate::store::StoreError::Conflict.into())
     }
 
-    /// A new material version for `key_id`, sealed under the root key.
-    pub(crate) fn new_symmetric_material(
+    /// Runs slow crypto on the blocking pool, at most one task per core.
+    pub(crate) async fn off_worker<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> std::result::Result<T, coffer_crypto::CryptoError> + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self.heavy_crypto.acquire().await.map_err(|_| {
+            KeysError::Store(crate::store::StoreError::Corrupt(
+                "crypto pool closed".into(),
+            ))
+        })?;
+        match tokio::task::spawn_blocking(work).await {
+            Ok(outcome) => Ok(outcome?),
+            Err(join_error) => Err(KeysError::Store(crate::store::StoreError::Corrupt(
+                format!("crypto task failed: {join_error}"),
+            ))),
+        }
+    }
+
+    /// New material for a key of `key_spec`, sealed under the root key.
+    /// RSA key generation runs on the blocking pool.
+    pub(crate) async fn new_material(
         &self,
         account: &AccountId,
         key_id: &KeyId,
+        key_spec: KeySpec,
         now_ms: i64,
         rotation_type: Option<types::RotationType>,
     ) -> Result<crate::store::MaterialRecord> {
         let material_id = MaterialId::generate()?;
-        let material = SymmetricKeyMaterial::generate()?;
+        let raw: Zeroizing<Vec<u8>> =
+            if let Some(asymmetric) = AsymmetricKeySpec::parse(key_spec.as_str()) {
+                let pair = self
+                    .off_worker(move || coffer_crypto::generate_key_pair(asymmetric))
+                    .await?;
+                pair.private_key_pkcs8
+            } else if let Some(mac) = MacKeySpec::parse(key_spec.as_str()) {
+                Zeroizing::new(HmacKey::generate(mac)?.as_bytes().to_vec())
+            } else {
+                Zeroizing::new(SymmetricKeyMaterial::generate()?.as_bytes().to_vec())
+            };
         let key_arn = self.key_arn(account, key_id);
         let material_hex = material_id.to_hex();
         let sealed = coffer_crypto::seal(
             &self.root_key,
             &Self::seal_binding(&key_arn, &material_hex),
-            material.as_bytes(),
+            &raw,
         )?;
         Ok(crate::store::MaterialRecord {
             material_id,
@@ -267,12 +308,12 @@ impl KeysDomain {
         Ok(())
     }
 
-    /// Unseals one material version of a symmetric key (cached).
-    pub(crate) async fn symmetric_material(
+    /// Unseals and parses one material version of a key (cached).
+    pub(crate) async fn load_material(
         &self,
         key: &KeyRecord,
         material_id: &MaterialId,
-    ) -> Result<Option<Arc<SymmetricKeyMaterial>>> {
+    ) -> Result<Option<cache::LoadedMaterial>> {
         if let Some(material) = self.cache.material(&key.key_id, material_id) {
             return Ok(Some(material));
         }
@@ -281,14 +322,51 @@ impl KeysDomain {
         };
         let key_arn = self.key_arn(&key.account, &key.key_id);
         let material_hex = material_id.to_hex();
-        let material = unseal(
+        let raw = unseal(
             &self.root_key,
             &Self::seal_binding(&key_arn, &material_hex),
             &record.sealed_material,
         )?;
-        let material = Arc::new(SymmetricKeyMaterial::from_bytes(&material)?);
+        let loaded = if let Some(asymmetric) = AsymmetricKeySpec::parse(key.key_spec.as_str()) {
+            cache::LoadedMaterial::Asymmetric(Arc::new(AsymmetricPrivateKey::from_pkcs8_der(
+                asymmetric, &raw,
+            )?))
+        } else if let Some(mac) = MacKeySpec::parse(key.key_spec.as_str()) {
+            cache::LoadedMaterial::Hmac(Arc::new(HmacKey::from_bytes(mac, &raw)?))
+        } else {
+            cache::LoadedMaterial::Symmetric(Arc::new(SymmetricKeyMaterial::from_bytes(&raw)?))
+        };
         self.cache
-            .put_material(&key.key_id, *material_id, material.clone());
-        Ok(Some(material))
+            .put_material(&key.key_id, *material_id, loaded.clone());
+        Ok(Some(loaded))
+    }
+
+    /// The material a key uses now.
+    pub(crate) async fn current_material(&self, key: &KeyRecord) -> Result<cache::LoadedMaterial> {
+        let material_id = key
+            .current_material_id
+            .ok_or_else(|| KeysError::InvalidState {
+                key_arn: self.key_arn(&key.account, &key.key_id),
+                state: key.key_state,
+            })?;
+        self.load_material(key, &material_id)
+            .await?
+            .ok_or(KeysError::Crypto(coffer_crypto::CryptoError::Unseal))
+    }
+
+    /// One material version of a symmetric key.
+    pub(crate) async fn symmetric_material(
+        &self,
+        key: &KeyRecord,
+        material_id: &MaterialId,
+    ) -> Result<Option<Arc<SymmetricKeyMaterial>>> {
+        match self.load_material(key, material_id).await? {
+            None => Ok(None),
+            Some(cache::LoadedMaterial::Symmetric(material)) => Ok(Some(material)),
+            Some(_) => Err(KeysError::InvalidKeyUsage(format!(
+                "{} is not a symmetric key.",
+                self.key_arn(&key.account, &key.key_id)
+            ))),
+        }
     }
 }

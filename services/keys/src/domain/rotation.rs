@@ -130,8 +130,15 @@ impl KeysDomain {
 
     async fn rotate(&self, mut key: KeyRecord, rotation_type: RotationType) -> Result<KeyRecord> {
         let now_ms = self.now_ms();
-        let material =
-            self.new_symmetric_material(&key.account, &key.key_id, now_ms, Some(rotation_type))?;
+        let material = self
+            .new_material(
+                &key.account,
+                &key.key_id,
+                key.key_spec,
+                now_ms,
+                Some(rotation_type),
+            )
+            .await?;
         key.current_material_id = Some(material.material_id);
         if rotation_type == RotationType::Automatic {
             let period = key

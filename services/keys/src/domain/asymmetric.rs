@@ -1,0 +1,268 @@
+//! Asymmetric and HMAC keys: GetPublicKey, Sign, Verify, GenerateMac,
+//! VerifyMac, RSA Encrypt/Decrypt, GenerateDataKeyPair. RSA private-key
+//! work runs on the bounded blocking pool; every private-key operation is
+//! aws-lc-rs (never the `rsa` crate, RUSTSEC-2023-0071).
+
+use std::sync::Arc;
+
+use coffer_crypto::{
+    AsymmetricKeySpec, AsymmetricPrivateKey, CryptoError, EncryptionContext, HmacKey, MacAlgorithm,
+    MessageType, RsaEncryptionAlgorithm, SigningAlgorithm, Zeroizing,
+};
+use coffer_platform::arn::AccountId;
+
+use super::KeysDomain;
+use super::cache::LoadedMaterial;
+use super::types::{EncryptionAlgorithm, KeyReference, KeyUsage};
+use crate::error::{KeysError, Result};
+use crate::store::KeyRecord;
+
+/// Largest message Sign, Verify, GenerateMac and VerifyMac accept.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// A data key pair: the private key in plaintext (wiped on drop) and
+/// encrypted under a symmetric key, and the public key.
+pub struct DataKeyPair {
+    pub key: KeyRecord,
+    pub private_key_plaintext: Zeroizing<Vec<u8>>,
+    pub private_key_ciphertext_blob: Vec<u8>,
+    pub public_key: Vec<u8>,
+}
+
+/// Crypto failures caused by the request, as KMS names them.
+pub(crate) fn request_crypto_error(error: CryptoError) -> KeysError {
+    match error {
+        CryptoError::UnsupportedAlgorithm { .. } => KeysError::InvalidKeyUsage(error.to_string()),
+        CryptoError::DigestLength { .. } => KeysError::validation("message", error.to_string()),
+        CryptoError::PlaintextTooLarge { .. } => {
+            KeysError::validation("plaintext", error.to_string())
+        }
+        CryptoError::InvalidCiphertext(_) => KeysError::InvalidCiphertext,
+        other => KeysError::Crypto(other),
+    }
+}
+
+impl KeysDomain {
+    fn wrong_usage(&self, key: &KeyRecord, operation: &str, needed: KeyUsage) -> KeysError {
+        KeysError::InvalidKeyUsage(format!(
+            "{operation} needs a {needed} key; {} is {} {}.",
+            self.key_arn(&key.account, &key.key_id),
+            key.key_spec,
+            key.key_usage
+        ))
+    }
+
+    async fn private_key(
+        &self,
+        key: &KeyRecord,
+        operation: &str,
+    ) -> Result<Arc<AsymmetricPrivateKey>> {
+        match self.current_material(key).await? {
+            LoadedMaterial::Asymmetric(private) => Ok(private),
+            LoadedMaterial::Symmetric(_) | LoadedMaterial::Hmac(_) => {
+                Err(KeysError::Unsupported(format!(
+                    "{operation} needs an asymmetric key; {} is {}.",
+                    self.key_arn(&key.account, &key.key_id),
+                    key.key_spec
+                )))
+            }
+        }
+    }
+
+    async fn hmac_key(&self, key: &KeyRecord, operation: &str) -> Result<Arc<HmacKey>> {
+        if key.key_usage != KeyUsage::GenerateVerifyMac {
+            return Err(self.wrong_usage(key, operation, KeyUsage::GenerateVerifyMac));
+        }
+        match self.current_material(key).await? {
+            LoadedMaterial::Hmac(hmac) => Ok(hmac),
+            LoadedMaterial::Symmetric(_) | LoadedMaterial::Asymmetric(_) => {
+                Err(self.wrong_usage(key, operation, KeyUsage::GenerateVerifyMac))
+            }
+        }
+    }
+
+    pub async fn get_public_key(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<(KeyRecord, Vec<u8>)> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        let private = self.private_key(&key, "GetPublicKey").await?;
+        Ok((key, private.public_key().spki_der().to_vec()))
+    }
+
+    pub async fn sign(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        algorithm: SigningAlgorithm,
+        message_type: MessageType,
+        message: Vec<u8>,
+    ) -> Result<(KeyRecord, Vec<u8>)> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        if key.key_usage != KeyUsage::SignVerify {
+            return Err(self.wrong_usage(&key, "Sign", KeyUsage::SignVerify));
+        }
+        let private = self.private_key(&key, "Sign").await?;
+        let signature = if private.key_spec().is_rsa() {
+            self.off_worker(move || private.sign(algorithm, message_type, &message))
+                .await
+                .map_err(|error| match error {
+                    KeysError::Crypto(crypto) => request_crypto_error(crypto),
+                    other => other,
+                })?
+        } else {
+            private
+                .sign(algorithm, message_type, &message)
+                .map_err(request_crypto_error)?
+        };
+        Ok((key, signature))
+    }
+
+    /// Checks a signature; an invalid one is KMSInvalidSignatureException.
+    pub async fn verify(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        algorithm: SigningAlgorithm,
+        message_type: MessageType,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<KeyRecord> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        if key.key_usage != KeyUsage::SignVerify {
+            return Err(self.wrong_usage(&key, "Verify", KeyUsage::SignVerify));
+        }
+        let private = self.private_key(&key, "Verify").await?;
+        let valid = private
+            .public_key()
+            .verify(algorithm, message_type, message, signature)
+            .map_err(request_crypto_error)?;
+        if valid {
+            Ok(key)
+        } else {
+            Err(KeysError::InvalidSignature)
+        }
+    }
+
+    pub async fn generate_mac(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        algorithm: MacAlgorithm,
+        message: &[u8],
+    ) -> Result<(KeyRecord, Vec<u8>)> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        let hmac = self.hmac_key(&key, "GenerateMac").await?;
+        let mac = hmac
+            .generate_mac(algorithm, message)
+            .map_err(request_crypto_error)?;
+        Ok((key, mac))
+    }
+
+    /// Checks a MAC; an invalid one is KMSInvalidMacException.
+    pub async fn verify_mac(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        algorithm: MacAlgorithm,
+        message: &[u8],
+        mac: &[u8],
+    ) -> Result<KeyRecord> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        let hmac = self.hmac_key(&key, "VerifyMac").await?;
+        let valid = hmac
+            .verify_mac(algorithm, message, mac)
+            .map_err(request_crypto_error)?;
+        if valid {
+            Ok(key)
+        } else {
+            Err(KeysError::InvalidMac)
+        }
+    }
+
+    fn rsa_algorithm(
+        &self,
+        key: &KeyRecord,
+        algorithm: EncryptionAlgorithm,
+        context: &EncryptionContext,
+    ) -> Result<RsaEncryptionAlgorithm> {
+        if !context.is_empty() {
+            return Err(KeysError::validation(
+                "encryption_context",
+                "asymmetric keys do not support an encryption context",
+            ));
+        }
+        RsaEncryptionAlgorithm::parse(algorithm.as_str()).ok_or_else(|| {
+            KeysError::InvalidKeyUsage(format!(
+                "{algorithm} is not valid for {} ({}); use RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.",
+                self.key_arn(&key.account, &key.key_id),
+                key.key_spec
+            ))
+        })
+    }
+
+    /// RSA encryption with the key's public key.
+    pub(crate) async fn rsa_encrypt(
+        &self,
+        key: &KeyRecord,
+        algorithm: EncryptionAlgorithm,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
+        let rsa_algorithm = self.rsa_algorithm(key, algorithm, context)?;
+        let private = self.private_key(key, "Encrypt").await?;
+        private
+            .public_key()
+            .encrypt(rsa_algorithm, plaintext)
+            .map_err(request_crypto_error)
+    }
+
+    /// RSA decryption, on the blocking pool. Any failure is InvalidCiphertext.
+    pub(crate) async fn rsa_decrypt(
+        &self,
+        key: &KeyRecord,
+        algorithm: EncryptionAlgorithm,
+        context: &EncryptionContext,
+        ciphertext: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let rsa_algorithm = self.rsa_algorithm(key, algorithm, context)?;
+        let private = self.private_key(key, "Decrypt").await?;
+        self.off_worker(move || private.decrypt(rsa_algorithm, &ciphertext))
+            .await
+            .map_err(|error| match error {
+                KeysError::Crypto(crypto) => request_crypto_error(crypto),
+                other => other,
+            })
+    }
+
+    /// A new key pair whose private key is encrypted under a symmetric key.
+    pub async fn generate_data_key_pair(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        pair_spec: AsymmetricKeySpec,
+        context: &EncryptionContext,
+    ) -> Result<DataKeyPair> {
+        let key = self.resolve(caller, reference).await?;
+        self.ensure_usable(&key)?;
+        self.ensure_symmetric_encryption_key(&key, "GenerateDataKeyPair")?;
+        let pair = self
+            .off_worker(move || coffer_crypto::generate_key_pair(pair_spec))
+            .await?;
+        let private_key_ciphertext_blob = self
+            .encrypt_under(&key, context, &pair.private_key_pkcs8)
+            .await?;
+        Ok(DataKeyPair {
+            key,
+            private_key_plaintext: pair.private_key_pkcs8,
+            private_key_ciphertext_blob,
+            public_key: pair.public_key_spki,
+        })
+    }
+}
