@@ -26,7 +26,15 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 /// Scenarios `coffer bench` knows.
-pub const SCENARIOS: &[&str] = &["echo", "health", "encrypt", "decrypt", "generate-data-key"];
+pub const SCENARIOS: &[&str] = &[
+    "echo",
+    "health",
+    "encrypt",
+    "decrypt",
+    "generate-data-key",
+    "sign",
+    "get-public-key",
+];
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -64,6 +72,13 @@ pub struct BenchArgs {
     /// With --addr: the `coffer dev` directory holding ca.pem and the admin identity.
     #[arg(long, default_value = "coffer-dev")]
     pub dir: PathBuf,
+    /// A scenario that runs as background load while each measured one runs
+    /// (for example `sign`, to see Encrypt's latency under RSA load).
+    #[arg(long)]
+    pub background: Option<String>,
+    /// Concurrency of the background load.
+    #[arg(long, default_value_t = 64)]
+    pub background_concurrency: usize,
 }
 
 /// One scenario's results, in ghz's terms.
@@ -119,6 +134,8 @@ enum Workload {
     Encrypt { key_id: String, plaintext: Vec<u8> },
     Decrypt { blob: Vec<u8> },
     GenerateDataKey { key_id: String },
+    Sign { key_id: String, message: Vec<u8> },
+    GetPublicKey { key_id: String },
 }
 
 async fn send(workload: &Workload, channel: Channel) -> tonic::Code {
@@ -156,6 +173,19 @@ async fn send(workload: &Workload, channel: Channel) -> tonic::Code {
                 key_spec: "AES_256".into(),
                 ..Default::default()
             })
+            .await
+            .map(drop),
+        Workload::Sign { key_id, message } => keys_pb::keys_client::KeysClient::new(channel)
+            .sign(keys_pb::SignRequest {
+                key_id: key_id.clone(),
+                message: message.clone(),
+                signing_algorithm: "RSASSA_PKCS1_V1_5_SHA_256".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Workload::GetPublicKey { key_id } => keys_pb::keys_client::KeysClient::new(channel)
+            .get_public_key(keys_pb::GetPublicKeyRequest { key_id: key_id.clone(), ..Default::default() })
             .await
             .map(drop),
     };
@@ -348,7 +378,7 @@ async fn channels(tls: &ClientTls, addr: &str, count: usize) -> anyhow::Result<V
 
 /// Runs the scenarios and returns their summaries (also printed).
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
-    for scenario in &args.scenario {
+    for scenario in args.scenario.iter().chain(args.background.iter()) {
         if !SCENARIOS.contains(&scenario.as_str()) {
             bail!(
                 "unknown scenario {scenario:?}; known: {}",
@@ -402,57 +432,85 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         .into_inner()
         .ciphertext_blob;
 
+    let needs_signing_key = args
+        .scenario
+        .iter()
+        .chain(args.background.iter())
+        .any(|scenario| scenario == "sign" || scenario == "get-public-key");
+    let signing_key_id = if needs_signing_key {
+        setup
+            .create_key(keys_pb::CreateKeyRequest {
+                description: "coffer bench signing".into(),
+                key_spec: "RSA_2048".into(),
+                key_usage: "SIGN_VERIFY".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .key_metadata
+            .map(|metadata| metadata.key_id)
+            .context("CreateKey returned no metadata")?
+    } else {
+        String::new()
+    };
+
     let stop = match args.total {
         Some(total) => Stop::Count(total),
         None => Stop::After(Duration::from_secs_f64(args.duration)),
     };
+    let workload_for = |scenario: &str| -> anyhow::Result<Workload> {
+        Ok(match scenario {
+            "echo" => Workload::Echo(payload.clone()),
+            "health" => Workload::Health,
+            "encrypt" => Workload::Encrypt { key_id: key_id.clone(), plaintext: payload.clone() },
+            "decrypt" => Workload::Decrypt { blob: blob.clone() },
+            "generate-data-key" => Workload::GenerateDataKey { key_id: key_id.clone() },
+            "sign" => Workload::Sign { key_id: signing_key_id.clone(), message: payload.clone() },
+            "get-public-key" => Workload::GetPublicKey { key_id: signing_key_id.clone() },
+            other => bail!("unknown scenario {other:?}"),
+        })
+    };
     let mut summaries = Vec::new();
     for scenario in &args.scenario {
-        let (workload, scenario_channels) = match scenario.as_str() {
-            "echo" => {
-                let Some(echo_addr) = &target.echo_addr else {
-                    eprintln!("echo: skipped (only with the in-process target)");
-                    continue;
-                };
-                (
-                    Workload::Echo(payload.clone()),
-                    channels(&target.tls, echo_addr, args.connections).await?,
-                )
-            }
-            "health" => (Workload::Health, keys_channels.clone()),
-            "encrypt" => (
-                Workload::Encrypt {
-                    key_id: key_id.clone(),
-                    plaintext: payload.clone(),
-                },
-                keys_channels.clone(),
-            ),
-            "decrypt" => (
-                Workload::Decrypt { blob: blob.clone() },
-                keys_channels.clone(),
-            ),
-            "generate-data-key" => (
-                Workload::GenerateDataKey {
-                    key_id: key_id.clone(),
-                },
-                keys_channels.clone(),
-            ),
-            other => bail!("unknown scenario {other:?}"),
+        let workload = workload_for(scenario)?;
+        let scenario_channels = if scenario == "echo" {
+            let Some(echo_addr) = &target.echo_addr else {
+                eprintln!("echo: skipped (only with the in-process target)");
+                continue;
+            };
+            channels(&target.tls, echo_addr, args.connections).await?
+        } else {
+            keys_channels.clone()
         };
         if args.warmup > 0.0 {
-            drive(
-                &workload,
-                &scenario_channels,
-                args.concurrency,
-                Stop::After(Duration::from_secs_f64(args.warmup)),
-            )
-            .await;
+            drive(&workload, &scenario_channels, args.concurrency, Stop::After(Duration::from_secs_f64(args.warmup))).await;
         }
-        let (latencies, codes, elapsed) =
-            drive(&workload, &scenario_channels, args.concurrency, stop).await;
+        let background = match &args.background {
+            None => None,
+            Some(background) => {
+                let background_workload = workload_for(background)?;
+                let background_channels = channels(&target.tls, &target.keys_addr, 1).await?;
+                let concurrency = args.background_concurrency;
+                let background_stop = Stop::After(match stop {
+                    Stop::After(duration) => duration,
+                    Stop::Count(_) => Duration::from_secs_f64(args.duration),
+                });
+                Some(tokio::spawn(async move {
+                    drive(&background_workload, &background_channels, concurrency, background_stop).await
+                }))
+            }
+        };
+        let (latencies, codes, elapsed) = drive(&workload, &scenario_channels, args.concurrency, stop).await;
         let summary = summarize(scenario, args, latencies, codes, elapsed);
         println!("{}", summary.render());
         summaries.push(summary);
+        if let (Some(task), Some(name)) = (background, &args.background) {
+            let (latencies, codes, elapsed) = task.await?;
+            let background_args = BenchArgs { concurrency: args.background_concurrency, ..args.clone() };
+            let summary = summarize(&format!("{name} (background)"), &background_args, latencies, codes, elapsed);
+            println!("{}", summary.render());
+            summaries.push(summary);
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&summaries)?)
