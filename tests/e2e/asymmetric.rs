@@ -83,6 +83,9 @@ async fn public_key(
         .into_inner())
 }
 
+/// A signing algorithm, the openssl digest flag, and extra openssl options.
+type SigningCase = (&'static str, &'static str, &'static [&'static str]);
+
 async fn signatures_verify_in_openssl(backend: Backend) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
@@ -91,7 +94,7 @@ async fn signatures_verify_in_openssl(backend: Backend) -> anyhow::Result<()> {
     let message_path = directory.path().join("message.bin");
     std::fs::write(&message_path, message)?;
 
-    let cases: &[(&str, &[(&str, &str, &[&str])])] = &[
+    let cases: &[(&str, &[SigningCase])] = &[
         (
             "RSA_2048",
             &[

@@ -248,8 +248,11 @@ impl Harness {
         self.dir().join("audit.jsonl")
     }
 
-    /// Every audit event written so far.
+    /// Every audit event emitted so far (flushed first).
     pub fn audit_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        if let Some(instance) = &self.instance {
+            instance.flush_audit()?;
+        }
         let text = std::fs::read_to_string(self.audit_log_path()).unwrap_or_default();
         text.lines()
             .map(|line| {

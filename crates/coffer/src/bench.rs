@@ -185,7 +185,10 @@ async fn send(workload: &Workload, channel: Channel) -> tonic::Code {
             .await
             .map(drop),
         Workload::GetPublicKey { key_id } => keys_pb::keys_client::KeysClient::new(channel)
-            .get_public_key(keys_pb::GetPublicKeyRequest { key_id: key_id.clone(), ..Default::default() })
+            .get_public_key(keys_pb::GetPublicKeyRequest {
+                key_id: key_id.clone(),
+                ..Default::default()
+            })
             .await
             .map(drop),
     };
@@ -462,11 +465,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         Ok(match scenario {
             "echo" => Workload::Echo(payload.clone()),
             "health" => Workload::Health,
-            "encrypt" => Workload::Encrypt { key_id: key_id.clone(), plaintext: payload.clone() },
+            "encrypt" => Workload::Encrypt {
+                key_id: key_id.clone(),
+                plaintext: payload.clone(),
+            },
             "decrypt" => Workload::Decrypt { blob: blob.clone() },
-            "generate-data-key" => Workload::GenerateDataKey { key_id: key_id.clone() },
-            "sign" => Workload::Sign { key_id: signing_key_id.clone(), message: payload.clone() },
-            "get-public-key" => Workload::GetPublicKey { key_id: signing_key_id.clone() },
+            "generate-data-key" => Workload::GenerateDataKey {
+                key_id: key_id.clone(),
+            },
+            "sign" => Workload::Sign {
+                key_id: signing_key_id.clone(),
+                message: payload.clone(),
+            },
+            "get-public-key" => Workload::GetPublicKey {
+                key_id: signing_key_id.clone(),
+            },
             other => bail!("unknown scenario {other:?}"),
         })
     };
@@ -483,7 +496,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             keys_channels.clone()
         };
         if args.warmup > 0.0 {
-            drive(&workload, &scenario_channels, args.concurrency, Stop::After(Duration::from_secs_f64(args.warmup))).await;
+            drive(
+                &workload,
+                &scenario_channels,
+                args.concurrency,
+                Stop::After(Duration::from_secs_f64(args.warmup)),
+            )
+            .await;
         }
         let background = match &args.background {
             None => None,
@@ -496,18 +515,34 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                     Stop::Count(_) => Duration::from_secs_f64(args.duration),
                 });
                 Some(tokio::spawn(async move {
-                    drive(&background_workload, &background_channels, concurrency, background_stop).await
+                    drive(
+                        &background_workload,
+                        &background_channels,
+                        concurrency,
+                        background_stop,
+                    )
+                    .await
                 }))
             }
         };
-        let (latencies, codes, elapsed) = drive(&workload, &scenario_channels, args.concurrency, stop).await;
+        let (latencies, codes, elapsed) =
+            drive(&workload, &scenario_channels, args.concurrency, stop).await;
         let summary = summarize(scenario, args, latencies, codes, elapsed);
         println!("{}", summary.render());
         summaries.push(summary);
         if let (Some(task), Some(name)) = (background, &args.background) {
             let (latencies, codes, elapsed) = task.await?;
-            let background_args = BenchArgs { concurrency: args.background_concurrency, ..args.clone() };
-            let summary = summarize(&format!("{name} (background)"), &background_args, latencies, codes, elapsed);
+            let background_args = BenchArgs {
+                concurrency: args.background_concurrency,
+                ..args.clone()
+            };
+            let summary = summarize(
+                &format!("{name} (background)"),
+                &background_args,
+                latencies,
+                codes,
+                elapsed,
+            );
             println!("{}", summary.render());
             summaries.push(summary);
         }

@@ -29,6 +29,7 @@ pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_
 
 /// Running services: one server per distinct listen address.
 pub struct Instance {
+    audit_sink: Arc<dyn AuditSink>,
     servers: Vec<(Vec<String>, RunningServer)>,
     pools: Vec<DbPool>,
     keys: Option<Arc<coffer_keys::KeysDomain>>,
@@ -76,6 +77,13 @@ impl Instance {
         Ok(())
     }
 
+    /// Writes out every audit event emitted so far.
+    pub fn flush_audit(&self) -> anyhow::Result<()> {
+        self.audit_sink
+            .flush()
+            .map_err(|error| anyhow::anyhow!("{error}"))
+    }
+
     /// Graceful shutdown of every server, then the database pools.
     pub async fn shutdown(self) {
         if let Some(maintenance) = &self.maintenance {
@@ -86,6 +94,9 @@ impl Instance {
         }
         for pool in self.pools {
             pool.close().await;
+        }
+        if let Err(error) = self.audit_sink.flush() {
+            tracing::error!(%error, "audit events could not be written at shutdown");
         }
     }
 }
@@ -111,7 +122,7 @@ pub async fn launch(
             JsonLinesSink::file(path)
                 .with_context(|| format!("opening audit log {}", path.display()))?,
         ),
-        None => Arc::new(JsonLinesSink::stdout()),
+        None => Arc::new(JsonLinesSink::stdout().context("starting the audit writer")?),
     };
 
     let mut groups: BTreeMap<SocketAddr, Vec<(String, ServiceRegistration)>> = BTreeMap::new();
@@ -195,6 +206,7 @@ pub async fn launch(
         })
     });
     Ok(Instance {
+        audit_sink,
         servers,
         pools,
         keys: keys_domain,

@@ -32,7 +32,9 @@ impl MaterialId {
     pub fn to_hex(&self) -> String {
         let mut hex = String::with_capacity(32);
         for byte in self.0 {
-            hex.push_str(&format!("{byte:02x}"));
+            for nibble in [byte >> 4, byte & 0x0f] {
+                hex.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+            }
         }
         hex
     }

@@ -10,7 +10,7 @@
 //! Until the audit service exists, [`JsonLinesSink`] writes one JSON object per
 //! line to a file or to standard output.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -161,49 +161,143 @@ pub struct AuditDeliveryError(pub String);
 /// Where events go.
 #[async_trait::async_trait]
 pub trait AuditSink: Send + Sync + 'static {
-    /// Delivers one event; returns once the sink has accepted it.
+    /// Hands one event to the sink.
     async fn emit(&self, event: &AuditEvent) -> Result<(), AuditDeliveryError>;
+
+    /// Returns once every event emitted so far is written.
+    fn flush(&self) -> Result<(), AuditDeliveryError> {
+        Ok(())
+    }
 }
 
 /// One JSON object per line, to a file (appended) or standard output.
+///
+/// `emit` appends the line to a shared buffer and returns; a writer thread
+/// writes whatever has accumulated in one system call, waking only when the
+/// buffer goes from empty to non-empty, so under load many events share a
+/// write and the hot path never waits on I/O. `flush` (called at shutdown
+/// and by tests) forces everything out. On a crash the events of the last
+/// few milliseconds can be lost: this sink is the stand-in until the audit
+/// service, whose `required` mode writes events transactionally.
 pub struct JsonLinesSink {
-    target: Mutex<SinkTarget>,
+    shared: Arc<SinkShared>,
 }
 
-enum SinkTarget {
-    File(File),
-    Stdout,
+struct SinkShared {
+    pending: Mutex<Vec<u8>>,
+    wake: std::sync::Condvar,
+    target: Mutex<Box<dyn Write + Send>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl SinkShared {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes everything pending now.
+    fn write_pending(&self) -> std::io::Result<()> {
+        let mut target = self
+            .target
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let batch = std::mem::take(&mut *self.lock_pending());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        target.write_all(&batch)?;
+        target.flush()
+    }
 }
 
 impl JsonLinesSink {
-    pub fn stdout() -> Self {
-        Self {
-            target: Mutex::new(SinkTarget::Stdout),
-        }
+    pub fn stdout() -> std::io::Result<Self> {
+        Self::with_target(Box::new(std::io::stdout()))
     }
 
     pub fn file(path: &Path) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self {
-            target: Mutex::new(SinkTarget::File(file)),
-        })
+        Self::with_target(Box::new(file))
+    }
+
+    fn with_target(target: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        let shared = Arc::new(SinkShared {
+            pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+            wake: std::sync::Condvar::new(),
+            target: Mutex::new(target),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        });
+        let writer = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("coffer-audit-writer".into())
+            .spawn(move || {
+                loop {
+                    let Some(shared) = writer.upgrade() else {
+                        return;
+                    };
+                    {
+                        let pending = shared.lock_pending();
+                        let (_pending, _timed_out) = shared
+                            .wake
+                            .wait_timeout_while(
+                                pending,
+                                std::time::Duration::from_millis(100),
+                                |pending| {
+                                    pending.is_empty()
+                                        && !shared
+                                            .stopping
+                                            .load(std::sync::atomic::Ordering::Relaxed)
+                                },
+                            )
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    }
+                    if let Err(error) = shared.write_pending() {
+                        tracing::error!(%error, "audit events could not be written");
+                    }
+                    if shared.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { shared })
+    }
+}
+
+impl Drop for JsonLinesSink {
+    fn drop(&mut self) {
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.wake.notify_one();
+        if let Err(error) = self.shared.write_pending() {
+            tracing::error!(%error, "audit events could not be written at shutdown");
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl AuditSink for JsonLinesSink {
     async fn emit(&self, event: &AuditEvent) -> Result<(), AuditDeliveryError> {
-        let mut line =
+        let line =
             serde_json::to_vec(event).map_err(|error| AuditDeliveryError(error.to_string()))?;
-        line.push(b'\n');
-        let mut target = self
-            .target
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let written = match &mut *target {
-            SinkTarget::File(file) => file.write_all(&line),
-            SinkTarget::Stdout => std::io::stdout().lock().write_all(&line),
+        let was_empty = {
+            let mut pending = self.shared.lock_pending();
+            let was_empty = pending.is_empty();
+            pending.extend_from_slice(&line);
+            pending.push(b'\n');
+            was_empty
         };
-        written.map_err(|error| AuditDeliveryError(error.to_string()))
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), AuditDeliveryError> {
+        self.shared
+            .write_pending()
+            .map_err(|error| AuditDeliveryError(error.to_string()))
     }
 }

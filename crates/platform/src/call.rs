@@ -372,7 +372,7 @@ where
     let event_name = method.to_owned();
     let event_source = event_source.clone();
 
-    let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+    let request_id: Arc<str> = Arc::from(crate::new_uuid().to_string());
     let incoming_trace = request
         .headers()
         .get(TRACEPARENT_HEADER)
@@ -486,7 +486,7 @@ where
     });
     let event = AuditEvent {
         event_version: "1.11",
-        event_id: uuid::Uuid::new_v4().to_string(),
+        event_id: crate::new_uuid().to_string(),
         event_time: crate::telemetry::now_rfc3339(),
         event_source: event_source.to_string(),
         event_name,

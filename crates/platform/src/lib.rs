@@ -46,3 +46,33 @@ pub fn service_prefix(service_name: &str) -> &'static str {
         _ => "coffer",
     }
 }
+
+/// Random bytes for identifiers (request, event, trace and span ids) from
+/// aws-lc's userspace DRBG: no system call per id.
+pub fn random_id_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // The DRBG does not fail once seeded; fall back to the OS if it ever does.
+        let fallback = uuid::Uuid::new_v4();
+        for (slot, byte) in bytes.iter_mut().zip(fallback.as_bytes().iter().cycle()) {
+            *slot = *byte;
+        }
+    }
+    bytes
+}
+
+/// A random (version 4) UUID from [`random_id_bytes`].
+pub fn new_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(random_id_bytes()).into_uuid()
+}
+
+/// Lowercase hex without a formatter call per byte.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}

@@ -43,21 +43,19 @@ impl TraceContext {
 
     /// A new root context.
     pub fn generate() -> Self {
-        let random = uuid::Uuid::new_v4();
-        let mut span_id = [0u8; 8];
-        span_id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
         Self {
-            trace_id: *random.as_bytes(),
-            span_id,
+            trace_id: crate::random_id_bytes(),
+            span_id: crate::random_id_bytes(),
             sampled: true,
         }
     }
 
     /// The same trace, a new span beneath this one.
     pub fn child(&self) -> Self {
-        let mut span_id = [0u8; 8];
-        span_id.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
-        Self { span_id, ..*self }
+        Self {
+            span_id: crate::random_id_bytes(),
+            ..*self
+        }
     }
 
     pub fn traceparent(&self) -> String {
@@ -81,7 +79,7 @@ impl fmt::Debug for TraceContext {
 }
 
 fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::hex_lower(bytes)
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
