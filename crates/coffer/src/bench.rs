@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// Stop each scenario after this many requests instead.
     #[arg(long, short = 'n')]
     pub total: Option<u64>,
+    /// Run the scenario list this many times, interleaved, and report each
+    /// scenario's median requests/sec and its ratio to echo (noise on a
+    /// shared machine then moves one sample, not the conclusion).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Unmeasured warm-up before each scenario (seconds).
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
@@ -72,6 +77,10 @@ pub struct BenchArgs {
     /// With --addr: the `coffer dev` directory holding ca.pem and the admin identity.
     #[arg(long, default_value = "coffer-dev")]
     pub dir: PathBuf,
+    /// Key spec of the signing key for `sign` and `get-public-key`
+    /// (RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384).
+    #[arg(long, default_value = "RSA_2048")]
+    pub key_spec: String,
     /// A scenario that runs as background load while each measured one runs
     /// (for example `sign`, to see Encrypt's latency under RSA load).
     #[arg(long)]
@@ -131,11 +140,24 @@ impl Summary {
 enum Workload {
     Echo(Vec<u8>),
     Health,
-    Encrypt { key_id: String, plaintext: Vec<u8> },
-    Decrypt { blob: Vec<u8> },
-    GenerateDataKey { key_id: String },
-    Sign { key_id: String, message: Vec<u8> },
-    GetPublicKey { key_id: String },
+    Encrypt {
+        key_id: String,
+        plaintext: Vec<u8>,
+    },
+    Decrypt {
+        blob: Vec<u8>,
+    },
+    GenerateDataKey {
+        key_id: String,
+    },
+    Sign {
+        key_id: String,
+        message: Vec<u8>,
+        algorithm: &'static str,
+    },
+    GetPublicKey {
+        key_id: String,
+    },
 }
 
 async fn send(workload: &Workload, channel: Channel) -> tonic::Code {
@@ -175,11 +197,15 @@ async fn send(workload: &Workload, channel: Channel) -> tonic::Code {
             })
             .await
             .map(drop),
-        Workload::Sign { key_id, message } => keys_pb::keys_client::KeysClient::new(channel)
+        Workload::Sign {
+            key_id,
+            message,
+            algorithm,
+        } => keys_pb::keys_client::KeysClient::new(channel)
             .sign(keys_pb::SignRequest {
                 key_id: key_id.clone(),
                 message: message.clone(),
-                signing_algorithm: "RSASSA_PKCS1_V1_5_SHA_256".into(),
+                signing_algorithm: (*algorithm).into(),
                 ..Default::default()
             })
             .await
@@ -444,7 +470,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         setup
             .create_key(keys_pb::CreateKeyRequest {
                 description: "coffer bench signing".into(),
-                key_spec: "RSA_2048".into(),
+                key_spec: args.key_spec.clone(),
                 key_usage: "SIGN_VERIFY".into(),
                 ..Default::default()
             })
@@ -457,6 +483,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         String::new()
     };
 
+    let signing_algorithm = match args.key_spec.as_str() {
+        "RSA_2048" | "RSA_3072" | "RSA_4096" => "RSASSA_PKCS1_V1_5_SHA_256",
+        "ECC_NIST_P256" => "ECDSA_SHA_256",
+        "ECC_NIST_P384" => "ECDSA_SHA_384",
+        other => bail!(
+            "--key-spec {other} is not a signing key spec (RSA_2048/3072/4096, ECC_NIST_P256/P384)"
+        ),
+    };
     let stop = match args.total {
         Some(total) => Stop::Count(total),
         None => Stop::After(Duration::from_secs_f64(args.duration)),
@@ -476,6 +510,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             "sign" => Workload::Sign {
                 key_id: signing_key_id.clone(),
                 message: payload.clone(),
+                algorithm: signing_algorithm,
             },
             "get-public-key" => Workload::GetPublicKey {
                 key_id: signing_key_id.clone(),
@@ -484,67 +519,99 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         })
     };
     let mut summaries = Vec::new();
-    for scenario in &args.scenario {
-        let workload = workload_for(scenario)?;
-        let scenario_channels = if scenario == "echo" {
-            let Some(echo_addr) = &target.echo_addr else {
-                eprintln!("echo: skipped (only with the in-process target)");
-                continue;
-            };
-            channels(&target.tls, echo_addr, args.connections).await?
-        } else {
-            keys_channels.clone()
-        };
-        if args.warmup > 0.0 {
-            drive(
-                &workload,
-                &scenario_channels,
-                args.concurrency,
-                Stop::After(Duration::from_secs_f64(args.warmup)),
-            )
-            .await;
+    let rounds = args.rounds.max(1);
+    let mut per_scenario: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        if rounds > 1 {
+            println!("\n=== round {} of {rounds}", round + 1);
         }
-        let background = match &args.background {
-            None => None,
-            Some(background) => {
-                let background_workload = workload_for(background)?;
-                let background_channels = channels(&target.tls, &target.keys_addr, 1).await?;
-                let concurrency = args.background_concurrency;
-                let background_stop = Stop::After(match stop {
-                    Stop::After(duration) => duration,
-                    Stop::Count(_) => Duration::from_secs_f64(args.duration),
-                });
-                Some(tokio::spawn(async move {
-                    drive(
-                        &background_workload,
-                        &background_channels,
-                        concurrency,
-                        background_stop,
-                    )
-                    .await
-                }))
-            }
-        };
-        let (latencies, codes, elapsed) =
-            drive(&workload, &scenario_channels, args.concurrency, stop).await;
-        let summary = summarize(scenario, args, latencies, codes, elapsed);
-        println!("{}", summary.render());
-        summaries.push(summary);
-        if let (Some(task), Some(name)) = (background, &args.background) {
-            let (latencies, codes, elapsed) = task.await?;
-            let background_args = BenchArgs {
-                concurrency: args.background_concurrency,
-                ..args.clone()
+        for scenario in &args.scenario {
+            let workload = workload_for(scenario)?;
+            let scenario_channels = if scenario == "echo" {
+                let Some(echo_addr) = &target.echo_addr else {
+                    eprintln!("echo: skipped (only with the in-process target)");
+                    continue;
+                };
+                channels(&target.tls, echo_addr, args.connections).await?
+            } else {
+                keys_channels.clone()
             };
-            let summary = summarize(
-                &format!("{name} (background)"),
-                &background_args,
-                latencies,
-                codes,
-                elapsed,
-            );
+            if args.warmup > 0.0 {
+                drive(
+                    &workload,
+                    &scenario_channels,
+                    args.concurrency,
+                    Stop::After(Duration::from_secs_f64(args.warmup)),
+                )
+                .await;
+            }
+            let background = match &args.background {
+                None => None,
+                Some(background) => {
+                    let background_workload = workload_for(background)?;
+                    let background_channels = channels(&target.tls, &target.keys_addr, 1).await?;
+                    let concurrency = args.background_concurrency;
+                    let background_stop = Stop::After(match stop {
+                        Stop::After(duration) => duration,
+                        Stop::Count(_) => Duration::from_secs_f64(args.duration),
+                    });
+                    Some(tokio::spawn(async move {
+                        drive(
+                            &background_workload,
+                            &background_channels,
+                            concurrency,
+                            background_stop,
+                        )
+                        .await
+                    }))
+                }
+            };
+            let (latencies, codes, elapsed) =
+                drive(&workload, &scenario_channels, args.concurrency, stop).await;
+            let summary = summarize(scenario, args, latencies, codes, elapsed);
             println!("{}", summary.render());
+            per_scenario
+                .entry(scenario.clone())
+                .or_default()
+                .push(summary.requests_per_second);
             summaries.push(summary);
+            if let (Some(task), Some(name)) = (background, &args.background) {
+                let (latencies, codes, elapsed) = task.await?;
+                let background_args = BenchArgs {
+                    concurrency: args.background_concurrency,
+                    ..args.clone()
+                };
+                let summary = summarize(
+                    &format!("{name} (background)"),
+                    &background_args,
+                    latencies,
+                    codes,
+                    elapsed,
+                );
+                println!("{}", summary.render());
+                summaries.push(summary);
+            }
+        }
+    }
+    if rounds > 1 {
+        let median = |values: &[f64]| {
+            let mut sorted = values.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+        };
+        let echo = per_scenario.get("echo").map(|values| median(values));
+        println!("\nMedian of {rounds} rounds:");
+        for (scenario, values) in &per_scenario {
+            let rps = median(values);
+            match echo {
+                Some(echo_rps) if echo_rps > 0.0 => {
+                    println!(
+                        "  {scenario:<20} {rps:>10.1} req/s  {:>5.1} % of echo",
+                        100.0 * rps / echo_rps
+                    );
+                }
+                _ => println!("  {scenario:<20} {rps:>10.1} req/s"),
+            }
         }
     }
     if let Some(path) = &args.json {

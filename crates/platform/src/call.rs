@@ -249,6 +249,44 @@ where
     }
 }
 
+/// The random identifiers of one call.
+struct CallIds {
+    request_id: uuid::Uuid,
+    event_id: uuid::Uuid,
+    /// The server span's id.
+    span_id: [u8; 8],
+    /// The trace to use when the caller sent none.
+    root_trace: TraceContext,
+}
+
+impl CallIds {
+    fn generate() -> Self {
+        let bytes: [u8; 64] = crate::random_id_bytes();
+        let take16 = |offset: usize| -> [u8; 16] {
+            bytes
+                .get(offset..offset + 16)
+                .and_then(|slice| slice.try_into().ok())
+                .unwrap_or([1; 16])
+        };
+        let take8 = |offset: usize| -> [u8; 8] {
+            bytes
+                .get(offset..offset + 8)
+                .and_then(|slice| slice.try_into().ok())
+                .unwrap_or([1; 8])
+        };
+        Self {
+            request_id: uuid::Builder::from_random_bytes(take16(0)).into_uuid(),
+            event_id: uuid::Builder::from_random_bytes(take16(16)).into_uuid(),
+            span_id: take8(32),
+            root_trace: TraceContext {
+                trace_id: take16(40),
+                span_id: take8(56),
+                sampled: true,
+            },
+        }
+    }
+}
+
 /// The identity a call runs as.
 struct CallIdentity {
     principal: Arc<Principal>,
@@ -372,14 +410,19 @@ where
     let event_name = method.to_owned();
     let event_source = event_source.clone();
 
-    let request_id: Arc<str> = Arc::from(crate::new_uuid().to_string());
+    // Every random id this call needs, from one call to the DRBG.
+    let ids = CallIds::generate();
+    let request_id: Arc<str> = Arc::from(ids.request_id.to_string());
     let incoming_trace = request
         .headers()
         .get(TRACEPARENT_HEADER)
         .and_then(|value| value.to_str().ok())
         .and_then(TraceContext::parse_traceparent);
-    let parent_trace = incoming_trace.unwrap_or_else(TraceContext::generate);
-    let trace = parent_trace.child();
+    let parent_trace = incoming_trace.unwrap_or(ids.root_trace);
+    let trace = TraceContext {
+        span_id: ids.span_id,
+        ..parent_trace
+    };
     let user_agent: String = request
         .headers()
         .get(http::header::USER_AGENT)
@@ -486,7 +529,7 @@ where
     });
     let event = AuditEvent {
         event_version: "1.11",
-        event_id: crate::new_uuid().to_string(),
+        event_id: ids.event_id.to_string(),
         event_time: crate::telemetry::now_rfc3339(),
         event_source: event_source.to_string(),
         event_name,

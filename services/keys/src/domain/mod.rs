@@ -2,6 +2,7 @@
 //! used, and the cryptography. No tonic and no sqlx here.
 
 pub mod aliases;
+mod crypto_pool;
 pub mod asymmetric;
 pub mod cache;
 pub mod crypto_ops;
@@ -18,7 +19,6 @@ use coffer_crypto::{
 };
 use coffer_platform::arn::{AccountId, Location};
 use coffer_platform::clock::Clock;
-use tokio::sync::Semaphore;
 
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, KeyStore};
@@ -53,9 +53,9 @@ pub enum KeyOperation {
 pub struct KeysDomain {
     store: Arc<dyn KeyStore>,
     cache: cache::KeyCache,
-    /// Bounds the threads doing slow crypto (RSA key generation and
-    /// private-key operations) so they never take every core.
-    heavy_crypto: Arc<Semaphore>,
+    /// Threads for slow crypto (RSA key generation and private-key
+    /// operations), so it never runs on the async workers.
+    heavy_crypto: crypto_pool::CryptoPool,
     root_key: Arc<RootKey>,
     location: Location,
     clock: Arc<dyn Clock>,
@@ -71,9 +71,9 @@ impl KeysDomain {
         Self {
             store,
             cache: cache::KeyCache::default(),
-            heavy_crypto: Arc::new(Semaphore::new(
+            heavy_crypto: crypto_pool::CryptoPool::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-            )),
+            ),
             root_key,
             location,
             clock,
@@ -236,20 +236,15 @@ impl KeysDomain {
         Err(crate::store::StoreError::Conflict.into())
     }
 
-    /// Runs slow crypto on the blocking pool, at most one task per core.
+    /// Runs slow crypto on the crypto pool, never on the async workers.
     pub(crate) async fn off_worker<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> std::result::Result<T, coffer_crypto::CryptoError> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self.heavy_crypto.acquire().await.map_err(|_| {
-            KeysError::Store(crate::store::StoreError::Corrupt(
-                "crypto pool closed".into(),
-            ))
-        })?;
-        match tokio::task::spawn_blocking(work).await {
-            Ok(outcome) => Ok(outcome?),
-            Err(join_error) => Err(KeysError::Store(crate::store::StoreError::Corrupt(
-                format!("crypto task failed: {join_error}"),
+        match self.heavy_crypto.run(work).await {
+            Some(outcome) => Ok(outcome?),
+            None => Err(KeysError::Store(crate::store::StoreError::Corrupt(
+                "the crypto pool has stopped".into(),
             ))),
         }
     }

@@ -1,0 +1,51 @@
+//! A fixed set of threads for slow crypto (RSA key generation, RSA
+//! signing and decryption). Each thread takes the next job from a shared
+//! queue as soon as it finishes one, so the cores stay busy with RSA without
+//! waiting for the async runtime to hand work over; the async workers only
+//! enqueue and await the answer.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+pub(crate) struct CryptoPool {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl CryptoPool {
+    /// `threads` workers (at least one). Threads end when the pool is dropped.
+    pub(crate) fn new(threads: usize) -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..threads.max(1) {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("coffer-crypto-{index}"))
+                .spawn(move || {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                        match next {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a crypto thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    /// Runs `work` on a pool thread; `None` if the pool has stopped.
+    pub(crate) async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The caller may have gone away; the work is done regardless.
+            let _caller_gone = answer.send(work());
+        });
+        self.jobs.send(job).ok()?;
+        answered.await.ok()
+    }
+}
