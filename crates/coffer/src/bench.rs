@@ -342,6 +342,36 @@ struct Target {
     _instance: Option<(crate::Instance, RunningServer, tempfile::TempDir)>,
 }
 
+/// Starts the in-process target on a runtime of its own (its own worker
+/// threads), so the servers and the load generator are scheduled apart, as
+/// they would be in two processes. With one runtime, where tokio happened to
+/// place the two ends of the single connection made throughput bimodal.
+fn in_process_target_on_own_runtime() -> anyhow::Result<Target> {
+    let (ready, target) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("coffer-bench-target".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("coffer-target").build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = ready.send(Err(anyhow::anyhow!("starting the target runtime: {error}")));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match in_process_target().await {
+                Ok(target) => {
+                    let _ = ready.send(Ok(target));
+                    // Serve until the process ends.
+                    std::future::pending::<()>().await;
+                }
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                }
+            }
+        });
+    })?;
+    target.recv()?
+}
+
 async fn in_process_target() -> anyhow::Result<Target> {
     let directory = tempfile::tempdir()?;
     let layout = crate::dev::prepare(directory.path(), SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -422,7 +452,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         bail!("--payload must be 1 to 4096 bytes (KMS's plaintext limit)");
     }
     let target = match &args.addr {
-        None => in_process_target().await?,
+        None => in_process_target_on_own_runtime()?,
         Some(addr) => {
             let layout = crate::dev::DevDir {
                 dir: args.dir.clone(),

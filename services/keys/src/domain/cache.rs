@@ -34,18 +34,17 @@ pub(crate) enum LoadedMaterial {
 
 #[derive(Default)]
 pub(crate) struct KeyCache {
-    records: RwLock<HashMap<(AccountId, KeyId), (KeyRecord, Instant)>>,
-    materials: RwLock<HashMap<(KeyId, MaterialId), LoadedMaterial>>,
+    /// By key id (unique across accounts); the account is checked on read.
+    records: RwLock<HashMap<KeyId, (Arc<KeyRecord>, Instant)>>,
+    /// By material id (random 128-bit, unique across keys), with its key.
+    materials: RwLock<HashMap<MaterialId, (KeyId, LoadedMaterial)>>,
 }
 
 impl KeyCache {
-    pub(crate) fn record(&self, account: &AccountId, key_id: &KeyId) -> Option<KeyRecord> {
-        let records = self
-            .records
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (record, fetched_at) = records.get(&(account.clone(), key_id.clone()))?;
-        (fetched_at.elapsed() < KEY_RECORD_TTL).then(|| record.clone())
+    pub(crate) fn record(&self, account: &AccountId, key_id: &KeyId) -> Option<Arc<KeyRecord>> {
+        let records = self.records.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (record, fetched_at) = records.get(key_id)?;
+        (record.account == *account && fetched_at.elapsed() < KEY_RECORD_TTL).then(|| record.clone())
     }
 
     pub(crate) fn put_record(&self, record: &KeyRecord) {
@@ -56,10 +55,7 @@ impl KeyCache {
         if records.len() >= MAX_ENTRIES {
             records.clear();
         }
-        records.insert(
-            (record.account.clone(), record.key_id.clone()),
-            (record.clone(), Instant::now()),
-        );
+        records.insert(record.key_id.clone(), (Arc::new(record.clone()), Instant::now()));
     }
 
     /// Forgets a key's record (after any change to it).
@@ -68,7 +64,9 @@ impl KeyCache {
             .records
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        records.remove(&(account.clone(), key_id.clone()));
+        if records.get(key_id).is_some_and(|(record, _)| record.account == *account) {
+            records.remove(key_id);
+        }
     }
 
     /// Forgets a key entirely, material included (after deletion).
@@ -78,19 +76,13 @@ impl KeyCache {
             .materials
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        materials.retain(|(cached_key, _), _| cached_key != key_id);
+        materials.retain(|_, (cached_key, _)| cached_key != key_id);
     }
 
-    pub(crate) fn material(
-        &self,
-        key_id: &KeyId,
-        material_id: &MaterialId,
-    ) -> Option<LoadedMaterial> {
-        let materials = self
-            .materials
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        materials.get(&(key_id.clone(), *material_id)).cloned()
+    pub(crate) fn material(&self, key_id: &KeyId, material_id: &MaterialId) -> Option<LoadedMaterial> {
+        let materials = self.materials.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (cached_key, material) = materials.get(material_id)?;
+        (cached_key == key_id).then(|| material.clone())
     }
 
     pub(crate) fn put_material(
@@ -106,6 +98,6 @@ impl KeyCache {
         if materials.len() >= MAX_ENTRIES {
             materials.clear();
         }
-        materials.insert((key_id.clone(), material_id), material);
+        materials.insert(material_id, (key_id.clone(), material));
     }
 }

@@ -136,7 +136,7 @@ impl KeysDomain {
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>> {
         if let Some(record) = self.cache.record(account, key_id) {
-            return Ok(Some(record));
+            return Ok(Some(KeyRecord::clone(&record)));
         }
         let record = self.store.get_key(account, key_id).await?;
         if let Some(record) = &record {
