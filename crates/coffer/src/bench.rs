@@ -348,27 +348,34 @@ struct Target {
 /// place the two ends of the single connection made throughput bimodal.
 fn in_process_target_on_own_runtime() -> anyhow::Result<Target> {
     let (ready, target) = std::sync::mpsc::channel();
-    std::thread::Builder::new().name("coffer-bench-target".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("coffer-target").build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                let _ = ready.send(Err(anyhow::anyhow!("starting the target runtime: {error}")));
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            match in_process_target().await {
-                Ok(target) => {
-                    let _ = ready.send(Ok(target));
-                    // Serve until the process ends.
-                    std::future::pending::<()>().await;
-                }
+    std::thread::Builder::new()
+        .name("coffer-bench-target".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("coffer-target")
+                .build()
+            {
+                Ok(runtime) => runtime,
                 Err(error) => {
-                    let _ = ready.send(Err(error));
+                    let _ =
+                        ready.send(Err(anyhow::anyhow!("starting the target runtime: {error}")));
+                    return;
                 }
-            }
-        });
-    })?;
+            };
+            runtime.block_on(async move {
+                match in_process_target().await {
+                    Ok(target) => {
+                        let _ = ready.send(Ok(target));
+                        // Serve until the process ends.
+                        std::future::pending::<()>().await;
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                    }
+                }
+            });
+        })?;
     target.recv()?
 }
 

@@ -288,7 +288,8 @@ impl AuditSink for JsonLinesSink {
         }
         SCRATCH.with_borrow_mut(|line| {
             line.clear();
-            serde_json::to_writer(&mut *line, event).map_err(|error| AuditDeliveryError(error.to_string()))?;
+            serde_json::to_writer(&mut *line, event)
+                .map_err(|error| AuditDeliveryError(error.to_string()))?;
             line.push(b'\n');
             self.shared.lock_pending().extend_from_slice(line);
             Ok(())

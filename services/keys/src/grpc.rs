@@ -468,6 +468,123 @@ fn key_pair_spec(text: &str) -> Result<coffer_crypto::AsymmetricKeySpec> {
     })
 }
 
+/// The fields GenerateDataKey and GenerateDataKeyWithoutPlaintext share.
+struct DataKeyFields<'a> {
+    key_id: &'a str,
+    key_spec: &'a str,
+    number_of_bytes: Option<i32>,
+    encryption_context: &'a std::collections::HashMap<String, String>,
+    grant_tokens: &'a [String],
+}
+
+impl<'a> DataKeyFields<'a> {
+    fn of_plaintext(m: &'a pb::GenerateDataKeyRequest) -> Self {
+        Self {
+            key_id: &m.key_id,
+            key_spec: &m.key_spec,
+            number_of_bytes: m.number_of_bytes,
+            encryption_context: &m.encryption_context,
+            grant_tokens: &m.grant_tokens,
+        }
+    }
+
+    fn of_ciphertext_only(m: &'a pb::GenerateDataKeyWithoutPlaintextRequest) -> Self {
+        Self {
+            key_id: &m.key_id,
+            key_spec: &m.key_spec,
+            number_of_bytes: m.number_of_bytes,
+            encryption_context: &m.encryption_context,
+            grant_tokens: &m.grant_tokens,
+        }
+    }
+
+    fn audit_parameters(&self) -> serde_json::Value {
+        json!({
+            "keyId": self.key_id,
+            "keySpec": self.key_spec,
+            "numberOfBytes": self.number_of_bytes,
+            "encryptionContext": context_for_audit(self.encryption_context),
+        })
+    }
+}
+
+/// The fields GenerateDataKeyPair and its WithoutPlaintext form share.
+struct KeyPairFields<'a> {
+    key_id: &'a str,
+    key_pair_spec: &'a str,
+    encryption_context: &'a std::collections::HashMap<String, String>,
+    grant_tokens: &'a [String],
+}
+
+impl<'a> KeyPairFields<'a> {
+    fn of_plaintext(m: &'a pb::GenerateDataKeyPairRequest) -> Self {
+        Self {
+            key_id: &m.key_id,
+            key_pair_spec: &m.key_pair_spec,
+            encryption_context: &m.encryption_context,
+            grant_tokens: &m.grant_tokens,
+        }
+    }
+
+    fn of_ciphertext_only(m: &'a pb::GenerateDataKeyPairWithoutPlaintextRequest) -> Self {
+        Self {
+            key_id: &m.key_id,
+            key_pair_spec: &m.key_pair_spec,
+            encryption_context: &m.encryption_context,
+            grant_tokens: &m.grant_tokens,
+        }
+    }
+
+    fn audit_parameters(&self) -> serde_json::Value {
+        json!({
+            "keyId": self.key_id,
+            "keyPairSpec": self.key_pair_spec,
+            "encryptionContext": context_for_audit(self.encryption_context),
+        })
+    }
+}
+
+impl KeysGrpc {
+    async fn data_key(
+        &self,
+        call: &CallContext,
+        account: &AccountId,
+        fields: DataKeyFields<'_>,
+    ) -> Result<crate::domain::crypto_ops::DataKey> {
+        let reference = key_reference("key_id", fields.key_id)?;
+        let length = data_key_length(fields.number_of_bytes, fields.key_spec)?;
+        let context = encryption_context(fields.encryption_context)?;
+        grant_tokens(fields.grant_tokens)?;
+        let data_key = self
+            .domain
+            .generate_data_key(account, &reference, length, &context)
+            .await?;
+        self.record_key(call, &data_key.key);
+        Ok(data_key)
+    }
+
+    async fn key_pair(
+        &self,
+        call: &CallContext,
+        account: &AccountId,
+        fields: KeyPairFields<'_>,
+    ) -> Result<(
+        crate::domain::asymmetric::DataKeyPair,
+        coffer_crypto::AsymmetricKeySpec,
+    )> {
+        let reference = key_reference("key_id", fields.key_id)?;
+        let spec = key_pair_spec(fields.key_pair_spec)?;
+        let context = encryption_context(fields.encryption_context)?;
+        grant_tokens(fields.grant_tokens)?;
+        let pair = self
+            .domain
+            .generate_data_key_pair(account, &reference, spec, &context)
+            .await?;
+        self.record_key(call, &pair.key);
+        Ok((pair, spec))
+    }
+}
+
 impl KeysGrpc {
     /// The shape of every handler: record the allow-listed parameters, run
     /// the work as the caller's account, and turn errors into statuses.
@@ -729,75 +846,45 @@ impl Keys for KeysGrpc {
         &self,
         request: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let call = CallContext::of(&request)?;
-        let message = request.into_inner();
-        call.audit().request_parameters(json!({
-            "keyId": message.key_id,
-            "keySpec": message.key_spec,
-            "numberOfBytes": message.number_of_bytes,
-            "encryptionContext": context_for_audit(&message.encryption_context),
-        }));
-        let outcome = async {
-            let account = caller_account(&call)?;
-            let reference = key_reference("key_id", &message.key_id)?;
-            let length = data_key_length(message.number_of_bytes, &message.key_spec)?;
-            let context = encryption_context(&message.encryption_context)?;
-            grant_tokens(&message.grant_tokens)?;
-            self.domain
-                .generate_data_key(&account, &reference, length, &context)
-                .await
-        }
-        .await;
-        match outcome {
-            Ok(data_key) => {
-                self.record_key(&call, &data_key.key);
-                Ok(Response::new(pb::GenerateDataKeyResponse {
+        self.run(
+            request,
+            |m| DataKeyFields::of_plaintext(m).audit_parameters(),
+            |call, account, m| async move {
+                let data_key = self
+                    .data_key(&call, &account, DataKeyFields::of_plaintext(&m))
+                    .await?;
+                Ok(pb::GenerateDataKeyResponse {
                     key_id: self
                         .domain
                         .key_arn(&data_key.key.account, &data_key.key.key_id),
                     plaintext: data_key.plaintext.to_vec(),
                     ciphertext_blob: data_key.ciphertext_blob,
-                }))
-            }
-            Err(error) => Err(self.fail(&call, &error)),
-        }
+                })
+            },
+        )
+        .await
     }
 
     async fn generate_data_key_without_plaintext(
         &self,
         request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let call = CallContext::of(&request)?;
-        let message = request.into_inner();
-        call.audit().request_parameters(json!({
-            "keyId": message.key_id,
-            "keySpec": message.key_spec,
-            "numberOfBytes": message.number_of_bytes,
-            "encryptionContext": context_for_audit(&message.encryption_context),
-        }));
-        let outcome = async {
-            let account = caller_account(&call)?;
-            let reference = key_reference("key_id", &message.key_id)?;
-            let length = data_key_length(message.number_of_bytes, &message.key_spec)?;
-            let context = encryption_context(&message.encryption_context)?;
-            grant_tokens(&message.grant_tokens)?;
-            self.domain
-                .generate_data_key(&account, &reference, length, &context)
-                .await
-        }
-        .await;
-        match outcome {
-            Ok(data_key) => {
-                self.record_key(&call, &data_key.key);
-                Ok(Response::new(pb::GenerateDataKeyWithoutPlaintextResponse {
+        self.run(
+            request,
+            |m| DataKeyFields::of_ciphertext_only(m).audit_parameters(),
+            |call, account, m| async move {
+                let data_key = self
+                    .data_key(&call, &account, DataKeyFields::of_ciphertext_only(&m))
+                    .await?;
+                Ok(pb::GenerateDataKeyWithoutPlaintextResponse {
                     key_id: self
                         .domain
                         .key_arn(&data_key.key.account, &data_key.key.key_id),
                     ciphertext_blob: data_key.ciphertext_blob,
-                }))
-            }
-            Err(error) => Err(self.fail(&call, &error)),
-        }
+                })
+            },
+        )
+        .await
     }
 
     async fn generate_random(
@@ -1468,22 +1555,11 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::GenerateDataKeyPairResponse>, Status> {
         self.run(
             request,
-            |m| {
-                json!({
-                    "keyId": m.key_id, "keyPairSpec": m.key_pair_spec,
-                    "encryptionContext": context_for_audit(&m.encryption_context),
-                })
-            },
+            |m| KeyPairFields::of_plaintext(m).audit_parameters(),
             |call, account, m| async move {
-                let reference = key_reference("key_id", &m.key_id)?;
-                let spec = key_pair_spec(&m.key_pair_spec)?;
-                let context = encryption_context(&m.encryption_context)?;
-                grant_tokens(&m.grant_tokens)?;
-                let pair = self
-                    .domain
-                    .generate_data_key_pair(&account, &reference, spec, &context)
+                let (pair, spec) = self
+                    .key_pair(&call, &account, KeyPairFields::of_plaintext(&m))
                     .await?;
-                self.record_key(&call, &pair.key);
                 Ok(pb::GenerateDataKeyPairResponse {
                     private_key_ciphertext_blob: pair.private_key_ciphertext_blob,
                     private_key_plaintext: pair.private_key_plaintext.to_vec(),
@@ -1502,22 +1578,11 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::GenerateDataKeyPairWithoutPlaintextResponse>, Status> {
         self.run(
             request,
-            |m| {
-                json!({
-                    "keyId": m.key_id, "keyPairSpec": m.key_pair_spec,
-                    "encryptionContext": context_for_audit(&m.encryption_context),
-                })
-            },
+            |m| KeyPairFields::of_ciphertext_only(m).audit_parameters(),
             |call, account, m| async move {
-                let reference = key_reference("key_id", &m.key_id)?;
-                let spec = key_pair_spec(&m.key_pair_spec)?;
-                let context = encryption_context(&m.encryption_context)?;
-                grant_tokens(&m.grant_tokens)?;
-                let pair = self
-                    .domain
-                    .generate_data_key_pair(&account, &reference, spec, &context)
+                let (pair, spec) = self
+                    .key_pair(&call, &account, KeyPairFields::of_ciphertext_only(&m))
                     .await?;
-                self.record_key(&call, &pair.key);
                 Ok(pb::GenerateDataKeyPairWithoutPlaintextResponse {
                     private_key_ciphertext_blob: pair.private_key_ciphertext_blob,
                     public_key: pair.public_key,

@@ -42,9 +42,13 @@ pub(crate) struct KeyCache {
 
 impl KeyCache {
     pub(crate) fn record(&self, account: &AccountId, key_id: &KeyId) -> Option<Arc<KeyRecord>> {
-        let records = self.records.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let records = self
+            .records
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (record, fetched_at) = records.get(key_id)?;
-        (record.account == *account && fetched_at.elapsed() < KEY_RECORD_TTL).then(|| record.clone())
+        (record.account == *account && fetched_at.elapsed() < KEY_RECORD_TTL)
+            .then(|| record.clone())
     }
 
     pub(crate) fn put_record(&self, record: &KeyRecord) {
@@ -55,7 +59,10 @@ impl KeyCache {
         if records.len() >= MAX_ENTRIES {
             records.clear();
         }
-        records.insert(record.key_id.clone(), (Arc::new(record.clone()), Instant::now()));
+        records.insert(
+            record.key_id.clone(),
+            (Arc::new(record.clone()), Instant::now()),
+        );
     }
 
     /// Forgets a key's record (after any change to it).
@@ -64,7 +71,10 @@ impl KeyCache {
             .records
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if records.get(key_id).is_some_and(|(record, _)| record.account == *account) {
+        if records
+            .get(key_id)
+            .is_some_and(|(record, _)| record.account == *account)
+        {
             records.remove(key_id);
         }
     }
@@ -79,8 +89,15 @@ impl KeyCache {
         materials.retain(|_, (cached_key, _)| cached_key != key_id);
     }
 
-    pub(crate) fn material(&self, key_id: &KeyId, material_id: &MaterialId) -> Option<LoadedMaterial> {
-        let materials = self.materials.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub(crate) fn material(
+        &self,
+        key_id: &KeyId,
+        material_id: &MaterialId,
+    ) -> Option<LoadedMaterial> {
+        let materials = self
+            .materials
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let (cached_key, material) = materials.get(material_id)?;
         (cached_key == key_id).then(|| material.clone())
     }

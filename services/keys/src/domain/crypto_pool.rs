@@ -24,7 +24,10 @@ impl CryptoPool {
                 .name(format!("coffer-crypto-{index}"))
                 .spawn(move || {
                     loop {
-                        let next = queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                        let next = queue
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .recv();
                         match next {
                             Ok(job) => job(),
                             Err(_) => return,
@@ -39,7 +42,10 @@ impl CryptoPool {
     }
 
     /// Runs `work` on a pool thread; `None` if the pool has stopped.
-    pub(crate) async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             // The caller may have gone away; the work is done regardless.

@@ -2,10 +2,10 @@
 //! used, and the cryptography. No tonic and no sqlx here.
 
 pub mod aliases;
-mod crypto_pool;
 pub mod asymmetric;
 pub mod cache;
 pub mod crypto_ops;
+mod crypto_pool;
 pub mod lifecycle;
 pub mod rotation;
 pub mod tags;
