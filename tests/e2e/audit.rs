@@ -243,6 +243,8 @@ async fn no_plaintext_in_events_or_logs(backend: Backend) -> anyhow::Result<()> 
         .into_inner()
         .plaintext;
 
+    // Flush the audit sink, then scan the raw file.
+    harness.audit_events()?;
     let events = std::fs::read_to_string(harness.audit_log_path())?;
     let logs = coffer_tests::captured_logs();
     assert!(!events.is_empty() && !logs.is_empty());
