@@ -1,5 +1,5 @@
 //! The keys service's rules: which key a request names, whether it may be
-//! used, and the cryptography. No tonic and no sqlx here.
+//! used, and the cryptography. No gRPC types and no database driver here.
 
 pub mod aliases;
 pub mod asymmetric;
