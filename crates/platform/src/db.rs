@@ -171,6 +171,9 @@ pub mod testing {
             Err(_) => false,
         };
         if reachable {
+            if let Ok(options) = PgConnectOptions::from_str(&url) {
+                drop_stale_schemas(&options).await;
+            }
             return Some(url);
         }
         assert!(
@@ -181,8 +184,96 @@ pub mod testing {
         None
     }
 
-    /// A fresh schema name, so concurrent tests never share tables.
+    /// A fresh schema name carrying its creation time
+    /// (`ct_{prefix}_{unix seconds}_{uuid}`, at most 63 characters), so
+    /// concurrent tests never share tables and stale schemas can be
+    /// recognised and dropped without touching anyone else's.
     pub fn unique_schema(prefix: &str) -> String {
-        format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+        debug_assert!(
+            prefix.len() <= 16,
+            "test schema prefix {prefix:?} is too long for Postgres"
+        );
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        format!("ct_{prefix}_{created}_{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// Test schemas older than this are dropped.
+    const STALE_AFTER_SECONDS: u64 = 3600;
+
+    /// Whether a schema name made by [`unique_schema`] (or by its earlier,
+    /// untimestamped form) is older than [`STALE_AFTER_SECONDS`].
+    fn is_stale(name: &str, now_seconds: u64) -> bool {
+        let Some((head, _uuid)) = name.rsplit_once('_') else {
+            return false;
+        };
+        match head
+            .rsplit_once('_')
+            .map(|(_, created)| created.parse::<u64>())
+        {
+            Some(Ok(created)) => now_seconds.saturating_sub(created) > STALE_AFTER_SECONDS,
+            // The earlier form had no timestamp: always stale.
+            _ => true,
+        }
+    }
+
+    /// Drops stale test schemas, once per process, so a machine that runs
+    /// the suite again and again does not pile schemas up in the database.
+    async fn drop_stale_schemas(options: &PgConnectOptions) {
+        static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+        CLEANED
+            .get_or_init(|| async {
+                let Ok(mut connection) = sqlx::PgConnection::connect_with(options).await else {
+                    return;
+                };
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT nspname FROM pg_namespace \
+                     WHERE nspname ~ '^ct_[a-z_]+_[0-9]{10}_[0-9a-f]{32}$' \
+                        OR nspname ~ '^(e2e_keys|keys_contract)_[0-9a-f]{32}$'",
+                )
+                .fetch_all(&mut connection)
+                .await
+                .unwrap_or_default();
+                let now_seconds = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                for name in names.iter().filter(|name| is_stale(name, now_seconds)) {
+                    // Names matched the patterns above: lowercase, digits, underscores.
+                    let statement = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                    if let Err(error) = sqlx::query(&statement).execute(&mut connection).await {
+                        eprintln!("note: could not drop stale test schema {name}: {error}");
+                    }
+                }
+                let _closed = connection.close().await;
+            })
+            .await;
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn stale_schemas_are_recognised() {
+            let now = 1_800_000_000;
+            assert!(!is_stale(
+                "ct_e2e_keys_1799999000_0123456789abcdef0123456789abcdef",
+                now
+            ));
+            assert!(is_stale(
+                "ct_e2e_keys_1799990000_0123456789abcdef0123456789abcdef",
+                now
+            ));
+            assert!(is_stale(
+                "keys_contract_0123456789abcdef0123456789abcdef",
+                now
+            ));
+            let fresh = unique_schema("e2e_keys");
+            let current = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            assert!(!is_stale(&fresh, current));
+        }
     }
 }
