@@ -102,7 +102,6 @@ pub(crate) struct AuditDraft {
     pub(crate) response_elements: Option<Value>,
     pub(crate) resources: Vec<AuditResource>,
     pub(crate) error: Option<(String, String)>,
-    pub(crate) recipient_account_id: Option<String>,
 }
 
 /// A handle on the current call's draft, shared with the call layer.
@@ -138,11 +137,6 @@ impl AuditRecorder {
                 });
             }
         });
-    }
-
-    /// The account that owns what the call touched, when it is not the caller's.
-    pub fn recipient_account(&self, account_id: String) {
-        self.with(|draft| draft.recipient_account_id = Some(account_id));
     }
 
     pub(crate) fn error(&self, exception: &str, message: &str) {

@@ -556,7 +556,7 @@ where
         resources: draft.resources,
         management_event: rpc_kind.category == EventCategory::Management,
         event_category: rpc_kind.category,
-        recipient_account_id: draft.recipient_account_id.or(caller_account),
+        recipient_account_id: caller_account,
         trace_id: trace.trace_id_hex(),
     };
     if let Err(error) = shared.sink.emit(&event).await {

@@ -61,11 +61,6 @@ pub fn random_id_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// A random (version 4) UUID from [`random_id_bytes`].
-pub fn new_uuid() -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(random_id_bytes()).into_uuid()
-}
-
 /// Lowercase hex without a formatter call per byte.
 pub fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

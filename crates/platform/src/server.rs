@@ -233,11 +233,4 @@ impl RunningServer {
             }
         }
     }
-
-    /// Runs until `signal` resolves, then shuts down gracefully.
-    pub async fn run_until(self, signal: impl Future<Output = ()>) {
-        signal.await;
-        tracing::info!(addr = %self.local_addr, "shutting down");
-        self.shutdown().await;
-    }
 }

@@ -41,15 +41,6 @@ impl TraceContext {
         })
     }
 
-    /// A new root context.
-    pub fn generate() -> Self {
-        Self {
-            trace_id: crate::random_id_bytes(),
-            span_id: crate::random_id_bytes(),
-            sampled: true,
-        }
-    }
-
     /// The same trace, a new span beneath this one.
     pub fn child(&self) -> Self {
         Self {
