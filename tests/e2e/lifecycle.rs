@@ -724,8 +724,44 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
 ) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
-    let blob = encrypt(&mut client, "alias/coffer/secretsmanager", b"managed").await?;
-    assert_eq!(decrypt(&mut client, &blob).await?, b"managed");
+    // Its policy lets the account's principals use it only through the
+    // service it belongs to (kms:ViaService from the service's certificate).
+    let alice = Harness::user_id(ACCOUNT_A, "alice");
+    let mut via_secrets = harness.keys_via("secrets", &alice).await?;
+    let blob = via_secrets
+        .encrypt(pb::EncryptRequest {
+            key_id: "alias/coffer/secretsmanager".into(),
+            plaintext: b"managed".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let plaintext = via_secrets
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .plaintext;
+    assert_eq!(plaintext, b"managed");
+    let direct = client
+        .encrypt(pb::EncryptRequest {
+            key_id: "alias/coffer/secretsmanager".into(),
+            plaintext: b"managed".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(direct, Code::PermissionDenied, "AccessDeniedException");
+    let mut via_ssm = harness.keys_via("parameters", &alice).await?;
+    let other_service = via_ssm
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(other_service, Code::PermissionDenied, "AccessDeniedException");
     let metadata = client
         .describe_key(pb::DescribeKeyRequest {
             key_id: "alias/coffer/secretsmanager".into(),
@@ -756,6 +792,8 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
     assert!(status.key_rotation_enabled);
     assert_eq!(status.rotation_period_in_days, Some(365));
 
+    // Its policy grants callers no management; the keys service would
+    // refuse it anyway (UnsupportedOperationException) for a service-managed key.
     let managed = metadata.key_id.clone();
     assert_error(
         client
@@ -763,8 +801,8 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
                 key_id: managed.clone(),
             })
             .await,
-        Code::InvalidArgument,
-        "UnsupportedOperationException",
+        Code::PermissionDenied,
+        "AccessDeniedException",
     );
     let delete = client
         .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
@@ -772,21 +810,22 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
             pending_window_in_days: None,
         })
         .await;
-    assert_error(
-        delete,
-        Code::InvalidArgument,
-        "UnsupportedOperationException",
-    );
+    assert_error(delete, Code::PermissionDenied, "AccessDeniedException");
     let rotation_off = client
         .disable_key_rotation(pb::DisableKeyRotationRequest {
             key_id: managed.clone(),
         })
         .await;
-    assert_error(
-        rotation_off,
-        Code::InvalidArgument,
-        "UnsupportedOperationException",
-    );
+    assert_error(rotation_off, Code::PermissionDenied, "AccessDeniedException");
+    let policy_change = client
+        .put_key_policy(pb::PutKeyPolicyRequest {
+            key_id: managed.clone(),
+            policy: r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}"#.into(),
+            bypass_policy_lockout_safety_check: true,
+            ..Default::default()
+        })
+        .await;
+    assert_error(policy_change, Code::PermissionDenied, "AccessDeniedException");
     let delete_alias = client
         .delete_alias(pb::DeleteAliasRequest {
             alias_name: "alias/coffer/secretsmanager".into(),

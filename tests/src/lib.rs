@@ -21,6 +21,23 @@ pub const TRUST_DOMAIN: &str = "coffer.test";
 pub const ACCOUNT_A: &str = "111122223333";
 pub const ACCOUNT_B: &str = "444455556666";
 
+/// Adds `x-coffer-forwarded-for` to every request.
+#[derive(Clone)]
+pub struct ForwardFor(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for ForwardFor {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert(coffer_platform::call::FORWARDED_FOR_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A keys client that forwards a caller (see [`Harness::keys_via`]).
+pub type ForwardingKeysClient =
+    KeysClient<tonic::service::interceptor::InterceptedService<Channel, ForwardFor>>;
+
 /// Where a test's services keep their state.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -43,7 +60,13 @@ pub struct Options {
     pub shutdown_grace_ms: u64,
     /// A clock the test moves; the system clock when `None`.
     pub clock: Option<Arc<coffer_platform::clock::ManualClock>>,
+    /// The `authorization:` block of the config file.
+    pub authorization: String,
 }
+
+/// Every user of every account may do everything; roles get nothing. Tests
+/// of authorization write their own block.
+pub const DEFAULT_AUTHORIZATION: &str = "authorization:\n  identity_policies:\n    - name: test-users\n      principals: [\"arn:coffer:iam::*:user/*\"]\n      policy: '{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"*\",\"Resource\":\"*\"}]}'\n";
 
 impl Default for Options {
     fn default() -> Self {
@@ -53,6 +76,7 @@ impl Default for Options {
             max_concurrent_requests: 256,
             shutdown_grace_ms: 30_000,
             clock: None,
+            authorization: DEFAULT_AUTHORIZATION.to_owned(),
         }
     }
 }
@@ -162,12 +186,14 @@ impl Harness {
              admin_listen: \"127.0.0.1:0\"\n\
              limits:\n  max_message_bytes: {}\n  request_timeout_ms: {}\n  max_concurrent_requests: {}\n  shutdown_grace_ms: {}\n\
              audit:\n  log_file: \"{dir}/audit.jsonl\"\n\
+             {authorization}\
              services:\n  keys:\n    listen: \"127.0.0.1:0\"\n    database:\n      {database}\n",
             options.max_message_bytes,
             options.request_timeout_ms,
             options.max_concurrent_requests,
             options.shutdown_grace_ms,
             dir = dir.display(),
+            authorization = options.authorization,
         );
         write(&dir.join("coffer.yaml"), &config_text)?;
         let settings = config::load(Some(&dir.join("coffer.yaml")), Vec::new())?;
@@ -237,6 +263,22 @@ impl Harness {
     pub async fn keys_as(&self, spiffe_id: &str) -> anyhow::Result<KeysClient<Channel>> {
         let identity = self.identity(spiffe_id)?;
         Ok(KeysClient::new(self.channel_with(Some(&identity)).await?))
+    }
+
+    /// A client presenting the certificate of Coffer service `service`
+    /// that forwards the caller `forwarded_for` (a SPIFFE id), as services
+    /// calling keys on a user's behalf do.
+    pub async fn keys_via(
+        &self,
+        service: &str,
+        forwarded_for: &str,
+    ) -> anyhow::Result<ForwardingKeysClient> {
+        let identity = self.identity(&Self::service_id(service))?;
+        let channel = self.channel_with(Some(&identity)).await?;
+        Ok(KeysClient::with_interceptor(
+            channel,
+            ForwardFor(forwarded_for.parse()?),
+        ))
     }
 
     /// A user `name` of `account`.

@@ -419,6 +419,11 @@ async fn in_process_target() -> anyhow::Result<Target> {
         audit_sink: Arc::new(coffer_platform::audit::JsonLinesSink::file(
             &directory.path().join("echo-audit.jsonl"),
         )?),
+        authorizer: Arc::new(coffer_platform::authz::Authorizer::new(
+            settings.location.clone(),
+            Arc::new(coffer_platform::authz::IdentityPolicies::new(Vec::new())),
+            Arc::new(coffer_platform::clock::SystemClock),
+        )),
     })
     .await?;
     let echo_addr = echo.local_addr().to_string();

@@ -133,6 +133,12 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
          root_key:\n  file: \"{}\"\n\
          audit:\n  log_file: \"{}\"\n\
          telemetry:\n  log_format: text\n  log_level: info\n\
+         # Identity policies (AWS IAM JSON, or the same as YAML). This file is\n\
+         # watched: edits take effect within seconds, without a restart.\n\
+         authorization:\n  identity_policies:\n\
+         \x20   - name: dev-account-users\n\
+         \x20     principals: [\"arn:coffer:iam::{DEV_ACCOUNT}:user/*\"]\n\
+         \x20     policy: {{\"Version\": \"2012-10-17\", \"Statement\": [{{\"Effect\": \"Allow\", \"Action\": \"*\", \"Resource\": \"*\"}}]}}\n\
          services:\n{services}",
         layout.cert("server").display(),
         layout.key("server").display(),

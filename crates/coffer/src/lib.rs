@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use coffer_crypto::RootKey;
 use coffer_platform::audit::{AuditSink, JsonLinesSink};
+use coffer_platform::authz::{self, Authorizer, IdentityPolicies};
 use coffer_platform::call::CallSettings;
 use coffer_platform::clock::Clock;
 use coffer_platform::config::Settings;
@@ -34,6 +35,7 @@ pub struct Instance {
     pools: Vec<DbPool>,
     keys: Option<Arc<coffer_keys::KeysDomain>>,
     maintenance: Option<tokio::task::JoinHandle<()>>,
+    policy_reloader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -89,6 +91,9 @@ impl Instance {
         if let Some(maintenance) = &self.maintenance {
             maintenance.abort();
         }
+        if let Some(reloader) = &self.policy_reloader {
+            reloader.abort();
+        }
         for (_, server) in self.servers {
             server.shutdown().await;
         }
@@ -124,6 +129,22 @@ pub async fn launch(
         ),
         None => Arc::new(JsonLinesSink::stdout().context("starting the audit writer")?),
     };
+
+    let identity_policies = Arc::new(IdentityPolicies::new(
+        settings.authorization.identity_policies.clone(),
+    ));
+    let authorizer = Arc::new(Authorizer::new(
+        settings.location.clone(),
+        identity_policies.clone(),
+        clock.clone(),
+    ));
+    let policy_reloader = settings.authorization.source.clone().map(|source| {
+        authz::spawn_reloader(
+            identity_policies,
+            source,
+            settings.authorization.reload_interval,
+        )
+    });
 
     let mut groups: BTreeMap<SocketAddr, Vec<(String, ServiceRegistration)>> = BTreeMap::new();
     let mut pools = Vec::new();
@@ -188,6 +209,7 @@ pub async fn launch(
             shutdown_grace: settings.limits.shutdown_grace,
             services: registrations,
             audit_sink: audit_sink.clone(),
+            authorizer: authorizer.clone(),
         })
         .await?;
         tracing::info!(addr = %server.local_addr(), services = ?names, "serving");
@@ -211,5 +233,6 @@ pub async fn launch(
         pools,
         keys: keys_domain,
         maintenance,
+        policy_reloader,
     })
 }

@@ -7,7 +7,9 @@
 //! 3. the per-call deadline: the configured limit or the caller's
 //!    `grpc-timeout`, whichever is shorter (DEADLINE_EXCEEDED);
 //! 4. the concurrency limit, shedding excess calls with RESOURCE_EXHAUSTED;
-//! 5. the handler, which reads its [`CallContext`] from the request;
+//! 5. the handler, which reads its [`CallContext`] from the request and
+//!    asks for an authorization decision ([`crate::authz`]); a handler that
+//!    answers OK without one gets its answer replaced by InternalFailure;
 //! 6. exactly one audit event, whatever happened above.
 //!
 //! Paths that are not API calls (health, reflection) pass straight through.
@@ -27,6 +29,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::arn::Location;
+use crate::authz::{Authorizer, Caller, DecisionMark};
 use crate::audit::{AuditEvent, AuditRecorder, AuditSink, EventCategory, RpcKind, UserIdentity};
 use crate::error::{ApiError, exception_for_code};
 use crate::identity::{Principal, PrincipalKind, principal_from_spiffe_id};
@@ -65,6 +68,8 @@ pub struct CallContext {
     trace: TraceContext,
     audit: AuditRecorder,
     error_domain: Arc<str>,
+    authorizer: Arc<Authorizer>,
+    decision: DecisionMark,
 }
 
 impl CallContext {
@@ -103,6 +108,18 @@ impl CallContext {
         &self.audit
     }
 
+    /// The caller as authorization sees it; `None` when the principal has
+    /// no account to act in (a Coffer service that forwarded nobody).
+    pub fn caller(&self) -> Option<Caller> {
+        Caller::new(
+            &self.principal,
+            self.invoked_by.as_deref(),
+            self.source_ip,
+            self.authorizer.clone(),
+            self.decision.clone(),
+        )
+    }
+
     /// A context for unit tests of code that acts on a caller's behalf.
     #[cfg(test)]
     pub(crate) fn for_tests(principal: Principal, trace: TraceContext) -> Self {
@@ -114,6 +131,16 @@ impl CallContext {
             trace,
             audit: AuditRecorder::default(),
             error_domain: Arc::from("kms.coffer.internal"),
+            authorizer: Arc::new(Authorizer::new(
+                Location {
+                    partition: "coffer".into(),
+                    region: "eu-west-1".into(),
+                    dns_suffix: "coffer.internal".into(),
+                },
+                Arc::new(crate::authz::IdentityPolicies::new(Vec::new())),
+                Arc::new(crate::clock::SystemClock),
+            )),
+            decision: DecisionMark::default(),
         }
     }
 
@@ -121,6 +148,13 @@ impl CallContext {
     pub fn fail(&self, error: ApiError) -> tonic::Status {
         self.audit.error(error.exception, &error.message);
         error.into_status(&self.error_domain)
+    }
+
+    /// Answers `shown` (the same answer a missing resource gets) while the
+    /// audit event records what really happened (`actual`, a denial).
+    pub fn fail_concealed(&self, shown: ApiError, actual: &ApiError) -> tonic::Status {
+        self.audit.error(actual.exception, &actual.message);
+        shown.into_status(&self.error_domain)
     }
 }
 
@@ -138,6 +172,7 @@ struct Shared {
     settings: CallSettings,
     sink: Arc<dyn AuditSink>,
     permits: Arc<Semaphore>,
+    authorizer: Arc<Authorizer>,
 }
 
 impl Shared {
@@ -161,6 +196,7 @@ impl CallLayer {
         catalogs: Vec<ServiceCatalog>,
         settings: CallSettings,
         sink: Arc<dyn AuditSink>,
+        authorizer: Arc<Authorizer>,
     ) -> Self {
         let catalogs = catalogs
             .into_iter()
@@ -180,6 +216,7 @@ impl CallLayer {
                 settings,
                 sink,
                 permits,
+                authorizer,
             }),
         }
     }
@@ -441,6 +478,7 @@ where
     request.headers_mut().remove(FORWARDED_SOURCE_IP_HEADER);
 
     let recorder = AuditRecorder::default();
+    let decision = DecisionMark::default();
     let span = crate::telemetry::rpc_span(&path, &request_id, &parent_trace);
 
     let (mut response, identity) = match identity {
@@ -457,6 +495,8 @@ where
                 trace,
                 audit: recorder.clone(),
                 error_domain: event_source.clone(),
+                authorizer: shared.authorizer.clone(),
+                decision: decision.clone(),
             };
             request.extensions_mut().insert(context);
             let deadline = parse_grpc_timeout(request.headers())
@@ -491,6 +531,15 @@ where
     };
 
     let mut code = grpc_status_of(&response);
+    if code == tonic::Code::Ok && !decision.is_set() {
+        // Every API call is authorized (DESIGN §2); a handler that succeeded
+        // without asking is a defect, and its answer is withheld.
+        tracing::error!(rpc = %path, "api call succeeded without an authorization decision");
+        let error = ApiError::internal();
+        recorder.error(error.exception, &error.message);
+        response = error.into_status(&event_source).into_http::<Body>();
+        code = tonic::Code::Internal;
+    }
     let mut draft = recorder.take();
     if code == tonic::Code::OutOfRange && draft.error.is_none() {
         // tonic rejects an over-size message with OUT_OF_RANGE; the gRPC

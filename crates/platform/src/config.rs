@@ -19,6 +19,7 @@ use coffer_crypto::RootKeySource;
 
 use crate::SERVICE_NAMES;
 use crate::arn::Location;
+use crate::authz::{AuthorizationSettings, IdentityPolicyAttachment};
 
 /// A configuration problem, naming the field it is about.
 #[derive(Debug, Error)]
@@ -58,6 +59,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub telemetry: TelemetryFile,
     #[serde(default)]
+    pub authorization: AuthorizationFile,
+    #[serde(default)]
     pub services: BTreeMap<String, ServiceFile>,
 }
 
@@ -72,6 +75,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "limits",
     "audit",
     "telemetry",
+    "authorization",
     "services",
 ];
 
@@ -155,6 +159,36 @@ impl Default for TelemetryFile {
     }
 }
 
+/// Identity policies (DESIGN §2). The file is watched: a change to this
+/// block takes effect without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationFile {
+    pub identity_policies: Vec<IdentityPolicyFile>,
+    /// How often the config file is checked for changed policies.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for AuthorizationFile {
+    fn default() -> Self {
+        Self {
+            identity_policies: Vec::new(),
+            reload_interval_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityPolicyFile {
+    pub name: String,
+    /// Principal ARNs, with `*` and `?` wildcards
+    /// (`arn:coffer:iam::111122223333:user/*`), or `*` for every principal.
+    pub principals: Vec<String>,
+    /// The policy document: a mapping written in YAML, or JSON text.
+    pub policy: Value,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
@@ -185,6 +219,7 @@ pub struct Settings {
     pub limits: Limits,
     pub audit: AuditSettings,
     pub telemetry: TelemetrySettings,
+    pub authorization: AuthorizationSettings,
     pub services: BTreeMap<String, ServiceSettings>,
 }
 
@@ -253,7 +288,9 @@ pub fn load(
         })?,
         None => String::new(),
     };
-    from_yaml(&text, environment)
+    let mut settings = from_yaml(&text, environment)?;
+    settings.authorization.source = path.map(Path::to_path_buf);
+    Ok(settings)
 }
 
 pub fn from_yaml(
@@ -443,6 +480,8 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         ));
     }
 
+    let authorization = authorization_settings(file.authorization)?;
+
     let mut services = BTreeMap::new();
     for (name, service) in file.services {
         let field = format!("services.{name}");
@@ -522,8 +561,96 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             log_level: file.telemetry.log_level,
             otlp_endpoint: file.telemetry.otlp_endpoint,
         },
+        authorization,
         services,
     })
+}
+
+const MAX_IDENTITY_POLICIES: usize = 1_000;
+
+fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettings, ConfigError> {
+    if file.reload_interval_ms < 100 {
+        return Err(ConfigError::new(
+            "authorization.reload_interval_ms",
+            "must be at least 100",
+        ));
+    }
+    if file.identity_policies.len() > MAX_IDENTITY_POLICIES {
+        return Err(ConfigError::new(
+            "authorization.identity_policies",
+            format!("at most {MAX_IDENTITY_POLICIES} policies"),
+        ));
+    }
+    let mut attachments = Vec::with_capacity(file.identity_policies.len());
+    for (index, entry) in file.identity_policies.into_iter().enumerate() {
+        let field = format!("authorization.identity_policies[{index}]");
+        if entry.name.trim().is_empty() {
+            return Err(ConfigError::new(format!("{field}.name"), "must not be empty"));
+        }
+        if entry.principals.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.principals"),
+                "must name at least one principal pattern",
+            ));
+        }
+        for (position, pattern) in entry.principals.iter().enumerate() {
+            if !is_principal_pattern(pattern) {
+                return Err(ConfigError::new(
+                    format!("{field}.principals[{position}]"),
+                    format!(
+                        "{pattern:?} is not a principal ARN pattern (arn:PARTITION:iam::ACCOUNT:user/NAME, role/NAME) or *"
+                    ),
+                ));
+            }
+        }
+        let document = match &entry.policy {
+            Value::String(text) => text.clone(),
+            Value::Mapping(_) => serde_json::to_string(&entry.policy).map_err(|error| {
+                ConfigError::new(format!("{field}.policy"), error.to_string())
+            })?,
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{field}.policy"),
+                    "must be a policy document (a mapping, or JSON text)",
+                ));
+            }
+        };
+        let policy = coffer_policy::Policy::parse_identity(&document)
+            .map_err(|error| ConfigError::new(format!("{field}.policy"), error.to_string()))?;
+        attachments.push(IdentityPolicyAttachment {
+            name: entry.name,
+            principals: entry.principals,
+            policy: std::sync::Arc::new(policy),
+        });
+    }
+    Ok(AuthorizationSettings {
+        identity_policies: attachments,
+        source: None,
+        reload_interval: Duration::from_millis(file.reload_interval_ms),
+    })
+}
+
+/// `*`, or an IAM principal ARN (which may hold wildcards).
+fn is_principal_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let mut parts = pattern.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some(service), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    !partition.is_empty()
+        && (service == "iam" || service == "sts")
+        && !account.is_empty()
+        && !resource.is_empty()
+        && !pattern.contains('\0')
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub mod arn;
 pub mod audit;
+pub mod authz;
 pub mod call;
 pub mod client;
 pub mod clock;

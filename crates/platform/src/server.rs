@@ -53,6 +53,7 @@ pub struct ServerParams {
     pub shutdown_grace: Duration,
     pub services: Vec<ServiceRegistration>,
     pub audit_sink: Arc<dyn AuditSink>,
+    pub authorizer: Arc<crate::authz::Authorizer>,
 }
 
 /// A server that is accepting calls.
@@ -137,7 +138,12 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
             .await;
     }
 
-    let call_layer = CallLayer::new(catalogs, params.call.clone(), params.audit_sink);
+    let call_layer = CallLayer::new(
+        catalogs,
+        params.call.clone(),
+        params.audit_sink,
+        params.authorizer,
+    );
     let incoming = tls_incoming(
         params.listener,
         params.tls,

@@ -45,6 +45,19 @@ pub enum KeysError {
     InvalidSignature,
     #[error("the MAC is not valid")]
     InvalidMac,
+    /// A denial answered as `shown` (what a missing resource gets) and
+    /// audited as the AccessDeniedException `denied`.
+    #[error("{denied}")]
+    Concealed {
+        shown: Box<KeysError>,
+        denied: String,
+    },
+    #[error("{0}")]
+    MalformedPolicy(String),
+    #[error("the grant token is not valid")]
+    InvalidGrantToken,
+    #[error("{0}")]
+    InvalidGrantId(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("cryptographic failure")]
@@ -147,6 +160,22 @@ pub fn api_error(error: &KeysError) -> ApiError {
         KeysError::InvalidAliasName(message) => ApiError::new(
             ErrorCode::InvalidArgument,
             "InvalidAliasNameException",
+            message.clone(),
+        ),
+        KeysError::Concealed { shown, .. } => api_error(shown),
+        KeysError::MalformedPolicy(message) => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "MalformedPolicyDocumentException",
+            message.clone(),
+        ),
+        KeysError::InvalidGrantToken => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "InvalidGrantTokenException",
+            "The grant token is not valid.",
+        ),
+        KeysError::InvalidGrantId(message) => ApiError::new(
+            ErrorCode::InvalidArgument,
+            "InvalidGrantIdException",
             message.clone(),
         ),
         KeysError::Store(_) | KeysError::Crypto(_) => {

@@ -10,19 +10,23 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_crypto::{EncryptionContext, Zeroizing};
 use coffer_platform::arn::{AccountId, ArnParts};
+use coffer_platform::authz::Caller;
 use coffer_platform::call::CallContext;
 use coffer_proto::keys::v1 as pb;
 use pb::keys_server::Keys;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
+use crate::domain::access::{GRANT_OPERATIONS, UNCONSTRAINABLE_OPERATIONS};
+use crate::domain::grants::{GrantPage, GrantToken, NewGrant, RetireTarget};
 use crate::domain::lifecycle::NewKey;
+use crate::domain::policies::DEFAULT_POLICY_NAME;
 use crate::domain::types::{
     DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage, Tag,
 };
 use crate::domain::{KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result, api_error};
-use crate::store::KeyRecord;
+use crate::store::{ConstraintKind, KeyRecord};
 
 /// Largest plaintext Encrypt accepts (KMS's limit).
 pub const MAX_PLAINTEXT_BYTES: usize = 4096;
@@ -59,6 +63,17 @@ impl KeysGrpc {
     }
 
     fn fail(&self, call: &CallContext, error: &KeysError) -> Status {
+        if let KeysError::Concealed { shown, denied } = error {
+            tracing::info!(
+                exception = "AccessDeniedException",
+                request_id = call.request_id(),
+                "keys request denied"
+            );
+            return call.fail_concealed(
+                api_error(shown),
+                &api_error(&KeysError::AccessDenied(denied.clone())),
+            );
+        }
         let api = api_error(error);
         if let KeysError::Disabled { key_arn } | KeysError::InvalidState { key_arn, .. } = error
             && let Some(account) = ArnParts::parse(key_arn).map(|parts| parts.account.to_owned())
@@ -128,6 +143,34 @@ impl KeysGrpc {
     }
 }
 
+impl KeysGrpc {
+    fn grant_page(&self, page: GrantPage) -> pb::ListGrantsResponse {
+        pb::ListGrantsResponse {
+            grants: page
+                .grants
+                .iter()
+                .map(|grant| pb::GrantListEntry {
+                    key_id: self.domain.key_arn(&grant.key_account, &grant.key_id),
+                    grant_id: grant.grant_id.clone(),
+                    name: grant.name.clone(),
+                    creation_date: Some(timestamp(grant.created_at_ms)),
+                    grantee_principal: grant.grantee_principal.clone(),
+                    retiring_principal: grant.retiring_principal.clone().unwrap_or_default(),
+                    issuing_account: grant.issuing_account.to_string(),
+                    operations: grant.operations.clone(),
+                    constraints: constraints_message(&grant.constraint),
+                })
+                .collect(),
+            truncated: page.next_after.is_some(),
+            next_marker: page
+                .next_after
+                .as_deref()
+                .map(encode_marker)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: millis.div_euclid(1000),
@@ -135,9 +178,9 @@ fn timestamp(millis: i64) -> prost_types::Timestamp {
     }
 }
 
-/// The account the call acts in. Coffer services must forward a caller.
-fn caller_account(call: &CallContext) -> Result<AccountId> {
-    call.principal().account().cloned().ok_or_else(|| {
+/// The caller as authorization sees it. Coffer services must forward a caller.
+fn caller_of(call: &CallContext) -> Result<Caller> {
+    call.caller().ok_or_else(|| {
         KeysError::AccessDenied("a Coffer service must act for a caller to use keys".into())
     })
 }
@@ -229,7 +272,205 @@ fn grant_tokens(tokens: &[String]) -> Result<()> {
             format!("each token must be 1 to {MAX_GRANT_TOKEN_CHARS} characters"),
         ));
     }
+    // Grants take effect at once, so tokens are never needed; one given
+    // must still be a token this service issued.
+    if tokens.iter().any(|token| GrantToken::parse(token).is_none()) {
+        return Err(KeysError::InvalidGrantToken);
+    }
     Ok(())
+}
+
+const MAX_POLICY_NAME_CHARS: usize = 128;
+const MAX_GRANT_NAME_CHARS: usize = 256;
+const MAX_GRANT_ID_CHARS: usize = 128;
+const MAX_PRINCIPAL_CHARS: usize = 256;
+
+/// `default` when empty; otherwise letters, digits and `_` (AWS's pattern).
+fn policy_name(text: &str) -> Result<String> {
+    if text.is_empty() {
+        return Ok(DEFAULT_POLICY_NAME.to_owned());
+    }
+    let valid = text.chars().count() <= MAX_POLICY_NAME_CHARS
+        && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
+    if !valid {
+        return Err(KeysError::validation(
+            "policy_name",
+            format!("must be 1 to {MAX_POLICY_NAME_CHARS} letters, digits or underscores"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A key policy document as given: present and at most 32 KiB; the policy
+/// language itself is checked by the domain.
+fn policy_document(field: &'static str, text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(KeysError::validation(field, "must not be empty"));
+    }
+    if text.len() > coffer_policy::MAX_POLICY_BYTES {
+        return Err(KeysError::MalformedPolicy(format!(
+            "The policy is {} bytes; a key policy can be at most {} bytes.",
+            text.len(),
+            coffer_policy::MAX_POLICY_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// An IAM principal ARN (`arn:P:iam::ACCOUNT:root|user/N|role/N`), or a
+/// Coffer service principal ARN, with no wildcards and no control
+/// characters.
+fn principal_arn(field: &'static str, text: &str) -> Result<String> {
+    let invalid = || {
+        KeysError::validation(
+            field,
+            "must be a principal ARN such as arn:coffer:iam::111122223333:user/name",
+        )
+    };
+    if text.is_empty()
+        || text.len() > MAX_PRINCIPAL_CHARS
+        || text
+            .chars()
+            .any(|c| c.is_control() || c == '*' || c == '?' || c.is_whitespace())
+    {
+        return Err(invalid());
+    }
+    let parts = ArnParts::parse(text).ok_or_else(invalid)?;
+    let identity = parts.service == "iam"
+        && parts.region.is_empty()
+        && AccountId::parse(parts.account).is_some()
+        && (parts.resource == "root"
+            || parts.resource.strip_prefix("user/").is_some_and(|n| !n.is_empty())
+            || parts.resource.strip_prefix("role/").is_some_and(|n| !n.is_empty()));
+    let service = parts.service == "coffer"
+        && parts.account.is_empty()
+        && parts.resource.strip_prefix("service/").is_some_and(|n| !n.is_empty());
+    if identity || service {
+        Ok(text.to_owned())
+    } else {
+        Err(invalid())
+    }
+}
+
+fn grant_id(text: &str) -> Result<String> {
+    let valid = !text.is_empty()
+        && text.len() <= MAX_GRANT_ID_CHARS
+        && text.bytes().all(|byte| byte.is_ascii_alphanumeric());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(KeysError::InvalidGrantId(format!(
+            "{text:?} is not a grant ID: 1 to {MAX_GRANT_ID_CHARS} letters and digits."
+        )))
+    }
+}
+
+fn grant_operations(operations: &[String]) -> Result<Vec<String>> {
+    if operations.is_empty() {
+        return Err(KeysError::validation(
+            "operations",
+            "name at least one operation",
+        ));
+    }
+    let mut unique: Vec<String> = Vec::with_capacity(operations.len());
+    for operation in operations {
+        if !GRANT_OPERATIONS.contains(&operation.as_str()) {
+            return Err(KeysError::validation(
+                "operations",
+                format!(
+                    "{operation:?} is not a grant operation; use {}",
+                    GRANT_OPERATIONS.join(", ")
+                ),
+            ));
+        }
+        if !unique.contains(operation) {
+            unique.push(operation.clone());
+        }
+    }
+    Ok(unique)
+}
+
+fn grant_constraint(
+    constraints: Option<&pb::GrantConstraints>,
+    operations: &[String],
+) -> Result<Option<(ConstraintKind, Vec<(String, String)>)>> {
+    let Some(constraints) = constraints else {
+        return Ok(None);
+    };
+    let (kind, pairs) = match (
+        constraints.encryption_context_equals.is_empty(),
+        constraints.encryption_context_subset.is_empty(),
+    ) {
+        (true, true) => return Ok(None),
+        (false, false) => {
+            return Err(KeysError::validation(
+                "constraints",
+                "give encryption_context_equals or encryption_context_subset, not both",
+            ));
+        }
+        (false, true) => (
+            ConstraintKind::Equals,
+            &constraints.encryption_context_equals,
+        ),
+        (true, false) => (
+            ConstraintKind::Subset,
+            &constraints.encryption_context_subset,
+        ),
+    };
+    encryption_context(pairs).map_err(|_| {
+        KeysError::validation(
+            "constraints",
+            format!("the encryption context must be at most {MAX_ENCRYPTION_CONTEXT_BYTES} bytes"),
+        )
+    })?;
+    if let Some(operation) = operations
+        .iter()
+        .find(|operation| UNCONSTRAINABLE_OPERATIONS.contains(&operation.as_str()))
+    {
+        return Err(KeysError::validation(
+            "constraints",
+            format!("{operation} does not take an encryption context, so it cannot be constrained"),
+        ));
+    }
+    let mut sorted: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    sorted.sort();
+    Ok(Some((kind, sorted)))
+}
+
+fn grant_name(text: &str) -> Result<String> {
+    let valid = text.chars().count() <= MAX_GRANT_NAME_CHARS
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b":/_-".contains(&byte));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(KeysError::validation(
+            "name",
+            format!("must be at most {MAX_GRANT_NAME_CHARS} letters, digits, ':', '/', '_' or '-'"),
+        ))
+    }
+}
+
+fn constraints_message(
+    constraint: &Option<(ConstraintKind, Vec<(String, String)>)>,
+) -> Option<pb::GrantConstraints> {
+    constraint.as_ref().map(|(kind, pairs)| {
+        let map: std::collections::HashMap<String, String> = pairs.iter().cloned().collect();
+        match kind {
+            ConstraintKind::Equals => pb::GrantConstraints {
+                encryption_context_equals: map,
+                encryption_context_subset: Default::default(),
+            },
+            ConstraintKind::Subset => pb::GrantConstraints {
+                encryption_context_equals: Default::default(),
+                encryption_context_subset: map,
+            },
+        }
+    })
 }
 
 fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
@@ -470,6 +711,7 @@ fn key_pair_spec(text: &str) -> Result<coffer_crypto::AsymmetricKeySpec> {
 
 /// The fields GenerateDataKey and GenerateDataKeyWithoutPlaintext share.
 struct DataKeyFields<'a> {
+    action: &'static str,
     key_id: &'a str,
     key_spec: &'a str,
     number_of_bytes: Option<i32>,
@@ -480,6 +722,7 @@ struct DataKeyFields<'a> {
 impl<'a> DataKeyFields<'a> {
     fn of_plaintext(m: &'a pb::GenerateDataKeyRequest) -> Self {
         Self {
+            action: "GenerateDataKey",
             key_id: &m.key_id,
             key_spec: &m.key_spec,
             number_of_bytes: m.number_of_bytes,
@@ -490,6 +733,7 @@ impl<'a> DataKeyFields<'a> {
 
     fn of_ciphertext_only(m: &'a pb::GenerateDataKeyWithoutPlaintextRequest) -> Self {
         Self {
+            action: "GenerateDataKeyWithoutPlaintext",
             key_id: &m.key_id,
             key_spec: &m.key_spec,
             number_of_bytes: m.number_of_bytes,
@@ -510,6 +754,7 @@ impl<'a> DataKeyFields<'a> {
 
 /// The fields GenerateDataKeyPair and its WithoutPlaintext form share.
 struct KeyPairFields<'a> {
+    action: &'static str,
     key_id: &'a str,
     key_pair_spec: &'a str,
     encryption_context: &'a std::collections::HashMap<String, String>,
@@ -519,6 +764,7 @@ struct KeyPairFields<'a> {
 impl<'a> KeyPairFields<'a> {
     fn of_plaintext(m: &'a pb::GenerateDataKeyPairRequest) -> Self {
         Self {
+            action: "GenerateDataKeyPair",
             key_id: &m.key_id,
             key_pair_spec: &m.key_pair_spec,
             encryption_context: &m.encryption_context,
@@ -528,6 +774,7 @@ impl<'a> KeyPairFields<'a> {
 
     fn of_ciphertext_only(m: &'a pb::GenerateDataKeyPairWithoutPlaintextRequest) -> Self {
         Self {
+            action: "GenerateDataKeyPairWithoutPlaintext",
             key_id: &m.key_id,
             key_pair_spec: &m.key_pair_spec,
             encryption_context: &m.encryption_context,
@@ -548,7 +795,7 @@ impl KeysGrpc {
     async fn data_key(
         &self,
         call: &CallContext,
-        account: &AccountId,
+        caller: &Caller,
         fields: DataKeyFields<'_>,
     ) -> Result<crate::domain::crypto_ops::DataKey> {
         let reference = key_reference("key_id", fields.key_id)?;
@@ -557,7 +804,7 @@ impl KeysGrpc {
         grant_tokens(fields.grant_tokens)?;
         let data_key = self
             .domain
-            .generate_data_key(account, &reference, length, &context)
+            .generate_data_key(caller, &reference, fields.action, length, &context)
             .await?;
         self.record_key(call, &data_key.key);
         Ok(data_key)
@@ -566,7 +813,7 @@ impl KeysGrpc {
     async fn key_pair(
         &self,
         call: &CallContext,
-        account: &AccountId,
+        caller: &Caller,
         fields: KeyPairFields<'_>,
     ) -> Result<(
         crate::domain::asymmetric::DataKeyPair,
@@ -578,7 +825,7 @@ impl KeysGrpc {
         grant_tokens(fields.grant_tokens)?;
         let pair = self
             .domain
-            .generate_data_key_pair(account, &reference, spec, &context)
+            .generate_data_key_pair(caller, &reference, fields.action, spec, &context)
             .await?;
         self.record_key(call, &pair.key);
         Ok((pair, spec))
@@ -592,7 +839,7 @@ impl KeysGrpc {
         &self,
         request: Request<M>,
         parameters: impl FnOnce(&M) -> serde_json::Value,
-        work: impl FnOnce(CallContext, AccountId, M) -> Fut,
+        work: impl FnOnce(CallContext, Caller, M) -> Fut,
     ) -> Result<Response<T>, Status>
     where
         Fut: Future<Output = Result<T>>,
@@ -600,8 +847,8 @@ impl KeysGrpc {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
         call.audit().request_parameters(parameters(&message));
-        let outcome = match caller_account(&call) {
-            Ok(account) => work(call.clone(), account, message).await,
+        let outcome = match caller_of(&call) {
+            Ok(caller) => work(call.clone(), caller, message).await,
             Err(error) => Err(error),
         };
         outcome
@@ -623,10 +870,12 @@ impl Keys for KeysGrpc {
             "keyUsage": message.key_usage,
             "keySpec": message.key_spec,
             "multiRegion": message.multi_region,
+            "policy": message.policy,
+            "bypassPolicyLockoutSafetyCheck": message.bypass_policy_lockout_safety_check,
             "tags": message.tags.iter().map(|t| json!({"tagKey": t.tag_key, "tagValue": t.tag_value})).collect::<Vec<_>>(),
         }));
         let outcome = async {
-            let account = caller_account(&call)?;
+            let caller = caller_of(&call)?;
             if message.description.chars().count() > MAX_DESCRIPTION_CHARS {
                 return Err(KeysError::validation(
                     "description",
@@ -653,14 +902,22 @@ impl Keys for KeysGrpc {
                     )
                 })?
             };
+            let policy = if message.policy.is_empty() {
+                None
+            } else {
+                policy_document("policy", &message.policy)?;
+                Some(message.policy.clone())
+            };
             let new_key = NewKey {
                 description: message.description.clone(),
                 key_usage,
                 key_spec,
                 tags: tags(&message.tags)?,
                 multi_region: message.multi_region,
+                policy,
+                bypass_policy_lockout_safety_check: message.bypass_policy_lockout_safety_check,
             };
-            self.domain.create_key(&account, new_key).await
+            self.domain.create_key(&caller, new_key).await
         }
         .await;
         match outcome {
@@ -688,10 +945,10 @@ impl Keys for KeysGrpc {
         call.audit()
             .request_parameters(json!({"keyId": message.key_id}));
         let outcome = async {
-            let account = caller_account(&call)?;
+            let caller = caller_of(&call)?;
             let reference = key_reference("key_id", &message.key_id)?;
             grant_tokens(&message.grant_tokens)?;
-            self.domain.describe_key(&account, &reference).await
+            self.domain.describe_key(&caller, &reference).await
         }
         .await;
         match outcome {
@@ -714,7 +971,7 @@ impl Keys for KeysGrpc {
         call.audit()
             .request_parameters(json!({"limit": message.limit, "marker": message.marker}));
         let outcome = async {
-            let account = caller_account(&call)?;
+            let caller = caller_of(&call)?;
             let limit = match message.limit {
                 0 => DEFAULT_LIST_LIMIT,
                 limit if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
@@ -727,7 +984,7 @@ impl Keys for KeysGrpc {
             };
             let after = list_marker(&message.marker)?;
             self.domain
-                .list_keys(&account, limit.unsigned_abs(), after.as_ref())
+                .list_keys(&caller, limit.unsigned_abs(), after.as_ref())
                 .await
         }
         .await;
@@ -764,7 +1021,7 @@ impl Keys for KeysGrpc {
             "encryptionContext": context_for_audit(&message.encryption_context),
         }));
         let outcome = async {
-            let account = caller_account(&call)?;
+            let caller = caller_of(&call)?;
             let reference = key_reference("key_id", &message.key_id)?;
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_BYTES {
                 return Err(KeysError::validation(
@@ -776,7 +1033,7 @@ impl Keys for KeysGrpc {
             let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
             grant_tokens(&message.grant_tokens)?;
             self.domain
-                .encrypt(&account, &reference, algorithm, &context, &plaintext)
+                .encrypt(&caller, &reference, algorithm, &context, &plaintext)
                 .await
         }
         .await;
@@ -808,7 +1065,7 @@ impl Keys for KeysGrpc {
             "encryptionContext": context_for_audit(&message.encryption_context),
         }));
         let outcome = async {
-            let account = caller_account(&call)?;
+            let caller = caller_of(&call)?;
             let expected = optional_key_reference("key_id", &message.key_id)?;
             let context = encryption_context(&message.encryption_context)?;
             let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
@@ -818,11 +1075,12 @@ impl Keys for KeysGrpc {
             }
             self.domain
                 .decrypt(
-                    &account,
+                    &caller,
                     &message.ciphertext_blob,
                     expected.as_ref(),
                     algorithm,
                     &context,
+                    "Decrypt",
                 )
                 .await
         }
@@ -849,9 +1107,9 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| DataKeyFields::of_plaintext(m).audit_parameters(),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let data_key = self
-                    .data_key(&call, &account, DataKeyFields::of_plaintext(&m))
+                    .data_key(&call, &caller, DataKeyFields::of_plaintext(&m))
                     .await?;
                 Ok(pb::GenerateDataKeyResponse {
                     key_id: self
@@ -872,9 +1130,9 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| DataKeyFields::of_ciphertext_only(m).audit_parameters(),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let data_key = self
-                    .data_key(&call, &account, DataKeyFields::of_ciphertext_only(&m))
+                    .data_key(&call, &caller, DataKeyFields::of_ciphertext_only(&m))
                     .await?;
                 Ok(pb::GenerateDataKeyWithoutPlaintextResponse {
                     key_id: self
@@ -896,9 +1154,9 @@ impl Keys for KeysGrpc {
         call.audit()
             .request_parameters(json!({"numberOfBytes": message.number_of_bytes}));
         let outcome = async {
-            caller_account(&call)?;
+            let caller = caller_of(&call)?;
             let length = random_length("number_of_bytes", message.number_of_bytes)?;
-            self.domain.generate_random(length)
+            self.domain.generate_random(&caller, length)
         }
         .await;
         match outcome {
@@ -922,7 +1180,7 @@ impl Keys for KeysGrpc {
                 "sourceEncryptionContext": context_for_audit(&m.source_encryption_context),
                 "destinationEncryptionContext": context_for_audit(&m.destination_encryption_context),
             }),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let source = optional_key_reference("source_key_id", &m.source_key_id)?;
                 let destination = key_reference("destination_key_id", &m.destination_key_id)?;
                 let source_context = encryption_context(&m.source_encryption_context)?;
@@ -936,7 +1194,7 @@ impl Keys for KeysGrpc {
                 let (source_key, destination_key, ciphertext_blob) = self
                     .domain
                     .re_encrypt(
-                        &account,
+                        &caller,
                         &m.ciphertext_blob,
                         source.as_ref(),
                         source_algorithm,
@@ -967,7 +1225,7 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "description": m.description}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 if m.description.chars().count() > MAX_DESCRIPTION_CHARS {
                     return Err(KeysError::validation(
@@ -977,7 +1235,7 @@ impl Keys for KeysGrpc {
                 }
                 let key = self
                     .domain
-                    .update_key_description(&account, &reference, &m.description)
+                    .update_key_description(&caller, &reference, &m.description)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::UpdateKeyDescriptionResponse {})
@@ -993,10 +1251,10 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let key = self
                     .domain
-                    .enable_key(&account, &key_reference("key_id", &m.key_id)?)
+                    .enable_key(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::EnableKeyResponse {})
@@ -1012,10 +1270,10 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let key = self
                     .domain
-                    .disable_key(&account, &key_reference("key_id", &m.key_id)?)
+                    .disable_key(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::DisableKeyResponse {})
@@ -1034,7 +1292,7 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "pendingWindowInDays": m.pending_window_in_days}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let window = bounded_days(
                     "pending_window_in_days",
@@ -1045,7 +1303,7 @@ impl Keys for KeysGrpc {
                 )?;
                 let key = self
                     .domain
-                    .schedule_key_deletion(&account, &reference, window)
+                    .schedule_key_deletion(&caller, &reference, window)
                     .await?;
                 self.record_key(&call, &key);
                 let arn = self.domain.key_arn(&key.account, &key.key_id);
@@ -1071,10 +1329,10 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let key = self
                     .domain
-                    .cancel_key_deletion(&account, &key_reference("key_id", &m.key_id)?)
+                    .cancel_key_deletion(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::CancelKeyDeletionResponse {
@@ -1092,13 +1350,13 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"aliasName": m.alias_name, "targetKeyId": m.target_key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let name = alias_name(&m.alias_name, false)?;
                 let target = target_key_reference(&m.target_key_id)?;
-                self.domain.create_alias(&account, &name, &target).await?;
+                self.domain.create_alias(&caller, &name, &target).await?;
                 call.audit().resource(
-                    self.domain.alias_arn(&account, &name),
-                    account.to_string(),
+                    self.domain.alias_arn(caller.account(), &name),
+                    caller.account().to_string(),
                     ALIAS_RESOURCE_TYPE,
                 );
                 Ok(pb::CreateAliasResponse {})
@@ -1114,13 +1372,13 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"aliasName": m.alias_name, "targetKeyId": m.target_key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let name = alias_name(&m.alias_name, false)?;
                 let target = target_key_reference(&m.target_key_id)?;
-                self.domain.update_alias(&account, &name, &target).await?;
+                self.domain.update_alias(&caller, &name, &target).await?;
                 call.audit().resource(
-                    self.domain.alias_arn(&account, &name),
-                    account.to_string(),
+                    self.domain.alias_arn(caller.account(), &name),
+                    caller.account().to_string(),
                     ALIAS_RESOURCE_TYPE,
                 );
                 Ok(pb::UpdateAliasResponse {})
@@ -1136,12 +1394,12 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"aliasName": m.alias_name}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let name = alias_name(&m.alias_name, false)?;
-                self.domain.delete_alias(&account, &name).await?;
+                self.domain.delete_alias(&caller, &name).await?;
                 call.audit().resource(
-                    self.domain.alias_arn(&account, &name),
-                    account.to_string(),
+                    self.domain.alias_arn(caller.account(), &name),
+                    caller.account().to_string(),
                     ALIAS_RESOURCE_TYPE,
                 );
                 Ok(pb::DeleteAliasResponse {})
@@ -1157,13 +1415,13 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
-            |_call, account, m| async move {
+            |_call, caller, m| async move {
                 let key = optional_key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
                 let after = decode_marker(&m.marker)?;
                 let page = self
                     .domain
-                    .list_aliases(&account, key.as_ref(), limit, after.as_deref())
+                    .list_aliases(&caller, key.as_ref(), limit, after.as_deref())
                     .await?;
                 Ok(pb::ListAliasesResponse {
                     aliases: page
@@ -1199,10 +1457,10 @@ impl Keys for KeysGrpc {
                 "keyId": m.key_id,
                 "tags": m.tags.iter().map(|t| json!({"tagKey": t.tag_key, "tagValue": t.tag_value})).collect::<Vec<_>>(),
             }),
-            |_call, account, m| async move {
+            |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let validated = tags(&m.tags)?;
-                self.domain.tag_resource(&account, &reference, &validated).await?;
+                self.domain.tag_resource(&caller, &reference, &validated).await?;
                 Ok(pb::TagResourceResponse {})
             },
         )
@@ -1216,7 +1474,7 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "tagKeys": m.tag_keys}),
-            |_call, account, m| async move {
+            |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 if m.tag_keys.len() > MAX_TAGS
                     || m.tag_keys
@@ -1229,7 +1487,7 @@ impl Keys for KeysGrpc {
                     ));
                 }
                 self.domain
-                    .untag_resource(&account, &reference, &m.tag_keys)
+                    .untag_resource(&caller, &reference, &m.tag_keys)
                     .await?;
                 Ok(pb::UntagResourceResponse {})
             },
@@ -1244,13 +1502,13 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
-            |_call, account, m| async move {
+            |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 50)?;
                 let after = decode_marker(&m.marker)?;
                 let page = self
                     .domain
-                    .list_resource_tags(&account, &reference, limit as usize, after.as_deref())
+                    .list_resource_tags(&caller, &reference, limit as usize, after.as_deref())
                     .await?;
                 Ok(pb::ListResourceTagsResponse {
                     tags: page
@@ -1283,7 +1541,7 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "rotationPeriodInDays": m.rotation_period_in_days}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let period = bounded_days(
                     "rotation_period_in_days",
@@ -1294,7 +1552,7 @@ impl Keys for KeysGrpc {
                 )?;
                 let key = self
                     .domain
-                    .enable_key_rotation(&account, &reference, period)
+                    .enable_key_rotation(&caller, &reference, period)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::EnableKeyRotationResponse {})
@@ -1310,10 +1568,10 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let key = self
                     .domain
-                    .disable_key_rotation(&account, &key_reference("key_id", &m.key_id)?)
+                    .disable_key_rotation(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::DisableKeyRotationResponse {})
@@ -1329,10 +1587,10 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let status = self
                     .domain
-                    .get_key_rotation_status(&account, &key_reference("key_id", &m.key_id)?)
+                    .get_key_rotation_status(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 let key = status.key;
                 self.record_key(&call, &key);
@@ -1355,10 +1613,10 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let key = self
                     .domain
-                    .rotate_key_on_demand(&account, &key_reference("key_id", &m.key_id)?)
+                    .rotate_key_on_demand(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::RotateKeyOnDemandResponse {
@@ -1376,13 +1634,13 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
                 let offset = offset_marker(&m.marker)?;
                 let page = self
                     .domain
-                    .list_key_rotations(&account, &reference, limit as usize, offset)
+                    .list_key_rotations(&caller, &reference, limit as usize, offset)
                     .await?;
                 self.record_key(&call, &page.key);
                 Ok(pb::ListKeyRotationsResponse {
@@ -1417,10 +1675,10 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 grant_tokens(&m.grant_tokens)?;
-                let (key, public_key) = self.domain.get_public_key(&account, &reference).await?;
+                let (key, public_key) = self.domain.get_public_key(&caller, &reference).await?;
                 self.record_key(&call, &key);
                 let metadata = self.metadata(&key);
                 Ok(pb::GetPublicKeyResponse {
@@ -1443,13 +1701,13 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "messageType": m.message_type, "signingAlgorithm": m.signing_algorithm}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
                 let algorithm = signing_algorithm(&m.signing_algorithm)?;
                 let kind = message_type(&m.message_type)?;
                 grant_tokens(&m.grant_tokens)?;
-                let (key, signature) = self.domain.sign(&account, &reference, algorithm, kind, m.message).await?;
+                let (key, signature) = self.domain.sign(&caller, &reference, algorithm, kind, m.message).await?;
                 self.record_key(&call, &key);
                 Ok(pb::SignResponse {
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
@@ -1468,7 +1726,7 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "messageType": m.message_type, "signingAlgorithm": m.signing_algorithm}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
                 if m.signature.is_empty() || m.signature.len() > 6144 {
@@ -1479,7 +1737,7 @@ impl Keys for KeysGrpc {
                 grant_tokens(&m.grant_tokens)?;
                 let key = self
                     .domain
-                    .verify(&account, &reference, algorithm, kind, &m.message, &m.signature)
+                    .verify(&caller, &reference, algorithm, kind, &m.message, &m.signature)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::VerifyResponse {
@@ -1499,14 +1757,14 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
                 let algorithm = mac_algorithm(&m.mac_algorithm)?;
                 grant_tokens(&m.grant_tokens)?;
                 let (key, mac) = self
                     .domain
-                    .generate_mac(&account, &reference, algorithm, &m.message)
+                    .generate_mac(&caller, &reference, algorithm, &m.message)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::GenerateMacResponse {
@@ -1526,7 +1784,7 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm}),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
                 if m.mac.is_empty() || m.mac.len() > 6144 {
@@ -1536,7 +1794,7 @@ impl Keys for KeysGrpc {
                 grant_tokens(&m.grant_tokens)?;
                 let key = self
                     .domain
-                    .verify_mac(&account, &reference, algorithm, &m.message, &m.mac)
+                    .verify_mac(&caller, &reference, algorithm, &m.message, &m.mac)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::VerifyMacResponse {
@@ -1556,9 +1814,9 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| KeyPairFields::of_plaintext(m).audit_parameters(),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let (pair, spec) = self
-                    .key_pair(&call, &account, KeyPairFields::of_plaintext(&m))
+                    .key_pair(&call, &caller, KeyPairFields::of_plaintext(&m))
                     .await?;
                 Ok(pb::GenerateDataKeyPairResponse {
                     private_key_ciphertext_blob: pair.private_key_ciphertext_blob,
@@ -1572,6 +1830,261 @@ impl Keys for KeysGrpc {
         .await
     }
 
+    async fn put_key_policy(
+        &self,
+        request: Request<pb::PutKeyPolicyRequest>,
+    ) -> Result<Response<pb::PutKeyPolicyResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({
+                "keyId": m.key_id, "policyName": m.policy_name, "policy": m.policy,
+                "bypassPolicyLockoutSafetyCheck": m.bypass_policy_lockout_safety_check,
+            }),
+            |call, caller, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                if policy_name(&m.policy_name)? != DEFAULT_POLICY_NAME {
+                    return Err(KeysError::validation(
+                        "policy_name",
+                        format!("a key has one policy, named {DEFAULT_POLICY_NAME}"),
+                    ));
+                }
+                policy_document("policy", &m.policy)?;
+                let key = self
+                    .domain
+                    .put_key_policy(
+                        &caller,
+                        &reference,
+                        &m.policy,
+                        m.bypass_policy_lockout_safety_check,
+                    )
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::PutKeyPolicyResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn get_key_policy(
+        &self,
+        request: Request<pb::GetKeyPolicyRequest>,
+    ) -> Result<Response<pb::GetKeyPolicyResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "policyName": m.policy_name}),
+            |call, caller, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let name = policy_name(&m.policy_name)?;
+                let (key, policy) = self
+                    .domain
+                    .get_key_policy(&caller, &reference, &name)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::GetKeyPolicyResponse {
+                    policy,
+                    policy_name: name,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_key_policies(
+        &self,
+        request: Request<pb::ListKeyPoliciesRequest>,
+    ) -> Result<Response<pb::ListKeyPoliciesResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |call, caller, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                page_limit("limit", m.limit, 100, 1000)?;
+                if !m.marker.is_empty() {
+                    return Err(KeysError::InvalidMarker);
+                }
+                let key = self.domain.list_key_policies(&caller, &reference).await?;
+                self.record_key(&call, &key);
+                Ok(pb::ListKeyPoliciesResponse {
+                    policy_names: vec![DEFAULT_POLICY_NAME.to_owned()],
+                    next_marker: String::new(),
+                    truncated: false,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn create_grant(
+        &self,
+        request: Request<pb::CreateGrantRequest>,
+    ) -> Result<Response<pb::CreateGrantResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({
+                "keyId": m.key_id, "granteePrincipal": m.grantee_principal,
+                "retiringPrincipal": m.retiring_principal, "operations": m.operations,
+                "constraints": m.constraints.as_ref().map(|c| json!({
+                    "encryptionContextEquals": c.encryption_context_equals,
+                    "encryptionContextSubset": c.encryption_context_subset,
+                })),
+                "name": m.name,
+            }),
+            |call, caller, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let grantee = principal_arn("grantee_principal", &m.grantee_principal)?;
+                let retiring = if m.retiring_principal.is_empty() {
+                    None
+                } else {
+                    Some(principal_arn("retiring_principal", &m.retiring_principal)?)
+                };
+                let operations = grant_operations(&m.operations)?;
+                let constraint = grant_constraint(m.constraints.as_ref(), &operations)?;
+                let name = grant_name(&m.name)?;
+                grant_tokens(&m.grant_tokens)?;
+                let (key, grant, grant_token) = self
+                    .domain
+                    .create_grant(
+                        &caller,
+                        &reference,
+                        NewGrant {
+                            grantee_principal: grantee,
+                            retiring_principal: retiring,
+                            operations,
+                            constraint,
+                            name,
+                        },
+                    )
+                    .await?;
+                self.record_key(&call, &key);
+                call.audit()
+                    .response_elements(json!({"grantId": grant.grant_id}));
+                Ok(pb::CreateGrantResponse {
+                    grant_token,
+                    grant_id: grant.grant_id,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({
+                "keyId": m.key_id, "limit": m.limit, "marker": m.marker,
+                "grantId": m.grant_id, "granteePrincipal": m.grantee_principal,
+            }),
+            |call, caller, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let limit = page_limit("limit", m.limit, 50, 100)?;
+                let after = decode_marker(&m.marker)?;
+                let wanted_grant = if m.grant_id.is_empty() {
+                    None
+                } else {
+                    Some(grant_id(&m.grant_id)?)
+                };
+                let grantee = if m.grantee_principal.is_empty() {
+                    None
+                } else {
+                    Some(principal_arn("grantee_principal", &m.grantee_principal)?)
+                };
+                let (key, page) = self
+                    .domain
+                    .list_grants(
+                        &caller,
+                        &reference,
+                        wanted_grant.as_deref(),
+                        grantee.as_deref(),
+                        limit,
+                        after.as_deref(),
+                    )
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(self.grant_page(page))
+            },
+        )
+        .await
+    }
+
+    async fn list_retirable_grants(
+        &self,
+        request: Request<pb::ListRetirableGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"retiringPrincipal": m.retiring_principal, "limit": m.limit, "marker": m.marker}),
+            |_call, caller, m| async move {
+                let retiring = principal_arn("retiring_principal", &m.retiring_principal)?;
+                let limit = page_limit("limit", m.limit, 50, 100)?;
+                let after = decode_marker(&m.marker)?;
+                let page = self
+                    .domain
+                    .list_retirable_grants(&caller, &retiring, limit, after.as_deref())
+                    .await?;
+                Ok(self.grant_page(page))
+            },
+        )
+        .await
+    }
+
+    async fn retire_grant(
+        &self,
+        request: Request<pb::RetireGrantRequest>,
+    ) -> Result<Response<pb::RetireGrantResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "grantId": m.grant_id}),
+            |_call, caller, m| async move {
+                let target = match (
+                    m.grant_token.is_empty(),
+                    m.key_id.is_empty(),
+                    m.grant_id.is_empty(),
+                ) {
+                    (false, true, true) => RetireTarget::Token(
+                        GrantToken::parse(&m.grant_token).ok_or(KeysError::InvalidGrantToken)?,
+                    ),
+                    (true, false, false) => RetireTarget::Id {
+                        key: key_reference("key_id", &m.key_id)?,
+                        grant_id: grant_id(&m.grant_id)?,
+                    },
+                    _ => {
+                        return Err(KeysError::validation(
+                            "grant_token",
+                            "give either grant_token, or key_id and grant_id",
+                        ));
+                    }
+                };
+                self.domain.retire_grant(&caller, target).await?;
+                Ok(pb::RetireGrantResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        self.run(
+            request,
+            |m| json!({"keyId": m.key_id, "grantId": m.grant_id}),
+            |call, caller, m| async move {
+                let reference = key_reference("key_id", &m.key_id)?;
+                let grant = grant_id(&m.grant_id)?;
+                let key = self
+                    .domain
+                    .revoke_grant(&caller, &reference, &grant)
+                    .await?;
+                self.record_key(&call, &key);
+                Ok(pb::RevokeGrantResponse {})
+            },
+        )
+        .await
+    }
+
     async fn generate_data_key_pair_without_plaintext(
         &self,
         request: Request<pb::GenerateDataKeyPairWithoutPlaintextRequest>,
@@ -1579,9 +2092,9 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| KeyPairFields::of_ciphertext_only(m).audit_parameters(),
-            |call, account, m| async move {
+            |call, caller, m| async move {
                 let (pair, spec) = self
-                    .key_pair(&call, &account, KeyPairFields::of_ciphertext_only(&m))
+                    .key_pair(&call, &caller, KeyPairFields::of_ciphertext_only(&m))
                     .await?;
                 Ok(pb::GenerateDataKeyPairWithoutPlaintextResponse {
                     private_key_ciphertext_blob: pair.private_key_ciphertext_blob,

@@ -29,8 +29,17 @@ pub const GRPC_SERVICE: &str = "coffer.keys.v1.Keys";
 /// Read-only flag and event category of each keys RPC.
 pub fn rpc_kind(method: &str) -> Option<RpcKind> {
     let (read_only, category) = match method {
-        "CreateKey" => (false, EventCategory::Management),
-        "DescribeKey" | "ListKeys" => (true, EventCategory::Management),
+        "DescribeKey"
+        | "ListKeys"
+        | "ListAliases"
+        | "ListResourceTags"
+        | "GetKeyRotationStatus"
+        | "ListKeyRotations"
+        | "GetPublicKey"
+        | "GetKeyPolicy"
+        | "ListKeyPolicies"
+        | "ListGrants"
+        | "ListRetirableGrants" => (true, EventCategory::Management),
         "Encrypt"
         | "Decrypt"
         | "GenerateDataKey"
@@ -42,7 +51,8 @@ pub fn rpc_kind(method: &str) -> Option<RpcKind> {
         | "VerifyMac"
         | "GenerateDataKeyPair"
         | "GenerateDataKeyPairWithoutPlaintext" => (true, EventCategory::Data),
-        _ => return None,
+        "ReEncrypt" => (false, EventCategory::Data),
+        _ => (false, EventCategory::Management),
     };
     Some(RpcKind {
         read_only,

@@ -1,6 +1,9 @@
 //! Aliases, and the service-managed keys behind `alias/coffer/…`.
 
 use coffer_platform::arn::{AccountId, ArnParts};
+use coffer_platform::authz::Caller;
+
+use super::access::Access;
 
 use super::lifecycle::NewKey;
 use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyUsage};
@@ -87,6 +90,7 @@ impl KeysDomain {
         {
             return Ok(key);
         }
+        let service_prefix = alias_name.rsplit('/').next().unwrap_or_default();
         let key = self
             .insert_new_key(
                 account,
@@ -96,8 +100,11 @@ impl KeysDomain {
                     key_spec: KeySpec::SymmetricDefault,
                     tags: Vec::new(),
                     multi_region: false,
+                    policy: Some(self.service_managed_key_policy(account, service_prefix)),
+                    bypass_policy_lockout_safety_check: true,
                 },
                 KeyManager::Aws,
+                |_| Ok(()),
             )
             .await?;
         let now_ms = self.now_ms();
@@ -141,13 +148,16 @@ impl KeysDomain {
 
     pub async fn create_alias(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         alias_name: &str,
         target: &KeyReference,
     ) -> Result<()> {
-        let key = self.resolve(caller, target).await?;
+        let key = self
+            .resolve(caller, target, &Access::to("CreateAlias"))
+            .await?;
         self.ensure_alias_target(&key, "CreateAlias")?;
         let now_ms = self.now_ms();
+        let caller = caller.account();
         let alias = AliasRecord {
             account: caller.clone(),
             alias_name: alias_name.to_owned(),
@@ -168,10 +178,12 @@ impl KeysDomain {
     /// Points an alias at another key of the same key spec and usage.
     pub async fn update_alias(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         alias_name: &str,
         target: &KeyReference,
     ) -> Result<()> {
+        let principal = caller;
+        let caller = principal.account();
         let not_found = || {
             KeysError::NotFound(format!(
                 "Alias '{}' is not found.",
@@ -183,7 +195,12 @@ impl KeysDomain {
             .get_alias(caller, alias_name)
             .await?
             .ok_or_else(not_found)?;
-        let new_key = self.resolve(caller, target).await?;
+        let access = Access::to("UpdateAlias");
+        if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await? {
+            self.authorize_key(principal, &current, &access, not_found)
+                .await?;
+        }
+        let new_key = self.resolve(principal, target, &access).await?;
         self.ensure_alias_target(&new_key, "UpdateAlias")?;
         if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await?
             && (current.key_spec != new_key.key_spec || current.key_usage != new_key.key_usage)
@@ -207,26 +224,42 @@ impl KeysDomain {
         }
     }
 
-    pub async fn delete_alias(&self, caller: &AccountId, alias_name: &str) -> Result<()> {
+    pub async fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<()> {
+        let principal = caller;
+        let caller = principal.account();
+        let not_found = || {
+            KeysError::NotFound(format!(
+                "Alias '{}' is not found.",
+                self.alias_arn(caller, alias_name)
+            ))
+        };
+        let alias = self
+            .store
+            .get_alias(caller, alias_name)
+            .await?
+            .ok_or_else(not_found)?;
+        if let Some(key) = self.store.get_key(caller, &alias.target_key_id).await? {
+            self.authorize_key(principal, &key, &Access::to("DeleteAlias"), not_found)
+                .await?;
+        }
         if self.store.delete_alias(caller, alias_name).await? {
             Ok(())
         } else {
-            Err(KeysError::NotFound(format!(
-                "Alias '{}' is not found.",
-                self.alias_arn(caller, alias_name)
-            )))
+            Err(not_found())
         }
     }
 
     pub async fn list_aliases(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         key: Option<&KeyReference>,
         limit: u32,
         after: Option<&str>,
     ) -> Result<AliasPage> {
+        self.authorize_account(caller, "ListAliases", &[])?;
+        let caller = caller.account();
         let key_id: Option<KeyId> = match key {
-            Some(reference) => Some(self.resolve(caller, reference).await?.key_id),
+            Some(reference) => Some(self.find_key(caller, reference, false).await?.key_id),
             None => None,
         };
         let mut aliases = self

@@ -9,7 +9,9 @@ use coffer_crypto::{
     AsymmetricKeySpec, AsymmetricPrivateKey, CryptoError, EncryptionContext, HmacKey, MacAlgorithm,
     MessageType, RsaEncryptionAlgorithm, SigningAlgorithm, Zeroizing,
 };
-use coffer_platform::arn::AccountId;
+use coffer_platform::authz::Caller;
+
+use super::access::Access;
 
 use super::KeysDomain;
 use super::cache::LoadedMaterial;
@@ -83,10 +85,10 @@ impl KeysDomain {
 
     pub async fn get_public_key(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("GetPublicKey")).await?;
         self.ensure_usable(&key)?;
         let private = self.private_key(&key, "GetPublicKey").await?;
         Ok((key, private.public_key().spki_der().to_vec()))
@@ -94,13 +96,13 @@ impl KeysDomain {
 
     pub async fn sign(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         algorithm: SigningAlgorithm,
         message_type: MessageType,
         message: Vec<u8>,
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("Sign")).await?;
         self.ensure_usable(&key)?;
         if key.key_usage != KeyUsage::SignVerify {
             return Err(self.wrong_usage(&key, "Sign", KeyUsage::SignVerify));
@@ -124,14 +126,14 @@ impl KeysDomain {
     /// Checks a signature; an invalid one is KMSInvalidSignatureException.
     pub async fn verify(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         algorithm: SigningAlgorithm,
         message_type: MessageType,
         message: &[u8],
         signature: &[u8],
     ) -> Result<KeyRecord> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("Verify")).await?;
         self.ensure_usable(&key)?;
         if key.key_usage != KeyUsage::SignVerify {
             return Err(self.wrong_usage(&key, "Verify", KeyUsage::SignVerify));
@@ -150,12 +152,12 @@ impl KeysDomain {
 
     pub async fn generate_mac(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         algorithm: MacAlgorithm,
         message: &[u8],
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("GenerateMac")).await?;
         self.ensure_usable(&key)?;
         let hmac = self.hmac_key(&key, "GenerateMac").await?;
         let mac = hmac
@@ -167,13 +169,13 @@ impl KeysDomain {
     /// Checks a MAC; an invalid one is KMSInvalidMacException.
     pub async fn verify_mac(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         algorithm: MacAlgorithm,
         message: &[u8],
         mac: &[u8],
     ) -> Result<KeyRecord> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("VerifyMac")).await?;
         self.ensure_usable(&key)?;
         let hmac = self.hmac_key(&key, "VerifyMac").await?;
         let valid = hmac
@@ -244,12 +246,13 @@ impl KeysDomain {
     /// A new key pair whose private key is encrypted under a symmetric key.
     pub async fn generate_data_key_pair(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
+        action: &'static str,
         pair_spec: AsymmetricKeySpec,
         context: &EncryptionContext,
     ) -> Result<DataKeyPair> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to(action).with_context(context)).await?;
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKeyPair")?;
         let pair = self

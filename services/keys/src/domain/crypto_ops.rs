@@ -3,7 +3,9 @@
 use coffer_crypto::{
     AsymmetricKeySpec, EncryptionContext, Zeroizing, encrypt_symmetric, parse_blob, random_bytes,
 };
-use coffer_platform::arn::AccountId;
+use coffer_platform::authz::Caller;
+
+use super::access::Access;
 
 use super::KeysDomain;
 use super::types::{EncryptionAlgorithm, KeyId, KeyReference, KeyUsage};
@@ -55,13 +57,13 @@ impl KeysDomain {
 
     pub async fn encrypt(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("Encrypt").with_context(context)).await?;
         self.ensure_usable(&key)?;
         if key.key_usage == KeyUsage::EncryptDecrypt
             && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
@@ -77,44 +79,54 @@ impl KeysDomain {
         Ok((key, blob))
     }
 
-    /// Decrypts a blob. The blob names its key; when the caller also names
-    /// one, it must be the same key. Any blob that is malformed, names a key
-    /// the caller cannot see, names an unknown material version, or fails
-    /// authentication is `InvalidCiphertext`.
+    /// Decrypts a blob. The blob names its key (of any account; the key's
+    /// policy decides); when the caller also names one, it must be the same
+    /// key. Any blob that is malformed, names a key the caller cannot see,
+    /// names an unknown material version, or fails authentication is
+    /// `InvalidCiphertext`. `action` is `Decrypt`, or `ReEncryptFrom` for the
+    /// source half of ReEncrypt.
     pub async fn decrypt(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         blob: &[u8],
         expected_key: Option<&KeyReference>,
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
+        action: &'static str,
     ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>)> {
-        if let Some(reference) = expected_key {
-            let key = self.resolve(caller, reference).await?;
-            if key.key_usage == KeyUsage::EncryptDecrypt
-                && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
-            {
-                self.ensure_usable(&key)?;
-                let plaintext = self
-                    .rsa_decrypt(&key, algorithm, context, blob.to_vec())
-                    .await?;
-                return Ok((key, plaintext));
-            }
+        let access = Access::to(action).with_context(context);
+        let named = match expected_key {
+            Some(reference) => Some(self.resolve(caller, reference, &access).await?),
+            None => None,
+        };
+        if let Some(key) = &named
+            && key.key_usage == KeyUsage::EncryptDecrypt
+            && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
+        {
+            self.ensure_usable(key)?;
+            let plaintext = self
+                .rsa_decrypt(key, algorithm, context, blob.to_vec())
+                .await?;
+            return Ok((key.clone(), plaintext));
         }
         let parsed = parse_blob(blob).map_err(|_| KeysError::InvalidCiphertext)?;
         let blob_key_id = KeyId::parse(parsed.key_id()).ok_or(KeysError::InvalidCiphertext)?;
-        let key = match expected_key {
-            Some(reference) => {
-                let key = self.resolve(caller, reference).await?;
+        let key = match named {
+            Some(key) => {
                 if key.key_id != blob_key_id {
                     return Err(KeysError::IncorrectKey);
                 }
                 key
             }
-            None => self
-                .key_by_id(caller, &blob_key_id)
-                .await?
-                .ok_or(KeysError::InvalidCiphertext)?,
+            None => {
+                let key = self
+                    .key_of_ciphertext(caller.account(), &blob_key_id)
+                    .await?
+                    .ok_or(KeysError::InvalidCiphertext)?;
+                self.authorize_key(caller, &key, &access, || KeysError::InvalidCiphertext)
+                    .await?;
+                key
+            }
         };
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "Decrypt")?;
@@ -131,12 +143,13 @@ impl KeysDomain {
 
     pub async fn generate_data_key(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
+        action: &'static str,
         length: usize,
         context: &EncryptionContext,
     ) -> Result<DataKey> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to(action).with_context(context)).await?;
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKey")?;
         let plaintext = random_bytes(length)?;
@@ -153,7 +166,7 @@ impl KeysDomain {
     #[allow(clippy::too_many_arguments)]
     pub async fn re_encrypt(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         blob: &[u8],
         source_key: Option<&KeyReference>,
         source_algorithm: EncryptionAlgorithm,
@@ -163,9 +176,22 @@ impl KeysDomain {
         destination_context: &EncryptionContext,
     ) -> Result<(KeyRecord, KeyRecord, Vec<u8>)> {
         let (source, plaintext) = self
-            .decrypt(caller, blob, source_key, source_algorithm, source_context)
+            .decrypt(
+                caller,
+                blob,
+                source_key,
+                source_algorithm,
+                source_context,
+                "ReEncryptFrom",
+            )
             .await?;
-        let destination = self.resolve(caller, destination_key).await?;
+        let destination = self
+            .resolve(
+                caller,
+                destination_key,
+                &Access::to("ReEncryptTo").with_context(destination_context),
+            )
+            .await?;
         self.ensure_usable(&destination)?;
         self.ensure_symmetric_encryption_key(&destination, "ReEncrypt")?;
         self.ensure_algorithm(&destination, destination_algorithm)?;
@@ -175,7 +201,8 @@ impl KeysDomain {
         Ok((source, destination, blob))
     }
 
-    pub fn generate_random(&self, length: usize) -> Result<Zeroizing<Vec<u8>>> {
+    pub fn generate_random(&self, caller: &Caller, length: usize) -> Result<Zeroizing<Vec<u8>>> {
+        self.authorize_account(caller, "GenerateRandom", &[])?;
         Ok(random_bytes(length)?)
     }
 }

@@ -2,6 +2,9 @@
 //! DisableKey, ScheduleKeyDeletion, CancelKeyDeletion, and the deletion reaper.
 
 use coffer_platform::arn::AccountId;
+use coffer_platform::authz::Caller;
+
+use super::access::Access;
 
 use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag};
 use super::{DAY_MS, KeyOperation, KeysDomain};
@@ -21,6 +24,9 @@ pub struct NewKey {
     pub key_spec: KeySpec,
     pub tags: Vec<Tag>,
     pub multi_region: bool,
+    /// The key policy document; the default key policy when `None`.
+    pub policy: Option<String>,
+    pub bypass_policy_lockout_safety_check: bool,
 }
 
 /// One page of ListKeys.
@@ -32,7 +38,29 @@ pub struct KeyPage {
 }
 
 impl KeysDomain {
-    pub async fn create_key(&self, caller: &AccountId, request: NewKey) -> Result<KeyRecord> {
+    pub async fn create_key(&self, caller: &Caller, request: NewKey) -> Result<KeyRecord> {
+        let mut conditions = vec![
+            ("kms:KeySpec", vec![request.key_spec.to_string()]),
+            ("kms:KeyUsage", vec![request.key_usage.to_string()]),
+            ("kms:KeyOrigin", vec!["AWS_KMS".to_owned()]),
+            ("kms:MultiRegion", vec![request.multi_region.to_string()]),
+            (
+                "kms:BypassPolicyLockoutSafetyCheck",
+                vec![request.bypass_policy_lockout_safety_check.to_string()],
+            ),
+        ];
+        if !request.tags.is_empty() {
+            conditions.push((
+                "aws:TagKeys",
+                request.tags.iter().map(|tag| tag.key.clone()).collect(),
+            ));
+        }
+        self.authorize_account(caller, "CreateKey", &conditions)?;
+        let policy = request
+            .policy
+            .as_deref()
+            .map(Self::parse_key_policy)
+            .transpose()?;
         match (request.key_spec, request.key_usage) {
             (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt)
             | (
@@ -66,8 +94,19 @@ impl KeysDomain {
                 "multi-Region keys are not supported by this release of Coffer.".into(),
             ));
         }
-        self.insert_new_key(caller, request, KeyManager::Customer)
-            .await
+        let lockout_check = |key: &KeyRecord| match &policy {
+            Some(policy) if !request.bypass_policy_lockout_safety_check => {
+                self.check_lockout(caller, key, policy)
+            }
+            _ => Ok(()),
+        };
+        self.insert_new_key(
+            caller.account(),
+            request.clone(),
+            KeyManager::Customer,
+            lockout_check,
+        )
+        .await
     }
 
     /// Stores a new symmetric key with fresh material.
@@ -76,6 +115,7 @@ impl KeysDomain {
         caller: &AccountId,
         request: NewKey,
         key_manager: KeyManager,
+        check: impl Fn(&KeyRecord) -> Result<()>,
     ) -> Result<KeyRecord> {
         let now_ms = self.now_ms();
         // A fresh UUID collides with an existing key id only by a fault of the
@@ -107,7 +147,9 @@ impl KeysDomain {
                 next_rotation_ms: rotates.then(|| {
                     now_ms + i64::from(super::rotation::DEFAULT_ROTATION_PERIOD_DAYS) * DAY_MS
                 }),
+                policy: request.policy.clone().unwrap_or_default(),
             };
+            check(&key)?;
             match self.store.create_key(&key, &material, &request.tags).await {
                 Ok(()) => return Ok(key),
                 Err(StoreError::Conflict) => continue,
@@ -119,23 +161,26 @@ impl KeysDomain {
 
     pub async fn describe_key(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<KeyRecord> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("DescribeKey"))
+            .await?;
         self.check_state(&key, KeyOperation::Describe)?;
         Ok(key)
     }
 
     pub async fn list_keys(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         limit: u32,
         after: Option<&KeyId>,
     ) -> Result<KeyPage> {
+        self.authorize_account(caller, "ListKeys", &[])?;
         let mut keys = self
             .store
-            .list_keys(caller, after, limit.saturating_add(1))
+            .list_keys(caller.account(), after, limit.saturating_add(1))
             .await?;
         let has_more = keys.len() > limit as usize;
         keys.truncate(limit as usize);
@@ -149,7 +194,7 @@ impl KeysDomain {
 
     pub async fn update_key_description(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         description: &str,
     ) -> Result<KeyRecord> {
@@ -157,6 +202,7 @@ impl KeysDomain {
             caller,
             reference,
             KeyOperation::UpdateDescription,
+            &Access::to("UpdateKeyDescription"),
             |key, _now| {
                 self.ensure_customer_managed(key, "UpdateKeyDescription")?;
                 key.description = description.to_owned();
@@ -168,10 +214,10 @@ impl KeysDomain {
 
     pub async fn enable_key(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<KeyRecord> {
-        self.update_key_with(caller, reference, KeyOperation::EnableKey, |key, _now| {
+        self.update_key_with(caller, reference, KeyOperation::EnableKey, &Access::to("EnableKey"), |key, _now| {
             self.ensure_customer_managed(key, "EnableKey")?;
             key.key_state = KeyState::Enabled;
             Ok(())
@@ -181,10 +227,10 @@ impl KeysDomain {
 
     pub async fn disable_key(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<KeyRecord> {
-        self.update_key_with(caller, reference, KeyOperation::DisableKey, |key, _now| {
+        self.update_key_with(caller, reference, KeyOperation::DisableKey, &Access::to("DisableKey"), |key, _now| {
             self.ensure_customer_managed(key, "DisableKey")?;
             key.key_state = KeyState::Disabled;
             Ok(())
@@ -196,7 +242,7 @@ impl KeysDomain {
     /// at the edge); the reaper destroys it when the date comes.
     pub async fn schedule_key_deletion(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         window_days: i32,
     ) -> Result<KeyRecord> {
@@ -205,6 +251,7 @@ impl KeysDomain {
             caller,
             reference,
             KeyOperation::ScheduleDeletion,
+            &Access::to("ScheduleKeyDeletion"),
             |key, now_ms| {
                 self.ensure_customer_managed(key, "ScheduleKeyDeletion")?;
                 key.key_state = KeyState::PendingDeletion;
@@ -219,13 +266,14 @@ impl KeysDomain {
     /// Cancels a scheduled deletion; the key becomes Disabled, as in AWS.
     pub async fn cancel_key_deletion(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<KeyRecord> {
         self.update_key_with(
             caller,
             reference,
             KeyOperation::CancelDeletion,
+            &Access::to("CancelKeyDeletion"),
             |key, _now| {
                 key.key_state = KeyState::Disabled;
                 key.deletion_date_ms = None;

@@ -1,12 +1,15 @@
 //! The keys service's rules: which key a request names, whether it may be
 //! used, and the cryptography. No gRPC types and no database driver here.
 
+pub mod access;
 pub mod aliases;
 pub mod asymmetric;
 pub mod cache;
 pub mod crypto_ops;
 mod crypto_pool;
+pub mod grants;
 pub mod lifecycle;
+pub mod policies;
 pub mod rotation;
 pub mod tags;
 pub mod types;
@@ -18,7 +21,10 @@ use coffer_crypto::{
     SymmetricKeyMaterial, Zeroizing, unseal,
 };
 use coffer_platform::arn::{AccountId, Location};
+use coffer_platform::authz::Caller;
 use coffer_platform::clock::Clock;
+
+use access::Access;
 
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, KeyStore};
@@ -47,12 +53,17 @@ pub enum KeyOperation {
     RotationStatus,
     RotateOnDemand,
     ListRotations,
+    /// Reading or changing the key policy, listing, retiring and revoking
+    /// grants: allowed in every state but never changes key material.
+    Policy,
+    CreateGrant,
 }
 
 /// Everything the keys operations need.
 pub struct KeysDomain {
     store: Arc<dyn KeyStore>,
     cache: cache::KeyCache,
+    policies: access::PolicyCache,
     /// Threads for slow crypto (RSA key generation and private-key
     /// operations), so it never runs on the async workers.
     heavy_crypto: crypto_pool::CryptoPool,
@@ -71,6 +82,7 @@ impl KeysDomain {
         Self {
             store,
             cache: cache::KeyCache::default(),
+            policies: access::PolicyCache::default(),
             heavy_crypto: crypto_pool::CryptoPool::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             ),
@@ -101,32 +113,98 @@ impl KeysDomain {
         self.clock.now_millis()
     }
 
-    /// The key a reference names, in the caller's account. A key that does
-    /// not exist and a key of another account give the same answer.
-    pub async fn resolve(&self, caller: &AccountId, reference: &KeyReference) -> Result<KeyRecord> {
-        let not_found = |text: &str| KeysError::NotFound(format!("Key '{text}' does not exist"));
-        let (key_id, named_as) = match reference {
-            KeyReference::Id(key_id) => (key_id, self.key_arn(caller, key_id)),
+    /// The key a reference names, if the caller may perform `access` on
+    /// it. Key ids and aliases name keys of the caller's account; a key ARN
+    /// may name another account's key for the operations AWS allows across
+    /// accounts. A key that does not exist, a key of another account named
+    /// for anything else, and a key the caller may not even describe all
+    /// give the same answer.
+    pub async fn resolve(
+        &self,
+        caller: &Caller,
+        reference: &KeyReference,
+        access: &Access<'_>,
+    ) -> Result<KeyRecord> {
+        let key = self
+            .find_key(caller.account(), reference, access.crosses_accounts())
+            .await?;
+        self.authorize_key(caller, &key, access, || {
+            self.missing(caller.account(), reference)
+        })
+        .await?;
+        Ok(key)
+    }
+
+    /// The answer for a reference that names no key the caller can see.
+    pub(crate) fn missing(&self, caller: &AccountId, reference: &KeyReference) -> KeysError {
+        match reference {
+            KeyReference::Id(key_id) => KeysError::NotFound(format!(
+                "Key '{}' does not exist",
+                self.key_arn(caller, key_id)
+            )),
             KeyReference::Arn {
                 partition,
                 region,
                 account,
                 key_id,
+            } => KeysError::NotFound(format!(
+                "Key 'arn:{partition}:{SERVICE_PREFIX}:{region}:{account}:key/{key_id}' does not exist"
+            )),
+            KeyReference::Alias(text) => match coffer_platform::arn::ArnParts::parse(text) {
+                Some(_) => KeysError::NotFound(format!("Alias '{text}' is not found.")),
+                None => KeysError::NotFound(format!(
+                    "Alias '{}' is not found.",
+                    self.alias_arn(caller, text)
+                )),
+            },
+            KeyReference::Unknown(text) => {
+                KeysError::NotFound(format!("Key '{text}' does not exist"))
+            }
+        }
+    }
+
+    /// The key a reference names, before any permission check.
+    pub(crate) async fn find_key(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+        other_accounts: bool,
+    ) -> Result<KeyRecord> {
+        let owner = match reference {
+            KeyReference::Id(_) => caller,
+            KeyReference::Arn {
+                partition,
+                region,
+                account,
+                ..
             } => {
-                let arn =
-                    format!("arn:{partition}:{SERVICE_PREFIX}:{region}:{account}:key/{key_id}");
                 let here = *partition == self.location.partition && *region == self.location.region;
-                if !here || account != caller {
-                    return Err(not_found(&arn));
+                if !here || (account != caller && !other_accounts) {
+                    return Err(self.missing(caller, reference));
                 }
-                (key_id, arn)
+                account
             }
             KeyReference::Alias(text) => return self.resolve_alias(caller, text).await,
-            KeyReference::Unknown(text) => return Err(not_found(text)),
+            KeyReference::Unknown(_) => return Err(self.missing(caller, reference)),
         };
-        self.key_by_id(caller, key_id)
+        let (KeyReference::Id(key_id) | KeyReference::Arn { key_id, .. }) = reference else {
+            return Err(self.missing(caller, reference));
+        };
+        self.key_by_id(owner, key_id)
             .await?
-            .ok_or_else(|| not_found(&named_as))
+            .ok_or_else(|| self.missing(caller, reference))
+    }
+
+    /// The key a ciphertext names, in any account (cross-account Decrypt).
+    pub(crate) async fn key_of_ciphertext(
+        &self,
+        caller: &AccountId,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>> {
+        if let Some(key) = self.key_by_id(caller, key_id).await? {
+            return Ok(Some(key));
+        }
+        Ok(self.store.find_key(key_id).await?)
     }
 
     /// A key of `account` by id, from the cache when fresh.
@@ -157,7 +235,7 @@ impl KeysDomain {
         };
         let read_only = matches!(
             operation,
-            Op::Describe | Op::ListTags | Op::RotationStatus | Op::ListRotations
+            Op::Describe | Op::ListTags | Op::RotationStatus | Op::ListRotations | Op::Policy
         );
         match key.key_state {
             KeyState::Enabled => match operation {
@@ -212,14 +290,15 @@ impl KeysDomain {
     /// a concurrent update got there first.
     pub(crate) async fn update_key_with(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         operation: KeyOperation,
+        access: &Access<'_>,
         change: impl Fn(&mut KeyRecord, i64) -> Result<()>,
     ) -> Result<KeyRecord> {
         const ATTEMPTS: usize = 5;
         for _attempt in 0..ATTEMPTS {
-            let mut key = self.resolve(caller, reference).await?;
+            let mut key = self.resolve(caller, reference, access).await?;
             self.check_state(&key, operation)?;
             let now_ms = self.now_ms();
             change(&mut key, now_ms)?;

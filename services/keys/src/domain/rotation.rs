@@ -1,7 +1,9 @@
 //! Key rotation: automatic (on a schedule) and on demand. Every earlier
 //! backing key is kept, so ciphertexts made before a rotation decrypt forever.
 
-use coffer_platform::arn::AccountId;
+use coffer_platform::authz::Caller;
+
+use super::access::Access;
 
 use super::types::{KeyReference, KeySpec, RotationType};
 use super::{DAY_MS, KeyOperation, KeysDomain};
@@ -42,7 +44,7 @@ impl KeysDomain {
 
     pub async fn enable_key_rotation(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         period_days: i32,
     ) -> Result<KeyRecord> {
@@ -50,6 +52,7 @@ impl KeysDomain {
             caller,
             reference,
             KeyOperation::EnableRotation,
+            &Access::to("EnableKeyRotation"),
             |key, now_ms| {
                 self.ensure_rotatable(key, "EnableKeyRotation")?;
                 self.ensure_customer_managed(key, "EnableKeyRotation")?;
@@ -64,13 +67,14 @@ impl KeysDomain {
 
     pub async fn disable_key_rotation(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<KeyRecord> {
         self.update_key_with(
             caller,
             reference,
             KeyOperation::DisableRotation,
+            &Access::to("DisableKeyRotation"),
             |key, _now| {
                 self.ensure_rotatable(key, "DisableKeyRotation")?;
                 self.ensure_customer_managed(key, "DisableKeyRotation")?;
@@ -85,10 +89,10 @@ impl KeysDomain {
 
     pub async fn get_key_rotation_status(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<RotationStatus> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("GetKeyRotationStatus")).await?;
         self.check_state(&key, KeyOperation::RotationStatus)?;
         self.ensure_rotatable(&key, "GetKeyRotationStatus")?;
         Ok(RotationStatus { key })
@@ -98,12 +102,12 @@ impl KeysDomain {
     /// [`MAX_ON_DEMAND_ROTATIONS`] per key; the automatic schedule is unchanged.
     pub async fn rotate_key_on_demand(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
     ) -> Result<KeyRecord> {
         const ATTEMPTS: usize = 5;
         for _attempt in 0..ATTEMPTS {
-            let key = self.resolve(caller, reference).await?;
+            let key = self.resolve(caller, reference, &Access::to("RotateKeyOnDemand")).await?;
             self.check_state(&key, KeyOperation::RotateOnDemand)?;
             self.ensure_rotatable(&key, "RotateKeyOnDemand")?;
             self.ensure_customer_managed(&key, "RotateKeyOnDemand")?;
@@ -184,12 +188,12 @@ impl KeysDomain {
     /// Rotations (material versions after the first), oldest first.
     pub async fn list_key_rotations(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         limit: usize,
         offset: usize,
     ) -> Result<RotationPage> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("ListKeyRotations")).await?;
         self.check_state(&key, KeyOperation::ListRotations)?;
         self.ensure_rotatable(&key, "ListKeyRotations")?;
         let rotations: Vec<MaterialRecord> = self

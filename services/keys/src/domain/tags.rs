@@ -1,6 +1,8 @@
 //! TagResource, UntagResource, ListResourceTags.
 
-use coffer_platform::arn::AccountId;
+use coffer_platform::authz::Caller;
+
+use super::access::Access;
 
 use super::types::{KeyReference, Tag};
 use super::{KeyOperation, KeysDomain};
@@ -20,11 +22,11 @@ impl KeysDomain {
     /// Adds or replaces tags; at most [`MAX_TAGS_PER_KEY`] in all.
     pub async fn tag_resource(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         tags: &[Tag],
     ) -> Result<()> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("TagResource")).await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "TagResource")?;
         let existing = self.store.list_tags(&key.key_id).await?;
@@ -43,11 +45,11 @@ impl KeysDomain {
 
     pub async fn untag_resource(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         tag_keys: &[String],
     ) -> Result<()> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("UntagResource")).await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "UntagResource")?;
         Ok(self.store.delete_tags(&key.key_id, tag_keys).await?)
@@ -55,12 +57,12 @@ impl KeysDomain {
 
     pub async fn list_resource_tags(
         &self,
-        caller: &AccountId,
+        caller: &Caller,
         reference: &KeyReference,
         limit: usize,
         after: Option<&str>,
     ) -> Result<TagPage> {
-        let key = self.resolve(caller, reference).await?;
+        let key = self.resolve(caller, reference, &Access::to("ListResourceTags")).await?;
         self.check_state(&key, KeyOperation::ListTags)?;
         let all = self.store.list_tags(&key.key_id).await?;
         let mut tags: Vec<Tag> = all

@@ -78,6 +78,8 @@ contract_tests!(
     due_queries_find_only_due_keys,
     tags_are_upserted_and_removed,
     aliases_are_unique_per_account,
+    policies_are_stored_with_the_key_and_keys_are_found_in_any_account,
+    grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal,
 );
 
 fn account(digits: &str) -> AccountId {
@@ -103,6 +105,7 @@ fn new_key(owner: &AccountId, material_id: MaterialId) -> KeyRecord {
         rotation_enabled: false,
         rotation_period_days: None,
         next_rotation_ms: None,
+        policy: String::new(),
     }
 }
 
@@ -487,5 +490,100 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
             .map(|a| a.target_key_id),
         Some(foreign.key_id)
     );
+    Ok(())
+}
+
+async fn policies_are_stored_with_the_key_and_keys_are_found_in_any_account(
+    store: &dyn KeyStore,
+) -> TestResult {
+    let owner = account("111122223333");
+    let material_id = MaterialId::generate()?;
+    let mut key = new_key(&owner, material_id);
+    key.policy = r#"{"Version":"2012-10-17","Statement":[]}"#.into();
+    store.create_key(&key, &material(material_id), &[]).await?;
+    let found = store.find_key(&key.key_id).await?.ok_or("key not found")?;
+    assert_eq!(found, key);
+    assert_eq!(store.find_key(&KeyId::generate()).await?, None);
+
+    let mut changed = found.clone();
+    changed.policy = "{\"Statement\":[{\"Effect\":\"Deny\"}]} \u{1F512}".into();
+    changed.version = store.update_key(&changed, 1_700_000_000_999).await?;
+    let stored = store
+        .get_key(&owner, &key.key_id)
+        .await?
+        .ok_or("key not found")?;
+    assert_eq!(stored.policy, changed.policy);
+    assert_eq!(stored.version, changed.version);
+    Ok(())
+}
+
+fn grant(key: &KeyRecord, grant_id: &str, grantee: &str, retiring: Option<&str>) -> GrantRecord {
+    GrantRecord {
+        grant_id: grant_id.to_owned(),
+        key_id: key.key_id.clone(),
+        key_account: key.account.clone(),
+        name: "payments-app".into(),
+        grantee_principal: grantee.to_owned(),
+        retiring_principal: retiring.map(str::to_owned),
+        issuing_account: account("444455556666"),
+        operations: vec!["Encrypt".into(), "Decrypt".into()],
+        constraint: Some((
+            ConstraintKind::Subset,
+            vec![
+                ("a".into(), "1".into()),
+                ("quote\"d".into(), "line\nbreak".into()),
+            ],
+        )),
+        token_secret: "cd".repeat(16),
+        created_at_ms: 1_700_000_000_123,
+    }
+}
+
+async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
+    store: &dyn KeyStore,
+) -> TestResult {
+    let owner = account("111122223333");
+    let material_id = MaterialId::generate()?;
+    let key = new_key(&owner, material_id);
+    store.create_key(&key, &material(material_id), &[]).await?;
+    let alice = "arn:coffer:iam::111122223333:user/alice";
+    let bob = "arn:coffer:iam::444455556666:user/bob";
+    let first = grant(&key, &"a".repeat(64), alice, Some(bob));
+    let mut second = grant(&key, &"b".repeat(64), bob, None);
+    second.constraint = None;
+    second.name = String::new();
+    store.create_grant(&second).await?;
+    store.create_grant(&first).await?;
+    assert!(matches!(
+        store.create_grant(&first).await,
+        Err(StoreError::Conflict)
+    ));
+
+    assert_eq!(store.get_grant(&first.grant_id).await?, Some(first.clone()));
+    assert_eq!(store.get_grant(&"c".repeat(64)).await?, None);
+    let all = store.list_grants(&key.key_id, None, 10).await?;
+    assert_eq!(all, vec![first.clone(), second.clone()]);
+    let after_first = store
+        .list_grants(&key.key_id, Some(&first.grant_id), 10)
+        .await?;
+    assert_eq!(after_first, vec![second.clone()]);
+    assert_eq!(store.list_grants(&key.key_id, None, 1).await?.len(), 1);
+    assert_eq!(
+        store.grants_for_grantee(&key.key_id, alice).await?,
+        vec![first.clone()]
+    );
+    assert_eq!(
+        store.list_retirable_grants(bob, None, 10).await?,
+        vec![first.clone()]
+    );
+    assert!(store.list_retirable_grants(alice, None, 10).await?.is_empty());
+
+    assert!(store.delete_grant(&first.grant_id).await?);
+    assert!(!store.delete_grant(&first.grant_id).await?);
+    assert_eq!(store.get_grant(&first.grant_id).await?, None);
+
+    // Deleting the key takes its grants with it.
+    assert!(store.delete_key(&key.key_id).await?);
+    assert_eq!(store.get_grant(&second.grant_id).await?, None);
     Ok(())
 }

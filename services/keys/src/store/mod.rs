@@ -30,6 +30,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "lifecycle",
             sql: include_str!("../../migrations/postgres/0002_lifecycle.sql"),
         },
+        MigrationFile {
+            version: 3,
+            description: "policies and grants",
+            sql: include_str!("../../migrations/postgres/0003_policies_grants.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -41,6 +46,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 2,
             description: "lifecycle",
             sql: include_str!("../../migrations/sqlite/0002_lifecycle.sql"),
+        },
+        MigrationFile {
+            version: 3,
+            description: "policies and grants",
+            sql: include_str!("../../migrations/sqlite/0003_policies_grants.sql"),
         },
     ],
 };
@@ -66,6 +76,8 @@ pub struct KeyRecord {
     pub rotation_enabled: bool,
     pub rotation_period_days: Option<i32>,
     pub next_rotation_ms: Option<i64>,
+    /// The key policy document; empty for the default key policy.
+    pub policy: String,
 }
 
 /// One version of a key's material, sealed under the root key.
@@ -77,6 +89,54 @@ pub struct MaterialRecord {
     pub created_at_ms: i64,
     /// How this version came to be; `None` for the key's first material.
     pub rotation_type: Option<RotationType>,
+}
+
+/// How a grant constrains the encryption context of the requests it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstraintKind {
+    /// The request's context must be exactly the grant's pairs.
+    Equals,
+    /// The request's context must contain the grant's pairs.
+    Subset,
+}
+
+impl ConstraintKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Equals => "EncryptionContextEquals",
+            Self::Subset => "EncryptionContextSubset",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "EncryptionContextEquals" => Some(Self::Equals),
+            "EncryptionContextSubset" => Some(Self::Subset),
+            _ => None,
+        }
+    }
+}
+
+/// A grant as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// 64 lowercase hex digits, as AWS grant ids.
+    pub grant_id: String,
+    pub key_id: KeyId,
+    /// The account of the key (grants may be for principals of others).
+    pub key_account: AccountId,
+    /// The idempotency name; empty when none was given.
+    pub name: String,
+    pub grantee_principal: String,
+    pub retiring_principal: Option<String>,
+    pub issuing_account: AccountId,
+    /// AWS operation names (`Encrypt`, `ReEncryptFrom`, …).
+    pub operations: Vec<String>,
+    /// The constraint and its pairs, sorted by key.
+    pub constraint: Option<(ConstraintKind, Vec<(String, String)>)>,
+    /// Hex secret a grant token carries beside the grant id.
+    pub token_secret: String,
+    pub created_at_ms: i64,
 }
 
 /// An alias as stored.
@@ -205,6 +265,39 @@ pub trait KeyStore: Send + Sync + 'static {
         account: &AccountId,
         alias_name: &str,
     ) -> Result<Option<AliasRecord>, StoreError>;
+
+    /// The key `key_id` whatever its account (ciphertexts name keys by id).
+    async fn find_key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    async fn create_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+
+    async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError>;
+
+    /// Grants on a key ordered by grant id, after `after`.
+    async fn list_grants(
+        &self,
+        key_id: &KeyId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Every grant on a key for one grantee principal.
+    async fn grants_for_grantee(
+        &self,
+        key_id: &KeyId,
+        grantee_principal: &str,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Grants a principal may retire, ordered by grant id, after `after`.
+    async fn list_retirable_grants(
+        &self,
+        retiring_principal: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Removes a grant; `false` when it did not exist.
+    async fn delete_grant(&self, grant_id: &str) -> Result<bool, StoreError>;
 
     /// Aliases of an account (of one key when `target` is given), by name,
     /// after `after`.

@@ -7,23 +7,26 @@ use coffer_crypto::MaterialId;
 use coffer_platform::arn::AccountId;
 use sqlx::Row;
 
-use super::{AliasRecord, KeyRecord, KeyStore, MaterialRecord, StoreError, convert_sqlx_error};
+use super::{
+    AliasRecord, ConstraintKind, GrantRecord, KeyRecord, KeyStore, MaterialRecord, StoreError,
+    convert_sqlx_error,
+};
 use crate::domain::types::{
     KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
 };
 
 const KEY_COLUMNS: &str = "key_id, account_id, description, key_usage, key_spec, origin, key_manager, \
      key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms, version, \
-     pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms";
+     pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms, policy";
 
 const INSERT_KEY: &str = "INSERT INTO keys (key_id, account_id, description, key_usage, key_spec, origin, \
      key_manager, key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms, updated_at_ms, \
-     version, pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $11, 0, $13, $14, $15, $16)";
+     version, pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms, policy) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $11, 0, $13, $14, $15, $16, $17)";
 
 const UPDATE_KEY: &str = "UPDATE keys SET description = $3, key_state = $4, deletion_date_ms = $5, \
      pending_window_days = $6, rotation_enabled = $7, rotation_period_days = $8, next_rotation_ms = $9, \
-     current_material_id = $10, updated_at_ms = $11, version = version + 1 \
+     current_material_id = $10, updated_at_ms = $11, policy = $12, version = version + 1 \
      WHERE key_id = $1 AND version = $2";
 
 const INSERT_MATERIAL: &str = "INSERT INTO key_materials (key_id, material_id, sealed_material, origin, created_at_ms, rotation_type) \
@@ -49,6 +52,42 @@ const INSERT_ALIAS: &str = "INSERT INTO aliases (account_id, alias_name, target_
 const UPDATE_ALIAS: &str = "UPDATE aliases SET target_key_id = $3, updated_at_ms = $4 WHERE account_id = $1 AND alias_name = $2";
 
 const DELETE_ALIAS: &str = "DELETE FROM aliases WHERE account_id = $1 AND alias_name = $2";
+
+const GRANT_COLUMNS: &str = "grant_id, key_id, key_account, name, grantee_principal, retiring_principal, issuing_account, \
+     operations, constraint_kind, constraint_context, token_secret, created_at_ms";
+
+const INSERT_GRANT: &str = "INSERT INTO grants (grant_id, key_id, key_account, name, grantee_principal, \
+     retiring_principal, issuing_account, operations, constraint_kind, constraint_context, token_secret, created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+const DELETE_GRANT: &str = "DELETE FROM grants WHERE grant_id = $1";
+
+fn select_grant() -> String {
+    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1")
+}
+
+fn select_grants_page() -> String {
+    format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 AND grant_id > $2 ORDER BY grant_id LIMIT $3"
+    )
+}
+
+fn select_grantee_grants() -> String {
+    format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 AND grantee_principal = $2 ORDER BY grant_id"
+    )
+}
+
+fn select_retirable_grants_page() -> String {
+    format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE retiring_principal = $1 AND grant_id > $2 \
+         ORDER BY grant_id LIMIT $3"
+    )
+}
+
+fn select_key_in_any_account() -> String {
+    format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = $1")
+}
 
 const INSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3)";
 
@@ -132,6 +171,70 @@ struct KeyColumns {
     rotation_enabled: bool,
     rotation_period_days: Option<i32>,
     next_rotation_ms: Option<i64>,
+    policy: String,
+}
+
+/// Column values of one `grants` row.
+struct GrantColumns {
+    grant_id: String,
+    key_id: String,
+    key_account: String,
+    name: String,
+    grantee_principal: String,
+    retiring_principal: Option<String>,
+    issuing_account: String,
+    operations: String,
+    constraint_kind: Option<String>,
+    constraint_context: Option<String>,
+    token_secret: String,
+    created_at_ms: i64,
+}
+
+impl GrantColumns {
+    fn into_record(self) -> Result<GrantRecord, StoreError> {
+        let constraint = match (self.constraint_kind, self.constraint_context) {
+            (None, None) => None,
+            (Some(kind), Some(context)) => {
+                let kind = parse_column("constraint_kind", &kind, ConstraintKind::parse)?;
+                let pairs: std::collections::BTreeMap<String, String> =
+                    serde_json::from_str(&context)
+                        .map_err(|_| corrupt("constraint_context", "(not a JSON object)"))?;
+                Some((kind, pairs.into_iter().collect()))
+            }
+            _ => return Err(corrupt("constraint_kind", "(without its context)")),
+        };
+        Ok(GrantRecord {
+            grant_id: self.grant_id,
+            key_id: parse_column("key_id", &self.key_id, KeyId::parse)?,
+            key_account: parse_column("key_account", &self.key_account, AccountId::parse)?,
+            name: self.name,
+            grantee_principal: self.grantee_principal,
+            retiring_principal: self.retiring_principal,
+            issuing_account: parse_column(
+                "issuing_account",
+                &self.issuing_account,
+                AccountId::parse,
+            )?,
+            operations: self
+                .operations
+                .split(',')
+                .filter(|operation| !operation.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            constraint,
+            token_secret: self.token_secret,
+            created_at_ms: self.created_at_ms,
+        })
+    }
+}
+
+/// The stored form of a grant's constraint context: a JSON object.
+fn constraint_context_json(pairs: &[(String, String)]) -> String {
+    let map: std::collections::BTreeMap<&str, &str> = pairs
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Column values of one `key_materials` row.
@@ -202,6 +305,7 @@ impl KeyColumns {
             rotation_enabled: self.rotation_enabled,
             rotation_period_days: self.rotation_period_days,
             next_rotation_ms: self.next_rotation_ms,
+            policy: self.policy,
         })
     }
 }
@@ -253,6 +357,31 @@ macro_rules! sql_key_store {
                     rotation_enabled: get_bool("rotation_enabled")?,
                     rotation_period_days: get_optional_i32("rotation_period_days")?,
                     next_rotation_ms: get_optional_i64("next_rotation_ms")?,
+                    policy: get("policy")?,
+                }
+                .into_record()
+            }
+
+            fn grant_from_row(row: &$row) -> Result<GrantRecord, StoreError> {
+                GrantColumns {
+                    grant_id: row.try_get("grant_id").map_err(convert_sqlx_error)?,
+                    key_id: row.try_get("key_id").map_err(convert_sqlx_error)?,
+                    key_account: row.try_get("key_account").map_err(convert_sqlx_error)?,
+                    name: row.try_get("name").map_err(convert_sqlx_error)?,
+                    grantee_principal: row
+                        .try_get("grantee_principal")
+                        .map_err(convert_sqlx_error)?,
+                    retiring_principal: row
+                        .try_get("retiring_principal")
+                        .map_err(convert_sqlx_error)?,
+                    issuing_account: row.try_get("issuing_account").map_err(convert_sqlx_error)?,
+                    operations: row.try_get("operations").map_err(convert_sqlx_error)?,
+                    constraint_kind: row.try_get("constraint_kind").map_err(convert_sqlx_error)?,
+                    constraint_context: row
+                        .try_get("constraint_context")
+                        .map_err(convert_sqlx_error)?,
+                    token_secret: row.try_get("token_secret").map_err(convert_sqlx_error)?,
+                    created_at_ms: row.try_get("created_at_ms").map_err(convert_sqlx_error)?,
                 }
                 .into_record()
             }
@@ -299,6 +428,7 @@ macro_rules! sql_key_store {
                     .bind(key.next_rotation_ms)
                     .bind(key.current_material_id.map(|id| id.to_hex()))
                     .bind(now_ms)
+                    .bind(&key.policy)
                     .execute(executor)
                     .await
                     .map_err(convert_sqlx_error)?;
@@ -357,6 +487,7 @@ macro_rules! sql_key_store {
                     .bind(key.rotation_enabled)
                     .bind(key.rotation_period_days)
                     .bind(key.next_rotation_ms)
+                    .bind(&key.policy)
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
@@ -588,6 +719,104 @@ macro_rules! sql_key_store {
                     .await
                     .map_err(convert_sqlx_error)?;
                 row.as_ref().map(Self::alias_from_row).transpose()
+            }
+
+            async fn find_key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+                let row = sqlx::query(&select_key_in_any_account())
+                    .bind(key_id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                row.as_ref().map(Self::key_from_row).transpose()
+            }
+
+            async fn create_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+                sqlx::query(INSERT_GRANT)
+                    .bind(&grant.grant_id)
+                    .bind(grant.key_id.as_str())
+                    .bind(grant.key_account.as_str())
+                    .bind(&grant.name)
+                    .bind(&grant.grantee_principal)
+                    .bind(grant.retiring_principal.as_deref())
+                    .bind(grant.issuing_account.as_str())
+                    .bind(grant.operations.join(","))
+                    .bind(grant.constraint.as_ref().map(|(kind, _)| kind.as_str()))
+                    .bind(
+                        grant
+                            .constraint
+                            .as_ref()
+                            .map(|(_, pairs)| constraint_context_json(pairs)),
+                    )
+                    .bind(&grant.token_secret)
+                    .bind(grant.created_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(())
+            }
+
+            async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
+                let row = sqlx::query(&select_grant())
+                    .bind(grant_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                row.as_ref().map(Self::grant_from_row).transpose()
+            }
+
+            async fn list_grants(
+                &self,
+                key_id: &KeyId,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<GrantRecord>, StoreError> {
+                let rows = sqlx::query(&select_grants_page())
+                    .bind(key_id.as_str())
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                rows.iter().map(Self::grant_from_row).collect()
+            }
+
+            async fn grants_for_grantee(
+                &self,
+                key_id: &KeyId,
+                grantee_principal: &str,
+            ) -> Result<Vec<GrantRecord>, StoreError> {
+                let rows = sqlx::query(&select_grantee_grants())
+                    .bind(key_id.as_str())
+                    .bind(grantee_principal)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                rows.iter().map(Self::grant_from_row).collect()
+            }
+
+            async fn list_retirable_grants(
+                &self,
+                retiring_principal: &str,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<GrantRecord>, StoreError> {
+                let rows = sqlx::query(&select_retirable_grants_page())
+                    .bind(retiring_principal)
+                    .bind(after.unwrap_or(""))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                rows.iter().map(Self::grant_from_row).collect()
+            }
+
+            async fn delete_grant(&self, grant_id: &str) -> Result<bool, StoreError> {
+                let outcome = sqlx::query(DELETE_GRANT)
+                    .bind(grant_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(outcome.rows_affected() > 0)
             }
 
             async fn list_aliases(

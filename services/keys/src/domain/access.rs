@@ -1,0 +1,501 @@
+//! Who may do what with a key (DESIGN §2): the key policy, the caller's
+//! identity policies and the key's grants, decided through the platform's
+//! one authorization call.
+//!
+//! - A key policy must allow, directly or by trusting the account root
+//!   (which defers to the caller's identity policies); a caller of another
+//!   account also needs its own identity policies to allow.
+//! - An explicit Deny in either policy is final. Otherwise a grant for the
+//!   caller that names the operation, and whose encryption-context
+//!   constraint the request meets, allows. Grants are read from the store on
+//!   every such decision, so a retired or revoked grant stops at once.
+//! - A caller who is refused and may not even describe the key gets the
+//!   answer a missing key gets; the audit event records the denial.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use coffer_crypto::EncryptionContext;
+use coffer_platform::arn::AccountId;
+use coffer_platform::authz::Caller;
+use coffer_policy::{DecisionEffect, Policy, RequestContext};
+use serde_json::json;
+
+use super::KeysDomain;
+use super::types::KeyId;
+use crate::error::{KeysError, Result};
+use crate::store::{ConstraintKind, GrantRecord, KeyRecord};
+
+/// The operations a grant may allow (AWS's list).
+pub const GRANT_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateMac",
+    "VerifyMac",
+];
+
+/// Grant operations that take an encryption context, to which a grant's
+/// constraint applies.
+const CONTEXT_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+];
+
+/// Grant operations a constraint cannot be combined with (AWS refuses them).
+pub const UNCONSTRAINABLE_OPERATIONS: &[&str] =
+    &["Sign", "Verify", "GetPublicKey", "GenerateMac", "VerifyMac"];
+
+/// Operations a principal of another account may perform on a key whose
+/// policy allows it; every other operation names keys of the caller's
+/// account only.
+const CROSS_ACCOUNT_ACTIONS: &[&str] = &[
+    "CreateGrant",
+    "Decrypt",
+    "DescribeKey",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac",
+    "GetKeyRotationStatus",
+    "GetPublicKey",
+    "ListGrants",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "RetireGrant",
+    "RevokeGrant",
+    "Sign",
+    "Verify",
+    "VerifyMac",
+];
+
+/// One permission check on a key: the KMS action (`Encrypt`) and what the
+/// request adds to the condition context.
+#[derive(Debug, Clone)]
+pub struct Access<'a> {
+    action: &'static str,
+    context: Option<&'a EncryptionContext>,
+    extra: Vec<(&'static str, Vec<String>)>,
+}
+
+impl<'a> Access<'a> {
+    pub fn to(action: &'static str) -> Self {
+        Self {
+            action,
+            context: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The request's encryption context: `kms:EncryptionContext:*`
+    /// condition keys, and what grant constraints are checked against.
+    pub fn with_context(mut self, context: &'a EncryptionContext) -> Self {
+        self.context = Some(context);
+        self
+    }
+
+    pub fn with_values(mut self, key: &'static str, values: Vec<String>) -> Self {
+        self.extra.push((key, values));
+        self
+    }
+
+    pub fn action(&self) -> &'static str {
+        self.action
+    }
+
+    pub(crate) fn crosses_accounts(&self) -> bool {
+        CROSS_ACCOUNT_ACTIONS.contains(&self.action)
+    }
+
+    fn iam_action(&self) -> String {
+        format!("kms:{}", self.action)
+    }
+}
+
+/// A key policy parsed once per document.
+struct ParsedPolicy {
+    document: String,
+    policy: Arc<Policy>,
+}
+
+/// Parsed key policies by key id; an entry is reused while the key's
+/// document is unchanged.
+#[derive(Default)]
+pub(crate) struct PolicyCache(Mutex<HashMap<KeyId, Arc<ParsedPolicy>>>);
+
+const MAX_CACHED_POLICIES: usize = 100_000;
+
+impl KeysDomain {
+    /// The AWS default key policy: the account root may do everything,
+    /// which lets the account's identity policies decide.
+    pub fn default_key_policy(&self, account: &AccountId) -> String {
+        let root = format!("arn:{}:iam::{account}:root", self.location.partition);
+        json!({
+            "Version": "2012-10-17",
+            "Id": "key-default-1",
+            "Statement": [{
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": root},
+                "Action": "kms:*",
+                "Resource": "*",
+            }],
+        })
+        .to_string()
+    }
+
+    /// The policy of a service-managed key (AWS managed keys' shape): the
+    /// account's principals may use it only through the named service, and
+    /// the account may read its metadata.
+    pub fn service_managed_key_policy(&self, account: &AccountId, service_prefix: &str) -> String {
+        let location = &self.location;
+        let root = format!("arn:{}:iam::{account}:root", location.partition);
+        let via = format!(
+            "{service_prefix}.{}.{}",
+            location.region, location.dns_suffix
+        );
+        json!({
+            "Version": "2012-10-17",
+            "Id": format!("auto-{service_prefix}-1"),
+            "Statement": [
+                {
+                    "Sid": "Allow access through the service for all principals in the account that are authorized to use it",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "*"},
+                    "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:CreateGrant", "kms:DescribeKey"],
+                    "Resource": "*",
+                    "Condition": {"StringEquals": {"kms:CallerAccount": account.as_str(), "kms:ViaService": via}},
+                },
+                {
+                    "Sid": "Allow direct access to key metadata to the account",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": root},
+                    "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
+                    "Resource": "*",
+                },
+            ],
+        })
+        .to_string()
+    }
+
+    /// The document GetKeyPolicy returns.
+    pub fn key_policy_document(&self, key: &KeyRecord) -> String {
+        if key.policy.is_empty() {
+            self.default_key_policy(&key.account)
+        } else {
+            key.policy.clone()
+        }
+    }
+
+    /// A policy document as a key policy, or MalformedPolicyDocumentException.
+    pub fn parse_key_policy(document: &str) -> Result<Policy> {
+        Policy::parse_resource(document)
+            .map_err(|error| KeysError::MalformedPolicy(error.to_string()))
+    }
+
+    fn key_policy(&self, key: &KeyRecord) -> Result<Arc<Policy>> {
+        let mut cache = self
+            .policies
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(parsed) = cache.get(&key.key_id)
+            && parsed.document == key.policy
+        {
+            return Ok(parsed.policy.clone());
+        }
+        let policy = Arc::new(
+            Self::parse_key_policy(&self.key_policy_document(key)).map_err(|error| {
+                KeysError::Store(crate::store::StoreError::Corrupt(format!(
+                    "the stored policy of {} does not parse: {error}",
+                    key.key_id
+                )))
+            })?,
+        );
+        if cache.len() >= MAX_CACHED_POLICIES {
+            cache.clear();
+        }
+        cache.insert(
+            key.key_id.clone(),
+            Arc::new(ParsedPolicy {
+                document: key.policy.clone(),
+                policy: policy.clone(),
+            }),
+        );
+        Ok(policy)
+    }
+
+    /// The condition context of `access` on `key`.
+    fn request_on(&self, caller: &Caller, key: &KeyRecord, access: &Access<'_>) -> RequestContext {
+        let key_arn = self.key_arn(&key.account, &key.key_id);
+        let mut request = caller.request(&access.iam_action(), &key_arn);
+        request.add_value("kms:KeySpec", key.key_spec.as_str());
+        request.add_value("kms:KeyUsage", key.key_usage.as_str());
+        request.add_value("kms:KeyOrigin", key.origin.as_str());
+        request.add_value("kms:KeyManager", key.key_manager.as_str());
+        if let Some(context) = access.context {
+            for (name, value) in context.pairs() {
+                request.add_value(&format!("kms:EncryptionContext:{name}"), value.clone());
+            }
+            request.set_values(
+                "kms:EncryptionContextKeys",
+                context.pairs().keys().cloned().collect::<Vec<_>>(),
+            );
+        }
+        for (name, values) in &access.extra {
+            request.set_values(name, values.clone());
+        }
+        request
+    }
+
+    /// Whether the caller may perform `access` on `key`; a refusal is
+    /// AccessDeniedException, or `missing()` when the caller may not even
+    /// describe the key.
+    pub(crate) async fn authorize_key(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+        missing: impl FnOnce() -> KeysError,
+    ) -> Result<()> {
+        let effect = self.policy_effect(caller, key, access)?;
+        if effect == DecisionEffect::Allowed {
+            return Ok(());
+        }
+        if effect == DecisionEffect::ImplicitDeny && self.grant_allows(caller, key, access).await? {
+            return Ok(());
+        }
+        let key_arn = self.key_arn(&key.account, &key.key_id);
+        let denied = caller
+            .denied(&access.iam_action(), &key_arn, effect)
+            .message;
+        let visible = access.action != "DescribeKey" && {
+            let describe = Access::to("DescribeKey");
+            match self.policy_effect(caller, key, &describe)? {
+                DecisionEffect::Allowed => true,
+                DecisionEffect::ExplicitDeny => false,
+                DecisionEffect::ImplicitDeny => self.grant_allows(caller, key, &describe).await?,
+            }
+        };
+        if visible {
+            Err(KeysError::AccessDenied(denied))
+        } else {
+            Err(KeysError::Concealed {
+                shown: Box::new(missing()),
+                denied,
+            })
+        }
+    }
+
+    fn policy_effect(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+    ) -> Result<DecisionEffect> {
+        let policy = self.key_policy(key)?;
+        let request = self.request_on(caller, key, access);
+        Ok(caller.authorize(Some(&policy), &request).effect)
+    }
+
+    async fn grant_allows(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+    ) -> Result<bool> {
+        if !GRANT_OPERATIONS.contains(&access.action) {
+            return Ok(false);
+        }
+        let grants = self
+            .store
+            .grants_for_grantee(&key.key_id, caller.arn())
+            .await?;
+        Ok(grants
+            .iter()
+            .any(|grant| grant_covers(grant, access.action, access.context)))
+    }
+
+    /// Actions with no resource (`kms:CreateKey`, `kms:ListKeys`, …): the
+    /// caller's identity policies decide, on resource `*`.
+    pub(crate) fn authorize_account(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        extra: &[(&'static str, Vec<String>)],
+    ) -> Result<()> {
+        let iam_action = format!("kms:{action}");
+        let mut request = caller.request(&iam_action, "*");
+        for (name, values) in extra {
+            request.set_values(name, values.clone());
+        }
+        let decision = caller.authorize_identity(&request);
+        if decision.is_allowed() {
+            Ok(())
+        } else {
+            Err(KeysError::AccessDenied(
+                caller.denied(&iam_action, "*", decision.effect).message,
+            ))
+        }
+    }
+
+    /// AWS's lockout safety check: `policy` must let the caller change the
+    /// key's policy again.
+    pub(crate) fn check_lockout(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        policy: &Policy,
+    ) -> Result<()> {
+        let request = self.request_on(caller, key, &Access::to("PutKeyPolicy"));
+        if caller.authorize(Some(policy), &request).is_allowed() {
+            Ok(())
+        } else {
+            Err(KeysError::MalformedPolicy(
+                "The new key policy will not allow you to update the key policy in the future."
+                    .into(),
+            ))
+        }
+    }
+}
+
+/// Whether `grant` allows `operation` with the request's encryption context.
+pub(crate) fn grant_covers(
+    grant: &GrantRecord,
+    operation: &str,
+    context: Option<&EncryptionContext>,
+) -> bool {
+    if !grant.operations.iter().any(|allowed| allowed == operation) {
+        return false;
+    }
+    let Some((kind, pairs)) = &grant.constraint else {
+        return true;
+    };
+    if !CONTEXT_OPERATIONS.contains(&operation) {
+        return true;
+    }
+    let empty = std::collections::BTreeMap::new();
+    let request = context.map_or(&empty, EncryptionContext::pairs);
+    let contains_all = pairs
+        .iter()
+        .all(|(name, value)| request.get(name) == Some(value));
+    match kind {
+        ConstraintKind::Equals => contains_all && request.len() == pairs.len(),
+        ConstraintKind::Subset => contains_all,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn grant(kind: ConstraintKind, pairs: &[(&str, &str)]) -> GrantRecord {
+        GrantRecord {
+            grant_id: "0".repeat(64),
+            key_id: KeyId::generate(),
+            key_account: AccountId::parse("111122223333").unwrap(),
+            name: String::new(),
+            grantee_principal: "arn:coffer:iam::111122223333:user/app".into(),
+            retiring_principal: None,
+            issuing_account: AccountId::parse("111122223333").unwrap(),
+            operations: vec!["Decrypt".into(), "DescribeKey".into()],
+            constraint: Some((
+                kind,
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )),
+            token_secret: String::new(),
+            created_at_ms: 0,
+        }
+    }
+
+    fn context(pairs: &[(&str, &str)]) -> EncryptionContext {
+        EncryptionContext::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    #[test]
+    fn equals_constraints_need_exactly_the_same_pairs_in_any_order() {
+        let equals = grant(ConstraintKind::Equals, &[("a", "1"), ("b", "2")]);
+        let same = context(&[("b", "2"), ("a", "1")]);
+        assert!(grant_covers(&equals, "Decrypt", Some(&same)));
+        assert!(!grant_covers(&equals, "Decrypt", None), "missing context");
+        assert!(!grant_covers(
+            &equals,
+            "Decrypt",
+            Some(&context(&[("a", "1")]))
+        ));
+        assert!(
+            !grant_covers(
+                &equals,
+                "Decrypt",
+                Some(&context(&[("a", "1"), ("b", "2"), ("c", "3")]))
+            ),
+            "extra pair"
+        );
+        assert!(
+            !grant_covers(
+                &equals,
+                "Decrypt",
+                Some(&context(&[("A", "1"), ("b", "2")]))
+            ),
+            "differently-cased key"
+        );
+        assert!(
+            !grant_covers(
+                &equals,
+                "Decrypt",
+                Some(&context(&[("a", "1"), ("b", "X")]))
+            ),
+            "differently-cased or other value"
+        );
+        assert!(!grant_covers(&equals, "Encrypt", Some(&same)), "not granted");
+        assert!(
+            grant_covers(&equals, "DescribeKey", None),
+            "constraints do not apply to operations without a context"
+        );
+    }
+
+    #[test]
+    fn subset_constraints_allow_extra_pairs() {
+        let subset = grant(ConstraintKind::Subset, &[("a", "1")]);
+        assert!(grant_covers(
+            &subset,
+            "Decrypt",
+            Some(&context(&[("a", "1"), ("b", "2")]))
+        ));
+        assert!(!grant_covers(
+            &subset,
+            "Decrypt",
+            Some(&context(&[("b", "2")]))
+        ));
+        assert!(!grant_covers(&subset, "Decrypt", None));
+    }
+}

@@ -1,0 +1,342 @@
+//! CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant.
+//!
+//! A grant is effective as soon as CreateGrant returns and stops as soon as
+//! it is retired or revoked: authorization reads grants from the store, never
+//! from a cache. Grant tokens therefore never need to be presented; a token
+//! given in a request must still be one this service issued.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use coffer_platform::authz::Caller;
+
+use super::access::Access;
+use super::types::KeyReference;
+use super::{KeyOperation, KeysDomain};
+use crate::error::{KeysError, Result};
+use crate::store::{ConstraintKind, GrantRecord, StoreError};
+
+/// A validated CreateGrant request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGrant {
+    pub grantee_principal: String,
+    pub retiring_principal: Option<String>,
+    /// Deduplicated, in the order given.
+    pub operations: Vec<String>,
+    pub constraint: Option<(ConstraintKind, Vec<(String, String)>)>,
+    pub name: String,
+}
+
+/// One page of ListGrants or ListRetirableGrants.
+#[derive(Debug, Clone)]
+pub struct GrantPage {
+    pub grants: Vec<GrantRecord>,
+    pub next_after: Option<String>,
+}
+
+/// Which grant RetireGrant retires.
+#[derive(Debug, Clone)]
+pub enum RetireTarget {
+    Token(GrantToken),
+    Id {
+        key: KeyReference,
+        grant_id: String,
+    },
+}
+
+/// A grant token: the grant id and the grant's secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantToken {
+    pub grant_id: String,
+    secret: String,
+}
+
+impl GrantToken {
+    pub fn encode(grant: &GrantRecord) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}.{}", grant.grant_id, grant.token_secret))
+    }
+
+    /// A token this service issued, or `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (grant_id, secret) = text.split_once('.')?;
+        let hex = |part: &str, length: usize| {
+            part.len() == length
+                && part
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+        };
+        (hex(grant_id, 64) && hex(secret, 32)).then(|| Self {
+            grant_id: grant_id.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+
+    fn matches(&self, grant: &GrantRecord) -> bool {
+        // Constant time in the secret's contents.
+        self.grant_id == grant.grant_id
+            && self.secret.len() == grant.token_secret.len()
+            && self
+                .secret
+                .bytes()
+                .zip(grant.token_secret.bytes())
+                .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+                == 0
+    }
+}
+
+fn grant_not_found(grant_id: &str) -> KeysError {
+    KeysError::NotFound(format!("Grant ID {grant_id} was not found."))
+}
+
+impl KeysDomain {
+    /// Creates a grant on a key. A retry with the same name and the same
+    /// parameters returns the grant the first call created.
+    pub async fn create_grant(
+        &self,
+        caller: &Caller,
+        reference: &KeyReference,
+        request: NewGrant,
+    ) -> Result<(crate::store::KeyRecord, GrantRecord, String)> {
+        let mut access = Access::to("CreateGrant")
+            .with_values("kms:GrantOperations", request.operations.clone())
+            .with_values(
+                "kms:GranteePrincipal",
+                vec![request.grantee_principal.clone()],
+            )
+            .with_values(
+                "kms:GrantIsForAWSResource",
+                vec![caller.via_service().is_some().to_string()],
+            );
+        if let Some(retiring) = &request.retiring_principal {
+            access = access.with_values("kms:RetiringPrincipal", vec![retiring.clone()]);
+        }
+        if let Some((kind, _)) = &request.constraint {
+            access = access.with_values("kms:GrantConstraintType", vec![kind.as_str().to_owned()]);
+        }
+        let key = self.resolve(caller, reference, &access).await?;
+        self.check_state(&key, KeyOperation::CreateGrant)?;
+        if !request.name.is_empty() {
+            let mut after: Option<String> = None;
+            loop {
+                let page = self
+                    .store
+                    .list_grants(&key.key_id, after.as_deref(), 1000)
+                    .await?;
+                if let Some(existing) = page.iter().find(|grant| {
+                    grant.name == request.name
+                        && grant.grantee_principal == request.grantee_principal
+                        && grant.retiring_principal == request.retiring_principal
+                        && grant.operations == request.operations
+                        && grant.constraint == request.constraint
+                }) {
+                    let token = GrantToken::encode(existing);
+                    return Ok((key, existing.clone(), token));
+                }
+                if page.len() < 1000 {
+                    break;
+                }
+                after = page.last().map(|grant| grant.grant_id.clone());
+            }
+        }
+        let grant = GrantRecord {
+            grant_id: coffer_platform::hex_lower(&coffer_platform::random_id_bytes::<32>()),
+            key_id: key.key_id.clone(),
+            key_account: key.account.clone(),
+            name: request.name,
+            grantee_principal: request.grantee_principal,
+            retiring_principal: request.retiring_principal,
+            issuing_account: caller.account().clone(),
+            operations: request.operations,
+            constraint: request.constraint,
+            token_secret: coffer_platform::hex_lower(&coffer_platform::random_id_bytes::<16>()),
+            created_at_ms: self.now_ms(),
+        };
+        self.store.create_grant(&grant).await?;
+        let token = GrantToken::encode(&grant);
+        Ok((key, grant, token))
+    }
+
+    /// Grants on a key, optionally only one grant or one grantee's.
+    pub async fn list_grants(
+        &self,
+        caller: &Caller,
+        reference: &KeyReference,
+        grant_id: Option<&str>,
+        grantee: Option<&str>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<(crate::store::KeyRecord, GrantPage)> {
+        let key = self
+            .resolve(caller, reference, &Access::to("ListGrants"))
+            .await?;
+        self.check_state(&key, KeyOperation::Policy)?;
+        let mut grants = match (grant_id, grantee) {
+            (Some(grant_id), _) => self
+                .store
+                .get_grant(grant_id)
+                .await?
+                .filter(|grant| grant.key_id == key.key_id)
+                .into_iter()
+                .collect(),
+            (None, Some(grantee)) => self.store.grants_for_grantee(&key.key_id, grantee).await?,
+            (None, None) => {
+                self.store
+                    .list_grants(&key.key_id, after, limit.saturating_add(1))
+                    .await?
+            }
+        };
+        grants.retain(|grant| {
+            grantee.is_none_or(|wanted| grant.grantee_principal == wanted)
+                && after.is_none_or(|marker| grant.grant_id.as_str() > marker)
+        });
+        Ok((key, page_of(grants, limit)))
+    }
+
+    /// Grants whose retiring principal is `retiring_principal`, which must
+    /// be of the caller's account.
+    pub async fn list_retirable_grants(
+        &self,
+        caller: &Caller,
+        retiring_principal: &str,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<GrantPage> {
+        self.authorize_account(caller, "ListRetirableGrants", &[])?;
+        let account_of = retiring_principal.split(':').nth(4).unwrap_or_default();
+        if account_of != caller.account().as_str() {
+            return Err(KeysError::AccessDenied(format!(
+                "User: {} is not authorized to perform: kms:ListRetirableGrants for principals of another account",
+                caller.arn()
+            )));
+        }
+        let grants = self
+            .store
+            .list_retirable_grants(retiring_principal, after, limit.saturating_add(1))
+            .await?;
+        Ok(page_of(grants, limit))
+    }
+
+    /// Retires a grant. Its retiring principal may, and its grantee when the
+    /// grant includes RetireGrant; anyone else needs kms:RetireGrant on the
+    /// key.
+    pub async fn retire_grant(&self, caller: &Caller, target: RetireTarget) -> Result<()> {
+        let (grant, missing) = match &target {
+            RetireTarget::Token(token) => {
+                let grant = self
+                    .store
+                    .get_grant(&token.grant_id)
+                    .await?
+                    .filter(|grant| token.matches(grant))
+                    .ok_or(KeysError::InvalidGrantToken)?;
+                (grant, KeysError::InvalidGrantToken)
+            }
+            RetireTarget::Id { key, grant_id } => {
+                let named = self.find_key(caller.account(), key, true).await?;
+                let grant = self
+                    .store
+                    .get_grant(grant_id)
+                    .await?
+                    .filter(|grant| grant.key_id == named.key_id)
+                    .ok_or_else(|| grant_not_found(grant_id))?;
+                (grant, grant_not_found(grant_id))
+            }
+        };
+        let key = self
+            .store
+            .find_key(&grant.key_id)
+            .await?
+            .ok_or_else(|| grant_not_found(&grant.grant_id))?;
+        let retiring = grant.retiring_principal.as_deref() == Some(caller.arn());
+        let grantee_may = grant.grantee_principal == caller.arn()
+            && grant
+                .operations
+                .iter()
+                .any(|operation| operation == "RetireGrant");
+        if retiring || grantee_may {
+            caller.mark_decided();
+        } else {
+            self.authorize_key(caller, &key, &Access::to("RetireGrant"), || missing)
+                .await?;
+        }
+        if self.store.delete_grant(&grant.grant_id).await? {
+            Ok(())
+        } else {
+            Err(grant_not_found(&grant.grant_id))
+        }
+    }
+
+    /// Revokes a grant of a key; needs kms:RevokeGrant on the key.
+    pub async fn revoke_grant(
+        &self,
+        caller: &Caller,
+        reference: &KeyReference,
+        grant_id: &str,
+    ) -> Result<crate::store::KeyRecord> {
+        let key = self
+            .resolve(caller, reference, &Access::to("RevokeGrant"))
+            .await?;
+        let grant = self
+            .store
+            .get_grant(grant_id)
+            .await?
+            .filter(|grant| grant.key_id == key.key_id)
+            .ok_or_else(|| grant_not_found(grant_id))?;
+        match self.store.delete_grant(&grant.grant_id).await {
+            Ok(true) => Ok(key),
+            Ok(false) => Err(grant_not_found(grant_id)),
+            Err(StoreError::Conflict) => Err(grant_not_found(grant_id)),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+fn page_of(mut grants: Vec<GrantRecord>, limit: u32) -> GrantPage {
+    let limit = limit as usize;
+    let has_more = grants.len() > limit;
+    grants.truncate(limit);
+    let next_after = if has_more {
+        grants.last().map(|grant| grant.grant_id.clone())
+    } else {
+        None
+    };
+    GrantPage { grants, next_after }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::types::KeyId;
+    use coffer_platform::arn::AccountId;
+
+    #[test]
+    fn grant_tokens_round_trip_and_reject_forgeries() {
+        let grant = GrantRecord {
+            grant_id: "ab".repeat(32),
+            key_id: KeyId::generate(),
+            key_account: AccountId::parse("111122223333").unwrap(),
+            name: String::new(),
+            grantee_principal: "arn:coffer:iam::111122223333:user/app".into(),
+            retiring_principal: None,
+            issuing_account: AccountId::parse("111122223333").unwrap(),
+            operations: vec!["Decrypt".into()],
+            constraint: None,
+            token_secret: "cd".repeat(16),
+            created_at_ms: 0,
+        };
+        let token = GrantToken::parse(&GrantToken::encode(&grant)).unwrap();
+        assert!(token.matches(&grant));
+        let mut other = grant.clone();
+        other.token_secret = "ce".repeat(16);
+        assert!(!token.matches(&other));
+        for bad in [
+            "",
+            "not-a-token",
+            &URL_SAFE_NO_PAD.encode(format!("{}.{}", "AB".repeat(32), "cd".repeat(16))),
+            &URL_SAFE_NO_PAD.encode(format!("{}.{}", "ab".repeat(32), "cd".repeat(15))),
+            &URL_SAFE_NO_PAD.encode("ab".repeat(48)),
+        ] {
+            assert_eq!(GrantToken::parse(bad), None, "{bad}");
+        }
+    }
+}
