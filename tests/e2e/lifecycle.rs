@@ -761,7 +761,11 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
             ..Default::default()
         })
         .await;
-    assert_error(other_service, Code::PermissionDenied, "AccessDeniedException");
+    assert_error(
+        other_service,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
     let metadata = client
         .describe_key(pb::DescribeKeyRequest {
             key_id: "alias/coffer/secretsmanager".into(),
@@ -816,7 +820,11 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
             key_id: managed.clone(),
         })
         .await;
-    assert_error(rotation_off, Code::PermissionDenied, "AccessDeniedException");
+    assert_error(
+        rotation_off,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
     let policy_change = client
         .put_key_policy(pb::PutKeyPolicyRequest {
             key_id: managed.clone(),
@@ -825,7 +833,11 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
             ..Default::default()
         })
         .await;
-    assert_error(policy_change, Code::PermissionDenied, "AccessDeniedException");
+    assert_error(
+        policy_change,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
     let delete_alias = client
         .delete_alias(pb::DeleteAliasRequest {
             alias_name: "alias/coffer/secretsmanager".into(),

@@ -2,6 +2,7 @@
 
 mod asymmetric;
 mod audit;
+mod authz;
 mod ciphertexts;
 mod identity;
 mod keys;

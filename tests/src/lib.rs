@@ -26,7 +26,10 @@ pub const ACCOUNT_B: &str = "444455556666";
 pub struct ForwardFor(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for ForwardFor {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         request
             .metadata_mut()
             .insert(coffer_platform::call::FORWARDED_FOR_HEADER, self.0.clone());

@@ -295,14 +295,16 @@ impl Caller {
             ),
             PrincipalKind::Service => return None,
         };
-        let via_service = invoked_by.filter(|service| service.is_service()).map(|service| {
-            format!(
-                "{}.{}.{}",
-                crate::service_prefix(service.name()),
-                location.region,
-                location.dns_suffix
-            )
-        });
+        let via_service = invoked_by
+            .filter(|service| service.is_service())
+            .map(|service| {
+                format!(
+                    "{}.{}.{}",
+                    crate::service_prefix(service.name()),
+                    location.region,
+                    location.dns_suffix
+                )
+            });
         let identity_policies = authorizer.identity.for_principal(info.arn());
         Some(Self {
             principal: info,
@@ -485,7 +487,9 @@ mod tests {
 
     #[test]
     fn requests_carry_global_keys_and_via_service_only_from_a_service() {
-        let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        let clock = Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        ));
         let authorizer = Arc::new(Authorizer::new(
             location(),
             Arc::new(IdentityPolicies::new(Vec::new())),
@@ -512,7 +516,10 @@ mod tests {
             request.single_value("aws:PrincipalArn"),
             Some("arn:coffer:iam::111122223333:user/alice")
         );
-        assert_eq!(request.single_value("kms:CallerAccount"), Some("111122223333"));
+        assert_eq!(
+            request.single_value("kms:CallerAccount"),
+            Some("111122223333")
+        );
         assert_eq!(request.single_value("aws:SourceIp"), Some("10.0.0.1"));
         assert_eq!(
             request.single_value("aws:CurrentTime"),

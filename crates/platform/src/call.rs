@@ -29,8 +29,8 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::arn::Location;
-use crate::authz::{Authorizer, Caller, DecisionMark};
 use crate::audit::{AuditEvent, AuditRecorder, AuditSink, EventCategory, RpcKind, UserIdentity};
+use crate::authz::{Authorizer, Caller, DecisionMark};
 use crate::error::{ApiError, exception_for_code};
 use crate::identity::{Principal, PrincipalKind, principal_from_spiffe_id};
 use crate::service_prefix;

@@ -585,7 +585,10 @@ fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettin
     for (index, entry) in file.identity_policies.into_iter().enumerate() {
         let field = format!("authorization.identity_policies[{index}]");
         if entry.name.trim().is_empty() {
-            return Err(ConfigError::new(format!("{field}.name"), "must not be empty"));
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                "must not be empty",
+            ));
         }
         if entry.principals.is_empty() {
             return Err(ConfigError::new(
@@ -605,9 +608,8 @@ fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettin
         }
         let document = match &entry.policy {
             Value::String(text) => text.clone(),
-            Value::Mapping(_) => serde_json::to_string(&entry.policy).map_err(|error| {
-                ConfigError::new(format!("{field}.policy"), error.to_string())
-            })?,
+            Value::Mapping(_) => serde_json::to_string(&entry.policy)
+                .map_err(|error| ConfigError::new(format!("{field}.policy"), error.to_string()))?,
             _ => {
                 return Err(ConfigError::new(
                     format!("{field}.policy"),

@@ -26,7 +26,7 @@ use crate::domain::types::{
 };
 use crate::domain::{KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result, api_error};
-use crate::store::{ConstraintKind, KeyRecord};
+use crate::store::{ConstraintKind, GrantConstraint, KeyRecord};
 
 /// Largest plaintext Encrypt accepts (KMS's limit).
 pub const MAX_PLAINTEXT_BYTES: usize = 4096;
@@ -274,7 +274,10 @@ fn grant_tokens(tokens: &[String]) -> Result<()> {
     }
     // Grants take effect at once, so tokens are never needed; one given
     // must still be a token this service issued.
-    if tokens.iter().any(|token| GrantToken::parse(token).is_none()) {
+    if tokens
+        .iter()
+        .any(|token| GrantToken::parse(token).is_none())
+    {
         return Err(KeysError::InvalidGrantToken);
     }
     Ok(())
@@ -291,7 +294,9 @@ fn policy_name(text: &str) -> Result<String> {
         return Ok(DEFAULT_POLICY_NAME.to_owned());
     }
     let valid = text.chars().count() <= MAX_POLICY_NAME_CHARS
-        && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
     if !valid {
         return Err(KeysError::validation(
             "policy_name",
@@ -340,11 +345,20 @@ fn principal_arn(field: &'static str, text: &str) -> Result<String> {
         && parts.region.is_empty()
         && AccountId::parse(parts.account).is_some()
         && (parts.resource == "root"
-            || parts.resource.strip_prefix("user/").is_some_and(|n| !n.is_empty())
-            || parts.resource.strip_prefix("role/").is_some_and(|n| !n.is_empty()));
+            || parts
+                .resource
+                .strip_prefix("user/")
+                .is_some_and(|n| !n.is_empty())
+            || parts
+                .resource
+                .strip_prefix("role/")
+                .is_some_and(|n| !n.is_empty()));
     let service = parts.service == "coffer"
         && parts.account.is_empty()
-        && parts.resource.strip_prefix("service/").is_some_and(|n| !n.is_empty());
+        && parts
+            .resource
+            .strip_prefix("service/")
+            .is_some_and(|n| !n.is_empty());
     if identity || service {
         Ok(text.to_owned())
     } else {
@@ -393,7 +407,7 @@ fn grant_operations(operations: &[String]) -> Result<Vec<String>> {
 fn grant_constraint(
     constraints: Option<&pb::GrantConstraints>,
     operations: &[String],
-) -> Result<Option<(ConstraintKind, Vec<(String, String)>)>> {
+) -> Result<Option<GrantConstraint>> {
     let Some(constraints) = constraints else {
         return Ok(None);
     };
@@ -455,9 +469,7 @@ fn grant_name(text: &str) -> Result<String> {
     }
 }
 
-fn constraints_message(
-    constraint: &Option<(ConstraintKind, Vec<(String, String)>)>,
-) -> Option<pb::GrantConstraints> {
+fn constraints_message(constraint: &Option<GrantConstraint>) -> Option<pb::GrantConstraints> {
     constraint.as_ref().map(|(kind, pairs)| {
         let map: std::collections::HashMap<String, String> = pairs.iter().cloned().collect();
         match kind {
@@ -1836,10 +1848,12 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::PutKeyPolicyResponse>, Status> {
         self.run(
             request,
-            |m| json!({
-                "keyId": m.key_id, "policyName": m.policy_name, "policy": m.policy,
-                "bypassPolicyLockoutSafetyCheck": m.bypass_policy_lockout_safety_check,
-            }),
+            |m| {
+                json!({
+                    "keyId": m.key_id, "policyName": m.policy_name, "policy": m.policy,
+                    "bypassPolicyLockoutSafetyCheck": m.bypass_policy_lockout_safety_check,
+                })
+            },
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 if policy_name(&m.policy_name)? != DEFAULT_POLICY_NAME {
@@ -1920,15 +1934,17 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::CreateGrantResponse>, Status> {
         self.run(
             request,
-            |m| json!({
-                "keyId": m.key_id, "granteePrincipal": m.grantee_principal,
-                "retiringPrincipal": m.retiring_principal, "operations": m.operations,
-                "constraints": m.constraints.as_ref().map(|c| json!({
-                    "encryptionContextEquals": c.encryption_context_equals,
-                    "encryptionContextSubset": c.encryption_context_subset,
-                })),
-                "name": m.name,
-            }),
+            |m| {
+                json!({
+                    "keyId": m.key_id, "granteePrincipal": m.grantee_principal,
+                    "retiringPrincipal": m.retiring_principal, "operations": m.operations,
+                    "constraints": m.constraints.as_ref().map(|c| json!({
+                        "encryptionContextEquals": c.encryption_context_equals,
+                        "encryptionContextSubset": c.encryption_context_subset,
+                    })),
+                    "name": m.name,
+                })
+            },
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let grantee = principal_arn("grantee_principal", &m.grantee_principal)?;
@@ -1973,10 +1989,12 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         self.run(
             request,
-            |m| json!({
-                "keyId": m.key_id, "limit": m.limit, "marker": m.marker,
-                "grantId": m.grant_id, "granteePrincipal": m.grantee_principal,
-            }),
+            |m| {
+                json!({
+                    "keyId": m.key_id, "limit": m.limit, "marker": m.marker,
+                    "grantId": m.grant_id, "granteePrincipal": m.grantee_principal,
+                })
+            },
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;

@@ -476,7 +476,10 @@ mod tests {
             ),
             "differently-cased or other value"
         );
-        assert!(!grant_covers(&equals, "Encrypt", Some(&same)), "not granted");
+        assert!(
+            !grant_covers(&equals, "Encrypt", Some(&same)),
+            "not granted"
+        );
         assert!(
             grant_covers(&equals, "DescribeKey", None),
             "constraints do not apply to operations without a context"

@@ -88,7 +88,9 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference, &Access::to("GetPublicKey")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("GetPublicKey"))
+            .await?;
         self.ensure_usable(&key)?;
         let private = self.private_key(&key, "GetPublicKey").await?;
         Ok((key, private.public_key().spki_der().to_vec()))
@@ -133,7 +135,9 @@ impl KeysDomain {
         message: &[u8],
         signature: &[u8],
     ) -> Result<KeyRecord> {
-        let key = self.resolve(caller, reference, &Access::to("Verify")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("Verify"))
+            .await?;
         self.ensure_usable(&key)?;
         if key.key_usage != KeyUsage::SignVerify {
             return Err(self.wrong_usage(&key, "Verify", KeyUsage::SignVerify));
@@ -157,7 +161,9 @@ impl KeysDomain {
         algorithm: MacAlgorithm,
         message: &[u8],
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference, &Access::to("GenerateMac")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("GenerateMac"))
+            .await?;
         self.ensure_usable(&key)?;
         let hmac = self.hmac_key(&key, "GenerateMac").await?;
         let mac = hmac
@@ -175,7 +181,9 @@ impl KeysDomain {
         message: &[u8],
         mac: &[u8],
     ) -> Result<KeyRecord> {
-        let key = self.resolve(caller, reference, &Access::to("VerifyMac")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("VerifyMac"))
+            .await?;
         self.ensure_usable(&key)?;
         let hmac = self.hmac_key(&key, "VerifyMac").await?;
         let valid = hmac
@@ -252,7 +260,9 @@ impl KeysDomain {
         pair_spec: AsymmetricKeySpec,
         context: &EncryptionContext,
     ) -> Result<DataKeyPair> {
-        let key = self.resolve(caller, reference, &Access::to(action).with_context(context)).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to(action).with_context(context))
+            .await?;
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKeyPair")?;
         let pair = self

@@ -63,7 +63,13 @@ impl KeysDomain {
         context: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference, &Access::to("Encrypt").with_context(context)).await?;
+        let key = self
+            .resolve(
+                caller,
+                reference,
+                &Access::to("Encrypt").with_context(context),
+            )
+            .await?;
         self.ensure_usable(&key)?;
         if key.key_usage == KeyUsage::EncryptDecrypt
             && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
@@ -149,7 +155,9 @@ impl KeysDomain {
         length: usize,
         context: &EncryptionContext,
     ) -> Result<DataKey> {
-        let key = self.resolve(caller, reference, &Access::to(action).with_context(context)).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to(action).with_context(context))
+            .await?;
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKey")?;
         let plaintext = random_bytes(length)?;

@@ -13,7 +13,7 @@ use super::access::Access;
 use super::types::KeyReference;
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
-use crate::store::{ConstraintKind, GrantRecord, StoreError};
+use crate::store::{GrantConstraint, GrantRecord, StoreError};
 
 /// A validated CreateGrant request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct NewGrant {
     pub retiring_principal: Option<String>,
     /// Deduplicated, in the order given.
     pub operations: Vec<String>,
-    pub constraint: Option<(ConstraintKind, Vec<(String, String)>)>,
+    pub constraint: Option<GrantConstraint>,
     pub name: String,
 }
 
@@ -37,10 +37,7 @@ pub struct GrantPage {
 #[derive(Debug, Clone)]
 pub enum RetireTarget {
     Token(GrantToken),
-    Id {
-        key: KeyReference,
-        grant_id: String,
-    },
+    Id { key: KeyReference, grant_id: String },
 }
 
 /// A grant token: the grant id and the grant's secret.

@@ -212,16 +212,18 @@ impl KeysDomain {
         .await
     }
 
-    pub async fn enable_key(
-        &self,
-        caller: &Caller,
-        reference: &KeyReference,
-    ) -> Result<KeyRecord> {
-        self.update_key_with(caller, reference, KeyOperation::EnableKey, &Access::to("EnableKey"), |key, _now| {
-            self.ensure_customer_managed(key, "EnableKey")?;
-            key.key_state = KeyState::Enabled;
-            Ok(())
-        })
+    pub async fn enable_key(&self, caller: &Caller, reference: &KeyReference) -> Result<KeyRecord> {
+        self.update_key_with(
+            caller,
+            reference,
+            KeyOperation::EnableKey,
+            &Access::to("EnableKey"),
+            |key, _now| {
+                self.ensure_customer_managed(key, "EnableKey")?;
+                key.key_state = KeyState::Enabled;
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -230,11 +232,17 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
     ) -> Result<KeyRecord> {
-        self.update_key_with(caller, reference, KeyOperation::DisableKey, &Access::to("DisableKey"), |key, _now| {
-            self.ensure_customer_managed(key, "DisableKey")?;
-            key.key_state = KeyState::Disabled;
-            Ok(())
-        })
+        self.update_key_with(
+            caller,
+            reference,
+            KeyOperation::DisableKey,
+            &Access::to("DisableKey"),
+            |key, _now| {
+                self.ensure_customer_managed(key, "DisableKey")?;
+                key.key_state = KeyState::Disabled;
+                Ok(())
+            },
+        )
         .await
     }
 

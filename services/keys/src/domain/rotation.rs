@@ -92,7 +92,9 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
     ) -> Result<RotationStatus> {
-        let key = self.resolve(caller, reference, &Access::to("GetKeyRotationStatus")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("GetKeyRotationStatus"))
+            .await?;
         self.check_state(&key, KeyOperation::RotationStatus)?;
         self.ensure_rotatable(&key, "GetKeyRotationStatus")?;
         Ok(RotationStatus { key })
@@ -107,7 +109,9 @@ impl KeysDomain {
     ) -> Result<KeyRecord> {
         const ATTEMPTS: usize = 5;
         for _attempt in 0..ATTEMPTS {
-            let key = self.resolve(caller, reference, &Access::to("RotateKeyOnDemand")).await?;
+            let key = self
+                .resolve(caller, reference, &Access::to("RotateKeyOnDemand"))
+                .await?;
             self.check_state(&key, KeyOperation::RotateOnDemand)?;
             self.ensure_rotatable(&key, "RotateKeyOnDemand")?;
             self.ensure_customer_managed(&key, "RotateKeyOnDemand")?;
@@ -193,7 +197,9 @@ impl KeysDomain {
         limit: usize,
         offset: usize,
     ) -> Result<RotationPage> {
-        let key = self.resolve(caller, reference, &Access::to("ListKeyRotations")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("ListKeyRotations"))
+            .await?;
         self.check_state(&key, KeyOperation::ListRotations)?;
         self.ensure_rotatable(&key, "ListKeyRotations")?;
         let rotations: Vec<MaterialRecord> = self

@@ -26,7 +26,9 @@ impl KeysDomain {
         reference: &KeyReference,
         tags: &[Tag],
     ) -> Result<()> {
-        let key = self.resolve(caller, reference, &Access::to("TagResource")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("TagResource"))
+            .await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "TagResource")?;
         let existing = self.store.list_tags(&key.key_id).await?;
@@ -49,7 +51,9 @@ impl KeysDomain {
         reference: &KeyReference,
         tag_keys: &[String],
     ) -> Result<()> {
-        let key = self.resolve(caller, reference, &Access::to("UntagResource")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("UntagResource"))
+            .await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "UntagResource")?;
         Ok(self.store.delete_tags(&key.key_id, tag_keys).await?)
@@ -62,7 +66,9 @@ impl KeysDomain {
         limit: usize,
         after: Option<&str>,
     ) -> Result<TagPage> {
-        let key = self.resolve(caller, reference, &Access::to("ListResourceTags")).await?;
+        let key = self
+            .resolve(caller, reference, &Access::to("ListResourceTags"))
+            .await?;
         self.check_state(&key, KeyOperation::ListTags)?;
         let all = self.store.list_tags(&key.key_id).await?;
         let mut tags: Vec<Tag> = all

@@ -576,7 +576,12 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
         store.list_retirable_grants(bob, None, 10).await?,
         vec![first.clone()]
     );
-    assert!(store.list_retirable_grants(alice, None, 10).await?.is_empty());
+    assert!(
+        store
+            .list_retirable_grants(alice, None, 10)
+            .await?
+            .is_empty()
+    );
 
     assert!(store.delete_grant(&first.grant_id).await?);
     assert!(!store.delete_grant(&first.grant_id).await?);

@@ -117,6 +117,9 @@ impl ConstraintKind {
     }
 }
 
+/// A grant's constraint: its kind and its pairs, sorted by key.
+pub type GrantConstraint = (ConstraintKind, Vec<(String, String)>);
+
 /// A grant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
@@ -133,7 +136,7 @@ pub struct GrantRecord {
     /// AWS operation names (`Encrypt`, `ReEncryptFrom`, …).
     pub operations: Vec<String>,
     /// The constraint and its pairs, sorted by key.
-    pub constraint: Option<(ConstraintKind, Vec<(String, String)>)>,
+    pub constraint: Option<GrantConstraint>,
     /// Hex secret a grant token carries beside the grant id.
     pub token_secret: String,
     pub created_at_ms: i64,

@@ -1,0 +1,1261 @@
+//! Authorization end to end: every RPC asks, identity policies reload from
+//! the config file, key policies (with the lockout check), grants,
+//! condition keys and cross-account access.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use coffer_tests::{
+    ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, TRUST_DOMAIN, assert_error, backend_tests,
+    captured_logs, exception_of, keys_pb as pb, request_id_of,
+};
+use pb::keys_client::KeysClient;
+use prost::Message as _;
+use tonic::Code;
+use tonic::transport::Channel;
+
+backend_tests!(
+    every_rpc_refuses_a_principal_without_permissions,
+    key_policies_are_managed_and_guard_against_lockout,
+    identity_policies_reload_without_restart,
+    grants_allow_exactly_what_they_say_and_stop_at_once,
+    cross_account_use_needs_both_sides,
+    root_look_alikes_never_gain_root,
+    condition_keys_come_from_the_request_and_the_connection,
+);
+
+const ALLOW_ALL: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#;
+
+/// Only `user/admin` of each account has identity policies.
+fn admins_only() -> Options {
+    Options {
+        authorization: format!(
+            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n"
+        ),
+        ..Options::default()
+    }
+}
+
+async fn create_key(
+    client: &mut KeysClient<Channel>,
+    spec: &str,
+    usage: &str,
+) -> anyhow::Result<String> {
+    Ok(client
+        .create_key(pb::CreateKeyRequest {
+            key_spec: spec.into(),
+            key_usage: usage.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?
+        .arn)
+}
+
+fn context(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+async fn encrypt_with(
+    client: &mut KeysClient<Channel>,
+    key_id: &str,
+    pairs: &[(&str, &str)],
+    grant_tokens: Vec<String>,
+) -> Result<Vec<u8>, tonic::Status> {
+    client
+        .encrypt(pb::EncryptRequest {
+            key_id: key_id.into(),
+            plaintext: b"secret".to_vec(),
+            encryption_context: context(pairs),
+            grant_tokens,
+            ..Default::default()
+        })
+        .await
+        .map(|response| response.into_inner().ciphertext_blob)
+}
+
+/// The audit event of a failed call must record the denial itself.
+fn assert_audited_denial(
+    harness: &Harness,
+    status: &tonic::Status,
+    what: &str,
+) -> anyhow::Result<()> {
+    let request_id = request_id_of(status.metadata());
+    let events = harness.audit_events_for(&request_id)?;
+    anyhow::ensure!(events.len() == 1, "{what}: {} events", events.len());
+    let first = events.first().ok_or_else(|| anyhow::anyhow!("no event"))?;
+    anyhow::ensure!(
+        first["errorCode"] == "AccessDeniedException",
+        "{what}: audited as {} ({status:?})",
+        first["errorCode"]
+    );
+    Ok(())
+}
+
+/// Every RPC of every Coffer gRPC service in the descriptor set, called
+/// by a principal with no permissions on a key that exists, is refused
+/// with AccessDenied (or the answer a missing key gets, when the caller may
+/// not even describe the key), and audited as a denial.
+async fn every_rpc_refuses_a_principal_without_permissions(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let symmetric = create_key(&mut admin, "", "").await?;
+    let grant = admin
+        .create_grant(pb::CreateGrantRequest {
+            key_id: symmetric.clone(),
+            grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/someone"),
+            operations: vec!["Encrypt".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let blob = encrypt_with(&mut admin, &symmetric, &[], Vec::new()).await?;
+    admin
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/admin".into(),
+            target_key_id: symmetric.clone(),
+        })
+        .await?;
+
+    let descriptors = prost_types::FileDescriptorSet::decode(coffer_proto::FILE_DESCRIPTOR_SET)?;
+    let mut methods = Vec::new();
+    for file in &descriptors.file {
+        let package = file.package();
+        if !package.starts_with("coffer.") || package.starts_with("coffer.bench.") {
+            continue;
+        }
+        for service in &file.service {
+            let full_name = format!("{package}.{}", service.name());
+            anyhow::ensure!(
+                full_name == "coffer.keys.v1.Keys",
+                "{full_name} has no entry in this test: add its RPCs"
+            );
+            methods.extend(service.method.iter().map(|m| m.name().to_owned()));
+        }
+    }
+    anyhow::ensure!(methods.len() >= 40, "only {} methods found", methods.len());
+
+    let mut nobody = harness
+        .keys_as(&format!(
+            "spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/nobody"
+        ))
+        .await?;
+    let key = symmetric.clone();
+    for method in &methods {
+        let k = key.clone();
+        let outcome: Result<(), tonic::Status> = match method.as_str() {
+            "CreateKey" => nobody
+                .create_key(pb::CreateKeyRequest::default())
+                .await
+                .map(drop),
+            "DescribeKey" => nobody
+                .describe_key(pb::DescribeKeyRequest {
+                    key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "ListKeys" => nobody
+                .list_keys(pb::ListKeysRequest::default())
+                .await
+                .map(drop),
+            "Encrypt" => encrypt_with(&mut nobody, &k, &[], Vec::new())
+                .await
+                .map(drop),
+            "Decrypt" => nobody
+                .decrypt(pb::DecryptRequest {
+                    ciphertext_blob: blob.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GenerateDataKey" => nobody
+                .generate_data_key(pb::GenerateDataKeyRequest {
+                    key_id: k,
+                    key_spec: "AES_256".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GenerateDataKeyWithoutPlaintext" => nobody
+                .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                    key_id: k,
+                    key_spec: "AES_256".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GenerateRandom" => nobody
+                .generate_random(pb::GenerateRandomRequest {
+                    number_of_bytes: 16,
+                })
+                .await
+                .map(drop),
+            "ReEncrypt" => nobody
+                .re_encrypt(pb::ReEncryptRequest {
+                    ciphertext_blob: blob.clone(),
+                    destination_key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "UpdateKeyDescription" => nobody
+                .update_key_description(pb::UpdateKeyDescriptionRequest {
+                    key_id: k,
+                    description: "x".into(),
+                })
+                .await
+                .map(drop),
+            "EnableKey" => nobody
+                .enable_key(pb::EnableKeyRequest { key_id: k })
+                .await
+                .map(drop),
+            "DisableKey" => nobody
+                .disable_key(pb::DisableKeyRequest { key_id: k })
+                .await
+                .map(drop),
+            "ScheduleKeyDeletion" => nobody
+                .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+                    key_id: k,
+                    pending_window_in_days: None,
+                })
+                .await
+                .map(drop),
+            "CancelKeyDeletion" => nobody
+                .cancel_key_deletion(pb::CancelKeyDeletionRequest { key_id: k })
+                .await
+                .map(drop),
+            "CreateAlias" => nobody
+                .create_alias(pb::CreateAliasRequest {
+                    alias_name: "alias/nobody".into(),
+                    target_key_id: k,
+                })
+                .await
+                .map(drop),
+            "UpdateAlias" => nobody
+                .update_alias(pb::UpdateAliasRequest {
+                    alias_name: "alias/admin".into(),
+                    target_key_id: k,
+                })
+                .await
+                .map(drop),
+            "DeleteAlias" => nobody
+                .delete_alias(pb::DeleteAliasRequest {
+                    alias_name: "alias/admin".into(),
+                })
+                .await
+                .map(drop),
+            "ListAliases" => nobody
+                .list_aliases(pb::ListAliasesRequest::default())
+                .await
+                .map(drop),
+            "TagResource" => nobody
+                .tag_resource(pb::TagResourceRequest {
+                    key_id: k,
+                    tags: vec![coffer_proto::common::v1::Tag {
+                        tag_key: "a".into(),
+                        tag_value: "b".into(),
+                    }],
+                })
+                .await
+                .map(drop),
+            "UntagResource" => nobody
+                .untag_resource(pb::UntagResourceRequest {
+                    key_id: k,
+                    tag_keys: vec!["a".into()],
+                })
+                .await
+                .map(drop),
+            "ListResourceTags" => nobody
+                .list_resource_tags(pb::ListResourceTagsRequest {
+                    key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "EnableKeyRotation" => nobody
+                .enable_key_rotation(pb::EnableKeyRotationRequest {
+                    key_id: k,
+                    rotation_period_in_days: None,
+                })
+                .await
+                .map(drop),
+            "DisableKeyRotation" => nobody
+                .disable_key_rotation(pb::DisableKeyRotationRequest { key_id: k })
+                .await
+                .map(drop),
+            "GetKeyRotationStatus" => nobody
+                .get_key_rotation_status(pb::GetKeyRotationStatusRequest { key_id: k })
+                .await
+                .map(drop),
+            "RotateKeyOnDemand" => nobody
+                .rotate_key_on_demand(pb::RotateKeyOnDemandRequest { key_id: k })
+                .await
+                .map(drop),
+            "ListKeyRotations" => nobody
+                .list_key_rotations(pb::ListKeyRotationsRequest {
+                    key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GetPublicKey" => nobody
+                .get_public_key(pb::GetPublicKeyRequest {
+                    key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "Sign" => nobody
+                .sign(pb::SignRequest {
+                    key_id: k,
+                    message: b"m".to_vec(),
+                    signing_algorithm: "ECDSA_SHA_256".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "Verify" => nobody
+                .verify(pb::VerifyRequest {
+                    key_id: k,
+                    message: b"m".to_vec(),
+                    signature: vec![1],
+                    signing_algorithm: "ECDSA_SHA_256".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GenerateMac" => nobody
+                .generate_mac(pb::GenerateMacRequest {
+                    key_id: k,
+                    message: b"m".to_vec(),
+                    mac_algorithm: "HMAC_SHA_256".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "VerifyMac" => nobody
+                .verify_mac(pb::VerifyMacRequest {
+                    key_id: k,
+                    message: b"m".to_vec(),
+                    mac: vec![1],
+                    mac_algorithm: "HMAC_SHA_256".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GenerateDataKeyPair" => nobody
+                .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+                    key_id: k,
+                    key_pair_spec: "ECC_NIST_P256".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GenerateDataKeyPairWithoutPlaintext" => nobody
+                .generate_data_key_pair_without_plaintext(
+                    pb::GenerateDataKeyPairWithoutPlaintextRequest {
+                        key_id: k,
+                        key_pair_spec: "ECC_NIST_P256".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(drop),
+            "PutKeyPolicy" => nobody
+                .put_key_policy(pb::PutKeyPolicyRequest {
+                    key_id: k,
+                    policy: ALLOW_ALL.replace("\"Action\"", "\"Principal\":\"*\",\"Action\""),
+                    bypass_policy_lockout_safety_check: true,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "GetKeyPolicy" => nobody
+                .get_key_policy(pb::GetKeyPolicyRequest {
+                    key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "ListKeyPolicies" => nobody
+                .list_key_policies(pb::ListKeyPoliciesRequest {
+                    key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "CreateGrant" => nobody
+                .create_grant(pb::CreateGrantRequest {
+                    key_id: k,
+                    grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:role/nobody"),
+                    operations: vec!["Decrypt".into()],
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "ListGrants" => nobody
+                .list_grants(pb::ListGrantsRequest {
+                    key_id: k,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "ListRetirableGrants" => nobody
+                .list_retirable_grants(pb::ListRetirableGrantsRequest {
+                    retiring_principal: format!("arn:coffer:iam::{ACCOUNT_A}:role/nobody"),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "RetireGrant" => nobody
+                .retire_grant(pb::RetireGrantRequest {
+                    key_id: k,
+                    grant_id: grant.grant_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "RevokeGrant" => nobody
+                .revoke_grant(pb::RevokeGrantRequest {
+                    key_id: k,
+                    grant_id: grant.grant_id.clone(),
+                })
+                .await
+                .map(drop),
+            other => anyhow::bail!("RPC {other} has no request in this test: add one"),
+        };
+        let status = match outcome {
+            Ok(()) => anyhow::bail!("{method} succeeded for a principal without permissions"),
+            Err(status) => status,
+        };
+        let refused = matches!(
+            (status.code(), exception_of(&status).as_str()),
+            (Code::PermissionDenied, "AccessDeniedException")
+                | (Code::NotFound, "NotFoundException")
+                | (Code::InvalidArgument, "InvalidCiphertextException")
+        );
+        anyhow::ensure!(refused, "{method}: unexpected {status:?}");
+        assert_audited_denial(&harness, &status, method)?;
+    }
+
+    // The key is untouched, and the admin still uses it.
+    let described = admin
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    assert_eq!(described.key_state, "Enabled");
+    assert_eq!(described.description, "");
+    encrypt_with(&mut admin, &key, &[], Vec::new()).await?;
+    Ok(())
+}
+
+async fn key_policies_are_managed_and_guard_against_lockout(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let key = create_key(&mut admin, "", "").await?;
+
+    // The default policy trusts the account, which defers to identity policies.
+    let policy = admin
+        .get_key_policy(pb::GetKeyPolicyRequest {
+            key_id: key.clone(),
+            policy_name: "default".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(policy.policy_name, "default");
+    let document: serde_json::Value = serde_json::from_str(&policy.policy)?;
+    assert_eq!(
+        document["Statement"][0]["Principal"]["AWS"],
+        format!("arn:coffer:iam::{ACCOUNT_A}:root")
+    );
+    assert_eq!(document["Statement"][0]["Action"], "kms:*");
+    let names = admin
+        .list_key_policies(pb::ListKeyPoliciesRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(names.policy_names, vec!["default".to_owned()]);
+    assert_error(
+        admin
+            .get_key_policy(pb::GetKeyPolicyRequest {
+                key_id: key.clone(),
+                policy_name: "other".into(),
+            })
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+
+    // A policy that would lock the caller out is refused unless bypassed.
+    let app_only = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:role/app"}},"Action":["kms:Encrypt","kms:DescribeKey"],"Resource":"*"}}]}}"#
+    );
+    let refused = assert_error(
+        admin
+            .put_key_policy(pb::PutKeyPolicyRequest {
+                key_id: key.clone(),
+                policy: app_only.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "MalformedPolicyDocumentException",
+    );
+    assert!(
+        refused
+            .message()
+            .contains("will not allow you to update the key policy")
+    );
+    assert_error(
+        admin
+            .create_key(pb::CreateKeyRequest {
+                policy: app_only.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "MalformedPolicyDocumentException",
+    );
+    // Unchanged after the refusal.
+    let unchanged = admin
+        .get_key_policy(pb::GetKeyPolicyRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(unchanged.policy, policy.policy);
+
+    // Malformed documents name the problem.
+    for (bad, fragment) in [
+        ("{", ""),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
+            "Principal",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Bogus":1}]}"#,
+            "Bogus",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"StringEqualz":{"a":"b"}}}]}"#,
+            "StringEqualz",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Version":"2012-10-17","Statement":[]}"#,
+            "Version",
+        ),
+    ] {
+        let status = assert_error(
+            admin
+                .put_key_policy(pb::PutKeyPolicyRequest {
+                    key_id: key.clone(),
+                    policy: bad.into(),
+                    bypass_policy_lockout_safety_check: true,
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "MalformedPolicyDocumentException",
+        );
+        assert!(
+            status.message().contains(fragment),
+            "{bad}: {}",
+            status.message()
+        );
+    }
+    let oversized = format!(
+        r#"{{"Version":"2012-10-17","Id":"{}","Statement":[]}}"#,
+        "x".repeat(33 * 1024)
+    );
+    assert_error(
+        admin
+            .put_key_policy(pb::PutKeyPolicyRequest {
+                key_id: key.clone(),
+                policy: oversized,
+                bypass_policy_lockout_safety_check: true,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "MalformedPolicyDocumentException",
+    );
+
+    // With the bypass the lockout takes effect: the admin can no longer
+    // manage the key, and the role the policy names may use it directly
+    // (no identity policy needed in the key's own account).
+    admin
+        .put_key_policy(pb::PutKeyPolicyRequest {
+            key_id: key.clone(),
+            policy: app_only.clone(),
+            bypass_policy_lockout_safety_check: true,
+            ..Default::default()
+        })
+        .await?;
+    let stored = harness
+        .keys_for(ACCOUNT_A, "admin")
+        .await?
+        .get_key_policy(pb::GetKeyPolicyRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await;
+    let status = assert_error(stored, Code::NotFound, "NotFoundException");
+    assert_audited_denial(&harness, &status, "GetKeyPolicy after lockout")?;
+    let mut app = harness
+        .keys_as(&format!(
+            "spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/app"
+        ))
+        .await?;
+    encrypt_with(&mut app, &key, &[], Vec::new()).await?;
+    let status = assert_error(
+        app.disable_key(pb::DisableKeyRequest {
+            key_id: key.clone(),
+        })
+        .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    assert!(
+        status.message().contains(&format!(
+            "role/app is not authorized to perform: kms:DisableKey on resource: {key}"
+        )),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !status.message().contains("Statement"),
+        "denials never quote the policy"
+    );
+    Ok(())
+}
+
+fn rewrite_authorization(harness: &Harness, block: &str) -> anyhow::Result<()> {
+    let path = harness.dir().join("coffer.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    let start = text
+        .find("authorization:")
+        .ok_or_else(|| anyhow::anyhow!("no block"))?;
+    let end = text
+        .find("services:")
+        .ok_or_else(|| anyhow::anyhow!("no services"))?;
+    let mut updated = String::new();
+    updated.push_str(&text[..start]);
+    updated.push_str(block);
+    updated.push_str(&text[end..]);
+    std::fs::write(&path, updated)?;
+    Ok(())
+}
+
+async fn identity_policies_reload_without_restart(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let key = create_key(&mut admin, "", "").await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    assert_error(
+        encrypt_with(&mut alice, &key, &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+
+    let encrypt_only = format!(
+        "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: alice\n      principals: [\"arn:coffer:iam::{ACCOUNT_A}:user/alice\"]\n      policy:\n        Version: \"2012-10-17\"\n        Statement:\n          - Effect: Allow\n            Action: [\"kms:Encrypt\", \"kms:DescribeKey\"]\n            Resource: \"arn:coffer:kms:eu-west-1:{ACCOUNT_A}:key/*\"\n"
+    );
+    rewrite_authorization(&harness, &encrypt_only)?;
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if encrypt_with(&mut alice, &key, &[], Vec::new())
+            .await
+            .is_ok()
+        {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(reloaded, "the new identity policy never took effect");
+    assert_error(
+        alice
+            .disable_key(pb::DisableKeyRequest {
+                key_id: key.clone(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+
+    // An invalid document keeps the policies in force and says why.
+    let broken = format!(
+        "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: alice\n      principals: [\"arn:coffer:iam::{ACCOUNT_A}:user/alice\"]\n      policy: '{{\"Statement\":[{{\"Effect\":\"Allow\",\"Action\":\"kms:*\",\"Resource\":\"*\",\"Surprise\":true}}]}}'\n"
+    );
+    rewrite_authorization(&harness, &broken)?;
+    let mut logged = false;
+    for _ in 0..100 {
+        if captured_logs().contains("the previous identity policies stay in force") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(logged, "no error was logged for the invalid policy file");
+    encrypt_with(&mut alice, &key, &[], Vec::new()).await?;
+    admin
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+async fn grants_allow_exactly_what_they_say_and_stop_at_once(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let key = create_key(&mut admin, "", "").await?;
+    let app_arn = format!("arn:coffer:iam::{ACCOUNT_A}:role/app");
+    let retirer_arn = format!("arn:coffer:iam::{ACCOUNT_A}:role/retirer");
+    let mut app = harness
+        .keys_as(&format!(
+            "spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/app"
+        ))
+        .await?;
+    let mut retirer = harness
+        .keys_as(&format!(
+            "spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/retirer"
+        ))
+        .await?;
+    assert_error(
+        encrypt_with(&mut app, &key, &[("a", "1"), ("b", "2")], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+
+    let request = pb::CreateGrantRequest {
+        key_id: key.clone(),
+        grantee_principal: app_arn.clone(),
+        retiring_principal: retirer_arn.clone(),
+        operations: vec!["Encrypt".into(), "Decrypt".into(), "DescribeKey".into()],
+        constraints: Some(pb::GrantConstraints {
+            encryption_context_equals: context(&[("a", "1"), ("b", "2")]),
+            ..Default::default()
+        }),
+        name: "app-access".into(),
+        ..Default::default()
+    };
+    let created = admin.create_grant(request.clone()).await?.into_inner();
+    assert_eq!(created.grant_id.len(), 64);
+    // Same name and parameters: the same grant.
+    let again = admin.create_grant(request.clone()).await?.into_inner();
+    assert_eq!(again.grant_id, created.grant_id);
+
+    // Effective at once, with or without the token; the same pairs in any
+    // order pass, a missing, extra or differently-cased context does not.
+    let blob = encrypt_with(
+        &mut app,
+        &key,
+        &[("b", "2"), ("a", "1")],
+        vec![created.grant_token.clone()],
+    )
+    .await?;
+    encrypt_with(&mut app, &key, &[("a", "1"), ("b", "2")], Vec::new()).await?;
+    for pairs in [
+        &[][..],
+        &[("a", "1")][..],
+        &[("a", "1"), ("b", "2"), ("c", "3")][..],
+        &[("A", "1"), ("b", "2")][..],
+        &[("a", "1"), ("b", "2 ")][..],
+    ] {
+        let status = assert_error(
+            encrypt_with(&mut app, &key, pairs, Vec::new()).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+        );
+        assert_audited_denial(&harness, &status, "constraint")?;
+    }
+    let plaintext = app
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: context(&[("a", "1"), ("b", "2")]),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .plaintext;
+    assert_eq!(plaintext, b"secret");
+    // Operations the grant does not name stay denied.
+    assert_error(
+        app.disable_key(pb::DisableKeyRequest {
+            key_id: key.clone(),
+        })
+        .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    // A token this service did not issue is refused.
+    assert_error(
+        encrypt_with(
+            &mut app,
+            &key,
+            &[("a", "1"), ("b", "2")],
+            vec!["forged-token".into()],
+        )
+        .await,
+        Code::InvalidArgument,
+        "InvalidGrantTokenException",
+    );
+
+    let listed = admin
+        .list_grants(pb::ListGrantsRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.grants.len(), 1);
+    let entry = listed
+        .grants
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no grant"))?;
+    assert_eq!(entry.grantee_principal, app_arn);
+    assert_eq!(entry.retiring_principal, retirer_arn);
+    assert_eq!(entry.issuing_account, ACCOUNT_A);
+    assert_eq!(entry.key_id, key);
+    let retirable = retirer
+        .list_retirable_grants(pb::ListRetirableGrantsRequest {
+            retiring_principal: retirer_arn.clone(),
+            ..Default::default()
+        })
+        .await;
+    // The retirer has no identity policy for ListRetirableGrants.
+    assert_error(retirable, Code::PermissionDenied, "AccessDeniedException");
+    let retirable = admin
+        .list_retirable_grants(pb::ListRetirableGrantsRequest {
+            retiring_principal: retirer_arn.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(retirable.grants.len(), 1);
+
+    // The retiring principal retires it; it stops working at once.
+    retirer
+        .retire_grant(pb::RetireGrantRequest {
+            key_id: key.clone(),
+            grant_id: created.grant_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    assert_error(
+        encrypt_with(&mut app, &key, &[("a", "1"), ("b", "2")], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_error(
+        retirer
+            .retire_grant(pb::RetireGrantRequest {
+                grant_token: created.grant_token.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "InvalidGrantTokenException",
+    );
+
+    // Revocation by a key administrator, equally immediate.
+    let second = admin
+        .create_grant(pb::CreateGrantRequest {
+            key_id: key.clone(),
+            grantee_principal: app_arn.clone(),
+            operations: vec!["Encrypt".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    encrypt_with(&mut app, &key, &[], Vec::new()).await?;
+    admin
+        .revoke_grant(pb::RevokeGrantRequest {
+            key_id: key.clone(),
+            grant_id: second.grant_id.clone(),
+        })
+        .await?;
+    assert_error(
+        encrypt_with(&mut app, &key, &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_error(
+        admin
+            .revoke_grant(pb::RevokeGrantRequest {
+                key_id: key.clone(),
+                grant_id: second.grant_id.clone(),
+            })
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+
+    // Bad grant requests.
+    let bad = |change: fn(&mut pb::CreateGrantRequest)| {
+        let mut request = pb::CreateGrantRequest {
+            key_id: key.clone(),
+            grantee_principal: app_arn.clone(),
+            operations: vec!["Encrypt".into()],
+            ..Default::default()
+        };
+        change(&mut request);
+        request
+    };
+    for (request, field) in [
+        (bad(|r| r.operations = vec![]), "operations"),
+        (bad(|r| r.operations = vec!["encrypt".into()]), "operations"),
+        (
+            bad(|r| r.grantee_principal = "arn:coffer:iam::111122223333:user/*".into()),
+            "grantee_principal",
+        ),
+        (
+            bad(|r| r.grantee_principal = "alice".into()),
+            "grantee_principal",
+        ),
+        (
+            bad(|r| {
+                r.operations = vec!["Sign".into()];
+                r.constraints = Some(pb::GrantConstraints {
+                    encryption_context_subset: [("a".to_owned(), "1".to_owned())].into(),
+                    ..Default::default()
+                });
+            }),
+            "constraints",
+        ),
+        (
+            bad(|r| {
+                r.constraints = Some(pb::GrantConstraints {
+                    encryption_context_subset: [("a".to_owned(), "1".to_owned())].into(),
+                    encryption_context_equals: [("a".to_owned(), "1".to_owned())].into(),
+                })
+            }),
+            "constraints",
+        ),
+    ] {
+        let status = assert_error(
+            admin.create_grant(request).await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+    assert_error(
+        admin
+            .revoke_grant(pb::RevokeGrantRequest {
+                key_id: key.clone(),
+                grant_id: "../x".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "InvalidGrantIdException",
+    );
+    Ok(())
+}
+
+async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin_a = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let mut admin_b = harness.keys_for(ACCOUNT_B, "admin").await?;
+    let mut carol_b = harness.keys_for(ACCOUNT_B, "carol").await?;
+    let key = create_key(&mut admin_a, "", "").await?;
+    let key_id = key.rsplit('/').next().unwrap_or_default().to_owned();
+    admin_a
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/shared".into(),
+            target_key_id: key.clone(),
+        })
+        .await?;
+
+    // A's key policy does not mention B: B's admin sees nothing, exactly
+    // as for a key that does not exist.
+    let missing =
+        format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:key/00000000-0000-4000-8000-000000000000");
+    let absent = assert_error(
+        encrypt_with(&mut admin_b, &missing, &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    let hidden = assert_error(
+        encrypt_with(&mut admin_b, &key, &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_eq!(
+        hidden.message().replace(&key_id, "ID"),
+        absent
+            .message()
+            .replace("00000000-0000-4000-8000-000000000000", "ID")
+    );
+    assert_audited_denial(&harness, &hidden, "cross-account without policy")?;
+
+    // A trusts account B for Encrypt and DescribeKey.
+    let shared = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Sid":"Admin","Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:root"}},"Action":"kms:*","Resource":"*"}},
+            {{"Sid":"AccountB","Effect":"Allow","Principal":{{"AWS":"{ACCOUNT_B}"}},"Action":["kms:Encrypt","kms:DescribeKey","kms:DisableKey"],"Resource":"*"}}]}}"#
+    );
+    admin_a
+        .put_key_policy(pb::PutKeyPolicyRequest {
+            key_id: key.clone(),
+            policy: shared,
+            ..Default::default()
+        })
+        .await?;
+    // Both sides allow: B's admin may use the key by its ARN.
+    encrypt_with(&mut admin_b, &key, &[], Vec::new()).await?;
+    // B's side missing: carol has no identity policy.
+    let status = assert_error(
+        encrypt_with(&mut carol_b, &key, &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_audited_denial(&harness, &status, "cross-account without identity policy")?;
+    // A key id or an alias always names a key of the caller's own account.
+    assert_error(
+        encrypt_with(&mut admin_b, &key_id, &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_error(
+        encrypt_with(&mut admin_b, "alias/shared", &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_error(
+        encrypt_with(
+            &mut admin_b,
+            &format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/shared"),
+            &[],
+            Vec::new(),
+        )
+        .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    // Management never crosses accounts, even when the policy says so.
+    assert_error(
+        admin_b
+            .disable_key(pb::DisableKeyRequest {
+                key_id: key.clone(),
+            })
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    // Decrypt was not shared.
+    let blob = encrypt_with(&mut admin_b, &key, &[], Vec::new()).await?;
+    assert_error(
+        admin_b
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    // A grant of A's key cannot be revoked or retired from B.
+    let grant = admin_a
+        .create_grant(pb::CreateGrantRequest {
+            key_id: key.clone(),
+            grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/admin"),
+            operations: vec!["Decrypt".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_error(
+        admin_b
+            .revoke_grant(pb::RevokeGrantRequest {
+                key_id: key.clone(),
+                grant_id: grant.grant_id.clone(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    assert_error(
+        admin_b
+            .retire_grant(pb::RetireGrantRequest {
+                key_id: key.clone(),
+                grant_id: grant.grant_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    let own_key = create_key(&mut admin_b, "", "").await?;
+    assert_error(
+        admin_b
+            .revoke_grant(pb::RevokeGrantRequest {
+                key_id: own_key,
+                grant_id: grant.grant_id.clone(),
+            })
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    let still = admin_a
+        .list_grants(pb::ListGrantsRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(still.grants.len(), 1);
+    Ok(())
+}
+
+async fn root_look_alikes_never_gain_root(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let key = create_key(&mut admin, "", "").await?;
+    // The default policy allows the account root; users named like it are
+    // ordinary users whose (absent) identity policies decide.
+    for name in ["root", "Root", "ROOT", "root.", "r00t"] {
+        let mut client = harness.keys_for(ACCOUNT_A, name).await?;
+        let status = assert_error(
+            encrypt_with(&mut client, &key, &[], Vec::new()).await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+        assert_audited_denial(&harness, &status, name)?;
+    }
+    // Policies cannot name look-alikes as the root either.
+    for principal in ["ROOT", "Root", " root", "root "] {
+        let document = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:{principal}"}},"Action":"kms:*","Resource":"*"}}]}}"#
+        );
+        assert_error(
+            admin
+                .put_key_policy(pb::PutKeyPolicyRequest {
+                    key_id: key.clone(),
+                    policy: document,
+                    bypass_policy_lockout_safety_check: true,
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "MalformedPolicyDocumentException",
+        );
+    }
+    Ok(())
+}
+
+async fn condition_keys_come_from_the_request_and_the_connection(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let key = create_key(&mut admin, "", "").await?;
+    let app_spiffe = format!("spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/app");
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Sid":"Admin","Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:root"}},"Action":"kms:*","Resource":"*"}},
+            {{"Sid":"TenantOnly","Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:role/app"}},"Action":"kms:Encrypt","Resource":"*",
+              "Condition":{{"StringEquals":{{"kms:EncryptionContext:tenant":"acme","kms:CallerAccount":"{ACCOUNT_A}"}},
+                           "ForAllValues:StringEquals":{{"kms:EncryptionContextKeys":["tenant","purpose"]}},
+                           "IpAddress":{{"aws:SourceIp":"127.0.0.0/8"}},
+                           "StringEqualsIfExists":{{"aws:PrincipalTag/none":"x"}}}}}},
+            {{"Sid":"SecretsOnly","Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:role/app"}},"Action":"kms:Decrypt","Resource":"*",
+              "Condition":{{"StringEquals":{{"kms:ViaService":"secretsmanager.eu-west-1.coffer.internal"}}}}}},
+            {{"Sid":"NoLateNight","Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*",
+              "Condition":{{"DateLessThan":{{"aws:CurrentTime":"2000-01-01T00:00:00Z"}}}}}}]}}"#
+    );
+    admin
+        .put_key_policy(pb::PutKeyPolicyRequest {
+            key_id: key.clone(),
+            policy,
+            ..Default::default()
+        })
+        .await?;
+    let mut app = harness.keys_as(&app_spiffe).await?;
+    let blob = encrypt_with(&mut app, &key, &[("tenant", "acme")], Vec::new()).await?;
+    encrypt_with(
+        &mut app,
+        &key,
+        &[("tenant", "acme"), ("purpose", "x")],
+        Vec::new(),
+    )
+    .await?;
+    for pairs in [
+        &[][..],
+        &[("tenant", "other")][..],
+        &[("Tenant", "acme")][..],
+        &[("tenant", "acme"), ("extra", "1")][..],
+    ] {
+        assert_error(
+            encrypt_with(&mut app, &key, pairs, Vec::new()).await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+    }
+    // kms:ViaService comes only from a service certificate: the role's own
+    // connection (even with a forwarding header) is not "via" anything.
+    let direct = app
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: context(&[("tenant", "acme")]),
+            ..Default::default()
+        })
+        .await;
+    assert_error(direct, Code::InvalidArgument, "InvalidCiphertextException");
+    let mut spoofing = KeysClient::with_interceptor(
+        harness
+            .channel_with(Some(&harness.identity(&app_spiffe)?))
+            .await?,
+        |mut request: tonic::Request<()>| {
+            request.metadata_mut().insert(
+                "x-coffer-forwarded-for",
+                tonic::metadata::MetadataValue::from_static("spiffe://coffer.test/service/secrets"),
+            );
+            Ok(request)
+        },
+    );
+    assert_error(
+        spoofing
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                encryption_context: context(&[("tenant", "acme")]),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "InvalidCiphertextException",
+    );
+    let mut via_secrets = harness.keys_via("secrets", &app_spiffe).await?;
+    let plaintext = via_secrets
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            encryption_context: context(&[("tenant", "acme")]),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .plaintext;
+    assert_eq!(plaintext, b"secret");
+    Ok(())
+}
