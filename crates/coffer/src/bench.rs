@@ -34,7 +34,14 @@ pub const SCENARIOS: &[&str] = &[
     "generate-data-key",
     "sign",
     "get-public-key",
+    "encrypt-policy-50",
 ];
+
+/// Statements in the key policy and in the identity policy that
+/// `encrypt-policy-50` evaluates on every call.
+pub const HEAVY_POLICY_STATEMENTS: usize = 50;
+/// The user whose identity policy is the heavy one.
+const HEAVY_USER: &str = "bench-heavy";
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -339,6 +346,8 @@ struct Target {
     keys_addr: String,
     echo_addr: Option<String>,
     tls: ClientTls,
+    /// The identity with the 50-statement identity policy (in-process only).
+    heavy_tls: Option<ClientTls>,
     _instance: Option<(crate::Instance, RunningServer, tempfile::TempDir)>,
 }
 
@@ -382,6 +391,20 @@ fn in_process_target_on_own_runtime() -> anyhow::Result<Target> {
 async fn in_process_target() -> anyhow::Result<Target> {
     let directory = tempfile::tempdir()?;
     let layout = crate::dev::prepare(directory.path(), SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    add_heavy_identity_policy(&layout)?;
+    let heavy = coffer_platform::pki::Authority::load(&layout.dir)?.issue(
+        &format!(
+            "spiffe://{}/account/{}/user/{HEAVY_USER}",
+            crate::dev::DEV_TRUST_DOMAIN,
+            crate::dev::DEV_ACCOUNT
+        ),
+        &[],
+        &[],
+    )?;
+    let heavy_tls = ClientTls::from_pem(
+        &std::fs::read(layout.ca())?,
+        Some((heavy.cert_pem.as_bytes(), heavy.key_pem.as_bytes())),
+    );
     let settings = coffer_platform::config::load(Some(&layout.config()), Vec::new())?;
     let services = vec!["keys".to_owned()];
     let instance = crate::launch(
@@ -435,8 +458,75 @@ async fn in_process_target() -> anyhow::Result<Target> {
         keys_addr,
         echo_addr: Some(echo_addr),
         tls,
+        heavy_tls: Some(heavy_tls),
         _instance: Some((instance, echo, directory)),
     })
+}
+
+/// A key policy of [`HEAVY_POLICY_STATEMENTS`] statements, as a large
+/// organisation's might read: the account root, 47 other principals with
+/// encryption-context conditions, a Deny that does not apply, and the bench
+/// user last, so every statement is evaluated.
+fn heavy_key_policy() -> String {
+    let account = crate::dev::DEV_ACCOUNT;
+    let mut statements = vec![serde_json::json!({
+        "Sid": "Admin", "Effect": "Allow",
+        "Principal": {"AWS": format!("arn:coffer:iam::{account}:root")},
+        "Action": "kms:*", "Resource": "*",
+    })];
+    for index in 0..HEAVY_POLICY_STATEMENTS - 3 {
+        statements.push(serde_json::json!({
+            "Sid": format!("Service{index}"), "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:coffer:iam::{account}:role/service-{index}")},
+            "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
+            "Condition": {"StringEquals": {"kms:EncryptionContext:tenant": format!("tenant-{index}")}},
+        }));
+    }
+    statements.push(serde_json::json!({
+        "Sid": "OnlyFromLoopback", "Effect": "Deny", "Principal": "*",
+        "Action": "kms:*", "Resource": "*",
+        "Condition": {"NotIpAddress": {"aws:SourceIp": ["127.0.0.0/8", "::1/128"]}},
+    }));
+    statements.push(serde_json::json!({
+        "Sid": "Bench", "Effect": "Allow",
+        "Principal": {"AWS": format!("arn:coffer:iam::{account}:user/{HEAVY_USER}")},
+        "Action": "kms:Encrypt", "Resource": "*",
+    }));
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+}
+
+/// Attaches an identity policy of [`HEAVY_POLICY_STATEMENTS`] statements to
+/// the bench user in the dev config: 48 that do not apply, a Deny that does
+/// not apply, and the Allow last.
+fn add_heavy_identity_policy(layout: &crate::dev::DevDir) -> anyhow::Result<()> {
+    let account = crate::dev::DEV_ACCOUNT;
+    let mut statements: Vec<serde_json::Value> = (0..HEAVY_POLICY_STATEMENTS - 2)
+        .map(|index| {
+            serde_json::json!({
+                "Sid": format!("Other{index}"), "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:ReEncrypt*", "kms:DescribeKey"],
+                "Resource": format!("arn:coffer:kms:*:{account}:key/other-{index}-*"),
+            })
+        })
+        .collect();
+    statements.push(serde_json::json!({
+        "Sid": "NoDeletion", "Effect": "Deny",
+        "Action": ["kms:ScheduleKeyDeletion", "kms:PutKeyPolicy"], "Resource": "*",
+    }));
+    statements.push(serde_json::json!({
+        "Sid": "Encrypt", "Effect": "Allow", "Action": "kms:Encrypt",
+        "Resource": format!("arn:coffer:kms:*:{account}:key/*"),
+    }));
+    let document =
+        serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string();
+    let config = std::fs::read_to_string(layout.config())?;
+    let entry = format!(
+        "    - name: bench-heavy\n      principals: [\"arn:coffer:iam::{account}:user/{HEAVY_USER}\"]\n      policy: '{document}'\nservices:\n"
+    );
+    let updated = config.replacen("services:\n", &entry, 1);
+    anyhow::ensure!(updated != config, "the dev config has no services block");
+    std::fs::write(layout.config(), updated)?;
+    Ok(())
 }
 
 async fn channels(tls: &ClientTls, addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
@@ -476,6 +566,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                     &layout.ca(),
                     Some((&layout.cert("admin"), &layout.key("admin"))),
                 )?,
+                heavy_tls: None,
                 _instance: None,
             }
         }
@@ -502,6 +593,31 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         .await?
         .into_inner()
         .ciphertext_blob;
+
+    let needs_heavy_key = args
+        .scenario
+        .iter()
+        .chain(args.background.iter())
+        .any(|scenario| scenario == "encrypt-policy-50");
+    let (heavy_key_id, heavy_channels) = match (&target.heavy_tls, needs_heavy_key) {
+        (_, false) => (String::new(), Vec::new()),
+        (None, true) => bail!("encrypt-policy-50 needs the in-process target (no --addr)"),
+        (Some(heavy_tls), true) => {
+            let key_id = setup
+                .create_key(keys_pb::CreateKeyRequest {
+                    description: "coffer bench: 50-statement key policy".into(),
+                    policy: heavy_key_policy(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .key_metadata
+                .map(|metadata| metadata.key_id)
+                .context("CreateKey returned no metadata")?;
+            let heavy_channels = channels(heavy_tls, &target.keys_addr, args.connections).await?;
+            (key_id, heavy_channels)
+        }
+    };
 
     let needs_signing_key = args
         .scenario
@@ -557,6 +673,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             "get-public-key" => Workload::GetPublicKey {
                 key_id: signing_key_id.clone(),
             },
+            "encrypt-policy-50" => Workload::Encrypt {
+                key_id: heavy_key_id.clone(),
+                plaintext: payload.clone(),
+            },
             other => bail!("unknown scenario {other:?}"),
         })
     };
@@ -575,6 +695,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                     continue;
                 };
                 channels(&target.tls, echo_addr, args.connections).await?
+            } else if scenario == "encrypt-policy-50" {
+                heavy_channels.clone()
             } else {
                 keys_channels.clone()
             };

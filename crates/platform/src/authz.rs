@@ -233,6 +233,51 @@ impl Authorizer {
     }
 }
 
+/// Which condition keys a request must carry: those the policies in play
+/// read ([`Policy::condition_keys`]). Building keys nobody reads is most of
+/// what authorization would otherwise cost.
+#[derive(Debug, Clone)]
+pub enum KeyFilter<'a> {
+    /// Every key (a policy reads variables, or nobody knows).
+    All,
+    /// Only these keys (lowercased).
+    Only(Vec<&'a str>),
+}
+
+impl<'a> KeyFilter<'a> {
+    /// The keys `policies` read.
+    pub fn of(policies: impl IntoIterator<Item = &'a Policy>) -> Self {
+        let mut keys: Vec<&'a str> = Vec::new();
+        for policy in policies {
+            match policy.condition_keys() {
+                None => return Self::All,
+                Some(policy_keys) => keys.extend(policy_keys.iter().map(String::as_str)),
+            }
+        }
+        Self::Only(keys)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Only(keys) if keys.is_empty())
+    }
+
+    /// Whether `key` (any case) is wanted.
+    pub fn wants(&self, key: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(keys) => keys.iter().any(|wanted| wanted.eq_ignore_ascii_case(key)),
+        }
+    }
+
+    /// Whether any wanted key starts with `prefix` (lowercase).
+    pub fn wants_prefix(&self, prefix: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(keys) => keys.iter().any(|wanted| wanted.starts_with(prefix)),
+        }
+    }
+}
+
 /// Whether an authorization decision was made during a call; shared by the
 /// call layer and the call's [`Caller`]s.
 #[derive(Debug, Clone, Default)]
@@ -352,27 +397,60 @@ impl Caller {
     }
 
     /// A request for `action` (`kms:Encrypt`) on `resource` (an ARN or
-    /// `*`) carrying the global condition keys.
+    /// `*`) carrying every global condition key.
     pub fn request(&self, action: &str, resource: &str) -> RequestContext {
+        self.request_with(action, resource, &KeyFilter::All)
+    }
+
+    /// A request carrying the global condition keys `filter` wants.
+    pub fn request_with(
+        &self,
+        action: &str,
+        resource: &str,
+        filter: &KeyFilter<'_>,
+    ) -> RequestContext {
         let prefix = action.split_once(':').map_or(action, |(prefix, _)| prefix);
-        let now = self.authorizer.clock.now_millis();
         // The policy crate sets aws:PrincipalArn, aws:PrincipalAccount and
         // aws:username from the principal itself.
         let mut context = RequestContext::new(self.principal.clone(), action, resource);
-        context.add_value("aws:PrincipalType", self.principal_type);
-        context.add_value("aws:SourceIp", self.source_ip.to_string());
-        context.add_value("aws:CurrentTime", rfc3339_seconds(now));
-        context.add_value("aws:EpochTime", (now.div_euclid(1000)).to_string());
-        context.add_value("aws:SecureTransport", "true");
-        context.add_value(&format!("{prefix}:CallerAccount"), self.account.as_str());
+        if filter.is_empty() {
+            return context;
+        }
+        if filter.wants("aws:PrincipalType") {
+            context.add_value("aws:PrincipalType", self.principal_type);
+        }
+        if filter.wants("aws:SourceIp") {
+            context.add_value("aws:SourceIp", self.source_ip.to_string());
+        }
+        if filter.wants("aws:CurrentTime") || filter.wants("aws:EpochTime") {
+            let now = self.authorizer.clock.now_millis();
+            context.add_value("aws:CurrentTime", rfc3339_seconds(now));
+            context.add_value("aws:EpochTime", (now.div_euclid(1000)).to_string());
+        }
+        if filter.wants("aws:SecureTransport") {
+            context.add_value("aws:SecureTransport", "true");
+        }
+        let caller_account = format!("{prefix}:CallerAccount");
+        if filter.wants(&caller_account) {
+            context.add_value(&caller_account, self.account.as_str());
+        }
         if let Some(via) = &self.via_service {
-            context.add_value(&format!("{prefix}:ViaService"), via.as_str());
+            let via_key = format!("{prefix}:ViaService");
+            if filter.wants(&via_key) {
+                context.add_value(&via_key, via.as_str());
+            }
         }
         context
     }
 
     /// The caller's identity policies.
     pub fn identity_policies(&self) -> &[Arc<Policy>] {
+        &self.identity_policies
+    }
+
+    /// The caller's identity policies as the shared set they are: the same
+    /// allocation for every caller with the same policies until a reload.
+    pub fn attached_policies(&self) -> &AttachedPolicies {
         &self.identity_policies
     }
 
@@ -421,8 +499,23 @@ impl Caller {
     }
 }
 
-/// `2026-11-22T10:00:00Z` (whole seconds), what aws:CurrentTime carries.
+/// `2026-11-22T10:00:00Z` (whole seconds), what aws:CurrentTime carries;
+/// formatted once per second per thread.
 fn rfc3339_seconds(millis: i64) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let seconds = millis.div_euclid(1000);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != seconds {
+            *last = (seconds, format_rfc3339_seconds(millis));
+        }
+        last.1.clone()
+    })
+}
+
+fn format_rfc3339_seconds(millis: i64) -> String {
     let time = SystemTime::UNIX_EPOCH
         + Duration::from_secs(u64::try_from(millis.div_euclid(1000)).unwrap_or_default());
     time::OffsetDateTime::from(time)

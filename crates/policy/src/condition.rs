@@ -207,6 +207,10 @@ pub(crate) struct ConditionClause {
 }
 
 impl ConditionClause {
+    pub(crate) fn lowercase_key(&self) -> &str {
+        &self.lowercase_key
+    }
+
     /// Whether this clause holds for the request (see the module docs).
     pub(crate) fn holds(&self, context: &RequestContext) -> bool {
         let request_values = context.values_by_lowercase_key(&self.lowercase_key);

@@ -24,7 +24,7 @@ pub enum PrincipalKind {
 /// [`PrincipalInfo::account_root`] is ever the account root, whatever a
 /// user or role happens to be called (a user named `root` is
 /// `…:user/root`, an ordinary user).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrincipalInfo {
     arn: String,
     partition: String,
@@ -139,7 +139,7 @@ pub(crate) fn is_account_id(text: &str) -> bool {
 /// has an account) and `aws:username` (for users). Everything else
 /// (`aws:SourceIp`, `aws:CurrentTime`, `kms:ViaService`,
 /// `kms:EncryptionContext:…`, …) is the caller's to add.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestContext {
     principal: PrincipalInfo,
     action: String,

@@ -66,6 +66,12 @@ pub struct Policy {
     version: PolicyVersion,
     id: Option<String>,
     statements: Vec<Statement>,
+    /// Whether any statement reads the request's condition keys (a
+    /// Condition block or a policy variable).
+    reads_conditions: bool,
+    /// The condition keys the Condition blocks name (lowercased, sorted,
+    /// unique); `None` when policy variables may read any key.
+    condition_keys: Option<Vec<String>>,
 }
 
 impl Policy {
@@ -84,7 +90,36 @@ impl Policy {
             });
         }
         let root = parse_strict(document)?;
-        compile_document(&root, kind)
+        let mut policy = compile_document(&root, kind)?;
+        // Policy variables can only come from `${` in the text: checking the
+        // text errs on the side of reading conditions.
+        let has_variables = document.contains("${");
+        let mut keys: Vec<String> = policy
+            .statements
+            .iter()
+            .flat_map(|statement| statement.conditions.iter())
+            .map(|clause| clause.lowercase_key().to_owned())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        policy.reads_conditions = has_variables || !keys.is_empty();
+        policy.condition_keys = (!has_variables).then_some(keys);
+        Ok(policy)
+    }
+
+    /// The condition keys this policy's Condition blocks name, lowercased;
+    /// `None` when it holds policy variables, which may read any key. A
+    /// request needs only these keys for this policy to decide as if it
+    /// carried every key.
+    pub fn condition_keys(&self) -> Option<&[String]> {
+        self.condition_keys.as_deref()
+    }
+
+    /// Whether evaluating this policy ever reads a condition key of the
+    /// request beyond the principal. When no policy in play does, a caller
+    /// may leave the request's condition keys out.
+    pub fn reads_conditions(&self) -> bool {
+        self.reads_conditions
     }
 
     /// [`Policy::parse`] for an identity policy.
@@ -267,6 +302,8 @@ fn compile_document(root: &JsonValue, kind: PolicyKind) -> Result<Policy, Policy
         version,
         id,
         statements,
+        reads_conditions: true,
+        condition_keys: None,
     })
 }
 
@@ -671,5 +708,30 @@ mod tests {
         ] {
             assert!(validate_resource(bad, true).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn policies_say_whether_they_read_condition_keys() {
+        let plain = Policy::parse_identity(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
+        )
+        .unwrap();
+        assert!(!plain.reads_conditions());
+        let conditional = Policy::parse_identity(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"}}}]}"#,
+        )
+        .unwrap();
+        assert!(conditional.reads_conditions());
+        assert_eq!(
+            conditional.condition_keys(),
+            Some(&["aws:securetransport".to_owned()][..])
+        );
+        assert_eq!(plain.condition_keys(), Some(&[][..]));
+        let variable = Policy::parse_identity(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"arn:coffer:kms:*:*:key/${aws:username}"}]}"#,
+        )
+        .unwrap();
+        assert!(variable.reads_conditions());
+        assert_eq!(variable.condition_keys(), None);
     }
 }

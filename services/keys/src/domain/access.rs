@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use coffer_crypto::EncryptionContext;
 use coffer_platform::arn::AccountId;
-use coffer_platform::authz::Caller;
+use coffer_platform::authz::{AttachedPolicies, Caller, KeyFilter};
 use coffer_policy::{DecisionEffect, Policy, RequestContext};
 use serde_json::json;
 
@@ -244,25 +244,50 @@ impl KeysDomain {
         Ok(policy)
     }
 
-    /// The condition context of `access` on `key`.
-    fn request_on(&self, caller: &Caller, key: &KeyRecord, access: &Access<'_>) -> RequestContext {
+    /// The condition context of `access` on `key`, with only the keys that
+    /// `policy` and the caller's identity policies read.
+    fn request_on(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+        policy: &Policy,
+    ) -> RequestContext {
         let key_arn = self.key_arn(&key.account, &key.key_id);
-        let mut request = caller.request(&access.iam_action(), &key_arn);
-        request.add_value("kms:KeySpec", key.key_spec.as_str());
-        request.add_value("kms:KeyUsage", key.key_usage.as_str());
-        request.add_value("kms:KeyOrigin", key.origin.as_str());
-        request.add_value("kms:KeyManager", key.key_manager.as_str());
-        if let Some(context) = access.context {
-            for (name, value) in context.pairs() {
-                request.add_value(&format!("kms:EncryptionContext:{name}"), value.clone());
+        let filter = KeyFilter::of(
+            std::iter::once(policy).chain(caller.identity_policies().iter().map(Arc::as_ref)),
+        );
+        let mut request = caller.request_with(&access.iam_action(), &key_arn, &filter);
+        if filter.is_empty() {
+            return request;
+        }
+        for (name, value) in [
+            ("kms:KeySpec", key.key_spec.as_str()),
+            ("kms:KeyUsage", key.key_usage.as_str()),
+            ("kms:KeyOrigin", key.origin.as_str()),
+            ("kms:KeyManager", key.key_manager.as_str()),
+        ] {
+            if filter.wants(name) {
+                request.add_value(name, value);
             }
-            request.set_values(
-                "kms:EncryptionContextKeys",
-                context.pairs().keys().cloned().collect::<Vec<_>>(),
-            );
+        }
+        if let Some(context) = access.context {
+            if filter.wants_prefix("kms:encryptioncontext:") {
+                for (name, value) in context.pairs() {
+                    request.add_value(&format!("kms:EncryptionContext:{name}"), value.clone());
+                }
+            }
+            if filter.wants("kms:EncryptionContextKeys") {
+                request.set_values(
+                    "kms:EncryptionContextKeys",
+                    context.pairs().keys().cloned().collect::<Vec<_>>(),
+                );
+            }
         }
         for (name, values) in &access.extra {
-            request.set_values(name, values.clone());
+            if filter.wants(name) {
+                request.set_values(name, values.clone());
+            }
         }
         request
     }
@@ -313,8 +338,8 @@ impl KeysDomain {
         access: &Access<'_>,
     ) -> Result<DecisionEffect> {
         let policy = self.key_policy(key)?;
-        let request = self.request_on(caller, key, access);
-        Ok(caller.authorize(Some(&policy), &request).effect)
+        let request = self.request_on(caller, key, access, &policy);
+        Ok(decide(caller, &policy, request))
     }
 
     async fn grant_allows(
@@ -366,7 +391,7 @@ impl KeysDomain {
         key: &KeyRecord,
         policy: &Policy,
     ) -> Result<()> {
-        let request = self.request_on(caller, key, &Access::to("PutKeyPolicy"));
+        let request = self.request_on(caller, key, &Access::to("PutKeyPolicy"), policy);
         if caller.authorize(Some(policy), &request).is_allowed() {
             Ok(())
         } else {
@@ -376,6 +401,65 @@ impl KeysDomain {
             ))
         }
     }
+}
+
+/// A remembered policy decision. The decision is a pure function of the
+/// key policy, the identity policies and the request (principal, action,
+/// resource and the condition keys those policies read), so it is reused
+/// for an equal request under the same policy objects. The entry holds the
+/// policies, so their addresses cannot be reused by others while it lives;
+/// a changed key policy or reloaded identity policies are new objects and
+/// miss. Grants are never cached.
+struct RememberedDecision {
+    _key_policy: Arc<Policy>,
+    _identity: AttachedPolicies,
+    effect: DecisionEffect,
+}
+
+type DecisionKey = (usize, usize, RequestContext);
+
+const MAX_REMEMBERED_DECISIONS: usize = 4096;
+
+thread_local! {
+    static DECISIONS: std::cell::RefCell<HashMap<DecisionKey, RememberedDecision>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// The policy decision for `request`, from this thread's memory when an
+/// equal request was decided under the same policies.
+fn decide(caller: &Caller, policy: &Arc<Policy>, request: RequestContext) -> DecisionEffect {
+    let identity = caller.attached_policies();
+    let key: DecisionKey = (
+        Arc::as_ptr(policy) as usize,
+        Arc::as_ptr(identity).cast::<()>() as usize,
+        request,
+    );
+    let remembered = DECISIONS.with(|decisions| {
+        decisions
+            .borrow()
+            .get(&key)
+            .map(|remembered| remembered.effect)
+    });
+    if let Some(effect) = remembered {
+        caller.mark_decided();
+        return effect;
+    }
+    let effect = caller.authorize(Some(policy), &key.2).effect;
+    DECISIONS.with(|decisions| {
+        let mut decisions = decisions.borrow_mut();
+        if decisions.len() >= MAX_REMEMBERED_DECISIONS {
+            decisions.clear();
+        }
+        decisions.insert(
+            key,
+            RememberedDecision {
+                _key_policy: policy.clone(),
+                _identity: identity.clone(),
+                effect,
+            },
+        );
+    });
+    effect
 }
 
 /// Whether `grant` allows `operation` with the request's encryption context.
