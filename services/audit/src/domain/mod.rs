@@ -1,0 +1,3 @@
+//! The audit service's rules; no gRPC types and no database driver here.
+
+pub mod pattern;
