@@ -912,6 +912,42 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
         "NotFoundException",
     );
 
+    // A grantee allowed to create grants by its grant may pass on no more
+    // than it holds.
+    let delegating = admin
+        .create_grant(pb::CreateGrantRequest {
+            key_id: key.clone(),
+            grantee_principal: app_arn.clone(),
+            operations: vec!["Encrypt".into(), "CreateGrant".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let narrower = app
+        .create_grant(pb::CreateGrantRequest {
+            key_id: key.clone(),
+            grantee_principal: retirer_arn.clone(),
+            operations: vec!["Encrypt".into()],
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(narrower.into_inner().grant_id.len(), 64);
+    let wider = app
+        .create_grant(pb::CreateGrantRequest {
+            key_id: key.clone(),
+            grantee_principal: retirer_arn.clone(),
+            operations: vec!["Encrypt".into(), "Decrypt".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_error(wider, Code::PermissionDenied, "AccessDeniedException");
+    admin
+        .revoke_grant(pb::RevokeGrantRequest {
+            key_id: key.clone(),
+            grant_id: delegating.grant_id,
+        })
+        .await?;
+
     // Bad grant requests.
     let bad = |change: fn(&mut pb::CreateGrantRequest)| {
         let mut request = pb::CreateGrantRequest {

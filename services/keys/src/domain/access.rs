@@ -331,6 +331,16 @@ impl KeysDomain {
         }
     }
 
+    /// Whether the policies alone (no grant) allow `access`.
+    pub(crate) fn policies_allow(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+    ) -> Result<bool> {
+        Ok(self.policy_effect(caller, key, access)? == DecisionEffect::Allowed)
+    }
+
     fn policy_effect(
         &self,
         caller: &Caller,

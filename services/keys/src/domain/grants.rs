@@ -113,6 +113,29 @@ impl KeysDomain {
         }
         let key = self.resolve(caller, reference, &access).await?;
         self.check_state(&key, KeyOperation::CreateGrant)?;
+        if !self.policies_allow(caller, &key, &access)? {
+            // The caller may create grants only through a grant of its own
+            // (AWS's rule): the new grant may not allow more than that one.
+            let parents = self
+                .store
+                .grants_for_grantee(&key.key_id, caller.arn())
+                .await?;
+            let covered = parents.iter().any(|parent| {
+                parent.operations.iter().any(|op| op == "CreateGrant")
+                    && request
+                        .operations
+                        .iter()
+                        .all(|wanted| parent.operations.contains(wanted))
+                    && (parent.constraint.is_none() || parent.constraint == request.constraint)
+            });
+            if !covered {
+                return Err(KeysError::AccessDenied(format!(
+                    "User: {} is not authorized to perform: kms:CreateGrant on resource: {} with operations or constraints beyond those of its own grant",
+                    caller.arn(),
+                    self.key_arn(&key.account, &key.key_id)
+                )));
+            }
+        }
         if !request.name.is_empty() {
             let mut after: Option<String> = None;
             loop {

@@ -122,11 +122,8 @@ impl KeysDomain {
         // generator; retry once so such a fault cannot surface as a user error.
         for _attempt in 0..2 {
             let key_id = KeyId::generate();
-            let material = self
-                .new_material(caller, &key_id, request.key_spec, now_ms, None)
-                .await?;
             let rotates = key_manager == KeyManager::Aws;
-            let key = KeyRecord {
+            let mut key = KeyRecord {
                 key_id,
                 account: caller.clone(),
                 description: request.description.clone(),
@@ -136,7 +133,7 @@ impl KeysDomain {
                 key_manager,
                 key_state: KeyState::Enabled,
                 multi_region: false,
-                current_material_id: Some(material.material_id),
+                current_material_id: None,
                 created_at_ms: now_ms,
                 deletion_date_ms: None,
                 version: 0,
@@ -149,7 +146,12 @@ impl KeysDomain {
                 }),
                 policy: request.policy.clone().unwrap_or_default(),
             };
+            // Before any (possibly slow RSA) key generation.
             check(&key)?;
+            let material = self
+                .new_material(caller, &key.key_id, request.key_spec, now_ms, None)
+                .await?;
+            key.current_material_id = Some(material.material_id);
             match self.store.create_key(&key, &material, &request.tags).await {
                 Ok(()) => return Ok(key),
                 Err(StoreError::Conflict) => continue,
