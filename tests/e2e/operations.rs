@@ -17,6 +17,7 @@ backend_tests!(
     excess_calls_are_shed_with_resource_exhausted,
     calls_past_their_deadline_fail_deadline_exceeded,
     oversize_messages_are_refused_and_the_server_stays_up,
+    abandoned_data_plane_calls_are_audited_once,
 );
 
 async fn plaintext_channel(
@@ -246,5 +247,59 @@ async fn oversize_messages_are_refused_and_the_server_stays_up(
         })
         .await?;
     assert!(!encrypted.into_inner().ciphertext_blob.is_empty());
+    Ok(())
+}
+
+/// Data-plane calls run in the connection's task; one the client abandons
+/// midway still gets exactly one event, recording the cancellation.
+async fn abandoned_data_plane_calls_are_audited_once(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key_id = client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .map(|metadata| metadata.key_id)
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    // RSA-4096 key generation takes long enough to abandon the call midway.
+    let call = tokio::spawn(async move {
+        client
+            .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+                key_id,
+                key_pair_spec: "RSA_4096".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    harness.wait_for_in_flight(1).await?;
+    call.abort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events: Vec<serde_json::Value> = harness
+            .audit_events()?
+            .into_iter()
+            .filter(|event| event["eventName"] == "GenerateDataKeyPair")
+            .collect();
+        if !events.is_empty() {
+            break events;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned call was never audited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Give a second event, which must not exist, time to appear.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all: Vec<serde_json::Value> = harness
+        .audit_events()?
+        .into_iter()
+        .filter(|event| event["eventName"] == "GenerateDataKeyPair")
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(events[0]["errorCode"], "RequestCanceledException");
+    assert_eq!(events[0]["userIdentity"]["userName"], "alice");
+    assert_eq!(events[0]["requestParameters"]["keyPairSpec"], "RSA_4096");
     Ok(())
 }
