@@ -142,15 +142,29 @@ pub(crate) fn rpc_span(path: &str, request_id: &str, parent: &TraceContext) -> t
 }
 
 /// Now, as RFC 3339 UTC with seconds precision (CloudTrail's eventTime form).
+/// Formatted at most once per second per thread.
 pub fn now_rfc3339() -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
     let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
+    let second = now.unix_timestamp();
+    LAST.with_borrow_mut(|last| {
+        if last.0 != second {
+            *last = (
+                second,
+                format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                    now.year(),
+                    u8::from(now.month()),
+                    now.day(),
+                    now.hour(),
+                    now.minute(),
+                    now.second()
+                ),
+            );
+        }
+        last.1.clone()
+    })
 }
