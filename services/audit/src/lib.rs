@@ -1,8 +1,11 @@
 //! The audit service (DESIGN §5): CloudTrail-shaped event storage, lookup,
 //! live subscriptions and EventBridge-style event rules.
 //!
-//! So far only the domain's event-pattern language exists
-//! ([`domain::pattern`]); the gRPC service, the OTLP ingestion and the
-//! event store come with the audit issue.
+//! So far the event store ([`store`]: append with de-duplication by event
+//! id, lookup by CloudTrail's attributes newest first, retention) and the
+//! event-rule pattern language ([`domain::pattern`]) exist; the gRPC
+//! service, the OTLP ingestion and the delivery guarantees come with the
+//! audit issue.
 
 pub mod domain;
+pub mod store;

@@ -1,0 +1,283 @@
+//! One contract for every [`EventStore`]: each test runs against SQLite
+//! always and against Postgres when it is reachable (required under CI=true).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use coffer_platform::config::{DatabaseBackend, DatabaseSettings};
+use coffer_platform::db::{connect, testing};
+
+use super::*;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn sqlite_store(
+    directory: &tempfile::TempDir,
+) -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
+    let settings = DatabaseSettings {
+        backend: DatabaseBackend::Sqlite,
+        url: format!("sqlite://{}", directory.path().join("audit.db").display()),
+        schema: "unused".into(),
+        max_connections: 4,
+    };
+    Ok(event_store(connect(&settings, &MIGRATIONS).await?))
+}
+
+async fn postgres_store() -> Result<Option<Arc<dyn EventStore>>, Box<dyn std::error::Error>> {
+    let Some(url) = testing::postgres_url().await else {
+        return Ok(None);
+    };
+    let settings = DatabaseSettings {
+        backend: DatabaseBackend::Postgres,
+        url,
+        schema: testing::unique_schema("audit_contract"),
+        max_connections: 4,
+    };
+    Ok(Some(event_store(connect(&settings, &MIGRATIONS).await?)))
+}
+
+macro_rules! contract_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() -> super::TestResult {
+                    let directory = tempfile::tempdir()?;
+                    let store = super::sqlite_store(&directory).await?;
+                    super::$name(store.as_ref()).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() -> super::TestResult {
+                    match super::postgres_store().await? {
+                        Some(store) => super::$name(store.as_ref()).await,
+                        None => Ok(()),
+                    }
+                }
+            )+
+        }
+    };
+}
+
+contract_tests!(
+    events_round_trip_and_duplicates_are_skipped,
+    lookups_filter_by_each_attribute_and_time,
+    pages_return_every_event_exactly_once_newest_first,
+    retention_removes_only_old_events_with_their_resources,
+);
+
+fn event(id: &str, time_ms: i64, name: &str) -> StoredEvent {
+    StoredEvent {
+        seq: 0,
+        event_id: id.to_owned(),
+        event_time_ms: time_ms,
+        event_source: "kms.coffer.internal".into(),
+        event_name: name.to_owned(),
+        read_only: name.starts_with("Describe") || name.starts_with("List"),
+        username: Some("alice".into()),
+        account_id: Some("111122223333".into()),
+        trusted: true,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        received_at_ms: 0,
+        record: format!(
+            r#"{{"eventID":"{id}","eventName":"{name}","note":"line\nbreak \"quoted\""}}"#
+        ),
+        resources: vec![(
+            "AWS::KMS::Key".into(),
+            format!("arn:coffer:kms:eu-west-1:111122223333:key/{id}"),
+        )],
+    }
+}
+
+async fn events_round_trip_and_duplicates_are_skipped(store: &dyn EventStore) -> TestResult {
+    let first = event("e1", 1_000, "Encrypt");
+    let mut untrusted = event("e2", 2_000, "Decrypt");
+    untrusted.trusted = false;
+    untrusted.username = None;
+    untrusted.trace_id = None;
+    assert_eq!(
+        store
+            .insert_events(&[first.clone(), untrusted.clone()], 5_000)
+            .await?,
+        2
+    );
+    // At-least-once delivery: the same ids again change nothing.
+    let mut replay = first.clone();
+    replay.record = "{\"different\":true}".into();
+    assert_eq!(
+        store
+            .insert_events(&[replay, untrusted.clone()], 6_000)
+            .await?,
+        0
+    );
+
+    let stored = store.get_event("e1").await?.ok_or("e1 missing")?;
+    assert!(stored.seq > 0);
+    assert_eq!(stored.record, first.record);
+    assert_eq!(stored.received_at_ms, 5_000);
+    assert_eq!(stored.event_name, "Encrypt");
+    assert!(stored.trusted);
+    let other = store.get_event("e2").await?.ok_or("e2 missing")?;
+    assert!(!other.trusted);
+    assert_eq!(other.username, None);
+    assert!(other.seq > stored.seq, "seq follows arrival");
+    assert_eq!(store.get_event("e3").await?, None);
+    Ok(())
+}
+
+fn all_time(attribute: Option<LookupAttribute>) -> LookupQuery {
+    LookupQuery {
+        attribute,
+        start_ms: 0,
+        end_ms: i64::MAX,
+        after: None,
+        limit: 50,
+    }
+}
+
+fn ids(events: &[StoredEvent]) -> Vec<String> {
+    events.iter().map(|event| event.event_id.clone()).collect()
+}
+
+async fn lookups_filter_by_each_attribute_and_time(store: &dyn EventStore) -> TestResult {
+    let mut bob = event("b1", 3_000, "DescribeKey");
+    bob.username = Some("bob".into());
+    bob.event_source = "secretsmanager.coffer.internal".into();
+    bob.resources = vec![("AWS::SecretsManager::Secret".into(), "arn:secret".into())];
+    store
+        .insert_events(
+            &[
+                event("a1", 1_000, "Encrypt"),
+                event("a2", 2_000, "Decrypt"),
+                bob,
+            ],
+            0,
+        )
+        .await?;
+    let cases = [
+        (None, vec!["b1", "a2", "a1"]),
+        (Some(LookupAttribute::EventId("a2".into())), vec!["a2"]),
+        (
+            Some(LookupAttribute::EventName("Encrypt".into())),
+            vec!["a1"],
+        ),
+        (Some(LookupAttribute::ReadOnly(true)), vec!["b1"]),
+        (Some(LookupAttribute::ReadOnly(false)), vec!["a2", "a1"]),
+        (Some(LookupAttribute::Username("bob".into())), vec!["b1"]),
+        (
+            Some(LookupAttribute::EventSource("kms.coffer.internal".into())),
+            vec!["a2", "a1"],
+        ),
+        (
+            Some(LookupAttribute::ResourceType(
+                "AWS::SecretsManager::Secret".into(),
+            )),
+            vec!["b1"],
+        ),
+        (
+            Some(LookupAttribute::ResourceName(
+                "arn:coffer:kms:eu-west-1:111122223333:key/a1".into(),
+            )),
+            vec!["a1"],
+        ),
+        (Some(LookupAttribute::EventName("Nothing".into())), vec![]),
+        // Values are literal: wildcards and SQL never widen a match.
+        (Some(LookupAttribute::Username("%".into())), vec![]),
+        (
+            Some(LookupAttribute::Username("' OR '1'='1".into())),
+            vec![],
+        ),
+    ];
+    for (attribute, expected) in cases {
+        let found = store.lookup(&all_time(attribute.clone())).await?;
+        assert_eq!(ids(&found), expected, "{attribute:?}");
+    }
+    let window = LookupQuery {
+        start_ms: 1_500,
+        end_ms: 2_000,
+        ..all_time(None)
+    };
+    assert_eq!(ids(&store.lookup(&window).await?), vec!["a2"]);
+    Ok(())
+}
+
+async fn pages_return_every_event_exactly_once_newest_first(store: &dyn EventStore) -> TestResult {
+    // Many events share a timestamp: the cursor must break ties by arrival.
+    let events: Vec<StoredEvent> = (0..125)
+        .map(|index| {
+            event(
+                &format!("p{index:03}"),
+                1_000 + (index / 10) * 10,
+                "Encrypt",
+            )
+        })
+        .collect();
+    for chunk in events.chunks(40) {
+        store.insert_events(chunk, 0).await?;
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .lookup(&LookupQuery {
+                after,
+                limit: 50,
+                ..all_time(None)
+            })
+            .await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(LookupCursor {
+            event_time_ms: last.event_time_ms,
+            seq: last.seq,
+        });
+        seen.extend(
+            page.iter()
+                .map(|event| (event.event_time_ms, event.seq, event.event_id.clone())),
+        );
+        if page.len() < 50 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 125);
+    let unique: BTreeSet<&String> = seen.iter().map(|(_, _, id)| id).collect();
+    assert_eq!(unique.len(), 125, "every event exactly once");
+    assert!(
+        seen.windows(2)
+            .all(|pair| (pair[0].0, pair[0].1) > (pair[1].0, pair[1].1)),
+        "newest first"
+    );
+    Ok(())
+}
+
+async fn retention_removes_only_old_events_with_their_resources(
+    store: &dyn EventStore,
+) -> TestResult {
+    store
+        .insert_events(
+            &[
+                event("old1", 1_000, "Encrypt"),
+                event("old2", 2_000, "Encrypt"),
+                event("new", 9_000, "Encrypt"),
+            ],
+            0,
+        )
+        .await?;
+    assert_eq!(store.delete_older_than(5_000, 1).await?, 1);
+    assert_eq!(store.get_event("old1").await?, None);
+    assert!(store.get_event("old2").await?.is_some());
+    assert_eq!(store.delete_older_than(5_000, 100).await?, 1);
+    assert_eq!(store.delete_older_than(5_000, 100).await?, 0);
+    assert_eq!(ids(&store.lookup(&all_time(None)).await?), vec!["new"]);
+    let by_resource = store
+        .lookup(&all_time(Some(LookupAttribute::ResourceName(
+            "arn:coffer:kms:eu-west-1:111122223333:key/old2".into(),
+        ))))
+        .await?;
+    assert!(by_resource.is_empty());
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The event store: one trait, a Postgres and a SQLite implementation from
+//! the same statements ([`sql`]), and one contract suite for both.
+//!
+//! Events are appended in arrival order (`seq`), de-duplicated by event id
+//! (delivery is at least once), looked up newest first by time and one
+//! CloudTrail lookup attribute, and removed by the retention job. Trail
+//! delivery and digest chains (a later issue) will read them by `seq`.
+
+#[cfg(test)]
+mod contract_tests;
+mod sql;
+
+use async_trait::async_trait;
+use coffer_platform::db::{DbPool, MigrationFile, Migrations};
+use thiserror::Error;
+
+pub use sql::{PostgresEventStore, SqliteEventStore};
+
+pub const MIGRATIONS: Migrations = Migrations {
+    postgres: &[MigrationFile {
+        version: 1,
+        description: "events",
+        sql: include_str!("../../migrations/postgres/0001_events.sql"),
+    }],
+    sqlite: &[MigrationFile {
+        version: 1,
+        description: "events",
+        sql: include_str!("../../migrations/sqlite/0001_events.sql"),
+    }],
+};
+
+/// One stored event: the columns lookups filter on and the whole record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Arrival order, assigned by the store (0 before insertion).
+    pub seq: i64,
+    pub event_id: String,
+    pub event_time_ms: i64,
+    pub event_source: String,
+    pub event_name: String,
+    pub read_only: bool,
+    pub username: Option<String>,
+    pub account_id: Option<String>,
+    /// Submitted by a Coffer service identity; `false` for external spans.
+    pub trusted: bool,
+    pub trace_id: Option<String>,
+    pub received_at_ms: i64,
+    /// The CloudTrail-shaped record, one JSON object.
+    pub record: String,
+    /// `(resource type, resource name)` pairs, for the resource lookups.
+    /// Stored on insert; not read back (the record holds them).
+    pub resources: Vec<(String, String)>,
+}
+
+/// CloudTrail's lookup attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAttribute {
+    EventId(String),
+    EventName(String),
+    ReadOnly(bool),
+    Username(String),
+    ResourceType(String),
+    ResourceName(String),
+    EventSource(String),
+}
+
+/// Where a page of a lookup starts: after this event, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupCursor {
+    pub event_time_ms: i64,
+    pub seq: i64,
+}
+
+/// A LookupEvents query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupQuery {
+    pub attribute: Option<LookupAttribute>,
+    /// Inclusive bounds on the event time.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub after: Option<LookupCursor>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events in one transaction; an event whose id is already
+    /// stored is skipped. Returns how many were new.
+    async fn insert_events(&self, events: &[StoredEvent], now_ms: i64)
+    -> Result<usize, StoreError>;
+
+    async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// Events matching `query`, newest first (by event time, then arrival).
+    async fn lookup(&self, query: &LookupQuery) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Removes up to `limit` events older than `cutoff_ms`, oldest first,
+    /// with their resources. Returns how many were removed.
+    async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError>;
+}
+
+/// The store for a connected pool.
+pub fn event_store(pool: DbPool) -> std::sync::Arc<dyn EventStore> {
+    match pool {
+        DbPool::Postgres(pool) => std::sync::Arc::new(PostgresEventStore::new(pool)),
+        DbPool::Sqlite(pool) => std::sync::Arc::new(SqliteEventStore::new(pool)),
+    }
+}

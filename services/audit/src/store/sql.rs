@@ -1,0 +1,201 @@
+//! The SQL behind [`EventStore`], written once for both backends (they
+//! accept the same `$n` placeholders and statements).
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{EventStore, LookupAttribute, LookupQuery, StoreError, StoredEvent};
+
+const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.event_time_ms, e.event_source, e.event_name, \
+     e.read_only, e.username, e.account_id, e.trusted, e.trace_id, e.received_at_ms, e.record";
+
+const INSERT_EVENT: &str = "INSERT INTO events (event_id, event_time_ms, event_source, event_name, \
+     read_only, username, account_id, trusted, trace_id, received_at_ms, record) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     ON CONFLICT (event_id) DO NOTHING RETURNING seq";
+
+const INSERT_RESOURCE: &str =
+    "INSERT INTO event_resources (seq, resource_type, resource_name) VALUES ($1, $2, $3)";
+
+const DELETE_OLD: &str = "DELETE FROM events WHERE seq IN \
+     (SELECT seq FROM events WHERE event_time_ms < $1 ORDER BY seq LIMIT $2)";
+
+const DELETE_OLD_RESOURCES: &str = "DELETE FROM event_resources WHERE seq IN \
+     (SELECT seq FROM events WHERE event_time_ms < $1 ORDER BY seq LIMIT $2)";
+
+fn select_event() -> String {
+    format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1")
+}
+
+/// The lookup statement: time bounds $1/$2, cursor $3/$4, then the
+/// attribute (when there is one) and the limit.
+fn lookup_statement(attribute: Option<&LookupAttribute>) -> String {
+    let filter = match attribute {
+        None => "",
+        Some(LookupAttribute::EventId(_)) => " AND e.event_id = $5",
+        Some(LookupAttribute::EventName(_)) => " AND e.event_name = $5",
+        Some(LookupAttribute::ReadOnly(_)) => " AND e.read_only = $5",
+        Some(LookupAttribute::Username(_)) => " AND e.username = $5",
+        Some(LookupAttribute::EventSource(_)) => " AND e.event_source = $5",
+        Some(LookupAttribute::ResourceType(_)) => {
+            " AND EXISTS (SELECT 1 FROM event_resources r WHERE r.seq = e.seq AND r.resource_type = $5)"
+        }
+        Some(LookupAttribute::ResourceName(_)) => {
+            " AND EXISTS (SELECT 1 FROM event_resources r WHERE r.seq = e.seq AND r.resource_name = $5)"
+        }
+    };
+    let limit = if attribute.is_some() { "$6" } else { "$5" };
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events e \
+         WHERE e.event_time_ms >= $1 AND e.event_time_ms <= $2 \
+         AND (e.event_time_ms < $3 OR (e.event_time_ms = $3 AND e.seq < $4)){filter} \
+         ORDER BY e.event_time_ms DESC, e.seq DESC LIMIT {limit}"
+    )
+}
+
+macro_rules! sql_event_store {
+    ($store:ident, $pool:ty, $row:ty) => {
+        /// [`EventStore`] on this backend.
+        #[derive(Debug, Clone)]
+        pub struct $store {
+            pool: $pool,
+        }
+
+        impl $store {
+            pub fn new(pool: $pool) -> Self {
+                Self { pool }
+            }
+
+            fn event_from_row(row: &$row) -> Result<StoredEvent, StoreError> {
+                let read = |error: sqlx::Error| StoreError::Database(error);
+                Ok(StoredEvent {
+                    seq: row.try_get("seq").map_err(read)?,
+                    event_id: row.try_get("event_id").map_err(read)?,
+                    event_time_ms: row.try_get("event_time_ms").map_err(read)?,
+                    event_source: row.try_get("event_source").map_err(read)?,
+                    event_name: row.try_get("event_name").map_err(read)?,
+                    read_only: row.try_get("read_only").map_err(read)?,
+                    username: row.try_get("username").map_err(read)?,
+                    account_id: row.try_get("account_id").map_err(read)?,
+                    trusted: row.try_get("trusted").map_err(read)?,
+                    trace_id: row.try_get("trace_id").map_err(read)?,
+                    received_at_ms: row.try_get("received_at_ms").map_err(read)?,
+                    record: row.try_get("record").map_err(read)?,
+                    resources: Vec::new(),
+                })
+            }
+        }
+
+        #[async_trait]
+        impl EventStore for $store {
+            async fn insert_events(
+                &self,
+                events: &[StoredEvent],
+                now_ms: i64,
+            ) -> Result<usize, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(StoreError::Database)?;
+                let mut inserted = 0;
+                for event in events {
+                    let seq: Option<i64> = sqlx::query(INSERT_EVENT)
+                        .bind(&event.event_id)
+                        .bind(event.event_time_ms)
+                        .bind(&event.event_source)
+                        .bind(&event.event_name)
+                        .bind(event.read_only)
+                        .bind(event.username.as_deref())
+                        .bind(event.account_id.as_deref())
+                        .bind(event.trusted)
+                        .bind(event.trace_id.as_deref())
+                        .bind(now_ms)
+                        .bind(&event.record)
+                        .fetch_optional(&mut *transaction)
+                        .await
+                        .map_err(StoreError::Database)?
+                        .map(|row| row.try_get::<i64, _>("seq"))
+                        .transpose()
+                        .map_err(StoreError::Database)?;
+                    let Some(seq) = seq else {
+                        continue;
+                    };
+                    inserted += 1;
+                    for (resource_type, resource_name) in &event.resources {
+                        sqlx::query(INSERT_RESOURCE)
+                            .bind(seq)
+                            .bind(resource_type)
+                            .bind(resource_name)
+                            .execute(&mut *transaction)
+                            .await
+                            .map_err(StoreError::Database)?;
+                    }
+                }
+                transaction.commit().await.map_err(StoreError::Database)?;
+                Ok(inserted)
+            }
+
+            async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
+                let row = sqlx::query(&select_event())
+                    .bind(event_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::Database)?;
+                row.as_ref().map(Self::event_from_row).transpose()
+            }
+
+            async fn lookup(&self, query: &LookupQuery) -> Result<Vec<StoredEvent>, StoreError> {
+                let statement = lookup_statement(query.attribute.as_ref());
+                let (cursor_time, cursor_seq) =
+                    query.after.map_or((i64::MAX, i64::MAX), |cursor| {
+                        (cursor.event_time_ms, cursor.seq)
+                    });
+                let mut sql_query = sqlx::query(&statement)
+                    .bind(query.start_ms)
+                    .bind(query.end_ms)
+                    .bind(cursor_time)
+                    .bind(cursor_seq);
+                sql_query = match &query.attribute {
+                    None => sql_query,
+                    Some(LookupAttribute::ReadOnly(value)) => sql_query.bind(*value),
+                    Some(
+                        LookupAttribute::EventId(text)
+                        | LookupAttribute::EventName(text)
+                        | LookupAttribute::Username(text)
+                        | LookupAttribute::ResourceType(text)
+                        | LookupAttribute::ResourceName(text)
+                        | LookupAttribute::EventSource(text),
+                    ) => sql_query.bind(text.as_str()),
+                };
+                let rows = sql_query
+                    .bind(i64::from(query.limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(StoreError::Database)?;
+                rows.iter().map(Self::event_from_row).collect()
+            }
+
+            async fn delete_older_than(
+                &self,
+                cutoff_ms: i64,
+                limit: u32,
+            ) -> Result<usize, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(StoreError::Database)?;
+                sqlx::query(DELETE_OLD_RESOURCES)
+                    .bind(cutoff_ms)
+                    .bind(i64::from(limit))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::Database)?;
+                let outcome = sqlx::query(DELETE_OLD)
+                    .bind(cutoff_ms)
+                    .bind(i64::from(limit))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::Database)?;
+                transaction.commit().await.map_err(StoreError::Database)?;
+                Ok(usize::try_from(outcome.rows_affected()).unwrap_or(usize::MAX))
+            }
+        }
+    };
+}
+
+sql_event_store!(PostgresEventStore, sqlx::PgPool, sqlx::postgres::PgRow);
+sql_event_store!(SqliteEventStore, sqlx::SqlitePool, sqlx::sqlite::SqliteRow);
