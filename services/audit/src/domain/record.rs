@@ -1,0 +1,329 @@
+//! Turning a submitted CloudTrail-shaped record into a stored event:
+//! hygiene (size caps, depth caps, one well-formed JSON object) and trust
+//! (an event from anyone but a Coffer service can never pass for one).
+//!
+//! - Every string value (and object key) is capped at [`MAX_STRING_BYTES`]
+//!   on a character boundary, with a marker saying how much was cut.
+//! - Nesting deeper than [`MAX_DEPTH`] and arrays or objects longer than
+//!   [`MAX_ELEMENTS`] are cut the same way.
+//! - Control characters are kept as data: JSON serialisation escapes them
+//!   (`\n`, `\u001b`), so a stored record is always one line and one object.
+//! - An untrusted event keeps what it claimed under `claimed*` fields, but
+//!   its lookup columns say `untrusted`, so a lookup by a Coffer service's
+//!   event source or by a user never returns it.
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::store::StoredEvent;
+
+/// Longest string value kept whole.
+pub const MAX_STRING_BYTES: usize = 8 * 1024;
+/// Deepest nesting kept.
+pub const MAX_DEPTH: usize = 16;
+/// Most elements kept in one array or object.
+pub const MAX_ELEMENTS: usize = 256;
+/// Longest event id accepted.
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// The event source and username columns of untrusted events.
+pub const UNTRUSTED: &str = "untrusted";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("the record is not a JSON object")]
+    NotAnObject,
+    #[error("{field} is missing or is not a string")]
+    MissingField { field: &'static str },
+    #[error("eventID must be 1 to {MAX_EVENT_ID_BYTES} bytes of letters, digits, '-' or '_'")]
+    BadEventId,
+    #[error("eventTime is not an RFC 3339 time")]
+    BadEventTime,
+}
+
+/// Caps strings, depth and sizes of a JSON value (see the module docs).
+pub fn sanitize(value: Value) -> Value {
+    sanitize_at(value, 0)
+}
+
+fn cap_string(text: String) -> String {
+    if text.len() <= MAX_STRING_BYTES {
+        return text;
+    }
+    let mut end = MAX_STRING_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text.len() - end;
+    let mut capped = text;
+    capped.truncate(end);
+    capped.push_str(&format!("…[{cut} bytes truncated]"));
+    capped
+}
+
+fn sanitize_at(value: Value, depth: usize) -> Value {
+    match value {
+        Value::String(text) => Value::String(cap_string(text)),
+        Value::Array(items) if depth >= MAX_DEPTH => Value::String(format!(
+            "[array of {} elements cut at depth {MAX_DEPTH}]",
+            items.len()
+        )),
+        Value::Object(fields) if depth >= MAX_DEPTH => Value::String(format!(
+            "[object of {} fields cut at depth {MAX_DEPTH}]",
+            fields.len()
+        )),
+        Value::Array(items) => {
+            let total = items.len();
+            let mut kept: Vec<Value> = items
+                .into_iter()
+                .take(MAX_ELEMENTS)
+                .map(|item| sanitize_at(item, depth + 1))
+                .collect();
+            if total > MAX_ELEMENTS {
+                kept.push(Value::String(format!(
+                    "[{} more elements truncated]",
+                    total - MAX_ELEMENTS
+                )));
+            }
+            Value::Array(kept)
+        }
+        Value::Object(fields) => {
+            let total = fields.len();
+            let mut kept = Map::new();
+            for (key, field) in fields.into_iter().take(MAX_ELEMENTS) {
+                kept.insert(cap_string(key), sanitize_at(field, depth + 1));
+            }
+            if total > MAX_ELEMENTS {
+                kept.insert("truncatedFields".into(), Value::from(total - MAX_ELEMENTS));
+            }
+            Value::Object(kept)
+        }
+        other => other,
+    }
+}
+
+fn string_field<'a>(
+    record: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, RecordError> {
+    record
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or(RecordError::MissingField { field })
+}
+
+/// The stored form of a submitted record. `trusted` says whether a Coffer
+/// service identity submitted it.
+pub fn stored_event(record: Value, trusted: bool) -> Result<StoredEvent, RecordError> {
+    let Value::Object(mut fields) = sanitize(record) else {
+        return Err(RecordError::NotAnObject);
+    };
+    let event_id = string_field(&fields, "eventID")?.to_owned();
+    let id_is_valid = (1..=MAX_EVENT_ID_BYTES).contains(&event_id.len())
+        && event_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if !id_is_valid {
+        return Err(RecordError::BadEventId);
+    }
+    let event_time = string_field(&fields, "eventTime")?;
+    let event_time_ms =
+        time::OffsetDateTime::parse(event_time, &time::format_description::well_known::Rfc3339)
+            .map(|time| i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+            .map_err(|_| RecordError::BadEventTime)?;
+    let event_name = string_field(&fields, "eventName")?.to_owned();
+    let claimed_source = string_field(&fields, "eventSource")?.to_owned();
+    let read_only = fields
+        .get("readOnly")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let identity = fields.get("userIdentity");
+    let claimed_username = identity
+        .and_then(|identity| identity.get("userName"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let account_id = fields
+        .get("recipientAccountId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let trace_id = fields
+        .get("traceId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let resources = fields
+        .get("resources")
+        .and_then(Value::as_array)
+        .map(|resources| {
+            resources
+                .iter()
+                .filter_map(|resource| {
+                    Some((
+                        resource.get("type")?.as_str()?.to_owned(),
+                        resource.get("ARN")?.as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let (event_source, username) = if trusted {
+        (claimed_source, claimed_username)
+    } else {
+        // Whatever it claims, it is filed as untrusted.
+        fields.insert("claimedEventSource".into(), Value::String(claimed_source));
+        fields.insert("eventSource".into(), Value::String(UNTRUSTED.into()));
+        if let Some(name) = claimed_username {
+            fields.insert("claimedUserName".into(), Value::String(name));
+        }
+        fields.insert("trusted".into(), Value::Bool(false));
+        (UNTRUSTED.to_owned(), Some(UNTRUSTED.to_owned()))
+    };
+    let record = Value::Object(fields).to_string();
+    Ok(StoredEvent {
+        seq: 0,
+        event_id,
+        event_time_ms,
+        event_source,
+        event_name,
+        read_only,
+        username,
+        account_id: if trusted { account_id } else { None },
+        trusted,
+        trace_id,
+        received_at_ms: 0,
+        record,
+        resources: if trusted { resources } else { Vec::new() },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn record() -> Value {
+        json!({
+            "eventID": "0b6e-4c1d",
+            "eventTime": "2026-11-22T10:00:00Z",
+            "eventSource": "kms.coffer.internal",
+            "eventName": "Encrypt",
+            "readOnly": true,
+            "userIdentity": {"type": "IAMUser", "userName": "alice"},
+            "recipientAccountId": "111122223333",
+            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "resources": [{"ARN": "arn:coffer:kms:eu-west-1:111122223333:key/k", "accountId": "111122223333", "type": "AWS::KMS::Key"}],
+        })
+    }
+
+    #[test]
+    fn trusted_records_keep_their_columns() {
+        let stored = stored_event(record(), true).unwrap();
+        assert_eq!(stored.event_id, "0b6e-4c1d");
+        assert_eq!(stored.event_time_ms, 1_795_341_600_000);
+        assert_eq!(stored.event_source, "kms.coffer.internal");
+        assert_eq!(stored.username.as_deref(), Some("alice"));
+        assert!(stored.read_only);
+        assert_eq!(
+            stored.resources,
+            vec![(
+                "AWS::KMS::Key".to_owned(),
+                "arn:coffer:kms:eu-west-1:111122223333:key/k".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn untrusted_records_cannot_pass_for_a_service() {
+        let stored = stored_event(record(), false).unwrap();
+        assert!(!stored.trusted);
+        assert_eq!(stored.event_source, UNTRUSTED);
+        assert_eq!(stored.username.as_deref(), Some(UNTRUSTED));
+        assert_eq!(stored.account_id, None);
+        assert!(stored.resources.is_empty());
+        let record: Value = serde_json::from_str(&stored.record).unwrap();
+        assert_eq!(record["eventSource"], UNTRUSTED);
+        assert_eq!(record["claimedEventSource"], "kms.coffer.internal");
+        assert_eq!(record["claimedUserName"], "alice");
+        assert_eq!(record["trusted"], false);
+    }
+
+    #[test]
+    fn hostile_values_are_capped_and_stay_one_json_line() {
+        let mut hostile = record();
+        hostile["requestParameters"] = json!({
+            "big": "x".repeat(1024 * 1024),
+            "escapes": "line\nbreak \"quote\" \u{1b}[31mred\u{1b}[0m \u{0}",
+            "wide": "é".repeat(MAX_STRING_BYTES),
+        });
+        let stored = stored_event(hostile, true).unwrap();
+        assert!(!stored.record.contains('\n'), "one line");
+        assert!(
+            stored.record.len() < 64 * 1024,
+            "{} bytes",
+            stored.record.len()
+        );
+        let parsed: Value = serde_json::from_str(&stored.record).unwrap();
+        let big = parsed["requestParameters"]["big"].as_str().unwrap();
+        assert!(big.ends_with(&format!(
+            "…[{} bytes truncated]",
+            1024 * 1024 - MAX_STRING_BYTES
+        )));
+        assert_eq!(
+            parsed["requestParameters"]["escapes"],
+            "line\nbreak \"quote\" \u{1b}[31mred\u{1b}[0m \u{0}"
+        );
+        assert!(
+            stored.record.contains("\\u001b[31m"),
+            "control characters escaped"
+        );
+        let wide = parsed["requestParameters"]["wide"].as_str().unwrap();
+        assert!(wide.starts_with('é') && wide.contains("bytes truncated"));
+    }
+
+    #[test]
+    fn deep_and_long_values_are_cut() {
+        let mut deep = json!("leaf");
+        for _ in 0..40 {
+            deep = json!({"next": deep});
+        }
+        let long: Vec<u32> = (0..1000).collect();
+        let mut hostile = record();
+        hostile["requestParameters"] = json!({"deep": deep, "long": long});
+        let stored = stored_event(hostile, true).unwrap();
+        let parsed: Value = serde_json::from_str(&stored.record).unwrap();
+        assert_eq!(
+            parsed["requestParameters"]["long"]
+                .as_array()
+                .unwrap()
+                .len(),
+            MAX_ELEMENTS + 1
+        );
+        assert!(stored.record.contains("cut at depth"));
+    }
+
+    #[test]
+    fn malformed_records_are_refused() {
+        assert_eq!(
+            stored_event(json!([1]), true),
+            Err(RecordError::NotAnObject)
+        );
+        let mut no_id = record();
+        no_id.as_object_mut().unwrap().remove("eventID");
+        assert_eq!(
+            stored_event(no_id, true),
+            Err(RecordError::MissingField { field: "eventID" })
+        );
+        for bad in ["", "a b", "../x", "%2F", "x\u{0}"] {
+            let mut bad_id = record();
+            bad_id["eventID"] = json!(bad);
+            assert_eq!(
+                stored_event(bad_id, true),
+                Err(RecordError::BadEventId),
+                "{bad:?}"
+            );
+        }
+        let mut bad_time = record();
+        bad_time["eventTime"] = json!("yesterday");
+        assert_eq!(stored_event(bad_time, true), Err(RecordError::BadEventTime));
+    }
+}
