@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use coffer_policy::{AccessDecision, DecisionEffect, Policy, PrincipalInfo, RequestContext};
 
@@ -424,7 +424,10 @@ impl Caller {
         }
         if filter.wants("aws:CurrentTime") || filter.wants("aws:EpochTime") {
             let now = self.authorizer.clock.now_millis();
-            context.add_value("aws:CurrentTime", rfc3339_seconds(now));
+            context.add_value(
+                "aws:CurrentTime",
+                crate::telemetry::rfc3339_at(now.div_euclid(1000)),
+            );
             context.add_value("aws:EpochTime", (now.div_euclid(1000)).to_string());
         }
         if filter.wants("aws:SecureTransport") {
@@ -499,32 +502,10 @@ impl Caller {
     }
 }
 
-/// `2026-11-22T10:00:00Z` (whole seconds), what aws:CurrentTime carries;
-/// formatted once per second per thread.
-fn rfc3339_seconds(millis: i64) -> String {
-    thread_local! {
-        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
-    }
-    let seconds = millis.div_euclid(1000);
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if last.0 != seconds {
-            *last = (seconds, format_rfc3339_seconds(millis));
-        }
-        last.1.clone()
-    })
-}
-
-fn format_rfc3339_seconds(millis: i64) -> String {
-    let time = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(u64::try_from(millis.div_euclid(1000)).unwrap_or_default());
-    time::OffsetDateTime::from(time)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
     use crate::clock::ManualClock;
     use crate::identity::principal_from_spiffe_id;

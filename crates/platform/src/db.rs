@@ -184,6 +184,71 @@ pub mod testing {
         None
     }
 
+    /// A store's pool on a SQLite file `file` in `directory`, migrated.
+    pub async fn sqlite_pool(
+        directory: &std::path::Path,
+        file: &str,
+        migrations: &Migrations,
+    ) -> Result<DbPool, DbError> {
+        let settings = crate::config::DatabaseSettings {
+            backend: crate::config::DatabaseBackend::Sqlite,
+            url: format!("sqlite://{}", directory.join(file).display()),
+            schema: "unused".into(),
+            max_connections: 4,
+        };
+        connect(&settings, migrations).await
+    }
+
+    /// A store's pool on a fresh Postgres schema, migrated; `None` when
+    /// Postgres is unreachable (see [`postgres_url`]).
+    pub async fn postgres_pool(
+        schema_prefix: &str,
+        migrations: &Migrations,
+    ) -> Result<Option<DbPool>, DbError> {
+        let Some(url) = postgres_url().await else {
+            return Ok(None);
+        };
+        let settings = crate::config::DatabaseSettings {
+            backend: crate::config::DatabaseBackend::Postgres,
+            url,
+            schema: unique_schema(schema_prefix),
+            max_connections: 4,
+        };
+        connect(&settings, migrations).await.map(Some)
+    }
+
+    /// Declares one store contract suite twice: module `sqlite` (always)
+    /// and module `postgres` (when reachable). The calling module provides
+    /// `sqlite_store(&tempfile::TempDir)` and `postgres_store()` returning
+    /// the store, a `TestResult` type, and an `async fn` per listed test
+    /// taking `&dyn` the store trait.
+    #[macro_export]
+    macro_rules! store_contract_tests {
+        ($($name:ident),+ $(,)?) => {
+            mod sqlite {
+                $(
+                    #[tokio::test]
+                    async fn $name() -> super::TestResult {
+                        let directory = tempfile::tempdir()?;
+                        let store = super::sqlite_store(&directory).await?;
+                        super::$name(store.as_ref()).await
+                    }
+                )+
+            }
+            mod postgres {
+                $(
+                    #[tokio::test]
+                    async fn $name() -> super::TestResult {
+                        match super::postgres_store().await? {
+                            Some(store) => super::$name(store.as_ref()).await,
+                            None => Ok(()),
+                        }
+                    }
+                )+
+            }
+        };
+    }
+
     /// A fresh schema name carrying its creation time
     /// (`ct_{prefix}_{unix seconds}_{uuid}`, at most 63 characters), so
     /// concurrent tests never share tables and stale schemas can be

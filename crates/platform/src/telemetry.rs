@@ -142,28 +142,28 @@ pub(crate) fn rpc_span(path: &str, request_id: &str, parent: &TraceContext) -> t
 }
 
 /// Now, as RFC 3339 UTC with seconds precision (CloudTrail's eventTime form).
-/// Formatted at most once per second per thread.
 pub fn now_rfc3339() -> String {
+    rfc3339_at(time::OffsetDateTime::now_utc().unix_timestamp())
+}
+
+/// `unix_seconds` as RFC 3339 UTC (`2026-11-22T10:00:00Z`), formatted at
+/// most once per second per thread: every audit event and authorization
+/// request carries one.
+pub fn rfc3339_at(unix_seconds: i64) -> String {
     thread_local! {
         static LAST: std::cell::RefCell<(i64, String)> =
             const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
-    let now = time::OffsetDateTime::now_utc();
-    let second = now.unix_timestamp();
     LAST.with_borrow_mut(|last| {
-        if last.0 != second {
-            *last = (
-                second,
-                format!(
-                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-                    now.year(),
-                    u8::from(now.month()),
-                    now.day(),
-                    now.hour(),
-                    now.minute(),
-                    now.second()
-                ),
-            );
+        if last.0 != unix_seconds {
+            let text = time::OffsetDateTime::from_unix_timestamp(unix_seconds)
+                .ok()
+                .and_then(|time| {
+                    time.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            *last = (unix_seconds, text);
         }
         last.1.clone()
     })

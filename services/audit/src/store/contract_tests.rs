@@ -4,8 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use coffer_platform::config::{DatabaseBackend, DatabaseSettings};
-use coffer_platform::db::{connect, testing};
+use coffer_platform::db::testing;
 
 use super::*;
 
@@ -14,55 +13,18 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 async fn sqlite_store(
     directory: &tempfile::TempDir,
 ) -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
-    let settings = DatabaseSettings {
-        backend: DatabaseBackend::Sqlite,
-        url: format!("sqlite://{}", directory.path().join("audit.db").display()),
-        schema: "unused".into(),
-        max_connections: 4,
-    };
-    Ok(event_store(connect(&settings, &MIGRATIONS).await?))
+    Ok(event_store(
+        testing::sqlite_pool(directory.path(), "audit.db", &MIGRATIONS).await?,
+    ))
 }
 
 async fn postgres_store() -> Result<Option<Arc<dyn EventStore>>, Box<dyn std::error::Error>> {
-    let Some(url) = testing::postgres_url().await else {
-        return Ok(None);
-    };
-    let settings = DatabaseSettings {
-        backend: DatabaseBackend::Postgres,
-        url,
-        schema: testing::unique_schema("audit_contract"),
-        max_connections: 4,
-    };
-    Ok(Some(event_store(connect(&settings, &MIGRATIONS).await?)))
+    Ok(testing::postgres_pool("audit_contract", &MIGRATIONS)
+        .await?
+        .map(event_store))
 }
 
-macro_rules! contract_tests {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() -> super::TestResult {
-                    let directory = tempfile::tempdir()?;
-                    let store = super::sqlite_store(&directory).await?;
-                    super::$name(store.as_ref()).await
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() -> super::TestResult {
-                    match super::postgres_store().await? {
-                        Some(store) => super::$name(store.as_ref()).await,
-                        None => Ok(()),
-                    }
-                }
-            )+
-        }
-    };
-}
-
-contract_tests!(
+coffer_platform::store_contract_tests!(
     events_round_trip_and_duplicates_are_skipped,
     lookups_filter_by_each_attribute_and_time,
     pages_return_every_event_exactly_once_newest_first,

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use coffer_crypto::MaterialId;
 use coffer_platform::arn::AccountId;
-use coffer_platform::config::{DatabaseBackend, DatabaseSettings};
-use coffer_platform::db::{connect, testing};
+use coffer_platform::db::testing;
 
 use super::*;
 use crate::domain::types::{
@@ -18,55 +17,18 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 async fn sqlite_store(
     directory: &tempfile::TempDir,
 ) -> Result<Arc<dyn KeyStore>, Box<dyn std::error::Error>> {
-    let settings = DatabaseSettings {
-        backend: DatabaseBackend::Sqlite,
-        url: format!("sqlite://{}", directory.path().join("keys.db").display()),
-        schema: "unused".into(),
-        max_connections: 4,
-    };
-    Ok(key_store(connect(&settings, &MIGRATIONS).await?))
+    Ok(key_store(
+        testing::sqlite_pool(directory.path(), "keys.db", &MIGRATIONS).await?,
+    ))
 }
 
 async fn postgres_store() -> Result<Option<Arc<dyn KeyStore>>, Box<dyn std::error::Error>> {
-    let Some(url) = testing::postgres_url().await else {
-        return Ok(None);
-    };
-    let settings = DatabaseSettings {
-        backend: DatabaseBackend::Postgres,
-        url,
-        schema: testing::unique_schema("keys_contract"),
-        max_connections: 4,
-    };
-    Ok(Some(key_store(connect(&settings, &MIGRATIONS).await?)))
+    Ok(testing::postgres_pool("keys_contract", &MIGRATIONS)
+        .await?
+        .map(key_store))
 }
 
-macro_rules! contract_tests {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() -> super::TestResult {
-                    let directory = tempfile::tempdir()?;
-                    let store = super::sqlite_store(&directory).await?;
-                    super::$name(store.as_ref()).await
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() -> super::TestResult {
-                    match super::postgres_store().await? {
-                        Some(store) => super::$name(store.as_ref()).await,
-                        None => Ok(()),
-                    }
-                }
-            )+
-        }
-    };
-}
-
-contract_tests!(
+coffer_platform::store_contract_tests!(
     create_then_get_round_trips,
     keys_are_invisible_to_other_accounts,
     duplicate_key_id_is_a_conflict_and_changes_nothing,
