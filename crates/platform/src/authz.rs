@@ -446,14 +446,9 @@ impl Caller {
         context
     }
 
-    /// The caller's identity policies.
-    pub fn identity_policies(&self) -> &[Arc<Policy>] {
-        &self.identity_policies
-    }
-
-    /// The caller's identity policies as the shared set they are: the same
-    /// allocation for every caller with the same policies until a reload.
-    pub fn attached_policies(&self) -> &AttachedPolicies {
+    /// The caller's identity policies, as the shared set they are: the same
+    /// allocation for every call of the principal until a reload.
+    pub fn identity_policies(&self) -> &AttachedPolicies {
         &self.identity_policies
     }
 

@@ -66,9 +66,6 @@ pub struct Policy {
     version: PolicyVersion,
     id: Option<String>,
     statements: Vec<Statement>,
-    /// Whether any statement reads the request's condition keys (a
-    /// Condition block or a policy variable).
-    reads_conditions: bool,
     /// The condition keys the Condition blocks name (lowercased, sorted,
     /// unique); `None` when policy variables may read any key.
     condition_keys: Option<Vec<String>>,
@@ -102,7 +99,6 @@ impl Policy {
             .collect();
         keys.sort();
         keys.dedup();
-        policy.reads_conditions = has_variables || !keys.is_empty();
         policy.condition_keys = (!has_variables).then_some(keys);
         Ok(policy)
     }
@@ -113,13 +109,6 @@ impl Policy {
     /// carried every key.
     pub fn condition_keys(&self) -> Option<&[String]> {
         self.condition_keys.as_deref()
-    }
-
-    /// Whether evaluating this policy ever reads a condition key of the
-    /// request beyond the principal. When no policy in play does, a caller
-    /// may leave the request's condition keys out.
-    pub fn reads_conditions(&self) -> bool {
-        self.reads_conditions
     }
 
     /// [`Policy::parse`] for an identity policy.
@@ -302,7 +291,6 @@ fn compile_document(root: &JsonValue, kind: PolicyKind) -> Result<Policy, Policy
         version,
         id,
         statements,
-        reads_conditions: true,
         condition_keys: None,
     })
 }
@@ -716,12 +704,10 @@ mod tests {
             r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
         )
         .unwrap();
-        assert!(!plain.reads_conditions());
         let conditional = Policy::parse_identity(
             r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"}}}]}"#,
         )
         .unwrap();
-        assert!(conditional.reads_conditions());
         assert_eq!(
             conditional.condition_keys(),
             Some(&["aws:securetransport".to_owned()][..])
@@ -731,7 +717,6 @@ mod tests {
             r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"arn:coffer:kms:*:*:key/${aws:username}"}]}"#,
         )
         .unwrap();
-        assert!(variable.reads_conditions());
         assert_eq!(variable.condition_keys(), None);
     }
 }

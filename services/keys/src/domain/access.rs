@@ -438,7 +438,7 @@ thread_local! {
 /// The policy decision for `request`, from this thread's memory when an
 /// equal request was decided under the same policies.
 fn decide(caller: &Caller, policy: &Arc<Policy>, request: RequestContext) -> DecisionEffect {
-    let identity = caller.attached_policies();
+    let identity = caller.identity_policies();
     let key: DecisionKey = (
         Arc::as_ptr(policy) as usize,
         Arc::as_ptr(identity).cast::<()>() as usize,

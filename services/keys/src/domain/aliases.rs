@@ -33,6 +33,14 @@ impl KeysDomain {
         self.location.arn(SERVICE_PREFIX, account, alias_name)
     }
 
+    /// The answer for an alias that does not exist (or is not the caller's).
+    pub(crate) fn alias_not_found(&self, account: &AccountId, alias_name: &str) -> KeysError {
+        KeysError::NotFound(format!(
+            "Alias '{}' is not found.",
+            self.alias_arn(account, alias_name)
+        ))
+    }
+
     /// `alias/name` or an alias ARN of the caller's account and this region.
     pub(crate) async fn resolve_alias(&self, caller: &AccountId, text: &str) -> Result<KeyRecord> {
         let alias_name = match ArnParts::parse(text) {
@@ -47,12 +55,7 @@ impl KeysDomain {
             }
             None => text,
         };
-        let not_found = || {
-            KeysError::NotFound(format!(
-                "Alias '{}' is not found.",
-                self.alias_arn(caller, alias_name)
-            ))
-        };
+        let not_found = || self.alias_not_found(caller, alias_name);
         match self.store.get_alias(caller, alias_name).await? {
             Some(alias) => self
                 .store
@@ -80,10 +83,7 @@ impl KeysDomain {
             .iter()
             .find(|(name, _)| *name == alias_name)
         else {
-            return Err(KeysError::NotFound(format!(
-                "Alias '{}' is not found.",
-                self.alias_arn(account, alias_name)
-            )));
+            return Err(self.alias_not_found(account, alias_name));
         };
         if let Some(alias) = self.store.get_alias(account, alias_name).await?
             && let Some(key) = self.store.get_key(account, &alias.target_key_id).await?
@@ -184,12 +184,7 @@ impl KeysDomain {
     ) -> Result<()> {
         let principal = caller;
         let caller = principal.account();
-        let not_found = || {
-            KeysError::NotFound(format!(
-                "Alias '{}' is not found.",
-                self.alias_arn(caller, alias_name)
-            ))
-        };
+        let not_found = || self.alias_not_found(caller, alias_name);
         let alias = self
             .store
             .get_alias(caller, alias_name)
@@ -227,12 +222,7 @@ impl KeysDomain {
     pub async fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<()> {
         let principal = caller;
         let caller = principal.account();
-        let not_found = || {
-            KeysError::NotFound(format!(
-                "Alias '{}' is not found.",
-                self.alias_arn(caller, alias_name)
-            ))
-        };
+        let not_found = || self.alias_not_found(caller, alias_name);
         let alias = self
             .store
             .get_alias(caller, alias_name)

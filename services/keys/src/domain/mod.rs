@@ -152,10 +152,7 @@ impl KeysDomain {
             )),
             KeyReference::Alias(text) => match coffer_platform::arn::ArnParts::parse(text) {
                 Some(_) => KeysError::NotFound(format!("Alias '{text}' is not found.")),
-                None => KeysError::NotFound(format!(
-                    "Alias '{}' is not found.",
-                    self.alias_arn(caller, text)
-                )),
+                None => self.alias_not_found(caller, text),
             },
             KeyReference::Unknown(text) => {
                 KeysError::NotFound(format!("Key '{text}' does not exist"))
