@@ -7,6 +7,7 @@ use std::path::PathBuf;
 const PROTO_FILES: &[&str] = &[
     "coffer/common/v1/common.proto",
     "coffer/keys/v1/keys.proto",
+    "coffer/audit/v1/audit.proto",
     "coffer/bench/v1/echo.proto",
 ];
 

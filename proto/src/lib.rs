@@ -21,6 +21,12 @@ pub mod keys {
     }
 }
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("coffer.audit.v1");
+    }
+}
+
 pub mod bench {
     pub mod v1 {
         tonic::include_proto!("coffer.bench.v1");

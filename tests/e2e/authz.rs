@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use coffer_proto::audit::v1 as audit_pb;
 use coffer_tests::{
     ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, TRUST_DOMAIN, assert_error, backend_tests,
     captured_logs, exception_of, keys_pb as pb, request_id_of,
@@ -81,13 +82,13 @@ async fn encrypt_with(
 }
 
 /// The audit event of a failed call must record the denial itself.
-fn assert_audited_denial(
+async fn assert_audited_denial(
     harness: &Harness,
     status: &tonic::Status,
     what: &str,
 ) -> anyhow::Result<()> {
     let request_id = request_id_of(status.metadata());
-    let events = harness.audit_events_for(&request_id)?;
+    let events = harness.audit_events_for(&request_id).await?;
     anyhow::ensure!(events.len() == 1, "{what}: {} events", events.len());
     let first = events.first().ok_or_else(|| anyhow::anyhow!("no event"))?;
     anyhow::ensure!(
@@ -123,8 +124,20 @@ async fn every_rpc_refuses_a_principal_without_permissions(backend: Backend) -> 
         })
         .await?;
 
+    let mut audit_admin = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "admin"))
+        .await?;
+    audit_admin
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "admin-rule".into(),
+            event_pattern: r#"{"source":["coffer.kms"]}"#.into(),
+            ..Default::default()
+        })
+        .await?;
+
     let descriptors = prost_types::FileDescriptorSet::decode(coffer_proto::FILE_DESCRIPTOR_SET)?;
     let mut methods = Vec::new();
+    let mut audit_methods = Vec::new();
     for file in &descriptors.file {
         let package = file.package();
         if !package.starts_with("coffer.") || package.starts_with("coffer.bench.") {
@@ -132,14 +145,134 @@ async fn every_rpc_refuses_a_principal_without_permissions(backend: Backend) -> 
         }
         for service in &file.service {
             let full_name = format!("{package}.{}", service.name());
-            anyhow::ensure!(
-                full_name == "coffer.keys.v1.Keys",
-                "{full_name} has no entry in this test: add its RPCs"
-            );
-            methods.extend(service.method.iter().map(|m| m.name().to_owned()));
+            let names = service.method.iter().map(|m| m.name().to_owned());
+            match full_name.as_str() {
+                "coffer.keys.v1.Keys" => methods.extend(names),
+                "coffer.audit.v1.Audit" => audit_methods.extend(names),
+                _ => anyhow::bail!("{full_name} has no entry in this test: add its RPCs"),
+            }
         }
     }
     anyhow::ensure!(methods.len() >= 40, "only {} methods found", methods.len());
+    anyhow::ensure!(
+        audit_methods.len() >= 14,
+        "only {} audit methods found",
+        audit_methods.len()
+    );
+    let nobody_id = format!("spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/nobody");
+    let mut audit_nobody = harness.audit_as(&nobody_id).await?;
+    for method in &audit_methods {
+        let rule = || "admin-rule".to_owned();
+        let outcome: Result<(), tonic::Status> = match method.as_str() {
+            "LookupEvents" => audit_nobody
+                .lookup_events(audit_pb::LookupEventsRequest::default())
+                .await
+                .map(drop),
+            "GetEvent" => audit_nobody
+                .get_event(audit_pb::GetEventRequest {
+                    event_id: "e-1".into(),
+                })
+                .await
+                .map(drop),
+            "Subscribe" => audit_nobody
+                .subscribe(audit_pb::SubscribeRequest::default())
+                .await
+                .map(drop),
+            "PutRule" => audit_nobody
+                .put_rule(audit_pb::PutRuleRequest {
+                    name: rule(),
+                    event_pattern: "{}".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "DescribeRule" => audit_nobody
+                .describe_rule(audit_pb::DescribeRuleRequest { name: rule() })
+                .await
+                .map(drop),
+            "ListRules" => audit_nobody
+                .list_rules(audit_pb::ListRulesRequest::default())
+                .await
+                .map(drop),
+            "DeleteRule" => audit_nobody
+                .delete_rule(audit_pb::DeleteRuleRequest {
+                    name: rule(),
+                    force: true,
+                })
+                .await
+                .map(drop),
+            "EnableRule" => audit_nobody
+                .enable_rule(audit_pb::EnableRuleRequest { name: rule() })
+                .await
+                .map(drop),
+            "DisableRule" => audit_nobody
+                .disable_rule(audit_pb::DisableRuleRequest { name: rule() })
+                .await
+                .map(drop),
+            "PutTargets" => audit_nobody
+                .put_targets(audit_pb::PutTargetsRequest {
+                    rule: rule(),
+                    targets: vec![audit_pb::Target {
+                        id: "t".into(),
+                        https: Some(audit_pb::HttpsTarget {
+                            endpoint: "https://localhost:1/hook".into(),
+                        }),
+                        signing_secret: vec![7; 32],
+                        ..Default::default()
+                    }],
+                })
+                .await
+                .map(drop),
+            "RemoveTargets" => audit_nobody
+                .remove_targets(audit_pb::RemoveTargetsRequest {
+                    rule: rule(),
+                    ids: vec!["t".into()],
+                })
+                .await
+                .map(drop),
+            "ListTargetsByRule" => audit_nobody
+                .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
+                    rule: rule(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "ListFailedDeliveries" => audit_nobody
+                .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+                    rule: rule(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            "TestEventPattern" => audit_nobody
+                .test_event_pattern(audit_pb::TestEventPatternRequest {
+                    event_pattern: "{}".into(),
+                    event: "{}".into(),
+                })
+                .await
+                .map(drop),
+            other => anyhow::bail!("RPC {other} has no request in this test: add one"),
+        };
+        let status = match outcome {
+            Ok(()) => anyhow::bail!("{method} succeeded for a principal without permissions"),
+            Err(status) => status,
+        };
+        anyhow::ensure!(
+            status.code() == Code::PermissionDenied
+                && exception_of(&status) == "AccessDeniedException",
+            "{method}: unexpected {status:?}"
+        );
+        assert_audited_denial(&harness, &status, method).await?;
+    }
+    // The rule is untouched.
+    let rule = audit_admin
+        .describe_rule(audit_pb::DescribeRuleRequest {
+            name: "admin-rule".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(rule.state, "ENABLED");
+    assert_eq!(rule.event_pattern, r#"{"source":["coffer.kms"]}"#);
 
     let mut nobody = harness
         .keys_as(&format!(
@@ -442,7 +575,7 @@ async fn every_rpc_refuses_a_principal_without_permissions(backend: Backend) -> 
                 | (Code::InvalidArgument, "InvalidCiphertextException")
         );
         anyhow::ensure!(refused, "{method}: unexpected {status:?}");
-        assert_audited_denial(&harness, &status, method)?;
+        assert_audited_denial(&harness, &status, method).await?;
     }
 
     // The key is untouched, and the admin still uses it.
@@ -617,7 +750,7 @@ async fn key_policies_are_managed_and_guard_against_lockout(
         })
         .await;
     let status = assert_error(stored, Code::NotFound, "NotFoundException");
-    assert_audited_denial(&harness, &status, "GetKeyPolicy after lockout")?;
+    assert_audited_denial(&harness, &status, "GetKeyPolicy after lockout").await?;
     let mut app = harness
         .keys_as(&format!(
             "spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/app"
@@ -788,7 +921,7 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
             Code::PermissionDenied,
             "AccessDeniedException",
         );
-        assert_audited_denial(&harness, &status, "constraint")?;
+        assert_audited_denial(&harness, &status, "constraint").await?;
     }
     let plaintext = app
         .decrypt(pb::DecryptRequest {
@@ -1044,7 +1177,7 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
             .message()
             .replace("00000000-0000-4000-8000-000000000000", "ID")
     );
-    assert_audited_denial(&harness, &hidden, "cross-account without policy")?;
+    assert_audited_denial(&harness, &hidden, "cross-account without policy").await?;
 
     // A trusts account B for Encrypt and DescribeKey.
     let shared = format!(
@@ -1067,7 +1200,7 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         Code::NotFound,
         "NotFoundException",
     );
-    assert_audited_denial(&harness, &status, "cross-account without identity policy")?;
+    assert_audited_denial(&harness, &status, "cross-account without identity policy").await?;
     // A key id or an alias always names a key of the caller's own account.
     assert_error(
         encrypt_with(&mut admin_b, &key_id, &[], Vec::new()).await,
@@ -1178,7 +1311,7 @@ async fn root_look_alikes_never_gain_root(backend: Backend) -> anyhow::Result<()
             Code::NotFound,
             "NotFoundException",
         );
-        assert_audited_denial(&harness, &status, name)?;
+        assert_audited_denial(&harness, &status, name).await?;
     }
     // Policies cannot name look-alikes as the root either.
     for principal in ["ROOT", "Root", " root", "root "] {

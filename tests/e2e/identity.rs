@@ -49,7 +49,7 @@ async fn call_describe(
 async fn callers_without_a_trusted_certificate_get_nothing(backend: Backend) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
     let (_foreign_dir, foreign) = foreign_authority()?;
-    let before = harness.audit_events()?.len();
+    let before = harness.audit_events().await?.len();
 
     let no_certificate = call_describe(&harness, None).await;
     assert!(
@@ -72,7 +72,7 @@ async fn callers_without_a_trusted_certificate_get_nothing(backend: Backend) -> 
     );
 
     // None of these reached the API, so none produced an audit event.
-    assert_eq!(harness.audit_events()?.len(), before);
+    assert_eq!(harness.audit_events().await?.len(), before);
 
     // The same call with a trusted identity works.
     let trusted = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
@@ -98,7 +98,7 @@ async fn malformed_identities_are_unauthenticated(backend: Backend) -> anyhow::R
             "UnrecognizedClientException",
         );
         let request_id = coffer_tests::request_id_of(status.metadata());
-        let events = harness.audit_events_for(&request_id)?;
+        let events = harness.audit_events_for(&request_id).await?;
         assert_eq!(events.len(), 1, "{spiffe_id}");
         assert_eq!(events[0]["errorCode"], "UnrecognizedClientException");
         assert_eq!(events[0]["userIdentity"]["type"], "Unknown");
@@ -147,7 +147,7 @@ async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> a
         .key_metadata
         .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
     assert_eq!(key.aws_account_id, ACCOUNT_B);
-    let events = harness.audit_events_for(&request_id)?;
+    let events = harness.audit_events_for(&request_id).await?;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["userIdentity"]["userName"], "bob");
     assert_eq!(events[0]["userIdentity"]["accountId"], ACCOUNT_B);

@@ -63,7 +63,7 @@ async fn health_is_served_on_both_ports(backend: Backend) -> anyhow::Result<()> 
         .await?;
     assert_eq!(response.into_inner().status, ServingStatus::Serving as i32);
     // Health checks are not API calls: no audit events.
-    assert!(harness.audit_events()?.is_empty());
+    assert!(harness.audit_events().await?.is_empty());
     Ok(())
 }
 
@@ -136,7 +136,9 @@ async fn excess_calls_are_shed_with_resource_exhausted(backend: Backend) -> anyh
 
     let shed = second.list_keys(pb::ListKeysRequest::default()).await;
     let status = assert_error(shed, Code::ResourceExhausted, "ThrottlingException");
-    let events = harness.audit_events_for(&coffer_tests::request_id_of(status.metadata()))?;
+    let events = harness
+        .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
+        .await?;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["errorCode"], "ThrottlingException");
 
@@ -173,7 +175,8 @@ async fn calls_past_their_deadline_fail_deadline_exceeded(backend: Backend) -> a
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let timed_out = harness
-            .audit_events()?
+            .audit_events()
+            .await?
             .iter()
             .filter(|event| {
                 event["eventName"] == "CreateKey" && event["errorCode"] == "RequestTimeoutException"
@@ -235,7 +238,9 @@ async fn oversize_messages_are_refused_and_the_server_stays_up(
             .err()
             .ok_or_else(|| anyhow::anyhow!("{size} bytes were accepted"))?;
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        let events = harness.audit_events_for(&coffer_tests::request_id_of(status.metadata()))?;
+        let events = harness
+            .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
+            .await?;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["errorCode"], "RequestEntityTooLargeException");
     }
@@ -277,7 +282,8 @@ async fn abandoned_data_plane_calls_are_audited_once(backend: Backend) -> anyhow
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let events = loop {
         let events: Vec<serde_json::Value> = harness
-            .audit_events()?
+            .audit_events()
+            .await?
             .into_iter()
             .filter(|event| event["eventName"] == "GenerateDataKeyPair")
             .collect();
@@ -293,7 +299,8 @@ async fn abandoned_data_plane_calls_are_audited_once(backend: Backend) -> anyhow
     // Give a second event, which must not exist, time to appear.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all: Vec<serde_json::Value> = harness
-        .audit_events()?
+        .audit_events()
+        .await?
         .into_iter()
         .filter(|event| event["eventName"] == "GenerateDataKeyPair")
         .collect();

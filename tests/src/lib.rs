@@ -2,7 +2,7 @@
 //! `127.0.0.1:0`, speak mTLS with certificates minted by a per-test CA, and
 //! store into SQLite or Postgres. Clients can be made for any principal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
@@ -65,6 +65,15 @@ pub struct Options {
     pub clock: Option<Arc<coffer_platform::clock::ManualClock>>,
     /// The `authorization:` block of the config file.
     pub authorization: String,
+    /// `audit.mode`: `required` or `best_effort`.
+    pub audit_mode: &'static str,
+    /// `audit.deadline_ms`.
+    pub audit_deadline_ms: u64,
+    /// Further lines of the `audit:` block (two-space indented).
+    pub audit_extra: String,
+    /// Runs the audit service as its own instance on its own port, so a
+    /// test can stop and restart it while keys keeps running.
+    pub separate_audit: bool,
 }
 
 /// Every user of every account may do everything; roles get nothing. Tests
@@ -80,6 +89,10 @@ impl Default for Options {
             shutdown_grace_ms: 30_000,
             clock: None,
             authorization: DEFAULT_AUTHORIZATION.to_owned(),
+            audit_mode: "required",
+            audit_deadline_ms: 5_000,
+            audit_extra: String::new(),
+            separate_audit: false,
         }
     }
 }
@@ -135,6 +148,8 @@ pub struct Harness {
     services: Vec<String>,
     clock: Arc<dyn Clock>,
     instance: Option<Instance>,
+    /// The audit service, when it runs apart ([`Options::separate_audit`]).
+    audit_instance: Option<Instance>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -172,14 +187,29 @@ impl Harness {
             &dir.join("root-key"),
             coffer_crypto::RootKey::generate()?.to_base64().as_str(),
         )?;
-        let database = match &backend {
-            Backend::Sqlite => format!("url: \"sqlite://{}\"", dir.join("keys.db").display()),
+        let database = |service: &str| match &backend {
+            Backend::Sqlite => format!(
+                "url: \"sqlite://{}\"",
+                dir.join(format!("{service}.db")).display()
+            ),
             Backend::Postgres(url) => {
                 format!(
                     "url: \"{url}\"\n      schema: {}",
-                    testing::unique_schema("e2e_keys")
+                    testing::unique_schema(&format!("e2e_{service}"))
                 )
             }
+        };
+        let (audit_listen, audit_endpoint) = if options.separate_audit {
+            // A fixed port, so the audit service can be restarted on it.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            (
+                format!("127.0.0.1:{port}"),
+                format!("  endpoint: \"127.0.0.1:{port}\"\n"),
+            )
+        } else {
+            ("127.0.0.1:0".to_owned(), String::new())
         };
         let config_text = format!(
             "region: eu-west-1\n\
@@ -188,22 +218,34 @@ impl Harness {
              root_key:\n  file: \"{dir}/root-key\"\n\
              admin_listen: \"127.0.0.1:0\"\n\
              limits:\n  max_message_bytes: {}\n  request_timeout_ms: {}\n  max_concurrent_requests: {}\n  shutdown_grace_ms: {}\n\
-             audit:\n  log_file: \"{dir}/audit.jsonl\"\n\
+             audit:\n  mode: {}\n  deadline_ms: {}\n  outbox_grace_ms: {}\n{audit_endpoint}{}\
              {authorization}\
-             services:\n  keys:\n    listen: \"127.0.0.1:0\"\n    database:\n      {database}\n",
+             services:\n  keys:\n    listen: \"127.0.0.1:0\"\n    database:\n      {}\n\
+             \x20 audit:\n    listen: \"{audit_listen}\"\n    database:\n      {}\n",
             options.max_message_bytes,
             options.request_timeout_ms,
             options.max_concurrent_requests,
             options.shutdown_grace_ms,
+            options.audit_mode,
+            options.audit_deadline_ms,
+            options.audit_deadline_ms.max(3_000),
+            options.audit_extra,
+            database("keys"),
+            database("audit"),
             dir = dir.display(),
             authorization = options.authorization,
         );
         write(&dir.join("coffer.yaml"), &config_text)?;
         let settings = config::load(Some(&dir.join("coffer.yaml")), Vec::new())?;
-        let services = vec!["keys".to_owned()];
         let clock: Arc<dyn Clock> = match options.clock.clone() {
             Some(manual) => manual,
             None => Arc::new(SystemClock),
+        };
+        let (services, audit_instance) = if options.separate_audit {
+            let audit = coffer::launch(&settings, &["audit".to_owned()], clock.clone()).await?;
+            (vec!["keys".to_owned()], Some(audit))
+        } else {
+            (vec!["keys".to_owned(), "audit".to_owned()], None)
         };
         let instance = coffer::launch(&settings, &services, clock.clone()).await?;
         Ok(Self {
@@ -213,6 +255,7 @@ impl Harness {
             services,
             clock,
             instance: Some(instance),
+            audit_instance,
         })
     }
 
@@ -289,31 +332,105 @@ impl Harness {
         self.keys_as(&Self::user_id(account, name)).await
     }
 
-    pub fn audit_log_path(&self) -> PathBuf {
-        self.dir().join("audit.jsonl")
+    /// The audit service's core (store, live feed), wherever it runs.
+    pub fn audit_core(&self) -> anyhow::Result<&Arc<coffer_audit::AuditCore>> {
+        self.audit_instance
+            .as_ref()
+            .or(self.instance.as_ref())
+            .and_then(Instance::audit_core)
+            .context("the audit service is not running")
     }
 
-    /// Every audit event emitted so far (flushed first).
-    pub fn audit_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+    /// `host:port` of the audit service.
+    pub fn audit_addr(&self) -> anyhow::Result<String> {
+        Ok(self
+            .audit_instance
+            .as_ref()
+            .or(self.instance.as_ref())
+            .and_then(|instance| instance.addr_of("audit"))
+            .context("audit is not served")?
+            .to_string())
+    }
+
+    /// An audit client for `spiffe_id`.
+    pub async fn audit_as(
+        &self,
+        spiffe_id: &str,
+    ) -> anyhow::Result<coffer_proto::audit::v1::audit_client::AuditClient<Channel>> {
+        let identity = self.identity(spiffe_id)?;
+        let tls = ClientTls::from_pem(
+            &self.ca_pem()?,
+            Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
+        );
+        let channel = tls.connect(&self.audit_addr()?, "localhost").await?;
+        Ok(coffer_proto::audit::v1::audit_client::AuditClient::new(
+            channel,
+        ))
+    }
+
+    /// Every audit event stored so far, in arrival order, once everything
+    /// the services emitted has been acknowledged.
+    pub async fn audit_events(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         if let Some(instance) = &self.instance {
-            instance.flush_audit()?;
+            instance
+                .flush_audit(std::time::Duration::from_secs(20))
+                .await?;
         }
-        let text = std::fs::read_to_string(self.audit_log_path()).unwrap_or_default();
-        text.lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .with_context(|| format!("audit line is not JSON: {line}"))
+        let stored = self
+            .audit_core()?
+            .store()
+            .lookup(&coffer_audit::store::LookupQuery {
+                attribute: None,
+                start_ms: i64::MIN,
+                end_ms: i64::MAX,
+                after: None,
+                limit: 1_000_000,
+                account: None,
+            })
+            .await?;
+        let mut stored = stored;
+        stored.sort_by_key(|event| event.seq);
+        stored
+            .iter()
+            .map(|event| {
+                serde_json::from_str(&event.record)
+                    .with_context(|| format!("stored record is not JSON: {}", event.record))
             })
             .collect()
     }
 
     /// The events of one request id.
-    pub fn audit_events_for(&self, request_id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    pub async fn audit_events_for(
+        &self,
+        request_id: &str,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
         Ok(self
-            .audit_events()?
+            .audit_events()
+            .await?
             .into_iter()
             .filter(|event| event["requestID"] == request_id)
             .collect())
+    }
+
+    /// Stops the separately running audit service.
+    pub async fn stop_audit(&mut self) -> anyhow::Result<()> {
+        self.audit_instance
+            .take()
+            .context("the audit service does not run apart")?
+            .shutdown()
+            .await;
+        Ok(())
+    }
+
+    /// Starts the separately running audit service again, on its port.
+    pub async fn start_audit(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.audit_instance.is_none(),
+            "the audit service is running"
+        );
+        self.audit_instance =
+            Some(coffer::launch(&self.settings, &["audit".to_owned()], self.clock.clone()).await?);
+        Ok(())
     }
 
     /// Runs the services' scheduled work (deletions, rotations) now.

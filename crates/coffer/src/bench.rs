@@ -426,6 +426,7 @@ async fn in_process_target() -> anyhow::Result<Target> {
             trust_domain: settings.trust_domain.clone(),
             request_timeout: settings.limits.request_timeout,
             max_concurrent_requests: settings.limits.max_concurrent_requests,
+            audit_mode: settings.audit.mode,
         },
         max_message_bytes: settings.limits.max_message_bytes,
         shutdown_grace: Duration::from_secs(5),
@@ -438,10 +439,10 @@ async fn in_process_target() -> anyhow::Result<Target> {
                         .max_decoding_message_size(max_message_bytes),
                 );
             }),
+            audit_sink: None,
+            outbox: None,
         }],
-        audit_sink: Arc::new(coffer_platform::audit::JsonLinesSink::file(
-            &directory.path().join("echo-audit.jsonl"),
-        )?),
+        audit_sink: Arc::new(NoApiCalls),
         authorizer: Arc::new(coffer_platform::authz::Authorizer::new(
             settings.location.clone(),
             Arc::new(coffer_platform::authz::IdentityPolicies::new(Vec::new())),
@@ -783,4 +784,27 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(summaries)
+}
+
+/// The echo server's sink: echo is not an API, so no call reaches it.
+struct NoApiCalls;
+
+#[tonic::async_trait]
+impl coffer_platform::audit::AuditSink for NoApiCalls {
+    async fn emit(
+        &self,
+        _event: &coffer_platform::audit::AuditEvent,
+        _delivery: coffer_platform::audit::Delivery,
+    ) -> Result<(), coffer_platform::audit::AuditDeliveryError> {
+        Err(coffer_platform::audit::AuditDeliveryError::Failed(
+            "the echo server serves no API calls".into(),
+        ))
+    }
+
+    async fn flush(
+        &self,
+        _timeout: Duration,
+    ) -> Result<(), coffer_platform::audit::AuditDeliveryError> {
+        Ok(())
+    }
 }

@@ -48,9 +48,6 @@ impl DevDir {
     pub fn root_key(&self) -> PathBuf {
         self.dir.join("root-key")
     }
-    pub fn audit_log(&self) -> PathBuf {
-        self.dir.join("audit.jsonl")
-    }
 }
 
 pub fn admin_spiffe_id() -> String {
@@ -131,7 +128,6 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
          trust_domain: {DEV_TRUST_DOMAIN}\n\
          tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n\
          root_key:\n  file: \"{}\"\n\
-         audit:\n  log_file: \"{}\"\n\
          telemetry:\n  log_format: text\n  log_level: info\n\
          # Identity policies (AWS IAM JSON, or the same as YAML). This file is\n\
          # watched: edits take effect within seconds, without a restart.\n\
@@ -144,7 +140,6 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
         layout.key("server").display(),
         layout.ca().display(),
         layout.root_key().display(),
-        layout.audit_log().display(),
     );
     std::fs::write(layout.config(), config_text)
         .with_context(|| format!("writing {}", layout.config().display()))?;
@@ -257,7 +252,6 @@ pub fn instructions(layout: &DevDir, addr: &str, demo: &Demo) -> String {
     format!(
         "\nCoffer dev is serving {services} on {addr} (region {DEV_REGION}, account {DEV_ACCOUNT}).\n\
          State, CA and identities: {dir}\n\
-         Audit events (JSON lines): {audit}\n\
          Mint more identities: coffer pki issue --dir {dir} --spiffe-id spiffe://{DEV_TRUST_DOMAIN}/account/{DEV_ACCOUNT}/user/alice --out alice\n\
          \n\
          grpcurl (server reflection is on):\n\
@@ -267,13 +261,14 @@ pub fn instructions(layout: &DevDir, addr: &str, demo: &Demo) -> String {
          \x20 grpcurl {tls} -d '{{\"ciphertext_blob\":\"{blob}\"}}' {addr} coffer.keys.v1.Keys/Decrypt\n\
          \x20 grpcurl {tls} -d '{{\"key_id\":\"{key}\",\"key_spec\":\"AES_256\"}}' {addr} coffer.keys.v1.Keys/GenerateDataKey\n\
          \x20 grpcurl {tls} {addr} grpc.health.v1.Health/Check\n\
+         \x20 grpcurl {tls} -d '{{\"max_results\":5}}' {addr} coffer.audit.v1.Audit/LookupEvents\n\
+         \x20 grpcurl {tls} -d '{{\"event_pattern\":\"{{\\\"detail\\\":{{\\\"eventName\\\":[\\\"Decrypt\\\"]}}}}\"}}' {addr} coffer.audit.v1.Audit/Subscribe\n\
          \n\
          ghz (load test):\n\
          \x20 ghz {ghz_tls} --call coffer.keys.v1.Keys/Encrypt -d '{{\"key_id\":\"{key}\",\"plaintext\":\"{plaintext}\"}}' -c 64 -z 30s {addr}\n\
          \x20 ghz {ghz_tls} --call coffer.keys.v1.Keys/Decrypt -d '{{\"ciphertext_blob\":\"{blob}\"}}' -c 64 -z 30s {addr}\n",
         services = BUILT_SERVICES.join(", "),
         dir = layout.dir.display(),
-        audit = layout.audit_log().display(),
         key = demo.key_id,
         blob = demo.ciphertext_base64,
     )

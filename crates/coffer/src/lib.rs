@@ -12,30 +12,34 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use coffer_crypto::RootKey;
-use coffer_platform::audit::{AuditSink, JsonLinesSink};
+use coffer_platform::audit::AuditSink;
+use coffer_platform::audit::export::{AuditExporter, ExportSettings, OtlpTransport};
+use coffer_platform::audit::outbox::{SqlOutbox, spawn_relay};
 use coffer_platform::authz::{self, Authorizer, IdentityPolicies};
 use coffer_platform::call::CallSettings;
+use coffer_platform::client::ClientTls;
 use coffer_platform::clock::Clock;
-use coffer_platform::config::Settings;
+use coffer_platform::config::{AuditMode, Settings};
 use coffer_platform::db::DbPool;
 use coffer_platform::server::{RunningServer, ServerParams, ServiceRegistration, start};
 use coffer_platform::tls::ServerTls;
 use tokio::net::TcpListener;
 
 /// The services this build of Coffer contains.
-pub const BUILT_SERVICES: &[&str] = &["keys"];
+pub const BUILT_SERVICES: &[&str] = &["keys", "audit"];
 
 /// How often each service's scheduled work (key deletions, rotations) runs.
 pub const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Running services: one server per distinct listen address.
 pub struct Instance {
-    audit_sink: Arc<dyn AuditSink>,
+    exporter: Option<Arc<AuditExporter>>,
     servers: Vec<(Vec<String>, RunningServer)>,
     pools: Vec<DbPool>,
     keys: Option<Arc<coffer_keys::KeysDomain>>,
-    maintenance: Option<tokio::task::JoinHandle<()>>,
-    policy_reloader: Option<tokio::task::JoinHandle<()>>,
+    audit: Option<Arc<coffer_audit::AuditCore>>,
+    outboxes: Vec<Arc<SqlOutbox>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -66,6 +70,25 @@ impl Instance {
         self.servers.iter().map(|(_, server)| server)
     }
 
+    /// The exporter this instance's services send their events through.
+    pub fn audit_exporter(&self) -> Option<&Arc<AuditExporter>> {
+        self.exporter.as_ref()
+    }
+
+    /// The audit service running in this instance, if it does.
+    pub fn audit_core(&self) -> Option<&Arc<coffer_audit::AuditCore>> {
+        self.audit.as_ref()
+    }
+
+    /// Audit events written to outboxes and not yet acknowledged.
+    pub async fn outbox_rows(&self) -> anyhow::Result<i64> {
+        let mut total = 0;
+        for outbox in &self.outboxes {
+            total += outbox.len().await?;
+        }
+        Ok(total)
+    }
+
     /// Runs every service's due work now (what the scheduler does every
     /// [`MAINTENANCE_INTERVAL`]), against the instance's clock.
     pub async fn run_maintenance(&self) -> anyhow::Result<()> {
@@ -76,32 +99,43 @@ impl Instance {
                 .map_err(|error| anyhow::anyhow!("keys maintenance: {error}"))?;
             tracing::debug!(deleted, rotated, "keys maintenance ran");
         }
+        if let Some(audit) = &self.audit {
+            let removed = audit
+                .enforce_retention()
+                .await
+                .map_err(|error| anyhow::anyhow!("audit retention: {error}"))?;
+            tracing::debug!(removed, "audit retention ran");
+        }
         Ok(())
     }
 
-    /// Writes out every audit event emitted so far.
-    pub fn flush_audit(&self) -> anyhow::Result<()> {
-        self.audit_sink
-            .flush()
-            .map_err(|error| anyhow::anyhow!("{error}"))
+    /// Waits until every audit event emitted so far is acknowledged by the
+    /// audit service.
+    pub async fn flush_audit(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        if let Some(exporter) = &self.exporter {
+            exporter
+                .flush(timeout)
+                .await
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+        }
+        Ok(())
     }
 
     /// Graceful shutdown of every server, then the database pools.
     pub async fn shutdown(self) {
-        if let Some(maintenance) = &self.maintenance {
-            maintenance.abort();
-        }
-        if let Some(reloader) = &self.policy_reloader {
-            reloader.abort();
+        for task in &self.background {
+            task.abort();
         }
         for (_, server) in self.servers {
             server.shutdown().await;
         }
+        if let Some(exporter) = &self.exporter
+            && let Err(error) = exporter.flush(std::time::Duration::from_secs(5)).await
+        {
+            tracing::warn!(%error, "audit events still queued at shutdown; outboxed ones are resent at the next start");
+        }
         for pool in self.pools {
             pool.close().await;
-        }
-        if let Err(error) = self.audit_sink.flush() {
-            tracing::error!(%error, "audit events could not be written at shutdown");
         }
     }
 }
@@ -120,14 +154,73 @@ pub async fn launch(
             BUILT_SERVICES.join(", ")
         );
     }
-    let root_key = Arc::new(RootKey::load(&settings.root_key).context("loading the root key")?);
     let tls = Arc::new(ServerTls::load(settings.tls.clone()).context("loading TLS certificates")?);
-    let audit_sink: Arc<dyn AuditSink> = match &settings.audit.log_file {
-        Some(path) => Arc::new(
-            JsonLinesSink::file(path)
-                .with_context(|| format!("opening audit log {}", path.display()))?,
-        ),
-        None => Arc::new(JsonLinesSink::stdout().context("starting the audit writer")?),
+
+    // Every listener is bound first, so the audit endpoint is known (a
+    // configured port of 0 included) before any service starts.
+    let mut listeners: BTreeMap<SocketAddr, TcpListener> = BTreeMap::new();
+    for name in service_names {
+        let service = settings
+            .services
+            .get(name)
+            .with_context(|| format!("services.{name} is not configured"))?;
+        if let std::collections::btree_map::Entry::Vacant(slot) = listeners.entry(service.listen) {
+            let listener = TcpListener::bind(service.listen)
+                .await
+                .with_context(|| format!("binding {}", service.listen))?;
+            slot.insert(listener);
+        }
+    }
+    let serves_audit = service_names.iter().any(|name| name == "audit");
+    let exports = service_names.iter().any(|name| name != "audit");
+    let exporter = if exports {
+        let endpoint = match (&settings.audit.endpoint, serves_audit) {
+            (Some(endpoint), _) => endpoint.clone(),
+            (None, true) => {
+                let listen = settings.services.get("audit").map(|service| service.listen);
+                let bound = listen
+                    .and_then(|listen| listeners.get(&listen))
+                    .map(TcpListener::local_addr)
+                    .transpose()?
+                    .context("the audit listener is not bound")?;
+                bound.to_string()
+            }
+            (None, false) => bail!(
+                "audit.endpoint must name the audit service's address when this process does not serve it"
+            ),
+        };
+        let client_tls = ClientTls::from_files(
+            &settings.tls.ca_file,
+            Some((&settings.tls.cert_file, &settings.tls.key_file)),
+        )
+        .context("loading the audit client identity")?;
+        let channel = client_tls
+            .connect_lazy(
+                &endpoint,
+                &settings.audit.server_name,
+                settings.audit.deadline,
+            )
+            .context("the audit endpoint")?;
+        let exporting: Vec<&str> = service_names
+            .iter()
+            .map(String::as_str)
+            .filter(|name| *name != "audit")
+            .collect();
+        Some(AuditExporter::start(
+            Arc::new(OtlpTransport::new(
+                channel,
+                &exporting.join("+"),
+                settings.audit.deadline,
+            )),
+            ExportSettings {
+                mode: settings.audit.mode,
+                deadline: settings.audit.deadline,
+                queue_limit: settings.audit.queue_limit,
+                batch_limit: settings.audit.batch_limit,
+            },
+        ))
+    } else {
+        None
     };
 
     let identity_policies = Arc::new(IdentityPolicies::new(
@@ -149,6 +242,10 @@ pub async fn launch(
     let mut groups: BTreeMap<SocketAddr, Vec<(String, ServiceRegistration)>> = BTreeMap::new();
     let mut pools = Vec::new();
     let mut keys_domain = None;
+    let mut audit_core = None;
+    let mut outboxes = Vec::new();
+    let mut background = Vec::new();
+    let required = settings.audit.mode == AuditMode::Required;
     for name in service_names {
         let service = settings
             .services
@@ -156,17 +253,51 @@ pub async fn launch(
             .with_context(|| format!("services.{name} is not configured"))?;
         let registration = match name.as_str() {
             "keys" => {
+                let root_key =
+                    Arc::new(RootKey::load(&settings.root_key).context("loading the root key")?);
                 let (domain, pool) = coffer_keys::connect(
                     &service.database,
-                    root_key.clone(),
+                    root_key,
                     settings.location.clone(),
                     clock.clone(),
                 )
                 .await
                 .with_context(|| format!("opening the {name} database"))?;
+                let outbox = match (&exporter, required) {
+                    (Some(exporter), true) => {
+                        let outbox = Arc::new(SqlOutbox::new(pool.clone()));
+                        background.push(spawn_relay(
+                            outbox.clone(),
+                            exporter.clone(),
+                            settings.audit.outbox_grace,
+                        ));
+                        outboxes.push(outbox.clone());
+                        Some(outbox)
+                    }
+                    _ => None,
+                };
                 pools.push(pool);
                 keys_domain = Some(domain.clone());
-                coffer_keys::registration(domain)
+                coffer_keys::registration(domain, outbox)
+            }
+            "audit" => {
+                let (audit, pool) = coffer_audit::connect(
+                    &service.database,
+                    clock.clone(),
+                    coffer_audit::AuditOptions {
+                        retention: settings.audit.retention,
+                        untrusted_spans: settings.audit.untrusted_spans,
+                        forward_spans_to: settings.audit.forward_spans_to.clone(),
+                        webhook_roots: webhook_roots(settings)?,
+                        webhook_first_backoff: std::time::Duration::from_millis(500),
+                    },
+                )
+                .await
+                .with_context(|| format!("opening the {name} database"))?;
+                pools.push(pool);
+                background.push(coffer_audit::core::spawn_retention(audit.core.clone()));
+                audit_core = Some(audit.core.clone());
+                audit.registration()
             }
             other => bail!(
                 "service {other} is not part of this build (built: {})",
@@ -178,13 +309,20 @@ pub async fn launch(
             .or_default()
             .push((name.clone(), registration));
     }
+    // The sink for calls whose service names none of its own: the exporter,
+    // or (a process serving only the audit service) its store.
+    let default_sink: Arc<dyn AuditSink> = match (&exporter, &audit_core) {
+        (Some(exporter), _) => exporter.clone(),
+        (None, Some(core)) => Arc::new(coffer_audit::LocalSink::new(core.clone())),
+        (None, None) => bail!("no audit sink: serve the audit service or name audit.endpoint"),
+    };
 
     let mut admin_listen = settings.admin_listen;
     let mut servers = Vec::new();
     for (addr, members) in groups {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = listeners
+            .remove(&addr)
+            .with_context(|| format!("no listener bound for {addr}"))?;
         let admin_listener = match admin_listen.take() {
             Some(admin) => Some(
                 TcpListener::bind(admin)
@@ -204,19 +342,20 @@ pub async fn launch(
                 trust_domain: settings.trust_domain.clone(),
                 request_timeout: settings.limits.request_timeout,
                 max_concurrent_requests: settings.limits.max_concurrent_requests,
+                audit_mode: settings.audit.mode,
             },
             max_message_bytes: settings.limits.max_message_bytes,
             shutdown_grace: settings.limits.shutdown_grace,
             services: registrations,
-            audit_sink: audit_sink.clone(),
+            audit_sink: default_sink.clone(),
             authorizer: authorizer.clone(),
         })
         .await?;
         tracing::info!(addr = %server.local_addr(), services = ?names, "serving");
         servers.push((names, server));
     }
-    let maintenance = keys_domain.clone().map(|keys| {
-        tokio::spawn(async move {
+    if let Some(keys) = keys_domain.clone() {
+        background.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -225,14 +364,38 @@ pub async fn launch(
                     tracing::error!(%error, "keys maintenance failed");
                 }
             }
-        })
-    });
+        }));
+    }
+    background.extend(policy_reloader);
     Ok(Instance {
-        audit_sink,
+        exporter,
         servers,
         pools,
         keys: keys_domain,
-        maintenance,
-        policy_reloader,
+        audit: audit_core,
+        outboxes,
+        background,
     })
+}
+
+/// The CAs webhook servers must chain to: `audit.webhook_ca_file`, or the
+/// `tls.ca_file` bundle.
+fn webhook_roots(settings: &Settings) -> anyhow::Result<rustls::RootCertStore> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let path = settings
+        .audit
+        .webhook_ca_file
+        .as_ref()
+        .unwrap_or(&settings.tls.ca_file);
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        let certificate =
+            certificate.with_context(|| format!("a certificate in {}", path.display()))?;
+        roots
+            .add(certificate)
+            .with_context(|| format!("a CA certificate in {}", path.display()))?;
+    }
+    Ok(roots)
 }

@@ -29,8 +29,12 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::arn::Location;
-use crate::audit::{AuditEvent, AuditRecorder, AuditSink, EventCategory, RpcKind, UserIdentity};
+use crate::audit::outbox::{OutboxSlot, SqlOutbox};
+use crate::audit::{
+    AuditEvent, AuditRecorder, AuditSink, Delivery, EventCategory, RpcKind, UserIdentity,
+};
 use crate::authz::{Authorizer, Caller, DecisionMark};
+use crate::config::AuditMode;
 use crate::error::{ApiError, exception_for_code};
 use crate::identity::{Principal, PrincipalKind, principal_from_spiffe_id};
 use crate::service_prefix;
@@ -165,23 +169,48 @@ pub struct CallSettings {
     pub trust_domain: String,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
+    pub audit_mode: AuditMode,
+}
+
+/// How one service's calls are audited.
+pub struct AuditedService {
+    pub catalog: ServiceCatalog,
+    /// Where its events go.
+    pub sink: Arc<dyn AuditSink>,
+    /// Its outbox, when its state changes are audited through one
+    /// (`required` mode).
+    pub outbox: Option<Arc<SqlOutbox>>,
+}
+
+struct CatalogEntry {
+    catalog: ServiceCatalog,
+    event_source: Arc<str>,
+    sink: Arc<dyn AuditSink>,
+    /// The sink's health (`false`: the audit service is unreachable).
+    health: Option<tokio::sync::watch::Receiver<bool>>,
+    outbox: Option<Arc<SqlOutbox>>,
+}
+
+impl CatalogEntry {
+    fn audit_unreachable(&self) -> bool {
+        self.health.as_ref().is_some_and(|health| !*health.borrow())
+    }
 }
 
 struct Shared {
-    catalogs: Vec<(ServiceCatalog, Arc<str>)>,
+    catalogs: Vec<CatalogEntry>,
     settings: CallSettings,
-    sink: Arc<dyn AuditSink>,
     permits: Arc<Semaphore>,
     authorizer: Arc<Authorizer>,
 }
 
 impl Shared {
-    fn catalog_for<'p>(&self, path: &'p str) -> Option<(&ServiceCatalog, &Arc<str>, &'p str)> {
+    fn catalog_for<'p>(&self, path: &'p str) -> Option<(&CatalogEntry, &'p str)> {
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
         self.catalogs
             .iter()
-            .find(|(catalog, _)| catalog.grpc_service == service)
-            .map(|(catalog, source)| (catalog, source, method))
+            .find(|entry| entry.catalog.grpc_service == service)
+            .map(|entry| (entry, method))
     }
 }
 
@@ -193,20 +222,22 @@ pub struct CallLayer {
 
 impl CallLayer {
     pub fn new(
-        catalogs: Vec<ServiceCatalog>,
+        services: Vec<AuditedService>,
         settings: CallSettings,
-        sink: Arc<dyn AuditSink>,
         authorizer: Arc<Authorizer>,
     ) -> Self {
-        let catalogs = catalogs
+        let catalogs = services
             .into_iter()
-            .map(|catalog| {
-                let source: Arc<str> = Arc::from(
+            .map(|service| CatalogEntry {
+                event_source: Arc::from(
                     settings
                         .location
-                        .event_source(service_prefix(catalog.service_name)),
-                );
-                (catalog, source)
+                        .event_source(service_prefix(service.catalog.service_name)),
+                ),
+                catalog: service.catalog,
+                health: service.sink.health(),
+                sink: service.sink,
+                outbox: service.outbox,
             })
             .collect();
         let permits = Arc::new(Semaphore::new(settings.max_concurrent_requests));
@@ -214,7 +245,6 @@ impl CallLayer {
             shared: Arc::new(Shared {
                 catalogs,
                 settings,
-                sink,
                 permits,
                 authorizer,
             }),
@@ -276,7 +306,7 @@ where
         // audited by `CancelGuard` as RequestCanceledException.
         let inline = shared
             .catalog_for(request.uri().path())
-            .and_then(|(catalog, _, method)| (catalog.rpc_kind)(method))
+            .and_then(|(entry, method)| (entry.catalog.rpc_kind)(method))
             .is_some_and(|kind| kind.category == EventCategory::Data);
         if inline {
             return Box::pin(handle_call(shared, inner, request));
@@ -544,7 +574,7 @@ impl Drop for CancelGuard {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if let Err(error) = sink.emit(&event).await {
+                    if let Err(error) = sink.emit(&event, Delivery::Background).await {
                         tracing::error!(%error, request_id = %event.request_id, "audit event not delivered");
                     }
                 });
@@ -567,15 +597,24 @@ where
     S::Future: Send,
 {
     let path = request.uri().path().to_owned();
-    let Some((catalog, event_source, method)) = shared.catalog_for(&path) else {
+    let Some((entry, method)) = shared.catalog_for(&path) else {
         return inner.call(request).await;
     };
-    let rpc_kind = (catalog.rpc_kind)(method).unwrap_or(RpcKind {
+    let rpc_kind = (entry.catalog.rpc_kind)(method).unwrap_or(RpcKind {
         read_only: false,
         category: EventCategory::Management,
     });
     let event_name = method.to_owned();
-    let event_source = event_source.clone();
+    let event_source = entry.event_source.clone();
+    let required = shared.settings.audit_mode == AuditMode::Required;
+    // In `required` mode a data-plane answer is released only once its
+    // event is acknowledged; a state change's event goes through the outbox.
+    let acknowledged = required && rpc_kind.category == EventCategory::Data;
+    let outbox = entry
+        .outbox
+        .clone()
+        .filter(|_| required && rpc_kind.category == EventCategory::Management);
+    let mut outbox_slot: Option<Arc<OutboxSlot>> = None;
 
     // Every random id this call needs, from one call to the DRBG.
     let ids = CallIds::generate();
@@ -640,6 +679,12 @@ where
                     recorder.error(error.exception, &error.message);
                     error.into_status(&event_source).into_http::<Body>()
                 }
+                Ok(_permit) if acknowledged && entry.audit_unreachable() => {
+                    // Nothing is answered that could not be audited.
+                    let error = audit_unavailable();
+                    recorder.error(error.exception, &error.message);
+                    error.into_status(&event_source).into_http::<Body>()
+                }
                 Ok(_permit) => {
                     // Data-plane calls run in the connection's own task; if
                     // the client goes away mid-call this guard still emits
@@ -658,13 +703,21 @@ where
                             &trace,
                         )),
                         recorder: recorder.clone(),
-                        sink: shared.sink.clone(),
+                        sink: entry.sink.clone(),
                     };
-                    let outcome = tokio::time::timeout(
-                        deadline,
-                        inner.call(request).instrument(span.clone()),
-                    )
-                    .await;
+                    let handler = inner.call(request).instrument(span.clone());
+                    let outcome = match (&outbox, &guard.event) {
+                        (Some(outbox), Some(base)) => {
+                            let slot = Arc::new(OutboxSlot::new(
+                                base.event.clone(),
+                                recorder.clone(),
+                                outbox.boot_id().clone(),
+                            ));
+                            outbox_slot = Some(slot.clone());
+                            tokio::time::timeout(deadline, slot.scope(handler)).await
+                        }
+                        _ => tokio::time::timeout(deadline, handler).await,
+                    };
                     prepared = guard.event.take();
                     match outcome {
                         Ok(Ok(response)) => response,
@@ -735,18 +788,49 @@ where
             &trace,
         ),
     };
-    let event = base.finish(
+    let mut event = base.finish(
         code == tonic::Code::Ok,
         error_code.zip(error_message),
         draft,
     );
-    if let Err(error) = shared.sink.emit(&event).await {
-        tracing::error!(%error, request_id = %request_id, "audit event not delivered");
+    let delivery = match (&outbox, &outbox_slot) {
+        (Some(outbox), Some(slot)) if slot.written() => Delivery::Outboxed(outbox.clone()),
+        _ if acknowledged && event.error_code.is_none() => Delivery::Acknowledged,
+        _ => Delivery::Background,
+    };
+    let waited = matches!(delivery, Delivery::Acknowledged);
+    match entry.sink.emit(&event, delivery).await {
+        Ok(()) => {}
+        Err(error) if waited => {
+            // The answer is withheld; the event records what the caller got.
+            let unavailable = audit_unavailable();
+            tracing::warn!(%error, request_id = %request_id, "answer withheld: audit event not acknowledged");
+            event.response_elements = Value::Null;
+            event.error_code = Some(unavailable.exception.to_owned());
+            event.error_message = Some(unavailable.message.clone());
+            response = unavailable.into_status(&event_source).into_http::<Body>();
+            if let Err(error) = entry.sink.emit(&event, Delivery::Background).await {
+                tracing::error!(%error, request_id = %request_id, "audit event not delivered");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, request_id = %request_id, "audit event not delivered");
+        }
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     Ok(response)
+}
+
+/// The answer of a data-plane call whose event the audit service could not
+/// acknowledge in time.
+fn audit_unavailable() -> ApiError {
+    ApiError::new(
+        crate::error::ErrorCode::Unavailable,
+        "ServiceUnavailableException",
+        "the audit service is unavailable; the call was not performed or its answer was withheld",
+    )
 }
 
 #[cfg(test)]

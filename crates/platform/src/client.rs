@@ -67,27 +67,44 @@ impl ClientTls {
         Self { config }
     }
 
+    fn endpoint(&self, addr: &str, server_name: &str) -> Result<Endpoint, ClientError> {
+        let endpoint_text = format!("https://{addr}");
+        Endpoint::from_shared(endpoint_text.clone())
+            .and_then(|endpoint| {
+                endpoint
+                    .tcp_nodelay(true)
+                    .tls_config(self.config.clone().domain_name(server_name))
+            })
+            .map_err(|error| ClientError::Endpoint {
+                endpoint: endpoint_text,
+                message: error.to_string(),
+            })
+    }
+
     /// Connects to `https://{addr}` verifying the server as `server_name`.
     pub async fn connect(&self, addr: &str, server_name: &str) -> Result<Channel, ClientError> {
-        let endpoint_text = format!("https://{addr}");
-        let endpoint = Endpoint::from_shared(endpoint_text.clone())
-            .map_err(|error| ClientError::Endpoint {
-                endpoint: endpoint_text.clone(),
-                message: error.to_string(),
-            })?
-            .tcp_nodelay(true)
-            .tls_config(self.config.clone().domain_name(server_name))
-            .map_err(|error| ClientError::Endpoint {
-                endpoint: endpoint_text.clone(),
-                message: error.to_string(),
-            })?;
-        endpoint
+        self.endpoint(addr, server_name)?
             .connect()
             .await
             .map_err(|error| ClientError::Connect {
-                endpoint: endpoint_text,
+                endpoint: format!("https://{addr}"),
                 message: error_chain(&error),
             })
+    }
+
+    /// A channel to `https://{addr}` that connects on first use and
+    /// reconnects by itself after a failure.
+    pub fn connect_lazy(
+        &self,
+        addr: &str,
+        server_name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Channel, ClientError> {
+        Ok(self
+            .endpoint(addr, server_name)?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy())
     }
 }
 

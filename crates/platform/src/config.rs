@@ -130,12 +130,60 @@ impl Default for LimitsFile {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Audit delivery (DESIGN §5) and the audit service's own settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditFile {
-    /// Where audit events go until the audit service exists: a JSON-lines
-    /// file, or standard output when unset.
-    pub log_file: Option<PathBuf>,
+    /// `required` (default): state changes go through an outbox and
+    /// data-plane answers wait for the audit service's acknowledgement;
+    /// `best_effort`: events are sent in the background, losses counted.
+    pub mode: String,
+    /// `host:port` of the audit service's mTLS listener. Unset: the
+    /// `services.audit` listener of this configuration.
+    pub endpoint: Option<String>,
+    /// The name the audit service's certificate is checked against.
+    pub server_name: String,
+    /// How long a data-plane answer waits for its event's acknowledgement,
+    /// and how long the audit service may stay unreachable before calls
+    /// fail UNAVAILABLE and health says NOT_SERVING.
+    pub deadline_ms: u64,
+    /// Events held in memory for delivery at most; past it, best-effort
+    /// events are dropped (and counted) and outboxed events left to the relay.
+    pub queue_limit: usize,
+    /// Most events in one export (one group commit at the audit service).
+    pub batch_limit: usize,
+    /// How long an outbox row is left to the live delivery path before the
+    /// relay sends it.
+    pub outbox_grace_ms: u64,
+    /// The audit service: days events are kept.
+    pub retention_days: u32,
+    /// The audit service: what to do with spans from identities that are not
+    /// Coffer services: `store` them as untrusted events, or `reject` them.
+    pub untrusted_spans: String,
+    /// The audit service: where ordinary (non-audit) tracing spans from
+    /// Coffer services are forwarded, e.g. `http://otel-collector:4317`.
+    pub forward_spans_to: Option<String>,
+    /// The audit service: a PEM bundle of CAs webhook targets' certificates
+    /// may chain to. Unset: the `tls.ca_file` bundle.
+    pub webhook_ca_file: Option<PathBuf>,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        Self {
+            mode: "required".into(),
+            endpoint: None,
+            server_name: "localhost".into(),
+            deadline_ms: 5_000,
+            queue_limit: 100_000,
+            batch_limit: 1_024,
+            outbox_grace_ms: 15_000,
+            retention_days: 90,
+            untrusted_spans: "store".into(),
+            forward_spans_to: None,
+            webhook_ca_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,9 +286,103 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditMode {
+    Required,
+    BestEffort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UntrustedSpans {
+    Store,
+    Reject,
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
-    pub log_file: Option<PathBuf>,
+    pub mode: AuditMode,
+    pub endpoint: Option<String>,
+    pub server_name: String,
+    pub deadline: Duration,
+    pub queue_limit: usize,
+    pub batch_limit: usize,
+    pub outbox_grace: Duration,
+    pub retention: Duration,
+    pub untrusted_spans: UntrustedSpans,
+    pub forward_spans_to: Option<String>,
+    pub webhook_ca_file: Option<PathBuf>,
+}
+
+fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
+    let mode = match file.mode.as_str() {
+        "required" => AuditMode::Required,
+        "best_effort" => AuditMode::BestEffort,
+        other => {
+            return Err(ConfigError::new(
+                "audit.mode",
+                format!("{other:?} is not a mode: required or best_effort"),
+            ));
+        }
+    };
+    let untrusted_spans = match file.untrusted_spans.as_str() {
+        "store" => UntrustedSpans::Store,
+        "reject" => UntrustedSpans::Reject,
+        other => {
+            return Err(ConfigError::new(
+                "audit.untrusted_spans",
+                format!("{other:?} is not a choice: store or reject"),
+            ));
+        }
+    };
+    if !(100..=600_000).contains(&file.deadline_ms) {
+        return Err(ConfigError::new(
+            "audit.deadline_ms",
+            "must be 100 to 600000",
+        ));
+    }
+    if file.queue_limit < 1_000 {
+        return Err(ConfigError::new(
+            "audit.queue_limit",
+            "must be at least 1000",
+        ));
+    }
+    if !(1..=10_000).contains(&file.batch_limit) {
+        return Err(ConfigError::new("audit.batch_limit", "must be 1 to 10000"));
+    }
+    if !(1..=36_500).contains(&file.retention_days) {
+        return Err(ConfigError::new(
+            "audit.retention_days",
+            "must be 1 to 36500",
+        ));
+    }
+    if file.outbox_grace_ms < file.deadline_ms {
+        return Err(ConfigError::new(
+            "audit.outbox_grace_ms",
+            "must be at least audit.deadline_ms",
+        ));
+    }
+    if let Some(endpoint) = &file.endpoint
+        && endpoint.parse::<SocketAddr>().is_err()
+        && !endpoint.contains(':')
+    {
+        return Err(ConfigError::new(
+            "audit.endpoint",
+            format!("{endpoint:?} is not host:port"),
+        ));
+    }
+    Ok(AuditSettings {
+        mode,
+        endpoint: file.endpoint,
+        server_name: file.server_name,
+        deadline: Duration::from_millis(file.deadline_ms),
+        queue_limit: file.queue_limit,
+        batch_limit: file.batch_limit,
+        outbox_grace: Duration::from_millis(file.outbox_grace_ms),
+        retention: Duration::from_secs(u64::from(file.retention_days) * 86_400),
+        untrusted_spans,
+        forward_spans_to: file.forward_spans_to,
+        webhook_ca_file: file.webhook_ca_file,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,6 +623,7 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
     }
 
     let authorization = authorization_settings(file.authorization)?;
+    let audit = audit_settings(file.audit)?;
 
     let mut services = BTreeMap::new();
     for (name, service) in file.services {
@@ -553,9 +696,7 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         root_key,
         admin_listen,
         limits,
-        audit: AuditSettings {
-            log_file: file.audit.log_file,
-        },
+        audit,
         telemetry: TelemetrySettings {
             log_format,
             log_level: file.telemetry.log_level,

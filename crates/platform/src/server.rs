@@ -17,7 +17,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::audit::AuditSink;
-use crate::call::{CallLayer, CallSettings, ServiceCatalog};
+use crate::audit::outbox::SqlOutbox;
+use crate::call::{AuditedService, CallLayer, CallSettings, ServiceCatalog};
 use crate::tls::{ServerTls, tls_incoming};
 
 /// One service ready to be served: how its calls are audited, the encoded
@@ -29,6 +30,11 @@ pub struct ServiceRegistration {
     pub catalog: Option<ServiceCatalog>,
     pub descriptor_set: &'static [u8],
     pub install: InstallRoutes,
+    /// Where this service's events go, when not the server's sink (the
+    /// audit service stores its own straight away).
+    pub audit_sink: Option<Arc<dyn AuditSink>>,
+    /// The outbox its state changes write their events to.
+    pub outbox: Option<Arc<SqlOutbox>>,
 }
 
 /// Adds a service's routes, given the maximum message size.
@@ -52,6 +58,8 @@ pub struct ServerParams {
     pub max_message_bytes: usize,
     pub shutdown_grace: Duration,
     pub services: Vec<ServiceRegistration>,
+    /// Where events go, unless a registration says otherwise. Its health
+    /// (the audit service being reachable) is the server's health.
     pub audit_sink: Arc<dyn AuditSink>,
     pub authorizer: Arc<crate::authz::Authorizer>,
 }
@@ -66,6 +74,7 @@ pub struct RunningServer {
     shutdown_grace: Duration,
     stop_senders: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    audit_health: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningServer {
@@ -106,7 +115,13 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         }
         if let Some(catalog) = service.catalog {
             grpc_services.push(catalog.grpc_service);
-            catalogs.push(catalog);
+            catalogs.push(AuditedService {
+                catalog,
+                sink: service
+                    .audit_sink
+                    .unwrap_or_else(|| params.audit_sink.clone()),
+                outbox: service.outbox,
+            });
         }
         (service.install)(&mut routes, params.max_message_bytes);
     }
@@ -138,12 +153,14 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
             .await;
     }
 
-    let call_layer = CallLayer::new(
-        catalogs,
-        params.call.clone(),
-        params.audit_sink,
-        params.authorizer,
-    );
+    let call_layer = CallLayer::new(catalogs, params.call.clone(), params.authorizer);
+    let audit_health = params.audit_sink.health().map(|watch| {
+        tokio::spawn(follow_audit_health(
+            watch,
+            health.clone(),
+            grpc_services.clone(),
+        ))
+    });
     let incoming = tls_incoming(
         params.listener,
         params.tls,
@@ -179,7 +196,33 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         shutdown_grace: params.shutdown_grace,
         stop_senders,
         tasks,
+        audit_health,
     })
+}
+
+/// NOT_SERVING while the audit service is unreachable past the deadline
+/// (`required` mode cannot answer data-plane calls then), SERVING again
+/// once it is back.
+async fn follow_audit_health(
+    mut watch: tokio::sync::watch::Receiver<bool>,
+    health: HealthReporter,
+    services: Vec<&'static str>,
+) {
+    loop {
+        let reachable = *watch.borrow_and_update();
+        let status = if reachable {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        for name in &services {
+            health.set_service_status(*name, status).await;
+        }
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 impl RunningServer {
@@ -204,6 +247,9 @@ impl RunningServer {
     /// period) for the calls in flight to finish. The admin port keeps
     /// answering health checks (NOT_SERVING) until the drain is over.
     pub async fn shutdown(self) {
+        if let Some(follower) = &self.audit_health {
+            follower.abort();
+        }
         self.health
             .set_service_status("", ServingStatus::NotServing)
             .await;

@@ -1,11 +1,187 @@
 //! The audit service (DESIGN §5): CloudTrail-shaped event storage, lookup,
 //! live subscriptions and EventBridge-style event rules.
 //!
-//! So far the event store ([`store`]: append with de-duplication by event
-//! id, lookup by CloudTrail's attributes newest first, retention) and the
-//! event-rule pattern language ([`domain::pattern`]) exist; the gRPC
-//! service, the OTLP ingestion and the delivery guarantees come with the
-//! audit issue.
+//! - [`ingest`]: the OTLP TraceService every Coffer service exports its
+//!   events to, and the trust rules for who may submit them.
+//! - [`core`]: storing (group commit), publishing and routing events;
+//!   retention.
+//! - [`grpc`]: `coffer.audit.v1.Audit`.
+//! - [`webhook`]: signed HTTPS deliveries with retries.
+//! - [`store`]: events, rules, targets and failed deliveries, on Postgres or
+//!   SQLite.
+//!
+//! The audit service's own API calls are stored straight into its store
+//! ([`LocalSink`]), not exported to itself.
 
+pub mod core;
 pub mod domain;
+pub mod grpc;
+pub mod ingest;
 pub mod store;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_platform::audit::{
+    AuditDeliveryError, AuditEvent, AuditSink, Delivery, EventCategory, RpcKind,
+};
+use coffer_platform::call::ServiceCatalog;
+use coffer_platform::clock::Clock;
+use coffer_platform::config::{DatabaseSettings, UntrustedSpans};
+use coffer_platform::db::{DbError, DbPool, connect as connect_database};
+use coffer_platform::server::ServiceRegistration;
+use coffer_proto::audit::v1::audit_server::AuditServer;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+
+pub use crate::core::AuditCore;
+
+/// The fully qualified gRPC service name.
+pub const GRPC_SERVICE: &str = "coffer.audit.v1.Audit";
+/// Largest OTLP export accepted: large enough for a batch of events whose
+/// attributes are capped only after they arrive.
+const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Read-only flag and event category of each audit RPC.
+pub fn rpc_kind(method: &str) -> Option<RpcKind> {
+    let read_only = matches!(
+        method,
+        "LookupEvents"
+            | "GetEvent"
+            | "Subscribe"
+            | "DescribeRule"
+            | "ListRules"
+            | "ListTargetsByRule"
+            | "ListFailedDeliveries"
+            | "TestEventPattern"
+    );
+    Some(RpcKind {
+        read_only,
+        category: EventCategory::Management,
+    })
+}
+
+/// How the audit service runs.
+pub struct AuditOptions {
+    pub retention: Duration,
+    pub untrusted_spans: UntrustedSpans,
+    /// Where ordinary tracing spans from Coffer services are forwarded.
+    pub forward_spans_to: Option<String>,
+    /// The CAs webhook servers must chain to.
+    pub webhook_roots: rustls::RootCertStore,
+    /// The first pause between webhook retries (then doubling).
+    pub webhook_first_backoff: Duration,
+}
+
+/// The running audit service.
+pub struct AuditService {
+    pub core: Arc<AuditCore>,
+    untrusted_spans: UntrustedSpans,
+    forward: Option<TraceServiceClient<tonic::transport::Channel>>,
+}
+
+/// Opens (and migrates) the audit database and loads the rules.
+pub async fn connect(
+    database: &DatabaseSettings,
+    clock: Arc<dyn Clock>,
+    options: AuditOptions,
+) -> Result<(AuditService, DbPool), DbError> {
+    let pool = connect_database(database, &store::MIGRATIONS).await?;
+    let store = store::audit_store(pool.clone());
+    let dispatcher = Arc::new(webhook::Dispatcher::new(
+        options.webhook_roots,
+        store.clone(),
+        options.webhook_first_backoff,
+    ));
+    let core = Arc::new(AuditCore::new(store, clock, dispatcher, options.retention));
+    if let Err(error) = core.reload_rules().await {
+        tracing::error!(%error, "event rules could not be loaded");
+    }
+    let forward =
+        options.forward_spans_to.and_then(
+            |endpoint| match tonic::transport::Endpoint::from_shared(endpoint) {
+                Ok(endpoint) => Some(TraceServiceClient::new(endpoint.connect_lazy())),
+                Err(error) => {
+                    tracing::error!(%error, "audit.forward_spans_to is not a valid endpoint");
+                    None
+                }
+            },
+        );
+    Ok((
+        AuditService {
+            core,
+            untrusted_spans: options.untrusted_spans,
+            forward,
+        },
+        pool,
+    ))
+}
+
+/// The audit service's own events, stored straight away.
+pub struct LocalSink {
+    core: Arc<AuditCore>,
+}
+
+impl LocalSink {
+    pub fn new(core: Arc<AuditCore>) -> Self {
+        Self { core }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for LocalSink {
+    async fn emit(
+        &self,
+        event: &AuditEvent,
+        _delivery: Delivery,
+    ) -> Result<(), AuditDeliveryError> {
+        let record = serde_json::to_value(event)
+            .map_err(|error| AuditDeliveryError::Failed(error.to_string()))?;
+        let stored = domain::record::stored_event(record, true)
+            .map_err(|error| AuditDeliveryError::Failed(error.to_string()))?;
+        self.core
+            .ingest(vec![stored])
+            .await
+            .map(|_| ())
+            .map_err(|error| AuditDeliveryError::Failed(error.to_string()))
+    }
+
+    async fn flush(&self, _timeout: Duration) -> Result<(), AuditDeliveryError> {
+        Ok(())
+    }
+}
+
+impl AuditService {
+    /// The Audit service and the OTLP TraceService, ready for the server
+    /// builder.
+    pub fn registration(&self) -> ServiceRegistration {
+        let core = self.core.clone();
+        let ingest = ingest::OtlpIngest::new(
+            self.core.clone(),
+            self.untrusted_spans,
+            self.forward.clone(),
+        );
+        ServiceRegistration {
+            catalog: Some(ServiceCatalog {
+                grpc_service: GRPC_SERVICE,
+                service_name: "audit",
+                rpc_kind,
+            }),
+            descriptor_set: coffer_proto::FILE_DESCRIPTOR_SET,
+            install: Box::new(move |routes, max_message_bytes| {
+                routes.add_service(
+                    AuditServer::new(grpc::AuditGrpc::new(core))
+                        .max_decoding_message_size(max_message_bytes)
+                        .max_encoding_message_size(max_message_bytes),
+                );
+                routes.add_service(
+                    TraceServiceServer::new(ingest)
+                        .max_decoding_message_size(MAX_EXPORT_BYTES.max(max_message_bytes)),
+                );
+            }),
+            audit_sink: Some(Arc::new(LocalSink::new(self.core.clone()))),
+            outbox: None,
+        }
+    }
+}

@@ -75,8 +75,12 @@ pub async fn connect(
     ))
 }
 
-/// The keys service, ready for the server builder.
-pub fn registration(domain: Arc<KeysDomain>) -> ServiceRegistration {
+/// The keys service, ready for the server builder. `outbox`: the table its
+/// state changes write their audit events to (`required` mode).
+pub fn registration(
+    domain: Arc<KeysDomain>,
+    outbox: Option<Arc<coffer_platform::audit::outbox::SqlOutbox>>,
+) -> ServiceRegistration {
     ServiceRegistration {
         catalog: Some(ServiceCatalog {
             grpc_service: GRPC_SERVICE,
@@ -91,5 +95,7 @@ pub fn registration(domain: Arc<KeysDomain>) -> ServiceRegistration {
                     .max_encoding_message_size(max_message_bytes),
             );
         }),
+        audit_sink: None,
+        outbox,
     }
 }

@@ -165,17 +165,22 @@ pub fn stored_event(record: Value, trusted: bool) -> Result<StoredEvent, RecordE
         })
         .unwrap_or_default();
 
-    let (event_source, username) = if trusted {
-        (claimed_source, claimed_username)
+    let (event_id, event_source, username) = if trusted {
+        (event_id, claimed_source, claimed_username)
     } else {
-        // Whatever it claims, it is filed as untrusted.
+        // Whatever it claims, it is filed as untrusted, under an id of its
+        // own: a claimed id could otherwise pre-empt (and, by
+        // de-duplication, suppress) the trusted event that carries it.
+        let own_id = uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string();
+        fields.insert("claimedEventID".into(), Value::String(event_id));
+        fields.insert("eventID".into(), Value::String(own_id.clone()));
         fields.insert("claimedEventSource".into(), Value::String(claimed_source));
         fields.insert("eventSource".into(), Value::String(UNTRUSTED.into()));
         if let Some(name) = claimed_username {
             fields.insert("claimedUserName".into(), Value::String(name));
         }
         fields.insert("trusted".into(), Value::Bool(false));
-        (UNTRUSTED.to_owned(), Some(UNTRUSTED.to_owned()))
+        (own_id, UNTRUSTED.to_owned(), Some(UNTRUSTED.to_owned()))
     };
     let record = Value::Object(fields).to_string();
     Ok(StoredEvent {
@@ -245,6 +250,11 @@ mod tests {
         assert_eq!(record["claimedEventSource"], "kms.coffer.internal");
         assert_eq!(record["claimedUserName"], "alice");
         assert_eq!(record["trusted"], false);
+        // Its claimed id is kept as data; it is filed under its own id, so
+        // it cannot take (and suppress) the id of a trusted event.
+        assert_eq!(record["claimedEventID"], "0b6e-4c1d");
+        assert_ne!(stored.event_id, "0b6e-4c1d");
+        assert_eq!(record["eventID"], stored.event_id.as_str());
     }
 
     #[test]

@@ -8,7 +8,10 @@
 
 #[cfg(test)]
 mod contract_tests;
+mod rules;
 mod sql;
+
+pub use rules::{FailedDeliveryRecord, RuleRecord, RuleStore, TargetRecord};
 
 use async_trait::async_trait;
 use coffer_platform::db::{DbPool, MigrationFile, Migrations};
@@ -17,17 +20,36 @@ use thiserror::Error;
 pub use sql::{PostgresEventStore, SqliteEventStore};
 
 pub const MIGRATIONS: Migrations = Migrations {
-    postgres: &[MigrationFile {
-        version: 1,
-        description: "events",
-        sql: include_str!("../../migrations/postgres/0001_events.sql"),
-    }],
-    sqlite: &[MigrationFile {
-        version: 1,
-        description: "events",
-        sql: include_str!("../../migrations/sqlite/0001_events.sql"),
-    }],
+    postgres: &[
+        MigrationFile {
+            version: 1,
+            description: "events",
+            sql: include_str!("../../migrations/postgres/0001_events.sql"),
+        },
+        MigrationFile {
+            version: 2,
+            description: "rules",
+            sql: include_str!("../../migrations/postgres/0002_rules.sql"),
+        },
+    ],
+    sqlite: &[
+        MigrationFile {
+            version: 1,
+            description: "events",
+            sql: include_str!("../../migrations/sqlite/0001_events.sql"),
+        },
+        MigrationFile {
+            version: 2,
+            description: "rules",
+            sql: include_str!("../../migrations/sqlite/0002_rules.sql"),
+        },
+    ],
 };
+
+/// Everything the audit service stores: events, rules and their targets.
+pub trait AuditStore: EventStore + RuleStore {}
+
+impl<T: EventStore + RuleStore> AuditStore for T {}
 
 /// One stored event: the columns lookups filter on and the whole record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +102,8 @@ pub struct LookupQuery {
     pub end_ms: i64,
     pub after: Option<LookupCursor>,
     pub limit: u32,
+    /// Only this account's events (and those of no account); `None`: all.
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -93,9 +117,12 @@ pub enum StoreError {
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends events in one transaction; an event whose id is already
-    /// stored is skipped. Returns how many were new.
-    async fn insert_events(&self, events: &[StoredEvent], now_ms: i64)
-    -> Result<usize, StoreError>;
+    /// stored is skipped. Returns the positions of the new ones.
+    async fn insert_events(
+        &self,
+        events: &[StoredEvent],
+        now_ms: i64,
+    ) -> Result<Vec<usize>, StoreError>;
 
     async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError>;
 
@@ -108,6 +135,14 @@ pub trait EventStore: Send + Sync + 'static {
 }
 
 /// The store for a connected pool.
+pub fn audit_store(pool: DbPool) -> std::sync::Arc<dyn AuditStore> {
+    match pool {
+        DbPool::Postgres(pool) => std::sync::Arc::new(PostgresEventStore::new(pool)),
+        DbPool::Sqlite(pool) => std::sync::Arc::new(SqliteEventStore::new(pool)),
+    }
+}
+
+/// The event store for a connected pool.
 pub fn event_store(pool: DbPool) -> std::sync::Arc<dyn EventStore> {
     match pool {
         DbPool::Postgres(pool) => std::sync::Arc::new(PostgresEventStore::new(pool)),

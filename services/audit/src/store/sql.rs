@@ -27,28 +27,30 @@ fn select_event() -> String {
     format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1")
 }
 
-/// The lookup statement: time bounds $1/$2, cursor $3/$4, then the
+/// The lookup statement: time bounds $1/$2, cursor $3/$4, the account $5
+/// (NULL: every account; events of no account are seen by all), then the
 /// attribute (when there is one) and the limit.
 fn lookup_statement(attribute: Option<&LookupAttribute>) -> String {
     let filter = match attribute {
         None => "",
-        Some(LookupAttribute::EventId(_)) => " AND e.event_id = $5",
-        Some(LookupAttribute::EventName(_)) => " AND e.event_name = $5",
-        Some(LookupAttribute::ReadOnly(_)) => " AND e.read_only = $5",
-        Some(LookupAttribute::Username(_)) => " AND e.username = $5",
-        Some(LookupAttribute::EventSource(_)) => " AND e.event_source = $5",
+        Some(LookupAttribute::EventId(_)) => " AND e.event_id = $6",
+        Some(LookupAttribute::EventName(_)) => " AND e.event_name = $6",
+        Some(LookupAttribute::ReadOnly(_)) => " AND e.read_only = $6",
+        Some(LookupAttribute::Username(_)) => " AND e.username = $6",
+        Some(LookupAttribute::EventSource(_)) => " AND e.event_source = $6",
         Some(LookupAttribute::ResourceType(_)) => {
-            " AND EXISTS (SELECT 1 FROM event_resources r WHERE r.seq = e.seq AND r.resource_type = $5)"
+            " AND EXISTS (SELECT 1 FROM event_resources r WHERE r.seq = e.seq AND r.resource_type = $6)"
         }
         Some(LookupAttribute::ResourceName(_)) => {
-            " AND EXISTS (SELECT 1 FROM event_resources r WHERE r.seq = e.seq AND r.resource_name = $5)"
+            " AND EXISTS (SELECT 1 FROM event_resources r WHERE r.seq = e.seq AND r.resource_name = $6)"
         }
     };
-    let limit = if attribute.is_some() { "$6" } else { "$5" };
+    let limit = if attribute.is_some() { "$7" } else { "$6" };
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          WHERE e.event_time_ms >= $1 AND e.event_time_ms <= $2 \
-         AND (e.event_time_ms < $3 OR (e.event_time_ms = $3 AND e.seq < $4)){filter} \
+         AND (e.event_time_ms < $3 OR (e.event_time_ms = $3 AND e.seq < $4)) \
+         AND ($5 IS NULL OR e.account_id = $5 OR e.account_id IS NULL){filter} \
          ORDER BY e.event_time_ms DESC, e.seq DESC LIMIT {limit}"
     )
 }
@@ -64,6 +66,10 @@ macro_rules! sql_event_store {
         impl $store {
             pub fn new(pool: $pool) -> Self {
                 Self { pool }
+            }
+
+            pub(crate) fn pool(&self) -> &$pool {
+                &self.pool
             }
 
             fn event_from_row(row: &$row) -> Result<StoredEvent, StoreError> {
@@ -92,10 +98,10 @@ macro_rules! sql_event_store {
                 &self,
                 events: &[StoredEvent],
                 now_ms: i64,
-            ) -> Result<usize, StoreError> {
+            ) -> Result<Vec<usize>, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(StoreError::Database)?;
-                let mut inserted = 0;
-                for event in events {
+                let mut inserted = Vec::new();
+                for (index, event) in events.iter().enumerate() {
                     let seq: Option<i64> = sqlx::query(INSERT_EVENT)
                         .bind(&event.event_id)
                         .bind(event.event_time_ms)
@@ -117,7 +123,7 @@ macro_rules! sql_event_store {
                     let Some(seq) = seq else {
                         continue;
                     };
-                    inserted += 1;
+                    inserted.push(index);
                     for (resource_type, resource_name) in &event.resources {
                         sqlx::query(INSERT_RESOURCE)
                             .bind(seq)
@@ -151,7 +157,8 @@ macro_rules! sql_event_store {
                     .bind(query.start_ms)
                     .bind(query.end_ms)
                     .bind(cursor_time)
-                    .bind(cursor_seq);
+                    .bind(cursor_seq)
+                    .bind(query.account.as_deref());
                 sql_query = match &query.attribute {
                     None => sql_query,
                     Some(LookupAttribute::ReadOnly(value)) => sql_query.bind(*value),

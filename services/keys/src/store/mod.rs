@@ -35,6 +35,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "policies and grants",
             sql: include_str!("../../migrations/postgres/0003_policies_grants.sql"),
         },
+        MigrationFile {
+            version: 4,
+            description: "audit outbox",
+            sql: include_str!("../../migrations/postgres/0004_audit_outbox.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -51,6 +56,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 3,
             description: "policies and grants",
             sql: include_str!("../../migrations/sqlite/0003_policies_grants.sql"),
+        },
+        MigrationFile {
+            version: 4,
+            description: "audit outbox",
+            sql: include_str!("../../migrations/sqlite/0004_audit_outbox.sql"),
         },
     ],
 };

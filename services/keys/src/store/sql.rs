@@ -439,6 +439,26 @@ macro_rules! sql_key_store {
                 }
             }
 
+            /// Inserts the current call's audit outbox row (`required` mode)
+            /// into the transaction about to commit a change.
+            async fn outbox_in<'c, E>(executor: E) -> Result<(), StoreError>
+            where
+                E: sqlx::Executor<'c, Database = <$pool as PoolDatabase>::Database>,
+            {
+                let Some(row) = coffer_platform::audit::outbox::pending_row() else {
+                    return Ok(());
+                };
+                sqlx::query(coffer_platform::audit::outbox::INSERT_ROW)
+                    .bind(row.event_id)
+                    .bind(row.boot_id)
+                    .bind(row.created_at_ms)
+                    .bind(row.record)
+                    .execute(executor)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(())
+            }
+
             async fn insert_material_in<'c, E>(
                 executor: E,
                 key_id: &KeyId,
@@ -501,6 +521,7 @@ macro_rules! sql_key_store {
                         .await
                         .map_err(convert_sqlx_error)?;
                 }
+                Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)
             }
 
@@ -565,7 +586,11 @@ macro_rules! sql_key_store {
             }
 
             async fn update_key(&self, key: &KeyRecord, now_ms: i64) -> Result<i64, StoreError> {
-                Self::update_in(&self.pool, key, now_ms).await
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                let version = Self::update_in(&mut *transaction, key, now_ms).await?;
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(version)
             }
 
             async fn add_material(
@@ -577,6 +602,7 @@ macro_rules! sql_key_store {
                 let version =
                     Self::update_in(&mut *transaction, key, material.created_at_ms).await?;
                 Self::insert_material_in(&mut *transaction, &key.key_id, material).await?;
+                Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)?;
                 Ok(version)
             }
@@ -594,12 +620,18 @@ macro_rules! sql_key_store {
             }
 
             async fn delete_key(&self, key_id: &KeyId) -> Result<bool, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 let outcome = sqlx::query(DELETE_KEY)
                     .bind(key_id.as_str())
-                    .execute(&self.pool)
+                    .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                Ok(outcome.rows_affected() > 0)
+                if outcome.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(true)
             }
 
             async fn keys_due_for_deletion(
@@ -642,6 +674,7 @@ macro_rules! sql_key_store {
                         .await
                         .map_err(convert_sqlx_error)?;
                 }
+                Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)
             }
 
@@ -659,20 +692,23 @@ macro_rules! sql_key_store {
                         .await
                         .map_err(convert_sqlx_error)?;
                 }
+                Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)
             }
 
             async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 sqlx::query(INSERT_ALIAS)
                     .bind(alias.account.as_str())
                     .bind(&alias.alias_name)
                     .bind(alias.target_key_id.as_str())
                     .bind(alias.created_at_ms)
                     .bind(alias.updated_at_ms)
-                    .execute(&self.pool)
+                    .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                Ok(())
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)
             }
 
             async fn update_alias(
@@ -682,15 +718,21 @@ macro_rules! sql_key_store {
                 target: &KeyId,
                 now_ms: i64,
             ) -> Result<bool, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 let outcome = sqlx::query(UPDATE_ALIAS)
                     .bind(account.as_str())
                     .bind(alias_name)
                     .bind(target.as_str())
                     .bind(now_ms)
-                    .execute(&self.pool)
+                    .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                Ok(outcome.rows_affected() > 0)
+                if outcome.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(true)
             }
 
             async fn delete_alias(
@@ -698,13 +740,19 @@ macro_rules! sql_key_store {
                 account: &AccountId,
                 alias_name: &str,
             ) -> Result<bool, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 let outcome = sqlx::query(DELETE_ALIAS)
                     .bind(account.as_str())
                     .bind(alias_name)
-                    .execute(&self.pool)
+                    .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                Ok(outcome.rows_affected() > 0)
+                if outcome.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(true)
             }
 
             async fn get_alias(
@@ -731,6 +779,7 @@ macro_rules! sql_key_store {
             }
 
             async fn create_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 sqlx::query(INSERT_GRANT)
                     .bind(&grant.grant_id)
                     .bind(grant.key_id.as_str())
@@ -749,10 +798,11 @@ macro_rules! sql_key_store {
                     )
                     .bind(&grant.token_secret)
                     .bind(grant.created_at_ms)
-                    .execute(&self.pool)
+                    .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                Ok(())
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)
             }
 
             async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
@@ -811,12 +861,18 @@ macro_rules! sql_key_store {
             }
 
             async fn delete_grant(&self, grant_id: &str) -> Result<bool, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 let outcome = sqlx::query(DELETE_GRANT)
                     .bind(grant_id)
-                    .execute(&self.pool)
+                    .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                Ok(outcome.rows_affected() > 0)
+                if outcome.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(true)
             }
 
             async fn list_aliases(

@@ -1,0 +1,428 @@
+//! The exporter: every event a service emits travels to the audit service
+//! as an OTLP span, with group commit.
+//!
+//! `emit` appends the event to one in-memory queue and wakes the sender
+//! task. The sender takes everything waiting (up to the batch limit) and
+//! sends it as one Export, which the audit service stores in one
+//! transaction; while that export is in flight new events gather for the
+//! next one. So under load many calls share one round trip and one commit,
+//! and a call that waits for its acknowledgement waits about one export.
+//!
+//! - `required` mode: a failed export is retried with backoff, the queue
+//!   kept (up to `queue_limit`). Once exports have failed for longer than
+//!   the deadline the exporter reports itself unhealthy; data-plane calls
+//!   then fail UNAVAILABLE and health says NOT_SERVING, until an export
+//!   succeeds again.
+//! - `best_effort` mode: a failed export's events are dropped and counted
+//!   in [`ExportCounters::lost`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use tokio::sync::{Notify, oneshot, watch};
+use tonic::transport::Channel;
+
+use super::otlp::{EncodedEvent, export_request};
+use super::outbox::SqlOutbox;
+use super::{AuditDeliveryError, AuditEvent, AuditSink, Delivery};
+use crate::config::AuditMode;
+
+/// Longest pause between retries of a failed export.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Where exports go.
+#[async_trait::async_trait]
+pub trait ExportTransport: Send + Sync + 'static {
+    async fn export(&self, events: &[EncodedEvent]) -> Result<(), String>;
+}
+
+/// OTLP/gRPC over an mTLS channel.
+pub struct OtlpTransport {
+    client: TraceServiceClient<Channel>,
+    service_name: String,
+    timeout: Duration,
+}
+
+impl OtlpTransport {
+    pub fn new(channel: Channel, service_name: &str, timeout: Duration) -> Self {
+        Self {
+            client: TraceServiceClient::new(channel).max_decoding_message_size(4 * 1024 * 1024),
+            service_name: service_name.to_owned(),
+            timeout,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ExportTransport for OtlpTransport {
+    async fn export(&self, events: &[EncodedEvent]) -> Result<(), String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+            });
+        let request = export_request(&self.service_name, events, now);
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(self.timeout);
+        match tokio::time::timeout(self.timeout, client.export(request)).await {
+            Ok(Ok(response)) => {
+                // A record the audit service refuses would be refused again:
+                // it is logged, never retried (it would block the queue).
+                if let Some(partial) = response.into_inner().partial_success
+                    && partial.rejected_spans > 0
+                {
+                    tracing::error!(
+                        rejected = partial.rejected_spans,
+                        reason = %partial.error_message,
+                        "the audit service refused audit events"
+                    );
+                }
+                Ok(())
+            }
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err("the export timed out".to_owned()),
+        }
+    }
+}
+
+/// What the exporter has done, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ExportCounters {
+    /// Events the audit service acknowledged.
+    pub delivered: AtomicU64,
+    /// Events given up: best-effort events of failed exports, and events
+    /// dropped because the queue was full.
+    pub lost: AtomicU64,
+    /// Exports that failed.
+    pub failed_exports: AtomicU64,
+}
+
+struct Entry {
+    event: EncodedEvent,
+    ack: Option<oneshot::Sender<()>>,
+    /// Set by a waiter that gave up: the event is not sent (its failure
+    /// version is sent instead).
+    withdrawn: Option<Arc<AtomicBool>>,
+    outbox: Option<Arc<SqlOutbox>>,
+}
+
+impl Entry {
+    fn is_withdrawn(&self) -> bool {
+        self.withdrawn
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Acquire))
+    }
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Entry>>,
+    wake: Notify,
+    /// Woken after every export attempt, for `flush`.
+    progress: Notify,
+    mode: AuditMode,
+    deadline: Duration,
+    queue_limit: usize,
+    batch_limit: usize,
+    healthy: watch::Sender<bool>,
+    counters: ExportCounters,
+    /// Events taken by the sender and not yet acknowledged or given up.
+    in_flight: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Entry>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, entry: Entry) {
+        let mut queue = self.lock();
+        if queue.len() >= self.queue_limit {
+            drop(queue);
+            if entry.outbox.is_none() {
+                self.counters.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    event_id = %entry.event.event_id,
+                    "audit queue full: event dropped"
+                );
+            }
+            // An outboxed event is still in its outbox; the relay sends it.
+            return;
+        }
+        queue.push_back(entry);
+        drop(queue);
+        self.wake.notify_one();
+    }
+}
+
+/// The sink every service's call layer emits to; see the module docs.
+pub struct AuditExporter {
+    shared: Arc<Shared>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+/// How the exporter behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportSettings {
+    pub mode: AuditMode,
+    pub deadline: Duration,
+    pub queue_limit: usize,
+    pub batch_limit: usize,
+}
+
+impl AuditExporter {
+    /// Starts the sender task (on the current runtime).
+    pub fn start(transport: Arc<dyn ExportTransport>, settings: ExportSettings) -> Arc<Self> {
+        let (healthy, _) = watch::channel(true);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            mode: settings.mode,
+            deadline: settings.deadline,
+            queue_limit: settings.queue_limit,
+            batch_limit: settings.batch_limit,
+            healthy,
+            counters: ExportCounters::default(),
+            in_flight: AtomicU64::new(0),
+        });
+        let sender = tokio::spawn(send_loop(shared.clone(), transport));
+        Arc::new(Self { shared, sender })
+    }
+
+    pub fn counters(&self) -> &ExportCounters {
+        &self.shared.counters
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        *self.shared.healthy.borrow()
+    }
+
+    /// Queues an event that is already a record (the outbox relay's rows).
+    pub fn enqueue_encoded(&self, event: EncodedEvent, outbox: Option<Arc<SqlOutbox>>) {
+        self.shared.push(Entry {
+            event,
+            ack: None,
+            withdrawn: None,
+            outbox,
+        });
+    }
+
+    fn encode(event: &AuditEvent) -> Result<EncodedEvent, AuditDeliveryError> {
+        Ok(EncodedEvent {
+            event_id: event.event_id.clone(),
+            event_name: event.event_name.clone(),
+            trace_id: event.trace_id.clone(),
+            record: serde_json::to_string(event)
+                .map_err(|error| AuditDeliveryError::Failed(error.to_string()))?,
+        })
+    }
+}
+
+impl Drop for AuditExporter {
+    fn drop(&mut self) {
+        self.sender.abort();
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for AuditExporter {
+    async fn emit(&self, event: &AuditEvent, delivery: Delivery) -> Result<(), AuditDeliveryError> {
+        let encoded = Self::encode(event)?;
+        match delivery {
+            Delivery::Background => {
+                self.shared.push(Entry {
+                    event: encoded,
+                    ack: None,
+                    withdrawn: None,
+                    outbox: None,
+                });
+                Ok(())
+            }
+            Delivery::Outboxed(outbox) => {
+                self.shared.push(Entry {
+                    event: encoded,
+                    ack: None,
+                    withdrawn: None,
+                    outbox: Some(outbox),
+                });
+                Ok(())
+            }
+            Delivery::Acknowledged => {
+                if !self.is_healthy() {
+                    return Err(AuditDeliveryError::Unacknowledged);
+                }
+                let (ack, acknowledged) = oneshot::channel();
+                let withdrawn = Arc::new(AtomicBool::new(false));
+                self.shared.push(Entry {
+                    event: encoded,
+                    ack: Some(ack),
+                    withdrawn: Some(withdrawn.clone()),
+                    outbox: None,
+                });
+                match tokio::time::timeout(self.shared.deadline, acknowledged).await {
+                    Ok(Ok(())) => Ok(()),
+                    // Dropped unacknowledged (the queue was full, or the
+                    // exporter stopped), or the deadline passed.
+                    Ok(Err(_)) | Err(_) => {
+                        withdrawn.store(true, Ordering::Release);
+                        Err(AuditDeliveryError::Unacknowledged)
+                    }
+                }
+            }
+        }
+    }
+
+    fn health(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.shared.healthy.subscribe())
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), AuditDeliveryError> {
+        let give_up = Instant::now() + timeout;
+        loop {
+            let progressed = self.shared.progress.notified();
+            let idle =
+                self.shared.lock().is_empty() && self.shared.in_flight.load(Ordering::Acquire) == 0;
+            if idle {
+                return Ok(());
+            }
+            let remaining = give_up.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(AuditDeliveryError::Failed(
+                    "events are still waiting for the audit service".into(),
+                ));
+            }
+            let _woken =
+                tokio::time::timeout(remaining.min(Duration::from_millis(50)), progressed).await;
+        }
+    }
+}
+
+async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let batch: Vec<Entry> = {
+            let mut queue = shared.lock();
+            let mut batch = Vec::with_capacity(queue.len().min(shared.batch_limit));
+            while batch.len() < shared.batch_limit {
+                let Some(entry) = queue.pop_front() else {
+                    break;
+                };
+                if !entry.is_withdrawn() {
+                    batch.push(entry);
+                }
+            }
+            batch
+        };
+        if batch.is_empty() {
+            shared.progress.notify_waiters();
+            if failing_since.is_some() {
+                // Probe with an empty export so health recovers even when
+                // nothing is waiting.
+                tokio::select! {
+                    () = shared.wake.notified() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                if transport.export(&[]).await.is_ok() {
+                    failing_since = None;
+                    backoff = FIRST_BACKOFF;
+                    shared.healthy.send_replace(true);
+                    tracing::info!("the audit service is reachable again");
+                } else {
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                continue;
+            }
+            shared.wake.notified().await;
+            continue;
+        }
+        let count = batch.len() as u64;
+        shared.in_flight.fetch_add(count, Ordering::AcqRel);
+        let events: Vec<EncodedEvent> = batch.iter().map(|entry| entry.event.clone()).collect();
+        let outcome = transport.export(&events).await;
+        match outcome {
+            Ok(()) => {
+                shared
+                    .counters
+                    .delivered
+                    .fetch_add(count, Ordering::Relaxed);
+                let mut cleanups: Vec<(Arc<SqlOutbox>, Vec<String>)> = Vec::new();
+                for entry in batch {
+                    if let Some(ack) = entry.ack {
+                        let _waiter_gone = ack.send(());
+                    }
+                    if let Some(outbox) = entry.outbox {
+                        match cleanups
+                            .iter_mut()
+                            .find(|(known, _)| Arc::ptr_eq(known, &outbox))
+                        {
+                            Some((_, ids)) => ids.push(entry.event.event_id),
+                            None => cleanups.push((outbox, vec![entry.event.event_id])),
+                        }
+                    }
+                }
+                for (outbox, ids) in cleanups {
+                    tokio::spawn(async move {
+                        if let Err(error) = outbox.remove(&ids).await {
+                            // The relay sends them again; the audit service
+                            // de-duplicates.
+                            tracing::warn!(%error, "delivered outbox rows could not be removed");
+                        }
+                    });
+                }
+                if failing_since.take().is_some() {
+                    backoff = FIRST_BACKOFF;
+                    shared.healthy.send_replace(true);
+                    tracing::info!("the audit service is reachable again");
+                }
+            }
+            Err(error) => {
+                shared
+                    .counters
+                    .failed_exports
+                    .fetch_add(1, Ordering::Relaxed);
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                match shared.mode {
+                    AuditMode::BestEffort => {
+                        shared.counters.lost.fetch_add(count, Ordering::Relaxed);
+                        tracing::warn!(%error, events = count, "audit export failed; events dropped (best_effort)");
+                    }
+                    AuditMode::Required => {
+                        tracing::warn!(%error, events = count, "audit export failed; will retry");
+                        let mut queue = shared.lock();
+                        for entry in batch.into_iter().rev() {
+                            if queue.len() >= shared.queue_limit {
+                                if entry.outbox.is_none() {
+                                    shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+                                }
+                                continue;
+                            }
+                            queue.push_front(entry);
+                        }
+                    }
+                }
+                if since.elapsed() >= shared.deadline && *shared.healthy.borrow() {
+                    tracing::error!(
+                        deadline = ?shared.deadline,
+                        "the audit service has been unreachable past the deadline"
+                    );
+                    shared.healthy.send_replace(false);
+                }
+                shared.in_flight.fetch_sub(count, Ordering::AcqRel);
+                shared.progress.notify_waiters();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        }
+        shared.in_flight.fetch_sub(count, Ordering::AcqRel);
+        shared.progress.notify_waiters();
+    }
+}

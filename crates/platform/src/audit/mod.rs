@@ -1,0 +1,215 @@
+//! Audit events (DESIGN §5): the CloudTrail-shaped record, the draft a handler
+//! fills during a call, and the sink events are delivered to.
+//!
+//! The call layer ([`crate::call`]) creates one draft per API call and emits
+//! exactly one event when the call ends, whatever the outcome. Handlers only
+//! add what they alone know: allow-listed request parameters, response
+//! elements, resources, and the AWS error code. Nothing else reaches an event,
+//! so plaintext, secret values and key material cannot.
+//!
+//! Events leave the process as OTLP spans ([`otlp`]) through the
+//! [`export::AuditExporter`], batched so that one export (one group commit at
+//! the audit service) carries every event that is waiting. In `required`
+//! mode a state change writes its event to the service's [`outbox`] in the
+//! same transaction, and data-plane answers wait for the acknowledgement.
+
+pub mod export;
+pub mod otlp;
+pub mod outbox;
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The identity that made a call, as CloudTrail's `userIdentity`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdentity {
+    /// `IAMUser`, `AssumedRole`, `CofferService` or `Unknown`.
+    #[serde(rename = "type")]
+    pub identity_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// The Coffer service that made the call on the principal's behalf.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invoked_by: Option<String>,
+}
+
+/// A resource a call acted on.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditResource {
+    #[serde(rename = "ARN")]
+    pub arn: String,
+    #[serde(rename = "accountId")]
+    pub account_id: String,
+    #[serde(rename = "type")]
+    pub resource_type: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub enum EventCategory {
+    Management,
+    Data,
+}
+
+/// One audit event, serialized with CloudTrail's field names.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub event_version: &'static str,
+    #[serde(rename = "eventID")]
+    pub event_id: String,
+    pub event_time: String,
+    pub event_source: String,
+    pub event_name: String,
+    pub event_type: &'static str,
+    pub aws_region: String,
+    #[serde(rename = "sourceIPAddress")]
+    pub source_ip_address: String,
+    pub user_agent: String,
+    pub user_identity: UserIdentity,
+    pub request_parameters: Value,
+    pub response_elements: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(rename = "requestID")]
+    pub request_id: String,
+    pub read_only: bool,
+    pub resources: Vec<AuditResource>,
+    pub management_event: bool,
+    pub event_category: EventCategory,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_account_id: Option<String>,
+    pub trace_id: String,
+}
+
+/// What an RPC is, for its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcKind {
+    pub read_only: bool,
+    pub category: EventCategory,
+}
+
+/// What a handler adds to its call's event.
+#[derive(Debug, Default)]
+pub(crate) struct AuditDraft {
+    pub(crate) request_parameters: Option<Value>,
+    pub(crate) response_elements: Option<Value>,
+    pub(crate) resources: Vec<AuditResource>,
+    pub(crate) error: Option<(String, String)>,
+}
+
+/// A handle on the current call's draft, shared with the call layer.
+#[derive(Debug, Clone, Default)]
+pub struct AuditRecorder(Arc<Mutex<AuditDraft>>);
+
+impl AuditRecorder {
+    fn with<R>(&self, change: impl FnOnce(&mut AuditDraft) -> R) -> R {
+        let mut draft = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut draft)
+    }
+
+    /// The allow-listed request parameters of this call.
+    pub fn request_parameters(&self, parameters: Value) {
+        self.with(|draft| draft.request_parameters = Some(parameters));
+    }
+
+    /// The allow-listed response elements of a successful call.
+    pub fn response_elements(&self, elements: Value) {
+        self.with(|draft| draft.response_elements = Some(elements));
+    }
+
+    pub fn resource(&self, arn: String, account_id: String, resource_type: &str) {
+        self.with(|draft| {
+            if !draft.resources.iter().any(|existing| existing.arn == arn) {
+                draft.resources.push(AuditResource {
+                    arn,
+                    account_id,
+                    resource_type: resource_type.to_owned(),
+                });
+            }
+        });
+    }
+
+    pub(crate) fn error(&self, exception: &str, message: &str) {
+        self.with(|draft| draft.error = Some((exception.to_owned(), message.to_owned())));
+    }
+
+    pub(crate) fn take(&self) -> AuditDraft {
+        self.with(std::mem::take)
+    }
+
+    /// What the draft holds now, leaving it in place.
+    pub(crate) fn snapshot(&self) -> AuditDraft {
+        self.with(|draft| AuditDraft {
+            request_parameters: draft.request_parameters.clone(),
+            response_elements: draft.response_elements.clone(),
+            resources: draft.resources.clone(),
+            error: draft.error.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AuditDeliveryError {
+    /// The audit service did not acknowledge the event within the deadline,
+    /// or is known to be unreachable.
+    #[error("the audit service did not acknowledge the event in time")]
+    Unacknowledged,
+    #[error("audit event could not be delivered: {0}")]
+    Failed(String),
+}
+
+/// How an event is to be delivered.
+#[derive(Clone)]
+pub enum Delivery {
+    /// Queued; the call does not wait.
+    Background,
+    /// The call waits until the audit service acknowledged the event
+    /// (`required` mode's data plane).
+    Acknowledged,
+    /// Queued; the event is also in this outbox, whose row is removed once
+    /// the audit service acknowledged it.
+    Outboxed(Arc<outbox::SqlOutbox>),
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Background => "Background",
+            Self::Acknowledged => "Acknowledged",
+            Self::Outboxed(_) => "Outboxed",
+        })
+    }
+}
+
+/// Where events go: the exporter to the audit service, or (for the audit
+/// service's own calls) its store.
+#[async_trait::async_trait]
+pub trait AuditSink: Send + Sync + 'static {
+    /// Hands one event over as `delivery` says.
+    async fn emit(&self, event: &AuditEvent, delivery: Delivery) -> Result<(), AuditDeliveryError>;
+
+    /// Whether events are being acknowledged: `false` once the audit service
+    /// has been unreachable past the deadline. `None` when the sink cannot
+    /// become unreachable.
+    fn health(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+
+    /// Returns once every event handed over so far is acknowledged (or
+    /// given up), or `timeout` passed.
+    async fn flush(&self, timeout: std::time::Duration) -> Result<(), AuditDeliveryError>;
+}

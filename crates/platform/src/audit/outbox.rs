@@ -1,0 +1,254 @@
+//! The audit outbox (`required` mode): no committed state change goes
+//! unaudited, even across crashes.
+//!
+//! While a state-changing call runs, the call layer keeps an [`OutboxSlot`]
+//! in a task-local. Each write transaction of the service's store asks
+//! [`pending_row`] for the call's event and inserts it into `audit_outbox`
+//! with [`INSERT_ROW`] before committing, so the change and its event commit
+//! together. After the call the call layer queues the final event (with its
+//! response elements) on the exporter, which removes the row once the audit
+//! service acknowledged it. The [`spawn_relay`] task sends rows the live path
+//! did not clear: rows of an earlier process (a crash) at once, this
+//! process's after `grace`. The audit service de-duplicates by event id, so
+//! a row sent twice is stored once.
+//!
+//! A row holds the event as it stood at commit; only when the process dies
+//! between commit and delivery does the relay's copy (without response
+//! elements recorded after the commit) become the stored event.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::otlp::EncodedEvent;
+use super::{AuditEvent, AuditRecorder};
+use crate::db::DbPool;
+
+/// Inserts the current call's row: event id, boot id, creation time, record.
+pub const INSERT_ROW: &str = "INSERT INTO audit_outbox (event_id, boot_id, created_at_ms, record) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING";
+
+const SELECT_DUE: &str = "SELECT event_id, record FROM audit_outbox \
+     WHERE boot_id <> $1 OR created_at_ms < $2 ORDER BY created_at_ms, event_id LIMIT $3";
+
+tokio::task_local! {
+    static CURRENT: Arc<OutboxSlot>;
+}
+
+/// The event of the state-changing call in progress.
+pub struct OutboxSlot {
+    event: AuditEvent,
+    recorder: AuditRecorder,
+    boot_id: Arc<str>,
+    written: AtomicBool,
+}
+
+impl OutboxSlot {
+    pub(crate) fn new(event: AuditEvent, recorder: AuditRecorder, boot_id: Arc<str>) -> Self {
+        Self {
+            event,
+            recorder,
+            boot_id,
+            written: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a transaction wrote this call's row.
+    pub(crate) fn written(&self) -> bool {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Runs `future` with this slot as the current call's.
+    pub(crate) async fn scope<F: std::future::Future>(self: Arc<Self>, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+}
+
+/// A row of `audit_outbox`.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub event_id: String,
+    pub boot_id: String,
+    pub created_at_ms: i64,
+    pub record: String,
+}
+
+/// The row a write transaction must insert ([`INSERT_ROW`]) before it
+/// commits: the current call's event as a success, with what the handler
+/// recorded so far. `None` outside a state-changing call in `required` mode.
+pub fn pending_row() -> Option<OutboxRow> {
+    CURRENT
+        .try_with(|slot| {
+            let draft = slot.recorder.snapshot();
+            let mut event = slot.event.clone();
+            event.request_parameters = draft.request_parameters.unwrap_or_default();
+            event.response_elements = draft.response_elements.unwrap_or_default();
+            event.resources = draft.resources;
+            let record = serde_json::to_string(&event).ok()?;
+            slot.written.store(true, Ordering::Release);
+            Some(OutboxRow {
+                event_id: event.event_id,
+                boot_id: slot.boot_id.to_string(),
+                created_at_ms: now_ms(),
+                record,
+            })
+        })
+        .ok()
+        .flatten()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// One service's `audit_outbox` table.
+#[derive(Debug)]
+pub struct SqlOutbox {
+    pool: DbPool,
+    boot_id: Arc<str>,
+}
+
+impl SqlOutbox {
+    /// The outbox of `pool`, for this process (a fresh boot id).
+    pub fn new(pool: DbPool) -> Self {
+        Self {
+            pool,
+            boot_id: Arc::from(crate::hex_lower(&crate::random_id_bytes::<16>())),
+        }
+    }
+
+    pub fn boot_id(&self) -> &Arc<str> {
+        &self.boot_id
+    }
+
+    /// Rows the relay should send: another process's, or this one's older
+    /// than `grace`.
+    pub async fn due(&self, grace: Duration, limit: u32) -> Result<Vec<EncodedEvent>, sqlx::Error> {
+        let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let limit = i64::from(limit);
+        let rows: Vec<(String, String)> = match &self.pool {
+            DbPool::Postgres(pool) => sqlx::query(SELECT_DUE)
+                .bind(self.boot_id.as_ref())
+                .bind(cutoff)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?,
+            DbPool::Sqlite(pool) => sqlx::query(SELECT_DUE)
+                .bind(self.boot_id.as_ref())
+                .bind(cutoff)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, record)| {
+                let parsed: serde_json::Value = serde_json::from_str(&record).unwrap_or_default();
+                let field = |name: &str| {
+                    parsed
+                        .get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                EncodedEvent {
+                    event_name: field("eventName"),
+                    trace_id: field("traceId"),
+                    event_id,
+                    record,
+                }
+            })
+            .collect())
+    }
+
+    /// Removes delivered rows.
+    pub async fn remove(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
+        for chunk in event_ids.chunks(500) {
+            let placeholders = (1..=chunk.len())
+                .map(|index| format!("${index}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let statement = format!("DELETE FROM audit_outbox WHERE event_id IN ({placeholders})");
+            match &self.pool {
+                DbPool::Postgres(pool) => {
+                    let mut query = sqlx::query(&statement);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    query.execute(pool).await?;
+                }
+                DbPool::Sqlite(pool) => {
+                    let mut query = sqlx::query(&statement);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    query.execute(pool).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows waiting, for tests and metrics.
+    pub async fn len(&self) -> Result<i64, sqlx::Error> {
+        const COUNT: &str = "SELECT COUNT(*) FROM audit_outbox";
+        match &self.pool {
+            DbPool::Postgres(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await,
+            DbPool::Sqlite(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await,
+        }
+    }
+}
+
+/// How often the relay looks for rows.
+pub const RELAY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Sends due outbox rows through `exporter` every [`RELAY_INTERVAL`]. A row
+/// is removed once the audit service acknowledged it.
+pub fn spawn_relay(
+    outbox: Arc<SqlOutbox>,
+    exporter: Arc<super::export::AuditExporter>,
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(RELAY_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Rows handed to the exporter and not yet removed are not handed
+        // over again until `grace` has passed once more.
+        let mut handed: std::collections::HashMap<String, std::time::Instant> =
+            std::collections::HashMap::new();
+        loop {
+            ticks.tick().await;
+            match outbox.due(grace, 1_000).await {
+                Ok(rows) => {
+                    let now = std::time::Instant::now();
+                    handed.retain(|_, at| now.duration_since(*at) < grace);
+                    let mut sent = 0usize;
+                    for row in rows {
+                        if handed.contains_key(&row.event_id) {
+                            continue;
+                        }
+                        handed.insert(row.event_id.clone(), now);
+                        exporter.enqueue_encoded(row, Some(outbox.clone()));
+                        sent += 1;
+                    }
+                    if sent > 0 {
+                        tracing::info!(events = sent, "outbox relay resent audit events");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "outbox relay could not read the outbox"),
+            }
+        }
+    })
+}

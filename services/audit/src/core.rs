@@ -1,0 +1,215 @@
+//! What happens to an event once it is accepted: it is stored (one
+//! transaction per batch: the group commit), published to live
+//! subscriptions, and matched against the enabled event rules, whose
+//! targets get it by webhook.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use coffer_platform::clock::Clock;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::domain::pattern::EventPattern;
+use crate::store::{AuditStore, StoreError, StoredEvent, TargetRecord};
+use crate::webhook::{DeliveryJob, Dispatcher};
+
+/// Events a slow subscriber may fall behind by before it misses some.
+const LIVE_BUFFER: usize = 4096;
+/// How often the retention job runs.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+const RETENTION_BATCH: u32 = 10_000;
+
+/// An event as subscriptions and rules see it.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub stored: StoredEvent,
+    /// The EventBridge envelope patterns are matched against.
+    pub envelope: Value,
+}
+
+struct ActiveRule {
+    account_id: String,
+    pattern: EventPattern,
+    targets: Vec<TargetRecord>,
+}
+
+pub struct AuditCore {
+    store: Arc<dyn AuditStore>,
+    clock: Arc<dyn Clock>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
+    rules: RwLock<Arc<Vec<ActiveRule>>>,
+    dispatcher: Arc<Dispatcher>,
+    retention: Duration,
+}
+
+impl AuditCore {
+    pub fn new(
+        store: Arc<dyn AuditStore>,
+        clock: Arc<dyn Clock>,
+        dispatcher: Arc<Dispatcher>,
+        retention: Duration,
+    ) -> Self {
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        Self {
+            store,
+            clock,
+            live,
+            rules: RwLock::new(Arc::new(Vec::new())),
+            dispatcher,
+            retention,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn AuditStore> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// A live feed of every event stored from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
+        self.live.subscribe()
+    }
+
+    /// Stores `events` in one transaction; publishes and routes the new
+    /// ones (a re-delivered event id is neither). Returns how many were new.
+    pub async fn ingest(&self, events: Vec<StoredEvent>) -> Result<usize, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let fresh = self
+            .store
+            .insert_events(&events, self.clock.now_millis())
+            .await?;
+        let count = fresh.len();
+        let rules = self
+            .rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut events: Vec<Option<StoredEvent>> = events.into_iter().map(Some).collect();
+        for index in fresh {
+            let Some(stored) = events.get_mut(index).and_then(Option::take) else {
+                continue;
+            };
+            if rules.is_empty() && self.live.receiver_count() == 0 {
+                continue;
+            }
+            let live = Arc::new(LiveEvent {
+                envelope: envelope(&stored),
+                stored,
+            });
+            for rule in rules.iter() {
+                if live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
+                    && rule.pattern.matches(&live.envelope)
+                {
+                    let body: Arc<str> = Arc::from(live.envelope.to_string());
+                    for target in &rule.targets {
+                        self.dispatcher.deliver(DeliveryJob {
+                            target: target.clone(),
+                            event_id: live.stored.event_id.clone(),
+                            body: body.clone(),
+                        });
+                    }
+                }
+            }
+            // No subscriber is not an error.
+            let _receivers = self.live.send(live);
+        }
+        Ok(count)
+    }
+
+    /// Re-reads the enabled rules and their targets (after any change).
+    pub async fn reload_rules(&self) -> Result<(), StoreError> {
+        let mut active = Vec::new();
+        for (rule, targets) in self.store.enabled_rules().await? {
+            match EventPattern::parse(&rule.event_pattern) {
+                Ok(pattern) => active.push(ActiveRule {
+                    account_id: rule.account_id,
+                    pattern,
+                    targets,
+                }),
+                Err(error) => {
+                    tracing::error!(rule = %rule.name, %error, "a stored event pattern no longer parses; rule skipped");
+                }
+            }
+        }
+        *self
+            .rules
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(active);
+        Ok(())
+    }
+
+    /// Removes events older than the retention period. Returns how many.
+    pub async fn enforce_retention(&self) -> Result<usize, StoreError> {
+        let cutoff =
+            self.clock.now_millis() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        let mut removed = 0;
+        loop {
+            let batch = self
+                .store
+                .delete_older_than(cutoff, RETENTION_BATCH)
+                .await?;
+            removed += batch;
+            if batch < RETENTION_BATCH as usize {
+                return Ok(removed);
+            }
+        }
+    }
+}
+
+/// The EventBridge envelope of an event: what rule and subscription
+/// patterns match and what webhooks receive.
+pub fn envelope(stored: &StoredEvent) -> Value {
+    let record: Value = serde_json::from_str(&stored.record).unwrap_or(Value::Null);
+    let source = if stored.trusted {
+        let prefix = stored
+            .event_source
+            .split('.')
+            .next()
+            .unwrap_or(&stored.event_source);
+        format!("coffer.{prefix}")
+    } else {
+        crate::domain::record::UNTRUSTED.to_owned()
+    };
+    let resources: Vec<Value> = stored
+        .resources
+        .iter()
+        .map(|(_, name)| Value::String(name.clone()))
+        .collect();
+    json!({
+        "version": "0",
+        "id": stored.event_id,
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": source,
+        "account": stored.account_id,
+        "time": record.get("eventTime").cloned().unwrap_or(Value::Null),
+        "region": record.get("awsRegion").cloned().unwrap_or(Value::Null),
+        "resources": resources,
+        "detail": record,
+    })
+}
+
+/// Runs the retention job every [`RETENTION_INTERVAL`].
+pub fn spawn_retention(core: Arc<AuditCore>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(RETENTION_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match core.enforce_retention().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
+                Err(error) => tracing::error!(%error, "audit retention failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,966 @@
+//! The gRPC edge of the audit service: CloudTrail's LookupEvents and a
+//! GetEvent/Subscribe pair, and EventBridge's rule and target operations.
+//!
+//! Every RPC asks the authorization call for its `cloudtrail:` or `events:`
+//! action (identity policies; rules are resources
+//! `arn:…:events:REGION:ACCOUNT:rule/NAME`). A caller sees only its own
+//! account's events (and untrusted external events, which belong to no
+//! account). Signing secrets of targets are write-only: they are not
+//! returned, logged or put in audit events.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use coffer_platform::authz::Caller;
+use coffer_platform::call::CallContext;
+use coffer_platform::error::{ApiError, ErrorCode};
+use coffer_proto::audit::v1 as pb;
+use pb::audit_server::Audit;
+use serde_json::{Value, json};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::core::AuditCore;
+use crate::domain::pattern::EventPattern;
+use crate::store::{
+    LookupAttribute, LookupCursor, LookupQuery, RuleRecord, StoreError, StoredEvent, TargetRecord,
+};
+
+const MAX_LOOKUP_RESULTS: i32 = 50;
+const MAX_RULE_NAME_CHARS: usize = 64;
+const MAX_DESCRIPTION_CHARS: usize = 512;
+const MAX_LIST_LIMIT: i32 = 100;
+const MAX_TARGETS_PER_RULE: usize = 5;
+const MAX_TARGET_ID_CHARS: usize = 64;
+const MAX_ENDPOINT_CHARS: usize = 2048;
+const MIN_SECRET_BYTES: usize = 16;
+const MAX_SECRET_BYTES: usize = 512;
+const DEFAULT_RETRIES: i32 = 185;
+const DEFAULT_EVENT_AGE_S: i32 = 86_400;
+const RULE_RESOURCE_TYPE: &str = "AWS::Events::Rule";
+/// Subscriptions open at once at most (each holds a task and a buffer).
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+pub struct AuditGrpc {
+    core: Arc<AuditCore>,
+    subscriptions: Arc<tokio::sync::Semaphore>,
+}
+
+impl AuditGrpc {
+    pub fn new(core: Arc<AuditCore>) -> Self {
+        Self {
+            core,
+            subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS)),
+        }
+    }
+
+    fn rule_arn(caller: &Caller, name: &str) -> String {
+        caller
+            .location()
+            .arn("events", caller.account(), &format!("rule/{name}"))
+    }
+}
+
+fn invalid(exception: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, exception, message)
+}
+
+fn validation(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::validation(field, message)
+}
+
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "ResourceNotFoundException", message)
+}
+
+fn store_failed(error: &StoreError) -> ApiError {
+    tracing::error!(%error, "audit store error");
+    ApiError::internal()
+}
+
+/// The caller, allowed `action` on `resource` by its identity policies.
+fn authorize(call: &CallContext, action: &str, resource: &str) -> Result<Caller, Status> {
+    let Some(caller) = call.caller() else {
+        return Err(call.fail(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "AccessDeniedException",
+            "a Coffer service must act for a caller to use the audit service",
+        )));
+    };
+    let decision = caller.authorize_identity(&caller.request(action, resource));
+    if decision.is_allowed() {
+        Ok(caller)
+    } else {
+        Err(call.fail(caller.denied(action, resource, decision.effect)))
+    }
+}
+
+fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn millis_of(time: &prost_types::Timestamp) -> i64 {
+    time.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(time.nanos / 1_000_000))
+}
+
+/// An event as the API returns it.
+fn event_of(stored: &StoredEvent) -> pb::Event {
+    let record: Value = serde_json::from_str(&stored.record).unwrap_or(Value::Null);
+    let resources = record
+        .get("resources")
+        .and_then(Value::as_array)
+        .map(|resources| {
+            resources
+                .iter()
+                .filter_map(|resource| {
+                    Some(pb::Resource {
+                        resource_type: resource.get("type")?.as_str()?.to_owned(),
+                        resource_name: resource.get("ARN")?.as_str()?.to_owned(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pb::Event {
+        event_id: stored.event_id.clone(),
+        event_name: stored.event_name.clone(),
+        read_only: stored.read_only.to_string(),
+        event_time: Some(timestamp(stored.event_time_ms)),
+        event_source: stored.event_source.clone(),
+        username: stored.username.clone().unwrap_or_default(),
+        resources,
+        cloud_trail_event: stored.record.clone(),
+    }
+}
+
+fn lookup_attribute(
+    attributes: &[pb::LookupAttribute],
+) -> Result<Option<LookupAttribute>, ApiError> {
+    let exception = "InvalidLookupAttributesException";
+    let attribute = match attributes {
+        [] => return Ok(None),
+        [attribute] => attribute,
+        _ => {
+            return Err(invalid(
+                exception,
+                "at most one lookup attribute may be given",
+            ));
+        }
+    };
+    let value = attribute.attribute_value.clone();
+    if value.is_empty() || value.chars().count() > 2000 {
+        return Err(invalid(
+            exception,
+            "the attribute value must be 1 to 2000 characters",
+        ));
+    }
+    Ok(Some(match attribute.attribute_key.as_str() {
+        "EventId" => LookupAttribute::EventId(value),
+        "EventName" => LookupAttribute::EventName(value),
+        "ReadOnly" => match value.as_str() {
+            "true" => LookupAttribute::ReadOnly(true),
+            "false" => LookupAttribute::ReadOnly(false),
+            _ => return Err(invalid(exception, "ReadOnly is true or false")),
+        },
+        "Username" => LookupAttribute::Username(value),
+        "ResourceType" => LookupAttribute::ResourceType(value),
+        "ResourceName" => LookupAttribute::ResourceName(value),
+        "EventSource" => LookupAttribute::EventSource(value),
+        other => {
+            return Err(invalid(
+                exception,
+                format!(
+                    "{other:?} is not a lookup attribute: EventId, EventName, ReadOnly, Username, ResourceType, ResourceName or EventSource"
+                ),
+            ));
+        }
+    }))
+}
+
+fn encode_cursor(cursor: LookupCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}.{}", cursor.event_time_ms, cursor.seq))
+}
+
+fn decode_cursor(token: &str) -> Result<Option<LookupCursor>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid("InvalidNextTokenException", "the NextToken is not valid");
+    let text = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(bad)?;
+    let (time, seq) = text.split_once('.').ok_or_else(bad)?;
+    Ok(Some(LookupCursor {
+        event_time_ms: time.parse().map_err(|_| bad())?,
+        seq: seq.parse().map_err(|_| bad())?,
+    }))
+}
+
+fn rule_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let valid = (1..=MAX_RULE_NAME_CHARS).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(validation(
+            field,
+            format!(
+                "must be 1 to {MAX_RULE_NAME_CHARS} characters: letters, digits, '.', '-', '_'"
+            ),
+        ))
+    }
+}
+
+fn pattern(text: &str) -> Result<EventPattern, ApiError> {
+    EventPattern::parse(text).map_err(|error| {
+        invalid(
+            "InvalidEventPatternException",
+            format!("Event pattern is not valid: {error}"),
+        )
+    })
+}
+
+fn list_limit(limit: i32) -> Result<u32, ApiError> {
+    match limit {
+        0 => Ok(MAX_LIST_LIMIT.unsigned_abs()),
+        1..=MAX_LIST_LIMIT => Ok(limit.unsigned_abs()),
+        _ => Err(validation(
+            "limit",
+            format!("must be 1 to {MAX_LIST_LIMIT}"),
+        )),
+    }
+}
+
+fn page_token(token: &str) -> Result<String, ApiError> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| validation("next_token", "the NextToken is not valid"))
+}
+
+impl AuditGrpc {
+    async fn existing_rule(&self, caller: &Caller, name: &str) -> Result<RuleRecord, ApiError> {
+        self.core
+            .store()
+            .get_rule(caller.account().as_str(), name)
+            .await
+            .map_err(|error| store_failed(&error))?
+            .ok_or_else(|| not_found(format!("Rule {name} does not exist on EventBus default.")))
+    }
+
+    async fn rules_changed(&self) -> Result<(), ApiError> {
+        self.core
+            .reload_rules()
+            .await
+            .map_err(|error| store_failed(&error))
+    }
+
+    /// A rule-scoped call: validates the name, authorizes `action` on the
+    /// rule and records it as the event's resource.
+    fn rule_call(
+        call: &CallContext,
+        action: &str,
+        field: &str,
+        name: &str,
+    ) -> Result<Caller, Status> {
+        call.audit().request_parameters(json!({ field: name }));
+        rule_name(field, name).map_err(|error| call.fail(error))?;
+        let caller = call
+            .caller()
+            .map(|caller| Self::rule_arn(&caller, name))
+            .unwrap_or_default();
+        let caller = authorize(call, action, &caller)?;
+        call.audit().resource(
+            Self::rule_arn(&caller, name),
+            caller.account().to_string(),
+            RULE_RESOURCE_TYPE,
+        );
+        Ok(caller)
+    }
+}
+
+type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+
+#[tonic::async_trait]
+impl Audit for AuditGrpc {
+    async fn lookup_events(
+        &self,
+        request: Request<pb::LookupEventsRequest>,
+    ) -> Result<Response<pb::LookupEventsResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({
+            "lookupAttributes": message.lookup_attributes.iter().map(|attribute| json!({
+                "attributeKey": attribute.attribute_key,
+                "attributeValue": attribute.attribute_value,
+            })).collect::<Vec<_>>(),
+            "startTime": message.start_time.as_ref().map(millis_of),
+            "endTime": message.end_time.as_ref().map(millis_of),
+            "maxResults": message.max_results,
+        }));
+        let caller = authorize(&call, "cloudtrail:LookupEvents", "*")?;
+        let outcome = (|| {
+            let attribute = lookup_attribute(&message.lookup_attributes)?;
+            let limit = match message.max_results {
+                0 => MAX_LOOKUP_RESULTS,
+                value if (1..=MAX_LOOKUP_RESULTS).contains(&value) => value,
+                _ => {
+                    return Err(invalid(
+                        "InvalidMaxResultsException",
+                        format!("MaxResults must be 1 to {MAX_LOOKUP_RESULTS}"),
+                    ));
+                }
+            };
+            let now = self.core.clock().now_millis();
+            let retention = i64::try_from(self.core.retention().as_millis()).unwrap_or(i64::MAX);
+            let start_ms = message
+                .start_time
+                .as_ref()
+                .map_or(now.saturating_sub(retention), millis_of);
+            let end_ms = message.end_time.as_ref().map_or(i64::MAX, millis_of);
+            if start_ms > end_ms {
+                return Err(invalid(
+                    "InvalidTimeRangeException",
+                    "StartTime must not be after EndTime",
+                ));
+            }
+            Ok(LookupQuery {
+                attribute,
+                start_ms,
+                end_ms,
+                after: decode_cursor(&message.next_token)?,
+                limit: limit.unsigned_abs() + 1,
+                account: Some(caller.account().to_string()),
+            })
+        })();
+        let query = outcome.map_err(|error| call.fail(error))?;
+        let mut events = self
+            .core
+            .store()
+            .lookup(&query)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        let page = usize::try_from(query.limit - 1).unwrap_or(usize::MAX);
+        let next_token = if events.len() > page {
+            events.truncate(page);
+            events
+                .last()
+                .map(|last| {
+                    encode_cursor(LookupCursor {
+                        event_time_ms: last.event_time_ms,
+                        seq: last.seq,
+                    })
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::LookupEventsResponse {
+            events: events.iter().map(event_of).collect(),
+            next_token,
+        }))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::GetEventResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit()
+            .request_parameters(json!({ "eventId": message.event_id }));
+        let caller = authorize(&call, "cloudtrail:GetEvent", "*")?;
+        if message.event_id.is_empty() || message.event_id.len() > 128 {
+            return Err(call.fail(validation("event_id", "must be 1 to 128 characters")));
+        }
+        let stored = self
+            .core
+            .store()
+            .get_event(&message.event_id)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?
+            .filter(|event| {
+                event
+                    .account_id
+                    .as_deref()
+                    .is_none_or(|account| account == caller.account().as_str())
+            })
+            .ok_or_else(|| {
+                call.fail(not_found(format!(
+                    "Event {} does not exist.",
+                    message.event_id
+                )))
+            })?;
+        Ok(Response::new(pb::GetEventResponse {
+            event: Some(event_of(&stored)),
+        }))
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit()
+            .request_parameters(json!({ "eventPattern": message.event_pattern }));
+        let caller = authorize(&call, "cloudtrail:Subscribe", "*")?;
+        let filter = if message.event_pattern.is_empty() {
+            None
+        } else {
+            Some(pattern(&message.event_pattern).map_err(|error| call.fail(error))?)
+        };
+        let permit = self
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                call.fail(ApiError::new(
+                    ErrorCode::ResourceExhausted,
+                    "LimitExceededException",
+                    format!("at most {MAX_SUBSCRIPTIONS} subscriptions may be open at once"),
+                ))
+            })?;
+        let mut live = self.core.subscribe();
+        let account = caller.account().to_string();
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let _permit = permit;
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let status = Status::resource_exhausted(format!(
+                            "the subscriber fell behind and {missed} events were skipped; subscribe again and use LookupEvents for the gap"
+                        ));
+                        let _closed = sender.send(Err(status)).await;
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let visible = event
+                    .stored
+                    .account_id
+                    .as_deref()
+                    .is_none_or(|owner| owner == account);
+                if !visible
+                    || filter
+                        .as_ref()
+                        .is_some_and(|filter| !filter.matches(&event.envelope))
+                {
+                    continue;
+                }
+                let message = pb::SubscribeResponse {
+                    event: Some(event_of(&event.stored)),
+                };
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn put_rule(
+        &self,
+        request: Request<pb::PutRuleRequest>,
+    ) -> Result<Response<pb::PutRuleResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        let caller = Self::rule_call(&call, "events:PutRule", "name", &message.name)?;
+        call.audit().request_parameters(json!({
+            "name": message.name,
+            "eventPattern": message.event_pattern,
+            "state": message.state,
+            "description": message.description,
+        }));
+        let enabled = match message.state.as_str() {
+            "" | "ENABLED" => true,
+            "DISABLED" => false,
+            _ => return Err(call.fail(validation("state", "must be ENABLED or DISABLED"))),
+        };
+        if message.description.chars().count() > MAX_DESCRIPTION_CHARS {
+            return Err(call.fail(validation(
+                "description",
+                format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+            )));
+        }
+        if message.event_pattern.is_empty() {
+            return Err(call.fail(validation("event_pattern", "must not be empty")));
+        }
+        pattern(&message.event_pattern).map_err(|error| call.fail(error))?;
+        let rule = RuleRecord {
+            account_id: caller.account().to_string(),
+            name: message.name.clone(),
+            event_pattern: message.event_pattern,
+            enabled,
+            description: message.description,
+            created_by: caller.account().to_string(),
+            created_at_ms: self.core.clock().now_millis(),
+        };
+        self.core
+            .store()
+            .put_rule(&rule)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        self.rules_changed()
+            .await
+            .map_err(|error| call.fail(error))?;
+        let rule_arn = Self::rule_arn(&caller, &message.name);
+        call.audit()
+            .response_elements(json!({ "ruleArn": rule_arn }));
+        Ok(Response::new(pb::PutRuleResponse { rule_arn }))
+    }
+
+    async fn describe_rule(
+        &self,
+        request: Request<pb::DescribeRuleRequest>,
+    ) -> Result<Response<pb::DescribeRuleResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        let caller = Self::rule_call(&call, "events:DescribeRule", "name", &message.name)?;
+        let rule = self
+            .existing_rule(&caller, &message.name)
+            .await
+            .map_err(|error| call.fail(error))?;
+        Ok(Response::new(pb::DescribeRuleResponse {
+            arn: Self::rule_arn(&caller, &rule.name),
+            name: rule.name,
+            event_pattern: rule.event_pattern,
+            state: if rule.enabled { "ENABLED" } else { "DISABLED" }.to_owned(),
+            description: rule.description,
+            created_by: rule.created_by,
+        }))
+    }
+
+    async fn list_rules(
+        &self,
+        request: Request<pb::ListRulesRequest>,
+    ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        call.audit().request_parameters(json!({
+            "namePrefix": message.name_prefix,
+            "limit": message.limit,
+        }));
+        let caller = authorize(&call, "events:ListRules", "*")?;
+        let limit = list_limit(message.limit).map_err(|error| call.fail(error))?;
+        let after = page_token(&message.next_token).map_err(|error| call.fail(error))?;
+        let mut rules = self
+            .core
+            .store()
+            .list_rules(
+                caller.account().as_str(),
+                &message.name_prefix,
+                &after,
+                limit + 1,
+            )
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        let next_token = if rules.len() > limit as usize {
+            rules.truncate(limit as usize);
+            rules
+                .last()
+                .map(|rule| URL_SAFE_NO_PAD.encode(&rule.name))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRulesResponse {
+            rules: rules
+                .into_iter()
+                .map(|rule| pb::Rule {
+                    arn: Self::rule_arn(&caller, &rule.name),
+                    name: rule.name,
+                    event_pattern: rule.event_pattern,
+                    state: if rule.enabled { "ENABLED" } else { "DISABLED" }.to_owned(),
+                    description: rule.description,
+                })
+                .collect(),
+            next_token,
+        }))
+    }
+
+    async fn delete_rule(
+        &self,
+        request: Request<pb::DeleteRuleRequest>,
+    ) -> Result<Response<pb::DeleteRuleResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        let caller = Self::rule_call(&call, "events:DeleteRule", "name", &message.name)?;
+        let account = caller.account().to_string();
+        self.existing_rule(&caller, &message.name)
+            .await
+            .map_err(|error| call.fail(error))?;
+        let targets = self
+            .core
+            .store()
+            .list_targets(&account, &message.name)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        if !targets.is_empty() && !message.force {
+            return Err(call.fail(invalid(
+                "ValidationException",
+                "Rule can't be deleted since it has targets.",
+            )));
+        }
+        self.core
+            .store()
+            .delete_rule(&account, &message.name)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        self.rules_changed()
+            .await
+            .map_err(|error| call.fail(error))?;
+        Ok(Response::new(pb::DeleteRuleResponse {}))
+    }
+
+    async fn enable_rule(
+        &self,
+        request: Request<pb::EnableRuleRequest>,
+    ) -> Result<Response<pb::EnableRuleResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let name = request.into_inner().name;
+        self.set_enabled(&call, "events:EnableRule", &name, true)
+            .await?;
+        Ok(Response::new(pb::EnableRuleResponse {}))
+    }
+
+    async fn disable_rule(
+        &self,
+        request: Request<pb::DisableRuleRequest>,
+    ) -> Result<Response<pb::DisableRuleResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let name = request.into_inner().name;
+        self.set_enabled(&call, "events:DisableRule", &name, false)
+            .await?;
+        Ok(Response::new(pb::DisableRuleResponse {}))
+    }
+
+    async fn put_targets(
+        &self,
+        request: Request<pb::PutTargetsRequest>,
+    ) -> Result<Response<pb::PutTargetsResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        let caller = Self::rule_call(&call, "events:PutTargets", "rule", &message.rule)?;
+        // The signing secrets are left out on purpose.
+        call.audit().request_parameters(json!({
+            "rule": message.rule,
+            "targets": message.targets.iter().map(|target| json!({
+                "id": target.id,
+                "endpoint": target.https.as_ref().map(|https| https.endpoint.clone()),
+            })).collect::<Vec<_>>(),
+        }));
+        if message.targets.is_empty() || message.targets.len() > MAX_TARGETS_PER_RULE {
+            return Err(call.fail(validation(
+                "targets",
+                format!("must hold 1 to {MAX_TARGETS_PER_RULE} targets"),
+            )));
+        }
+        let account = caller.account().to_string();
+        self.existing_rule(&caller, &message.rule)
+            .await
+            .map_err(|error| call.fail(error))?;
+        let existing = self
+            .core
+            .store()
+            .list_targets(&account, &message.rule)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        let mut records = Vec::new();
+        for (index, target) in message.targets.into_iter().enumerate() {
+            let record = target_record(&account, &message.rule, index, target)
+                .map_err(|error| call.fail(error))?;
+            if records
+                .iter()
+                .any(|known: &TargetRecord| known.target_id == record.target_id)
+            {
+                return Err(call.fail(validation(
+                    &format!("targets[{index}].id"),
+                    "target ids must be unique",
+                )));
+            }
+            records.push(record);
+        }
+        let total = existing
+            .iter()
+            .filter(|target| !records.iter().any(|new| new.target_id == target.target_id))
+            .count()
+            + records.len();
+        if total > MAX_TARGETS_PER_RULE {
+            return Err(call.fail(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                "LimitExceededException",
+                format!("a rule has at most {MAX_TARGETS_PER_RULE} targets"),
+            )));
+        }
+        for record in &records {
+            self.core
+                .store()
+                .put_target(record)
+                .await
+                .map_err(|error| call.fail(store_failed(&error)))?;
+        }
+        self.rules_changed()
+            .await
+            .map_err(|error| call.fail(error))?;
+        Ok(Response::new(pb::PutTargetsResponse {
+            failed_entry_count: 0,
+            failed_entries: Vec::new(),
+        }))
+    }
+
+    async fn remove_targets(
+        &self,
+        request: Request<pb::RemoveTargetsRequest>,
+    ) -> Result<Response<pb::RemoveTargetsResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        let caller = Self::rule_call(&call, "events:RemoveTargets", "rule", &message.rule)?;
+        call.audit()
+            .request_parameters(json!({ "rule": message.rule, "ids": message.ids }));
+        if message.ids.is_empty() || message.ids.len() > 100 {
+            return Err(call.fail(validation("ids", "must hold 1 to 100 target ids")));
+        }
+        let account = caller.account().to_string();
+        self.existing_rule(&caller, &message.rule)
+            .await
+            .map_err(|error| call.fail(error))?;
+        let mut failed_entries = Vec::new();
+        for id in &message.ids {
+            let removed = self
+                .core
+                .store()
+                .remove_target(&account, &message.rule, id)
+                .await
+                .map_err(|error| call.fail(store_failed(&error)))?;
+            if !removed {
+                failed_entries.push(pb::FailedEntry {
+                    target_id: id.clone(),
+                    error_code: "ResourceNotFoundException".into(),
+                    error_message: format!("Target {id} does not exist on rule {}.", message.rule),
+                });
+            }
+        }
+        self.rules_changed()
+            .await
+            .map_err(|error| call.fail(error))?;
+        Ok(Response::new(pb::RemoveTargetsResponse {
+            failed_entry_count: i32::try_from(failed_entries.len()).unwrap_or(i32::MAX),
+            failed_entries,
+        }))
+    }
+
+    async fn list_targets_by_rule(
+        &self,
+        request: Request<pb::ListTargetsByRuleRequest>,
+    ) -> Result<Response<pb::ListTargetsByRuleResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        let caller = Self::rule_call(&call, "events:ListTargetsByRule", "rule", &message.rule)?;
+        self.existing_rule(&caller, &message.rule)
+            .await
+            .map_err(|error| call.fail(error))?;
+        let targets = self
+            .core
+            .store()
+            .list_targets(caller.account().as_str(), &message.rule)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        Ok(Response::new(pb::ListTargetsByRuleResponse {
+            targets: targets
+                .into_iter()
+                .map(|target| pb::TargetDescription {
+                    id: target.target_id,
+                    https: Some(pb::HttpsTarget {
+                        endpoint: target.endpoint,
+                    }),
+                    retry_policy: Some(pb::RetryPolicy {
+                        maximum_retry_attempts: target.max_retries,
+                        maximum_event_age_in_seconds: target.max_event_age_s,
+                    }),
+                })
+                .collect(),
+            next_token: String::new(),
+        }))
+    }
+
+    async fn list_failed_deliveries(
+        &self,
+        request: Request<pb::ListFailedDeliveriesRequest>,
+    ) -> Result<Response<pb::ListFailedDeliveriesResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        let caller = Self::rule_call(&call, "events:ListFailedDeliveries", "rule", &message.rule)?;
+        let limit = list_limit(message.limit).map_err(|error| call.fail(error))?;
+        let after: i64 = match page_token(&message.next_token).map_err(|error| call.fail(error))? {
+            text if text.is_empty() => 0,
+            text => text
+                .parse()
+                .map_err(|_| call.fail(validation("next_token", "the NextToken is not valid")))?,
+        };
+        self.existing_rule(&caller, &message.rule)
+            .await
+            .map_err(|error| call.fail(error))?;
+        let mut failures = self
+            .core
+            .store()
+            .list_failed_deliveries(caller.account().as_str(), &message.rule, after, limit + 1)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        let next_token = if failures.len() > limit as usize {
+            failures.truncate(limit as usize);
+            failures
+                .last()
+                .map(|failure| URL_SAFE_NO_PAD.encode(failure.seq.to_string()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListFailedDeliveriesResponse {
+            failed_deliveries: failures
+                .into_iter()
+                .map(|failure| pb::FailedDelivery {
+                    target_id: failure.target_id,
+                    event_id: failure.event_id,
+                    attempts: failure.attempts,
+                    last_error: failure.last_error,
+                    failed_at: Some(timestamp(failure.failed_at_ms)),
+                })
+                .collect(),
+            next_token,
+        }))
+    }
+
+    async fn test_event_pattern(
+        &self,
+        request: Request<pb::TestEventPatternRequest>,
+    ) -> Result<Response<pb::TestEventPatternResponse>, Status> {
+        let call = CallContext::of(&request)?;
+        let message = request.into_inner();
+        // The event under test may be anything; only the pattern is recorded.
+        call.audit()
+            .request_parameters(json!({ "eventPattern": message.event_pattern }));
+        authorize(&call, "events:TestEventPattern", "*")?;
+        let filter = pattern(&message.event_pattern).map_err(|error| call.fail(error))?;
+        let event: Value = serde_json::from_str(&message.event)
+            .map_err(|error| call.fail(validation("event", format!("is not JSON: {error}"))))?;
+        if !event.is_object() {
+            return Err(call.fail(validation("event", "must be a JSON object")));
+        }
+        Ok(Response::new(pb::TestEventPatternResponse {
+            result: filter.matches(&event),
+        }))
+    }
+}
+
+impl AuditGrpc {
+    async fn set_enabled(
+        &self,
+        call: &CallContext,
+        action: &str,
+        name: &str,
+        enabled: bool,
+    ) -> Result<(), Status> {
+        let caller = Self::rule_call(call, action, "name", name)?;
+        let changed = self
+            .core
+            .store()
+            .set_rule_enabled(caller.account().as_str(), name, enabled)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        if !changed {
+            return Err(call.fail(not_found(format!(
+                "Rule {name} does not exist on EventBus default."
+            ))));
+        }
+        self.rules_changed().await.map_err(|error| call.fail(error))
+    }
+}
+
+fn target_record(
+    account: &str,
+    rule: &str,
+    index: usize,
+    target: pb::Target,
+) -> Result<TargetRecord, ApiError> {
+    let field = |name: &str| format!("targets[{index}].{name}");
+    let id_valid = (1..=MAX_TARGET_ID_CHARS).contains(&target.id.chars().count())
+        && target
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !id_valid {
+        return Err(validation(
+            &field("id"),
+            format!(
+                "must be 1 to {MAX_TARGET_ID_CHARS} characters: letters, digits, '.', '-', '_'"
+            ),
+        ));
+    }
+    let endpoint = target.https.map(|https| https.endpoint).unwrap_or_default();
+    let uri: Option<http::Uri> = endpoint.parse().ok();
+    let endpoint_valid = endpoint.len() <= MAX_ENDPOINT_CHARS
+        && uri.as_ref().is_some_and(|uri| {
+            uri.scheme_str() == Some("https") && uri.host().is_some_and(|host| !host.is_empty())
+        });
+    if !endpoint_valid {
+        return Err(validation(
+            &field("https.endpoint"),
+            "must be an https:// URL with a host",
+        ));
+    }
+    if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&target.signing_secret.len()) {
+        return Err(validation(
+            &field("signing_secret"),
+            format!("must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes"),
+        ));
+    }
+    let policy = target.retry_policy.unwrap_or(pb::RetryPolicy {
+        maximum_retry_attempts: DEFAULT_RETRIES,
+        maximum_event_age_in_seconds: DEFAULT_EVENT_AGE_S,
+    });
+    if !(0..=DEFAULT_RETRIES).contains(&policy.maximum_retry_attempts) {
+        return Err(validation(
+            &field("retry_policy.maximum_retry_attempts"),
+            format!("must be 0 to {DEFAULT_RETRIES}"),
+        ));
+    }
+    let age = if policy.maximum_event_age_in_seconds == 0 {
+        DEFAULT_EVENT_AGE_S
+    } else {
+        policy.maximum_event_age_in_seconds
+    };
+    if !(60..=DEFAULT_EVENT_AGE_S).contains(&age) {
+        return Err(validation(
+            &field("retry_policy.maximum_event_age_in_seconds"),
+            format!("must be 60 to {DEFAULT_EVENT_AGE_S}"),
+        ));
+    }
+    Ok(TargetRecord {
+        account_id: account.to_owned(),
+        rule_name: rule.to_owned(),
+        target_id: target.id,
+        endpoint,
+        signing_secret: target.signing_secret,
+        max_retries: policy.maximum_retry_attempts,
+        max_event_age_s: age,
+    })
+}

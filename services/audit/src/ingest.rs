@@ -1,0 +1,238 @@
+//! The OTLP endpoint (`opentelemetry.proto.collector.trace.v1.TraceService
+//! /Export`) on the audit service's mTLS listener.
+//!
+//! - A span in the `coffer.audit` scope carrying a record, sent by a Coffer
+//!   service identity, is a trusted audit event.
+//! - The same from anyone else, and any span at all from anyone else, is an
+//!   untrusted external event (or rejected, as `audit.untrusted_spans`
+//!   says): filed under eventSource and username `untrusted`, with what it
+//!   claimed kept as data, so it can never pass for a service's event.
+//! - Ordinary tracing spans from Coffer services are forwarded to the
+//!   configured collector, or dropped.
+//!
+//! Every export is stored in one transaction. The answer is sent only once
+//! it committed: that is the acknowledgement `required` mode waits for.
+
+use std::sync::Arc;
+
+use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE};
+use coffer_platform::config::UntrustedSpans;
+use coffer_platform::tls::PeerInfo;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use serde_json::{Map, Value, json};
+use tonic::{Request, Response, Status};
+
+use crate::core::AuditCore;
+use crate::domain::record::stored_event;
+
+/// The TraceService the audit service serves.
+pub struct OtlpIngest {
+    core: Arc<AuditCore>,
+    untrusted: UntrustedSpans,
+    forward: Option<TraceServiceClient<tonic::transport::Channel>>,
+}
+
+impl OtlpIngest {
+    pub fn new(
+        core: Arc<AuditCore>,
+        untrusted: UntrustedSpans,
+        forward: Option<TraceServiceClient<tonic::transport::Channel>>,
+    ) -> Self {
+        Self {
+            core,
+            untrusted,
+            forward,
+        }
+    }
+}
+
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attributes
+        .iter()
+        .find(|attribute| attribute.key == key)
+        .and_then(|attribute| attribute.value.as_ref())
+        .and_then(|value| value.value.as_ref())
+}
+
+fn json_of(value: &any_value::Value) -> Value {
+    match value {
+        any_value::Value::StringValue(text) => Value::String(text.clone()),
+        any_value::Value::BoolValue(flag) => Value::Bool(*flag),
+        any_value::Value::IntValue(number) => json!(number),
+        any_value::Value::DoubleValue(number) => json!(number),
+        any_value::Value::BytesValue(bytes) => json!(format!("<{} bytes>", bytes.len())),
+        any_value::Value::ArrayValue(array) => Value::Array(
+            array
+                .values
+                .iter()
+                .filter_map(|value| value.value.as_ref().map(json_of))
+                .collect(),
+        ),
+        any_value::Value::KvlistValue(list) => Value::Object(attributes_json(&list.values)),
+        _ => Value::Null,
+    }
+}
+
+fn attributes_json(attributes: &[KeyValue]) -> Map<String, Value> {
+    attributes
+        .iter()
+        .map(|attribute| {
+            (
+                attribute.key.clone(),
+                attribute
+                    .value
+                    .as_ref()
+                    .and_then(|value: &AnyValue| value.value.as_ref())
+                    .map_or(Value::Null, json_of),
+            )
+        })
+        .collect()
+}
+
+fn rfc3339_of_nanos(nanos: u64) -> String {
+    i128::from(nanos)
+        .checked_mul(1)
+        .and_then(|nanos| time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+        .and_then(|time| {
+            time.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(coffer_platform::telemetry::now_rfc3339)
+}
+
+/// The CloudTrail-shaped record of an ordinary span from an untrusted
+/// sender: what it says, as data.
+fn external_record(
+    resource: &ResourceSpans,
+    span_name: &str,
+    start_nanos: u64,
+    attributes: &[KeyValue],
+) -> Value {
+    let claimed_service = resource
+        .resource
+        .as_ref()
+        .and_then(|resource| attribute(&resource.attributes, "service.name"))
+        .map_or(Value::Null, json_of);
+    json!({
+        "eventVersion": "1.11",
+        "eventID": uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string(),
+        "eventTime": rfc3339_of_nanos(start_nanos),
+        "eventSource": claimed_service.as_str().unwrap_or("external"),
+        "eventName": span_name,
+        "eventType": "ExternalSpan",
+        "requestParameters": Value::Object(attributes_json(attributes)),
+    })
+}
+
+#[tonic::async_trait]
+impl TraceService for OtlpIngest {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let trusted = match request.extensions().get::<PeerInfo>() {
+            Some(peer) => peer
+                .identity
+                .as_ref()
+                .is_ok_and(|principal| principal.is_service()),
+            None => {
+                return Err(Status::unauthenticated(
+                    "no client certificate was presented",
+                ));
+            }
+        };
+        let export = request.into_inner();
+        let mut events = Vec::new();
+        let mut rejected: i64 = 0;
+        let mut first_error = String::new();
+        let mut reject = |message: String| {
+            rejected += 1;
+            if first_error.is_empty() {
+                first_error = message;
+            }
+        };
+        let mut forward: Vec<ResourceSpans> = Vec::new();
+        for resource_spans in &export.resource_spans {
+            let mut ordinary: Vec<ScopeSpans> = Vec::new();
+            for scope_spans in &resource_spans.scope_spans {
+                let is_audit = scope_spans
+                    .scope
+                    .as_ref()
+                    .is_some_and(|scope| scope.name == AUDIT_SCOPE);
+                if trusted && !is_audit {
+                    ordinary.push(scope_spans.clone());
+                    continue;
+                }
+                for span in &scope_spans.spans {
+                    if !trusted && self.untrusted == UntrustedSpans::Reject {
+                        reject(
+                            "spans from identities that are not Coffer services are rejected"
+                                .into(),
+                        );
+                        continue;
+                    }
+                    let record = match (is_audit, attribute(&span.attributes, RECORD_ATTRIBUTE)) {
+                        (true, Some(any_value::Value::StringValue(text))) => {
+                            match serde_json::from_str::<Value>(text) {
+                                Ok(record) => record,
+                                Err(_) => {
+                                    reject("an audit record is not JSON".into());
+                                    continue;
+                                }
+                            }
+                        }
+                        (true, _) if trusted => {
+                            reject("an audit span carries no record".into());
+                            continue;
+                        }
+                        _ => external_record(
+                            resource_spans,
+                            &span.name,
+                            span.start_time_unix_nano,
+                            &span.attributes,
+                        ),
+                    };
+                    match stored_event(record, trusted) {
+                        Ok(event) => events.push(event),
+                        Err(error) => reject(error.to_string()),
+                    }
+                }
+            }
+            if !ordinary.is_empty() {
+                forward.push(ResourceSpans {
+                    resource: resource_spans.resource.clone(),
+                    scope_spans: ordinary,
+                    schema_url: resource_spans.schema_url.clone(),
+                });
+            }
+        }
+        if let (Some(client), false) = (&self.forward, forward.is_empty()) {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let request = ExportTraceServiceRequest {
+                    resource_spans: forward,
+                };
+                if let Err(status) = client.export(request).await {
+                    tracing::warn!(code = ?status.code(), "forwarding spans to the collector failed");
+                }
+            });
+        }
+        self.core.ingest(events).await.map_err(|error| {
+            tracing::error!(%error, "audit events could not be stored");
+            Status::unavailable("the audit store is unavailable")
+        })?;
+        let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected,
+            error_message: first_error,
+        });
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
+    }
+}
