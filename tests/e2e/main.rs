@@ -2,6 +2,7 @@
 
 mod asymmetric;
 mod audit;
+mod audit_service;
 mod authz;
 mod ciphertexts;
 mod identity;

@@ -289,6 +289,16 @@ impl Harness {
         Ok(self.authority.issue(spiffe_id, &[], &[])?)
     }
 
+    /// A certificate for a server reachable as `localhost`, from this
+    /// harness's CA (webhook receivers in tests).
+    pub fn localhost_identity(&self) -> anyhow::Result<IssuedIdentity> {
+        Ok(self.authority.issue(
+            &format!("spiffe://{TRUST_DOMAIN}/service/webhook"),
+            &["localhost".to_owned()],
+            &[],
+        )?)
+    }
+
     pub fn user_id(account: &str, name: &str) -> String {
         format!("spiffe://{TRUST_DOMAIN}/account/{account}/user/{name}")
     }

@@ -305,6 +305,7 @@ pub struct Caller {
     authorizer: Arc<Authorizer>,
     identity_policies: AttachedPolicies,
     mark: DecisionMark,
+    audit: Option<crate::audit::AuditRecorder>,
 }
 
 impl std::fmt::Debug for Caller {
@@ -326,6 +327,7 @@ impl Caller {
         source_ip: IpAddr,
         authorizer: Arc<Authorizer>,
         mark: DecisionMark,
+        audit: Option<crate::audit::AuditRecorder>,
     ) -> Option<Self> {
         let account = principal.account()?.clone();
         let location = &authorizer.location;
@@ -360,6 +362,7 @@ impl Caller {
             authorizer,
             identity_policies,
             mark,
+            audit,
         })
     }
 
@@ -371,7 +374,17 @@ impl Caller {
             IpAddr::from([127, 0, 0, 1]),
             authorizer,
             DecisionMark::default(),
+            None,
         )
+    }
+
+    /// Names a resource the call acts on in its audit event. Domain code
+    /// calls this before it writes, so that the event a state change commits
+    /// to the outbox (DESIGN §5) already names what changed.
+    pub fn record_resource(&self, arn: String, account: String, resource_type: &str) {
+        if let Some(audit) = &self.audit {
+            audit.resource(arn, account, resource_type);
+        }
     }
 
     pub fn account(&self) -> &AccountId {
@@ -578,6 +591,7 @@ mod tests {
             IpAddr::from([10, 0, 0, 1]),
             authorizer.clone(),
             DecisionMark::default(),
+            None,
         )
         .unwrap();
         let request = direct.request("kms:Encrypt", "*");
@@ -603,6 +617,7 @@ mod tests {
             IpAddr::from([10, 0, 0, 1]),
             authorizer.clone(),
             mark.clone(),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -629,6 +644,7 @@ mod tests {
             IpAddr::from([10, 0, 0, 1]),
             authorizer.clone(),
             DecisionMark::default(),
+            None,
         )
         .unwrap();
         assert_eq!(not_via.via_service(), None);
@@ -638,7 +654,8 @@ mod tests {
                 None,
                 IpAddr::from([10, 0, 0, 1]),
                 authorizer,
-                DecisionMark::default()
+                DecisionMark::default(),
+                None
             )
             .is_none()
         );

@@ -121,6 +121,7 @@ impl CallContext {
             self.source_ip,
             self.authorizer.clone(),
             self.decision.clone(),
+            Some(self.audit.clone()),
         )
     }
 

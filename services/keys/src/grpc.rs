@@ -24,7 +24,7 @@ use crate::domain::policies::DEFAULT_POLICY_NAME;
 use crate::domain::types::{
     DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage, Tag,
 };
-use crate::domain::{KeysDomain, SERVICE_PREFIX};
+use crate::domain::{KEY_RESOURCE_TYPE, KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result, api_error};
 use crate::store::{ConstraintKind, GrantConstraint, KeyRecord};
 
@@ -41,7 +41,7 @@ const MAX_TAGS: usize = 50;
 const MAX_RANDOM_BYTES: i32 = 1024;
 const DEFAULT_LIST_LIMIT: i32 = 100;
 const MAX_LIST_LIMIT: i32 = 1000;
-const KEY_RESOURCE_TYPE: &str = "AWS::KMS::Key";
+
 const ALIAS_RESOURCE_TYPE: &str = "AWS::KMS::Alias";
 
 /// The tonic service.

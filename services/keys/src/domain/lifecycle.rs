@@ -96,9 +96,14 @@ impl KeysDomain {
         }
         let lockout_check = |key: &KeyRecord| match &policy {
             Some(policy) if !request.bypass_policy_lockout_safety_check => {
-                self.check_lockout(caller, key, policy)
+                self.check_lockout(caller, key, policy)?;
+                self.record_key(caller, key);
+                Ok(())
             }
-            _ => Ok(()),
+            _ => {
+                self.record_key(caller, key);
+                Ok(())
+            }
         };
         self.insert_new_key(
             caller.account(),

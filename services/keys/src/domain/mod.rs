@@ -32,6 +32,8 @@ use types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage};
 
 /// The IAM prefix of the keys service.
 pub const SERVICE_PREFIX: &str = "kms";
+/// The CloudTrail resource type of a key.
+pub const KEY_RESOURCE_TYPE: &str = "AWS::KMS::Key";
 
 pub(crate) const DAY_MS: i64 = 86_400_000;
 
@@ -132,7 +134,17 @@ impl KeysDomain {
             self.missing(caller.account(), reference)
         })
         .await?;
+        self.record_key(caller, &key);
         Ok(key)
+    }
+
+    /// Names `key` in the call's audit event, before anything is written.
+    pub(crate) fn record_key(&self, caller: &Caller, key: &KeyRecord) {
+        caller.record_resource(
+            self.key_arn(&key.account, &key.key_id),
+            key.account.to_string(),
+            KEY_RESOURCE_TYPE,
+        );
     }
 
     /// The answer for a reference that names no key the caller can see.

@@ -1,0 +1,1170 @@
+//! The audit service end to end: lookup and pagination, subscriptions,
+//! OTLP trust rules and hygiene, event rules with signed webhook
+//! deliveries, retention, and the `required` delivery guarantee when the
+//! audit service goes away.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE, string_attribute};
+use coffer_platform::client::ClientTls;
+use coffer_proto::audit::v1 as audit_pb;
+use coffer_tests::{
+    ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, TRUST_DOMAIN, assert_error, backend_tests,
+    exception_of, keys_pb as pb, request_id_of,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+backend_tests!(
+    lookup_pages_every_event_exactly_once_and_sees_only_its_account,
+    lookup_rejects_bad_input_with_cloudtrail_exceptions,
+    subscribe_streams_only_matching_events,
+    otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
+    rules_deliver_signed_webhooks_with_retries_and_record_failures,
+    retention_removes_events_past_the_period,
+    required_mode_survives_the_audit_service_going_away,
+    killed_keys_service_loses_no_events,
+);
+
+async fn encrypt(
+    client: &mut coffer_proto::keys::v1::keys_client::KeysClient<tonic::transport::Channel>,
+    key_id: &str,
+) -> Result<tonic::Response<pb::EncryptResponse>, tonic::Status> {
+    client
+        .encrypt(pb::EncryptRequest {
+            key_id: key_id.into(),
+            plaintext: b"audit me".to_vec(),
+            ..Default::default()
+        })
+        .await
+}
+
+async fn new_key(
+    client: &mut coffer_proto::keys::v1::keys_client::KeysClient<tonic::transport::Channel>,
+) -> anyhow::Result<String> {
+    Ok(client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?
+        .arn)
+}
+
+async fn lookup_pages_every_event_exactly_once_and_sees_only_its_account(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut alice).await?;
+    let mut request_ids = BTreeSet::new();
+    for _ in 0..120 {
+        let response = encrypt(&mut alice, &key).await?;
+        request_ids.insert(request_id_of(response.metadata()));
+    }
+    let mut bob = harness.keys_for(ACCOUNT_B, "bob").await?;
+    new_key(&mut bob).await?;
+    harness.audit_events().await?;
+
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    let mut previous_time = i64::MAX;
+    loop {
+        let page = audit
+            .lookup_events(audit_pb::LookupEventsRequest {
+                lookup_attributes: vec![audit_pb::LookupAttribute {
+                    attribute_key: "EventName".into(),
+                    attribute_value: "Encrypt".into(),
+                }],
+                max_results: 50,
+                next_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        assert!(page.events.len() <= 50);
+        for event in &page.events {
+            let record: Value = serde_json::from_str(&event.cloud_trail_event)?;
+            assert_eq!(event.event_name, "Encrypt");
+            assert_eq!(event.read_only, "true");
+            assert_eq!(event.username, "alice");
+            assert_eq!(record["eventID"], event.event_id.as_str());
+            let time = event
+                .event_time
+                .as_ref()
+                .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+            assert!(time <= previous_time, "newest first");
+            previous_time = time;
+            let request_id = record["requestID"].as_str().unwrap_or_default().to_owned();
+            *seen.entry(request_id).or_default() += 1;
+        }
+        if page.next_token.is_empty() {
+            break;
+        }
+        token = page.next_token;
+    }
+    assert_eq!(pages, 3, "120 events in pages of 50");
+    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), request_ids);
+    assert!(
+        seen.values().all(|count| *count == 1),
+        "every event exactly once"
+    );
+
+    // Account B's CreateKey is not visible to account A, by any attribute.
+    let creates = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![audit_pb::LookupAttribute {
+                attribute_key: "EventName".into(),
+                attribute_value: "CreateKey".into(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(creates.len(), 1);
+    assert_eq!(creates[0].username, "alice");
+    let bobs = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![audit_pb::LookupAttribute {
+                attribute_key: "Username".into(),
+                attribute_value: "bob".into(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    assert!(bobs.is_empty());
+
+    // GetEvent by id; another account's id is as good as missing.
+    let mine = creates[0].event_id.clone();
+    let fetched = audit
+        .get_event(audit_pb::GetEventRequest {
+            event_id: mine.clone(),
+        })
+        .await?
+        .into_inner()
+        .event
+        .ok_or_else(|| anyhow::anyhow!("no event"))?;
+    assert_eq!(fetched.event_id, mine);
+    assert_eq!(fetched.resources.len(), 1);
+    assert_eq!(fetched.resources[0].resource_name, key);
+    let mut bob_audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_B, "bob"))
+        .await?;
+    assert_error(
+        bob_audit
+            .get_event(audit_pb::GetEventRequest { event_id: mine })
+            .await,
+        Code::NotFound,
+        "ResourceNotFoundException",
+    );
+    Ok(())
+}
+
+async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let attribute = |key: &str, value: &str| audit_pb::LookupAttribute {
+        attribute_key: key.into(),
+        attribute_value: value.into(),
+    };
+    let cases: Vec<(audit_pb::LookupEventsRequest, &str)> = vec![
+        (
+            audit_pb::LookupEventsRequest {
+                max_results: 51,
+                ..Default::default()
+            },
+            "InvalidMaxResultsException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                max_results: -1,
+                ..Default::default()
+            },
+            "InvalidMaxResultsException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                lookup_attributes: vec![attribute("EventName", "A"), attribute("Username", "b")],
+                ..Default::default()
+            },
+            "InvalidLookupAttributesException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                lookup_attributes: vec![attribute("AccessKeyId", "x")],
+                ..Default::default()
+            },
+            "InvalidLookupAttributesException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                lookup_attributes: vec![attribute("ReadOnly", "maybe")],
+                ..Default::default()
+            },
+            "InvalidLookupAttributesException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                next_token: "not a token!".into(),
+                ..Default::default()
+            },
+            "InvalidNextTokenException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: 2_000,
+                    nanos: 0,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 1_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "InvalidTimeRangeException",
+        ),
+    ];
+    for (request, exception) in cases {
+        let status = assert_error(
+            audit.lookup_events(request).await,
+            Code::InvalidArgument,
+            exception,
+        );
+        let events = harness
+            .audit_events_for(&request_id_of(status.metadata()))
+            .await?;
+        assert_eq!(events.len(), 1, "{exception}");
+        assert_eq!(events[0]["errorCode"], exception);
+        assert_eq!(events[0]["eventSource"], "cloudtrail.coffer.internal");
+    }
+    // Literal values: a LIKE wildcard matches nothing.
+    let none = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![attribute("EventName", "%")],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(none.events.is_empty());
+    Ok(())
+}
+
+async fn subscribe_streams_only_matching_events(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut alice).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    assert_error(
+        audit
+            .subscribe(audit_pb::SubscribeRequest {
+                event_pattern: r#"{"detail":{"eventName":"Encrypt"}}"#.into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "InvalidEventPatternException",
+    );
+    let mut stream = audit
+        .subscribe(audit_pb::SubscribeRequest {
+            event_pattern: r#"{"source":["coffer.kms"],"detail":{"eventName":["Encrypt"]}}"#.into(),
+        })
+        .await?
+        .into_inner();
+    let mut bob = harness.keys_for(ACCOUNT_B, "bob").await?;
+    let bob_key = new_key(&mut bob).await?;
+    encrypt(&mut bob, &bob_key).await?;
+    alice.list_keys(pb::ListKeysRequest::default()).await?;
+    let encrypted = encrypt(&mut alice, &key).await?;
+    let wanted = request_id_of(encrypted.metadata());
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await??
+        .and_then(|message| message.event)
+        .ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+    let record: Value = serde_json::from_str(&event.cloud_trail_event)?;
+    // The first event through is alice's Encrypt: not her ListKeys, not
+    // bob's Encrypt (another account).
+    assert_eq!(record["requestID"], wanted.as_str());
+    assert_eq!(event.event_name, "Encrypt");
+    Ok(())
+}
+
+fn otlp_request(service_name: &str, scope: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![string_attribute("service.name", service_name.to_owned())],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: scope.to_owned(),
+                    ..Default::default()
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+fn claimed_record(event_id: &str, request_parameters: Value) -> String {
+    json!({
+        "eventVersion": "1.11",
+        "eventID": event_id,
+        "eventTime": "2026-11-22T10:00:00Z",
+        "eventSource": "kms.coffer.internal",
+        "eventName": "Decrypt",
+        "readOnly": true,
+        "userIdentity": {"type": "IAMUser", "userName": "alice", "accountId": ACCOUNT_A},
+        "recipientAccountId": ACCOUNT_A,
+        "requestParameters": request_parameters,
+        "resources": [{"ARN": "arn:coffer:kms:eu-west-1:111122223333:key/k", "accountId": ACCOUNT_A, "type": "AWS::KMS::Key"}],
+    })
+    .to_string()
+}
+
+async fn otlp_client(
+    harness: &Harness,
+    spiffe_id: &str,
+) -> anyhow::Result<TraceServiceClient<tonic::transport::Channel>> {
+    let identity = harness.identity(spiffe_id)?;
+    let tls = ClientTls::from_pem(
+        &harness.ca_pem()?,
+        Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
+    );
+    Ok(
+        TraceServiceClient::new(tls.connect(&harness.audit_addr()?, "localhost").await?)
+            .max_encoding_message_size(8 * 1024 * 1024),
+    )
+}
+
+async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let hostile = json!({
+        "big": "x".repeat(1024 * 1024),
+        "escapes": "line\nbreak \"quoted\" \u{1b}[31mred\u{1b}[0m",
+    });
+    let forged_id = "forged-0001";
+    let span = |record: String| Span {
+        trace_id: vec![7; 16],
+        span_id: vec![8; 8],
+        name: "Decrypt".into(),
+        attributes: vec![string_attribute(RECORD_ATTRIBUTE, record)],
+        ..Default::default()
+    };
+    // An ordinary client claims to be the keys service.
+    let mut outsider = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    outsider
+        .export(otlp_request(
+            "coffer-keys",
+            AUDIT_SCOPE,
+            vec![span(claimed_record(forged_id, hostile.clone()))],
+        ))
+        .await?;
+    // And sends a plain tracing span too.
+    outsider
+        .export(otlp_request(
+            "coffer-keys",
+            "some.library",
+            vec![Span {
+                name: "GET /".into(),
+                start_time_unix_nano: 1_700_000_000_000_000_000,
+                attributes: vec![string_attribute("http.target", "/\n\u{1b}[2J".into())],
+                ..Default::default()
+            }],
+        ))
+        .await?;
+    // A Coffer service sends a record with the same (claimed) event id.
+    let mut service = otlp_client(
+        &harness,
+        &format!("spiffe://{TRUST_DOMAIN}/service/secrets"),
+    )
+    .await?;
+    service
+        .export(otlp_request(
+            "coffer-secrets",
+            AUDIT_SCOPE,
+            vec![span(claimed_record(forged_id, hostile))],
+        ))
+        .await?;
+
+    let store = harness.audit_core()?.store().clone();
+    let all = store
+        .lookup(&coffer_audit::store::LookupQuery {
+            attribute: None,
+            start_ms: i64::MIN,
+            end_ms: i64::MAX,
+            after: None,
+            limit: 100,
+            account: None,
+        })
+        .await?;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let untrusted: Vec<_> = all.iter().filter(|event| !event.trusted).collect();
+    assert_eq!(untrusted.len(), 2);
+    for event in &untrusted {
+        assert_eq!(event.event_source, "untrusted");
+        assert_eq!(event.username.as_deref(), Some("untrusted"));
+        assert_eq!(event.account_id, None);
+        assert_ne!(
+            event.event_id, forged_id,
+            "an untrusted event never takes a claimed id"
+        );
+        assert!(!event.record.contains('\n'), "one line");
+        let record: Value = serde_json::from_str(&event.record)?;
+        assert_eq!(record["trusted"], false);
+    }
+    // The trusted one kept its id, and was not pre-empted by the forgery.
+    let trusted = store
+        .get_event(forged_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the service's event is missing"))?;
+    assert!(trusted.trusted);
+    assert_eq!(trusted.event_source, "kms.coffer.internal");
+    for event in [&trusted, untrusted[0], untrusted[1]] {
+        assert!(
+            event.record.len() < 64 * 1024,
+            "{} bytes",
+            event.record.len()
+        );
+        assert!(
+            !event.record.contains('\u{1b}'),
+            "escape characters are escaped"
+        );
+    }
+    let record: Value = serde_json::from_str(&trusted.record)?;
+    let big = record["requestParameters"]["big"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        big.ends_with("bytes truncated]"),
+        "capped: {} bytes",
+        big.len()
+    );
+    assert_eq!(
+        record["requestParameters"]["escapes"],
+        "line\nbreak \"quoted\" \u{1b}[31mred\u{1b}[0m"
+    );
+    // Lookups by the claimed source or user never return the forgery.
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let by_source = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![audit_pb::LookupAttribute {
+                attribute_key: "Username".into(),
+                attribute_value: "alice".into(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    assert!(by_source.iter().all(|event| event.event_id == forged_id));
+
+    // With `untrusted_spans: reject`, an outsider's spans are refused.
+    let rejecting = Harness::start_with(
+        Backend::Sqlite,
+        Options {
+            audit_extra: "  untrusted_spans: reject\n".into(),
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut outsider = otlp_client(&rejecting, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    let answer = outsider
+        .export(otlp_request(
+            "coffer-keys",
+            AUDIT_SCOPE,
+            vec![span(claimed_record("forged-0002", json!({})))],
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(answer.partial_success.map(|p| p.rejected_spans), Some(1));
+    assert!(rejecting.audit_events().await?.is_empty());
+    Ok(())
+}
+
+/// An HTTPS receiver that answers 500 to the first `failures` requests and
+/// 200 after, recording what it received.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    received: Arc<std::sync::Mutex<Vec<(http::HeaderMap, String, u16)>>>,
+}
+
+async fn start_receiver(harness: &Harness, failures: usize) -> anyhow::Result<Receiver> {
+    use http_body_util::BodyExt as _;
+    use rustls_pki_types::pem::PemObject as _;
+    let identity = harness.localhost_identity()?;
+    let certificates =
+        rustls_pki_types::CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                            let status = if log.len() < failures { 500 } else { 200 };
+                            log.push((
+                                parts.headers,
+                                String::from_utf8_lossy(&body).into_owned(),
+                                status,
+                            ));
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+                        }
+                    },
+                );
+                let _served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Ok(Receiver { addr, received })
+}
+
+async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    // Bad patterns and names are refused with EventBridge's exceptions.
+    assert_error(
+        audit
+            .put_rule(audit_pb::PutRuleRequest {
+                name: "r1".into(),
+                event_pattern: r#"{"detail":{"eventName":"Decrypt"}}"#.into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "InvalidEventPatternException",
+    );
+    assert_error(
+        audit
+            .put_rule(audit_pb::PutRuleRequest {
+                name: "no spaces".into(),
+                event_pattern: "{}".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert_error(
+        audit
+            .put_targets(audit_pb::PutTargetsRequest {
+                rule: "missing".into(),
+                targets: Vec::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    let rule_arn = audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "decrypts".into(),
+            event_pattern: r#"{"source":["coffer.kms"],"detail":{"eventName":["Decrypt"],"errorCode":[{"exists":false}]}}"#.into(),
+            description: "successful decrypts".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .rule_arn;
+    assert_eq!(
+        rule_arn,
+        format!("arn:coffer:events:eu-west-1:{ACCOUNT_A}:rule/decrypts")
+    );
+
+    let flaky = start_receiver(&harness, 2).await?;
+    let secret = b"0123456789abcdef-webhook-secret".to_vec();
+    let target = |id: &str, port: u16, retries: i32| audit_pb::Target {
+        id: id.into(),
+        https: Some(audit_pb::HttpsTarget {
+            endpoint: format!("https://localhost:{port}/hooks/coffer?x=1"),
+        }),
+        retry_policy: Some(audit_pb::RetryPolicy {
+            maximum_retry_attempts: retries,
+            maximum_event_age_in_seconds: 600,
+        }),
+        signing_secret: secret.clone(),
+    };
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "decrypts".into(),
+            targets: vec![
+                target("flaky", flaky.addr.port(), 3),
+                target("down", closed_port, 1),
+            ],
+        })
+        .await?;
+    let listed = audit
+        .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
+            rule: "decrypts".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .targets;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        assert_error(
+            audit
+                .delete_rule(audit_pb::DeleteRuleRequest {
+                    name: "decrypts".into(),
+                    force: false
+                })
+                .await,
+            Code::InvalidArgument,
+            "ValidationException"
+        )
+        .message(),
+        "Rule can't be deleted since it has targets."
+    );
+
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut alice).await?;
+    let blob = encrypt(&mut alice, &key)
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let decrypted = alice
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await?;
+    let decrypt_request = request_id_of(decrypted.metadata());
+
+    // Two failures, then success: three attempts on the flaky target.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let count = flaky.received.lock().map(|log| log.len()).unwrap_or(0);
+        if count >= 3 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "only {count} deliveries"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = flaky
+        .received
+        .lock()
+        .map(|log| log.clone())
+        .unwrap_or_default();
+    assert_eq!(log.len(), 3, "no delivery after the success");
+    assert_eq!(
+        log.iter().map(|(_, _, status)| *status).collect::<Vec<_>>(),
+        vec![500, 500, 200]
+    );
+    for (headers, body, _) in &log {
+        let envelope: Value = serde_json::from_str(body)?;
+        assert_eq!(envelope["source"], "coffer.kms");
+        assert_eq!(envelope["detail"]["eventName"], "Decrypt");
+        assert_eq!(envelope["detail"]["requestID"], decrypt_request.as_str());
+        let timestamp: i64 = headers[coffer_audit::webhook::TIMESTAMP_HEADER]
+            .to_str()?
+            .parse()?;
+        let expected = format!(
+            "v1={}",
+            coffer_audit::webhook::sign(&secret, timestamp, body)
+        );
+        assert_eq!(
+            headers[coffer_audit::webhook::SIGNATURE_HEADER].to_str()?,
+            expected
+        );
+        assert!(!body.contains("0123456789abcdef-webhook-secret"));
+    }
+
+    // The unreachable target: two attempts, then a recorded failure.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let failures = loop {
+        let failures = audit
+            .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+                rule: "decrypts".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .failed_deliveries;
+        if !failures.is_empty() {
+            break failures;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no failure recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].target_id, "down");
+    assert_eq!(failures[0].attempts, 2);
+    assert!(
+        failures[0].last_error.starts_with("connect:"),
+        "{}",
+        failures[0].last_error
+    );
+    let decrypt_event = harness.audit_events_for(&decrypt_request).await?;
+    assert_eq!(
+        failures[0].event_id,
+        decrypt_event[0]["eventID"].as_str().unwrap_or_default()
+    );
+
+    // No secret in the rule's audit events; disabling stops deliveries.
+    let events = harness.audit_events().await?;
+    let put_targets = events
+        .iter()
+        .find(|event| event["eventName"] == "PutTargets" && event.get("errorCode").is_none())
+        .ok_or_else(|| anyhow::anyhow!("no PutTargets event"))?;
+    assert!(!put_targets.to_string().contains("webhook-secret"));
+    assert_eq!(put_targets["resources"][0]["ARN"], rule_arn.as_str());
+    audit
+        .disable_rule(audit_pb::DisableRuleRequest {
+            name: "decrypts".into(),
+        })
+        .await?;
+    let described = audit
+        .describe_rule(audit_pb::DescribeRuleRequest {
+            name: "decrypts".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(described.state, "DISABLED");
+    assert_eq!(described.description, "successful decrypts");
+    assert_eq!(
+        audit
+            .test_event_pattern(audit_pb::TestEventPatternRequest {
+                event_pattern: described.event_pattern,
+                event: log[0].1.clone(),
+            })
+            .await?
+            .into_inner()
+            .result,
+        true
+    );
+    audit
+        .delete_rule(audit_pb::DeleteRuleRequest {
+            name: "decrypts".into(),
+            force: true,
+        })
+        .await?;
+    assert_error(
+        audit
+            .describe_rule(audit_pb::DescribeRuleRequest {
+                name: "decrypts".into(),
+            })
+            .await,
+        Code::NotFound,
+        "ResourceNotFoundException",
+    );
+    Ok(())
+}
+
+async fn retention_removes_events_past_the_period(backend: Backend) -> anyhow::Result<()> {
+    let clock = Arc::new(coffer_platform::clock::ManualClock::new(
+        std::time::SystemTime::now(),
+    ));
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            clock: Some(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    new_key(&mut alice).await?;
+    assert_eq!(harness.audit_events().await?.len(), 1);
+    clock.advance(Duration::from_secs(89 * 86_400));
+    harness.run_maintenance().await?;
+    assert_eq!(harness.audit_events().await?.len(), 1, "kept for 90 days");
+    clock.advance(Duration::from_secs(2 * 86_400));
+    harness.run_maintenance().await?;
+    assert!(
+        harness.audit_events().await?.is_empty(),
+        "gone after 90 days"
+    );
+    Ok(())
+}
+
+async fn admin_health(admin: std::net::SocketAddr) -> anyhow::Result<i32> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
+        .connect()
+        .await?;
+    Ok(HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "coffer.keys.v1.Keys".into(),
+        })
+        .await?
+        .into_inner()
+        .status)
+}
+
+async fn required_mode_survives_the_audit_service_going_away(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut harness = Harness::start_with(
+        backend,
+        Options {
+            separate_audit: true,
+            audit_deadline_ms: 1_000,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let admin = harness
+        .instance()?
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut alice).await?;
+    encrypt(&mut alice, &key).await?;
+    assert_eq!(admin_health(admin).await?, ServingStatus::Serving as i32);
+
+    harness.stop_audit().await?;
+    // A state change still commits: its event waits in the outbox.
+    let created = alice
+        .create_key(pb::CreateKeyRequest {
+            description: "while audit is down".into(),
+            ..Default::default()
+        })
+        .await?;
+    let created_request = request_id_of(created.metadata());
+    let created_arn = created
+        .into_inner()
+        .key_metadata
+        .map(|m| m.arn)
+        .unwrap_or_default();
+    // A data-plane answer cannot be audited: UNAVAILABLE within the deadline.
+    let started = tokio::time::Instant::now();
+    let status = assert_error(
+        encrypt(&mut alice, &key).await,
+        Code::Unavailable,
+        "ServiceUnavailableException",
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+    let failed_request = request_id_of(status.metadata());
+    // Health follows: NOT_SERVING once the deadline has passed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while admin_health(admin).await? != ServingStatus::NotServing as i32 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "health never said NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Now calls fail fast, without waiting.
+    let started = tokio::time::Instant::now();
+    let fast = assert_error(
+        encrypt(&mut alice, &key).await,
+        Code::Unavailable,
+        "ServiceUnavailableException",
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let fast_request = request_id_of(fast.metadata());
+    assert!(harness.instance()?.outbox_rows().await? >= 1);
+
+    // The audit service returns: everything recovers by itself.
+    harness.start_audit().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while admin_health(admin).await? != ServingStatus::Serving as i32 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "health never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = encrypt(&mut alice, &key).await?;
+    let recovered_request = request_id_of(recovered.metadata());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while harness.instance()?.outbox_rows().await? > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = harness.audit_events_for(&created_request).await?;
+    assert_eq!(
+        events.len(),
+        1,
+        "the CreateKey made while audit was down: {events:?}"
+    );
+    assert_eq!(events[0]["eventName"], "CreateKey");
+    assert_eq!(events[0]["resources"][0]["ARN"], created_arn.as_str());
+    assert!(events[0].get("errorCode").is_none());
+    for request in [&failed_request, &fast_request] {
+        let events = harness.audit_events_for(request).await?;
+        assert_eq!(events.len(), 1, "{request}");
+        assert_eq!(events[0]["errorCode"], "ServiceUnavailableException");
+        assert_eq!(events[0]["responseElements"], Value::Null);
+    }
+    assert_eq!(harness.audit_events_for(&recovered_request).await?.len(), 1);
+    assert_eq!(exception_of(&status), "ServiceUnavailableException");
+    Ok(())
+}
+
+/// Not a test by itself: the keys service process that
+/// `killed_keys_service_loses_no_events` starts and kills with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by killed_keys_service_loses_no_events"]
+async fn keys_child_process() -> anyhow::Result<()> {
+    let (Ok(config_path), Ok(addr_file)) = (
+        std::env::var("COFFER_TEST_CHILD_CONFIG"),
+        std::env::var("COFFER_TEST_CHILD_ADDR"),
+    ) else {
+        return Ok(());
+    };
+    coffer_platform::install_crypto_provider();
+    let _logging = tracing_subscriber::fmt()
+        .with_env_filter("info,coffer_platform=debug")
+        .with_writer(std::io::stderr)
+        .try_init();
+    let settings =
+        coffer_platform::config::load(Some(std::path::Path::new(&config_path)), Vec::new())?;
+    let instance = coffer::launch(
+        &settings,
+        &["keys".to_owned()],
+        Arc::new(coffer_platform::clock::SystemClock),
+    )
+    .await?;
+    let addr = instance
+        .addr_of("keys")
+        .ok_or_else(|| anyhow::anyhow!("keys is not served"))?;
+    let partial = format!("{addr_file}.partial");
+    std::fs::write(&partial, addr.to_string())?;
+    std::fs::rename(&partial, &addr_file)?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+struct Child {
+    process: std::process::Child,
+    addr: String,
+}
+
+async fn start_child(harness: &Harness) -> anyhow::Result<Child> {
+    let addr_file = harness.dir().join("child-addr");
+    let _absent = std::fs::remove_file(&addr_file);
+    let process = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "audit_service::keys_child_process",
+            "--exact",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(
+            "COFFER_TEST_CHILD_CONFIG",
+            harness.dir().join("coffer.yaml"),
+        )
+        .env("COFFER_TEST_CHILD_ADDR", &addr_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(harness.dir().join(format!(
+                "child-{}.log",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_nanos()
+            )))?)
+        .spawn()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            return Ok(Child { process, addr });
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the child never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn keys_client_at(
+    harness: &Harness,
+    addr: &str,
+) -> anyhow::Result<coffer_proto::keys::v1::keys_client::KeysClient<tonic::transport::Channel>> {
+    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let tls = ClientTls::from_pem(
+        &harness.ca_pem()?,
+        Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
+    );
+    Ok(coffer_proto::keys::v1::keys_client::KeysClient::new(
+        tls.connect(addr, "localhost").await?,
+    ))
+}
+
+/// A keys service killed with SIGKILL in the middle of a write load
+/// restarts, and every change it committed has exactly one event: the
+/// outbox rows of the dead process are relayed by the new one.
+async fn killed_keys_service_loses_no_events(backend: Backend) -> anyhow::Result<()> {
+    let mut harness = Harness::start_with(
+        backend,
+        Options {
+            separate_audit: true,
+            ..Options::default()
+        },
+    )
+    .await?;
+    // The keys service runs as a child process from now on.
+    harness.stop().await;
+    let mut child = start_child(&harness).await?;
+    let client = keys_client_at(&harness, &child.addr).await?;
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let mut client = client.clone();
+        writers.push(tokio::spawn(async move {
+            let mut created = Vec::new();
+            while let Ok(response) = client.create_key(pb::CreateKeyRequest::default()).await {
+                if let Some(metadata) = response.into_inner().key_metadata {
+                    created.push(metadata.arn);
+                }
+            }
+            created
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    child.process.kill()?;
+    child.process.wait()?;
+    let mut acknowledged = BTreeSet::new();
+    for writer in writers {
+        acknowledged.extend(writer.await?);
+    }
+    anyhow::ensure!(
+        acknowledged.len() >= 10,
+        "only {} keys before the kill",
+        acknowledged.len()
+    );
+
+    let mut restarted = start_child(&harness).await?;
+    let mut client = keys_client_at(&harness, &restarted.addr).await?;
+    let mut committed = BTreeSet::new();
+    let mut marker = String::new();
+    loop {
+        let page = client
+            .list_keys(pb::ListKeysRequest {
+                limit: 1000,
+                marker: marker.clone(),
+            })
+            .await?
+            .into_inner();
+        committed.extend(page.keys.into_iter().map(|key| key.key_arn));
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert!(
+        acknowledged.is_subset(&committed),
+        "a key the client saw created is missing"
+    );
+
+    let created_events = |events: Vec<Value>| -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for event in events {
+            if event["eventName"] == "CreateKey" && event.get("errorCode").is_none() {
+                let arn = event["resources"][0]["ARN"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                *counts.entry(arn).or_insert(0) += 1;
+            }
+        }
+        counts
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let counts = loop {
+        let counts = created_events(harness.audit_events().await?);
+        if counts.len() >= committed.len() || tokio::time::Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let audited: BTreeSet<String> = counts.keys().cloned().collect();
+    assert_eq!(
+        committed.difference(&audited).count(),
+        0,
+        "committed keys without an event"
+    );
+    assert_eq!(
+        audited, committed,
+        "events for keys that were never committed"
+    );
+    assert!(
+        counts.values().all(|count| *count == 1),
+        "every key exactly one event"
+    );
+    restarted.process.kill()?;
+    restarted.process.wait()?;
+    Ok(())
+}
