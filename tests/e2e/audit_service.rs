@@ -794,7 +794,7 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         .into_inner();
     assert_eq!(described.state, "DISABLED");
     assert_eq!(described.description, "successful decrypts");
-    assert_eq!(
+    assert!(
         audit
             .test_event_pattern(audit_pb::TestEventPatternRequest {
                 event_pattern: described.event_pattern,
@@ -802,8 +802,7 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
             })
             .await?
             .into_inner()
-            .result,
-        true
+            .result
     );
     audit
         .delete_rule(audit_pb::DeleteRuleRequest {

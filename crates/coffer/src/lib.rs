@@ -84,7 +84,7 @@ impl Instance {
     pub async fn outbox_rows(&self) -> anyhow::Result<i64> {
         let mut total = 0;
         for outbox in &self.outboxes {
-            total += outbox.len().await?;
+            total += outbox.pending_rows().await?;
         }
         Ok(total)
     }

@@ -73,7 +73,8 @@ fn encode_hex(bytes: &[u8]) -> String {
     crate::hex_lower(bytes)
 }
 
-fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+/// `N` bytes from `2N` lowercase hex digits.
+pub(crate) fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     if text.len() != N * 2
         || !text
             .bytes()

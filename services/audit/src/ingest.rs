@@ -227,7 +227,7 @@ impl TraceService for OtlpIngest {
             tracing::error!(%error, "audit events could not be stored");
             Status::unavailable("the audit store is unavailable")
         })?;
-        let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
+        let partial_success = (rejected > 0).then_some(ExportTracePartialSuccess {
             rejected_spans: rejected,
             error_message: first_error,
         });

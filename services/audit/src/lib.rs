@@ -1,14 +1,14 @@
 //! The audit service (DESIGN §5): CloudTrail-shaped event storage, lookup,
 //! live subscriptions and EventBridge-style event rules.
 //!
-//! - [`ingest`]: the OTLP TraceService every Coffer service exports its
-//!   events to, and the trust rules for who may submit them.
-//! - [`core`]: storing (group commit), publishing and routing events;
-//!   retention.
-//! - [`grpc`]: `coffer.audit.v1.Audit`.
-//! - [`webhook`]: signed HTTPS deliveries with retries.
-//! - [`store`]: events, rules, targets and failed deliveries, on Postgres or
-//!   SQLite.
+//! - [`ingest`] is the OTLP TraceService every Coffer service exports its
+//!   events to, with the trust rules for who may submit them.
+//! - [`core`] stores (group commit), publishes and routes events, and
+//!   enforces retention.
+//! - [`grpc`] is the `coffer.audit.v1.Audit` service.
+//! - [`webhook`] makes signed HTTPS deliveries with retries.
+//! - [`store`] keeps events, rules, targets and failed deliveries, on
+//!   Postgres or SQLite.
 //!
 //! The audit service's own API calls are stored straight into its store
 //! ([`LocalSink`]), not exported to itself.

@@ -39,16 +39,6 @@ pub fn string_attribute(key: &str, value: String) -> KeyValue {
     }
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|index| u8::from_str_radix(text.get(index..index + 2)?, 16).ok())
-        .collect()
-}
-
 /// An export request carrying `events`, sent as `service_name`.
 pub fn export_request<'a>(
     service_name: &str,
@@ -58,9 +48,9 @@ pub fn export_request<'a>(
     let spans = events
         .into_iter()
         .map(|event| Span {
-            trace_id: decode_hex(&event.trace_id)
-                .filter(|bytes| bytes.len() == 16)
-                .unwrap_or_else(|| crate::random_id_bytes::<16>().to_vec()),
+            trace_id: crate::trace::decode_hex::<16>(&event.trace_id)
+                .unwrap_or_else(crate::random_id_bytes)
+                .to_vec(),
             span_id: crate::random_id_bytes::<8>().to_vec(),
             name: event.event_name.clone(),
             kind: SpanKind::Server as i32,

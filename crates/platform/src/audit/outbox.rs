@@ -202,7 +202,7 @@ impl SqlOutbox {
     }
 
     /// Rows waiting, for tests and metrics.
-    pub async fn len(&self) -> Result<i64, sqlx::Error> {
+    pub async fn pending_rows(&self) -> Result<i64, sqlx::Error> {
         const COUNT: &str = "SELECT COUNT(*) FROM audit_outbox";
         match &self.pool {
             DbPool::Postgres(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await,
