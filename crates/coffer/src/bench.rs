@@ -2,9 +2,12 @@
 //! ghz on machines without it. It prints ghz-style summaries and can write
 //! them as JSON.
 //!
-//! By default it starts its own instance in-process (mTLS, SQLite in a
-//! temporary directory, audit events to a file there) plus an echo server
-//! with the same mTLS set-up, which measures the transport's ceiling. With
+//! By default it starts its own instance in-process (keys and audit, mTLS,
+//! SQLite in a temporary directory, `required` audit mode) plus an echo
+//! server with the same mTLS set-up, which measures the transport's
+//! ceiling; `encrypt-best-effort` drives a second instance in `best_effort`
+//! mode. After the run it checks that the audit service stored one Encrypt
+//! event per Encrypt call the required-mode instance answered. With
 //! `--addr` it drives a running instance instead (for example `coffer dev`,
 //! using the identities in its `--dir`).
 
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use coffer_platform::client::ClientTls;
+use coffer_platform::config::AuditMode;
 use coffer_platform::server::{RunningServer, ServerParams, ServiceRegistration};
 use coffer_platform::tls::ServerTls;
 use coffer_proto::bench::v1 as bench_pb;
@@ -35,6 +39,7 @@ pub const SCENARIOS: &[&str] = &[
     "sign",
     "get-public-key",
     "encrypt-policy-50",
+    "encrypt-best-effort",
 ];
 
 /// Statements in the key policy and in the identity policy that
@@ -348,14 +353,39 @@ struct Target {
     tls: ClientTls,
     /// The identity with the 50-statement identity policy (in-process only).
     heavy_tls: Option<ClientTls>,
-    _instance: Option<(crate::Instance, RunningServer, tempfile::TempDir)>,
+    /// The in-process audit service and exporter, and the runtime they run
+    /// on (for the accounting check after the run).
+    audit: Option<InProcessAudit>,
+    _instance: Option<(Arc<crate::Instance>, RunningServer, tempfile::TempDir)>,
+}
+
+#[derive(Clone)]
+struct InProcessAudit {
+    instance: Arc<crate::Instance>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl InProcessAudit {
+    /// Flushes the exporter, then counts the stored events named `name`.
+    async fn count_after_flush(&self, name: &'static str) -> anyhow::Result<i64> {
+        let instance = self.instance.clone();
+        self.runtime
+            .spawn(async move {
+                instance.flush_audit(Duration::from_secs(120)).await?;
+                let core = instance
+                    .audit_core()
+                    .context("the audit service is not running")?;
+                Ok::<i64, anyhow::Error>(core.store().count_events(name).await?)
+            })
+            .await?
+    }
 }
 
 /// Starts the in-process target on a runtime of its own (its own worker
 /// threads), so the servers and the load generator are scheduled apart, as
 /// they would be in two processes. With one runtime, where tokio happened to
 /// place the two ends of the single connection made throughput bimodal.
-fn in_process_target_on_own_runtime() -> anyhow::Result<Target> {
+fn in_process_target_on_own_runtime(mode: AuditMode) -> anyhow::Result<Target> {
     let (ready, target) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("coffer-bench-target".into())
@@ -373,7 +403,7 @@ fn in_process_target_on_own_runtime() -> anyhow::Result<Target> {
                 }
             };
             runtime.block_on(async move {
-                match in_process_target().await {
+                match in_process_target(mode).await {
                     Ok(target) => {
                         let _ = ready.send(Ok(target));
                         // Serve until the process ends.
@@ -388,7 +418,7 @@ fn in_process_target_on_own_runtime() -> anyhow::Result<Target> {
     target.recv()?
 }
 
-async fn in_process_target() -> anyhow::Result<Target> {
+async fn in_process_target(mode: AuditMode) -> anyhow::Result<Target> {
     let directory = tempfile::tempdir()?;
     let layout = crate::dev::prepare(directory.path(), SocketAddr::from(([127, 0, 0, 1], 0)))?;
     add_heavy_identity_policy(&layout)?;
@@ -405,14 +435,26 @@ async fn in_process_target() -> anyhow::Result<Target> {
         &std::fs::read(layout.ca())?,
         Some((heavy.cert_pem.as_bytes(), heavy.key_pem.as_bytes())),
     );
-    let settings = coffer_platform::config::load(Some(&layout.config()), Vec::new())?;
-    let services = vec!["keys".to_owned()];
-    let instance = crate::launch(
-        &settings,
-        &services,
-        Arc::new(coffer_platform::clock::SystemClock),
-    )
-    .await?;
+    let mode_name = match mode {
+        AuditMode::Required => "required",
+        AuditMode::BestEffort => "best_effort",
+    };
+    let settings = coffer_platform::config::load(
+        Some(&layout.config()),
+        vec![("COFFER_AUDIT__MODE".to_owned(), mode_name.to_owned())],
+    )?;
+    let services: Vec<String> = crate::BUILT_SERVICES
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
+    let instance = Arc::new(
+        crate::launch(
+            &settings,
+            &services,
+            Arc::new(coffer_platform::clock::SystemClock),
+        )
+        .await?,
+    );
     let keys_addr = instance
         .addr_of("keys")
         .context("keys did not start")?
@@ -460,6 +502,10 @@ async fn in_process_target() -> anyhow::Result<Target> {
         echo_addr: Some(echo_addr),
         tls,
         heavy_tls: Some(heavy_tls),
+        audit: Some(InProcessAudit {
+            instance: instance.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
         _instance: Some((instance, echo, directory)),
     })
 }
@@ -554,8 +600,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
     if args.payload == 0 || args.payload > 4096 {
         bail!("--payload must be 1 to 4096 bytes (KMS's plaintext limit)");
     }
+    let wants_best_effort = args
+        .scenario
+        .iter()
+        .any(|scenario| scenario == "encrypt-best-effort");
     let target = match &args.addr {
-        None => in_process_target_on_own_runtime()?,
+        None => in_process_target_on_own_runtime(AuditMode::Required)?,
         Some(addr) => {
             let layout = crate::dev::DevDir {
                 dir: args.dir.clone(),
@@ -568,8 +618,27 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                     Some((&layout.cert("admin"), &layout.key("admin"))),
                 )?,
                 heavy_tls: None,
+                audit: None,
                 _instance: None,
             }
+        }
+    };
+    // `encrypt-best-effort`: the same Encrypt against a second instance whose
+    // audit mode is best_effort, for the cost of the required mode.
+    let best_effort = match (wants_best_effort, &args.addr) {
+        (false, _) => None,
+        (true, Some(_)) => bail!("encrypt-best-effort needs the in-process target (no --addr)"),
+        (true, None) => {
+            let target = in_process_target_on_own_runtime(AuditMode::BestEffort)?;
+            let channels = channels(&target.tls, &target.keys_addr, args.connections).await?;
+            let key_id = keys_pb::keys_client::KeysClient::new(channels[0].clone())
+                .create_key(keys_pb::CreateKeyRequest::default())
+                .await?
+                .into_inner()
+                .key_metadata
+                .map(|metadata| metadata.key_id)
+                .context("CreateKey returned no metadata")?;
+            Some((target, channels, key_id))
         }
     };
     let keys_channels = channels(&target.tls, &target.keys_addr, args.connections).await?;
@@ -678,10 +747,21 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 key_id: heavy_key_id.clone(),
                 plaintext: payload.clone(),
             },
+            "encrypt-best-effort" => Workload::Encrypt {
+                key_id: best_effort
+                    .as_ref()
+                    .map(|(_, _, key_id)| key_id.clone())
+                    .unwrap_or_default(),
+                plaintext: payload.clone(),
+            },
             other => bail!("unknown scenario {other:?}"),
         })
     };
     let mut summaries = Vec::new();
+    // Encrypt calls answered by the required-mode instance (the set-up
+    // Encrypt included), for the accounting check.
+    let mut encrypt_calls: u64 = 1;
+    let mut encrypt_ok: u64 = 1;
     let rounds = args.rounds.max(1);
     let mut per_scenario: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
@@ -698,17 +778,26 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 channels(&target.tls, echo_addr, args.connections).await?
             } else if scenario == "encrypt-policy-50" {
                 heavy_channels.clone()
+            } else if scenario == "encrypt-best-effort" {
+                best_effort
+                    .as_ref()
+                    .map(|(_, channels, _)| channels.clone())
+                    .unwrap_or_default()
             } else {
                 keys_channels.clone()
             };
+            let audited_encrypts = matches!(scenario.as_str(), "encrypt" | "encrypt-policy-50");
             if args.warmup > 0.0 {
-                drive(
+                let (_, codes, _) = drive(
                     &workload,
                     &scenario_channels,
                     args.concurrency,
                     Stop::After(Duration::from_secs_f64(args.warmup)),
                 )
                 .await;
+                if audited_encrypts {
+                    encrypt_calls += codes.values().sum::<u64>();
+                }
             }
             let background = match &args.background {
                 None => None,
@@ -733,6 +822,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             };
             let (latencies, codes, elapsed) =
                 drive(&workload, &scenario_channels, args.concurrency, stop).await;
+            if audited_encrypts {
+                encrypt_calls += codes.values().sum::<u64>();
+                encrypt_ok += codes.get("OK").copied().unwrap_or(0);
+            }
             let summary = summarize(scenario, args, latencies, codes, elapsed);
             println!("{}", summary.render());
             per_scenario
@@ -777,6 +870,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 }
                 _ => println!("  {scenario:<20} {rps:>10.1} req/s"),
             }
+        }
+    }
+    if let Some(audit) = &target.audit {
+        let stored = audit.count_after_flush("Encrypt").await?;
+        let verdict = if u64::try_from(stored).ok() == Some(encrypt_calls) {
+            "equal"
+        } else {
+            "DIFFERENT"
+        };
+        println!(
+            "\nAudit accounting (required mode): {encrypt_calls} Encrypt calls ({encrypt_ok} OK), {stored} Encrypt events stored: {verdict}"
+        );
+        if verdict != "equal" {
+            bail!("the audit service stored {stored} Encrypt events for {encrypt_calls} calls");
         }
     }
     if let Some(path) = &args.json {

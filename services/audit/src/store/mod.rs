@@ -132,6 +132,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// Removes up to `limit` events older than `cutoff_ms`, oldest first,
     /// with their resources. Returns how many were removed.
     async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError>;
+
+    /// How many events named `event_name` are stored (accounting checks).
+    async fn count_events(&self, event_name: &str) -> Result<i64, StoreError>;
 }
 
 /// The store for a connected pool.

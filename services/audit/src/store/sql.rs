@@ -200,6 +200,14 @@ macro_rules! sql_event_store {
                 transaction.commit().await.map_err(StoreError::Database)?;
                 Ok(usize::try_from(outcome.rows_affected()).unwrap_or(usize::MAX))
             }
+
+            async fn count_events(&self, event_name: &str) -> Result<i64, StoreError> {
+                sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_name = $1")
+                    .bind(event_name)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(StoreError::Database)
+            }
         }
     };
 }
