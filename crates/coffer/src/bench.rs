@@ -439,10 +439,12 @@ async fn in_process_target(mode: AuditMode) -> anyhow::Result<Target> {
         AuditMode::Required => "required",
         AuditMode::BestEffort => "best_effort",
     };
-    let settings = coffer_platform::config::load(
-        Some(&layout.config()),
-        vec![("COFFER_AUDIT__MODE".to_owned(), mode_name.to_owned())],
-    )?;
+    // The environment's COFFER_* overrides apply (a Postgres database for
+    // the audit service, say); the audit mode is the scenario's.
+    let overrides = std::env::vars()
+        .filter(|(name, _)| name != "COFFER_AUDIT__MODE")
+        .chain([("COFFER_AUDIT__MODE".to_owned(), mode_name.to_owned())]);
+    let settings = coffer_platform::config::load(Some(&layout.config()), overrides)?;
     let services: Vec<String> = crate::BUILT_SERVICES
         .iter()
         .map(|name| (*name).to_owned())
@@ -797,6 +799,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 .await;
                 if audited_encrypts {
                     encrypt_calls += codes.values().sum::<u64>();
+                    encrypt_ok += codes.get("OK").copied().unwrap_or(0);
                 }
             }
             let background = match &args.background {

@@ -100,10 +100,14 @@ impl ClientTls {
         server_name: &str,
         timeout: std::time::Duration,
     ) -> Result<Channel, ClientError> {
+        // Exports of a few hundred events are hundreds of KiB: windows that
+        // hold a whole one save flow-control round trips per export.
         Ok(self
             .endpoint(addr, server_name)?
             .connect_timeout(timeout)
             .timeout(timeout)
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(8 * 1024 * 1024))
             .connect_lazy())
     }
 }

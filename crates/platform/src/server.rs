@@ -169,6 +169,10 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
     let (stop_sender, stop) = stop_signal();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Large enough for a whole audit export (hundreds of events) without
+        // waiting for window updates.
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(8 * 1024 * 1024))
         .layer(call_layer.clone())
         .add_routes(routes.routes());
     let main_task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop));

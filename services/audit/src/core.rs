@@ -34,8 +34,18 @@ struct ActiveRule {
     targets: Vec<TargetRecord>,
 }
 
+/// Events waiting for the writer, with where to send their outcome.
+type PendingWrite = (
+    Vec<StoredEvent>,
+    tokio::sync::oneshot::Sender<(Vec<StoredEvent>, Result<Vec<usize>, String>)>,
+);
+
 pub struct AuditCore {
     store: Arc<dyn AuditStore>,
+    /// Group commit across exports: whoever holds `writer` stores
+    /// everything `pending` holds in one transaction.
+    pending: std::sync::Mutex<Vec<PendingWrite>>,
+    writer: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
     live: broadcast::Sender<Arc<LiveEvent>>,
     rules: RwLock<Arc<Vec<ActiveRule>>>,
@@ -53,6 +63,8 @@ impl AuditCore {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         Self {
             store,
+            pending: std::sync::Mutex::new(Vec::new()),
+            writer: tokio::sync::Mutex::new(()),
             clock,
             live,
             rules: RwLock::new(Arc::new(Vec::new())),
@@ -84,10 +96,7 @@ impl AuditCore {
         if events.is_empty() {
             return Ok(0);
         }
-        let fresh = self
-            .store
-            .insert_events(&events, self.clock.now_millis())
-            .await?;
+        let (events, fresh) = self.write(events).await?;
         let count = fresh.len();
         let rules = self
             .rules
@@ -124,6 +133,61 @@ impl AuditCore {
             let _receivers = self.live.send(live);
         }
         Ok(count)
+    }
+
+    /// Stores `events`, sharing one transaction with whatever other exports
+    /// are waiting (one writer at a time: SQLite has one anyway, and a
+    /// commit per export would be paid by every waiting call).
+    async fn write(
+        &self,
+        events: Vec<StoredEvent>,
+    ) -> Result<(Vec<StoredEvent>, Vec<usize>), StoreError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((events, done));
+        {
+            let _writer = self.writer.lock().await;
+            let batch = std::mem::take(
+                &mut *self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+            if !batch.is_empty() {
+                let mut all = Vec::new();
+                let mut spans = Vec::with_capacity(batch.len());
+                let mut senders = Vec::with_capacity(batch.len());
+                for (events, sender) in batch {
+                    spans.push((all.len(), events.len()));
+                    all.extend(events);
+                    senders.push(sender);
+                }
+                let result = self
+                    .store
+                    .insert_events(&all, self.clock.now_millis())
+                    .await;
+                let mut remaining = all.into_iter();
+                for ((start, length), sender) in spans.into_iter().zip(senders) {
+                    let own: Vec<StoredEvent> = remaining.by_ref().take(length).collect();
+                    let share = match &result {
+                        Ok(fresh) => Ok(fresh
+                            .iter()
+                            .filter(|index| (start..start + length).contains(*index))
+                            .map(|index| index - start)
+                            .collect()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let _waiter_gone = sender.send((own, share));
+                }
+            }
+        }
+        match outcome.await {
+            Ok((events, Ok(fresh))) => Ok((events, fresh)),
+            Ok((_, Err(message))) => Err(StoreError::Batch(message)),
+            Err(_) => Err(StoreError::Batch("the writer went away".into())),
+        }
     }
 
     /// Re-reads the enabled rules and their targets (after any change).

@@ -112,6 +112,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// A write that shared its transaction with others, which failed.
+    #[error("the shared write failed: {0}")]
+    Batch(String),
 }
 
 #[async_trait]

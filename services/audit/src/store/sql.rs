@@ -9,13 +9,44 @@ use super::{EventStore, LookupAttribute, LookupQuery, StoreError, StoredEvent};
 const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.event_time_ms, e.event_source, e.event_name, \
      e.read_only, e.username, e.account_id, e.trusted, e.trace_id, e.received_at_ms, e.record";
 
-const INSERT_EVENT: &str = "INSERT INTO events (event_id, event_time_ms, event_source, event_name, \
-     read_only, username, account_id, trusted, trace_id, received_at_ms, record) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-     ON CONFLICT (event_id) DO NOTHING RETURNING seq";
+/// Events per multi-row insert (11 parameters each: within both backends'
+/// parameter limits).
+const INSERT_CHUNK: usize = 500;
 
-const INSERT_RESOURCE: &str =
-    "INSERT INTO event_resources (seq, resource_type, resource_name) VALUES ($1, $2, $3)";
+/// `$1, $2, …` groups of `width` placeholders for `rows` rows.
+fn value_rows(rows: usize, width: usize) -> String {
+    let mut text = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        text.push('(');
+        for column in 0..width {
+            if column > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(&format!("${}", row * width + column + 1));
+        }
+        text.push(')');
+    }
+    text
+}
+
+fn insert_events_statement(rows: usize) -> String {
+    format!(
+        "INSERT INTO events (event_id, event_time_ms, event_source, event_name, read_only, \
+         username, account_id, trusted, trace_id, received_at_ms, record) VALUES {} \
+         ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id",
+        value_rows(rows, 11)
+    )
+}
+
+fn insert_resources_statement(rows: usize) -> String {
+    format!(
+        "INSERT INTO event_resources (seq, resource_type, resource_name) VALUES {}",
+        value_rows(rows, 3)
+    )
+}
 
 const DELETE_OLD: &str = "DELETE FROM events WHERE seq IN \
      (SELECT seq FROM events WHERE event_time_ms < $1 ORDER BY seq LIMIT $2)";
@@ -99,42 +130,69 @@ macro_rules! sql_event_store {
                 events: &[StoredEvent],
                 now_ms: i64,
             ) -> Result<Vec<usize>, StoreError> {
+                // Two statements per chunk, whatever its size: one multi-row
+                // insert of the events (returning the ids that were new) and
+                // one of their resources. Per-row statements cost a round trip
+                // each, and group commit hands over hundreds of events at once.
                 let mut transaction = self.pool.begin().await.map_err(StoreError::Database)?;
                 let mut inserted = Vec::new();
-                for (index, event) in events.iter().enumerate() {
-                    let seq: Option<i64> = sqlx::query(INSERT_EVENT)
-                        .bind(&event.event_id)
-                        .bind(event.event_time_ms)
-                        .bind(&event.event_source)
-                        .bind(&event.event_name)
-                        .bind(event.read_only)
-                        .bind(event.username.as_deref())
-                        .bind(event.account_id.as_deref())
-                        .bind(event.trusted)
-                        .bind(event.trace_id.as_deref())
-                        .bind(now_ms)
-                        .bind(&event.record)
-                        .fetch_optional(&mut *transaction)
+                for (chunk_index, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
+                    let statement = insert_events_statement(chunk.len());
+                    let mut query = sqlx::query(&statement);
+                    for event in chunk {
+                        query = query
+                            .bind(&event.event_id)
+                            .bind(event.event_time_ms)
+                            .bind(&event.event_source)
+                            .bind(&event.event_name)
+                            .bind(event.read_only)
+                            .bind(event.username.as_deref())
+                            .bind(event.account_id.as_deref())
+                            .bind(event.trusted)
+                            .bind(event.trace_id.as_deref())
+                            .bind(now_ms)
+                            .bind(&event.record);
+                    }
+                    let rows = query
+                        .fetch_all(&mut *transaction)
                         .await
-                        .map_err(StoreError::Database)?
-                        .map(|row| row.try_get::<i64, _>("seq"))
-                        .transpose()
                         .map_err(StoreError::Database)?;
-                    let Some(seq) = seq else {
-                        continue;
-                    };
-                    inserted.push(index);
-                    for (resource_type, resource_name) in &event.resources {
-                        sqlx::query(INSERT_RESOURCE)
-                            .bind(seq)
-                            .bind(resource_type)
-                            .bind(resource_name)
+                    let positions: std::collections::HashMap<&str, usize> = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(position, event)| (event.event_id.as_str(), position))
+                        .collect();
+                    let mut resources: Vec<(i64, &str, &str)> = Vec::new();
+                    for row in &rows {
+                        let seq: i64 = row.try_get("seq").map_err(StoreError::Database)?;
+                        let event_id: String =
+                            row.try_get("event_id").map_err(StoreError::Database)?;
+                        let Some(&position) = positions.get(event_id.as_str()) else {
+                            continue;
+                        };
+                        inserted.push(chunk_index * INSERT_CHUNK + position);
+                        if let Some(event) = chunk.get(position) {
+                            resources.extend(event.resources.iter().map(
+                                |(resource_type, resource_name)| {
+                                    (seq, resource_type.as_str(), resource_name.as_str())
+                                },
+                            ));
+                        }
+                    }
+                    for resource_chunk in resources.chunks(INSERT_CHUNK) {
+                        let statement = insert_resources_statement(resource_chunk.len());
+                        let mut query = sqlx::query(&statement);
+                        for (seq, resource_type, resource_name) in resource_chunk {
+                            query = query.bind(*seq).bind(*resource_type).bind(*resource_name);
+                        }
+                        query
                             .execute(&mut *transaction)
                             .await
                             .map_err(StoreError::Database)?;
                     }
                 }
                 transaction.commit().await.map_err(StoreError::Database)?;
+                inserted.sort_unstable();
                 Ok(inserted)
             }
 
