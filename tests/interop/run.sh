@@ -105,10 +105,10 @@ except Exception:
 
 # a. reflection lists the keys and health services
 run_client "${admin[@]}" list
-if ((rc == 0)) && grep -qx 'coffer.keys.v1.Keys' <<<"$out" && grep -qx 'grpc.health.v1.Health' <<<"$out"; then
-  pass "reflection lists coffer.keys.v1.Keys and grpc.health.v1.Health"
+if ((rc == 0)) && grep -qx 'coffer.keys.v1.Keys' <<<"$out" && grep -qx 'coffer.audit.v1.Audit' <<<"$out" && grep -qx 'grpc.health.v1.Health' <<<"$out"; then
+  pass "reflection lists coffer.keys.v1.Keys, coffer.audit.v1.Audit and grpc.health.v1.Health"
 else
-  fail "reflection lists coffer.keys.v1.Keys and grpc.health.v1.Health" "exit $rc" "$out" "$(cat "$tmp/client.err")"
+  fail "reflection lists coffer.keys.v1.Keys, coffer.audit.v1.Audit and grpc.health.v1.Health" "exit $rc" "$out" "$(cat "$tmp/client.err")"
 fi
 
 # b. CreateKey
@@ -191,6 +191,16 @@ if ((rc == 3)) && [[ -n $code && $code != OK ]]; then
   pass "a call without a client certificate is refused ($code)"
 else
   fail "a call without a client certificate is refused" "exit $rc" "$out" "$(cat "$tmp/client.err")"
+fi
+
+# g. the audit service shows the caller its own Decrypt
+run_client "${admin[@]}" invoke coffer.audit.v1.Audit/LookupEvents \
+  '{"lookup_attributes":[{"attribute_key":"EventName","attribute_value":"Decrypt"}],"max_results":50}'
+decrypts=$(json_get "$out" 'sum(1 for e in j.get("events", []) if e["event_name"] == "Decrypt" and e["username"] == "admin")')
+if ((rc == 0)) && [[ -n $decrypts && $decrypts -ge 1 ]]; then
+  pass "LookupEvents lists the Decrypt calls made above ($decrypts)"
+else
+  fail "LookupEvents lists the Decrypt calls made above" "exit $rc" "$out" "$(cat "$tmp/client.err")"
 fi
 
 echo "$passed passed, $failed failed"

@@ -50,6 +50,10 @@ impl DevDir {
     }
 }
 
+/// The identity the dev process presents, as server and as the client of
+/// its own audit service: the keys service's.
+const DEV_PROCESS_IDENTITY: &str = "service-keys";
+
 pub fn admin_spiffe_id() -> String {
     format!("spiffe://{DEV_TRUST_DOMAIN}/account/{DEV_ACCOUNT}/user/admin")
 }
@@ -90,15 +94,9 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
     if !listen.ip().is_unspecified() && !server_ips.contains(&listen.ip()) {
         server_ips.push(listen.ip());
     }
-    issue_if_missing(
-        &layout,
-        &authority,
-        "server",
-        &format!("spiffe://{DEV_TRUST_DOMAIN}/service/coffer-dev"),
-        &["localhost".to_owned()],
-        &server_ips,
-    )?;
     issue_if_missing(&layout, &authority, "admin", &admin_spiffe_id(), &[], &[])?;
+    // Each service's identity; the process presents the keys service's (a
+    // Coffer service identity is what makes its audit events trusted).
     for service in BUILT_SERVICES {
         issue_if_missing(
             &layout,
@@ -136,8 +134,8 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
          \x20     principals: [\"arn:coffer:iam::{DEV_ACCOUNT}:user/*\"]\n\
          \x20     policy: {{\"Version\": \"2012-10-17\", \"Statement\": [{{\"Effect\": \"Allow\", \"Action\": \"*\", \"Resource\": \"*\"}}]}}\n\
          services:\n{services}",
-        layout.cert("server").display(),
-        layout.key("server").display(),
+        layout.cert(DEV_PROCESS_IDENTITY).display(),
+        layout.key(DEV_PROCESS_IDENTITY).display(),
         layout.ca().display(),
         layout.root_key().display(),
     );

@@ -136,7 +136,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// with their resources. Returns how many were removed.
     async fn delete_older_than(&self, cutoff_ms: i64, limit: u32) -> Result<usize, StoreError>;
 
-    /// How many events named `event_name` are stored (accounting checks).
+    /// How many trusted events named `event_name` are stored (accounting
+    /// checks).
     async fn count_events(&self, event_name: &str) -> Result<i64, StoreError>;
 }
 

@@ -260,11 +260,14 @@ macro_rules! sql_event_store {
             }
 
             async fn count_events(&self, event_name: &str) -> Result<i64, StoreError> {
-                sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_name = $1")
-                    .bind(event_name)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(StoreError::Database)
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM events WHERE event_name = $1 AND trusted = $2",
+                )
+                .bind(event_name)
+                .bind(true)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(StoreError::Database)
             }
         }
     };
