@@ -849,6 +849,21 @@ async fn retention_removes_events_past_the_period(backend: Backend) -> anyhow::R
     Ok(())
 }
 
+/// Polls `done` every 100 ms until it says true; fails with `what` after
+/// `limit`.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 async fn admin_health(admin: std::net::SocketAddr) -> anyhow::Result<i32> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
         .connect()
@@ -911,14 +926,12 @@ async fn required_mode_survives_the_audit_service_going_away(
     );
     let failed_request = request_id_of(status.metadata());
     // Health follows: NOT_SERVING once the deadline has passed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while admin_health(admin).await? != ServingStatus::NotServing as i32 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "health never said NOT_SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "health never said NOT_SERVING",
+        Duration::from_secs(10),
+        || async { Ok(admin_health(admin).await? == ServingStatus::NotServing as i32) },
+    )
+    .await?;
     // Now calls fail fast, without waiting.
     let started = tokio::time::Instant::now();
     let fast = assert_error(
@@ -936,24 +949,20 @@ async fn required_mode_survives_the_audit_service_going_away(
 
     // The audit service returns: everything recovers by itself.
     harness.start_audit().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while admin_health(admin).await? != ServingStatus::Serving as i32 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "health never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "health never recovered",
+        Duration::from_secs(20),
+        || async { Ok(admin_health(admin).await? == ServingStatus::Serving as i32) },
+    )
+    .await?;
     let recovered = encrypt(&mut alice, &key).await?;
     let recovered_request = request_id_of(recovered.metadata());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while harness.instance()?.outbox_rows().await? > 0 {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox never drained"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the outbox never drained",
+        Duration::from_secs(20),
+        || async { Ok(harness.instance()?.outbox_rows().await? == 0) },
+    )
+    .await?;
     let events = harness.audit_events_for(&created_request).await?;
     assert_eq!(
         events.len(),

@@ -70,11 +70,6 @@ impl Instance {
         self.servers.iter().map(|(_, server)| server)
     }
 
-    /// The exporter this instance's services send their events through.
-    pub fn audit_exporter(&self) -> Option<&Arc<AuditExporter>> {
-        self.exporter.as_ref()
-    }
-
     /// The audit service running in this instance, if it does.
     pub fn audit_core(&self) -> Option<&Arc<coffer_audit::AuditCore>> {
         self.audit.as_ref()

@@ -178,12 +178,8 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &str) -> String {
     coffer_platform::hex_lower(context.sign().as_ref())
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
+fn now_ms() -> i64 {
+    coffer_platform::clock::Clock::now_millis(&coffer_platform::clock::SystemClock)
 }
 
 #[cfg(test)]

@@ -100,11 +100,7 @@ pub fn pending_row() -> Option<OutboxRow> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
+    crate::clock::Clock::now_millis(&crate::clock::SystemClock)
 }
 
 /// One service's `audit_outbox` table.
