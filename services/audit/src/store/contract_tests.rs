@@ -45,7 +45,7 @@ fn event(id: &str, time_ms: i64, name: &str) -> StoredEvent {
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         received_at_ms: 0,
         record: format!(
-            r#"{{"eventID":"{id}","eventName":"{name}","note":"line\nbreak \"quoted\""}}"#
+            r#"{{"eventID":"{id}","eventName":"{name}","note":"line\nbreak \"quoted\"","resources":[{{"type":"AWS::KMS::Key","ARN":"arn:coffer:kms:eu-west-1:111122223333:key/{id}"}}]}}"#
         ),
         resources: vec![(
             "AWS::KMS::Key".into(),
@@ -87,6 +87,14 @@ async fn events_round_trip_and_duplicates_are_skipped(store: &dyn EventStore) ->
     assert_eq!(other.username, None);
     assert!(other.seq > stored.seq, "seq follows arrival");
     assert_eq!(store.get_event("e3").await?, None);
+    // Only a trusted event's resources are indexed.
+    let by_resource = |id: &str| {
+        all_time(Some(LookupAttribute::ResourceName(format!(
+            "arn:coffer:kms:eu-west-1:111122223333:key/{id}"
+        ))))
+    };
+    assert_eq!(ids(&store.lookup(&by_resource("e1")).await?), vec!["e1"]);
+    assert!(store.lookup(&by_resource("e2")).await?.is_empty());
     Ok(())
 }
 
@@ -110,6 +118,7 @@ async fn lookups_filter_by_each_attribute_and_time(store: &dyn EventStore) -> Te
     bob.username = Some("bob".into());
     bob.event_source = "secretsmanager.coffer.internal".into();
     bob.resources = vec![("AWS::SecretsManager::Secret".into(), "arn:secret".into())];
+    bob.record = r#"{"eventID":"b1","resources":[{"type":"AWS::SecretsManager::Secret","ARN":"arn:secret"},"not an object",{"type":1,"ARN":"x"}]}"#.into();
     store
         .insert_events(
             &[
@@ -146,6 +155,8 @@ async fn lookups_filter_by_each_attribute_and_time(store: &dyn EventStore) -> Te
             )),
             vec!["a1"],
         ),
+        // A resource whose type is not a string is not indexed.
+        (Some(LookupAttribute::ResourceName("x".into())), vec![]),
         (Some(LookupAttribute::EventName("Nothing".into())), vec![]),
         // Values are literal: wildcards and SQL never widen a match.
         (Some(LookupAttribute::Username("%".into())), vec![]),

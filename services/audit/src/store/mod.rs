@@ -31,6 +31,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "rules",
             sql: include_str!("../../migrations/postgres/0002_rules.sql"),
         },
+        MigrationFile {
+            version: 3,
+            description: "resources trigger",
+            sql: include_str!("../../migrations/postgres/0003_resources_trigger.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -42,6 +47,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 2,
             description: "rules",
             sql: include_str!("../../migrations/sqlite/0002_rules.sql"),
+        },
+        MigrationFile {
+            version: 3,
+            description: "resources trigger",
+            sql: include_str!("../../migrations/sqlite/0003_resources_trigger.sql"),
         },
     ],
 };
@@ -119,8 +129,11 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Appends events in one transaction; an event whose id is already
-    /// stored is skipped. Returns the positions of the new ones.
+    /// Appends events, each whole with its resources (the trusted record's
+    /// `resources`, indexed by the database) or not at all; an event whose id
+    /// is already stored is skipped. Returns the positions of the new ones.
+    /// A failure may leave some of the events stored: delivery is at least
+    /// once, and the retry skips them.
     async fn insert_events(
         &self,
         events: &[StoredEvent],
