@@ -114,8 +114,8 @@ pub async fn connect(
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 // Statement journals (a multi-row insert with a conflict
-                // clause inside a transaction needs one) and sorts stay in
-                // memory instead of temporary files written per statement.
+                // clause needs one) and sorts stay in memory instead of
+                // temporary files written per statement.
                 .pragma("temp_store", "memory")
                 // 32 MiB of page cache per connection (the default is 2 MiB):
                 // index pages of a growing table are otherwise re-read from

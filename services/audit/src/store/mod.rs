@@ -79,8 +79,9 @@ pub struct StoredEvent {
     pub received_at_ms: i64,
     /// The CloudTrail-shaped record, one JSON object.
     pub record: String,
-    /// `(resource type, resource name)` pairs, for the resource lookups.
-    /// Stored on insert; not read back (the record holds them).
+    /// `(resource type, resource name)` pairs, as read from the record, for
+    /// the envelopes rules and subscriptions match. The store indexes the
+    /// record's own `resources` (migration 0003) and does not read these.
     pub resources: Vec<(String, String)>,
 }
 
