@@ -366,12 +366,24 @@ struct InProcessAudit {
 }
 
 impl InProcessAudit {
+    /// Waits until every event emitted so far is stored, so one round's
+    /// deferred audit work does not run inside the next round. Returns how
+    /// long that took.
+    async fn drain(&self) -> anyhow::Result<Duration> {
+        let instance = self.instance.clone();
+        let started = std::time::Instant::now();
+        self.runtime
+            .spawn(async move { instance.flush_audit(Duration::from_secs(120)).await })
+            .await??;
+        Ok(started.elapsed())
+    }
+
     /// Flushes the exporter, then counts the stored events named `name`.
     async fn count_after_flush(&self, name: &'static str) -> anyhow::Result<i64> {
+        self.drain().await?;
         let instance = self.instance.clone();
         self.runtime
             .spawn(async move {
-                instance.flush_audit(Duration::from_secs(120)).await?;
                 let core = instance
                     .audit_core()
                     .context("the audit service is not running")?;
@@ -831,6 +843,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             }
             let summary = summarize(scenario, args, latencies, codes, elapsed);
             println!("{}", summary.render());
+            let scenario_audit = if scenario == "encrypt-best-effort" {
+                best_effort
+                    .as_ref()
+                    .and_then(|(target, _, _)| target.audit.as_ref())
+            } else {
+                target.audit.as_ref()
+            };
+            if let Some(audit) = scenario_audit {
+                let drained = audit.drain().await?;
+                if drained >= Duration::from_millis(1) {
+                    println!(
+                        "  audit backlog stored {:.1} ms after the round (not measured)",
+                        drained.as_secs_f64() * 1e3
+                    );
+                }
+            }
             per_scenario
                 .entry(scenario.clone())
                 .or_default()
@@ -873,6 +901,26 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 }
                 _ => println!("  {scenario:<20} {rps:>10.1} req/s"),
             }
+        }
+        // Each round runs the two modes back to back, so the ratio within a
+        // round is less exposed to the machine's slower drifts than the
+        // ratio of the two medians.
+        if let (Some(required), Some(best_effort)) = (
+            per_scenario.get("encrypt"),
+            per_scenario.get("encrypt-best-effort"),
+        ) {
+            let ratios: Vec<f64> = required
+                .iter()
+                .zip(best_effort)
+                .filter(|(_, best_effort)| **best_effort > 0.0)
+                .map(|(required, best_effort)| 100.0 * required / best_effort)
+                .collect();
+            let listed: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.0}")).collect();
+            println!(
+                "  required / best_effort, median of the rounds' ratios: {:.1} % (rounds: {})",
+                median(&ratios),
+                listed.join(", ")
+            );
         }
     }
     if let Some(audit) = &target.audit {

@@ -97,17 +97,36 @@ fn lookup_statement(attribute: Option<&LookupAttribute>) -> String {
     )
 }
 
+/// The pool event inserts go through.
+///
+/// On SQLite a connection that finds the database changed by another
+/// connection discards its whole page cache, so inserts spread over a pool's
+/// connections re-read every index path from the file on each batch. They go
+/// through a pool of one connection of their own instead, whose cache stays
+/// warm (reads keep the shared pool; the audit core already writes one batch
+/// at a time). Postgres keeps one pool: its cache is shared.
+fn sqlite_writer(pool: &sqlx::SqlitePool) -> sqlx::SqlitePool {
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 macro_rules! sql_event_store {
-    ($store:ident, $pool:ty, $row:ty, $placeholders:expr) => {
+    ($store:ident, $pool:ty, $row:ty, $placeholders:expr, $writer:expr) => {
         /// [`EventStore`] on this backend.
         #[derive(Debug, Clone)]
         pub struct $store {
             pool: $pool,
+            /// Where inserts go (see [`sqlite_writer`]).
+            writer: $pool,
         }
 
         impl $store {
             pub fn new(pool: $pool) -> Self {
-                Self { pool }
+                let writer = $writer(&pool);
+                Self { pool, writer }
             }
 
             pub(crate) fn pool(&self) -> &$pool {
@@ -164,7 +183,7 @@ macro_rules! sql_event_store {
                             .bind(&event.record);
                     }
                     let rows = query
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.writer)
                         .await
                         .map_err(StoreError::Database)?;
                     let positions: std::collections::HashMap<&str, usize> = chunk
@@ -265,11 +284,13 @@ sql_event_store!(
     PostgresEventStore,
     sqlx::PgPool,
     sqlx::postgres::PgRow,
-    Placeholders::Numbered
+    Placeholders::Numbered,
+    sqlx::PgPool::clone
 );
 sql_event_store!(
     SqliteEventStore,
     sqlx::SqlitePool,
     sqlx::sqlite::SqliteRow,
-    Placeholders::Anonymous
+    Placeholders::Anonymous,
+    sqlite_writer
 );
