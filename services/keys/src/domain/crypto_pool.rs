@@ -3,6 +3,11 @@
 //! queue as soon as it finishes one, so the cores stay busy with RSA without
 //! waiting for the async runtime to hand work over; the async workers only
 //! enqueue and await the answer.
+//!
+//! The threads run at a lower scheduling priority (nice 10): RSA keeps
+//! every idle cycle, but a core is handed to the async workers, the audit
+//! path and the database threads whenever they have work, so a signing
+//! load does not stretch the latency of cheap calls on the same cores.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -23,6 +28,7 @@ impl CryptoPool {
             let spawned = std::thread::Builder::new()
                 .name(format!("coffer-crypto-{index}"))
                 .spawn(move || {
+                    lower_priority();
                     loop {
                         let next = queue
                             .lock()
@@ -53,5 +59,21 @@ impl CryptoPool {
         });
         self.jobs.send(job).ok()?;
         answered.await.ok()
+    }
+}
+
+/// How much lower than the process the crypto threads are scheduled.
+#[cfg(unix)]
+const CRYPTO_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's priority (Linux applies `setpriority` to one
+/// thread). Failing to is harmless: the thread runs at normal priority.
+fn lower_priority() {
+    #[cfg(unix)]
+    {
+        let current = rustix::process::getpriority_process(None).unwrap_or(0);
+        if let Err(error) = rustix::process::setpriority_process(None, current + CRYPTO_NICENESS) {
+            tracing::debug!(%error, "the crypto thread keeps its priority");
+        }
     }
 }
