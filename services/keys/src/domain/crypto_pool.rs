@@ -77,3 +77,20 @@ fn lower_priority() {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn crypto_threads_run_below_the_callers_priority() {
+        let caller = rustix::process::getpriority_process(None).expect("the caller's priority");
+        let pool = CryptoPool::new(1);
+        let worker = pool
+            .run(|| rustix::process::getpriority_process(None).expect("the worker's priority"))
+            .await
+            .expect("the pool runs the job");
+        // Niceness stops at 19.
+        assert_eq!(worker, (caller + CRYPTO_NICENESS).min(19));
+    }
+}
