@@ -415,7 +415,9 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         ))
         .await?;
 
-    let store = harness.audit_core()?.store().clone();
+    let core = harness.audit_core()?;
+    core.settled().await;
+    let store = core.store().clone();
     let all = store
         .lookup(&coffer_audit::store::LookupQuery {
             attribute: None,

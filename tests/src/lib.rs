@@ -386,8 +386,9 @@ impl Harness {
                 .flush_audit(std::time::Duration::from_secs(20))
                 .await?;
         }
-        let stored = self
-            .audit_core()?
+        let core = self.audit_core()?;
+        core.settled().await;
+        let stored = core
             .store()
             .lookup(&coffer_audit::store::LookupQuery {
                 attribute: None,

@@ -387,6 +387,7 @@ impl InProcessAudit {
                 let core = instance
                     .audit_core()
                     .context("the audit service is not running")?;
+                core.settled().await;
                 Ok::<i64, anyhow::Error>(core.store().count_events(name).await?)
             })
             .await?

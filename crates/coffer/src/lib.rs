@@ -105,13 +105,16 @@ impl Instance {
     }
 
     /// Waits until every audit event emitted so far is acknowledged by the
-    /// audit service.
+    /// audit service and, when it runs here, in its store.
     pub async fn flush_audit(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         if let Some(exporter) = &self.exporter {
             exporter
                 .flush(timeout)
                 .await
                 .map_err(|error| anyhow::anyhow!("{error}"))?;
+        }
+        if let Some(audit) = &self.audit {
+            audit.settled().await;
         }
         Ok(())
     }

@@ -2,8 +2,12 @@
 //! transaction per batch: the group commit), published to live
 //! subscriptions, and matched against the enabled event rules, whose
 //! targets get it by webhook.
+//!
+//! On SQLite an accepted batch is first appended to the ingest journal
+//! ([`crate::journal`]) and the indexer task stores it; on Postgres it is
+//! stored before `ingest` returns.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use coffer_platform::clock::Clock;
@@ -11,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::domain::pattern::EventPattern;
+use crate::journal::Journal;
 use crate::store::{AuditStore, StoreError, StoredEvent, TargetRecord};
 use crate::webhook::{DeliveryJob, Dispatcher};
 
@@ -19,6 +24,11 @@ const LIVE_BUFFER: usize = 4096;
 /// How often the retention job runs.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 const RETENTION_BATCH: u32 = 10_000;
+/// How long a read waits for the indexer before it reads what is stored.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pauses between the indexer's attempts while the store fails.
+const INDEX_RETRY_FIRST: Duration = Duration::from_millis(50);
+const INDEX_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// An event as subscriptions and rules see it.
 #[derive(Debug)]
@@ -51,17 +61,37 @@ pub struct AuditCore {
     rules: RwLock<Arc<Vec<ActiveRule>>>,
     dispatcher: Arc<Dispatcher>,
     retention: Duration,
+    /// Where accepted batches wait for the indexer (SQLite).
+    journal: Option<Arc<Journal>>,
+    indexer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for AuditCore {
+    fn drop(&mut self) {
+        if let Some(indexer) = self
+            .indexer
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            indexer.abort();
+        }
+    }
 }
 
 impl AuditCore {
-    pub fn new(
+    /// The core, with its indexer running when there is a journal (on the
+    /// current runtime).
+    pub fn start(
         store: Arc<dyn AuditStore>,
         clock: Arc<dyn Clock>,
         dispatcher: Arc<Dispatcher>,
         retention: Duration,
-    ) -> Self {
+        journal: Option<Journal>,
+    ) -> Arc<Self> {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        Self {
+        let journal = journal.map(Arc::new);
+        let core = Arc::new(Self {
             store,
             pending: std::sync::Mutex::new(Vec::new()),
             writer: tokio::sync::Mutex::new(()),
@@ -70,7 +100,17 @@ impl AuditCore {
             rules: RwLock::new(Arc::new(Vec::new())),
             dispatcher,
             retention,
+            journal: journal.clone(),
+            indexer: std::sync::Mutex::new(None),
+        });
+        if let Some(journal) = journal {
+            let indexer = tokio::spawn(run_indexer(Arc::downgrade(&core), journal));
+            *core
+                .indexer
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(indexer);
         }
+        core
     }
 
     pub fn store(&self) -> &Arc<dyn AuditStore> {
@@ -90,13 +130,43 @@ impl AuditCore {
         self.live.subscribe()
     }
 
-    /// Stores `events` in one transaction; publishes and routes the new
-    /// ones (a re-delivered event id is neither). Returns how many were new.
-    pub async fn ingest(&self, events: Vec<StoredEvent>) -> Result<usize, StoreError> {
+    /// Accepts `events`: once this returns they are durable (in the
+    /// journal or the store). Stored, the new ones are published and routed
+    /// (a re-delivered event id is neither).
+    pub async fn ingest(&self, events: Vec<StoredEvent>) -> Result<(), StoreError> {
         if events.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
+        match &self.journal {
+            Some(journal) => journal
+                .append(events)
+                .await
+                .map_err(|error| StoreError::Batch(error.to_string())),
+            None => self.store_and_route(events).await.map(|_| ()),
+        }
+    }
+
+    /// Waits until every event accepted before this call is in the store
+    /// (at most [`SETTLE_TIMEOUT`]; then what is stored is read anyway).
+    /// Reads of events call this first.
+    pub async fn settled(&self) {
+        if let Some(journal) = &self.journal
+            && !journal.settled(SETTLE_TIMEOUT).await
+        {
+            tracing::warn!("the audit indexer is behind; a read may miss the newest events");
+        }
+    }
+
+    /// Stores `events` in one transaction; publishes and routes the new
+    /// ones. Returns how many were new.
+    async fn store_and_route(&self, events: Vec<StoredEvent>) -> Result<usize, StoreError> {
         let (events, fresh) = self.write(events).await?;
+        Ok(self.route(events, fresh))
+    }
+
+    /// Publishes and routes the stored events at the positions `fresh`.
+    /// Returns how many those are.
+    fn route(&self, events: Vec<StoredEvent>, fresh: Vec<usize>) -> usize {
         let count = fresh.len();
         let rules = self
             .rules
@@ -132,7 +202,7 @@ impl AuditCore {
             // No subscriber is not an error.
             let _receivers = self.live.send(live);
         }
-        Ok(count)
+        count
     }
 
     /// Stores `events`, sharing one transaction with whatever other exports
@@ -227,6 +297,42 @@ impl AuditCore {
                 return Ok(removed);
             }
         }
+    }
+}
+
+/// Stores what the journal holds, oldest first, until the core is gone. A
+/// batch the store refuses is retried, never dropped: it was acknowledged.
+async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
+    loop {
+        let Some(taken) = journal.take() else {
+            journal.wait_for_work().await;
+            continue;
+        };
+        let mut pause = INDEX_RETRY_FIRST;
+        loop {
+            let Some(core) = core.upgrade() else {
+                return;
+            };
+            // The indexer is the store's only writer here: no group commit
+            // to share.
+            match core
+                .store
+                .insert_events(&taken.events, core.clock.now_millis())
+                .await
+            {
+                Ok(fresh) => {
+                    core.route(taken.events, fresh);
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(%error, events = taken.events.len(), "journaled audit events could not be stored; retrying");
+                }
+            }
+            drop(core);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(INDEX_RETRY_MAX);
+        }
+        journal.stored(taken.through);
     }
 }
 

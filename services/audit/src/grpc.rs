@@ -348,6 +348,7 @@ impl Audit for AuditGrpc {
             })
         })();
         let query = outcome.map_err(|error| call.fail(error))?;
+        self.core.settled().await;
         let mut events = self
             .core
             .store()
@@ -387,6 +388,7 @@ impl Audit for AuditGrpc {
         if message.event_id.is_empty() || message.event_id.len() > 128 {
             return Err(call.fail(validation("event_id", "must be 1 to 128 characters")));
         }
+        self.core.settled().await;
         let stored = self
             .core
             .store()

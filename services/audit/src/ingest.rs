@@ -10,8 +10,9 @@
 //! - Ordinary tracing spans from Coffer services are forwarded to the
 //!   configured collector, or dropped.
 //!
-//! Every export is stored in one transaction. The answer is sent only once
-//! it committed: that is the acknowledgement `required` mode waits for.
+//! The answer is sent only once the export is durable: appended to the
+//! ingest journal on SQLite ([`crate::journal`]), committed to the store on
+//! Postgres. That is the acknowledgement `required` mode waits for.
 
 use std::sync::Arc;
 

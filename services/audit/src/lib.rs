@@ -5,6 +5,7 @@
 //!   events to, with the trust rules for who may submit them.
 //! - [`core`] stores (group commit), publishes and routes events, and
 //!   enforces retention.
+//! - [`journal`] makes an export durable before it is stored, on SQLite.
 //! - [`grpc`] is the `coffer.audit.v1.Audit` service.
 //! - [`webhook`] makes signed HTTPS deliveries with retries.
 //! - [`store`] keeps events, rules, targets and failed deliveries, on
@@ -17,6 +18,7 @@ pub mod core;
 pub mod domain;
 pub mod grpc;
 pub mod ingest;
+pub mod journal;
 pub mod store;
 pub mod webhook;
 
@@ -88,13 +90,23 @@ pub async fn connect(
     options: AuditOptions,
 ) -> Result<(AuditService, DbPool), DbError> {
     let pool = connect_database(database, &store::MIGRATIONS).await?;
+    let journal =
+        match &pool {
+            DbPool::Sqlite(sqlite) => {
+                let path = journal::Journal::path_for(sqlite.connect_options().get_filename());
+                Some(journal::Journal::open(&path).map_err(|error| {
+                    DbError::Connect(sqlx::Error::Io(std::io::Error::other(error)))
+                })?)
+            }
+            DbPool::Postgres(_) => None,
+        };
     let store = store::audit_store(pool.clone());
     let dispatcher = Arc::new(webhook::Dispatcher::new(
         options.webhook_roots,
         store.clone(),
         options.webhook_first_backoff,
     ));
-    let core = Arc::new(AuditCore::new(store, clock, dispatcher, options.retention));
+    let core = AuditCore::start(store, clock, dispatcher, options.retention, journal);
     if let Err(error) = core.reload_rules().await {
         tracing::error!(%error, "event rules could not be loaded");
     }
@@ -143,7 +155,6 @@ impl AuditSink for LocalSink {
         self.core
             .ingest(vec![stored])
             .await
-            .map(|_| ())
             .map_err(|error| AuditDeliveryError::Failed(error.to_string()))
     }
 
@@ -183,5 +194,107 @@ impl AuditService {
             audit_sink: Some(Arc::new(LocalSink::new(self.core.clone()))),
             outbox: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Journal;
+    use crate::store::{LookupQuery, StoredEvent};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn event(id: &str) -> StoredEvent {
+        StoredEvent {
+            seq: 0,
+            event_id: id.to_owned(),
+            event_time_ms: 1_700_000_000_000,
+            event_source: "kms.coffer.internal".into(),
+            event_name: "Encrypt".into(),
+            read_only: false,
+            username: Some("alice".into()),
+            account_id: Some("111122223333".into()),
+            trusted: true,
+            trace_id: None,
+            received_at_ms: 0,
+            record: format!(r#"{{"eventID":"{id}","eventName":"Encrypt"}}"#),
+            resources: Vec::new(),
+        }
+    }
+
+    fn options() -> AuditOptions {
+        AuditOptions {
+            retention: Duration::from_secs(90 * 86_400),
+            untrusted_spans: UntrustedSpans::Store,
+            forward_spans_to: None,
+            webhook_roots: rustls::RootCertStore::empty(),
+            webhook_first_backoff: Duration::from_millis(10),
+        }
+    }
+
+    async fn stored_ids(core: &AuditCore) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        core.settled().await;
+        let mut ids: Vec<String> = core
+            .store()
+            .lookup(&LookupQuery {
+                attribute: None,
+                start_ms: i64::MIN,
+                end_ms: i64::MAX,
+                after: None,
+                limit: 100,
+                account: None,
+            })
+            .await?
+            .into_iter()
+            .map(|event| event.event_id)
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Acknowledged events that were only in the journal when the process
+    /// died are stored at the next start, once each, even where the crash
+    /// came after the store had them.
+    #[tokio::test]
+    async fn events_left_in_the_journal_are_stored_at_the_next_start() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let database = DatabaseSettings {
+            backend: coffer_platform::config::DatabaseBackend::Sqlite,
+            url: format!("sqlite://{}", directory.path().join("audit.db").display()),
+            schema: "unused".into(),
+            max_connections: 4,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(coffer_platform::clock::SystemClock);
+        {
+            let (service, pool) = connect(&database, clock.clone(), options()).await?;
+            service.core.ingest(vec![event("stored-before")]).await?;
+            assert_eq!(stored_ids(&service.core).await?, ["stored-before"]);
+            drop(service);
+            pool.close().await;
+        }
+        // What a crash between the append and the indexer leaves: the
+        // journal holds an event already stored and two that are not.
+        let journal_path = Journal::path_for(&directory.path().join("audit.db"));
+        assert_eq!(
+            std::fs::metadata(&journal_path)?.len(),
+            0,
+            "emptied once stored"
+        );
+        {
+            let journal = Journal::open(&journal_path)?;
+            journal
+                .append(vec![event("stored-before"), event("journaled-1")])
+                .await?;
+            journal.append(vec![event("journaled-2")]).await?;
+        }
+
+        let (service, _pool) = connect(&database, clock, options()).await?;
+        assert_eq!(
+            stored_ids(&service.core).await?,
+            ["journaled-1", "journaled-2", "stored-before"]
+        );
+        assert_eq!(std::fs::metadata(&journal_path)?.len(), 0);
+        Ok(())
     }
 }

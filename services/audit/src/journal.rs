@@ -1,0 +1,539 @@
+//! The ingest journal: where an export is made durable before it is
+//! acknowledged, on the SQLite backend.
+//!
+//! SQLite has one writer. Storing an export (the event rows, their five
+//! indexes and the resource rows) takes milliseconds, and in `required` mode
+//! every call of the export waits for it. With the journal, an export is
+//! appended to a file next to the database with one `write` and
+//! acknowledged; the indexer task then stores what the journal holds into the
+//! event store, many exports per transaction.
+//!
+//! - **Durability** is that of SQLite's own commit in WAL mode with
+//!   `synchronous=NORMAL` (how every Coffer SQLite database runs): the bytes
+//!   are in the operating system's page cache when the answer is sent, so a
+//!   crash of the process loses nothing; neither survives a power loss
+//!   without an fsync.
+//! - **Recovery**: at start, whatever the journal holds is indexed again.
+//!   Inserts skip event ids already stored, so an export indexed just before
+//!   a crash is not stored twice. An export cut short by the crash (shorter
+//!   than its length prefix) was never acknowledged; it is dropped.
+//! - **Reads wait for the indexer** ([`Journal::settled`]): a lookup sees
+//!   every event acknowledged before it began.
+//! - **Bounded**: an append waits while the indexer is more than
+//!   [`MAX_QUEUED_EVENTS`] behind. The file is emptied whenever the indexer
+//!   has caught up.
+//!
+//! Postgres takes concurrent writers and shares its cache, so there exports
+//! are stored directly, without a journal.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::store::StoredEvent;
+
+/// How far the indexer may fall behind before appends wait.
+pub const MAX_QUEUED_EVENTS: usize = 50_000;
+/// Events the indexer stores per transaction, at most.
+const INDEX_BATCH: usize = 4_000;
+/// The largest batch record accepted when reading the journal back.
+const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the ingest journal {path} could not be {action}: {source}")]
+    Io {
+        path: String,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct State {
+    file: File,
+    /// Length of the file: what an append that fails is cut back to.
+    length: u64,
+    /// Batches appended and not yet taken by the indexer.
+    queue: VecDeque<Vec<StoredEvent>>,
+    queued_events: usize,
+    /// Batches appended since the journal was opened (recovered ones
+    /// included).
+    appended: u64,
+    /// Batches taken by the indexer.
+    taken: u64,
+}
+
+/// See the module docs.
+pub struct Journal {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Batches stored by the indexer.
+    indexed: watch::Sender<u64>,
+    /// Wakes the indexer.
+    work: Notify,
+    /// Wakes appends waiting for room.
+    room: Notify,
+}
+
+/// What the indexer takes in one go: the events of one or more appended
+/// batches, and how many batches have been taken once these are.
+pub struct Taken {
+    pub events: Vec<StoredEvent>,
+    pub through: u64,
+}
+
+impl Journal {
+    /// The journal of the SQLite database at `database`.
+    pub fn path_for(database: &Path) -> PathBuf {
+        let mut name = database.as_os_str().to_owned();
+        name.push(".ingest");
+        PathBuf::from(name)
+    }
+
+    /// Opens (or creates) the journal at `path`. What it already holds is
+    /// queued for the indexer.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let failed = |action: &'static str| {
+            let path = path.display().to_string();
+            move |source| JournalError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(failed("opened"))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(failed("read"))?;
+        let (batches, intact) = decode_records(&bytes);
+        if intact < bytes.len() {
+            tracing::warn!(
+                journal = %path.display(),
+                dropped_bytes = bytes.len() - intact,
+                "the ingest journal ends in an export that was cut short; it was never acknowledged and is dropped"
+            );
+            file.set_len(intact as u64).map_err(failed("truncated"))?;
+        }
+        if !batches.is_empty() {
+            tracing::info!(
+                journal = %path.display(),
+                exports = batches.len(),
+                "re-indexing the exports the ingest journal holds"
+            );
+        }
+        let queued_events = batches.iter().map(Vec::len).sum();
+        let appended = batches.len() as u64;
+        let (indexed, _) = watch::channel(0);
+        Ok(Self {
+            path: path.to_owned(),
+            state: Mutex::new(State {
+                file,
+                length: intact as u64,
+                queue: batches.into(),
+                queued_events,
+                appended,
+                taken: 0,
+            }),
+            indexed,
+            work: Notify::new(),
+            room: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes `events` durable (one write) and queues them for the indexer.
+    /// Once this returns they may be acknowledged.
+    pub async fn append(&self, events: Vec<StoredEvent>) -> Result<(), JournalError> {
+        let record = encode_record(&events);
+        loop {
+            let room = self.room.notified();
+            if self.lock().queued_events < MAX_QUEUED_EVENTS {
+                break;
+            }
+            room.await;
+        }
+        {
+            let mut state = self.lock();
+            if let Err(source) = state.file.write_all(&record) {
+                // Cut off whatever part was written, so the next append
+                // starts on a record boundary.
+                let length = state.length;
+                if let Err(error) = state.file.set_len(length) {
+                    tracing::error!(%error, "a failed journal append could not be cut off");
+                }
+                return Err(JournalError::Io {
+                    path: self.path.display().to_string(),
+                    action: "appended to",
+                    source,
+                });
+            }
+            state.length += record.len() as u64;
+            state.queued_events += events.len();
+            state.queue.push_back(events);
+            state.appended += 1;
+        }
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Takes what waits for the indexer, several batches at once, up to
+    /// about [`INDEX_BATCH`] events; `None` if nothing waits.
+    pub fn take(&self) -> Option<Taken> {
+        let mut state = self.lock();
+        let mut events: Vec<StoredEvent> = Vec::new();
+        while let Some(batch) = state.queue.front() {
+            if !events.is_empty() && events.len() + batch.len() > INDEX_BATCH {
+                break;
+            }
+            let Some(batch) = state.queue.pop_front() else {
+                break;
+            };
+            state.queued_events -= batch.len();
+            state.taken += 1;
+            if events.is_empty() {
+                events = batch;
+            } else {
+                events.extend(batch);
+            }
+        }
+        if events.is_empty() {
+            return None;
+        }
+        let through = state.taken;
+        drop(state);
+        self.room.notify_waiters();
+        Some(Taken { events, through })
+    }
+
+    /// Waits until there is something to [`take`](Self::take).
+    pub async fn wait_for_work(&self) {
+        self.work.notified().await;
+    }
+
+    /// Records that the batches up to `through` are in the event store.
+    /// Empties the file once everything appended is stored.
+    pub fn stored(&self, through: u64) {
+        {
+            let mut state = self.lock();
+            if state.appended == through && state.length > 0 {
+                match state.file.set_len(0) {
+                    Ok(()) => state.length = 0,
+                    Err(error) => {
+                        // It is emptied at the next chance; what it holds is
+                        // stored already and would be skipped on recovery.
+                        tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be emptied");
+                    }
+                }
+            }
+        }
+        self.indexed.send_replace(through);
+    }
+
+    /// Waits (up to `timeout`) until everything appended before this call is
+    /// in the event store. Returns whether it is.
+    pub async fn settled(&self, timeout: Duration) -> bool {
+        let target = self.lock().appended;
+        let mut indexed = self.indexed.subscribe();
+        tokio::time::timeout(timeout, indexed.wait_for(|through| *through >= target))
+            .await
+            .is_ok_and(|outcome| outcome.is_ok())
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, value: usize) {
+    out.extend_from_slice(&u32::try_from(value).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    put_u32(out, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_optional(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        None => out.push(0),
+        Some(text) => {
+            out.push(1);
+            put_text(out, text);
+        }
+    }
+}
+
+/// One batch as a record: its length, then the events.
+fn encode_record(events: &[StoredEvent]) -> Vec<u8> {
+    let size: usize = events
+        .iter()
+        .map(|event| event.record.len() + event.event_id.len() + 160)
+        .sum();
+    let mut out = Vec::with_capacity(size + 8);
+    out.extend_from_slice(&[0; 4]);
+    put_u32(&mut out, events.len());
+    for event in events {
+        put_text(&mut out, &event.event_id);
+        out.extend_from_slice(&event.event_time_ms.to_le_bytes());
+        put_text(&mut out, &event.event_source);
+        put_text(&mut out, &event.event_name);
+        out.push(u8::from(event.read_only));
+        put_optional(&mut out, event.username.as_deref());
+        put_optional(&mut out, event.account_id.as_deref());
+        out.push(u8::from(event.trusted));
+        put_optional(&mut out, event.trace_id.as_deref());
+        put_text(&mut out, &event.record);
+        put_u32(&mut out, event.resources.len());
+        for (kind, name) in &event.resources {
+            put_text(&mut out, kind);
+            put_text(&mut out, name);
+        }
+    }
+    let body = out.len() - 4;
+    if let Some(prefix) = out.get_mut(..4) {
+        prefix.copy_from_slice(&u32::try_from(body).unwrap_or(u32::MAX).to_le_bytes());
+    }
+    out
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.bytes.split_at_checked(count)?;
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+
+    fn u32(&mut self) -> Option<usize> {
+        let bytes: [u8; 4] = self.take(4)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(bytes)).ok()
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let length = self.u32()?;
+        String::from_utf8(self.take(length)?.to_vec()).ok()
+    }
+
+    fn optional(&mut self) -> Option<Option<String>> {
+        if self.flag()? {
+            Some(Some(self.text()?))
+        } else {
+            Some(None)
+        }
+    }
+
+    fn event(&mut self) -> Option<StoredEvent> {
+        let event_id = self.text()?;
+        let event_time_ms = self.i64()?;
+        let event_source = self.text()?;
+        let event_name = self.text()?;
+        let read_only = self.flag()?;
+        let username = self.optional()?;
+        let account_id = self.optional()?;
+        let trusted = self.flag()?;
+        let trace_id = self.optional()?;
+        let record = self.text()?;
+        let count = self.u32()?;
+        let mut resources = Vec::with_capacity(count.min(64));
+        for _ in 0..count {
+            resources.push((self.text()?, self.text()?));
+        }
+        Some(StoredEvent {
+            seq: 0,
+            event_id,
+            event_time_ms,
+            event_source,
+            event_name,
+            read_only,
+            username,
+            account_id,
+            trusted,
+            trace_id,
+            received_at_ms: 0,
+            record,
+            resources,
+        })
+    }
+
+    fn batch(&mut self) -> Option<Vec<StoredEvent>> {
+        let count = self.u32()?;
+        let mut events = Vec::with_capacity(count.min(4096));
+        for _ in 0..count {
+            events.push(self.event()?);
+        }
+        self.bytes.is_empty().then_some(events)
+    }
+}
+
+/// The whole batches `bytes` holds, and how many bytes they take: reading
+/// stops at the first record that is cut short or does not decode.
+fn decode_records(bytes: &[u8]) -> (Vec<Vec<StoredEvent>>, usize) {
+    let mut batches = Vec::new();
+    let mut offset = 0;
+    while let Some(rest) = bytes.get(offset..) {
+        let mut reader = Reader { bytes: rest };
+        let Some(length) = reader.u32() else {
+            break;
+        };
+        if length == 0 || length > MAX_RECORD_BYTES {
+            break;
+        }
+        let Some(body) = reader.take(length) else {
+            break;
+        };
+        let Some(batch) = (Reader { bytes: body }).batch() else {
+            break;
+        };
+        batches.push(batch);
+        offset += 4 + length;
+    }
+    (batches, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn event(id: &str, resources: usize) -> StoredEvent {
+        StoredEvent {
+            seq: 0,
+            event_id: id.to_owned(),
+            event_time_ms: 1_700_000_000_123,
+            event_source: "kms.amazonaws.com".into(),
+            event_name: "Encrypt".into(),
+            read_only: true,
+            username: Some("admin".into()),
+            account_id: None,
+            trusted: true,
+            trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+            received_at_ms: 0,
+            record: format!("{{\"eventID\":\"{id}\",\"note\":\"line\\nbreak é\"}}"),
+            resources: (0..resources)
+                .map(|index| ("AWS::KMS::Key".to_owned(), format!("arn:{index}")))
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn appended_batches_come_back_after_a_reopen_in_order() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = Journal::path_for(&directory.path().join("audit.db"));
+        let first = vec![event("a", 2), event("b", 0)];
+        let second = vec![event("c", 1)];
+        {
+            let journal = Journal::open(&path)?;
+            journal.append(first.clone()).await?;
+            journal.append(second.clone()).await?;
+        }
+        let journal = Journal::open(&path)?;
+        let taken = journal.take().ok_or("nothing recovered")?;
+        assert_eq!(taken.events, [first, second].concat());
+        assert_eq!(taken.through, 2);
+        assert!(journal.take().is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_append_cut_short_is_dropped_and_the_journal_goes_on() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        {
+            let journal = Journal::open(&path)?;
+            journal.append(vec![event("whole", 1)]).await?;
+        }
+        let whole = std::fs::metadata(&path)?.len();
+        let partial = encode_record(&[event("cut", 1)]);
+        let mut file = OpenOptions::new().append(true).open(&path)?;
+        file.write_all(partial.get(..partial.len() - 3).ok_or("short")?)?;
+        drop(file);
+
+        let journal = Journal::open(&path)?;
+        assert_eq!(
+            std::fs::metadata(&path)?.len(),
+            whole,
+            "the cut record is removed"
+        );
+        journal.append(vec![event("after", 0)]).await?;
+        drop(journal);
+        let journal = Journal::open(&path)?;
+        let taken = journal.take().ok_or("nothing recovered")?;
+        let ids: Vec<&str> = taken
+            .events
+            .iter()
+            .map(|event| event.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["whole", "after"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_file_is_emptied_once_everything_is_stored_and_settled_waits_for_it() -> TestResult
+    {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let journal = Journal::open(&path)?;
+        journal.append(vec![event("one", 0)]).await?;
+        assert!(
+            !journal.settled(Duration::from_millis(20)).await,
+            "nothing is stored yet"
+        );
+        let taken = journal.take().ok_or("nothing to take")?;
+        journal.append(vec![event("two", 0)]).await?;
+        journal.stored(taken.through);
+        assert!(
+            std::fs::metadata(&path)?.len() > 0,
+            "a batch appended after the take is still only in the journal"
+        );
+        assert!(!journal.settled(Duration::from_millis(20)).await);
+        let taken = journal.take().ok_or("nothing to take")?;
+        journal.stored(taken.through);
+        assert_eq!(std::fs::metadata(&path)?.len(), 0);
+        assert!(journal.settled(Duration::from_millis(20)).await);
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_after_the_records_is_not_read_as_events() {
+        let mut bytes = encode_record(&[event("kept", 1)]);
+        let kept = bytes.len();
+        bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
+        let (batches, intact) = decode_records(&bytes);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(intact, kept);
+        let (batches, intact) = decode_records(&[0; 64]);
+        assert!(batches.is_empty());
+        assert_eq!(intact, 0);
+    }
+}
