@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
 
 use crate::core::AuditCore;
-use crate::domain::record::stored_event;
+use crate::domain::record::{stored_event, stored_event_from_text};
 
 /// The TraceService the audit service serves.
 pub struct OtlpIngest {
@@ -180,13 +180,11 @@ impl TraceService for OtlpIngest {
                     }
                     let record = match (is_audit, attribute(&span.attributes, RECORD_ATTRIBUTE)) {
                         (true, Some(any_value::Value::StringValue(text))) => {
-                            match serde_json::from_str::<Value>(text) {
-                                Ok(record) => record,
-                                Err(_) => {
-                                    reject("an audit record is not JSON".into());
-                                    continue;
-                                }
+                            match stored_event_from_text(text, trusted) {
+                                Ok(event) => events.push(event),
+                                Err(error) => reject(error.to_string()),
                             }
+                            continue;
                         }
                         (true, _) if trusted => {
                             reject("an audit span carries no record".into());

@@ -32,6 +32,8 @@ pub const UNTRUSTED: &str = "untrusted";
 pub enum RecordError {
     #[error("the record is not a JSON object")]
     NotAnObject,
+    #[error("an audit record is not JSON")]
+    NotJson,
     #[error("{field} is missing or is not a string")]
     MissingField { field: &'static str },
     #[error("eventID must be 1 to {MAX_EVENT_ID_BYTES} bytes of letters, digits, '-' or '_'")]
@@ -109,6 +111,246 @@ fn string_field<'a>(
         .get(field)
         .and_then(Value::as_str)
         .ok_or(RecordError::MissingField { field })
+}
+
+/// Checks, without building it, that a JSON text is what [`sanitize`] and
+/// serialisation would leave unchanged in meaning: one object, on one line,
+/// nothing over a cap, no key twice in an object.
+struct Unchanged {
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Unchanged {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+enum Key<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(key) => key,
+            Key::Owned(key) => key,
+        }
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+        Ok(Key::Borrowed(key))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+        Ok(Key::Owned(key.to_owned()))
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Key<'de>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Unchanged {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value within the caps")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<(), E> {
+        if text.len() > MAX_STRING_BYTES {
+            return Err(E::custom("a string over the cap"));
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        if self.depth >= MAX_DEPTH {
+            return Err(A::Error::custom("nested too deep"));
+        }
+        let mut count = 0;
+        while items
+            .next_element_seed(Unchanged {
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {
+            count += 1;
+            if count > MAX_ELEMENTS {
+                return Err(A::Error::custom("too many elements"));
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
+        use serde::de::Error;
+        if self.depth >= MAX_DEPTH {
+            return Err(A::Error::custom("nested too deep"));
+        }
+        let mut keys: Vec<Key<'de>> = Vec::new();
+        while let Some(key) = fields.next_key_seed(KeyVisitor)? {
+            if key.as_str().len() > MAX_STRING_BYTES
+                || keys.len() >= MAX_ELEMENTS
+                || keys.iter().any(|seen| seen.as_str() == key.as_str())
+            {
+                return Err(A::Error::custom(
+                    "a key over the cap, repeated, or too many",
+                ));
+            }
+            keys.push(key);
+            fields.next_value_seed(Unchanged {
+                depth: self.depth + 1,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The columns of a record, read straight from its text.
+#[derive(serde::Deserialize)]
+struct Columns<'a> {
+    #[serde(rename = "eventID", borrow)]
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(rename = "eventTime", borrow)]
+    event_time: std::borrow::Cow<'a, str>,
+    #[serde(rename = "eventName", borrow)]
+    event_name: std::borrow::Cow<'a, str>,
+    #[serde(rename = "eventSource", borrow)]
+    event_source: std::borrow::Cow<'a, str>,
+    #[serde(rename = "readOnly", default)]
+    read_only: Option<bool>,
+    #[serde(rename = "userIdentity", borrow, default)]
+    user_identity: Option<IdentityColumns<'a>>,
+    #[serde(rename = "recipientAccountId", borrow, default)]
+    recipient_account_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "traceId", borrow, default)]
+    trace_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resources: Option<Vec<ResourceColumns<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct IdentityColumns<'a> {
+    #[serde(rename = "userName", borrow, default)]
+    user_name: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ResourceColumns<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "ARN", borrow)]
+    arn: std::borrow::Cow<'a, str>,
+}
+
+/// The stored form of a record submitted as JSON text. A trusted record
+/// that sanitising would not change is stored as the text it came as,
+/// without being rebuilt; anything else takes [`stored_event`]'s path, so
+/// the outcome is the same either way.
+pub fn stored_event_from_text(text: &str, trusted: bool) -> Result<StoredEvent, RecordError> {
+    if trusted && let Some(event) = unchanged_event(text) {
+        return Ok(event);
+    }
+    let record: Value = serde_json::from_str(text).map_err(|_| RecordError::NotJson)?;
+    stored_event(record, trusted)
+}
+
+/// `Some` when `text` is a trusted record sanitising leaves as it is, and
+/// its columns read plainly (strings where strings are expected).
+fn unchanged_event(text: &str) -> Option<StoredEvent> {
+    use serde::de::DeserializeSeed;
+    // One line: no control characters outside strings either (inside
+    // strings JSON allows none).
+    if !text.starts_with('{') || text.bytes().any(|byte| byte < 0x20) {
+        return None;
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    Unchanged { depth: 0 }.deserialize(&mut deserializer).ok()?;
+    deserializer.end().ok()?;
+    let columns: Columns<'_> = serde_json::from_str(text).ok()?;
+    let event_id = columns.event_id.into_owned();
+    let id_is_valid = (1..=MAX_EVENT_ID_BYTES).contains(&event_id.len())
+        && event_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if !id_is_valid {
+        return None;
+    }
+    let event_time_ms = time::OffsetDateTime::parse(
+        &columns.event_time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()
+    .map(|time| i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))?;
+    Some(StoredEvent {
+        seq: 0,
+        event_id,
+        event_time_ms,
+        event_source: columns.event_source.into_owned(),
+        event_name: columns.event_name.into_owned(),
+        read_only: columns.read_only.unwrap_or(false),
+        username: columns
+            .user_identity
+            .and_then(|identity| identity.user_name)
+            .map(std::borrow::Cow::into_owned),
+        account_id: columns
+            .recipient_account_id
+            .map(std::borrow::Cow::into_owned),
+        trusted: true,
+        trace_id: columns.trace_id.map(std::borrow::Cow::into_owned),
+        received_at_ms: 0,
+        record: text.to_owned(),
+        resources: columns
+            .resources
+            .unwrap_or_default()
+            .into_iter()
+            .map(|resource| (resource.kind.into_owned(), resource.arn.into_owned()))
+            .collect(),
+    })
 }
 
 /// The stored form of a submitted record. `trusted` says whether a Coffer
@@ -335,5 +577,107 @@ mod tests {
         let mut bad_time = record();
         bad_time["eventTime"] = json!("yesterday");
         assert_eq!(stored_event(bad_time, true), Err(RecordError::BadEventTime));
+    }
+
+    /// The columns and meaning the slow path gives, for comparison.
+    fn by_value(text: &str, trusted: bool) -> Result<StoredEvent, RecordError> {
+        stored_event(
+            serde_json::from_str(text).map_err(|_| RecordError::NotJson)?,
+            trusted,
+        )
+    }
+
+    fn same_meaning(left: &StoredEvent, right: &StoredEvent) {
+        let parsed =
+            |event: &StoredEvent| -> Value { serde_json::from_str(&event.record).unwrap() };
+        assert_eq!(parsed(left), parsed(right));
+        let columns = |event: &StoredEvent| StoredEvent {
+            record: String::new(),
+            ..event.clone()
+        };
+        assert_eq!(columns(left), columns(right));
+    }
+
+    #[test]
+    fn a_trusted_record_within_the_caps_is_stored_as_it_came() {
+        let text = record().to_string();
+        let stored = stored_event_from_text(&text, true).unwrap();
+        assert_eq!(stored.record, text, "stored as sent, not rebuilt");
+        same_meaning(&stored, &by_value(&text, true).unwrap());
+    }
+
+    #[test]
+    fn records_sanitising_would_change_take_the_sanitising_path() {
+        let mut long = record();
+        long["requestParameters"] = json!({ "x": "a".repeat(MAX_STRING_BYTES + 1) });
+        let mut deep = json!("leaf");
+        for _ in 0..=MAX_DEPTH {
+            deep = json!([deep]);
+        }
+        let mut nested = record();
+        nested["requestParameters"] = deep;
+        let mut wide = record();
+        wide["requestParameters"] = Value::Array((0..=MAX_ELEMENTS).map(Value::from).collect());
+        let escaped = record().to_string().replacen(
+            "\"eventName\":\"Encrypt\"",
+            "\"eventName\":\"Encrypt\",\"note\":\"\\u001b[31m\"",
+            1,
+        );
+        let cases = [
+            long.to_string(),
+            nested.to_string(),
+            wide.to_string(),
+            // A repeated key: the record keeps the last one, as parsed.
+            record()
+                .to_string()
+                .replacen('{', "{\"eventName\":\"Forged\",", 1),
+            record()
+                .to_string()
+                .replacen('{', "{\"userAgent\":\"a\",\"userAgent\":\"b\",", 1),
+            // Pretty-printed: stored on one line.
+            serde_json::to_string_pretty(&record()).unwrap(),
+        ];
+        for text in cases {
+            let stored = stored_event_from_text(&text, true).unwrap();
+            let expected = by_value(&text, true).unwrap();
+            assert_eq!(stored.record, expected.record, "{text:.120}");
+            assert_eq!(stored, expected);
+            assert!(!stored.record.contains('\n'));
+        }
+        // A control character arrives escaped, and stays so as it came.
+        let stored = stored_event_from_text(&escaped, true).unwrap();
+        assert_eq!(stored.record, escaped);
+        same_meaning(&stored, &by_value(&escaped, true).unwrap());
+    }
+
+    #[test]
+    fn untrusted_and_malformed_records_get_what_the_slow_path_gives() {
+        let text = record().to_string();
+        let untrusted = stored_event_from_text(&text, false).unwrap();
+        assert_eq!(untrusted.event_source, UNTRUSTED);
+        assert_ne!(untrusted.event_id, "0b6e-4c1d");
+        assert_eq!(
+            stored_event_from_text("{\"eventID\":", true),
+            Err(RecordError::NotJson)
+        );
+        assert_eq!(
+            stored_event_from_text("[1]", true),
+            Err(RecordError::NotAnObject)
+        );
+        let mut no_name = record();
+        no_name.as_object_mut().unwrap().remove("eventName");
+        assert_eq!(
+            stored_event_from_text(&no_name.to_string(), true),
+            Err(RecordError::MissingField { field: "eventName" })
+        );
+        let mut odd = record();
+        odd["readOnly"] = json!("yes");
+        odd["resources"] = json!([{"type": "AWS::KMS::Key"}, 7]);
+        odd["userIdentity"] = json!("root");
+        let text = odd.to_string();
+        same_meaning(
+            &stored_event_from_text(&text, true).unwrap(),
+            &by_value(&text, true).unwrap(),
+        );
     }
 }
