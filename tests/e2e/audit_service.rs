@@ -419,14 +419,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
     core.settled().await;
     let store = core.store().clone();
     let all = store
-        .lookup(&coffer_audit::store::LookupQuery {
-            attribute: None,
-            start_ms: i64::MIN,
-            end_ms: i64::MAX,
-            after: None,
-            limit: 100,
-            account: None,
-        })
+        .lookup(&coffer_audit::store::LookupQuery::everything(100))
         .await?;
     assert_eq!(all.len(), 3, "{all:#?}");
     let untrusted: Vec<_> = all.iter().filter(|event| !event.trusted).collect();

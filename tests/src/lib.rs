@@ -390,14 +390,7 @@ impl Harness {
         core.settled().await;
         let stored = core
             .store()
-            .lookup(&coffer_audit::store::LookupQuery {
-                attribute: None,
-                start_ms: i64::MIN,
-                end_ms: i64::MAX,
-                after: None,
-                limit: 1_000_000,
-                account: None,
-            })
+            .lookup(&coffer_audit::store::LookupQuery::everything(1_000_000))
             .await?;
         let mut stored = stored;
         stored.sort_by_key(|event| event.seq);

@@ -237,14 +237,7 @@ mod tests {
         core.settled().await;
         let mut ids: Vec<String> = core
             .store()
-            .lookup(&LookupQuery {
-                attribute: None,
-                start_ms: i64::MIN,
-                end_ms: i64::MAX,
-                after: None,
-                limit: 100,
-                account: None,
-            })
+            .lookup(&LookupQuery::everything(100))
             .await?
             .into_iter()
             .map(|event| event.event_id)

@@ -250,6 +250,21 @@ impl<'de> serde::de::Visitor<'de> for Unchanged {
     }
 }
 
+/// 1 to [`MAX_EVENT_ID_BYTES`] letters, digits, '-' or '_'.
+fn is_valid_event_id(event_id: &str) -> bool {
+    (1..=MAX_EVENT_ID_BYTES).contains(&event_id.len())
+        && event_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+}
+
+/// An RFC 3339 eventTime as milliseconds since the epoch.
+fn event_time_millis(event_time: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(event_time, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|time| i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+}
+
 /// The columns of a record, read straight from its text.
 #[derive(serde::Deserialize)]
 struct Columns<'a> {
@@ -312,20 +327,11 @@ fn unchanged_event(text: &str) -> Option<StoredEvent> {
     Unchanged { depth: 0 }.deserialize(&mut deserializer).ok()?;
     deserializer.end().ok()?;
     let columns: Columns<'_> = serde_json::from_str(text).ok()?;
-    let event_id = columns.event_id.into_owned();
-    let id_is_valid = (1..=MAX_EVENT_ID_BYTES).contains(&event_id.len())
-        && event_id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    if !id_is_valid {
+    if !is_valid_event_id(&columns.event_id) {
         return None;
     }
-    let event_time_ms = time::OffsetDateTime::parse(
-        &columns.event_time,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()
-    .map(|time| i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))?;
+    let event_id = columns.event_id.into_owned();
+    let event_time_ms = event_time_millis(&columns.event_time)?;
     Some(StoredEvent {
         seq: 0,
         event_id,
@@ -360,18 +366,11 @@ pub fn stored_event(record: Value, trusted: bool) -> Result<StoredEvent, RecordE
         return Err(RecordError::NotAnObject);
     };
     let event_id = string_field(&fields, "eventID")?.to_owned();
-    let id_is_valid = (1..=MAX_EVENT_ID_BYTES).contains(&event_id.len())
-        && event_id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    if !id_is_valid {
+    if !is_valid_event_id(&event_id) {
         return Err(RecordError::BadEventId);
     }
-    let event_time = string_field(&fields, "eventTime")?;
     let event_time_ms =
-        time::OffsetDateTime::parse(event_time, &time::format_description::well_known::Rfc3339)
-            .map(|time| i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
-            .map_err(|_| RecordError::BadEventTime)?;
+        event_time_millis(string_field(&fields, "eventTime")?).ok_or(RecordError::BadEventTime)?;
     let event_name = string_field(&fields, "eventName")?.to_owned();
     let claimed_source = string_field(&fields, "eventSource")?.to_owned();
     let read_only = fields

@@ -117,6 +117,20 @@ pub struct LookupQuery {
     pub account: Option<String>,
 }
 
+impl LookupQuery {
+    /// Every event of every account, newest first, up to `limit`.
+    pub fn everything(limit: u32) -> Self {
+        Self {
+            attribute: None,
+            start_ms: i64::MIN,
+            end_ms: i64::MAX,
+            after: None,
+            limit,
+            account: None,
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("stored data is not valid: {0}")]
