@@ -28,6 +28,7 @@ coffer_platform::store_contract_tests!(
     events_round_trip_and_duplicates_are_skipped,
     lookups_filter_by_each_attribute_and_time,
     pages_return_every_event_exactly_once_newest_first,
+    a_large_batch_stores_each_new_event_once_with_its_own_resources,
     retention_removes_only_old_events_with_their_resources,
 );
 
@@ -176,6 +177,47 @@ async fn lookups_filter_by_each_attribute_and_time(store: &dyn EventStore) -> Te
         ..all_time(None)
     };
     assert_eq!(ids(&store.lookup(&window).await?), vec!["a2"]);
+    Ok(())
+}
+
+async fn a_large_batch_stores_each_new_event_once_with_its_own_resources(
+    store: &dyn EventStore,
+) -> TestResult {
+    // More than two full statements' worth, ending in smaller ones, with two
+    // events already stored: positions and resources must stay with their
+    // own events across every statement of the batch.
+    let events: Vec<StoredEvent> = (0..1_100)
+        .map(|index| event(&format!("x{index:04}"), 1_000 + index, "Encrypt"))
+        .collect();
+    let stored_before = [5_usize, 700];
+    for &index in &stored_before {
+        let earlier = events.get(index).ok_or("no such event")?;
+        store
+            .insert_events(std::slice::from_ref(earlier), 0)
+            .await?;
+    }
+    let fresh = store.insert_events(&events, 0).await?;
+    let expected: Vec<usize> = (0..1_100)
+        .filter(|index| !stored_before.contains(index))
+        .collect();
+    assert_eq!(fresh, expected);
+    assert_eq!(store.count_events("Encrypt").await?, 1_100);
+    for index in [0_usize, 5, 511, 512, 700, 1_023, 1_024, 1_099] {
+        let id = format!("x{index:04}");
+        let named = store
+            .lookup(&all_time(Some(LookupAttribute::ResourceName(format!(
+                "arn:coffer:kms:eu-west-1:111122223333:key/{id}"
+            )))))
+            .await?;
+        assert_eq!(ids(&named), vec![id], "resource of event {index}");
+    }
+    let keys = store
+        .lookup(&LookupQuery {
+            limit: 50,
+            ..all_time(Some(LookupAttribute::ResourceType("AWS::KMS::Key".into())))
+        })
+        .await?;
+    assert_eq!(keys.len(), 50, "a full page of events naming a key");
     Ok(())
 }
 

@@ -36,6 +36,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "resources trigger",
             sql: include_str!("../../migrations/postgres/0003_resources_trigger.sql"),
         },
+        MigrationFile {
+            version: 4,
+            description: "resources by store",
+            sql: include_str!("../../migrations/postgres/0004_resources_by_store.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -52,6 +57,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 3,
             description: "resources trigger",
             sql: include_str!("../../migrations/sqlite/0003_resources_trigger.sql"),
+        },
+        MigrationFile {
+            version: 4,
+            description: "resources by store",
+            sql: include_str!("../../migrations/sqlite/0004_resources_by_store.sql"),
         },
     ],
 };

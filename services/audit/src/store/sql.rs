@@ -10,9 +10,39 @@ use super::{EventStore, LookupAttribute, LookupQuery, StoreError, StoredEvent};
 const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.event_time_ms, e.event_source, e.event_name, \
      e.read_only, e.username, e.account_id, e.trusted, e.trace_id, e.received_at_ms, e.record";
 
-/// Events per multi-row insert (11 parameters each: within both backends'
-/// parameter limits).
-const INSERT_CHUNK: usize = 500;
+/// Rows per multi-row insert, at most (events take 11 parameters each,
+/// resources 3: within both backends' parameter limits).
+const INSERT_CHUNK: usize = 512;
+
+/// The row counts a batch of `total` rows is inserted in: full chunks, then
+/// powers of two. A batch of any size then uses one of a handful of
+/// statements, which stay prepared in the connection's statement cache
+/// instead of one new statement per batch size.
+fn chunk_sizes(total: usize) -> impl Iterator<Item = usize> {
+    let mut left = total;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let size = if left >= INSERT_CHUNK {
+            INSERT_CHUNK
+        } else {
+            1 << left.ilog2()
+        };
+        left -= size;
+        Some(size)
+    })
+}
+
+/// Splits `rows` into chunks of the sizes [`chunk_sizes`] gives.
+fn fixed_chunks<T>(rows: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    let mut start = 0;
+    chunk_sizes(rows.len()).map(move |size| {
+        let chunk = (start, rows.get(start..start + size).unwrap_or_default());
+        start += size;
+        chunk
+    })
+}
 
 /// How a backend spells the `n`th (1-based) placeholder of a statement.
 ///
@@ -54,8 +84,15 @@ fn insert_events_statement(rows: usize, style: Placeholders) -> String {
     format!(
         "INSERT INTO events (event_id, event_time_ms, event_source, event_name, read_only, \
          username, account_id, trusted, trace_id, received_at_ms, record) VALUES {} \
-         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+         ON CONFLICT (event_id) DO NOTHING RETURNING seq, event_id",
         value_rows(rows, 11, style)
+    )
+}
+
+fn insert_resources_statement(rows: usize, style: Placeholders) -> String {
+    format!(
+        "INSERT INTO event_resources (seq, resource_type, resource_name) VALUES {}",
+        value_rows(rows, 3, style)
     )
 }
 
@@ -160,12 +197,13 @@ macro_rules! sql_event_store {
                 events: &[StoredEvent],
                 now_ms: i64,
             ) -> Result<Vec<usize>, StoreError> {
-                // One statement per chunk, whatever its size: a multi-row
-                // insert returning the ids that were new. The database's
-                // trigger indexes their resources within the same statement,
-                // so no explicit transaction is needed (migration 0003).
+                // One transaction: per chunk, a multi-row insert returning
+                // the events that were new, then the resources of those
+                // (only a trusted event names resources).
+                let mut transaction = self.writer.begin().await.map_err(StoreError::Database)?;
                 let mut inserted = Vec::new();
-                for (chunk_index, chunk) in events.chunks(INSERT_CHUNK).enumerate() {
+                let mut resources: Vec<(i64, &str, &str)> = Vec::new();
+                for (offset, chunk) in fixed_chunks(events) {
                     let statement = insert_events_statement(chunk.len(), $placeholders);
                     let mut query = sqlx::query(&statement);
                     for event in chunk {
@@ -183,22 +221,46 @@ macro_rules! sql_event_store {
                             .bind(&event.record);
                     }
                     let rows = query
-                        .fetch_all(&self.writer)
+                        .fetch_all(&mut *transaction)
                         .await
                         .map_err(StoreError::Database)?;
                     let positions: std::collections::HashMap<&str, usize> = chunk
                         .iter()
                         .enumerate()
-                        .map(|(position, event)| (event.event_id.as_str(), position))
+                        .map(|(position, event)| (event.event_id.as_str(), offset + position))
                         .collect();
                     for row in &rows {
                         let event_id: String =
                             row.try_get("event_id").map_err(StoreError::Database)?;
-                        if let Some(&position) = positions.get(event_id.as_str()) {
-                            inserted.push(chunk_index * INSERT_CHUNK + position);
+                        let seq: i64 = row.try_get("seq").map_err(StoreError::Database)?;
+                        let Some(&position) = positions.get(event_id.as_str()) else {
+                            continue;
+                        };
+                        inserted.push(position);
+                        if let Some(event) = events.get(position)
+                            && event.trusted
+                        {
+                            resources.extend(
+                                event
+                                    .resources
+                                    .iter()
+                                    .map(|(kind, name)| (seq, kind.as_str(), name.as_str())),
+                            );
                         }
                     }
                 }
+                for (_, chunk) in fixed_chunks(&resources) {
+                    let statement = insert_resources_statement(chunk.len(), $placeholders);
+                    let mut query = sqlx::query(&statement);
+                    for &(seq, kind, name) in chunk {
+                        query = query.bind(seq).bind(kind).bind(name);
+                    }
+                    query
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(StoreError::Database)?;
+                }
+                transaction.commit().await.map_err(StoreError::Database)?;
                 inserted.sort_unstable();
                 Ok(inserted)
             }
@@ -294,3 +356,29 @@ sql_event_store!(
     Placeholders::Anonymous,
     sqlite_writer
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_of_any_size_use_a_handful_of_statement_sizes() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for total in 0..=3 * INSERT_CHUNK + 7 {
+            let chunks: Vec<usize> = chunk_sizes(total).collect();
+            assert_eq!(chunks.iter().sum::<usize>(), total, "{total}");
+            assert!(chunks.iter().all(|&size| size > 0 && size <= INSERT_CHUNK));
+            sizes.extend(chunks);
+        }
+        // 512 and the powers of two below it.
+        assert_eq!(sizes.len(), 10, "{sizes:?}");
+
+        let rows: Vec<usize> = (0..1_300).collect();
+        let mut seen = Vec::new();
+        for (offset, chunk) in fixed_chunks(&rows) {
+            assert_eq!(chunk.first(), Some(&offset));
+            seen.extend_from_slice(chunk);
+        }
+        assert_eq!(seen, rows);
+    }
+}
