@@ -302,8 +302,12 @@ impl AuditCore {
 
 /// Stores what the journal holds, oldest first, until the core is gone. A
 /// batch the store refuses is retried, never dropped: it was acknowledged.
+/// How long the indexer lets exports gather before storing them.
+const INDEX_LINGER: Duration = Duration::from_millis(20);
+
 async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
     loop {
+        journal.linger(INDEX_LINGER).await;
         let Some(taken) = journal.take() else {
             journal.wait_for_work().await;
             continue;

@@ -79,6 +79,8 @@ pub struct Journal {
     work: Notify,
     /// Wakes appends waiting for room.
     room: Notify,
+    /// Cuts the indexer's linger short: a reader waits.
+    hurry: Notify,
 }
 
 /// What the indexer takes in one go: the events of one or more appended
@@ -147,6 +149,7 @@ impl Journal {
             indexed,
             work: Notify::new(),
             room: Notify::new(),
+            hurry: Notify::new(),
         })
     }
 
@@ -225,6 +228,20 @@ impl Journal {
         self.work.notified().await;
     }
 
+    /// Lets more exports gather before the indexer takes them, for up to
+    /// `period`: a few large transactions cost SQLite far less per event
+    /// than many small ones. Ends early when a batch is full or a reader
+    /// waits for the indexer.
+    pub async fn linger(&self, period: Duration) {
+        if self.lock().queued_events >= INDEX_BATCH {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = self.hurry.notified() => {}
+        }
+    }
+
     /// Records that the batches up to `through` are in the event store.
     /// Empties the file once everything appended is stored.
     pub fn stored(&self, through: u64) {
@@ -248,6 +265,7 @@ impl Journal {
     /// in the event store. Returns whether it is.
     pub async fn settled(&self, timeout: Duration) -> bool {
         let target = self.lock().appended;
+        self.hurry.notify_one();
         let mut indexed = self.indexed.subscribe();
         tokio::time::timeout(timeout, indexed.wait_for(|through| *through >= target))
             .await
