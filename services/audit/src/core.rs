@@ -300,11 +300,11 @@ impl AuditCore {
     }
 }
 
-/// Stores what the journal holds, oldest first, until the core is gone. A
-/// batch the store refuses is retried, never dropped: it was acknowledged.
 /// How long the indexer lets exports gather before storing them.
 const INDEX_LINGER: Duration = Duration::from_millis(20);
 
+/// Stores what the journal holds, oldest first, until the core is gone. A
+/// batch the store refuses is retried, never dropped: it was acknowledged.
 async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
     loop {
         journal.linger(INDEX_LINGER).await;
