@@ -71,7 +71,10 @@ pub struct BenchArgs {
     pub total: Option<u64>,
     /// Run the scenario list this many times, interleaved, and report each
     /// scenario's median requests/sec and its ratio to echo (noise on a
-    /// shared machine then moves one sample, not the conclusion).
+    /// shared machine then moves one sample, not the conclusion). Every
+    /// second round runs the list in reverse order, so a machine that slows
+    /// down or speeds up during a round does not always favour the same
+    /// scenario.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Unmeasured warm-up before each scenario (seconds).
@@ -783,7 +786,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         if rounds > 1 {
             println!("\n=== round {} of {rounds}", round + 1);
         }
-        for scenario in &args.scenario {
+        for scenario in round_order(&args.scenario, round) {
             let workload = workload_for(scenario)?;
             let scenario_channels = if scenario == "echo" {
                 let Some(echo_addr) = &target.echo_addr else {
@@ -945,6 +948,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
     Ok(summaries)
 }
 
+/// The scenarios of round `round` (from 0): the list as given, reversed in
+/// every second round (A B, then B A), so that a drift of the machine's speed
+/// within a round of two scenarios penalises each of them in turn.
+fn round_order(scenarios: &[String], round: usize) -> Vec<&String> {
+    let mut order: Vec<&String> = scenarios.iter().collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
 /// The echo server's sink: echo is not an API, so no call reaches it.
 struct NoApiCalls;
 
@@ -965,5 +979,26 @@ impl coffer_platform::audit::AuditSink for NoApiCalls {
         _timeout: Duration,
     ) -> Result<(), coffer_platform::audit::AuditDeliveryError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn every_second_round_runs_the_scenarios_in_reverse() {
+        let scenarios: Vec<String> = ["echo", "encrypt", "encrypt-best-effort"]
+            .map(String::from)
+            .to_vec();
+        let names = |round| -> Vec<&str> {
+            round_order(&scenarios, round)
+                .into_iter()
+                .map(String::as_str)
+                .collect()
+        };
+        assert_eq!(names(0), ["echo", "encrypt", "encrypt-best-effort"]);
+        assert_eq!(names(1), ["encrypt-best-effort", "encrypt", "echo"]);
+        assert_eq!(names(2), ["echo", "encrypt", "encrypt-best-effort"]);
     }
 }
