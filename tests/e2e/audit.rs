@@ -3,12 +3,15 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use coffer_tests::{ACCOUNT_A, Backend, Harness, backend_tests, keys_pb as pb, request_id_of};
+use coffer_tests::{
+    ACCOUNT_A, Backend, Harness, Options, backend_tests, keys_pb as pb, request_id_of,
+};
 use serde_json::Value;
 
 backend_tests!(
     every_rpc_emits_exactly_one_event,
-    no_plaintext_in_events_or_logs
+    no_plaintext_in_events_or_logs,
+    a_client_calling_in_sequence_never_waits_for_gathering
 );
 
 async fn single_event(harness: &Harness, request_id: &str) -> anyhow::Result<Value> {
@@ -268,5 +271,56 @@ async fn no_plaintext_in_events_or_logs(backend: Backend) -> anyhow::Result<()> 
         );
         assert!(!logs.contains(&needle), "{what} appears in a log line");
     }
+    Ok(())
+}
+
+/// The exporter lets a small export wait for calls still running; a call's
+/// own event must not wait for the call itself. With one client calling in
+/// sequence no other call runs, so no export waits for the gathering time.
+async fn a_client_calling_in_sequence_never_waits_for_gathering(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            audit_extra: "  gather_ms: 100\n".into(),
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key_id = client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("CreateKey returned no metadata"))?
+        .key_id;
+    for _ in 0..5 {
+        client
+            .encrypt(pb::EncryptRequest {
+                key_id: key_id.clone(),
+                plaintext: b"x".to_vec(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let counters = harness
+        .instance()?
+        .export_counters()
+        .ok_or_else(|| anyhow::anyhow!("the harness exports no audit events"))?;
+    assert_eq!(
+        counters
+            .gathers_timed_out
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "an export waited for the gathering time"
+    );
+    assert!(
+        counters
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 6
+    );
     Ok(())
 }

@@ -104,6 +104,11 @@ impl Instance {
         Ok(())
     }
 
+    /// What the audit exporter has done, when this instance exports.
+    pub fn export_counters(&self) -> Option<&coffer_platform::audit::export::ExportCounters> {
+        self.exporter.as_ref().map(|exporter| exporter.counters())
+    }
+
     /// Waits until every audit event emitted so far is acknowledged by the
     /// audit service and, when it runs here, in its store.
     pub async fn flush_audit(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
@@ -215,6 +220,7 @@ pub async fn launch(
                 deadline: settings.audit.deadline,
                 queue_limit: settings.audit.queue_limit,
                 batch_limit: settings.audit.batch_limit,
+                gather: settings.audit.gather,
             },
         ))
     } else {

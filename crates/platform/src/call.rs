@@ -31,7 +31,8 @@ use tracing::Instrument;
 use crate::arn::Location;
 use crate::audit::outbox::{OutboxSlot, SqlOutbox};
 use crate::audit::{
-    AuditEvent, AuditRecorder, AuditSink, Delivery, EventCategory, RpcKind, UserIdentity,
+    AuditEvent, AuditRecorder, AuditSink, CallCounter, Delivery, EventCategory, RpcKind,
+    UserIdentity,
 };
 use crate::authz::{Authorizer, Caller, DecisionMark};
 use crate::config::AuditMode;
@@ -655,6 +656,9 @@ where
     request.headers_mut().remove(FORWARDED_FOR_HEADER);
     request.headers_mut().remove(FORWARDED_SOURCE_IP_HEADER);
 
+    // Until its event is handed over, the call counts as running: an export
+    // may wait a moment to carry its event too (see `audit::export`).
+    let running = entry.sink.calls().map(CallCounter::start);
     let recorder = AuditRecorder::default();
     let decision = DecisionMark::default();
     let span = crate::telemetry::rpc_span(&path, &request_id, &parent_trace);
@@ -808,6 +812,7 @@ where
         _ => Delivery::Background,
     };
     let waited = matches!(delivery, Delivery::Acknowledged);
+    drop(running);
     match entry.sink.emit(&event, delivery).await {
         Ok(()) => {}
         Err(error) if waited => {

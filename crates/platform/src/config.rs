@@ -152,6 +152,10 @@ pub struct AuditFile {
     pub queue_limit: usize,
     /// Most events in one export (one group commit at the audit service).
     pub batch_limit: usize,
+    /// How long an export of a few events may wait for the events of calls
+    /// that are still running, so that slow calls (RSA) share exports;
+    /// 0: never.
+    pub gather_ms: u64,
     /// How long an outbox row is left to the live delivery path before the
     /// relay sends it.
     pub outbox_grace_ms: u64,
@@ -177,6 +181,7 @@ impl Default for AuditFile {
             deadline_ms: 5_000,
             queue_limit: 100_000,
             batch_limit: 1_024,
+            gather_ms: 1,
             outbox_grace_ms: 15_000,
             retention_days: 90,
             untrusted_spans: "store".into(),
@@ -306,6 +311,7 @@ pub struct AuditSettings {
     pub deadline: Duration,
     pub queue_limit: usize,
     pub batch_limit: usize,
+    pub gather: Duration,
     pub outbox_grace: Duration,
     pub retention: Duration,
     pub untrusted_spans: UntrustedSpans,
@@ -349,6 +355,9 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
     if !(1..=10_000).contains(&file.batch_limit) {
         return Err(ConfigError::new("audit.batch_limit", "must be 1 to 10000"));
     }
+    if file.gather_ms > 100 {
+        return Err(ConfigError::new("audit.gather_ms", "must be 0 to 100"));
+    }
     if !(1..=36_500).contains(&file.retention_days) {
         return Err(ConfigError::new(
             "audit.retention_days",
@@ -377,6 +386,7 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
         deadline: Duration::from_millis(file.deadline_ms),
         queue_limit: file.queue_limit,
         batch_limit: file.batch_limit,
+        gather: Duration::from_millis(file.gather_ms),
         outbox_grace: Duration::from_millis(file.outbox_grace_ms),
         retention: Duration::from_secs(u64::from(file.retention_days) * 86_400),
         untrusted_spans,

@@ -8,6 +8,16 @@
 //! next one. So under load many calls share one round trip and one commit,
 //! and a call that waits for its acknowledgement waits about one export.
 //!
+//! **Gathering.** When calls are slow (an RSA signature takes a millisecond of
+//! CPU), their events arrive one at a time, and each would travel in an export
+//! of its own: a round trip, a journal write and an acknowledgement per call,
+//! which cost more CPU than the call's own work outside the signature. So before
+//! an export of fewer than [`GATHERED_ENOUGH`] events leaves, the sender waits
+//! up to `gather` for the calls that were already running to hand over
+//! theirs ([`CallCounter`]). Calls that start during the wait do not extend
+//! it, and with no other call running (one client calling in sequence) there
+//! is no wait at all.
+//!
 //! - `required` mode: a failed export is retried with backoff, the queue
 //!   kept (up to `queue_limit`). Once exports have failed for longer than
 //!   the deadline the exporter reports itself unhealthy; data-plane calls
@@ -27,12 +37,15 @@ use tonic::transport::Channel;
 
 use super::otlp::{EncodedEvent, export_request};
 use super::outbox::SqlOutbox;
-use super::{AuditDeliveryError, AuditEvent, AuditSink, Delivery};
+use super::{AuditDeliveryError, AuditEvent, AuditSink, CallCounter, Delivery};
 use crate::config::AuditMode;
 
 /// Longest pause between retries of a failed export.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// An export of this many events leaves without gathering more: the round
+/// trip's cost is already shared.
+pub const GATHERED_ENOUGH: usize = 4;
 
 /// Where exports go.
 #[async_trait::async_trait]
@@ -100,6 +113,9 @@ pub struct ExportCounters {
     pub lost: AtomicU64,
     /// Exports that failed.
     pub failed_exports: AtomicU64,
+    /// Exports that left because the gathering time ran out while calls
+    /// that were running when it began had not handed over their events.
+    pub gathers_timed_out: AtomicU64,
 }
 
 struct Entry {
@@ -132,6 +148,10 @@ struct Shared {
     counters: ExportCounters,
     /// Events taken by the sender and not yet acknowledged or given up.
     in_flight: AtomicU64,
+    /// The calls of the services that emit here.
+    calls: Arc<CallCounter>,
+    /// Longest wait for running calls' events; zero: none.
+    gather: Duration,
 }
 
 impl Shared {
@@ -174,6 +194,8 @@ pub struct ExportSettings {
     pub deadline: Duration,
     pub queue_limit: usize,
     pub batch_limit: usize,
+    /// How long an export may wait for running calls' events.
+    pub gather: Duration,
 }
 
 impl AuditExporter {
@@ -191,6 +213,8 @@ impl AuditExporter {
             healthy,
             counters: ExportCounters::default(),
             in_flight: AtomicU64::new(0),
+            calls: Arc::new(CallCounter::default()),
+            gather: settings.gather,
         });
         let sender = tokio::spawn(send_loop(shared.clone(), transport));
         Arc::new(Self { shared, sender })
@@ -283,6 +307,10 @@ impl AuditSink for AuditExporter {
         Some(self.shared.healthy.subscribe())
     }
 
+    fn calls(&self) -> Option<&Arc<CallCounter>> {
+        Some(&self.shared.calls)
+    }
+
     async fn flush(&self, timeout: Duration) -> Result<(), AuditDeliveryError> {
         let give_up = Instant::now() + timeout;
         loop {
@@ -304,10 +332,35 @@ impl AuditSink for AuditExporter {
     }
 }
 
+/// Waits, up to `shared.gather`, until the calls running now have handed
+/// their events over or [`GATHERED_ENOUGH`] events wait; see the module docs.
+async fn gather(shared: &Shared) {
+    if shared.gather.is_zero() {
+        return;
+    }
+    let running_now = shared.calls.started();
+    let give_up = tokio::time::Instant::now() + shared.gather;
+    loop {
+        let pushed = shared.wake.notified();
+        let queued = shared.lock().len();
+        if queued == 0 || queued >= GATHERED_ENOUGH || shared.calls.finished() >= running_now {
+            return;
+        }
+        if tokio::time::timeout_at(give_up, pushed).await.is_err() {
+            shared
+                .counters
+                .gathers_timed_out
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
 async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
     let mut backoff = FIRST_BACKOFF;
     let mut failing_since: Option<Instant> = None;
     loop {
+        gather(&shared).await;
         let batch: Vec<Entry> = {
             let mut queue = shared.lock();
             let mut batch = Vec::with_capacity(queue.len().min(shared.batch_limit));
@@ -424,5 +477,177 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
         }
         shared.in_flight.fetch_sub(count, Ordering::AcqRel);
         shared.progress.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::RunningCall;
+
+    /// A transport that records how many events each export carried.
+    #[derive(Default)]
+    struct Recording {
+        batches: Mutex<Vec<usize>>,
+    }
+
+    impl Recording {
+        fn batches(&self) -> Vec<usize> {
+            self.batches
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+        }
+
+        /// Waits (in real time, at most `limit`) until `done` holds for the
+        /// exports so far, and returns them.
+        async fn wait_until(&self, limit: Duration, done: impl Fn(&[usize]) -> bool) -> Vec<usize> {
+            let give_up = Instant::now() + limit;
+            loop {
+                let batches = self.batches();
+                if done(&batches) || Instant::now() >= give_up {
+                    return batches;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ExportTransport for Recording {
+        async fn export(&self, events: &[EncodedEvent]) -> Result<(), String> {
+            if !events.is_empty() {
+                self.batches
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(events.len());
+            }
+            Ok(())
+        }
+    }
+
+    fn exporter(gather: Duration) -> (Arc<AuditExporter>, Arc<Recording>) {
+        let transport = Arc::new(Recording::default());
+        let exporter = AuditExporter::start(
+            transport.clone(),
+            ExportSettings {
+                mode: AuditMode::BestEffort,
+                deadline: Duration::from_secs(5),
+                queue_limit: 1_000,
+                batch_limit: 100,
+                gather,
+            },
+        );
+        (exporter, transport)
+    }
+
+    fn event(index: usize) -> EncodedEvent {
+        EncodedEvent {
+            event_id: format!("00000000-0000-4000-8000-{index:012}"),
+            event_name: "Sign".into(),
+            trace_id: String::new(),
+            record: "{}".into(),
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn an_export_waits_for_the_calls_that_were_running_and_carries_their_events() {
+        let (exporter, transport) = exporter(LONG);
+        let calls = exporter.calls().expect("the exporter counts calls").clone();
+        let running: Vec<RunningCall> = (0..3).map(|_| calls.start()).collect();
+        let mut running = running.into_iter();
+
+        drop(running.next());
+        exporter.enqueue_encoded(event(1), None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            transport.batches(),
+            Vec::<usize>::new(),
+            "nothing leaves while two calls run"
+        );
+
+        drop(running.next());
+        exporter.enqueue_encoded(event(2), None);
+        drop(running.next());
+        exporter.enqueue_encoded(event(3), None);
+        let batches = transport
+            .wait_until(Duration::from_secs(5), |batches| !batches.is_empty())
+            .await;
+        assert_eq!(
+            batches,
+            [3],
+            "the three calls' events leave together, long before the limit"
+        );
+        assert_eq!(
+            exporter
+                .counters()
+                .gathers_timed_out
+                .load(Ordering::Relaxed),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_other_call_running_an_event_leaves_at_once() {
+        let (exporter, transport) = exporter(LONG);
+        exporter.enqueue_encoded(event(1), None);
+        let batches = transport
+            .wait_until(Duration::from_secs(5), |batches| !batches.is_empty())
+            .await;
+        assert_eq!(batches, [1]);
+    }
+
+    #[tokio::test]
+    async fn enough_events_leave_without_waiting_for_the_calls_still_running() {
+        let (exporter, transport) = exporter(LONG);
+        let calls = exporter.calls().expect("the exporter counts calls").clone();
+        let _still_running = calls.start();
+        for index in 0..GATHERED_ENOUGH {
+            exporter.enqueue_encoded(event(index), None);
+        }
+        let batches = transport
+            .wait_until(Duration::from_secs(5), |batches| !batches.is_empty())
+            .await;
+        assert_eq!(batches, [GATHERED_ENOUGH]);
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_call_that_does_not_end_is_bounded() {
+        let gather = Duration::from_millis(200);
+        let (exporter, transport) = exporter(gather);
+        let calls = exporter.calls().expect("the exporter counts calls").clone();
+        let _never_ends = calls.start();
+        let queued = Instant::now();
+        exporter.enqueue_encoded(event(1), None);
+        let batches = transport
+            .wait_until(Duration::from_secs(10), |batches| !batches.is_empty())
+            .await;
+        assert_eq!(batches, [1]);
+        assert_eq!(
+            exporter
+                .counters()
+                .gathers_timed_out
+                .load(Ordering::Relaxed),
+            1
+        );
+        assert!(
+            queued.elapsed() >= gather,
+            "left after {:?}, before the gathering time",
+            queued.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_zero_gathering_time_never_waits() {
+        let (exporter, transport) = exporter(Duration::ZERO);
+        let calls = exporter.calls().expect("the exporter counts calls").clone();
+        let _still_running = calls.start();
+        exporter.enqueue_encoded(event(1), None);
+        let batches = transport
+            .wait_until(Duration::from_secs(5), |batches| !batches.is_empty())
+            .await;
+        assert_eq!(batches, [1]);
     }
 }

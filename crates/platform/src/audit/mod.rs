@@ -17,6 +17,7 @@ pub mod export;
 pub mod otlp;
 pub mod outbox;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -195,6 +196,44 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
+/// How many API calls have started and how many have handed their event to
+/// the sink. The exporter reads it to let an export wait a moment for calls
+/// that are still running ([`export`]'s gathering).
+#[derive(Debug, Default)]
+pub struct CallCounter {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl CallCounter {
+    /// Counts a call as running until the returned mark is dropped, which
+    /// the call layer does just before it emits the call's event.
+    pub fn start(self: &Arc<Self>) -> RunningCall {
+        self.started.fetch_add(1, Ordering::AcqRel);
+        RunningCall(self.clone())
+    }
+
+    /// Calls started so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Calls that have handed their event over (or ended without one).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// A call whose event is not handed over yet; see [`CallCounter::start`].
+#[derive(Debug)]
+pub struct RunningCall(Arc<CallCounter>);
+
+impl Drop for RunningCall {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// Where events go: the exporter to the audit service, or (for the audit
 /// service's own calls) its store.
 #[async_trait::async_trait]
@@ -212,4 +251,9 @@ pub trait AuditSink: Send + Sync + 'static {
     /// Returns once every event handed over so far is acknowledged (or
     /// given up), or `timeout` passed.
     async fn flush(&self, timeout: std::time::Duration) -> Result<(), AuditDeliveryError>;
+
+    /// The count of running calls this sink batches by, if it does.
+    fn calls(&self) -> Option<&Arc<CallCounter>> {
+        None
+    }
 }
