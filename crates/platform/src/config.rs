@@ -901,6 +901,24 @@ services:
             error_field(&format!("{MINIMAL}\ntelemetry: {{ log_format: xml }}\n")),
             "telemetry.log_format"
         );
+        assert_eq!(
+            error_field(&format!("{MINIMAL}\naudit: {{ gather_ms: 101 }}\n")),
+            "audit.gather_ms"
+        );
+    }
+
+    #[test]
+    fn the_gathering_time_is_in_milliseconds_and_zero_turns_it_off() -> Result<(), ConfigError> {
+        let default = from_yaml(MINIMAL, no_env())?;
+        assert_eq!(default.audit.gather, Duration::from_millis(1));
+        let off = from_yaml(&format!("{MINIMAL}\naudit: {{ gather_ms: 0 }}\n"), no_env())?;
+        assert_eq!(off.audit.gather, Duration::ZERO);
+        let most = from_yaml(
+            &format!("{MINIMAL}\naudit: {{ gather_ms: 100 }}\n"),
+            no_env(),
+        )?;
+        assert_eq!(most.audit.gather, Duration::from_millis(100));
+        Ok(())
     }
 
     #[test]
