@@ -181,7 +181,7 @@ impl Default for AuditFile {
             deadline_ms: 5_000,
             queue_limit: 100_000,
             batch_limit: 1_024,
-            gather_ms: 1,
+            gather_ms: 4,
             outbox_grace_ms: 15_000,
             retention_days: 90,
             untrusted_spans: "store".into(),
@@ -910,7 +910,7 @@ services:
     #[test]
     fn the_gathering_time_is_in_milliseconds_and_zero_turns_it_off() -> Result<(), ConfigError> {
         let default = from_yaml(MINIMAL, no_env())?;
-        assert_eq!(default.audit.gather, Duration::from_millis(1));
+        assert_eq!(default.audit.gather, Duration::from_millis(4));
         let off = from_yaml(&format!("{MINIMAL}\naudit: {{ gather_ms: 0 }}\n"), no_env())?;
         assert_eq!(off.audit.gather, Duration::ZERO);
         let most = from_yaml(

@@ -44,8 +44,10 @@ use crate::config::AuditMode;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// An export of this many events leaves without gathering more: the round
-/// trip's cost is already shared.
-pub const GATHERED_ENOUGH: usize = 4;
+/// trip's cost is already shared. Signatures finish about half a millisecond
+/// apart at c=64 on two cores; 4 events an export left ~30 % of the CPU
+/// outside RSA, 16 about 23 % (BENCHMARKS.md, session 9).
+pub const GATHERED_ENOUGH: usize = 16;
 
 /// Where exports go.
 #[async_trait::async_trait]
