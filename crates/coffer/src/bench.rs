@@ -103,6 +103,11 @@ pub struct BenchArgs {
     /// Concurrency of the background load.
     #[arg(long, default_value_t = 64)]
     pub background_concurrency: usize,
+    /// Worker threads of the load generator's runtime. One keeps the
+    /// generator's own CPU small on a small machine (the in-process target
+    /// has a runtime of its own); raise it with many connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub loadgen_threads: u16,
 }
 
 /// One scenario's results, in ghz's terms.
@@ -1000,5 +1005,22 @@ mod tests {
         assert_eq!(names(0), ["echo", "encrypt", "encrypt-best-effort"]);
         assert_eq!(names(1), ["encrypt-best-effort", "encrypt", "echo"]);
         assert_eq!(names(2), ["echo", "encrypt", "encrypt-best-effort"]);
+    }
+
+    #[test]
+    fn the_load_generator_runs_on_one_worker_unless_told_otherwise() {
+        use clap::Parser as _;
+        let parse = |flags: &[&str]| {
+            crate::cli::Cli::try_parse_from(["coffer", "bench"].iter().chain(flags)).map(|cli| {
+                match cli.command {
+                    crate::cli::Command::Bench(args) => args.loadgen_threads,
+                    _ => unreachable!("`coffer bench` parses as the bench command"),
+                }
+            })
+        };
+        assert_eq!(parse(&[]).expect("no flag"), 1);
+        assert_eq!(parse(&["--loadgen-threads", "3"]).expect("3 threads"), 3);
+        let zero = parse(&["--loadgen-threads", "0"]).expect_err("0 threads is refused");
+        assert_eq!(zero.kind(), clap::error::ErrorKind::ValueValidation);
     }
 }

@@ -7,8 +7,15 @@ use clap::Parser as _;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     coffer_platform::install_crypto_provider();
-    coffer::cli::run(coffer::cli::Cli::parse()).await
+    let cli = coffer::cli::Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let coffer::cli::Command::Bench(args) = &cli.command {
+        runtime.worker_threads(usize::from(args.loadgen_threads));
+    }
+    runtime
+        .enable_all()
+        .build()?
+        .block_on(coffer::cli::run(cli))
 }
