@@ -198,13 +198,7 @@ async fn no_plaintext_in_events_or_logs(backend: Backend) -> anyhow::Result<()> 
     let harness = Harness::start(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
     let marker = format!("PLAINTEXT-MARKER-{}", uuid::Uuid::new_v4().simple());
-    let key_id = client
-        .create_key(pb::CreateKeyRequest::default())
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?
-        .key_id;
+    let key_id = crate::keys::create_key(&mut client).await?.key_id;
     let blob = client
         .encrypt(pb::EncryptRequest {
             key_id: key_id.clone(),
@@ -289,13 +283,7 @@ async fn a_client_calling_in_sequence_never_waits_for_gathering(
     )
     .await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
-    let key_id = client
-        .create_key(pb::CreateKeyRequest::default())
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("CreateKey returned no metadata"))?
-        .key_id;
+    let key_id = crate::keys::create_key(&mut client).await?.key_id;
     for _ in 0..5 {
         client
             .encrypt(pb::EncryptRequest {

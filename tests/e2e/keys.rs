@@ -17,7 +17,7 @@ backend_tests!(
     restart_loses_nothing,
 );
 
-async fn create_key(
+pub(crate) async fn create_key(
     client: &mut pb::keys_client::KeysClient<tonic::transport::Channel>,
 ) -> anyhow::Result<pb::KeyMetadata> {
     let response = client
