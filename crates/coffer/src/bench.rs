@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// has a runtime of its own); raise it with many connections.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub loadgen_threads: u16,
+    /// The in-process target's services export their audit events over
+    /// OTLP/mTLS to its audit service, as services in separate processes
+    /// do, instead of handing them over in-process.
+    #[arg(long)]
+    pub audit_over_otlp: bool,
 }
 
 /// One scenario's results, in ghz's terms.
@@ -406,7 +411,7 @@ impl InProcessAudit {
 /// threads), so the servers and the load generator are scheduled apart, as
 /// they would be in two processes. With one runtime, where tokio happened to
 /// place the two ends of the single connection made throughput bimodal.
-fn in_process_target_on_own_runtime(mode: AuditMode) -> anyhow::Result<Target> {
+fn in_process_target_on_own_runtime(mode: AuditMode, over_otlp: bool) -> anyhow::Result<Target> {
     let (ready, target) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("coffer-bench-target".into())
@@ -424,7 +429,7 @@ fn in_process_target_on_own_runtime(mode: AuditMode) -> anyhow::Result<Target> {
                 }
             };
             runtime.block_on(async move {
-                match in_process_target(mode).await {
+                match in_process_target(mode, over_otlp).await {
                     Ok(target) => {
                         let _ = ready.send(Ok(target));
                         // Serve until the process ends.
@@ -439,9 +444,16 @@ fn in_process_target_on_own_runtime(mode: AuditMode) -> anyhow::Result<Target> {
     target.recv()?
 }
 
-async fn in_process_target(mode: AuditMode) -> anyhow::Result<Target> {
+async fn in_process_target(mode: AuditMode, over_otlp: bool) -> anyhow::Result<Target> {
     let directory = tempfile::tempdir()?;
-    let layout = crate::dev::prepare(directory.path(), SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    // Over OTLP the exporter needs the audit service's address before it
+    // starts: a port is picked here instead of by the listener.
+    let listen = if over_otlp {
+        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?
+    } else {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    };
+    let layout = crate::dev::prepare(directory.path(), listen)?;
     add_heavy_identity_policy(&layout)?;
     let heavy = coffer_platform::pki::Authority::load(&layout.dir)?.issue(
         &format!(
@@ -462,9 +474,11 @@ async fn in_process_target(mode: AuditMode) -> anyhow::Result<Target> {
     };
     // The environment's COFFER_* overrides apply (a Postgres database for
     // the audit service, say); the audit mode is the scenario's.
+    let endpoint = over_otlp.then(|| ("COFFER_AUDIT__ENDPOINT".to_owned(), listen.to_string()));
     let overrides = std::env::vars()
         .filter(|(name, _)| name != "COFFER_AUDIT__MODE")
-        .chain([("COFFER_AUDIT__MODE".to_owned(), mode_name.to_owned())]);
+        .chain([("COFFER_AUDIT__MODE".to_owned(), mode_name.to_owned())])
+        .chain(endpoint);
     let settings = coffer_platform::config::load(Some(&layout.config()), overrides)?;
     let services: Vec<String> = crate::BUILT_SERVICES
         .iter()
@@ -620,6 +634,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
     if args.concurrency == 0 || args.connections == 0 {
         bail!("--concurrency and --connections must be at least 1");
     }
+    if args.audit_over_otlp && args.addr.is_some() {
+        bail!(
+            "--audit-over-otlp configures the in-process target; with --addr the instance's own configuration decides"
+        );
+    }
     if args.payload == 0 || args.payload > 4096 {
         bail!("--payload must be 1 to 4096 bytes (KMS's plaintext limit)");
     }
@@ -628,7 +647,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         .iter()
         .any(|scenario| scenario == "encrypt-best-effort");
     let target = match &args.addr {
-        None => in_process_target_on_own_runtime(AuditMode::Required)?,
+        None => in_process_target_on_own_runtime(AuditMode::Required, args.audit_over_otlp)?,
         Some(addr) => {
             let layout = crate::dev::DevDir {
                 dir: args.dir.clone(),
@@ -652,7 +671,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         (false, _) => None,
         (true, Some(_)) => bail!("encrypt-best-effort needs the in-process target (no --addr)"),
         (true, None) => {
-            let target = in_process_target_on_own_runtime(AuditMode::BestEffort)?;
+            let target =
+                in_process_target_on_own_runtime(AuditMode::BestEffort, args.audit_over_otlp)?;
             let channels = channels(&target.tls, &target.keys_addr, args.connections).await?;
             let key_id = keys_pb::keys_client::KeysClient::new(channels[0].clone())
                 .create_key(keys_pb::CreateKeyRequest::default())

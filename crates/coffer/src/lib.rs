@@ -13,7 +13,9 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use coffer_crypto::RootKey;
 use coffer_platform::audit::AuditSink;
-use coffer_platform::audit::export::{AuditExporter, ExportSettings, OtlpTransport};
+use coffer_platform::audit::export::{
+    AuditExporter, ExportSettings, ExportTransport, OtlpTransport,
+};
 use coffer_platform::audit::outbox::{SqlOutbox, spawn_relay};
 use coffer_platform::authz::{self, Authorizer, IdentityPolicies};
 use coffer_platform::call::CallSettings;
@@ -159,8 +161,8 @@ pub async fn launch(
     }
     let tls = Arc::new(ServerTls::load(settings.tls.clone()).context("loading TLS certificates")?);
 
-    // Every listener is bound first, so the audit endpoint is known (a
-    // configured port of 0 included) before any service starts.
+    // Every listener is bound first, so an address in use fails the start
+    // before any store is opened.
     let mut listeners: BTreeMap<SocketAddr, TcpListener> = BTreeMap::new();
     for name in service_names {
         let service = settings
@@ -174,47 +176,49 @@ pub async fn launch(
             slot.insert(listener);
         }
     }
-    let serves_audit = service_names.iter().any(|name| name == "audit");
+    // The audit service opens first: a co-located service's exporter
+    // delivers to it directly.
+    let mut audit_service = if service_names.iter().any(|name| name == "audit") {
+        Some(open_audit(settings, clock.clone()).await?)
+    } else {
+        None
+    };
     let exports = service_names.iter().any(|name| name != "audit");
     let exporter = if exports {
-        let endpoint = match (&settings.audit.endpoint, serves_audit) {
-            (Some(endpoint), _) => endpoint.clone(),
-            (None, true) => {
-                let listen = settings.services.get("audit").map(|service| service.listen);
-                let bound = listen
-                    .and_then(|listen| listeners.get(&listen))
-                    .map(TcpListener::local_addr)
-                    .transpose()?
-                    .context("the audit listener is not bound")?;
-                bound.to_string()
-            }
-            (None, false) => bail!(
-                "audit.endpoint must name the audit service's address when this process does not serve it"
-            ),
-        };
-        let client_tls = ClientTls::from_files(
-            &settings.tls.ca_file,
-            Some((&settings.tls.cert_file, &settings.tls.key_file)),
-        )
-        .context("loading the audit client identity")?;
-        let channel = client_tls
-            .connect_lazy(
-                &endpoint,
-                &settings.audit.server_name,
-                settings.audit.deadline,
-            )
-            .context("the audit endpoint")?;
         let exporting: Vec<&str> = service_names
             .iter()
             .map(String::as_str)
             .filter(|name| *name != "audit")
             .collect();
+        let transport: Arc<dyn ExportTransport> = match (&settings.audit.endpoint, &audit_service) {
+            (Some(endpoint), _) => {
+                let client_tls = ClientTls::from_files(
+                    &settings.tls.ca_file,
+                    Some((&settings.tls.cert_file, &settings.tls.key_file)),
+                )
+                .context("loading the audit client identity")?;
+                let channel = client_tls
+                    .connect_lazy(
+                        endpoint,
+                        &settings.audit.server_name,
+                        settings.audit.deadline,
+                    )
+                    .context("the audit endpoint")?;
+                Arc::new(OtlpTransport::new(
+                    channel,
+                    &exporting.join("+"),
+                    settings.audit.deadline,
+                ))
+            }
+            (None, Some((audit, _))) => {
+                Arc::new(coffer_audit::LocalTransport::new(audit.core.clone()))
+            }
+            (None, None) => bail!(
+                "audit.endpoint must name the audit service's address when this process does not serve it"
+            ),
+        };
         Some(AuditExporter::start(
-            Arc::new(OtlpTransport::new(
-                channel,
-                &exporting.join("+"),
-                settings.audit.deadline,
-            )),
+            transport,
             ExportSettings {
                 mode: settings.audit.mode,
                 deadline: settings.audit.deadline,
@@ -285,19 +289,9 @@ pub async fn launch(
                 coffer_keys::registration(domain, outbox)
             }
             "audit" => {
-                let (audit, pool) = coffer_audit::connect(
-                    &service.database,
-                    clock.clone(),
-                    coffer_audit::AuditOptions {
-                        retention: settings.audit.retention,
-                        untrusted_spans: settings.audit.untrusted_spans,
-                        forward_spans_to: settings.audit.forward_spans_to.clone(),
-                        webhook_roots: webhook_roots(settings)?,
-                        webhook_first_backoff: std::time::Duration::from_millis(500),
-                    },
-                )
-                .await
-                .with_context(|| format!("opening the {name} database"))?;
+                let (audit, pool) = audit_service
+                    .take()
+                    .context("the audit service was opened once")?;
                 pools.push(pool);
                 background.push(coffer_audit::core::spawn_retention(audit.core.clone()));
                 audit_core = Some(audit.core.clone());
@@ -380,6 +374,30 @@ pub async fn launch(
         outboxes,
         background,
     })
+}
+
+/// Opens the audit service's store and starts its core.
+async fn open_audit(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(coffer_audit::AuditService, DbPool)> {
+    let service = settings
+        .services
+        .get("audit")
+        .context("services.audit is not configured")?;
+    coffer_audit::connect(
+        &service.database,
+        clock,
+        coffer_audit::AuditOptions {
+            retention: settings.audit.retention,
+            untrusted_spans: settings.audit.untrusted_spans,
+            forward_spans_to: settings.audit.forward_spans_to.clone(),
+            webhook_roots: webhook_roots(settings)?,
+            webhook_first_backoff: std::time::Duration::from_millis(500),
+        },
+    )
+    .await
+    .context("opening the audit database")
 }
 
 /// The CAs webhook servers must chain to: `audit.webhook_ca_file`, or the
