@@ -18,6 +18,12 @@
 //! it, and with no other call running (one client calling in sequence) there
 //! is no wait at all.
 //!
+//! **A lone call exports its own event.** In `required` mode, when nothing
+//! is queued, no export is under way and no other call is running, the call
+//! exports its event from its own task instead of handing it to the sender
+//! and waiting to be woken: a client calling in sequence saves two task
+//! wake-ups a call ([`AuditExporter::export_alone`]).
+//!
 //! - `required` mode: a failed export is retried with backoff, the queue
 //!   kept (up to `queue_limit`). Once exports have failed for longer than
 //!   the deadline the exporter reports itself unhealthy; data-plane calls
@@ -150,6 +156,10 @@ struct Shared {
     counters: ExportCounters,
     /// Events taken by the sender and not yet acknowledged or given up.
     in_flight: AtomicU64,
+    /// An export is under way, by the sender or by a call exporting its own
+    /// event ([`AuditExporter::export_alone`]). Set only with the queue
+    /// locked, so there is one export at a time.
+    exporting: AtomicBool,
     /// The calls of the services that emit here.
     calls: Arc<CallCounter>,
     /// Longest wait for running calls' events; zero: none.
@@ -186,6 +196,7 @@ impl Shared {
 /// The sink every service's call layer emits to; see the module docs.
 pub struct AuditExporter {
     shared: Arc<Shared>,
+    transport: Arc<dyn ExportTransport>,
     sender: tokio::task::JoinHandle<()>,
 }
 
@@ -215,11 +226,16 @@ impl AuditExporter {
             healthy,
             counters: ExportCounters::default(),
             in_flight: AtomicU64::new(0),
+            exporting: AtomicBool::new(false),
             calls: Arc::new(CallCounter::default()),
             gather: settings.gather,
         });
-        let sender = tokio::spawn(send_loop(shared.clone(), transport));
-        Arc::new(Self { shared, sender })
+        let sender = tokio::spawn(send_loop(shared.clone(), transport.clone()));
+        Arc::new(Self {
+            shared,
+            transport,
+            sender,
+        })
     }
 
     pub fn counters(&self) -> &ExportCounters {
@@ -248,6 +264,88 @@ impl AuditExporter {
             record: serde_json::to_string(event)
                 .map_err(|error| AuditDeliveryError::Failed(error.to_string()))?,
         })
+    }
+}
+
+impl AuditExporter {
+    /// A call whose event is the only one about (nothing queued, no export
+    /// under way, no other call still running) exports it from its own task.
+    /// A client calling in sequence then skips the hand-over to the sender
+    /// task and back: two task wake-ups, often on the other worker thread.
+    ///
+    /// Gives the event back when it is not alone, or when the export failed
+    /// (logged here; the sender then retries it as it retries any export).
+    async fn export_alone(
+        &self,
+        event: EncodedEvent,
+        give_up: tokio::time::Instant,
+    ) -> Result<(), EncodedEvent> {
+        let shared = &self.shared;
+        {
+            let queue = shared.lock();
+            let alone = queue.is_empty() && shared.calls.started() == shared.calls.finished();
+            if !alone || shared.exporting.swap(true, Ordering::AcqRel) {
+                return Err(event);
+            }
+        }
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let mut export = AloneExport {
+            shared,
+            event,
+            settled: false,
+        };
+        let outcome = tokio::time::timeout_at(
+            give_up,
+            self.transport.export(std::slice::from_ref(&export.event)),
+        )
+        .await;
+        export.settled = true;
+        match outcome {
+            Ok(Ok(())) => {
+                shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                shared
+                    .counters
+                    .failed_exports
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, events = 1, "audit export failed; will retry");
+                Err(std::mem::take(&mut export.event))
+            }
+            Err(_elapsed) => Err(std::mem::take(&mut export.event)),
+        }
+    }
+}
+
+/// An export by the call itself ([`AuditExporter::export_alone`]). Ending it
+/// lets the sender export again; a call dropped mid-export (its client went
+/// away) leaves its event to the sender, which delivers it at least once (the
+/// audit service de-duplicates by event id).
+struct AloneExport<'a> {
+    shared: &'a Shared,
+    event: EncodedEvent,
+    settled: bool,
+}
+
+impl Drop for AloneExport<'_> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        shared.exporting.store(false, Ordering::Release);
+        if self.settled {
+            if !shared.lock().is_empty() {
+                shared.wake.notify_one();
+            }
+        } else {
+            shared.push(Entry {
+                event: std::mem::take(&mut self.event),
+                ack: None,
+                withdrawn: None,
+                outbox: None,
+            });
+        }
+        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        shared.progress.notify_waiters();
     }
 }
 
@@ -284,6 +382,10 @@ impl AuditSink for AuditExporter {
                 if !self.is_healthy() {
                     return Err(AuditDeliveryError::Unacknowledged);
                 }
+                let give_up = tokio::time::Instant::now() + self.shared.deadline;
+                let Err(encoded) = self.export_alone(encoded, give_up).await else {
+                    return Ok(());
+                };
                 let (ack, acknowledged) = oneshot::channel();
                 let withdrawn = Arc::new(AtomicBool::new(false));
                 self.shared.push(Entry {
@@ -292,7 +394,7 @@ impl AuditSink for AuditExporter {
                     withdrawn: Some(withdrawn.clone()),
                     outbox: None,
                 });
-                match tokio::time::timeout(self.shared.deadline, acknowledged).await {
+                match tokio::time::timeout_at(give_up, acknowledged).await {
                     Ok(Ok(())) => Ok(()),
                     // Dropped unacknowledged (the queue was full, or the
                     // exporter stopped), or the deadline passed.
@@ -363,18 +465,31 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
     let mut failing_since: Option<Instant> = None;
     loop {
         gather(&shared).await;
-        let batch: Vec<Entry> = {
+        let batch: Option<Vec<Entry>> = {
             let mut queue = shared.lock();
-            let mut batch = Vec::with_capacity(queue.len().min(shared.batch_limit));
-            while batch.len() < shared.batch_limit {
-                let Some(entry) = queue.pop_front() else {
-                    break;
-                };
-                if !entry.is_withdrawn() {
-                    batch.push(entry);
+            if shared.exporting.load(Ordering::Acquire) {
+                // A call exports its own event; it wakes the sender when
+                // done if anything waits.
+                None
+            } else {
+                let mut batch = Vec::with_capacity(queue.len().min(shared.batch_limit));
+                while batch.len() < shared.batch_limit {
+                    let Some(entry) = queue.pop_front() else {
+                        break;
+                    };
+                    if !entry.is_withdrawn() {
+                        batch.push(entry);
+                    }
                 }
+                if !batch.is_empty() {
+                    shared.exporting.store(true, Ordering::Release);
+                }
+                Some(batch)
             }
-            batch
+        };
+        let Some(batch) = batch else {
+            shared.wake.notified().await;
+            continue;
         };
         if batch.is_empty() {
             shared.progress.notify_waiters();
@@ -402,6 +517,7 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
         shared.in_flight.fetch_add(count, Ordering::AcqRel);
         let events: Vec<EncodedEvent> = batch.iter().map(|entry| entry.event.clone()).collect();
         let outcome = transport.export(&events).await;
+        shared.exporting.store(false, Ordering::Release);
         match outcome {
             Ok(()) => {
                 shared
@@ -651,5 +767,126 @@ mod tests {
             .wait_until(Duration::from_secs(5), |batches| !batches.is_empty())
             .await;
         assert_eq!(batches, [1]);
+    }
+    /// A transport that records the task each export ran in; with `hang`,
+    /// the first export never ends.
+    #[derive(Default)]
+    struct TaskProbe {
+        hang: bool,
+        exports: Mutex<Vec<(usize, Option<tokio::task::Id>)>>,
+    }
+
+    impl TaskProbe {
+        fn exports(&self) -> Vec<(usize, Option<tokio::task::Id>)> {
+            self.exports
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ExportTransport for TaskProbe {
+        async fn export(&self, events: &[EncodedEvent]) -> Result<(), String> {
+            let first = {
+                let mut exports = self
+                    .exports
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                exports.push((events.len(), tokio::task::try_id()));
+                exports.len() == 1
+            };
+            if self.hang && first {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+    }
+
+    fn probed(hang: bool) -> (Arc<AuditExporter>, Arc<TaskProbe>) {
+        let transport = Arc::new(TaskProbe {
+            hang,
+            ..TaskProbe::default()
+        });
+        let exporter = AuditExporter::start(
+            transport.clone(),
+            ExportSettings {
+                mode: AuditMode::Required,
+                deadline: Duration::from_secs(5),
+                queue_limit: 1_000,
+                batch_limit: 100,
+                gather: LONG,
+            },
+        );
+        (exporter, transport)
+    }
+
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + LONG
+    }
+
+    #[tokio::test]
+    async fn a_lone_call_exports_its_event_from_its_own_task() {
+        let (exporter, transport) = probed(false);
+        let call = {
+            let exporter = exporter.clone();
+            tokio::spawn(async move {
+                let exported = exporter.export_alone(event(1), far()).await.is_ok();
+                (exported, tokio::task::id())
+            })
+        };
+        let (exported, call_task) = call.await.expect("the call's task ends");
+        assert!(exported, "the lone event was exported");
+        assert_eq!(transport.exports(), [(1, Some(call_task))]);
+        assert_eq!(exporter.counters().delivered.load(Ordering::Relaxed), 1);
+        assert!(!exporter.shared.exporting.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn an_event_is_not_exported_alone_while_another_call_runs() {
+        let (exporter, transport) = probed(false);
+        let calls = exporter.calls().expect("the exporter counts calls").clone();
+        let _other = calls.start();
+        let given_back = exporter.export_alone(event(1), far()).await;
+        assert_eq!(
+            given_back.map_err(|event| event.event_id),
+            Err(event(1).event_id)
+        );
+        assert!(transport.exports().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_event_is_not_exported_alone_while_an_export_is_under_way() {
+        let (exporter, transport) = probed(true);
+        // The sender's first export hangs: the event it carries stays in
+        // flight, and the next one waits in the queue.
+        exporter.enqueue_encoded(event(1), None);
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while transport.exports().is_empty() && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let given_back = exporter.export_alone(event(2), far()).await;
+        assert!(given_back.is_err(), "an export is under way");
+        assert_eq!(transport.exports().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_mid_export_leaves_its_event_to_the_sender() {
+        let (exporter, transport) = probed(true);
+        let cut_short = tokio::time::timeout(
+            Duration::from_millis(50),
+            exporter.export_alone(event(1), far()),
+        )
+        .await;
+        assert!(cut_short.is_err(), "the first export hangs");
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while transport.exports().len() < 2 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let exports = transport.exports();
+        assert_eq!(exports.len(), 2, "the sender exported the event again");
+        assert_eq!(exports[1].0, 1);
+        assert_ne!(exports[1].1, exports[0].1, "from the sender's task");
+        assert_eq!(exporter.counters().delivered.load(Ordering::Relaxed), 1);
     }
 }

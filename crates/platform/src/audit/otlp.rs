@@ -19,7 +19,7 @@ pub const RECORD_ATTRIBUTE: &str = "coffer.audit.record";
 pub const EVENT_ID_ATTRIBUTE: &str = "coffer.audit.event_id";
 
 /// One event ready to travel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EncodedEvent {
     pub event_id: String,
     pub event_name: String,
