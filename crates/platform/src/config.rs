@@ -138,8 +138,8 @@ pub struct AuditFile {
     /// data-plane answers wait for the audit service's acknowledgement;
     /// `best_effort`: events are sent in the background, losses counted.
     pub mode: String,
-    /// `host:port` of the audit service's mTLS listener. Unset: the
-    /// `services.audit` listener of this configuration.
+    /// `host:port` of the audit service's mTLS listener (OTLP). Unset: the
+    /// audit service of this process, handed events in-process.
     pub endpoint: Option<String>,
     /// The name the audit service's certificate is checked against.
     pub server_name: String,
