@@ -336,4 +336,55 @@ mod tests {
         assert_eq!(std::fs::metadata(&journal_path)?.len(), 0);
         Ok(())
     }
+
+    /// A co-located service's export: every record that reads is stored as
+    /// trusted; one that does not is refused alone (logged) and the export
+    /// still succeeds, as the OTLP endpoint's partial success does.
+    #[tokio::test]
+    async fn the_local_transport_stores_trusted_records_and_refuses_unreadable_ones() -> TestResult
+    {
+        let directory = tempfile::tempdir()?;
+        let database = DatabaseSettings {
+            backend: coffer_platform::config::DatabaseBackend::Sqlite,
+            url: format!("sqlite://{}", directory.path().join("audit.db").display()),
+            schema: "unused".into(),
+            max_connections: 4,
+        };
+        let clock: Arc<dyn Clock> = Arc::new(coffer_platform::clock::SystemClock);
+        let (service, _pool) = connect(&database, clock, options()).await?;
+        let transport = LocalTransport::new(service.core.clone());
+        let record = serde_json::json!({
+            "eventVersion": "1.11",
+            "eventID": "local-1",
+            "eventTime": "2026-11-23T08:00:00Z",
+            "eventSource": "kms.coffer.internal",
+            "eventName": "Encrypt",
+            "readOnly": false,
+            "userIdentity": {"type": "AssumedRole", "accountId": "111122223333"},
+        });
+        let encoded = |event_id: &str, record: String| EncodedEvent {
+            event_id: event_id.to_owned(),
+            event_name: "Encrypt".into(),
+            trace_id: String::new(),
+            record,
+        };
+        transport
+            .export(&[
+                encoded("local-1", record.to_string()),
+                encoded("local-2", "not a record".into()),
+            ])
+            .await?;
+        service.core.settled().await;
+        let stored = service
+            .core
+            .store()
+            .lookup(&LookupQuery::everything(100))
+            .await?;
+        let stored: Vec<(&str, bool)> = stored
+            .iter()
+            .map(|event| (event.event_id.as_str(), event.trusted))
+            .collect();
+        assert_eq!(stored, [("local-1", true)]);
+        Ok(())
+    }
 }
