@@ -517,9 +517,9 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
         shared.in_flight.fetch_add(count, Ordering::AcqRel);
         let events: Vec<EncodedEvent> = batch.iter().map(|entry| entry.event.clone()).collect();
         let outcome = transport.export(&events).await;
-        shared.exporting.store(false, Ordering::Release);
         match outcome {
             Ok(()) => {
+                shared.exporting.store(false, Ordering::Release);
                 shared
                     .counters
                     .delivered
@@ -579,6 +579,9 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                         }
                     }
                 }
+                // Only now: with the failed events back in the queue, no call
+                // takes itself for alone and overtakes them.
+                shared.exporting.store(false, Ordering::Release);
                 if since.elapsed() >= shared.deadline && *shared.healthy.borrow() {
                     tracing::error!(
                         deadline = ?shared.deadline,
