@@ -279,6 +279,16 @@ mod tests {
         }
     }
 
+    /// An SQLite audit database `audit.db` in `directory`.
+    fn sqlite_database(directory: &std::path::Path) -> DatabaseSettings {
+        DatabaseSettings {
+            backend: coffer_platform::config::DatabaseBackend::Sqlite,
+            url: format!("sqlite://{}", directory.join("audit.db").display()),
+            schema: "unused".into(),
+            max_connections: 4,
+        }
+    }
+
     async fn stored_ids(core: &AuditCore) -> Result<Vec<String>, Box<dyn std::error::Error>> {
         core.settled().await;
         let mut ids: Vec<String> = core
@@ -298,12 +308,7 @@ mod tests {
     #[tokio::test]
     async fn events_left_in_the_journal_are_stored_at_the_next_start() -> TestResult {
         let directory = tempfile::tempdir()?;
-        let database = DatabaseSettings {
-            backend: coffer_platform::config::DatabaseBackend::Sqlite,
-            url: format!("sqlite://{}", directory.path().join("audit.db").display()),
-            schema: "unused".into(),
-            max_connections: 4,
-        };
+        let database = sqlite_database(directory.path());
         let clock: Arc<dyn Clock> = Arc::new(coffer_platform::clock::SystemClock);
         {
             let (service, pool) = connect(&database, clock.clone(), options()).await?;
@@ -344,12 +349,7 @@ mod tests {
     async fn the_local_transport_stores_trusted_records_and_refuses_unreadable_ones() -> TestResult
     {
         let directory = tempfile::tempdir()?;
-        let database = DatabaseSettings {
-            backend: coffer_platform::config::DatabaseBackend::Sqlite,
-            url: format!("sqlite://{}", directory.path().join("audit.db").display()),
-            schema: "unused".into(),
-            max_connections: 4,
-        };
+        let database = sqlite_database(directory.path());
         let clock: Arc<dyn Clock> = Arc::new(coffer_platform::clock::SystemClock);
         let (service, _pool) = connect(&database, clock, options()).await?;
         let transport = LocalTransport::new(service.core.clone());
