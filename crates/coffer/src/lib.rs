@@ -291,7 +291,7 @@ pub async fn launch(
             "audit" => {
                 let (audit, pool) = audit_service
                     .take()
-                    .context("the audit service was opened once")?;
+                    .context("the audit service is named more than once")?;
                 pools.push(pool);
                 background.push(coffer_audit::core::spawn_retention(audit.core.clone()));
                 audit_core = Some(audit.core.clone());
