@@ -175,21 +175,35 @@ impl Shared {
 
     fn push(&self, entry: Entry) {
         let mut queue = self.lock();
+        let refused = self.push_locked(&mut queue, entry);
+        drop(queue);
+        self.queued_or_refused(refused);
+    }
+
+    /// Queues `entry` unless the queue is full; a refused entry is given
+    /// back, for [`Self::queued_or_refused`] once the lock is released.
+    fn push_locked(&self, queue: &mut VecDeque<Entry>, entry: Entry) -> Option<Entry> {
         if queue.len() >= self.queue_limit {
-            drop(queue);
-            if entry.outbox.is_none() {
-                self.counters.lost.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    event_id = %entry.event.event_id,
-                    "audit queue full: event dropped"
-                );
-            }
-            // An outboxed event is still in its outbox; the relay sends it.
-            return;
+            return Some(entry);
         }
         queue.push_back(entry);
-        drop(queue);
-        self.wake.notify_one();
+        None
+    }
+
+    /// Wakes the sender for a queued entry, or accounts for a refused one.
+    fn queued_or_refused(&self, refused: Option<Entry>) {
+        let Some(entry) = refused else {
+            self.wake.notify_one();
+            return;
+        };
+        if entry.outbox.is_none() {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                event_id = %entry.event.event_id,
+                "audit queue full: event dropped"
+            );
+        }
+        // An outboxed event is still in its outbox; the relay sends it.
     }
 }
 
@@ -268,35 +282,43 @@ impl AuditExporter {
 }
 
 impl AuditExporter {
-    /// A call whose event is the only one about (nothing queued, no export
-    /// under way, no other call still running) exports it from its own task.
-    /// A client calling in sequence then skips the hand-over to the sender
-    /// task and back: two task wake-ups, often on the other worker thread.
-    ///
-    /// Gives the event back when it is not alone, or when the export failed
-    /// (logged here; the sender then retries it as it retries any export).
-    async fn export_alone(
-        &self,
-        event: EncodedEvent,
-        give_up: tokio::time::Instant,
-    ) -> Result<(), EncodedEvent> {
+    /// Queues `entry` for the sender, in one hold of the queue lock, unless
+    /// its call is alone: nothing queued, no export under way, no other call
+    /// still running. Then the exporter is marked as exporting and the entry
+    /// handed back, for the call to export itself ([`Self::export_alone`]).
+    fn queue_unless_alone(&self, entry: Entry) -> Option<Entry> {
         let shared = &self.shared;
+        let mut queue = shared.lock();
+        if queue.is_empty()
+            && shared.calls.started() == shared.calls.finished()
+            && !shared.exporting.swap(true, Ordering::AcqRel)
         {
-            let queue = shared.lock();
-            let alone = queue.is_empty() && shared.calls.started() == shared.calls.finished();
-            if !alone || shared.exporting.swap(true, Ordering::AcqRel) {
-                return Err(event);
-            }
+            return Some(entry);
         }
+        let refused = shared.push_locked(&mut queue, entry);
+        drop(queue);
+        shared.queued_or_refused(refused);
+        None
+    }
+
+    /// Exports a lone call's entry from the call's own task. A client
+    /// calling in sequence then skips the hand-over to the sender task and
+    /// back: two task wake-ups, often on the other worker thread.
+    ///
+    /// Gives the entry back when the export failed (logged here); the caller
+    /// queues it and the sender retries it as it retries any export.
+    async fn export_alone(&self, entry: Entry, give_up: tokio::time::Instant) -> Result<(), Entry> {
+        let shared = &self.shared;
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
         let mut export = AloneExport {
             shared,
-            event,
+            entry,
             settled: false,
         };
         let outcome = tokio::time::timeout_at(
             give_up,
-            self.transport.export(std::slice::from_ref(&export.event)),
+            self.transport
+                .export(std::slice::from_ref(&export.entry.event)),
         )
         .await;
         export.settled = true;
@@ -311,20 +333,33 @@ impl AuditExporter {
                     .failed_exports
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, events = 1, "audit export failed; will retry");
-                Err(std::mem::take(&mut export.event))
+                Err(export.entry.take())
             }
-            Err(_elapsed) => Err(std::mem::take(&mut export.event)),
+            Err(_elapsed) => Err(export.entry.take()),
+        }
+    }
+}
+
+impl Entry {
+    /// Moves the entry out, leaving an empty one behind (for a drop guard).
+    fn take(&mut self) -> Entry {
+        Entry {
+            event: std::mem::take(&mut self.event),
+            ack: self.ack.take(),
+            withdrawn: self.withdrawn.take(),
+            outbox: self.outbox.take(),
         }
     }
 }
 
 /// An export by the call itself ([`AuditExporter::export_alone`]). Ending it
 /// lets the sender export again; a call dropped mid-export (its client went
-/// away) leaves its event to the sender, which delivers it at least once (the
+/// away) leaves its entry to the sender, which delivers it at least once (the
 /// audit service de-duplicates by event id).
 struct AloneExport<'a> {
     shared: &'a Shared,
-    event: EncodedEvent,
+    entry: Entry,
+    /// The export has an outcome; unset, the call was dropped mid-export.
     settled: bool,
 }
 
@@ -337,12 +372,7 @@ impl Drop for AloneExport<'_> {
                 shared.wake.notify_one();
             }
         } else {
-            shared.push(Entry {
-                event: std::mem::take(&mut self.event),
-                ack: None,
-                withdrawn: None,
-                outbox: None,
-            });
+            shared.push(self.entry.take());
         }
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         shared.progress.notify_waiters();
@@ -383,17 +413,20 @@ impl AuditSink for AuditExporter {
                     return Err(AuditDeliveryError::Unacknowledged);
                 }
                 let give_up = tokio::time::Instant::now() + self.shared.deadline;
-                let Err(encoded) = self.export_alone(encoded, give_up).await else {
-                    return Ok(());
-                };
                 let (ack, acknowledged) = oneshot::channel();
                 let withdrawn = Arc::new(AtomicBool::new(false));
-                self.shared.push(Entry {
+                let entry = Entry {
                     event: encoded,
                     ack: Some(ack),
                     withdrawn: Some(withdrawn.clone()),
                     outbox: None,
-                });
+                };
+                if let Some(alone) = self.queue_unless_alone(entry) {
+                    match self.export_alone(alone, give_up).await {
+                        Ok(()) => return Ok(()),
+                        Err(failed) => self.shared.push(failed),
+                    }
+                }
                 match tokio::time::timeout_at(give_up, acknowledged).await {
                     Ok(Ok(())) => Ok(()),
                     // Dropped unacknowledged (the queue was full, or the
@@ -828,18 +861,32 @@ mod tests {
         tokio::time::Instant::now() + LONG
     }
 
+    /// What `emit` does for an acknowledged event up to the wait: `None`
+    /// when the event was queued for the sender, else whether the call's own
+    /// export succeeded.
+    async fn try_alone(exporter: &AuditExporter, index: usize) -> Option<bool> {
+        let entry = Entry {
+            event: event(index),
+            ack: None,
+            withdrawn: None,
+            outbox: None,
+        };
+        let alone = exporter.queue_unless_alone(entry)?;
+        Some(exporter.export_alone(alone, far()).await.is_ok())
+    }
+
     #[tokio::test]
     async fn a_lone_call_exports_its_event_from_its_own_task() {
         let (exporter, transport) = probed(false);
         let call = {
             let exporter = exporter.clone();
             tokio::spawn(async move {
-                let exported = exporter.export_alone(event(1), far()).await.is_ok();
+                let exported = try_alone(&exporter, 1).await;
                 (exported, tokio::task::id())
             })
         };
         let (exported, call_task) = call.await.expect("the call's task ends");
-        assert!(exported, "the lone event was exported");
+        assert_eq!(exported, Some(true), "the lone event was exported");
         assert_eq!(transport.exports(), [(1, Some(call_task))]);
         assert_eq!(exporter.counters().delivered.load(Ordering::Relaxed), 1);
         assert!(!exporter.shared.exporting.load(Ordering::Acquire));
@@ -850,11 +897,8 @@ mod tests {
         let (exporter, transport) = probed(false);
         let calls = exporter.calls().expect("the exporter counts calls").clone();
         let _other = calls.start();
-        let given_back = exporter.export_alone(event(1), far()).await;
-        assert_eq!(
-            given_back.map_err(|event| event.event_id),
-            Err(event(1).event_id)
-        );
+        assert_eq!(try_alone(&exporter, 1).await, None, "queued for the sender");
+        assert_eq!(exporter.shared.lock().len(), 1);
         assert!(transport.exports().is_empty());
     }
 
@@ -868,19 +912,19 @@ mod tests {
         while transport.exports().is_empty() && Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let given_back = exporter.export_alone(event(2), far()).await;
-        assert!(given_back.is_err(), "an export is under way");
+        assert_eq!(
+            try_alone(&exporter, 2).await,
+            None,
+            "an export is under way: queued for the sender"
+        );
         assert_eq!(transport.exports().len(), 1);
     }
 
     #[tokio::test]
     async fn a_call_dropped_mid_export_leaves_its_event_to_the_sender() {
         let (exporter, transport) = probed(true);
-        let cut_short = tokio::time::timeout(
-            Duration::from_millis(50),
-            exporter.export_alone(event(1), far()),
-        )
-        .await;
+        let cut_short =
+            tokio::time::timeout(Duration::from_millis(50), try_alone(&exporter, 1)).await;
         assert!(cut_short.is_err(), "the first export hangs");
         let give_up = Instant::now() + Duration::from_secs(5);
         while transport.exports().len() < 2 && Instant::now() < give_up {
