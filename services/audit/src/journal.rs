@@ -21,14 +21,17 @@
 //!   every event acknowledged before it began.
 //! - **Bounded**: an append waits while the indexer is more than
 //!   [`MAX_QUEUED_EVENTS`] behind. The file is emptied whenever the indexer
-//!   has caught up.
+//!   has caught up. Under a steady load it may never quite catch up, so once
+//!   the part already stored passes [`COMPACT_AFTER_BYTES`] the rest is
+//!   copied to a new file that replaces the journal by a rename: a crash
+//!   leaves one whole file or the other, never a mix.
 //!
 //! Postgres takes concurrent writers and shares its cache, so there exports
 //! are stored directly, without a journal.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,6 +44,9 @@ use crate::store::StoredEvent;
 pub const MAX_QUEUED_EVENTS: usize = 50_000;
 /// Events the indexer stores per transaction, at most.
 const INDEX_BATCH: usize = 4_000;
+/// How much of the file may hold batches already stored, while others
+/// still wait, before the waiting ones are moved to a new file.
+pub const COMPACT_AFTER_BYTES: u64 = 64 * 1024 * 1024;
 /// The largest batch record accepted when reading the journal back.
 const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
 
@@ -67,11 +73,16 @@ struct State {
     appended: u64,
     /// Batches taken by the indexer.
     taken: u64,
+    /// Where each batch not yet stored ends in the file, with its number
+    /// (the count of batches appended once it was).
+    ends: VecDeque<(u64, u64)>,
 }
 
 /// See the module docs.
 pub struct Journal {
     path: PathBuf,
+    /// See [`COMPACT_AFTER_BYTES`].
+    compact_after: u64,
     state: Mutex<State>,
     /// Batches stored by the indexer.
     indexed: watch::Sender<u64>,
@@ -115,9 +126,11 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(failed("opened"))?;
+        // A copy that a crash interrupted: the journal itself is whole.
+        let _unfinished = std::fs::remove_file(Self::compacting_path(path));
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(failed("read"))?;
-        let (batches, intact) = decode_records(&bytes);
+        let (batches, ends, intact) = decode_records(&bytes);
         if intact < bytes.len() {
             tracing::warn!(
                 journal = %path.display(),
@@ -138,6 +151,7 @@ impl Journal {
         let (indexed, _) = watch::channel(0);
         Ok(Self {
             path: path.to_owned(),
+            compact_after: COMPACT_AFTER_BYTES,
             state: Mutex::new(State {
                 file,
                 length: intact as u64,
@@ -145,12 +159,19 @@ impl Journal {
                 queued_events,
                 appended,
                 taken: 0,
+                ends: (1..).zip(ends).collect(),
             }),
             indexed,
             work: Notify::new(),
             room: Notify::new(),
             hurry: Notify::new(),
         })
+    }
+
+    fn compacting_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".compacting");
+        PathBuf::from(name)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -189,6 +210,8 @@ impl Journal {
             state.queued_events += events.len();
             state.queue.push_back(events);
             state.appended += 1;
+            let end = (state.appended, state.length);
+            state.ends.push_back(end);
         }
         self.work.notify_one();
         Ok(())
@@ -243,11 +266,21 @@ impl Journal {
     }
 
     /// Records that the batches up to `through` are in the event store.
-    /// Empties the file once everything appended is stored.
+    /// Empties the file once everything appended is stored, and moves what
+    /// is not to a new file once the stored part is large.
     pub fn stored(&self, through: u64) {
         {
             let mut state = self.lock();
-            if state.appended == through && state.length > 0 {
+            let mut stored_end = 0;
+            while let Some(&(batch, end)) = state.ends.front()
+                && batch <= through
+            {
+                stored_end = end;
+                state.ends.pop_front();
+            }
+            if state.appended != through && stored_end >= self.compact_after {
+                self.compact(&mut state, stored_end);
+            } else if state.appended == through && state.length > 0 {
                 match state.file.set_len(0) {
                     Ok(()) => state.length = 0,
                     Err(error) => {
@@ -259,6 +292,52 @@ impl Journal {
             }
         }
         self.indexed.send_replace(through);
+    }
+
+    /// Replaces the file by a copy of what follows `stored_end`. On failure
+    /// the file stays as it is, to be compacted at a later chance.
+    fn compact(&self, state: &mut State, stored_end: u64) {
+        match self.copy_from(state, stored_end) {
+            Ok(file) => {
+                state.file = file;
+                state.length -= stored_end;
+                for (_, end) in &mut state.ends {
+                    *end -= stored_end;
+                }
+            }
+            Err(error) => {
+                let _unfinished = std::fs::remove_file(Self::compacting_path(&self.path));
+                tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be compacted");
+            }
+        }
+    }
+
+    /// Writes what follows `from` to a new file and renames it over the
+    /// journal. Returns the new file, open for appends.
+    fn copy_from(&self, state: &mut State, from: u64) -> std::io::Result<File> {
+        let tail_length = state
+            .length
+            .checked_sub(from)
+            .and_then(|length| usize::try_from(length).ok())
+            .ok_or_else(|| std::io::Error::other("the stored part ends past the file"))?;
+        let mut tail = vec![0; tail_length];
+        state.file.seek(SeekFrom::Start(from))?;
+        state.file.read_exact(&mut tail)?;
+        let compacting = Self::compacting_path(&self.path);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&compacting)?
+            .write_all(&tail)?;
+        // Opened before the rename: appends never go to a file that is no
+        // longer the journal.
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&compacting)?;
+        std::fs::rename(&compacting, &self.path)?;
+        Ok(file)
     }
 
     /// Waits (up to `timeout`) until everything appended before this call is
@@ -415,8 +494,9 @@ impl<'a> Reader<'a> {
 
 /// The whole batches `bytes` holds, and how many bytes they take: reading
 /// stops at the first record that is cut short or does not decode.
-fn decode_records(bytes: &[u8]) -> (Vec<Vec<StoredEvent>>, usize) {
+fn decode_records(bytes: &[u8]) -> (Vec<Vec<StoredEvent>>, Vec<u64>, usize) {
     let mut batches = Vec::new();
+    let mut ends = Vec::new();
     let mut offset = 0;
     while let Some(rest) = bytes.get(offset..) {
         let mut reader = Reader { bytes: rest };
@@ -434,8 +514,9 @@ fn decode_records(bytes: &[u8]) -> (Vec<Vec<StoredEvent>>, usize) {
         };
         batches.push(batch);
         offset += 4 + length;
+        ends.push(offset as u64);
     }
-    (batches, offset)
+    (batches, ends, offset)
 }
 
 #[cfg(test)]
@@ -542,15 +623,84 @@ mod tests {
         Ok(())
     }
 
+    fn ids_after_reopening(path: &Path) -> Result<Vec<String>, JournalError> {
+        let journal = Journal::open(path)?;
+        let mut ids = Vec::new();
+        while let Some(taken) = journal.take() {
+            ids.extend(taken.events.into_iter().map(|event| event.event_id));
+        }
+        Ok(ids)
+    }
+
+    #[tokio::test]
+    async fn a_stored_part_past_the_threshold_is_cut_off_while_the_rest_waits() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let mut journal = Journal::open(&path)?;
+        journal.compact_after = 1;
+        journal
+            .append(vec![event("one", 1), event("two", 0)])
+            .await?;
+        let taken = journal.take().ok_or("nothing to take")?;
+        let stored_part = std::fs::metadata(&path)?.len();
+        journal.append(vec![event("three", 2)]).await?;
+        journal.append(vec![event("four", 0)]).await?;
+        let waiting_part = std::fs::metadata(&path)?.len() - stored_part;
+        journal.stored(taken.through);
+        assert_eq!(
+            std::fs::metadata(&path)?.len(),
+            waiting_part,
+            "only the batches still waiting are left"
+        );
+        assert!(!Journal::compacting_path(&path).exists());
+        assert_eq!(ids_after_reopening(&path)?, ["three", "four"]);
+        // Once those are stored while another batch waits, the file is cut
+        // again, where the copy moved them to, and the batch appended after
+        // the copy went into the new file.
+        let taken = journal.take().ok_or("nothing to take")?;
+        journal.append(vec![event("five", 0)]).await?;
+        journal.stored(taken.through);
+        assert_eq!(ids_after_reopening(&path)?, ["five"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn below_the_threshold_the_stored_part_stays_until_everything_is_stored() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let journal = Journal::open(&path)?;
+        journal.append(vec![event("one", 0)]).await?;
+        let taken = journal.take().ok_or("nothing to take")?;
+        journal.append(vec![event("two", 0)]).await?;
+        let length = std::fs::metadata(&path)?.len();
+        journal.stored(taken.through);
+        assert_eq!(std::fs::metadata(&path)?.len(), length);
+        // Recovery skips stored events by their ids; both come back.
+        assert_eq!(ids_after_reopening(&path)?, ["one", "two"]);
+        Ok(())
+    }
+
+    #[test]
+    fn an_unfinished_copy_is_removed_and_the_journal_read_whole() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        std::fs::write(&path, encode_record(&[event("kept", 0)]))?;
+        std::fs::write(Journal::compacting_path(&path), [1, 2, 3])?;
+        assert_eq!(ids_after_reopening(&path)?, ["kept"]);
+        assert!(!Journal::compacting_path(&path).exists());
+        Ok(())
+    }
+
     #[test]
     fn garbage_after_the_records_is_not_read_as_events() {
         let mut bytes = encode_record(&[event("kept", 1)]);
         let kept = bytes.len();
         bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]);
-        let (batches, intact) = decode_records(&bytes);
+        let (batches, ends, intact) = decode_records(&bytes);
         assert_eq!(batches.len(), 1);
+        assert_eq!(ends, [kept as u64]);
         assert_eq!(intact, kept);
-        let (batches, intact) = decode_records(&[0; 64]);
+        let (batches, _, intact) = decode_records(&[0; 64]);
         assert!(batches.is_empty());
         assert_eq!(intact, 0);
     }
