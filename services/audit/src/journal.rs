@@ -586,14 +586,7 @@ mod tests {
         );
         journal.append(vec![event("after", 0)]).await?;
         drop(journal);
-        let journal = Journal::open(&path)?;
-        let taken = journal.take().ok_or("nothing recovered")?;
-        let ids: Vec<&str> = taken
-            .events
-            .iter()
-            .map(|event| event.event_id.as_str())
-            .collect();
-        assert_eq!(ids, ["whole", "after"]);
+        assert_eq!(ids_after_reopening(&path)?, ["whole", "after"]);
         Ok(())
     }
 
