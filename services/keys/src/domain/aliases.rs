@@ -120,7 +120,7 @@ impl KeysDomain {
             Err(StoreError::Conflict) => {
                 // Another request created it first: use theirs, drop ours.
                 self.cache.forget_key(account, &key.key_id);
-                self.store.delete_key(&key.key_id).await?;
+                self.store.delete_key(&key).await?;
                 let existing = self
                     .store
                     .get_alias(account, alias_name)

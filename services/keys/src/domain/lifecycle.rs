@@ -312,7 +312,7 @@ impl KeysDomain {
             let batch_len = due.len();
             for key in due {
                 self.cache.forget_key(&key.account, &key.key_id);
-                if self.store.delete_key(&key.key_id).await? {
+                if self.store.delete_key(&key).await? {
                     tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
                     deleted += 1;
                 }

@@ -236,8 +236,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Every material version of a key, oldest first.
     async fn list_materials(&self, key_id: &KeyId) -> Result<Vec<MaterialRecord>, StoreError>;
 
-    /// Removes a key with its materials, tags and aliases. `false` when absent.
-    async fn delete_key(&self, key_id: &KeyId) -> Result<bool, StoreError>;
+    /// Removes a key with its materials, tags and aliases if its stored
+    /// version is still `key.version`. `false` when it is absent or has
+    /// changed since (a deletion cancelled meanwhile must not be lost).
+    async fn delete_key(&self, key: &KeyRecord) -> Result<bool, StoreError>;
 
     /// Keys pending deletion whose date has come, across accounts.
     async fn keys_due_for_deletion(
