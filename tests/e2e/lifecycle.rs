@@ -138,6 +138,21 @@ async fn disabled_keys_refuse_use_until_enabled(backend: Backend) -> anyhow::Res
         })
         .await;
     assert_error(rotate, Code::FailedPrecondition, "DisabledException");
+    let stop_rotation = client
+        .disable_key_rotation(pb::DisableKeyRotationRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await;
+    assert_error(stop_rotation, Code::FailedPrecondition, "DisabledException");
+    let grant = client
+        .create_grant(pb::CreateGrantRequest {
+            key_id: key.key_id.clone(),
+            grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/bob"),
+            operations: vec!["Encrypt".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_error(grant, Code::FailedPrecondition, "DisabledException");
     // Management still works on a disabled key.
     client
         .update_key_description(pb::UpdateKeyDescriptionRequest {
@@ -191,6 +206,12 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
             .await;
         assert_error(outcome, Code::InvalidArgument, "ValidationException");
     }
+    client
+        .enable_key_rotation(pb::EnableKeyRotationRequest {
+            key_id: saved.key_id.clone(),
+            rotation_period_in_days: None,
+        })
+        .await?;
     let default_window = client
         .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
             key_id: saved.key_id.clone(),
@@ -253,13 +274,35 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
         "PendingDeletion"
     );
 
-    // Cancelling makes the key Disabled; cancelling again is invalid.
+    // While pending deletion, rotation reads as off (as in AWS) ...
+    let rotation = rotation_status(&mut client, &saved.key_id).await?;
+    assert!(!rotation.key_rotation_enabled, "{rotation:?}");
+    assert_eq!(rotation.next_rotation_date, None);
+    // ... and DescribeKey shows the deletion date, not a window (AWS shows
+    // PendingDeletionWindowInDays only for PendingReplicaDeletion).
+    let pending = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: saved.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    assert!(pending.deletion_date.is_some());
+    assert_eq!(pending.pending_deletion_window_in_days, None);
+
+    // Cancelling makes the key Disabled, with rotation as it was;
+    // cancelling again is invalid.
     client
         .cancel_key_deletion(pb::CancelKeyDeletionRequest {
             key_id: saved.key_id.clone(),
         })
         .await?;
     assert_eq!(state_of(&mut client, &saved.key_id).await?, "Disabled");
+    let rotation = rotation_status(&mut client, &saved.key_id).await?;
+    assert!(rotation.key_rotation_enabled, "{rotation:?}");
+    assert!(rotation.next_rotation_date.is_some(), "{rotation:?}");
     let cancel_again = client
         .cancel_key_deletion(pb::CancelKeyDeletionRequest {
             key_id: saved.key_id.clone(),
@@ -302,6 +345,18 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
         .await?;
     assert_eq!(decrypt(&mut client, &saved_blob).await?, b"saved");
     Ok(())
+}
+
+async fn rotation_status(
+    client: &mut KeysClient<Channel>,
+    key_id: &str,
+) -> anyhow::Result<pb::GetKeyRotationStatusResponse> {
+    Ok(client
+        .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+            key_id: key_id.into(),
+        })
+        .await?
+        .into_inner())
 }
 
 fn clock_now_seconds(clock: &ManualClock) -> i64 {

@@ -136,7 +136,11 @@ impl KeysGrpc {
             key_spec: key.key_spec.to_string(),
             encryption_algorithms,
             multi_region: key.multi_region,
-            pending_deletion_window_in_days: key.pending_window_days,
+            // AWS shows it only for a multi-Region primary waiting for its
+            // replicas to go; a key pending deletion has DeletionDate.
+            pending_deletion_window_in_days: key
+                .pending_window_days
+                .filter(|_| key.key_state == KeyState::PendingReplicaDeletion),
             signing_algorithms,
             mac_algorithms,
         }
@@ -1607,10 +1611,13 @@ impl Keys for KeysGrpc {
                 let key = status.key;
                 self.record_key(&call, &key);
                 Ok(pb::GetKeyRotationStatusResponse {
-                    key_rotation_enabled: key.rotation_enabled,
+                    key_rotation_enabled: status.rotation_enabled,
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
                     rotation_period_in_days: key.rotation_period_days,
-                    next_rotation_date: key.next_rotation_ms.map(timestamp),
+                    next_rotation_date: key
+                        .next_rotation_ms
+                        .filter(|_| status.rotation_enabled)
+                        .map(timestamp),
                     on_demand_rotation_start_date: None,
                 })
             },

@@ -252,9 +252,11 @@ impl KeysDomain {
                 _ => Ok(()),
             },
             KeyState::Disabled => match operation {
-                Op::Cryptographic | Op::EnableRotation | Op::RotateOnDemand => {
-                    Err(KeysError::Disabled { key_arn })
-                }
+                Op::Cryptographic
+                | Op::CreateGrant
+                | Op::EnableRotation
+                | Op::DisableRotation
+                | Op::RotateOnDemand => Err(KeysError::Disabled { key_arn }),
                 Op::CancelDeletion => Err(invalid(key_arn)),
                 _ => Ok(()),
             },

@@ -5,7 +5,7 @@ use coffer_platform::authz::Caller;
 
 use super::access::Access;
 
-use super::types::{KeyReference, KeySpec, RotationType};
+use super::types::{KeyReference, KeySpec, KeyState, RotationType};
 use super::{DAY_MS, KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, MaterialRecord, StoreError};
@@ -20,6 +20,10 @@ pub const MAX_ON_DEMAND_ROTATIONS: usize = 10;
 #[derive(Debug, Clone)]
 pub struct RotationStatus {
     pub key: KeyRecord,
+    /// Automatic rotation as AWS reports it: off while the key is pending
+    /// deletion (the key is not rotated then), and back as it was if the
+    /// deletion is cancelled.
+    pub rotation_enabled: bool,
 }
 
 /// One page of ListKeyRotations.
@@ -97,7 +101,11 @@ impl KeysDomain {
             .await?;
         self.check_state(&key, KeyOperation::RotationStatus)?;
         self.ensure_rotatable(&key, "GetKeyRotationStatus")?;
-        Ok(RotationStatus { key })
+        let rotation_enabled = key.rotation_enabled && key.key_state != KeyState::PendingDeletion;
+        Ok(RotationStatus {
+            key,
+            rotation_enabled,
+        })
     }
 
     /// Makes new material current now. Limited to
