@@ -354,18 +354,111 @@ async fn openssl_encrypts_and_coffer_decrypts(backend: Backend) -> anyhow::Resul
         Code::InvalidArgument,
         "InvalidKeyUsageException",
     );
+
+    // ReEncrypt moves a ciphertext onto the RSA key and back, naming the
+    // algorithms it used.
+    let symmetric = create(&mut client, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await?;
+    let blob = client
+        .encrypt(pb::EncryptRequest {
+            key_id: symmetric.key_id.clone(),
+            plaintext: b"moved".to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let onto_rsa = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            destination_key_id: key.key_id.clone(),
+            destination_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(onto_rsa.source_encryption_algorithm, "SYMMETRIC_DEFAULT");
+    assert_eq!(
+        onto_rsa.destination_encryption_algorithm,
+        "RSAES_OAEP_SHA_256"
+    );
+    assert_eq!(onto_rsa.key_id, key.arn);
+    let back = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: onto_rsa.ciphertext_blob.clone(),
+            source_key_id: key.key_id.clone(),
+            source_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            destination_key_id: symmetric.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(back.source_encryption_algorithm, "RSAES_OAEP_SHA_256");
+    assert_eq!(back.destination_encryption_algorithm, "SYMMETRIC_DEFAULT");
+    assert_eq!(back.source_key_id, key.arn);
+    let plaintext = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: back.ciphertext_blob,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .plaintext;
+    assert_eq!(plaintext, b"moved");
+    let no_algorithm = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob,
+            destination_key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(
+        no_algorithm,
+        Code::InvalidArgument,
+        "InvalidKeyUsageException",
+    );
+
+    // Grants on an RSA encryption key: no data keys, no signing, and no
+    // encryption context constraint (RSA operations take no context).
+    let grant =
+        |operations: &[&str], constraints: Option<pb::GrantConstraints>| pb::CreateGrantRequest {
+            key_id: key.key_id.clone(),
+            grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/bob"),
+            operations: operations.iter().map(|op| (*op).to_owned()).collect(),
+            constraints,
+            ..Default::default()
+        };
+    client
+        .create_grant(grant(&["Encrypt", "Decrypt", "GetPublicKey"], None))
+        .await?;
+    for operations in [&["GenerateDataKey"][..], &["Decrypt", "Sign"]] {
+        let outcome = client.create_grant(grant(operations, None)).await;
+        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    }
+    let constrained = client
+        .create_grant(grant(
+            &["Decrypt"],
+            Some(pb::GrantConstraints {
+                encryption_context_equals: [("purpose".to_owned(), "test".to_owned())].into(),
+                ..Default::default()
+            }),
+        ))
+        .await;
+    let status = assert_error(constrained, Code::InvalidArgument, "ValidationException");
+    assert!(status.message().contains("constraint"), "{status:?}");
     Ok(())
 }
 
 async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let mut hmac_keys = Vec::new();
     for (key_spec, algorithm, length) in [
         ("HMAC_256", "HMAC_SHA_256", 32),
         ("HMAC_384", "HMAC_SHA_384", 48),
         ("HMAC_512", "HMAC_SHA_512", 64),
     ] {
         let key = create(&mut client, key_spec, "GENERATE_VERIFY_MAC").await?;
+        hmac_keys.push(key.clone());
         assert_eq!(key.mac_algorithms, [algorithm]);
         let mac = client
             .generate_mac(pb::GenerateMacRequest {
@@ -422,6 +515,70 @@ async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
         })
         .await;
     assert_error(outcome, Code::InvalidArgument, "InvalidKeyUsageException");
+
+    // An alias moves between HMAC keys of any spec (AWS's manual rotation),
+    // never to a key of another kind.
+    client
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/mac".into(),
+            target_key_id: hmac_keys[0].key_id.clone(),
+        })
+        .await?;
+    client
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/mac".into(),
+            target_key_id: hmac_keys[2].key_id.clone(),
+        })
+        .await?;
+    let symmetric = create(&mut client, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await?;
+    let outcome = client
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/mac".into(),
+            target_key_id: symmetric.key_id.clone(),
+        })
+        .await;
+    assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    let mac = client
+        .generate_mac(pb::GenerateMacRequest {
+            key_id: "alias/mac".into(),
+            message: b"m".to_vec(),
+            mac_algorithm: "HMAC_SHA_512".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(mac.key_id, hmac_keys[2].arn);
+
+    // A grant names only operations the key supports.
+    let grant = |key_id: &str, operations: &[&str]| pb::CreateGrantRequest {
+        key_id: key_id.into(),
+        grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/bob"),
+        operations: operations.iter().map(|op| (*op).to_owned()).collect(),
+        ..Default::default()
+    };
+    client
+        .create_grant(grant(
+            &hmac_keys[0].key_id,
+            &["GenerateMac", "VerifyMac", "DescribeKey"],
+        ))
+        .await?;
+    for operations in [
+        &["Encrypt"][..],
+        &["GenerateMac", "Sign"],
+        &["GetPublicKey"],
+    ] {
+        let outcome = client
+            .create_grant(grant(&hmac_keys[0].key_id, operations))
+            .await;
+        let status = assert_error(outcome, Code::InvalidArgument, "ValidationException");
+        assert!(status.message().contains("HMAC_256"), "{status:?}");
+    }
+    for operations in [&["GenerateMac"][..], &["Sign"], &["GetPublicKey"]] {
+        let outcome = client
+            .create_grant(grant(&symmetric.key_id, operations))
+            .await;
+        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    }
     Ok(())
 }
 

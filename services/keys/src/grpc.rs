@@ -1226,8 +1226,8 @@ impl Keys for KeysGrpc {
                     ciphertext_blob,
                     source_key_id: self.domain.key_arn(&source_key.account, &source_key.key_id),
                     key_id: self.domain.key_arn(&destination_key.account, &destination_key.key_id),
-                    source_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
-                    destination_encryption_algorithm: EncryptionAlgorithm::SymmetricDefault.to_string(),
+                    source_encryption_algorithm: source_algorithm.to_string(),
+                    destination_encryption_algorithm: destination_algorithm.to_string(),
                 })
             },
         )

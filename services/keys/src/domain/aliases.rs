@@ -175,7 +175,7 @@ impl KeysDomain {
         }
     }
 
-    /// Points an alias at another key of the same key spec and usage.
+    /// Points an alias at another key of the same kind and key usage.
     pub async fn update_alias(
         &self,
         caller: &Caller,
@@ -198,12 +198,15 @@ impl KeysDomain {
         let new_key = self.resolve(principal, target, &access).await?;
         self.ensure_alias_target(&new_key, "UpdateAlias")?;
         if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await?
-            && (current.key_spec != new_key.key_spec || current.key_usage != new_key.key_usage)
+            && (current.key_spec.kind() != new_key.key_spec.kind()
+                || current.key_usage != new_key.key_usage)
         {
+            // AWS's rule: the same kind of key (symmetric encryption,
+            // asymmetric or HMAC) with the same usage; the spec may differ.
             return Err(KeysError::validation(
                 "target_key_id",
                 format!(
-                    "the new key must have the same key spec and usage as the current one ({} {})",
+                    "the new key must be of the same kind and key usage as the current one ({} {})",
                     current.key_spec, current.key_usage
                 ),
             ));

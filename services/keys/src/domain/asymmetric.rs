@@ -45,7 +45,12 @@ pub(crate) fn request_crypto_error(error: CryptoError) -> KeysError {
 }
 
 impl KeysDomain {
-    fn wrong_usage(&self, key: &KeyRecord, operation: &str, needed: KeyUsage) -> KeysError {
+    pub(super) fn wrong_usage(
+        &self,
+        key: &KeyRecord,
+        operation: &str,
+        needed: KeyUsage,
+    ) -> KeysError {
         KeysError::InvalidKeyUsage(format!(
             "{operation} needs a {needed} key; {} is {} {}.",
             self.key_arn(&key.account, &key.key_id),

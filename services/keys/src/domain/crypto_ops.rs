@@ -71,18 +71,31 @@ impl KeysDomain {
             )
             .await?;
         self.ensure_usable(&key)?;
-        if key.key_usage == KeyUsage::EncryptDecrypt
-            && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
-        {
-            let blob = self
-                .rsa_encrypt(&key, algorithm, context, plaintext)
-                .await?;
-            return Ok((key, blob));
-        }
-        self.ensure_symmetric_encryption_key(&key, "Encrypt")?;
-        self.ensure_algorithm(&key, algorithm)?;
-        let blob = self.encrypt_under(&key, context, plaintext).await?;
+        let blob = self
+            .encrypt_by_kind(&key, algorithm, context, plaintext, "Encrypt")
+            .await?;
         Ok((key, blob))
+    }
+
+    /// Encrypts under an ENCRYPT_DECRYPT key of either kind: RSA-OAEP for an
+    /// asymmetric key, AES-GCM for a symmetric one.
+    async fn encrypt_by_kind(
+        &self,
+        key: &KeyRecord,
+        algorithm: EncryptionAlgorithm,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+        operation: &str,
+    ) -> Result<Vec<u8>> {
+        if key.key_usage != KeyUsage::EncryptDecrypt {
+            return Err(self.wrong_usage(key, operation, KeyUsage::EncryptDecrypt));
+        }
+        if AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some() {
+            return self.rsa_encrypt(key, algorithm, context, plaintext).await;
+        }
+        self.ensure_symmetric_encryption_key(key, operation)?;
+        self.ensure_algorithm(key, algorithm)?;
+        self.encrypt_under(key, context, plaintext).await
     }
 
     /// Decrypts a blob. The blob names its key (of any account; the key's
@@ -201,10 +214,14 @@ impl KeysDomain {
             )
             .await?;
         self.ensure_usable(&destination)?;
-        self.ensure_symmetric_encryption_key(&destination, "ReEncrypt")?;
-        self.ensure_algorithm(&destination, destination_algorithm)?;
         let blob = self
-            .encrypt_under(&destination, destination_context, &plaintext)
+            .encrypt_by_kind(
+                &destination,
+                destination_algorithm,
+                destination_context,
+                &plaintext,
+                "ReEncrypt",
+            )
             .await?;
         Ok((source, destination, blob))
     }

@@ -10,10 +10,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::Caller;
 
 use super::access::Access;
-use super::types::KeyReference;
+use super::types::{KeyKind, KeyReference, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
-use crate::store::{GrantConstraint, GrantRecord, StoreError};
+use crate::store::{GrantConstraint, GrantRecord, KeyRecord, StoreError};
 
 /// A validated CreateGrant request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +82,55 @@ impl GrantToken {
     }
 }
 
+/// Whether a key of this spec and usage supports a grant operation.
+fn key_supports(key: &KeyRecord, operation: &str) -> bool {
+    match operation {
+        "CreateGrant" | "RetireGrant" | "DescribeKey" => true,
+        "Encrypt" | "Decrypt" | "ReEncryptFrom" | "ReEncryptTo" => {
+            key.key_usage == KeyUsage::EncryptDecrypt
+        }
+        "GenerateDataKey"
+        | "GenerateDataKeyWithoutPlaintext"
+        | "GenerateDataKeyPair"
+        | "GenerateDataKeyPairWithoutPlaintext" => {
+            key.key_spec.kind() == KeyKind::SymmetricEncryption
+        }
+        "GetPublicKey" => key.key_spec.kind() == KeyKind::Asymmetric,
+        "Sign" | "Verify" => key.key_usage == KeyUsage::SignVerify,
+        "GenerateMac" | "VerifyMac" => key.key_usage == KeyUsage::GenerateVerifyMac,
+        _ => false,
+    }
+}
+
+/// AWS's rules for a grant on this key: every operation must be one the
+/// key supports, and an encryption-context constraint needs a symmetric
+/// encryption key (asymmetric and HMAC operations take no context).
+fn ensure_grant_fits(key: &KeyRecord, request: &NewGrant) -> Result<()> {
+    if let Some(operation) = request
+        .operations
+        .iter()
+        .find(|operation| !key_supports(key, operation))
+    {
+        return Err(KeysError::validation(
+            "operations",
+            format!(
+                "{operation} is not valid for a key with key spec {} and key usage {}",
+                key.key_spec, key.key_usage
+            ),
+        ));
+    }
+    if request.constraint.is_some() && key.key_spec.kind() != KeyKind::SymmetricEncryption {
+        return Err(KeysError::validation(
+            "constraints",
+            format!(
+                "an encryption context constraint needs a symmetric encryption key, not {}",
+                key.key_spec
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn grant_not_found(grant_id: &str) -> KeysError {
     KeysError::NotFound(format!("Grant ID {grant_id} was not found."))
 }
@@ -94,7 +143,7 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
         request: NewGrant,
-    ) -> Result<(crate::store::KeyRecord, GrantRecord, String)> {
+    ) -> Result<(KeyRecord, GrantRecord, String)> {
         let mut access = Access::to("CreateGrant")
             .with_values("kms:GrantOperations", request.operations.clone())
             .with_values(
@@ -113,6 +162,7 @@ impl KeysDomain {
         }
         let key = self.resolve(caller, reference, &access).await?;
         self.check_state(&key, KeyOperation::CreateGrant)?;
+        ensure_grant_fits(&key, &request)?;
         if !self.policies_allow(caller, &key, &access)? {
             // The caller may create grants only through a grant of its own
             // (AWS's rule): the new grant may not allow more than that one.
@@ -186,7 +236,7 @@ impl KeysDomain {
         grantee: Option<&str>,
         limit: u32,
         after: Option<&str>,
-    ) -> Result<(crate::store::KeyRecord, GrantPage)> {
+    ) -> Result<(KeyRecord, GrantPage)> {
         let key = self
             .resolve(caller, reference, &Access::to("ListGrants"))
             .await?;
@@ -292,7 +342,7 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
         grant_id: &str,
-    ) -> Result<crate::store::KeyRecord> {
+    ) -> Result<KeyRecord> {
         let key = self
             .resolve(caller, reference, &Access::to("RevokeGrant"))
             .await?;

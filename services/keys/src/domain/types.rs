@@ -53,6 +53,31 @@ string_enum!(
     }
 );
 
+/// The three kinds of key KMS tells apart by key spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    SymmetricEncryption,
+    Asymmetric,
+    Hmac,
+}
+
+impl KeySpec {
+    pub fn kind(self) -> KeyKind {
+        match self {
+            Self::SymmetricDefault => KeyKind::SymmetricEncryption,
+            Self::Rsa2048
+            | Self::Rsa3072
+            | Self::Rsa4096
+            | Self::EccNistP256
+            | Self::EccNistP384
+            | Self::EccNistP521
+            | Self::EccSecgP256k1
+            | Self::Sm2 => KeyKind::Asymmetric,
+            Self::Hmac224 | Self::Hmac256 | Self::Hmac384 | Self::Hmac512 => KeyKind::Hmac,
+        }
+    }
+}
+
 string_enum!(
     /// What a key may be used for.
     KeyUsage {
