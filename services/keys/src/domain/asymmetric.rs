@@ -52,7 +52,7 @@ impl KeysDomain {
         needed: KeyUsage,
     ) -> KeysError {
         KeysError::InvalidKeyUsage(format!(
-            "{operation} needs a {needed} key; {} is {} {}.",
+            "{operation} needs a key with key usage {needed}; {} is {} {}.",
             self.key_arn(&key.account, &key.key_id),
             key.key_spec,
             key.key_usage
