@@ -31,18 +31,16 @@ impl KeysDomain {
             .await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "TagResource")?;
-        let existing = self.store.list_tags(&key.key_id).await?;
-        let added = tags
-            .iter()
-            .filter(|tag| !existing.iter().any(|current| current.key == tag.key))
-            .count();
-        if existing.len() + added > MAX_TAGS_PER_KEY {
+        let count = self
+            .store
+            .put_tags(&key.key_id, tags, MAX_TAGS_PER_KEY)
+            .await?;
+        if count > MAX_TAGS_PER_KEY {
             return Err(KeysError::LimitExceeded(format!(
-                "A key can have at most {MAX_TAGS_PER_KEY} tags; this one has {} and the request adds {added}.",
-                existing.len()
+                "A key can have at most {MAX_TAGS_PER_KEY} tags; with these it would have {count}."
             )));
         }
-        Ok(self.store.put_tags(&key.key_id, tags).await?)
+        Ok(())
     }
 
     pub async fn untag_resource(

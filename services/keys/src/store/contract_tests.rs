@@ -271,6 +271,7 @@ async fn deleting_a_key_removes_everything_it_owns(store: &dyn KeyStore) -> Test
                 key: "a".into(),
                 value: "b".into(),
             }],
+            50,
         )
         .await?;
     let alias_name = format!("alias/doomed-{}", key.key_id);
@@ -367,6 +368,7 @@ async fn tags_are_upserted_and_removed(store: &dyn KeyStore) -> TestResult {
                     value: "a".into(),
                 },
             ],
+            50,
         )
         .await?;
     store
@@ -376,6 +378,7 @@ async fn tags_are_upserted_and_removed(store: &dyn KeyStore) -> TestResult {
                 key: "env".into(),
                 value: "prod".into(),
             }],
+            50,
         )
         .await?;
     let tags = store.list_tags(&key.key_id).await?;
@@ -396,6 +399,28 @@ async fn tags_are_upserted_and_removed(store: &dyn KeyStore) -> TestResult {
         .delete_tags(&key.key_id, &["team".into(), "absent".into()])
         .await?;
     assert_eq!(store.list_tags(&key.key_id).await?.len(), 1);
+
+    // Over the cap nothing is written, and two writes at once cannot pass
+    // it together.
+    let numbered = |from: usize, count: usize| -> Vec<Tag> {
+        (from..from + count)
+            .map(|n| Tag {
+                key: format!("k{n}"),
+                value: String::new(),
+            })
+            .collect()
+    };
+    assert_eq!(store.put_tags(&key.key_id, &numbered(0, 5), 5).await?, 6);
+    assert_eq!(store.list_tags(&key.key_id).await?.len(), 1);
+    let (low, high) = (numbered(0, 30), numbered(30, 30));
+    let (first, second) = tokio::join!(
+        store.put_tags(&key.key_id, &low, 50),
+        store.put_tags(&key.key_id, &high, 50),
+    );
+    let mut counts = [first?, second?];
+    counts.sort_unstable();
+    assert_eq!(counts, [31, 61], "one write fits, the other would pass 50");
+    assert_eq!(store.list_tags(&key.key_id).await?.len(), 31);
     Ok(())
 }
 

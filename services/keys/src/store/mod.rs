@@ -255,8 +255,15 @@ pub trait KeyStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<KeyRecord>, StoreError>;
 
-    /// Inserts or replaces tags.
-    async fn put_tags(&self, key_id: &KeyId, tags: &[Tag]) -> Result<(), StoreError>;
+    /// Inserts or replaces tags and returns how many the key then has.
+    /// When that is more than `max_tags`, nothing is written. Concurrent
+    /// calls for one key are serialized, so together they cannot exceed it.
+    async fn put_tags(
+        &self,
+        key_id: &KeyId,
+        tags: &[Tag],
+        max_tags: usize,
+    ) -> Result<usize, StoreError>;
 
     async fn delete_tags(&self, key_id: &KeyId, tag_keys: &[String]) -> Result<(), StoreError>;
 

@@ -42,6 +42,13 @@ const DELETE_KEY: &str = "DELETE FROM keys WHERE key_id = $1 AND version = $2";
 const UPSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3) \
      ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value";
 
+/// Takes the key's row lock (a write that changes nothing), so that
+/// concurrent tag writes to one key run one after another and each counts
+/// the other's tags.
+const LOCK_KEY: &str = "UPDATE keys SET version = version WHERE key_id = $1";
+
+const COUNT_TAGS: &str = "SELECT COUNT(*) FROM key_tags WHERE key_id = $1";
+
 const DELETE_TAG: &str = "DELETE FROM key_tags WHERE key_id = $1 AND tag_key = $2";
 
 const ALIAS_COLUMNS: &str = "account_id, alias_name, target_key_id, created_at_ms, updated_at_ms";
@@ -664,8 +671,18 @@ macro_rules! sql_key_store {
                 rows.iter().map(Self::key_from_row).collect()
             }
 
-            async fn put_tags(&self, key_id: &KeyId, tags: &[Tag]) -> Result<(), StoreError> {
+            async fn put_tags(
+                &self,
+                key_id: &KeyId,
+                tags: &[Tag],
+                max_tags: usize,
+            ) -> Result<usize, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                sqlx::query(LOCK_KEY)
+                    .bind(key_id.as_str())
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(convert_sqlx_error)?;
                 for tag in tags {
                     sqlx::query(UPSERT_TAG)
                         .bind(key_id.as_str())
@@ -675,8 +692,20 @@ macro_rules! sql_key_store {
                         .await
                         .map_err(convert_sqlx_error)?;
                 }
+                let count: i64 = sqlx::query_scalar(COUNT_TAGS)
+                    .bind(key_id.as_str())
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                let count = usize::try_from(count)
+                    .map_err(|_| StoreError::Corrupt("negative tag count".into()))?;
+                if count > max_tags {
+                    // Dropping the transaction rolls the tags back.
+                    return Ok(count);
+                }
                 Self::outbox_in(&mut *transaction).await?;
-                transaction.commit().await.map_err(convert_sqlx_error)
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(count)
             }
 
             async fn delete_tags(
