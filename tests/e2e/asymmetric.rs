@@ -416,6 +416,43 @@ async fn openssl_encrypts_and_coffer_decrypts(backend: Backend) -> anyhow::Resul
         Code::InvalidArgument,
         "InvalidKeyUsageException",
     );
+    let large = client
+        .encrypt(pb::EncryptRequest {
+            key_id: symmetric.key_id.clone(),
+            plaintext: vec![7; 191],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let too_large = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: large,
+            destination_key_id: key.key_id.clone(),
+            destination_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            ..Default::default()
+        })
+        .await;
+    let status = assert_error(too_large, Code::InvalidArgument, "ValidationException");
+    assert!(status.message().contains("ciphertext_blob"), "{status:?}");
+
+    // An alias may move to another asymmetric key only if its usage is the
+    // same.
+    let signing = create(&mut client, "ECC_NIST_P256", "SIGN_VERIFY").await?;
+    client
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/rsa-encryption".into(),
+            target_key_id: key.key_id.clone(),
+        })
+        .await?;
+    let outcome = client
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/rsa-encryption".into(),
+            target_key_id: signing.key_id.clone(),
+        })
+        .await;
+    let status = assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    assert!(status.message().contains("ENCRYPT_DECRYPT"), "{status:?}");
 
     // Grants on an RSA encryption key: no data keys, no signing, and no
     // encryption context constraint (RSA operations take no context).
@@ -577,7 +614,8 @@ async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
         let outcome = client
             .create_grant(grant(&symmetric.key_id, operations))
             .await;
-        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+        let status = assert_error(outcome, Code::InvalidArgument, "ValidationException");
+        assert!(status.message().contains("SYMMETRIC_DEFAULT"), "{status:?}");
     }
     Ok(())
 }

@@ -278,6 +278,7 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
     let rotation = rotation_status(&mut client, &saved.key_id).await?;
     assert!(!rotation.key_rotation_enabled, "{rotation:?}");
     assert_eq!(rotation.next_rotation_date, None);
+    assert_eq!(rotation.rotation_period_in_days, None);
     // ... and DescribeKey shows the deletion date, not a window (AWS shows
     // PendingDeletionWindowInDays only for PendingReplicaDeletion).
     let pending = client
@@ -303,6 +304,7 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
     let rotation = rotation_status(&mut client, &saved.key_id).await?;
     assert!(rotation.key_rotation_enabled, "{rotation:?}");
     assert!(rotation.next_rotation_date.is_some(), "{rotation:?}");
+    assert_eq!(rotation.rotation_period_in_days, Some(365));
     let cancel_again = client
         .cancel_key_deletion(pb::CancelKeyDeletionRequest {
             key_id: saved.key_id.clone(),

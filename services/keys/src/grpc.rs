@@ -1613,7 +1613,9 @@ impl Keys for KeysGrpc {
                 Ok(pb::GetKeyRotationStatusResponse {
                     key_rotation_enabled: status.rotation_enabled,
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
-                    rotation_period_in_days: key.rotation_period_days,
+                    rotation_period_in_days: key
+                        .rotation_period_days
+                        .filter(|_| status.rotation_enabled),
                     next_rotation_date: key
                         .next_rotation_ms
                         .filter(|_| status.rotation_enabled)

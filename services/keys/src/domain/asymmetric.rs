@@ -223,19 +223,27 @@ impl KeysDomain {
     }
 
     /// RSA encryption with the key's public key.
+    /// RSA-OAEP encryption for `operation` (Encrypt, or ReEncrypt, whose
+    /// plaintext is what its ciphertext blob held).
     pub(crate) async fn rsa_encrypt(
         &self,
         key: &KeyRecord,
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
         plaintext: &[u8],
+        operation: &str,
     ) -> Result<Vec<u8>> {
         let rsa_algorithm = self.rsa_algorithm(key, algorithm, context)?;
-        let private = self.private_key(key, "Encrypt").await?;
+        let private = self.private_key(key, operation).await?;
         private
             .public_key()
             .encrypt(rsa_algorithm, plaintext)
-            .map_err(request_crypto_error)
+            .map_err(|error| match error {
+                CryptoError::PlaintextTooLarge { .. } if operation != "Encrypt" => {
+                    KeysError::validation("ciphertext_blob", error.to_string())
+                }
+                other => request_crypto_error(other),
+            })
     }
 
     /// RSA decryption, on the blocking pool. Any failure is InvalidCiphertext.

@@ -91,7 +91,9 @@ impl KeysDomain {
             return Err(self.wrong_usage(key, operation, KeyUsage::EncryptDecrypt));
         }
         if AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some() {
-            return self.rsa_encrypt(key, algorithm, context, plaintext).await;
+            return self
+                .rsa_encrypt(key, algorithm, context, plaintext, operation)
+                .await;
         }
         self.ensure_symmetric_encryption_key(key, operation)?;
         self.ensure_algorithm(key, algorithm)?;

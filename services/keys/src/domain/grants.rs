@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::Caller;
 
 use super::access::Access;
-use super::types::{KeyKind, KeyReference, KeyUsage};
+use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
 use crate::store::{GrantConstraint, GrantRecord, KeyRecord, StoreError};
@@ -82,22 +82,21 @@ impl GrantToken {
     }
 }
 
-/// Whether a key of this spec and usage supports a grant operation.
-fn key_supports(key: &KeyRecord, operation: &str) -> bool {
+/// Whether a key of this spec and usage supports a grant operation. A
+/// unit test checks every operation in `GRANT_OPERATIONS` is handled here.
+fn key_supports(key_spec: KeySpec, key_usage: KeyUsage, operation: &str) -> bool {
     match operation {
         "CreateGrant" | "RetireGrant" | "DescribeKey" => true,
         "Encrypt" | "Decrypt" | "ReEncryptFrom" | "ReEncryptTo" => {
-            key.key_usage == KeyUsage::EncryptDecrypt
+            key_usage == KeyUsage::EncryptDecrypt
         }
         "GenerateDataKey"
         | "GenerateDataKeyWithoutPlaintext"
         | "GenerateDataKeyPair"
-        | "GenerateDataKeyPairWithoutPlaintext" => {
-            key.key_spec.kind() == KeyKind::SymmetricEncryption
-        }
-        "GetPublicKey" => key.key_spec.kind() == KeyKind::Asymmetric,
-        "Sign" | "Verify" => key.key_usage == KeyUsage::SignVerify,
-        "GenerateMac" | "VerifyMac" => key.key_usage == KeyUsage::GenerateVerifyMac,
+        | "GenerateDataKeyPairWithoutPlaintext" => key_spec.kind() == KeyKind::SymmetricEncryption,
+        "GetPublicKey" => key_spec.kind() == KeyKind::Asymmetric,
+        "Sign" | "Verify" => key_usage == KeyUsage::SignVerify,
+        "GenerateMac" | "VerifyMac" => key_usage == KeyUsage::GenerateVerifyMac,
         _ => false,
     }
 }
@@ -109,7 +108,7 @@ fn ensure_grant_fits(key: &KeyRecord, request: &NewGrant) -> Result<()> {
     if let Some(operation) = request
         .operations
         .iter()
-        .find(|operation| !key_supports(key, operation))
+        .find(|operation| !key_supports(key.key_spec, key.key_usage, operation))
     {
         return Err(KeysError::validation(
             "operations",
@@ -162,7 +161,6 @@ impl KeysDomain {
         }
         let key = self.resolve(caller, reference, &access).await?;
         self.check_state(&key, KeyOperation::CreateGrant)?;
-        ensure_grant_fits(&key, &request)?;
         if !self.policies_allow(caller, &key, &access)? {
             // The caller may create grants only through a grant of its own
             // (AWS's rule): the new grant may not allow more than that one.
@@ -186,6 +184,9 @@ impl KeysDomain {
                 )));
             }
         }
+        // After authorization, so only a caller allowed to create grants
+        // learns the key's spec and usage from the refusal.
+        ensure_grant_fits(&key, &request)?;
         if !request.name.is_empty() {
             let mut after: Option<String> = None;
             loop {
@@ -376,8 +377,39 @@ fn page_of(mut grants: Vec<GrantRecord>, limit: u32) -> GrantPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::access::GRANT_OPERATIONS;
     use crate::domain::types::KeyId;
     use coffer_platform::arn::AccountId;
+
+    #[test]
+    fn every_grant_operation_fits_some_key_and_none_fits_every_key() {
+        for operation in GRANT_OPERATIONS {
+            let fitting = KeySpec::ALL
+                .iter()
+                .flat_map(|spec| KeyUsage::ALL.iter().map(move |usage| (*spec, *usage)))
+                .filter(|(spec, usage)| key_supports(*spec, *usage, operation))
+                .count();
+            let general = matches!(*operation, "CreateGrant" | "RetireGrant" | "DescribeKey");
+            let all = KeySpec::ALL.len() * KeyUsage::ALL.len();
+            assert!(fitting > 0, "{operation} fits no key");
+            assert_eq!(fitting == all, general, "{operation}");
+        }
+        assert!(!key_supports(
+            KeySpec::SymmetricDefault,
+            KeyUsage::EncryptDecrypt,
+            "Sign"
+        ));
+        assert!(!key_supports(
+            KeySpec::Rsa2048,
+            KeyUsage::EncryptDecrypt,
+            "GenerateDataKey"
+        ));
+        assert!(key_supports(
+            KeySpec::Rsa2048,
+            KeyUsage::EncryptDecrypt,
+            "GetPublicKey"
+        ));
+    }
 
     #[test]
     fn grant_tokens_round_trip_and_reject_forgeries() {
