@@ -727,6 +727,35 @@ async fn asymmetric_bad_input_gets_exact_errors(backend: Backend) -> anyhow::Res
         })
         .await;
     assert_error(invalid_usage, Code::InvalidArgument, "ValidationException");
+    // A combination AWS refuses is invalid, even for a spec Coffer does not
+    // implement yet.
+    for (key_spec, key_usage) in [
+        ("ECC_NIST_P521", "ENCRYPT_DECRYPT"),
+        ("ECC_SECG_P256K1", "KEY_AGREEMENT"),
+        ("SYMMETRIC_DEFAULT", "KEY_AGREEMENT"),
+        ("HMAC_224", "SIGN_VERIFY"),
+    ] {
+        let outcome = client
+            .create_key(pb::CreateKeyRequest {
+                key_spec: key_spec.into(),
+                key_usage: key_usage.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    }
+    let agreement = client
+        .create_key(pb::CreateKeyRequest {
+            key_spec: "ECC_NIST_P256".into(),
+            key_usage: "KEY_AGREEMENT".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(
+        agreement,
+        Code::InvalidArgument,
+        "UnsupportedOperationException",
+    );
     let unsupported = client
         .create_key(pb::CreateKeyRequest {
             key_spec: "HMAC_224".into(),

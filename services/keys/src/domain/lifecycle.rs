@@ -72,11 +72,14 @@ impl KeysDomain {
                 KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512,
                 KeyUsage::GenerateVerifyMac,
             ) => {}
+            // Combinations AWS allows that Coffer does not implement yet.
             (
-                KeySpec::EccNistP521 | KeySpec::EccSecgP256k1 | KeySpec::Sm2 | KeySpec::Hmac224,
-                _,
+                KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 | KeySpec::Sm2,
+                KeyUsage::KeyAgreement,
             )
-            | (_, KeyUsage::KeyAgreement) => {
+            | (KeySpec::EccNistP521 | KeySpec::EccSecgP256k1, KeyUsage::SignVerify)
+            | (KeySpec::Sm2, KeyUsage::EncryptDecrypt | KeyUsage::SignVerify)
+            | (KeySpec::Hmac224, KeyUsage::GenerateVerifyMac) => {
                 return Err(KeysError::Unsupported(format!(
                     "KeySpec {} with KeyUsage {} is not supported by this release of Coffer.",
                     request.key_spec, request.key_usage
