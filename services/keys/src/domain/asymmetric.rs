@@ -222,9 +222,9 @@ impl KeysDomain {
         })
     }
 
-    /// RSA encryption with the key's public key.
-    /// RSA-OAEP encryption for `operation` (Encrypt, or ReEncrypt, whose
-    /// plaintext is what its ciphertext blob held).
+    /// RSA-OAEP encryption with the key's public key, for `operation`
+    /// (Encrypt, or ReEncrypt, whose plaintext is what its source
+    /// ciphertext blob held).
     pub(crate) async fn rsa_encrypt(
         &self,
         key: &KeyRecord,
