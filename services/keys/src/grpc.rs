@@ -1608,17 +1608,16 @@ impl Keys for KeysGrpc {
                     .domain
                     .get_key_rotation_status(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
+                let rotation_enabled = status.rotation_enabled();
                 let key = status.key;
                 self.record_key(&call, &key);
                 Ok(pb::GetKeyRotationStatusResponse {
-                    key_rotation_enabled: status.rotation_enabled,
+                    key_rotation_enabled: rotation_enabled,
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
-                    rotation_period_in_days: key
-                        .rotation_period_days
-                        .filter(|_| status.rotation_enabled),
+                    rotation_period_in_days: key.rotation_period_days.filter(|_| rotation_enabled),
                     next_rotation_date: key
                         .next_rotation_ms
-                        .filter(|_| status.rotation_enabled)
+                        .filter(|_| rotation_enabled)
                         .map(timestamp),
                     on_demand_rotation_start_date: None,
                 })

@@ -20,10 +20,15 @@ pub const MAX_ON_DEMAND_ROTATIONS: usize = 10;
 #[derive(Debug, Clone)]
 pub struct RotationStatus {
     pub key: KeyRecord,
+}
+
+impl RotationStatus {
     /// Automatic rotation as AWS reports it: off while the key is pending
     /// deletion (the key is not rotated then), and back as it was if the
     /// deletion is cancelled.
-    pub rotation_enabled: bool,
+    pub fn rotation_enabled(&self) -> bool {
+        self.key.rotation_enabled && self.key.key_state != KeyState::PendingDeletion
+    }
 }
 
 /// One page of ListKeyRotations.
@@ -101,11 +106,7 @@ impl KeysDomain {
             .await?;
         self.check_state(&key, KeyOperation::RotationStatus)?;
         self.ensure_rotatable(&key, "GetKeyRotationStatus")?;
-        let rotation_enabled = key.rotation_enabled && key.key_state != KeyState::PendingDeletion;
-        Ok(RotationStatus {
-            key,
-            rotation_enabled,
-        })
+        Ok(RotationStatus { key })
     }
 
     /// Makes new material current now. Limited to
