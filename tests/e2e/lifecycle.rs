@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::clock::ManualClock;
 use coffer_tests::{
     ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb,
@@ -585,11 +587,51 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
         .list_resource_tags(pb::ListResourceTagsRequest {
             key_id: key.key_id.clone(),
             limit: 1,
-            marker: first_page.next_marker,
+            marker: first_page.next_marker.clone(),
         })
         .await?
         .into_inner();
     assert_eq!(second_page.tags, vec![tag("team", "core")]);
+    // A marker opens only the list that issued it.
+    let elsewhere = client
+        .list_aliases(pb::ListAliasesRequest {
+            marker: first_page.next_marker.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(elsewhere, Code::InvalidArgument, "InvalidMarkerException");
+    // Keys differing in case page in byte order on either database, whatever
+    // its collation: every tag once.
+    client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: vec![tag("Zone", "a"), tag("app", "b")],
+        })
+        .await?;
+    let mut paged = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let page = client
+            .list_resource_tags(pb::ListResourceTagsRequest {
+                key_id: key.key_id.clone(),
+                limit: 1,
+                marker: marker.clone(),
+            })
+            .await?
+            .into_inner();
+        paged.extend(page.tags.into_iter().map(|tag| tag.tag_key));
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(paged, ["Zone", "app", "env", "team"]);
+    client
+        .untag_resource(pb::UntagResourceRequest {
+            key_id: key.key_id.clone(),
+            tag_keys: vec!["Zone".into(), "app".into()],
+        })
+        .await?;
 
     client
         .untag_resource(pb::UntagResourceRequest {
@@ -743,15 +785,36 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     for (blob, plaintext) in &blobs {
         assert_eq!(&decrypt(&mut client, blob).await?, plaintext);
     }
-    let paged = client
+    // Pages of four list the same rotations in the same order.
+    let mut paged = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let page = client
+            .list_key_rotations(pb::ListKeyRotationsRequest {
+                key_id: key.key_id.clone(),
+                limit: 4,
+                marker: marker.clone(),
+            })
+            .await?
+            .into_inner();
+        assert!(page.rotations.len() <= 4);
+        paged.extend(page.rotations);
+        if !page.truncated {
+            assert!(page.next_marker.is_empty());
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(paged, all);
+    // A marker naming no rotation of this key is refused.
+    let forged = client
         .list_key_rotations(pb::ListKeyRotationsRequest {
             key_id: key.key_id.clone(),
             limit: 4,
-            marker: String::new(),
+            marker: URL_SAFE_NO_PAD.encode(format!("r:{}", "ab".repeat(16))),
         })
-        .await?
-        .into_inner();
-    assert!(paged.truncated && paged.rotations.len() == 4);
+        .await;
+    assert_error(forged, Code::InvalidArgument, "InvalidMarkerException");
 
     client
         .disable_key_rotation(pb::DisableKeyRotationRequest {

@@ -169,7 +169,7 @@ impl KeysGrpc {
             next_marker: page
                 .next_after
                 .as_deref()
-                .map(encode_marker)
+                .map(|item| encode_marker(Listing::Grants, item))
                 .unwrap_or_default(),
         }
     }
@@ -576,27 +576,57 @@ fn context_for_audit(pairs: &std::collections::HashMap<String, String>) -> serde
     json!(pairs)
 }
 
-fn encode_marker(text: &str) -> String {
-    URL_SAFE_NO_PAD.encode(text)
+/// The list a marker belongs to. A marker carries its list's tag and the
+/// last listed item's sort key, so a marker of another list, or one that
+/// was never issued, answers InvalidMarkerException instead of a silently
+/// partial page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Aliases,
+    Tags,
+    Grants,
+    Rotations,
 }
 
-fn decode_marker(marker: &str) -> Result<Option<String>> {
+impl Listing {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Aliases => "a",
+            Self::Tags => "t",
+            Self::Grants => "g",
+            Self::Rotations => "r",
+        }
+    }
+
+    /// Whether `item` has the shape of this list's sort key.
+    fn fits(self, item: &str) -> bool {
+        match self {
+            Self::Aliases => item.starts_with("alias/"),
+            Self::Tags => !item.is_empty(),
+            Self::Grants | Self::Rotations => {
+                !item.is_empty() && item.bytes().all(|byte| byte.is_ascii_hexdigit())
+            }
+        }
+    }
+}
+
+fn encode_marker(listing: Listing, item: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{item}", listing.tag()))
+}
+
+fn decode_marker(listing: Listing, marker: &str) -> Result<Option<String>> {
     if marker.is_empty() {
         return Ok(None);
     }
     let decoded = URL_SAFE_NO_PAD
         .decode(marker)
         .map_err(|_| KeysError::InvalidMarker)?;
-    String::from_utf8(decoded)
-        .map(Some)
-        .map_err(|_| KeysError::InvalidMarker)
-}
-
-fn offset_marker(marker: &str) -> Result<usize> {
-    match decode_marker(marker)? {
-        None => Ok(0),
-        Some(text) => text.parse().map_err(|_| KeysError::InvalidMarker),
-    }
+    let text = String::from_utf8(decoded).map_err(|_| KeysError::InvalidMarker)?;
+    text.strip_prefix(listing.tag())
+        .and_then(|rest| rest.strip_prefix(':'))
+        .filter(|item| listing.fits(item))
+        .map(|item| Some(item.to_owned()))
+        .ok_or(KeysError::InvalidMarker)
 }
 
 fn page_limit(field: &'static str, limit: i32, default: i32, max: i32) -> Result<u32> {
@@ -1434,7 +1464,7 @@ impl Keys for KeysGrpc {
             |_call, caller, m| async move {
                 let key = optional_key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
-                let after = decode_marker(&m.marker)?;
+                let after = decode_marker(Listing::Aliases, &m.marker)?;
                 let page = self
                     .domain
                     .list_aliases(&caller, key.as_ref(), limit, after.as_deref())
@@ -1455,7 +1485,7 @@ impl Keys for KeysGrpc {
                     next_marker: page
                         .next_after
                         .as_deref()
-                        .map(encode_marker)
+                        .map(|item| encode_marker(Listing::Aliases, item))
                         .unwrap_or_default(),
                 })
             },
@@ -1521,7 +1551,7 @@ impl Keys for KeysGrpc {
             |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 50)?;
-                let after = decode_marker(&m.marker)?;
+                let after = decode_marker(Listing::Tags, &m.marker)?;
                 let page = self
                     .domain
                     .list_resource_tags(&caller, &reference, limit as usize, after.as_deref())
@@ -1539,7 +1569,7 @@ impl Keys for KeysGrpc {
                     next_marker: page
                         .next_after
                         .as_deref()
-                        .map(encode_marker)
+                        .map(|item| encode_marker(Listing::Tags, item))
                         .unwrap_or_default(),
                 })
             },
@@ -1657,10 +1687,10 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
-                let offset = offset_marker(&m.marker)?;
+                let after = decode_marker(Listing::Rotations, &m.marker)?;
                 let page = self
                     .domain
-                    .list_key_rotations(&caller, &reference, limit as usize, offset)
+                    .list_key_rotations(&caller, &reference, limit as usize, after.as_deref())
                     .await?;
                 self.record_key(&call, &page.key);
                 Ok(pb::ListKeyRotationsResponse {
@@ -1677,10 +1707,10 @@ impl Keys for KeysGrpc {
                                 .unwrap_or_default(),
                         })
                         .collect(),
-                    truncated: page.next_offset.is_some(),
+                    truncated: page.next_after.is_some(),
                     next_marker: page
-                        .next_offset
-                        .map(|offset| encode_marker(&offset.to_string()))
+                        .next_after
+                        .map(|material| encode_marker(Listing::Rotations, &material.to_hex()))
                         .unwrap_or_default(),
                 })
             },
@@ -2006,7 +2036,7 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
-                let after = decode_marker(&m.marker)?;
+                let after = decode_marker(Listing::Grants, &m.marker)?;
                 let wanted_grant = if m.grant_id.is_empty() {
                     None
                 } else {
@@ -2045,7 +2075,7 @@ impl Keys for KeysGrpc {
             |_call, caller, m| async move {
                 let retiring = principal_arn("retiring_principal", &m.retiring_principal)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
-                let after = decode_marker(&m.marker)?;
+                let after = decode_marker(Listing::Grants, &m.marker)?;
                 let page = self
                     .domain
                     .list_retirable_grants(&caller, &retiring, limit, after.as_deref())
@@ -2226,5 +2256,44 @@ mod tests {
             Err(KeysError::InvalidMarker)
         ));
         assert!(matches!(list_marker(""), Ok(None)));
+    }
+
+    #[test]
+    fn a_marker_opens_only_its_own_list() {
+        let alias = encode_marker(Listing::Aliases, "alias/app");
+        assert_eq!(
+            decode_marker(Listing::Aliases, &alias)
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("alias/app")
+        );
+        let grant = encode_marker(Listing::Grants, &"ab".repeat(32));
+        for (listing, marker) in [
+            (Listing::Tags, &alias),
+            (Listing::Aliases, &grant),
+            (Listing::Rotations, &alias),
+        ] {
+            assert!(matches!(
+                decode_marker(listing, marker),
+                Err(KeysError::InvalidMarker)
+            ));
+        }
+        // Shapes that no list issues: no tag, a bad sort key, a ListKeys marker.
+        for text in ["alias/app", "a:app", "g:not-hex", "r:", "t:"] {
+            let forged = URL_SAFE_NO_PAD.encode(text);
+            for listing in [
+                Listing::Aliases,
+                Listing::Grants,
+                Listing::Rotations,
+                Listing::Tags,
+            ] {
+                assert!(matches!(
+                    decode_marker(listing, &forged),
+                    Err(KeysError::InvalidMarker)
+                ));
+            }
+        }
+        assert!(matches!(decode_marker(Listing::Tags, ""), Ok(None)));
     }
 }

@@ -1,6 +1,7 @@
 //! Key rotation: automatic (on a schedule) and on demand. Every earlier
 //! backing key is kept, so ciphertexts made before a rotation decrypt forever.
 
+use coffer_crypto::MaterialId;
 use coffer_platform::authz::Caller;
 
 use super::access::Access;
@@ -36,7 +37,8 @@ impl RotationStatus {
 pub struct RotationPage {
     pub key: KeyRecord,
     pub rotations: Vec<MaterialRecord>,
-    pub next_offset: Option<usize>,
+    /// The last listed rotation's material when more follow.
+    pub next_after: Option<MaterialId>,
 }
 
 impl KeysDomain {
@@ -204,7 +206,7 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
         limit: usize,
-        offset: usize,
+        after: Option<&str>,
     ) -> Result<RotationPage> {
         let key = self
             .resolve(caller, reference, &Access::to("ListKeyRotations"))
@@ -218,13 +220,25 @@ impl KeysDomain {
             .into_iter()
             .filter(|material| material.rotation_type.is_some())
             .collect();
+        let start = match after {
+            None => 0,
+            Some(marker) => {
+                rotations
+                    .iter()
+                    .position(|material| material.material_id.to_hex() == marker)
+                    .ok_or(KeysError::InvalidMarker)?
+                    + 1
+            }
+        };
         let total = rotations.len();
-        let page: Vec<MaterialRecord> = rotations.into_iter().skip(offset).take(limit).collect();
-        let next_offset = (offset + page.len() < total).then_some(offset + page.len());
+        let page: Vec<MaterialRecord> = rotations.into_iter().skip(start).take(limit).collect();
+        let next_after = (start + page.len() < total)
+            .then(|| page.last().map(|material| material.material_id))
+            .flatten();
         Ok(RotationPage {
             key,
             rotations: page,
-            next_offset,
+            next_after,
         })
     }
 }

@@ -68,7 +68,10 @@ impl KeysDomain {
             .resolve(caller, reference, &Access::to("ListResourceTags"))
             .await?;
         self.check_state(&key, KeyOperation::ListTags)?;
-        let all = self.store.list_tags(&key.key_id).await?;
+        // Byte order, the order markers compare in: a database's collation
+        // may order "Zone" and "app" otherwise.
+        let mut all = self.store.list_tags(&key.key_id).await?;
+        all.sort_by(|a, b| a.key.cmp(&b.key));
         let mut tags: Vec<Tag> = all
             .into_iter()
             .filter(|tag| after.is_none_or(|marker| tag.key.as_str() > marker))
