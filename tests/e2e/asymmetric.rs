@@ -548,6 +548,19 @@ async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
             Code::InvalidArgument,
             "InvalidKeyUsageException",
         );
+        // A MAC key named for Decrypt is the wrong kind before any blob is read.
+        let decrypt_with_mac_key = client
+            .decrypt(pb::DecryptRequest {
+                key_id: key.key_id.clone(),
+                ciphertext_blob: vec![7; 64],
+                ..Default::default()
+            })
+            .await;
+        assert_error(
+            decrypt_with_mac_key,
+            Code::InvalidArgument,
+            "InvalidKeyUsageException",
+        );
     }
     let wrong_algorithm_key = create(&mut client, "HMAC_256", "GENERATE_VERIFY_MAC").await?;
     let outcome = client

@@ -87,16 +87,28 @@ async fn assert_audited_denial(
     status: &tonic::Status,
     what: &str,
 ) -> anyhow::Result<()> {
+    assert_audited_as(harness, status, "AccessDeniedException", what).await?;
+    Ok(())
+}
+
+/// The call of `status` left one event, with `exception` as its errorCode;
+/// returns the event.
+async fn assert_audited_as(
+    harness: &Harness,
+    status: &tonic::Status,
+    exception: &str,
+    what: &str,
+) -> anyhow::Result<serde_json::Value> {
     let request_id = request_id_of(status.metadata());
-    let events = harness.audit_events_for(&request_id).await?;
+    let mut events = harness.audit_events_for(&request_id).await?;
     anyhow::ensure!(events.len() == 1, "{what}: {} events", events.len());
-    let first = events.first().ok_or_else(|| anyhow::anyhow!("no event"))?;
+    let first = events.remove(0);
     anyhow::ensure!(
-        first["errorCode"] == "AccessDeniedException",
+        first["errorCode"] == exception,
         "{what}: audited as {} ({status:?})",
         first["errorCode"]
     );
-    Ok(())
+    Ok(first)
 }
 
 /// Every RPC of every Coffer gRPC service in the descriptor set, called
@@ -898,6 +910,11 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
     // Same name and parameters: the same grant.
     let again = admin.create_grant(request.clone()).await?.into_inner();
     assert_eq!(again.grant_id, created.grant_id);
+    // The operations are a set: the same ones in another order are the same grant.
+    let mut reordered = request.clone();
+    reordered.operations.reverse();
+    let again = admin.create_grant(reordered).await?.into_inner();
+    assert_eq!(again.grant_id, created.grant_id);
 
     // Effective at once, with or without the token; the same pairs in any
     // order pass, a missing, extra or differently-cased context does not.
@@ -1010,6 +1027,54 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
             .await,
         Code::InvalidArgument,
         "InvalidGrantTokenException",
+    );
+
+    // Besides the principals a grant names, only the account that created
+    // it retires it, through its principals' identity policies: a key
+    // policy that gives kms:* (RetireGrant included) is not enough.
+    let guarded_policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":["arn:coffer:iam::{ACCOUNT_A}:root","arn:coffer:iam::{ACCOUNT_A}:role/keyadmin"]}},"Action":"kms:*","Resource":"*"}}]}}"#
+    );
+    let guarded = admin
+        .create_key(pb::CreateKeyRequest {
+            policy: guarded_policy,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?
+        .key_id;
+    let guarded_grant = admin
+        .create_grant(pb::CreateGrantRequest {
+            key_id: guarded.clone(),
+            grantee_principal: app_arn.clone(),
+            operations: vec!["Encrypt".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut keyadmin = harness
+        .keys_as(&format!(
+            "spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/keyadmin"
+        ))
+        .await?;
+    let retire_guarded = pb::RetireGrantRequest {
+        key_id: guarded.clone(),
+        grant_id: guarded_grant.grant_id.clone(),
+        ..Default::default()
+    };
+    let status = assert_error(
+        keyadmin.retire_grant(retire_guarded.clone()).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    assert!(status.message().contains("kms:RetireGrant"), "{status:?}");
+    admin.retire_grant(retire_guarded.clone()).await?;
+    assert_error(
+        admin.retire_grant(retire_guarded).await,
+        Code::NotFound,
+        "NotFoundException",
     );
 
     // Revocation by a key administrator, equally immediate.
@@ -1177,7 +1242,26 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
             .message()
             .replace("00000000-0000-4000-8000-000000000000", "ID")
     );
-    assert_audited_denial(&harness, &hidden, "cross-account without policy").await?;
+    // B's own trail, which B may read, tells the two apart no better: both
+    // calls are filed as what B was told (AWS files denied cross-account
+    // calls with the caller only).
+    let absent_event = assert_audited_as(&harness, &absent, "NotFoundException", "missing").await?;
+    let hidden_event = assert_audited_as(
+        &harness,
+        &hidden,
+        "NotFoundException",
+        "cross-account without policy",
+    )
+    .await?;
+    assert_eq!(
+        hidden_event["errorMessage"]
+            .as_str()
+            .map(|message| message.replace(&key_id, "ID")),
+        absent_event["errorMessage"]
+            .as_str()
+            .map(|message| message.replace("00000000-0000-4000-8000-000000000000", "ID"))
+    );
+    assert_eq!(hidden_event["resources"], absent_event["resources"]);
 
     // A trusts account B for Encrypt and DescribeKey.
     let shared = format!(
@@ -1200,7 +1284,13 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         Code::NotFound,
         "NotFoundException",
     );
-    assert_audited_denial(&harness, &status, "cross-account without identity policy").await?;
+    assert_audited_as(
+        &harness,
+        &status,
+        "NotFoundException",
+        "cross-account without identity policy",
+    )
+    .await?;
     // A key id or an alias always names a key of the caller's own account.
     assert_error(
         encrypt_with(&mut admin_b, &key_id, &[], Vec::new()).await,

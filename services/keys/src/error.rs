@@ -46,7 +46,8 @@ pub enum KeysError {
     #[error("the MAC is not valid")]
     InvalidMac,
     /// A denial answered as `shown` (what a missing resource gets) and
-    /// audited as the AccessDeniedException `denied`.
+    /// audited as the AccessDeniedException `denied`: for keys of the
+    /// caller's own account, whose trail is the key owner's.
     #[error("{denied}")]
     Concealed {
         shown: Box<KeysError>,
@@ -122,7 +123,7 @@ pub fn api_error(error: &KeysError) -> ApiError {
         KeysError::InvalidMarker => ApiError::new(
             ErrorCode::InvalidArgument,
             "InvalidMarkerException",
-            "The marker is not one that ListKeys returned.",
+            "The marker is not one that this list operation returned.",
         ),
         KeysError::Tag(message) => {
             ApiError::new(ErrorCode::InvalidArgument, "TagException", message.clone())

@@ -309,6 +309,20 @@ impl KeysDomain {
         if effect == DecisionEffect::ImplicitDeny && self.grant_allows(caller, key, access).await? {
             return Ok(());
         }
+        Err(self.refusal(caller, key, access, effect, missing).await?)
+    }
+
+    /// The answer to a refused `access` on `key`: AccessDeniedException, or
+    /// `missing()` when the caller may not even describe the key (audited as
+    /// the denial it is when the key is of the caller's own account).
+    pub(crate) async fn refusal(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+        effect: DecisionEffect,
+        missing: impl FnOnce() -> KeysError,
+    ) -> Result<KeysError> {
         let key_arn = self.key_arn(&key.account, &key.key_id);
         let denied = caller
             .denied(&access.iam_action(), &key_arn, effect)
@@ -321,14 +335,20 @@ impl KeysDomain {
                 DecisionEffect::ImplicitDeny => self.grant_allows(caller, key, &describe).await?,
             }
         };
-        if visible {
-            Err(KeysError::AccessDenied(denied))
+        Ok(if visible {
+            KeysError::AccessDenied(denied)
+        } else if key.account != *caller.account() {
+            // The event goes to the caller's account, whose principals may
+            // read it: there it must say what the caller was told, or the
+            // trail would tell another account's key from a missing one.
+            // (AWS files denied cross-account calls with the caller only.)
+            missing()
         } else {
-            Err(KeysError::Concealed {
+            KeysError::Concealed {
                 shown: Box::new(missing()),
                 denied,
-            })
-        }
+            }
+        })
     }
 
     /// Whether the policies alone (no grant) allow `access`.

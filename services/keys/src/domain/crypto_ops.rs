@@ -121,7 +121,14 @@ impl KeysDomain {
             None => None,
         };
         if let Some(key) = &named
-            && key.key_usage == KeyUsage::EncryptDecrypt
+            && key.key_usage != KeyUsage::EncryptDecrypt
+        {
+            // The named key decides before the blob is read, as in AWS: a
+            // signing or MAC key is the wrong kind whatever the blob holds.
+            self.ensure_usable(key)?;
+            return Err(self.wrong_usage(key, action, KeyUsage::EncryptDecrypt));
+        }
+        if let Some(key) = &named
             && AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some()
         {
             self.ensure_usable(key)?;

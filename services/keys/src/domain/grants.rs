@@ -8,6 +8,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::Caller;
+use coffer_policy::DecisionEffect;
 
 use super::access::Access;
 use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
@@ -198,7 +199,7 @@ impl KeysDomain {
                     grant.name == request.name
                         && grant.grantee_principal == request.grantee_principal
                         && grant.retiring_principal == request.retiring_principal
-                        && grant.operations == request.operations
+                        && same_operations(&grant.operations, &request.operations)
                         && grant.constraint == request.constraint
                 }) {
                     let token = GrantToken::encode(existing);
@@ -327,7 +328,7 @@ impl KeysDomain {
         if retiring || grantee_may {
             caller.mark_decided();
         } else {
-            self.authorize_key(caller, &key, &Access::to("RetireGrant"), || missing)
+            self.authorize_delegated_retire(caller, &key, &grant, missing)
                 .await?;
         }
         if self.store.delete_grant(&grant.grant_id).await? {
@@ -335,6 +336,43 @@ impl KeysDomain {
         } else {
             Err(grant_not_found(&grant.grant_id))
         }
+    }
+
+    /// AWS's third way to retire a grant: the account that created it, and
+    /// an account named as its retiring principal, may retire it, and they
+    /// delegate that to their principals through identity policies
+    /// (kms:RetireGrant on the key). The key policy has no say: it neither
+    /// lets anyone else retire a grant nor keeps these accounts from it.
+    async fn authorize_delegated_retire(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        grant: &GrantRecord,
+        missing: KeysError,
+    ) -> Result<()> {
+        let access = Access::to("RetireGrant");
+        let account_root = format!(
+            "arn:{}:iam::{}:root",
+            self.location.partition,
+            caller.account()
+        );
+        let delegating = grant.issuing_account == *caller.account()
+            || grant.retiring_principal.as_deref() == Some(account_root.as_str());
+        let effect = if delegating {
+            let key_arn = self.key_arn(&key.account, &key.key_id);
+            caller
+                .authorize_identity(&caller.request("kms:RetireGrant", &key_arn))
+                .effect
+        } else {
+            caller.mark_decided();
+            DecisionEffect::ImplicitDeny
+        };
+        if effect == DecisionEffect::Allowed {
+            return Ok(());
+        }
+        Err(self
+            .refusal(caller, key, &access, effect, || missing)
+            .await?)
     }
 
     /// Revokes a grant of a key; needs kms:RevokeGrant on the key.
@@ -372,6 +410,15 @@ fn page_of(mut grants: Vec<GrantRecord>, limit: u32) -> GrantPage {
         None
     };
     GrantPage { grants, next_after }
+}
+
+/// Whether two grants name the same operations, in any order: AWS's
+/// "identical parameters" for a retried CreateGrant.
+fn same_operations(a: &[String], b: &[String]) -> bool {
+    fn set(operations: &[String]) -> std::collections::BTreeSet<&str> {
+        operations.iter().map(String::as_str).collect()
+    }
+    set(a) == set(b)
 }
 
 #[cfg(test)]
