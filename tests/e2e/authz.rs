@@ -1291,7 +1291,8 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         "cross-account without identity policy",
     )
     .await?;
-    // A key id or an alias always names a key of the caller's own account.
+    // A key id or an alias name always names a key of the caller's own
+    // account; an alias ARN, like a key ARN, may name another account's.
     assert_error(
         encrypt_with(&mut admin_b, &key_id, &[], Vec::new()).await,
         Code::NotFound,
@@ -1302,14 +1303,45 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         Code::NotFound,
         "NotFoundException",
     );
-    assert_error(
+    let alias_arn = format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/shared");
+    let by_alias = encrypt_with(&mut admin_b, &alias_arn, &[], Vec::new()).await?;
+    let decrypted = admin_a
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: by_alias,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(decrypted.key_id, key);
+    // Still both sides: carol's identity policies allow nothing, and an
+    // alias that does not exist gets the same answer.
+    let hidden = assert_error(
+        encrypt_with(&mut carol_b, &alias_arn, &[], Vec::new()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    let absent = assert_error(
         encrypt_with(
-            &mut admin_b,
-            &format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/shared"),
+            &mut carol_b,
+            &alias_arn.replace("shared", "nothing"),
             &[],
             Vec::new(),
         )
         .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert_eq!(
+        hidden.message(),
+        absent.message().replace("nothing", "shared")
+    );
+    // Management never crosses accounts, by alias ARN either.
+    assert_error(
+        admin_b
+            .disable_key(pb::DisableKeyRequest {
+                key_id: alias_arn.clone(),
+            })
+            .await,
         Code::NotFound,
         "NotFoundException",
     );

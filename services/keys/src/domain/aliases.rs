@@ -41,15 +41,37 @@ impl KeysDomain {
         ))
     }
 
-    /// `alias/name` or an alias ARN of the caller's account and this region.
-    pub(crate) async fn resolve_alias(&self, caller: &AccountId, text: &str) -> Result<KeyRecord> {
+    /// The key behind `alias/name` (of the caller's account) or an alias
+    /// ARN of this region: of the caller's account, or of another account
+    /// when `other_accounts` (an operation AWS allows across accounts; the
+    /// key's policy then decides, as for a key ARN).
+    pub(crate) async fn resolve_alias(
+        &self,
+        caller: &AccountId,
+        text: &str,
+        other_accounts: bool,
+    ) -> Result<KeyRecord> {
         let alias_name = match ArnParts::parse(text) {
             Some(parts) => {
+                let missing = || KeysError::NotFound(format!("Alias '{text}' is not found."));
                 let here = parts.partition == self.location.partition
-                    && parts.region == self.location.region
-                    && parts.account == caller.as_str();
-                if !here {
-                    return Err(KeysError::NotFound(format!("Alias '{text}' is not found.")));
+                    && parts.region == self.location.region;
+                let owner = AccountId::parse(parts.account)
+                    .filter(|owner| here && (owner == caller || other_accounts))
+                    .ok_or_else(missing)?;
+                if owner != *caller {
+                    // Another account's service-managed keys are never
+                    // created from here: they serve their own account only.
+                    let alias = self
+                        .store
+                        .get_alias(&owner, parts.resource)
+                        .await?
+                        .ok_or_else(missing)?;
+                    return self
+                        .store
+                        .get_key(&owner, &alias.target_key_id)
+                        .await?
+                        .ok_or_else(missing);
                 }
                 parts.resource
             }

@@ -193,7 +193,9 @@ impl KeysDomain {
                 }
                 account
             }
-            KeyReference::Alias(text) => return self.resolve_alias(caller, text).await,
+            KeyReference::Alias(text) => {
+                return self.resolve_alias(caller, text, other_accounts).await;
+            }
             KeyReference::Unknown(_) => return Err(self.missing(caller, reference)),
         };
         let (KeyReference::Id(key_id) | KeyReference::Arn { key_id, .. }) = reference else {
