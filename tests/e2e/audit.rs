@@ -81,6 +81,21 @@ async fn every_rpc_emits_exactly_one_event(backend: Backend) -> anyhow::Result<(
         true,
     ));
     let blob = encrypted.into_inner().ciphertext_blob;
+    // ReEncrypt changes nothing stored: CloudTrail files it as read-only.
+    let re_encrypted = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: blob.clone(),
+            destination_key_id: key_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    expected.push((
+        request_id_of(re_encrypted.metadata()),
+        "ReEncrypt",
+        true,
+        "Data",
+        true,
+    ));
     let decrypted = client
         .decrypt(pb::DecryptRequest {
             ciphertext_blob: blob,

@@ -213,7 +213,7 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
         ),
         (
             audit_pb::LookupEventsRequest {
-                lookup_attributes: vec![attribute("AccessKeyId", "x")],
+                lookup_attributes: vec![attribute("SourceIPAddress", "x")],
                 ..Default::default()
             },
             "InvalidLookupAttributesException",
@@ -260,6 +260,53 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
         assert_eq!(events[0]["errorCode"], exception);
         assert_eq!(events[0]["eventSource"], "cloudtrail.coffer.internal");
     }
+    // A NextToken works only with the parameters it was issued for.
+    let first = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            max_results: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(!first.next_token.is_empty());
+    audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            max_results: 1,
+            next_token: first.next_token.clone(),
+            ..Default::default()
+        })
+        .await?;
+    for other in [
+        audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![attribute("EventName", "LookupEvents")],
+            next_token: first.next_token.clone(),
+            ..Default::default()
+        },
+        audit_pb::LookupEventsRequest {
+            start_time: Some(prost_types::Timestamp {
+                seconds: 1_000,
+                nanos: 0,
+            }),
+            next_token: first.next_token.clone(),
+            ..Default::default()
+        },
+    ] {
+        assert_error(
+            audit.lookup_events(other).await,
+            Code::InvalidArgument,
+            "InvalidNextTokenException",
+        );
+    }
+    // AccessKeyId is a CloudTrail key; Coffer issues no access keys, so it
+    // matches nothing.
+    let none = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![attribute("AccessKeyId", "AKIAEXAMPLE")],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(none.events.is_empty() && none.next_token.is_empty());
     // Literal values: a LIKE wildcard matches nothing.
     let none = audit
         .lookup_events(audit_pb::LookupEventsRequest {
@@ -367,6 +414,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
     backend: Backend,
 ) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
+    let before_ms = coffer_platform::clock::Clock::now_millis(&coffer_platform::clock::SystemClock);
     let hostile = json!({
         "big": "x".repeat(1024 * 1024),
         "escapes": "line\nbreak \"quoted\" \u{1b}[31mred\u{1b}[0m",
@@ -435,6 +483,17 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         assert!(!event.record.contains('\n'), "one line");
         let record: Value = serde_json::from_str(&event.record)?;
         assert_eq!(record["trusted"], false);
+        // Filed when it arrived (to the second), whatever time it claims.
+        assert!(
+            (before_ms / 1000 * 1000..=before_ms + 60_000).contains(&event.event_time_ms),
+            "filed at {} (test began at {before_ms})",
+            event.event_time_ms
+        );
+        assert!(
+            ["2026-11-22T10:00:00Z", "2023-11-14T22:13:20Z"]
+                .contains(&record["claimedEventTime"].as_str().unwrap_or_default()),
+            "{record}"
+        );
     }
     // The trusted one kept its id, and was not pre-empted by the forgery.
     let trusted = store

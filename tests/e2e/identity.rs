@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use coffer_platform::pki::{self, Authority};
+use coffer_proto::audit::v1 as audit_pb;
 use coffer_tests::{
     ACCOUNT_A, ACCOUNT_B, Backend, Harness, TRUST_DOMAIN, assert_error, backend_tests,
     keys_pb as pb,
@@ -170,9 +171,56 @@ async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> a
     // A service acting for nobody has no account to use keys in.
     let mut bare_service = KeysClient::new(harness.channel_with(Some(&service)).await?);
     let outcome = bare_service
-        .create_key(pb::CreateKeyRequest::default())
+        .create_key(pb::CreateKeyRequest {
+            description: "bare-service-marker".into(),
+            ..Default::default()
+        })
         .await;
-    assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
+    let status = assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
+    // Its event belongs to no account and carries what the call sent, so no
+    // account may read it (only untrusted external events are everyone's).
+    let events = harness
+        .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
+        .await?;
+    assert_eq!(events.len(), 1);
+    assert!(events[0]["recipientAccountId"].is_null(), "{}", events[0]);
+    let event_id = events[0]["eventID"].as_str().unwrap_or_default().to_owned();
+    for account in [ACCOUNT_A, ACCOUNT_B] {
+        let mut audit = harness
+            .audit_as(&Harness::user_id(account, "alice"))
+            .await?;
+        let found = audit
+            .lookup_events(audit_pb::LookupEventsRequest {
+                lookup_attributes: vec![audit_pb::LookupAttribute {
+                    attribute_key: "EventId".into(),
+                    attribute_value: event_id.clone(),
+                }],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(found.events.is_empty(), "{account} sees {:?}", found.events);
+        let everything = audit
+            .lookup_events(audit_pb::LookupEventsRequest::default())
+            .await?
+            .into_inner();
+        assert!(
+            everything
+                .events
+                .iter()
+                .all(|event| !event.cloud_trail_event.contains("bare-service-marker")),
+            "{account} sees the bare service's event"
+        );
+        assert_error(
+            audit
+                .get_event(audit_pb::GetEventRequest {
+                    event_id: event_id.clone(),
+                })
+                .await,
+            Code::NotFound,
+            "ResourceNotFoundException",
+        );
+    }
 
     // A service forwarding garbage, or another service, is refused.
     for forwarded in [

@@ -500,7 +500,8 @@ impl EventBase {
             event: AuditEvent {
                 event_version: "1.11",
                 event_id: ids.event_id.to_string(),
-                event_time: crate::telemetry::now_rfc3339(),
+                // Set when the call completes (CloudTrail's eventTime).
+                event_time: String::new(),
                 event_source: event_source.to_string(),
                 event_name: event_name.to_owned(),
                 event_type: "AwsApiCall",
@@ -540,6 +541,7 @@ impl EventBase {
         draft: crate::audit::AuditDraft,
     ) -> AuditEvent {
         let mut event = self.event;
+        event.event_time = crate::telemetry::now_rfc3339();
         event.request_parameters = draft.request_parameters.unwrap_or(Value::Null);
         event.response_elements = if succeeded {
             draft.response_elements.unwrap_or(Value::Null)

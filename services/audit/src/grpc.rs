@@ -139,12 +139,19 @@ fn event_of(stored: &StoredEvent) -> pb::Event {
     }
 }
 
-fn lookup_attribute(
-    attributes: &[pb::LookupAttribute],
-) -> Result<Option<LookupAttribute>, ApiError> {
+/// What a lookup's attributes ask for.
+enum Wanted {
+    Everything,
+    Only(LookupAttribute),
+    /// A CloudTrail key no Coffer event carries: AccessKeyId (Coffer
+    /// issues no access keys). Valid, and matches nothing.
+    Nothing,
+}
+
+fn lookup_attribute(attributes: &[pb::LookupAttribute]) -> Result<Wanted, ApiError> {
     let exception = "InvalidLookupAttributesException";
     let attribute = match attributes {
-        [] => return Ok(None),
+        [] => return Ok(Wanted::Everything),
         [attribute] => attribute,
         _ => {
             return Err(invalid(
@@ -160,7 +167,7 @@ fn lookup_attribute(
             "the attribute value must be 1 to 2000 characters",
         ));
     }
-    Ok(Some(match attribute.attribute_key.as_str() {
+    Ok(Wanted::Only(match attribute.attribute_key.as_str() {
         "EventId" => LookupAttribute::EventId(value),
         "EventName" => LookupAttribute::EventName(value),
         "ReadOnly" => match value.as_str() {
@@ -172,22 +179,48 @@ fn lookup_attribute(
         "ResourceType" => LookupAttribute::ResourceType(value),
         "ResourceName" => LookupAttribute::ResourceName(value),
         "EventSource" => LookupAttribute::EventSource(value),
+        "AccessKeyId" => return Ok(Wanted::Nothing),
         other => {
             return Err(invalid(
                 exception,
                 format!(
-                    "{other:?} is not a lookup attribute: EventId, EventName, ReadOnly, Username, ResourceType, ResourceName or EventSource"
+                    "{other:?} is not a lookup attribute: EventId, EventName, ReadOnly, Username, ResourceType, ResourceName, EventSource or AccessKeyId"
                 ),
             ));
         }
     }))
 }
 
-fn encode_cursor(cursor: LookupCursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}.{}", cursor.event_time_ms, cursor.seq))
+/// What a NextToken is bound to: the lookup's attribute and time range as
+/// the caller gave them (an FNV-1a hash), so a token used with other
+/// parameters answers InvalidNextTokenException, as CloudTrail's does.
+fn lookup_scope(message: &pb::LookupEventsRequest) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &byte in bytes.iter().chain(&[0xff]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for attribute in &message.lookup_attributes {
+        feed(attribute.attribute_key.as_bytes());
+        feed(attribute.attribute_value.as_bytes());
+    }
+    for bound in [&message.start_time, &message.end_time] {
+        let millis = bound.as_ref().map(millis_of);
+        feed(format!("{millis:?}").as_bytes());
+    }
+    hash
 }
 
-fn decode_cursor(token: &str) -> Result<Option<LookupCursor>, ApiError> {
+fn encode_cursor(cursor: LookupCursor, scope: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}.{}.{scope:016x}",
+        cursor.event_time_ms, cursor.seq
+    ))
+}
+
+fn decode_cursor(token: &str, scope: u64) -> Result<Option<LookupCursor>, ApiError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -197,7 +230,18 @@ fn decode_cursor(token: &str) -> Result<Option<LookupCursor>, ApiError> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(bad)?;
-    let (time, seq) = text.split_once('.').ok_or_else(bad)?;
+    let mut parts = text.split('.');
+    let (Some(time), Some(seq), Some(bound), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    if bound != format!("{scope:016x}") {
+        return Err(invalid(
+            "InvalidNextTokenException",
+            "the NextToken was issued for a lookup with other parameters",
+        ));
+    }
     Ok(Some(LookupCursor {
         event_time_ms: time.parse().map_err(|_| bad())?,
         seq: seq.parse().map_err(|_| bad())?,
@@ -314,7 +358,11 @@ impl Audit for AuditGrpc {
         }));
         let caller = authorize(&call, "cloudtrail:LookupEvents", "*")?;
         let outcome = (|| {
-            let attribute = lookup_attribute(&message.lookup_attributes)?;
+            let (attribute, matchable) = match lookup_attribute(&message.lookup_attributes)? {
+                Wanted::Everything => (None, true),
+                Wanted::Only(attribute) => (Some(attribute), true),
+                Wanted::Nothing => (None, false),
+            };
             let limit = match message.max_results {
                 0 => MAX_LOOKUP_RESULTS,
                 value if (1..=MAX_LOOKUP_RESULTS).contains(&value) => value,
@@ -338,33 +386,40 @@ impl Audit for AuditGrpc {
                     "StartTime must not be after EndTime",
                 ));
             }
-            Ok(LookupQuery {
+            let query = LookupQuery {
                 attribute,
                 start_ms,
                 end_ms,
-                after: decode_cursor(&message.next_token)?,
+                after: decode_cursor(&message.next_token, lookup_scope(&message))?,
                 limit: limit.unsigned_abs() + 1,
                 account: Some(caller.account().to_string()),
-            })
+            };
+            Ok((query, matchable))
         })();
-        let query = outcome.map_err(|error| call.fail(error))?;
-        self.core.settled().await;
-        let mut events = self
-            .core
-            .store()
-            .lookup(&query)
-            .await
-            .map_err(|error| call.fail(store_failed(&error)))?;
+        let (query, matchable) = outcome.map_err(|error| call.fail(error))?;
+        let mut events = if matchable {
+            self.core.settled().await;
+            self.core
+                .store()
+                .lookup(&query)
+                .await
+                .map_err(|error| call.fail(store_failed(&error)))?
+        } else {
+            Vec::new()
+        };
         let page = usize::try_from(query.limit - 1).unwrap_or(usize::MAX);
         let next_token = if events.len() > page {
             events.truncate(page);
             events
                 .last()
                 .map(|last| {
-                    encode_cursor(LookupCursor {
-                        event_time_ms: last.event_time_ms,
-                        seq: last.seq,
-                    })
+                    encode_cursor(
+                        LookupCursor {
+                            event_time_ms: last.event_time_ms,
+                            seq: last.seq,
+                        },
+                        lookup_scope(&message),
+                    )
                 })
                 .unwrap_or_default()
         } else {
@@ -395,12 +450,7 @@ impl Audit for AuditGrpc {
             .get_event(&message.event_id)
             .await
             .map_err(|error| call.fail(store_failed(&error)))?
-            .filter(|event| {
-                event
-                    .account_id
-                    .as_deref()
-                    .is_none_or(|account| account == caller.account().as_str())
-            })
+            .filter(|event| event.visible_to(caller.account().as_str()))
             .ok_or_else(|| {
                 call.fail(not_found(format!(
                     "Event {} does not exist.",
@@ -456,12 +506,7 @@ impl Audit for AuditGrpc {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                let visible = event
-                    .stored
-                    .account_id
-                    .as_deref()
-                    .is_none_or(|owner| owner == account);
-                if !visible
+                if !event.stored.visible_to(&account)
                     || filter
                         .as_ref()
                         .is_some_and(|filter| !filter.matches(&event.envelope))

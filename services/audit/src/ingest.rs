@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
 
 use crate::core::AuditCore;
-use crate::domain::record::{stored_event, stored_event_from_text};
+use crate::domain::record::{filed_on_arrival, stored_event, stored_event_from_text};
 
 /// The TraceService the audit service serves.
 pub struct OtlpIngest {
@@ -210,6 +210,19 @@ impl TraceService for OtlpIngest {
                     schema_url: resource_spans.schema_url.clone(),
                 });
             }
+        }
+        if !trusted {
+            let received_ms = self.core.clock().now_millis();
+            events = events
+                .into_iter()
+                .filter_map(|event| match filed_on_arrival(event, received_ms) {
+                    Ok(event) => Some(event),
+                    Err(error) => {
+                        reject(error.to_string());
+                        None
+                    }
+                })
+                .collect();
         }
         if let (Some(client), false) = (&self.forward, forward.is_empty()) {
             let mut client = client.clone();

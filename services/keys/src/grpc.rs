@@ -570,7 +570,7 @@ fn list_marker(marker: &str) -> Result<Option<KeyId>> {
         .ok_or(KeysError::InvalidMarker)
 }
 
-/// The names of the context's keys only: values may be sensitive to some
+/// The whole context, values included: they may be sensitive to some
 /// users, but AWS logs the whole context, and so do we.
 fn context_for_audit(pairs: &std::collections::HashMap<String, String>) -> serde_json::Value {
     json!(pairs)

@@ -50,8 +50,8 @@ pub fn rpc_kind(method: &str) -> Option<RpcKind> {
         | "GenerateMac"
         | "VerifyMac"
         | "GenerateDataKeyPair"
-        | "GenerateDataKeyPairWithoutPlaintext" => (true, EventCategory::Data),
-        "ReEncrypt" => (false, EventCategory::Data),
+        | "GenerateDataKeyPairWithoutPlaintext"
+        | "ReEncrypt" => (true, EventCategory::Data),
         _ => (false, EventCategory::Management),
     };
     Some(RpcKind {

@@ -83,6 +83,7 @@ pub fn pending_row() -> Option<OutboxRow> {
         .try_with(|slot| {
             let draft = slot.recorder.snapshot();
             let mut event = slot.event.clone();
+            event.event_time = crate::telemetry::now_rfc3339();
             event.request_parameters = draft.request_parameters.unwrap_or_default();
             event.response_elements = draft.response_elements.unwrap_or_default();
             event.resources = draft.resources;

@@ -441,6 +441,31 @@ pub fn stored_event(record: Value, trusted: bool) -> Result<StoredEvent, RecordE
     })
 }
 
+/// An untrusted event as filed: at the time it arrived (`received_ms`),
+/// with the time it claims kept as `claimedEventTime`. A claimed time could
+/// otherwise put it first in every newest-first lookup, or out of
+/// retention's reach, for as long as its sender likes.
+pub fn filed_on_arrival(event: StoredEvent, received_ms: i64) -> Result<StoredEvent, RecordError> {
+    let Value::Object(mut fields) =
+        serde_json::from_str(&event.record).map_err(|_| RecordError::NotJson)?
+    else {
+        return Err(RecordError::NotAnObject);
+    };
+    let seconds = received_ms.div_euclid(1000);
+    if let Some(claimed) = fields.remove("eventTime") {
+        fields.insert("claimedEventTime".into(), claimed);
+    }
+    fields.insert(
+        "eventTime".into(),
+        Value::String(coffer_platform::telemetry::rfc3339_at(seconds)),
+    );
+    Ok(StoredEvent {
+        event_time_ms: seconds * 1000,
+        record: Value::Object(fields).to_string(),
+        ..event
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -95,6 +95,19 @@ pub struct StoredEvent {
     pub resources: Vec<(String, String)>,
 }
 
+impl StoredEvent {
+    /// Whether a caller of `account` may read the event: its own account's
+    /// events, and untrusted external ones, which belong to no account. A
+    /// trusted event of no account (a call that failed before it had a
+    /// caller) is for operators only: it may carry what the call sent.
+    pub fn visible_to(&self, account: &str) -> bool {
+        match self.account_id.as_deref() {
+            Some(owner) => owner == account,
+            None => !self.trusted,
+        }
+    }
+}
+
 /// CloudTrail's lookup attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupAttribute {
