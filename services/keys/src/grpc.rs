@@ -148,7 +148,7 @@ impl KeysGrpc {
 }
 
 impl KeysGrpc {
-    fn grant_page(&self, page: GrantPage) -> pb::ListGrantsResponse {
+    fn grant_page(&self, page: GrantPage, listing: Listing) -> pb::ListGrantsResponse {
         pb::ListGrantsResponse {
             grants: page
                 .grants
@@ -169,7 +169,7 @@ impl KeysGrpc {
             next_marker: page
                 .next_after
                 .as_deref()
-                .map(|item| encode_marker(Listing::Grants, item))
+                .map(|item| encode_marker(listing, item))
                 .unwrap_or_default(),
         }
     }
@@ -585,6 +585,7 @@ enum Listing {
     Aliases,
     Tags,
     Grants,
+    RetirableGrants,
     Rotations,
 }
 
@@ -594,6 +595,7 @@ impl Listing {
             Self::Aliases => "a",
             Self::Tags => "t",
             Self::Grants => "g",
+            Self::RetirableGrants => "rg",
             Self::Rotations => "r",
         }
     }
@@ -603,7 +605,7 @@ impl Listing {
         match self {
             Self::Aliases => item.starts_with("alias/"),
             Self::Tags => !item.is_empty(),
-            Self::Grants | Self::Rotations => {
+            Self::Grants | Self::RetirableGrants | Self::Rotations => {
                 !item.is_empty() && item.bytes().all(|byte| byte.is_ascii_hexdigit())
             }
         }
@@ -2059,7 +2061,7 @@ impl Keys for KeysGrpc {
                     )
                     .await?;
                 self.record_key(&call, &key);
-                Ok(self.grant_page(page))
+                Ok(self.grant_page(page, Listing::Grants))
             },
         )
         .await
@@ -2075,12 +2077,12 @@ impl Keys for KeysGrpc {
             |_call, caller, m| async move {
                 let retiring = principal_arn("retiring_principal", &m.retiring_principal)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
-                let after = decode_marker(Listing::Grants, &m.marker)?;
+                let after = decode_marker(Listing::RetirableGrants, &m.marker)?;
                 let page = self
                     .domain
                     .list_retirable_grants(&caller, &retiring, limit, after.as_deref())
                     .await?;
-                Ok(self.grant_page(page))
+                Ok(self.grant_page(page, Listing::RetirableGrants))
             },
         )
         .await

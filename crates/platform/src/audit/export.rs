@@ -516,6 +516,11 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                 }
                 if !batch.is_empty() {
                     shared.exporting.store(true, Ordering::Release);
+                    // Counted in flight before the queue is unlocked, so
+                    // `flush` never sees the batch in neither place.
+                    shared
+                        .in_flight
+                        .fetch_add(batch.len() as u64, Ordering::AcqRel);
                 }
                 Some(batch)
             }
@@ -547,7 +552,6 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
             continue;
         }
         let count = batch.len() as u64;
-        shared.in_flight.fetch_add(count, Ordering::AcqRel);
         let events: Vec<EncodedEvent> = batch.iter().map(|entry| entry.event.clone()).collect();
         let outcome = transport.export(&events).await;
         match outcome {

@@ -83,6 +83,9 @@ pub fn pending_row() -> Option<OutboxRow> {
         .try_with(|slot| {
             let draft = slot.recorder.snapshot();
             let mut event = slot.event.clone();
+            // The commit's time; the event the call then emits carries the
+            // time it completed, a moment later. Both copies have the same
+            // eventID and the store keeps whichever arrives first.
             event.event_time = crate::telemetry::now_rfc3339();
             event.request_parameters = draft.request_parameters.unwrap_or_default();
             event.response_elements = draft.response_elements.unwrap_or_default();

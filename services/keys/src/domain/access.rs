@@ -10,7 +10,9 @@
 //!   constraint the request meets, allows. Grants are read from the store on
 //!   every such decision, so a retired or revoked grant stops at once.
 //! - A caller who is refused and may not even describe the key gets the
-//!   answer a missing key gets; the audit event records the denial.
+//!   answer a missing key gets. The audit event records the denial when the
+//!   key is of the caller's account, and that answer when it is another's
+//!   (the caller's account may read its own trail).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +90,37 @@ const CROSS_ACCOUNT_ACTIONS: &[&str] = &[
     "VerifyMac",
 ];
 
+/// Of those, the operations whose KeyId may be another account's alias ARN
+/// (AWS: "use the key ARN or alias ARN"). The grant operations and
+/// GetKeyRotationStatus take a key ARN only.
+const ALIAS_ARN_ACROSS_ACCOUNTS: &[&str] = &[
+    "Decrypt",
+    "DescribeKey",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac",
+    "GetPublicKey",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "VerifyMac",
+];
+
+/// Which accounts' keys a KeyId may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// The caller's account only.
+    Own,
+    /// Another account's too, by key ARN.
+    KeyArn,
+    /// Another account's too, by key ARN or alias ARN.
+    KeyOrAliasArn,
+}
+
 /// One permission check on a key: the KMS action (`Encrypt`) and what the
 /// request adds to the condition context.
 #[derive(Debug, Clone)]
@@ -124,6 +157,16 @@ impl<'a> Access<'a> {
 
     pub(crate) fn crosses_accounts(&self) -> bool {
         CROSS_ACCOUNT_ACTIONS.contains(&self.action)
+    }
+
+    pub(crate) fn reach(&self) -> Reach {
+        if ALIAS_ARN_ACROSS_ACCOUNTS.contains(&self.action) {
+            Reach::KeyOrAliasArn
+        } else if self.crosses_accounts() {
+            Reach::KeyArn
+        } else {
+            Reach::Own
+        }
     }
 
     fn iam_action(&self) -> String {

@@ -3,7 +3,7 @@
 use coffer_platform::arn::{AccountId, ArnParts};
 use coffer_platform::authz::Caller;
 
-use super::access::Access;
+use super::access::{Access, Reach};
 
 use super::lifecycle::NewKey;
 use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyUsage};
@@ -43,8 +43,8 @@ impl KeysDomain {
 
     /// The key behind `alias/name` (of the caller's account) or an alias
     /// ARN of this region: of the caller's account, or of another account
-    /// when `other_accounts` (an operation AWS allows across accounts; the
-    /// key's policy then decides, as for a key ARN).
+    /// when `other_accounts` (an operation whose KeyId AWS lets name another
+    /// account's alias ARN; the key's policy then decides, as for a key ARN).
     pub(crate) async fn resolve_alias(
         &self,
         caller: &AccountId,
@@ -274,7 +274,7 @@ impl KeysDomain {
         self.authorize_account(caller, "ListAliases", &[])?;
         let caller = caller.account();
         let key_id: Option<KeyId> = match key {
-            Some(reference) => Some(self.find_key(caller, reference, false).await?.key_id),
+            Some(reference) => Some(self.find_key(caller, reference, Reach::Own).await?.key_id),
             None => None,
         };
         let mut aliases = self

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::Caller;
 use coffer_policy::DecisionEffect;
 
-use super::access::Access;
+use super::access::{Access, Reach};
 use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
@@ -304,7 +304,7 @@ impl KeysDomain {
                 (grant, KeysError::InvalidGrantToken)
             }
             RetireTarget::Id { key, grant_id } => {
-                let named = self.find_key(caller.account(), key, true).await?;
+                let named = self.find_key(caller.account(), key, Reach::KeyArn).await?;
                 let grant = self
                     .store
                     .get_grant(grant_id)

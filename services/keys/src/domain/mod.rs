@@ -24,7 +24,7 @@ use coffer_platform::arn::{AccountId, Location};
 use coffer_platform::authz::Caller;
 use coffer_platform::clock::Clock;
 
-use access::Access;
+use access::{Access, Reach};
 
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, KeyStore};
@@ -128,7 +128,7 @@ impl KeysDomain {
         access: &Access<'_>,
     ) -> Result<KeyRecord> {
         let key = self
-            .find_key(caller.account(), reference, access.crosses_accounts())
+            .find_key(caller.account(), reference, access.reach())
             .await?;
         self.authorize_key(caller, &key, access, || {
             self.missing(caller.account(), reference)
@@ -177,7 +177,7 @@ impl KeysDomain {
         &self,
         caller: &AccountId,
         reference: &KeyReference,
-        other_accounts: bool,
+        reach: Reach,
     ) -> Result<KeyRecord> {
         let owner = match reference {
             KeyReference::Id(_) => caller,
@@ -188,13 +188,15 @@ impl KeysDomain {
                 ..
             } => {
                 let here = *partition == self.location.partition && *region == self.location.region;
-                if !here || (account != caller && !other_accounts) {
+                if !here || (account != caller && reach == Reach::Own) {
                     return Err(self.missing(caller, reference));
                 }
                 account
             }
             KeyReference::Alias(text) => {
-                return self.resolve_alias(caller, text, other_accounts).await;
+                return self
+                    .resolve_alias(caller, text, reach == Reach::KeyOrAliasArn)
+                    .await;
             }
             KeyReference::Unknown(_) => return Err(self.missing(caller, reference)),
         };
