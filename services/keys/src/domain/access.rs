@@ -90,24 +90,15 @@ const CROSS_ACCOUNT_ACTIONS: &[&str] = &[
     "VerifyMac",
 ];
 
-/// Of those, the operations whose KeyId may be another account's alias ARN
-/// (AWS: "use the key ARN or alias ARN"). The grant operations and
-/// GetKeyRotationStatus take a key ARN only.
-const ALIAS_ARN_ACROSS_ACCOUNTS: &[&str] = &[
-    "Decrypt",
-    "DescribeKey",
-    "Encrypt",
-    "GenerateDataKey",
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
-    "GenerateDataKeyWithoutPlaintext",
-    "GenerateMac",
-    "GetPublicKey",
-    "ReEncryptFrom",
-    "ReEncryptTo",
-    "Sign",
-    "Verify",
-    "VerifyMac",
+/// Of those, the operations whose KeyId names another account's key by key
+/// ARN only; the others take an alias ARN too (AWS: "use the key ARN or
+/// alias ARN").
+const KEY_ARN_ONLY_ACROSS_ACCOUNTS: &[&str] = &[
+    "CreateGrant",
+    "GetKeyRotationStatus",
+    "ListGrants",
+    "RetireGrant",
+    "RevokeGrant",
 ];
 
 /// Which accounts' keys a KeyId may name.
@@ -160,12 +151,12 @@ impl<'a> Access<'a> {
     }
 
     pub(crate) fn reach(&self) -> Reach {
-        if ALIAS_ARN_ACROSS_ACCOUNTS.contains(&self.action) {
-            Reach::KeyOrAliasArn
-        } else if self.crosses_accounts() {
+        if !self.crosses_accounts() {
+            Reach::Own
+        } else if KEY_ARN_ONLY_ACROSS_ACCOUNTS.contains(&self.action) {
             Reach::KeyArn
         } else {
-            Reach::Own
+            Reach::KeyOrAliasArn
         }
     }
 
