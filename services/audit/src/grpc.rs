@@ -357,6 +357,7 @@ impl Audit for AuditGrpc {
             "maxResults": message.max_results,
         }));
         let caller = authorize(&call, "cloudtrail:LookupEvents", "*")?;
+        let scope = lookup_scope(&message);
         let outcome = (|| {
             let (attribute, matchable) = match lookup_attribute(&message.lookup_attributes)? {
                 Wanted::Everything => (None, true),
@@ -390,7 +391,7 @@ impl Audit for AuditGrpc {
                 attribute,
                 start_ms,
                 end_ms,
-                after: decode_cursor(&message.next_token, lookup_scope(&message))?,
+                after: decode_cursor(&message.next_token, scope)?,
                 limit: limit.unsigned_abs() + 1,
                 account: Some(caller.account().to_string()),
             };
@@ -418,7 +419,7 @@ impl Audit for AuditGrpc {
                             event_time_ms: last.event_time_ms,
                             seq: last.seq,
                         },
-                        lookup_scope(&message),
+                        scope,
                     )
                 })
                 .unwrap_or_default()

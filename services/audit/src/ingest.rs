@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
 
 use crate::core::AuditCore;
-use crate::domain::record::{filed_on_arrival, stored_event, stored_event_from_text};
+use crate::domain::record::{Sender, stored_event, stored_event_from_text};
 
 /// The TraceService the audit service serves.
 pub struct OtlpIngest {
@@ -148,6 +148,13 @@ impl TraceService for OtlpIngest {
                 ));
             }
         };
+        let sender = if trusted {
+            Sender::Service
+        } else {
+            Sender::Outsider {
+                received_ms: self.core.clock().now_millis(),
+            }
+        };
         let export = request.into_inner();
         let mut events = Vec::new();
         let mut rejected: i64 = 0;
@@ -180,7 +187,7 @@ impl TraceService for OtlpIngest {
                     }
                     let record = match (is_audit, attribute(&span.attributes, RECORD_ATTRIBUTE)) {
                         (true, Some(any_value::Value::StringValue(text))) => {
-                            match stored_event_from_text(text, trusted) {
+                            match stored_event_from_text(text, sender) {
                                 Ok(event) => events.push(event),
                                 Err(error) => reject(error.to_string()),
                             }
@@ -197,7 +204,7 @@ impl TraceService for OtlpIngest {
                             &span.attributes,
                         ),
                     };
-                    match stored_event(record, trusted) {
+                    match stored_event(record, sender) {
                         Ok(event) => events.push(event),
                         Err(error) => reject(error.to_string()),
                     }
@@ -210,19 +217,6 @@ impl TraceService for OtlpIngest {
                     schema_url: resource_spans.schema_url.clone(),
                 });
             }
-        }
-        if !trusted {
-            let received_ms = self.core.clock().now_millis();
-            events = events
-                .into_iter()
-                .filter_map(|event| match filed_on_arrival(event, received_ms) {
-                    Ok(event) => Some(event),
-                    Err(error) => {
-                        reject(error.to_string());
-                        None
-                    }
-                })
-                .collect();
         }
         if let (Some(client), false) = (&self.forward, forward.is_empty()) {
             let mut client = client.clone();

@@ -154,7 +154,7 @@ impl AuditSink for LocalSink {
     ) -> Result<(), AuditDeliveryError> {
         let record = serde_json::to_value(event)
             .map_err(|error| AuditDeliveryError::Failed(error.to_string()))?;
-        let stored = domain::record::stored_event(record, true)
+        let stored = domain::record::stored_event(record, domain::record::Sender::Service)
             .map_err(|error| AuditDeliveryError::Failed(error.to_string()))?;
         self.core
             .ingest(vec![stored])
@@ -191,7 +191,10 @@ impl ExportTransport for LocalTransport {
     async fn export(&self, events: &[EncodedEvent]) -> Result<(), String> {
         let mut stored = Vec::with_capacity(events.len());
         for event in events {
-            match domain::record::stored_event_from_text(&event.record, true) {
+            match domain::record::stored_event_from_text(
+                &event.record,
+                domain::record::Sender::Service,
+            ) {
                 Ok(record) => stored.push(record),
                 // Refused again on a retry: logged, never retried, as the
                 // OTLP endpoint's partial success is.

@@ -306,12 +306,14 @@ struct ResourceColumns<'a> {
 /// that sanitising would not change is stored as the text it came as,
 /// without being rebuilt; anything else takes [`stored_event`]'s path, so
 /// the outcome is the same either way.
-pub fn stored_event_from_text(text: &str, trusted: bool) -> Result<StoredEvent, RecordError> {
-    if trusted && let Some(event) = unchanged_event(text) {
+pub fn stored_event_from_text(text: &str, sender: Sender) -> Result<StoredEvent, RecordError> {
+    if sender == Sender::Service
+        && let Some(event) = unchanged_event(text)
+    {
         return Ok(event);
     }
     let record: Value = serde_json::from_str(text).map_err(|_| RecordError::NotJson)?;
-    stored_event(record, trusted)
+    stored_event(record, sender)
 }
 
 /// `Some` when `text` is a trusted record sanitising leaves as it is, and
@@ -359,9 +361,21 @@ fn unchanged_event(text: &str) -> Option<StoredEvent> {
     })
 }
 
-/// The stored form of a submitted record. `trusted` says whether a Coffer
-/// service identity submitted it.
-pub fn stored_event(record: Value, trusted: bool) -> Result<StoredEvent, RecordError> {
+/// Who submitted a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A Coffer service identity: the record is trusted as it stands.
+    Service,
+    /// Anyone else, whose record arrived at `received_ms`. It is filed as
+    /// untrusted, at that time: a claimed time could otherwise put it first
+    /// in every newest-first lookup, or out of retention's reach, for as
+    /// long as its sender likes.
+    Outsider { received_ms: i64 },
+}
+
+/// The stored form of a record submitted by `sender`.
+pub fn stored_event(record: Value, sender: Sender) -> Result<StoredEvent, RecordError> {
+    let trusted = sender == Sender::Service;
     let Value::Object(mut fields) = sanitize(record) else {
         return Err(RecordError::NotAnObject);
     };
@@ -406,23 +420,37 @@ pub fn stored_event(record: Value, trusted: bool) -> Result<StoredEvent, RecordE
         })
         .unwrap_or_default();
 
-    let (event_id, event_source, username) = if trusted {
-        (event_id, claimed_source, claimed_username)
-    } else {
-        // Whatever it claims, it is filed as untrusted, under an id of its
-        // own: a claimed id could otherwise pre-empt (and, by
-        // de-duplication, suppress) the trusted event that carries it.
-        let own_id = uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string();
-        fields.insert("claimedEventID".into(), Value::String(event_id));
-        fields.insert("eventID".into(), Value::String(own_id.clone()));
-        fields.insert("claimedEventSource".into(), Value::String(claimed_source));
-        fields.insert("eventSource".into(), Value::String(UNTRUSTED.into()));
-        if let Some(name) = claimed_username {
-            fields.insert("claimedUserName".into(), Value::String(name));
-        }
-        fields.insert("trusted".into(), Value::Bool(false));
-        (own_id, UNTRUSTED.to_owned(), Some(UNTRUSTED.to_owned()))
-    };
+    let (event_id, event_source, username, event_time_ms) =
+        if let Sender::Outsider { received_ms } = sender {
+            // Whatever it claims, it is filed as untrusted, under an id of its
+            // own: a claimed id could otherwise pre-empt (and, by
+            // de-duplication, suppress) the trusted event that carries it.
+            let own_id = uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string();
+            fields.insert("claimedEventID".into(), Value::String(event_id));
+            fields.insert("eventID".into(), Value::String(own_id.clone()));
+            fields.insert("claimedEventSource".into(), Value::String(claimed_source));
+            fields.insert("eventSource".into(), Value::String(UNTRUSTED.into()));
+            if let Some(name) = claimed_username {
+                fields.insert("claimedUserName".into(), Value::String(name));
+            }
+            fields.insert("trusted".into(), Value::Bool(false));
+            let seconds = received_ms.div_euclid(1000);
+            if let Some(claimed) = fields.remove("eventTime") {
+                fields.insert("claimedEventTime".into(), claimed);
+            }
+            fields.insert(
+                "eventTime".into(),
+                Value::String(coffer_platform::telemetry::rfc3339_at(seconds)),
+            );
+            (
+                own_id,
+                UNTRUSTED.to_owned(),
+                Some(UNTRUSTED.to_owned()),
+                seconds * 1000,
+            )
+        } else {
+            (event_id, claimed_source, claimed_username, event_time_ms)
+        };
     let record = Value::Object(fields).to_string();
     Ok(StoredEvent {
         seq: 0,
@@ -441,36 +469,15 @@ pub fn stored_event(record: Value, trusted: bool) -> Result<StoredEvent, RecordE
     })
 }
 
-/// An untrusted event as filed: at the time it arrived (`received_ms`),
-/// with the time it claims kept as `claimedEventTime`. A claimed time could
-/// otherwise put it first in every newest-first lookup, or out of
-/// retention's reach, for as long as its sender likes.
-pub fn filed_on_arrival(event: StoredEvent, received_ms: i64) -> Result<StoredEvent, RecordError> {
-    let Value::Object(mut fields) =
-        serde_json::from_str(&event.record).map_err(|_| RecordError::NotJson)?
-    else {
-        return Err(RecordError::NotAnObject);
-    };
-    let seconds = received_ms.div_euclid(1000);
-    if let Some(claimed) = fields.remove("eventTime") {
-        fields.insert("claimedEventTime".into(), claimed);
-    }
-    fields.insert(
-        "eventTime".into(),
-        Value::String(coffer_platform::telemetry::rfc3339_at(seconds)),
-    );
-    Ok(StoredEvent {
-        event_time_ms: seconds * 1000,
-        record: Value::Object(fields).to_string(),
-        ..event
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    const OUTSIDER: Sender = Sender::Outsider {
+        received_ms: 1_900_000_000_250,
+    };
 
     fn record() -> Value {
         json!({
@@ -488,7 +495,7 @@ mod tests {
 
     #[test]
     fn trusted_records_keep_their_columns() {
-        let stored = stored_event(record(), true).unwrap();
+        let stored = stored_event(record(), Sender::Service).unwrap();
         assert_eq!(stored.event_id, "0b6e-4c1d");
         assert_eq!(stored.event_time_ms, 1_795_341_600_000);
         assert_eq!(stored.event_source, "kms.coffer.internal");
@@ -505,7 +512,7 @@ mod tests {
 
     #[test]
     fn untrusted_records_cannot_pass_for_a_service() {
-        let stored = stored_event(record(), false).unwrap();
+        let stored = stored_event(record(), OUTSIDER).unwrap();
         assert!(!stored.trusted);
         assert_eq!(stored.event_source, UNTRUSTED);
         assert_eq!(stored.username.as_deref(), Some(UNTRUSTED));
@@ -521,6 +528,10 @@ mod tests {
         assert_eq!(record["claimedEventID"], "0b6e-4c1d");
         assert_ne!(stored.event_id, "0b6e-4c1d");
         assert_eq!(record["eventID"], stored.event_id.as_str());
+        // Filed at its arrival (to the second), its claimed time kept.
+        assert_eq!(stored.event_time_ms, 1_900_000_000_000);
+        assert_eq!(record["eventTime"], "2030-03-17T17:46:40Z");
+        assert_eq!(record["claimedEventTime"], "2026-11-22T10:00:00Z");
     }
 
     #[test]
@@ -531,7 +542,7 @@ mod tests {
             "escapes": "line\nbreak \"quote\" \u{1b}[31mred\u{1b}[0m \u{0}",
             "wide": "é".repeat(MAX_STRING_BYTES),
         });
-        let stored = stored_event(hostile, true).unwrap();
+        let stored = stored_event(hostile, Sender::Service).unwrap();
         assert!(!stored.record.contains('\n'), "one line");
         assert!(
             stored.record.len() < 64 * 1024,
@@ -565,7 +576,7 @@ mod tests {
         let long: Vec<u32> = (0..1000).collect();
         let mut hostile = record();
         hostile["requestParameters"] = json!({"deep": deep, "long": long});
-        let stored = stored_event(hostile, true).unwrap();
+        let stored = stored_event(hostile, Sender::Service).unwrap();
         let parsed: Value = serde_json::from_str(&stored.record).unwrap();
         assert_eq!(
             parsed["requestParameters"]["long"]
@@ -580,34 +591,37 @@ mod tests {
     #[test]
     fn malformed_records_are_refused() {
         assert_eq!(
-            stored_event(json!([1]), true),
+            stored_event(json!([1]), Sender::Service),
             Err(RecordError::NotAnObject)
         );
         let mut no_id = record();
         no_id.as_object_mut().unwrap().remove("eventID");
         assert_eq!(
-            stored_event(no_id, true),
+            stored_event(no_id, Sender::Service),
             Err(RecordError::MissingField { field: "eventID" })
         );
         for bad in ["", "a b", "../x", "%2F", "x\u{0}"] {
             let mut bad_id = record();
             bad_id["eventID"] = json!(bad);
             assert_eq!(
-                stored_event(bad_id, true),
+                stored_event(bad_id, Sender::Service),
                 Err(RecordError::BadEventId),
                 "{bad:?}"
             );
         }
         let mut bad_time = record();
         bad_time["eventTime"] = json!("yesterday");
-        assert_eq!(stored_event(bad_time, true), Err(RecordError::BadEventTime));
+        assert_eq!(
+            stored_event(bad_time, Sender::Service),
+            Err(RecordError::BadEventTime)
+        );
     }
 
     /// The columns and meaning the slow path gives, for comparison.
-    fn by_value(text: &str, trusted: bool) -> Result<StoredEvent, RecordError> {
+    fn by_value(text: &str) -> Result<StoredEvent, RecordError> {
         stored_event(
             serde_json::from_str(text).map_err(|_| RecordError::NotJson)?,
-            trusted,
+            Sender::Service,
         )
     }
 
@@ -625,9 +639,9 @@ mod tests {
     #[test]
     fn a_trusted_record_within_the_caps_is_stored_as_it_came() {
         let text = record().to_string();
-        let stored = stored_event_from_text(&text, true).unwrap();
+        let stored = stored_event_from_text(&text, Sender::Service).unwrap();
         assert_eq!(stored.record, text, "stored as sent, not rebuilt");
-        same_meaning(&stored, &by_value(&text, true).unwrap());
+        same_meaning(&stored, &by_value(&text).unwrap());
     }
 
     #[test]
@@ -662,36 +676,36 @@ mod tests {
             serde_json::to_string_pretty(&record()).unwrap(),
         ];
         for text in cases {
-            let stored = stored_event_from_text(&text, true).unwrap();
-            let expected = by_value(&text, true).unwrap();
+            let stored = stored_event_from_text(&text, Sender::Service).unwrap();
+            let expected = by_value(&text).unwrap();
             assert_eq!(stored.record, expected.record, "{text:.120}");
             assert_eq!(stored, expected);
             assert!(!stored.record.contains('\n'));
         }
         // A control character arrives escaped, and stays so as it came.
-        let stored = stored_event_from_text(&escaped, true).unwrap();
+        let stored = stored_event_from_text(&escaped, Sender::Service).unwrap();
         assert_eq!(stored.record, escaped);
-        same_meaning(&stored, &by_value(&escaped, true).unwrap());
+        same_meaning(&stored, &by_value(&escaped).unwrap());
     }
 
     #[test]
     fn untrusted_and_malformed_records_get_what_the_slow_path_gives() {
         let text = record().to_string();
-        let untrusted = stored_event_from_text(&text, false).unwrap();
+        let untrusted = stored_event_from_text(&text, OUTSIDER).unwrap();
         assert_eq!(untrusted.event_source, UNTRUSTED);
         assert_ne!(untrusted.event_id, "0b6e-4c1d");
         assert_eq!(
-            stored_event_from_text("{\"eventID\":", true),
+            stored_event_from_text("{\"eventID\":", Sender::Service),
             Err(RecordError::NotJson)
         );
         assert_eq!(
-            stored_event_from_text("[1]", true),
+            stored_event_from_text("[1]", Sender::Service),
             Err(RecordError::NotAnObject)
         );
         let mut no_name = record();
         no_name.as_object_mut().unwrap().remove("eventName");
         assert_eq!(
-            stored_event_from_text(&no_name.to_string(), true),
+            stored_event_from_text(&no_name.to_string(), Sender::Service),
             Err(RecordError::MissingField { field: "eventName" })
         );
         let mut odd = record();
@@ -700,8 +714,8 @@ mod tests {
         odd["userIdentity"] = json!("root");
         let text = odd.to_string();
         same_meaning(
-            &stored_event_from_text(&text, true).unwrap(),
-            &by_value(&text, true).unwrap(),
+            &stored_event_from_text(&text, Sender::Service).unwrap(),
+            &by_value(&text).unwrap(),
         );
     }
 }

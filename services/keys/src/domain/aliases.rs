@@ -51,42 +51,32 @@ impl KeysDomain {
         text: &str,
         other_accounts: bool,
     ) -> Result<KeyRecord> {
-        let alias_name = match ArnParts::parse(text) {
+        // The answer a refusal gets too (`missing`), so the two cannot be
+        // told apart.
+        let not_found = || self.missing(caller, &KeyReference::Alias(text.to_owned()));
+        let (owner, alias_name) = match ArnParts::parse(text) {
             Some(parts) => {
-                let missing = || KeysError::NotFound(format!("Alias '{text}' is not found."));
                 let here = parts.partition == self.location.partition
                     && parts.region == self.location.region;
                 let owner = AccountId::parse(parts.account)
                     .filter(|owner| here && (owner == caller || other_accounts))
-                    .ok_or_else(missing)?;
-                if owner != *caller {
-                    // Another account's service-managed keys are never
-                    // created from here: they serve their own account only.
-                    let alias = self
-                        .store
-                        .get_alias(&owner, parts.resource)
-                        .await?
-                        .ok_or_else(missing)?;
-                    return self
-                        .store
-                        .get_key(&owner, &alias.target_key_id)
-                        .await?
-                        .ok_or_else(missing);
-                }
-                parts.resource
+                    .ok_or_else(not_found)?;
+                (owner, parts.resource)
             }
-            None => text,
+            None => (caller.clone(), text),
         };
-        let not_found = || self.alias_not_found(caller, alias_name);
-        match self.store.get_alias(caller, alias_name).await? {
+        match self.store.get_alias(&owner, alias_name).await? {
             Some(alias) => self
                 .store
-                .get_key(caller, &alias.target_key_id)
+                .get_key(&owner, &alias.target_key_id)
                 .await?
                 .ok_or_else(not_found),
-            None if SERVICE_MANAGED_ALIASES
-                .iter()
-                .any(|(name, _)| *name == alias_name) =>
+            // Service-managed keys are created on first use in their own
+            // account only, never from another account.
+            None if owner == *caller
+                && SERVICE_MANAGED_ALIASES
+                    .iter()
+                    .any(|(name, _)| *name == alias_name) =>
             {
                 self.service_managed_key(caller, alias_name).await
             }
