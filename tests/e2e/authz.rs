@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use coffer_proto::audit::v1 as audit_pb;
 use coffer_tests::{
     ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, TRUST_DOMAIN, assert_error, backend_tests,
@@ -1417,6 +1418,162 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         .await?
         .into_inner();
     assert_eq!(still.grants.len(), 1);
+
+    // Grants across accounts, on a key of A's whose policy lets B create
+    // them (and nothing about retiring them).
+    let granting = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Sid":"Admin","Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:root"}},"Action":"kms:*","Resource":"*"}},
+            {{"Sid":"AccountB","Effect":"Allow","Principal":{{"AWS":"{ACCOUNT_B}"}},"Action":["kms:CreateGrant","kms:DescribeKey"],"Resource":"*"}}]}}"#
+    );
+    let granted_key = admin_a
+        .create_key(pb::CreateKeyRequest {
+            policy: granting,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .context("no metadata")?
+        .arn;
+    admin_a
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/granting".into(),
+            target_key_id: granted_key.clone(),
+        })
+        .await?;
+    let grant_for_carol = |key_id: &str| pb::CreateGrantRequest {
+        key_id: key_id.to_owned(),
+        grantee_principal: format!("arn:coffer:iam::{ACCOUNT_B}:user/carol"),
+        operations: vec!["Encrypt".into()],
+        ..Default::default()
+    };
+    // The grant operations take another account's key by key ARN only.
+    assert_error(
+        admin_b
+            .create_grant(grant_for_carol(&format!(
+                "arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/granting"
+            )))
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    // B issued this grant, so B's principals retire it through their
+    // identity policies, though A's key policy says nothing of RetireGrant.
+    let issued_by_b = admin_b
+        .create_grant(grant_for_carol(&granted_key))
+        .await?
+        .into_inner();
+    admin_b
+        .retire_grant(pb::RetireGrantRequest {
+            key_id: granted_key.clone(),
+            grant_id: issued_by_b.grant_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    // A issued this one and named B's root its retiring principal: B's
+    // admin retires it (by identity policy), carol (without one) may not.
+    let retired_by_b = admin_a
+        .create_grant(pb::CreateGrantRequest {
+            retiring_principal: format!("arn:coffer:iam::{ACCOUNT_B}:root"),
+            ..grant_for_carol(&granted_key)
+        })
+        .await?
+        .into_inner();
+    let retire = pb::RetireGrantRequest {
+        key_id: granted_key.clone(),
+        grant_id: retired_by_b.grant_id.clone(),
+        ..Default::default()
+    };
+    assert_error(
+        carol_b.retire_grant(retire.clone()).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    admin_b.retire_grant(retire).await?;
+    // A issued this one with no retiring principal: not B's to retire.
+    let kept = admin_a
+        .create_grant(grant_for_carol(&granted_key))
+        .await?
+        .into_inner();
+    assert_error(
+        admin_b
+            .retire_grant(pb::RetireGrantRequest {
+                key_id: granted_key.clone(),
+                grant_id: kept.grant_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    let left = admin_a
+        .list_grants(pb::ListGrantsRequest {
+            key_id: granted_key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        left.grants
+            .iter()
+            .map(|grant| grant.grant_id.as_str())
+            .collect::<Vec<_>>(),
+        [kept.grant_id.as_str()]
+    );
+
+    // A's trail has B's three Encrypts with A's key, as copies of B's own
+    // events; none of B's refused attempts (CloudTrail files a refused
+    // cross-account call in the caller's account only).
+    harness.audit_events().await?;
+    let uses_in = |events: Vec<audit_pb::Event>| -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut uses = Vec::new();
+        for event in events {
+            let record: serde_json::Value = serde_json::from_str(&event.cloud_trail_event)?;
+            if record["userIdentity"]["accountId"] == ACCOUNT_B && record["eventName"] == "Encrypt"
+            {
+                uses.push(record);
+            }
+        }
+        Ok(uses)
+    };
+    let by_key = || audit_pb::LookupEventsRequest {
+        lookup_attributes: vec![audit_pb::LookupAttribute {
+            attribute_key: "ResourceName".into(),
+            attribute_value: key.clone(),
+        }],
+        max_results: 50,
+        ..Default::default()
+    };
+    let mut audit_a = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "admin"))
+        .await?;
+    let mut audit_b = harness
+        .audit_as(&Harness::user_id(ACCOUNT_B, "admin"))
+        .await?;
+    let in_a = audit_a.lookup_events(by_key()).await?.into_inner().events;
+    let in_b = audit_b.lookup_events(by_key()).await?.into_inner().events;
+    assert!(
+        in_a.iter()
+            .chain(&in_b)
+            .all(|event| event.event_id.len() == 36)
+    );
+    let (seen_by_a, seen_by_b) = (uses_in(in_a)?, uses_in(in_b)?);
+    assert_eq!(seen_by_a.len(), 3, "{seen_by_a:#?}");
+    assert_eq!(seen_by_b.len(), 3, "{seen_by_b:#?}");
+    for owner in &seen_by_a {
+        let caller = seen_by_b
+            .iter()
+            .find(|caller| caller["eventID"] == owner["sharedEventID"])
+            .context("the caller's event of a shared one")?;
+        assert_eq!(owner["recipientAccountId"], ACCOUNT_A);
+        assert_eq!(caller["recipientAccountId"], ACCOUNT_B);
+        assert_eq!(owner["sharedEventID"], caller["eventID"]);
+        assert_eq!(caller["sharedEventID"], caller["eventID"]);
+        assert_ne!(owner["eventID"], caller["eventID"]);
+        assert_eq!(owner["requestID"], caller["requestID"]);
+        assert!(owner.get("errorCode").is_none());
+    }
     Ok(())
 }
 

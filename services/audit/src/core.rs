@@ -130,13 +130,16 @@ impl AuditCore {
         self.live.subscribe()
     }
 
-    /// Accepts `events`: once this returns they are durable (in the
-    /// journal or the store). Stored, the new ones are published and routed
-    /// (a re-delivered event id is neither).
+    /// Accepts `events`, with the copies their resources' other owners get
+    /// ([`with_owner_copies`](crate::domain::record::with_owner_copies)):
+    /// once this returns they are durable (in the journal or the store).
+    /// Stored, the new ones are published and routed (a re-delivered event id
+    /// is neither).
     pub async fn ingest(&self, events: Vec<StoredEvent>) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
+        let events = crate::domain::record::with_owner_copies(events);
         match &self.journal {
             Some(journal) => journal
                 .append(events)

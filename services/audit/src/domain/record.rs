@@ -469,6 +469,100 @@ pub fn stored_event(record: Value, sender: Sender) -> Result<StoredEvent, Record
     })
 }
 
+/// The error a refused call is filed with. AWS files a cross-account call
+/// that access control refused in the caller's account only.
+const ACCESS_DENIED: &str = "AccessDeniedException";
+
+/// `events`, each followed by a copy for every other account whose resource
+/// it acted on: CloudTrail files a cross-account call in the caller's
+/// account and in each resource owner's, so a key's owner sees who used its
+/// key. The copies and the caller's event carry the caller's eventID as
+/// `sharedEventID`; a copy's own eventID and `recipientAccountId` are its
+/// owner's. A copy's id is derived from the call's, so a redelivered event
+/// yields the same copies and de-duplication holds for them too. A call
+/// access control refused stays the caller's alone, and so does anything an
+/// outsider sent (its resources were never read).
+pub fn with_owner_copies(events: Vec<StoredEvent>) -> Vec<StoredEvent> {
+    if events.iter().all(|event| other_owners(event).is_empty()) {
+        return events;
+    }
+    let mut shared = Vec::with_capacity(events.len() + 1);
+    for event in events {
+        let owners = other_owners(&event);
+        if owners.is_empty() {
+            shared.push(event);
+        } else {
+            shared.extend(share(event, &owners));
+        }
+    }
+    shared
+}
+
+/// The accounts, other than its recipient's, that own a resource `event`
+/// names.
+fn other_owners(event: &StoredEvent) -> Vec<String> {
+    let Some(recipient) = event.account_id.as_deref().filter(|_| event.trusted) else {
+        return Vec::new();
+    };
+    let mut owners: Vec<String> = Vec::new();
+    for (_, arn) in &event.resources {
+        if let Some(parts) = coffer_platform::arn::ArnParts::parse(arn)
+            && !parts.account.is_empty()
+            && parts.account != recipient
+            && !owners.iter().any(|owner| owner == parts.account)
+        {
+            owners.push(parts.account.to_owned());
+        }
+    }
+    owners
+}
+
+/// `event`, marked as shared, and its copies for `owners`.
+fn share(mut event: StoredEvent, owners: &[String]) -> Vec<StoredEvent> {
+    let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&event.record) else {
+        return vec![event];
+    };
+    if fields.get("errorCode").and_then(Value::as_str) == Some(ACCESS_DENIED) {
+        return vec![event];
+    }
+    fields.insert(
+        "sharedEventID".into(),
+        Value::String(event.event_id.clone()),
+    );
+    let mut copies = Vec::with_capacity(owners.len() + 1);
+    for owner in owners {
+        let event_id = owner_event_id(&event.event_id, owner);
+        let mut copy = fields.clone();
+        copy.insert("eventID".into(), Value::String(event_id.clone()));
+        copy.insert("recipientAccountId".into(), Value::String(owner.clone()));
+        copies.push(StoredEvent {
+            event_id,
+            account_id: Some(owner.clone()),
+            record: Value::Object(copy).to_string(),
+            ..event.clone()
+        });
+    }
+    event.record = Value::Object(fields).to_string();
+    copies.insert(0, event);
+    copies
+}
+
+/// The eventID of `owner`'s copy of the event `event_id`: a UUID (version
+/// 8) of their SHA-256, so every delivery of the event derives the same one.
+fn owner_event_id(event_id: &str, owner: &str) -> String {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(b"coffer owner copy\0");
+    context.update(event_id.as_bytes());
+    context.update(b"\0");
+    context.update(owner.as_bytes());
+    let digest = context.finish();
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(bytes).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -508,6 +602,79 @@ mod tests {
                 "arn:coffer:kms:eu-west-1:111122223333:key/k".to_owned()
             )]
         );
+    }
+
+    /// `record()` as account 444455556666 calling with a key of
+    /// 111122223333 (and, when `two`, a key of 777788889999 too).
+    fn cross_account(error: Option<&str>, two: bool) -> Value {
+        let mut event = record();
+        event["recipientAccountId"] = json!("444455556666");
+        if let Some(error) = error {
+            event["errorCode"] = json!(error);
+        }
+        if two {
+            event["resources"].as_array_mut().unwrap().push(json!({
+                "ARN": "arn:coffer:kms:eu-west-1:777788889999:key/m",
+                "accountId": "777788889999",
+                "type": "AWS::KMS::Key",
+            }));
+        }
+        event
+    }
+
+    #[test]
+    fn a_cross_account_call_is_filed_for_each_owner_too() {
+        let own = stored_event(record(), Sender::Service).unwrap();
+        assert_eq!(with_owner_copies(vec![own.clone()]), vec![own]);
+
+        let call = stored_event(cross_account(None, true), Sender::Service).unwrap();
+        let filed = with_owner_copies(vec![call.clone()]);
+        let accounts: Vec<_> = filed.iter().map(|e| e.account_id.as_deref()).collect();
+        assert_eq!(
+            accounts,
+            [
+                Some("444455556666"),
+                Some("111122223333"),
+                Some("777788889999")
+            ]
+        );
+        let records: Vec<Value> = filed
+            .iter()
+            .map(|e| serde_json::from_str(&e.record).unwrap())
+            .collect();
+        assert_eq!(filed[0].event_id, "0b6e-4c1d");
+        for (stored, record) in filed.iter().zip(&records) {
+            assert_eq!(record["sharedEventID"], "0b6e-4c1d");
+            assert_eq!(record["eventID"], stored.event_id.as_str());
+            assert_eq!(
+                record["recipientAccountId"],
+                stored.account_id.as_deref().unwrap()
+            );
+            assert_eq!(record["userIdentity"]["userName"], "alice");
+            assert_eq!(stored.resources, call.resources);
+            assert!(stored.trusted);
+        }
+        assert_ne!(filed[1].event_id, filed[2].event_id);
+        assert!(filed[1..].iter().all(|e| is_valid_event_id(&e.event_id)));
+        // A redelivery derives the same copies, so the store keeps one each.
+        assert_eq!(with_owner_copies(vec![call]), filed);
+
+        // Refused, or sent by an outsider: the caller's alone.
+        let refused = stored_event(
+            cross_account(Some("AccessDeniedException"), false),
+            Sender::Service,
+        )
+        .unwrap();
+        assert_eq!(with_owner_copies(vec![refused.clone()]), vec![refused]);
+        let outsider = stored_event(cross_account(None, false), OUTSIDER).unwrap();
+        assert_eq!(with_owner_copies(vec![outsider.clone()]), vec![outsider]);
+        // Failing for another reason, it is the owner's business too.
+        let disabled = stored_event(
+            cross_account(Some("DisabledException"), false),
+            Sender::Service,
+        )
+        .unwrap();
+        assert_eq!(with_owner_copies(vec![disabled]).len(), 2);
     }
 
     #[test]
