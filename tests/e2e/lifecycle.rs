@@ -486,7 +486,24 @@ async fn aliases_name_keys_wherever_a_key_id_goes(backend: Backend) -> anyhow::R
         .iter()
         .map(|alias| alias.alias_name.as_str())
         .collect();
-    assert_eq!(names, ["alias/app/payments", "alias/zz-other"]);
+    // The service-managed keys' aliases are listed from the start, without
+    // a target until their key exists, as AWS lists its predefined aliases.
+    assert_eq!(
+        names,
+        [
+            "alias/app/payments",
+            "alias/coffer/acm",
+            "alias/coffer/secretsmanager",
+            "alias/coffer/ssm",
+            "alias/zz-other"
+        ]
+    );
+    let predefined = &all.aliases[1];
+    assert_eq!(
+        predefined.alias_arn,
+        format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/coffer/acm")
+    );
+    assert!(predefined.target_key_id.is_empty() && predefined.creation_date.is_none());
     let of_first = client
         .list_aliases(pb::ListAliasesRequest {
             key_id: first.key_id.clone(),
@@ -499,30 +516,27 @@ async fn aliases_name_keys_wherever_a_key_id_goes(backend: Backend) -> anyhow::R
         of_first.aliases[0].alias_arn,
         format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/zz-other")
     );
-    let paged = client
-        .list_aliases(pb::ListAliasesRequest {
-            limit: 1,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert!(paged.truncated);
-    let rest = client
-        .list_aliases(pb::ListAliasesRequest {
-            limit: 1,
-            marker: paged.next_marker,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(
-        rest.aliases
-            .iter()
-            .map(|a| a.alias_name.as_str())
-            .collect::<Vec<_>>(),
-        ["alias/zz-other"]
-    );
-    assert!(!rest.truncated);
+    // Pages of two: stored and predefined aliases page together, each once.
+    let mut paged = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let page = client
+            .list_aliases(pb::ListAliasesRequest {
+                limit: 2,
+                marker: marker.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(page.aliases.len() <= 2);
+        paged.extend(page.aliases.into_iter().map(|a| a.alias_name));
+        if !page.truncated {
+            assert!(page.next_marker.is_empty());
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(paged, names);
 
     client
         .delete_alias(pb::DeleteAliasRequest {
@@ -972,12 +986,20 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
         .list_aliases(pb::ListAliasesRequest::default())
         .await?
         .into_inner();
-    assert!(
-        listed
-            .aliases
-            .iter()
-            .any(|alias| alias.alias_name == "alias/coffer/secretsmanager"
-                && alias.target_key_id == managed)
+    // Listed once, now with its key; the others still without one.
+    let managed_aliases: Vec<(&str, &str)> = listed
+        .aliases
+        .iter()
+        .filter(|alias| alias.alias_name.starts_with("alias/coffer/"))
+        .map(|alias| (alias.alias_name.as_str(), alias.target_key_id.as_str()))
+        .collect();
+    assert_eq!(
+        managed_aliases,
+        [
+            ("alias/coffer/acm", ""),
+            ("alias/coffer/secretsmanager", managed.as_str()),
+            ("alias/coffer/ssm", "")
+        ]
     );
     // Unknown names under the reserved prefix are not created.
     assert_error(

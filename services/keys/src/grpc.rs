@@ -18,6 +18,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::domain::access::{GRANT_OPERATIONS, UNCONSTRAINABLE_OPERATIONS};
+use crate::domain::aliases::ListedAlias;
 use crate::domain::grants::{GrantPage, GrantToken, NewGrant, RetireTarget};
 use crate::domain::lifecycle::NewKey;
 use crate::domain::policies::DEFAULT_POLICY_NAME;
@@ -1475,12 +1476,19 @@ impl Keys for KeysGrpc {
                     aliases: page
                         .aliases
                         .iter()
-                        .map(|alias| pb::AliasListEntry {
-                            alias_name: alias.alias_name.clone(),
-                            alias_arn: self.domain.alias_arn(&alias.account, &alias.alias_name),
-                            target_key_id: alias.target_key_id.to_string(),
-                            creation_date: Some(timestamp(alias.created_at_ms)),
-                            last_updated_date: Some(timestamp(alias.updated_at_ms)),
+                        .map(|listed| match listed {
+                            ListedAlias::Stored(alias) => pb::AliasListEntry {
+                                alias_name: alias.alias_name.clone(),
+                                alias_arn: self.domain.alias_arn(&alias.account, &alias.alias_name),
+                                target_key_id: alias.target_key_id.to_string(),
+                                creation_date: Some(timestamp(alias.created_at_ms)),
+                                last_updated_date: Some(timestamp(alias.updated_at_ms)),
+                            },
+                            ListedAlias::Predefined(name) => pb::AliasListEntry {
+                                alias_name: (*name).to_owned(),
+                                alias_arn: self.domain.alias_arn(caller.account(), name),
+                                ..Default::default()
+                            },
                         })
                         .collect(),
                     truncated: page.next_after.is_some(),

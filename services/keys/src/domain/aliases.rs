@@ -24,8 +24,26 @@ pub const SERVICE_MANAGED_ALIASES: &[(&str, &str)] = &[
 /// One page of ListAliases.
 #[derive(Debug, Clone)]
 pub struct AliasPage {
-    pub aliases: Vec<AliasRecord>,
+    pub aliases: Vec<ListedAlias>,
     pub next_after: Option<String>,
+}
+
+/// An alias as ListAliases shows it.
+#[derive(Debug, Clone)]
+pub enum ListedAlias {
+    Stored(AliasRecord),
+    /// A service-managed key's alias before its key exists: AWS lists its
+    /// predefined aliases from the start, without a target.
+    Predefined(&'static str),
+}
+
+impl ListedAlias {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Stored(alias) => &alias.alias_name,
+            Self::Predefined(name) => name,
+        }
+    }
 }
 
 impl KeysDomain {
@@ -267,14 +285,31 @@ impl KeysDomain {
             Some(reference) => Some(self.find_key(caller, reference, Reach::Own).await?.key_id),
             None => None,
         };
-        let mut aliases = self
+        let stored = self
             .store
             .list_aliases(caller, key_id.as_ref(), after, limit.saturating_add(1))
             .await?;
+        let mut aliases: Vec<ListedAlias> = stored.into_iter().map(ListedAlias::Stored).collect();
+        if key_id.is_none() {
+            // The predefined aliases past the marker whose keys do not exist
+            // yet. One missing from the stored rows may still be stored past
+            // them, but then it sorts after every row read, past this page.
+            for (name, _) in SERVICE_MANAGED_ALIASES {
+                if after.is_none_or(|after| *name > after)
+                    && !aliases.iter().any(|alias| alias.name() == *name)
+                {
+                    aliases.push(ListedAlias::Predefined(name));
+                }
+            }
+            // Byte order, the order the database reads aliases in (their
+            // names are ASCII, and Postgres compares them with the "C"
+            // collation) and markers compare in.
+            aliases.sort_by(|a, b| a.name().cmp(b.name()));
+        }
         let has_more = aliases.len() > limit as usize;
         aliases.truncate(limit as usize);
         let next_after = if has_more {
-            aliases.last().map(|alias| alias.alias_name.clone())
+            aliases.last().map(|alias| alias.name().to_owned())
         } else {
             None
         };

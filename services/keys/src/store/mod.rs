@@ -40,6 +40,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "audit outbox",
             sql: include_str!("../../migrations/postgres/0004_audit_outbox.sql"),
         },
+        MigrationFile {
+            version: 5,
+            description: "aliases in byte order",
+            sql: include_str!("../../migrations/postgres/0005_alias_order.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
