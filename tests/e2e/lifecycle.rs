@@ -614,6 +614,16 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
         })
         .await;
     assert_error(elsewhere, Code::InvalidArgument, "InvalidMarkerException");
+    // And only for the key it was issued for.
+    let other = new_key(&mut client).await?;
+    let other_key = client
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: other.key_id.clone(),
+            limit: 1,
+            marker: first_page.next_marker.clone(),
+        })
+        .await;
+    assert_error(other_key, Code::InvalidArgument, "InvalidMarkerException");
     // Keys differing in case page in byte order on either database, whatever
     // its collation: every tag once.
     client

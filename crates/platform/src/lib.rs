@@ -72,3 +72,20 @@ pub fn hex_lower(bytes: &[u8]) -> String {
     }
     text
 }
+
+/// What a list marker or a lookup token is bound to: a 64-bit FNV-1a hash
+/// of the request parameters it was issued for, each part ended by a byte
+/// no UTF-8 text holds (so `["ab", "c"]` and `["a", "bc"]` differ). It is the
+/// same in every process and release, which std's hasher does not promise.
+/// It tells a token used with other parameters apart; it is no defence
+/// against forgery, and needs none (a forged token only pages differently).
+pub fn scope_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}

@@ -192,25 +192,21 @@ fn lookup_attribute(attributes: &[pb::LookupAttribute]) -> Result<Wanted, ApiErr
 }
 
 /// What a NextToken is bound to: the lookup's attribute and time range as
-/// the caller gave them (an FNV-1a hash), so a token used with other
+/// the caller gave them ([`coffer_platform::scope_hash`]), so a token used with other
 /// parameters answers InvalidNextTokenException, as CloudTrail's does.
 fn lookup_scope(message: &pb::LookupEventsRequest) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &byte in bytes.iter().chain(&[0xff]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for attribute in &message.lookup_attributes {
-        feed(attribute.attribute_key.as_bytes());
-        feed(attribute.attribute_value.as_bytes());
-    }
-    for bound in [&message.start_time, &message.end_time] {
-        let millis = bound.as_ref().map(millis_of);
-        feed(format!("{millis:?}").as_bytes());
-    }
-    hash
+    let bounds: Vec<String> = [&message.start_time, &message.end_time]
+        .into_iter()
+        .map(|bound| format!("{:?}", bound.as_ref().map(millis_of)))
+        .collect();
+    coffer_platform::scope_hash(
+        message
+            .lookup_attributes
+            .iter()
+            .flat_map(|attribute| [&attribute.attribute_key, &attribute.attribute_value])
+            .chain(&bounds)
+            .map(String::as_bytes),
+    )
 }
 
 fn encode_cursor(cursor: LookupCursor, scope: u64) -> String {

@@ -149,7 +149,12 @@ impl KeysGrpc {
 }
 
 impl KeysGrpc {
-    fn grant_page(&self, page: GrantPage, listing: Listing) -> pb::ListGrantsResponse {
+    fn grant_page(
+        &self,
+        page: GrantPage,
+        listing: Listing,
+        scope: &[&str],
+    ) -> pb::ListGrantsResponse {
         pb::ListGrantsResponse {
             grants: page
                 .grants
@@ -170,7 +175,7 @@ impl KeysGrpc {
             next_marker: page
                 .next_after
                 .as_deref()
-                .map(|item| encode_marker(listing, item))
+                .map(|item| encode_marker(listing, scope, item))
                 .unwrap_or_default(),
         }
     }
@@ -577,10 +582,10 @@ fn context_for_audit(pairs: &std::collections::HashMap<String, String>) -> serde
     json!(pairs)
 }
 
-/// The list a marker belongs to. A marker carries its list's tag and the
-/// last listed item's sort key, so a marker of another list, or one that
-/// was never issued, answers InvalidMarkerException instead of a silently
-/// partial page.
+/// The list a marker belongs to. A marker carries its list's tag, its
+/// request's scope and the last listed item's sort key, so a marker of
+/// another list or key, or one that was never issued, answers
+/// InvalidMarkerException instead of a silently partial page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listing {
     Aliases,
@@ -613,11 +618,16 @@ impl Listing {
     }
 }
 
-fn encode_marker(listing: Listing, item: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{item}", listing.tag()))
+/// A list's marker: the list it came from, the request parameters it was
+/// issued for ([`coffer_platform::scope_hash`] of `scope`) and the last item
+/// returned. Given to another list, or with other parameters (another key),
+/// it answers InvalidMarkerException.
+fn encode_marker(listing: Listing, scope: &[&str], item: &str) -> String {
+    let scope = coffer_platform::scope_hash(scope.iter().map(|part| part.as_bytes()));
+    URL_SAFE_NO_PAD.encode(format!("{}:{scope:016x}:{item}", listing.tag()))
 }
 
-fn decode_marker(listing: Listing, marker: &str) -> Result<Option<String>> {
+fn decode_marker(listing: Listing, scope: &[&str], marker: &str) -> Result<Option<String>> {
     if marker.is_empty() {
         return Ok(None);
     }
@@ -625,8 +635,12 @@ fn decode_marker(listing: Listing, marker: &str) -> Result<Option<String>> {
         .decode(marker)
         .map_err(|_| KeysError::InvalidMarker)?;
     let text = String::from_utf8(decoded).map_err(|_| KeysError::InvalidMarker)?;
+    let expected = coffer_platform::scope_hash(scope.iter().map(|part| part.as_bytes()));
     text.strip_prefix(listing.tag())
         .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(given, _)| *given == format!("{expected:016x}"))
+        .map(|(_, item)| item)
         .filter(|item| listing.fits(item))
         .map(|item| Some(item.to_owned()))
         .ok_or(KeysError::InvalidMarker)
@@ -1467,7 +1481,8 @@ impl Keys for KeysGrpc {
             |_call, caller, m| async move {
                 let key = optional_key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
-                let after = decode_marker(Listing::Aliases, &m.marker)?;
+                let scope = [m.key_id.as_str()];
+                let after = decode_marker(Listing::Aliases, &scope, &m.marker)?;
                 let page = self
                     .domain
                     .list_aliases(&caller, key.as_ref(), limit, after.as_deref())
@@ -1495,7 +1510,7 @@ impl Keys for KeysGrpc {
                     next_marker: page
                         .next_after
                         .as_deref()
-                        .map(|item| encode_marker(Listing::Aliases, item))
+                        .map(|item| encode_marker(Listing::Aliases, &scope, item))
                         .unwrap_or_default(),
                 })
             },
@@ -1561,7 +1576,8 @@ impl Keys for KeysGrpc {
             |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 50)?;
-                let after = decode_marker(Listing::Tags, &m.marker)?;
+                let scope = [m.key_id.as_str()];
+                let after = decode_marker(Listing::Tags, &scope, &m.marker)?;
                 let page = self
                     .domain
                     .list_resource_tags(&caller, &reference, limit as usize, after.as_deref())
@@ -1579,7 +1595,7 @@ impl Keys for KeysGrpc {
                     next_marker: page
                         .next_after
                         .as_deref()
-                        .map(|item| encode_marker(Listing::Tags, item))
+                        .map(|item| encode_marker(Listing::Tags, &scope, item))
                         .unwrap_or_default(),
                 })
             },
@@ -1697,7 +1713,8 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
-                let after = decode_marker(Listing::Rotations, &m.marker)?;
+                let scope = [m.key_id.as_str()];
+                let after = decode_marker(Listing::Rotations, &scope, &m.marker)?;
                 let page = self
                     .domain
                     .list_key_rotations(&caller, &reference, limit as usize, after.as_deref())
@@ -1720,7 +1737,9 @@ impl Keys for KeysGrpc {
                     truncated: page.next_after.is_some(),
                     next_marker: page
                         .next_after
-                        .map(|material| encode_marker(Listing::Rotations, &material.to_hex()))
+                        .map(|material| {
+                            encode_marker(Listing::Rotations, &scope, &material.to_hex())
+                        })
                         .unwrap_or_default(),
                 })
             },
@@ -2046,7 +2065,12 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
-                let after = decode_marker(Listing::Grants, &m.marker)?;
+                let scope = [
+                    m.key_id.as_str(),
+                    m.grant_id.as_str(),
+                    m.grantee_principal.as_str(),
+                ];
+                let after = decode_marker(Listing::Grants, &scope, &m.marker)?;
                 let wanted_grant = if m.grant_id.is_empty() {
                     None
                 } else {
@@ -2069,7 +2093,7 @@ impl Keys for KeysGrpc {
                     )
                     .await?;
                 self.record_key(&call, &key);
-                Ok(self.grant_page(page, Listing::Grants))
+                Ok(self.grant_page(page, Listing::Grants, &scope))
             },
         )
         .await
@@ -2085,12 +2109,13 @@ impl Keys for KeysGrpc {
             |_call, caller, m| async move {
                 let retiring = principal_arn("retiring_principal", &m.retiring_principal)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
-                let after = decode_marker(Listing::RetirableGrants, &m.marker)?;
+                let scope = [m.retiring_principal.as_str()];
+                let after = decode_marker(Listing::RetirableGrants, &scope, &m.marker)?;
                 let page = self
                     .domain
                     .list_retirable_grants(&caller, &retiring, limit, after.as_deref())
                     .await?;
-                Ok(self.grant_page(page, Listing::RetirableGrants))
+                Ok(self.grant_page(page, Listing::RetirableGrants, &scope))
             },
         )
         .await
@@ -2270,27 +2295,46 @@ mod tests {
 
     #[test]
     fn a_marker_opens_only_its_own_list() {
-        let alias = encode_marker(Listing::Aliases, "alias/app");
+        let alias = encode_marker(Listing::Aliases, &[""], "alias/app");
         assert_eq!(
-            decode_marker(Listing::Aliases, &alias)
+            decode_marker(Listing::Aliases, &[""], &alias)
                 .ok()
                 .flatten()
                 .as_deref(),
             Some("alias/app")
         );
-        let grant = encode_marker(Listing::Grants, &"ab".repeat(32));
-        for (listing, marker) in [
-            (Listing::Tags, &alias),
-            (Listing::Aliases, &grant),
-            (Listing::Rotations, &alias),
+        let grant = encode_marker(Listing::Grants, &["k", "", ""], &"ab".repeat(32));
+        for (listing, scope, marker) in [
+            (Listing::Tags, &[""][..], &alias),
+            (Listing::Aliases, &[""][..], &grant),
+            (Listing::Rotations, &[""][..], &alias),
+            // The same list with other parameters: another key, another filter.
+            (Listing::Aliases, &["other-key"][..], &alias),
+            (Listing::Grants, &["other-key", "", ""][..], &grant),
+            (
+                Listing::Grants,
+                &["k", "", "arn:coffer:iam::1:user/x"][..],
+                &grant,
+            ),
+            (Listing::Grants, &["k", ""][..], &grant),
         ] {
             assert!(matches!(
-                decode_marker(listing, marker),
+                decode_marker(listing, scope, marker),
                 Err(KeysError::InvalidMarker)
             ));
         }
-        // Shapes that no list issues: no tag, a bad sort key, a ListKeys marker.
-        for text in ["alias/app", "a:app", "g:not-hex", "r:", "t:"] {
+        // Shapes that no list issues: no tag, no scope, a bad sort key, a
+        // ListKeys marker.
+        let scope = format!("{:016x}", coffer_platform::scope_hash([&b""[..]]));
+        for text in [
+            "alias/app".to_owned(),
+            "a:app".to_owned(),
+            "a:alias/app".to_owned(),
+            format!("g:{scope}:not-hex"),
+            format!("r:{scope}:"),
+            format!("t:{scope}:"),
+            format!("a:{scope}:app"),
+        ] {
             let forged = URL_SAFE_NO_PAD.encode(text);
             for listing in [
                 Listing::Aliases,
@@ -2299,11 +2343,11 @@ mod tests {
                 Listing::Tags,
             ] {
                 assert!(matches!(
-                    decode_marker(listing, &forged),
+                    decode_marker(listing, &[""], &forged),
                     Err(KeysError::InvalidMarker)
                 ));
             }
         }
-        assert!(matches!(decode_marker(Listing::Tags, ""), Ok(None)));
+        assert!(matches!(decode_marker(Listing::Tags, &[""], ""), Ok(None)));
     }
 }
