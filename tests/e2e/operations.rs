@@ -16,6 +16,7 @@ backend_tests!(
     graceful_shutdown_completes_calls_in_flight,
     excess_calls_are_shed_with_resource_exhausted,
     calls_past_their_deadline_fail_deadline_exceeded,
+    a_change_committing_at_its_deadline_is_recorded_as_made,
     oversize_messages_are_refused_and_the_server_stays_up,
     abandoned_data_plane_calls_are_audited_once,
 );
@@ -204,6 +205,64 @@ async fn calls_past_their_deadline_fail_deadline_exceeded(backend: Backend) -> a
             .into_inner()
             .keys
             .is_empty()
+    );
+    Ok(())
+}
+
+/// A call whose deadline passes while its change commits is not cut off:
+/// the change is made, and its one event says so (the old way, the event
+/// said RequestTimeoutException of a key that then existed).
+async fn a_change_committing_at_its_deadline_is_recorded_as_made(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    // Each commit of a change takes 600 ms more (Postgres only).
+    if !harness.slow_keys_commits(600).await? {
+        return Ok(());
+    }
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let mut request = tonic::Request::new(pb::CreateKeyRequest {
+        description: "committed late".into(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(200));
+    let status = client
+        .create_key(request)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a call slower than its deadline succeeded"))?;
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let creates: Vec<serde_json::Value> = harness
+            .audit_events()
+            .await?
+            .into_iter()
+            .filter(|event| event["eventName"] == "CreateKey")
+            .collect();
+        if let [event] = creates.as_slice() {
+            break event.clone();
+        }
+        anyhow::ensure!(creates.len() < 2, "{creates:#?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the late CreateKey was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let keys = client
+        .list_keys(pb::ListKeysRequest::default())
+        .await?
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1, "the key was created");
+    assert!(event.get("errorCode").is_none(), "{event:#}");
+    assert_eq!(
+        event["responseElements"]["keyMetadata"]["keyId"],
+        keys[0].key_id.as_str()
     );
     Ok(())
 }

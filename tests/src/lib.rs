@@ -536,6 +536,40 @@ pub enum TableLock {
 }
 
 impl Harness {
+    /// Makes every commit of the keys service that writes an audit outbox
+    /// row (a state change in `required` mode) take `millis` more, at commit
+    /// time, after all its writes: a deferred trigger that sleeps. Postgres
+    /// only; `false` (and nothing done) on SQLite, which cannot sleep.
+    pub async fn slow_keys_commits(&self, millis: u32) -> anyhow::Result<bool> {
+        use sqlx::Connection as _;
+        let database = &self
+            .settings
+            .services
+            .get("keys")
+            .context("keys is not configured")?
+            .database;
+        if database.backend != coffer_platform::config::DatabaseBackend::Postgres {
+            return Ok(false);
+        }
+        let schema = &database.schema;
+        let seconds = f64::from(millis) / 1000.0;
+        let mut connection = sqlx::PgConnection::connect(&database.url).await?;
+        sqlx::query(&format!(
+            "CREATE FUNCTION \"{schema}\".slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$"
+        ))
+        .execute(&mut connection)
+        .await?;
+        sqlx::query(&format!(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON \"{schema}\".audit_outbox \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION \"{schema}\".slow_commit()"
+        ))
+        .execute(&mut connection)
+        .await?;
+        connection.close().await?;
+        Ok(true)
+    }
+
     pub async fn lock_keys_table(&self) -> anyhow::Result<TableLock> {
         use sqlx::Connection as _;
         let database = &self

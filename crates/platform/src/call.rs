@@ -51,6 +51,12 @@ pub const REQUEST_ID_HEADER: &str = "x-coffer-request-id";
 
 const MAX_USER_AGENT_LEN: usize = 256;
 
+/// How long a call past its deadline may still run once its change is
+/// committing: its outbox row is written, and only the commit (and what
+/// follows it) is left. Stopped then, the call would be recorded as failed
+/// whether or not its change had committed.
+const COMMIT_GRACE: Duration = Duration::from_secs(5);
+
 /// How one gRPC service's calls are audited.
 #[derive(Clone)]
 pub struct ServiceCatalog {
@@ -729,7 +735,18 @@ where
                                 outbox.boot_id().clone(),
                             ));
                             outbox_slot = Some(slot.clone());
-                            tokio::time::timeout(deadline, slot.scope(handler)).await
+                            let mut scoped = std::pin::pin!(slot.clone().scope(handler));
+                            match tokio::time::timeout(deadline, scoped.as_mut()).await {
+                                // Its change is committing, or committed: the
+                                // call finishes, late, and its event says
+                                // what happened (as CloudTrail records a call
+                                // the service completed, whether or not its
+                                // answer reached the caller in time).
+                                Err(_elapsed) if slot.written() => {
+                                    tokio::time::timeout(COMMIT_GRACE, scoped).await
+                                }
+                                outcome => outcome,
+                            }
                         }
                         _ => tokio::time::timeout(deadline, handler).await,
                     };
