@@ -1537,10 +1537,10 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         }
         Ok(uses)
     };
-    let by_key = || audit_pb::LookupEventsRequest {
+    let by_key_of = |key: &str| audit_pb::LookupEventsRequest {
         lookup_attributes: vec![audit_pb::LookupAttribute {
             attribute_key: "ResourceName".into(),
-            attribute_value: key.clone(),
+            attribute_value: key.to_owned(),
         }],
         max_results: 50,
         ..Default::default()
@@ -1551,8 +1551,16 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
     let mut audit_b = harness
         .audit_as(&Harness::user_id(ACCOUNT_B, "admin"))
         .await?;
-    let in_a = audit_a.lookup_events(by_key()).await?.into_inner().events;
-    let in_b = audit_b.lookup_events(by_key()).await?.into_inner().events;
+    let in_a = audit_a
+        .lookup_events(by_key_of(&key))
+        .await?
+        .into_inner()
+        .events;
+    let in_b = audit_b
+        .lookup_events(by_key_of(&key))
+        .await?
+        .into_inner()
+        .events;
     assert!(
         in_a.iter()
             .chain(&in_b)
@@ -1574,6 +1582,23 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         assert_eq!(owner["requestID"], caller["requestID"]);
         assert!(owner.get("errorCode").is_none());
     }
+    // B's grant calls on A's other key: the grant B created and the two it
+    // retired reach A's trail; the retirements refused do not.
+    let mut grant_calls = Vec::new();
+    for event in audit_a
+        .lookup_events(by_key_of(&granted_key))
+        .await?
+        .into_inner()
+        .events
+    {
+        let record: serde_json::Value = serde_json::from_str(&event.cloud_trail_event)?;
+        if record["userIdentity"]["accountId"] == ACCOUNT_B {
+            assert!(record.get("errorCode").is_none(), "{record:#}");
+            grant_calls.push(record["eventName"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    grant_calls.sort();
+    assert_eq!(grant_calls, ["CreateGrant", "RetireGrant", "RetireGrant"]);
     Ok(())
 }
 

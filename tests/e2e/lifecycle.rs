@@ -1017,6 +1017,55 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
         Code::NotFound,
         "NotFoundException",
     );
+
+    // Stored and predefined aliases list together in byte order, which a
+    // database collation for people would not give ('Z' before 'c', '-'
+    // before '/'), and page one at a time to the same list.
+    let own = new_key(&mut client).await?;
+    for name in ["alias/Zeta", "alias/coffer-x"] {
+        client
+            .create_alias(pb::CreateAliasRequest {
+                alias_name: name.into(),
+                target_key_id: own.key_id.clone(),
+            })
+            .await?;
+    }
+    let all: Vec<String> = client
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await?
+        .into_inner()
+        .aliases
+        .into_iter()
+        .map(|alias| alias.alias_name)
+        .collect();
+    assert_eq!(
+        all,
+        [
+            "alias/Zeta",
+            "alias/coffer-x",
+            "alias/coffer/acm",
+            "alias/coffer/secretsmanager",
+            "alias/coffer/ssm"
+        ]
+    );
+    let mut paged = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let page = client
+            .list_aliases(pb::ListAliasesRequest {
+                limit: 1,
+                marker: marker.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        paged.extend(page.aliases.into_iter().map(|alias| alias.alias_name));
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(paged, all);
     Ok(())
 }
 

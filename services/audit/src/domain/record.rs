@@ -549,6 +549,9 @@ fn share(mut event: StoredEvent, owners: &[String]) -> Vec<StoredEvent> {
 
 /// The eventID of `owner`'s copy of the event `event_id`: a UUID (version
 /// 8) of their SHA-256, so every delivery of the event derives the same one.
+/// It keeps the time prefix of a version 7 event id (what Coffer services
+/// issue), so copies, like the events they copy, are added at the end of
+/// the event id index rather than scattered through it.
 fn owner_event_id(event_id: &str, owner: &str) -> String {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     context.update(b"coffer owner copy\0");
@@ -558,6 +561,11 @@ fn owner_event_id(event_id: &str, owner: &str) -> String {
     let digest = context.finish();
     let mut bytes = [0_u8; 16];
     bytes.copy_from_slice(&digest.as_ref()[..16]);
+    if let Ok(original) = uuid::Uuid::parse_str(event_id)
+        && original.get_version_num() == 7
+    {
+        bytes[..6].copy_from_slice(&original.as_bytes()[..6]);
+    }
     bytes[6] = (bytes[6] & 0x0f) | 0x80;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     uuid::Uuid::from_bytes(bytes).to_string()
@@ -668,6 +676,15 @@ mod tests {
         assert_eq!(with_owner_copies(vec![refused.clone()]), vec![refused]);
         let outsider = stored_event(cross_account(None, false), OUTSIDER).unwrap();
         assert_eq!(with_owner_copies(vec![outsider.clone()]), vec![outsider]);
+        // A copy of a version 7 id keeps its time prefix.
+        let mut timed = cross_account(None, false);
+        timed["eventID"] = json!("01936b2e-8f00-7abc-8def-0123456789ab");
+        let timed = stored_event(timed, Sender::Service).unwrap();
+        let copies = with_owner_copies(vec![timed]);
+        assert!(
+            copies[1].event_id.starts_with("01936b2e-8f00-8"),
+            "{copies:?}"
+        );
         // Failing for another reason, it is the owner's business too.
         let disabled = stored_event(
             cross_account(Some("DisabledException"), false),

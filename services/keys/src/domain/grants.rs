@@ -331,6 +331,9 @@ impl KeysDomain {
             self.authorize_delegated_retire(caller, &key, &grant, missing)
                 .await?;
         }
+        // Named in the event (and so filed with the key's owner too, when
+        // that is another account), as AWS names the key of a RetireGrant.
+        self.record_key(caller, &key);
         if self.store.delete_grant(&grant.grant_id).await? {
             Ok(())
         } else {
