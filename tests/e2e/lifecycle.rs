@@ -95,6 +95,32 @@ fn key_id_request<T: Default>(make: impl FnOnce(String) -> T, key_id: &str) -> T
     make(key_id.to_owned())
 }
 
+/// Every alias name ListAliases gives, read in pages of `limit`.
+async fn alias_names_in_pages(
+    client: &mut KeysClient<Channel>,
+    limit: i32,
+) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let page = client
+            .list_aliases(pb::ListAliasesRequest {
+                limit,
+                marker: marker.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(page.aliases.len() <= limit as usize, "an oversize page");
+        names.extend(page.aliases.into_iter().map(|alias| alias.alias_name));
+        if !page.truncated {
+            anyhow::ensure!(page.next_marker.is_empty(), "a marker on the last page");
+            return Ok(names);
+        }
+        marker = page.next_marker;
+    }
+}
+
 async fn disabled_keys_refuse_use_until_enabled(backend: Backend) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
@@ -517,25 +543,7 @@ async fn aliases_name_keys_wherever_a_key_id_goes(backend: Backend) -> anyhow::R
         format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/zz-other")
     );
     // Pages of two: stored and predefined aliases page together, each once.
-    let mut paged = Vec::new();
-    let mut marker = String::new();
-    loop {
-        let page = client
-            .list_aliases(pb::ListAliasesRequest {
-                limit: 2,
-                marker: marker.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        assert!(page.aliases.len() <= 2);
-        paged.extend(page.aliases.into_iter().map(|a| a.alias_name));
-        if !page.truncated {
-            assert!(page.next_marker.is_empty());
-            break;
-        }
-        marker = page.next_marker;
-    }
+    let paged = alias_names_in_pages(&mut client, 2).await?;
     assert_eq!(paged, names);
 
     client
@@ -1048,24 +1056,7 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
             "alias/coffer/ssm"
         ]
     );
-    let mut paged = Vec::new();
-    let mut marker = String::new();
-    loop {
-        let page = client
-            .list_aliases(pb::ListAliasesRequest {
-                limit: 1,
-                marker: marker.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        paged.extend(page.aliases.into_iter().map(|alias| alias.alias_name));
-        if !page.truncated {
-            break;
-        }
-        marker = page.next_marker;
-    }
-    assert_eq!(paged, all);
+    assert_eq!(alias_names_in_pages(&mut client, 1).await?, all);
     Ok(())
 }
 

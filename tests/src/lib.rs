@@ -536,18 +536,22 @@ pub enum TableLock {
 }
 
 impl Harness {
+    fn keys_database(&self) -> anyhow::Result<&coffer_platform::config::DatabaseSettings> {
+        Ok(&self
+            .settings
+            .services
+            .get("keys")
+            .context("keys is not configured")?
+            .database)
+    }
+
     /// Makes every commit of the keys service that writes an audit outbox
     /// row (a state change in `required` mode) take `millis` more, at commit
     /// time, after all its writes: a deferred trigger that sleeps. Postgres
     /// only; `false` (and nothing done) on SQLite, which cannot sleep.
     pub async fn slow_keys_commits(&self, millis: u32) -> anyhow::Result<bool> {
         use sqlx::Connection as _;
-        let database = &self
-            .settings
-            .services
-            .get("keys")
-            .context("keys is not configured")?
-            .database;
+        let database = self.keys_database()?;
         if database.backend != coffer_platform::config::DatabaseBackend::Postgres {
             return Ok(false);
         }
@@ -572,12 +576,7 @@ impl Harness {
 
     pub async fn lock_keys_table(&self) -> anyhow::Result<TableLock> {
         use sqlx::Connection as _;
-        let database = &self
-            .settings
-            .services
-            .get("keys")
-            .context("keys is not configured")?
-            .database;
+        let database = self.keys_database()?;
         match database.backend {
             coffer_platform::config::DatabaseBackend::Sqlite => {
                 let mut connection = sqlx::SqliteConnection::connect(&database.url).await?;
