@@ -51,10 +51,11 @@ pub const REQUEST_ID_HEADER: &str = "x-coffer-request-id";
 
 const MAX_USER_AGENT_LEN: usize = 256;
 
-/// How long a call past its deadline may still run once its change is
-/// committing: its outbox row is written, and only the commit (and what
-/// follows it) is left. Stopped then, the call would be recorded as failed
-/// whether or not its change had committed.
+/// How long a call past its deadline may still run once it has begun
+/// committing a change (its outbox row, a transaction's last write, is
+/// written). Stopped then, the call would be recorded as failed whether or
+/// not its change had committed. A call that commits twice has this grace
+/// from its first commit on, so it is not left half done.
 const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
 /// How one gRPC service's calls are audited.

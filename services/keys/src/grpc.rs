@@ -623,8 +623,13 @@ impl Listing {
 /// returned. Given to another list, or with other parameters (another key),
 /// it answers InvalidMarkerException.
 fn encode_marker(listing: Listing, scope: &[&str], item: &str) -> String {
-    let scope = coffer_platform::scope_hash(scope.iter().map(|part| part.as_bytes()));
-    URL_SAFE_NO_PAD.encode(format!("{}:{scope:016x}:{item}", listing.tag()))
+    URL_SAFE_NO_PAD.encode(format!("{}:{}:{item}", listing.tag(), marker_scope(scope)))
+}
+
+/// How a marker writes the parameters it was issued for.
+fn marker_scope(scope: &[&str]) -> String {
+    let hash = coffer_platform::scope_hash(scope.iter().map(|part| part.as_bytes()));
+    format!("{hash:016x}")
 }
 
 fn decode_marker(listing: Listing, scope: &[&str], marker: &str) -> Result<Option<String>> {
@@ -635,11 +640,11 @@ fn decode_marker(listing: Listing, scope: &[&str], marker: &str) -> Result<Optio
         .decode(marker)
         .map_err(|_| KeysError::InvalidMarker)?;
     let text = String::from_utf8(decoded).map_err(|_| KeysError::InvalidMarker)?;
-    let expected = coffer_platform::scope_hash(scope.iter().map(|part| part.as_bytes()));
+    let expected = marker_scope(scope);
     text.strip_prefix(listing.tag())
         .and_then(|rest| rest.strip_prefix(':'))
         .and_then(|rest| rest.split_once(':'))
-        .filter(|(given, _)| *given == format!("{expected:016x}"))
+        .filter(|(given, _)| *given == expected)
         .map(|(_, item)| item)
         .filter(|item| listing.fits(item))
         .map(|item| Some(item.to_owned()))
@@ -2325,7 +2330,7 @@ mod tests {
         }
         // Shapes that no list issues: no tag, no scope, a bad sort key, a
         // ListKeys marker.
-        let scope = format!("{:016x}", coffer_platform::scope_hash([&b""[..]]));
+        let scope = marker_scope(&[""]);
         for text in [
             "alias/app".to_owned(),
             "a:app".to_owned(),

@@ -483,19 +483,16 @@ const ACCESS_DENIED: &str = "AccessDeniedException";
 /// access control refused stays the caller's alone, and so does anything an
 /// outsider sent (its resources were never read).
 pub fn with_owner_copies(events: Vec<StoredEvent>) -> Vec<StoredEvent> {
-    if events.iter().all(|event| other_owners(event).is_empty()) {
-        return events;
-    }
-    let mut shared = Vec::with_capacity(events.len() + 1);
+    let mut filed = Vec::with_capacity(events.len());
     for event in events {
         let owners = other_owners(&event);
         if owners.is_empty() {
-            shared.push(event);
+            filed.push(event);
         } else {
-            shared.extend(share(event, &owners));
+            filed.extend(share(event, &owners));
         }
     }
-    shared
+    filed
 }
 
 /// The accounts, other than its recipient's, that own a resource `event`
