@@ -12,7 +12,7 @@ use coffer_platform::client::ClientTls;
 use coffer_proto::audit::v1 as audit_pb;
 use coffer_tests::{
     ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, TRUST_DOMAIN, assert_error, backend_tests,
-    exception_of, keys_pb as pb, request_id_of,
+    exception_of, keys_pb as pb, request_id_of, wait_for,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -903,21 +903,6 @@ async fn retention_removes_events_past_the_period(backend: Backend) -> anyhow::R
     Ok(())
 }
 
-/// Polls `done` every 100 ms until it says true; fails with `what` after
-/// `limit`.
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done().await? {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 async fn admin_health(admin: std::net::SocketAddr) -> anyhow::Result<i32> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
         .connect()
@@ -934,11 +919,15 @@ async fn admin_health(admin: std::net::SocketAddr) -> anyhow::Result<i32> {
 async fn required_mode_survives_the_audit_service_going_away(
     backend: Backend,
 ) -> anyhow::Result<()> {
+    let clock = Arc::new(coffer_platform::clock::ManualClock::new(
+        std::time::SystemTime::now(),
+    ));
     let mut harness = Harness::start_with(
         backend,
         Options {
             separate_audit: true,
             audit_deadline_ms: 1_000,
+            clock: Some(clock.clone()),
             ..Options::default()
         },
     )
@@ -951,8 +940,28 @@ async fn required_mode_survives_the_audit_service_going_away(
     let key = new_key(&mut alice).await?;
     encrypt(&mut alice, &key).await?;
     assert_eq!(admin_health(admin).await?, ServingStatus::Serving as i32);
+    let doomed = new_key(&mut alice).await?;
+    alice
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: doomed.clone(),
+            pending_window_in_days: Some(7),
+        })
+        .await?;
 
     harness.stop_audit().await?;
+    // The scheduler's changes commit too, their events in the outbox.
+    clock.advance(Duration::from_secs(8 * 86_400));
+    harness.run_maintenance().await?;
+    assert_error(
+        alice
+            .describe_key(pb::DescribeKeyRequest {
+                key_id: doomed.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
     // A state change still commits: its event waits in the outbox.
     let created = alice
         .create_key(pb::CreateKeyRequest {
@@ -1034,6 +1043,22 @@ async fn required_mode_survives_the_audit_service_going_away(
     }
     assert_eq!(harness.audit_events_for(&recovered_request).await?.len(), 1);
     assert_eq!(exception_of(&status), "ServiceUnavailableException");
+    let deletions: Vec<Value> = harness
+        .audit_events()
+        .await?
+        .into_iter()
+        .filter(|event| event["eventName"] == "DeleteKey")
+        .collect();
+    assert_eq!(deletions.len(), 1, "{deletions:#?}");
+    assert_eq!(deletions[0]["eventType"], "AwsServiceEvent");
+    assert!(
+        doomed.ends_with(
+            deletions[0]["serviceEventDetails"]["keyId"]
+                .as_str()
+                .unwrap_or("?")
+        ),
+        "{deletions:#?}"
+    );
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::clock::ManualClock;
 use coffer_tests::{
     ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb,
+    wait_for,
 };
 use pb::keys_client::KeysClient;
 use tonic::Code;
@@ -27,6 +28,36 @@ backend_tests!(
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// The service events (`AwsServiceEvent`) named `name` about `key` (an ARN)
+/// in the trail, after checking each has CloudTrail's shape: no request, no
+/// response, the key's account as the recipient, the key id in
+/// `serviceEventDetails`.
+async fn service_events(
+    harness: &Harness,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let events: Vec<serde_json::Value> = harness
+        .audit_events()
+        .await?
+        .into_iter()
+        .filter(|event| event["eventName"] == name && event["resources"][0]["ARN"] == key)
+        .collect();
+    let key_id = key.rsplit('/').next().unwrap_or_default();
+    for event in &events {
+        assert_eq!(event["eventType"], "AwsServiceEvent", "{event:#}");
+        assert_eq!(event["serviceEventDetails"]["keyId"], key_id, "{event:#}");
+        assert_eq!(event["recipientAccountId"], ACCOUNT_A, "{event:#}");
+        assert_eq!(event["userIdentity"]["accountId"], ACCOUNT_A, "{event:#}");
+        assert_eq!(event["resources"][0]["type"], "AWS::KMS::Key", "{event:#}");
+        assert!(event["requestParameters"].is_null(), "{event:#}");
+        assert!(event["responseElements"].is_null(), "{event:#}");
+        assert!(event.get("errorCode").is_none(), "{event:#}");
+        assert_eq!(event["readOnly"], false, "{event:#}");
+    }
+    Ok(events)
+}
 
 async fn harness_with_clock(backend: Backend) -> anyhow::Result<(Harness, Arc<ManualClock>)> {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
@@ -351,6 +382,11 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
         state_of(&mut client, &doomed.key_id).await?,
         "PendingDeletion"
     );
+    assert!(
+        service_events(&harness, "DeleteKey", &doomed.arn)
+            .await?
+            .is_empty()
+    );
     // ... and the key and its material are gone after it.
     clock.advance(DAY + Duration::from_secs(1));
     harness.run_maintenance().await?;
@@ -366,6 +402,26 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
         Code::InvalidArgument,
         "InvalidCiphertextException",
     );
+    // The deletion is in the trail once, as KMS's DeleteKey service event;
+    // the outbox row that carried it is cleared.
+    harness.run_maintenance().await?;
+    assert_eq!(
+        service_events(&harness, "DeleteKey", &doomed.arn)
+            .await?
+            .len(),
+        1
+    );
+    assert!(
+        service_events(&harness, "DeleteKey", &saved.arn)
+            .await?
+            .is_empty()
+    );
+    wait_for(
+        "the outbox kept a service event's row",
+        Duration::from_secs(20),
+        || async { Ok(harness.instance()?.outbox_rows().await? == 0) },
+    )
+    .await?;
 
     // The cancelled key survived and works once enabled.
     client
@@ -773,9 +829,18 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     assert_eq!(after_automatic.len(), 1);
     assert_eq!(after_automatic[0].rotation_type, "AUTOMATIC");
     assert_eq!(after_automatic[0].key_material_id.len(), 32);
-    // Running again at the same time does not rotate twice.
+    // Running again at the same time does not rotate twice; the rotation
+    // is in the trail once, as KMS's RotateKey service event.
     harness.run_maintenance().await?;
     assert_eq!(rotations(&mut client).await?.len(), 1);
+    let rotated = service_events(&harness, "RotateKey", &key.arn).await?;
+    assert_eq!(rotated.len(), 1);
+    wait_for(
+        "the outbox kept a service event's row",
+        Duration::from_secs(20),
+        || async { Ok(harness.instance()?.outbox_rows().await? == 0) },
+    )
+    .await?;
 
     let after = encrypt(&mut client, &key.key_id, b"after rotation").await?;
     assert_ne!(

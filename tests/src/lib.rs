@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use coffer::Instance;
@@ -464,6 +465,21 @@ impl Harness {
 }
 
 /// The request id Coffer returned with a response or error.
+/// Polls `done` every 100 ms until it says true; fails with `what` after
+/// `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
     metadata
         .get(coffer_platform::call::REQUEST_ID_HEADER)

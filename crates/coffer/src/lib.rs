@@ -17,6 +17,7 @@ use coffer_platform::audit::export::{
     AuditExporter, ExportSettings, ExportTransport, OtlpTransport,
 };
 use coffer_platform::audit::outbox::{SqlOutbox, spawn_relay};
+use coffer_platform::audit::service::ServiceEvents;
 use coffer_platform::authz::{self, Authorizer, IdentityPolicies};
 use coffer_platform::call::CallSettings;
 use coffer_platform::client::ClientTls;
@@ -38,7 +39,8 @@ pub struct Instance {
     exporter: Option<Arc<AuditExporter>>,
     servers: Vec<(Vec<String>, RunningServer)>,
     pools: Vec<DbPool>,
-    keys: Option<Arc<coffer_keys::KeysDomain>>,
+    /// The keys service, with where its scheduler's changes are recorded.
+    keys: Option<(Arc<coffer_keys::KeysDomain>, ServiceEvents)>,
     audit: Option<Arc<coffer_audit::AuditCore>>,
     outboxes: Vec<Arc<SqlOutbox>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -89,9 +91,9 @@ impl Instance {
     /// Runs every service's due work now (what the scheduler does every
     /// [`MAINTENANCE_INTERVAL`]), against the instance's clock.
     pub async fn run_maintenance(&self) -> anyhow::Result<()> {
-        if let Some(keys) = &self.keys {
+        if let Some((keys, events)) = &self.keys {
             let (deleted, rotated) = keys
-                .run_due_work()
+                .run_due_work(events)
                 .await
                 .map_err(|error| anyhow::anyhow!("keys maintenance: {error}"))?;
             tracing::debug!(deleted, rotated, "keys maintenance ran");
@@ -250,6 +252,7 @@ pub async fn launch(
     let mut groups: BTreeMap<SocketAddr, Vec<(String, ServiceRegistration)>> = BTreeMap::new();
     let mut pools = Vec::new();
     let mut keys_domain = None;
+    let mut keys_outbox = None;
     let mut audit_core = None;
     let mut outboxes = Vec::new();
     let mut background = Vec::new();
@@ -286,6 +289,7 @@ pub async fn launch(
                 };
                 pools.push(pool);
                 keys_domain = Some(domain.clone());
+                keys_outbox.clone_from(&outbox);
                 coffer_keys::registration(domain, outbox)
             }
             "audit" => {
@@ -352,13 +356,25 @@ pub async fn launch(
         tracing::info!(addr = %server.local_addr(), services = ?names, "serving");
         servers.push((names, server));
     }
-    if let Some(keys) = keys_domain.clone() {
+    // The scheduler's own changes (rotations, deletions) are audited as the
+    // keys service's calls are: to the same sink, through the same outbox.
+    let keys = keys_domain.map(|domain| {
+        let events = ServiceEvents::new(
+            &settings.location,
+            "keys",
+            default_sink.clone(),
+            keys_outbox,
+            clock.clone(),
+        );
+        (domain, events)
+    });
+    if let Some((keys, events)) = keys.clone() {
         background.push(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                if let Err(error) = keys.run_due_work().await {
+                if let Err(error) = keys.run_due_work(&events).await {
                     tracing::error!(%error, "keys maintenance failed");
                 }
             }
@@ -369,7 +385,7 @@ pub async fn launch(
         exporter,
         servers,
         pools,
-        keys: keys_domain,
+        keys,
         audit: audit_core,
         outboxes,
         background,

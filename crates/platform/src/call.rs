@@ -362,15 +362,10 @@ impl CallIds {
         };
         Self {
             request_id: uuid::Builder::from_random_bytes(take16(0)).into_uuid(),
-            // Time-ordered (UUID version 7): the audit store's unique index
-            // on eventID then grows at its end, instead of every insert
-            // dirtying a random page of it.
-            event_id: uuid::Builder::from_unix_timestamp_millis(
-                u64::try_from(crate::clock::Clock::now_millis(&crate::clock::SystemClock))
-                    .unwrap_or(0),
+            event_id: crate::audit::event_id_from(
+                crate::clock::Clock::now_millis(&crate::clock::SystemClock),
                 &take16(16)[..10].try_into().unwrap_or([1; 10]),
-            )
-            .into_uuid(),
+            ),
             span_id: take8(32),
             root_trace: TraceContext {
                 trace_id: take16(40),
@@ -535,6 +530,7 @@ impl EventBase {
                         .account()
                         .map(|account| account.to_string())
                 }),
+                service_event_details: None,
                 trace_id: trace.trace_id_hex(),
             },
         }

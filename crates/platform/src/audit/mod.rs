@@ -16,6 +16,7 @@
 pub mod export;
 pub mod otlp;
 pub mod outbox;
+pub mod service;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,7 +91,18 @@ pub struct AuditEvent {
     pub event_category: EventCategory,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient_account_id: Option<String>,
+    /// What a service's own change (an `AwsServiceEvent`) was about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_event_details: Option<Value>,
     pub trace_id: String,
+}
+
+/// A new event id made at `now_ms` from ten random bytes: time-ordered (UUID
+/// version 7), so the audit store's unique index on eventID grows at its
+/// end instead of every insert dirtying a random page of it.
+pub(crate) fn event_id_from(now_ms: i64, random: &[u8; 10]) -> uuid::Uuid {
+    uuid::Builder::from_unix_timestamp_millis(u64::try_from(now_ms).unwrap_or(0), random)
+        .into_uuid()
 }
 
 /// What an RPC is, for its events.

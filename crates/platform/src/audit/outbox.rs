@@ -83,10 +83,13 @@ pub fn pending_row() -> Option<OutboxRow> {
         .try_with(|slot| {
             let draft = slot.recorder.snapshot();
             let mut event = slot.event.clone();
-            // The commit's time; the event the call then emits carries the
-            // time it completed, a moment later. Both copies have the same
-            // eventID and the store keeps whichever arrives first.
-            event.event_time = crate::telemetry::now_rfc3339();
+            // A call's event: the commit's time; the event the call then
+            // emits carries the time it completed, a moment later. Both
+            // copies have the same eventID and the store keeps whichever
+            // arrives first. A service's own change has its time already.
+            if event.event_time.is_empty() {
+                event.event_time = crate::telemetry::now_rfc3339();
+            }
             event.request_parameters = draft.request_parameters.unwrap_or_default();
             event.response_elements = draft.response_elements.unwrap_or_default();
             event.resources = draft.resources;

@@ -2,12 +2,13 @@
 //! DisableKey, ScheduleKeyDeletion, CancelKeyDeletion, and the deletion reaper.
 
 use coffer_platform::arn::AccountId;
+use coffer_platform::audit::service::{ServiceEvent, ServiceEvents};
 use coffer_platform::authz::Caller;
 
 use super::access::Access;
 
 use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag};
-use super::{DAY_MS, KeyOperation, KeysDomain};
+use super::{DAY_MS, KEY_RESOURCE_TYPE, KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, StoreError};
 
@@ -269,7 +270,10 @@ impl KeysDomain {
             caller,
             reference,
             KeyOperation::ScheduleDeletion,
-            &Access::to("ScheduleKeyDeletion"),
+            &Access::to("ScheduleKeyDeletion").with_values(
+                "kms:ScheduleKeyDeletionPendingWindowInDays",
+                vec![window_days.to_string()],
+            ),
             |key, now_ms| {
                 self.ensure_customer_managed(key, "ScheduleKeyDeletion")?;
                 key.key_state = KeyState::PendingDeletion;
@@ -303,8 +307,9 @@ impl KeysDomain {
     }
 
     /// Destroys every key whose deletion date has come, with its material,
-    /// tags and aliases. Returns how many were destroyed.
-    pub async fn delete_due_keys(&self) -> Result<usize> {
+    /// tags and aliases, each recorded as a `DeleteKey` service event.
+    /// Returns how many were destroyed.
+    pub async fn delete_due_keys(&self, events: &ServiceEvents) -> Result<usize> {
         const BATCH: u32 = 100;
         let mut deleted = 0;
         loop {
@@ -315,7 +320,10 @@ impl KeysDomain {
             let batch_len = due.len();
             for key in due {
                 self.cache.forget_key(&key.account, &key.key_id);
-                if self.store.delete_key(&key).await? {
+                let change = self.service_event("DeleteKey", &key);
+                let deletion =
+                    async { Ok::<_, KeysError>(self.store.delete_key(&key).await?.then_some(())) };
+                if events.record(change, deletion).await?.is_some() {
                     tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
                     deleted += 1;
                 }
@@ -326,10 +334,22 @@ impl KeysDomain {
         }
     }
 
-    /// The scheduler's work: deletions and automatic rotations that are due.
-    pub async fn run_due_work(&self) -> Result<(usize, usize)> {
-        let deleted = self.delete_due_keys().await?;
-        let rotated = self.rotate_due_keys().await?;
+    /// The scheduler's work: deletions and automatic rotations that are due,
+    /// recorded in `events`.
+    pub async fn run_due_work(&self, events: &ServiceEvents) -> Result<(usize, usize)> {
+        let deleted = self.delete_due_keys(events).await?;
+        let rotated = self.rotate_due_keys(events).await?;
         Ok((deleted, rotated))
+    }
+
+    /// The service event of a change the scheduler makes to `key`.
+    pub(super) fn service_event(&self, name: &'static str, key: &KeyRecord) -> ServiceEvent {
+        ServiceEvent {
+            name,
+            account: key.account.to_string(),
+            resource_arn: self.key_arn(&key.account, &key.key_id),
+            resource_type: KEY_RESOURCE_TYPE,
+            details: serde_json::json!({ "keyId": key.key_id.as_str() }),
+        }
     }
 }

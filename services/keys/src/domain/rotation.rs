@@ -2,6 +2,7 @@
 //! backing key is kept, so ciphertexts made before a rotation decrypt forever.
 
 use coffer_crypto::MaterialId;
+use coffer_platform::audit::service::ServiceEvents;
 use coffer_platform::authz::Caller;
 
 use super::access::Access;
@@ -63,7 +64,8 @@ impl KeysDomain {
             caller,
             reference,
             KeyOperation::EnableRotation,
-            &Access::to("EnableKeyRotation"),
+            &Access::to("EnableKeyRotation")
+                .with_values("kms:RotationPeriodInDays", vec![period_days.to_string()]),
             |key, now_ms| {
                 self.ensure_rotatable(key, "EnableKeyRotation")?;
                 self.ensure_customer_managed(key, "EnableKeyRotation")?;
@@ -107,7 +109,8 @@ impl KeysDomain {
             .resolve(caller, reference, &Access::to("GetKeyRotationStatus"))
             .await?;
         self.check_state(&key, KeyOperation::RotationStatus)?;
-        self.ensure_rotatable(&key, "GetKeyRotationStatus")?;
+        // A key that cannot rotate automatically (asymmetric, HMAC) is not
+        // refused: its status is off, as KMS reports it.
         Ok(RotationStatus { key })
     }
 
@@ -170,9 +173,10 @@ impl KeysDomain {
         Ok(key)
     }
 
-    /// Rotates every key whose automatic rotation is due. A key updated
-    /// concurrently is left for the next run. Returns how many rotated.
-    pub async fn rotate_due_keys(&self) -> Result<usize> {
+    /// Rotates every key whose automatic rotation is due, each recorded as a
+    /// `RotateKey` service event. A key updated concurrently is left for the
+    /// next run. Returns how many rotated.
+    pub async fn rotate_due_keys(&self, events: &ServiceEvents) -> Result<usize> {
         const BATCH: u32 = 100;
         let mut rotated = 0;
         loop {
@@ -184,14 +188,18 @@ impl KeysDomain {
             let mut progressed = false;
             for key in due {
                 let key_id = key.key_id.clone();
-                match self.rotate(key, RotationType::Automatic).await {
-                    Ok(_) => {
-                        tracing::info!(key_id = %key_id, "rotated key material on schedule");
-                        rotated += 1;
-                        progressed = true;
+                let change = self.service_event("RotateKey", &key);
+                let rotation = async {
+                    match self.rotate(key, RotationType::Automatic).await {
+                        Ok(key) => Ok(Some(key)),
+                        Err(KeysError::Store(StoreError::Conflict)) => Ok(None),
+                        Err(other) => Err(other),
                     }
-                    Err(KeysError::Store(StoreError::Conflict)) => {}
-                    Err(other) => return Err(other),
+                };
+                if events.record(change, rotation).await?.is_some() {
+                    tracing::info!(key_id = %key_id, "rotated key material on schedule");
+                    rotated += 1;
+                    progressed = true;
                 }
             }
             if batch_len < BATCH as usize || !progressed {
