@@ -562,16 +562,48 @@ async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
             "InvalidKeyUsageException",
         );
     }
+    // An algorithm the key's spec does not support is the wrong key usage,
+    // HMAC_SHA_224 too (a KMS algorithm no Coffer key spec supports); a
+    // name KMS does not know is invalid.
     let wrong_algorithm_key = create(&mut client, "HMAC_256", "GENERATE_VERIFY_MAC").await?;
-    let outcome = client
-        .generate_mac(pb::GenerateMacRequest {
-            key_id: wrong_algorithm_key.key_id,
-            message: b"m".to_vec(),
-            mac_algorithm: "HMAC_SHA_512".into(),
-            ..Default::default()
+    for (algorithm, exception) in [
+        ("HMAC_SHA_512", "InvalidKeyUsageException"),
+        ("HMAC_SHA_224", "InvalidKeyUsageException"),
+        ("HMAC_SHA_1", "ValidationException"),
+    ] {
+        let generated = client
+            .generate_mac(pb::GenerateMacRequest {
+                key_id: wrong_algorithm_key.key_id.clone(),
+                message: b"m".to_vec(),
+                mac_algorithm: algorithm.into(),
+                ..Default::default()
+            })
+            .await;
+        let status = assert_error(generated, Code::InvalidArgument, exception);
+        if exception == "InvalidKeyUsageException" {
+            assert!(status.message().contains(algorithm), "{status:?}");
+        }
+        let verified = client
+            .verify_mac(pb::VerifyMacRequest {
+                key_id: wrong_algorithm_key.key_id.clone(),
+                message: b"m".to_vec(),
+                mac_algorithm: algorithm.into(),
+                mac: vec![0; 28],
+                ..Default::default()
+            })
+            .await;
+        assert_error(verified, Code::InvalidArgument, exception);
+    }
+    // No HMAC key rotates automatically; its status says so (as KMS answers
+    // for every key it cannot rotate).
+    let status = client
+        .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+            key_id: wrong_algorithm_key.arn.clone(),
         })
-        .await;
-    assert_error(outcome, Code::InvalidArgument, "InvalidKeyUsageException");
+        .await?
+        .into_inner();
+    assert!(!status.key_rotation_enabled);
+    assert_eq!(status.key_id, wrong_algorithm_key.arn);
 
     // An alias moves between HMAC keys of any spec (AWS's manual rotation),
     // never to a key of another kind.
@@ -783,6 +815,34 @@ async fn asymmetric_bad_input_gets_exact_errors(backend: Backend) -> anyhow::Res
         Code::InvalidArgument,
         "ValidationException",
     );
+    // Algorithms KMS has that Coffer's key specs do not support (ECDSA_SHA_512
+    // is P-521's, ED25519_SHA_512 Ed25519's) are not valid for this key,
+    // when signing and when verifying; a name KMS does not have is invalid.
+    for (algorithm, exception) in [
+        ("ECDSA_SHA_512", "InvalidKeyUsageException"),
+        ("ED25519_SHA_512", "InvalidKeyUsageException"),
+        ("ML_DSA_SHAKE_256", "InvalidKeyUsageException"),
+        ("ECDSA_SHA_1024", "ValidationException"),
+    ] {
+        let status = assert_error(
+            client.sign(sign(algorithm, b"m".to_vec(), "")).await,
+            Code::InvalidArgument,
+            exception,
+        );
+        if exception == "InvalidKeyUsageException" {
+            assert!(status.message().contains(algorithm), "{status:?}");
+        }
+        let verified = client
+            .verify(pb::VerifyRequest {
+                key_id: ecc.key_id.clone(),
+                message: b"m".to_vec(),
+                signature: vec![0; 64],
+                signing_algorithm: algorithm.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(verified, Code::InvalidArgument, exception);
+    }
     assert_error(
         client.sign(sign("ECDSA_SHA_256", Vec::new(), "")).await,
         Code::InvalidArgument,
@@ -844,6 +904,16 @@ async fn asymmetric_bad_input_gets_exact_errors(backend: Backend) -> anyhow::Res
         Code::InvalidArgument,
         "UnsupportedOperationException",
     );
+    // Its rotation status is off, with no period and no date.
+    let status = client
+        .get_key_rotation_status(pb::GetKeyRotationStatusRequest {
+            key_id: ecc.arn.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(!status.key_rotation_enabled);
+    assert_eq!(status.rotation_period_in_days, None);
+    assert_eq!(status.next_rotation_date, None);
 
     let rsa = create(&mut client, "RSA_2048", "ENCRYPT_DECRYPT").await?;
     let with_context = client

@@ -24,6 +24,7 @@ backend_tests!(
     cross_account_use_needs_both_sides,
     root_look_alikes_never_gain_root,
     condition_keys_come_from_the_request_and_the_connection,
+    condition_keys_name_what_a_request_asks_for,
 );
 
 const ALLOW_ALL: &str =
@@ -1730,5 +1731,202 @@ async fn condition_keys_come_from_the_request_and_the_connection(
         .into_inner()
         .plaintext;
     assert_eq!(plaintext, b"secret");
+    Ok(())
+}
+
+/// A key of `spec` and `usage` made by `admin` with `policy`, whose
+/// statements `{root}` and `{alice}` name account A's root and user alice.
+async fn key_with_policy(
+    admin: &mut KeysClient<Channel>,
+    spec: &str,
+    usage: &str,
+    statements: &str,
+) -> anyhow::Result<String> {
+    let root = format!("arn:coffer:iam::{ACCOUNT_A}:root");
+    let alice = format!("arn:coffer:iam::{ACCOUNT_A}:user/alice");
+    let statements = statements.replace("{alice}", &alice);
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Sid":"Admin","Effect":"Allow","Principal":{{"AWS":"{root}"}},"Action":"kms:*","Resource":"*"}},
+            {statements}]}}"#
+    );
+    Ok(admin
+        .create_key(pb::CreateKeyRequest {
+            key_spec: spec.into(),
+            key_usage: usage.into(),
+            policy,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .context("no metadata")?
+        .arn)
+}
+
+/// The condition keys of what a request asks for (an algorithm, a key pair
+/// spec, a rotation period, a waiting period, the alias it named, whether a
+/// ReEncrypt keeps its key) hold the request's values, or the parameter's
+/// default when the request leaves it out, so a policy can allow or deny by
+/// them.
+async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let symmetric = r#"
+        {"Effect":"Allow","Principal":{"AWS":"{alice}"},"Resource":"*",
+         "Action":["kms:DescribeKey","kms:Decrypt","kms:ReEncrypt*","kms:EnableKeyRotation","kms:ScheduleKeyDeletion"]},
+        {"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:Encrypt","Resource":"*",
+         "Condition":{"StringEquals":{"kms:EncryptionAlgorithm":"SYMMETRIC_DEFAULT","kms:RequestAlias":"alias/approved"}}},
+        {"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:GenerateDataKeyPair","Resource":"*",
+         "Condition":{"StringEquals":{"kms:DataKeyPairSpec":"ECC_NIST_P256","kms:EncryptionAlgorithm":"SYMMETRIC_DEFAULT"}}},
+        {"Effect":"Deny","Principal":"*","Action":"kms:EnableKeyRotation","Resource":"*",
+         "Condition":{"NumericLessThan":{"kms:RotationPeriodInDays":"180"}}},
+        {"Effect":"Deny","Principal":"*","Action":"kms:ScheduleKeyDeletion","Resource":"*",
+         "Condition":{"NumericLessThan":{"kms:ScheduleKeyDeletionPendingWindowInDays":"30"}}},
+        {"Effect":"Deny","Principal":"*","Action":"kms:ReEncrypt*","Resource":"*",
+         "Condition":{"Bool":{"kms:ReEncryptOnSameKey":"true"}}}"#;
+    let key = key_with_policy(&mut admin, "", "", symmetric).await?;
+    let other_key = key_with_policy(&mut admin, "", "", symmetric).await?;
+    for alias in ["alias/approved", "alias/other"] {
+        admin
+            .create_alias(pb::CreateAliasRequest {
+                alias_name: alias.into(),
+                target_key_id: key.clone(),
+            })
+            .await?;
+    }
+    let key_id = key.rsplit('/').next().context("a key id")?;
+    let alias_arn = key.replace(&format!("key/{key_id}"), "alias/approved");
+    fn denied<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, what: &str) {
+        let status = assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
+        assert!(status.message().contains("kms:"), "{what}: {status:?}");
+    }
+
+    // Encrypt only through alias/approved (its name or its ARN), with the
+    // default algorithm it never named.
+    let blob = encrypt_with(&mut alice, "alias/approved", &[], Vec::new()).await?;
+    encrypt_with(&mut alice, &alias_arn, &[], Vec::new()).await?;
+    denied(
+        encrypt_with(&mut alice, &key, &[], Vec::new()).await,
+        "by key ARN",
+    );
+    denied(
+        encrypt_with(&mut alice, "alias/other", &[], Vec::new()).await,
+        "by another alias",
+    );
+
+    // Data key pairs of one spec only.
+    let pair = |spec: &str| pb::GenerateDataKeyPairRequest {
+        key_id: key.clone(),
+        key_pair_spec: spec.into(),
+        ..Default::default()
+    };
+    alice.generate_data_key_pair(pair("ECC_NIST_P256")).await?;
+    denied(
+        alice.generate_data_key_pair(pair("RSA_2048")).await,
+        "key pair spec",
+    );
+
+    // A ReEncrypt to the same key (named by id or by alias) is refused on
+    // both halves' shared condition; to another key it is not.
+    let re_encrypt = |destination: &str| pb::ReEncryptRequest {
+        ciphertext_blob: blob.clone(),
+        destination_key_id: destination.into(),
+        ..Default::default()
+    };
+    for destination in [key.as_str(), key_id, "alias/approved"] {
+        denied(
+            alice.re_encrypt(re_encrypt(destination)).await,
+            "to the same key",
+        );
+    }
+    let moved = alice.re_encrypt(re_encrypt(&other_key)).await?.into_inner();
+    assert_eq!(moved.key_id, other_key);
+
+    // A rotation period and a waiting period below the policy's floors are
+    // refused; the defaults (365 and 30 days) pass.
+    let rotation = |days: Option<i32>| pb::EnableKeyRotationRequest {
+        key_id: key.clone(),
+        rotation_period_in_days: days,
+    };
+    denied(
+        alice.enable_key_rotation(rotation(Some(90))).await,
+        "period",
+    );
+    alice.enable_key_rotation(rotation(Some(180))).await?;
+    alice.enable_key_rotation(rotation(None)).await?;
+    let deletion = |days: Option<i32>| pb::ScheduleKeyDeletionRequest {
+        key_id: key.clone(),
+        pending_window_in_days: days,
+    };
+    denied(
+        alice.schedule_key_deletion(deletion(Some(7))).await,
+        "window",
+    );
+    let scheduled = alice
+        .schedule_key_deletion(deletion(None))
+        .await?
+        .into_inner();
+    assert_eq!(scheduled.pending_window_in_days, 30);
+
+    // Sign with one algorithm on raw messages only; RAW is the default.
+    let signing = key_with_policy(
+        &mut admin,
+        "RSA_2048",
+        "SIGN_VERIFY",
+        r#"{"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:DescribeKey","Resource":"*"},
+           {"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:Sign","Resource":"*",
+            "Condition":{"StringEquals":{"kms:SigningAlgorithm":"RSASSA_PSS_SHA_256","kms:MessageType":"RAW"}}}"#,
+    )
+    .await?;
+    let sign = |algorithm: &str, message_type: &str, message: Vec<u8>| pb::SignRequest {
+        key_id: signing.clone(),
+        message,
+        message_type: message_type.into(),
+        signing_algorithm: algorithm.into(),
+        ..Default::default()
+    };
+    alice
+        .sign(sign("RSASSA_PSS_SHA_256", "", b"m".to_vec()))
+        .await?;
+    alice
+        .sign(sign("RSASSA_PSS_SHA_256", "RAW", b"m".to_vec()))
+        .await?;
+    denied(
+        alice
+            .sign(sign("RSASSA_PKCS1_V1_5_SHA_256", "", b"m".to_vec()))
+            .await,
+        "signing algorithm",
+    );
+    denied(
+        alice
+            .sign(sign("RSASSA_PSS_SHA_256", "DIGEST", vec![7; 32]))
+            .await,
+        "message type",
+    );
+
+    // A MAC algorithm the policy denies is refused before the key's spec is
+    // looked at.
+    let mac_key = key_with_policy(
+        &mut admin,
+        "HMAC_256",
+        "GENERATE_VERIFY_MAC",
+        r#"{"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":["kms:DescribeKey","kms:GenerateMac"],"Resource":"*"},
+           {"Effect":"Deny","Principal":"*","Action":"kms:GenerateMac","Resource":"*",
+            "Condition":{"StringEquals":{"kms:MacAlgorithm":"HMAC_SHA_224"}}}"#,
+    )
+    .await?;
+    let mac = |algorithm: &str| pb::GenerateMacRequest {
+        key_id: mac_key.clone(),
+        message: b"m".to_vec(),
+        mac_algorithm: algorithm.into(),
+        ..Default::default()
+    };
+    alice.generate_mac(mac("HMAC_SHA_256")).await?;
+    denied(
+        alice.generate_mac(mac("HMAC_SHA_224")).await,
+        "MAC algorithm",
+    );
     Ok(())
 }

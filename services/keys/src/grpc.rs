@@ -23,7 +23,8 @@ use crate::domain::grants::{GrantPage, GrantToken, NewGrant, RetireTarget};
 use crate::domain::lifecycle::NewKey;
 use crate::domain::policies::DEFAULT_POLICY_NAME;
 use crate::domain::types::{
-    DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage, Tag,
+    DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage,
+    MacAlgorithmSpec, SigningAlgorithmSpec, Tag,
 };
 use crate::domain::{KEY_RESOURCE_TYPE, KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result, api_error};
@@ -714,18 +715,14 @@ fn bounded_days(
     Ok(days)
 }
 
-fn signing_algorithm(text: &str) -> Result<coffer_crypto::SigningAlgorithm> {
+fn signing_algorithm(text: &str) -> Result<SigningAlgorithmSpec> {
     if text.is_empty() {
         return Err(KeysError::validation("signing_algorithm", "is required"));
     }
-    coffer_crypto::SigningAlgorithm::parse(text).ok_or_else(|| {
-        let names: Vec<&str> = coffer_crypto::SigningAlgorithm::ALL
-            .iter()
-            .map(|a| a.as_str())
-            .collect();
+    SigningAlgorithmSpec::parse(text).ok_or_else(|| {
         KeysError::validation(
             "signing_algorithm",
-            format!("must be one of {}", names.join(", ")),
+            format!("must be one of {}", SigningAlgorithmSpec::names()),
         )
     })
 }
@@ -738,15 +735,11 @@ fn message_type(text: &str) -> Result<coffer_crypto::MessageType> {
         .ok_or_else(|| KeysError::validation("message_type", "must be RAW or DIGEST"))
 }
 
-fn mac_algorithm(text: &str) -> Result<coffer_crypto::MacAlgorithm> {
-    coffer_crypto::MacAlgorithm::parse(text).ok_or_else(|| {
-        let names: Vec<&str> = coffer_crypto::MacAlgorithm::ALL
-            .iter()
-            .map(|a| a.as_str())
-            .collect();
+fn mac_algorithm(text: &str) -> Result<MacAlgorithmSpec> {
+    MacAlgorithmSpec::parse(text).ok_or_else(|| {
         KeysError::validation(
             "mac_algorithm",
-            format!("must be one of {}", names.join(", ")),
+            format!("must be one of {}", MacAlgorithmSpec::names()),
         )
     })
 }
@@ -1149,6 +1142,7 @@ impl Keys for KeysGrpc {
                     algorithm,
                     &context,
                     "Decrypt",
+                    None,
                 )
                 .await
         }

@@ -18,13 +18,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use coffer_crypto::EncryptionContext;
-use coffer_platform::arn::AccountId;
+use coffer_platform::arn::{AccountId, ArnParts};
 use coffer_platform::authz::{AttachedPolicies, Caller, KeyFilter};
 use coffer_policy::{DecisionEffect, Policy, RequestContext};
 use serde_json::json;
 
 use super::KeysDomain;
-use super::types::KeyId;
+use super::types::{KeyId, KeyReference};
 use crate::error::{KeysError, Result};
 use crate::store::{ConstraintKind, GrantRecord, KeyRecord};
 
@@ -112,13 +112,48 @@ pub(crate) enum Reach {
     KeyOrAliasArn,
 }
 
+/// Condition keys of what a request asks for (KMS's names). A parameter
+/// the request leaves out has its default value, as in KMS.
+pub const ENCRYPTION_ALGORITHM: &str = "kms:EncryptionAlgorithm";
+pub const SIGNING_ALGORITHM: &str = "kms:SigningAlgorithm";
+pub const MESSAGE_TYPE: &str = "kms:MessageType";
+pub const MAC_ALGORITHM: &str = "kms:MacAlgorithm";
+pub const DATA_KEY_PAIR_SPEC: &str = "kms:DataKeyPairSpec";
+
+/// The actions whose condition context has `kms:RequestAlias` when the
+/// request names its key by an alias (KMS's cryptographic operations,
+/// DescribeKey and GetPublicKey).
+const REQUEST_ALIAS_ACTIONS: &[&str] = &[
+    "Decrypt",
+    "DescribeKey",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac",
+    "GetPublicKey",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "VerifyMac",
+];
+
 /// One permission check on a key: the KMS action (`Encrypt`) and what the
 /// request adds to the condition context.
 #[derive(Debug, Clone)]
 pub struct Access<'a> {
     action: &'static str,
     context: Option<&'a EncryptionContext>,
+    /// Request values known by name (`kms:EncryptionAlgorithm`), without
+    /// building a string for a check that does not read them.
+    fixed: Vec<(&'static str, &'static str)>,
     extra: Vec<(&'static str, Vec<String>)>,
+    /// ReEncrypt's other key, for `kms:ReEncryptOnSameKey`: the destination
+    /// key when the source is checked (`None` when the destination names no
+    /// key), and the reverse.
+    re_encrypt_with: Option<Option<(&'a AccountId, &'a KeyId)>>,
 }
 
 impl<'a> Access<'a> {
@@ -126,8 +161,39 @@ impl<'a> Access<'a> {
         Self {
             action,
             context: None,
+            fixed: Vec::new(),
             extra: Vec::new(),
+            re_encrypt_with: None,
         }
+    }
+
+    /// A request value of a fixed vocabulary, as `kms:SigningAlgorithm`.
+    pub fn with_value(mut self, key: &'static str, value: &'static str) -> Self {
+        self.fixed.push((key, value));
+        self
+    }
+
+    /// ReEncrypt's other key (see `re_encrypt_with`).
+    pub fn re_encrypting_with(mut self, other: Option<(&'a AccountId, &'a KeyId)>) -> Self {
+        self.re_encrypt_with = Some(other);
+        self
+    }
+
+    /// The same check with `kms:RequestAlias`, when `reference` is an alias
+    /// and the action is one that reads it: the alias's name, from an alias
+    /// ARN too (policies name aliases, never alias ARNs).
+    pub(crate) fn requested_by(&self, reference: &KeyReference) -> Option<Self> {
+        let KeyReference::Alias(text) = reference else {
+            return None;
+        };
+        if !REQUEST_ALIAS_ACTIONS.contains(&self.action) {
+            return None;
+        }
+        let name = ArnParts::parse(text).map_or(text.as_str(), |parts| parts.resource);
+        Some(
+            self.clone()
+                .with_values("kms:RequestAlias", vec![name.to_owned()]),
+        )
     }
 
     /// The request's encryption context: `kms:EncryptionContext:*`
@@ -318,10 +384,24 @@ impl KeysDomain {
                 );
             }
         }
+        for (name, value) in &access.fixed {
+            if filter.wants(name) {
+                request.add_value(name, *value);
+            }
+        }
         for (name, values) in &access.extra {
             if filter.wants(name) {
                 request.set_values(name, values.clone());
             }
+        }
+        if let Some(other) = access.re_encrypt_with
+            && filter.wants("kms:ReEncryptOnSameKey")
+        {
+            let same = other == Some((&key.account, &key.key_id));
+            request.add_value(
+                "kms:ReEncryptOnSameKey",
+                if same { "true" } else { "false" },
+            );
         }
         request
     }

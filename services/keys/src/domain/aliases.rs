@@ -72,17 +72,9 @@ impl KeysDomain {
         // The answer a refusal gets too (`missing`), so the two cannot be
         // told apart.
         let not_found = || self.missing(caller, &KeyReference::Alias(text.to_owned()));
-        let (owner, alias_name) = match ArnParts::parse(text) {
-            Some(parts) => {
-                let here = parts.partition == self.location.partition
-                    && parts.region == self.location.region;
-                let owner = AccountId::parse(parts.account)
-                    .filter(|owner| here && (owner == caller || other_accounts))
-                    .ok_or_else(not_found)?;
-                (owner, parts.resource)
-            }
-            None => (caller.clone(), text),
-        };
+        let (owner, alias_name) = self
+            .alias_owner(caller, text, other_accounts)
+            .ok_or_else(not_found)?;
         match self.store.get_alias(&owner, alias_name).await? {
             Some(alias) => self
                 .store
@@ -99,6 +91,50 @@ impl KeysDomain {
                 self.service_managed_key(caller, alias_name).await
             }
             None => Err(not_found()),
+        }
+    }
+
+    /// The account and name an alias reference (a name, or an alias ARN of
+    /// this partition and region) names, if the caller may name it.
+    fn alias_owner<'t>(
+        &self,
+        caller: &AccountId,
+        text: &'t str,
+        other_accounts: bool,
+    ) -> Option<(AccountId, &'t str)> {
+        match ArnParts::parse(text) {
+            Some(parts) => {
+                let here = parts.partition == self.location.partition
+                    && parts.region == self.location.region;
+                let owner = AccountId::parse(parts.account)
+                    .filter(|owner| here && (owner == caller || other_accounts))?;
+                Some((owner, parts.resource))
+            }
+            None => Some((caller.clone(), text)),
+        }
+    }
+
+    /// The account and id of the key `reference` names, if it names one,
+    /// found without authorizing anything or creating a service-managed key:
+    /// for condition values that compare keys (`kms:ReEncryptOnSameKey`).
+    pub(crate) async fn key_named(
+        &self,
+        caller: &AccountId,
+        reference: &KeyReference,
+    ) -> Result<Option<(AccountId, KeyId)>> {
+        match reference {
+            KeyReference::Id(key_id) => Ok(Some((caller.clone(), key_id.clone()))),
+            KeyReference::Arn {
+                account, key_id, ..
+            } => Ok(Some((account.clone(), key_id.clone()))),
+            KeyReference::Alias(text) => {
+                let Some((owner, alias_name)) = self.alias_owner(caller, text, true) else {
+                    return Ok(None);
+                };
+                let alias = self.store.get_alias(&owner, alias_name).await?;
+                Ok(alias.map(|alias| (owner, alias.target_key_id)))
+            }
+            KeyReference::Unknown(_) => Ok(None),
         }
     }
 

@@ -11,11 +11,16 @@ use coffer_crypto::{
 };
 use coffer_platform::authz::Caller;
 
-use super::access::Access;
+use super::access::{
+    Access, DATA_KEY_PAIR_SPEC, ENCRYPTION_ALGORITHM, MAC_ALGORITHM, MESSAGE_TYPE,
+    SIGNING_ALGORITHM,
+};
 
 use super::KeysDomain;
 use super::cache::LoadedMaterial;
-use super::types::{EncryptionAlgorithm, KeyReference, KeyUsage};
+use super::types::{
+    EncryptionAlgorithm, KeyReference, KeyUsage, MacAlgorithmSpec, SigningAlgorithmSpec,
+};
 use crate::error::{KeysError, Result};
 use crate::store::KeyRecord;
 
@@ -57,6 +62,24 @@ impl KeysDomain {
             key.key_spec,
             key.key_usage
         ))
+    }
+
+    /// The algorithm named `requested`, if Coffer implements it. KMS names
+    /// algorithms no key spec of Coffer's supports (`ECDSA_SHA_512`,
+    /// `ED25519_SHA_512`, `HMAC_SHA_224`, ...); like an implemented one that
+    /// the key's spec does not support, they are not valid for this key.
+    fn implemented<T>(
+        &self,
+        key: &KeyRecord,
+        requested: &'static str,
+        parse: fn(&str) -> Option<T>,
+    ) -> Result<T> {
+        parse(requested).ok_or_else(|| {
+            request_crypto_error(CryptoError::UnsupportedAlgorithm {
+                algorithm: requested,
+                key_spec: key.key_spec.as_str(),
+            })
+        })
     }
 
     async fn private_key(
@@ -105,15 +128,19 @@ impl KeysDomain {
         &self,
         caller: &Caller,
         reference: &KeyReference,
-        algorithm: SigningAlgorithm,
+        requested: SigningAlgorithmSpec,
         message_type: MessageType,
         message: Vec<u8>,
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self.resolve(caller, reference, &Access::to("Sign")).await?;
+        let access = Access::to("Sign")
+            .with_value(SIGNING_ALGORITHM, requested.as_str())
+            .with_value(MESSAGE_TYPE, message_type.as_str());
+        let key = self.resolve(caller, reference, &access).await?;
         self.ensure_usable(&key)?;
         if key.key_usage != KeyUsage::SignVerify {
             return Err(self.wrong_usage(&key, "Sign", KeyUsage::SignVerify));
         }
+        let algorithm = self.implemented(&key, requested.as_str(), SigningAlgorithm::parse)?;
         let private = self.private_key(&key, "Sign").await?;
         let signature = if private.key_spec().is_rsa() {
             self.off_worker(move || private.sign(algorithm, message_type, &message))
@@ -135,18 +162,20 @@ impl KeysDomain {
         &self,
         caller: &Caller,
         reference: &KeyReference,
-        algorithm: SigningAlgorithm,
+        requested: SigningAlgorithmSpec,
         message_type: MessageType,
         message: &[u8],
         signature: &[u8],
     ) -> Result<KeyRecord> {
-        let key = self
-            .resolve(caller, reference, &Access::to("Verify"))
-            .await?;
+        let access = Access::to("Verify")
+            .with_value(SIGNING_ALGORITHM, requested.as_str())
+            .with_value(MESSAGE_TYPE, message_type.as_str());
+        let key = self.resolve(caller, reference, &access).await?;
         self.ensure_usable(&key)?;
         if key.key_usage != KeyUsage::SignVerify {
             return Err(self.wrong_usage(&key, "Verify", KeyUsage::SignVerify));
         }
+        let algorithm = self.implemented(&key, requested.as_str(), SigningAlgorithm::parse)?;
         let private = self.private_key(&key, "Verify").await?;
         let valid = private
             .public_key()
@@ -163,14 +192,14 @@ impl KeysDomain {
         &self,
         caller: &Caller,
         reference: &KeyReference,
-        algorithm: MacAlgorithm,
+        requested: MacAlgorithmSpec,
         message: &[u8],
     ) -> Result<(KeyRecord, Vec<u8>)> {
-        let key = self
-            .resolve(caller, reference, &Access::to("GenerateMac"))
-            .await?;
+        let access = Access::to("GenerateMac").with_value(MAC_ALGORITHM, requested.as_str());
+        let key = self.resolve(caller, reference, &access).await?;
         self.ensure_usable(&key)?;
         let hmac = self.hmac_key(&key, "GenerateMac").await?;
+        let algorithm = self.implemented(&key, requested.as_str(), MacAlgorithm::parse)?;
         let mac = hmac
             .generate_mac(algorithm, message)
             .map_err(request_crypto_error)?;
@@ -182,15 +211,15 @@ impl KeysDomain {
         &self,
         caller: &Caller,
         reference: &KeyReference,
-        algorithm: MacAlgorithm,
+        requested: MacAlgorithmSpec,
         message: &[u8],
         mac: &[u8],
     ) -> Result<KeyRecord> {
-        let key = self
-            .resolve(caller, reference, &Access::to("VerifyMac"))
-            .await?;
+        let access = Access::to("VerifyMac").with_value(MAC_ALGORITHM, requested.as_str());
+        let key = self.resolve(caller, reference, &access).await?;
         self.ensure_usable(&key)?;
         let hmac = self.hmac_key(&key, "VerifyMac").await?;
+        let algorithm = self.implemented(&key, requested.as_str(), MacAlgorithm::parse)?;
         let valid = hmac
             .verify_mac(algorithm, message, mac)
             .map_err(request_crypto_error)?;
@@ -273,9 +302,14 @@ impl KeysDomain {
         pair_spec: AsymmetricKeySpec,
         context: &EncryptionContext,
     ) -> Result<DataKeyPair> {
-        let key = self
-            .resolve(caller, reference, &Access::to(action).with_context(context))
-            .await?;
+        let access = Access::to(action)
+            .with_context(context)
+            .with_value(
+                ENCRYPTION_ALGORITHM,
+                EncryptionAlgorithm::SymmetricDefault.as_str(),
+            )
+            .with_value(DATA_KEY_PAIR_SPEC, pair_spec.as_str());
+        let key = self.resolve(caller, reference, &access).await?;
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKeyPair")?;
         let pair = self

@@ -3,9 +3,10 @@
 use coffer_crypto::{
     AsymmetricKeySpec, EncryptionContext, Zeroizing, encrypt_symmetric, parse_blob, random_bytes,
 };
+use coffer_platform::arn::AccountId;
 use coffer_platform::authz::Caller;
 
-use super::access::Access;
+use super::access::{Access, ENCRYPTION_ALGORITHM};
 
 use super::KeysDomain;
 use super::types::{EncryptionAlgorithm, KeyId, KeyReference, KeyUsage};
@@ -67,7 +68,9 @@ impl KeysDomain {
             .resolve(
                 caller,
                 reference,
-                &Access::to("Encrypt").with_context(context),
+                &Access::to("Encrypt")
+                    .with_context(context)
+                    .with_value(ENCRYPTION_ALGORITHM, algorithm.as_str()),
             )
             .await?;
         self.ensure_usable(&key)?;
@@ -105,7 +108,9 @@ impl KeysDomain {
     /// key. Any blob that is malformed, names a key the caller cannot see,
     /// names an unknown material version, or fails authentication is
     /// `InvalidCiphertext`. `action` is `Decrypt`, or `ReEncryptFrom` for the
-    /// source half of ReEncrypt.
+    /// source half of ReEncrypt, whose `re_encrypt_to` is the key its
+    /// destination names (if it names one).
+    #[allow(clippy::too_many_arguments)]
     pub async fn decrypt(
         &self,
         caller: &Caller,
@@ -114,8 +119,14 @@ impl KeysDomain {
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
         action: &'static str,
+        re_encrypt_to: Option<Option<(&AccountId, &KeyId)>>,
     ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>)> {
-        let access = Access::to(action).with_context(context);
+        let mut access = Access::to(action)
+            .with_context(context)
+            .with_value(ENCRYPTION_ALGORITHM, algorithm.as_str());
+        if let Some(destination) = re_encrypt_to {
+            access = access.re_encrypting_with(destination);
+        }
         let named = match expected_key {
             Some(reference) => Some(self.resolve(caller, reference, &access).await?),
             None => None,
@@ -177,9 +188,11 @@ impl KeysDomain {
         length: usize,
         context: &EncryptionContext,
     ) -> Result<DataKey> {
-        let key = self
-            .resolve(caller, reference, &Access::to(action).with_context(context))
-            .await?;
+        let access = Access::to(action).with_context(context).with_value(
+            ENCRYPTION_ALGORITHM,
+            EncryptionAlgorithm::SymmetricDefault.as_str(),
+        );
+        let key = self.resolve(caller, reference, &access).await?;
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKey")?;
         let plaintext = random_bytes(length)?;
@@ -205,6 +218,9 @@ impl KeysDomain {
         destination_algorithm: EncryptionAlgorithm,
         destination_context: &EncryptionContext,
     ) -> Result<(KeyRecord, KeyRecord, Vec<u8>)> {
+        // The destination's key, for `kms:ReEncryptOnSameKey` when the source
+        // is checked; looked up without being created or authorized.
+        let named_destination = self.key_named(caller.account(), destination_key).await?;
         let (source, plaintext) = self
             .decrypt(
                 caller,
@@ -213,13 +229,21 @@ impl KeysDomain {
                 source_algorithm,
                 source_context,
                 "ReEncryptFrom",
+                Some(
+                    named_destination
+                        .as_ref()
+                        .map(|(account, key_id)| (account, key_id)),
+                ),
             )
             .await?;
         let destination = self
             .resolve(
                 caller,
                 destination_key,
-                &Access::to("ReEncryptTo").with_context(destination_context),
+                &Access::to("ReEncryptTo")
+                    .with_context(destination_context)
+                    .with_value(ENCRYPTION_ALGORITHM, destination_algorithm.as_str())
+                    .re_encrypting_with(Some((&source.account, &source.key_id))),
             )
             .await?;
         self.ensure_usable(&destination)?;

@@ -130,6 +130,8 @@ impl KeysDomain {
         let key = self
             .find_key(caller.account(), reference, access.reach())
             .await?;
+        let by_alias = access.requested_by(reference);
+        let access = by_alias.as_ref().unwrap_or(access);
         self.authorize_key(caller, &key, access, || {
             self.missing(caller.account(), reference)
         })

@@ -130,6 +130,39 @@ string_enum!(
 );
 
 string_enum!(
+    /// Every signing algorithm KMS names. Coffer's key specs support those
+    /// `coffer_crypto::SigningAlgorithm` implements; a key refuses any other
+    /// as one not valid for its key spec (InvalidKeyUsageException), as KMS
+    /// refuses `ECDSA_SHA_512` for an `ECC_NIST_P256` key.
+    SigningAlgorithmSpec {
+        RsassaPssSha256 => "RSASSA_PSS_SHA_256",
+        RsassaPssSha384 => "RSASSA_PSS_SHA_384",
+        RsassaPssSha512 => "RSASSA_PSS_SHA_512",
+        RsassaPkcs1V15Sha256 => "RSASSA_PKCS1_V1_5_SHA_256",
+        RsassaPkcs1V15Sha384 => "RSASSA_PKCS1_V1_5_SHA_384",
+        RsassaPkcs1V15Sha512 => "RSASSA_PKCS1_V1_5_SHA_512",
+        EcdsaSha256 => "ECDSA_SHA_256",
+        EcdsaSha384 => "ECDSA_SHA_384",
+        EcdsaSha512 => "ECDSA_SHA_512",
+        Sm2Dsa => "SM2DSA",
+        MlDsaShake256 => "ML_DSA_SHAKE_256",
+        Ed25519Sha512 => "ED25519_SHA_512",
+        Ed25519PhSha512 => "ED25519_PH_SHA_512",
+    }
+);
+
+string_enum!(
+    /// Every MAC algorithm KMS names; as with signing algorithms, one that
+    /// `coffer_crypto::MacAlgorithm` does not implement fits no key spec.
+    MacAlgorithmSpec {
+        HmacSha224 => "HMAC_SHA_224",
+        HmacSha256 => "HMAC_SHA_256",
+        HmacSha384 => "HMAC_SHA_384",
+        HmacSha512 => "HMAC_SHA_512",
+    }
+);
+
+string_enum!(
     /// How a material version came to be.
     RotationType {
         Automatic => "AUTOMATIC",
