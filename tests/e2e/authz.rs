@@ -1784,10 +1784,24 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
          "Condition":{"NumericLessThan":{"kms:RotationPeriodInDays":"180"}}},
         {"Effect":"Deny","Principal":"*","Action":"kms:ScheduleKeyDeletion","Resource":"*",
          "Condition":{"NumericLessThan":{"kms:ScheduleKeyDeletionPendingWindowInDays":"30"}}},
-        {"Effect":"Deny","Principal":"*","Action":"kms:ReEncrypt*","Resource":"*",
+        {"Effect":"Deny","Principal":"*","Action":"kms:{half}","Resource":"*",
          "Condition":{"Bool":{"kms:ReEncryptOnSameKey":"true"}}}"#;
-    let key = key_with_policy(&mut admin, "", "", symmetric).await?;
-    let other_key = key_with_policy(&mut admin, "", "", symmetric).await?;
+    // One key refuses a ReEncrypt onto itself on its source half, the other
+    // on its destination half.
+    let key = key_with_policy(
+        &mut admin,
+        "",
+        "",
+        &symmetric.replace("{half}", "ReEncryptFrom"),
+    )
+    .await?;
+    let other_key = key_with_policy(
+        &mut admin,
+        "",
+        "",
+        &symmetric.replace("{half}", "ReEncryptTo"),
+    )
+    .await?;
     for alias in ["alias/approved", "alias/other"] {
         admin
             .create_alias(pb::CreateAliasRequest {
@@ -1828,21 +1842,36 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
         "key pair spec",
     );
 
-    // A ReEncrypt to the same key (named by id or by alias) is refused on
-    // both halves' shared condition; to another key it is not.
-    let re_encrypt = |destination: &str| pb::ReEncryptRequest {
-        ciphertext_blob: blob.clone(),
+    // A ReEncrypt onto the same key, however the destination names it, is
+    // refused by the source key's half; onto another key it is not, and the
+    // other key's destination half refuses only a ReEncrypt onto itself.
+    let re_encrypt = |blob: &[u8], destination: &str| pb::ReEncryptRequest {
+        ciphertext_blob: blob.to_vec(),
         destination_key_id: destination.into(),
         ..Default::default()
     };
-    for destination in [key.as_str(), key_id, "alias/approved"] {
+    for destination in [key.as_str(), key_id, "alias/approved", alias_arn.as_str()] {
         denied(
-            alice.re_encrypt(re_encrypt(destination)).await,
-            "to the same key",
+            alice.re_encrypt(re_encrypt(&blob, destination)).await,
+            "onto the same key",
         );
     }
-    let moved = alice.re_encrypt(re_encrypt(&other_key)).await?.into_inner();
+    let moved = alice
+        .re_encrypt(re_encrypt(&blob, &other_key))
+        .await?
+        .into_inner();
     assert_eq!(moved.key_id, other_key);
+    denied(
+        alice
+            .re_encrypt(re_encrypt(&moved.ciphertext_blob, &other_key))
+            .await,
+        "onto the same key, destination half",
+    );
+    let back = alice
+        .re_encrypt(re_encrypt(&moved.ciphertext_blob, "alias/other"))
+        .await?
+        .into_inner();
+    assert_eq!(back.key_id, key);
 
     // A rotation period and a waiting period below the policy's floors are
     // refused; the defaults (365 and 30 days) pass.
@@ -1871,17 +1900,26 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     assert_eq!(scheduled.pending_window_in_days, 30);
 
     // Sign with one algorithm on raw messages only; RAW is the default.
+    // Alice may know of the key only by its alias: a refusal by any other
+    // name answers as a missing key does.
     let signing = key_with_policy(
         &mut admin,
         "RSA_2048",
         "SIGN_VERIFY",
-        r#"{"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:DescribeKey","Resource":"*"},
+        r#"{"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:DescribeKey","Resource":"*",
+            "Condition":{"StringEquals":{"kms:RequestAlias":"alias/signer"}}},
            {"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:Sign","Resource":"*",
             "Condition":{"StringEquals":{"kms:SigningAlgorithm":"RSASSA_PSS_SHA_256","kms:MessageType":"RAW"}}}"#,
     )
     .await?;
+    admin
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/signer".into(),
+            target_key_id: signing.clone(),
+        })
+        .await?;
     let sign = |algorithm: &str, message_type: &str, message: Vec<u8>| pb::SignRequest {
-        key_id: signing.clone(),
+        key_id: "alias/signer".into(),
         message,
         message_type: message_type.into(),
         signing_algorithm: algorithm.into(),
@@ -1904,6 +1942,15 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
             .sign(sign("RSASSA_PSS_SHA_256", "DIGEST", vec![7; 32]))
             .await,
         "message type",
+    );
+    let by_arn = pb::SignRequest {
+        key_id: signing.clone(),
+        ..sign("RSASSA_PKCS1_V1_5_SHA_256", "", b"m".to_vec())
+    };
+    assert_error(
+        alice.sign(by_arn).await,
+        Code::NotFound,
+        "NotFoundException",
     );
 
     // A MAC algorithm the policy denies is refused before the key's spec is

@@ -55,6 +55,13 @@ async fn service_events(
         assert!(event["responseElements"].is_null(), "{event:#}");
         assert!(event.get("errorCode").is_none(), "{event:#}");
         assert_eq!(event["readOnly"], false, "{event:#}");
+        // No one asked for it: no request id, no caller's identity type.
+        assert!(event.get("requestID").is_none(), "{event:#}");
+        assert!(event["userIdentity"].get("type").is_none(), "{event:#}");
+        assert_eq!(
+            event["userIdentity"]["invokedBy"], event["eventSource"],
+            "{event:#}"
+        );
     }
     Ok(events)
 }
@@ -835,6 +842,10 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     assert_eq!(rotations(&mut client).await?.len(), 1);
     let rotated = service_events(&harness, "RotateKey", &key.arn).await?;
     assert_eq!(rotated.len(), 1);
+    assert_eq!(
+        rotated[0]["serviceEventDetails"]["rotationType"],
+        "AUTOMATIC"
+    );
     wait_for(
         "the outbox kept a service event's row",
         Duration::from_secs(20),

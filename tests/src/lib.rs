@@ -464,7 +464,6 @@ impl Harness {
     }
 }
 
-/// The request id Coffer returned with a response or error.
 /// Polls `done` every 100 ms until it says true; fails with `what` after
 /// `limit`.
 pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F) -> anyhow::Result<()>
@@ -480,6 +479,7 @@ where
     Ok(())
 }
 
+/// The request id Coffer returned with a response or error.
 pub fn request_id_of(metadata: &tonic::metadata::MetadataMap) -> String {
     metadata
         .get(coffer_platform::call::REQUEST_ID_HEADER)

@@ -28,8 +28,9 @@ use serde_json::Value;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct UserIdentity {
-    /// `IAMUser`, `AssumedRole`, `CofferService` or `Unknown`.
-    #[serde(rename = "type")]
+    /// `IAMUser`, `AssumedRole`, `CofferService` or `Unknown`; none for a
+    /// service's own change (an `AwsServiceEvent`), as in CloudTrail.
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
     pub identity_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal_id: Option<String>,
@@ -83,7 +84,8 @@ pub struct AuditEvent {
     pub error_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
-    #[serde(rename = "requestID")]
+    /// None for a service's own change, which no request asked for.
+    #[serde(rename = "requestID", skip_serializing_if = "String::is_empty")]
     pub request_id: String,
     pub read_only: bool,
     pub resources: Vec<AuditResource>,
@@ -94,6 +96,8 @@ pub struct AuditEvent {
     /// What a service's own change (an `AwsServiceEvent`) was about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_event_details: Option<Value>,
+    /// None for a service's own change, which is part of no trace.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub trace_id: String,
 }
 

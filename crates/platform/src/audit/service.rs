@@ -1,8 +1,9 @@
 //! Changes a service makes on its own, for no caller: a key rotated on its
 //! schedule, a key destroyed when its waiting period ends. CloudTrail
 //! records them as `AwsServiceEvent`s (`RotateKey`, `DeleteKey`), with no
-//! request, the service as the one who acted and the resource's account as
-//! the recipient.
+//! request (no requestID, no trace), the service as the one who acted
+//! (`invokedBy`, with no identity type) and the resource's account as the
+//! recipient.
 //!
 //! They are audited as a state-changing call is: in `required` mode the
 //! event is written to the service's outbox in the transaction that makes
@@ -94,7 +95,7 @@ impl ServiceEvents {
             source_ip_address: self.event_source.clone(),
             user_agent: self.event_source.clone(),
             user_identity: UserIdentity {
-                identity_type: "CofferService".into(),
+                identity_type: String::new(),
                 principal_id: None,
                 arn: None,
                 account_id: Some(change.account.clone()),

@@ -146,10 +146,14 @@ const REQUEST_ALIAS_ACTIONS: &[&str] = &[
 pub struct Access<'a> {
     action: &'static str,
     context: Option<&'a EncryptionContext>,
-    /// Request values known by name (`kms:EncryptionAlgorithm`), without
-    /// building a string for a check that does not read them.
-    fixed: Vec<(&'static str, &'static str)>,
+    /// Request values of a fixed vocabulary (`kms:EncryptionAlgorithm`): no
+    /// allocation on the data plane for a check that does not read them. A
+    /// request has at most two (Sign's algorithm and message type); any
+    /// more would go to `extra`.
+    fixed: [Option<(&'static str, &'static str)>; 2],
     extra: Vec<(&'static str, Vec<String>)>,
+    /// `kms:RequestAlias`: the alias the request named its key by.
+    request_alias: Option<String>,
     /// ReEncrypt's other key, for `kms:ReEncryptOnSameKey`: the destination
     /// key when the source is checked (`None` when the destination names no
     /// key), and the reverse.
@@ -161,15 +165,19 @@ impl<'a> Access<'a> {
         Self {
             action,
             context: None,
-            fixed: Vec::new(),
+            fixed: [None; 2],
             extra: Vec::new(),
+            request_alias: None,
             re_encrypt_with: None,
         }
     }
 
     /// A request value of a fixed vocabulary, as `kms:SigningAlgorithm`.
     pub fn with_value(mut self, key: &'static str, value: &'static str) -> Self {
-        self.fixed.push((key, value));
+        match self.fixed.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some((key, value)),
+            None => self.extra.push((key, vec![value.to_owned()])),
+        }
         self
     }
 
@@ -190,10 +198,17 @@ impl<'a> Access<'a> {
             return None;
         }
         let name = ArnParts::parse(text).map_or(text.as_str(), |parts| parts.resource);
-        Some(
-            self.clone()
-                .with_values("kms:RequestAlias", vec![name.to_owned()]),
-        )
+        let mut access = self.clone();
+        access.request_alias = Some(name.to_owned());
+        Some(access)
+    }
+
+    /// The DescribeKey check of the same request: whether its caller may
+    /// know the key exists (by the alias it named, too).
+    fn describing(&self) -> Access<'static> {
+        let mut describe = Access::to("DescribeKey");
+        describe.request_alias.clone_from(&self.request_alias);
+        describe
     }
 
     /// The request's encryption context: `kms:EncryptionContext:*`
@@ -384,7 +399,7 @@ impl KeysDomain {
                 );
             }
         }
-        for (name, value) in &access.fixed {
+        for (name, value) in access.fixed.iter().flatten() {
             if filter.wants(name) {
                 request.add_value(name, *value);
             }
@@ -393,6 +408,11 @@ impl KeysDomain {
             if filter.wants(name) {
                 request.set_values(name, values.clone());
             }
+        }
+        if let Some(alias) = &access.request_alias
+            && filter.wants("kms:RequestAlias")
+        {
+            request.add_value("kms:RequestAlias", alias.clone());
         }
         if let Some(other) = access.re_encrypt_with
             && filter.wants("kms:ReEncryptOnSameKey")
@@ -442,7 +462,7 @@ impl KeysDomain {
             .denied(&access.iam_action(), &key_arn, effect)
             .message;
         let visible = access.action != "DescribeKey" && {
-            let describe = Access::to("DescribeKey");
+            let describe = access.describing();
             match self.policy_effect(caller, key, &describe)? {
                 DecisionEffect::Allowed => true,
                 DecisionEffect::ExplicitDeny => false,

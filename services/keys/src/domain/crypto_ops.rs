@@ -20,6 +20,23 @@ pub struct DataKey {
     pub ciphertext_blob: Vec<u8>,
 }
 
+/// The check of a Decrypt, or of ReEncrypt's source half (`ReEncryptFrom`,
+/// with the key the destination names).
+fn decrypt_access<'a>(
+    action: &'static str,
+    context: &'a EncryptionContext,
+    algorithm: EncryptionAlgorithm,
+    re_encrypt_to: Option<Option<(&'a AccountId, &'a KeyId)>>,
+) -> Access<'a> {
+    let access = Access::to(action)
+        .with_context(context)
+        .with_value(ENCRYPTION_ALGORITHM, algorithm.as_str());
+    match re_encrypt_to {
+        Some(destination) => access.re_encrypting_with(destination),
+        None => access,
+    }
+}
+
 impl KeysDomain {
     fn ensure_algorithm(&self, key: &KeyRecord, algorithm: EncryptionAlgorithm) -> Result<()> {
         if algorithm != EncryptionAlgorithm::SymmetricDefault {
@@ -121,12 +138,7 @@ impl KeysDomain {
         action: &'static str,
         re_encrypt_to: Option<Option<(&AccountId, &KeyId)>>,
     ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>)> {
-        let mut access = Access::to(action)
-            .with_context(context)
-            .with_value(ENCRYPTION_ALGORITHM, algorithm.as_str());
-        if let Some(destination) = re_encrypt_to {
-            access = access.re_encrypting_with(destination);
-        }
+        let access = decrypt_access(action, context, algorithm, re_encrypt_to);
         let named = match expected_key {
             Some(reference) => Some(self.resolve(caller, reference, &access).await?),
             None => None,
@@ -246,6 +258,27 @@ impl KeysDomain {
                     .re_encrypting_with(Some((&source.account, &source.key_id))),
             )
             .await?;
+        let resolved = Some((&destination.account, &destination.key_id));
+        if resolved
+            != named_destination
+                .as_ref()
+                .map(|(account, key_id)| (account, key_id))
+        {
+            // The destination's alias moved between the two lookups: the
+            // source is checked again, against the key the data will go to.
+            let mut access = decrypt_access(
+                "ReEncryptFrom",
+                source_context,
+                source_algorithm,
+                Some(resolved),
+            );
+            let by_alias = source_key.and_then(|reference| access.requested_by(reference));
+            if let Some(by_alias) = by_alias {
+                access = by_alias;
+            }
+            self.authorize_key(caller, &source, &access, || KeysError::InvalidCiphertext)
+                .await?;
+        }
         self.ensure_usable(&destination)?;
         let blob = self
             .encrypt_by_kind(

@@ -188,7 +188,8 @@ impl KeysDomain {
             let mut progressed = false;
             for key in due {
                 let key_id = key.key_id.clone();
-                let change = self.service_event("RotateKey", &key);
+                let mut change = self.service_event("RotateKey", &key);
+                change.details["rotationType"] = RotationType::Automatic.as_str().into();
                 let rotation = async {
                     match self.rotate(key, RotationType::Automatic).await {
                         Ok(key) => Ok(Some(key)),
