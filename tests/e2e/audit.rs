@@ -6,12 +6,13 @@ use base64::engine::general_purpose::STANDARD;
 use coffer_tests::{
     ACCOUNT_A, Backend, Harness, Options, backend_tests, keys_pb as pb, request_id_of,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 backend_tests!(
     every_rpc_emits_exactly_one_event,
     no_plaintext_in_events_or_logs,
-    a_client_calling_in_sequence_never_waits_for_gathering
+    a_client_calling_in_sequence_never_waits_for_gathering,
+    events_have_cloudtrail_shapes,
 );
 
 async fn single_event(harness: &Harness, request_id: &str) -> anyhow::Result<Value> {
@@ -325,5 +326,114 @@ async fn a_client_calling_in_sequence_never_waits_for_gathering(
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 6
     );
+    Ok(())
+}
+
+/// Events hold what CloudTrail's records of the same calls hold: only the
+/// parameters a request sent (an omitted encryption algorithm as the
+/// `SYMMETRIC_DEFAULT` it means), an alias and its key as resources, and
+/// the response elements KMS records.
+async fn events_have_cloudtrail_shapes(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+
+    let created = client.create_key(pb::CreateKeyRequest::default()).await?;
+    let event = single_event(&harness, &request_id_of(created.metadata())).await?;
+    let metadata = created
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let key = metadata.arn.clone();
+    let recorded = &event["responseElements"]["keyMetadata"];
+    assert_eq!(recorded["aWSAccountId"], ACCOUNT_A, "{event:#}");
+    assert_eq!(recorded["arn"], key.as_str());
+    assert_eq!(recorded["enabled"], true);
+    assert_eq!(recorded["keyManager"], "CUSTOMER");
+    assert_eq!(recorded["customerMasterKeySpec"], "SYMMETRIC_DEFAULT");
+    assert_eq!(
+        recorded["encryptionAlgorithms"],
+        json!(["SYMMETRIC_DEFAULT"])
+    );
+    assert!(recorded.get("signingAlgorithms").is_none(), "{event:#}");
+    assert!(
+        recorded["creationDate"]
+            .as_str()
+            .is_some_and(|date| date.ends_with('Z')),
+        "{event:#}"
+    );
+    // Nothing was sent but the defaults: no request parameters but those.
+    assert_eq!(
+        event["requestParameters"],
+        json!({"multiRegion": false, "bypassPolicyLockoutSafetyCheck": false}),
+        "{event:#}"
+    );
+
+    let encrypted = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key.clone(),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    let event = single_event(&harness, &request_id_of(encrypted.metadata())).await?;
+    assert_eq!(
+        event["requestParameters"],
+        json!({"keyId": key, "encryptionAlgorithm": "SYMMETRIC_DEFAULT"}),
+    );
+
+    let listed = client
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await?;
+    let event = single_event(&harness, &request_id_of(listed.metadata())).await?;
+    assert_eq!(event["requestParameters"], Value::Null, "{event:#}");
+
+    // An alias and its key, the alias first.
+    let key_id = metadata.key_id.clone();
+    let alias_arn = key.replace(&format!("key/{key_id}"), "alias/shaped");
+    let alias_created = client
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/shaped".into(),
+            target_key_id: key_id.clone(),
+        })
+        .await?;
+    let deleted = client
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: "alias/shaped".into(),
+        })
+        .await?;
+    for response in [alias_created.metadata(), deleted.metadata()] {
+        let event = single_event(&harness, &request_id_of(response)).await?;
+        let resources: Vec<&str> = event["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|resource| resource["ARN"].as_str())
+            .collect();
+        assert_eq!(resources, [alias_arn.as_str(), key.as_str()], "{event:#}");
+    }
+
+    // ScheduleKeyDeletion's date as a date; CancelKeyDeletion's key.
+    let scheduled = client
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: key_id.clone(),
+            pending_window_in_days: None,
+        })
+        .await?;
+    let event = single_event(&harness, &request_id_of(scheduled.metadata())).await?;
+    assert_eq!(event["requestParameters"], json!({"keyId": key_id}));
+    assert_eq!(event["responseElements"]["keyState"], "PendingDeletion");
+    assert!(
+        event["responseElements"]["deletionDate"]
+            .as_str()
+            .is_some_and(|date| date.ends_with('Z')),
+        "{event:#}"
+    );
+    let cancelled = client
+        .cancel_key_deletion(pb::CancelKeyDeletionRequest {
+            key_id: key_id.clone(),
+        })
+        .await?;
+    let event = single_event(&harness, &request_id_of(cancelled.metadata())).await?;
+    assert_eq!(event["responseElements"], json!({"keyId": key}));
     Ok(())
 }

@@ -25,6 +25,7 @@ backend_tests!(
     root_look_alikes_never_gain_root,
     condition_keys_come_from_the_request_and_the_connection,
     condition_keys_name_what_a_request_asks_for,
+    tags_and_aliases_are_authorized_as_resources,
 );
 
 const ALLOW_ALL: &str =
@@ -1975,5 +1976,168 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
         alice.generate_mac(mac("HMAC_SHA_224")).await,
         "MAC algorithm",
     );
+    Ok(())
+}
+
+/// Tags and aliases are authorized as AWS authorizes them: tags given to
+/// CreateKey need `kms:TagResource` too, TagResource and UntagResource see
+/// `aws:RequestTag/*` and `aws:TagKeys`, and the alias operations need the
+/// caller's identity policies to allow them on the alias itself.
+async fn tags_and_aliases_are_authorized_as_resources(backend: Backend) -> anyhow::Result<()> {
+    let creator = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Action":["kms:CreateKey","kms:DescribeKey"],"Resource":"*"}]}"#;
+    let tagger = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Action":["kms:CreateKey","kms:DescribeKey","kms:TagResource","kms:UntagResource"],"Resource":"*"},
+        {"Effect":"Deny","Action":"kms:TagResource","Resource":"*",
+         "Condition":{"StringEquals":{"aws:RequestTag/env":"prod"}}},
+        {"Effect":"Deny","Action":"kms:UntagResource","Resource":"*",
+         "Condition":{"ForAnyValue:StringEquals":{"aws:TagKeys":["owner"]}}},
+        {"Effect":"Allow","Action":["kms:CreateAlias","kms:UpdateAlias","kms:DeleteAlias"],
+         "Resource":["arn:coffer:kms:*:*:alias/team-*","arn:coffer:kms:*:*:key/*"]}]}"#;
+    let yaml = |name: &str, user: &str, policy: &str| {
+        format!(
+            "    - name: {name}\n      principals: [\"arn:coffer:iam::*:user/{user}\"]\n      policy: '{}'\n",
+            policy.replace('\n', " ")
+        )
+    };
+    let options = Options {
+        authorization: format!(
+            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n{}{}{}",
+            yaml("admins", "admin", ALLOW_ALL),
+            yaml("creator", "creator", creator),
+            yaml("tagger", "tagger", tagger),
+        ),
+        ..Options::default()
+    };
+    let harness = Harness::start_with(backend, options).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let mut creator = harness.keys_for(ACCOUNT_A, "creator").await?;
+    let mut tagger = harness.keys_for(ACCOUNT_A, "tagger").await?;
+    fn denied<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, action: &str) {
+        let status = assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
+        assert!(status.message().contains(action), "{action}: {status:?}");
+    }
+    let tag = |key: &str, value: &str| coffer_proto::common::v1::Tag {
+        tag_key: key.into(),
+        tag_value: value.into(),
+    };
+    let create_tagged = |tags: Vec<coffer_proto::common::v1::Tag>| pb::CreateKeyRequest {
+        tags,
+        ..Default::default()
+    };
+
+    // Tags at creation are a TagResource too.
+    creator.create_key(create_tagged(Vec::new())).await?;
+    denied(
+        creator
+            .create_key(create_tagged(vec![tag("env", "dev")]))
+            .await,
+        "kms:TagResource",
+    );
+    let key = tagger
+        .create_key(create_tagged(vec![tag("env", "dev")]))
+        .await?
+        .into_inner()
+        .key_metadata
+        .context("no metadata")?
+        .arn;
+    denied(
+        tagger
+            .create_key(create_tagged(vec![tag("env", "prod")]))
+            .await,
+        "kms:TagResource",
+    );
+
+    // TagResource by the tags it adds, UntagResource by the keys it removes.
+    let tag_key = |tags: Vec<coffer_proto::common::v1::Tag>| pb::TagResourceRequest {
+        key_id: key.clone(),
+        tags,
+    };
+    denied(
+        tagger.tag_resource(tag_key(vec![tag("env", "prod")])).await,
+        "kms:TagResource",
+    );
+    tagger
+        .tag_resource(tag_key(vec![tag("owner", "team"), tag("env", "test")]))
+        .await?;
+    let untag = |keys: &[&str]| pb::UntagResourceRequest {
+        key_id: key.clone(),
+        tag_keys: keys.iter().map(|key| (*key).to_owned()).collect(),
+    };
+    denied(
+        tagger.untag_resource(untag(&["env", "owner"])).await,
+        "kms:UntagResource",
+    );
+    tagger.untag_resource(untag(&["env"])).await?;
+
+    // Aliases by their names: team-* only.
+    let other_key = create_key(&mut admin, "", "").await?;
+    let create_alias = |name: &str, target: &str| pb::CreateAliasRequest {
+        alias_name: name.into(),
+        target_key_id: target.into(),
+    };
+    tagger
+        .create_alias(create_alias("alias/team-x", &key))
+        .await?;
+    denied(
+        tagger.create_alias(create_alias("alias/other", &key)).await,
+        "kms:CreateAlias",
+    );
+    admin
+        .create_alias(create_alias("alias/other", &key))
+        .await?;
+    tagger
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/team-x".into(),
+            target_key_id: other_key.clone(),
+        })
+        .await?;
+    denied(
+        tagger
+            .update_alias(pb::UpdateAliasRequest {
+                alias_name: "alias/other".into(),
+                target_key_id: other_key.clone(),
+            })
+            .await,
+        "kms:UpdateAlias",
+    );
+    denied(
+        tagger
+            .delete_alias(pb::DeleteAliasRequest {
+                alias_name: "alias/other".into(),
+            })
+            .await,
+        "kms:DeleteAlias",
+    );
+    tagger
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: "alias/team-x".into(),
+        })
+        .await?;
+    // What stands is what the refusals left.
+    let aliases = admin
+        .list_aliases(pb::ListAliasesRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .aliases;
+    assert_eq!(
+        aliases
+            .iter()
+            .map(|alias| alias.alias_name.as_str())
+            .collect::<Vec<_>>(),
+        ["alias/other"]
+    );
+    let tags = admin
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .tags;
+    assert_eq!(tags, [tag("owner", "team")]);
     Ok(())
 }

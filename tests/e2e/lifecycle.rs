@@ -836,6 +836,26 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     assert_eq!(after_automatic.len(), 1);
     assert_eq!(after_automatic[0].rotation_type, "AUTOMATIC");
     assert_eq!(after_automatic[0].key_material_id.len(), 32);
+    // DescribeKey names the material now current: the rotation's.
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    assert_eq!(
+        described.current_key_material_id,
+        after_automatic[0].key_material_id
+    );
+    assert_eq!(key.current_key_material_id.len(), 32);
+    assert_ne!(
+        key.current_key_material_id,
+        described.current_key_material_id
+    );
+    assert_eq!(described.customer_master_key_spec, "SYMMETRIC_DEFAULT");
     // Running again at the same time does not rotate twice; the rotation
     // is in the trail once, as KMS's RotateKey service event.
     harness.run_maintenance().await?;

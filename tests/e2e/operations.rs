@@ -365,7 +365,11 @@ async fn abandoned_data_plane_calls_are_audited_once(backend: Backend) -> anyhow
         .filter(|event| event["eventName"] == "GenerateDataKeyPair")
         .collect();
     assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(events[0]["errorCode"], "RequestCanceledException");
+    assert_eq!(
+        events[0]["errorCode"], "RequestCanceledException",
+        "{:#}",
+        events[0]
+    );
     assert_eq!(events[0]["userIdentity"]["userName"], "alice");
     assert_eq!(events[0]["requestParameters"]["keyPairSpec"], "RSA_4096");
     Ok(())

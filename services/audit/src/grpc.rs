@@ -350,7 +350,7 @@ impl Audit for AuditGrpc {
             })).collect::<Vec<_>>(),
             "startTime": message.start_time.as_ref().map(millis_of),
             "endTime": message.end_time.as_ref().map(millis_of),
-            "maxResults": message.max_results,
+            "maxResults": (message.max_results != 0).then_some(message.max_results),
         }));
         let caller = authorize(&call, "cloudtrail:LookupEvents", "*")?;
         let scope = lookup_scope(&message);
@@ -601,7 +601,8 @@ impl Audit for AuditGrpc {
         let message = request.into_inner();
         call.audit().request_parameters(json!({
             "namePrefix": message.name_prefix,
-            "limit": message.limit,
+            // Protobuf's 0 is a limit left out.
+            "limit": (message.limit != 0).then_some(message.limit),
         }));
         let caller = authorize(&call, "events:ListRules", "*")?;
         let limit = list_limit(message.limit).map_err(|error| call.fail(error))?;

@@ -12,6 +12,7 @@ use coffer_crypto::{EncryptionContext, Zeroizing};
 use coffer_platform::arn::{AccountId, ArnParts};
 use coffer_platform::authz::Caller;
 use coffer_platform::call::CallContext;
+use coffer_platform::telemetry::rfc3339_at;
 use coffer_proto::keys::v1 as pb;
 use pb::keys_server::Keys;
 use serde_json::json;
@@ -61,6 +62,17 @@ impl KeysGrpc {
             self.domain.key_arn(&key.account, &key.key_id),
             key.account.to_string(),
             KEY_RESOURCE_TYPE,
+        );
+    }
+
+    /// Names an alias of the caller's account in the call's event, first
+    /// (before its key, as CloudTrail lists them) and before anything is
+    /// written, so the outbox copy names it too.
+    fn record_alias(&self, call: &CallContext, caller: &Caller, name: &str) {
+        call.audit().resource(
+            self.domain.alias_arn(caller.account(), name),
+            caller.account().to_string(),
+            ALIAS_RESOURCE_TYPE,
         );
     }
 
@@ -145,7 +157,43 @@ impl KeysGrpc {
                 .filter(|_| key.key_state == KeyState::PendingReplicaDeletion),
             signing_algorithms,
             mac_algorithms,
+            customer_master_key_spec: key.key_spec.to_string(),
+            current_key_material_id: key
+                .current_material_id
+                .filter(|_| key.key_spec == KeySpec::SymmetricDefault)
+                .map(|material| material.to_hex())
+                .unwrap_or_default(),
         }
+    }
+
+    /// A key's metadata as a CloudTrail record shows it (CreateKey's
+    /// response elements): dates as RFC 3339, lists only where they apply.
+    fn metadata_for_audit(metadata: &pb::KeyMetadata) -> serde_json::Value {
+        let mut recorded = json!({
+            "aWSAccountId": metadata.aws_account_id,
+            "keyId": metadata.key_id,
+            "arn": metadata.arn,
+            "creationDate": metadata.creation_date.map(|date| rfc3339_at(date.seconds)),
+            "enabled": metadata.enabled,
+            "description": metadata.description,
+            "keyUsage": metadata.key_usage,
+            "keyState": metadata.key_state,
+            "origin": metadata.origin,
+            "keyManager": metadata.key_manager,
+            "keySpec": metadata.key_spec,
+            "customerMasterKeySpec": metadata.customer_master_key_spec,
+            "multiRegion": metadata.multi_region,
+        });
+        for (field, values) in [
+            ("encryptionAlgorithms", &metadata.encryption_algorithms),
+            ("signingAlgorithms", &metadata.signing_algorithms),
+            ("macAlgorithms", &metadata.mac_algorithms),
+        ] {
+            if !values.is_empty() {
+                recorded[field] = json!(values);
+            }
+        }
+        recorded
     }
 }
 
@@ -577,6 +625,21 @@ fn list_marker(marker: &str) -> Result<Option<KeyId>> {
         .ok_or(KeysError::InvalidMarker)
 }
 
+/// A list call's `Limit` as sent: protobuf's 0 is a limit left out.
+fn limit_sent(limit: i32) -> Option<i32> {
+    (limit != 0).then_some(limit)
+}
+
+/// The encryption algorithm a request used: `SYMMETRIC_DEFAULT` when it
+/// named none, as CloudTrail records it.
+fn algorithm_for_audit(text: &str) -> &str {
+    if text.is_empty() {
+        EncryptionAlgorithm::SymmetricDefault.as_str()
+    } else {
+        text
+    }
+}
+
 /// The whole context, values included: they may be sensitive to some
 /// users, but AWS logs the whole context, and so do we.
 fn context_for_audit(pairs: &std::collections::HashMap<String, String>) -> serde_json::Value {
@@ -985,10 +1048,8 @@ impl Keys for KeysGrpc {
             Ok(key) => {
                 self.record_key(&call, &key);
                 let metadata = self.metadata(&key);
-                call.audit().response_elements(json!({"keyMetadata": {
-                    "keyId": metadata.key_id, "arn": metadata.arn, "keyState": metadata.key_state,
-                    "keySpec": metadata.key_spec, "keyUsage": metadata.key_usage, "origin": metadata.origin,
-                }}));
+                call.audit()
+                    .response_elements(json!({"keyMetadata": Self::metadata_for_audit(&metadata)}));
                 Ok(Response::new(pb::CreateKeyResponse {
                     key_metadata: Some(metadata),
                 }))
@@ -1029,8 +1090,9 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
-        call.audit()
-            .request_parameters(json!({"limit": message.limit, "marker": message.marker}));
+        call.audit().request_parameters(
+            json!({"limit": limit_sent(message.limit), "marker": message.marker}),
+        );
         let outcome = async {
             let caller = caller_of(&call)?;
             let limit = match message.limit {
@@ -1078,7 +1140,7 @@ impl Keys for KeysGrpc {
         let plaintext = Zeroizing::new(std::mem::take(&mut message.plaintext));
         call.audit().request_parameters(json!({
             "keyId": message.key_id,
-            "encryptionAlgorithm": message.encryption_algorithm,
+            "encryptionAlgorithm": algorithm_for_audit(&message.encryption_algorithm),
             "encryptionContext": context_for_audit(&message.encryption_context),
         }));
         let outcome = async {
@@ -1122,7 +1184,7 @@ impl Keys for KeysGrpc {
         let message = request.into_inner();
         call.audit().request_parameters(json!({
             "keyId": message.key_id,
-            "encryptionAlgorithm": message.encryption_algorithm,
+            "encryptionAlgorithm": algorithm_for_audit(&message.encryption_algorithm),
             "encryptionContext": context_for_audit(&message.encryption_context),
         }));
         let outcome = async {
@@ -1237,8 +1299,8 @@ impl Keys for KeysGrpc {
             request,
             |m| json!({
                 "sourceKeyId": m.source_key_id, "destinationKeyId": m.destination_key_id,
-                "sourceEncryptionAlgorithm": m.source_encryption_algorithm,
-                "destinationEncryptionAlgorithm": m.destination_encryption_algorithm,
+                "sourceEncryptionAlgorithm": algorithm_for_audit(&m.source_encryption_algorithm),
+                "destinationEncryptionAlgorithm": algorithm_for_audit(&m.destination_encryption_algorithm),
                 "sourceEncryptionContext": context_for_audit(&m.source_encryption_context),
                 "destinationEncryptionContext": context_for_audit(&m.destination_encryption_context),
             }),
@@ -1371,7 +1433,8 @@ impl Keys for KeysGrpc {
                 let arn = self.domain.key_arn(&key.account, &key.key_id);
                 call.audit().response_elements(json!({
                     "keyId": arn, "keyState": key.key_state.as_str(),
-                    "deletionDate": key.deletion_date_ms, "pendingWindowInDays": window,
+                    "deletionDate": key.deletion_date_ms.map(|ms| rfc3339_at(ms.div_euclid(1000))),
+                    "pendingWindowInDays": window,
                 }));
                 Ok(pb::ScheduleKeyDeletionResponse {
                     key_id: arn,
@@ -1397,9 +1460,9 @@ impl Keys for KeysGrpc {
                     .cancel_key_deletion(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 self.record_key(&call, &key);
-                Ok(pb::CancelKeyDeletionResponse {
-                    key_id: self.domain.key_arn(&key.account, &key.key_id),
-                })
+                let arn = self.domain.key_arn(&key.account, &key.key_id);
+                call.audit().response_elements(json!({"keyId": arn}));
+                Ok(pb::CancelKeyDeletionResponse { key_id: arn })
             },
         )
         .await
@@ -1415,12 +1478,8 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let name = alias_name(&m.alias_name, false)?;
                 let target = target_key_reference(&m.target_key_id)?;
+                self.record_alias(&call, &caller, &name);
                 self.domain.create_alias(&caller, &name, &target).await?;
-                call.audit().resource(
-                    self.domain.alias_arn(caller.account(), &name),
-                    caller.account().to_string(),
-                    ALIAS_RESOURCE_TYPE,
-                );
                 Ok(pb::CreateAliasResponse {})
             },
         )
@@ -1437,12 +1496,8 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let name = alias_name(&m.alias_name, false)?;
                 let target = target_key_reference(&m.target_key_id)?;
+                self.record_alias(&call, &caller, &name);
                 self.domain.update_alias(&caller, &name, &target).await?;
-                call.audit().resource(
-                    self.domain.alias_arn(caller.account(), &name),
-                    caller.account().to_string(),
-                    ALIAS_RESOURCE_TYPE,
-                );
                 Ok(pb::UpdateAliasResponse {})
             },
         )
@@ -1458,12 +1513,8 @@ impl Keys for KeysGrpc {
             |m| json!({"aliasName": m.alias_name}),
             |call, caller, m| async move {
                 let name = alias_name(&m.alias_name, false)?;
+                self.record_alias(&call, &caller, &name);
                 self.domain.delete_alias(&caller, &name).await?;
-                call.audit().resource(
-                    self.domain.alias_arn(caller.account(), &name),
-                    caller.account().to_string(),
-                    ALIAS_RESOURCE_TYPE,
-                );
                 Ok(pb::DeleteAliasResponse {})
             },
         )
@@ -1476,7 +1527,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListAliasesResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
             |_call, caller, m| async move {
                 let key = optional_key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
@@ -1571,7 +1622,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListResourceTagsResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
             |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 50)?;
@@ -1708,7 +1759,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListKeyRotationsResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
@@ -1975,7 +2026,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListKeyPoliciesResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 page_limit("limit", m.limit, 100, 1000)?;
@@ -2057,7 +2108,7 @@ impl Keys for KeysGrpc {
             request,
             |m| {
                 json!({
-                    "keyId": m.key_id, "limit": m.limit, "marker": m.marker,
+                    "keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker,
                     "grantId": m.grant_id, "granteePrincipal": m.grantee_principal,
                 })
             },
@@ -2104,7 +2155,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         self.run(
             request,
-            |m| json!({"retiringPrincipal": m.retiring_principal, "limit": m.limit, "marker": m.marker}),
+            |m| json!({"retiringPrincipal": m.retiring_principal, "limit": limit_sent(m.limit), "marker": m.marker}),
             |_call, caller, m| async move {
                 let retiring = principal_arn("retiring_principal", &m.retiring_principal)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;

@@ -125,6 +125,53 @@ pub(crate) struct AuditDraft {
     pub(crate) error: Option<(String, String)>,
 }
 
+/// `value` without what a caller leaves out: CloudTrail records only the
+/// parameters a request sent, and a protobuf field left unset arrives as
+/// its default. Parameters that are null (an unset optional field), empty
+/// strings or empty lists or maps are dropped, and within them, at any
+/// depth, nulls and empty lists and maps (a message's unset fields). Strings
+/// within a parameter are data (an encryption context's empty value), and
+/// numbers and booleans may be what was sent (zero, false): they stay.
+/// `None` when nothing is left.
+fn sent_only(value: Value) -> Option<Value> {
+    match value {
+        Value::String(text) if text.is_empty() => None,
+        Value::Object(fields) => {
+            let kept: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .filter_map(|(name, field)| match field {
+                    Value::String(text) if text.is_empty() => None,
+                    other => within_sent(other).map(|field| (name, field)),
+                })
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        other => within_sent(other),
+    }
+}
+
+/// A sent parameter without its unset parts (see [`sent_only`]).
+fn within_sent(value: Value) -> Option<Value> {
+    match value {
+        Value::Null => None,
+        Value::Array(items) if items.is_empty() => None,
+        Value::Array(items) => Some(Value::Array(
+            items
+                .into_iter()
+                .map(|item| within_sent(item).unwrap_or(Value::Null))
+                .collect(),
+        )),
+        Value::Object(fields) => {
+            let kept: serde_json::Map<String, Value> = fields
+                .into_iter()
+                .filter_map(|(name, field)| within_sent(field).map(|field| (name, field)))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        other => Some(other),
+    }
+}
+
 /// A handle on the current call's draft, shared with the call layer.
 #[derive(Debug, Clone, Default)]
 pub struct AuditRecorder(Arc<Mutex<AuditDraft>>);
@@ -138,8 +185,10 @@ impl AuditRecorder {
         change(&mut draft)
     }
 
-    /// The allow-listed request parameters of this call.
+    /// The allow-listed request parameters of this call, as CloudTrail
+    /// records them: only what the caller sent (see [`sent_only`]).
     pub fn request_parameters(&self, parameters: Value) {
+        let parameters = sent_only(parameters).unwrap_or(Value::Null);
         self.with(|draft| draft.request_parameters = Some(parameters));
     }
 
@@ -271,5 +320,40 @@ pub trait AuditSink: Send + Sync + 'static {
     /// The count of running calls this sink batches by, if it does.
     fn calls(&self) -> Option<&Arc<CallCounter>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::sent_only;
+
+    #[test]
+    fn only_what_a_request_sent_is_kept() {
+        let sent = sent_only(json!({
+            "keyId": "alias/x",
+            "encryptionAlgorithm": "",
+            "encryptionContext": {},
+            "numberOfBytes": null,
+            "limit": 0,
+            "multiRegion": false,
+            "constraints": {"encryptionContextEquals": {}, "encryptionContextSubset": {"a": ""}},
+            "tags": [{"tagKey": "env", "tagValue": ""}],
+            "operations": ["Encrypt", ""],
+            "grantTokens": [],
+        }));
+        assert_eq!(
+            sent,
+            Some(json!({
+                "keyId": "alias/x",
+                "limit": 0,
+                "multiRegion": false,
+                "constraints": {"encryptionContextSubset": {"a": ""}},
+                "tags": [{"tagKey": "env", "tagValue": ""}],
+                "operations": ["Encrypt", ""],
+            }))
+        );
+        assert_eq!(sent_only(json!({"marker": "", "keyId": null})), None);
     }
 }

@@ -24,7 +24,7 @@ use coffer_policy::{DecisionEffect, Policy, RequestContext};
 use serde_json::json;
 
 use super::KeysDomain;
-use super::types::{KeyId, KeyReference};
+use super::types::{KeyId, KeyReference, Tag};
 use crate::error::{KeysError, Result};
 use crate::store::{ConstraintKind, GrantRecord, KeyRecord};
 
@@ -154,6 +154,8 @@ pub struct Access<'a> {
     extra: Vec<(&'static str, Vec<String>)>,
     /// `kms:RequestAlias`: the alias the request named its key by.
     request_alias: Option<String>,
+    /// The tags a request adds: `aws:TagKeys` and `aws:RequestTag/<key>`.
+    request_tags: Option<&'a [Tag]>,
     /// ReEncrypt's other key, for `kms:ReEncryptOnSameKey`: the destination
     /// key when the source is checked (`None` when the destination names no
     /// key), and the reverse.
@@ -168,6 +170,7 @@ impl<'a> Access<'a> {
             fixed: [None; 2],
             extra: Vec::new(),
             request_alias: None,
+            request_tags: None,
             re_encrypt_with: None,
         }
     }
@@ -178,6 +181,12 @@ impl<'a> Access<'a> {
             Some(slot) => *slot = Some((key, value)),
             None => self.extra.push((key, vec![value.to_owned()])),
         }
+        self
+    }
+
+    /// The tags the request adds (TagResource).
+    pub fn with_tags(mut self, tags: &'a [Tag]) -> Self {
+        self.request_tags = Some(tags);
         self
     }
 
@@ -409,6 +418,16 @@ impl KeysDomain {
                 request.set_values(name, values.clone());
             }
         }
+        if let Some(tags) = access.request_tags {
+            if filter.wants("aws:TagKeys") {
+                request.set_values("aws:TagKeys", tags.iter().map(|tag| tag.key.clone()));
+            }
+            if filter.wants_prefix("aws:requesttag/") {
+                for tag in tags {
+                    request.add_value(&format!("aws:RequestTag/{}", tag.key), tag.value.clone());
+                }
+            }
+        }
         if let Some(alias) = &access.request_alias
             && filter.wants("kms:RequestAlias")
         {
@@ -530,10 +549,23 @@ impl KeysDomain {
         &self,
         caller: &Caller,
         action: &'static str,
-        extra: &[(&'static str, Vec<String>)],
+        extra: &[(&str, Vec<String>)],
+    ) -> Result<()> {
+        self.authorize_identity_on(caller, action, "*", extra)
+    }
+
+    /// Whether the caller's identity policies allow `action` on `resource`:
+    /// for actions with no resource (`*`), and for aliases, which have no
+    /// policy of their own.
+    pub(crate) fn authorize_identity_on(
+        &self,
+        caller: &Caller,
+        action: &'static str,
+        resource: &str,
+        extra: &[(&str, Vec<String>)],
     ) -> Result<()> {
         let iam_action = format!("kms:{action}");
-        let mut request = caller.request(&iam_action, "*");
+        let mut request = caller.request(&iam_action, resource);
         for (name, values) in extra {
             request.set_values(name, values.clone());
         }
@@ -542,7 +574,9 @@ impl KeysDomain {
             Ok(())
         } else {
             Err(KeysError::AccessDenied(
-                caller.denied(&iam_action, "*", decision.effect).message,
+                caller
+                    .denied(&iam_action, resource, decision.effect)
+                    .message,
             ))
         }
     }

@@ -218,6 +218,10 @@ impl KeysDomain {
         alias_name: &str,
         target: &KeyReference,
     ) -> Result<()> {
+        // Both the alias (by the caller's identity policies) and the key
+        // must allow it, as in KMS.
+        let alias_arn = self.alias_arn(caller.account(), alias_name);
+        self.authorize_identity_on(caller, "CreateAlias", &alias_arn, &[])?;
         let key = self
             .resolve(caller, target, &Access::to("CreateAlias"))
             .await?;
@@ -256,6 +260,9 @@ impl KeysDomain {
             .get_alias(caller, alias_name)
             .await?
             .ok_or_else(not_found)?;
+        // The alias, its current key and its new key must all allow it.
+        let alias_arn = self.alias_arn(caller, alias_name);
+        self.authorize_identity_on(principal, "UpdateAlias", &alias_arn, &[])?;
         let access = Access::to("UpdateAlias");
         if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await? {
             self.authorize_key(principal, &current, &access, not_found)
@@ -297,9 +304,12 @@ impl KeysDomain {
             .get_alias(caller, alias_name)
             .await?
             .ok_or_else(not_found)?;
+        let alias_arn = self.alias_arn(caller, alias_name);
+        self.authorize_identity_on(principal, "DeleteAlias", &alias_arn, &[])?;
         if let Some(key) = self.store.get_key(caller, &alias.target_key_id).await? {
             self.authorize_key(principal, &key, &Access::to("DeleteAlias"), not_found)
                 .await?;
+            self.record_key(principal, &key);
         }
         if self.store.delete_alias(caller, alias_name).await? {
             Ok(())

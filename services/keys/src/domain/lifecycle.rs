@@ -50,13 +50,33 @@ impl KeysDomain {
                 vec![request.bypass_policy_lockout_safety_check.to_string()],
             ),
         ];
+        // Tags given at creation are also a TagResource, which the caller's
+        // identity policies must allow, with the same tag conditions.
+        let request_tags: Vec<(String, Vec<String>)> = request
+            .tags
+            .iter()
+            .map(|tag| {
+                (
+                    format!("aws:RequestTag/{}", tag.key),
+                    vec![tag.value.clone()],
+                )
+            })
+            .collect();
+        let mut tag_conditions: Vec<(&str, Vec<String>)> = request_tags
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
         if !request.tags.is_empty() {
-            conditions.push((
+            tag_conditions.push((
                 "aws:TagKeys",
                 request.tags.iter().map(|tag| tag.key.clone()).collect(),
             ));
         }
+        conditions.extend(tag_conditions.iter().cloned());
         self.authorize_account(caller, "CreateKey", &conditions)?;
+        if !request.tags.is_empty() {
+            self.authorize_account(caller, "TagResource", &tag_conditions)?;
+        }
         let policy = request
             .policy
             .as_deref()

@@ -27,7 +27,11 @@ impl KeysDomain {
         tags: &[Tag],
     ) -> Result<()> {
         let key = self
-            .resolve(caller, reference, &Access::to("TagResource"))
+            .resolve(
+                caller,
+                reference,
+                &Access::to("TagResource").with_tags(tags),
+            )
             .await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "TagResource")?;
@@ -50,7 +54,11 @@ impl KeysDomain {
         tag_keys: &[String],
     ) -> Result<()> {
         let key = self
-            .resolve(caller, reference, &Access::to("UntagResource"))
+            .resolve(
+                caller,
+                reference,
+                &Access::to("UntagResource").with_values("aws:TagKeys", tag_keys.to_vec()),
+            )
             .await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "UntagResource")?;
