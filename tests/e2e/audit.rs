@@ -412,6 +412,19 @@ async fn events_have_cloudtrail_shapes(backend: Backend) -> anyhow::Result<()> {
         assert_eq!(resources, [alias_arn.as_str(), key.as_str()], "{event:#}");
     }
 
+    // A required parameter sent empty is recorded: the description cleared.
+    let cleared = client
+        .update_key_description(pb::UpdateKeyDescriptionRequest {
+            key_id: key_id.clone(),
+            description: String::new(),
+        })
+        .await?;
+    let event = single_event(&harness, &request_id_of(cleared.metadata())).await?;
+    assert_eq!(
+        event["requestParameters"],
+        json!({"keyId": key_id, "description": ""})
+    );
+
     // ScheduleKeyDeletion's date as a date; CancelKeyDeletion's key.
     let scheduled = client
         .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {

@@ -1987,7 +1987,8 @@ async fn tags_and_aliases_are_authorized_as_resources(backend: Backend) -> anyho
     let creator = r#"{"Version":"2012-10-17","Statement":[
         {"Effect":"Allow","Action":["kms:CreateKey","kms:DescribeKey"],"Resource":"*"}]}"#;
     let tagger = r#"{"Version":"2012-10-17","Statement":[
-        {"Effect":"Allow","Action":["kms:CreateKey","kms:DescribeKey","kms:TagResource","kms:UntagResource"],"Resource":"*"},
+        {"Effect":"Allow","Action":["kms:CreateKey","kms:DescribeKey"],"Resource":"*"},
+        {"Effect":"Allow","Action":["kms:TagResource","kms:UntagResource"],"Resource":"arn:coffer:kms:*:*:key/*"},
         {"Effect":"Deny","Action":"kms:TagResource","Resource":"*",
          "Condition":{"StringEquals":{"aws:RequestTag/env":"prod"}}},
         {"Effect":"Deny","Action":"kms:UntagResource","Resource":"*",
@@ -2041,12 +2042,16 @@ async fn tags_and_aliases_are_authorized_as_resources(backend: Backend) -> anyho
         .key_metadata
         .context("no metadata")?
         .arn;
-    denied(
-        tagger
-            .create_key(create_tagged(vec![tag("env", "prod")]))
-            .await,
-        "kms:TagResource",
-    );
+    // Tag keys differing only in case both count for the condition.
+    for tags in [
+        vec![tag("env", "prod")],
+        vec![tag("Env", "prod"), tag("env", "dev")],
+    ] {
+        denied(
+            tagger.create_key(create_tagged(tags)).await,
+            "kms:TagResource",
+        );
+    }
 
     // TagResource by the tags it adds, UntagResource by the keys it removes.
     let tag_key = |tags: Vec<coffer_proto::common::v1::Tag>| pb::TagResourceRequest {
@@ -2101,14 +2106,18 @@ async fn tags_and_aliases_are_authorized_as_resources(backend: Backend) -> anyho
             .await,
         "kms:UpdateAlias",
     );
-    denied(
-        tagger
-            .delete_alias(pb::DeleteAliasRequest {
-                alias_name: "alias/other".into(),
-            })
-            .await,
-        "kms:DeleteAlias",
-    );
+    // Refused on the alias whether or not it exists: the answer does not
+    // tell which aliases there are.
+    for name in ["alias/other", "alias/never"] {
+        denied(
+            tagger
+                .delete_alias(pb::DeleteAliasRequest {
+                    alias_name: name.into(),
+                })
+                .await,
+            "kms:DeleteAlias",
+        );
+    }
     tagger
         .delete_alias(pb::DeleteAliasRequest {
             alias_name: "alias/team-x".into(),

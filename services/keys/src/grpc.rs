@@ -1350,6 +1350,11 @@ impl Keys for KeysGrpc {
             request,
             |m| json!({"keyId": m.key_id, "description": m.description}),
             |call, caller, m| async move {
+                // The description is required: sent empty, it clears.
+                call.audit().request_parameters_keeping(
+                    json!({"keyId": m.key_id, "description": m.description}),
+                    &["description"],
+                );
                 let reference = key_reference("key_id", &m.key_id)?;
                 if m.description.chars().count() > MAX_DESCRIPTION_CHARS {
                     return Err(KeysError::validation(

@@ -188,7 +188,29 @@ impl AuditRecorder {
     /// The allow-listed request parameters of this call, as CloudTrail
     /// records them: only what the caller sent (see [`sent_only`]).
     pub fn request_parameters(&self, parameters: Value) {
-        let parameters = sent_only(parameters).unwrap_or(Value::Null);
+        self.request_parameters_keeping(parameters, &[]);
+    }
+
+    /// [`Self::request_parameters`], keeping the top-level fields `required`
+    /// even when empty: a required parameter sent empty (a description
+    /// cleared with `""`) is what the request asked for.
+    pub fn request_parameters_keeping(&self, parameters: Value, required: &[&str]) {
+        let mut kept = serde_json::Map::new();
+        if let Value::Object(fields) = &parameters {
+            for name in required {
+                if let Some(field) = fields.get(*name) {
+                    kept.insert((*name).to_owned(), field.clone());
+                }
+            }
+        }
+        let parameters = match sent_only(parameters) {
+            Some(Value::Object(mut sent)) => {
+                sent.extend(kept);
+                Value::Object(sent)
+            }
+            None if !kept.is_empty() => Value::Object(kept),
+            other => other.unwrap_or(Value::Null),
+        };
         self.with(|draft| draft.request_parameters = Some(parameters));
     }
 

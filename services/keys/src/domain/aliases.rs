@@ -255,14 +255,15 @@ impl KeysDomain {
         let principal = caller;
         let caller = principal.account();
         let not_found = || self.alias_not_found(caller, alias_name);
+        // The alias, its current key and its new key must all allow it; the
+        // alias first, so a caller it refuses cannot learn which aliases exist.
+        let alias_arn = self.alias_arn(caller, alias_name);
+        self.authorize_identity_on(principal, "UpdateAlias", &alias_arn, &[])?;
         let alias = self
             .store
             .get_alias(caller, alias_name)
             .await?
             .ok_or_else(not_found)?;
-        // The alias, its current key and its new key must all allow it.
-        let alias_arn = self.alias_arn(caller, alias_name);
-        self.authorize_identity_on(principal, "UpdateAlias", &alias_arn, &[])?;
         let access = Access::to("UpdateAlias");
         if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await? {
             self.authorize_key(principal, &current, &access, not_found)
@@ -299,13 +300,13 @@ impl KeysDomain {
         let principal = caller;
         let caller = principal.account();
         let not_found = || self.alias_not_found(caller, alias_name);
+        let alias_arn = self.alias_arn(caller, alias_name);
+        self.authorize_identity_on(principal, "DeleteAlias", &alias_arn, &[])?;
         let alias = self
             .store
             .get_alias(caller, alias_name)
             .await?
             .ok_or_else(not_found)?;
-        let alias_arn = self.alias_arn(caller, alias_name);
-        self.authorize_identity_on(principal, "DeleteAlias", &alias_arn, &[])?;
         if let Some(key) = self.store.get_key(caller, &alias.target_key_id).await? {
             self.authorize_key(principal, &key, &Access::to("DeleteAlias"), not_found)
                 .await?;

@@ -8,7 +8,7 @@ use coffer_platform::authz::Caller;
 use super::access::Access;
 
 use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag};
-use super::{DAY_MS, KEY_RESOURCE_TYPE, KeyOperation, KeysDomain};
+use super::{DAY_MS, KEY_RESOURCE_TYPE, KeyOperation, KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, StoreError};
 
@@ -51,20 +51,21 @@ impl KeysDomain {
             ),
         ];
         // Tags given at creation are also a TagResource, which the caller's
-        // identity policies must allow, with the same tag conditions.
-        let request_tags: Vec<(String, Vec<String>)> = request
-            .tags
-            .iter()
-            .map(|tag| {
-                (
-                    format!("aws:RequestTag/{}", tag.key),
-                    vec![tag.value.clone()],
-                )
-            })
-            .collect();
+        // identity policies must allow on the account's keys, with the same
+        // tag conditions. Condition names are case-insensitive and tag keys
+        // are not: `Env` and `env` share one `aws:RequestTag/env` with both
+        // values, so a Deny on either value applies.
+        let mut request_tags: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for tag in &request.tags {
+            request_tags
+                .entry(format!("aws:RequestTag/{}", tag.key.to_lowercase()))
+                .or_default()
+                .push(tag.value.clone());
+        }
         let mut tag_conditions: Vec<(&str, Vec<String>)> = request_tags
             .iter()
-            .map(|(name, value)| (name.as_str(), value.clone()))
+            .map(|(name, values)| (name.as_str(), values.clone()))
             .collect();
         if !request.tags.is_empty() {
             tag_conditions.push((
@@ -75,7 +76,8 @@ impl KeysDomain {
         conditions.extend(tag_conditions.iter().cloned());
         self.authorize_account(caller, "CreateKey", &conditions)?;
         if !request.tags.is_empty() {
-            self.authorize_account(caller, "TagResource", &tag_conditions)?;
+            let any_key = self.location.arn(SERVICE_PREFIX, caller.account(), "key/*");
+            self.authorize_identity_on(caller, "TagResource", &any_key, &tag_conditions)?;
         }
         let policy = request
             .policy
