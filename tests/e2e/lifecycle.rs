@@ -66,6 +66,22 @@ async fn service_events(
     Ok(events)
 }
 
+/// DescribeKey's metadata of `key_id`.
+async fn describe(
+    client: &mut KeysClient<Channel>,
+    key_id: &str,
+) -> anyhow::Result<pb::KeyMetadata> {
+    client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key_id.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))
+}
+
 async fn harness_with_clock(backend: Backend) -> anyhow::Result<(Harness, Arc<ManualClock>)> {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
     let harness = Harness::start_with(
@@ -234,15 +250,7 @@ async fn disabled_keys_refuse_use_until_enabled(backend: Backend) -> anyhow::Res
         ))
         .await?;
     assert_eq!(decrypt(&mut client, &blob).await?, b"kept");
-    let described = client
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: key.key_id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let described = describe(&mut client, &key.key_id).await?;
     assert_eq!(described.description, "renamed");
     assert!(described.enabled);
     let too_long = client
@@ -347,15 +355,7 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
     assert_eq!(rotation.rotation_period_in_days, None);
     // ... and DescribeKey shows the deletion date, not a window (AWS shows
     // PendingDeletionWindowInDays only for PendingReplicaDeletion).
-    let pending = client
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: saved.key_id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let pending = describe(&mut client, &saved.key_id).await?;
     assert!(pending.deletion_date.is_some());
     assert_eq!(pending.pending_deletion_window_in_days, None);
 
@@ -837,15 +837,7 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     assert_eq!(after_automatic[0].rotation_type, "AUTOMATIC");
     assert_eq!(after_automatic[0].key_material_id.len(), 32);
     // DescribeKey names the material now current: the rotation's.
-    let described = client
-        .describe_key(pb::DescribeKeyRequest {
-            key_id: key.key_id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let described = describe(&mut client, &key.key_id).await?;
     assert_eq!(
         described.current_key_material_id,
         after_automatic[0].key_material_id
