@@ -1735,6 +1735,12 @@ async fn condition_keys_come_from_the_request_and_the_connection(
     Ok(())
 }
 
+/// A refusal of `action` (`kms:Encrypt`), naming it.
+fn denied<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, action: &str) {
+    let status = assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
+    assert!(status.message().contains(action), "{action}: {status:?}");
+}
+
 /// A key of `spec` and `usage` made by `admin` with `policy`, whose
 /// statements `{root}` and `{alice}` name account A's root and user alice.
 async fn key_with_policy(
@@ -1813,10 +1819,6 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     }
     let key_id = key.rsplit('/').next().context("a key id")?;
     let alias_arn = key.replace(&format!("key/{key_id}"), "alias/approved");
-    fn denied<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, what: &str) {
-        let status = assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
-        assert!(status.message().contains("kms:"), "{what}: {status:?}");
-    }
 
     // Encrypt only through alias/approved (its name or its ARN), with the
     // default algorithm it never named.
@@ -1824,11 +1826,11 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     encrypt_with(&mut alice, &alias_arn, &[], Vec::new()).await?;
     denied(
         encrypt_with(&mut alice, &key, &[], Vec::new()).await,
-        "by key ARN",
+        "kms:Encrypt",
     );
     denied(
         encrypt_with(&mut alice, "alias/other", &[], Vec::new()).await,
-        "by another alias",
+        "kms:Encrypt",
     );
 
     // Data key pairs of one spec only.
@@ -1840,7 +1842,7 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     alice.generate_data_key_pair(pair("ECC_NIST_P256")).await?;
     denied(
         alice.generate_data_key_pair(pair("RSA_2048")).await,
-        "key pair spec",
+        "kms:GenerateDataKeyPair",
     );
 
     // A ReEncrypt onto the same key, however the destination names it, is
@@ -1854,7 +1856,7 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     for destination in [key.as_str(), key_id, "alias/approved", alias_arn.as_str()] {
         denied(
             alice.re_encrypt(re_encrypt(&blob, destination)).await,
-            "onto the same key",
+            "kms:ReEncryptFrom",
         );
     }
     let moved = alice
@@ -1866,7 +1868,7 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
         alice
             .re_encrypt(re_encrypt(&moved.ciphertext_blob, &other_key))
             .await,
-        "onto the same key, destination half",
+        "kms:ReEncryptTo",
     );
     let back = alice
         .re_encrypt(re_encrypt(&moved.ciphertext_blob, "alias/other"))
@@ -1882,7 +1884,7 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     };
     denied(
         alice.enable_key_rotation(rotation(Some(90))).await,
-        "period",
+        "kms:EnableKeyRotation",
     );
     alice.enable_key_rotation(rotation(Some(180))).await?;
     alice.enable_key_rotation(rotation(None)).await?;
@@ -1892,7 +1894,7 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     };
     denied(
         alice.schedule_key_deletion(deletion(Some(7))).await,
-        "window",
+        "kms:ScheduleKeyDeletion",
     );
     let scheduled = alice
         .schedule_key_deletion(deletion(None))
@@ -1936,13 +1938,13 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
         alice
             .sign(sign("RSASSA_PKCS1_V1_5_SHA_256", "", b"m".to_vec()))
             .await,
-        "signing algorithm",
+        "kms:Sign",
     );
     denied(
         alice
             .sign(sign("RSASSA_PSS_SHA_256", "DIGEST", vec![7; 32]))
             .await,
-        "message type",
+        "kms:Sign",
     );
     let by_arn = pb::SignRequest {
         key_id: signing.clone(),
@@ -1974,7 +1976,7 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
     alice.generate_mac(mac("HMAC_SHA_256")).await?;
     denied(
         alice.generate_mac(mac("HMAC_SHA_224")).await,
-        "MAC algorithm",
+        "kms:GenerateMac",
     );
     Ok(())
 }
@@ -2014,10 +2016,6 @@ async fn tags_and_aliases_are_authorized_as_resources(backend: Backend) -> anyho
     let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
     let mut creator = harness.keys_for(ACCOUNT_A, "creator").await?;
     let mut tagger = harness.keys_for(ACCOUNT_A, "tagger").await?;
-    fn denied<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, action: &str) {
-        let status = assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
-        assert!(status.message().contains(action), "{action}: {status:?}");
-    }
     let tag = |key: &str, value: &str| coffer_proto::common::v1::Tag {
         tag_key: key.into(),
         tag_value: value.into(),

@@ -968,9 +968,25 @@ impl KeysGrpc {
     where
         Fut: Future<Output = Result<T>>,
     {
+        self.run_keeping(request, &[], parameters, work).await
+    }
+
+    /// [`Self::run`], recording the request parameters `required` even when
+    /// sent empty (see `AuditRecorder::request_parameters_keeping`).
+    async fn run_keeping<M, T, Fut>(
+        &self,
+        request: Request<M>,
+        required: &[&str],
+        parameters: impl FnOnce(&M) -> serde_json::Value,
+        work: impl FnOnce(CallContext, Caller, M) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
-        call.audit().request_parameters(parameters(&message));
+        call.audit()
+            .request_parameters_keeping(parameters(&message), required);
         let outcome = match caller_of(&call) {
             Ok(caller) => work(call.clone(), caller, message).await,
             Err(error) => Err(error),
@@ -1346,15 +1362,12 @@ impl Keys for KeysGrpc {
         &self,
         request: Request<pb::UpdateKeyDescriptionRequest>,
     ) -> Result<Response<pb::UpdateKeyDescriptionResponse>, Status> {
-        self.run(
+        // The description is required: sent empty, it clears.
+        self.run_keeping(
             request,
+            &["description"],
             |m| json!({"keyId": m.key_id, "description": m.description}),
             |call, caller, m| async move {
-                // The description is required: sent empty, it clears.
-                call.audit().request_parameters_keeping(
-                    json!({"keyId": m.key_id, "description": m.description}),
-                    &["description"],
-                );
                 let reference = key_reference("key_id", &m.key_id)?;
                 if m.description.chars().count() > MAX_DESCRIPTION_CHARS {
                     return Err(KeysError::validation(

@@ -134,37 +134,28 @@ pub(crate) struct AuditDraft {
 /// numbers and booleans may be what was sent (zero, false): they stay.
 /// `None` when nothing is left.
 fn sent_only(value: Value) -> Option<Value> {
-    match value {
-        Value::String(text) if text.is_empty() => None,
-        Value::Object(fields) => {
-            let kept: serde_json::Map<String, Value> = fields
-                .into_iter()
-                .filter_map(|(name, field)| match field {
-                    Value::String(text) if text.is_empty() => None,
-                    other => within_sent(other).map(|field| (name, field)),
-                })
-                .collect();
-            (!kept.is_empty()).then_some(Value::Object(kept))
-        }
-        other => within_sent(other),
-    }
+    unset_dropped(value, 0)
 }
 
-/// A sent parameter without its unset parts (see [`sent_only`]).
-fn within_sent(value: Value) -> Option<Value> {
+/// [`sent_only`] of a value `depth` levels into the request: 0 is the
+/// parameters, 1 one parameter, deeper is within a parameter.
+fn unset_dropped(value: Value, depth: usize) -> Option<Value> {
     match value {
         Value::Null => None,
+        Value::String(text) if text.is_empty() && depth <= 1 => None,
         Value::Array(items) if items.is_empty() => None,
         Value::Array(items) => Some(Value::Array(
             items
                 .into_iter()
-                .map(|item| within_sent(item).unwrap_or(Value::Null))
+                .map(|item| unset_dropped(item, depth + 1).unwrap_or(Value::Null))
                 .collect(),
         )),
         Value::Object(fields) => {
             let kept: serde_json::Map<String, Value> = fields
                 .into_iter()
-                .filter_map(|(name, field)| within_sent(field).map(|field| (name, field)))
+                .filter_map(|(name, field)| {
+                    unset_dropped(field, depth + 1).map(|field| (name, field))
+                })
                 .collect();
             (!kept.is_empty()).then_some(Value::Object(kept))
         }
