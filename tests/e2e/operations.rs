@@ -19,6 +19,7 @@ backend_tests!(
     a_change_committing_at_its_deadline_is_recorded_as_made,
     oversize_messages_are_refused_and_the_server_stays_up,
     abandoned_data_plane_calls_are_audited_once,
+    calls_abandoned_before_their_message_are_audited_as_cancelled,
 );
 
 async fn plaintext_channel(
@@ -338,39 +339,69 @@ async fn abandoned_data_plane_calls_are_audited_once(backend: Backend) -> anyhow
             .await
     });
     harness.wait_for_in_flight(1).await?;
+    // In flight means its headers arrived; give its message time to follow
+    // (a reset before it is the next test's case), far less than RSA-4096
+    // generation takes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     call.abort();
+    let event = the_one_event(&harness, "GenerateDataKeyPair").await?;
+    assert_eq!(event["errorCode"], "RequestCanceledException", "{event:#}");
+    assert_eq!(event["userIdentity"]["userName"], "alice");
+    assert_eq!(event["requestParameters"]["keyPairSpec"], "RSA_4096");
+    Ok(())
+}
+
+/// A client that resets its stream after the headers but before the message
+/// leaves tonic with no request ("Missing request message.", INTERNAL); the
+/// call was abandoned, not failed, and its one event says so.
+async fn calls_abandoned_before_their_message_are_audited_as_cancelled(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let mut grpc = tonic::client::Grpc::new(harness.channel_with(Some(&identity)).await?);
+    let call = tokio::spawn(async move {
+        grpc.ready().await?;
+        grpc.client_streaming::<_, pb::EncryptRequest, pb::EncryptResponse, _>(
+            tonic::Request::new(tokio_stream::pending()),
+            http::uri::PathAndQuery::from_static("/coffer.keys.v1.Keys/Encrypt"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    });
+    harness.wait_for_in_flight(1).await?;
+    call.abort();
+    let event = the_one_event(&harness, "Encrypt").await?;
+    assert_eq!(event["errorCode"], "RequestCanceledException", "{event:#}");
+    assert_eq!(event["userIdentity"]["userName"], "alice");
+    assert!(event["requestParameters"].is_null(), "{event:#}");
+    Ok(())
+}
+
+/// The one event of `event_name`, waiting for it to arrive and then long
+/// enough for a second one, which must not exist, to appear.
+async fn the_one_event(harness: &Harness, event_name: &str) -> anyhow::Result<serde_json::Value> {
+    let named = || async {
+        anyhow::Ok(
+            harness
+                .audit_events()
+                .await?
+                .into_iter()
+                .filter(|event| event["eventName"] == event_name)
+                .collect::<Vec<serde_json::Value>>(),
+        )
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let events = loop {
-        let events: Vec<serde_json::Value> = harness
-            .audit_events()
-            .await?
-            .into_iter()
-            .filter(|event| event["eventName"] == "GenerateDataKeyPair")
-            .collect();
-        if !events.is_empty() {
-            break events;
-        }
+    while named().await?.is_empty() {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "the abandoned call was never audited"
+            "the abandoned {event_name} was never audited"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // Give a second event, which must not exist, time to appear.
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let all: Vec<serde_json::Value> = harness
-        .audit_events()
-        .await?
-        .into_iter()
-        .filter(|event| event["eventName"] == "GenerateDataKeyPair")
-        .collect();
-    assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(
-        events[0]["errorCode"], "RequestCanceledException",
-        "{:#}",
-        events[0]
-    );
-    assert_eq!(events[0]["userIdentity"]["userName"], "alice");
-    assert_eq!(events[0]["requestParameters"]["keyPairSpec"], "RSA_4096");
-    Ok(())
+    let mut all = named().await?;
+    anyhow::ensure!(all.len() == 1, "{all:#?}");
+    Ok(all.remove(0))
 }

@@ -18,10 +18,12 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tonic::body::Body;
@@ -602,6 +604,20 @@ impl Drop for CancelGuard {
     }
 }
 
+/// `request` with its body watched: a client that resets the stream before
+/// its message is complete ends the body in CANCELLED, which sets `reset`.
+fn watching_for_reset(request: Request<Body>, reset: &Arc<AtomicBool>) -> Request<Body> {
+    let reset = reset.clone();
+    request.map(|body| {
+        Body::new(body.map_err(move |status: tonic::Status| {
+            if status.code() == tonic::Code::Cancelled {
+                reset.store(true, Ordering::Relaxed);
+            }
+            status
+        }))
+    })
+}
+
 async fn handle_call<S>(
     shared: Arc<Shared>,
     mut inner: S,
@@ -666,6 +682,7 @@ where
     let running = entry.sink.calls().map(CallCounter::start);
     let recorder = AuditRecorder::default();
     let decision = DecisionMark::default();
+    let reset = Arc::new(AtomicBool::new(false));
     let span = crate::telemetry::rpc_span(&path, &request_id, &parent_trace);
     let mut prepared: Option<EventBase> = None;
 
@@ -723,7 +740,9 @@ where
                         recorder: recorder.clone(),
                         sink: entry.sink.clone(),
                     };
-                    let handler = inner.call(request).instrument(span.clone());
+                    let handler = inner
+                        .call(watching_for_reset(request, &reset))
+                        .instrument(span.clone());
                     let outcome = match (&outbox, &guard.event) {
                         (Some(outbox), Some(base)) => {
                             let slot = Arc::new(OutboxSlot::new(
@@ -774,6 +793,15 @@ where
         code = tonic::Code::Internal;
     }
     let mut draft = recorder.take();
+    if code != tonic::Code::Ok && draft.error.is_none() && reset.load(Ordering::Relaxed) {
+        // The client reset the stream before its whole message arrived:
+        // tonic answers INTERNAL ("Missing request message."), but the call
+        // was abandoned, as one dropped mid-way is (`CancelGuard`).
+        draft.error = Some((
+            CANCELLED_EXCEPTION.to_owned(),
+            "the client cancelled the call before its request arrived".to_owned(),
+        ));
+    }
     if code == tonic::Code::OutOfRange && draft.error.is_none() {
         // tonic rejects an over-size message with OUT_OF_RANGE; the gRPC
         // specification (and Coffer's closed set of codes) says RESOURCE_EXHAUSTED.
