@@ -21,6 +21,7 @@ backend_tests!(
     key_policies_are_managed_and_guard_against_lockout,
     identity_policies_reload_without_restart,
     grants_allow_exactly_what_they_say_and_stop_at_once,
+    grants_follow_aws_rules_for_retiring_delegating_and_quotas,
     cross_account_use_needs_both_sides,
     root_look_alikes_never_gain_root,
     condition_keys_come_from_the_request_and_the_connection,
@@ -920,7 +921,8 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
     assert_eq!(again.grant_id, created.grant_id);
 
     // Effective at once, with or without the token; the same pairs in any
-    // order pass, a missing, extra or differently-cased context does not.
+    // order pass, and keys in another case (a constraint's keys are not case
+    // sensitive, its values are); a missing, extra or other value does not.
     let blob = encrypt_with(
         &mut app,
         &key,
@@ -929,11 +931,11 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
     )
     .await?;
     encrypt_with(&mut app, &key, &[("a", "1"), ("b", "2")], Vec::new()).await?;
+    encrypt_with(&mut app, &key, &[("A", "1"), ("b", "2")], Vec::new()).await?;
     for pairs in [
         &[][..],
         &[("a", "1")][..],
         &[("a", "1"), ("b", "2"), ("c", "3")][..],
-        &[("A", "1"), ("b", "2")][..],
         &[("a", "1"), ("b", "2 ")][..],
     ] {
         let status = assert_error(
@@ -989,7 +991,10 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
         .ok_or_else(|| anyhow::anyhow!("no grant"))?;
     assert_eq!(entry.grantee_principal, app_arn);
     assert_eq!(entry.retiring_principal, retirer_arn);
-    assert_eq!(entry.issuing_account, ACCOUNT_A);
+    assert_eq!(
+        entry.issuing_account,
+        format!("arn:coffer:iam::{ACCOUNT_A}:root")
+    );
     assert_eq!(entry.key_id, key);
     let retirable = retirer
         .list_retirable_grants(pb::ListRetirableGrantsRequest {
@@ -1208,6 +1213,219 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
         Code::InvalidArgument,
         "InvalidGrantIdException",
     );
+    Ok(())
+}
+
+/// AWS's rules for retiring, delegating and counting grants: an explicit
+/// deny of kms:RetireGrant stops even the retiring principal; the
+/// constraints of a grant made through a grant may only tighten its
+/// parent's; kms:GrantIsForAWSResource is set for ListGrants and
+/// RevokeGrant too; constraints are bounded; a key holds at most 500 grants
+/// for one grantee; RetireGrant's event names the grant it retired.
+async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let deny_retire = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"kms:RetireGrant","Resource":"*"}]}"#;
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            authorization: format!(
+                "authorization:\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: no-retiring\n      principals: [\"arn:coffer:iam::*:role/retirer\"]\n      policy: '{deny_retire}'\n"
+            ),
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let role = |name: &str| format!("arn:coffer:iam::{ACCOUNT_A}:role/{name}");
+    let role_id = |name: &str| format!("spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/{name}");
+    let mut app = harness.keys_as(&role_id("app")).await?;
+    let mut retirer = harness.keys_as(&role_id("retirer")).await?;
+    // The key policy also lets the app list and revoke grants when no
+    // Coffer service calls for it.
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:root"}},"Action":"kms:*","Resource":"*"}},
+            {{"Effect":"Allow","Principal":{{"AWS":"{app}"}},"Action":["kms:ListGrants","kms:RevokeGrant"],"Resource":"*","Condition":{{"Bool":{{"kms:GrantIsForAWSResource":"false"}}}}}}]}}"#,
+        app = role("app")
+    );
+    let key = admin
+        .create_key(pb::CreateKeyRequest {
+            policy,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?
+        .arn;
+    let grant = |grantee: &str, operations: &[&str]| pb::CreateGrantRequest {
+        key_id: key.clone(),
+        grantee_principal: grantee.to_owned(),
+        operations: operations.iter().map(|op| (*op).to_owned()).collect(),
+        ..Default::default()
+    };
+
+    // The retiring principal is stopped by its explicit deny.
+    let denied_retire = admin
+        .create_grant(pb::CreateGrantRequest {
+            retiring_principal: role("retirer"),
+            ..grant(&role("app"), &["Encrypt"])
+        })
+        .await?
+        .into_inner();
+    let status = assert_error(
+        retirer
+            .retire_grant(pb::RetireGrantRequest {
+                grant_token: denied_retire.grant_token.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    assert!(status.message().contains("explicit deny"), "{status:?}");
+    assert_audited_denial(&harness, &status, "denied retire").await?;
+    // The account that issued it retires it, by token: the event records no
+    // parameters (a token is a credential) and names the grant.
+    let retired = admin
+        .retire_grant(pb::RetireGrantRequest {
+            grant_token: denied_retire.grant_token.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let events = harness
+        .audit_events_for(&request_id_of(retired.metadata()))
+        .await?;
+    anyhow::ensure!(events.len() == 1, "{events:#?}");
+    assert!(events[0]["requestParameters"].is_null(), "{:#}", events[0]);
+    assert_eq!(
+        events[0]["additionalEventData"]["grantId"], denied_retire.grant_id,
+        "{:#}",
+        events[0]
+    );
+
+    // kms:GrantIsForAWSResource is "false" for a direct ListGrants and
+    // RevokeGrant, so the conditioned statement allows them.
+    let revocable = admin
+        .create_grant(grant(&role("other"), &["Encrypt"]))
+        .await?
+        .into_inner();
+    let listed = app
+        .list_grants(pb::ListGrantsRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.grants.len(), 1);
+    app.revoke_grant(pb::RevokeGrantRequest {
+        key_id: key.clone(),
+        grant_id: revocable.grant_id.clone(),
+    })
+    .await?;
+
+    // A grant made through a grant: more pairs, or Subset made Equals, is
+    // as strict or stricter; fewer pairs or no constraint is not.
+    let subset = |pairs: &[(&str, &str)]| {
+        Some(pb::GrantConstraints {
+            encryption_context_subset: context(pairs),
+            ..Default::default()
+        })
+    };
+    let equals = |pairs: &[(&str, &str)]| {
+        Some(pb::GrantConstraints {
+            encryption_context_equals: context(pairs),
+            ..Default::default()
+        })
+    };
+    admin
+        .create_grant(pb::CreateGrantRequest {
+            constraints: subset(&[("a", "1")]),
+            ..grant(&role("app"), &["Encrypt", "CreateGrant"])
+        })
+        .await?;
+    for constraints in [
+        subset(&[("a", "1"), ("b", "2")]),
+        equals(&[("A", "1")]),
+        subset(&[("a", "1")]),
+    ] {
+        app.create_grant(pb::CreateGrantRequest {
+            constraints,
+            ..grant(&role("child"), &["Encrypt"])
+        })
+        .await?;
+    }
+    for constraints in [None, subset(&[("b", "2")]), subset(&[("a", "2")])] {
+        let status = assert_error(
+            app.create_grant(pb::CreateGrantRequest {
+                constraints,
+                ..grant(&role("child"), &["Encrypt"])
+            })
+            .await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+        );
+        assert!(status.message().contains("kms:CreateGrant"), "{status:?}");
+    }
+
+    // Constraints hold at most 8 pairs of at most 384 characters in all.
+    let pairs: Vec<(String, String)> = (0..9).map(|n| (format!("k{n}"), "v".into())).collect();
+    let constrained = |pairs: Vec<(String, String)>| pb::CreateGrantRequest {
+        constraints: Some(pb::GrantConstraints {
+            encryption_context_subset: pairs.into_iter().collect(),
+            ..Default::default()
+        }),
+        ..grant(&role("app"), &["Encrypt"])
+    };
+    admin.create_grant(constrained(pairs[..8].to_vec())).await?;
+    let long = vec![("k".to_owned(), "v".repeat(383))];
+    admin.create_grant(constrained(long)).await?;
+    for too_much in [pairs.clone(), vec![("k".to_owned(), "v".repeat(384))]] {
+        let status = assert_error(
+            admin.create_grant(constrained(too_much)).await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+        assert!(status.message().starts_with("constraints"), "{status:?}");
+    }
+
+    // 500 grants for one grantee on a key, and no more.
+    let crowded = create_key(&mut admin, "", "").await?;
+    let crowd = pb::CreateGrantRequest {
+        key_id: crowded.clone(),
+        ..grant(&role("crowd"), &["Encrypt"])
+    };
+    let mut made = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = admin.clone();
+        let request = crowd.clone();
+        made.spawn(async move {
+            for _ in 0..500 / 8 {
+                client.create_grant(request.clone()).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(outcome) = made.join_next().await {
+        outcome??;
+    }
+    for _ in 0..500 % 8 {
+        admin.create_grant(crowd.clone()).await?;
+    }
+    let status = assert_error(
+        admin.create_grant(crowd.clone()).await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
+    assert!(status.message().contains("500 grants for"), "{status:?}");
+    // Other grantees are not held back by the crowd.
+    admin
+        .create_grant(pb::CreateGrantRequest {
+            key_id: crowded.clone(),
+            ..grant(&role("app"), &["Encrypt"])
+        })
+        .await?;
     Ok(())
 }
 
@@ -1473,6 +1691,19 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
             ..Default::default()
         })
         .await?;
+    // The key's owner delegates retiring the grants on its key the same
+    // way: A's admin retires a grant B issued.
+    let issued_again_by_b = admin_b
+        .create_grant(grant_for_carol(&granted_key))
+        .await?
+        .into_inner();
+    admin_a
+        .retire_grant(pb::RetireGrantRequest {
+            key_id: granted_key.clone(),
+            grant_id: issued_again_by_b.grant_id.clone(),
+            ..Default::default()
+        })
+        .await?;
     // A issued this one and named B's root its retiring principal: B's
     // admin retires it (by identity policy), carol (without one) may not.
     let retired_by_b = admin_a
@@ -1584,8 +1815,8 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         assert_eq!(owner["requestID"], caller["requestID"]);
         assert!(owner.get("errorCode").is_none());
     }
-    // B's grant calls on A's other key: the grant B created and the two it
-    // retired reach A's trail; the retirements refused do not.
+    // B's grant calls on A's other key: the two grants B created and the
+    // two it retired reach A's trail; the retirements refused do not.
     let mut grant_calls = Vec::new();
     for event in audit_a
         .lookup_events(by_key_of(&granted_key))
@@ -1600,7 +1831,10 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         }
     }
     grant_calls.sort();
-    assert_eq!(grant_calls, ["CreateGrant", "RetireGrant", "RetireGrant"]);
+    assert_eq!(
+        grant_calls,
+        ["CreateGrant", "CreateGrant", "RetireGrant", "RetireGrant"]
+    );
     Ok(())
 }
 

@@ -519,6 +519,7 @@ impl EventBase {
                 user_identity: user_identity(identity, location),
                 request_parameters: Value::Null,
                 response_elements: Value::Null,
+                additional_event_data: None,
                 error_code: None,
                 error_message: None,
                 request_id: request_id.to_string(),
@@ -557,6 +558,7 @@ impl EventBase {
             event.error_code = Some(code);
             event.error_message = Some(message);
         }
+        event.additional_event_data = draft.additional_event_data;
         event.resources = draft.resources;
         event
     }

@@ -215,7 +215,11 @@ impl KeysGrpc {
                     creation_date: Some(timestamp(grant.created_at_ms)),
                     grantee_principal: grant.grantee_principal.clone(),
                     retiring_principal: grant.retiring_principal.clone().unwrap_or_default(),
-                    issuing_account: grant.issuing_account.to_string(),
+                    issuing_account: format!(
+                        "arn:{}:iam::{}:root",
+                        self.domain.location().partition,
+                        grant.issuing_account
+                    ),
                     operations: grant.operations.clone(),
                     constraints: constraints_message(&grant.constraint),
                 })
@@ -463,6 +467,12 @@ fn grant_operations(operations: &[String]) -> Result<Vec<String>> {
     Ok(unique)
 }
 
+/// AWS: "Each grant constraint value can include up to 8 encryption context
+/// pairs. The encryption context value in each grant constraint cannot
+/// exceed 384 characters."
+const MAX_CONSTRAINT_PAIRS: usize = 8;
+const MAX_CONSTRAINT_CHARS: usize = 384;
+
 fn grant_constraint(
     constraints: Option<&pb::GrantConstraints>,
     operations: &[String],
@@ -496,6 +506,18 @@ fn grant_constraint(
             format!("the encryption context must be at most {MAX_ENCRYPTION_CONTEXT_BYTES} bytes"),
         )
     })?;
+    let characters: usize = pairs
+        .iter()
+        .map(|(key, value)| key.chars().count() + value.chars().count())
+        .sum();
+    if pairs.len() > MAX_CONSTRAINT_PAIRS || characters > MAX_CONSTRAINT_CHARS {
+        return Err(KeysError::validation(
+            "constraints",
+            format!(
+                "a grant constraint may have at most {MAX_CONSTRAINT_PAIRS} pairs of at most {MAX_CONSTRAINT_CHARS} characters in all"
+            ),
+        ));
+    }
     if let Some(operation) = operations
         .iter()
         .find(|operation| UNCONSTRAINABLE_OPERATIONS.contains(&operation.as_str()))
@@ -2193,10 +2215,12 @@ impl Keys for KeysGrpc {
         &self,
         request: Request<pb::RetireGrantRequest>,
     ) -> Result<Response<pb::RetireGrantResponse>, Status> {
+        // As CloudTrail records it: no request parameters (a token is a
+        // credential), the grant retired in additionalEventData.
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "grantId": m.grant_id}),
-            |_call, caller, m| async move {
+            |_| serde_json::Value::Null,
+            |call, caller, m| async move {
                 let target = match (
                     m.grant_token.is_empty(),
                     m.key_id.is_empty(),
@@ -2216,7 +2240,13 @@ impl Keys for KeysGrpc {
                         ));
                     }
                 };
-                self.domain.retire_grant(&caller, target).await?;
+                if let RetireTarget::Id { grant_id, .. } = &target {
+                    call.audit()
+                        .additional_event_data(json!({ "grantId": grant_id }));
+                }
+                let retired = self.domain.retire_grant(&caller, target).await?;
+                call.audit()
+                    .additional_event_data(json!({ "grantId": retired }));
                 Ok(pb::RetireGrantResponse {})
             },
         )

@@ -80,6 +80,10 @@ pub struct AuditEvent {
     pub user_identity: UserIdentity,
     pub request_parameters: Value,
     pub response_elements: Value,
+    /// What the service adds that is neither asked nor answered (the grant
+    /// a RetireGrant retired, which its token may be the only name of).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub additional_event_data: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +125,7 @@ pub struct RpcKind {
 pub(crate) struct AuditDraft {
     pub(crate) request_parameters: Option<Value>,
     pub(crate) response_elements: Option<Value>,
+    pub(crate) additional_event_data: Option<Value>,
     pub(crate) resources: Vec<AuditResource>,
     pub(crate) error: Option<(String, String)>,
 }
@@ -210,6 +215,11 @@ impl AuditRecorder {
         self.with(|draft| draft.response_elements = Some(elements));
     }
 
+    /// CloudTrail's `additionalEventData`, recorded whatever the outcome.
+    pub fn additional_event_data(&self, data: Value) {
+        self.with(|draft| draft.additional_event_data = Some(data));
+    }
+
     pub fn resource(&self, arn: String, account_id: String, resource_type: &str) {
         self.with(|draft| {
             if !draft.resources.iter().any(|existing| existing.arn == arn) {
@@ -235,6 +245,7 @@ impl AuditRecorder {
         self.with(|draft| AuditDraft {
             request_parameters: draft.request_parameters.clone(),
             response_elements: draft.response_elements.clone(),
+            additional_event_data: draft.additional_event_data.clone(),
             resources: draft.resources.clone(),
             error: draft.error.clone(),
         })

@@ -104,6 +104,7 @@ impl ServiceEvents {
             },
             request_parameters: Value::Null,
             response_elements: Value::Null,
+            additional_event_data: None,
             error_code: None,
             error_message: None,
             request_id: String::new(),

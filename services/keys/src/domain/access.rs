@@ -677,13 +677,26 @@ pub(crate) fn grant_covers(
     }
     let empty = std::collections::BTreeMap::new();
     let request = context.map_or(&empty, EncryptionContext::pairs);
-    let contains_all = pairs
-        .iter()
-        .all(|(name, value)| request.get(name) == Some(value));
+    // AWS: "in a grant constraint, the key in each key-value pair is not
+    // case sensitive, but the value is case sensitive".
+    let contains_all = pairs.iter().all(|(name, value)| {
+        request
+            .iter()
+            .any(|(asked, given)| given == value && same_context_key(asked, name))
+    });
     match kind {
         ConstraintKind::Equals => contains_all && request.len() == pairs.len(),
         ConstraintKind::Subset => contains_all,
     }
+}
+
+/// Whether two encryption context keys are the same in a grant constraint,
+/// which compares keys without regard to case.
+pub(crate) fn same_context_key(a: &str, b: &str) -> bool {
+    a == b
+        || a.chars()
+            .flat_map(char::to_lowercase)
+            .eq(b.chars().flat_map(char::to_lowercase))
 }
 
 #[cfg(test)]
@@ -743,12 +756,12 @@ mod tests {
             "extra pair"
         );
         assert!(
-            !grant_covers(
+            grant_covers(
                 &equals,
                 "Decrypt",
                 Some(&context(&[("A", "1"), ("b", "2")]))
             ),
-            "differently-cased key"
+            "a constraint's keys are not case sensitive"
         );
         assert!(
             !grant_covers(
@@ -756,7 +769,17 @@ mod tests {
                 "Decrypt",
                 Some(&context(&[("a", "1"), ("b", "X")]))
             ),
-            "differently-cased or other value"
+            "another value"
+        );
+        let lettered = grant(ConstraintKind::Equals, &[("Stage", "Prod")]);
+        assert!(grant_covers(
+            &lettered,
+            "Decrypt",
+            Some(&context(&[("sTAGE", "Prod")]))
+        ));
+        assert!(
+            !grant_covers(&lettered, "Decrypt", Some(&context(&[("Stage", "prod")]))),
+            "its values are"
         );
         assert!(
             !grant_covers(&equals, "Encrypt", Some(&same)),

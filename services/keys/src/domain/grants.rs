@@ -10,11 +10,19 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::Caller;
 use coffer_policy::DecisionEffect;
 
-use super::access::{Access, Reach};
+use super::access::{Access, Reach, same_context_key};
 use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
-use crate::store::{GrantConstraint, GrantRecord, KeyRecord, StoreError};
+use crate::store::{
+    ConstraintKind, GrantConstraint, GrantQuota, GrantQuotas, GrantRecord, KeyRecord, StoreError,
+};
+
+/// AWS's quotas: 50,000 grants on a key, 500 of them for one grantee.
+pub const GRANT_QUOTAS: GrantQuotas = GrantQuotas {
+    per_key: 50_000,
+    per_grantee: 500,
+};
 
 /// A validated CreateGrant request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +139,15 @@ fn ensure_grant_fits(key: &KeyRecord, request: &NewGrant) -> Result<()> {
     Ok(())
 }
 
+/// Access for CreateGrant, ListGrants or RevokeGrant, which carry
+/// kms:GrantIsForAWSResource: whether a Coffer service called for the caller.
+fn grant_access(action: &'static str, caller: &Caller) -> Access<'static> {
+    Access::to(action).with_values(
+        "kms:GrantIsForAWSResource",
+        vec![caller.via_service().is_some().to_string()],
+    )
+}
+
 fn grant_not_found(grant_id: &str) -> KeysError {
     KeysError::NotFound(format!("Grant ID {grant_id} was not found."))
 }
@@ -144,15 +161,11 @@ impl KeysDomain {
         reference: &KeyReference,
         request: NewGrant,
     ) -> Result<(KeyRecord, GrantRecord, String)> {
-        let mut access = Access::to("CreateGrant")
+        let mut access = grant_access("CreateGrant", caller)
             .with_values("kms:GrantOperations", request.operations.clone())
             .with_values(
                 "kms:GranteePrincipal",
                 vec![request.grantee_principal.clone()],
-            )
-            .with_values(
-                "kms:GrantIsForAWSResource",
-                vec![caller.via_service().is_some().to_string()],
             );
         if let Some(retiring) = &request.retiring_principal {
             access = access.with_values("kms:RetiringPrincipal", vec![retiring.clone()]);
@@ -175,7 +188,7 @@ impl KeysDomain {
                         .operations
                         .iter()
                         .all(|wanted| parent.operations.contains(wanted))
-                    && (parent.constraint.is_none() || parent.constraint == request.constraint)
+                    && no_looser(parent.constraint.as_ref(), request.constraint.as_ref())
             });
             if !covered {
                 return Err(KeysError::AccessDenied(format!(
@@ -197,6 +210,7 @@ impl KeysDomain {
                     .await?;
                 if let Some(existing) = page.iter().find(|grant| {
                     grant.name == request.name
+                        && grant.issuing_account == *caller.account()
                         && grant.grantee_principal == request.grantee_principal
                         && grant.retiring_principal == request.retiring_principal
                         && same_operations(&grant.operations, &request.operations)
@@ -224,7 +238,19 @@ impl KeysDomain {
             token_secret: coffer_platform::hex_lower(&coffer_platform::random_id_bytes::<16>()),
             created_at_ms: self.now_ms(),
         };
-        self.store.create_grant(&grant).await?;
+        if let Some(quota) = self.store.create_grant(&grant, GRANT_QUOTAS).await? {
+            let (quota, of) = match quota {
+                GrantQuota::PerKey => (GRANT_QUOTAS.per_key, "grants".to_owned()),
+                GrantQuota::PerGrantee => (
+                    GRANT_QUOTAS.per_grantee,
+                    format!("grants for {}", grant.grantee_principal),
+                ),
+            };
+            return Err(KeysError::LimitExceeded(format!(
+                "Key {} already has {quota} {of}, the most a key may have",
+                self.key_arn(&key.account, &key.key_id)
+            )));
+        }
         let token = GrantToken::encode(&grant);
         Ok((key, grant, token))
     }
@@ -240,7 +266,7 @@ impl KeysDomain {
         after: Option<&str>,
     ) -> Result<(KeyRecord, GrantPage)> {
         let key = self
-            .resolve(caller, reference, &Access::to("ListGrants"))
+            .resolve(caller, reference, &grant_access("ListGrants", caller))
             .await?;
         self.check_state(&key, KeyOperation::Policy)?;
         let mut grants = match (grant_id, grantee) {
@@ -289,10 +315,12 @@ impl KeysDomain {
         Ok(page_of(grants, limit))
     }
 
-    /// Retires a grant. Its retiring principal may, and its grantee when the
-    /// grant includes RetireGrant; anyone else needs kms:RetireGrant on the
-    /// key.
-    pub async fn retire_grant(&self, caller: &Caller, target: RetireTarget) -> Result<()> {
+    /// Retires a grant and returns its id. Its retiring principal may, and
+    /// its grantee when the grant includes RetireGrant; the accounts that
+    /// created it, own its key or are its retiring principal may delegate it
+    /// (kms:RetireGrant in an identity policy). An explicit deny of
+    /// kms:RetireGrant in the caller's identity policies stops anyone.
+    pub async fn retire_grant(&self, caller: &Caller, target: RetireTarget) -> Result<String> {
         let (grant, missing) = match &target {
             RetireTarget::Token(token) => {
                 let grant = self
@@ -319,62 +347,64 @@ impl KeysDomain {
             .find_key(&grant.key_id)
             .await?
             .ok_or_else(|| grant_not_found(&grant.grant_id))?;
-        let retiring = grant.retiring_principal.as_deref() == Some(caller.arn());
-        let grantee_may = grant.grantee_principal == caller.arn()
-            && grant
-                .operations
-                .iter()
-                .any(|operation| operation == "RetireGrant");
-        if retiring || grantee_may {
-            caller.mark_decided();
-        } else {
-            self.authorize_delegated_retire(caller, &key, &grant, missing)
-                .await?;
-        }
+        self.authorize_retire(caller, &key, &grant, missing).await?;
         // Named in the event (and so filed with the key's owner too, when
         // that is another account), as AWS names the key of a RetireGrant.
         self.record_key(caller, &key);
         if self.store.delete_grant(&grant.grant_id).await? {
-            Ok(())
+            Ok(grant.grant_id)
         } else {
             Err(grant_not_found(&grant.grant_id))
         }
     }
 
-    /// AWS's third way to retire a grant: the account that created it, and
-    /// an account named as its retiring principal, may retire it, and they
-    /// delegate that to their principals through identity policies
-    /// (kms:RetireGrant on the key). The key policy has no say: it neither
-    /// lets anyone else retire a grant nor keeps these accounts from it.
-    async fn authorize_delegated_retire(
+    /// Who may retire a grant (AWS's rules; the key policy has no say:
+    /// kms:RetireGrant "is not effective in a key policy"). The principals
+    /// the grant names may without any policy; the account that created
+    /// the grant, the key's owner and an account named as retiring
+    /// principal delegate it to their principals through identity policies.
+    async fn authorize_retire(
         &self,
         caller: &Caller,
         key: &KeyRecord,
         grant: &GrantRecord,
         missing: KeysError,
     ) -> Result<()> {
-        let access = Access::to("RetireGrant");
+        let key_arn = self.key_arn(&key.account, &key.key_id);
+        let identity = caller
+            .authorize_identity(&caller.request("kms:RetireGrant", &key_arn))
+            .effect;
+        let named = grant.retiring_principal.as_deref() == Some(caller.arn())
+            || (grant.grantee_principal == caller.arn()
+                && grant
+                    .operations
+                    .iter()
+                    .any(|operation| operation == "RetireGrant"));
         let account_root = format!(
             "arn:{}:iam::{}:root",
             self.location.partition,
             caller.account()
         );
         let delegating = grant.issuing_account == *caller.account()
+            || key.account == *caller.account()
             || grant.retiring_principal.as_deref() == Some(account_root.as_str());
-        let effect = if delegating {
-            let key_arn = self.key_arn(&key.account, &key.key_id);
-            caller
-                .authorize_identity(&caller.request("kms:RetireGrant", &key_arn))
-                .effect
-        } else {
-            caller.mark_decided();
-            DecisionEffect::ImplicitDeny
+        let effect = match identity {
+            // The grant names the caller, so it knows of the grant and is
+            // told plainly.
+            DecisionEffect::ExplicitDeny if named => {
+                return Err(KeysError::AccessDenied(
+                    caller
+                        .denied("kms:RetireGrant", &key_arn, DecisionEffect::ExplicitDeny)
+                        .message,
+                ));
+            }
+            DecisionEffect::ExplicitDeny => DecisionEffect::ExplicitDeny,
+            _ if named => return Ok(()),
+            DecisionEffect::Allowed if delegating => return Ok(()),
+            _ => DecisionEffect::ImplicitDeny,
         };
-        if effect == DecisionEffect::Allowed {
-            return Ok(());
-        }
         Err(self
-            .refusal(caller, key, &access, effect, || missing)
+            .refusal(caller, key, &Access::to("RetireGrant"), effect, || missing)
             .await?)
     }
 
@@ -386,7 +416,7 @@ impl KeysDomain {
         grant_id: &str,
     ) -> Result<KeyRecord> {
         let key = self
-            .resolve(caller, reference, &Access::to("RevokeGrant"))
+            .resolve(caller, reference, &grant_access("RevokeGrant", caller))
             .await?;
         let grant = self
             .store
@@ -413,6 +443,32 @@ fn page_of(mut grants: Vec<GrantRecord>, limit: u32) -> GrantPage {
         None
     };
     GrantPage { grants, next_after }
+}
+
+/// Whether a child grant's constraint is at least as strict as its parent's
+/// (AWS: it "can add pairs to an EncryptionContextSubset constraint … but it
+/// cannot remove them", and can turn Subset into Equals, not the reverse).
+/// Keys compare without regard to case, as constraints compare them.
+fn no_looser(parent: Option<&GrantConstraint>, child: Option<&GrantConstraint>) -> bool {
+    let Some((parent_kind, parent_pairs)) = parent else {
+        return true;
+    };
+    let Some((child_kind, child_pairs)) = child else {
+        return false;
+    };
+    let keeps_parent = parent_pairs.iter().all(|(name, value)| {
+        child_pairs
+            .iter()
+            .any(|(key, given)| given == value && same_context_key(key, name))
+    });
+    match parent_kind {
+        ConstraintKind::Equals => {
+            *child_kind == ConstraintKind::Equals
+                && keeps_parent
+                && child_pairs.len() == parent_pairs.len()
+        }
+        ConstraintKind::Subset => keeps_parent,
+    }
 }
 
 /// Whether two grants name the same operations, in any order: AWS's
@@ -459,6 +515,41 @@ mod tests {
             KeyUsage::EncryptDecrypt,
             "GetPublicKey"
         ));
+    }
+
+    #[test]
+    fn child_grant_constraints_may_only_tighten_their_parents() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect()
+        };
+        let subset: GrantConstraint = (ConstraintKind::Subset, pairs(&[("a", "1")]));
+        let equals: GrantConstraint = (ConstraintKind::Equals, pairs(&[("a", "1")]));
+        let wider_subset = (ConstraintKind::Subset, pairs(&[("a", "1"), ("b", "2")]));
+        let wider_equals = (ConstraintKind::Equals, pairs(&[("A", "1"), ("b", "2")]));
+        let other_value = (ConstraintKind::Subset, pairs(&[("a", "2")]));
+        assert!(no_looser(None, None));
+        assert!(no_looser(None, Some(&subset)));
+        assert!(!no_looser(Some(&subset), None), "dropping the constraint");
+        assert!(no_looser(Some(&subset), Some(&subset)));
+        assert!(
+            no_looser(Some(&subset), Some(&wider_subset)),
+            "adding pairs"
+        );
+        assert!(no_looser(Some(&subset), Some(&equals)), "Subset to Equals");
+        assert!(no_looser(Some(&subset), Some(&wider_equals)));
+        assert!(!no_looser(Some(&subset), Some(&other_value)));
+        assert!(
+            !no_looser(Some(&wider_subset), Some(&subset)),
+            "removing pairs"
+        );
+        assert!(!no_looser(Some(&equals), Some(&subset)), "Equals to Subset");
+        assert!(no_looser(Some(&equals), Some(&equals)));
+        assert!(
+            !no_looser(Some(&equals), Some(&wider_equals)),
+            "Equals admits no other pairs"
+        );
     }
 
     #[test]

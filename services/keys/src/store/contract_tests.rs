@@ -546,12 +546,42 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
     let mut second = grant(&key, &"b".repeat(64), bob, None);
     second.constraint = None;
     second.name = String::new();
-    store.create_grant(&second).await?;
-    store.create_grant(&first).await?;
+    let roomy = GrantQuotas {
+        per_key: 10,
+        per_grantee: 10,
+    };
+    assert_eq!(store.create_grant(&second, roomy).await?, None);
+    assert_eq!(store.create_grant(&first, roomy).await?, None);
     assert!(matches!(
-        store.create_grant(&first).await,
+        store.create_grant(&first, roomy).await,
         Err(StoreError::Conflict)
     ));
+    // A grant past a quota is not stored, and says which quota it broke.
+    let third = grant(&key, &"d".repeat(64), alice, None);
+    let tight = GrantQuotas {
+        per_key: 3,
+        per_grantee: 1,
+    };
+    assert_eq!(
+        store.create_grant(&third, tight).await?,
+        Some(GrantQuota::PerGrantee)
+    );
+    let fourth = grant(
+        &key,
+        &"e".repeat(64),
+        "arn:coffer:iam::111122223333:user/carol",
+        None,
+    );
+    let full = GrantQuotas {
+        per_key: 2,
+        per_grantee: 10,
+    };
+    assert_eq!(
+        store.create_grant(&fourth, full).await?,
+        Some(GrantQuota::PerKey)
+    );
+    assert_eq!(store.get_grant(&third.grant_id).await?, None);
+    assert_eq!(store.get_grant(&fourth.grant_id).await?, None);
 
     assert_eq!(store.get_grant(&first.grant_id).await?, Some(first.clone()));
     assert_eq!(store.get_grant(&"c".repeat(64)).await?, None);

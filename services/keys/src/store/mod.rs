@@ -135,6 +135,20 @@ impl ConstraintKind {
 /// A grant's constraint: its kind and its pairs, sorted by key.
 pub type GrantConstraint = (ConstraintKind, Vec<(String, String)>);
 
+/// How many grants a key may have, in all and for one grantee principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantQuotas {
+    pub per_key: u64,
+    pub per_grantee: u64,
+}
+
+/// The grant quota a new grant would break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantQuota {
+    PerKey,
+    PerGrantee,
+}
+
 /// A grant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
@@ -296,7 +310,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The key `key_id` whatever its account (ciphertexts name keys by id).
     async fn find_key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
-    async fn create_grant(&self, grant: &GrantRecord) -> Result<(), StoreError>;
+    /// Stores a grant unless it would take its key past `quotas`; then
+    /// nothing is stored and the quota broken is returned.
+    async fn create_grant(
+        &self,
+        grant: &GrantRecord,
+        quotas: GrantQuotas,
+    ) -> Result<Option<GrantQuota>, StoreError>;
 
     async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError>;
 

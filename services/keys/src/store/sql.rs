@@ -8,8 +8,8 @@ use coffer_platform::arn::AccountId;
 use sqlx::Row;
 
 use super::{
-    AliasRecord, ConstraintKind, GrantRecord, KeyRecord, KeyStore, MaterialRecord, StoreError,
-    convert_sqlx_error,
+    AliasRecord, ConstraintKind, GrantQuota, GrantQuotas, GrantRecord, KeyRecord, KeyStore,
+    MaterialRecord, StoreError, convert_sqlx_error,
 };
 use crate::domain::types::{
     KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
@@ -68,6 +68,10 @@ const INSERT_GRANT: &str = "INSERT INTO grants (grant_id, key_id, key_account, n
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 const DELETE_GRANT: &str = "DELETE FROM grants WHERE grant_id = $1";
+
+const COUNT_GRANTS: &str = "SELECT COUNT(*), \
+     COALESCE(SUM(CASE WHEN grantee_principal = $2 THEN 1 ELSE 0 END), 0) \
+     FROM grants WHERE key_id = $1";
 
 fn select_grant() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1")
@@ -808,7 +812,11 @@ macro_rules! sql_key_store {
                 row.as_ref().map(Self::key_from_row).transpose()
             }
 
-            async fn create_grant(&self, grant: &GrantRecord) -> Result<(), StoreError> {
+            async fn create_grant(
+                &self,
+                grant: &GrantRecord,
+                quotas: GrantQuotas,
+            ) -> Result<Option<GrantQuota>, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 sqlx::query(INSERT_GRANT)
                     .bind(&grant.grant_id)
@@ -831,8 +839,24 @@ macro_rules! sql_key_store {
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
+                // Counted with the new grant in, as tags are: dropping the
+                // transaction takes it out again.
+                let (on_key, for_grantee): (i64, i64) = sqlx::query_as(COUNT_GRANTS)
+                    .bind(grant.key_id.as_str())
+                    .bind(&grant.grantee_principal)
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                let over = |count: i64, quota: u64| u64::try_from(count).unwrap_or(0) > quota;
+                if over(on_key, quotas.per_key) {
+                    return Ok(Some(GrantQuota::PerKey));
+                }
+                if over(for_grantee, quotas.per_grantee) {
+                    return Ok(Some(GrantQuota::PerGrantee));
+                }
                 Self::outbox_in(&mut *transaction).await?;
-                transaction.commit().await.map_err(convert_sqlx_error)
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(None)
             }
 
             async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
