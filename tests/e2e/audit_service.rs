@@ -31,6 +31,7 @@ backend_tests!(
     subscribe_streams_only_matching_events,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
+    rules_and_subscriptions_keep_to_eventbridge_limits,
     retention_removes_events_past_the_period,
     required_mode_survives_the_audit_service_going_away,
     killed_keys_service_loses_no_events,
@@ -483,6 +484,8 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         assert!(!event.record.contains('\n'), "one line");
         let record: Value = serde_json::from_str(&event.record)?;
         assert_eq!(record["trusted"], false);
+        // The resources it names are claims, not what the event acted on.
+        assert!(record.get("resources").is_none(), "{record}");
         // Filed when it arrived (to the second), whatever time it claims.
         assert!(
             (before_ms / 1000 * 1000..=before_ms + 60_000).contains(&event.event_time_ms),
@@ -495,6 +498,15 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
             "{record}"
         );
     }
+    let claims = untrusted
+        .iter()
+        .filter_map(|event| serde_json::from_str::<Value>(&event.record).ok())
+        .filter(|record| record["claimedResources"][0]["type"] == "AWS::KMS::Key")
+        .count();
+    assert_eq!(
+        claims, 1,
+        "the forged audit record's resources, kept as claims"
+    );
     // The trusted one kept its id, and was not pre-empted by the forgery.
     let trusted = store
         .get_event(forged_id)
@@ -542,6 +554,15 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         .into_inner()
         .events;
     assert!(by_source.iter().all(|event| event.event_id == forged_id));
+    let outsiders = audit
+        .get_event(audit_pb::GetEventRequest {
+            event_id: untrusted[0].event_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .event
+        .ok_or_else(|| anyhow::anyhow!("no event"))?;
+    assert!(outsiders.resources.is_empty(), "{outsiders:?}");
 
     // With `untrusted_spans: reject`, an outsider's spans are refused.
     let rejecting = Harness::start_with(
@@ -873,6 +894,187 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         Code::NotFound,
         "ResourceNotFoundException",
     );
+    Ok(())
+}
+
+/// EventBridge's limits and idempotence: DeleteRule of a missing rule
+/// succeeds; no credentials in a target URL (nor in the event of the call
+/// refused for them); ListTargetsByRule pages; a removed target gets no
+/// more retries; an account holds 300 rules; a subscriber that leaves frees
+/// its slot at once, whatever it was waiting for.
+async fn rules_and_subscriptions_keep_to_eventbridge_limits(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let alice = Harness::user_id(ACCOUNT_A, "alice");
+    let mut audit = harness.audit_as(&alice).await?;
+    for _ in 0..2 {
+        audit
+            .delete_rule(audit_pb::DeleteRuleRequest {
+                name: "never-made".into(),
+                force: false,
+            })
+            .await?;
+    }
+    let rule = |name: String, state: &str| audit_pb::PutRuleRequest {
+        name,
+        event_pattern: r#"{"source":["coffer.kms"]}"#.into(),
+        state: state.into(),
+        ..Default::default()
+    };
+    audit.put_rule(rule("hooks".into(), "ENABLED")).await?;
+    let target = |id: &str, endpoint: String| audit_pb::Target {
+        id: id.into(),
+        https: Some(audit_pb::HttpsTarget { endpoint }),
+        retry_policy: Some(audit_pb::RetryPolicy {
+            maximum_retry_attempts: 10,
+            maximum_event_age_in_seconds: 600,
+        }),
+        signing_secret: b"0123456789abcdef-secret".to_vec(),
+    };
+    let refused = assert_error(
+        audit
+            .put_targets(audit_pb::PutTargetsRequest {
+                rule: "hooks".into(),
+                targets: vec![target("creds", "https://user:s3cret@localhost:1/".into())],
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    let events = harness
+        .audit_events_for(&request_id_of(refused.metadata()))
+        .await?;
+    anyhow::ensure!(events.len() == 1, "{events:#?}");
+    assert_eq!(
+        events[0]["requestParameters"]["targets"][0]["endpoint"],
+        "https://localhost:1/"
+    );
+    assert!(!events[0].to_string().contains("s3cret"));
+
+    // Two targets on a receiver that always fails, listed a page at a time.
+    let failing = start_receiver(&harness, usize::MAX).await?;
+    let endpoint = format!("https://localhost:{}/hook", failing.addr.port());
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "hooks".into(),
+            targets: vec![target("b", endpoint.clone()), target("a", endpoint)],
+        })
+        .await?;
+    assert_error(
+        audit
+            .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
+                rule: "hooks".into(),
+                limit: -1,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    let mut pages = Vec::new();
+    let mut next_token = String::new();
+    loop {
+        let page = audit
+            .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
+                rule: "hooks".into(),
+                limit: 1,
+                next_token: next_token.clone(),
+            })
+            .await?
+            .into_inner();
+        pages.push(
+            page.targets
+                .iter()
+                .map(|target| target.id.clone())
+                .collect::<Vec<_>>(),
+        );
+        if page.next_token.is_empty() {
+            break;
+        }
+        next_token = page.next_token;
+    }
+    assert_eq!(pages, [vec!["a".to_owned()], vec!["b".to_owned()]]);
+
+    // Each target fails its first delivery; once they are removed, their
+    // retries (the first 500 ms later) are not made.
+    let mut keys = harness.keys_for(ACCOUNT_A, "alice").await?;
+    new_key(&mut keys).await?;
+    let received = || failing.received.lock().map(|log| log.len()).unwrap_or(0);
+    wait_for("first deliveries", Duration::from_secs(20), || async {
+        Ok(received() >= 2)
+    })
+    .await?;
+    audit
+        .remove_targets(audit_pb::RemoveTargetsRequest {
+            rule: "hooks".into(),
+            ids: vec!["a".into(), "b".into()],
+        })
+        .await?;
+    let at_removal = received();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(received(), at_removal, "retried after the targets went");
+    let failures = audit
+        .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+            rule: "hooks".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .failed_deliveries;
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // 300 rules an account (replacing one is not another).
+    let mut making = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let mut client = audit.clone();
+        let rule = rule.clone();
+        making.spawn(async move {
+            for n in (worker..299).step_by(4) {
+                client
+                    .put_rule(rule(format!("quiet-{n}"), "DISABLED"))
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(outcome) = making.join_next().await {
+        outcome??;
+    }
+    let status = assert_error(
+        audit
+            .put_rule(rule("one-too-many".into(), "DISABLED"))
+            .await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
+    assert!(status.message().contains("300 rules"), "{status:?}");
+    audit.put_rule(rule("quiet-7".into(), "ENABLED")).await?;
+
+    // 256 subscriptions waiting for events that never come fill every
+    // slot; dropped, they free them.
+    let never = audit_pb::SubscribeRequest {
+        event_pattern: r#"{"source":["nothing-sends-this"]}"#.into(),
+    };
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut client = harness.audit_as(&alice).await?;
+        for _ in 0..64 {
+            open.push(client.subscribe(never.clone()).await?.into_inner());
+        }
+    }
+    assert_error(
+        audit.subscribe(never.clone()).await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
+    drop(open);
+    wait_for("slots freed", Duration::from_secs(10), || {
+        let mut audit = audit.clone();
+        let never = never.clone();
+        async move { Ok(audit.subscribe(never).await.is_ok()) }
+    })
+    .await?;
     Ok(())
 }
 

@@ -24,6 +24,10 @@ const LIVE_BUFFER: usize = 4096;
 /// How often the retention job runs.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 const RETENTION_BATCH: u32 = 10_000;
+/// How often the rules are re-read, for changes made through another
+/// replica sharing the database (or a change whose call was cut off before
+/// it reloaded them).
+pub const RULES_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a read waits for the indexer before it reads what is stored.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pauses between the indexer's attempts while the store fails.
@@ -55,10 +59,13 @@ pub struct AuditCore {
     /// Group commit across exports: whoever holds `writer` stores
     /// everything `pending` holds in one transaction.
     pending: std::sync::Mutex<Vec<PendingWrite>>,
-    writer: tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     live: broadcast::Sender<Arc<LiveEvent>>,
     rules: RwLock<Arc<Vec<ActiveRule>>>,
+    /// One reload at a time, so the last to read the rules is the last to
+    /// install them.
+    reloading: tokio::sync::Mutex<()>,
     dispatcher: Arc<Dispatcher>,
     retention: Duration,
     /// Where accepted batches wait for the indexer (SQLite).
@@ -94,10 +101,11 @@ impl AuditCore {
         let core = Arc::new(Self {
             store,
             pending: std::sync::Mutex::new(Vec::new()),
-            writer: tokio::sync::Mutex::new(()),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             clock,
             live,
             rules: RwLock::new(Arc::new(Vec::new())),
+            reloading: tokio::sync::Mutex::new(()),
             dispatcher,
             retention,
             journal: journal.clone(),
@@ -220,41 +228,26 @@ impl AuditCore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push((events, done));
-        {
-            let _writer = self.writer.lock().await;
-            let batch = std::mem::take(
-                &mut *self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            );
-            if !batch.is_empty() {
-                let mut all = Vec::new();
-                let mut spans = Vec::with_capacity(batch.len());
-                let mut senders = Vec::with_capacity(batch.len());
-                for (events, sender) in batch {
-                    spans.push((all.len(), events.len()));
-                    all.extend(events);
-                    senders.push(sender);
-                }
-                let result = self
-                    .store
-                    .insert_events(&all, self.clock.now_millis())
-                    .await;
-                let mut remaining = all.into_iter();
-                for ((start, length), sender) in spans.into_iter().zip(senders) {
-                    let own: Vec<StoredEvent> = remaining.by_ref().take(length).collect();
-                    let share = match &result {
-                        Ok(fresh) => Ok(fresh
-                            .iter()
-                            .filter(|index| (start..start + length).contains(*index))
-                            .map(|index| index - start)
-                            .collect()),
-                        Err(error) => Err(error.to_string()),
-                    };
-                    let _waiter_gone = sender.send((own, share));
-                }
-            }
+        let writer = self.writer.clone().lock_owned().await;
+        let batch = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if batch.is_empty() {
+            // Another writer took these events and has answered already.
+            drop(writer);
+        } else {
+            // In a task of its own: the caller holding the writer may be
+            // dropped (an abandoned call exporting its own event), and the
+            // batch it took carries other callers' events too.
+            let store = self.store.clone();
+            let now_ms = self.clock.now_millis();
+            tokio::spawn(async move {
+                let _writer = writer;
+                write_batch(store.as_ref(), batch, now_ms).await;
+            });
         }
         match outcome.await {
             Ok((events, Ok(fresh))) => Ok((events, fresh)),
@@ -263,8 +256,10 @@ impl AuditCore {
         }
     }
 
-    /// Re-reads the enabled rules and their targets (after any change).
+    /// Re-reads the enabled rules and their targets (after any change, and
+    /// every [`RULES_REFRESH_INTERVAL`] for changes other replicas made).
     pub async fn reload_rules(&self) -> Result<(), StoreError> {
+        let _reloading = self.reloading.lock().await;
         let mut active = Vec::new();
         for (rule, targets) in self.store.enabled_rules().await? {
             match EventPattern::parse(&rule.event_pattern) {
@@ -343,6 +338,33 @@ async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
     }
 }
 
+/// Stores one group-commit batch and tells each waiter what became of its
+/// events.
+async fn write_batch(store: &dyn AuditStore, batch: Vec<PendingWrite>, now_ms: i64) {
+    let mut all = Vec::new();
+    let mut spans = Vec::with_capacity(batch.len());
+    let mut senders = Vec::with_capacity(batch.len());
+    for (events, sender) in batch {
+        spans.push((all.len(), events.len()));
+        all.extend(events);
+        senders.push(sender);
+    }
+    let result = store.insert_events(&all, now_ms).await;
+    let mut remaining = all.into_iter();
+    for ((start, length), sender) in spans.into_iter().zip(senders) {
+        let own: Vec<StoredEvent> = remaining.by_ref().take(length).collect();
+        let share = match &result {
+            Ok(fresh) => Ok(fresh
+                .iter()
+                .filter(|index| (start..start + length).contains(*index))
+                .map(|index| index - start)
+                .collect()),
+            Err(error) => Err(error.to_string()),
+        };
+        let _waiter_gone = sender.send((own, share));
+    }
+}
+
 /// The EventBridge envelope of an event: what rule and subscription
 /// patterns match and what webhooks receive.
 pub fn envelope(stored: &StoredEvent) -> Value {
@@ -365,7 +387,11 @@ pub fn envelope(stored: &StoredEvent) -> Value {
     json!({
         "version": "0",
         "id": stored.event_id,
-        "detail-type": "AWS API Call via CloudTrail",
+        "detail-type": if record["eventType"] == "AwsServiceEvent" {
+            "AWS Service Event via CloudTrail"
+        } else {
+            "AWS API Call via CloudTrail"
+        },
         "source": source,
         "account": stored.account_id,
         "time": record.get("eventTime").cloned().unwrap_or(Value::Null),
@@ -375,18 +401,59 @@ pub fn envelope(stored: &StoredEvent) -> Value {
     })
 }
 
-/// Runs the retention job every [`RETENTION_INTERVAL`].
-pub fn spawn_retention(core: Arc<AuditCore>) -> tokio::task::JoinHandle<()> {
+/// Runs the retention job every [`RETENTION_INTERVAL`] and re-reads the
+/// rules every [`RULES_REFRESH_INTERVAL`].
+pub fn spawn_upkeep(core: Arc<AuditCore>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(RETENTION_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
+        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(RULES_REFRESH_INTERVAL);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
-            match core.enforce_retention().await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
-                Err(error) => tracing::error!(%error, "audit retention failed"),
+            tokio::select! {
+                _ = retention.tick() => match core.enforce_retention().await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
+                    Err(error) => tracing::error!(%error, "audit retention failed"),
+                },
+                _ = refresh.tick() => {
+                    if let Err(error) = core.reload_rules().await {
+                        tracing::error!(%error, "the event rules could not be re-read");
+                    }
+                }
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(record: &str) -> StoredEvent {
+        StoredEvent {
+            seq: 0,
+            event_id: "e".into(),
+            event_time_ms: 0,
+            event_source: "kms.coffer.internal".into(),
+            event_name: "RotateKey".into(),
+            read_only: false,
+            username: None,
+            account_id: Some("111122223333".into()),
+            trusted: true,
+            trace_id: None,
+            received_at_ms: 0,
+            record: record.to_owned(),
+            resources: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn service_events_and_api_calls_have_eventbridges_detail_types() {
+        let service = envelope(&stored(r#"{"eventType":"AwsServiceEvent"}"#));
+        assert_eq!(service["detail-type"], "AWS Service Event via CloudTrail");
+        assert_eq!(service["source"], "coffer.kms");
+        let call = envelope(&stored(r#"{"eventType":"AwsApiCall"}"#));
+        assert_eq!(call["detail-type"], "AWS API Call via CloudTrail");
+    }
 }

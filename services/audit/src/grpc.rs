@@ -41,6 +41,8 @@ const DEFAULT_EVENT_AGE_S: i32 = 86_400;
 const RULE_RESOURCE_TYPE: &str = "AWS::Events::Rule";
 /// Subscriptions open at once at most (each holds a task and a buffer).
 const MAX_SUBSCRIPTIONS: usize = 256;
+/// EventBridge's quota of rules on an event bus (one bus per account here).
+const MAX_RULES_PER_ACCOUNT: u32 = 300;
 
 pub struct AuditGrpc {
     core: Arc<AuditCore>,
@@ -492,7 +494,13 @@ impl Audit for AuditGrpc {
         tokio::spawn(async move {
             let _permit = permit;
             loop {
-                let event = match live.recv().await {
+                // A client that went away frees its slot at once, whether or
+                // not anything it would see arrives.
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    () = sender.closed() => return,
+                };
+                let event = match received {
                     Ok(event) => event,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                         let status = Status::resource_exhausted(format!(
@@ -549,6 +557,26 @@ impl Audit for AuditGrpc {
             return Err(call.fail(validation("event_pattern", "must not be empty")));
         }
         pattern(&message.event_pattern).map_err(|error| call.fail(error))?;
+        let store = self.core.store();
+        let account = caller.account().as_str();
+        let replacing = store
+            .get_rule(account, &message.name)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?
+            .is_some();
+        if !replacing {
+            let rules = store
+                .list_rules(account, "", "", MAX_RULES_PER_ACCOUNT)
+                .await
+                .map_err(|error| call.fail(store_failed(&error)))?;
+            if rules.len() >= MAX_RULES_PER_ACCOUNT as usize {
+                return Err(call.fail(ApiError::new(
+                    ErrorCode::ResourceExhausted,
+                    "LimitExceededException",
+                    format!("an account has at most {MAX_RULES_PER_ACCOUNT} rules"),
+                )));
+            }
+        }
         let rule = RuleRecord {
             account_id: caller.account().to_string(),
             name: message.name.clone(),
@@ -650,9 +678,7 @@ impl Audit for AuditGrpc {
         let message = request.into_inner();
         let caller = Self::rule_call(&call, "events:DeleteRule", "name", &message.name)?;
         let account = caller.account().to_string();
-        self.existing_rule(&caller, &message.name)
-            .await
-            .map_err(|error| call.fail(error))?;
+        // As EventBridge: deleting a rule that does not exist succeeds.
         let targets = self
             .core
             .store()
@@ -710,7 +736,7 @@ impl Audit for AuditGrpc {
             "rule": message.rule,
             "targets": message.targets.iter().map(|target| json!({
                 "id": target.id,
-                "endpoint": target.https.as_ref().map(|https| https.endpoint.clone()),
+                "endpoint": target.https.as_ref().map(|https| without_userinfo(&https.endpoint)),
             })).collect::<Vec<_>>(),
         }));
         if message.targets.is_empty() || message.targets.len() > MAX_TARGETS_PER_RULE {
@@ -820,15 +846,29 @@ impl Audit for AuditGrpc {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
         let caller = Self::rule_call(&call, "events:ListTargetsByRule", "rule", &message.rule)?;
+        let limit = list_limit(message.limit).map_err(|error| call.fail(error))? as usize;
+        let after = page_token(&message.next_token).map_err(|error| call.fail(error))?;
         self.existing_rule(&caller, &message.rule)
             .await
             .map_err(|error| call.fail(error))?;
-        let targets = self
+        let mut targets = self
             .core
             .store()
             .list_targets(caller.account().as_str(), &message.rule)
             .await
             .map_err(|error| call.fail(store_failed(&error)))?;
+        // A rule has a handful of targets: paged here, by target id.
+        targets.sort_by(|a, b| a.target_id.cmp(&b.target_id));
+        targets.retain(|target| after.is_empty() || target.target_id > after);
+        let next_token = if targets.len() > limit {
+            targets.truncate(limit);
+            targets
+                .last()
+                .map(|target| URL_SAFE_NO_PAD.encode(&target.target_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListTargetsByRuleResponse {
             targets: targets
                 .into_iter()
@@ -843,7 +883,7 @@ impl Audit for AuditGrpc {
                     }),
                 })
                 .collect(),
-            next_token: String::new(),
+            next_token,
         }))
     }
 
@@ -940,6 +980,19 @@ impl AuditGrpc {
     }
 }
 
+/// `endpoint` without a `user:password@` part: what a refused PutTargets
+/// records of a URL that carried credentials.
+fn without_userinfo(endpoint: &str) -> String {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return endpoint.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => endpoint.to_owned(),
+    }
+}
+
 fn target_record(
     account: &str,
     rule: &str,
@@ -964,12 +1017,15 @@ fn target_record(
     let uri: Option<http::Uri> = endpoint.parse().ok();
     let endpoint_valid = endpoint.len() <= MAX_ENDPOINT_CHARS
         && uri.as_ref().is_some_and(|uri| {
-            uri.scheme_str() == Some("https") && uri.host().is_some_and(|host| !host.is_empty())
+            uri.scheme_str() == Some("https")
+                && uri.host().is_some_and(|host| !host.is_empty())
+                // Credentials in a URL would be stored, listed and audited.
+                && uri.authority().is_some_and(|authority| !authority.as_str().contains('@'))
         });
     if !endpoint_valid {
         return Err(validation(
             &field("https.endpoint"),
-            "must be an https:// URL with a host",
+            "must be an https:// URL with a host and no user name or password",
         ));
     }
     if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&target.signing_secret.len()) {
@@ -1008,4 +1064,28 @@ fn target_record(
         max_retries: policy.maximum_retry_attempts,
         max_event_age_s: age,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_userinfo;
+
+    #[test]
+    fn credentials_are_cut_from_recorded_endpoints() {
+        for (given, recorded) in [
+            ("https://hooks.example/a", "https://hooks.example/a"),
+            (
+                "https://u:p@hooks.example:8443/a?b=c",
+                "https://hooks.example:8443/a?b=c",
+            ),
+            ("https://u:p@w@hooks.example", "https://hooks.example"),
+            (
+                "https://hooks.example/path@x",
+                "https://hooks.example/path@x",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(without_userinfo(given), recorded, "{given}");
+        }
+    }
 }

@@ -95,6 +95,10 @@ impl Dispatcher {
             tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, %error, "webhook delivery failed; retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+            if !self.still_targeted(&job.target).await {
+                tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, "the target was removed, changed or disabled; its retries stop");
+                return;
+            }
         };
         tracing::warn!(event_id = %job.event_id, target = %job.target.target_id, attempts, error = %last_error, "webhook delivery failed for good");
         let failure = FailedDeliveryRecord {
@@ -109,6 +113,29 @@ impl Dispatcher {
         };
         if let Err(error) = self.store.record_failed_delivery(&failure).await {
             tracing::error!(%error, "a failed webhook delivery could not be recorded");
+        }
+    }
+
+    /// Whether `target` is still on its rule, unchanged, and the rule still
+    /// enabled: a retry goes nowhere the rule no longer sends to. When the
+    /// store cannot say, the retries go on.
+    async fn still_targeted(&self, target: &TargetRecord) -> bool {
+        let rule = self
+            .store
+            .get_rule(&target.account_id, &target.rule_name)
+            .await;
+        let targets = self
+            .store
+            .list_targets(&target.account_id, &target.rule_name)
+            .await;
+        match (rule, targets) {
+            (Ok(rule), Ok(targets)) => {
+                rule.is_some_and(|rule| rule.enabled) && targets.iter().any(|now| now == target)
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "could not check a webhook target before a retry");
+                true
+            }
         }
     }
 

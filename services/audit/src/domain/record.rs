@@ -433,6 +433,10 @@ pub fn stored_event(record: Value, sender: Sender) -> Result<StoredEvent, Record
             if let Some(name) = claimed_username {
                 fields.insert("claimedUserName".into(), Value::String(name));
             }
+            // Nothing it names is taken as a resource the event acted on.
+            if let Some(claimed) = fields.remove("resources") {
+                fields.insert("claimedResources".into(), claimed);
+            }
             fields.insert("trusted".into(), Value::Bool(false));
             let seconds = received_ms.div_euclid(1000);
             if let Some(claimed) = fields.remove("eventTime") {
