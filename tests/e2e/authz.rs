@@ -1369,7 +1369,8 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
         assert!(status.message().contains("kms:CreateGrant"), "{status:?}");
     }
 
-    // Constraints hold at most 8 pairs of at most 384 characters in all.
+    // Constraints hold at most 8 pairs of at most 384 characters in all,
+    // and no two keys that differ only in case.
     let pairs: Vec<(String, String)> = (0..9).map(|n| (format!("k{n}"), "v".into())).collect();
     let constrained = |pairs: Vec<(String, String)>| pb::CreateGrantRequest {
         constraints: Some(pb::GrantConstraints {
@@ -1381,7 +1382,14 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
     admin.create_grant(constrained(pairs[..8].to_vec())).await?;
     let long = vec![("k".to_owned(), "v".repeat(383))];
     admin.create_grant(constrained(long)).await?;
-    for too_much in [pairs.clone(), vec![("k".to_owned(), "v".repeat(384))]] {
+    for too_much in [
+        pairs.clone(),
+        vec![("k".to_owned(), "v".repeat(384))],
+        vec![
+            ("Stage".to_owned(), "a".into()),
+            ("stage".to_owned(), "b".into()),
+        ],
+    ] {
         let status = assert_error(
             admin.create_grant(constrained(too_much)).await,
             Code::InvalidArgument,

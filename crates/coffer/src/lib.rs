@@ -297,7 +297,7 @@ pub async fn launch(
                     .take()
                     .context("the audit service is named more than once")?;
                 pools.push(pool);
-                background.push(coffer_audit::core::spawn_upkeep(audit.core.clone()));
+                background.extend(coffer_audit::core::spawn_upkeep(audit.core.clone()));
                 audit_core = Some(audit.core.clone());
                 audit.registration()
             }

@@ -18,7 +18,6 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -607,13 +606,14 @@ impl Drop for CancelGuard {
 }
 
 /// `request` with its body watched: a client that resets the stream before
-/// its message is complete ends the body in CANCELLED, which sets `reset`.
-fn watching_for_reset(request: Request<Body>, reset: &Arc<AtomicBool>) -> Request<Body> {
-    let reset = reset.clone();
+/// its message is complete ends the body in CANCELLED, which the recorder
+/// notes (only then: the watch costs nothing on a body that ends well).
+fn watching_for_reset(request: Request<Body>, recorder: &AuditRecorder) -> Request<Body> {
+    let recorder = recorder.clone();
     request.map(|body| {
         Body::new(body.map_err(move |status: tonic::Status| {
             if status.code() == tonic::Code::Cancelled {
-                reset.store(true, Ordering::Relaxed);
+                recorder.client_reset();
             }
             status
         }))
@@ -684,7 +684,6 @@ where
     let running = entry.sink.calls().map(CallCounter::start);
     let recorder = AuditRecorder::default();
     let decision = DecisionMark::default();
-    let reset = Arc::new(AtomicBool::new(false));
     let span = crate::telemetry::rpc_span(&path, &request_id, &parent_trace);
     let mut prepared: Option<EventBase> = None;
 
@@ -743,7 +742,7 @@ where
                         sink: entry.sink.clone(),
                     };
                     let handler = inner
-                        .call(watching_for_reset(request, &reset))
+                        .call(watching_for_reset(request, &recorder))
                         .instrument(span.clone());
                     let outcome = match (&outbox, &guard.event) {
                         (Some(outbox), Some(base)) => {
@@ -795,7 +794,7 @@ where
         code = tonic::Code::Internal;
     }
     let mut draft = recorder.take();
-    if code != tonic::Code::Ok && draft.error.is_none() && reset.load(Ordering::Relaxed) {
+    if code != tonic::Code::Ok && draft.error.is_none() && draft.client_reset {
         // The client reset the stream before its whole message arrived:
         // tonic answers INTERNAL ("Missing request message."), but the call
         // was abandoned, as one dropped mid-way is (`CancelGuard`).

@@ -48,13 +48,15 @@ struct ActiveRule {
     targets: Vec<TargetRecord>,
 }
 
-/// Events waiting for the writer, with where to send their outcome.
+/// Events waiting for the writer, with where to send how many were new.
 type PendingWrite = (
     Vec<StoredEvent>,
-    tokio::sync::oneshot::Sender<(Vec<StoredEvent>, Result<Vec<usize>, String>)>,
+    tokio::sync::oneshot::Sender<Result<usize, String>>,
 );
 
 pub struct AuditCore {
+    /// Itself, for the tasks it starts.
+    me: Weak<AuditCore>,
     store: Arc<dyn AuditStore>,
     /// Group commit across exports: whoever holds `writer` stores
     /// everything `pending` holds in one transaction.
@@ -98,7 +100,8 @@ impl AuditCore {
     ) -> Arc<Self> {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let journal = journal.map(Arc::new);
-        let core = Arc::new(Self {
+        let core = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             store,
             pending: std::sync::Mutex::new(Vec::new()),
             writer: Arc::new(tokio::sync::Mutex::new(())),
@@ -168,13 +171,6 @@ impl AuditCore {
         }
     }
 
-    /// Stores `events` in one transaction; publishes and routes the new
-    /// ones. Returns how many were new.
-    async fn store_and_route(&self, events: Vec<StoredEvent>) -> Result<usize, StoreError> {
-        let (events, fresh) = self.write(events).await?;
-        Ok(self.route(events, fresh))
-    }
-
     /// Publishes and routes the stored events at the positions `fresh`.
     /// Returns how many those are.
     fn route(&self, events: Vec<StoredEvent>, fresh: Vec<usize>) -> usize {
@@ -218,41 +214,80 @@ impl AuditCore {
 
     /// Stores `events`, sharing one transaction with whatever other exports
     /// are waiting (one writer at a time: SQLite has one anyway, and a
-    /// commit per export would be paid by every waiting call).
-    async fn write(
-        &self,
-        events: Vec<StoredEvent>,
-    ) -> Result<(Vec<StoredEvent>, Vec<usize>), StoreError> {
+    /// commit per export would be paid by every waiting call); publishes and
+    /// routes the new ones. Returns how many were new.
+    async fn store_and_route(&self, events: Vec<StoredEvent>) -> Result<usize, StoreError> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push((events, done));
         let writer = self.writer.clone().lock_owned().await;
-        let batch = std::mem::take(
+        let batch = self.take_pending();
+        if batch.is_empty() {
+            // Another writer took these events and has answered already.
+            drop(writer);
+        } else if let Some(core) = self.me.upgrade() {
+            // Written and routed in a task of its own: the caller holding the
+            // writer may be dropped (an abandoned call exporting its own
+            // event), and the batch carries other callers' events too. The
+            // task also writes what arrived meanwhile, so nothing is left
+            // waiting for a writer that no one is going to be.
+            tokio::spawn(async move {
+                let _writer = writer;
+                let mut batch = batch;
+                while !batch.is_empty() {
+                    core.write_batch(batch).await;
+                    batch = core.take_pending();
+                }
+            });
+        }
+        match outcome.await {
+            Ok(Ok(count)) => Ok(count),
+            Ok(Err(message)) => Err(StoreError::Batch(message)),
+            Err(_) => Err(StoreError::Batch("the writer went away".into())),
+        }
+    }
+
+    fn take_pending(&self) -> Vec<PendingWrite> {
+        std::mem::take(
             &mut *self
                 .pending
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        if batch.is_empty() {
-            // Another writer took these events and has answered already.
-            drop(writer);
-        } else {
-            // In a task of its own: the caller holding the writer may be
-            // dropped (an abandoned call exporting its own event), and the
-            // batch it took carries other callers' events too.
-            let store = self.store.clone();
-            let now_ms = self.clock.now_millis();
-            tokio::spawn(async move {
-                let _writer = writer;
-                write_batch(store.as_ref(), batch, now_ms).await;
-            });
+        )
+    }
+
+    /// Stores one group-commit batch in one transaction, routes each
+    /// waiter's new events and tells it how many those were.
+    async fn write_batch(&self, batch: Vec<PendingWrite>) {
+        let mut all = Vec::new();
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut senders = Vec::with_capacity(batch.len());
+        for (events, sender) in batch {
+            spans.push((all.len(), events.len()));
+            all.extend(events);
+            senders.push(sender);
         }
-        match outcome.await {
-            Ok((events, Ok(fresh))) => Ok((events, fresh)),
-            Ok((_, Err(message))) => Err(StoreError::Batch(message)),
-            Err(_) => Err(StoreError::Batch("the writer went away".into())),
+        let result = self
+            .store
+            .insert_events(&all, self.clock.now_millis())
+            .await;
+        let mut remaining = all.into_iter();
+        for ((start, length), sender) in spans.into_iter().zip(senders) {
+            let own: Vec<StoredEvent> = remaining.by_ref().take(length).collect();
+            let share = match &result {
+                Ok(fresh) => {
+                    let own_fresh = fresh
+                        .iter()
+                        .filter(|index| (start..start + length).contains(*index))
+                        .map(|index| index - start)
+                        .collect();
+                    Ok(self.route(own, own_fresh))
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            let _waiter_gone = sender.send(share);
         }
     }
 
@@ -338,33 +373,6 @@ async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
     }
 }
 
-/// Stores one group-commit batch and tells each waiter what became of its
-/// events.
-async fn write_batch(store: &dyn AuditStore, batch: Vec<PendingWrite>, now_ms: i64) {
-    let mut all = Vec::new();
-    let mut spans = Vec::with_capacity(batch.len());
-    let mut senders = Vec::with_capacity(batch.len());
-    for (events, sender) in batch {
-        spans.push((all.len(), events.len()));
-        all.extend(events);
-        senders.push(sender);
-    }
-    let result = store.insert_events(&all, now_ms).await;
-    let mut remaining = all.into_iter();
-    for ((start, length), sender) in spans.into_iter().zip(senders) {
-        let own: Vec<StoredEvent> = remaining.by_ref().take(length).collect();
-        let share = match &result {
-            Ok(fresh) => Ok(fresh
-                .iter()
-                .filter(|index| (start..start + length).contains(*index))
-                .map(|index| index - start)
-                .collect()),
-            Err(error) => Err(error.to_string()),
-        };
-        let _waiter_gone = sender.send((own, share));
-    }
-}
-
 /// The EventBridge envelope of an event: what rule and subscription
 /// patterns match and what webhooks receive.
 pub fn envelope(stored: &StoredEvent) -> Value {
@@ -387,7 +395,7 @@ pub fn envelope(stored: &StoredEvent) -> Value {
     json!({
         "version": "0",
         "id": stored.event_id,
-        "detail-type": if record["eventType"] == "AwsServiceEvent" {
+        "detail-type": if stored.trusted && record["eventType"] == "AwsServiceEvent" {
             "AWS Service Event via CloudTrail"
         } else {
             "AWS API Call via CloudTrail"
@@ -401,29 +409,34 @@ pub fn envelope(stored: &StoredEvent) -> Value {
     })
 }
 
-/// Runs the retention job every [`RETENTION_INTERVAL`] and re-reads the
-/// rules every [`RULES_REFRESH_INTERVAL`].
-pub fn spawn_upkeep(core: Arc<AuditCore>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut retention = tokio::time::interval(RETENTION_INTERVAL);
-        retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut refresh = tokio::time::interval(RULES_REFRESH_INTERVAL);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Runs the retention job every [`RETENTION_INTERVAL`] and, in a task of
+/// its own (a long purge must not hold it up), re-reads the rules every
+/// [`RULES_REFRESH_INTERVAL`].
+pub fn spawn_upkeep(core: Arc<AuditCore>) -> [tokio::task::JoinHandle<()>; 2] {
+    let refreshing = core.clone();
+    let refresh = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(RULES_REFRESH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = retention.tick() => match core.enforce_retention().await {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
-                    Err(error) => tracing::error!(%error, "audit retention failed"),
-                },
-                _ = refresh.tick() => {
-                    if let Err(error) = core.reload_rules().await {
-                        tracing::error!(%error, "the event rules could not be re-read");
-                    }
-                }
+            ticks.tick().await;
+            if let Err(error) = refreshing.reload_rules().await {
+                tracing::error!(%error, "the event rules could not be re-read");
             }
         }
-    })
+    });
+    let retention = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(RETENTION_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match core.enforce_retention().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
+                Err(error) => tracing::error!(%error, "audit retention failed"),
+            }
+        }
+    });
+    [retention, refresh]
 }
 
 #[cfg(test)]

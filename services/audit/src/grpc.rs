@@ -736,7 +736,7 @@ impl Audit for AuditGrpc {
             "rule": message.rule,
             "targets": message.targets.iter().map(|target| json!({
                 "id": target.id,
-                "endpoint": target.https.as_ref().map(|https| without_userinfo(&https.endpoint)),
+                "endpoint": target.https.as_ref().map(|https| recorded_endpoint(&https.endpoint)),
             })).collect::<Vec<_>>(),
         }));
         if message.targets.is_empty() || message.targets.len() > MAX_TARGETS_PER_RULE {
@@ -980,16 +980,30 @@ impl AuditGrpc {
     }
 }
 
-/// `endpoint` without a `user:password@` part: what a refused PutTargets
-/// records of a URL that carried credentials.
-fn without_userinfo(endpoint: &str) -> String {
-    let Some((scheme, rest)) = endpoint.split_once("://") else {
-        return endpoint.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => endpoint.to_owned(),
+/// Whether `endpoint` is a webhook URL Coffer accepts: https, a host, no
+/// credentials.
+fn endpoint_valid(endpoint: &str) -> bool {
+    endpoint.len() <= MAX_ENDPOINT_CHARS
+        && endpoint.parse::<http::Uri>().is_ok_and(|uri| {
+            uri.scheme_str() == Some("https")
+                && uri.host().is_some_and(|host| !host.is_empty())
+                && uri.authority().is_some_and(|authority| {
+                    let text = authority.as_str();
+                    let after_host = text.rsplit(']').next().unwrap_or(text);
+                    // Credentials in a URL would be stored, listed and
+                    // audited; a port must be a number.
+                    !text.contains('@') && (!after_host.contains(':') || uri.port_u16().is_some())
+                })
+        })
+}
+
+/// `endpoint` as a PutTargets event records it: withheld when it has an
+/// `@` anywhere, where a password may hide however the rest is mangled.
+fn recorded_endpoint(endpoint: &str) -> String {
+    if !endpoint.contains('@') {
+        endpoint.to_owned()
+    } else {
+        "(withheld: not a valid endpoint, and it may hold credentials)".to_owned()
     }
 }
 
@@ -1014,15 +1028,7 @@ fn target_record(
         ));
     }
     let endpoint = target.https.map(|https| https.endpoint).unwrap_or_default();
-    let uri: Option<http::Uri> = endpoint.parse().ok();
-    let endpoint_valid = endpoint.len() <= MAX_ENDPOINT_CHARS
-        && uri.as_ref().is_some_and(|uri| {
-            uri.scheme_str() == Some("https")
-                && uri.host().is_some_and(|host| !host.is_empty())
-                // Credentials in a URL would be stored, listed and audited.
-                && uri.authority().is_some_and(|authority| !authority.as_str().contains('@'))
-        });
-    if !endpoint_valid {
+    if !endpoint_valid(&endpoint) {
         return Err(validation(
             &field("https.endpoint"),
             "must be an https:// URL with a host and no user name or password",
@@ -1068,24 +1074,45 @@ fn target_record(
 
 #[cfg(test)]
 mod tests {
-    use super::without_userinfo;
+    use super::{endpoint_valid, recorded_endpoint};
 
     #[test]
-    fn credentials_are_cut_from_recorded_endpoints() {
-        for (given, recorded) in [
-            ("https://hooks.example/a", "https://hooks.example/a"),
-            (
-                "https://u:p@hooks.example:8443/a?b=c",
-                "https://hooks.example:8443/a?b=c",
-            ),
-            ("https://u:p@w@hooks.example", "https://hooks.example"),
-            (
-                "https://hooks.example/path@x",
-                "https://hooks.example/path@x",
-            ),
-            ("not a url", "not a url"),
+    fn webhook_endpoints_are_https_with_a_host_a_numeric_port_and_no_credentials() {
+        for valid in [
+            "https://hooks.example/a?b=c",
+            "https://hooks.example:8443/a",
+            "https://[::1]:8443/a",
+            "https://[::1]/a",
         ] {
-            assert_eq!(without_userinfo(given), recorded, "{given}");
+            assert!(endpoint_valid(valid), "{valid}");
+        }
+        for invalid in [
+            "http://hooks.example/a",
+            "https://u:p@hooks.example/a",
+            "https://user:pa/ss@hooks.example",
+            "https://hooks.example:port/a",
+            "hooks.example/a",
+        ] {
+            assert!(!endpoint_valid(invalid), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn endpoints_that_may_hold_credentials_are_not_recorded() {
+        for (given, recorded) in [
+            ("https://hooks.example/a", Some("https://hooks.example/a")),
+            ("https://hooks.example/path@x", None),
+            ("http://hooks.example/a", Some("http://hooks.example/a")),
+            ("https://u:p@hooks.example:8443/a", None),
+            ("u:p@hooks.example", None),
+            ("https://user:pa/ss@hooks.example", None),
+            ("https://u:p#x@hooks.example", None),
+        ] {
+            let shown = recorded_endpoint(given);
+            match recorded {
+                Some(recorded) => assert_eq!(shown, recorded, "{given}"),
+                None => assert!(shown.starts_with("(withheld"), "{given}: {shown}"),
+            }
         }
     }
 }

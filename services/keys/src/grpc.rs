@@ -18,7 +18,7 @@ use pb::keys_server::Keys;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use crate::domain::access::{GRANT_OPERATIONS, UNCONSTRAINABLE_OPERATIONS};
+use crate::domain::access::{GRANT_OPERATIONS, UNCONSTRAINABLE_OPERATIONS, same_context_key};
 use crate::domain::aliases::ListedAlias;
 use crate::domain::grants::{GrantPage, GrantToken, NewGrant, RetireTarget};
 use crate::domain::lifecycle::NewKey;
@@ -516,6 +516,18 @@ fn grant_constraint(
             format!(
                 "a grant constraint may have at most {MAX_CONSTRAINT_PAIRS} pairs of at most {MAX_CONSTRAINT_CHARS} characters in all"
             ),
+        ));
+    }
+    // Checked on at most 8 keys, after the bound.
+    let keys: Vec<&String> = pairs.keys().collect();
+    if keys.iter().enumerate().any(|(index, key)| {
+        keys[index + 1..]
+            .iter()
+            .any(|other| same_context_key(key, other))
+    }) {
+        return Err(KeysError::validation(
+            "constraints",
+            "a grant constraint's keys are not case sensitive: two of them differ only in case",
         ));
     }
     if let Some(operation) = operations

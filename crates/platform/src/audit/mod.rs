@@ -128,6 +128,8 @@ pub(crate) struct AuditDraft {
     pub(crate) additional_event_data: Option<Value>,
     pub(crate) resources: Vec<AuditResource>,
     pub(crate) error: Option<(String, String)>,
+    /// The client reset the stream before its request was read whole.
+    pub(crate) client_reset: bool,
 }
 
 /// `value` without what a caller leaves out: CloudTrail records only the
@@ -236,6 +238,10 @@ impl AuditRecorder {
         self.with(|draft| draft.error = Some((exception.to_owned(), message.to_owned())));
     }
 
+    pub(crate) fn client_reset(&self) {
+        self.with(|draft| draft.client_reset = true);
+    }
+
     pub(crate) fn take(&self) -> AuditDraft {
         self.with(std::mem::take)
     }
@@ -248,6 +254,7 @@ impl AuditRecorder {
             additional_event_data: draft.additional_event_data.clone(),
             resources: draft.resources.clone(),
             error: draft.error.clone(),
+            client_reset: draft.client_reset,
         })
     }
 }

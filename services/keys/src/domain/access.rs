@@ -679,15 +679,37 @@ pub(crate) fn grant_covers(
     let request = context.map_or(&empty, EncryptionContext::pairs);
     // AWS: "in a grant constraint, the key in each key-value pair is not
     // case sensitive, but the value is case sensitive".
-    let contains_all = pairs.iter().all(|(name, value)| {
+    let request_pairs = || {
         request
             .iter()
-            .any(|(asked, given)| given == value && same_context_key(asked, name))
-    });
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    };
+    let constraint_pairs = || {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    };
     match kind {
-        ConstraintKind::Equals => contains_all && request.len() == pairs.len(),
-        ConstraintKind::Subset => contains_all,
+        ConstraintKind::Equals => {
+            pairs_within(constraint_pairs(), request_pairs)
+                && pairs_within(request_pairs(), constraint_pairs)
+        }
+        ConstraintKind::Subset => pairs_within(constraint_pairs(), request_pairs),
     }
+}
+
+/// Whether every pair of `wanted` is among `among`, keys compared as a
+/// grant constraint compares them.
+pub(crate) fn pairs_within<'a, I>(
+    mut wanted: impl Iterator<Item = (&'a str, &'a str)>,
+    among: impl Fn() -> I,
+) -> bool
+where
+    I: Iterator<Item = (&'a str, &'a str)>,
+{
+    wanted.all(|(name, value)| {
+        among().any(|(key, given)| given == value && same_context_key(key, name))
+    })
 }
 
 /// Whether two encryption context keys are the same in a grant constraint,
@@ -781,6 +803,14 @@ mod tests {
             !grant_covers(&lettered, "Decrypt", Some(&context(&[("Stage", "prod")]))),
             "its values are"
         );
+        // Two keys alike but for case (refused at CreateGrant) never let an
+        // unnamed pair through.
+        let twin = grant(ConstraintKind::Equals, &[("a", "1"), ("A", "1")]);
+        assert!(!grant_covers(
+            &twin,
+            "Decrypt",
+            Some(&context(&[("a", "1"), ("x", "9")]))
+        ));
         assert!(
             !grant_covers(&equals, "Encrypt", Some(&same)),
             "not granted"

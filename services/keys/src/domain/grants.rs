@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::Caller;
 use coffer_policy::DecisionEffect;
 
-use super::access::{Access, Reach, same_context_key};
+use super::access::{Access, Reach, pairs_within};
 use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
@@ -456,16 +456,20 @@ fn no_looser(parent: Option<&GrantConstraint>, child: Option<&GrantConstraint>) 
     let Some((child_kind, child_pairs)) = child else {
         return false;
     };
-    let keeps_parent = parent_pairs.iter().all(|(name, value)| {
+    let parent = || {
+        parent_pairs
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    };
+    let child = || {
         child_pairs
             .iter()
-            .any(|(key, given)| given == value && same_context_key(key, name))
-    });
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+    };
+    let keeps_parent = pairs_within(parent(), child);
     match parent_kind {
         ConstraintKind::Equals => {
-            *child_kind == ConstraintKind::Equals
-                && keeps_parent
-                && child_pairs.len() == parent_pairs.len()
+            *child_kind == ConstraintKind::Equals && keeps_parent && pairs_within(child(), parent)
         }
         ConstraintKind::Subset => keeps_parent,
     }
@@ -550,6 +554,9 @@ mod tests {
             !no_looser(Some(&equals), Some(&wider_equals)),
             "Equals admits no other pairs"
         );
+        let twin = (ConstraintKind::Equals, pairs(&[("a", "1"), ("A", "1")]));
+        let other_pair = (ConstraintKind::Equals, pairs(&[("a", "1"), ("x", "9")]));
+        assert!(!no_looser(Some(&twin), Some(&other_pair)));
     }
 
     #[test]
