@@ -1034,7 +1034,6 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
     let mut making = tokio::task::JoinSet::new();
     for worker in 0..4 {
         let mut client = audit.clone();
-
         making.spawn(async move {
             for n in (worker..299).step_by(4) {
                 client
