@@ -679,36 +679,36 @@ pub(crate) fn grant_covers(
     let request = context.map_or(&empty, EncryptionContext::pairs);
     // AWS: "in a grant constraint, the key in each key-value pair is not
     // case sensitive, but the value is case sensitive".
-    let request_pairs = || {
-        request
-            .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str()))
-    };
-    let constraint_pairs = || {
-        pairs
-            .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str()))
-    };
+    let request_pairs = request
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()));
+    let constraint_pairs = str_pairs(pairs);
     match kind {
         ConstraintKind::Equals => {
-            pairs_within(constraint_pairs(), request_pairs)
-                && pairs_within(request_pairs(), constraint_pairs)
+            pairs_within(constraint_pairs.clone(), request_pairs.clone())
+                && pairs_within(request_pairs, constraint_pairs)
         }
-        ConstraintKind::Subset => pairs_within(constraint_pairs(), request_pairs),
+        ConstraintKind::Subset => pairs_within(constraint_pairs, request_pairs),
     }
+}
+
+/// A constraint's pairs, borrowed.
+pub(crate) fn str_pairs(pairs: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> + Clone {
+    pairs
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
 }
 
 /// Whether every pair of `wanted` is among `among`, keys compared as a
 /// grant constraint compares them.
-pub(crate) fn pairs_within<'a, I>(
-    mut wanted: impl Iterator<Item = (&'a str, &'a str)>,
-    among: impl Fn() -> I,
-) -> bool
-where
-    I: Iterator<Item = (&'a str, &'a str)>,
-{
-    wanted.all(|(name, value)| {
-        among().any(|(key, given)| given == value && same_context_key(key, name))
+pub(crate) fn pairs_within<'a>(
+    wanted: impl IntoIterator<Item = (&'a str, &'a str)>,
+    among: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+) -> bool {
+    wanted.into_iter().all(|(name, value)| {
+        among
+            .clone()
+            .any(|(key, given)| given == value && same_context_key(key, name))
     })
 }
 

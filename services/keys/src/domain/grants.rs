@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::Caller;
 use coffer_policy::DecisionEffect;
 
-use super::access::{Access, Reach, pairs_within};
+use super::access::{Access, Reach, pairs_within, str_pairs};
 use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
@@ -456,20 +456,12 @@ fn no_looser(parent: Option<&GrantConstraint>, child: Option<&GrantConstraint>) 
     let Some((child_kind, child_pairs)) = child else {
         return false;
     };
-    let parent = || {
-        parent_pairs
-            .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str()))
-    };
-    let child = || {
-        child_pairs
-            .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str()))
-    };
-    let keeps_parent = pairs_within(parent(), child);
+    let parent = str_pairs(parent_pairs);
+    let child = str_pairs(child_pairs);
+    let keeps_parent = pairs_within(parent.clone(), child.clone());
     match parent_kind {
         ConstraintKind::Equals => {
-            *child_kind == ConstraintKind::Equals && keeps_parent && pairs_within(child(), parent)
+            *child_kind == ConstraintKind::Equals && keeps_parent && pairs_within(child, parent)
         }
         ConstraintKind::Subset => keeps_parent,
     }
