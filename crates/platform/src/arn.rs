@@ -39,6 +39,11 @@ impl Location {
         )
     }
 
+    /// The ARN of an account's root principal (IAM ARNs have no region).
+    pub fn account_root(&self, account: &AccountId) -> String {
+        format!("arn:{}:iam::{account}:root", self.partition)
+    }
+
     /// The endpoint name of a service, e.g. `kms.coffer.internal`, used as an
     /// audit event's eventSource and as the ErrorInfo domain.
     pub fn event_source(&self, service_prefix: &str) -> String {

@@ -559,23 +559,25 @@ impl Audit for AuditGrpc {
         pattern(&message.event_pattern).map_err(|error| call.fail(error))?;
         let store = self.core.store();
         let account = caller.account().as_str();
-        let replacing = store
-            .get_rule(account, &message.name)
+        let full = store
+            .list_rules(account, "", "", MAX_RULES_PER_ACCOUNT)
             .await
             .map_err(|error| call.fail(store_failed(&error)))?
-            .is_some();
-        if !replacing {
-            let rules = store
-                .list_rules(account, "", "", MAX_RULES_PER_ACCOUNT)
+            .len()
+            >= MAX_RULES_PER_ACCOUNT as usize;
+        // Replacing a rule adds none, so only a full account asks.
+        if full
+            && store
+                .get_rule(account, &message.name)
                 .await
-                .map_err(|error| call.fail(store_failed(&error)))?;
-            if rules.len() >= MAX_RULES_PER_ACCOUNT as usize {
-                return Err(call.fail(ApiError::new(
-                    ErrorCode::ResourceExhausted,
-                    "LimitExceededException",
-                    format!("an account has at most {MAX_RULES_PER_ACCOUNT} rules"),
-                )));
-            }
+                .map_err(|error| call.fail(store_failed(&error)))?
+                .is_none()
+        {
+            return Err(call.fail(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                "LimitExceededException",
+                format!("an account has at most {MAX_RULES_PER_ACCOUNT} rules"),
+            )));
         }
         let rule = RuleRecord {
             account_id: caller.account().to_string(),
@@ -1003,7 +1005,7 @@ fn recorded_endpoint(endpoint: &str) -> String {
     if !endpoint.contains('@') {
         endpoint.to_owned()
     } else {
-        "(withheld: not a valid endpoint, and it may hold credentials)".to_owned()
+        "(withheld: it has an '@', where credentials may hide)".to_owned()
     }
 }
 

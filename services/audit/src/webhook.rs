@@ -120,14 +120,11 @@ impl Dispatcher {
     /// enabled: a retry goes nowhere the rule no longer sends to. When the
     /// store cannot say, the retries go on.
     async fn still_targeted(&self, target: &TargetRecord) -> bool {
-        let rule = self
-            .store
-            .get_rule(&target.account_id, &target.rule_name)
-            .await;
-        let targets = self
-            .store
-            .list_targets(&target.account_id, &target.rule_name)
-            .await;
+        let (rule, targets) = tokio::join!(
+            self.store.get_rule(&target.account_id, &target.rule_name),
+            self.store
+                .list_targets(&target.account_id, &target.rule_name),
+        );
         match (rule, targets) {
             (Ok(rule), Ok(targets)) => {
                 rule.is_some_and(|rule| rule.enabled) && targets.iter().any(|now| now == target)

@@ -215,11 +215,7 @@ impl KeysGrpc {
                     creation_date: Some(timestamp(grant.created_at_ms)),
                     grantee_principal: grant.grantee_principal.clone(),
                     retiring_principal: grant.retiring_principal.clone().unwrap_or_default(),
-                    issuing_account: format!(
-                        "arn:{}:iam::{}:root",
-                        self.domain.location().partition,
-                        grant.issuing_account
-                    ),
+                    issuing_account: self.domain.location().account_root(&grant.issuing_account),
                     operations: grant.operations.clone(),
                     constraints: constraints_message(&grant.constraint),
                 })

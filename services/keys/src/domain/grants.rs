@@ -380,11 +380,7 @@ impl KeysDomain {
                     .operations
                     .iter()
                     .any(|operation| operation == "RetireGrant"));
-        let account_root = format!(
-            "arn:{}:iam::{}:root",
-            self.location.partition,
-            caller.account()
-        );
+        let account_root = self.location.account_root(caller.account());
         let delegating = grant.issuing_account == *caller.account()
             || key.account == *caller.account()
             || grant.retiring_principal.as_deref() == Some(account_root.as_str());
