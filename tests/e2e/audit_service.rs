@@ -476,7 +476,8 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
     for event in &untrusted {
         assert_eq!(event.event_source, "untrusted");
         assert_eq!(event.username.as_deref(), Some("untrusted"));
-        assert_eq!(event.account_id, None);
+        // Filed in the sender's account, whatever account it names.
+        assert_eq!(event.account_id.as_deref(), Some(ACCOUNT_A));
         assert_ne!(
             event.event_id, forged_id,
             "an untrusted event never takes a claimed id"
@@ -486,6 +487,11 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         assert_eq!(record["trusted"], false);
         // The resources it names are claims, not what the event acted on.
         assert!(record.get("resources").is_none(), "{record}");
+        assert_eq!(record["recipientAccountId"], ACCOUNT_A);
+        assert_eq!(
+            record["submittedBy"],
+            Harness::user_id(ACCOUNT_A, "mallory").as_str()
+        );
         // Filed when it arrived (to the second), whatever time it claims.
         assert!(
             (before_ms / 1000 * 1000..=before_ms + 60_000).contains(&event.event_time_ms),
@@ -563,6 +569,59 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         .event
         .ok_or_else(|| anyhow::anyhow!("no event"))?;
     assert!(outsiders.resources.is_empty(), "{outsiders:?}");
+    // Another account's principals never see what mallory sent.
+    let mut other = harness
+        .audit_as(&Harness::user_id(ACCOUNT_B, "alice"))
+        .await?;
+    let status = other
+        .get_event(audit_pb::GetEventRequest {
+            event_id: untrusted[0].event_id.clone(),
+        })
+        .await
+        .expect_err("another account read an outsider's event");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let seen = other
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![audit_pb::LookupAttribute {
+                attribute_key: "EventSource".into(),
+                attribute_value: "untrusted".into(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    assert!(seen.is_empty(), "{seen:?}");
+    // A client whose certificate names no Coffer identity is refused.
+    let mut stranger = otlp_client(
+        &harness,
+        &format!("spiffe://elsewhere.test/account/{ACCOUNT_A}/user/mallory"),
+    )
+    .await?;
+    let status = stranger
+        .export(otlp_request(
+            "coffer-keys",
+            "some.library",
+            vec![Span {
+                name: "GET /".into(),
+                ..Default::default()
+            }],
+        ))
+        .await
+        .expect_err("a stranger's spans were accepted");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("another trust domain"),
+        "{status:?}"
+    );
+    core.settled().await;
+    let outsiders = store
+        .lookup(&coffer_audit::store::LookupQuery::everything(100))
+        .await?
+        .into_iter()
+        .filter(|event| !event.trusted)
+        .count();
+    assert_eq!(outsiders, 2, "nothing of the stranger's was stored");
 
     // With `untrusted_spans: reject`, an outsider's spans are refused.
     let rejecting = Harness::start_with(

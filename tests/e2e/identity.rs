@@ -178,7 +178,7 @@ async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> a
         .await;
     let status = assert_error(outcome, Code::PermissionDenied, "AccessDeniedException");
     // Its event belongs to no account and carries what the call sent, so no
-    // account may read it (only untrusted external events are everyone's).
+    // account may read it.
     let events = harness
         .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
         .await?;

@@ -4,8 +4,8 @@
 //! Every RPC asks the authorization call for its `cloudtrail:` or `events:`
 //! action (identity policies; rules are resources
 //! `arn:…:events:REGION:ACCOUNT:rule/NAME`). A caller sees only its own
-//! account's events (and untrusted external events, which belong to no
-//! account). Signing secrets of targets are write-only: they are not
+//! account's events (untrusted external events are filed in the account of
+//! the principal that sent them). Signing secrets of targets are write-only: they are not
 //! returned, logged or put in audit events.
 
 use std::sync::Arc;

@@ -5,8 +5,10 @@
 //!   service identity, is a trusted audit event.
 //! - The same from anyone else, and any span at all from anyone else, is an
 //!   untrusted external event (or rejected, as `audit.untrusted_spans`
-//!   says): filed under eventSource and username `untrusted`, with what it
-//!   claimed kept as data, so it can never pass for a service's event.
+//!   says): filed under eventSource and username `untrusted`, in the
+//!   sender's account, with what it claimed kept as data, so it can never
+//!   pass for a service's event or land in another account's trail. A
+//!   client whose certificate names no Coffer identity is refused.
 //! - Ordinary tracing spans from Coffer services are forwarded to the
 //!   configured collector, or dropped.
 //!
@@ -137,22 +139,29 @@ impl TraceService for OtlpIngest {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let trusted = match request.extensions().get::<PeerInfo>() {
-            Some(peer) => peer
-                .identity
-                .as_ref()
-                .is_ok_and(|principal| principal.is_service()),
+        let principal = match request.extensions().get::<PeerInfo>() {
+            Some(peer) => peer.identity.clone().map_err(|error| {
+                Status::unauthenticated(format!("the client is not a Coffer identity: {error}"))
+            })?,
             None => {
                 return Err(Status::unauthenticated(
                     "no client certificate was presented",
                 ));
             }
         };
-        let sender = if trusted {
-            Sender::Service
-        } else {
-            Sender::Outsider {
+        let trusted = principal.is_service();
+        let account = principal.account().map(ToString::to_string);
+        let sender = match &account {
+            _ if trusted => Sender::Service,
+            Some(account) => Sender::Outsider {
                 received_ms: self.core.clock().now_millis(),
+                account,
+                identity: principal.spiffe_id(),
+            },
+            None => {
+                return Err(Status::permission_denied(
+                    "spans from a principal of no account are not accepted",
+                ));
             }
         };
         let export = request.into_inner();

@@ -306,7 +306,7 @@ struct ResourceColumns<'a> {
 /// that sanitising would not change is stored as the text it came as,
 /// without being rebuilt; anything else takes [`stored_event`]'s path, so
 /// the outcome is the same either way.
-pub fn stored_event_from_text(text: &str, sender: Sender) -> Result<StoredEvent, RecordError> {
+pub fn stored_event_from_text(text: &str, sender: Sender<'_>) -> Result<StoredEvent, RecordError> {
     if sender == Sender::Service
         && let Some(event) = unchanged_event(text)
     {
@@ -363,18 +363,26 @@ fn unchanged_event(text: &str) -> Option<StoredEvent> {
 
 /// Who submitted a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sender {
+pub enum Sender<'a> {
     /// A Coffer service identity: the record is trusted as it stands.
     Service,
-    /// Anyone else, whose record arrived at `received_ms`. It is filed as
-    /// untrusted, at that time: a claimed time could otherwise put it first
-    /// in every newest-first lookup, or out of retention's reach, for as
-    /// long as its sender likes.
-    Outsider { received_ms: i64 },
+    /// A principal of `account` (`identity` is its SPIFFE id), whose record
+    /// arrived at `received_ms`. It is filed as untrusted, in the sender's
+    /// account, as CloudTrail Lake files events an integration puts in the
+    /// account that put them: whatever account it names, it could otherwise
+    /// write into another tenant's trail, or be read by every tenant. It is
+    /// filed at its arrival: a claimed time could otherwise put it first in
+    /// every newest-first lookup, or out of retention's reach, for as long
+    /// as its sender likes.
+    Outsider {
+        received_ms: i64,
+        account: &'a str,
+        identity: &'a str,
+    },
 }
 
 /// The stored form of a record submitted by `sender`.
-pub fn stored_event(record: Value, sender: Sender) -> Result<StoredEvent, RecordError> {
+pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, RecordError> {
     let trusted = sender == Sender::Service;
     let Value::Object(mut fields) = sanitize(record) else {
         return Err(RecordError::NotAnObject);
@@ -420,41 +428,57 @@ pub fn stored_event(record: Value, sender: Sender) -> Result<StoredEvent, Record
         })
         .unwrap_or_default();
 
-    let (event_id, event_source, username, event_time_ms) =
-        if let Sender::Outsider { received_ms } = sender {
-            // Whatever it claims, it is filed as untrusted, under an id of its
-            // own: a claimed id could otherwise pre-empt (and, by
-            // de-duplication, suppress) the trusted event that carries it.
-            let own_id = uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string();
-            fields.insert("claimedEventID".into(), Value::String(event_id));
-            fields.insert("eventID".into(), Value::String(own_id.clone()));
-            fields.insert("claimedEventSource".into(), Value::String(claimed_source));
-            fields.insert("eventSource".into(), Value::String(UNTRUSTED.into()));
-            if let Some(name) = claimed_username {
-                fields.insert("claimedUserName".into(), Value::String(name));
-            }
-            // Nothing it names is taken as a resource the event acted on.
-            if let Some(claimed) = fields.remove("resources") {
-                fields.insert("claimedResources".into(), claimed);
-            }
-            fields.insert("trusted".into(), Value::Bool(false));
-            let seconds = received_ms.div_euclid(1000);
-            if let Some(claimed) = fields.remove("eventTime") {
-                fields.insert("claimedEventTime".into(), claimed);
-            }
-            fields.insert(
-                "eventTime".into(),
-                Value::String(coffer_platform::telemetry::rfc3339_at(seconds)),
-            );
-            (
-                own_id,
-                UNTRUSTED.to_owned(),
-                Some(UNTRUSTED.to_owned()),
-                seconds * 1000,
-            )
-        } else {
-            (event_id, claimed_source, claimed_username, event_time_ms)
-        };
+    let (event_id, event_source, username, account_id, event_time_ms) = if let Sender::Outsider {
+        received_ms,
+        account,
+        identity,
+    } = sender
+    {
+        // Whatever it claims, it is filed as untrusted, under an id of its
+        // own: a claimed id could otherwise pre-empt (and, by
+        // de-duplication, suppress) the trusted event that carries it.
+        let own_id = uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string();
+        fields.insert("claimedEventID".into(), Value::String(event_id));
+        fields.insert("eventID".into(), Value::String(own_id.clone()));
+        fields.insert("claimedEventSource".into(), Value::String(claimed_source));
+        fields.insert("eventSource".into(), Value::String(UNTRUSTED.into()));
+        if let Some(name) = claimed_username {
+            fields.insert("claimedUserName".into(), Value::String(name));
+        }
+        // Nothing it names is taken as a resource the event acted on.
+        if let Some(claimed) = fields.remove("resources") {
+            fields.insert("claimedResources".into(), claimed);
+        }
+        fields.insert("trusted".into(), Value::Bool(false));
+        if let Some(claimed) = fields.remove("recipientAccountId") {
+            fields.insert("claimedRecipientAccountId".into(), claimed);
+        }
+        fields.insert("recipientAccountId".into(), Value::String(account.into()));
+        fields.insert("submittedBy".into(), Value::String(identity.into()));
+        let seconds = received_ms.div_euclid(1000);
+        if let Some(claimed) = fields.remove("eventTime") {
+            fields.insert("claimedEventTime".into(), claimed);
+        }
+        fields.insert(
+            "eventTime".into(),
+            Value::String(coffer_platform::telemetry::rfc3339_at(seconds)),
+        );
+        (
+            own_id,
+            UNTRUSTED.to_owned(),
+            Some(UNTRUSTED.to_owned()),
+            Some(account.to_owned()),
+            seconds * 1000,
+        )
+    } else {
+        (
+            event_id,
+            claimed_source,
+            claimed_username,
+            account_id,
+            event_time_ms,
+        )
+    };
     let record = Value::Object(fields).to_string();
     Ok(StoredEvent {
         seq: 0,
@@ -464,7 +488,7 @@ pub fn stored_event(record: Value, sender: Sender) -> Result<StoredEvent, Record
         event_name,
         read_only,
         username,
-        account_id: if trusted { account_id } else { None },
+        account_id,
         trusted,
         trace_id,
         received_at_ms: 0,
@@ -578,8 +602,10 @@ mod tests {
 
     use super::*;
 
-    const OUTSIDER: Sender = Sender::Outsider {
+    const OUTSIDER: Sender<'static> = Sender::Outsider {
         received_ms: 1_900_000_000_250,
+        account: "444455556666",
+        identity: "spiffe://coffer.test/account/444455556666/user/mallory",
     };
 
     fn record() -> Value {
@@ -701,12 +727,22 @@ mod tests {
         assert!(!stored.trusted);
         assert_eq!(stored.event_source, UNTRUSTED);
         assert_eq!(stored.username.as_deref(), Some(UNTRUSTED));
-        assert_eq!(stored.account_id, None);
+        // Filed in its sender's account, not the one it names.
+        assert_eq!(stored.account_id.as_deref(), Some("444455556666"));
+        assert!(stored.visible_to("444455556666"));
+        assert!(!stored.visible_to("111122223333"));
         assert!(stored.resources.is_empty());
+        assert!(with_owner_copies(vec![stored.clone()]).len() == 1);
         let record: Value = serde_json::from_str(&stored.record).unwrap();
         assert_eq!(record["eventSource"], UNTRUSTED);
         assert_eq!(record["claimedEventSource"], "kms.coffer.internal");
         assert_eq!(record["claimedUserName"], "alice");
+        assert_eq!(record["recipientAccountId"], "444455556666");
+        assert_eq!(record["claimedRecipientAccountId"], "111122223333");
+        assert_eq!(
+            record["submittedBy"],
+            "spiffe://coffer.test/account/444455556666/user/mallory"
+        );
         assert_eq!(record["trusted"], false);
         // Its claimed id is kept as data; it is filed under its own id, so
         // it cannot take (and suppress) the id of a trusted event.

@@ -97,14 +97,12 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// Whether a caller of `account` may read the event: its own account's
-    /// events, and untrusted external ones, which belong to no account. A
-    /// trusted event of no account (a call that failed before it had a
-    /// caller) is for operators only: it may carry what the call sent.
+    /// events only, untrusted ones its principals sent among them. An event
+    /// of no account (a call that failed before it had a caller, or an
+    /// untrusted one stored before they were filed by sender) is for
+    /// operators only: it may carry what the call sent.
     pub fn visible_to(&self, account: &str) -> bool {
-        match self.account_id.as_deref() {
-            Some(owner) => owner == account,
-            None => !self.trusted,
-        }
+        self.account_id.as_deref() == Some(account)
     }
 }
 

@@ -107,7 +107,7 @@ fn select_event() -> String {
 }
 
 /// The lookup statement: time bounds $1/$2, cursor $3/$4, the account $5
-/// (NULL: every account; untrusted events, of no account, are seen by all:
+/// (NULL: every account; otherwise that account's events only:
 /// [`StoredEvent::visible_to`]), then the attribute (when there is one) and
 /// the limit.
 fn lookup_statement(attribute: Option<&LookupAttribute>) -> String {
@@ -130,7 +130,7 @@ fn lookup_statement(attribute: Option<&LookupAttribute>) -> String {
         "SELECT {EVENT_COLUMNS} FROM events e \
          WHERE e.event_time_ms >= $1 AND e.event_time_ms <= $2 \
          AND (e.event_time_ms < $3 OR (e.event_time_ms = $3 AND e.seq < $4)) \
-         AND ($5 IS NULL OR e.account_id = $5 OR (e.account_id IS NULL AND NOT e.trusted)){filter} \
+         AND ($5 IS NULL OR e.account_id = $5){filter} \
          ORDER BY e.event_time_ms DESC, e.seq DESC LIMIT {limit}"
     )
 }
