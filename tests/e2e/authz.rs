@@ -1305,6 +1305,41 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
         events[0]
     );
 
+    // A token given where a grant ID belongs is refused without being
+    // echoed: the message is audited, and a token is a credential.
+    for retire in [true, false] {
+        let outcome = if retire {
+            admin
+                .retire_grant(pb::RetireGrantRequest {
+                    key_id: key.clone(),
+                    grant_id: denied_retire.grant_token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        } else {
+            admin
+                .revoke_grant(pb::RevokeGrantRequest {
+                    key_id: key.clone(),
+                    grant_id: denied_retire.grant_token.clone(),
+                })
+                .await
+                .map(|_| ())
+        };
+        let status = assert_error(outcome, Code::InvalidArgument, "InvalidGrantIdException");
+        assert!(
+            !status.message().contains(&denied_retire.grant_token),
+            "{status:?}"
+        );
+        let events = harness
+            .audit_events_for(&request_id_of(status.metadata()))
+            .await?;
+        anyhow::ensure!(events.len() == 1, "{events:#?}");
+        let token = &denied_retire.grant_token;
+        let secret = token.get(token.len().saturating_sub(40)..).unwrap_or(token);
+        assert!(!events[0].to_string().contains(secret), "{:#}", events[0]);
+    }
+
     // kms:GrantIsForAWSResource is "false" for a direct ListGrants and
     // RevokeGrant, so the conditioned statement allows them.
     let revocable = admin

@@ -432,8 +432,10 @@ fn grant_id(text: &str) -> Result<String> {
     if valid {
         Ok(text.to_owned())
     } else {
+        // The text is not echoed: a grant token given where an ID belongs
+        // is a credential, and this message is audited.
         Err(KeysError::InvalidGrantId(format!(
-            "{text:?} is not a grant ID: 1 to {MAX_GRANT_ID_CHARS} letters and digits."
+            "The grant ID is not valid: 1 to {MAX_GRANT_ID_CHARS} letters and digits."
         )))
     }
 }
@@ -2267,7 +2269,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "grantId": m.grant_id}),
+            |m| json!({"keyId": m.key_id, "grantId": grant_id(&m.grant_id).ok()}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let grant = grant_id(&m.grant_id)?;
