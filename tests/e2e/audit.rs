@@ -364,7 +364,7 @@ async fn events_have_cloudtrail_shapes(backend: Backend) -> anyhow::Result<()> {
     // Nothing was sent but the defaults: no request parameters but those.
     assert_eq!(
         event["requestParameters"],
-        json!({"multiRegion": false, "bypassPolicyLockoutSafetyCheck": false}),
+        json!({"multiRegion": false}),
         "{event:#}"
     );
 

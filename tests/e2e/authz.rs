@@ -27,6 +27,8 @@ backend_tests!(
     condition_keys_come_from_the_request_and_the_connection,
     condition_keys_name_what_a_request_asks_for,
     tags_and_aliases_are_authorized_as_resources,
+    policies_read_a_keys_tags_and_aliases,
+    the_lockout_check_asks_what_a_later_call_will_ask,
 );
 
 const ALLOW_ALL: &str =
@@ -521,7 +523,7 @@ async fn every_rpc_refuses_a_principal_without_permissions(backend: Backend) -> 
                 .put_key_policy(pb::PutKeyPolicyRequest {
                     key_id: k,
                     policy: ALLOW_ALL.replace("\"Action\"", "\"Principal\":\"*\",\"Action\""),
-                    bypass_policy_lockout_safety_check: true,
+                    bypass_policy_lockout_safety_check: Some(true),
                     ..Default::default()
                 })
                 .await
@@ -716,7 +718,7 @@ async fn key_policies_are_managed_and_guard_against_lockout(
                 .put_key_policy(pb::PutKeyPolicyRequest {
                     key_id: key.clone(),
                     policy: bad.into(),
-                    bypass_policy_lockout_safety_check: true,
+                    bypass_policy_lockout_safety_check: Some(true),
                     ..Default::default()
                 })
                 .await,
@@ -738,7 +740,7 @@ async fn key_policies_are_managed_and_guard_against_lockout(
             .put_key_policy(pb::PutKeyPolicyRequest {
                 key_id: key.clone(),
                 policy: oversized,
-                bypass_policy_lockout_safety_check: true,
+                bypass_policy_lockout_safety_check: Some(true),
                 ..Default::default()
             })
             .await,
@@ -753,7 +755,7 @@ async fn key_policies_are_managed_and_guard_against_lockout(
         .put_key_policy(pb::PutKeyPolicyRequest {
             key_id: key.clone(),
             policy: app_only.clone(),
-            bypass_policy_lockout_safety_check: true,
+            bypass_policy_lockout_safety_check: Some(true),
             ..Default::default()
         })
         .await?;
@@ -1906,7 +1908,7 @@ async fn root_look_alikes_never_gain_root(backend: Backend) -> anyhow::Result<()
                 .put_key_policy(pb::PutKeyPolicyRequest {
                     key_id: key.clone(),
                     policy: document,
-                    bypass_policy_lockout_safety_check: true,
+                    bypass_policy_lockout_safety_check: Some(true),
                     ..Default::default()
                 })
                 .await,
@@ -2423,5 +2425,212 @@ async fn tags_and_aliases_are_authorized_as_resources(backend: Backend) -> anyho
         .into_inner()
         .tags;
     assert_eq!(tags, [tag("owner", "team")]);
+    Ok(())
+}
+
+/// `aws:ResourceTag/<key>` and `kms:ResourceAliases` are the key's tags and
+/// aliases as they stand at each call (attribute-based access in identity
+/// policies; a Deny in a key policy), and the deprecated
+/// `kms:CustomerMasterKeySpec` and `kms:MultiRegion` are set on every key
+/// operation.
+async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Result<()> {
+    let abac = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Action":"kms:DescribeKey","Resource":"*"},
+        {"Effect":"Allow","Action":"kms:Encrypt","Resource":"arn:coffer:kms:*:*:key/*",
+         "Condition":{"StringEquals":{"aws:ResourceTag/Team":"blue"}}},
+        {"Effect":"Allow","Action":"kms:GenerateDataKey","Resource":"arn:coffer:kms:*:*:key/*",
+         "Condition":{"ForAnyValue:StringEquals":{"kms:ResourceAliases":"alias/finance"}}}]}"#;
+    let options = Options {
+        authorization: format!(
+            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: abac\n      principals: [\"arn:coffer:iam::*:user/abac\"]\n      policy: '{}'\n",
+            abac.replace('\n', " ")
+        ),
+        ..Options::default()
+    };
+    let harness = Harness::start_with(backend, options).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let mut abac = harness.keys_for(ACCOUNT_A, "abac").await?;
+    let tag = |key: &str, value: &str| coffer_proto::common::v1::Tag {
+        tag_key: key.into(),
+        tag_value: value.into(),
+    };
+    let generate = |key: &str| pb::GenerateDataKeyRequest {
+        key_id: key.to_owned(),
+        key_spec: "AES_256".into(),
+        ..Default::default()
+    };
+
+    // Identity policies by the key's tags, read at each call.
+    let key = create_key(&mut admin, "", "").await?;
+    denied(
+        encrypt_with(&mut abac, &key, &[], Vec::new()).await,
+        "kms:Encrypt",
+    );
+    admin
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.clone(),
+            tags: vec![tag("Team", "blue")],
+        })
+        .await?;
+    encrypt_with(&mut abac, &key, &[], Vec::new()).await?;
+    admin
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.clone(),
+            tags: vec![tag("Team", "red")],
+        })
+        .await?;
+    denied(
+        encrypt_with(&mut abac, &key, &[], Vec::new()).await,
+        "kms:Encrypt",
+    );
+
+    // By its aliases, whatever the request names the key by.
+    denied(
+        abac.generate_data_key(generate(&key)).await,
+        "kms:GenerateDataKey",
+    );
+    admin
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/finance".into(),
+            target_key_id: key.clone(),
+        })
+        .await?;
+    abac.generate_data_key(generate(&key)).await?;
+    abac.generate_data_key(generate("alias/finance")).await?;
+    admin
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: "alias/finance".into(),
+        })
+        .await?;
+    denied(
+        abac.generate_data_key(generate(&key)).await,
+        "kms:GenerateDataKey",
+    );
+
+    // A key policy's Deny by a tag applies to everyone, the account's admin
+    // too, while the tag is on the key; and the deprecated and
+    // multi-Region keys are there for a key policy to read.
+    let guarded = key_with_policy(
+        &mut admin,
+        "",
+        "",
+        r#"{"Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*",
+            "Condition":{"StringEquals":{"aws:ResourceTag/frozen":"true"}}},
+           {"Effect":"Deny","Principal":"*","Action":"kms:GenerateDataKey","Resource":"*",
+            "Condition":{"StringEquals":{"kms:CustomerMasterKeySpec":"SYMMETRIC_DEFAULT"}}},
+           {"Effect":"Deny","Principal":"*","Action":"kms:GenerateDataKeyWithoutPlaintext","Resource":"*",
+            "Condition":{"Bool":{"kms:MultiRegion":"false"}}}"#,
+    )
+    .await?;
+    encrypt_with(&mut admin, &guarded, &[], Vec::new()).await?;
+    admin
+        .tag_resource(pb::TagResourceRequest {
+            key_id: guarded.clone(),
+            tags: vec![tag("frozen", "true")],
+        })
+        .await?;
+    denied(
+        encrypt_with(&mut admin, &guarded, &[], Vec::new()).await,
+        "kms:Encrypt",
+    );
+    admin
+        .untag_resource(pb::UntagResourceRequest {
+            key_id: guarded.clone(),
+            tag_keys: vec!["frozen".into()],
+        })
+        .await?;
+    encrypt_with(&mut admin, &guarded, &[], Vec::new()).await?;
+    denied(
+        admin.generate_data_key(generate(&guarded)).await,
+        "kms:GenerateDataKey",
+    );
+    denied(
+        admin
+            .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                key_id: guarded.clone(),
+                key_spec: "AES_256".into(),
+                ..Default::default()
+            })
+            .await,
+        "kms:GenerateDataKeyWithoutPlaintext",
+    );
+    Ok(())
+}
+
+/// The lockout safety check asks what a later PutKeyPolicy will ask: one
+/// that does not send BypassPolicyLockoutSafetyCheck, so the condition key
+/// is absent, as in AWS's documented `Null` statement. A policy that allows
+/// PutKeyPolicy only without the parameter passes the check and lets its
+/// principal change the policy again; a call that sends the parameter,
+/// either way, is not allowed by it.
+async fn the_lockout_check_asks_what_a_later_call_will_ask(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let keeper_id = format!("spiffe://{TRUST_DOMAIN}/account/{ACCOUNT_A}/role/keeper");
+    let mut keeper = harness.keys_as(&keeper_id).await?;
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:user/admin"}},"Action":"kms:*","Resource":"*"}},
+            {{"Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:role/keeper"}},"Action":["kms:PutKeyPolicy","kms:DescribeKey"],"Resource":"*",
+             "Condition":{{"Null":{{"kms:BypassPolicyLockoutSafetyCheck":"true"}}}}}}]}}"#
+    );
+    let key = admin
+        .create_key(pb::CreateKeyRequest {
+            policy: policy.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .context("no metadata")?
+        .arn;
+    let put = |bypass: Option<bool>| pb::PutKeyPolicyRequest {
+        key_id: key.clone(),
+        policy: policy.clone(),
+        bypass_policy_lockout_safety_check: bypass,
+        ..Default::default()
+    };
+    // Without the parameter: the check passes, and so does the next call.
+    keeper.put_key_policy(put(None)).await?;
+    let answer = keeper.put_key_policy(put(None)).await?;
+    let events = harness
+        .audit_events_for(&request_id_of(answer.metadata()))
+        .await?;
+    anyhow::ensure!(events.len() == 1, "{events:#?}");
+    assert!(
+        events[0]["requestParameters"]
+            .get("bypassPolicyLockoutSafetyCheck")
+            .is_none(),
+        "{:#}",
+        events[0]
+    );
+    assert_eq!(events[0]["requestParameters"]["policyName"], "default");
+    // With it, either way, the Null statement does not allow the call.
+    for bypass in [false, true] {
+        denied(
+            keeper.put_key_policy(put(Some(bypass))).await,
+            "kms:PutKeyPolicy",
+        );
+    }
+    // A policy that leaves the keeper nothing is refused without the
+    // parameter (and taken with it set).
+    let lockout = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:user/admin"}},"Action":"kms:*","Resource":"*"}}]}}"#
+    );
+    let status = assert_error(
+        keeper
+            .put_key_policy(pb::PutKeyPolicyRequest {
+                policy: lockout,
+                ..put(None)
+            })
+            .await,
+        Code::InvalidArgument,
+        "MalformedPolicyDocumentException",
+    );
+    assert!(
+        status.message().contains("will not allow you to update"),
+        "{status:?}"
+    );
     Ok(())
 }

@@ -1069,7 +1069,7 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
         .put_key_policy(pb::PutKeyPolicyRequest {
             key_id: managed.clone(),
             policy: r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}"#.into(),
-            bypass_policy_lockout_safety_check: true,
+            bypass_policy_lockout_safety_check: Some(true),
             ..Default::default()
         })
         .await;

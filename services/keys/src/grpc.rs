@@ -2016,8 +2016,13 @@ impl Keys for KeysGrpc {
         self.run(
             request,
             |m| {
+                let policy_name = if m.policy_name.is_empty() {
+                    DEFAULT_POLICY_NAME
+                } else {
+                    m.policy_name.as_str()
+                };
                 json!({
-                    "keyId": m.key_id, "policyName": m.policy_name, "policy": m.policy,
+                    "keyId": m.key_id, "policyName": policy_name, "policy": m.policy,
                     "bypassPolicyLockoutSafetyCheck": m.bypass_policy_lockout_safety_check,
                 })
             },

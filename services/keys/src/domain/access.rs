@@ -368,33 +368,77 @@ impl KeysDomain {
         Ok(policy)
     }
 
+    /// The condition keys `policy` and the caller's identity policies read.
+    fn filter_for<'p>(caller: &'p Caller, policy: &'p Policy) -> KeyFilter<'p> {
+        KeyFilter::of(
+            std::iter::once(policy).chain(caller.identity_policies().iter().map(Arc::as_ref)),
+        )
+    }
+
+    /// The condition keys `policy` and the caller's identity policies read,
+    /// when they read any of a key's tags or aliases.
+    pub(crate) fn facts_read_by<'p>(
+        caller: &'p Caller,
+        policy: &'p Policy,
+    ) -> Option<KeyFilter<'p>> {
+        let filter = Self::filter_for(caller, policy);
+        (filter.wants_prefix("aws:resourcetag/") || filter.wants("kms:ResourceAliases"))
+            .then_some(filter)
+    }
+
+    /// The tags and aliases of `key` that `filter` reads, from the store.
+    pub(crate) async fn key_facts(
+        &self,
+        key: &KeyRecord,
+        filter: &KeyFilter<'_>,
+    ) -> Result<KeyFacts> {
+        let mut facts = KeyFacts::default();
+        if filter.wants_prefix("aws:resourcetag/") {
+            facts.tags = self.store.list_tags(&key.key_id).await?;
+        }
+        if filter.wants("kms:ResourceAliases") {
+            facts.aliases = self
+                .store
+                .list_aliases(&key.account, Some(&key.key_id), None, MAX_RESOURCE_ALIASES)
+                .await?
+                .into_iter()
+                .map(|alias| alias.alias_name)
+                .collect();
+        }
+        Ok(facts)
+    }
+
     /// The condition context of `access` on `key`, with only the keys that
-    /// `policy` and the caller's identity policies read.
+    /// `filter` wants.
     fn request_on(
         &self,
         caller: &Caller,
         key: &KeyRecord,
         access: &Access<'_>,
-        policy: &Policy,
+        filter: &KeyFilter<'_>,
+        facts: &KeyFacts,
     ) -> RequestContext {
         let key_arn = self.key_arn(&key.account, &key.key_id);
-        let filter = KeyFilter::of(
-            std::iter::once(policy).chain(caller.identity_policies().iter().map(Arc::as_ref)),
-        );
-        let mut request = caller.request_with(&access.iam_action(), &key_arn, &filter);
+        let mut request = caller.request_with(&access.iam_action(), &key_arn, filter);
         if filter.is_empty() {
             return request;
         }
+        let multi_region = if key.multi_region { "true" } else { "false" };
         for (name, value) in [
             ("kms:KeySpec", key.key_spec.as_str()),
             ("kms:KeyUsage", key.key_usage.as_str()),
             ("kms:KeyOrigin", key.origin.as_str()),
             ("kms:KeyManager", key.key_manager.as_str()),
+            ("kms:MultiRegion", multi_region),
+            // Deprecated names AWS still honours.
+            ("kms:CustomerMasterKeySpec", key.key_spec.as_str()),
+            ("kms:CustomerMasterKeyUsage", key.key_usage.as_str()),
         ] {
             if filter.wants(name) {
                 request.add_value(name, value);
             }
         }
+        facts.add_to(&mut request, filter);
         if let Some(context) = access.context {
             if filter.wants_prefix("kms:encryptioncontext:") {
                 for (name, value) in context.pairs() {
@@ -455,7 +499,7 @@ impl KeysDomain {
         access: &Access<'_>,
         missing: impl FnOnce() -> KeysError,
     ) -> Result<()> {
-        let effect = self.policy_effect(caller, key, access)?;
+        let effect = self.policy_effect(caller, key, access).await?;
         if effect == DecisionEffect::Allowed {
             return Ok(());
         }
@@ -482,7 +526,7 @@ impl KeysDomain {
             .message;
         let visible = access.action != "DescribeKey" && {
             let describe = access.describing();
-            match self.policy_effect(caller, key, &describe)? {
+            match self.policy_effect(caller, key, &describe).await? {
                 DecisionEffect::Allowed => true,
                 DecisionEffect::ExplicitDeny => false,
                 DecisionEffect::ImplicitDeny => self.grant_allows(caller, key, &describe).await?,
@@ -505,23 +549,25 @@ impl KeysDomain {
     }
 
     /// Whether the policies alone (no grant) allow `access`.
-    pub(crate) fn policies_allow(
+    pub(crate) async fn policies_allow(
         &self,
         caller: &Caller,
         key: &KeyRecord,
         access: &Access<'_>,
     ) -> Result<bool> {
-        Ok(self.policy_effect(caller, key, access)? == DecisionEffect::Allowed)
+        Ok(self.policy_effect(caller, key, access).await? == DecisionEffect::Allowed)
     }
 
-    fn policy_effect(
+    async fn policy_effect(
         &self,
         caller: &Caller,
         key: &KeyRecord,
         access: &Access<'_>,
     ) -> Result<DecisionEffect> {
         let policy = self.key_policy(key)?;
-        let request = self.request_on(caller, key, access, &policy);
+        let filter = Self::filter_for(caller, &policy);
+        let facts = self.key_facts(key, &filter).await?;
+        let request = self.request_on(caller, key, access, &filter, &facts);
         Ok(decide(caller, &policy, request))
     }
 
@@ -582,14 +628,18 @@ impl KeysDomain {
     }
 
     /// AWS's lockout safety check: `policy` must let the caller change the
-    /// key's policy again.
+    /// key's policy again, by a PutKeyPolicy that does not bypass the check
+    /// (so without `kms:BypassPolicyLockoutSafetyCheck`), the key having
+    /// `facts` (see [`Self::lockout_facts`]).
     pub(crate) fn check_lockout(
         &self,
         caller: &Caller,
         key: &KeyRecord,
         policy: &Policy,
+        facts: &KeyFacts,
     ) -> Result<()> {
-        let request = self.request_on(caller, key, &Access::to("PutKeyPolicy"), policy);
+        let filter = Self::filter_for(caller, policy);
+        let request = self.request_on(caller, key, &Access::to("PutKeyPolicy"), &filter, facts);
         if caller.authorize(Some(policy), &request).is_allowed() {
             Ok(())
         } else {
@@ -597,6 +647,34 @@ impl KeysDomain {
                 "The new key policy will not allow you to update the key policy in the future."
                     .into(),
             ))
+        }
+    }
+}
+
+/// How many aliases of a key `kms:ResourceAliases` holds at most (AWS
+/// evaluates it for keys of up to 50 aliases).
+const MAX_RESOURCE_ALIASES: u32 = 50;
+
+/// What a policy may read of a key beyond its record: its tags
+/// (`aws:ResourceTag/<key>`) and aliases (`kms:ResourceAliases`). They are
+/// read from the store only when a policy in play reads them.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct KeyFacts {
+    pub(crate) tags: Vec<Tag>,
+    pub(crate) aliases: Vec<String>,
+}
+
+impl KeyFacts {
+    pub(crate) fn add_to(&self, request: &mut RequestContext, filter: &KeyFilter<'_>) {
+        if filter.wants_prefix("aws:resourcetag/") {
+            for tag in &self.tags {
+                request.add_value(&format!("aws:ResourceTag/{}", tag.key), tag.value.clone());
+            }
+        }
+        // A key of no alias has no value: ForAnyValue fails, ForAllValues
+        // and Null hold, as AWS describes.
+        if !self.aliases.is_empty() && filter.wants("kms:ResourceAliases") {
+            request.set_values("kms:ResourceAliases", self.aliases.clone());
         }
     }
 }

@@ -167,7 +167,7 @@ impl KeysDomain {
                     tags: Vec::new(),
                     multi_region: false,
                     policy: Some(self.service_managed_key_policy(account, service_prefix)),
-                    bypass_policy_lockout_safety_check: true,
+                    bypass_policy_lockout_safety_check: Some(true),
                 },
                 KeyManager::Aws,
                 |_| Ok(()),

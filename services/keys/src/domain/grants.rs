@@ -5,9 +5,11 @@
 //! from a cache. Grant tokens therefore never need to be presented; a token
 //! given in a request must still be one this service issued.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use coffer_platform::authz::Caller;
+use coffer_platform::authz::{Caller, KeyFilter};
 use coffer_policy::DecisionEffect;
 
 use super::access::{Access, Reach, pairs_within, str_pairs};
@@ -175,7 +177,7 @@ impl KeysDomain {
         }
         let key = self.resolve(caller, reference, &access).await?;
         self.check_state(&key, KeyOperation::CreateGrant)?;
-        if !self.policies_allow(caller, &key, &access)? {
+        if !self.policies_allow(caller, &key, &access).await? {
             // The caller may create grants only through a grant of its own
             // (AWS's rule): the new grant may not allow more than that one.
             let parents = self
@@ -371,9 +373,11 @@ impl KeysDomain {
         missing: KeysError,
     ) -> Result<()> {
         let key_arn = self.key_arn(&key.account, &key.key_id);
-        let identity = caller
-            .authorize_identity(&caller.request("kms:RetireGrant", &key_arn))
-            .effect;
+        let filter = KeyFilter::of(caller.identity_policies().iter().map(Arc::as_ref));
+        let facts = self.key_facts(key, &filter).await?;
+        let mut request = caller.request_with("kms:RetireGrant", &key_arn, &filter);
+        facts.add_to(&mut request, &filter);
+        let identity = caller.authorize_identity(&request).effect;
         let named = grant.retiring_principal.as_deref() == Some(caller.arn())
             || (grant.grantee_principal == caller.arn()
                 && grant

@@ -5,7 +5,7 @@ use coffer_platform::arn::AccountId;
 use coffer_platform::audit::service::{ServiceEvent, ServiceEvents};
 use coffer_platform::authz::Caller;
 
-use super::access::Access;
+use super::access::{Access, KeyFacts};
 
 use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag};
 use super::{DAY_MS, KEY_RESOURCE_TYPE, KeyOperation, KeysDomain, SERVICE_PREFIX};
@@ -27,7 +27,8 @@ pub struct NewKey {
     pub multi_region: bool,
     /// The key policy document; the default key policy when `None`.
     pub policy: Option<String>,
-    pub bypass_policy_lockout_safety_check: bool,
+    /// `None` when the parameter was not sent.
+    pub bypass_policy_lockout_safety_check: Option<bool>,
 }
 
 /// One page of ListKeys.
@@ -45,11 +46,23 @@ impl KeysDomain {
             ("kms:KeyUsage", vec![request.key_usage.to_string()]),
             ("kms:KeyOrigin", vec!["AWS_KMS".to_owned()]),
             ("kms:MultiRegion", vec![request.multi_region.to_string()]),
+            // Deprecated names AWS still honours.
             (
-                "kms:BypassPolicyLockoutSafetyCheck",
-                vec![request.bypass_policy_lockout_safety_check.to_string()],
+                "kms:CustomerMasterKeySpec",
+                vec![request.key_spec.to_string()],
+            ),
+            (
+                "kms:CustomerMasterKeyUsage",
+                vec![request.key_usage.to_string()],
             ),
         ];
+        // In the request only when the parameter was sent, as AWS has it.
+        if let Some(bypass) = request.bypass_policy_lockout_safety_check {
+            conditions.push((
+                "kms:BypassPolicyLockoutSafetyCheck",
+                vec![bypass.to_string()],
+            ));
+        }
         // Tags given at creation are also a TagResource, which the caller's
         // identity policies must allow on the account's keys, with the same
         // tag conditions. Condition names are case-insensitive and tag keys
@@ -120,9 +133,14 @@ impl KeysDomain {
                 "multi-Region keys are not supported by this release of Coffer.".into(),
             ));
         }
+        // The new key has the request's tags and no alias yet.
+        let facts = KeyFacts {
+            tags: request.tags.clone(),
+            aliases: Vec::new(),
+        };
         let lockout_check = |key: &KeyRecord| match &policy {
-            Some(policy) if !request.bypass_policy_lockout_safety_check => {
-                self.check_lockout(caller, key, policy)?;
+            Some(policy) if request.bypass_policy_lockout_safety_check != Some(true) => {
+                self.check_lockout(caller, key, policy, &facts)?;
                 self.record_key(caller, key);
                 Ok(())
             }

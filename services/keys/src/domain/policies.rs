@@ -3,7 +3,7 @@
 
 use coffer_platform::authz::Caller;
 
-use super::access::Access;
+use super::access::{Access, KeyFacts};
 use super::types::KeyReference;
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
@@ -13,20 +13,35 @@ use crate::store::KeyRecord;
 pub const DEFAULT_POLICY_NAME: &str = "default";
 
 impl KeysDomain {
-    /// Replaces a key's policy. Unless `bypass_lockout_check` is set, the
-    /// new policy must let the caller change the policy again.
+    /// Replaces a key's policy. Unless `bypass_lockout_check` is
+    /// `Some(true)`, the new policy must let the caller change the policy
+    /// again. `kms:BypassPolicyLockoutSafetyCheck` is in the request only
+    /// when the parameter was sent, as AWS has it.
     pub async fn put_key_policy(
         &self,
         caller: &Caller,
         reference: &KeyReference,
         document: &str,
-        bypass_lockout_check: bool,
+        bypass_lockout_check: Option<bool>,
     ) -> Result<KeyRecord> {
         let policy = Self::parse_key_policy(document)?;
-        let access = Access::to("PutKeyPolicy").with_values(
-            "kms:BypassPolicyLockoutSafetyCheck",
-            vec![bypass_lockout_check.to_string()],
-        );
+        let mut access = Access::to("PutKeyPolicy");
+        if let Some(bypass) = bypass_lockout_check {
+            access = access.with_values(
+                "kms:BypassPolicyLockoutSafetyCheck",
+                vec![bypass.to_string()],
+            );
+        }
+        let checked = bypass_lockout_check != Some(true);
+        // The check reads the key's tags and aliases only when the new
+        // policy or the caller's identity policies do.
+        let facts = match Self::facts_read_by(caller, &policy) {
+            Some(filter) if checked => {
+                let key = self.resolve(caller, reference, &access).await?;
+                self.key_facts(&key, &filter).await?
+            }
+            _ => KeyFacts::default(),
+        };
         self.update_key_with(
             caller,
             reference,
@@ -34,8 +49,8 @@ impl KeysDomain {
             &access,
             |key, _now| {
                 self.ensure_customer_managed(key, "PutKeyPolicy")?;
-                if !bypass_lockout_check {
-                    self.check_lockout(caller, key, &policy)?;
+                if checked {
+                    self.check_lockout(caller, key, &policy, &facts)?;
                 }
                 document.clone_into(&mut key.policy);
                 Ok(())
