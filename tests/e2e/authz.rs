@@ -712,6 +712,16 @@ async fn key_policies_are_managed_and_guard_against_lockout(
             r#"{"Version":"2012-10-17","Version":"2012-10-17","Statement":[]}"#,
             "Version",
         ),
+        // KMS refuses ForAllValues on single-valued keys it would let pass
+        // a request without them.
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Resource":"*","Condition":{"ForAllValues:StringEquals":{"kms:EncryptionContext:Purpose":"backup"}}}]}"#,
+            "OverlyPermissiveCondition: Using the ForAllValues set operator with a single-valued condition key matches requests without the specified encryption context",
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:TagResource","Resource":"*","Condition":{"ForAllValues:StringLike":{"aws:RequestTag/team":"blue"}}}]}"#,
+            "without the specified tag",
+        ),
     ] {
         let status = assert_error(
             admin

@@ -211,6 +211,11 @@ impl ConditionClause {
         &self.lowercase_key
     }
 
+    /// Whether the operator is qualified with `ForAllValues:`.
+    pub(crate) fn for_all_values(&self) -> bool {
+        self.operator.qualifier == Some(SetQualifier::ForAllValues)
+    }
+
     /// Whether this clause holds for the request (see the module docs).
     pub(crate) fn holds(&self, context: &RequestContext) -> bool {
         let request_values = context.values_by_lowercase_key(&self.lowercase_key);

@@ -71,6 +71,18 @@ pub struct Policy {
     condition_keys: Option<Vec<String>>,
 }
 
+/// Whether any string or member name of `value` holds `${`.
+fn mentions_variables(value: &JsonValue) -> bool {
+    match value {
+        JsonValue::String(text) => text.contains("${"),
+        JsonValue::Array(items) => items.iter().any(mentions_variables),
+        JsonValue::Object(members) => members
+            .iter()
+            .any(|(name, member)| name.contains("${") || mentions_variables(member)),
+        JsonValue::Null | JsonValue::Bool(_) | JsonValue::Number(_) => false,
+    }
+}
+
 impl Policy {
     /// Parses and validates `document` as a policy of `kind`.
     ///
@@ -88,9 +100,10 @@ impl Policy {
         }
         let root = parse_strict(document)?;
         let mut policy = compile_document(&root, kind)?;
-        // Policy variables can only come from `${` in the text: checking the
-        // text errs on the side of reading conditions.
-        let has_variables = document.contains("${");
+        // Policy variables can only come from `${` in a string, as decoded
+        // (a JSON escape such as `\u0024{` spells one too): checking every
+        // string errs on the side of reading conditions.
+        let has_variables = mentions_variables(&root);
         let mut keys: Vec<String> = policy
             .statements
             .iter()
@@ -109,6 +122,16 @@ impl Policy {
     /// carried every key.
     pub fn condition_keys(&self) -> Option<&[String]> {
         self.condition_keys.as_deref()
+    }
+
+    /// The condition keys (lowercased) that a `ForAllValues:` operator
+    /// reads, in document order, repeated as often as they are.
+    pub fn for_all_values_keys(&self) -> impl Iterator<Item = &str> {
+        self.statements
+            .iter()
+            .flat_map(|statement| statement.conditions.iter())
+            .filter(|clause| clause.for_all_values())
+            .map(ConditionClause::lowercase_key)
     }
 
     /// [`Policy::parse`] for an identity policy.
@@ -718,5 +741,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(variable.condition_keys(), None);
+        // A variable spelled with a JSON escape is a variable all the same.
+        let escaped = Policy::parse_identity(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"kms:*","Resource":"*","Condition":{"StringNotEquals":{"aws:PrincipalAccount":"\u0024{kms:CallerAccount}"}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(escaped.condition_keys(), None);
     }
 }

@@ -331,9 +331,27 @@ impl KeysDomain {
     }
 
     /// A policy document as a key policy, or MalformedPolicyDocumentException.
+    /// As KMS does, a `ForAllValues:` operator on an encryption-context or
+    /// request-tag key is refused: those keys hold one value, and the
+    /// condition would hold for a request without the pair or tag at all.
     pub fn parse_key_policy(document: &str) -> Result<Policy> {
-        Policy::parse_resource(document)
-            .map_err(|error| KeysError::MalformedPolicy(error.to_string()))
+        let policy = Policy::parse_resource(document)
+            .map_err(|error| KeysError::MalformedPolicy(error.to_string()))?;
+        if let Some(key) = policy.for_all_values_keys().find(|key| {
+            key.starts_with("kms:encryptioncontext:") || key.starts_with("aws:requesttag/")
+        }) {
+            let what = if key.starts_with("aws:") {
+                "tag"
+            } else {
+                "encryption context"
+            };
+            return Err(KeysError::MalformedPolicy(format!(
+                "OverlyPermissiveCondition: Using the ForAllValues set operator with a \
+                 single-valued condition key matches requests without the specified {what} \
+                 or with an unspecified {what}. To fix, remove ForAllValues."
+            )));
+        }
+        Ok(policy)
     }
 
     fn key_policy(&self, key: &KeyRecord) -> Result<Arc<Policy>> {
@@ -348,7 +366,10 @@ impl KeysDomain {
             return Ok(parsed.policy.clone());
         }
         let policy = Arc::new(
-            Self::parse_key_policy(&self.key_policy_document(key)).map_err(|error| {
+            // Read as stored: a rule added for new policies (KMS's refusal
+            // of overly permissive conditions) must not make an old one
+            // unreadable.
+            Policy::parse_resource(&self.key_policy_document(key)).map_err(|error| {
                 KeysError::Store(crate::store::StoreError::Corrupt(format!(
                     "the stored policy of {} does not parse: {error}",
                     key.key_id
