@@ -1241,6 +1241,63 @@ async fn required_mode_survives_the_audit_service_going_away(
         .key_metadata
         .map(|m| m.arn)
         .unwrap_or_default();
+    // The outbox's copy of a change's event is whole: what the answer
+    // reports, recorded before the commit.
+    let grant = alice
+        .create_grant(pb::CreateGrantRequest {
+            key_id: created_arn.clone(),
+            grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:role/app"),
+            operations: vec!["Encrypt".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    alice
+        .retire_grant(pb::RetireGrantRequest {
+            grant_token: grant.grant_token.clone(),
+            ..Default::default()
+        })
+        .await?;
+    alice
+        .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+            key_id: created_arn.clone(),
+            pending_window_in_days: Some(9),
+        })
+        .await?;
+    let rows: Vec<Value> = harness
+        .instance()?
+        .outbox_records()
+        .await?
+        .iter()
+        .map(|record| serde_json::from_str(record))
+        .collect::<Result<_, _>>()?;
+    let row = |name: &str| {
+        rows.iter()
+            .find(|row| row["eventName"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        row("CreateGrant")["responseElements"]["grantId"],
+        grant.grant_id.as_str()
+    );
+    assert_eq!(
+        row("RetireGrant")["additionalEventData"]["grantId"],
+        grant.grant_id.as_str()
+    );
+    let scheduled = row("ScheduleKeyDeletion");
+    assert_eq!(
+        scheduled["responseElements"]["keyId"],
+        created_arn.as_str(),
+        "{scheduled:#}"
+    );
+    assert_eq!(scheduled["responseElements"]["pendingWindowInDays"], 9);
+    assert_eq!(scheduled["responseElements"]["keyState"], "PendingDeletion");
+    alice
+        .cancel_key_deletion(pb::CancelKeyDeletionRequest {
+            key_id: created_arn.clone(),
+        })
+        .await?;
     // A data-plane answer cannot be audited: UNAVAILABLE within the deadline.
     let started = tokio::time::Instant::now();
     let status = assert_error(

@@ -88,6 +88,15 @@ impl Instance {
         Ok(total)
     }
 
+    /// The records of every service's outbox rows waiting, for tests.
+    pub async fn outbox_records(&self) -> anyhow::Result<Vec<String>> {
+        let mut records = Vec::new();
+        for outbox in &self.outboxes {
+            records.extend(outbox.pending_records().await?);
+        }
+        Ok(records)
+    }
+
     /// Runs every service's due work now (what the scheduler does every
     /// [`MAINTENANCE_INTERVAL`]), against the instance's clock.
     pub async fn run_maintenance(&self) -> anyhow::Result<()> {

@@ -387,6 +387,22 @@ impl Caller {
         }
     }
 
+    /// Records the call's response elements (a success's) before the
+    /// domain writes, for the same reason as [`Self::record_resource`]: the
+    /// outbox's copy of the event is then whole.
+    pub fn record_response(&self, elements: serde_json::Value) {
+        if let Some(audit) = &self.audit {
+            audit.response_elements(elements);
+        }
+    }
+
+    /// Records the call's `additionalEventData` before the domain writes.
+    pub fn record_additional_data(&self, data: serde_json::Value) {
+        if let Some(audit) = &self.audit {
+            audit.additional_event_data(data);
+        }
+    }
+
     pub fn account(&self) -> &AccountId {
         &self.account
     }

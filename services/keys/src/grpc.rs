@@ -1481,11 +1481,6 @@ impl Keys for KeysGrpc {
                     .await?;
                 self.record_key(&call, &key);
                 let arn = self.domain.key_arn(&key.account, &key.key_id);
-                call.audit().response_elements(json!({
-                    "keyId": arn, "keyState": key.key_state.as_str(),
-                    "deletionDate": key.deletion_date_ms.map(|ms| rfc3339_at(ms.div_euclid(1000))),
-                    "pendingWindowInDays": window,
-                }));
                 Ok(pb::ScheduleKeyDeletionResponse {
                     key_id: arn,
                     deletion_date: key.deletion_date_ms.map(timestamp),
@@ -1511,7 +1506,6 @@ impl Keys for KeysGrpc {
                     .await?;
                 self.record_key(&call, &key);
                 let arn = self.domain.key_arn(&key.account, &key.key_id);
-                call.audit().response_elements(json!({"keyId": arn}));
                 Ok(pb::CancelKeyDeletionResponse { key_id: arn })
             },
         )
@@ -2144,8 +2138,6 @@ impl Keys for KeysGrpc {
                     )
                     .await?;
                 self.record_key(&call, &key);
-                call.audit()
-                    .response_elements(json!({"grantId": grant.grant_id}));
                 Ok(pb::CreateGrantResponse {
                     grant_token,
                     grant_id: grant.grant_id,
@@ -2255,13 +2247,12 @@ impl Keys for KeysGrpc {
                         ));
                     }
                 };
+                // Named even when the retiring is refused.
                 if let RetireTarget::Id { grant_id, .. } = &target {
                     call.audit()
                         .additional_event_data(json!({ "grantId": grant_id }));
                 }
-                let retired = self.domain.retire_grant(&caller, target).await?;
-                call.audit()
-                    .additional_event_data(json!({ "grantId": retired }));
+                self.domain.retire_grant(&caller, target).await?;
                 Ok(pb::RetireGrantResponse {})
             },
         )

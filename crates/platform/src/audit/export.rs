@@ -203,8 +203,22 @@ impl Shared {
                 "audit queue full: event dropped"
             );
         }
-        // An outboxed event is still in its outbox; the relay sends it.
+        leave_to_relay(entry);
     }
+}
+
+/// An outboxed event the queue cannot hold is still in its outbox, and the
+/// relay sends it: its row is brought up to this, the final event, first.
+fn leave_to_relay(entry: Entry) {
+    let (Some(outbox), Ok(runtime)) = (entry.outbox, tokio::runtime::Handle::try_current()) else {
+        return;
+    };
+    let event = entry.event;
+    runtime.spawn(async move {
+        if let Err(error) = outbox.complete(&event.event_id, &event.record).await {
+            tracing::warn!(%error, event_id = %event.event_id, "an outbox row could not take its final event");
+        }
+    });
 }
 
 /// The sink every service's call layer emits to; see the module docs.
@@ -610,6 +624,7 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                                 if entry.outbox.is_none() {
                                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                                 }
+                                leave_to_relay(entry);
                                 continue;
                             }
                             queue.push_front(entry);

@@ -12,9 +12,11 @@
 //! process's after `grace`. The audit service de-duplicates by event id, so
 //! a row sent twice is stored once.
 //!
-//! A row holds the event as it stood at commit; only when the process dies
-//! between commit and delivery does the relay's copy (without response
-//! elements recorded after the commit) become the stored event.
+//! A row holds the event as it stood at commit. Domain code records what a
+//! change's event says of it (resources, response elements) before it
+//! writes, so the row is whole. When the live path leaves a queued event to
+//! the relay (its queue is full), the row is brought up to the final event
+//! first ([`SqlOutbox::complete`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +94,7 @@ pub fn pending_row() -> Option<OutboxRow> {
             }
             event.request_parameters = draft.request_parameters.unwrap_or_default();
             event.response_elements = draft.response_elements.unwrap_or_default();
+            event.additional_event_data = draft.additional_event_data;
             event.resources = draft.resources;
             let record = serde_json::to_string(&event).ok()?;
             slot.written.store(true, Ordering::Release);
@@ -176,6 +179,30 @@ impl SqlOutbox {
             .collect())
     }
 
+    /// Replaces a row's record with the call's final event (what it
+    /// recorded after its commit too), when the live path leaves it to the
+    /// relay. No row, no change: it was delivered already.
+    pub async fn complete(&self, event_id: &str, record: &str) -> Result<(), sqlx::Error> {
+        const COMPLETE: &str = "UPDATE audit_outbox SET record = $2 WHERE event_id = $1";
+        match &self.pool {
+            DbPool::Postgres(pool) => {
+                sqlx::query(COMPLETE)
+                    .bind(event_id)
+                    .bind(record)
+                    .execute(pool)
+                    .await?;
+            }
+            DbPool::Sqlite(pool) => {
+                sqlx::query(COMPLETE)
+                    .bind(event_id)
+                    .bind(record)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes delivered rows.
     pub async fn remove(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
         for chunk in event_ids.chunks(500) {
@@ -210,6 +237,15 @@ impl SqlOutbox {
         match &self.pool {
             DbPool::Postgres(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await,
             DbPool::Sqlite(pool) => sqlx::query_scalar(COUNT).fetch_one(pool).await,
+        }
+    }
+
+    /// The records of the rows waiting, oldest first, for tests.
+    pub async fn pending_records(&self) -> Result<Vec<String>, sqlx::Error> {
+        const RECORDS: &str = "SELECT record FROM audit_outbox ORDER BY created_at_ms, event_id";
+        match &self.pool {
+            DbPool::Postgres(pool) => sqlx::query_scalar(RECORDS).fetch_all(pool).await,
+            DbPool::Sqlite(pool) => sqlx::query_scalar(RECORDS).fetch_all(pool).await,
         }
     }
 }

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::authz::{Caller, KeyFilter};
 use coffer_policy::DecisionEffect;
+use serde_json::json;
 
 use super::access::{Access, Reach, pairs_within, str_pairs};
 use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
@@ -219,6 +220,7 @@ impl KeysDomain {
                         && grant.constraint == request.constraint
                 }) {
                     let token = GrantToken::encode(existing);
+                    caller.record_response(json!({ "grantId": existing.grant_id }));
                     return Ok((key, existing.clone(), token));
                 }
                 if page.len() < 1000 {
@@ -240,6 +242,8 @@ impl KeysDomain {
             token_secret: coffer_platform::hex_lower(&coffer_platform::random_id_bytes::<16>()),
             created_at_ms: self.now_ms(),
         };
+        // In the event the grant's write commits with (DESIGN §5).
+        caller.record_response(json!({ "grantId": grant.grant_id }));
         if let Some(quota) = self.store.create_grant(&grant, GRANT_QUOTAS).await? {
             let (quota, of) = match quota {
                 GrantQuota::PerKey => (GRANT_QUOTAS.per_key, "grants".to_owned()),
@@ -351,8 +355,10 @@ impl KeysDomain {
             .ok_or_else(|| grant_not_found(&grant.grant_id))?;
         self.authorize_retire(caller, &key, &grant, missing).await?;
         // Named in the event (and so filed with the key's owner too, when
-        // that is another account), as AWS names the key of a RetireGrant.
+        // that is another account), as AWS names the key of a RetireGrant,
+        // with the grant in additionalEventData, before the write.
         self.record_key(caller, &key);
+        caller.record_additional_data(json!({ "grantId": grant.grant_id }));
         if self.store.delete_grant(&grant.grant_id).await? {
             Ok(grant.grant_id)
         } else {

@@ -4,9 +4,10 @@
 use coffer_platform::arn::AccountId;
 use coffer_platform::audit::service::{ServiceEvent, ServiceEvents};
 use coffer_platform::authz::Caller;
+use coffer_platform::telemetry::rfc3339_at;
+use serde_json::json;
 
 use super::access::{Access, KeyFacts};
-
 use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag};
 use super::{DAY_MS, KEY_RESOURCE_TYPE, KeyOperation, KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result};
@@ -317,8 +318,16 @@ impl KeysDomain {
             |key, now_ms| {
                 self.ensure_customer_managed(key, "ScheduleKeyDeletion")?;
                 key.key_state = KeyState::PendingDeletion;
-                key.deletion_date_ms = Some(now_ms + i64::from(window_days) * DAY_MS);
+                let deletion_ms = now_ms + i64::from(window_days) * DAY_MS;
+                key.deletion_date_ms = Some(deletion_ms);
                 key.pending_window_days = Some(window_days);
+                // In the event the change commits with (DESIGN §5).
+                caller.record_response(json!({
+                    "keyId": self.key_arn(&key.account, &key.key_id),
+                    "keyState": key.key_state.as_str(),
+                    "deletionDate": rfc3339_at(deletion_ms.div_euclid(1000)),
+                    "pendingWindowInDays": window_days,
+                }));
                 Ok(())
             },
         )
@@ -340,6 +349,7 @@ impl KeysDomain {
                 key.key_state = KeyState::Disabled;
                 key.deletion_date_ms = None;
                 key.pending_window_days = None;
+                caller.record_response(json!({ "keyId": self.key_arn(&key.account, &key.key_id) }));
                 Ok(())
             },
         )
