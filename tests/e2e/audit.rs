@@ -198,6 +198,29 @@ async fn every_rpc_emits_exactly_one_event(backend: Backend) -> anyhow::Result<(
 
     // And nothing else was written: one event per call made above.
     assert_eq!(harness.audit_events().await?.len(), expected.len() + 2);
+    // A Decrypt that names no key, refused after its key was found and
+    // allowed (the context is wrong), names that key.
+    let blob = client
+        .encrypt(pb::EncryptRequest {
+            key_id: key.arn.clone(),
+            plaintext: b"x".to_vec(),
+            encryption_context: [("purpose".to_owned(), "test".to_owned())].into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let wrong_context = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("decrypted without its context"))?;
+    let event = single_event(&harness, &request_id_of(wrong_context.metadata())).await?;
+    assert_eq!(event["errorCode"], "InvalidCiphertextException");
+    assert_eq!(event["resources"][0]["ARN"], key.arn.as_str(), "{event:#}");
     // A propagated trace context is recorded.
     let mut traced = tonic::Request::new(pb::ListKeysRequest::default());
     traced.metadata_mut().insert(

@@ -176,6 +176,11 @@ impl KeysDomain {
                     .ok_or(KeysError::InvalidCiphertext)?;
                 self.authorize_key(caller, &key, &access, || KeysError::InvalidCiphertext)
                     .await?;
+                // Named in the event from here on, so a failure after the
+                // check (a wrong context, say) names the key it was
+                // against, and its owner's trail gets the copy; and a
+                // ReEncrypt lists the source before the destination.
+                self.record_key(caller, &key);
                 key
             }
         };
