@@ -205,6 +205,26 @@ async fn signatures_verify_in_openssl(backend: Backend) -> anyhow::Result<()> {
 
     // DIGEST mode: the caller hashes, Coffer signs the digest.
     let key = create(&mut client, "RSA_2048", "SIGN_VERIFY").await?;
+    // The event records the message type, RAW when none was given, and
+    // neither the message nor the signature.
+    for (message_type, recorded) in [("", "RAW"), ("DIGEST", "DIGEST")] {
+        let answer = client
+            .sign(pb::SignRequest {
+                key_id: key.key_id.clone(),
+                message: vec![7; 32],
+                message_type: message_type.into(),
+                signing_algorithm: "RSASSA_PKCS1_V1_5_SHA_256".into(),
+                ..Default::default()
+            })
+            .await?;
+        let events = harness
+            .audit_events_for(&coffer_tests::request_id_of(answer.metadata()))
+            .await?;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["requestParameters"]["messageType"], recorded);
+        assert!(events[0]["requestParameters"].get("message").is_none());
+        assert!(events[0]["responseElements"].is_null(), "{:#}", events[0]);
+    }
     let digest = openssl(&["dgst", "-sha256", "-binary", path(&message_path)?])?.stdout;
     let signed = client
         .sign(pb::SignRequest {

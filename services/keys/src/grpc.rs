@@ -783,6 +783,12 @@ fn alias_name(text: &str, allow_reserved: bool) -> Result<String> {
 }
 
 /// A key named by id or ARN, not by alias (CreateAlias, UpdateAlias).
+/// The message type a Sign or Verify event records: RAW when none was
+/// given, as CloudTrail records the default.
+fn message_type_for_audit(text: &str) -> &str {
+    if text.is_empty() { "RAW" } else { text }
+}
+
 fn target_key_reference(text: &str) -> Result<KeyReference> {
     match key_reference("target_key_id", text)? {
         KeyReference::Alias(_) => Err(KeysError::validation(
@@ -1873,7 +1879,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::SignResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "messageType": m.message_type, "signingAlgorithm": m.signing_algorithm}),
+            |m| json!({"keyId": m.key_id, "messageType": message_type_for_audit(&m.message_type), "signingAlgorithm": m.signing_algorithm}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
@@ -1898,7 +1904,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "messageType": m.message_type, "signingAlgorithm": m.signing_algorithm}),
+            |m| json!({"keyId": m.key_id, "messageType": message_type_for_audit(&m.message_type), "signingAlgorithm": m.signing_algorithm}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
