@@ -877,11 +877,22 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     // On demand: ten per key, then LimitExceededException.
     let mut blobs = vec![(before.clone(), b"before rotation".to_vec())];
     for round in 0..10 {
-        client
+        let answer = client
             .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
                 key_id: key.key_id.clone(),
             })
             .await?;
+        if round == 0 {
+            let events = harness
+                .audit_events_for(&coffer_tests::request_id_of(answer.metadata()))
+                .await?;
+            assert_eq!(
+                events[0]["responseElements"]["keyId"],
+                key.arn.as_str(),
+                "{:#}",
+                events[0]
+            );
+        }
         let plaintext = format!("round {round}").into_bytes();
         blobs.push((
             encrypt(&mut client, &key.key_id, &plaintext).await?,
@@ -893,7 +904,13 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
             key_id: key.key_id.clone(),
         })
         .await;
-    assert_error(eleventh, Code::ResourceExhausted, "LimitExceededException");
+    let status = assert_error(eleventh, Code::ResourceExhausted, "LimitExceededException");
+    // A refused rotation's event has no response elements; a done one's
+    // names the key, as CloudTrail's does.
+    let refused = harness
+        .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
+        .await?;
+    assert!(refused[0]["responseElements"].is_null(), "{:#}", refused[0]);
     let all = rotations(&mut client).await?;
     assert_eq!(all.len(), 11);
     assert_eq!(

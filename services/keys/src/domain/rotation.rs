@@ -4,6 +4,7 @@
 use coffer_crypto::MaterialId;
 use coffer_platform::audit::service::ServiceEvents;
 use coffer_platform::authz::Caller;
+use serde_json::json;
 
 use super::access::Access;
 
@@ -142,6 +143,7 @@ impl KeysDomain {
                     self.key_arn(&key.account, &key.key_id)
                 )));
             }
+            caller.record_response(json!({ "keyId": self.key_arn(&key.account, &key.key_id) }));
             match self.rotate(key, RotationType::OnDemand).await {
                 Err(KeysError::Store(StoreError::Conflict)) => continue,
                 outcome => return outcome,
