@@ -114,6 +114,8 @@ const UPSERT_RULE: &str = "INSERT INTO rules (account_id, name, event_pattern, e
      ON CONFLICT (account_id, name) DO UPDATE SET event_pattern = excluded.event_pattern, \
      enabled = excluded.enabled, description = excluded.description";
 const DELETE_RULE: &str = "DELETE FROM rules WHERE account_id = $1 AND name = $2";
+const DELETE_RULE_FAILURES: &str =
+    "DELETE FROM failed_deliveries WHERE account_id = $1 AND rule_name = $2";
 const DELETE_RULE_TARGETS: &str =
     "DELETE FROM rule_targets WHERE account_id = $1 AND rule_name = $2";
 const SET_ENABLED: &str = "UPDATE rules SET enabled = $3 WHERE account_id = $1 AND name = $2";
@@ -273,12 +275,16 @@ macro_rules! sql_rule_store {
 
             async fn delete_rule(&self, account: &str, name: &str) -> Result<bool, StoreError> {
                 let mut transaction = self.pool().begin().await.map_err(StoreError::Database)?;
-                sqlx::query(DELETE_RULE_TARGETS)
-                    .bind(account)
-                    .bind(name)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(StoreError::Database)?;
+                // Its targets and failed deliveries go with it, so a rule
+                // made later under the name starts clean.
+                for statement in [DELETE_RULE_TARGETS, DELETE_RULE_FAILURES] {
+                    sqlx::query(statement)
+                        .bind(account)
+                        .bind(name)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(StoreError::Database)?;
+                }
                 let outcome = sqlx::query(DELETE_RULE)
                     .bind(account)
                     .bind(name)
