@@ -29,6 +29,7 @@ backend_tests!(
     tags_and_aliases_are_authorized_as_resources,
     policies_read_a_keys_tags_and_aliases,
     the_lockout_check_asks_what_a_later_call_will_ask,
+    grants_to_an_account_reach_its_principals_through_their_policies,
 );
 
 const ALLOW_ALL: &str =
@@ -2642,5 +2643,79 @@ async fn the_lockout_check_asks_what_a_later_call_will_ask(backend: Backend) -> 
         status.message().contains("will not allow you to update"),
         "{status:?}"
     );
+    Ok(())
+}
+
+/// A grant whose grantee is an account (its root) reaches that account's
+/// principals whose identity policies allow the operation on the key, as a
+/// key policy that trusts an account does: in the key's own account and
+/// from another, never a principal its account's policies leave out.
+async fn grants_to_an_account_reach_its_principals_through_their_policies(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let app = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Action":["kms:Encrypt","kms:DescribeKey"],"Resource":"*"}]}"#;
+    let options = Options {
+        authorization: format!(
+            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: apps\n      principals: [\"arn:coffer:iam::*:user/app\"]\n      policy: '{}'\n",
+            app.replace('\n', " ")
+        ),
+        ..Options::default()
+    };
+    let harness = Harness::start_with(backend, options).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    // The key's policy trusts only its admin, not the account.
+    let key = admin
+        .create_key(pb::CreateKeyRequest {
+            policy: format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:user/admin"}},"Action":"kms:*","Resource":"*"}}]}}"#
+            ),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .context("no metadata")?
+        .arn;
+    let role = |account: &str| format!("spiffe://{TRUST_DOMAIN}/account/{account}/role/bare");
+    for account in [ACCOUNT_A, ACCOUNT_B] {
+        let mut app = harness.keys_for(account, "app").await?;
+        let mut bare = harness.keys_as(&role(account)).await?;
+        assert_error(
+            encrypt_with(&mut app, &key, &[], Vec::new()).await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+        admin
+            .create_grant(pb::CreateGrantRequest {
+                key_id: key.clone(),
+                grantee_principal: format!("arn:coffer:iam::{account}:root"),
+                operations: vec!["Encrypt".into(), "DescribeKey".into()],
+                ..Default::default()
+            })
+            .await?;
+        encrypt_with(&mut app, &key, &[], Vec::new()).await?;
+        // A principal of the account its policies leave out gets nothing.
+        assert_error(
+            encrypt_with(&mut bare, &key, &[], Vec::new()).await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+        // Nor does the grant reach beyond its operations.
+        let status = assert_error(
+            app.generate_data_key(pb::GenerateDataKeyRequest {
+                key_id: key.clone(),
+                key_spec: "AES_256".into(),
+                ..Default::default()
+            })
+            .await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+        );
+        assert!(
+            status.message().contains("kms:GenerateDataKey"),
+            "{status:?}"
+        );
+    }
     Ok(())
 }

@@ -601,13 +601,37 @@ impl KeysDomain {
         if !GRANT_OPERATIONS.contains(&access.action) {
             return Ok(false);
         }
-        let grants = self
-            .store
-            .grants_for_grantee(&key.key_id, caller.arn())
-            .await?;
+        let grants = self.grants_reaching(caller, key, access).await?;
         Ok(grants
             .iter()
             .any(|grant| grant_covers(grant, access.action, access.context)))
+    }
+
+    /// The grants on `key` that reach the caller for `access`: those naming
+    /// it, and those naming its account (the root) when the caller's
+    /// identity policies allow `access` on the key. As with a key policy
+    /// that trusts an account, such a grant is delegated by the account's
+    /// own policies, never to all of its principals at once.
+    pub(crate) async fn grants_reaching(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+    ) -> Result<Vec<GrantRecord>> {
+        let root = self.location.account_root(caller.account());
+        let mut grants = self
+            .store
+            .grants_for_grantees(&key.key_id, &[caller.arn(), &root])
+            .await?;
+        if grants.iter().any(|grant| grant.grantee_principal == root) {
+            let filter = KeyFilter::of(caller.identity_policies().iter().map(Arc::as_ref));
+            let facts = self.key_facts(key, &filter).await?;
+            let request = self.request_on(caller, key, access, &filter, &facts);
+            if !caller.authorize_identity(&request).is_allowed() {
+                grants.retain(|grant| grant.grantee_principal != root);
+            }
+        }
+        Ok(grants)
     }
 
     /// Actions with no resource (`kms:CreateKey`, `kms:ListKeys`, …): the

@@ -181,10 +181,7 @@ impl KeysDomain {
         if !self.policies_allow(caller, &key, &access).await? {
             // The caller may create grants only through a grant of its own
             // (AWS's rule): the new grant may not allow more than that one.
-            let parents = self
-                .store
-                .grants_for_grantee(&key.key_id, caller.arn())
-                .await?;
+            let parents = self.grants_reaching(caller, &key, &access).await?;
             let covered = parents.iter().any(|parent| {
                 parent.operations.iter().any(|op| op == "CreateGrant")
                     && request
@@ -283,7 +280,11 @@ impl KeysDomain {
                 .filter(|grant| grant.key_id == key.key_id)
                 .into_iter()
                 .collect(),
-            (None, Some(grantee)) => self.store.grants_for_grantee(&key.key_id, grantee).await?,
+            (None, Some(grantee)) => {
+                self.store
+                    .grants_for_grantees(&key.key_id, &[grantee])
+                    .await?
+            }
             (None, None) => {
                 self.store
                     .list_grants(&key.key_id, after, limit.saturating_add(1))

@@ -593,8 +593,15 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
     assert_eq!(after_first, vec![second.clone()]);
     assert_eq!(store.list_grants(&key.key_id, None, 1).await?.len(), 1);
     assert_eq!(
-        store.grants_for_grantee(&key.key_id, alice).await?,
+        store.grants_for_grantees(&key.key_id, &[alice]).await?,
         vec![first.clone()]
+    );
+    assert_eq!(
+        store
+            .grants_for_grantees(&key.key_id, &[alice, &second.grantee_principal])
+            .await?
+            .len(),
+        2
     );
     assert_eq!(
         store.list_retirable_grants(bob, None, 10).await?,

@@ -328,11 +328,12 @@ pub trait KeyStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<GrantRecord>, StoreError>;
 
-    /// Every grant on a key for one grantee principal.
-    async fn grants_for_grantee(
+    /// Every grant on a key for any of `grantees` (one or two principals:
+    /// a caller and its account's root), ordered by grant id.
+    async fn grants_for_grantees(
         &self,
         key_id: &KeyId,
-        grantee_principal: &str,
+        grantees: &[&str],
     ) -> Result<Vec<GrantRecord>, StoreError>;
 
     /// Grants a principal may retire, ordered by grant id, after `after`.

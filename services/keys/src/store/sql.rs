@@ -85,7 +85,8 @@ fn select_grants_page() -> String {
 
 fn select_grantee_grants() -> String {
     format!(
-        "SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 AND grantee_principal = $2 ORDER BY grant_id"
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 AND grantee_principal IN ($2, $3) \
+         ORDER BY grant_id"
     )
 }
 
@@ -884,14 +885,25 @@ macro_rules! sql_key_store {
                 rows.iter().map(Self::grant_from_row).collect()
             }
 
-            async fn grants_for_grantee(
+            async fn grants_for_grantees(
                 &self,
                 key_id: &KeyId,
-                grantee_principal: &str,
+                grantees: &[&str],
             ) -> Result<Vec<GrantRecord>, StoreError> {
+                let (first, second) = match grantees {
+                    [] => return Ok(Vec::new()),
+                    [one] => (*one, *one),
+                    [one, two] => (*one, *two),
+                    _ => {
+                        return Err(StoreError::Corrupt(
+                            "grants are looked up for at most two grantees".into(),
+                        ));
+                    }
+                };
                 let rows = sqlx::query(&select_grantee_grants())
                     .bind(key_id.as_str())
-                    .bind(grantee_principal)
+                    .bind(first)
+                    .bind(second)
                     .fetch_all(&self.pool)
                     .await
                     .map_err(convert_sqlx_error)?;
