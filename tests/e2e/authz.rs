@@ -723,6 +723,16 @@ async fn key_policies_are_managed_and_guard_against_lockout(
             r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:TagResource","Resource":"*","Condition":{"ForAllValues:StringLike":{"aws:RequestTag/team":"blue"}}}]}"#,
             "without the specified tag",
         ),
+        // A policy copied from AWS names principals and keys no Coffer
+        // request can match: a Deny in it would never apply.
+        (
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":{"AWS":["arn:coffer:iam::111122223333:user/a","arn:aws:iam::111122223333:user/mallory"]},"Action":"kms:*","Resource":"*"}]}"#,
+            r#""arn:aws:iam::111122223333:user/mallory" is not of this partition (coffer)"#,
+        ),
+        (
+            r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","NotResource":"arn:aws-cn:kms:*:*:key/*"}}"#,
+            "arn:aws-cn:kms",
+        ),
     ] {
         let status = assert_error(
             admin

@@ -334,9 +334,20 @@ impl KeysDomain {
     /// As KMS does, a `ForAllValues:` operator on an encryption-context or
     /// request-tag key is refused: those keys hold one value, and the
     /// condition would hold for a request without the pair or tag at all.
-    pub fn parse_key_policy(document: &str) -> Result<Policy> {
+    ///
+    /// A principal or resource ARN of another partition (`arn:aws:…` in a
+    /// policy copied from AWS) is refused too: it can never match here, so
+    /// a Deny naming it would silently never apply. AWS likewise refuses a
+    /// principal it cannot see.
+    pub fn parse_key_policy(&self, document: &str) -> Result<Policy> {
         let policy = Policy::parse_resource(document)
             .map_err(|error| KeysError::MalformedPolicy(error.to_string()))?;
+        if let Some(arn) = foreign_partition_arn(document, &self.location.partition) {
+            return Err(KeysError::MalformedPolicy(format!(
+                "{arn:?} is not of this partition ({}): it can never match here.",
+                self.location.partition
+            )));
+        }
         if let Some(key) = policy.for_all_values_keys().find(|key| {
             key.starts_with("kms:encryptioncontext:") || key.starts_with("aws:requesttag/")
         }) {
@@ -366,9 +377,9 @@ impl KeysDomain {
             return Ok(parsed.policy.clone());
         }
         let policy = Arc::new(
-            // Read as stored: a rule added for new policies (KMS's refusal
-            // of overly permissive conditions) must not make an old one
-            // unreadable.
+            // Read as stored: a rule added for new policies (overly
+            // permissive conditions, other partitions) must not make an old
+            // one unreadable.
             Policy::parse_resource(&self.key_policy_document(key)).map_err(|error| {
                 KeysError::Store(crate::store::StoreError::Corrupt(format!(
                     "the stored policy of {} does not parse: {error}",
@@ -694,6 +705,39 @@ impl KeysDomain {
             ))
         }
     }
+}
+
+/// The first principal or resource ARN of `document` (a policy that
+/// parsed) whose partition is neither `partition` nor a wildcard.
+fn foreign_partition_arn(document: &str, partition: &str) -> Option<String> {
+    use serde_json::Value;
+    fn strings(value: &Value) -> Vec<&str> {
+        match value {
+            Value::String(text) => vec![text.as_str()],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+    let root: Value = serde_json::from_str(document).ok()?;
+    let statements = match &root["Statement"] {
+        Value::Array(items) => items.iter().collect(),
+        single @ Value::Object(_) => vec![single],
+        _ => Vec::new(),
+    };
+    statements.into_iter().find_map(|statement| {
+        let mut arns = strings(&statement["Resource"]);
+        arns.extend(strings(&statement["NotResource"]));
+        for field in ["Principal", "NotPrincipal"] {
+            arns.extend(strings(&statement[field]["AWS"]));
+        }
+        arns.into_iter()
+            .find(|arn| {
+                arn.strip_prefix("arn:")
+                    .and_then(|rest| rest.split(':').next())
+                    .is_some_and(|named| !named.contains(['*', '?']) && named != partition)
+            })
+            .map(str::to_owned)
+    })
 }
 
 /// How many aliases of a key `kms:ResourceAliases` holds at most (AWS

@@ -96,7 +96,7 @@ impl KeysDomain {
         let policy = request
             .policy
             .as_deref()
-            .map(Self::parse_key_policy)
+            .map(|document| self.parse_key_policy(document))
             .transpose()?;
         match (request.key_spec, request.key_usage) {
             (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt)

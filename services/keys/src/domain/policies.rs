@@ -24,7 +24,7 @@ impl KeysDomain {
         document: &str,
         bypass_lockout_check: Option<bool>,
     ) -> Result<KeyRecord> {
-        let policy = Self::parse_key_policy(document)?;
+        let policy = self.parse_key_policy(document)?;
         let mut access = Access::to("PutKeyPolicy");
         if let Some(bypass) = bypass_lockout_check {
             access = access.with_values(
