@@ -2449,6 +2449,25 @@ async fn tags_and_aliases_are_authorized_as_resources(backend: Backend) -> anyho
     Ok(())
 }
 
+/// Tags `key` with `name` = `value`.
+async fn tag_key(
+    client: &mut KeysClient<Channel>,
+    key: &str,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.to_owned(),
+            tags: vec![coffer_proto::common::v1::Tag {
+                tag_key: name.into(),
+                tag_value: value.into(),
+            }],
+        })
+        .await?;
+    Ok(())
+}
+
 /// `aws:ResourceTag/<key>` and `kms:ResourceAliases` are the key's tags and
 /// aliases as they stand at each call (attribute-based access in identity
 /// policies; a Deny in a key policy), and the deprecated
@@ -2471,10 +2490,6 @@ async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Resu
     let harness = Harness::start_with(backend, options).await?;
     let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
     let mut abac = harness.keys_for(ACCOUNT_A, "abac").await?;
-    let tag = |key: &str, value: &str| coffer_proto::common::v1::Tag {
-        tag_key: key.into(),
-        tag_value: value.into(),
-    };
     let generate = |key: &str| pb::GenerateDataKeyRequest {
         key_id: key.to_owned(),
         key_spec: "AES_256".into(),
@@ -2487,19 +2502,9 @@ async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Resu
         encrypt_with(&mut abac, &key, &[], Vec::new()).await,
         "kms:Encrypt",
     );
-    admin
-        .tag_resource(pb::TagResourceRequest {
-            key_id: key.clone(),
-            tags: vec![tag("Team", "blue")],
-        })
-        .await?;
+    tag_key(&mut admin, &key, "Team", "blue").await?;
     encrypt_with(&mut abac, &key, &[], Vec::new()).await?;
-    admin
-        .tag_resource(pb::TagResourceRequest {
-            key_id: key.clone(),
-            tags: vec![tag("Team", "red")],
-        })
-        .await?;
+    tag_key(&mut admin, &key, "Team", "red").await?;
     denied(
         encrypt_with(&mut abac, &key, &[], Vec::new()).await,
         "kms:Encrypt",
@@ -2544,12 +2549,7 @@ async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Resu
     )
     .await?;
     encrypt_with(&mut admin, &guarded, &[], Vec::new()).await?;
-    admin
-        .tag_resource(pb::TagResourceRequest {
-            key_id: guarded.clone(),
-            tags: vec![tag("frozen", "true")],
-        })
-        .await?;
+    tag_key(&mut admin, &guarded, "frozen", "true").await?;
     denied(
         encrypt_with(&mut admin, &guarded, &[], Vec::new()).await,
         "kms:Encrypt",
