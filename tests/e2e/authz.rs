@@ -45,6 +45,17 @@ fn admins_only() -> Options {
     }
 }
 
+/// As [`admins_only`], and `user/{user}` of each account has `policy`.
+fn admins_and(user: &str, policy: &str) -> Options {
+    Options {
+        authorization: format!(
+            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: {user}\n      principals: [\"arn:coffer:iam::*:user/{user}\"]\n      policy: '{}'\n",
+            policy.replace('\n', " ")
+        ),
+        ..Options::default()
+    }
+}
+
 async fn create_key(
     client: &mut KeysClient<Channel>,
     spec: &str,
@@ -2480,14 +2491,7 @@ async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Resu
          "Condition":{"StringEquals":{"aws:ResourceTag/Team":"blue"}}},
         {"Effect":"Allow","Action":"kms:GenerateDataKey","Resource":"arn:coffer:kms:*:*:key/*",
          "Condition":{"ForAnyValue:StringEquals":{"kms:ResourceAliases":"alias/finance"}}}]}"#;
-    let options = Options {
-        authorization: format!(
-            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: abac\n      principals: [\"arn:coffer:iam::*:user/abac\"]\n      policy: '{}'\n",
-            abac.replace('\n', " ")
-        ),
-        ..Options::default()
-    };
-    let harness = Harness::start_with(backend, options).await?;
+    let harness = Harness::start_with(backend, admins_and("abac", abac)).await?;
     let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
     let mut abac = harness.keys_for(ACCOUNT_A, "abac").await?;
     let generate = |key: &str| pb::GenerateDataKeyRequest {
@@ -2665,14 +2669,7 @@ async fn grants_to_an_account_reach_its_principals_through_their_policies(
 ) -> anyhow::Result<()> {
     let app = r#"{"Version":"2012-10-17","Statement":[
         {"Effect":"Allow","Action":["kms:Encrypt","kms:DescribeKey"],"Resource":"*"}]}"#;
-    let options = Options {
-        authorization: format!(
-            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: apps\n      principals: [\"arn:coffer:iam::*:user/app\"]\n      policy: '{}'\n",
-            app.replace('\n', " ")
-        ),
-        ..Options::default()
-    };
-    let harness = Harness::start_with(backend, options).await?;
+    let harness = Harness::start_with(backend, admins_and("app", app)).await?;
     let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
     // The key's policy trusts only its admin, not the account.
     let key = admin
