@@ -1755,32 +1755,23 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         Code::NotFound,
         "NotFoundException",
     );
-    // B issued this grant, so B's principals retire it through their
-    // identity policies, though A's key policy says nothing of RetireGrant.
-    let issued_by_b = admin_b
-        .create_grant(grant_for_carol(&granted_key))
-        .await?
-        .into_inner();
-    admin_b
-        .retire_grant(pb::RetireGrantRequest {
-            key_id: granted_key.clone(),
-            grant_id: issued_by_b.grant_id.clone(),
-            ..Default::default()
-        })
-        .await?;
-    // The key's owner delegates retiring the grants on its key the same
-    // way: A's admin retires a grant B issued.
-    let issued_again_by_b = admin_b
-        .create_grant(grant_for_carol(&granted_key))
-        .await?
-        .into_inner();
-    admin_a
-        .retire_grant(pb::RetireGrantRequest {
-            key_id: granted_key.clone(),
-            grant_id: issued_again_by_b.grant_id.clone(),
-            ..Default::default()
-        })
-        .await?;
+    // B issued these grants, so B's principals retire them through their
+    // identity policies, though A's key policy says nothing of RetireGrant;
+    // and the key's owner delegates retiring the grants on its key the same
+    // way: A's admin retires one B issued.
+    for mut retirer in [admin_b.clone(), admin_a.clone()] {
+        let issued_by_b = admin_b
+            .create_grant(grant_for_carol(&granted_key))
+            .await?
+            .into_inner();
+        retirer
+            .retire_grant(pb::RetireGrantRequest {
+                key_id: granted_key.clone(),
+                grant_id: issued_by_b.grant_id.clone(),
+                ..Default::default()
+            })
+            .await?;
+    }
     // A issued this one and named B's root its retiring principal: B's
     // admin retires it (by identity policy), carol (without one) may not.
     let retired_by_b = admin_a

@@ -150,12 +150,11 @@ impl TraceService for OtlpIngest {
             }
         };
         let trusted = principal.is_service();
-        let account = principal.account().map(ToString::to_string);
-        let sender = match &account {
+        let sender = match principal.account() {
             _ if trusted => Sender::Service,
             Some(account) => Sender::Outsider {
                 received_ms: self.core.clock().now_millis(),
-                account,
+                account: account.as_str(),
                 identity: principal.spiffe_id(),
             },
             None => {

@@ -414,8 +414,7 @@ impl KeysDomain {
         policy: &'p Policy,
     ) -> Option<KeyFilter<'p>> {
         let filter = Self::filter_for(caller, policy);
-        (filter.wants_prefix("aws:resourcetag/") || filter.wants("kms:ResourceAliases"))
-            .then_some(filter)
+        (KeyFacts::wants_tags(&filter) || KeyFacts::wants_aliases(&filter)).then_some(filter)
     }
 
     /// The tags and aliases of `key` that `filter` reads, from the store.
@@ -425,10 +424,10 @@ impl KeysDomain {
         filter: &KeyFilter<'_>,
     ) -> Result<KeyFacts> {
         let mut facts = KeyFacts::default();
-        if filter.wants_prefix("aws:resourcetag/") {
+        if KeyFacts::wants_tags(filter) {
             facts.tags = self.store.list_tags(&key.key_id).await?;
         }
-        if filter.wants("kms:ResourceAliases") {
+        if KeyFacts::wants_aliases(filter) {
             facts.aliases = self
                 .store
                 .list_aliases(&key.account, Some(&key.key_id), None, MAX_RESOURCE_ALIASES)
@@ -634,15 +633,26 @@ impl KeysDomain {
             .store
             .grants_for_grantees(&key.key_id, &[caller.arn(), &root])
             .await?;
-        if grants.iter().any(|grant| grant.grantee_principal == root) {
-            let filter = KeyFilter::of(caller.identity_policies().iter().map(Arc::as_ref));
-            let facts = self.key_facts(key, &filter).await?;
-            let request = self.request_on(caller, key, access, &filter, &facts);
-            if !caller.authorize_identity(&request).is_allowed() {
-                grants.retain(|grant| grant.grantee_principal != root);
-            }
+        if grants.iter().any(|grant| grant.grantee_principal == root)
+            && self.identity_effect(caller, key, access).await? != DecisionEffect::Allowed
+        {
+            grants.retain(|grant| grant.grantee_principal != root);
         }
         Ok(grants)
+    }
+
+    /// What the caller's identity policies alone say of `access` on `key`,
+    /// with the condition keys they read (the key's tags and aliases too).
+    pub(crate) async fn identity_effect(
+        &self,
+        caller: &Caller,
+        key: &KeyRecord,
+        access: &Access<'_>,
+    ) -> Result<DecisionEffect> {
+        let filter = KeyFilter::of(caller.identity_policies().iter().map(Arc::as_ref));
+        let facts = self.key_facts(key, &filter).await?;
+        let request = self.request_on(caller, key, access, &filter, &facts);
+        Ok(caller.authorize_identity(&request).effect)
     }
 
     /// Actions with no resource (`kms:CreateKey`, `kms:ListKeys`, …): the
@@ -686,7 +696,8 @@ impl KeysDomain {
     /// AWS's lockout safety check: `policy` must let the caller change the
     /// key's policy again, by a PutKeyPolicy that does not bypass the check
     /// (so without `kms:BypassPolicyLockoutSafetyCheck`), the key having
-    /// `facts` (see [`Self::lockout_facts`]).
+    /// `facts` (read when [`Self::facts_read_by`] says the policies need
+    /// them).
     pub(crate) fn check_lockout(
         &self,
         caller: &Caller,
@@ -754,15 +765,23 @@ pub(crate) struct KeyFacts {
 }
 
 impl KeyFacts {
-    pub(crate) fn add_to(&self, request: &mut RequestContext, filter: &KeyFilter<'_>) {
-        if filter.wants_prefix("aws:resourcetag/") {
+    fn wants_tags(filter: &KeyFilter<'_>) -> bool {
+        filter.wants_prefix("aws:resourcetag/")
+    }
+
+    fn wants_aliases(filter: &KeyFilter<'_>) -> bool {
+        filter.wants("kms:ResourceAliases")
+    }
+
+    fn add_to(&self, request: &mut RequestContext, filter: &KeyFilter<'_>) {
+        if Self::wants_tags(filter) {
             for tag in &self.tags {
                 request.add_value(&format!("aws:ResourceTag/{}", tag.key), tag.value.clone());
             }
         }
         // A key of no alias has no value: ForAnyValue fails, ForAllValues
         // and Null hold, as AWS describes.
-        if !self.aliases.is_empty() && filter.wants("kms:ResourceAliases") {
+        if !self.aliases.is_empty() && Self::wants_aliases(filter) {
             request.set_values("kms:ResourceAliases", self.aliases.clone());
         }
     }

@@ -5,11 +5,9 @@
 //! from a cache. Grant tokens therefore never need to be presented; a token
 //! given in a request must still be one this service issued.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use coffer_platform::authz::{Caller, KeyFilter};
+use coffer_platform::authz::Caller;
 use coffer_policy::DecisionEffect;
 use serde_json::json;
 
@@ -380,11 +378,9 @@ impl KeysDomain {
         missing: KeysError,
     ) -> Result<()> {
         let key_arn = self.key_arn(&key.account, &key.key_id);
-        let filter = KeyFilter::of(caller.identity_policies().iter().map(Arc::as_ref));
-        let facts = self.key_facts(key, &filter).await?;
-        let mut request = caller.request_with("kms:RetireGrant", &key_arn, &filter);
-        facts.add_to(&mut request, &filter);
-        let identity = caller.authorize_identity(&request).effect;
+        let identity = self
+            .identity_effect(caller, key, &Access::to("RetireGrant"))
+            .await?;
         let named = grant.retiring_principal.as_deref() == Some(caller.arn())
             || (grant.grantee_principal == caller.arn()
                 && grant
