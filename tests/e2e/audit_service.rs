@@ -1296,6 +1296,15 @@ async fn required_mode_survives_the_audit_service_going_away(
             .cloned()
             .unwrap_or_default()
     };
+    let created_row = row("CreateKey");
+    let recorded = &created_row["responseElements"]["keyMetadata"];
+    assert_eq!(recorded["arn"], created_arn.as_str(), "{created_row:#}");
+    assert_eq!(recorded["description"], "while audit is down");
+    assert_eq!(recorded["keyState"], "Enabled");
+    assert_eq!(
+        recorded["encryptionAlgorithms"],
+        json!(["SYMMETRIC_DEFAULT"])
+    );
     assert_eq!(
         row("CreateGrant")["responseElements"]["grantId"],
         grant.grant_id.as_str()

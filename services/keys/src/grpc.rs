@@ -12,7 +12,6 @@ use coffer_crypto::{EncryptionContext, Zeroizing};
 use coffer_platform::arn::{AccountId, ArnParts};
 use coffer_platform::authz::Caller;
 use coffer_platform::call::CallContext;
-use coffer_platform::telemetry::rfc3339_at;
 use coffer_proto::keys::v1 as pb;
 use pb::keys_server::Keys;
 use serde_json::json;
@@ -21,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::access::{GRANT_OPERATIONS, UNCONSTRAINABLE_OPERATIONS, same_context_key};
 use crate::domain::aliases::ListedAlias;
 use crate::domain::grants::{GrantPage, GrantToken, NewGrant, RetireTarget};
-use crate::domain::lifecycle::NewKey;
+use crate::domain::lifecycle::{KeyAlgorithms, NewKey};
 use crate::domain::policies::DEFAULT_POLICY_NAME;
 use crate::domain::types::{
     DataKeySpec, EncryptionAlgorithm, KeyId, KeyReference, KeySpec, KeyState, KeyUsage,
@@ -106,35 +105,7 @@ impl KeysGrpc {
     }
 
     fn metadata(&self, key: &KeyRecord) -> pb::KeyMetadata {
-        let asymmetric = coffer_crypto::AsymmetricKeySpec::parse(key.key_spec.as_str());
-        let mac = coffer_crypto::MacKeySpec::parse(key.key_spec.as_str());
-        let encryption_algorithms = match (key.key_usage, asymmetric) {
-            (KeyUsage::EncryptDecrypt, None) => {
-                vec![EncryptionAlgorithm::SymmetricDefault.to_string()]
-            }
-            (KeyUsage::EncryptDecrypt, Some(spec)) => spec
-                .encryption_algorithms()
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-            _ => Vec::new(),
-        };
-        let signing_algorithms = match (key.key_usage, asymmetric) {
-            (KeyUsage::SignVerify, Some(spec)) => spec
-                .signing_algorithms()
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-            _ => Vec::new(),
-        };
-        let mac_algorithms = mac
-            .map(|spec| {
-                spec.mac_algorithms()
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let algorithms = KeyAlgorithms::of(key);
         pb::KeyMetadata {
             aws_account_id: key.account.to_string(),
             key_id: key.key_id.to_string(),
@@ -148,15 +119,15 @@ impl KeysGrpc {
             origin: key.origin.to_string(),
             key_manager: key.key_manager.to_string(),
             key_spec: key.key_spec.to_string(),
-            encryption_algorithms,
+            encryption_algorithms: algorithms.encryption,
             multi_region: key.multi_region,
             // AWS shows it only for a multi-Region primary waiting for its
             // replicas to go; a key pending deletion has DeletionDate.
             pending_deletion_window_in_days: key
                 .pending_window_days
                 .filter(|_| key.key_state == KeyState::PendingReplicaDeletion),
-            signing_algorithms,
-            mac_algorithms,
+            signing_algorithms: algorithms.signing,
+            mac_algorithms: algorithms.mac,
             customer_master_key_spec: key.key_spec.to_string(),
             current_key_material_id: key
                 .current_material_id
@@ -164,36 +135,6 @@ impl KeysGrpc {
                 .map(|material| material.to_hex())
                 .unwrap_or_default(),
         }
-    }
-
-    /// A key's metadata as a CloudTrail record shows it (CreateKey's
-    /// response elements): dates as RFC 3339, lists only where they apply.
-    fn metadata_for_audit(metadata: &pb::KeyMetadata) -> serde_json::Value {
-        let mut recorded = json!({
-            "aWSAccountId": metadata.aws_account_id,
-            "keyId": metadata.key_id,
-            "arn": metadata.arn,
-            "creationDate": metadata.creation_date.map(|date| rfc3339_at(date.seconds)),
-            "enabled": metadata.enabled,
-            "description": metadata.description,
-            "keyUsage": metadata.key_usage,
-            "keyState": metadata.key_state,
-            "origin": metadata.origin,
-            "keyManager": metadata.key_manager,
-            "keySpec": metadata.key_spec,
-            "customerMasterKeySpec": metadata.customer_master_key_spec,
-            "multiRegion": metadata.multi_region,
-        });
-        for (field, values) in [
-            ("encryptionAlgorithms", &metadata.encryption_algorithms),
-            ("signingAlgorithms", &metadata.signing_algorithms),
-            ("macAlgorithms", &metadata.mac_algorithms),
-        ] {
-            if !values.is_empty() {
-                recorded[field] = json!(values);
-            }
-        }
-        recorded
     }
 }
 
@@ -1101,11 +1042,8 @@ impl Keys for KeysGrpc {
         match outcome {
             Ok(key) => {
                 self.record_key(&call, &key);
-                let metadata = self.metadata(&key);
-                call.audit()
-                    .response_elements(json!({"keyMetadata": Self::metadata_for_audit(&metadata)}));
                 Ok(Response::new(pb::CreateKeyResponse {
-                    key_metadata: Some(metadata),
+                    key_metadata: Some(self.metadata(&key)),
                 }))
             }
             Err(error) => Err(self.fail(&call, &error)),

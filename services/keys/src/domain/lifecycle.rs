@@ -8,7 +8,9 @@ use coffer_platform::telemetry::rfc3339_at;
 use serde_json::json;
 
 use super::access::{Access, KeyFacts};
-use super::types::{KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag};
+use super::types::{
+    EncryptionAlgorithm, KeyId, KeyManager, KeyReference, KeySpec, KeyState, KeyUsage, Origin, Tag,
+};
 use super::{DAY_MS, KEY_RESOURCE_TYPE, KeyOperation, KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result};
 use crate::store::{KeyRecord, StoreError};
@@ -30,6 +32,42 @@ pub struct NewKey {
     pub policy: Option<String>,
     /// `None` when the parameter was not sent.
     pub bypass_policy_lockout_safety_check: Option<bool>,
+}
+
+/// The algorithms a key supports, as KeyMetadata lists them: each list is
+/// empty where the key's usage has no use for it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyAlgorithms {
+    pub encryption: Vec<String>,
+    pub signing: Vec<String>,
+    pub mac: Vec<String>,
+}
+
+impl KeyAlgorithms {
+    pub fn of(key: &KeyRecord) -> Self {
+        fn names<T: ToString>(algorithms: &[T]) -> Vec<String> {
+            algorithms.iter().map(ToString::to_string).collect()
+        }
+        let asymmetric = coffer_crypto::AsymmetricKeySpec::parse(key.key_spec.as_str());
+        let mac = coffer_crypto::MacKeySpec::parse(key.key_spec.as_str());
+        let mut algorithms = Self::default();
+        match (key.key_usage, asymmetric) {
+            (KeyUsage::EncryptDecrypt, None) => {
+                algorithms.encryption = vec![EncryptionAlgorithm::SymmetricDefault.to_string()];
+            }
+            (KeyUsage::EncryptDecrypt, Some(spec)) => {
+                algorithms.encryption = names(spec.encryption_algorithms());
+            }
+            (KeyUsage::SignVerify, Some(spec)) => {
+                algorithms.signing = names(spec.signing_algorithms());
+            }
+            _ => {}
+        }
+        if let Some(spec) = mac {
+            algorithms.mac = names(spec.mac_algorithms());
+        }
+        algorithms
+    }
 }
 
 /// One page of ListKeys.
@@ -139,16 +177,17 @@ impl KeysDomain {
             tags: request.tags.clone(),
             aliases: Vec::new(),
         };
-        let lockout_check = |key: &KeyRecord| match &policy {
-            Some(policy) if request.bypass_policy_lockout_safety_check != Some(true) => {
+        let lockout_check = |key: &KeyRecord| {
+            if let Some(policy) = &policy
+                && request.bypass_policy_lockout_safety_check != Some(true)
+            {
                 self.check_lockout(caller, key, policy, &facts)?;
-                self.record_key(caller, key);
-                Ok(())
             }
-            _ => {
-                self.record_key(caller, key);
-                Ok(())
-            }
+            // Recorded before the commit, so that the outbox's copy of the
+            // event (DESIGN §5) shows the new key as the answer does.
+            self.record_key(caller, key);
+            caller.record_response(json!({ "keyMetadata": self.metadata_for_audit(key) }));
+            Ok(())
         };
         self.insert_new_key(
             caller.account(),
@@ -157,6 +196,37 @@ impl KeysDomain {
             lockout_check,
         )
         .await
+    }
+
+    /// A key's metadata as a CloudTrail record shows it (CreateKey's
+    /// response elements): dates as RFC 3339, lists only where they apply.
+    pub(crate) fn metadata_for_audit(&self, key: &KeyRecord) -> serde_json::Value {
+        let mut recorded = json!({
+            "aWSAccountId": key.account.to_string(),
+            "keyId": key.key_id.to_string(),
+            "arn": self.key_arn(&key.account, &key.key_id),
+            "creationDate": rfc3339_at(key.created_at_ms.div_euclid(1000)),
+            "enabled": key.key_state == KeyState::Enabled,
+            "description": key.description,
+            "keyUsage": key.key_usage.to_string(),
+            "keyState": key.key_state.to_string(),
+            "origin": key.origin.to_string(),
+            "keyManager": key.key_manager.to_string(),
+            "keySpec": key.key_spec.to_string(),
+            "customerMasterKeySpec": key.key_spec.to_string(),
+            "multiRegion": key.multi_region,
+        });
+        let algorithms = KeyAlgorithms::of(key);
+        for (field, values) in [
+            ("encryptionAlgorithms", algorithms.encryption),
+            ("signingAlgorithms", algorithms.signing),
+            ("macAlgorithms", algorithms.mac),
+        ] {
+            if !values.is_empty() {
+                recorded[field] = json!(values);
+            }
+        }
+        recorded
     }
 
     /// Stores a new symmetric key with fresh material.
