@@ -21,6 +21,10 @@ pub const SERVICE_MANAGED_ALIASES: &[(&str, &str)] = &[
     ("alias/coffer/acm", "Certificate Manager"),
 ];
 
+/// How often UpdateAlias and DeleteAlias read an alias again after another
+/// call changed it between their check and their write.
+const ALIAS_CHANGE_ATTEMPTS: usize = 5;
+
 /// One page of ListAliases.
 #[derive(Debug, Clone)]
 pub struct AliasPage {
@@ -259,41 +263,51 @@ impl KeysDomain {
         // alias first, so a caller it refuses cannot learn which aliases exist.
         let alias_arn = self.alias_arn(caller, alias_name);
         self.authorize_identity_on(principal, "UpdateAlias", &alias_arn, &[])?;
-        let alias = self
-            .store
-            .get_alias(caller, alias_name)
-            .await?
-            .ok_or_else(not_found)?;
         let access = Access::to("UpdateAlias");
-        if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await? {
-            self.authorize_key(principal, &current, &access, not_found)
-                .await?;
+        for _attempt in 0..ALIAS_CHANGE_ATTEMPTS {
+            let alias = self
+                .store
+                .get_alias(caller, alias_name)
+                .await?
+                .ok_or_else(not_found)?;
+            let current = self.store.get_key(caller, &alias.target_key_id).await?;
+            if let Some(current) = &current {
+                self.authorize_key(principal, current, &access, not_found)
+                    .await?;
+            }
+            let new_key = self.resolve(principal, target, &access).await?;
+            self.ensure_alias_target(&new_key, "UpdateAlias")?;
+            if let Some(current) = &current
+                && (current.key_spec.kind() != new_key.key_spec.kind()
+                    || current.key_usage != new_key.key_usage)
+            {
+                // AWS's rule: the same kind of key (symmetric encryption,
+                // asymmetric or HMAC) with the same usage; the spec may differ.
+                return Err(KeysError::validation(
+                    "target_key_id",
+                    format!(
+                        "the new key must be of the same kind and key usage as the current one ({} {})",
+                        current.key_spec, current.key_usage
+                    ),
+                ));
+            }
+            if self
+                .store
+                .update_alias(
+                    caller,
+                    alias_name,
+                    &alias.target_key_id,
+                    &new_key.key_id,
+                    self.now_ms(),
+                )
+                .await?
+            {
+                return Ok(());
+            }
+            // Deleted or pointed elsewhere since it was read: what was
+            // authorized no longer holds, so decide again on what it is now.
         }
-        let new_key = self.resolve(principal, target, &access).await?;
-        self.ensure_alias_target(&new_key, "UpdateAlias")?;
-        if let Some(current) = self.store.get_key(caller, &alias.target_key_id).await?
-            && (current.key_spec.kind() != new_key.key_spec.kind()
-                || current.key_usage != new_key.key_usage)
-        {
-            // AWS's rule: the same kind of key (symmetric encryption,
-            // asymmetric or HMAC) with the same usage; the spec may differ.
-            return Err(KeysError::validation(
-                "target_key_id",
-                format!(
-                    "the new key must be of the same kind and key usage as the current one ({} {})",
-                    current.key_spec, current.key_usage
-                ),
-            ));
-        }
-        if self
-            .store
-            .update_alias(caller, alias_name, &new_key.key_id, self.now_ms())
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(not_found())
-        }
+        Err(StoreError::Conflict.into())
     }
 
     pub async fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<()> {
@@ -302,21 +316,26 @@ impl KeysDomain {
         let not_found = || self.alias_not_found(caller, alias_name);
         let alias_arn = self.alias_arn(caller, alias_name);
         self.authorize_identity_on(principal, "DeleteAlias", &alias_arn, &[])?;
-        let alias = self
-            .store
-            .get_alias(caller, alias_name)
-            .await?
-            .ok_or_else(not_found)?;
-        if let Some(key) = self.store.get_key(caller, &alias.target_key_id).await? {
-            self.authorize_key(principal, &key, &Access::to("DeleteAlias"), not_found)
-                .await?;
-            self.record_key(principal, &key);
+        for _attempt in 0..ALIAS_CHANGE_ATTEMPTS {
+            let alias = self
+                .store
+                .get_alias(caller, alias_name)
+                .await?
+                .ok_or_else(not_found)?;
+            if let Some(key) = self.store.get_key(caller, &alias.target_key_id).await? {
+                self.authorize_key(principal, &key, &Access::to("DeleteAlias"), not_found)
+                    .await?;
+                self.record_key(principal, &key);
+            }
+            if self
+                .store
+                .delete_alias(caller, alias_name, &alias.target_key_id)
+                .await?
+            {
+                return Ok(());
+            }
         }
-        if self.store.delete_alias(caller, alias_name).await? {
-            Ok(())
-        } else {
-            Err(not_found())
-        }
+        Err(StoreError::Conflict.into())
     }
 
     pub async fn list_aliases(

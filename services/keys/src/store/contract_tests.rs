@@ -444,9 +444,27 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
     ));
     // The same name in another account is another alias.
     store.create_alias(&alias(&other, &foreign.key_id)).await?;
+    // A change decided against one target never lands on another.
+    assert!(
+        !store
+            .update_alias(&owner, "alias/app", &second.key_id, &first.key_id, 15)
+            .await?
+    );
+    assert!(
+        !store
+            .delete_alias(&owner, "alias/app", &second.key_id)
+            .await?
+    );
+    assert_eq!(
+        store
+            .get_alias(&owner, "alias/app")
+            .await?
+            .map(|a| (a.target_key_id, a.updated_at_ms)),
+        Some((first.key_id.clone(), 10))
+    );
     assert!(
         store
-            .update_alias(&owner, "alias/app", &second.key_id, 20)
+            .update_alias(&owner, "alias/app", &first.key_id, &second.key_id, 20)
             .await?
     );
     let stored_alias = store.get_alias(&owner, "alias/app").await?;
@@ -457,7 +475,7 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
     assert_eq!(stored_alias.map(|a| a.updated_at_ms), Some(20));
     assert!(
         !store
-            .update_alias(&owner, "alias/absent", &second.key_id, 20)
+            .update_alias(&owner, "alias/absent", &first.key_id, &second.key_id, 20)
             .await?
     );
     assert_eq!(
@@ -475,8 +493,16 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
         1
     );
     assert_eq!(store.list_aliases(&owner, None, None, 10).await?.len(), 1);
-    assert!(store.delete_alias(&owner, "alias/app").await?);
-    assert!(!store.delete_alias(&owner, "alias/app").await?);
+    assert!(
+        store
+            .delete_alias(&owner, "alias/app", &second.key_id)
+            .await?
+    );
+    assert!(
+        !store
+            .delete_alias(&owner, "alias/app", &second.key_id)
+            .await?
+    );
     assert_eq!(
         store
             .get_alias(&other, "alias/app")

@@ -289,17 +289,25 @@ pub trait KeyStore: Send + Sync + 'static {
     /// A new alias; `Conflict` when the name is taken in the account.
     async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
 
-    /// Points an existing alias at another key; `false` when it does not exist.
+    /// Points an alias at `to` if it still points at `from`: `false` when
+    /// it is gone or was pointed elsewhere in the meantime, so that a change
+    /// authorized against one target never overwrites another.
     async fn update_alias(
         &self,
         account: &AccountId,
         alias_name: &str,
-        target: &KeyId,
+        from: &KeyId,
+        to: &KeyId,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
 
-    async fn delete_alias(&self, account: &AccountId, alias_name: &str)
-    -> Result<bool, StoreError>;
+    /// Deletes an alias if it still points at `target`; `false` otherwise.
+    async fn delete_alias(
+        &self,
+        account: &AccountId,
+        alias_name: &str,
+        target: &KeyId,
+    ) -> Result<bool, StoreError>;
 
     async fn get_alias(
         &self,

@@ -56,9 +56,11 @@ const ALIAS_COLUMNS: &str = "account_id, alias_name, target_key_id, created_at_m
 const INSERT_ALIAS: &str = "INSERT INTO aliases (account_id, alias_name, target_key_id, created_at_ms, updated_at_ms) \
      VALUES ($1, $2, $3, $4, $5)";
 
-const UPDATE_ALIAS: &str = "UPDATE aliases SET target_key_id = $3, updated_at_ms = $4 WHERE account_id = $1 AND alias_name = $2";
+const UPDATE_ALIAS: &str = "UPDATE aliases SET target_key_id = $4, updated_at_ms = $5 \
+     WHERE account_id = $1 AND alias_name = $2 AND target_key_id = $3";
 
-const DELETE_ALIAS: &str = "DELETE FROM aliases WHERE account_id = $1 AND alias_name = $2";
+const DELETE_ALIAS: &str =
+    "DELETE FROM aliases WHERE account_id = $1 AND alias_name = $2 AND target_key_id = $3";
 
 const GRANT_COLUMNS: &str = "grant_id, key_id, key_account, name, grantee_principal, retiring_principal, issuing_account, \
      operations, constraint_kind, constraint_context, token_secret, created_at_ms";
@@ -750,14 +752,16 @@ macro_rules! sql_key_store {
                 &self,
                 account: &AccountId,
                 alias_name: &str,
-                target: &KeyId,
+                from: &KeyId,
+                to: &KeyId,
                 now_ms: i64,
             ) -> Result<bool, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 let outcome = sqlx::query(UPDATE_ALIAS)
                     .bind(account.as_str())
                     .bind(alias_name)
-                    .bind(target.as_str())
+                    .bind(from.as_str())
+                    .bind(to.as_str())
                     .bind(now_ms)
                     .execute(&mut *transaction)
                     .await
@@ -774,11 +778,13 @@ macro_rules! sql_key_store {
                 &self,
                 account: &AccountId,
                 alias_name: &str,
+                target: &KeyId,
             ) -> Result<bool, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 let outcome = sqlx::query(DELETE_ALIAS)
                     .bind(account.as_str())
                     .bind(alias_name)
+                    .bind(target.as_str())
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
