@@ -21,6 +21,7 @@ backend_tests!(
     disabled_keys_refuse_use_until_enabled,
     scheduled_deletion_destroys_the_key_when_due,
     aliases_name_keys_wherever_a_key_id_goes,
+    a_key_has_at_most_fifty_aliases,
     tags_are_managed_and_limited,
     rotation_keeps_old_ciphertexts_decrypting,
     service_managed_keys_are_created_on_first_use_and_protected,
@@ -455,6 +456,73 @@ async fn rotation_status(
 fn clock_now_seconds(clock: &ManualClock) -> i64 {
     use coffer_platform::clock::Clock as _;
     clock.now_millis() / 1000
+}
+
+/// AWS's quota of 50 aliases per key, for CreateAlias and UpdateAlias
+/// alike; a refused change leaves every alias where it was.
+async fn a_key_has_at_most_fifty_aliases(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let full = new_key(&mut client).await?;
+    let other = new_key(&mut client).await?;
+    let create = |alias_name: String, target: &str| pb::CreateAliasRequest {
+        alias_name,
+        target_key_id: target.into(),
+    };
+    for n in 0..50 {
+        client
+            .create_alias(create(format!("alias/full-{n:02}"), &full.key_id))
+            .await?;
+    }
+    let status = assert_error(
+        client
+            .create_alias(create("alias/full-50".into(), &full.key_id))
+            .await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
+    assert!(status.message().contains("50 aliases"), "{status:?}");
+    client
+        .create_alias(create("alias/elsewhere".into(), &other.key_id))
+        .await?;
+    assert_error(
+        client
+            .update_alias(pb::UpdateAliasRequest {
+                alias_name: "alias/elsewhere".into(),
+                target_key_id: full.key_id.clone(),
+            })
+            .await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
+    let count_of = |key: &str| pb::ListAliasesRequest {
+        key_id: key.into(),
+        limit: 100,
+        ..Default::default()
+    };
+    let on_full = client
+        .list_aliases(count_of(&full.key_id))
+        .await?
+        .into_inner();
+    assert_eq!(on_full.aliases.len(), 50);
+    let on_other = client
+        .list_aliases(count_of(&other.key_id))
+        .await?
+        .into_inner();
+    assert_eq!(on_other.aliases.len(), 1);
+    // One gone, there is room for one more.
+    client
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: "alias/full-00".into(),
+        })
+        .await?;
+    client
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/elsewhere".into(),
+            target_key_id: full.key_id.clone(),
+        })
+        .await?;
+    Ok(())
 }
 
 async fn aliases_name_keys_wherever_a_key_id_goes(backend: Backend) -> anyhow::Result<()> {

@@ -21,6 +21,9 @@ pub const SERVICE_MANAGED_ALIASES: &[(&str, &str)] = &[
     ("alias/coffer/acm", "Certificate Manager"),
 ];
 
+/// AWS's quota of aliases per KMS key.
+pub const MAX_ALIASES_PER_KEY: usize = 50;
+
 /// How often UpdateAlias and DeleteAlias read an alias again after another
 /// call changed it between their check and their write.
 const ALIAS_CHANGE_ATTEMPTS: usize = 5;
@@ -185,8 +188,8 @@ impl KeysDomain {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         };
-        match self.store.create_alias(&alias).await {
-            Ok(()) => Ok(key),
+        match self.store.create_alias(&alias, MAX_ALIASES_PER_KEY).await {
+            Ok(_) => Ok(key),
             Err(StoreError::Conflict) => {
                 // Another request created it first: use theirs, drop ours.
                 self.cache.forget_key(account, &key.key_id);
@@ -239,14 +242,24 @@ impl KeysDomain {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
         };
-        match self.store.create_alias(&alias).await {
-            Ok(()) => Ok(()),
+        match self.store.create_alias(&alias, MAX_ALIASES_PER_KEY).await {
+            Ok(count) if count > MAX_ALIASES_PER_KEY => {
+                Err(self.too_many_aliases(caller, &alias.target_key_id))
+            }
+            Ok(_) => Ok(()),
             Err(StoreError::Conflict) => Err(KeysError::AlreadyExists(format!(
                 "An alias with the name {} already exists.",
                 self.alias_arn(caller, alias_name)
             ))),
             Err(other) => Err(other.into()),
         }
+    }
+
+    fn too_many_aliases(&self, account: &AccountId, key_id: &KeyId) -> KeysError {
+        KeysError::LimitExceeded(format!(
+            "{} already has {MAX_ALIASES_PER_KEY} aliases, the most a key may have.",
+            self.key_arn(account, key_id)
+        ))
     }
 
     /// Points an alias at another key of the same kind and key usage.
@@ -291,7 +304,7 @@ impl KeysDomain {
                     ),
                 ));
             }
-            if self
+            match self
                 .store
                 .update_alias(
                     caller,
@@ -299,10 +312,15 @@ impl KeysDomain {
                     &alias.target_key_id,
                     &new_key.key_id,
                     self.now_ms(),
+                    MAX_ALIASES_PER_KEY,
                 )
                 .await?
             {
-                return Ok(());
+                Some(count) if count > MAX_ALIASES_PER_KEY => {
+                    return Err(self.too_many_aliases(caller, &new_key.key_id));
+                }
+                Some(_) => return Ok(()),
+                None => {}
             }
             // Deleted or pointed elsewhere since it was read: what was
             // authorized no longer holds, so decide again on what it is now.

@@ -276,13 +276,16 @@ async fn deleting_a_key_removes_everything_it_owns(store: &dyn KeyStore) -> Test
         .await?;
     let alias_name = format!("alias/doomed-{}", key.key_id);
     store
-        .create_alias(&AliasRecord {
-            account: owner.clone(),
-            alias_name: alias_name.clone(),
-            target_key_id: key.key_id.clone(),
-            created_at_ms: 1,
-            updated_at_ms: 1,
-        })
+        .create_alias(
+            &AliasRecord {
+                account: owner.clone(),
+                alias_name: alias_name.clone(),
+                target_key_id: key.key_id.clone(),
+                created_at_ms: 1,
+                updated_at_ms: 1,
+            },
+            50,
+        )
         .await?;
     // A copy older than what is stored (a deletion cancelled since) deletes
     // nothing.
@@ -437,18 +440,23 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
         created_at_ms: 10,
         updated_at_ms: 10,
     };
-    store.create_alias(&alias(&owner, &first.key_id)).await?;
+    store
+        .create_alias(&alias(&owner, &first.key_id), 50)
+        .await?;
     assert!(matches!(
-        store.create_alias(&alias(&owner, &second.key_id)).await,
+        store.create_alias(&alias(&owner, &second.key_id), 50).await,
         Err(StoreError::Conflict)
     ));
     // The same name in another account is another alias.
-    store.create_alias(&alias(&other, &foreign.key_id)).await?;
+    store
+        .create_alias(&alias(&other, &foreign.key_id), 50)
+        .await?;
     // A change decided against one target never lands on another.
     assert!(
-        !store
-            .update_alias(&owner, "alias/app", &second.key_id, &first.key_id, 15)
+        store
+            .update_alias(&owner, "alias/app", &second.key_id, &first.key_id, 15, 50)
             .await?
+            .is_none()
     );
     assert!(
         !store
@@ -462,10 +470,11 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
             .map(|a| (a.target_key_id, a.updated_at_ms)),
         Some((first.key_id.clone(), 10))
     );
-    assert!(
+    assert_eq!(
         store
-            .update_alias(&owner, "alias/app", &first.key_id, &second.key_id, 20)
-            .await?
+            .update_alias(&owner, "alias/app", &first.key_id, &second.key_id, 20, 50)
+            .await?,
+        Some(1)
     );
     let stored_alias = store.get_alias(&owner, "alias/app").await?;
     assert_eq!(
@@ -474,9 +483,17 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
     );
     assert_eq!(stored_alias.map(|a| a.updated_at_ms), Some(20));
     assert!(
-        !store
-            .update_alias(&owner, "alias/absent", &first.key_id, &second.key_id, 20)
+        store
+            .update_alias(
+                &owner,
+                "alias/absent",
+                &first.key_id,
+                &second.key_id,
+                20,
+                50
+            )
             .await?
+            .is_none()
     );
     assert_eq!(
         store
@@ -493,6 +510,43 @@ async fn aliases_are_unique_per_account(store: &dyn KeyStore) -> TestResult {
         1
     );
     assert_eq!(store.list_aliases(&owner, None, None, 10).await?.len(), 1);
+    // A key's alias quota: over it, nothing is written.
+    let named = |name: &str, target: &KeyId| AliasRecord {
+        alias_name: name.into(),
+        ..alias(&owner, target)
+    };
+    assert_eq!(
+        store
+            .create_alias(&named("alias/b", &second.key_id), 2)
+            .await?,
+        2
+    );
+    assert_eq!(
+        store
+            .create_alias(&named("alias/c", &second.key_id), 2)
+            .await?,
+        3
+    );
+    assert!(store.get_alias(&owner, "alias/c").await?.is_none());
+    store
+        .create_alias(&named("alias/c", &first.key_id), 2)
+        .await?;
+    assert_eq!(
+        store
+            .update_alias(&owner, "alias/c", &first.key_id, &second.key_id, 30, 2)
+            .await?,
+        Some(3)
+    );
+    assert_eq!(
+        store
+            .get_alias(&owner, "alias/c")
+            .await?
+            .map(|a| a.target_key_id),
+        Some(first.key_id.clone())
+    );
+    for (name, target) in [("alias/b", &second.key_id), ("alias/c", &first.key_id)] {
+        assert!(store.delete_alias(&owner, name, target).await?);
+    }
     assert!(
         store
             .delete_alias(&owner, "alias/app", &second.key_id)

@@ -287,11 +287,19 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn delete_tags(&self, key_id: &KeyId, tag_keys: &[String]) -> Result<(), StoreError>;
 
     /// A new alias; `Conflict` when the name is taken in the account.
-    async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
+    /// Returns how many aliases its key has with it: more than
+    /// `max_per_key`, and nothing is written.
+    async fn create_alias(
+        &self,
+        alias: &AliasRecord,
+        max_per_key: usize,
+    ) -> Result<usize, StoreError>;
 
-    /// Points an alias at `to` if it still points at `from`: `false` when
-    /// it is gone or was pointed elsewhere in the meantime, so that a change
-    /// authorized against one target never overwrites another.
+    /// Points an alias at `to` if it still points at `from`: `None` when it
+    /// is gone or was pointed elsewhere in the meantime, so that a change
+    /// authorized against one target never overwrites another. Otherwise how
+    /// many aliases `to` has with it: more than `max_per_key`, and nothing
+    /// is written.
     async fn update_alias(
         &self,
         account: &AccountId,
@@ -299,7 +307,8 @@ pub trait KeyStore: Send + Sync + 'static {
         from: &KeyId,
         to: &KeyId,
         now_ms: i64,
-    ) -> Result<bool, StoreError>;
+        max_per_key: usize,
+    ) -> Result<Option<usize>, StoreError>;
 
     /// Deletes an alias if it still points at `target`; `false` otherwise.
     async fn delete_alias(

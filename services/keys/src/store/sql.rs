@@ -47,6 +47,8 @@ const UPSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALU
 /// the other's tags.
 const LOCK_KEY: &str = "UPDATE keys SET version = version WHERE key_id = $1";
 
+const COUNT_ALIASES: &str = "SELECT COUNT(*) FROM aliases WHERE target_key_id = $1";
+
 const COUNT_TAGS: &str = "SELECT COUNT(*) FROM key_tags WHERE key_id = $1";
 
 const DELETE_TAG: &str = "DELETE FROM key_tags WHERE key_id = $1 AND tag_key = $2";
@@ -473,6 +475,33 @@ macro_rules! sql_key_store {
                 Ok(())
             }
 
+            /// Holds the key's row until the transaction ends, so that
+            /// counts of what belongs to it (tags, aliases) cannot race.
+            async fn lock_key_in(
+                transaction: &mut sqlx::Transaction<'_, <$pool as PoolDatabase>::Database>,
+                key_id: &KeyId,
+            ) -> Result<(), StoreError> {
+                sqlx::query(LOCK_KEY)
+                    .bind(key_id.as_str())
+                    .execute(&mut **transaction)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(())
+            }
+
+            async fn aliases_in(
+                transaction: &mut sqlx::Transaction<'_, <$pool as PoolDatabase>::Database>,
+                key_id: &KeyId,
+            ) -> Result<usize, StoreError> {
+                let count: i64 = sqlx::query_scalar(COUNT_ALIASES)
+                    .bind(key_id.as_str())
+                    .fetch_one(&mut **transaction)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                usize::try_from(count)
+                    .map_err(|_| StoreError::Corrupt("negative alias count".into()))
+            }
+
             async fn insert_material_in<'c, E>(
                 executor: E,
                 key_id: &KeyId,
@@ -685,11 +714,7 @@ macro_rules! sql_key_store {
                 max_tags: usize,
             ) -> Result<usize, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
-                sqlx::query(LOCK_KEY)
-                    .bind(key_id.as_str())
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(convert_sqlx_error)?;
+                Self::lock_key_in(&mut transaction, key_id).await?;
                 for tag in tags {
                     sqlx::query(UPSERT_TAG)
                         .bind(key_id.as_str())
@@ -733,8 +758,13 @@ macro_rules! sql_key_store {
                 transaction.commit().await.map_err(convert_sqlx_error)
             }
 
-            async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError> {
+            async fn create_alias(
+                &self,
+                alias: &AliasRecord,
+                max_per_key: usize,
+            ) -> Result<usize, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                Self::lock_key_in(&mut transaction, &alias.target_key_id).await?;
                 sqlx::query(INSERT_ALIAS)
                     .bind(alias.account.as_str())
                     .bind(&alias.alias_name)
@@ -744,8 +774,14 @@ macro_rules! sql_key_store {
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
+                let count = Self::aliases_in(&mut transaction, &alias.target_key_id).await?;
+                if count > max_per_key {
+                    // Dropping the transaction takes the alias out again.
+                    return Ok(count);
+                }
                 Self::outbox_in(&mut *transaction).await?;
-                transaction.commit().await.map_err(convert_sqlx_error)
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(count)
             }
 
             async fn update_alias(
@@ -755,8 +791,10 @@ macro_rules! sql_key_store {
                 from: &KeyId,
                 to: &KeyId,
                 now_ms: i64,
-            ) -> Result<bool, StoreError> {
+                max_per_key: usize,
+            ) -> Result<Option<usize>, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                Self::lock_key_in(&mut transaction, to).await?;
                 let outcome = sqlx::query(UPDATE_ALIAS)
                     .bind(account.as_str())
                     .bind(alias_name)
@@ -767,11 +805,15 @@ macro_rules! sql_key_store {
                     .await
                     .map_err(convert_sqlx_error)?;
                 if outcome.rows_affected() == 0 {
-                    return Ok(false);
+                    return Ok(None);
+                }
+                let count = Self::aliases_in(&mut transaction, to).await?;
+                if count > max_per_key {
+                    return Ok(Some(count));
                 }
                 Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)?;
-                Ok(true)
+                Ok(Some(count))
             }
 
             async fn delete_alias(
