@@ -321,7 +321,12 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
         Code::FailedPrecondition,
         "KMSInvalidStateException",
     );
-    assert!(status.message().contains("PendingDeletion"), "{status:?}");
+    // The key's ARN and its state in words, as KMS's message reads.
+    assert_eq!(
+        status.message(),
+        format!("{} is pending deletion.", doomed.arn),
+        "{status:?}"
+    );
     assert_error(
         decrypt(&mut client, &doomed_blob).await,
         Code::FailedPrecondition,
@@ -377,10 +382,15 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
             key_id: saved.key_id.clone(),
         })
         .await;
-    assert_error(
+    let status = assert_error(
         cancel_again,
         Code::FailedPrecondition,
         "KMSInvalidStateException",
+    );
+    assert_eq!(
+        status.message(),
+        format!("{} is not pending deletion.", saved.arn),
+        "{status:?}"
     );
 
     // Nothing happens before the date ...

@@ -23,6 +23,9 @@ pub enum KeysError {
     Disabled { key_arn: String },
     #[error("{key_arn} is {state}")]
     InvalidState { key_arn: String, state: KeyState },
+    /// CancelKeyDeletion of a key that is not pending deletion.
+    #[error("{key_arn} is not pending deletion")]
+    NotPendingDeletion { key_arn: String },
     #[error("{0}")]
     InvalidKeyUsage(String),
     #[error("the key id does not identify the key that encrypted the ciphertext")]
@@ -108,7 +111,12 @@ pub fn api_error(error: &KeysError) -> ApiError {
         KeysError::InvalidState { key_arn, state } => ApiError::new(
             ErrorCode::FailedPrecondition,
             "KMSInvalidStateException",
-            format!("{key_arn} is {state}."),
+            format!("{key_arn} is {}.", state_in_words(*state)),
+        ),
+        KeysError::NotPendingDeletion { key_arn } => ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "KMSInvalidStateException",
+            format!("{key_arn} is not pending deletion."),
         ),
         KeysError::InvalidKeyUsage(message) => ApiError::new(
             ErrorCode::InvalidArgument,
@@ -185,5 +193,19 @@ pub fn api_error(error: &KeysError) -> ApiError {
             internal.exception = "KMSInternalException";
             internal
         }
+    }
+}
+
+/// A key state as KMS's messages put it: "<key ARN> is pending deletion."
+fn state_in_words(state: KeyState) -> &'static str {
+    match state {
+        KeyState::Creating => "being created",
+        KeyState::Enabled => "enabled",
+        KeyState::Disabled => "disabled",
+        KeyState::PendingDeletion => "pending deletion",
+        KeyState::PendingImport => "pending import",
+        KeyState::PendingReplicaDeletion => "pending replica deletion",
+        KeyState::Unavailable => "unavailable",
+        KeyState::Updating => "being updated",
     }
 }

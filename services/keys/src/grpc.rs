@@ -88,7 +88,9 @@ impl KeysGrpc {
             );
         }
         let api = api_error(error);
-        if let KeysError::Disabled { key_arn } | KeysError::InvalidState { key_arn, .. } = error
+        if let KeysError::Disabled { key_arn }
+        | KeysError::InvalidState { key_arn, .. }
+        | KeysError::NotPendingDeletion { key_arn } = error
             && let Some(account) = ArnParts::parse(key_arn).map(|parts| parts.account.to_owned())
         {
             call.audit()
@@ -723,13 +725,13 @@ fn alias_name(text: &str, allow_reserved: bool) -> Result<String> {
     Ok(text.to_owned())
 }
 
-/// A key named by id or ARN, not by alias (CreateAlias, UpdateAlias).
 /// The message type a Sign or Verify event records: RAW when none was
 /// given, as CloudTrail records the default.
 fn message_type_for_audit(text: &str) -> &str {
     if text.is_empty() { "RAW" } else { text }
 }
 
+/// A key named by id or ARN, not by alias (CreateAlias, UpdateAlias).
 fn target_key_reference(text: &str) -> Result<KeyReference> {
     match key_reference("target_key_id", text)? {
         KeyReference::Alias(_) => Err(KeysError::validation(

@@ -254,7 +254,7 @@ impl KeysDomain {
         );
         match key.key_state {
             KeyState::Enabled => match operation {
-                Op::CancelDeletion => Err(invalid(key_arn)),
+                Op::CancelDeletion => Err(KeysError::NotPendingDeletion { key_arn }),
                 _ => Ok(()),
             },
             KeyState::Disabled => match operation {
@@ -263,7 +263,7 @@ impl KeysDomain {
                 | Op::EnableRotation
                 | Op::DisableRotation
                 | Op::RotateOnDemand => Err(KeysError::Disabled { key_arn }),
-                Op::CancelDeletion => Err(invalid(key_arn)),
+                Op::CancelDeletion => Err(KeysError::NotPendingDeletion { key_arn }),
                 _ => Ok(()),
             },
             KeyState::PendingDeletion => {
@@ -280,6 +280,8 @@ impl KeysDomain {
             | KeyState::Updating => {
                 if read_only {
                     Ok(())
+                } else if operation == Op::CancelDeletion {
+                    Err(KeysError::NotPendingDeletion { key_arn })
                 } else {
                     Err(invalid(key_arn))
                 }
