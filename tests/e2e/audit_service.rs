@@ -247,6 +247,33 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
             },
             "InvalidTimeRangeException",
         ),
+        (
+            audit_pb::LookupEventsRequest {
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 1_000,
+                    nanos: 1_000_000_000,
+                }),
+                ..Default::default()
+            },
+            "InvalidTimeRangeException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "InvalidTimeRangeException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                event_category: "management".into(),
+                ..Default::default()
+            },
+            "InvalidEventCategoryException",
+        ),
     ];
     for (request, exception) in cases {
         let status = assert_error(
@@ -298,6 +325,30 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
             "InvalidNextTokenException",
         );
     }
+    // ... and only for the account it was issued to.
+    let mut bob_audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_B, "bob"))
+        .await?;
+    assert_error(
+        bob_audit
+            .lookup_events(audit_pb::LookupEventsRequest {
+                max_results: 1,
+                next_token: first.next_token.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "InvalidNextTokenException",
+    );
+    // Insights events: a valid category, and Coffer has none.
+    let insights = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            event_category: "insight".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(insights.events.is_empty() && insights.next_token.is_empty());
     // AccessKeyId is a CloudTrail key; Coffer issues no access keys, so it
     // matches nothing.
     let none = audit

@@ -111,6 +111,26 @@ fn millis_of(time: &prost_types::Timestamp) -> i64 {
         .saturating_add(i64::from(time.nanos / 1_000_000))
 }
 
+/// A lookup's StartTime or EndTime; a Timestamp that is not one (nanos
+/// outside a second, or seconds beyond what milliseconds hold) is refused as
+/// CloudTrail refuses a time outside the range of possible values.
+fn lookup_time(time: Option<&prost_types::Timestamp>) -> Result<Option<i64>, ApiError> {
+    let Some(time) = time else {
+        return Ok(None);
+    };
+    let millis = (0..1_000_000_000)
+        .contains(&time.nanos)
+        .then(|| time.seconds.checked_mul(1000))
+        .flatten()
+        .and_then(|millis| millis.checked_add(i64::from(time.nanos / 1_000_000)));
+    millis.map(Some).ok_or_else(|| {
+        invalid(
+            "InvalidTimeRangeException",
+            "the time is outside the range of possible values",
+        )
+    })
+}
+
 /// An event as the API returns it.
 fn event_of(stored: &StoredEvent) -> pb::Event {
     let record: Value = serde_json::from_str(&stored.record).unwrap_or(Value::Null);
@@ -138,6 +158,7 @@ fn event_of(stored: &StoredEvent) -> pb::Event {
         username: stored.username.clone().unwrap_or_default(),
         resources,
         cloud_trail_event: stored.record.clone(),
+        access_key_id: String::new(),
     }
 }
 
@@ -196,25 +217,30 @@ fn lookup_attribute(attributes: &[pb::LookupAttribute]) -> Result<Wanted, ApiErr
 /// What a NextToken is bound to: the lookup's attribute and time range as
 /// the caller gave them ([`coffer_platform::scope_hash`]), so a token used with other
 /// parameters answers InvalidNextTokenException, as CloudTrail's does.
-fn lookup_scope(message: &pb::LookupEventsRequest) -> u64 {
+fn lookup_scope(message: &pb::LookupEventsRequest, account: &str) -> u64 {
     let bounds: Vec<String> = [&message.start_time, &message.end_time]
         .into_iter()
         .map(|bound| format!("{:?}", bound.as_ref().map(millis_of)))
         .collect();
     coffer_platform::scope_hash(
-        message
-            .lookup_attributes
-            .iter()
-            .flat_map(|attribute| [&attribute.attribute_key, &attribute.attribute_value])
-            .chain(&bounds)
-            .map(String::as_bytes),
+        std::iter::once(account)
+            .chain(message.lookup_attributes.iter().flat_map(|attribute| {
+                [
+                    attribute.attribute_key.as_str(),
+                    attribute.attribute_value.as_str(),
+                ]
+            }))
+            .chain(std::iter::once(message.event_category.as_str()))
+            .chain(bounds.iter().map(String::as_str))
+            .map(str::as_bytes),
     )
 }
 
-fn encode_cursor(cursor: LookupCursor, scope: u64) -> String {
+/// A NextToken: the last event's time and id, then the scope.
+fn encode_cursor(cursor: &LookupCursor, scope: u64) -> String {
     URL_SAFE_NO_PAD.encode(format!(
         "{}.{}.{scope:016x}",
-        cursor.event_time_ms, cursor.seq
+        cursor.event_time_ms, cursor.event_id
     ))
 }
 
@@ -228,12 +254,9 @@ fn decode_cursor(token: &str, scope: u64) -> Result<Option<LookupCursor>, ApiErr
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(bad)?;
-    let mut parts = text.split('.');
-    let (Some(time), Some(seq), Some(bound), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
+    // An event id may hold dots; the time and the scope do not.
+    let (time, rest) = text.split_once('.').ok_or_else(bad)?;
+    let (event_id, bound) = rest.rsplit_once('.').ok_or_else(bad)?;
     if bound != format!("{scope:016x}") {
         return Err(invalid(
             "InvalidNextTokenException",
@@ -242,7 +265,7 @@ fn decode_cursor(token: &str, scope: u64) -> Result<Option<LookupCursor>, ApiErr
     }
     Ok(Some(LookupCursor {
         event_time_ms: time.parse().map_err(|_| bad())?,
-        seq: seq.parse().map_err(|_| bad())?,
+        event_id: event_id.to_owned(),
     }))
 }
 
@@ -355,13 +378,24 @@ impl Audit for AuditGrpc {
             "maxResults": (message.max_results != 0).then_some(message.max_results),
         }));
         let caller = authorize(&call, "cloudtrail:LookupEvents", "*")?;
-        let scope = lookup_scope(&message);
+        let scope = lookup_scope(&message, caller.account().as_str());
         let outcome = (|| {
-            let (attribute, matchable) = match lookup_attribute(&message.lookup_attributes)? {
+            let (attribute, mut matchable) = match lookup_attribute(&message.lookup_attributes)? {
                 Wanted::Everything => (None, true),
                 Wanted::Only(attribute) => (Some(attribute), true),
                 Wanted::Nothing => (None, false),
             };
+            match message.event_category.as_str() {
+                "" => {}
+                // Insights events: Coffer records none.
+                "insight" => matchable = false,
+                other => {
+                    return Err(invalid(
+                        "InvalidEventCategoryException",
+                        format!("{other:?} is not an event category: the only one is \"insight\""),
+                    ));
+                }
+            }
             let limit = match message.max_results {
                 0 => MAX_LOOKUP_RESULTS,
                 value if (1..=MAX_LOOKUP_RESULTS).contains(&value) => value,
@@ -374,11 +408,9 @@ impl Audit for AuditGrpc {
             };
             let now = self.core.clock().now_millis();
             let retention = i64::try_from(self.core.retention().as_millis()).unwrap_or(i64::MAX);
-            let start_ms = message
-                .start_time
-                .as_ref()
-                .map_or(now.saturating_sub(retention), millis_of);
-            let end_ms = message.end_time.as_ref().map_or(i64::MAX, millis_of);
+            let start_ms =
+                lookup_time(message.start_time.as_ref())?.unwrap_or(now.saturating_sub(retention));
+            let end_ms = lookup_time(message.end_time.as_ref())?.unwrap_or(now);
             if start_ms > end_ms {
                 return Err(invalid(
                     "InvalidTimeRangeException",
@@ -413,9 +445,9 @@ impl Audit for AuditGrpc {
                 .last()
                 .map(|last| {
                     encode_cursor(
-                        LookupCursor {
+                        &LookupCursor {
                             event_time_ms: last.event_time_ms,
-                            seq: last.seq,
+                            event_id: last.event_id.clone(),
                         },
                         scope,
                     )

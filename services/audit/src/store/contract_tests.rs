@@ -222,53 +222,66 @@ async fn a_large_batch_stores_each_new_event_once_with_its_own_resources(
 }
 
 async fn pages_return_every_event_exactly_once_newest_first(store: &dyn EventStore) -> TestResult {
-    // Many events share a timestamp: the cursor must break ties by arrival.
+    // Many events share a timestamp: the cursor must break ties. Every third
+    // is another account's, which a lookup for one account never returns.
     let events: Vec<StoredEvent> = (0..125)
         .map(|index| {
-            event(
+            let mut stored = event(
                 &format!("p{index:03}"),
                 1_000 + (index / 10) * 10,
                 "Encrypt",
-            )
+            );
+            if index % 3 == 0 {
+                stored.account_id = Some("444455556666".into());
+            }
+            stored
         })
         .collect();
     for chunk in events.chunks(40) {
         store.insert_events(chunk, 0).await?;
     }
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .lookup(&LookupQuery {
-                account: None,
-                after,
-                limit: 50,
-                ..all_time(None)
-            })
-            .await?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        after = Some(LookupCursor {
-            event_time_ms: last.event_time_ms,
-            seq: last.seq,
-        });
-        seen.extend(
-            page.iter()
-                .map(|event| (event.event_time_ms, event.seq, event.event_id.clone())),
+    for (account, expected) in [(None, 125), (Some("111122223333"), 83)] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .lookup(&LookupQuery {
+                    account: account.map(str::to_owned),
+                    after,
+                    limit: 50,
+                    ..all_time(None)
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(LookupCursor {
+                event_time_ms: last.event_time_ms,
+                event_id: last.event_id.clone(),
+            });
+            seen.extend(page.iter().map(|event| {
+                (
+                    event.event_time_ms,
+                    event.event_id.clone(),
+                    event.account_id.clone(),
+                )
+            }));
+            if page.len() < 50 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), expected, "{account:?}");
+        let unique: BTreeSet<&String> = seen.iter().map(|(_, id, _)| id).collect();
+        assert_eq!(unique.len(), expected, "every event exactly once");
+        assert!(
+            seen.windows(2)
+                .all(|pair| (pair[0].0, &pair[0].1) > (pair[1].0, &pair[1].1)),
+            "newest first, ties by descending event id"
         );
-        if page.len() < 50 {
-            break;
+        if let Some(account) = account {
+            assert!(seen.iter().all(|(_, _, of)| of.as_deref() == Some(account)));
         }
     }
-    assert_eq!(seen.len(), 125);
-    let unique: BTreeSet<&String> = seen.iter().map(|(_, _, id)| id).collect();
-    assert_eq!(unique.len(), 125, "every event exactly once");
-    assert!(
-        seen.windows(2)
-            .all(|pair| (pair[0].0, pair[0].1) > (pair[1].0, pair[1].1)),
-        "newest first"
-    );
     Ok(())
 }
 

@@ -41,6 +41,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "resources by store",
             sql: include_str!("../../migrations/postgres/0004_resources_by_store.sql"),
         },
+        MigrationFile {
+            version: 5,
+            description: "lookup by account",
+            sql: include_str!("../../migrations/postgres/0005_lookup_by_account.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -62,6 +67,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 4,
             description: "resources by store",
             sql: include_str!("../../migrations/sqlite/0004_resources_by_store.sql"),
+        },
+        MigrationFile {
+            version: 5,
+            description: "lookup by account",
+            sql: include_str!("../../migrations/sqlite/0005_lookup_by_account.sql"),
         },
     ],
 };
@@ -118,11 +128,12 @@ pub enum LookupAttribute {
     EventSource(String),
 }
 
-/// Where a page of a lookup starts: after this event, newest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a page of a lookup starts: after this event, newest first (ties
+/// in time in descending event id order).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LookupCursor {
     pub event_time_ms: i64,
-    pub seq: i64,
+    pub event_id: String,
 }
 
 /// A LookupEvents query.
@@ -134,7 +145,8 @@ pub struct LookupQuery {
     pub end_ms: i64,
     pub after: Option<LookupCursor>,
     pub limit: u32,
-    /// Only this account's events (and those of no account); `None`: all.
+    /// Only this account's events; `None`: every event, of any account or
+    /// of none (operators and tests).
     pub account: Option<String>,
 }
 

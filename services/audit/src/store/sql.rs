@@ -110,7 +110,7 @@ fn select_event() -> String {
 /// (NULL: every account; otherwise that account's events only:
 /// [`StoredEvent::visible_to`]), then the attribute (when there is one) and
 /// the limit.
-fn lookup_statement(attribute: Option<&LookupAttribute>) -> String {
+fn lookup_statement(attribute: Option<&LookupAttribute>, one_account: bool) -> String {
     let filter = match attribute {
         None => "",
         Some(LookupAttribute::EventId(_)) => " AND e.event_id = $6",
@@ -126,12 +126,19 @@ fn lookup_statement(attribute: Option<&LookupAttribute>) -> String {
         }
     };
     let limit = if attribute.is_some() { "$7" } else { "$6" };
+    // Spelled out rather than `($5 IS NULL OR ...)`, so that the planner can
+    // use the indexes that lead with the account.
+    let account = if one_account {
+        "e.account_id = $5"
+    } else {
+        "$5 IS NULL"
+    };
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          WHERE e.event_time_ms >= $1 AND e.event_time_ms <= $2 \
-         AND (e.event_time_ms < $3 OR (e.event_time_ms = $3 AND e.seq < $4)) \
-         AND ($5 IS NULL OR e.account_id = $5){filter} \
-         ORDER BY e.event_time_ms DESC, e.seq DESC LIMIT {limit}"
+         AND (e.event_time_ms < $3 OR (e.event_time_ms = $3 AND e.event_id < $4)) \
+         AND {account}{filter} \
+         ORDER BY e.event_time_ms DESC, e.event_id DESC LIMIT {limit}"
     )
 }
 
@@ -276,16 +283,17 @@ macro_rules! sql_event_store {
             }
 
             async fn lookup(&self, query: &LookupQuery) -> Result<Vec<StoredEvent>, StoreError> {
-                let statement = lookup_statement(query.attribute.as_ref());
-                let (cursor_time, cursor_seq) =
-                    query.after.map_or((i64::MAX, i64::MAX), |cursor| {
-                        (cursor.event_time_ms, cursor.seq)
-                    });
+                let statement = lookup_statement(query.attribute.as_ref(), query.account.is_some());
+                // No cursor: every stored time is before i64::MAX.
+                let (cursor_time, cursor_id) = match &query.after {
+                    Some(cursor) => (cursor.event_time_ms, cursor.event_id.as_str()),
+                    None => (i64::MAX, ""),
+                };
                 let mut sql_query = sqlx::query(&statement)
                     .bind(query.start_ms)
                     .bind(query.end_ms)
                     .bind(cursor_time)
-                    .bind(cursor_seq)
+                    .bind(cursor_id)
                     .bind(query.account.as_deref());
                 sql_query = match &query.attribute {
                     None => sql_query,
