@@ -221,6 +221,13 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
         ),
         (
             audit_pb::LookupEventsRequest {
+                lookup_attributes: vec![attribute("EventName", &"a_".repeat(667))],
+                ..Default::default()
+            },
+            "InvalidLookupAttributesException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
                 lookup_attributes: vec![attribute("ReadOnly", "maybe")],
                 ..Default::default()
             },
@@ -359,6 +366,13 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
         .await?
         .into_inner();
     assert!(none.events.is_empty() && none.next_token.is_empty());
+    // 2,000 counted characters are allowed.
+    audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![attribute("EventName", &"a_".repeat(666))],
+            ..Default::default()
+        })
+        .await?;
     // Literal values: a LIKE wildcard matches nothing.
     let none = audit
         .lookup_events(audit_pb::LookupEventsRequest {

@@ -184,10 +184,21 @@ fn lookup_attribute(attributes: &[pb::LookupAttribute]) -> Result<Wanted, ApiErr
         }
     };
     let value = attribute.attribute_value.clone();
-    if value.is_empty() || value.chars().count() > 2000 {
+    // CloudTrail counts `_`, space, `,` and a line break twice.
+    let length: usize = value
+        .chars()
+        .map(|c| {
+            if matches!(c, '_' | ' ' | ',' | '\n') {
+                2
+            } else {
+                1
+            }
+        })
+        .sum();
+    if value.is_empty() || length > 2000 {
         return Err(invalid(
             exception,
-            "the attribute value must be 1 to 2000 characters",
+            "the attribute value must be 1 to 2000 characters (`_`, space, `,` and a line break count twice)",
         ));
     }
     Ok(Wanted::Only(match attribute.attribute_key.as_str() {
