@@ -953,6 +953,41 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
     reordered.operations.reverse();
     let again = admin.create_grant(reordered).await?.into_inner();
     assert_eq!(again.grant_id, created.grant_id);
+    // Retries that overlap (an SDK's, say) still make one grant.
+    let mut burst = request.clone();
+    burst.name = "burst".into();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut admin = admin.clone();
+        let burst = burst.clone();
+        calls.spawn(async move { admin.create_grant(burst).await });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(answer) = calls.join_next().await {
+        ids.insert(answer??.into_inner().grant_id);
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let listed = admin
+        .list_grants(pb::ListGrantsRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .grants;
+    assert_eq!(
+        listed.iter().filter(|grant| grant.name == "burst").count(),
+        1
+    );
+    for grant_id in ids {
+        admin
+            .revoke_grant(pb::RevokeGrantRequest {
+                key_id: key.clone(),
+                grant_id,
+                ..Default::default()
+            })
+            .await?;
+    }
 
     // Effective at once, with or without the token; the same pairs in any
     // order pass, and keys in another case (a constraint's keys are not case

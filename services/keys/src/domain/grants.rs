@@ -16,7 +16,8 @@ use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result};
 use crate::store::{
-    ConstraintKind, GrantConstraint, GrantQuota, GrantQuotas, GrantRecord, KeyRecord, StoreError,
+    ConstraintKind, GrantConstraint, GrantCreation, GrantQuota, GrantQuotas, GrantRecord,
+    KeyRecord, StoreError,
 };
 
 /// AWS's quotas: 50,000 grants on a key, 500 of them for one grantee.
@@ -199,31 +200,6 @@ impl KeysDomain {
         // After authorization, so only a caller allowed to create grants
         // learns the key's spec and usage from the refusal.
         ensure_grant_fits(&key, &request)?;
-        if !request.name.is_empty() {
-            let mut after: Option<String> = None;
-            loop {
-                let page = self
-                    .store
-                    .list_grants(&key.key_id, after.as_deref(), 1000)
-                    .await?;
-                if let Some(existing) = page.iter().find(|grant| {
-                    grant.name == request.name
-                        && grant.issuing_account == *caller.account()
-                        && grant.grantee_principal == request.grantee_principal
-                        && grant.retiring_principal == request.retiring_principal
-                        && same_operations(&grant.operations, &request.operations)
-                        && grant.constraint == request.constraint
-                }) {
-                    let token = GrantToken::encode(existing);
-                    caller.record_response(json!({ "grantId": existing.grant_id }));
-                    return Ok((key, existing.clone(), token));
-                }
-                if page.len() < 1000 {
-                    break;
-                }
-                after = page.last().map(|grant| grant.grant_id.clone());
-            }
-        }
         let grant = GrantRecord {
             grant_id: coffer_platform::hex_lower(&coffer_platform::random_id_bytes::<32>()),
             key_id: key.key_id.clone(),
@@ -239,18 +215,27 @@ impl KeysDomain {
         };
         // In the event the grant's write commits with (DESIGN §5).
         caller.record_response(json!({ "grantId": grant.grant_id }));
-        if let Some(quota) = self.store.create_grant(&grant, GRANT_QUOTAS).await? {
-            let (quota, of) = match quota {
-                GrantQuota::PerKey => (GRANT_QUOTAS.per_key, "grants".to_owned()),
-                GrantQuota::PerGrantee => (
-                    GRANT_QUOTAS.per_grantee,
-                    format!("grants for {}", grant.grantee_principal),
-                ),
-            };
-            return Err(KeysError::LimitExceeded(format!(
-                "Key {} already has {quota} {of}, the most a key may have",
-                self.key_arn(&key.account, &key.key_id)
-            )));
+        match self.store.create_grant(&grant, GRANT_QUOTAS).await? {
+            GrantCreation::Created => {}
+            GrantCreation::Existing(existing) => {
+                // Asked for again by name: the grant made the first time.
+                caller.record_response(json!({ "grantId": existing.grant_id }));
+                let token = GrantToken::encode(&existing);
+                return Ok((key, existing, token));
+            }
+            GrantCreation::OverQuota(quota) => {
+                let (quota, of) = match quota {
+                    GrantQuota::PerKey => (GRANT_QUOTAS.per_key, "grants".to_owned()),
+                    GrantQuota::PerGrantee => (
+                        GRANT_QUOTAS.per_grantee,
+                        format!("grants for {}", grant.grantee_principal),
+                    ),
+                };
+                return Err(KeysError::LimitExceeded(format!(
+                    "Key {} already has {quota} {of}, the most a key may have",
+                    self.key_arn(&key.account, &key.key_id)
+                )));
+            }
         }
         let token = GrantToken::encode(&grant);
         Ok((key, grant, token))
@@ -472,13 +457,6 @@ fn no_looser(parent: Option<&GrantConstraint>, child: Option<&GrantConstraint>) 
 
 /// Whether two grants name the same operations, in any order: AWS's
 /// "identical parameters" for a retried CreateGrant.
-fn same_operations(a: &[String], b: &[String]) -> bool {
-    fn set(operations: &[String]) -> std::collections::BTreeSet<&str> {
-        operations.iter().map(String::as_str).collect()
-    }
-    set(a) == set(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -630,10 +630,38 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
         per_key: 10,
         per_grantee: 10,
     };
-    assert_eq!(store.create_grant(&second, roomy).await?, None);
-    assert_eq!(store.create_grant(&first, roomy).await?, None);
+    assert_eq!(
+        store.create_grant(&second, roomy).await?,
+        GrantCreation::Created
+    );
+    assert_eq!(
+        store.create_grant(&first, roomy).await?,
+        GrantCreation::Created
+    );
+    // The same name and parameters again: the grant already there, under
+    // its own id, and nothing new.
+    let mut again = first.clone();
+    again.grant_id = "f".repeat(64);
+    again.operations.reverse();
+    assert_eq!(
+        store.create_grant(&again, roomy).await?,
+        GrantCreation::Existing(first.clone())
+    );
+    assert_eq!(store.get_grant(&again.grant_id).await?, None);
+    // The same name with other parameters is another grant (removed again
+    // below); the same id is a conflict.
+    let mut renamed = first.clone();
+    renamed.grant_id = "9".repeat(64);
+    renamed.operations = vec!["Encrypt".into()];
+    assert_eq!(
+        store.create_grant(&renamed, roomy).await?,
+        GrantCreation::Created
+    );
+    store.delete_grant(&renamed.grant_id).await?;
+    let mut same_id = second.clone();
+    same_id.name = "other".into();
     assert!(matches!(
-        store.create_grant(&first, roomy).await,
+        store.create_grant(&same_id, roomy).await,
         Err(StoreError::Conflict)
     ));
     // A grant past a quota is not stored, and says which quota it broke.
@@ -644,7 +672,7 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
     };
     assert_eq!(
         store.create_grant(&third, tight).await?,
-        Some(GrantQuota::PerGrantee)
+        GrantCreation::OverQuota(GrantQuota::PerGrantee)
     );
     let fourth = grant(
         &key,
@@ -658,7 +686,7 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
     };
     assert_eq!(
         store.create_grant(&fourth, full).await?,
-        Some(GrantQuota::PerKey)
+        GrantCreation::OverQuota(GrantQuota::PerKey)
     );
     assert_eq!(store.get_grant(&third.grant_id).await?, None);
     assert_eq!(store.get_grant(&fourth.grant_id).await?, None);

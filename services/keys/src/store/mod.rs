@@ -149,6 +149,17 @@ pub enum GrantQuota {
     PerGrantee,
 }
 
+/// What CreateGrant's write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantCreation {
+    Created,
+    /// A grant of the same name and the same parameters was already there
+    /// (CreateGrant's idempotency): it is the answer, and nothing is written.
+    Existing(GrantRecord),
+    /// The grant would break a quota: nothing is written.
+    OverQuota(GrantQuota),
+}
+
 /// A grant as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
@@ -169,6 +180,23 @@ pub struct GrantRecord {
     /// Hex secret a grant token carries beside the grant id.
     pub token_secret: String,
     pub created_at_ms: i64,
+}
+
+impl GrantRecord {
+    /// Whether `other` asks for this grant again: the same name, issuer,
+    /// principals, operations (in any order) and constraint.
+    pub fn same_request_as(&self, other: &GrantRecord) -> bool {
+        fn set(operations: &[String]) -> std::collections::BTreeSet<&str> {
+            operations.iter().map(String::as_str).collect()
+        }
+        self.name == other.name
+            && self.key_id == other.key_id
+            && self.issuing_account == other.issuing_account
+            && self.grantee_principal == other.grantee_principal
+            && self.retiring_principal == other.retiring_principal
+            && set(&self.operations) == set(&other.operations)
+            && self.constraint == other.constraint
+    }
 }
 
 /// An alias as stored.
@@ -327,13 +355,15 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The key `key_id` whatever its account (ciphertexts name keys by id).
     async fn find_key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Stores a grant unless it would take its key past `quotas`; then
-    /// nothing is stored and the quota broken is returned.
+    /// Stores a grant, unless one of the same name asks for the same (a
+    /// named grant is created once however often it is asked for) or it
+    /// would take its key past `quotas`. Decided under the key's lock, so
+    /// concurrent requests cannot both pass.
     async fn create_grant(
         &self,
         grant: &GrantRecord,
         quotas: GrantQuotas,
-    ) -> Result<Option<GrantQuota>, StoreError>;
+    ) -> Result<GrantCreation, StoreError>;
 
     async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError>;
 

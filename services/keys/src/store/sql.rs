@@ -8,8 +8,8 @@ use coffer_platform::arn::AccountId;
 use sqlx::Row;
 
 use super::{
-    AliasRecord, ConstraintKind, GrantQuota, GrantQuotas, GrantRecord, KeyRecord, KeyStore,
-    MaterialRecord, StoreError, convert_sqlx_error,
+    AliasRecord, ConstraintKind, GrantCreation, GrantQuota, GrantQuotas, GrantRecord, KeyRecord,
+    KeyStore, MaterialRecord, StoreError, convert_sqlx_error,
 };
 use crate::domain::types::{
     KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
@@ -79,6 +79,10 @@ const COUNT_GRANTS: &str = "SELECT COUNT(*), \
 
 fn select_grant() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1")
+}
+
+fn select_named_grants() -> String {
+    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 AND name = $2")
 }
 
 fn select_grants_page() -> String {
@@ -865,8 +869,23 @@ macro_rules! sql_key_store {
                 &self,
                 grant: &GrantRecord,
                 quotas: GrantQuotas,
-            ) -> Result<Option<GrantQuota>, StoreError> {
+            ) -> Result<GrantCreation, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                Self::lock_key_in(&mut transaction, &grant.key_id).await?;
+                if !grant.name.is_empty() {
+                    let rows = sqlx::query(&select_named_grants())
+                        .bind(grant.key_id.as_str())
+                        .bind(&grant.name)
+                        .fetch_all(&mut *transaction)
+                        .await
+                        .map_err(convert_sqlx_error)?;
+                    for row in &rows {
+                        let existing = Self::grant_from_row(row)?;
+                        if existing.same_request_as(grant) {
+                            return Ok(GrantCreation::Existing(existing));
+                        }
+                    }
+                }
                 sqlx::query(INSERT_GRANT)
                     .bind(&grant.grant_id)
                     .bind(grant.key_id.as_str())
@@ -888,8 +907,8 @@ macro_rules! sql_key_store {
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                // Counted with the new grant in, as tags are: dropping the
-                // transaction takes it out again.
+                // Counted with the new grant in, under the key's lock, as
+                // tags are: dropping the transaction takes it out again.
                 let (on_key, for_grantee): (i64, i64) = sqlx::query_as(COUNT_GRANTS)
                     .bind(grant.key_id.as_str())
                     .bind(&grant.grantee_principal)
@@ -898,14 +917,14 @@ macro_rules! sql_key_store {
                     .map_err(convert_sqlx_error)?;
                 let over = |count: i64, quota: u64| u64::try_from(count).unwrap_or(0) > quota;
                 if over(on_key, quotas.per_key) {
-                    return Ok(Some(GrantQuota::PerKey));
+                    return Ok(GrantCreation::OverQuota(GrantQuota::PerKey));
                 }
                 if over(for_grantee, quotas.per_grantee) {
-                    return Ok(Some(GrantQuota::PerGrantee));
+                    return Ok(GrantCreation::OverQuota(GrantQuota::PerGrantee));
                 }
                 Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)?;
-                Ok(None)
+                Ok(GrantCreation::Created)
             }
 
             async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError> {
