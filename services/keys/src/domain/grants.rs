@@ -221,7 +221,7 @@ impl KeysDomain {
                 // Asked for again by name: the grant made the first time.
                 caller.record_response(json!({ "grantId": existing.grant_id }));
                 let token = GrantToken::encode(&existing);
-                return Ok((key, existing, token));
+                return Ok((key, *existing, token));
             }
             GrantCreation::OverQuota(quota) => {
                 let (quota, of) = match quota {

@@ -645,7 +645,7 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
     again.operations.reverse();
     assert_eq!(
         store.create_grant(&again, roomy).await?,
-        GrantCreation::Existing(first.clone())
+        GrantCreation::Existing(Box::new(first.clone()))
     );
     assert_eq!(store.get_grant(&again.grant_id).await?, None);
     // The same name with other parameters is another grant (removed again

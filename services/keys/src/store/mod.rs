@@ -155,7 +155,7 @@ pub enum GrantCreation {
     Created,
     /// A grant of the same name and the same parameters was already there
     /// (CreateGrant's idempotency): it is the answer, and nothing is written.
-    Existing(GrantRecord),
+    Existing(Box<GrantRecord>),
     /// The grant would break a quota: nothing is written.
     OverQuota(GrantQuota),
 }

@@ -882,7 +882,7 @@ macro_rules! sql_key_store {
                     for row in &rows {
                         let existing = Self::grant_from_row(row)?;
                         if existing.same_request_as(grant) {
-                            return Ok(GrantCreation::Existing(existing));
+                            return Ok(GrantCreation::Existing(Box::new(existing)));
                         }
                     }
                 }
