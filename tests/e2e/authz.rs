@@ -984,7 +984,6 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
             .revoke_grant(pb::RevokeGrantRequest {
                 key_id: key.clone(),
                 grant_id,
-                ..Default::default()
             })
             .await?;
     }
