@@ -837,6 +837,27 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
         })
         .await;
     assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
+    // More than a key may have in one request: the same quota, the same
+    // exception.
+    let outcome = client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: (0..51)
+                .map(|index| tag(&format!("k{index}"), "v"))
+                .collect(),
+        })
+        .await;
+    assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
+    assert_error(
+        client
+            .untag_resource(pb::UntagResourceRequest {
+                key_id: key.key_id.clone(),
+                tag_keys: Vec::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
     let reserved = client
         .tag_resource(pb::TagResourceRequest {
             key_id: key.key_id.clone(),

@@ -520,9 +520,12 @@ fn constraints_message(constraint: &Option<GrantConstraint>) -> Option<pb::Grant
 }
 
 fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
+    // A quota, as when a request's tags and the key's together are too
+    // many: LimitExceededException either way.
     if tags.len() > MAX_TAGS {
-        return Err(KeysError::Tag(format!(
-            "A key can have at most {MAX_TAGS} tags."
+        return Err(KeysError::LimitExceeded(format!(
+            "A key can have at most {MAX_TAGS} tags; the request has {}.",
+            tags.len()
         )));
     }
     let mut validated: Vec<Tag> = Vec::with_capacity(tags.len());
@@ -1588,7 +1591,8 @@ impl Keys for KeysGrpc {
             |m| json!({"keyId": m.key_id, "tagKeys": m.tag_keys}),
             |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
-                if m.tag_keys.len() > MAX_TAGS
+                if m.tag_keys.is_empty()
+                    || m.tag_keys.len() > MAX_TAGS
                     || m.tag_keys
                         .iter()
                         .any(|key| !(1..=128).contains(&key.chars().count()))
