@@ -821,8 +821,8 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         .put_rule(audit_pb::PutRuleRequest {
             name: "decrypts".into(),
             event_pattern: r#"{"source":["coffer.kms"],"detail":{"eventName":["Decrypt"],"errorCode":[{"exists":false}]}}"#.into(),
+            state: "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS".into(),
             description: "successful decrypts".into(),
-            ..Default::default()
         })
         .await?
         .into_inner()
@@ -831,6 +831,28 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         rule_arn,
         format!("arn:coffer:events:eu-west-1:{ACCOUNT_A}:rule/decrypts")
     );
+
+    let described = audit
+        .describe_rule(audit_pb::DescribeRuleRequest {
+            name: "decrypts".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        described.state,
+        "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS"
+    );
+    // A plain ENABLED rule leaves read-only management events (DescribeKey)
+    // out, as in EventBridge; Coffer's cryptographic calls are data events.
+    audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "writes".into(),
+            event_pattern: r#"{"detail":{"eventName":["CreateKey","DescribeKey","Decrypt"]}}"#
+                .into(),
+            ..Default::default()
+        })
+        .await?;
+    let writes = start_receiver(&harness, 0).await?;
 
     let flaky = start_receiver(&harness, 2).await?;
     let secret = b"0123456789abcdef-webhook-secret".to_vec();
@@ -848,6 +870,12 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "writes".into(),
+            targets: vec![target("writes", writes.addr.port(), 0)],
+        })
+        .await?;
     audit
         .put_targets(audit_pb::PutTargetsRequest {
             rule: "decrypts".into(),
@@ -883,6 +911,12 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
 
     let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
     let key = new_key(&mut alice).await?;
+    alice
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?;
     let blob = encrypt(&mut alice, &key)
         .await?
         .into_inner()
@@ -915,6 +949,19 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         .map(|log| log.clone())
         .unwrap_or_default();
     assert_eq!(log.len(), 3, "no delivery after the success");
+    let written: Vec<Value> = writes
+        .received
+        .lock()
+        .map(|log| log.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, body, _)| serde_json::from_str(body))
+        .collect::<Result<_, _>>()?;
+    let written: BTreeSet<&str> = written
+        .iter()
+        .filter_map(|envelope| envelope["detail"]["eventName"].as_str())
+        .collect();
+    assert_eq!(written, BTreeSet::from(["CreateKey", "Decrypt"]));
     assert_eq!(
         log.iter().map(|(_, _, status)| *status).collect::<Vec<_>>(),
         vec![500, 500, 200]
@@ -976,10 +1023,13 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
     let events = harness.audit_events().await?;
     let put_targets = events
         .iter()
-        .find(|event| event["eventName"] == "PutTargets" && event.get("errorCode").is_none())
+        .find(|event| {
+            event["eventName"] == "PutTargets"
+                && event.get("errorCode").is_none()
+                && event["resources"][0]["ARN"] == rule_arn.as_str()
+        })
         .ok_or_else(|| anyhow::anyhow!("no PutTargets event"))?;
     assert!(!put_targets.to_string().contains("webhook-secret"));
-    assert_eq!(put_targets["resources"][0]["ARN"], rule_arn.as_str());
     audit
         .disable_rule(audit_pb::DisableRuleRequest {
             name: "decrypts".into(),
@@ -993,6 +1043,27 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         .into_inner();
     assert_eq!(described.state, "DISABLED");
     assert_eq!(described.description, "successful decrypts");
+    // Enabled again, it takes read-only events again.
+    audit
+        .enable_rule(audit_pb::EnableRuleRequest {
+            name: "decrypts".into(),
+        })
+        .await?;
+    let enabled = audit
+        .describe_rule(audit_pb::DescribeRuleRequest {
+            name: "decrypts".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        enabled.state,
+        "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS"
+    );
+    audit
+        .disable_rule(audit_pb::DisableRuleRequest {
+            name: "decrypts".into(),
+        })
+        .await?;
     assert!(
         audit
             .test_event_pattern(audit_pb::TestEventPatternRequest {

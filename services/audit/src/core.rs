@@ -42,8 +42,20 @@ pub struct LiveEvent {
     pub envelope: Value,
 }
 
+impl LiveEvent {
+    /// A read-only management event: what an ENABLED rule leaves out, as
+    /// EventBridge does (ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS takes
+    /// it). Coffer's cryptographic calls are data events, so rules see them.
+    fn read_only_management(&self) -> bool {
+        self.stored.read_only && self.envelope["detail"]["eventCategory"] != "Data"
+    }
+}
+
 struct ActiveRule {
     account_id: String,
+    /// ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS: read-only management
+    /// events too.
+    read_only_events: bool,
     pattern: EventPattern,
     targets: Vec<TargetRecord>,
 }
@@ -194,6 +206,7 @@ impl AuditCore {
             });
             for rule in rules.iter() {
                 if live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
+                    && (rule.read_only_events || !live.read_only_management())
                     && rule.pattern.matches(&live.envelope)
                 {
                     let body: Arc<str> = Arc::from(live.envelope.to_string());
@@ -300,6 +313,7 @@ impl AuditCore {
             match EventPattern::parse(&rule.event_pattern) {
                 Ok(pattern) => active.push(ActiveRule {
                     account_id: rule.account_id,
+                    read_only_events: rule.read_only_events,
                     pattern,
                     targets,
                 }),

@@ -280,6 +280,17 @@ fn decode_cursor(token: &str, scope: u64) -> Result<Option<LookupCursor>, ApiErr
     }))
 }
 
+/// The rule state that also receives read-only management events.
+const ALL_MANAGEMENT_EVENTS: &str = "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS";
+
+fn rule_state(enabled: bool, read_only_events: bool) -> &'static str {
+    match (enabled, read_only_events) {
+        (false, _) => "DISABLED",
+        (true, false) => "ENABLED",
+        (true, true) => ALL_MANAGEMENT_EVENTS,
+    }
+}
+
 fn rule_name(field: &str, name: &str) -> Result<(), ApiError> {
     let valid = (1..=MAX_RULE_NAME_CHARS).contains(&name.chars().count())
         && name
@@ -585,10 +596,16 @@ impl Audit for AuditGrpc {
             "state": message.state,
             "description": message.description,
         }));
-        let enabled = match message.state.as_str() {
-            "" | "ENABLED" => true,
-            "DISABLED" => false,
-            _ => return Err(call.fail(validation("state", "must be ENABLED or DISABLED"))),
+        let (enabled, read_only_events) = match message.state.as_str() {
+            "" | "ENABLED" => (true, false),
+            "DISABLED" => (false, false),
+            ALL_MANAGEMENT_EVENTS => (true, true),
+            _ => {
+                return Err(call.fail(validation(
+                    "state",
+                    format!("must be ENABLED, DISABLED or {ALL_MANAGEMENT_EVENTS}"),
+                )));
+            }
         };
         if message.description.chars().count() > MAX_DESCRIPTION_CHARS {
             return Err(call.fail(validation(
@@ -627,6 +644,7 @@ impl Audit for AuditGrpc {
             name: message.name.clone(),
             event_pattern: message.event_pattern,
             enabled,
+            read_only_events,
             description: message.description,
             created_by: caller.account().to_string(),
             created_at_ms: self.core.clock().now_millis(),
@@ -660,7 +678,7 @@ impl Audit for AuditGrpc {
             arn: Self::rule_arn(&caller, &rule.name),
             name: rule.name,
             event_pattern: rule.event_pattern,
-            state: if rule.enabled { "ENABLED" } else { "DISABLED" }.to_owned(),
+            state: rule_state(rule.enabled, rule.read_only_events).to_owned(),
             description: rule.description,
             created_by: rule.created_by,
         }))
@@ -707,7 +725,7 @@ impl Audit for AuditGrpc {
                     arn: Self::rule_arn(&caller, &rule.name),
                     name: rule.name,
                     event_pattern: rule.event_pattern,
-                    state: if rule.enabled { "ENABLED" } else { "DISABLED" }.to_owned(),
+                    state: rule_state(rule.enabled, rule.read_only_events).to_owned(),
                     description: rule.description,
                 })
                 .collect(),

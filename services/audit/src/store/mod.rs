@@ -46,6 +46,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "lookup by account",
             sql: include_str!("../../migrations/postgres/0005_lookup_by_account.sql"),
         },
+        MigrationFile {
+            version: 6,
+            description: "rule read-only events",
+            sql: include_str!("../../migrations/postgres/0006_rule_read_only_events.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -72,6 +77,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 5,
             description: "lookup by account",
             sql: include_str!("../../migrations/sqlite/0005_lookup_by_account.sql"),
+        },
+        MigrationFile {
+            version: 6,
+            description: "rule read-only events",
+            sql: include_str!("../../migrations/sqlite/0006_rule_read_only_events.sql"),
         },
     ],
 };

@@ -13,6 +13,9 @@ pub struct RuleRecord {
     pub name: String,
     pub event_pattern: String,
     pub enabled: bool,
+    /// Whether the rule also receives read-only management events
+    /// (ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS); kept while disabled.
+    pub read_only_events: bool,
     pub description: String,
     pub created_by: String,
     pub created_at_ms: i64,
@@ -104,15 +107,16 @@ pub trait RuleStore: Send + Sync + 'static {
     ) -> Result<Vec<FailedDeliveryRecord>, StoreError>;
 }
 
-const RULE_COLUMNS: &str =
-    "account_id, name, event_pattern, enabled, description, created_by, created_at_ms";
+const RULE_COLUMNS: &str = "account_id, name, event_pattern, enabled, read_only_events, \
+     description, created_by, created_at_ms";
 const TARGET_COLUMNS: &str = "account_id, rule_name, target_id, endpoint, signing_secret, \
      max_retries, max_event_age_s";
 
 const UPSERT_RULE: &str = "INSERT INTO rules (account_id, name, event_pattern, enabled, description, \
-     created_by, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     created_by, created_at_ms, read_only_events) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
      ON CONFLICT (account_id, name) DO UPDATE SET event_pattern = excluded.event_pattern, \
-     enabled = excluded.enabled, description = excluded.description";
+     enabled = excluded.enabled, description = excluded.description, \
+     read_only_events = excluded.read_only_events";
 const DELETE_RULE: &str = "DELETE FROM rules WHERE account_id = $1 AND name = $2";
 const DELETE_RULE_FAILURES: &str =
     "DELETE FROM failed_deliveries WHERE account_id = $1 AND rule_name = $2";
@@ -170,6 +174,7 @@ macro_rules! sql_rule_store {
                     name: row.try_get("name").map_err(read)?,
                     event_pattern: row.try_get("event_pattern").map_err(read)?,
                     enabled: row.try_get("enabled").map_err(read)?,
+                    read_only_events: row.try_get("read_only_events").map_err(read)?,
                     description: row.try_get("description").map_err(read)?,
                     created_by: row.try_get("created_by").map_err(read)?,
                     created_at_ms: row.try_get("created_at_ms").map_err(read)?,
@@ -201,6 +206,7 @@ macro_rules! sql_rule_store {
                     .bind(&rule.description)
                     .bind(&rule.created_by)
                     .bind(rule.created_at_ms)
+                    .bind(rule.read_only_events)
                     .execute(self.pool())
                     .await
                     .map_err(StoreError::Database)?;
