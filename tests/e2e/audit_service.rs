@@ -1067,13 +1067,30 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
     assert!(
         audit
             .test_event_pattern(audit_pb::TestEventPatternRequest {
-                event_pattern: described.event_pattern,
+                event_pattern: described.event_pattern.clone(),
                 event: log[0].1.clone(),
             })
             .await?
             .into_inner()
             .result
     );
+    // A test event must be shaped as the envelope rules see.
+    let mut partial: Value = serde_json::from_str(&log[0].1)?;
+    if let Some(envelope) = partial.as_object_mut() {
+        envelope.remove("id");
+        envelope.remove("detail-type");
+    }
+    let status = assert_error(
+        audit
+            .test_event_pattern(audit_pb::TestEventPatternRequest {
+                event_pattern: described.event_pattern,
+                event: partial.to_string(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert!(status.message().contains("id, detail-type"), "{status:?}");
     audit
         .delete_rule(audit_pb::DeleteRuleRequest {
             name: "decrypts".into(),

@@ -280,6 +280,17 @@ fn decode_cursor(token: &str, scope: u64) -> Result<Option<LookupCursor>, ApiErr
     }))
 }
 
+/// What TestEventPattern's event must have, as EventBridge requires.
+const ENVELOPE_FIELDS: [&str; 7] = [
+    "id",
+    "account",
+    "source",
+    "time",
+    "region",
+    "resources",
+    "detail-type",
+];
+
 /// The rule state that also receives read-only management events.
 const ALL_MANAGEMENT_EVENTS: &str = "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS";
 
@@ -1012,6 +1023,19 @@ impl Audit for AuditGrpc {
             .map_err(|error| call.fail(validation("event", format!("is not JSON: {error}"))))?;
         if !event.is_object() {
             return Err(call.fail(validation("event", "must be a JSON object")));
+        }
+        // The envelope's fields EventBridge requires of a test event, so that
+        // a test cannot pass on an event shaped unlike those rules see.
+        let missing: Vec<&str> = ENVELOPE_FIELDS
+            .iter()
+            .copied()
+            .filter(|field| event.get(field).is_none())
+            .collect();
+        if !missing.is_empty() {
+            return Err(call.fail(validation(
+                "event",
+                format!("is missing {}", missing.join(", ")),
+            )));
         }
         Ok(Response::new(pb::TestEventPatternResponse {
             result: filter.matches(&event),

@@ -9,7 +9,8 @@
 //!   descends into the nested event object of the same name.
 //! - A leaf is a non-empty array of alternatives and matches when **any**
 //!   alternative matches (OR). Alternatives are exact strings, numbers
-//!   (compared numerically, so `300` matches `300.0`), `true`/`false`, `null`
+//!   (compared as written, as EventBridge does: `300` does not match `300.0`;
+//!   `numeric` compares values), `true`/`false`, `null`
 //!   or one-key filter objects: `prefix`, `suffix`, `equals-ignore-case`,
 //!   `wildcard`, `anything-but`, `numeric`, `exists` and `cidr`.
 //! - Matching is type-strict: the string `"1"` never matches the number `1`,
@@ -866,17 +867,11 @@ fn check_duplicate_keys(json: &str) -> Result<(), PatternError> {
 // Matching
 // ---------------------------------------------------------------------------
 
+/// EventBridge compares exact numbers by their string form: `300`, `300.0`
+/// and `3.0e2` are three values. (Parsed JSON keeps no exponent, so the last
+/// two compare equal here.)
 fn numbers_equal(a: &Number, b: &Number) -> bool {
-    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
-        return x == y;
-    }
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        return x == y;
-    }
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
-        _ => false,
-    }
+    a.to_string() == b.to_string()
 }
 
 impl Literal {
@@ -1094,16 +1089,18 @@ mod tests {
     }
 
     #[test]
-    fn numbers_compare_numerically() {
-        assert!(m(r#"{"n":[300]}"#, json!({"n":300.0})));
-        assert!(m(r#"{"n":[300.0]}"#, json!({"n":300})));
+    fn numbers_compare_as_written() {
+        assert!(m(r#"{"n":[300]}"#, json!({"n":300})));
+        assert!(!m(r#"{"n":[300]}"#, json!({"n":300.0})));
+        assert!(!m(r#"{"n":[300.0]}"#, json!({"n":300})));
         assert!(m(r#"{"n":[-1.5]}"#, json!({"n":-1.5})));
-        assert!(m(r#"{"n":[3e2]}"#, json!({"n":300})));
         assert!(!m(r#"{"n":[300]}"#, json!({"n":301})));
         assert!(m(
             r#"{"n":[18446744073709551615]}"#,
             json!({"n":18446744073709551615u64})
         ));
+        // A range compares values.
+        assert!(m(r#"{"n":[{"numeric":["=",300]}]}"#, json!({"n":300.0})));
     }
 
     #[test]
@@ -1250,7 +1247,9 @@ mod tests {
         );
         let p = pat(r#"{"n":[{"anything-but":123}]}"#);
         assert!(p.matches(&json!({"n":124})));
-        assert!(!p.matches(&json!({"n":123.0})));
+        assert!(!p.matches(&json!({"n":123})));
+        // Numbers compare as written: 123.0 is another value.
+        assert!(p.matches(&json!({"n":123.0})));
     }
 
     #[test]
