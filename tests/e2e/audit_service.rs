@@ -1259,6 +1259,56 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
         .failed_deliveries;
     assert!(failures.is_empty(), "{failures:?}");
 
+    // Five targets a rule: six, in one request or in all, break a quota
+    // (LimitExceededException); more than ten in one request is malformed;
+    // of two requests racing for the last places, one gets them.
+    audit.put_rule(rule("capped".into(), "DISABLED")).await?;
+    let targets = |prefix: &str, count: usize| audit_pb::PutTargetsRequest {
+        rule: "capped".into(),
+        targets: (0..count)
+            .map(|n| target(&format!("{prefix}{n}"), "https://localhost:1/x".into()))
+            .collect(),
+    };
+    assert_error(
+        audit.put_targets(targets("six", 6)).await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
+    assert_error(
+        audit.put_targets(targets("eleven", 11)).await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    let mut racing = tokio::task::JoinSet::new();
+    for prefix in ["left", "right"] {
+        let mut client = audit.clone();
+        let request = targets(prefix, 3);
+        racing.spawn(async move { client.put_targets(request).await });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = racing.join_next().await {
+        outcomes.push(outcome?.map(drop));
+    }
+    assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1);
+    for outcome in outcomes.into_iter().filter(Result::is_err) {
+        assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
+    }
+    let kept = audit
+        .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
+            rule: "capped".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .targets;
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    audit
+        .delete_rule(audit_pb::DeleteRuleRequest {
+            name: "capped".into(),
+            force: true,
+        })
+        .await?;
+
     // 300 rules an account (replacing one is not another).
     let mut making = tokio::task::JoinSet::new();
     for worker in 0..4 {

@@ -24,7 +24,8 @@ use tonic::{Request, Response, Status};
 use crate::core::AuditCore;
 use crate::domain::pattern::EventPattern;
 use crate::store::{
-    LookupAttribute, LookupCursor, LookupQuery, RuleRecord, StoreError, StoredEvent, TargetRecord,
+    LookupAttribute, LookupCursor, LookupQuery, RuleDeletion, RuleRecord, StoreError, StoredEvent,
+    TargetRecord,
 };
 
 const MAX_LOOKUP_RESULTS: i32 = 50;
@@ -32,6 +33,9 @@ const MAX_RULE_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 512;
 const MAX_LIST_LIMIT: i32 = 100;
 const MAX_TARGETS_PER_RULE: usize = 5;
+/// Entries in one PutTargets request (EventBridge's); more than a rule's
+/// five in all is LimitExceededException, not a malformed request.
+const MAX_TARGETS_PER_REQUEST: usize = 10;
 const MAX_TARGET_ID_CHARS: usize = 64;
 const MAX_ENDPOINT_CHARS: usize = 2048;
 const MIN_SECRET_BYTES: usize = 16;
@@ -339,6 +343,10 @@ fn list_limit(limit: i32) -> Result<u32, ApiError> {
     }
 }
 
+fn rule_missing(name: &str) -> ApiError {
+    not_found(format!("Rule {name} does not exist on EventBus default."))
+}
+
 fn page_token(token: &str) -> Result<String, ApiError> {
     if token.is_empty() {
         return Ok(String::new());
@@ -357,7 +365,7 @@ impl AuditGrpc {
             .get_rule(caller.account().as_str(), name)
             .await
             .map_err(|error| store_failed(&error))?
-            .ok_or_else(|| not_found(format!("Rule {name} does not exist on EventBus default.")))
+            .ok_or_else(|| rule_missing(name))
     }
 
     async fn rules_changed(&self) -> Result<(), ApiError> {
@@ -753,23 +761,18 @@ impl Audit for AuditGrpc {
         let caller = Self::rule_call(&call, "events:DeleteRule", "name", &message.name)?;
         let account = caller.account().to_string();
         // As EventBridge: deleting a rule that does not exist succeeds.
-        let targets = self
+        let deletion = self
             .core
             .store()
-            .list_targets(&account, &message.name)
+            .delete_rule(&account, &message.name, message.force)
             .await
             .map_err(|error| call.fail(store_failed(&error)))?;
-        if !targets.is_empty() && !message.force {
+        if deletion == RuleDeletion::HasTargets {
             return Err(call.fail(invalid(
                 "ValidationException",
                 "Rule can't be deleted since it has targets.",
             )));
         }
-        self.core
-            .store()
-            .delete_rule(&account, &message.name)
-            .await
-            .map_err(|error| call.fail(store_failed(&error)))?;
         self.rules_changed()
             .await
             .map_err(|error| call.fail(error))?;
@@ -813,22 +816,16 @@ impl Audit for AuditGrpc {
                 "endpoint": target.https.as_ref().map(|https| recorded_endpoint(&https.endpoint)),
             })).collect::<Vec<_>>(),
         }));
-        if message.targets.is_empty() || message.targets.len() > MAX_TARGETS_PER_RULE {
+        if message.targets.is_empty() || message.targets.len() > MAX_TARGETS_PER_REQUEST {
             return Err(call.fail(validation(
                 "targets",
-                format!("must hold 1 to {MAX_TARGETS_PER_RULE} targets"),
+                format!("must hold 1 to {MAX_TARGETS_PER_REQUEST} targets"),
             )));
         }
         let account = caller.account().to_string();
         self.existing_rule(&caller, &message.rule)
             .await
             .map_err(|error| call.fail(error))?;
-        let existing = self
-            .core
-            .store()
-            .list_targets(&account, &message.rule)
-            .await
-            .map_err(|error| call.fail(store_failed(&error)))?;
         let mut records = Vec::new();
         for (index, target) in message.targets.into_iter().enumerate() {
             let record = target_record(&account, &message.rule, index, target)
@@ -844,24 +841,24 @@ impl Audit for AuditGrpc {
             }
             records.push(record);
         }
-        let total = existing
-            .iter()
-            .filter(|target| !records.iter().any(|new| new.target_id == target.target_id))
-            .count()
-            + records.len();
-        if total > MAX_TARGETS_PER_RULE {
-            return Err(call.fail(ApiError::new(
-                ErrorCode::ResourceExhausted,
-                "LimitExceededException",
-                format!("a rule has at most {MAX_TARGETS_PER_RULE} targets"),
-            )));
-        }
-        for record in &records {
-            self.core
-                .store()
-                .put_target(record)
-                .await
-                .map_err(|error| call.fail(store_failed(&error)))?;
+        let total = self
+            .core
+            .store()
+            .put_targets(&account, &message.rule, &records, MAX_TARGETS_PER_RULE)
+            .await
+            .map_err(|error| call.fail(store_failed(&error)))?;
+        match total {
+            None => {
+                return Err(call.fail(rule_missing(&message.rule)));
+            }
+            Some(total) if total > MAX_TARGETS_PER_RULE => {
+                return Err(call.fail(ApiError::new(
+                    ErrorCode::ResourceExhausted,
+                    "LimitExceededException",
+                    format!("a rule has at most {MAX_TARGETS_PER_RULE} targets"),
+                )));
+            }
+            Some(_) => {}
         }
         self.rules_changed()
             .await
@@ -1059,9 +1056,7 @@ impl AuditGrpc {
             .await
             .map_err(|error| call.fail(store_failed(&error)))?;
         if !changed {
-            return Err(call.fail(not_found(format!(
-                "Rule {name} does not exist on EventBus default."
-            ))));
+            return Err(call.fail(rule_missing(name)));
         }
         self.rules_changed().await.map_err(|error| call.fail(error))
     }

@@ -11,7 +11,7 @@ mod contract_tests;
 mod rules;
 mod sql;
 
-pub use rules::{FailedDeliveryRecord, RuleRecord, RuleStore, TargetRecord};
+pub use rules::{FailedDeliveryRecord, RuleDeletion, RuleRecord, RuleStore, TargetRecord};
 
 use async_trait::async_trait;
 use coffer_platform::db::{DbPool, MigrationFile, Migrations};

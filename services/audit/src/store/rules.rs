@@ -21,6 +21,16 @@ pub struct RuleRecord {
     pub created_at_ms: i64,
 }
 
+/// What DeleteRule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleDeletion {
+    Deleted,
+    /// There was no such rule (which EventBridge answers with success).
+    Missing,
+    /// The rule has targets and they were not to go with it: nothing changed.
+    HasTargets,
+}
+
 /// A webhook target of a rule.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TargetRecord {
@@ -73,15 +83,32 @@ pub trait RuleStore: Send + Sync + 'static {
     ) -> Result<Vec<RuleRecord>, StoreError>;
     /// Every enabled rule of every account, with its targets.
     async fn enabled_rules(&self) -> Result<Vec<(RuleRecord, Vec<TargetRecord>)>, StoreError>;
-    /// Deletes the rule and its targets.
-    async fn delete_rule(&self, account: &str, name: &str) -> Result<bool, StoreError>;
+    /// Deletes the rule with its targets and failed deliveries; a rule with
+    /// targets only `with_targets`. Decided under the rule's lock, so a
+    /// concurrent PutTargets cannot slip a target in to be deleted unseen.
+    async fn delete_rule(
+        &self,
+        account: &str,
+        name: &str,
+        with_targets: bool,
+    ) -> Result<RuleDeletion, StoreError>;
     async fn set_rule_enabled(
         &self,
         account: &str,
         name: &str,
         enabled: bool,
     ) -> Result<bool, StoreError>;
-    async fn put_target(&self, target: &TargetRecord) -> Result<(), StoreError>;
+    /// Creates or replaces the targets of a rule, all or none, under the
+    /// rule's lock: `None` when the rule does not exist; otherwise how many
+    /// targets it has with them, and when that is more than `max_per_rule`
+    /// nothing is written.
+    async fn put_targets(
+        &self,
+        account: &str,
+        rule: &str,
+        targets: &[TargetRecord],
+        max_per_rule: usize,
+    ) -> Result<Option<usize>, StoreError>;
     async fn remove_target(
         &self,
         account: &str,
@@ -122,6 +149,9 @@ const DELETE_RULE_FAILURES: &str =
     "DELETE FROM failed_deliveries WHERE account_id = $1 AND rule_name = $2";
 const DELETE_RULE_TARGETS: &str =
     "DELETE FROM rule_targets WHERE account_id = $1 AND rule_name = $2";
+const LOCK_RULE: &str = "UPDATE rules SET name = name WHERE account_id = $1 AND name = $2";
+const COUNT_TARGETS: &str =
+    "SELECT COUNT(*) FROM rule_targets WHERE account_id = $1 AND rule_name = $2";
 const SET_ENABLED: &str = "UPDATE rules SET enabled = $3 WHERE account_id = $1 AND name = $2";
 const UPSERT_TARGET: &str = "INSERT INTO rule_targets (account_id, rule_name, target_id, endpoint, \
      signing_secret, max_retries, max_event_age_s) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -179,6 +209,37 @@ macro_rules! sql_rule_store {
                     created_by: row.try_get("created_by").map_err(read)?,
                     created_at_ms: row.try_get("created_at_ms").map_err(read)?,
                 })
+            }
+
+            /// Holds the rule's row until the transaction ends; `false` when
+            /// there is no such rule.
+            async fn lock_rule_in(
+                transaction: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+                account: &str,
+                name: &str,
+            ) -> Result<bool, StoreError> {
+                let outcome = sqlx::query(LOCK_RULE)
+                    .bind(account)
+                    .bind(name)
+                    .execute(&mut **transaction)
+                    .await
+                    .map_err(StoreError::Database)?;
+                Ok(outcome.rows_affected() > 0)
+            }
+
+            async fn targets_in(
+                transaction: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+                account: &str,
+                rule: &str,
+            ) -> Result<usize, StoreError> {
+                let count: i64 = sqlx::query_scalar(COUNT_TARGETS)
+                    .bind(account)
+                    .bind(rule)
+                    .fetch_one(&mut **transaction)
+                    .await
+                    .map_err(StoreError::Database)?;
+                usize::try_from(count)
+                    .map_err(|_| StoreError::Corrupt("negative target count".into()))
             }
 
             fn target_from_row(row: &$row) -> Result<TargetRecord, StoreError> {
@@ -279,11 +340,22 @@ macro_rules! sql_rule_store {
                     .collect())
             }
 
-            async fn delete_rule(&self, account: &str, name: &str) -> Result<bool, StoreError> {
+            async fn delete_rule(
+                &self,
+                account: &str,
+                name: &str,
+                with_targets: bool,
+            ) -> Result<RuleDeletion, StoreError> {
                 let mut transaction = self.pool().begin().await.map_err(StoreError::Database)?;
+                if !Self::lock_rule_in(&mut transaction, account, name).await? {
+                    return Ok(RuleDeletion::Missing);
+                }
+                if !with_targets && Self::targets_in(&mut transaction, account, name).await? > 0 {
+                    return Ok(RuleDeletion::HasTargets);
+                }
                 // Its targets and failed deliveries go with it, so a rule
                 // made later under the name starts clean.
-                for statement in [DELETE_RULE_TARGETS, DELETE_RULE_FAILURES] {
+                for statement in [DELETE_RULE_TARGETS, DELETE_RULE_FAILURES, DELETE_RULE] {
                     sqlx::query(statement)
                         .bind(account)
                         .bind(name)
@@ -291,14 +363,8 @@ macro_rules! sql_rule_store {
                         .await
                         .map_err(StoreError::Database)?;
                 }
-                let outcome = sqlx::query(DELETE_RULE)
-                    .bind(account)
-                    .bind(name)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(StoreError::Database)?;
                 transaction.commit().await.map_err(StoreError::Database)?;
-                Ok(outcome.rows_affected() > 0)
+                Ok(RuleDeletion::Deleted)
             }
 
             async fn set_rule_enabled(
@@ -317,19 +383,37 @@ macro_rules! sql_rule_store {
                 Ok(outcome.rows_affected() > 0)
             }
 
-            async fn put_target(&self, target: &TargetRecord) -> Result<(), StoreError> {
-                sqlx::query(UPSERT_TARGET)
-                    .bind(&target.account_id)
-                    .bind(&target.rule_name)
-                    .bind(&target.target_id)
-                    .bind(&target.endpoint)
-                    .bind(target.signing_secret.as_slice())
-                    .bind(target.max_retries)
-                    .bind(target.max_event_age_s)
-                    .execute(self.pool())
-                    .await
-                    .map_err(StoreError::Database)?;
-                Ok(())
+            async fn put_targets(
+                &self,
+                account: &str,
+                rule: &str,
+                targets: &[TargetRecord],
+                max_per_rule: usize,
+            ) -> Result<Option<usize>, StoreError> {
+                let mut transaction = self.pool().begin().await.map_err(StoreError::Database)?;
+                if !Self::lock_rule_in(&mut transaction, account, rule).await? {
+                    return Ok(None);
+                }
+                for target in targets {
+                    sqlx::query(UPSERT_TARGET)
+                        .bind(account)
+                        .bind(rule)
+                        .bind(&target.target_id)
+                        .bind(&target.endpoint)
+                        .bind(target.signing_secret.as_slice())
+                        .bind(target.max_retries)
+                        .bind(target.max_event_age_s)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(StoreError::Database)?;
+                }
+                let count = Self::targets_in(&mut transaction, account, rule).await?;
+                if count > max_per_rule {
+                    // Dropping the transaction takes them out again.
+                    return Ok(Some(count));
+                }
+                transaction.commit().await.map_err(StoreError::Database)?;
+                Ok(Some(count))
             }
 
             async fn remove_target(
