@@ -262,6 +262,30 @@ impl KeysDomain {
         ))
     }
 
+    /// An alias of the caller's account and the key it points at now, which
+    /// must allow `access`; NotFoundException for the alias otherwise, so a
+    /// refusal tells nothing of the key.
+    async fn alias_and_target(
+        &self,
+        principal: &Caller,
+        alias_name: &str,
+        access: &Access<'_>,
+    ) -> Result<(AliasRecord, Option<KeyRecord>)> {
+        let caller = principal.account();
+        let not_found = || self.alias_not_found(caller, alias_name);
+        let alias = self
+            .store
+            .get_alias(caller, alias_name)
+            .await?
+            .ok_or_else(not_found)?;
+        let key = self.store.get_key(caller, &alias.target_key_id).await?;
+        if let Some(key) = &key {
+            self.authorize_key(principal, key, access, not_found)
+                .await?;
+        }
+        Ok((alias, key))
+    }
+
     /// Points an alias at another key of the same kind and key usage.
     pub async fn update_alias(
         &self,
@@ -271,23 +295,15 @@ impl KeysDomain {
     ) -> Result<()> {
         let principal = caller;
         let caller = principal.account();
-        let not_found = || self.alias_not_found(caller, alias_name);
         // The alias, its current key and its new key must all allow it; the
         // alias first, so a caller it refuses cannot learn which aliases exist.
         let alias_arn = self.alias_arn(caller, alias_name);
         self.authorize_identity_on(principal, "UpdateAlias", &alias_arn, &[])?;
         let access = Access::to("UpdateAlias");
         for _attempt in 0..ALIAS_CHANGE_ATTEMPTS {
-            let alias = self
-                .store
-                .get_alias(caller, alias_name)
-                .await?
-                .ok_or_else(not_found)?;
-            let current = self.store.get_key(caller, &alias.target_key_id).await?;
-            if let Some(current) = &current {
-                self.authorize_key(principal, current, &access, not_found)
-                    .await?;
-            }
+            let (alias, current) = self
+                .alias_and_target(principal, alias_name, &access)
+                .await?;
             let new_key = self.resolve(principal, target, &access).await?;
             self.ensure_alias_target(&new_key, "UpdateAlias")?;
             if let Some(current) = &current
@@ -331,19 +347,15 @@ impl KeysDomain {
     pub async fn delete_alias(&self, caller: &Caller, alias_name: &str) -> Result<()> {
         let principal = caller;
         let caller = principal.account();
-        let not_found = || self.alias_not_found(caller, alias_name);
         let alias_arn = self.alias_arn(caller, alias_name);
         self.authorize_identity_on(principal, "DeleteAlias", &alias_arn, &[])?;
+        let access = Access::to("DeleteAlias");
         for _attempt in 0..ALIAS_CHANGE_ATTEMPTS {
-            let alias = self
-                .store
-                .get_alias(caller, alias_name)
-                .await?
-                .ok_or_else(not_found)?;
-            if let Some(key) = self.store.get_key(caller, &alias.target_key_id).await? {
-                self.authorize_key(principal, &key, &Access::to("DeleteAlias"), not_found)
-                    .await?;
-                self.record_key(principal, &key);
+            let (alias, key) = self
+                .alias_and_target(principal, alias_name, &access)
+                .await?;
+            if let Some(key) = &key {
+                self.record_key(principal, key);
             }
             if self
                 .store
