@@ -353,8 +353,15 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
             event_category: "insight".into(),
             ..Default::default()
         })
-        .await?
-        .into_inner();
+        .await?;
+    let recorded = harness
+        .audit_events_for(&request_id_of(insights.metadata()))
+        .await?;
+    assert_eq!(
+        recorded[0]["requestParameters"]["eventCategory"], "insight",
+        "{recorded:#?}"
+    );
+    let insights = insights.into_inner();
     assert!(insights.events.is_empty() && insights.next_token.is_empty());
     // AccessKeyId is a CloudTrail key; Coffer issues no access keys, so it
     // matches nothing.

@@ -229,9 +229,11 @@ fn lookup_attribute(attributes: &[pb::LookupAttribute]) -> Result<Wanted, ApiErr
     }))
 }
 
-/// What a NextToken is bound to: the lookup's attribute and time range as
-/// the caller gave them ([`coffer_platform::scope_hash`]), so a token used with other
-/// parameters answers InvalidNextTokenException, as CloudTrail's does.
+/// What a NextToken is bound to: the caller's account, and the lookup's
+/// attribute, event category and time range as the caller gave them
+/// ([`coffer_platform::scope_hash`]), so a token used by another account or
+/// with other parameters answers InvalidNextTokenException, as CloudTrail's
+/// does.
 fn lookup_scope(message: &pb::LookupEventsRequest, account: &str) -> u64 {
     let bounds: Vec<String> = [&message.start_time, &message.end_time]
         .into_iter()
@@ -417,6 +419,7 @@ impl Audit for AuditGrpc {
             "startTime": message.start_time.as_ref().map(millis_of),
             "endTime": message.end_time.as_ref().map(millis_of),
             "maxResults": (message.max_results != 0).then_some(message.max_results),
+            "eventCategory": (!message.event_category.is_empty()).then_some(&message.event_category),
         }));
         let caller = authorize(&call, "cloudtrail:LookupEvents", "*")?;
         let scope = lookup_scope(&message, caller.account().as_str());

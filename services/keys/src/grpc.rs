@@ -735,7 +735,6 @@ fn message_type_for_audit(text: &str) -> &str {
 }
 
 /// A key named by id or ARN, not by alias (CreateAlias, UpdateAlias).
-/// A key named by id or ARN, not by alias (CreateAlias, UpdateAlias).
 fn target_key_reference(text: &str) -> Result<KeyReference> {
     match key_reference("target_key_id", text)? {
         KeyReference::Alias(_) => Err(KeysError::validation(

@@ -149,7 +149,7 @@ const DELETE_RULE_FAILURES: &str =
     "DELETE FROM failed_deliveries WHERE account_id = $1 AND rule_name = $2";
 const DELETE_RULE_TARGETS: &str =
     "DELETE FROM rule_targets WHERE account_id = $1 AND rule_name = $2";
-const LOCK_RULE: &str = "UPDATE rules SET name = name WHERE account_id = $1 AND name = $2";
+const LOCK_RULE: &str = "UPDATE rules SET enabled = enabled WHERE account_id = $1 AND name = $2";
 const COUNT_TARGETS: &str =
     "SELECT COUNT(*) FROM rule_targets WHERE account_id = $1 AND rule_name = $2";
 const SET_ENABLED: &str = "UPDATE rules SET enabled = $3 WHERE account_id = $1 AND name = $2";

@@ -455,8 +455,6 @@ fn no_looser(parent: Option<&GrantConstraint>, child: Option<&GrantConstraint>) 
     }
 }
 
-/// Whether two grants name the same operations, in any order: AWS's
-/// "identical parameters" for a retried CreateGrant.
 #[cfg(test)]
 mod tests {
     use super::*;

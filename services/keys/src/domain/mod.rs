@@ -240,7 +240,8 @@ impl KeysDomain {
 
     /// AWS's key-state rules: whether `operation` is allowed on `key` now.
     /// Disabled keys refuse use with DisabledException; every other
-    /// refusal is KMSInvalidStateException naming the state.
+    /// refusal is KMSInvalidStateException, naming the state, or for
+    /// CancelKeyDeletion saying the key is not pending deletion.
     pub(crate) fn check_state(&self, key: &KeyRecord, operation: KeyOperation) -> Result<()> {
         use KeyOperation as Op;
         let key_arn = self.key_arn(&key.account, &key.key_id);

@@ -81,8 +81,12 @@ fn select_grant() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1")
 }
 
+/// Grants that could be the same request again: by key and grantee, which
+/// `grants_by_key_grantee` finds, then by name.
 fn select_named_grants() -> String {
-    format!("SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 AND name = $2")
+    format!(
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE key_id = $1 AND grantee_principal = $2 AND name = $3"
+    )
 }
 
 fn select_grants_page() -> String {
@@ -875,6 +879,7 @@ macro_rules! sql_key_store {
                 if !grant.name.is_empty() {
                     let rows = sqlx::query(&select_named_grants())
                         .bind(grant.key_id.as_str())
+                        .bind(&grant.grantee_principal)
                         .bind(&grant.name)
                         .fetch_all(&mut *transaction)
                         .await
