@@ -204,9 +204,10 @@ impl AuditCore {
                 envelope: envelope(&stored),
                 stored,
             });
+            let read_only_management = live.read_only_management();
             for rule in rules.iter() {
                 if live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
-                    && (rule.read_only_events || !live.read_only_management())
+                    && (rule.read_only_events || !read_only_management)
                     && rule.pattern.matches(&live.envelope)
                 {
                     let body: Arc<str> = Arc::from(live.envelope.to_string());

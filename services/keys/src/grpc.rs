@@ -1044,13 +1044,11 @@ impl Keys for KeysGrpc {
             self.domain.create_key(&caller, new_key).await
         }
         .await;
+        // The domain named the key in the event before its write.
         match outcome {
-            Ok(key) => {
-                self.record_key(&call, &key);
-                Ok(Response::new(pb::CreateKeyResponse {
-                    key_metadata: Some(self.metadata(&key)),
-                }))
-            }
+            Ok(key) => Ok(Response::new(pb::CreateKeyResponse {
+                key_metadata: Some(self.metadata(&key)),
+            })),
             Err(error) => Err(self.fail(&call, &error)),
         }
     }

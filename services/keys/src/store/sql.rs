@@ -497,17 +497,19 @@ macro_rules! sql_key_store {
                 Ok(())
             }
 
-            async fn aliases_in(
+            /// What one of the key's `COUNT_*` statements counts, in the
+            /// transaction (with what it wrote).
+            async fn count_in(
                 transaction: &mut sqlx::Transaction<'_, <$pool as PoolDatabase>::Database>,
+                statement: &str,
                 key_id: &KeyId,
             ) -> Result<usize, StoreError> {
-                let count: i64 = sqlx::query_scalar(COUNT_ALIASES)
+                let count: i64 = sqlx::query_scalar(statement)
                     .bind(key_id.as_str())
                     .fetch_one(&mut **transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                usize::try_from(count)
-                    .map_err(|_| StoreError::Corrupt("negative alias count".into()))
+                usize::try_from(count).map_err(|_| StoreError::Corrupt("negative count".into()))
             }
 
             async fn insert_material_in<'c, E>(
@@ -732,13 +734,7 @@ macro_rules! sql_key_store {
                         .await
                         .map_err(convert_sqlx_error)?;
                 }
-                let count: i64 = sqlx::query_scalar(COUNT_TAGS)
-                    .bind(key_id.as_str())
-                    .fetch_one(&mut *transaction)
-                    .await
-                    .map_err(convert_sqlx_error)?;
-                let count = usize::try_from(count)
-                    .map_err(|_| StoreError::Corrupt("negative tag count".into()))?;
+                let count = Self::count_in(&mut transaction, COUNT_TAGS, key_id).await?;
                 if count > max_tags {
                     // Dropping the transaction rolls the tags back.
                     return Ok(count);
@@ -782,7 +778,8 @@ macro_rules! sql_key_store {
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
-                let count = Self::aliases_in(&mut transaction, &alias.target_key_id).await?;
+                let count =
+                    Self::count_in(&mut transaction, COUNT_ALIASES, &alias.target_key_id).await?;
                 if count > max_per_key {
                     // Dropping the transaction takes the alias out again.
                     return Ok(count);
@@ -815,7 +812,7 @@ macro_rules! sql_key_store {
                 if outcome.rows_affected() == 0 {
                     return Ok(None);
                 }
-                let count = Self::aliases_in(&mut transaction, to).await?;
+                let count = Self::count_in(&mut transaction, COUNT_ALIASES, to).await?;
                 if count > max_per_key {
                     return Ok(Some(count));
                 }
