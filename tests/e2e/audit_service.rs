@@ -1251,6 +1251,17 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
             ids: vec!["a".into(), "b".into()],
         })
         .await?;
+    // An id no target could have is malformed, not a failed entry.
+    assert_error(
+        audit
+            .remove_targets(audit_pb::RemoveTargetsRequest {
+                rule: "hooks".into(),
+                ids: vec!["a".into(), "not an id".into()],
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
     // Past any attempt already under way when they went.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at_removal = received();
@@ -1341,6 +1352,34 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
     );
     assert!(status.message().contains("300 rules"), "{status:?}");
     audit.put_rule(rule("quiet-7".into(), "ENABLED")).await?;
+    // A name prefix lists the rules it begins; one no rule name could
+    // begin with is malformed.
+    let listed = audit
+        .list_rules(audit_pb::ListRulesRequest {
+            name_prefix: "quiet-29".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .rules
+        .into_iter()
+        .map(|rule| rule.name)
+        .collect::<Vec<_>>();
+    let mut expected = vec!["quiet-29".to_owned()];
+    expected.extend((290..299).map(|n| format!("quiet-{n}")));
+    assert_eq!(listed, expected);
+    for prefix in ["quiet 29", "quiet/", &"q".repeat(65)] {
+        assert_error(
+            audit
+                .list_rules(audit_pb::ListRulesRequest {
+                    name_prefix: prefix.to_owned(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+    }
 
     // 256 subscriptions waiting for events that never come fill every
     // slot; dropped, they free them.

@@ -29,14 +29,14 @@ use crate::store::{
 };
 
 const MAX_LOOKUP_RESULTS: i32 = 50;
-const MAX_RULE_NAME_CHARS: usize = 64;
+/// Rule names, name prefixes and target ids (EventBridge's limit).
+const MAX_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 512;
 const MAX_LIST_LIMIT: i32 = 100;
 const MAX_TARGETS_PER_RULE: usize = 5;
 /// Entries in one PutTargets request (EventBridge's); more than a rule's
 /// five in all is LimitExceededException, not a malformed request.
 const MAX_TARGETS_PER_REQUEST: usize = 10;
-const MAX_TARGET_ID_CHARS: usize = 64;
 const MAX_ENDPOINT_CHARS: usize = 2048;
 const MIN_SECRET_BYTES: usize = 16;
 const MAX_SECRET_BYTES: usize = 512;
@@ -308,8 +308,10 @@ fn rule_state(enabled: bool, read_only_events: bool) -> &'static str {
     }
 }
 
-fn rule_name(field: &str, name: &str) -> Result<(), ApiError> {
-    let valid = (1..=MAX_RULE_NAME_CHARS).contains(&name.chars().count())
+/// A rule name, a rule name prefix or a target id, as EventBridge allows
+/// them.
+fn event_bridge_name(field: &str, name: &str) -> Result<(), ApiError> {
+    let valid = (1..=MAX_NAME_CHARS).contains(&name.chars().count())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
@@ -318,9 +320,7 @@ fn rule_name(field: &str, name: &str) -> Result<(), ApiError> {
     } else {
         Err(validation(
             field,
-            format!(
-                "must be 1 to {MAX_RULE_NAME_CHARS} characters: letters, digits, '.', '-', '_'"
-            ),
+            format!("must be 1 to {MAX_NAME_CHARS} characters: letters, digits, '.', '-', '_'"),
         ))
     }
 }
@@ -386,7 +386,7 @@ impl AuditGrpc {
         name: &str,
     ) -> Result<Caller, Status> {
         call.audit().request_parameters(json!({ field: name }));
-        rule_name(field, name).map_err(|error| call.fail(error))?;
+        event_bridge_name(field, name).map_err(|error| call.fail(error))?;
         let caller = call
             .caller()
             .map(|caller| Self::rule_arn(&caller, name))
@@ -718,6 +718,10 @@ impl Audit for AuditGrpc {
             "limit": (message.limit != 0).then_some(message.limit),
         }));
         let caller = authorize(&call, "events:ListRules", "*")?;
+        if !message.name_prefix.is_empty() {
+            event_bridge_name("name_prefix", &message.name_prefix)
+                .map_err(|error| call.fail(error))?;
+        }
         let limit = list_limit(message.limit).map_err(|error| call.fail(error))?;
         let after = page_token(&message.next_token).map_err(|error| call.fail(error))?;
         let mut rules = self
@@ -883,6 +887,9 @@ impl Audit for AuditGrpc {
             .request_parameters(json!({ "rule": message.rule, "ids": message.ids }));
         if message.ids.is_empty() || message.ids.len() > 100 {
             return Err(call.fail(validation("ids", "must hold 1 to 100 target ids")));
+        }
+        for (index, id) in message.ids.iter().enumerate() {
+            event_bridge_name(&format!("ids[{index}]"), id).map_err(|error| call.fail(error))?;
         }
         let account = caller.account().to_string();
         self.existing_rule(&caller, &message.rule)
@@ -1099,19 +1106,7 @@ fn target_record(
     target: pb::Target,
 ) -> Result<TargetRecord, ApiError> {
     let field = |name: &str| format!("targets[{index}].{name}");
-    let id_valid = (1..=MAX_TARGET_ID_CHARS).contains(&target.id.chars().count())
-        && target
-            .id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if !id_valid {
-        return Err(validation(
-            &field("id"),
-            format!(
-                "must be 1 to {MAX_TARGET_ID_CHARS} characters: letters, digits, '.', '-', '_'"
-            ),
-        ));
-    }
+    event_bridge_name(&field("id"), &target.id)?;
     let endpoint = target.https.map(|https| https.endpoint).unwrap_or_default();
     if !endpoint_valid(&endpoint) {
         return Err(validation(
