@@ -589,6 +589,7 @@ async fn every_rpc_refuses_a_principal_without_permissions(backend: Backend) -> 
                 .revoke_grant(pb::RevokeGrantRequest {
                     key_id: k,
                     grant_id: grant.grant_id.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
@@ -984,6 +985,7 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
             .revoke_grant(pb::RevokeGrantRequest {
                 key_id: key.clone(),
                 grant_id,
+                ..Default::default()
             })
             .await?;
     }
@@ -1168,6 +1170,7 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
         .revoke_grant(pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: second.grant_id.clone(),
+            ..Default::default()
         })
         .await?;
     assert_error(
@@ -1180,6 +1183,7 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
             .revoke_grant(pb::RevokeGrantRequest {
                 key_id: key.clone(),
                 grant_id: second.grant_id.clone(),
+                ..Default::default()
             })
             .await,
         Code::NotFound,
@@ -1219,6 +1223,7 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
         .revoke_grant(pb::RevokeGrantRequest {
             key_id: key.clone(),
             grant_id: delegating.grant_id,
+            ..Default::default()
         })
         .await?;
 
@@ -1276,6 +1281,7 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
             .revoke_grant(pb::RevokeGrantRequest {
                 key_id: key.clone(),
                 grant_id: "../x".into(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -1390,6 +1396,7 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
                 .revoke_grant(pb::RevokeGrantRequest {
                     key_id: key.clone(),
                     grant_id: denied_retire.grant_token.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ())
@@ -1425,6 +1432,7 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
     app.revoke_grant(pb::RevokeGrantRequest {
         key_id: key.clone(),
         grant_id: revocable.grant_id.clone(),
+        ..Default::default()
     })
     .await?;
 
@@ -1714,6 +1722,7 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
             .revoke_grant(pb::RevokeGrantRequest {
                 key_id: key.clone(),
                 grant_id: grant.grant_id.clone(),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -1736,6 +1745,7 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
             .revoke_grant(pb::RevokeGrantRequest {
                 key_id: own_key,
                 grant_id: grant.grant_id.clone(),
+                ..Default::default()
             })
             .await,
         Code::NotFound,

@@ -5,6 +5,7 @@ mod audit;
 mod audit_service;
 mod authz;
 mod ciphertexts;
+mod dry_run;
 mod identity;
 mod keys;
 mod lifecycle;

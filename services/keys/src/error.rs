@@ -62,6 +62,9 @@ pub enum KeysError {
     InvalidGrantToken,
     #[error("{0}")]
     InvalidGrantId(String),
+    /// The call would have succeeded, but its DryRun flag was set.
+    #[error("dry run")]
+    DryRun,
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("cryptographic failure")]
@@ -74,6 +77,16 @@ impl KeysError {
             field,
             message: message.into(),
         }
+    }
+}
+
+/// AWS's DryRun: a call that got this far would have succeeded, so a dry
+/// run stops here, its answer unsent and nothing written.
+pub fn dry_run_stops(dry_run: bool) -> Result<()> {
+    if dry_run {
+        Err(KeysError::DryRun)
+    } else {
+        Ok(())
     }
 }
 
@@ -186,6 +199,11 @@ pub fn api_error(error: &KeysError) -> ApiError {
             ErrorCode::InvalidArgument,
             "InvalidGrantIdException",
             message.clone(),
+        ),
+        KeysError::DryRun => ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "DryRunOperationException",
+            "The request would have succeeded, but the DryRun option is set.",
         ),
         KeysError::Store(_) | KeysError::Crypto(_) => {
             tracing::error!(error = %cause_chain(error), "keys request failed");

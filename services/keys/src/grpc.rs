@@ -27,7 +27,7 @@ use crate::domain::types::{
     MacAlgorithmSpec, SigningAlgorithmSpec, Tag,
 };
 use crate::domain::{KEY_RESOURCE_TYPE, KeysDomain, SERVICE_PREFIX};
-use crate::error::{KeysError, Result, api_error};
+use crate::error::{KeysError, Result, api_error, dry_run_stops};
 use crate::store::{ConstraintKind, GrantConstraint, KeyRecord};
 
 /// Largest plaintext Encrypt accepts (KMS's limit).
@@ -608,6 +608,11 @@ fn limit_sent(limit: i32) -> Option<i32> {
     (limit != 0).then_some(limit)
 }
 
+/// `dryRun` in an event's request parameters: recorded only when set.
+fn dry_run_for_audit(dry_run: bool) -> Option<bool> {
+    dry_run.then_some(true)
+}
+
 /// The encryption algorithm a request used: `SYMMETRIC_DEFAULT` when it
 /// named none, as CloudTrail records it.
 fn algorithm_for_audit(text: &str) -> &str {
@@ -825,6 +830,7 @@ struct DataKeyFields<'a> {
     number_of_bytes: Option<i32>,
     encryption_context: &'a std::collections::HashMap<String, String>,
     grant_tokens: &'a [String],
+    dry_run: bool,
 }
 
 impl<'a> DataKeyFields<'a> {
@@ -836,6 +842,7 @@ impl<'a> DataKeyFields<'a> {
             number_of_bytes: m.number_of_bytes,
             encryption_context: &m.encryption_context,
             grant_tokens: &m.grant_tokens,
+            dry_run: m.dry_run,
         }
     }
 
@@ -847,6 +854,7 @@ impl<'a> DataKeyFields<'a> {
             number_of_bytes: m.number_of_bytes,
             encryption_context: &m.encryption_context,
             grant_tokens: &m.grant_tokens,
+            dry_run: m.dry_run,
         }
     }
 
@@ -856,6 +864,7 @@ impl<'a> DataKeyFields<'a> {
             "keySpec": self.key_spec,
             "numberOfBytes": self.number_of_bytes,
             "encryptionContext": context_for_audit(self.encryption_context),
+            "dryRun": dry_run_for_audit(self.dry_run),
         })
     }
 }
@@ -867,6 +876,7 @@ struct KeyPairFields<'a> {
     key_pair_spec: &'a str,
     encryption_context: &'a std::collections::HashMap<String, String>,
     grant_tokens: &'a [String],
+    dry_run: bool,
 }
 
 impl<'a> KeyPairFields<'a> {
@@ -877,6 +887,7 @@ impl<'a> KeyPairFields<'a> {
             key_pair_spec: &m.key_pair_spec,
             encryption_context: &m.encryption_context,
             grant_tokens: &m.grant_tokens,
+            dry_run: m.dry_run,
         }
     }
 
@@ -887,6 +898,7 @@ impl<'a> KeyPairFields<'a> {
             key_pair_spec: &m.key_pair_spec,
             encryption_context: &m.encryption_context,
             grant_tokens: &m.grant_tokens,
+            dry_run: m.dry_run,
         }
     }
 
@@ -895,6 +907,7 @@ impl<'a> KeyPairFields<'a> {
             "keyId": self.key_id,
             "keyPairSpec": self.key_pair_spec,
             "encryptionContext": context_for_audit(self.encryption_context),
+            "dryRun": dry_run_for_audit(self.dry_run),
         })
     }
 }
@@ -915,6 +928,7 @@ impl KeysGrpc {
             .generate_data_key(caller, &reference, fields.action, length, &context)
             .await?;
         self.record_key(call, &data_key.key);
+        dry_run_stops(fields.dry_run)?;
         Ok(data_key)
     }
 
@@ -933,7 +947,14 @@ impl KeysGrpc {
         grant_tokens(fields.grant_tokens)?;
         let pair = self
             .domain
-            .generate_data_key_pair(caller, &reference, fields.action, spec, &context)
+            .generate_data_key_pair(
+                caller,
+                &reference,
+                fields.action,
+                spec,
+                &context,
+                fields.dry_run,
+            )
             .await?;
         self.record_key(call, &pair.key);
         Ok((pair, spec))
@@ -1137,6 +1158,7 @@ impl Keys for KeysGrpc {
             "keyId": message.key_id,
             "encryptionAlgorithm": algorithm_for_audit(&message.encryption_algorithm),
             "encryptionContext": context_for_audit(&message.encryption_context),
+            "dryRun": dry_run_for_audit(message.dry_run),
         }));
         let outcome = async {
             let caller = caller_of(&call)?;
@@ -1150,14 +1172,17 @@ impl Keys for KeysGrpc {
             let context = encryption_context(&message.encryption_context)?;
             let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
             grant_tokens(&message.grant_tokens)?;
-            self.domain
+            let (key, ciphertext_blob) = self
+                .domain
                 .encrypt(&caller, &reference, algorithm, &context, &plaintext)
-                .await
+                .await?;
+            self.record_key(&call, &key);
+            dry_run_stops(message.dry_run)?;
+            Ok((key, ciphertext_blob))
         }
         .await;
         match outcome {
             Ok((key, ciphertext_blob)) => {
-                self.record_key(&call, &key);
                 Ok(Response::new(pb::EncryptResponse {
                     ciphertext_blob,
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
@@ -1181,6 +1206,7 @@ impl Keys for KeysGrpc {
             "keyId": message.key_id,
             "encryptionAlgorithm": algorithm_for_audit(&message.encryption_algorithm),
             "encryptionContext": context_for_audit(&message.encryption_context),
+            "dryRun": dry_run_for_audit(message.dry_run),
         }));
         let outcome = async {
             let caller = caller_of(&call)?;
@@ -1191,7 +1217,8 @@ impl Keys for KeysGrpc {
             if message.ciphertext_blob.len() > MAX_CIPHERTEXT_BYTES {
                 return Err(KeysError::InvalidCiphertext);
             }
-            self.domain
+            let decrypted = self
+                .domain
                 .decrypt(
                     &caller,
                     &message.ciphertext_blob,
@@ -1201,20 +1228,20 @@ impl Keys for KeysGrpc {
                     "Decrypt",
                     None,
                 )
-                .await
+                .await?;
+            self.record_key(&call, &decrypted.0);
+            dry_run_stops(message.dry_run)?;
+            Ok(decrypted)
         }
         .await;
         match outcome {
-            Ok((key, plaintext)) => {
-                self.record_key(&call, &key);
-                Ok(Response::new(pb::DecryptResponse {
-                    key_id: self.domain.key_arn(&key.account, &key.key_id),
-                    plaintext: plaintext.to_vec(),
-                    encryption_algorithm: encryption_algorithm(&message.encryption_algorithm)
-                        .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
-                        .to_string(),
-                }))
-            }
+            Ok((key, plaintext)) => Ok(Response::new(pb::DecryptResponse {
+                key_id: self.domain.key_arn(&key.account, &key.key_id),
+                plaintext: plaintext.to_vec(),
+                encryption_algorithm: encryption_algorithm(&message.encryption_algorithm)
+                    .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
+                    .to_string(),
+            })),
             Err(error) => Err(self.fail(&call, &error)),
         }
     }
@@ -1298,6 +1325,7 @@ impl Keys for KeysGrpc {
                 "destinationEncryptionAlgorithm": algorithm_for_audit(&m.destination_encryption_algorithm),
                 "sourceEncryptionContext": context_for_audit(&m.source_encryption_context),
                 "destinationEncryptionContext": context_for_audit(&m.destination_encryption_context),
+                "dryRun": dry_run_for_audit(m.dry_run),
             }),
             |call, caller, m| async move {
                 let source = optional_key_reference("source_key_id", &m.source_key_id)?;
@@ -1325,6 +1353,7 @@ impl Keys for KeysGrpc {
                     .await?;
                 self.record_key(&call, &source_key);
                 self.record_key(&call, &destination_key);
+                dry_run_stops(m.dry_run)?;
                 Ok(pb::ReEncryptResponse {
                     ciphertext_blob,
                     source_key_id: self.domain.key_arn(&source_key.account, &source_key.key_id),
@@ -1821,7 +1850,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::SignResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "messageType": message_type_for_audit(&m.message_type), "signingAlgorithm": m.signing_algorithm}),
+            |m| json!({"keyId": m.key_id, "messageType": message_type_for_audit(&m.message_type), "signingAlgorithm": m.signing_algorithm, "dryRun": dry_run_for_audit(m.dry_run)}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
@@ -1830,6 +1859,7 @@ impl Keys for KeysGrpc {
                 grant_tokens(&m.grant_tokens)?;
                 let (key, signature) = self.domain.sign(&caller, &reference, algorithm, kind, m.message).await?;
                 self.record_key(&call, &key);
+                dry_run_stops(m.dry_run)?;
                 Ok(pb::SignResponse {
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
                     signature,
@@ -1846,7 +1876,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "messageType": message_type_for_audit(&m.message_type), "signingAlgorithm": m.signing_algorithm}),
+            |m| json!({"keyId": m.key_id, "messageType": message_type_for_audit(&m.message_type), "signingAlgorithm": m.signing_algorithm, "dryRun": dry_run_for_audit(m.dry_run)}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
@@ -1861,6 +1891,7 @@ impl Keys for KeysGrpc {
                     .verify(&caller, &reference, algorithm, kind, &m.message, &m.signature)
                     .await?;
                 self.record_key(&call, &key);
+                dry_run_stops(m.dry_run)?;
                 Ok(pb::VerifyResponse {
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
                     signature_valid: true,
@@ -1877,7 +1908,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::GenerateMacResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm}),
+            |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm, "dryRun": dry_run_for_audit(m.dry_run)}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
@@ -1888,6 +1919,7 @@ impl Keys for KeysGrpc {
                     .generate_mac(&caller, &reference, algorithm, &m.message)
                     .await?;
                 self.record_key(&call, &key);
+                dry_run_stops(m.dry_run)?;
                 Ok(pb::GenerateMacResponse {
                     mac,
                     mac_algorithm: algorithm.to_string(),
@@ -1904,7 +1936,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::VerifyMacResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm}),
+            |m| json!({"keyId": m.key_id, "macAlgorithm": m.mac_algorithm, "dryRun": dry_run_for_audit(m.dry_run)}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 signed_message(&m.message)?;
@@ -1918,6 +1950,7 @@ impl Keys for KeysGrpc {
                     .verify_mac(&caller, &reference, algorithm, &m.message, &m.mac)
                     .await?;
                 self.record_key(&call, &key);
+                dry_run_stops(m.dry_run)?;
                 Ok(pb::VerifyMacResponse {
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
                     mac_valid: true,
@@ -2057,6 +2090,7 @@ impl Keys for KeysGrpc {
                         "encryptionContextSubset": c.encryption_context_subset,
                     })),
                     "name": m.name,
+                    "dryRun": dry_run_for_audit(m.dry_run),
                 })
             },
             |call, caller, m| async move {
@@ -2083,6 +2117,7 @@ impl Keys for KeysGrpc {
                             constraint,
                             name,
                         },
+                        m.dry_run,
                     )
                     .await?;
                 self.record_key(&call, &key);
@@ -2171,10 +2206,10 @@ impl Keys for KeysGrpc {
         request: Request<pb::RetireGrantRequest>,
     ) -> Result<Response<pb::RetireGrantResponse>, Status> {
         // As CloudTrail records it: no request parameters (a token is a
-        // credential), the grant retired in additionalEventData.
+        // credential) but dryRun, the grant retired in additionalEventData.
         self.run(
             request,
-            |_| serde_json::Value::Null,
+            |m| json!({"dryRun": dry_run_for_audit(m.dry_run)}),
             |call, caller, m| async move {
                 let target = match (
                     m.grant_token.is_empty(),
@@ -2200,7 +2235,7 @@ impl Keys for KeysGrpc {
                     call.audit()
                         .additional_event_data(json!({ "grantId": grant_id }));
                 }
-                self.domain.retire_grant(&caller, target).await?;
+                self.domain.retire_grant(&caller, target, m.dry_run).await?;
                 Ok(pb::RetireGrantResponse {})
             },
         )
@@ -2213,13 +2248,13 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "grantId": grant_id(&m.grant_id).ok()}),
+            |m| json!({"keyId": m.key_id, "grantId": grant_id(&m.grant_id).ok(), "dryRun": dry_run_for_audit(m.dry_run)}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let grant = grant_id(&m.grant_id)?;
                 let key = self
                     .domain
-                    .revoke_grant(&caller, &reference, &grant)
+                    .revoke_grant(&caller, &reference, &grant, m.dry_run)
                     .await?;
                 self.record_key(&call, &key);
                 Ok(pb::RevokeGrantResponse {})

@@ -301,6 +301,7 @@ impl KeysDomain {
         action: &'static str,
         pair_spec: AsymmetricKeySpec,
         context: &EncryptionContext,
+        dry_run: bool,
     ) -> Result<DataKeyPair> {
         let access = Access::to(action)
             .with_context(context)
@@ -312,6 +313,11 @@ impl KeysDomain {
         let key = self.resolve(caller, reference, &access).await?;
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKeyPair")?;
+        if dry_run {
+            // Generating the pair cannot fail, and is not done for nothing.
+            self.record_key(caller, &key);
+            return Err(KeysError::DryRun);
+        }
         let pair = self
             .off_worker(move || coffer_crypto::generate_key_pair(pair_spec))
             .await?;

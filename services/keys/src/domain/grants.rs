@@ -14,7 +14,7 @@ use serde_json::json;
 use super::access::{Access, Reach, pairs_within, str_pairs};
 use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
-use crate::error::{KeysError, Result};
+use crate::error::{KeysError, Result, dry_run_stops};
 use crate::store::{
     ConstraintKind, GrantConstraint, GrantCreation, GrantQuota, GrantQuotas, GrantRecord,
     KeyRecord, StoreError,
@@ -162,6 +162,7 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
         request: NewGrant,
+        dry_run: bool,
     ) -> Result<(KeyRecord, GrantRecord, String)> {
         let mut access = grant_access("CreateGrant", caller)
             .with_values("kms:GrantOperations", request.operations.clone())
@@ -200,6 +201,12 @@ impl KeysDomain {
         // After authorization, so only a caller allowed to create grants
         // learns the key's spec and usage from the refusal.
         ensure_grant_fits(&key, &request)?;
+        if dry_run {
+            // Not checked against the quotas: they are counted as the grant
+            // is written.
+            self.record_key(caller, &key);
+            return Err(KeysError::DryRun);
+        }
         let grant = GrantRecord {
             grant_id: coffer_platform::hex_lower(&coffer_platform::random_id_bytes::<32>()),
             key_id: key.key_id.clone(),
@@ -310,7 +317,12 @@ impl KeysDomain {
     /// created it, own its key or are its retiring principal may delegate it
     /// (kms:RetireGrant in an identity policy). An explicit deny of
     /// kms:RetireGrant in the caller's identity policies stops anyone.
-    pub async fn retire_grant(&self, caller: &Caller, target: RetireTarget) -> Result<String> {
+    pub async fn retire_grant(
+        &self,
+        caller: &Caller,
+        target: RetireTarget,
+        dry_run: bool,
+    ) -> Result<String> {
         let (grant, missing) = match &target {
             RetireTarget::Token(token) => {
                 let grant = self
@@ -343,6 +355,7 @@ impl KeysDomain {
         // with the grant in additionalEventData, before the write.
         self.record_key(caller, &key);
         caller.record_additional_data(json!({ "grantId": grant.grant_id }));
+        dry_run_stops(dry_run)?;
         if self.store.delete_grant(&grant.grant_id).await? {
             Ok(grant.grant_id)
         } else {
@@ -402,6 +415,7 @@ impl KeysDomain {
         caller: &Caller,
         reference: &KeyReference,
         grant_id: &str,
+        dry_run: bool,
     ) -> Result<KeyRecord> {
         let key = self
             .resolve(caller, reference, &grant_access("RevokeGrant", caller))
@@ -412,6 +426,8 @@ impl KeysDomain {
             .await?
             .filter(|grant| grant.key_id == key.key_id)
             .ok_or_else(|| grant_not_found(grant_id))?;
+        self.record_key(caller, &key);
+        dry_run_stops(dry_run)?;
         match self.store.delete_grant(&grant.grant_id).await {
             Ok(true) => Ok(key),
             Ok(false) => Err(grant_not_found(grant_id)),
