@@ -145,7 +145,10 @@ async fn dry_runs_answer_as_the_call_would_and_do_nothing(backend: Backend) -> a
         let events = harness
             .audit_events_for(&request_id_of(status.metadata()))
             .await?;
-        assert_eq!(events[0]["errorCode"], "AccessDeniedException", "{events:#?}");
+        assert_eq!(
+            events[0]["errorCode"], "AccessDeniedException",
+            "{events:#?}"
+        );
     }
     assert_error(
         admin.encrypt(encrypt(&key, vec![0; 4097])).await,

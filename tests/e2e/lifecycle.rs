@@ -26,6 +26,7 @@ backend_tests!(
     rotation_keeps_old_ciphertexts_decrypting,
     service_managed_keys_are_created_on_first_use_and_protected,
     re_encrypt_moves_ciphertext_between_keys,
+    answers_and_events_name_the_key_material,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -1045,6 +1046,7 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
                 key_id: key.key_id.clone(),
                 limit: 4,
                 marker: marker.clone(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -1063,6 +1065,7 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
             key_id: key.key_id.clone(),
             limit: 4,
             marker: URL_SAFE_NO_PAD.encode(format!("r:{}", "ab".repeat(16))),
+            ..Default::default()
         })
         .await;
     assert_error(forged, Code::InvalidArgument, "InvalidMarkerException");
@@ -1342,5 +1345,233 @@ async fn re_encrypt_moves_ciphertext_between_keys(backend: Backend) -> anyhow::R
         })
         .await;
     assert_error(wrong_source, Code::InvalidArgument, "IncorrectKeyException");
+    Ok(())
+}
+
+/// The `additionalEventData` of the one event of the call that answered
+/// with `metadata`.
+async fn additional_data(
+    harness: &Harness,
+    metadata: &tonic::metadata::MetadataMap,
+) -> anyhow::Result<serde_json::Value> {
+    let mut events = harness
+        .audit_events_for(&coffer_tests::request_id_of(metadata))
+        .await?;
+    anyhow::ensure!(events.len() == 1, "{events:#?}");
+    Ok(events.remove(0)["additionalEventData"].take())
+}
+
+async fn answers_and_events_name_the_key_material(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut client).await?;
+    let first = key.current_key_material_id.clone();
+    assert_eq!(first.len(), 32, "{first}");
+    let list = |include: &str, marker: &str| pb::ListKeyRotationsRequest {
+        key_id: key.key_id.clone(),
+        include_key_material: include.into(),
+        marker: marker.into(),
+        ..Default::default()
+    };
+
+    // Before any rotation: no rotations, but the first material with all
+    // of them, current, with no rotation date or type.
+    let listed = client.list_key_rotations(list("", "")).await?.into_inner();
+    assert!(listed.rotations.is_empty(), "{listed:?}");
+    let all = client
+        .list_key_rotations(list("ALL_KEY_MATERIAL", ""))
+        .await?
+        .into_inner()
+        .rotations;
+    assert_eq!(
+        all,
+        [pb::RotationsListEntry {
+            key_id: key.key_id.clone(),
+            key_material_id: first.clone(),
+            rotation_date: None,
+            rotation_type: String::new(),
+            key_material_state: "CURRENT".into(),
+        }]
+    );
+    assert_error(
+        client.list_key_rotations(list("EVERYTHING", "")).await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+
+    // A data key names the material it is encrypted under, in its answer
+    // and in its event.
+    let answer = client
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key_id: key.key_id.clone(),
+            key_spec: "AES_256".into(),
+            ..Default::default()
+        })
+        .await?;
+    let data = additional_data(&harness, answer.metadata()).await?;
+    assert_eq!(data, serde_json::json!({ "keyMaterialId": first }));
+    let old_blob = answer.into_inner().ciphertext_blob;
+
+    client
+        .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await?;
+    let second = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .map(|metadata| metadata.current_key_material_id)
+        .unwrap_or_default();
+    assert_ne!(second, first);
+
+    // Both materials listed, the new one current; a page of one, and a
+    // marker that works only for the listing it came from.
+    let page = client
+        .list_key_rotations(pb::ListKeyRotationsRequest {
+            limit: 1,
+            ..list("ALL_KEY_MATERIAL", "")
+        })
+        .await?
+        .into_inner();
+    assert_eq!(page.rotations[0].key_material_id, first);
+    assert_eq!(page.rotations[0].key_material_state, "NON_CURRENT");
+    assert_error(
+        client
+            .list_key_rotations(list("ROTATIONS_ONLY", &page.next_marker))
+            .await,
+        Code::InvalidArgument,
+        "InvalidMarkerException",
+    );
+    let rest = client
+        .list_key_rotations(list("ALL_KEY_MATERIAL", &page.next_marker))
+        .await?
+        .into_inner()
+        .rotations;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].key_material_id, second);
+    assert_eq!(rest[0].key_material_state, "CURRENT");
+    assert_eq!(rest[0].rotation_type, "ON_DEMAND");
+    assert!(rest[0].rotation_date.is_some());
+    let rotations_only = client
+        .list_key_rotations(list("ROTATIONS_ONLY", ""))
+        .await?
+        .into_inner()
+        .rotations;
+    assert_eq!(rotations_only, rest);
+
+    // Decrypt names the material that decrypted: the old one for the old
+    // blob.
+    let answer = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: old_blob.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let data = additional_data(&harness, answer.metadata()).await?;
+    assert_eq!(data, serde_json::json!({ "keyMaterialId": first }));
+    assert_eq!(answer.into_inner().key_material_id, first);
+
+    // ReEncrypt names both: the old material it decrypted with, the new
+    // one it encrypted under.
+    let answer = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: old_blob,
+            destination_key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let data = additional_data(&harness, answer.metadata()).await?;
+    assert_eq!(
+        data,
+        serde_json::json!({ "sourceKeyMaterialId": first, "destinationKeyMaterialId": second })
+    );
+    let re_encrypted = answer.into_inner();
+    assert_eq!(re_encrypted.source_key_material_id, first);
+    assert_eq!(re_encrypted.destination_key_material_id, second);
+    let decrypted = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: re_encrypted.ciphertext_blob,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(decrypted.key_material_id, second);
+
+    // The other data key calls name the current material.
+    let without = client
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key_id: key.key_id.clone(),
+            number_of_bytes: Some(16),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(without.key_material_id, second);
+    let pair = client
+        .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
+            key_id: key.key_id.clone(),
+            key_pair_spec: "ECC_NIST_P256".into(),
+            ..Default::default()
+        })
+        .await?;
+    let data = additional_data(&harness, pair.metadata()).await?;
+    assert_eq!(data, serde_json::json!({ "keyMaterialId": second }));
+    assert_eq!(pair.into_inner().key_material_id, second);
+    let pair = client
+        .generate_data_key_pair_without_plaintext(pb::GenerateDataKeyPairWithoutPlaintextRequest {
+            key_id: key.key_id.clone(),
+            key_pair_spec: "ECC_NIST_P256".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(pair.key_material_id, second);
+
+    // An RSA key names no material; GetPublicKey also gives the deprecated
+    // CustomerMasterKeySpec, as KMS does.
+    let rsa = client
+        .create_key(pb::CreateKeyRequest {
+            key_spec: "RSA_2048".into(),
+            key_usage: "ENCRYPT_DECRYPT".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let public = client
+        .get_public_key(pb::GetPublicKeyRequest {
+            key_id: rsa.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(public.customer_master_key_spec, "RSA_2048");
+    let blob = client
+        .encrypt(pb::EncryptRequest {
+            key_id: rsa.key_id.clone(),
+            plaintext: b"x".to_vec(),
+            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let answer = client
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            key_id: rsa.key_id.clone(),
+            encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+            ..Default::default()
+        })
+        .await?;
+    let data = additional_data(&harness, answer.metadata()).await?;
+    assert!(data.is_null(), "{data}");
+    assert_eq!(answer.into_inner().key_material_id, "");
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use coffer_crypto::{EncryptionContext, Zeroizing};
+use coffer_crypto::{EncryptionContext, MaterialId, Zeroizing};
 use coffer_platform::arn::{AccountId, ArnParts};
 use coffer_platform::authz::Caller;
 use coffer_platform::call::CallContext;
@@ -608,6 +608,25 @@ fn limit_sent(limit: i32) -> Option<i32> {
     (limit != 0).then_some(limit)
 }
 
+/// A key material id as answers and ListKeyRotations give it; empty for
+/// none (an asymmetric key's).
+fn material_hex(material_id: Option<MaterialId>) -> String {
+    material_id.map(|id| id.to_hex()).unwrap_or_default()
+}
+
+/// KMS's key material ids in an event's `additionalEventData`, those that
+/// are known.
+fn record_materials(call: &CallContext, materials: &[(&str, Option<MaterialId>)]) {
+    let known: serde_json::Map<String, serde_json::Value> = materials
+        .iter()
+        .filter_map(|(name, id)| id.map(|id| ((*name).to_owned(), json!(id.to_hex()))))
+        .collect();
+    if !known.is_empty() {
+        call.audit()
+            .additional_event_data(serde_json::Value::Object(known));
+    }
+}
+
 /// `dryRun` in an event's request parameters: recorded only when set.
 fn dry_run_for_audit(dry_run: bool) -> Option<bool> {
     dry_run.then_some(true)
@@ -928,6 +947,7 @@ impl KeysGrpc {
             .generate_data_key(caller, &reference, fields.action, length, &context)
             .await?;
         self.record_key(call, &data_key.key);
+        record_materials(call, &[("keyMaterialId", Some(data_key.material_id))]);
         dry_run_stops(fields.dry_run)?;
         Ok(data_key)
     }
@@ -957,6 +977,7 @@ impl KeysGrpc {
             )
             .await?;
         self.record_key(call, &pair.key);
+        record_materials(call, &[("keyMaterialId", Some(pair.material_id))]);
         Ok((pair, spec))
     }
 }
@@ -1229,18 +1250,22 @@ impl Keys for KeysGrpc {
                     None,
                 )
                 .await?;
-            self.record_key(&call, &decrypted.0);
+            self.record_key(&call, &decrypted.key);
+            record_materials(&call, &[("keyMaterialId", decrypted.material_id)]);
             dry_run_stops(message.dry_run)?;
             Ok(decrypted)
         }
         .await;
         match outcome {
-            Ok((key, plaintext)) => Ok(Response::new(pb::DecryptResponse {
-                key_id: self.domain.key_arn(&key.account, &key.key_id),
-                plaintext: plaintext.to_vec(),
+            Ok(decrypted) => Ok(Response::new(pb::DecryptResponse {
+                key_id: self
+                    .domain
+                    .key_arn(&decrypted.key.account, &decrypted.key.key_id),
+                plaintext: decrypted.plaintext.to_vec(),
                 encryption_algorithm: encryption_algorithm(&message.encryption_algorithm)
                     .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
                     .to_string(),
+                key_material_id: material_hex(decrypted.material_id),
             })),
             Err(error) => Err(self.fail(&call, &error)),
         }
@@ -1263,6 +1288,7 @@ impl Keys for KeysGrpc {
                         .key_arn(&data_key.key.account, &data_key.key.key_id),
                     plaintext: data_key.plaintext.to_vec(),
                     ciphertext_blob: data_key.ciphertext_blob,
+                    key_material_id: data_key.material_id.to_hex(),
                 })
             },
         )
@@ -1285,6 +1311,7 @@ impl Keys for KeysGrpc {
                         .domain
                         .key_arn(&data_key.key.account, &data_key.key.key_id),
                     ciphertext_blob: data_key.ciphertext_blob,
+                    key_material_id: data_key.material_id.to_hex(),
                 })
             },
         )
@@ -1338,7 +1365,7 @@ impl Keys for KeysGrpc {
                 if m.ciphertext_blob.len() > MAX_CIPHERTEXT_BYTES {
                     return Err(KeysError::InvalidCiphertext);
                 }
-                let (source_key, destination_key, ciphertext_blob) = self
+                let done = self
                     .domain
                     .re_encrypt(
                         &caller,
@@ -1351,15 +1378,21 @@ impl Keys for KeysGrpc {
                         &destination_context,
                     )
                     .await?;
-                self.record_key(&call, &source_key);
-                self.record_key(&call, &destination_key);
+                self.record_key(&call, &done.source);
+                self.record_key(&call, &done.destination);
+                record_materials(&call, &[
+                    ("sourceKeyMaterialId", done.source_material_id),
+                    ("destinationKeyMaterialId", done.destination_material_id),
+                ]);
                 dry_run_stops(m.dry_run)?;
                 Ok(pb::ReEncryptResponse {
-                    ciphertext_blob,
-                    source_key_id: self.domain.key_arn(&source_key.account, &source_key.key_id),
-                    key_id: self.domain.key_arn(&destination_key.account, &destination_key.key_id),
+                    ciphertext_blob: done.ciphertext_blob,
+                    source_key_id: self.domain.key_arn(&done.source.account, &done.source.key_id),
+                    key_id: self.domain.key_arn(&done.destination.account, &done.destination.key_id),
                     source_encryption_algorithm: source_algorithm.to_string(),
                     destination_encryption_algorithm: destination_algorithm.to_string(),
+                    source_key_material_id: material_hex(done.source_material_id),
+                    destination_key_material_id: material_hex(done.destination_material_id),
                 })
             },
         )
@@ -1780,15 +1813,32 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListKeyRotationsResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker, "includeKeyMaterial": m.include_key_material}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
-                let scope = [m.key_id.as_str()];
+                let first_material = match m.include_key_material.as_str() {
+                    "" | "ROTATIONS_ONLY" => false,
+                    "ALL_KEY_MATERIAL" => true,
+                    _ => {
+                        return Err(KeysError::validation(
+                            "include_key_material",
+                            "must be ALL_KEY_MATERIAL or ROTATIONS_ONLY",
+                        ));
+                    }
+                };
+                let listing = if first_material { "ALL_KEY_MATERIAL" } else { "ROTATIONS_ONLY" };
+                let scope = [m.key_id.as_str(), listing];
                 let after = decode_marker(Listing::Rotations, &scope, &m.marker)?;
                 let page = self
                     .domain
-                    .list_key_rotations(&caller, &reference, limit as usize, after.as_deref())
+                    .list_key_rotations(
+                        &caller,
+                        &reference,
+                        first_material,
+                        limit as usize,
+                        after.as_deref(),
+                    )
                     .await?;
                 self.record_key(&call, &page.key);
                 Ok(pb::ListKeyRotationsResponse {
@@ -1798,11 +1848,21 @@ impl Keys for KeysGrpc {
                         .map(|material| pb::RotationsListEntry {
                             key_id: page.key.key_id.to_string(),
                             key_material_id: material.material_id.to_hex(),
-                            rotation_date: Some(timestamp(material.created_at_ms)),
+                            rotation_date: material
+                                .rotation_type
+                                .map(|_| timestamp(material.created_at_ms)),
                             rotation_type: material
                                 .rotation_type
                                 .map(|t| t.to_string())
                                 .unwrap_or_default(),
+                            key_material_state: if page.key.current_material_id
+                                == Some(material.material_id)
+                            {
+                                "CURRENT"
+                            } else {
+                                "NON_CURRENT"
+                            }
+                            .to_owned(),
                         })
                         .collect(),
                     truncated: page.next_after.is_some(),
@@ -1838,6 +1898,7 @@ impl Keys for KeysGrpc {
                     key_usage: metadata.key_usage,
                     encryption_algorithms: metadata.encryption_algorithms,
                     signing_algorithms: metadata.signing_algorithms,
+                    customer_master_key_spec: metadata.customer_master_key_spec,
                 })
             },
         )
@@ -1978,6 +2039,7 @@ impl Keys for KeysGrpc {
                     public_key: pair.public_key,
                     key_id: self.domain.key_arn(&pair.key.account, &pair.key.key_id),
                     key_pair_spec: spec.to_string(),
+                    key_material_id: pair.material_id.to_hex(),
                 })
             },
         )
@@ -2279,6 +2341,7 @@ impl Keys for KeysGrpc {
                     public_key: pair.public_key,
                     key_id: self.domain.key_arn(&pair.key.account, &pair.key.key_id),
                     key_pair_spec: spec.to_string(),
+                    key_material_id: pair.material_id.to_hex(),
                 })
             },
         )

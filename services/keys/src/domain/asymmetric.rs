@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use coffer_crypto::{
     AsymmetricKeySpec, AsymmetricPrivateKey, CryptoError, EncryptionContext, HmacKey, MacAlgorithm,
-    MessageType, RsaEncryptionAlgorithm, SigningAlgorithm, Zeroizing,
+    MaterialId, MessageType, RsaEncryptionAlgorithm, SigningAlgorithm, Zeroizing,
 };
 use coffer_platform::authz::Caller;
 
@@ -31,6 +31,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// encrypted under a symmetric key, and the public key.
 pub struct DataKeyPair {
     pub key: KeyRecord,
+    /// The key's material the private key is encrypted under.
+    pub material_id: MaterialId,
     pub private_key_plaintext: Zeroizing<Vec<u8>>,
     pub private_key_ciphertext_blob: Vec<u8>,
     pub public_key: Vec<u8>,
@@ -321,11 +323,12 @@ impl KeysDomain {
         let pair = self
             .off_worker(move || coffer_crypto::generate_key_pair(pair_spec))
             .await?;
-        let private_key_ciphertext_blob = self
+        let (material_id, private_key_ciphertext_blob) = self
             .encrypt_under(&key, context, &pair.private_key_pkcs8)
             .await?;
         Ok(DataKeyPair {
             key,
+            material_id,
             private_key_plaintext: pair.private_key_pkcs8,
             private_key_ciphertext_blob,
             public_key: pair.public_key_spki,

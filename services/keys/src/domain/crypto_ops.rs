@@ -1,7 +1,8 @@
 //! Encrypt, Decrypt, GenerateDataKey(WithoutPlaintext), GenerateRandom.
 
 use coffer_crypto::{
-    AsymmetricKeySpec, EncryptionContext, Zeroizing, encrypt_symmetric, parse_blob, random_bytes,
+    AsymmetricKeySpec, EncryptionContext, MaterialId, Zeroizing, encrypt_symmetric, parse_blob,
+    random_bytes,
 };
 use coffer_platform::arn::AccountId;
 use coffer_platform::authz::Caller;
@@ -13,10 +14,30 @@ use super::types::{EncryptionAlgorithm, KeyId, KeyReference, KeyUsage};
 use crate::error::{KeysError, Result};
 use crate::store::KeyRecord;
 
-/// A data key: its plaintext (wiped on drop) and its ciphertext blob.
+/// A data key: its plaintext (wiped on drop) and its ciphertext blob,
+/// encrypted under the key's material `material_id`.
 pub struct DataKey {
     pub key: KeyRecord,
+    pub material_id: MaterialId,
     pub plaintext: Zeroizing<Vec<u8>>,
+    pub ciphertext_blob: Vec<u8>,
+}
+
+/// What a Decrypt found: the key, the material that decrypted (for a
+/// symmetric key; KMS's KeyMaterialId) and the plaintext (wiped on drop).
+pub struct Decrypted {
+    pub key: KeyRecord,
+    pub material_id: Option<MaterialId>,
+    pub plaintext: Zeroizing<Vec<u8>>,
+}
+
+/// What a ReEncrypt did: the keys either side, the materials of the
+/// symmetric ones, and the new blob.
+pub struct ReEncrypted {
+    pub source: KeyRecord,
+    pub source_material_id: Option<MaterialId>,
+    pub destination: KeyRecord,
+    pub destination_material_id: Option<MaterialId>,
     pub ciphertext_blob: Vec<u8>,
 }
 
@@ -53,7 +74,7 @@ impl KeysDomain {
         key: &KeyRecord,
         context: &EncryptionContext,
         plaintext: &[u8],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(MaterialId, Vec<u8>)> {
         let material_id = key
             .current_material_id
             .ok_or_else(|| KeysError::InvalidState {
@@ -64,13 +85,14 @@ impl KeysDomain {
             .symmetric_material(key, &material_id)
             .await?
             .ok_or_else(|| KeysError::Crypto(coffer_crypto::CryptoError::Unseal))?;
-        Ok(encrypt_symmetric(
+        let blob = encrypt_symmetric(
             &material,
             key.key_id.as_str(),
             material_id,
             context,
             plaintext,
-        )?)
+        )?;
+        Ok((material_id, blob))
     }
 
     pub async fn encrypt(
@@ -91,14 +113,14 @@ impl KeysDomain {
             )
             .await?;
         self.ensure_usable(&key)?;
-        let blob = self
+        let (_, blob) = self
             .encrypt_by_kind(&key, algorithm, context, plaintext, "Encrypt")
             .await?;
         Ok((key, blob))
     }
 
     /// Encrypts under an ENCRYPT_DECRYPT key of either kind: RSA-OAEP for an
-    /// asymmetric key, AES-GCM for a symmetric one.
+    /// asymmetric key, AES-GCM for a symmetric one (with the material used).
     async fn encrypt_by_kind(
         &self,
         key: &KeyRecord,
@@ -106,18 +128,20 @@ impl KeysDomain {
         context: &EncryptionContext,
         plaintext: &[u8],
         operation: &str,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<(Option<MaterialId>, Vec<u8>)> {
         if key.key_usage != KeyUsage::EncryptDecrypt {
             return Err(self.wrong_usage(key, operation, KeyUsage::EncryptDecrypt));
         }
         if AsymmetricKeySpec::parse(key.key_spec.as_str()).is_some() {
-            return self
+            let blob = self
                 .rsa_encrypt(key, algorithm, context, plaintext, operation)
-                .await;
+                .await?;
+            return Ok((None, blob));
         }
         self.ensure_symmetric_encryption_key(key, operation)?;
         self.ensure_algorithm(key, algorithm)?;
-        self.encrypt_under(key, context, plaintext).await
+        let (material_id, blob) = self.encrypt_under(key, context, plaintext).await?;
+        Ok((Some(material_id), blob))
     }
 
     /// Decrypts a blob. The blob names its key (of any account; the key's
@@ -137,7 +161,7 @@ impl KeysDomain {
         context: &EncryptionContext,
         action: &'static str,
         re_encrypt_to: Option<Option<(&AccountId, &KeyId)>>,
-    ) -> Result<(KeyRecord, Zeroizing<Vec<u8>>)> {
+    ) -> Result<Decrypted> {
         let access = decrypt_access(action, context, algorithm, re_encrypt_to);
         let named = match expected_key {
             Some(reference) => Some(self.resolve(caller, reference, &access).await?),
@@ -158,7 +182,11 @@ impl KeysDomain {
             let plaintext = self
                 .rsa_decrypt(key, algorithm, context, blob.to_vec())
                 .await?;
-            return Ok((key.clone(), plaintext));
+            return Ok(Decrypted {
+                key: key.clone(),
+                material_id: None,
+                plaintext,
+            });
         }
         let parsed = parse_blob(blob).map_err(|_| KeysError::InvalidCiphertext)?;
         let blob_key_id = KeyId::parse(parsed.key_id()).ok_or(KeysError::InvalidCiphertext)?;
@@ -194,7 +222,11 @@ impl KeysDomain {
         let plaintext = parsed
             .decrypt(&material, context)
             .map_err(|_| KeysError::InvalidCiphertext)?;
-        Ok((key, plaintext))
+        Ok(Decrypted {
+            key,
+            material_id: Some(parsed.material_id()),
+            plaintext,
+        })
     }
 
     pub async fn generate_data_key(
@@ -213,9 +245,10 @@ impl KeysDomain {
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKey")?;
         let plaintext = random_bytes(length)?;
-        let ciphertext_blob = self.encrypt_under(&key, context, &plaintext).await?;
+        let (material_id, ciphertext_blob) = self.encrypt_under(&key, context, &plaintext).await?;
         Ok(DataKey {
             key,
+            material_id,
             plaintext,
             ciphertext_blob,
         })
@@ -234,11 +267,11 @@ impl KeysDomain {
         destination_key: &KeyReference,
         destination_algorithm: EncryptionAlgorithm,
         destination_context: &EncryptionContext,
-    ) -> Result<(KeyRecord, KeyRecord, Vec<u8>)> {
+    ) -> Result<ReEncrypted> {
         // The destination's key, for `kms:ReEncryptOnSameKey` when the source
         // is checked; looked up without being created or authorized.
         let named_destination = self.key_named(caller.account(), destination_key).await?;
-        let (source, plaintext) = self
+        let decrypted = self
             .decrypt(
                 caller,
                 blob,
@@ -253,6 +286,7 @@ impl KeysDomain {
                 ),
             )
             .await?;
+        let source = decrypted.key;
         let destination = self
             .resolve(
                 caller,
@@ -285,16 +319,22 @@ impl KeysDomain {
                 .await?;
         }
         self.ensure_usable(&destination)?;
-        let blob = self
+        let (destination_material_id, ciphertext_blob) = self
             .encrypt_by_kind(
                 &destination,
                 destination_algorithm,
                 destination_context,
-                &plaintext,
+                &decrypted.plaintext,
                 "ReEncrypt",
             )
             .await?;
-        Ok((source, destination, blob))
+        Ok(ReEncrypted {
+            source,
+            source_material_id: decrypted.material_id,
+            destination,
+            destination_material_id,
+            ciphertext_blob,
+        })
     }
 
     pub fn generate_random(&self, caller: &Caller, length: usize) -> Result<Zeroizing<Vec<u8>>> {

@@ -216,6 +216,7 @@ impl KeysDomain {
         &self,
         caller: &Caller,
         reference: &KeyReference,
+        first_material: bool,
         limit: usize,
         after: Option<&str>,
     ) -> Result<RotationPage> {
@@ -229,7 +230,7 @@ impl KeysDomain {
             .list_materials(&key.key_id)
             .await?
             .into_iter()
-            .filter(|material| material.rotation_type.is_some())
+            .filter(|material| first_material || material.rotation_type.is_some())
             .collect();
         let start = match after {
             None => 0,
