@@ -485,7 +485,7 @@ async fn dry_runs_of_grants_write_nothing(backend: Backend) -> anyhow::Result<()
     let created = admin.create_grant(create(false)).await?.into_inner();
     assert_eq!(
         grant_ids(&mut admin, &key).await?,
-        [created.grant_id.clone()]
+        [created.grant_id.as_str()]
     );
     assert_dry_run(
         &harness,
@@ -520,7 +520,7 @@ async fn dry_runs_of_grants_write_nothing(backend: Backend) -> anyhow::Result<()
     );
     assert_eq!(
         grant_ids(&mut admin, &key).await?,
-        [created.grant_id.clone()]
+        [created.grant_id.as_str()]
     );
     // A grant that is not there is not found, dry run or not.
     assert_error(
