@@ -145,6 +145,7 @@ async fn dry_runs_answer_as_the_call_would_and_do_nothing(backend: Backend) -> a
         let events = harness
             .audit_events_for(&request_id_of(status.metadata()))
             .await?;
+        anyhow::ensure!(events.len() == 1, "{events:#?}");
         assert_eq!(
             events[0]["errorCode"], "AccessDeniedException",
             "{events:#?}"
@@ -176,13 +177,28 @@ async fn dry_runs_answer_as_the_call_would_and_do_nothing(backend: Backend) -> a
         dry_run: true,
         ..Default::default()
     };
-    assert_dry_run(
+    // The event names the key material, as the call's would.
+    let material = admin
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .key_metadata
+        .map(|metadata| metadata.current_key_material_id)
+        .unwrap_or_default();
+    let event = assert_dry_run(
         &harness,
         admin.decrypt(decrypt(context.clone())).await,
         "Decrypt",
         &[&key],
     )
     .await?;
+    assert_eq!(
+        event["additionalEventData"]["keyMaterialId"],
+        material.as_str()
+    );
     assert_error(
         admin.decrypt(decrypt(Default::default())).await,
         Code::InvalidArgument,
@@ -233,7 +249,7 @@ async fn dry_runs_answer_as_the_call_would_and_do_nothing(backend: Backend) -> a
         &[&key],
     )
     .await?;
-    assert_dry_run(
+    let event = assert_dry_run(
         &harness,
         admin
             .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
@@ -247,6 +263,10 @@ async fn dry_runs_answer_as_the_call_would_and_do_nothing(backend: Backend) -> a
         &[&key],
     )
     .await?;
+    assert_eq!(
+        event["additionalEventData"]["keyMaterialId"],
+        material.as_str()
+    );
     assert_dry_run(
         &harness,
         admin

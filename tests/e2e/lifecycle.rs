@@ -1501,6 +1501,30 @@ async fn answers_and_events_name_the_key_material(backend: Backend) -> anyhow::R
         .await?
         .into_inner();
     assert_eq!(decrypted.key_material_id, second);
+    // To another key: its material on the destination side.
+    let other = new_key(&mut client).await?;
+    let moving = encrypt(&mut client, &key.key_id, b"moving").await?;
+    let answer = client
+        .re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: moving,
+            destination_key_id: other.key_id.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let data = additional_data(&harness, answer.metadata()).await?;
+    assert_eq!(
+        data,
+        serde_json::json!({
+            "sourceKeyMaterialId": second,
+            "destinationKeyMaterialId": other.current_key_material_id,
+        })
+    );
+    let moved = answer.into_inner();
+    assert_eq!(moved.source_key_material_id, second);
+    assert_eq!(
+        moved.destination_key_material_id,
+        other.current_key_material_id
+    );
 
     // The other data key calls name the current material.
     let without = client

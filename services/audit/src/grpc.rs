@@ -717,11 +717,12 @@ impl Audit for AuditGrpc {
             // Protobuf's 0 is a limit left out.
             "limit": (message.limit != 0).then_some(message.limit),
         }));
-        let caller = authorize(&call, "events:ListRules", "*")?;
+        // Checked before authorization, as rule names are.
         if !message.name_prefix.is_empty() {
             event_bridge_name("name_prefix", &message.name_prefix)
                 .map_err(|error| call.fail(error))?;
         }
+        let caller = authorize(&call, "events:ListRules", "*")?;
         let limit = list_limit(message.limit).map_err(|error| call.fail(error))?;
         let after = page_token(&message.next_token).map_err(|error| call.fail(error))?;
         let mut rules = self

@@ -316,8 +316,13 @@ impl KeysDomain {
         self.ensure_usable(&key)?;
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKeyPair")?;
         if dry_run {
-            // Generating the pair cannot fail, and is not done for nothing.
+            // Generating the pair cannot fail, and is not done for nothing;
+            // the key's material is loaded and used as the call would use it.
+            let (material_id, _) = self.encrypt_under(&key, context, &[]).await?;
             self.record_key(caller, &key);
+            caller.record_additional_data(
+                serde_json::json!({ "keyMaterialId": material_id.to_hex() }),
+            );
             return Err(KeysError::DryRun);
         }
         let pair = self

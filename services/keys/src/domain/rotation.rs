@@ -211,7 +211,8 @@ impl KeysDomain {
         }
     }
 
-    /// Rotations (material versions after the first), oldest first.
+    /// Rotations (material versions after the first), oldest first; with
+    /// `first_material`, the key's first material before them.
     pub async fn list_key_rotations(
         &self,
         caller: &Caller,
