@@ -56,7 +56,8 @@ fn admins_and(user: &str, policy: &str) -> Options {
     }
 }
 
-async fn create_key(
+/// A key of this spec and usage (empty for the defaults); its ARN.
+pub(crate) async fn create_key(
     client: &mut KeysClient<Channel>,
     spec: &str,
     usage: &str,

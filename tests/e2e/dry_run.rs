@@ -2,6 +2,7 @@
 //! DryRunOperationException where the call would have succeeded; it returns
 //! nothing and changes nothing, and its event says so.
 
+use crate::authz::create_key;
 use coffer_tests::{
     ACCOUNT_A, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb, request_id_of,
 };
@@ -72,24 +73,6 @@ async fn assert_dry_run<T: std::fmt::Debug>(
         .unwrap_or_default();
     assert_eq!(named, key_arns, "{event:#}");
     Ok(event)
-}
-
-async fn create_key(
-    client: &mut KeysClient<Channel>,
-    spec: &str,
-    usage: &str,
-) -> anyhow::Result<String> {
-    Ok(client
-        .create_key(pb::CreateKeyRequest {
-            key_spec: spec.into(),
-            key_usage: usage.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?
-        .arn)
 }
 
 async fn dry_runs_answer_as_the_call_would_and_do_nothing(backend: Backend) -> anyhow::Result<()> {
