@@ -1817,9 +1817,9 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
-                let first_material = match m.include_key_material.as_str() {
-                    "" | "ROTATIONS_ONLY" => false,
-                    "ALL_KEY_MATERIAL" => true,
+                let (first_material, listing) = match m.include_key_material.as_str() {
+                    "" | "ROTATIONS_ONLY" => (false, "ROTATIONS_ONLY"),
+                    "ALL_KEY_MATERIAL" => (true, "ALL_KEY_MATERIAL"),
                     _ => {
                         return Err(KeysError::validation(
                             "include_key_material",
@@ -1827,7 +1827,6 @@ impl Keys for KeysGrpc {
                         ));
                     }
                 };
-                let listing = if first_material { "ALL_KEY_MATERIAL" } else { "ROTATIONS_ONLY" };
                 let scope = [m.key_id.as_str(), listing];
                 let after = decode_marker(Listing::Rotations, &scope, &m.marker)?;
                 let page = self

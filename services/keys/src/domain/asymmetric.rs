@@ -317,8 +317,8 @@ impl KeysDomain {
         self.ensure_symmetric_encryption_key(&key, "GenerateDataKeyPair")?;
         if dry_run {
             // Generating the pair cannot fail, and is not done for nothing;
-            // the key's material is loaded and used as the call would use it.
-            let (material_id, _) = self.encrypt_under(&key, context, &[]).await?;
+            // the key's material is loaded as the call would load it.
+            let (material_id, _) = self.current_symmetric_material(&key).await?;
             self.record_key(caller, &key);
             caller.record_additional_data(
                 serde_json::json!({ "keyMaterialId": material_id.to_hex() }),

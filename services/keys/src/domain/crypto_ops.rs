@@ -1,8 +1,10 @@
 //! Encrypt, Decrypt, GenerateDataKey(WithoutPlaintext), GenerateRandom.
 
+use std::sync::Arc;
+
 use coffer_crypto::{
-    AsymmetricKeySpec, EncryptionContext, MaterialId, Zeroizing, encrypt_symmetric, parse_blob,
-    random_bytes,
+    AsymmetricKeySpec, EncryptionContext, MaterialId, SymmetricKeyMaterial, Zeroizing,
+    encrypt_symmetric, parse_blob, random_bytes,
 };
 use coffer_platform::arn::AccountId;
 use coffer_platform::authz::Caller;
@@ -69,12 +71,11 @@ impl KeysDomain {
         Ok(())
     }
 
-    pub(crate) async fn encrypt_under(
+    /// The material a symmetric key encrypts under now, unsealed.
+    pub(crate) async fn current_symmetric_material(
         &self,
         key: &KeyRecord,
-        context: &EncryptionContext,
-        plaintext: &[u8],
-    ) -> Result<(MaterialId, Vec<u8>)> {
+    ) -> Result<(MaterialId, Arc<SymmetricKeyMaterial>)> {
         let material_id = key
             .current_material_id
             .ok_or_else(|| KeysError::InvalidState {
@@ -85,6 +86,16 @@ impl KeysDomain {
             .symmetric_material(key, &material_id)
             .await?
             .ok_or_else(|| KeysError::Crypto(coffer_crypto::CryptoError::Unseal))?;
+        Ok((material_id, material))
+    }
+
+    pub(crate) async fn encrypt_under(
+        &self,
+        key: &KeyRecord,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+    ) -> Result<(MaterialId, Vec<u8>)> {
+        let (material_id, material) = self.current_symmetric_material(key).await?;
         let blob = encrypt_symmetric(
             &material,
             key.key_id.as_str(),
