@@ -1352,6 +1352,39 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
     );
     assert!(status.message().contains("300 rules"), "{status:?}");
     audit.put_rule(rule("quiet-7".into(), "ENABLED")).await?;
+    // With one place free, of four new rules made at once one gets it.
+    audit
+        .delete_rule(audit_pb::DeleteRuleRequest {
+            name: "quiet-0".into(),
+            force: false,
+        })
+        .await?;
+    let mut racing = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let mut client = audit.clone();
+        racing.spawn(async move {
+            client
+                .put_rule(rule(format!("racer-{n}"), "DISABLED"))
+                .await
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = racing.join_next().await {
+        outcomes.push(outcome?.map(drop));
+    }
+    assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1);
+    for outcome in outcomes.into_iter().filter(Result::is_err) {
+        assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
+    }
+    let racers = audit
+        .list_rules(audit_pb::ListRulesRequest {
+            name_prefix: "racer-".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .rules;
+    assert_eq!(racers.len(), 1, "{racers:?}");
     // A name prefix lists the rules it begins; one no rule name could
     // begin with is malformed.
     let listed = audit

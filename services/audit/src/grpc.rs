@@ -24,8 +24,8 @@ use tonic::{Request, Response, Status};
 use crate::core::AuditCore;
 use crate::domain::pattern::EventPattern;
 use crate::store::{
-    LookupAttribute, LookupCursor, LookupQuery, RuleDeletion, RuleRecord, StoreError, StoredEvent,
-    TargetRecord,
+    LookupAttribute, LookupCursor, LookupQuery, RuleDeletion, RulePut, RuleRecord, StoreError,
+    StoredEvent, TargetRecord,
 };
 
 const MAX_LOOKUP_RESULTS: i32 = 50;
@@ -46,7 +46,7 @@ const RULE_RESOURCE_TYPE: &str = "AWS::Events::Rule";
 /// Subscriptions open at once at most (each holds a task and a buffer).
 const MAX_SUBSCRIPTIONS: usize = 256;
 /// EventBridge's quota of rules on an event bus (one bus per account here).
-const MAX_RULES_PER_ACCOUNT: u32 = 300;
+const MAX_RULES_PER_ACCOUNT: usize = 300;
 
 pub struct AuditGrpc {
     core: Arc<AuditCore>,
@@ -639,28 +639,6 @@ impl Audit for AuditGrpc {
             return Err(call.fail(validation("event_pattern", "must not be empty")));
         }
         pattern(&message.event_pattern).map_err(|error| call.fail(error))?;
-        let store = self.core.store();
-        let account = caller.account().as_str();
-        let full = store
-            .list_rules(account, "", "", MAX_RULES_PER_ACCOUNT)
-            .await
-            .map_err(|error| call.fail(store_failed(&error)))?
-            .len()
-            >= MAX_RULES_PER_ACCOUNT as usize;
-        // Replacing a rule adds none, so only a full account asks.
-        if full
-            && store
-                .get_rule(account, &message.name)
-                .await
-                .map_err(|error| call.fail(store_failed(&error)))?
-                .is_none()
-        {
-            return Err(call.fail(ApiError::new(
-                ErrorCode::ResourceExhausted,
-                "LimitExceededException",
-                format!("an account has at most {MAX_RULES_PER_ACCOUNT} rules"),
-            )));
-        }
         let rule = RuleRecord {
             account_id: caller.account().to_string(),
             name: message.name.clone(),
@@ -671,11 +649,19 @@ impl Audit for AuditGrpc {
             created_by: caller.account().to_string(),
             created_at_ms: self.core.clock().now_millis(),
         };
-        self.core
+        let put = self
+            .core
             .store()
-            .put_rule(&rule)
+            .put_rule(&rule, MAX_RULES_PER_ACCOUNT)
             .await
             .map_err(|error| call.fail(store_failed(&error)))?;
+        if put == RulePut::AccountFull {
+            return Err(call.fail(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                "LimitExceededException",
+                format!("an account has at most {MAX_RULES_PER_ACCOUNT} rules"),
+            )));
+        }
         self.rules_changed()
             .await
             .map_err(|error| call.fail(error))?;

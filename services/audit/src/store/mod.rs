@@ -11,7 +11,7 @@ mod contract_tests;
 mod rules;
 mod sql;
 
-pub use rules::{FailedDeliveryRecord, RuleDeletion, RuleRecord, RuleStore, TargetRecord};
+pub use rules::{FailedDeliveryRecord, RuleDeletion, RulePut, RuleRecord, RuleStore, TargetRecord};
 
 use async_trait::async_trait;
 use coffer_platform::db::{DbPool, MigrationFile, Migrations};
@@ -51,6 +51,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "rule read-only events",
             sql: include_str!("../../migrations/postgres/0006_rule_read_only_events.sql"),
         },
+        MigrationFile {
+            version: 7,
+            description: "rule accounts",
+            sql: include_str!("../../migrations/postgres/0007_rule_accounts.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -82,6 +87,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 6,
             description: "rule read-only events",
             sql: include_str!("../../migrations/sqlite/0006_rule_read_only_events.sql"),
+        },
+        MigrationFile {
+            version: 7,
+            description: "rule accounts",
+            sql: include_str!("../../migrations/sqlite/0007_rule_accounts.sql"),
         },
     ],
 };

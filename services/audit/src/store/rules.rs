@@ -21,6 +21,16 @@ pub struct RuleRecord {
     pub created_at_ms: i64,
 }
 
+/// What PutRule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulePut {
+    Created,
+    Replaced,
+    /// The rule is new and the account already has its most rules: nothing
+    /// was written.
+    AccountFull,
+}
+
 /// What DeleteRule did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleDeletion {
@@ -70,8 +80,15 @@ pub struct FailedDeliveryRecord {
 
 #[async_trait]
 pub trait RuleStore: Send + Sync + 'static {
-    /// Creates the rule or replaces its pattern, state and description.
-    async fn put_rule(&self, rule: &RuleRecord) -> Result<(), StoreError>;
+    /// Creates the rule or replaces its pattern, state and description; a
+    /// new rule only while its account has fewer than `max_per_account`.
+    /// Decided under the account's lock, so concurrent calls cannot together
+    /// pass the quota.
+    async fn put_rule(
+        &self,
+        rule: &RuleRecord,
+        max_per_account: usize,
+    ) -> Result<RulePut, StoreError>;
     async fn get_rule(&self, account: &str, name: &str) -> Result<Option<RuleRecord>, StoreError>;
     /// Rules whose name starts with `prefix`, after `after`, by name.
     async fn list_rules(
@@ -144,6 +161,10 @@ const UPSERT_RULE: &str = "INSERT INTO rules (account_id, name, event_pattern, e
      ON CONFLICT (account_id, name) DO UPDATE SET event_pattern = excluded.event_pattern, \
      enabled = excluded.enabled, description = excluded.description, \
      read_only_events = excluded.read_only_events";
+const LOCK_RULE_ACCOUNT: &str = "INSERT INTO rule_accounts (account_id) VALUES ($1) \
+     ON CONFLICT (account_id) DO UPDATE SET account_id = excluded.account_id";
+const COUNT_RULES: &str = "SELECT COUNT(*) FROM rules WHERE account_id = $1";
+const COUNT_RULE: &str = "SELECT COUNT(*) FROM rules WHERE account_id = $1 AND name = $2";
 const DELETE_RULE: &str = "DELETE FROM rules WHERE account_id = $1 AND name = $2";
 const DELETE_RULE_FAILURES: &str =
     "DELETE FROM failed_deliveries WHERE account_id = $1 AND rule_name = $2";
@@ -258,7 +279,34 @@ macro_rules! sql_rule_store {
 
         #[async_trait]
         impl RuleStore for $store {
-            async fn put_rule(&self, rule: &RuleRecord) -> Result<(), StoreError> {
+            async fn put_rule(
+                &self,
+                rule: &RuleRecord,
+                max_per_account: usize,
+            ) -> Result<RulePut, StoreError> {
+                let mut transaction = self.pool().begin().await.map_err(StoreError::Database)?;
+                sqlx::query(LOCK_RULE_ACCOUNT)
+                    .bind(&rule.account_id)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::Database)?;
+                let exists: i64 = sqlx::query_scalar(COUNT_RULE)
+                    .bind(&rule.account_id)
+                    .bind(&rule.name)
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(StoreError::Database)?;
+                if exists == 0 {
+                    let rules: i64 = sqlx::query_scalar(COUNT_RULES)
+                        .bind(&rule.account_id)
+                        .fetch_one(&mut *transaction)
+                        .await
+                        .map_err(StoreError::Database)?;
+                    // Replacing a rule adds none, so only a new one is refused.
+                    if usize::try_from(rules).map_or(true, |rules| rules >= max_per_account) {
+                        return Ok(RulePut::AccountFull);
+                    }
+                }
                 sqlx::query(UPSERT_RULE)
                     .bind(&rule.account_id)
                     .bind(&rule.name)
@@ -268,10 +316,15 @@ macro_rules! sql_rule_store {
                     .bind(&rule.created_by)
                     .bind(rule.created_at_ms)
                     .bind(rule.read_only_events)
-                    .execute(self.pool())
+                    .execute(&mut *transaction)
                     .await
                     .map_err(StoreError::Database)?;
-                Ok(())
+                transaction.commit().await.map_err(StoreError::Database)?;
+                Ok(if exists == 0 {
+                    RulePut::Created
+                } else {
+                    RulePut::Replaced
+                })
             }
 
             async fn get_rule(
