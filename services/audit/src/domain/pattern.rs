@@ -219,15 +219,12 @@ struct NumericRange {
     upper: Option<Bound>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum WildcardToken {
-    Literal(char),
-    Star,
-}
-
+/// A wildcard as the literal pieces between its stars: `a*b*c` is
+/// `["a", "b", "c"]`, `*` is `["", ""]`, and one without a star is that one
+/// piece, matched whole.
 #[derive(Debug, Clone)]
 struct Wildcard {
-    tokens: Vec<WildcardToken>,
+    pieces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -674,21 +671,24 @@ fn compile_numeric(arg: &Value, path: &str) -> Result<NumericRange, PatternError
 
 impl Wildcard {
     fn compile(pattern: &str, path: &str) -> Result<Self, PatternError> {
-        let mut tokens = Vec::new();
+        let mut pieces = vec![String::new()];
+        let mut after_star = false;
         let mut chars = pattern.chars();
         while let Some(c) = chars.next() {
-            match c {
+            let literal = match c {
                 '*' => {
-                    if tokens.last() == Some(&WildcardToken::Star) {
+                    if after_star {
                         return Err(PatternError::new(
                             path,
                             "wildcard must not contain consecutive * characters",
                         ));
                     }
-                    tokens.push(WildcardToken::Star);
+                    after_star = true;
+                    pieces.push(String::new());
+                    continue;
                 }
                 '\\' => match chars.next() {
-                    Some(escaped @ ('*' | '\\')) => tokens.push(WildcardToken::Literal(escaped)),
+                    Some(escaped @ ('*' | '\\')) => escaped,
                     _ => {
                         return Err(PatternError::new(
                             path,
@@ -696,42 +696,46 @@ impl Wildcard {
                         ));
                     }
                 },
-                other => tokens.push(WildcardToken::Literal(other)),
+                other => other,
+            };
+            after_star = false;
+            if let Some(piece) = pieces.last_mut() {
+                piece.push(literal);
             }
         }
-        Ok(Self { tokens })
+        Ok(Self { pieces })
     }
 
-    /// Glob match with single-star backtracking; O(len(text) * len(pattern)).
+    /// The text begins with the first piece, ends with the last, and holds
+    /// the ones between in order without overlapping. Each middle piece is
+    /// taken at its leftmost place (which leaves the most room for the
+    /// rest), so a match costs one linear substring search a piece, never
+    /// the length of the text times the length of the pattern whatever a
+    /// rule's author writes.
     fn matches(&self, text: &str) -> bool {
-        let text: Vec<char> = text.chars().collect();
-        let mut t = 0; // index into tokens
-        let mut s = 0; // index into text
-        let mut backtrack: Option<(usize, usize)> = None;
-        while s < text.len() {
-            match self.tokens.get(t) {
-                Some(WildcardToken::Star) => {
-                    backtrack = Some((t, s));
-                    t += 1;
-                }
-                Some(WildcardToken::Literal(c)) if text.get(s) == Some(c) => {
-                    t += 1;
-                    s += 1;
-                }
-                _ => match backtrack {
-                    Some((star_t, star_s)) => {
-                        t = star_t + 1;
-                        s = star_s + 1;
-                        backtrack = Some((star_t, star_s + 1));
-                    }
-                    None => return false,
-                },
-            }
-        }
-        self.tokens
+        let (first, rest) = match self.pieces.split_first() {
+            Some(split) => split,
+            None => return text.is_empty(),
+        };
+        let Some((last, middle)) = rest.split_last() else {
+            return text == first;
+        };
+        let Some(between) = text
+            .strip_prefix(first.as_str())
+            .and_then(|tail| tail.strip_suffix(last.as_str()))
+        else {
+            return false;
+        };
+        let mut unsearched = between;
+        middle
             .iter()
-            .skip(t)
-            .all(|token| *token == WildcardToken::Star)
+            .all(|piece| match unsearched.find(piece.as_str()) {
+                Some(at) => {
+                    unsearched = &unsearched[at + piece.len()..];
+                    true
+                }
+                None => false,
+            })
     }
 }
 
@@ -1216,6 +1220,23 @@ mod tests {
         assert!(!m(r#"{"a":[{"wildcard":"x\\*y"}]}"#, json!({"a":"xzy"})));
         assert!(m(r#"{"a":[{"wildcard":"x\\\\*"}]}"#, json!({"a":"x\\yz"})));
         assert!(!m(r#"{"a":[{"wildcard":"*"}]}"#, json!({"a":5})));
+        // The first and last pieces do not share characters of the text;
+        // middle pieces come in order, each after the one before.
+        assert!(!m(r#"{"a":[{"wildcard":"ab*ba"}]}"#, json!({"a":"aba"})));
+        assert!(m(r#"{"a":[{"wildcard":"ab*ba"}]}"#, json!({"a":"abba"})));
+        assert!(!m(r#"{"a":[{"wildcard":"*b*a*"}]}"#, json!({"a":"ab"})));
+        assert!(m(r#"{"a":[{"wildcard":"*b*a*"}]}"#, json!({"a":"abca"})));
+        assert!(m(r#"{"a":[{"wildcard":"*aab"}]}"#, json!({"a":"aaab"})));
+        assert!(m(r#"{"a":[{"wildcard":"é*ü"}]}"#, json!({"a":"éxxü"})));
+        assert!(!m(r#"{"a":[{"wildcard":"x*"}]}"#, json!({"a":""})));
+        assert!(m(r#"{"a":[{"wildcard":""}]}"#, json!({"a":""})));
+        // A pattern that backtracking would try at every place of a long
+        // text is answered by substring search.
+        let hostile = format!(r#"{{"a":[{{"wildcard":"*{}b*c"}}]}}"#, "a".repeat(1500));
+        assert!(!m(
+            &hostile,
+            json!({"a": format!("{}c", "a".repeat(100_000))})
+        ));
     }
 
     #[test]
