@@ -1247,6 +1247,44 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
         Code::NotFound,
         "NotFoundException",
     );
+    // Listing by a predefined alias lists it, and creates no key: the
+    // full listing still shows it without one.
+    let by_alias = |name: &str| pb::ListAliasesRequest {
+        key_id: name.into(),
+        ..Default::default()
+    };
+    let ssm = client
+        .list_aliases(by_alias("alias/coffer/ssm"))
+        .await?
+        .into_inner()
+        .aliases;
+    assert_eq!(ssm.len(), 1, "{ssm:?}");
+    assert_eq!(
+        (ssm[0].alias_name.as_str(), ssm[0].target_key_id.as_str()),
+        ("alias/coffer/ssm", "")
+    );
+    let secrets = client
+        .list_aliases(by_alias("alias/coffer/secretsmanager"))
+        .await?
+        .into_inner()
+        .aliases;
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    assert_eq!(secrets[0].target_key_id, managed);
+    assert_error(
+        client.list_aliases(by_alias("alias/coffer/nothing")).await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    let still_keyless = client
+        .list_aliases(pb::ListAliasesRequest::default())
+        .await?
+        .into_inner()
+        .aliases
+        .into_iter()
+        .filter(|alias| alias.target_key_id.is_empty())
+        .map(|alias| alias.alias_name)
+        .collect::<Vec<_>>();
+    assert_eq!(still_keyless, ["alias/coffer/acm", "alias/coffer/ssm"]);
 
     // Stored and predefined aliases list together in byte order, which a
     // database collation for people would not give ('Z' before 'c', '-'

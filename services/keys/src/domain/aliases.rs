@@ -378,6 +378,35 @@ impl KeysDomain {
         self.authorize_account(caller, "ListAliases", &[])?;
         let caller = caller.account();
         let key_id: Option<KeyId> = match key {
+            // An alias names its key without creating a service-managed
+            // one (a list call writes nothing): a predefined alias whose
+            // key does not exist yet lists itself alone, without a target,
+            // as it does among all the account's aliases.
+            Some(reference @ KeyReference::Alias(text)) => {
+                let (owner, alias_name) = self
+                    .alias_owner(caller, text, false)
+                    .ok_or_else(|| self.missing(caller, reference))?;
+                match self.store.get_alias(&owner, alias_name).await? {
+                    Some(alias) => Some(alias.target_key_id),
+                    None => {
+                        let Some((name, _)) = SERVICE_MANAGED_ALIASES
+                            .iter()
+                            .find(|(name, _)| *name == alias_name)
+                        else {
+                            return Err(self.missing(caller, reference));
+                        };
+                        let aliases = if after.is_none_or(|after| *name > after) {
+                            vec![ListedAlias::Predefined(name)]
+                        } else {
+                            Vec::new()
+                        };
+                        return Ok(AliasPage {
+                            aliases,
+                            next_after: None,
+                        });
+                    }
+                }
+            }
             Some(reference) => Some(self.find_key(caller, reference, Reach::Own).await?.key_id),
             None => None,
         };
