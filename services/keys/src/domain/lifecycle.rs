@@ -13,7 +13,11 @@ use super::types::{
 };
 use super::{DAY_MS, KEY_RESOURCE_TYPE, KeyOperation, KeysDomain, SERVICE_PREFIX};
 use crate::error::{KeysError, Result};
-use crate::store::{KeyRecord, StoreError};
+use crate::store::{KeyCreation, KeyRecord, StoreError};
+
+/// AWS's quota of customer managed keys in an account (a Region here);
+/// service-managed keys do not count, keys pending deletion do.
+pub const CUSTOMER_KEYS_PER_ACCOUNT: u64 = 100_000;
 
 /// Shortest and longest deletion windows, and the default (days).
 pub const MIN_PENDING_WINDOW_DAYS: i32 = 7;
@@ -272,8 +276,18 @@ impl KeysDomain {
                 .new_material(caller, &key.key_id, request.key_spec, now_ms, None)
                 .await?;
             key.current_material_id = Some(material.material_id);
-            match self.store.create_key(&key, &material, &request.tags).await {
-                Ok(()) => return Ok(key),
+            match self
+                .store
+                .create_key(&key, &material, &request.tags, CUSTOMER_KEYS_PER_ACCOUNT)
+                .await
+            {
+                Ok(KeyCreation::Created) => return Ok(key),
+                Ok(KeyCreation::OverQuota) => {
+                    return Err(KeysError::LimitExceeded(format!(
+                        "Account {caller} already has {CUSTOMER_KEYS_PER_ACCOUNT} customer managed \
+                         keys, the most an account may have"
+                    )));
+                }
                 Err(StoreError::Conflict) => continue,
                 Err(other) => return Err(other.into()),
             }

@@ -14,6 +14,9 @@ use crate::domain::types::{
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A quota no test reaches.
+const UNLIMITED: u64 = u64::MAX;
+
 async fn sqlite_store(
     directory: &tempfile::TempDir,
 ) -> Result<Arc<dyn KeyStore>, Box<dyn std::error::Error>> {
@@ -42,6 +45,7 @@ coffer_platform::store_contract_tests!(
     aliases_are_unique_per_account,
     policies_are_stored_with_the_key_and_keys_are_found_in_any_account,
     grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal,
+    customer_keys_are_capped_per_account,
 );
 
 fn account(digits: &str) -> AccountId {
@@ -96,7 +100,7 @@ async fn create_then_get_round_trips(store: &dyn KeyStore) -> TestResult {
         },
     ];
     store
-        .create_key(&key, &material(material_id), &tags)
+        .create_key(&key, &material(material_id), &tags, UNLIMITED)
         .await?;
     assert_eq!(store.get_key(&owner, &key.key_id).await?, Some(key.clone()));
     let stored_tags = store.list_tags(&key.key_id).await?;
@@ -115,7 +119,9 @@ async fn keys_are_invisible_to_other_accounts(store: &dyn KeyStore) -> TestResul
     let stranger = account("444455556666");
     let material_id = MaterialId::generate()?;
     let key = new_key(&owner, material_id);
-    store.create_key(&key, &material(material_id), &[]).await?;
+    store
+        .create_key(&key, &material(material_id), &[], UNLIMITED)
+        .await?;
     assert_eq!(store.get_key(&stranger, &key.key_id).await?, None);
     assert!(store.list_keys(&stranger, None, 100).await?.is_empty());
     Ok(())
@@ -125,11 +131,13 @@ async fn duplicate_key_id_is_a_conflict_and_changes_nothing(store: &dyn KeyStore
     let owner = account("111122223333");
     let material_id = MaterialId::generate()?;
     let key = new_key(&owner, material_id);
-    store.create_key(&key, &material(material_id), &[]).await?;
+    store
+        .create_key(&key, &material(material_id), &[], UNLIMITED)
+        .await?;
     let mut second = key.clone();
     second.description = "second".into();
     let outcome = store
-        .create_key(&second, &material(MaterialId::generate()?), &[])
+        .create_key(&second, &material(MaterialId::generate()?), &[], UNLIMITED)
         .await;
     assert!(matches!(outcome, Err(StoreError::Conflict)), "{outcome:?}");
     assert_eq!(
@@ -148,7 +156,9 @@ async fn list_pages_in_key_order(store: &dyn KeyStore) -> TestResult {
     for _ in 0..5 {
         let material_id = MaterialId::generate()?;
         let key = new_key(&owner, material_id);
-        store.create_key(&key, &material(material_id), &[]).await?;
+        store
+            .create_key(&key, &material(material_id), &[], UNLIMITED)
+            .await?;
         created.push(key.key_id);
     }
     created.sort();
@@ -170,7 +180,9 @@ async fn materials_are_found_by_id(store: &dyn KeyStore) -> TestResult {
     let owner = account("111122223333");
     let material_id = MaterialId::generate()?;
     let key = new_key(&owner, material_id);
-    store.create_key(&key, &material(material_id), &[]).await?;
+    store
+        .create_key(&key, &material(material_id), &[], UNLIMITED)
+        .await?;
     assert_eq!(
         store.get_material(&key.key_id, &material_id).await?,
         Some(material(material_id))
@@ -184,13 +196,64 @@ async fn materials_are_found_by_id(store: &dyn KeyStore) -> TestResult {
     Ok(())
 }
 
+async fn customer_keys_are_capped_per_account(store: &dyn KeyStore) -> TestResult {
+    let owner = account("111122223333");
+    let create = |key: KeyRecord, quota: u64| async move {
+        let material_id = key.current_material_id.ok_or("no material")?;
+        let outcome = store
+            .create_key(&key, &material(material_id), &[], quota)
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>((key, outcome))
+    };
+    // A key pending deletion still counts.
+    let mut pending = new_key(&owner, MaterialId::generate()?);
+    pending.key_state = KeyState::PendingDeletion;
+    pending.deletion_date_ms = Some(1_800_000_000_000);
+    assert_eq!(create(pending, 2).await?.1, KeyCreation::Created);
+    assert_eq!(
+        create(new_key(&owner, MaterialId::generate()?), 2).await?.1,
+        KeyCreation::Created
+    );
+    let (refused, outcome) = create(new_key(&owner, MaterialId::generate()?), 2).await?;
+    assert_eq!(outcome, KeyCreation::OverQuota);
+    assert_eq!(store.get_key(&owner, &refused.key_id).await?, None);
+    assert_eq!(store.list_keys(&owner, None, 100).await?.len(), 2);
+    // Service-managed keys are not counted or refused; another account has
+    // its own count.
+    let mut managed = new_key(&owner, MaterialId::generate()?);
+    managed.key_manager = KeyManager::Aws;
+    assert_eq!(create(managed, 2).await?.1, KeyCreation::Created);
+    let other = account("444455556666");
+    assert_eq!(
+        create(new_key(&other, MaterialId::generate()?), 2).await?.1,
+        KeyCreation::Created
+    );
+    // Of four keys made at once for the last two places, two are made.
+    let racer = || Ok::<_, Box<dyn std::error::Error>>(new_key(&other, MaterialId::generate()?));
+    let (a, b, c, d) = tokio::join!(
+        create(racer()?, 3),
+        create(racer()?, 3),
+        create(racer()?, 3),
+        create(racer()?, 3)
+    );
+    let created = [a?, b?, c?, d?]
+        .iter()
+        .filter(|(_, outcome)| *outcome == KeyCreation::Created)
+        .count();
+    assert_eq!(created, 2);
+    assert_eq!(store.list_keys(&other, None, 100).await?.len(), 3);
+    Ok(())
+}
+
 async fn stored(
     store: &dyn KeyStore,
     owner: &AccountId,
 ) -> Result<KeyRecord, Box<dyn std::error::Error>> {
     let material_id = MaterialId::generate()?;
     let key = new_key(owner, material_id);
-    store.create_key(&key, &material(material_id), &[]).await?;
+    store
+        .create_key(&key, &material(material_id), &[], UNLIMITED)
+        .await?;
     Ok(key)
 }
 
@@ -574,7 +637,9 @@ async fn policies_are_stored_with_the_key_and_keys_are_found_in_any_account(
     let material_id = MaterialId::generate()?;
     let mut key = new_key(&owner, material_id);
     key.policy = r#"{"Version":"2012-10-17","Statement":[]}"#.into();
-    store.create_key(&key, &material(material_id), &[]).await?;
+    store
+        .create_key(&key, &material(material_id), &[], UNLIMITED)
+        .await?;
     let found = store.find_key(&key.key_id).await?.ok_or("key not found")?;
     assert_eq!(found, key);
     assert_eq!(store.find_key(&KeyId::generate()).await?, None);
@@ -619,7 +684,9 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
     let owner = account("111122223333");
     let material_id = MaterialId::generate()?;
     let key = new_key(&owner, material_id);
-    store.create_key(&key, &material(material_id), &[]).await?;
+    store
+        .create_key(&key, &material(material_id), &[], UNLIMITED)
+        .await?;
     let alice = "arn:coffer:iam::111122223333:user/alice";
     let bob = "arn:coffer:iam::444455556666:user/bob";
     let first = grant(&key, &"a".repeat(64), alice, Some(bob));

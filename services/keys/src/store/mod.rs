@@ -45,6 +45,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "aliases in byte order",
             sql: include_str!("../../migrations/postgres/0005_alias_order.sql"),
         },
+        MigrationFile {
+            version: 6,
+            description: "key accounts",
+            sql: include_str!("../../migrations/postgres/0006_key_accounts.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -66,6 +71,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 4,
             description: "audit outbox",
             sql: include_str!("../../migrations/sqlite/0004_audit_outbox.sql"),
+        },
+        MigrationFile {
+            version: 5,
+            description: "key accounts",
+            sql: include_str!("../../migrations/sqlite/0005_key_accounts.sql"),
         },
     ],
 };
@@ -147,6 +157,15 @@ pub struct GrantQuotas {
 pub enum GrantQuota {
     PerKey,
     PerGrantee,
+}
+
+/// What CreateKey's write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCreation {
+    Created,
+    /// The account already has its most customer managed keys: nothing is
+    /// written.
+    OverQuota,
 }
 
 /// What CreateGrant's write did.
@@ -236,13 +255,17 @@ pub(crate) fn convert_sqlx_error(error: sqlx::Error) -> StoreError {
 
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// Stores a new key with its first material version and tags, atomically.
+    /// Stores a new key with its first material version and tags,
+    /// atomically; a customer managed key only while its account has fewer
+    /// than `max_customer_keys` of them (keys pending deletion count), decided
+    /// under the account's lock so keys made at once cannot pass the quota.
     async fn create_key(
         &self,
         key: &KeyRecord,
         material: &MaterialRecord,
         tags: &[Tag],
-    ) -> Result<(), StoreError>;
+        max_customer_keys: u64,
+    ) -> Result<KeyCreation, StoreError>;
 
     /// The key `key_id` of `account`; `None` when it does not exist there.
     async fn get_key(

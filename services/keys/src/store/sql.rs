@@ -8,8 +8,8 @@ use coffer_platform::arn::AccountId;
 use sqlx::Row;
 
 use super::{
-    AliasRecord, ConstraintKind, GrantCreation, GrantQuota, GrantQuotas, GrantRecord, KeyRecord,
-    KeyStore, MaterialRecord, StoreError, convert_sqlx_error,
+    AliasRecord, ConstraintKind, GrantCreation, GrantQuota, GrantQuotas, GrantRecord, KeyCreation,
+    KeyRecord, KeyStore, MaterialRecord, StoreError, convert_sqlx_error,
 };
 use crate::domain::types::{
     KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
@@ -19,6 +19,10 @@ const KEY_COLUMNS: &str = "key_id, account_id, description, key_usage, key_spec,
      key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms, version, \
      pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms, policy";
 
+const LOCK_KEY_ACCOUNT: &str = "INSERT INTO key_accounts (account_id) VALUES ($1) \
+     ON CONFLICT (account_id) DO UPDATE SET account_id = excluded.account_id";
+const COUNT_KEYS_MANAGED_BY: &str =
+    "SELECT COUNT(*) FROM keys WHERE account_id = $1 AND key_manager = $2";
 const INSERT_KEY: &str = "INSERT INTO keys (key_id, account_id, description, key_usage, key_spec, origin, \
      key_manager, key_state, multi_region, current_material_id, created_at_ms, deletion_date_ms, updated_at_ms, \
      version, pending_window_days, rotation_enabled, rotation_period_days, next_rotation_ms, policy) \
@@ -541,8 +545,25 @@ macro_rules! sql_key_store {
                 key: &KeyRecord,
                 material: &MaterialRecord,
                 tags: &[Tag],
-            ) -> Result<(), StoreError> {
+                max_customer_keys: u64,
+            ) -> Result<KeyCreation, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                if key.key_manager == KeyManager::Customer {
+                    sqlx::query(LOCK_KEY_ACCOUNT)
+                        .bind(key.account.as_str())
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(convert_sqlx_error)?;
+                    let keys: i64 = sqlx::query_scalar(COUNT_KEYS_MANAGED_BY)
+                        .bind(key.account.as_str())
+                        .bind(KeyManager::Customer.as_str())
+                        .fetch_one(&mut *transaction)
+                        .await
+                        .map_err(convert_sqlx_error)?;
+                    if u64::try_from(keys).map_or(true, |keys| keys >= max_customer_keys) {
+                        return Ok(KeyCreation::OverQuota);
+                    }
+                }
                 sqlx::query(INSERT_KEY)
                     .bind(key.key_id.as_str())
                     .bind(key.account.as_str())
@@ -575,7 +596,8 @@ macro_rules! sql_key_store {
                         .map_err(convert_sqlx_error)?;
                 }
                 Self::outbox_in(&mut *transaction).await?;
-                transaction.commit().await.map_err(convert_sqlx_error)
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(KeyCreation::Created)
             }
 
             async fn get_key(
