@@ -2,6 +2,8 @@
 //! accept the same statements; only the multi-row inserts spell their
 //! placeholders per backend, see [`Placeholders`]).
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use sqlx::Row;
 
@@ -78,6 +80,18 @@ fn value_rows(rows: usize, width: usize, style: Placeholders) -> String {
         text.push(')');
     }
     text
+}
+
+/// Text as the lookup columns hold it. Postgres' `text` cannot hold NUL,
+/// and one event carrying it would fail every export it shares a write with,
+/// so a NUL is U+FFFD in these columns on both backends, in what is stored
+/// and in what is looked up alike. The record keeps it (JSON escapes it).
+fn column(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 fn insert_events_statement(rows: usize, style: Placeholders) -> String {
@@ -218,13 +232,13 @@ macro_rules! sql_event_store {
                         query = query
                             .bind(&event.event_id)
                             .bind(event.event_time_ms)
-                            .bind(&event.event_source)
-                            .bind(&event.event_name)
+                            .bind(column(&event.event_source))
+                            .bind(column(&event.event_name))
                             .bind(event.read_only)
-                            .bind(event.username.as_deref())
-                            .bind(event.account_id.as_deref())
+                            .bind(event.username.as_deref().map(column))
+                            .bind(event.account_id.as_deref().map(column))
                             .bind(event.trusted)
-                            .bind(event.trace_id.as_deref())
+                            .bind(event.trace_id.as_deref().map(column))
                             .bind(now_ms)
                             .bind(&event.record);
                     }
@@ -261,7 +275,7 @@ macro_rules! sql_event_store {
                     let statement = insert_resources_statement(chunk.len(), $placeholders);
                     let mut query = sqlx::query(&statement);
                     for &(seq, kind, name) in chunk {
-                        query = query.bind(seq).bind(kind).bind(name);
+                        query = query.bind(seq).bind(column(kind)).bind(column(name));
                     }
                     query
                         .execute(&mut *transaction)
@@ -275,7 +289,7 @@ macro_rules! sql_event_store {
 
             async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError> {
                 let row = sqlx::query(&select_event())
-                    .bind(event_id)
+                    .bind(column(event_id))
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(StoreError::Database)?;
@@ -305,7 +319,7 @@ macro_rules! sql_event_store {
                         | LookupAttribute::ResourceType(text)
                         | LookupAttribute::ResourceName(text)
                         | LookupAttribute::EventSource(text),
-                    ) => sql_query.bind(text.as_str()),
+                    ) => sql_query.bind(column(text)),
                 };
                 let rows = sql_query
                     .bind(i64::from(query.limit))
