@@ -445,9 +445,18 @@ pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, Re
         if let Some(name) = claimed_username {
             fields.insert("claimedUserName".into(), Value::String(name));
         }
-        // Nothing it names is taken as a resource the event acted on.
-        if let Some(claimed) = fields.remove("resources") {
-            fields.insert("claimedResources".into(), claimed);
+        // Nothing it names is taken as a resource the event acted on, nor
+        // as who made the call or from where: a reader of `userIdentity`
+        // would otherwise take the sender's word for whose action it was.
+        for (field, claimed_as) in [
+            ("resources", "claimedResources"),
+            ("userIdentity", "claimedUserIdentity"),
+            ("sourceIPAddress", "claimedSourceIPAddress"),
+            ("userAgent", "claimedUserAgent"),
+        ] {
+            if let Some(claimed) = fields.remove(field) {
+                fields.insert(claimed_as.into(), claimed);
+            }
         }
         fields.insert("trusted".into(), Value::Bool(false));
         if let Some(claimed) = fields.remove("recipientAccountId") {
