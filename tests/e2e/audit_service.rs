@@ -30,6 +30,7 @@ backend_tests!(
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
+    otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
     rules_and_subscriptions_keep_to_eventbridge_limits,
     retention_removes_events_past_the_period,
@@ -715,6 +716,115 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         .into_inner();
     assert_eq!(answer.partial_success.map(|p| p.rejected_spans), Some(1));
     assert!(rejecting.audit_events().await?.is_empty());
+    Ok(())
+}
+
+async fn otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut outsider = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    // A NUL, which Postgres text cannot hold, in a span's name and in a
+    // claimed record's event name and trace id: stored, not a failed write
+    // (which would fail every export sharing it).
+    let record = json!({
+        "eventVersion": "1.11",
+        "eventID": "claimed-nul",
+        "eventTime": "2026-11-22T10:00:00Z",
+        "eventSource": "kms.coffer.internal",
+        "eventName": "De\u{0}crypt",
+        "traceId": "t\u{0}",
+        "userIdentity": {"type": "IAMUser", "userName": "alice", "accountId": ACCOUNT_A},
+        "sourceIPAddress": "10.0.0.1",
+        "userAgent": "aws-cli/2",
+    })
+    .to_string();
+    outsider
+        .export(otlp_request(
+            "coffer-keys",
+            AUDIT_SCOPE,
+            vec![Span {
+                name: "Decrypt".into(),
+                attributes: vec![string_attribute(RECORD_ATTRIBUTE, record)],
+                ..Default::default()
+            }],
+        ))
+        .await?;
+    outsider
+        .export(otlp_request(
+            &"s".repeat(1000),
+            "some.library",
+            vec![Span {
+                name: "GET\u{0}/".into(),
+                ..Default::default()
+            }],
+        ))
+        .await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let by_name = |name: &str| audit_pb::LookupEventsRequest {
+        lookup_attributes: vec![audit_pb::LookupAttribute {
+            attribute_key: "EventName".into(),
+            attribute_value: name.into(),
+        }],
+        ..Default::default()
+    };
+    let found = audit
+        .lookup_events(by_name("De\u{0}crypt"))
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].event_name, "De\u{FFFD}crypt");
+    let record: Value = serde_json::from_str(&found[0].cloud_trail_event)?;
+    assert_eq!(record["eventName"], "De\u{0}crypt", "the record keeps it");
+    // What it says of who called, and from where, are claims only.
+    for field in ["userIdentity", "sourceIPAddress", "userAgent"] {
+        assert!(record.get(field).is_none(), "{field}: {record}");
+    }
+    assert_eq!(record["claimedUserIdentity"]["userName"], "alice");
+    assert_eq!(record["claimedSourceIPAddress"], "10.0.0.1");
+    assert_eq!(record["claimedUserAgent"], "aws-cli/2");
+    let span = audit
+        .lookup_events(by_name("GET\u{0}/"))
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(span.len(), 1, "{span:?}");
+    let record: Value = serde_json::from_str(&span[0].cloud_trail_event)?;
+    assert_eq!(record["claimedEventSource"], "s".repeat(256));
+
+    // An export carries at most 10,000 spans; the rest are rejected.
+    let many = (0..10_001)
+        .map(|n| Span {
+            name: format!("span-{n}"),
+            ..Default::default()
+        })
+        .collect();
+    let answer = outsider
+        .export(otlp_request("many", "some.library", many))
+        .await?
+        .into_inner()
+        .partial_success
+        .ok_or_else(|| anyhow::anyhow!("no partial success"))?;
+    assert_eq!(answer.rejected_spans, 1);
+    assert!(
+        answer.error_message.contains("at most 10000 spans"),
+        "{answer:?}"
+    );
+    let last = audit
+        .lookup_events(by_name("span-9999"))
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(last.len(), 1);
+    let past = audit
+        .lookup_events(by_name("span-10000"))
+        .await?
+        .into_inner()
+        .events;
+    assert!(past.is_empty(), "{past:?}");
     Ok(())
 }
 

@@ -34,6 +34,13 @@ use tonic::{Request, Response, Status};
 use crate::core::AuditCore;
 use crate::domain::record::{Sender, stored_event, stored_event_from_text};
 
+/// Spans one export may carry (a Coffer service sends at most
+/// `audit.batch_limit`, 10,000, at once); those past it are rejected.
+pub const MAX_SPANS_PER_EXPORT: usize = 10_000;
+/// How much of an untrusted sender's `service.name` its events keep as the
+/// claimed event source: the one value every span of an export repeats.
+const MAX_CLAIMED_SERVICE_BYTES: usize = 256;
+
 /// The TraceService the audit service serves.
 pub struct OtlpIngest {
     core: Arc<AuditCore>,
@@ -122,6 +129,17 @@ fn external_record(
         .as_ref()
         .and_then(|resource| attribute(&resource.attributes, "service.name"))
         .map_or(Value::Null, json_of);
+    let claimed_service = match claimed_service {
+        Value::String(mut name) if name.len() > MAX_CLAIMED_SERVICE_BYTES => {
+            let mut end = MAX_CLAIMED_SERVICE_BYTES;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
+            Value::String(name)
+        }
+        other => other,
+    };
     json!({
         "eventVersion": "1.11",
         "eventID": uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string(),
@@ -173,6 +191,7 @@ impl TraceService for OtlpIngest {
                 first_error = message;
             }
         };
+        let mut spans: usize = 0;
         let mut forward: Vec<ResourceSpans> = Vec::new();
         for resource_spans in &export.resource_spans {
             let mut ordinary: Vec<ScopeSpans> = Vec::new();
@@ -186,6 +205,13 @@ impl TraceService for OtlpIngest {
                     continue;
                 }
                 for span in &scope_spans.spans {
+                    spans += 1;
+                    if spans > MAX_SPANS_PER_EXPORT {
+                        reject(format!(
+                            "an export carries at most {MAX_SPANS_PER_EXPORT} spans"
+                        ));
+                        continue;
+                    }
                     if !trusted && self.untrusted == UntrustedSpans::Reject {
                         reject(
                             "spans from identities that are not Coffer services are rejected"

@@ -59,6 +59,10 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    /// A batch whose record could not be read back is never written: a
+    /// restart would cut the journal short at it.
+    #[error("a batch of {bytes} bytes is larger than the ingest journal's {MAX_RECORD_BYTES}")]
+    TooLarge { bytes: usize },
 }
 
 struct State {
@@ -184,6 +188,11 @@ impl Journal {
     /// Once this returns they may be acknowledged.
     pub async fn append(&self, events: Vec<StoredEvent>) -> Result<(), JournalError> {
         let record = encode_record(&events);
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(JournalError::TooLarge {
+                bytes: record.len(),
+            });
+        }
         loop {
             let room = self.room.notified();
             if self.lock().queued_events < MAX_QUEUED_EVENTS {
