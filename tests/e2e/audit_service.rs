@@ -828,6 +828,22 @@ async fn otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another(
     Ok(())
 }
 
+/// Of calls racing for the last place under a quota, exactly one gets it
+/// and the others answer `LimitExceededException`.
+async fn exactly_one_wins<T: Send + 'static>(
+    mut racing: tokio::task::JoinSet<Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<()> {
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = racing.join_next().await {
+        outcomes.push(outcome?.map(drop));
+    }
+    assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1);
+    for outcome in outcomes.into_iter().filter(Result::is_err) {
+        assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
+    }
+    Ok(())
+}
+
 /// An HTTPS receiver that answers 500 to the first `failures` requests and
 /// 200 after, recording what it received.
 struct Receiver {
@@ -1413,14 +1429,7 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
         let request = targets(prefix, 3);
         racing.spawn(async move { client.put_targets(request).await });
     }
-    let mut outcomes = Vec::new();
-    while let Some(outcome) = racing.join_next().await {
-        outcomes.push(outcome?.map(drop));
-    }
-    assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1);
-    for outcome in outcomes.into_iter().filter(Result::is_err) {
-        assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
-    }
+    exactly_one_wins(racing).await?;
     let kept = audit
         .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
             rule: "capped".into(),
@@ -1478,14 +1487,7 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
                 .await
         });
     }
-    let mut outcomes = Vec::new();
-    while let Some(outcome) = racing.join_next().await {
-        outcomes.push(outcome?.map(drop));
-    }
-    assert_eq!(outcomes.iter().filter(|outcome| outcome.is_ok()).count(), 1);
-    for outcome in outcomes.into_iter().filter(Result::is_err) {
-        assert_error(outcome, Code::ResourceExhausted, "LimitExceededException");
-    }
+    exactly_one_wins(racing).await?;
     let racers = audit
         .list_rules(audit_pb::ListRulesRequest {
             name_prefix: "racer-".into(),
