@@ -24,8 +24,7 @@ pub struct RuleRecord {
 /// What PutRule did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RulePut {
-    Created,
-    Replaced,
+    Written,
     /// The rule is new and the account already has its most rules: nothing
     /// was written.
     AccountFull,
@@ -320,11 +319,7 @@ macro_rules! sql_rule_store {
                     .await
                     .map_err(StoreError::Database)?;
                 transaction.commit().await.map_err(StoreError::Database)?;
-                Ok(if exists == 0 {
-                    RulePut::Created
-                } else {
-                    RulePut::Replaced
-                })
+                Ok(RulePut::Written)
             }
 
             async fn get_rule(

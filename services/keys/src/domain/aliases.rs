@@ -21,6 +21,14 @@ pub const SERVICE_MANAGED_ALIASES: &[(&str, &str)] = &[
     ("alias/coffer/acm", "Certificate Manager"),
 ];
 
+/// The predefined alias named `alias_name`, with its service's title.
+fn predefined(alias_name: &str) -> Option<(&'static str, &'static str)> {
+    SERVICE_MANAGED_ALIASES
+        .iter()
+        .copied()
+        .find(|(name, _)| *name == alias_name)
+}
+
 /// AWS's quota of aliases per KMS key.
 pub const MAX_ALIASES_PER_KEY: usize = 50;
 
@@ -90,11 +98,7 @@ impl KeysDomain {
                 .ok_or_else(not_found),
             // Service-managed keys are created on first use in their own
             // account only, never from another account.
-            None if owner == *caller
-                && SERVICE_MANAGED_ALIASES
-                    .iter()
-                    .any(|(name, _)| *name == alias_name) =>
-            {
+            None if owner == *caller && predefined(alias_name).is_some() => {
                 self.service_managed_key(caller, alias_name).await
             }
             None => Err(not_found()),
@@ -152,10 +156,7 @@ impl KeysDomain {
         account: &AccountId,
         alias_name: &str,
     ) -> Result<KeyRecord> {
-        let Some((_, service_title)) = SERVICE_MANAGED_ALIASES
-            .iter()
-            .find(|(name, _)| *name == alias_name)
-        else {
+        let Some((_, service_title)) = predefined(alias_name) else {
             return Err(self.alias_not_found(account, alias_name));
         };
         if let Some(alias) = self.store.get_alias(account, alias_name).await?
@@ -389,13 +390,10 @@ impl KeysDomain {
                 match self.store.get_alias(&owner, alias_name).await? {
                     Some(alias) => Some(alias.target_key_id),
                     None => {
-                        let Some((name, _)) = SERVICE_MANAGED_ALIASES
-                            .iter()
-                            .find(|(name, _)| *name == alias_name)
-                        else {
+                        let Some((name, _)) = predefined(alias_name) else {
                             return Err(self.missing(caller, reference));
                         };
-                        let aliases = if after.is_none_or(|after| *name > after) {
+                        let aliases = if after.is_none_or(|after| name > after) {
                             vec![ListedAlias::Predefined(name)]
                         } else {
                             Vec::new()
