@@ -2005,7 +2005,10 @@ async fn condition_keys_come_from_the_request_and_the_connection(
             {{"Sid":"SecretsOnly","Effect":"Allow","Principal":{{"AWS":"arn:coffer:iam::{ACCOUNT_A}:role/app"}},"Action":"kms:Decrypt","Resource":"*",
               "Condition":{{"StringEquals":{{"kms:ViaService":"secretsmanager.eu-west-1.coffer.internal"}}}}}},
             {{"Sid":"NoLateNight","Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*",
-              "Condition":{{"DateLessThan":{{"aws:CurrentTime":"2000-01-01T00:00:00Z"}}}}}}]}}"#
+              "Condition":{{"DateLessThan":{{"aws:CurrentTime":"2000-01-01T00:00:00Z"}}}}}},
+            {{"Sid":"DirectOnlyFromTheOffice","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*",
+              "Condition":{{"NotIpAddress":{{"aws:SourceIp":"10.0.0.0/8"}},"Bool":{{"aws:ViaAWSService":"false"}},
+                           "BoolIfExists":{{"aws:PrincipalIsAWSService":"false"}}}}}}]}}"#
     );
     admin
         .put_key_policy(pb::PutKeyPolicyRequest {
@@ -2071,7 +2074,7 @@ async fn condition_keys_come_from_the_request_and_the_connection(
     let mut via_secrets = harness.keys_via("secrets", &app_spiffe).await?;
     let plaintext = via_secrets
         .decrypt(pb::DecryptRequest {
-            ciphertext_blob: blob,
+            ciphertext_blob: blob.clone(),
             encryption_context: context(&[("tenant", "acme")]),
             ..Default::default()
         })
@@ -2079,6 +2082,21 @@ async fn condition_keys_come_from_the_request_and_the_connection(
         .into_inner()
         .plaintext;
     assert_eq!(plaintext, b"secret");
+    // aws:ViaAWSService is in every request: false on a direct call, so the
+    // usual guardrail (deny direct calls from outside the office) stops even
+    // the key's administrator, and true on a forwarded one (above).
+    let status = assert_error(
+        admin
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob,
+                encryption_context: context(&[("tenant", "acme")]),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    assert!(status.message().contains("explicit deny"), "{status:?}");
     Ok(())
 }
 

@@ -11,7 +11,9 @@
 //! Global condition keys set here, never from request headers:
 //! `aws:PrincipalArn`, `aws:PrincipalAccount`, `aws:PrincipalType`,
 //! `aws:username` (users), `aws:SourceIp`, `aws:CurrentTime`,
-//! `aws:EpochTime`, `aws:SecureTransport`, and for the action's service
+//! `aws:EpochTime`, `aws:SecureTransport`, `aws:ViaAWSService` (whether a
+//! Coffer service forwarded the call), `aws:PrincipalIsAWSService` (always
+//! false: a service on its own behalf is no caller), and for the action's service
 //! `{prefix}:CallerAccount` and, when a Coffer service forwards the caller,
 //! `{prefix}:ViaService = {service prefix}.{region}.{dns suffix}` taken from
 //! the forwarding service's certificate.
@@ -461,6 +463,21 @@ impl Caller {
         }
         if filter.wants("aws:SecureTransport") {
             context.add_value("aws:SecureTransport", "true");
+        }
+        // Present in every request, as in AWS, so that a guardrail such as
+        // `Bool: {aws:ViaAWSService: "false"}` applies to direct calls.
+        if filter.wants("aws:ViaAWSService") {
+            let via = if self.via_service.is_some() {
+                "true"
+            } else {
+                "false"
+            };
+            context.add_value("aws:ViaAWSService", via);
+        }
+        // A caller here is always a user or role (a service principal
+        // calling on its own behalf has no `Caller`).
+        if filter.wants("aws:PrincipalIsAWSService") {
+            context.add_value("aws:PrincipalIsAWSService", "false");
         }
         let caller_account = format!("{prefix}:CallerAccount");
         if filter.wants(&caller_account) {
