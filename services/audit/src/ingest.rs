@@ -27,12 +27,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use serde_json::{Map, Value, json};
 use tonic::{Request, Response, Status};
 
 use crate::core::AuditCore;
-use crate::domain::record::{Sender, stored_event, stored_event_from_text};
+use crate::domain::record::{
+    Sender, derived_id_bytes, stored_event, stored_event_from_text, version_8,
+};
 
 /// Spans one export may carry (a Coffer service sends at most
 /// `audit.batch_limit`, 10,000, at once); those past it are rejected.
@@ -118,12 +120,7 @@ fn rfc3339_of_nanos(nanos: u64) -> String {
 
 /// The CloudTrail-shaped record of an ordinary span from an untrusted
 /// sender: what it says, as data.
-fn external_record(
-    resource: &ResourceSpans,
-    span_name: &str,
-    start_nanos: u64,
-    attributes: &[KeyValue],
-) -> Value {
+fn external_record(resource: &ResourceSpans, span: &Span) -> Value {
     let claimed_service = resource
         .resource
         .as_ref()
@@ -142,12 +139,17 @@ fn external_record(
     };
     json!({
         "eventVersion": "1.11",
-        "eventID": uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string(),
-        "eventTime": rfc3339_of_nanos(start_nanos),
+        // Of the span's ids, not random, so a retried export is the same
+        // record again (and filed once).
+        "eventID": version_8(derived_id_bytes(
+            b"coffer external span",
+            &[&span.trace_id, &span.span_id],
+        )),
+        "eventTime": rfc3339_of_nanos(span.start_time_unix_nano),
         "eventSource": claimed_service.as_str().unwrap_or("external"),
-        "eventName": span_name,
+        "eventName": span.name,
         "eventType": "ExternalSpan",
-        "requestParameters": Value::Object(attributes_json(attributes)),
+        "requestParameters": Value::Object(attributes_json(&span.attributes)),
     })
 }
 
@@ -231,12 +233,7 @@ impl TraceService for OtlpIngest {
                             reject("an audit span carries no record".into());
                             continue;
                         }
-                        _ => external_record(
-                            resource_spans,
-                            &span.name,
-                            span.start_time_unix_nano,
-                            &span.attributes,
-                        ),
+                        _ => external_record(resource_spans, span),
                     };
                     match stored_event(record, sender) {
                         Ok(event) => events.push(event),

@@ -387,6 +387,10 @@ pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, Re
     let Value::Object(mut fields) = sanitize(record) else {
         return Err(RecordError::NotAnObject);
     };
+    // What an outsider sent, as its id is made of (a map serializes the
+    // same way each time it is parsed from the same text).
+    let sent = matches!(sender, Sender::Outsider { .. })
+        .then(|| serde_json::to_vec(&fields).unwrap_or_default());
     let event_id = string_field(&fields, "eventID")?.to_owned();
     if !is_valid_event_id(&event_id) {
         return Err(RecordError::BadEventId);
@@ -437,7 +441,7 @@ pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, Re
         // Whatever it claims, it is filed as untrusted, under an id of its
         // own: a claimed id could otherwise pre-empt (and, by
         // de-duplication, suppress) the trusted event that carries it.
-        let own_id = uuid::Uuid::from_bytes(coffer_platform::random_id_bytes()).to_string();
+        let own_id = outsider_event_id(identity, &sent.unwrap_or_default());
         fields.insert("claimedEventID".into(), Value::String(event_id));
         fields.insert("eventID".into(), Value::String(own_id.clone()));
         fields.insert("claimedEventSource".into(), Value::String(claimed_source));
@@ -587,19 +591,46 @@ fn share(mut event: StoredEvent, owners: &[String]) -> Vec<StoredEvent> {
 /// issue), so copies, like the events they copy, are added at the end of
 /// the event id index rather than scattered through it.
 fn owner_event_id(event_id: &str, owner: &str) -> String {
-    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    context.update(b"coffer owner copy\0");
-    context.update(event_id.as_bytes());
-    context.update(b"\0");
-    context.update(owner.as_bytes());
-    let digest = context.finish();
-    let mut bytes = [0_u8; 16];
-    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    let mut bytes = derived_id_bytes(
+        b"coffer owner copy",
+        &[event_id.as_bytes(), owner.as_bytes()],
+    );
     if let Ok(original) = uuid::Uuid::parse_str(event_id)
         && original.get_version_num() == 7
     {
         bytes[..6].copy_from_slice(&original.as_bytes()[..6]);
     }
+    version_8(bytes)
+}
+
+/// The eventID under which an outsider's record is filed: a UUID (version
+/// 8) of the sender and what it sent, so a retried export (the same record
+/// from the same sender) is filed once, and one sender's records can never
+/// take the id of another's, nor of a trusted event.
+fn outsider_event_id(identity: &str, sent: &[u8]) -> String {
+    version_8(derived_id_bytes(
+        b"coffer outsider record",
+        &[identity.as_bytes(), sent],
+    ))
+}
+
+/// The first 16 bytes of the SHA-256 of `domain` and `parts`, each part
+/// length-prefixed so no two lists of parts hash alike.
+pub(crate) fn derived_id_bytes(domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(domain);
+    for part in parts {
+        context.update(&(part.len() as u64).to_be_bytes());
+        context.update(part);
+    }
+    let digest = context.finish();
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    bytes
+}
+
+/// `bytes` marked as a UUID of version 8 (custom) and RFC 4122's variant.
+pub(crate) fn version_8(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x80;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     uuid::Uuid::from_bytes(bytes).to_string()
@@ -762,6 +793,39 @@ mod tests {
         assert_eq!(stored.event_time_ms, 1_900_000_000_000);
         assert_eq!(record["eventTime"], "2030-03-17T17:46:40Z");
         assert_eq!(record["claimedEventTime"], "2026-11-22T10:00:00Z");
+    }
+
+    #[test]
+    fn an_outsider_record_sent_again_is_filed_under_the_same_id() {
+        let first = stored_event(record(), OUTSIDER).unwrap();
+        // Retried a second later: the same id, so the store keeps one.
+        let retried = Sender::Outsider {
+            received_ms: 1_900_000_001_250,
+            account: "444455556666",
+            identity: "spiffe://coffer.test/account/444455556666/user/mallory",
+        };
+        assert_eq!(
+            stored_event(record(), retried).unwrap().event_id,
+            first.event_id
+        );
+        // The same record from another sender, or another record from the
+        // same one, is another event.
+        let other_sender = Sender::Outsider {
+            received_ms: 1_900_000_000_250,
+            account: "444455556666",
+            identity: "spiffe://coffer.test/account/444455556666/user/trent",
+        };
+        assert_ne!(
+            stored_event(record(), other_sender).unwrap().event_id,
+            first.event_id
+        );
+        let mut changed = record();
+        changed["eventName"] = json!("Decrypt");
+        assert_ne!(
+            stored_event(changed, OUTSIDER).unwrap().event_id,
+            first.event_id
+        );
+        assert!(is_valid_event_id(&first.event_id));
     }
 
     #[test]
