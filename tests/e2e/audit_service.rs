@@ -34,6 +34,7 @@ backend_tests!(
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
     rules_and_subscriptions_keep_to_eventbridge_limits,
     retention_removes_events_past_the_period,
+    one_account_cannot_hold_unbounded_deliveries_and_failures_expire,
     required_mode_survives_the_audit_service_going_away,
     killed_keys_service_loses_no_events,
 );
@@ -296,6 +297,19 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
         assert_eq!(events[0]["errorCode"], exception);
         assert_eq!(events[0]["eventSource"], "cloudtrail.coffer.internal");
     }
+    // An EndTime alone, older than retention, asks for a range with nothing
+    // in it: an empty answer, as CloudTrail gives, not an error.
+    let ancient = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            end_time: Some(prost_types::Timestamp {
+                seconds: 1_000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(ancient.events.is_empty() && ancient.next_token.is_empty());
     // A NextToken works only with the parameters it was issued for.
     let first = audit
         .lookup_events(audit_pb::LookupEventsRequest {
@@ -739,27 +753,30 @@ async fn otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another(
         "userAgent": "aws-cli/2",
     })
     .to_string();
-    outsider
-        .export(otlp_request(
-            "coffer-keys",
-            AUDIT_SCOPE,
-            vec![Span {
-                name: "Decrypt".into(),
-                attributes: vec![string_attribute(RECORD_ATTRIBUTE, record)],
-                ..Default::default()
-            }],
-        ))
-        .await?;
-    outsider
-        .export(otlp_request(
-            &"s".repeat(1000),
-            "some.library",
-            vec![Span {
-                name: "GET\u{0}/".into(),
-                ..Default::default()
-            }],
-        ))
-        .await?;
+    let claimed = otlp_request(
+        "coffer-keys",
+        AUDIT_SCOPE,
+        vec![Span {
+            name: "Decrypt".into(),
+            attributes: vec![string_attribute(RECORD_ATTRIBUTE, record)],
+            ..Default::default()
+        }],
+    );
+    let ordinary = otlp_request(
+        &"s".repeat(1000),
+        "some.library",
+        vec![Span {
+            name: "GET\u{0}/".into(),
+            trace_id: vec![7; 16],
+            span_id: vec![9; 8],
+            ..Default::default()
+        }],
+    );
+    // Each sent twice, as an exporter retries one whose answer it lost:
+    // filed once (the lookups below find one of each).
+    for request in [&claimed, &claimed, &ordinary, &ordinary] {
+        outsider.export(request.clone()).await?;
+    }
     let mut audit = harness
         .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
         .await?;
@@ -1526,23 +1543,37 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
         );
     }
 
-    // 256 subscriptions waiting for events that never come fill every
-    // slot; dropped, they free them.
+    // An account holds at most 32 subscriptions open; 256 (eight accounts'
+    // worth) waiting for events that never come fill every slot; dropped,
+    // they free them.
     let never = audit_pb::SubscribeRequest {
         event_pattern: r#"{"source":["nothing-sends-this"]}"#.into(),
     };
     let mut open = Vec::new();
-    for _ in 0..4 {
-        let mut client = harness.audit_as(&alice).await?;
-        for _ in 0..64 {
+    for account in 0..8_u64 {
+        let watcher = Harness::user_id(&(100_000_000_000 + account).to_string(), "watcher");
+        let mut client = harness.audit_as(&watcher).await?;
+        for _ in 0..coffer_audit::grpc::MAX_SUBSCRIPTIONS_PER_ACCOUNT {
             open.push(client.subscribe(never.clone()).await?.into_inner());
         }
+        if account == 0 {
+            let status = assert_error(
+                client.subscribe(never.clone()).await,
+                Code::ResourceExhausted,
+                "LimitExceededException",
+            );
+            assert!(
+                status.message().contains("an account may have at most 32"),
+                "{status:?}"
+            );
+        }
     }
-    assert_error(
+    let status = assert_error(
         audit.subscribe(never.clone()).await,
         Code::ResourceExhausted,
         "LimitExceededException",
     );
+    assert!(status.message().contains("at most 256"), "{status:?}");
     drop(open);
     wait_for("slots freed", Duration::from_secs(10), || {
         let mut audit = audit.clone();
@@ -1577,6 +1608,106 @@ async fn retention_removes_events_past_the_period(backend: Backend) -> anyhow::R
         harness.audit_events().await?.is_empty(),
         "gone after 90 days"
     );
+    Ok(())
+}
+
+/// An account's rules hold at most 1,000 deliveries pending: one more is
+/// not attempted but recorded as failed at once (EventBridge's dead-letter
+/// queue). Failed deliveries go with retention, as events do.
+async fn one_account_cannot_hold_unbounded_deliveries_and_failures_expire(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let clock = Arc::new(coffer_platform::clock::ManualClock::new(
+        std::time::SystemTime::now(),
+    ));
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            clock: Some(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "everything-untrusted".into(),
+            event_pattern: r#"{"source":["untrusted"]}"#.into(),
+            ..Default::default()
+        })
+        .await?;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "everything-untrusted".into(),
+            targets: vec![audit_pb::Target {
+                id: "down".into(),
+                https: Some(audit_pb::HttpsTarget {
+                    endpoint: format!("https://localhost:{closed_port}/"),
+                }),
+                // Retried for an hour: every delivery stays pending.
+                retry_policy: Some(audit_pb::RetryPolicy {
+                    maximum_retry_attempts: 185,
+                    maximum_event_age_in_seconds: 3600,
+                }),
+                signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
+            }],
+        })
+        .await?;
+    let extra = 7;
+    let pending = coffer_audit::webhook::MAX_PENDING_PER_ACCOUNT;
+    let spans = (0..pending + extra)
+        .map(|n| Span {
+            name: format!("flood-{n}"),
+            ..Default::default()
+        })
+        .collect();
+    let mut outsider = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    outsider
+        .export(otlp_request("flood", "some.library", spans))
+        .await?;
+    let failures = |audit: &mut audit_pb::audit_client::AuditClient<tonic::transport::Channel>| {
+        let mut audit = audit.clone();
+        async move {
+            anyhow::Ok(
+                audit
+                    .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+                        rule: "everything-untrusted".into(),
+                        limit: 100,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .failed_deliveries,
+            )
+        }
+    };
+    wait_for(
+        "the refused deliveries recorded",
+        Duration::from_secs(20),
+        || {
+            let failed = failures(&mut audit);
+            async move { Ok(failed.await?.len() >= extra) }
+        },
+    )
+    .await?;
+    let failed = failures(&mut audit).await?;
+    assert_eq!(failed.len(), extra, "{failed:?}");
+    for failure in &failed {
+        assert_eq!(failure.attempts, 0);
+        assert!(
+            failure.last_error.contains("1000 deliveries pending"),
+            "{failure:?}"
+        );
+    }
+    // Past retention, the failures are gone with the events.
+    clock.advance(Duration::from_secs(91 * 86_400));
+    harness.run_maintenance().await?;
+    assert!(failures(&mut audit).await?.is_empty());
     Ok(())
 }
 

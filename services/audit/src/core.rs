@@ -330,10 +330,17 @@ impl AuditCore {
         Ok(())
     }
 
-    /// Removes events older than the retention period. Returns how many.
+    /// Removes events older than the retention period, and the failed
+    /// deliveries recorded before it. Returns how many events.
     pub async fn enforce_retention(&self) -> Result<usize, StoreError> {
         let cutoff =
             self.clock.now_millis() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        while self
+            .store
+            .delete_failures_before(cutoff, RETENTION_BATCH)
+            .await?
+            >= RETENTION_BATCH as usize
+        {}
         let mut removed = 0;
         loop {
             let batch = self

@@ -8,6 +8,7 @@
 //! the principal that sent them). Signing secrets of targets are write-only: they are not
 //! returned, logged or put in audit events.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -45,12 +46,58 @@ const DEFAULT_EVENT_AGE_S: i32 = 86_400;
 const RULE_RESOURCE_TYPE: &str = "AWS::Events::Rule";
 /// Subscriptions open at once at most (each holds a task and a buffer).
 const MAX_SUBSCRIPTIONS: usize = 256;
+/// Subscriptions one account may hold open, so that no tenant can take
+/// every slot.
+pub const MAX_SUBSCRIPTIONS_PER_ACCOUNT: usize = 32;
 /// EventBridge's quota of rules on an event bus (one bus per account here).
 const MAX_RULES_PER_ACCOUNT: usize = 300;
 
 pub struct AuditGrpc {
     core: Arc<AuditCore>,
     subscriptions: Arc<tokio::sync::Semaphore>,
+    subscribed: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One of an account's open subscriptions, given back when dropped.
+struct AccountSubscription {
+    subscribed: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    account: String,
+}
+
+impl AccountSubscription {
+    /// `None` when `account` has as many open as it may.
+    fn open(
+        subscribed: &Arc<std::sync::Mutex<HashMap<String, usize>>>,
+        account: &str,
+    ) -> Option<Self> {
+        let mut open = subscribed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(account.to_owned()).or_default();
+        if *count >= MAX_SUBSCRIPTIONS_PER_ACCOUNT {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            subscribed: subscribed.clone(),
+            account: account.to_owned(),
+        })
+    }
+}
+
+impl Drop for AccountSubscription {
+    fn drop(&mut self) {
+        let mut open = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.account) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.account);
+            }
+        }
+    }
 }
 
 impl AuditGrpc {
@@ -58,6 +105,7 @@ impl AuditGrpc {
         Self {
             core,
             subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS)),
+            subscribed: Arc::default(),
         }
     }
 
@@ -370,11 +418,14 @@ impl AuditGrpc {
             .ok_or_else(|| rule_missing(name))
     }
 
-    async fn rules_changed(&self) -> Result<(), ApiError> {
-        self.core
-            .reload_rules()
-            .await
-            .map_err(|error| store_failed(&error))
+    /// Routes by the rules as they now stand. The change is already
+    /// committed, so a reload that fails does not fail the call (which
+    /// would tell the caller its change was not made): it is logged, and the
+    /// periodic refresh makes it good.
+    async fn rules_changed(&self) {
+        if let Err(error) = self.core.reload_rules().await {
+            tracing::error!(%error, "event rules could not be reloaded after a change");
+        }
     }
 
     /// A rule-scoped call: validates the name, authorizes `action` on the
@@ -452,15 +503,27 @@ impl Audit for AuditGrpc {
             };
             let now = self.core.clock().now_millis();
             let retention = i64::try_from(self.core.retention().as_millis()).unwrap_or(i64::MAX);
-            let start_ms =
-                lookup_time(message.start_time.as_ref())?.unwrap_or(now.saturating_sub(retention));
+            let start = lookup_time(message.start_time.as_ref())?;
             let end_ms = lookup_time(message.end_time.as_ref())?.unwrap_or(now);
-            if start_ms > end_ms {
-                return Err(invalid(
-                    "InvalidTimeRangeException",
-                    "StartTime must not be after EndTime",
-                ));
-            }
+            let start_ms = match start {
+                Some(start_ms) if start_ms > end_ms => {
+                    return Err(invalid(
+                        "InvalidTimeRangeException",
+                        "StartTime must not be after EndTime",
+                    ));
+                }
+                Some(start_ms) => start_ms,
+                // Without a StartTime the range begins where retention
+                // does; an EndTime before that is a range with no events
+                // in it, not an error of the caller's.
+                None => {
+                    let oldest = now.saturating_sub(retention);
+                    if oldest > end_ms {
+                        matchable = false;
+                    }
+                    oldest.min(end_ms)
+                }
+            };
             let query = LookupQuery {
                 attribute,
                 start_ms,
@@ -553,22 +616,32 @@ impl Audit for AuditGrpc {
         } else {
             Some(pattern(&message.event_pattern).map_err(|error| call.fail(error))?)
         };
+        let account = caller.account().to_string();
+        let limited = |message: String| {
+            call.fail(ApiError::new(
+                ErrorCode::ResourceExhausted,
+                "LimitExceededException",
+                message,
+            ))
+        };
+        let account_slot = AccountSubscription::open(&self.subscribed, &account).ok_or_else(|| {
+            limited(format!(
+                "an account may have at most {MAX_SUBSCRIPTIONS_PER_ACCOUNT} subscriptions open at once"
+            ))
+        })?;
         let permit = self
             .subscriptions
             .clone()
             .try_acquire_owned()
             .map_err(|_| {
-                call.fail(ApiError::new(
-                    ErrorCode::ResourceExhausted,
-                    "LimitExceededException",
-                    format!("at most {MAX_SUBSCRIPTIONS} subscriptions may be open at once"),
+                limited(format!(
+                    "at most {MAX_SUBSCRIPTIONS} subscriptions may be open at once"
                 ))
             })?;
         let mut live = self.core.subscribe();
-        let account = caller.account().to_string();
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, account_slot);
             loop {
                 // A client that went away frees its slot at once, whether or
                 // not anything it would see arrives.
@@ -662,9 +735,7 @@ impl Audit for AuditGrpc {
                 format!("an account has at most {MAX_RULES_PER_ACCOUNT} rules"),
             )));
         }
-        self.rules_changed()
-            .await
-            .map_err(|error| call.fail(error))?;
+        self.rules_changed().await;
         let rule_arn = Self::rule_arn(&caller, &message.name);
         call.audit()
             .response_elements(json!({ "ruleArn": rule_arn }));
@@ -767,9 +838,7 @@ impl Audit for AuditGrpc {
                 "Rule can't be deleted since it has targets.",
             )));
         }
-        self.rules_changed()
-            .await
-            .map_err(|error| call.fail(error))?;
+        self.rules_changed().await;
         Ok(Response::new(pb::DeleteRuleResponse {}))
     }
 
@@ -854,9 +923,7 @@ impl Audit for AuditGrpc {
             }
             Some(_) => {}
         }
-        self.rules_changed()
-            .await
-            .map_err(|error| call.fail(error))?;
+        self.rules_changed().await;
         Ok(Response::new(pb::PutTargetsResponse {
             failed_entry_count: 0,
             failed_entries: Vec::new(),
@@ -898,9 +965,7 @@ impl Audit for AuditGrpc {
                 });
             }
         }
-        self.rules_changed()
-            .await
-            .map_err(|error| call.fail(error))?;
+        self.rules_changed().await;
         Ok(Response::new(pb::RemoveTargetsResponse {
             failed_entry_count: i32::try_from(failed_entries.len()).unwrap_or(i32::MAX),
             failed_entries,
@@ -1055,7 +1120,8 @@ impl AuditGrpc {
         if !changed {
             return Err(call.fail(rule_missing(name)));
         }
-        self.rules_changed().await.map_err(|error| call.fail(error))
+        self.rules_changed().await;
+        Ok(())
     }
 }
 

@@ -7,19 +7,37 @@
 //! refused connection or a timeout is retried with exponential backoff up to
 //! the target's MaximumRetryAttempts and MaximumEventAgeInSeconds; then the
 //! failure is recorded and listed by ListFailedDeliveries.
+//!
+//! What one account's rules can hold is bounded, so that no tenant's dead
+//! or slow endpoints can exhaust the service or delay another's deliveries:
+//! it has at most [`MAX_PENDING_PER_ACCOUNT`] deliveries pending (in an
+//! attempt or waiting to retry) and [`MAX_ATTEMPTS_PER_ACCOUNT`] attempts in
+//! progress. A delivery beyond its account's (or the service's) bound is not
+//! attempted: it is recorded as failed at once, as EventBridge sends what it
+//! cannot deliver to the target's dead-letter queue.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use rustls_pki_types::ServerName;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::store::{AuditStore, FailedDeliveryRecord, TargetRecord};
 
 /// Deliveries in progress at most; more wait their turn.
 const MAX_CONCURRENT_DELIVERIES: usize = 64;
+/// Attempts in progress at most for one account, of the
+/// [`MAX_CONCURRENT_DELIVERIES`].
+pub const MAX_ATTEMPTS_PER_ACCOUNT: usize = 16;
+/// Deliveries pending at most for one account.
+pub const MAX_PENDING_PER_ACCOUNT: usize = 1_000;
+/// Deliveries pending at most across all accounts.
+const MAX_PENDING: usize = 20_000;
+/// Failures waiting to be written, one at a time; beyond, they are logged.
+const FAILURES_WAITING: usize = 1_024;
 /// How long one attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause between two attempts.
@@ -37,15 +55,30 @@ pub struct DeliveryJob {
     pub body: Arc<str>,
 }
 
+/// The deliveries pending, by account.
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    accounts: HashMap<String, AccountDeliveries>,
+}
+
+struct AccountDeliveries {
+    pending: usize,
+    attempts: Arc<Semaphore>,
+}
+
 pub struct Dispatcher {
     tls: tokio_rustls::TlsConnector,
     store: Arc<dyn AuditStore>,
     permits: Arc<Semaphore>,
     first_backoff: Duration,
+    pending: Mutex<Pending>,
+    failures: mpsc::Sender<FailedDeliveryRecord>,
 }
 
 impl Dispatcher {
-    /// Webhook servers must chain to one of `roots`.
+    /// Webhook servers must chain to one of `roots`. Starts the task that
+    /// records failures in `store`, so it needs a runtime.
     pub fn new(
         roots: rustls::RootCertStore,
         store: Arc<dyn AuditStore>,
@@ -54,21 +87,89 @@ impl Dispatcher {
         let config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let (failures, mut waiting) = mpsc::channel::<FailedDeliveryRecord>(FAILURES_WAITING);
+        let recorder = store.clone();
+        tokio::spawn(async move {
+            while let Some(failure) = waiting.recv().await {
+                if let Err(error) = recorder.record_failed_delivery(&failure).await {
+                    tracing::error!(%error, "a failed webhook delivery could not be recorded");
+                }
+            }
+        });
         Self {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             store,
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES)),
             first_backoff,
+            pending: Mutex::new(Pending::default()),
+            failures,
         }
     }
 
-    /// Starts delivering `job` in the background.
+    /// Starts delivering `job` in the background, or records it as failed
+    /// when its account (or the service) has as many pending as it may.
     pub fn deliver(self: &Arc<Self>, job: DeliveryJob) {
-        let dispatcher = self.clone();
-        tokio::spawn(async move { dispatcher.run(job).await });
+        let admitted = {
+            let mut pending = self.lock_pending();
+            let Pending { total, accounts } = &mut *pending;
+            let account = accounts
+                .entry(job.target.account_id.clone())
+                .or_insert_with(|| AccountDeliveries {
+                    pending: 0,
+                    attempts: Arc::new(Semaphore::new(MAX_ATTEMPTS_PER_ACCOUNT)),
+                });
+            if account.pending >= MAX_PENDING_PER_ACCOUNT {
+                Err(format!(
+                    "not attempted: the account has {MAX_PENDING_PER_ACCOUNT} deliveries pending, the most it may"
+                ))
+            } else if *total >= MAX_PENDING {
+                if account.pending == 0 {
+                    accounts.remove(&job.target.account_id);
+                }
+                Err("not attempted: the service has as many deliveries pending as it may".into())
+            } else {
+                account.pending += 1;
+                *total += 1;
+                Ok(account.attempts.clone())
+            }
+        };
+        match admitted {
+            Ok(attempts) => {
+                let dispatcher = self.clone();
+                tokio::spawn(async move {
+                    let _done = Done(&dispatcher, &job.target.account_id);
+                    dispatcher.run(&job, &attempts).await;
+                });
+            }
+            Err(reason) => self.record_failure(&job, 0, reason),
+        }
     }
 
-    async fn run(&self, job: DeliveryJob) {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `job`'s failure for the store; when too many are waiting, it
+    /// is only logged.
+    fn record_failure(&self, job: &DeliveryJob, attempts: u32, last_error: String) {
+        let failure = FailedDeliveryRecord {
+            seq: 0,
+            account_id: job.target.account_id.clone(),
+            rule_name: job.target.rule_name.clone(),
+            target_id: job.target.target_id.clone(),
+            event_id: job.event_id.clone(),
+            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
+            last_error,
+            failed_at_ms: now_ms(),
+        };
+        if self.failures.try_send(failure).is_err() {
+            tracing::warn!(event_id = %job.event_id, target = %job.target.target_id, "too many failed webhook deliveries are waiting to be recorded; this one is not");
+        }
+    }
+
+    async fn run(&self, job: &DeliveryJob, account_attempts: &Semaphore) {
         let started = tokio::time::Instant::now();
         let max_age = Duration::from_secs(u64::try_from(job.target.max_event_age_s).unwrap_or(0));
         let attempts_allowed = u32::try_from(job.target.max_retries).unwrap_or(0) + 1;
@@ -76,11 +177,19 @@ impl Dispatcher {
         let mut attempts = 0u32;
         let last_error = loop {
             attempts += 1;
-            let outcome = {
-                let _permit = self.permits.acquire().await;
-                tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(&job))
+            // A slot, the account's and then the service's, is waited for
+            // no longer than the event may still be delivered.
+            let slots = tokio::time::timeout(max_age.saturating_sub(started.elapsed()), async {
+                let account = account_attempts.acquire().await;
+                let service = self.permits.acquire().await;
+                (account, service)
+            })
+            .await;
+            let outcome = match slots {
+                Ok(_slots) => tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(job))
                     .await
-                    .unwrap_or_else(|_| Err("the request timed out".to_owned()))
+                    .unwrap_or_else(|_| Err("the request timed out".to_owned())),
+                Err(_) => Err("no delivery slot came free before the event's maximum age".into()),
             };
             let error = match outcome {
                 Ok(()) => {
@@ -101,19 +210,7 @@ impl Dispatcher {
             }
         };
         tracing::warn!(event_id = %job.event_id, target = %job.target.target_id, attempts, error = %last_error, "webhook delivery failed for good");
-        let failure = FailedDeliveryRecord {
-            seq: 0,
-            account_id: job.target.account_id.clone(),
-            rule_name: job.target.rule_name.clone(),
-            target_id: job.target.target_id.clone(),
-            event_id: job.event_id.clone(),
-            attempts: i32::try_from(attempts).unwrap_or(i32::MAX),
-            last_error,
-            failed_at_ms: now_ms(),
-        };
-        if let Err(error) = self.store.record_failed_delivery(&failure).await {
-            tracing::error!(%error, "a failed webhook delivery could not be recorded");
-        }
+        self.record_failure(job, attempts, last_error);
     }
 
     /// Whether `target` is still on its rule, unchanged, and the rule still
@@ -188,6 +285,23 @@ impl Dispatcher {
             Ok(())
         } else {
             Err(format!("the endpoint answered HTTP {}", status.as_u16()))
+        }
+    }
+}
+
+/// Marks one of an account's deliveries done when dropped (its task ended,
+/// however it ended).
+struct Done<'a>(&'a Dispatcher, &'a str);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        let mut pending = self.0.lock_pending();
+        pending.total = pending.total.saturating_sub(1);
+        if let Some(account) = pending.accounts.get_mut(self.1) {
+            account.pending = account.pending.saturating_sub(1);
+            if account.pending == 0 {
+                pending.accounts.remove(self.1);
+            }
         }
     }
 }

@@ -140,6 +140,10 @@ pub trait RuleStore: Send + Sync + 'static {
         &self,
         failure: &FailedDeliveryRecord,
     ) -> Result<(), StoreError>;
+    /// Removes up to `limit` failed deliveries recorded before `cutoff_ms`.
+    /// Returns how many.
+    async fn delete_failures_before(&self, cutoff_ms: i64, limit: u32)
+    -> Result<usize, StoreError>;
     /// Failed deliveries of a rule after `after_seq`, oldest first.
     async fn list_failed_deliveries(
         &self,
@@ -180,8 +184,14 @@ const UPSERT_TARGET: &str = "INSERT INTO rule_targets (account_id, rule_name, ta
      max_event_age_s = excluded.max_event_age_s";
 const DELETE_TARGET: &str =
     "DELETE FROM rule_targets WHERE account_id = $1 AND rule_name = $2 AND target_id = $3";
+/// Only while the target is on its rule: a failure that comes in as the
+/// rule is deleted is not left behind for a new rule of the same name.
 const INSERT_FAILURE: &str = "INSERT INTO failed_deliveries (account_id, rule_name, target_id, \
-     event_id, attempts, last_error, failed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     event_id, attempts, last_error, failed_at_ms) SELECT $1, $2, $3, $4, $5, $6, $7 \
+     WHERE EXISTS (SELECT 1 FROM rule_targets WHERE account_id = $1 AND rule_name = $2 \
+     AND target_id = $3)";
+const DELETE_OLD_FAILURES: &str = "DELETE FROM failed_deliveries WHERE seq IN \
+     (SELECT seq FROM failed_deliveries WHERE failed_at_ms < $1 ORDER BY failed_at_ms LIMIT $2)";
 
 fn select_rule() -> String {
     format!("SELECT {RULE_COLUMNS} FROM rules WHERE account_id = $1 AND name = $2")
@@ -510,6 +520,20 @@ macro_rules! sql_rule_store {
                     .await
                     .map_err(StoreError::Database)?;
                 Ok(())
+            }
+
+            async fn delete_failures_before(
+                &self,
+                cutoff_ms: i64,
+                limit: u32,
+            ) -> Result<usize, StoreError> {
+                let outcome = sqlx::query(DELETE_OLD_FAILURES)
+                    .bind(cutoff_ms)
+                    .bind(i64::from(limit))
+                    .execute(self.pool())
+                    .await
+                    .map_err(StoreError::Database)?;
+                Ok(usize::try_from(outcome.rows_affected()).unwrap_or(usize::MAX))
             }
 
             async fn list_failed_deliveries(
