@@ -534,6 +534,7 @@ impl EventBase {
                 }),
                 service_event_details: None,
                 trace_id: trace.trace_id_hex(),
+                answer_withheld: false,
             },
         }
     }
@@ -867,6 +868,7 @@ where
             event.response_elements = Value::Null;
             event.error_code = Some(unavailable.exception.to_owned());
             event.error_message = Some(unavailable.message.clone());
+            event.answer_withheld = true;
             response = unavailable.into_status(&event_source).into_http::<Body>();
             if let Err(error) = entry.sink.emit(&event, Delivery::Background).await {
                 tracing::error!(%error, request_id = %request_id, "audit event not delivered");

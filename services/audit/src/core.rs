@@ -476,6 +476,7 @@ mod tests {
             username: None,
             account_id: Some("111122223333".into()),
             trusted: true,
+            corrects: false,
             trace_id: None,
             received_at_ms: 0,
             record: record.to_owned(),

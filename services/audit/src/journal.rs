@@ -397,7 +397,12 @@ fn encode_record(events: &[StoredEvent]) -> Vec<u8> {
         out.push(u8::from(event.read_only));
         put_optional(&mut out, event.username.as_deref());
         put_optional(&mut out, event.account_id.as_deref());
-        out.push(u8::from(event.trusted));
+        // 2: trusted, and a correction (journals written before there were
+        // corrections hold 0 or 1 only).
+        out.push(match (event.trusted, event.corrects) {
+            (true, true) => 2,
+            (trusted, false) | (trusted @ false, true) => u8::from(trusted),
+        });
         put_optional(&mut out, event.trace_id.as_deref());
         put_text(&mut out, &event.record);
         put_u32(&mut out, event.resources.len());
@@ -466,7 +471,12 @@ impl<'a> Reader<'a> {
         let read_only = self.flag()?;
         let username = self.optional()?;
         let account_id = self.optional()?;
-        let trusted = self.flag()?;
+        let (trusted, corrects) = match self.u8()? {
+            0 => (false, false),
+            1 => (true, false),
+            2 => (true, true),
+            _ => return None,
+        };
         let trace_id = self.optional()?;
         let record = self.text()?;
         let count = self.u32()?;
@@ -484,6 +494,7 @@ impl<'a> Reader<'a> {
             username,
             account_id,
             trusted,
+            corrects,
             trace_id,
             received_at_ms: 0,
             record,
@@ -545,6 +556,7 @@ mod tests {
             username: Some("admin".into()),
             account_id: None,
             trusted: true,
+            corrects: false,
             trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
             received_at_ms: 0,
             record: format!("{{\"eventID\":\"{id}\",\"note\":\"line\\nbreak é\"}}"),
@@ -558,7 +570,11 @@ mod tests {
     async fn appended_batches_come_back_after_a_reopen_in_order() -> TestResult {
         let directory = tempfile::tempdir()?;
         let path = Journal::path_for(&directory.path().join("audit.db"));
-        let first = vec![event("a", 2), event("b", 0)];
+        let mut correction = event("b", 0);
+        correction.corrects = true;
+        let mut untrusted = event("b2", 0);
+        untrusted.trusted = false;
+        let first = vec![event("a", 2), correction, untrusted];
         let second = vec![event("c", 1)];
         {
             let journal = Journal::open(&path)?;

@@ -265,6 +265,7 @@ mod tests {
             username: Some("alice".into()),
             account_id: Some("111122223333".into()),
             trusted: true,
+            corrects: false,
             trace_id: None,
             received_at_ms: 0,
             record: format!(r#"{{"eventID":"{id}","eventName":"Encrypt"}}"#),

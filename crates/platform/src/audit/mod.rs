@@ -103,6 +103,12 @@ pub struct AuditEvent {
     /// None for a service's own change, which is part of no trace.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub trace_id: String,
+    /// Set on the event of a call whose answer was withheld because its
+    /// first event was not acknowledged in time: that first event (a
+    /// success) may still have been stored, and this one, under the same
+    /// eventID, replaces it there, so the trail says what the caller got.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub answer_withheld: bool,
 }
 
 /// A new event id made at `now_ms` from ten random bytes: time-ordered (UUID

@@ -115,6 +115,7 @@ impl ServiceEvents {
             recipient_account_id: Some(change.account.clone()),
             service_event_details: Some(change.details.clone()),
             trace_id: String::new(),
+            answer_withheld: false,
         }
     }
 

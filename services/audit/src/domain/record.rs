@@ -286,6 +286,8 @@ struct Columns<'a> {
     trace_id: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     resources: Option<Vec<ResourceColumns<'a>>>,
+    #[serde(rename = "answerWithheld", default)]
+    answer_withheld: Option<bool>,
 }
 
 #[derive(serde::Deserialize)]
@@ -349,6 +351,7 @@ fn unchanged_event(text: &str) -> Option<StoredEvent> {
             .recipient_account_id
             .map(std::borrow::Cow::into_owned),
         trusted: true,
+        corrects: columns.answer_withheld == Some(true),
         trace_id: columns.trace_id.map(std::borrow::Cow::into_owned),
         received_at_ms: 0,
         record: text.to_owned(),
@@ -403,6 +406,9 @@ pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, Re
         .get("readOnly")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // Only a service's word replaces a stored record; an outsider's claim
+    // to is kept as data (below).
+    let corrects = trusted && fields.get("answerWithheld") == Some(&Value::Bool(true));
     let identity = fields.get("userIdentity");
     let claimed_username = identity
         .and_then(|identity| identity.get("userName"))
@@ -457,6 +463,7 @@ pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, Re
             ("userIdentity", "claimedUserIdentity"),
             ("sourceIPAddress", "claimedSourceIPAddress"),
             ("userAgent", "claimedUserAgent"),
+            ("answerWithheld", "claimedAnswerWithheld"),
         ] {
             if let Some(claimed) = fields.remove(field) {
                 fields.insert(claimed_as.into(), claimed);
@@ -503,6 +510,7 @@ pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, Re
         username,
         account_id,
         trusted,
+        corrects,
         trace_id,
         received_at_ms: 0,
         record,
@@ -793,6 +801,30 @@ mod tests {
         assert_eq!(stored.event_time_ms, 1_900_000_000_000);
         assert_eq!(record["eventTime"], "2030-03-17T17:46:40Z");
         assert_eq!(record["claimedEventTime"], "2026-11-22T10:00:00Z");
+    }
+
+    #[test]
+    fn only_a_service_can_mark_a_record_as_a_correction() {
+        let mut withheld = record();
+        withheld["errorCode"] = json!("ServiceUnavailableException");
+        withheld["answerWithheld"] = json!(true);
+        let text = withheld.to_string();
+        assert!(
+            stored_event_from_text(&text, Sender::Service)
+                .unwrap()
+                .corrects
+        );
+        assert!(
+            stored_event(withheld.clone(), Sender::Service)
+                .unwrap()
+                .corrects
+        );
+        assert!(!stored_event(record(), Sender::Service).unwrap().corrects);
+        let claimed = stored_event_from_text(&text, OUTSIDER).unwrap();
+        assert!(!claimed.corrects);
+        let kept: Value = serde_json::from_str(&claimed.record).unwrap();
+        assert_eq!(kept["claimedAnswerWithheld"], true);
+        assert!(kept.get("answerWithheld").is_none());
     }
 
     #[test]

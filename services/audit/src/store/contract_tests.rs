@@ -30,6 +30,7 @@ coffer_platform::store_contract_tests!(
     pages_return_every_event_exactly_once_newest_first,
     a_large_batch_stores_each_new_event_once_with_its_own_resources,
     retention_removes_only_old_events_with_their_resources,
+    a_correction_replaces_the_record_stored_under_its_id,
 );
 
 fn event(id: &str, time_ms: i64, name: &str) -> StoredEvent {
@@ -43,6 +44,7 @@ fn event(id: &str, time_ms: i64, name: &str) -> StoredEvent {
         username: Some("alice".into()),
         account_id: Some("111122223333".into()),
         trusted: true,
+        corrects: false,
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         received_at_ms: 0,
         record: format!(
@@ -310,5 +312,55 @@ async fn retention_removes_only_old_events_with_their_resources(
         ))))
         .await?;
     assert!(by_resource.is_empty());
+    Ok(())
+}
+
+async fn a_correction_replaces_the_record_stored_under_its_id(
+    store: &dyn EventStore,
+) -> TestResult {
+    let original = event("withheld", 1_000, "Decrypt");
+    let mut correction = original.clone();
+    correction.corrects = true;
+    correction.record = original.record.replace(
+        r#""eventName":"Decrypt""#,
+        r#""eventName":"Decrypt","errorCode":"ServiceUnavailableException","answerWithheld":true"#,
+    );
+    assert_ne!(correction.record, original.record);
+    assert_eq!(
+        store
+            .insert_events(std::slice::from_ref(&original), 0)
+            .await?,
+        vec![0]
+    );
+    // Not new (rules and subscribers saw the event already), but replaced.
+    assert!(
+        store
+            .insert_events(std::slice::from_ref(&correction), 0)
+            .await?
+            .is_empty()
+    );
+    let stored = store.get_event("withheld").await?.ok_or("missing")?;
+    assert_eq!(stored.record, correction.record);
+    // The first event, delivered again later, does not undo it.
+    assert!(
+        store
+            .insert_events(std::slice::from_ref(&original), 0)
+            .await?
+            .is_empty()
+    );
+    let stored = store.get_event("withheld").await?.ok_or("missing")?;
+    assert_eq!(stored.record, correction.record);
+    assert_eq!(ids(&store.lookup(&all_time(None)).await?), vec!["withheld"]);
+    // A correction whose first event never arrived is stored as new; an
+    // untrusted event cannot correct anything.
+    let mut lone = event("lone", 2_000, "Decrypt");
+    lone.corrects = true;
+    assert_eq!(store.insert_events(&[lone], 0).await?, vec![0]);
+    let mut forged = correction.clone();
+    forged.trusted = false;
+    forged.record = "{}".into();
+    store.insert_events(&[forged], 0).await?;
+    let stored = store.get_event("withheld").await?.ok_or("missing")?;
+    assert_eq!(stored.record, correction.record);
     Ok(())
 }

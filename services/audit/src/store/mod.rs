@@ -115,6 +115,12 @@ pub struct StoredEvent {
     pub account_id: Option<String>,
     /// Submitted by a Coffer service identity; `false` for external spans.
     pub trusted: bool,
+    /// A trusted record marked `answerWithheld`: the event of a call whose
+    /// answer was withheld, sent again under the same eventID because the
+    /// first (a success) was not acknowledged in time and may be stored.
+    /// It replaces what is stored under its id; any other event is skipped
+    /// when its id is already stored.
+    pub corrects: bool,
     pub trace_id: Option<String>,
     pub received_at_ms: i64,
     /// The CloudTrail-shaped record, one JSON object.

@@ -110,6 +110,8 @@ fn insert_resources_statement(rows: usize, style: Placeholders) -> String {
     )
 }
 
+const CORRECT_EVENT: &str = "UPDATE events SET record = $1 WHERE event_id = $2 AND trusted = $3";
+
 const DELETE_OLD: &str = "DELETE FROM events WHERE seq IN \
      (SELECT seq FROM events WHERE event_time_ms < $1 ORDER BY seq LIMIT $2)";
 
@@ -204,6 +206,7 @@ macro_rules! sql_event_store {
                     username: row.try_get("username").map_err(read)?,
                     account_id: row.try_get("account_id").map_err(read)?,
                     trusted: row.try_get("trusted").map_err(read)?,
+                    corrects: false,
                     trace_id: row.try_get("trace_id").map_err(read)?,
                     received_at_ms: row.try_get("received_at_ms").map_err(read)?,
                     record: row.try_get("record").map_err(read)?,
@@ -278,6 +281,20 @@ macro_rules! sql_event_store {
                         query = query.bind(seq).bind(column(kind)).bind(column(name));
                     }
                     query
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(StoreError::Database)?;
+                }
+                // A correction replaces the record stored under its id (the
+                // columns it is looked up by are the same).
+                for event in events
+                    .iter()
+                    .filter(|event| event.corrects && event.trusted)
+                {
+                    sqlx::query(CORRECT_EVENT)
+                        .bind(&event.record)
+                        .bind(&event.event_id)
+                        .bind(true)
                         .execute(&mut *transaction)
                         .await
                         .map_err(StoreError::Database)?;
