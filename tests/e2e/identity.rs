@@ -309,11 +309,22 @@ async fn server_certificate_reloads_without_restart(backend: Backend) -> anyhow:
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
     client.list_keys(pb::ListKeysRequest::default()).await?;
 
-    // A broken replacement is refused and the renewed certificate stays.
-    replace_file(&harness.dir().join("server-cert.pem"), "not a certificate")?;
-    assert_eq!(
-        presented_certificate(&harness).await?,
-        pem_to_der(&renewed.cert_pem)?
-    );
+    // A broken replacement is refused and the renewed certificate stays;
+    // it is read once, not again on every new connection.
+    let cert_file = harness.dir().join("server-cert.pem");
+    replace_file(&cert_file, "not a certificate")?;
+    for _ in 0..3 {
+        assert_eq!(
+            presented_certificate(&harness).await?,
+            pem_to_der(&renewed.cert_pem)?
+        );
+    }
+    let refusals = coffer_tests::captured_logs()
+        .lines()
+        .filter(|line| {
+            line.contains("do not load") && line.contains(&cert_file.display().to_string())
+        })
+        .count();
+    assert_eq!(refusals, 1);
     Ok(())
 }

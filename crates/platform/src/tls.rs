@@ -35,6 +35,11 @@ use crate::config::TlsSettings;
 use crate::identity::{IdentityError, Principal, principal_from_certificate};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at most. A handshake needs no certificate to
+/// start, so without a bound a flood of connections would hold a task (and
+/// a file descriptor) each for [`HANDSHAKE_TIMEOUT`]; past it, accepting
+/// waits and new connections queue in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -164,7 +169,10 @@ impl ServerTls {
                     tracing::info!(cert_file = %self.settings.cert_file.display(), "reloaded tls certificates");
                 }
                 Err(error) => {
-                    tracing::error!(%error, "tls files changed but do not load; keeping the previous certificates");
+                    // Not tried again until a file changes again: a broken
+                    // set would otherwise be re-read on every connection.
+                    loaded.stamps = current_stamps;
+                    tracing::error!(%error, cert_file = %self.settings.cert_file.display(), "tls files changed but do not load; keeping the previous certificates");
                 }
             }
         }
@@ -244,8 +252,14 @@ pub fn tls_incoming(
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
     let (sender, receiver) = mpsc::channel(256);
     let trust_domain: Arc<str> = Arc::from(trust_domain);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                () = sender.closed() => break,
+                permit = handshakes.clone().acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
             let accepted = tokio::select! {
                 () = sender.closed() => break,
                 accepted = listener.accept() => accepted,
@@ -266,6 +280,7 @@ pub fn tls_incoming(
             let trust_domain = trust_domain.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
