@@ -141,10 +141,12 @@ fn external_record(resource: &ResourceSpans, span: &Span) -> Value {
         "eventVersion": "1.11",
         // Of the span's ids, not random, so a retried export is the same
         // record again (and filed once).
-        "eventID": version_8(derived_id_bytes(
-            b"coffer external span",
-            &[&span.trace_id, &span.span_id],
-        )),
+        "eventID": version_8(derived_id_bytes(&[
+            b"coffer external span\0",
+            &u64::try_from(span.trace_id.len()).unwrap_or(u64::MAX).to_be_bytes(),
+            &span.trace_id,
+            &span.span_id,
+        ])),
         "eventTime": rfc3339_of_nanos(span.start_time_unix_nano),
         "eventSource": claimed_service.as_str().unwrap_or("external"),
         "eventName": span.name,
