@@ -491,7 +491,7 @@ async fn otlp_client(
     let tls = ClientTls::from_pem(
         &harness.ca_pem()?,
         Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
-    );
+    )?;
     Ok(
         TraceServiceClient::new(tls.connect(&harness.audit_addr()?, "localhost").await?)
             .max_encoding_message_size(8 * 1024 * 1024),
@@ -2021,7 +2021,7 @@ async fn keys_client_at(
     let tls = ClientTls::from_pem(
         &harness.ca_pem()?,
         Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
-    );
+    )?;
     Ok(coffer_proto::keys::v1::keys_client::KeysClient::new(
         tls.connect(addr, "localhost").await?,
     ))

@@ -20,6 +20,7 @@ backend_tests!(
     malformed_identities_are_unauthenticated,
     forwarded_identity_is_trusted_only_from_services,
     server_certificate_reloads_without_restart,
+    client_certificate_reloads_without_restart,
 );
 
 /// A CA that the harness does not trust.
@@ -323,6 +324,60 @@ async fn server_certificate_reloads_without_restart(backend: Backend) -> anyhow:
         .lines()
         .filter(|line| {
             line.contains("do not load") && line.contains(&cert_file.display().to_string())
+        })
+        .count();
+    assert_eq!(refusals, 1);
+    Ok(())
+}
+
+/// A client made from files (as the audit exporter is) presents the
+/// certificate on disk when it next connects, not the one it started with.
+async fn client_certificate_reloads_without_restart(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let files = tempfile::tempdir()?;
+    let (ca_file, cert_file, key_file) = (
+        files.path().join("ca.pem"),
+        files.path().join("cert.pem"),
+        files.path().join("key.pem"),
+    );
+    std::fs::write(&ca_file, harness.ca_pem()?)?;
+    let install = |spiffe_id: &str| -> anyhow::Result<()> {
+        let identity = harness.identity(spiffe_id)?;
+        replace_file(&key_file, &identity.key_pem)?;
+        replace_file(&cert_file, &identity.cert_pem)?;
+        Ok(())
+    };
+    let created_in = |tls: coffer_platform::client::ClientTls| {
+        let addr = harness.keys_addr();
+        async move {
+            let channel = tls.connect(&addr?, "localhost").await?;
+            let key = KeysClient::new(channel)
+                .create_key(pb::CreateKeyRequest::default())
+                .await?
+                .into_inner()
+                .key_metadata
+                .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+            anyhow::Ok(key.aws_account_id)
+        }
+    };
+    install(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let tls =
+        coffer_platform::client::ClientTls::from_files(&ca_file, Some((&cert_file, &key_file)))?;
+    assert_eq!(created_in(tls.clone()).await?, ACCOUNT_A);
+
+    install(&Harness::user_id(ACCOUNT_B, "bob"))?;
+    assert_eq!(created_in(tls.clone()).await?, ACCOUNT_B);
+
+    // A broken replacement is refused once and the last good set stays.
+    replace_file(&cert_file, "not a certificate")?;
+    for _ in 0..2 {
+        assert_eq!(created_in(tls.clone()).await?, ACCOUNT_B);
+    }
+    let refusals = coffer_tests::captured_logs()
+        .lines()
+        .filter(|line| {
+            line.contains("client tls files changed but do not load")
+                && line.contains(&ca_file.display().to_string())
         })
         .count();
     assert_eq!(refusals, 1);

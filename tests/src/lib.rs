@@ -313,7 +313,7 @@ impl Harness {
         let tls = ClientTls::from_pem(
             &self.ca_pem()?,
             identity.map(|id| (id.cert_pem.as_bytes(), id.key_pem.as_bytes())),
-        );
+        )?;
         Ok(tls.connect(&self.keys_addr()?, "localhost").await?)
     }
 
@@ -372,7 +372,7 @@ impl Harness {
         let tls = ClientTls::from_pem(
             &self.ca_pem()?,
             Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
-        );
+        )?;
         let channel = tls.connect(&self.audit_addr()?, "localhost").await?;
         Ok(coffer_proto::audit::v1::audit_client::AuditClient::new(
             channel,

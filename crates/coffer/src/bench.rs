@@ -468,7 +468,7 @@ async fn in_process_target(mode: AuditMode, over_otlp: bool) -> anyhow::Result<T
     let heavy_tls = ClientTls::from_pem(
         &std::fs::read(layout.ca())?,
         Some((heavy.cert_pem.as_bytes(), heavy.key_pem.as_bytes())),
-    );
+    )?;
     let mode_name = match mode {
         AuditMode::Required => "required",
         AuditMode::BestEffort => "best_effort",

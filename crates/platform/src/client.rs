@@ -2,89 +2,232 @@
 //! tests to Coffer). A service presents its own certificate and forwards the
 //! caller it acts for, plus the trace context, in metadata; the callee trusts
 //! the forwarded caller only because the peer certificate is a service's.
+//!
+//! A [`ClientTls`] made from files compares the files' stamps with the ones
+//! it loaded before every new connection, as the server side does, so a
+//! long-lived channel (the audit exporter's) presents a rotated certificate
+//! when it reconnects instead of the one it started with.
 
-use std::path::Path;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::call::{CallContext, FORWARDED_FOR_HEADER, FORWARDED_SOURCE_IP_HEADER};
+use crate::tls::{FileStamp, TlsError, read_certificates, read_private_key, stamp};
 use crate::trace::TRACEPARENT_HEADER;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("invalid endpoint {endpoint}: {message}")]
     Endpoint { endpoint: String, message: String },
     #[error("cannot connect to {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|source| ClientError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+/// Where a client's certificates come from.
+#[derive(Debug, Clone)]
+struct ClientFiles {
+    ca_file: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientFiles {
+    fn stamps(&self) -> [FileStamp; 3] {
+        let (cert, key) = match &self.identity {
+            Some((cert_file, key_file)) => (stamp(cert_file), stamp(key_file)),
+            None => (None, None),
+        };
+        [stamp(&self.ca_file), cert, key]
+    }
+
+    fn load(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let ca = std::fs::read(&self.ca_file).map_err(|source| TlsError::Read {
+            path: self.ca_file.clone(),
+            source,
+        })?;
+        let identity = match &self.identity {
+            Some((cert_file, key_file)) => {
+                Some((read_certificates(cert_file)?, read_private_key(key_file)?))
+            }
+            None => None,
+        };
+        client_config(&self.ca_file, &ca, identity)
+    }
+}
+
+fn client_config(
+    ca_source: &Path,
+    ca_pem: &[u8],
+    identity: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = crate::tls::root_store_from_pem(ca_source, ca_pem)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::Rustls(error.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|error| TlsError::Rustls(error.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+struct LoadedClient {
+    stamps: [FileStamp; 3],
+    config: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Debug)]
+struct Source {
+    files: Option<ClientFiles>,
+    loaded: Mutex<LoadedClientState>,
+}
+
+/// `LoadedClient` behind a `Debug` that shows no key material.
+struct LoadedClientState(LoadedClient);
+
+impl std::fmt::Debug for LoadedClientState {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("LoadedClient")
+    }
 }
 
 /// The TLS side of a client: the CA it trusts and, normally, the identity it
 /// presents.
 #[derive(Debug, Clone)]
 pub struct ClientTls {
-    config: ClientTlsConfig,
+    source: Arc<Source>,
 }
 
 impl ClientTls {
-    /// Trust `ca_file`; present `cert_file` + `key_file` when given.
+    /// Trust `ca_file`; present `cert_file` + `key_file` when given. The
+    /// files are read again for a new connection after they change.
     pub fn from_files(
         ca_file: &Path,
         identity: Option<(&Path, &Path)>,
     ) -> Result<Self, ClientError> {
-        let ca = read(ca_file)?;
+        let files = ClientFiles {
+            ca_file: ca_file.to_owned(),
+            identity: identity.map(|(cert, key)| (cert.to_owned(), key.to_owned())),
+        };
+        let stamps = files.stamps();
+        let config = Arc::new(files.load()?);
+        Ok(Self::with_source(Some(files), stamps, config))
+    }
+
+    /// Trust `ca_pem`; present the PEM certificate chain and key when given.
+    pub fn from_pem(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Self, ClientError> {
+        let source = Path::new("the CA certificate given");
         let identity = match identity {
-            Some((cert_file, key_file)) => Some((read(cert_file)?, read(key_file)?)),
+            Some((cert_pem, key_pem)) => Some((
+                crate::tls::certificates_from_pem(Path::new("the certificate given"), cert_pem)?,
+                crate::tls::private_key_from_pem(Path::new("the key given"), key_pem)?,
+            )),
             None => None,
         };
-        Ok(Self::from_pem(
-            &ca,
-            identity
-                .as_ref()
-                .map(|(cert, key)| (cert.as_slice(), key.as_slice())),
-        ))
+        let config = Arc::new(client_config(source, ca_pem, identity)?);
+        Ok(Self::with_source(None, [None, None, None], config))
     }
 
-    pub fn from_pem(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Self {
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-        if let Some((cert_pem, key_pem)) = identity {
-            config = config.identity(Identity::from_pem(cert_pem, key_pem));
+    fn with_source(
+        files: Option<ClientFiles>,
+        stamps: [FileStamp; 3],
+        config: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            source: Arc::new(Source {
+                files,
+                loaded: Mutex::new(LoadedClientState(LoadedClient { stamps, config })),
+            }),
         }
-        Self { config }
     }
 
-    fn endpoint(&self, addr: &str, server_name: &str) -> Result<Endpoint, ClientError> {
-        let endpoint_text = format!("https://{addr}");
-        Endpoint::from_shared(endpoint_text.clone())
-            .and_then(|endpoint| {
-                endpoint
-                    .tcp_nodelay(true)
-                    .tls_config(self.config.clone().domain_name(server_name))
-            })
-            .map_err(|error| ClientError::Endpoint {
-                endpoint: endpoint_text,
+    /// The configuration for the next handshake, reloaded first if a file
+    /// changed. A set that does not load is logged once and the previous
+    /// one kept, as on the server side.
+    fn current(&self) -> Arc<rustls::ClientConfig> {
+        let mut loaded = self
+            .source
+            .loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(files) = &self.source.files {
+            let stamps = files.stamps();
+            if loaded.0.stamps != stamps {
+                loaded.0.stamps = stamps;
+                match files.load() {
+                    Ok(config) => {
+                        loaded.0.config = Arc::new(config);
+                        tracing::info!(ca_file = %files.ca_file.display(), "reloaded client tls certificates");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, ca_file = %files.ca_file.display(), "client tls files changed but do not load; keeping the previous certificates");
+                    }
+                }
+            }
+        }
+        loaded.0.config.clone()
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, ClientError> {
+        // The connector below does TLS itself; to tonic the connection is
+        // plain HTTP/2.
+        let endpoint_text = format!("http://{addr}");
+        let endpoint = Endpoint::from_shared(endpoint_text.clone()).map_err(|error| {
+            ClientError::Endpoint {
+                endpoint: format!("https://{addr}"),
                 message: error.to_string(),
-            })
+            }
+        })?;
+        if endpoint.uri().port_u16().is_none() {
+            return Err(ClientError::Endpoint {
+                endpoint: format!("https://{addr}"),
+                message: "no port".into(),
+            });
+        }
+        Ok(endpoint)
+    }
+
+    fn connector(&self, server_name: &str, addr: &str) -> Result<TlsConnect, ClientError> {
+        let server_name = ServerName::try_from(server_name.to_owned()).map_err(|error| {
+            ClientError::Endpoint {
+                endpoint: format!("https://{addr}"),
+                message: format!("server name {server_name}: {error}"),
+            }
+        })?;
+        Ok(TlsConnect {
+            tls: self.clone(),
+            server_name,
+        })
     }
 
     /// Connects to `https://{addr}` verifying the server as `server_name`.
     pub async fn connect(&self, addr: &str, server_name: &str) -> Result<Channel, ClientError> {
-        self.endpoint(addr, server_name)?
-            .connect()
+        self.endpoint(addr)?
+            .connect_with_connector(self.connector(server_name, addr)?)
             .await
             .map_err(|error| ClientError::Connect {
                 endpoint: format!("https://{addr}"),
@@ -100,15 +243,54 @@ impl ClientTls {
         server_name: &str,
         timeout: std::time::Duration,
     ) -> Result<Channel, ClientError> {
+        let connector = self.connector(server_name, addr)?;
         // Exports of a few hundred events are hundreds of KiB: windows that
         // hold a whole one save flow-control round trips per export.
         Ok(self
-            .endpoint(addr, server_name)?
+            .endpoint(addr)?
             .connect_timeout(timeout)
             .timeout(timeout)
             .initial_stream_window_size(Some(4 * 1024 * 1024))
             .initial_connection_window_size(Some(8 * 1024 * 1024))
-            .connect_lazy())
+            .connect_with_connector_lazy(connector))
+    }
+}
+
+/// Opens TCP to the channel's authority and runs the TLS handshake with the
+/// client's current configuration, insisting on HTTP/2 when ALPN answers.
+#[derive(Clone)]
+struct TlsConnect {
+    tls: ClientTls,
+    server_name: ServerName<'static>,
+}
+
+impl tower::Service<Uri> for TlsConnect {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let config = self.tls.current();
+        let server_name = self.server_name.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+            let tcp = TcpStream::connect(authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            let stream = TlsConnector::from(config).connect(server_name, tcp).await?;
+            match stream.get_ref().1.alpn_protocol() {
+                None | Some(b"h2") => Ok(TokioIo::new(stream)),
+                Some(_) => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the server did not agree to HTTP/2",
+                )),
+            }
+        })
     }
 }
 

@@ -53,12 +53,23 @@ pub enum TlsError {
     Rustls(String),
 }
 
-pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    let certificates = CertificateDer::pem_slice_iter(&bytes)
+    })
+}
+
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certificates_from_pem(path, &read_file(path)?)
+}
+
+/// The certificates in `bytes`, read from `path` (named in errors only).
+pub(crate) fn certificates_from_pem(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| TlsError::Pem {
             path: path.to_owned(),
@@ -74,19 +85,28 @@ pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
 }
 
 pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|error| TlsError::Pem {
+    private_key_from_pem(path, &read_file(path)?)
+}
+
+/// The private key in `bytes`, read from `path` (named in errors only).
+pub(crate) fn private_key_from_pem(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|error| TlsError::Pem {
         path: path.to_owned(),
         message: format!("no usable private key ({error})"),
     })
 }
 
 pub(crate) fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    root_store_from_pem(path, &read_file(path)?)
+}
+
+/// A trust store of the certificates in `bytes`, read from `path`.
+pub(crate) fn root_store_from_pem(path: &Path, bytes: &[u8]) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for certificate in read_certificates(path)? {
+    for certificate in certificates_from_pem(path, bytes)? {
         roots
             .add(certificate)
             .map_err(|error| TlsError::Rustls(format!("{}: {error}", path.display())))?;
@@ -114,9 +134,9 @@ fn build_server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, T
 
 /// What identifies one version of a file on disk: modification time, size
 /// and (on Unix) inode, so a file replaced by rename is always noticed.
-type FileStamp = Option<(SystemTime, u64, u64)>;
+pub(crate) type FileStamp = Option<(SystemTime, u64, u64)>;
 
-fn stamp(path: &Path) -> FileStamp {
+pub(crate) fn stamp(path: &Path) -> FileStamp {
     let metadata = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
