@@ -781,6 +781,32 @@ async fn key_policies_are_managed_and_guard_against_lockout(
         Code::InvalidArgument,
         "MalformedPolicyDocumentException",
     );
+    // AWS's pattern for a policy: tab, line feed, carriage return and the
+    // characters from U+0020 to U+00FF.
+    for (policy, character) in [
+        (
+            r#"{"Version":"2012-10-17","Id":"签名","Statement":[]}"#,
+            "U+7B7E",
+        ),
+        (
+            "{\"Version\":\"2012-10-17\",\u{7}\"Statement\":[]}",
+            "U+0007",
+        ),
+    ] {
+        let status = assert_error(
+            admin
+                .put_key_policy(pb::PutKeyPolicyRequest {
+                    key_id: key.clone(),
+                    policy: policy.into(),
+                    bypass_policy_lockout_safety_check: Some(true),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+        assert!(status.message().contains(character), "{status:?}");
+    }
 
     // With the bypass the lockout takes effect: the admin can no longer
     // manage the key, and the role the policy names may use it directly
@@ -1853,6 +1879,30 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
         Code::PermissionDenied,
         "AccessDeniedException",
     );
+    // A key that does not exist answers as a grant that does not, so the
+    // answer tells B nothing of which keys A has.
+    let (prefix, _) = granted_key
+        .rsplit_once('/')
+        .context("a key ARN has a slash")?;
+    let mut answers = Vec::new();
+    for key_id in [
+        granted_key.clone(),
+        format!("{prefix}/00000000-0000-4000-8000-000000000000"),
+    ] {
+        let status = assert_error(
+            admin_b
+                .retire_grant(pb::RetireGrantRequest {
+                    key_id,
+                    grant_id: "0".repeat(64),
+                    ..Default::default()
+                })
+                .await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+        answers.push(status.message().to_owned());
+    }
+    assert_eq!(answers[0], answers[1]);
     let left = admin_a
         .list_grants(pb::ListGrantsRequest {
             key_id: granted_key.clone(),
@@ -2343,6 +2393,43 @@ async fn condition_keys_name_what_a_request_asks_for(backend: Backend) -> anyhow
         alice.generate_mac(mac("HMAC_SHA_224")).await,
         "kms:GenerateMac",
     );
+
+    // In CreateGrant, the encryption context keys are the pairs of the
+    // grant's constraint: a policy can require a grant to be constrained.
+    let granting = key_with_policy(
+        &mut admin,
+        "",
+        "",
+        r#"{"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:DescribeKey","Resource":"*"},
+           {"Effect":"Allow","Principal":{"AWS":"{alice}"},"Action":"kms:CreateGrant","Resource":"*",
+            "Condition":{"StringEquals":{"kms:EncryptionContext:Stage":"prod"}}},
+           {"Effect":"Deny","Principal":"*","Action":"kms:CreateGrant","Resource":"*",
+            "Condition":{"ForAnyValue:StringEquals":{"kms:EncryptionContextKeys":"Forbidden"}}}"#,
+    )
+    .await?;
+    let constrained = |pairs: &[(&str, &str)]| pb::CreateGrantRequest {
+        key_id: granting.clone(),
+        grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:role/app"),
+        operations: vec!["Decrypt".into()],
+        constraints: (!pairs.is_empty()).then(|| pb::GrantConstraints {
+            encryption_context_subset: context(pairs),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    alice
+        .create_grant(constrained(&[("Stage", "prod")]))
+        .await?;
+    for refused in [
+        &[][..],
+        &[("Stage", "dev")],
+        &[("Stage", "prod"), ("Forbidden", "x")],
+    ] {
+        denied(
+            alice.create_grant(constrained(refused)).await,
+            "kms:CreateGrant",
+        );
+    }
     Ok(())
 }
 
@@ -2535,7 +2622,7 @@ async fn tag_key(
 
 /// `aws:ResourceTag/<key>` and `kms:ResourceAliases` are the key's tags and
 /// aliases as they stand at each call (attribute-based access in identity
-/// policies; a Deny in a key policy), and the deprecated
+/// policies; a key policy may not read them), and the deprecated
 /// `kms:CustomerMasterKeySpec` and `kms:MultiRegion` are set on every key
 /// operation.
 async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Result<()> {
@@ -2591,33 +2678,56 @@ async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Resu
         "kms:GenerateDataKey",
     );
 
-    // A key policy's Deny by a tag applies to everyone, the account's admin
-    // too, while the tag is on the key; and the deprecated and
-    // multi-Region keys are there for a key policy to read.
+    // KMS reads a key's tags and aliases in identity policies only: a key
+    // policy conditioned on them is refused (it could never apply), so
+    // tagging a key cannot widen its policy.
+    for (statement, key_name) in [
+        (
+            r#"{"Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*",
+                "Condition":{"StringEquals":{"aws:ResourceTag/frozen":"true"}}}"#,
+            "aws:resourcetag/frozen",
+        ),
+        (
+            r#"{"Effect":"Allow","Principal":"*","Action":"kms:Encrypt","Resource":"*",
+                "Condition":{"ForAnyValue:StringEquals":{"kms:ResourceAliases":"alias/open"}}}"#,
+            "kms:resourcealiases",
+        ),
+    ] {
+        let root = format!("arn:coffer:iam::{ACCOUNT_A}:root");
+        let policy = format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+                {{"Effect":"Allow","Principal":{{"AWS":"{root}"}},"Action":"kms:*","Resource":"*"}},
+                {statement}]}}"#
+        );
+        let status = assert_error(
+            admin
+                .create_key(pb::CreateKeyRequest {
+                    policy,
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "MalformedPolicyDocumentException",
+        );
+        assert!(
+            status.message().contains(key_name)
+                && status.message().contains("identity policies only"),
+            "{status:?}"
+        );
+    }
+
+    // The deprecated and multi-Region keys are there for a key policy to
+    // read.
     let guarded = key_with_policy(
         &mut admin,
         "",
         "",
-        r#"{"Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*",
-            "Condition":{"StringEquals":{"aws:ResourceTag/frozen":"true"}}},
-           {"Effect":"Deny","Principal":"*","Action":"kms:GenerateDataKey","Resource":"*",
+        r#"{"Effect":"Deny","Principal":"*","Action":"kms:GenerateDataKey","Resource":"*",
             "Condition":{"StringEquals":{"kms:CustomerMasterKeySpec":"SYMMETRIC_DEFAULT"}}},
            {"Effect":"Deny","Principal":"*","Action":"kms:GenerateDataKeyWithoutPlaintext","Resource":"*",
             "Condition":{"Bool":{"kms:MultiRegion":"false"}}}"#,
     )
     .await?;
-    encrypt_with(&mut admin, &guarded, &[], Vec::new()).await?;
-    tag_key(&mut admin, &guarded, "frozen", "true").await?;
-    denied(
-        encrypt_with(&mut admin, &guarded, &[], Vec::new()).await,
-        "kms:Encrypt",
-    );
-    admin
-        .untag_resource(pb::UntagResourceRequest {
-            key_id: guarded.clone(),
-            tag_keys: vec!["frozen".into()],
-        })
-        .await?;
     encrypt_with(&mut admin, &guarded, &[], Vec::new()).await?;
     denied(
         admin.generate_data_key(generate(&guarded)).await,

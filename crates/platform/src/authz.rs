@@ -511,6 +511,19 @@ impl Caller {
         coffer_policy::authorize(resource_policy, &identity, request)
     }
 
+    /// As [`Self::authorize`], with the resource policy evaluated against
+    /// `resource_request` (see [`coffer_policy::authorize_split`]).
+    pub fn authorize_split(
+        &self,
+        resource_policy: Option<&Policy>,
+        resource_request: &RequestContext,
+        request: &RequestContext,
+    ) -> AccessDecision {
+        self.mark.set();
+        let identity: Vec<&Policy> = self.identity_policies.iter().map(Arc::as_ref).collect();
+        coffer_policy::authorize_split(resource_policy, resource_request, &identity, request)
+    }
+
     /// The decision of the caller's identity policies alone, for actions on
     /// no particular resource (`kms:CreateKey` on `*`).
     pub fn authorize_identity(&self, request: &RequestContext) -> coffer_policy::Decision {

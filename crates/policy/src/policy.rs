@@ -124,6 +124,15 @@ impl Policy {
         self.condition_keys.as_deref()
     }
 
+    /// Every condition key (lowercased) a Condition block names, in
+    /// document order, repeated as often as it is named.
+    pub fn named_condition_keys(&self) -> impl Iterator<Item = &str> {
+        self.statements
+            .iter()
+            .flat_map(|statement| statement.conditions.iter())
+            .map(ConditionClause::lowercase_key)
+    }
+
     /// The condition keys (lowercased) that a `ForAllValues:` operator
     /// reads, in document order, repeated as often as they are.
     pub fn for_all_values_keys(&self) -> impl Iterator<Item = &str> {

@@ -314,6 +314,19 @@ fn policy_document(field: &'static str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
         return Err(KeysError::validation(field, "must not be empty"));
     }
+    // AWS's pattern for a key policy: [\u0009\u000A\u000D\u0020-\u00FF]+.
+    if let Some(refused) = text
+        .chars()
+        .find(|&c| !matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{ff}'))
+    {
+        return Err(KeysError::validation(
+            field,
+            format!(
+                "may contain only tab, line feed, carriage return and the characters U+0020 to U+00FF, not U+{:04X}",
+                u32::from(refused)
+            ),
+        ));
+    }
     if text.len() > coffer_policy::MAX_POLICY_BYTES {
         return Err(KeysError::MalformedPolicy(format!(
             "The policy is {} bytes; a key policy can be at most {} bytes.",

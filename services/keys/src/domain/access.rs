@@ -335,6 +335,9 @@ impl KeysDomain {
     /// request-tag key is refused: those keys hold one value, and the
     /// condition would hold for a request without the pair or tag at all.
     ///
+    /// A condition on the key's tags or aliases is refused: KMS evaluates
+    /// those keys in identity policies only.
+    ///
     /// A principal or resource ARN of another partition (`arn:aws:…` in a
     /// policy copied from AWS) is refused too: it can never match here, so
     /// a Deny naming it would silently never apply. AWS likewise refuses a
@@ -346,6 +349,15 @@ impl KeysDomain {
             return Err(KeysError::MalformedPolicy(format!(
                 "{arn:?} is not of this partition ({}): it can never match here.",
                 self.location.partition
+            )));
+        }
+        if let Some(key) = policy
+            .named_condition_keys()
+            .find(|key| identity_policy_only(key))
+        {
+            return Err(KeysError::MalformedPolicy(format!(
+                "The condition key {key} is evaluated in identity policies only, never in a \
+                 key policy: a statement conditioned on it could never apply."
             )));
         }
         if let Some(key) = policy.for_all_values_keys().find(|key| {
@@ -707,7 +719,7 @@ impl KeysDomain {
     ) -> Result<()> {
         let filter = Self::filter_for(caller, policy);
         let request = self.request_on(caller, key, &Access::to("PutKeyPolicy"), &filter, facts);
-        if caller.authorize(Some(policy), &request).is_allowed() {
+        if authorize_on_key(caller, policy, &request).is_allowed() {
             Ok(())
         } else {
             Err(KeysError::MalformedPolicy(
@@ -811,6 +823,32 @@ thread_local! {
 
 /// The policy decision for `request`, from this thread's memory when an
 /// equal request was decided under the same policies.
+/// Whether a condition key is one KMS evaluates in identity policies only:
+/// "the aws:ResourceTag/tag-key condition key is supported only in IAM
+/// policies", and `kms:ResourceAliases` likewise. A key policy reading one
+/// sees it absent, so tagging or aliasing a key never widens its policy.
+fn identity_policy_only(lowercase_key: &str) -> bool {
+    lowercase_key.starts_with("aws:resourcetag/") || lowercase_key == "kms:resourcealiases"
+}
+
+/// The caller's policies and `policy` (a key policy) on `request`.
+fn authorize_on_key(
+    caller: &Caller,
+    policy: &Policy,
+    request: &RequestContext,
+) -> coffer_policy::AccessDecision {
+    if !request
+        .conditions()
+        .keys()
+        .any(|key| identity_policy_only(key))
+    {
+        return caller.authorize(Some(policy), request);
+    }
+    let mut resource_request = request.clone();
+    resource_request.retain_keys(|key| !identity_policy_only(key));
+    caller.authorize_split(Some(policy), &resource_request, request)
+}
+
 fn decide(caller: &Caller, policy: &Arc<Policy>, request: RequestContext) -> DecisionEffect {
     let identity = caller.identity_policies();
     let key: DecisionKey = (
@@ -828,7 +866,7 @@ fn decide(caller: &Caller, policy: &Arc<Policy>, request: RequestContext) -> Dec
         caller.mark_decided();
         return effect;
     }
-    let effect = caller.authorize(Some(policy), &key.2).effect;
+    let effect = authorize_on_key(caller, policy, &key.2).effect;
     DECISIONS.with(|decisions| {
         let mut decisions = decisions.borrow_mut();
         if decisions.len() >= MAX_REMEMBERED_DECISIONS {
@@ -942,6 +980,91 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<BTreeMap<_, _>>(),
         )
+    }
+
+    /// A key policy is evaluated without `aws:ResourceTag/*` and
+    /// `kms:ResourceAliases` (a stored policy may still read them); the
+    /// caller's identity policies see them.
+    #[test]
+    fn a_key_policy_never_sees_the_keys_tags_or_aliases() {
+        use coffer_platform::authz::{Authorizer, IdentityPolicies, IdentityPolicyAttachment};
+        let alice_arn = "arn:coffer:iam::111122223333:user/alice";
+        let by_tag = |effect: &str| {
+            format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"{effect}","Principal":{{"AWS":"{alice_arn}"}},"Action":"kms:Encrypt","Resource":"*","Condition":{{"StringEquals":{{"aws:ResourceTag/Team":"blue"}}}}}},
+                {{"Effect":"{effect}","Principal":{{"AWS":"{alice_arn}"}},"Action":"kms:Encrypt","Resource":"*","Condition":{{"ForAnyValue:StringEquals":{{"kms:ResourceAliases":"alias/blue"}}}}}}]}}"#
+            )
+        };
+        let caller_with = |identity: Option<&str>| {
+            let attachments = identity
+                .map(|document| IdentityPolicyAttachment {
+                    name: "abac".into(),
+                    principals: vec![alice_arn.into()],
+                    policy: Arc::new(Policy::parse_identity(document).unwrap()),
+                })
+                .into_iter()
+                .collect();
+            let authorizer = Arc::new(Authorizer::new(
+                coffer_platform::arn::Location {
+                    partition: "coffer".into(),
+                    region: "eu-west-1".into(),
+                    dns_suffix: "coffer.internal".into(),
+                },
+                Arc::new(IdentityPolicies::new(attachments)),
+                Arc::new(coffer_platform::clock::SystemClock),
+            ));
+            let alice = coffer_platform::identity::principal_from_spiffe_id(
+                "spiffe://coffer.local/account/111122223333/user/alice",
+                "coffer.local",
+            )
+            .unwrap();
+            Caller::for_tests(&alice, authorizer).unwrap()
+        };
+        let key_arn = "arn:coffer:kms:eu-west-1:111122223333:key/k";
+        let tagged = |caller: &Caller, tags: bool, aliases: bool| {
+            let mut request = caller.request("kms:Encrypt", key_arn);
+            if tags {
+                request.add_value("aws:ResourceTag/Team", "blue");
+            }
+            if aliases {
+                request.add_value("kms:ResourceAliases", "alias/blue");
+            }
+            request
+        };
+        let key_allows = Policy::parse_resource(&by_tag("Allow")).unwrap();
+        let nobody = caller_with(None);
+        for (tags, aliases) in [(true, false), (false, true), (true, true)] {
+            assert_eq!(
+                authorize_on_key(&nobody, &key_allows, &tagged(&nobody, tags, aliases)).effect,
+                DecisionEffect::ImplicitDeny,
+                "a key policy Allow by tag {tags} or alias {aliases}"
+            );
+        }
+        let key_denies = Policy::parse_resource(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{alice_arn}"}},"Action":"kms:Encrypt","Resource":"*"}},
+            {{"Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*","Condition":{{"StringEquals":{{"aws:ResourceTag/Team":"blue"}}}}}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            authorize_on_key(&nobody, &key_denies, &tagged(&nobody, true, true)).effect,
+            DecisionEffect::Allowed
+        );
+        // The identity policy reads them; the key policy trusts the account.
+        let trusting = Policy::parse_resource(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:coffer:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}"#,
+        )
+        .unwrap();
+        let abac = caller_with(Some(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*","Condition":{"StringEquals":{"aws:ResourceTag/Team":"blue"}}}]}"#,
+        ));
+        assert_eq!(
+            authorize_on_key(&abac, &trusting, &tagged(&abac, true, false)).effect,
+            DecisionEffect::Allowed
+        );
+        assert_eq!(
+            authorize_on_key(&abac, &trusting, &tagged(&abac, false, true)).effect,
+            DecisionEffect::ImplicitDeny
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use coffer_crypto::EncryptionContext;
 use coffer_platform::authz::Caller;
 use coffer_policy::DecisionEffect;
 use serde_json::json;
@@ -173,8 +174,18 @@ impl KeysDomain {
         if let Some(retiring) = &request.retiring_principal {
             access = access.with_values("kms:RetiringPrincipal", vec![retiring.clone()]);
         }
+        // AWS evaluates `kms:EncryptionContext:*` and
+        // `kms:EncryptionContextKeys` in a CreateGrant request against the
+        // pairs of its encryption context constraint.
+        let constraint_context = request
+            .constraint
+            .as_ref()
+            .map(|(_, pairs)| EncryptionContext::new(pairs.iter().cloned().collect()));
         if let Some((kind, _)) = &request.constraint {
             access = access.with_values("kms:GrantConstraintType", vec![kind.as_str().to_owned()]);
+        }
+        if let Some(context) = &constraint_context {
+            access = access.with_context(context);
         }
         let key = self.resolve(caller, reference, &access).await?;
         self.check_state(&key, KeyOperation::CreateGrant)?;
@@ -334,7 +345,16 @@ impl KeysDomain {
                 (grant, KeysError::InvalidGrantToken)
             }
             RetireTarget::Id { key, grant_id } => {
-                let named = self.find_key(caller.account(), key, Reach::KeyArn).await?;
+                // No authorization runs before this lookup, so a key that
+                // does not exist answers as a grant that does not: the
+                // answer tells nothing about another account's keys.
+                let named = self
+                    .find_key(caller.account(), key, Reach::KeyArn)
+                    .await
+                    .map_err(|error| match error {
+                        KeysError::NotFound(_) => grant_not_found(grant_id),
+                        other => other,
+                    })?;
                 let grant = self
                     .store
                     .get_grant(grant_id)
