@@ -142,8 +142,16 @@ impl Instance {
         for task in &self.background {
             task.abort();
         }
+        // Every server stops accepting at once and drains within the same
+        // grace period, not one grace period after another.
+        let mut draining = tokio::task::JoinSet::new();
         for (_, server) in self.servers {
-            server.shutdown().await;
+            draining.spawn(server.shutdown());
+        }
+        while let Some(drained) = draining.join_next().await {
+            if let Err(error) = drained {
+                tracing::error!(%error, "a server's shutdown failed");
+            }
         }
         if let Some(exporter) = &self.exporter
             && let Err(error) = exporter.flush(std::time::Duration::from_secs(5)).await
@@ -169,6 +177,17 @@ pub async fn launch(
             "name at least one service to serve ({})",
             BUILT_SERVICES.join(", ")
         );
+    }
+    for (index, name) in service_names.iter().enumerate() {
+        if !BUILT_SERVICES.contains(&name.as_str()) {
+            bail!(
+                "{name:?} is not a service this build serves ({})",
+                BUILT_SERVICES.join(", ")
+            );
+        }
+        if service_names[..index].contains(name) {
+            bail!("the service {name} is named twice");
+        }
     }
     let tls = Arc::new(ServerTls::load(settings.tls.clone()).context("loading TLS certificates")?);
 
@@ -254,6 +273,7 @@ pub async fn launch(
         authz::spawn_reloader(
             identity_policies,
             source,
+            settings.authorization.overrides.clone(),
             settings.authorization.reload_interval,
         )
     });

@@ -143,6 +143,8 @@ pub struct AuthorizationSettings {
     pub identity_policies: Vec<IdentityPolicyAttachment>,
     /// The config file the policies were read from, watched for changes.
     pub source: Option<PathBuf>,
+    /// The overrides the file was loaded with, applied again on a reload.
+    pub overrides: crate::config::Overrides,
     pub reload_interval: Duration,
 }
 
@@ -151,6 +153,7 @@ impl Default for AuthorizationSettings {
         Self {
             identity_policies: Vec::new(),
             source: None,
+            overrides: crate::config::Overrides::default(),
             reload_interval: Duration::from_secs(2),
         }
     }
@@ -162,10 +165,12 @@ impl Default for AuthorizationSettings {
 pub fn spawn_reloader(
     policies: Arc<IdentityPolicies>,
     source: PathBuf,
+    overrides: crate::config::Overrides,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    // Read before the task first runs: a change made meanwhile is a change.
+    let mut last_text = std::fs::read_to_string(&source).ok();
     tokio::spawn(async move {
-        let mut last_text = std::fs::read_to_string(&source).ok();
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
@@ -185,7 +190,7 @@ pub fn spawn_reloader(
                 continue;
             }
             last_text = Some(text.clone());
-            match crate::config::from_yaml(&text, std::env::vars()) {
+            match crate::config::from_yaml(&text, overrides.clone()) {
                 Ok(settings) => {
                     let count = settings.authorization.identity_policies.len();
                     policies.replace(settings.authorization.identity_policies);
@@ -581,6 +586,58 @@ mod tests {
     }
 
     const ALLOW_ENCRYPT: &str = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*"}}"#;
+
+    /// A reload applies the overrides the file was first loaded with (a
+    /// region given by `--region` included), or a file that depends on one
+    /// would never validate again.
+    #[tokio::test]
+    async fn a_reload_applies_the_overrides_of_the_first_load()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("coffer.yaml");
+        let file = |policies: &str| {
+            format!(
+                "tls: {{ cert_file: c.pem, key_file: k.pem, ca_file: ca.pem }}\nroot_key: {{ file: root-key }}\nservices:\n  keys:\n    listen: 127.0.0.1:8443\n    database: {{ url: \"sqlite://keys.db\" }}\nauthorization:\n  reload_interval_ms: 100\n  identity_policies:\n{policies}"
+            )
+        };
+        let attachment = |name: &str| {
+            format!(
+                "    - name: {name}\n      principals: [\"arn:coffer:iam::111122223333:user/{name}\"]\n      policy: '{ALLOW_ENCRYPT}'\n"
+            )
+        };
+        std::fs::write(&path, file(&attachment("alice")))?;
+        let settings = crate::config::load(
+            Some(&path),
+            vec![("COFFER_REGION".to_owned(), "eu-west-1".to_owned())],
+        )?;
+        let policies = Arc::new(IdentityPolicies::new(
+            settings.authorization.identity_policies.clone(),
+        ));
+        let reloader = spawn_reloader(
+            policies.clone(),
+            path.clone(),
+            settings.authorization.overrides.clone(),
+            settings.authorization.reload_interval,
+        );
+        std::fs::write(
+            &path,
+            file(&format!("{}{}", attachment("alice"), attachment("bob"))),
+        )?;
+        let bob = "arn:coffer:iam::111122223333:user/bob";
+        let mut reloaded = false;
+        for _ in 0..100 {
+            if !policies.for_principal(bob).is_empty() {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reloader.abort();
+        if !reloaded {
+            return Err("the changed file was never put in force".into());
+        }
+        Ok(())
+    }
 
     #[test]
     fn attachments_match_principal_patterns_literally() {

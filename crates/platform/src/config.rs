@@ -371,12 +371,11 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
         ));
     }
     if let Some(endpoint) = &file.endpoint
-        && endpoint.parse::<SocketAddr>().is_err()
-        && !endpoint.contains(':')
+        && !is_host_port(endpoint)
     {
         return Err(ConfigError::new(
             "audit.endpoint",
-            format!("{endpoint:?} is not host:port"),
+            format!("{endpoint:?} is not host:port (no scheme: the connection is always mTLS)"),
         ));
     }
     Ok(AuditSettings {
@@ -445,6 +444,33 @@ pub fn load(
     Ok(settings)
 }
 
+/// The `COFFER_*` overrides a configuration was loaded with (flags such as
+/// `--region` included), so a reload of the file applies the same ones.
+/// Its `Debug` names the variables, never their values.
+#[derive(Clone, Default)]
+pub struct Overrides(Vec<(String, String)>);
+
+impl Overrides {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl IntoIterator for Overrides {
+    type Item = (String, String);
+    type IntoIter = std::vec::IntoIter<(String, String)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 pub fn from_yaml(
     text: &str,
     environment: impl IntoIterator<Item = (String, String)>,
@@ -458,26 +484,52 @@ pub fn from_yaml(
     if tree.is_null() {
         tree = Value::Mapping(Default::default());
     }
+    // Each applied override with the dotted field it sets.
+    let mut applied: Vec<(String, (String, String))> = Vec::new();
     for (name, value) in environment {
-        apply_override(&mut tree, &name, &value)?;
+        if let Some(field) = apply_override(&mut tree, &name, &value)? {
+            applied.push((field, (name, value)));
+        }
     }
     let file: ConfigFile = serde_path_to_error::deserialize(tree).map_err(|error| {
         let field = error.path().to_string();
-        ConfigError::new(field, error.into_inner().to_string())
+        // serde's message may quote the value, and an override's value may
+        // be a secret (a root key in a variable named like an override):
+        // name the variable instead.
+        match applied.iter().find(|(overridden, _)| {
+            field == *overridden
+                || field.starts_with(&format!("{overridden}."))
+                || overridden.starts_with(&format!("{field}."))
+        }) {
+            Some((_, (name, _))) => ConfigError::new(
+                field,
+                format!("the value of {name} does not fit this field (its value is not shown)"),
+            ),
+            None => ConfigError::new(field, error.into_inner().to_string()),
+        }
     })?;
-    validate(file)
+    let mut settings = validate(file)?;
+    settings.authorization.overrides =
+        Overrides(applied.into_iter().map(|(_, variable)| variable).collect());
+    Ok(settings)
 }
 
-fn apply_override(tree: &mut Value, name: &str, value: &str) -> Result<(), ConfigError> {
+/// Applies one `COFFER_*` variable to `tree`; the dotted field it set, or
+/// `None` when the variable is not an override.
+fn apply_override(
+    tree: &mut Value,
+    name: &str,
+    value: &str,
+) -> Result<Option<String>, ConfigError> {
     let Some(path) = name.strip_prefix("COFFER_") else {
-        return Ok(());
+        return Ok(None);
     };
     let segments: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
     let Some(first) = segments.first() else {
-        return Ok(());
+        return Ok(None);
     };
     if !TOP_LEVEL_FIELDS.contains(&first.as_str()) {
-        return Ok(());
+        return Ok(None);
     }
     let parsed: Value = serde_yaml_ng::from_str(value).unwrap_or(Value::String(value.to_owned()));
     let mut node = tree;
@@ -491,13 +543,36 @@ fn apply_override(tree: &mut Value, name: &str, value: &str) -> Result<(), Confi
         let key = Value::String(segment.clone());
         if depth + 1 == segments.len() {
             mapping.insert(key, parsed);
-            return Ok(());
+            return Ok(Some(segments.join(".")));
         }
         node = mapping
             .entry(key)
             .or_insert_with(|| Value::Mapping(Default::default()));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// `host:port` or `[v6]:port`: a host of DNS labels or an IP address and a
+/// port from 1 to 65535.
+fn is_host_port(text: &str) -> bool {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return address.port() != 0;
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let port_valid = port.parse::<u16>().is_ok_and(|port| port != 0);
+    let host_valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        });
+    port_valid && host_valid
 }
 
 fn validate_dns_like(field: &str, value: &str) -> Result<(), ConfigError> {
@@ -779,6 +854,7 @@ fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettin
     Ok(AuthorizationSettings {
         identity_policies: attachments,
         source: None,
+        overrides: Overrides::default(),
         reload_interval: Duration::from_millis(file.reload_interval_ms),
     })
 }
@@ -861,6 +937,65 @@ services:
             .map(|s| s.database.backend.clone());
         assert_eq!(backend, Some(DatabaseBackend::Postgres));
         Ok(())
+    }
+
+    /// The overrides a file was loaded with are kept for a reload, and an
+    /// override that does not fit its field is named, its value never shown.
+    #[test]
+    fn overrides_are_kept_and_their_values_never_shown() -> Result<(), ConfigError> {
+        let without_region = MINIMAL.replace("region: eu-west-1\n", "");
+        let settings = from_yaml(
+            &without_region,
+            vec![
+                ("COFFER_REGION".to_owned(), "us-east-2".to_owned()),
+                ("COFFER_CONFIG".to_owned(), "/ignored.yaml".to_owned()),
+            ],
+        )?;
+        let overrides = settings.authorization.overrides;
+        assert_eq!(overrides.names().collect::<Vec<_>>(), ["COFFER_REGION"]);
+        assert_eq!(format!("{overrides:?}"), r#"["COFFER_REGION"]"#);
+        let reloaded = from_yaml(&without_region, overrides)?;
+        assert_eq!(reloaded.location.region, "us-east-2");
+
+        let secret = "c2VjcmV0LXJvb3Qta2V5LW1hdGVyaWFsLWJhc2U2NA==";
+        let error = from_yaml(
+            &MINIMAL.replace(
+                "root_key: { file: root-key }",
+                "root_key: { env: COFFER_ROOT_KEY }",
+            ),
+            vec![("COFFER_ROOT_KEY".to_owned(), secret.to_owned())],
+        )
+        .err()
+        .ok_or_else(|| ConfigError::new("test", "a root key string must not fit root_key"))?;
+        assert_eq!(error.field, "root_key");
+        let shown = error.to_string();
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("COFFER_ROOT_KEY"), "{shown}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_audit_endpoint_is_host_and_port() {
+        let with = |endpoint: &str| format!("{MINIMAL}audit:\n  endpoint: \"{endpoint}\"\n");
+        for good in [
+            "audit.coffer:8443",
+            "127.0.0.1:8443",
+            "[::1]:8443",
+            "Audit-1.svc:1",
+        ] {
+            assert!(from_yaml(&with(good), no_env()).is_ok(), "{good}");
+        }
+        for bad in [
+            "https://audit.coffer:8443",
+            "audit.coffer",
+            "audit.coffer:",
+            "audit.coffer:0",
+            "audit.coffer:70000",
+            ":8443",
+            "audit coffer:8443",
+        ] {
+            assert_eq!(error_field(&with(bad)), "audit.endpoint", "{bad}");
+        }
     }
 
     fn error_field(text: &str) -> String {
