@@ -15,6 +15,7 @@ backend_tests!(
     another_account_sees_nothing,
     bad_input_gets_exact_errors,
     restart_loses_nothing,
+    serve_refuses_unknown_and_repeated_services,
 );
 
 pub(crate) async fn create_key(
@@ -521,5 +522,27 @@ async fn restart_loses_nothing(backend: Backend) -> anyhow::Result<()> {
         described.key_metadata.map(|m| m.description),
         Some("e2e".to_owned())
     );
+    Ok(())
+}
+
+/// `coffer serve` with a service named twice, or one this build does not
+/// serve, stops with a message instead of opening a store twice.
+async fn serve_refuses_unknown_and_repeated_services(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let clock: std::sync::Arc<dyn coffer_platform::clock::Clock> =
+        std::sync::Arc::new(coffer_platform::clock::SystemClock);
+    for (services, message) in [
+        (&["keys", "keys"][..], "the service keys is named twice"),
+        (
+            &["secrets"][..],
+            "\"secrets\" is not a service this build serves",
+        ),
+    ] {
+        let names: Vec<String> = services.iter().map(|name| (*name).to_owned()).collect();
+        match coffer::launch(harness.settings(), &names, clock.clone()).await {
+            Ok(_) => anyhow::bail!("{services:?} was served"),
+            Err(error) => assert!(error.to_string().contains(message), "{error:#}"),
+        }
+    }
     Ok(())
 }

@@ -183,7 +183,7 @@ impl Harness {
             &["localhost".to_owned()],
             &["127.0.0.1".parse()?],
         )?;
-        pki::write_identity(dir, "server", &server)?;
+        pki::write_identity(dir, "server", &server, false)?;
         write(
             &dir.join("root-key"),
             coffer_crypto::RootKey::generate()?.to_base64().as_str(),

@@ -42,6 +42,17 @@ pub const SCENARIOS: &[&str] = &[
     "encrypt-best-effort",
 ];
 
+/// What `--background` can run: scenarios served by the keys service to
+/// the admin over one connection of its own.
+const BACKGROUND_SCENARIOS: &[&str] = &[
+    "health",
+    "encrypt",
+    "decrypt",
+    "generate-data-key",
+    "sign",
+    "get-public-key",
+];
+
 /// Statements in the key policy and in the identity policy that
 /// `encrypt-policy-50` evaluates on every call.
 pub const HEAVY_POLICY_STATEMENTS: usize = 50;
@@ -635,6 +646,27 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
     if args.concurrency == 0 || args.connections == 0 {
         bail!("--concurrency and --connections must be at least 1");
     }
+    if let Some(background) = &args.background
+        && !BACKGROUND_SCENARIOS.contains(&background.as_str())
+    {
+        bail!(
+            "--background runs on one connection to the keys service as the admin: {}",
+            BACKGROUND_SCENARIOS.join(", ")
+        );
+    }
+    for (flag, seconds) in [("--duration", args.duration), ("--warmup", args.warmup)] {
+        let allowed = if flag == "--warmup" {
+            seconds >= 0.0
+        } else {
+            seconds > 0.0
+        };
+        if !seconds.is_finite() || !allowed || seconds > 86_400.0 {
+            bail!("{flag} must be a number of seconds up to a day (got {seconds})");
+        }
+    }
+    if args.total == Some(0) {
+        bail!("--total must be at least 1");
+    }
     if args.audit_over_otlp && args.addr.is_some() {
         bail!(
             "--audit-over-otlp configures the in-process target; with --addr the instance's own configuration decides"
@@ -896,8 +928,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             summaries.push(summary);
             if let (Some(task), Some(name)) = (background, &args.background) {
                 let (latencies, codes, elapsed) = task.await?;
+                if name == "encrypt" {
+                    encrypt_calls += codes.values().sum::<u64>();
+                    encrypt_ok += codes.get("OK").copied().unwrap_or(0);
+                }
                 let background_args = BenchArgs {
                     concurrency: args.background_concurrency,
+                    connections: 1,
                     ..args.clone()
                 };
                 let summary = summarize(
@@ -912,12 +949,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             }
         }
     }
+    // Written before the accounting check, so a failed check leaves the
+    // figures behind.
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&summaries)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if rounds > 1 {
-        let median = |values: &[f64]| {
-            let mut sorted = values.to_vec();
-            sorted.sort_by(f64::total_cmp);
-            sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
-        };
         let reference =
             reference_scenario(&per_scenario).map(|(name, values)| (name, median(values)));
         println!("\nMedian of {rounds} rounds:");
@@ -968,11 +1006,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             bail!("the audit service stored {stored} Encrypt events for {encrypt_calls} calls");
         }
     }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&summaries)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     Ok(summaries)
+}
+
+/// The median: the middle value, or the mean of the two middle ones.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    match (sorted.len() % 2, sorted.get(middle)) {
+        (_, None) => 0.0,
+        (1, Some(value)) => *value,
+        (_, Some(upper)) => (sorted[middle - 1] + upper) / 2.0,
+    }
 }
 
 /// The scenarios of round `round` (from 0): the list as given, reversed in
@@ -1021,7 +1067,50 @@ fn reference_scenario<T>(per_scenario: &BTreeMap<String, T>) -> Option<(&'static
 
 #[cfg(test)]
 mod tests {
-    use super::{reference_scenario, round_order};
+    use super::{median, reference_scenario, round_order};
+
+    /// Arguments that cannot make a run are refused before anything starts.
+    #[tokio::test]
+    async fn bad_arguments_are_refused_up_front() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: super::BenchArgs,
+        }
+        for (arguments, message) in [
+            (&["--duration=-1"][..], "--duration must be"),
+            (&["-z", "NaN"], "--duration must be"),
+            (&["--warmup=-0.5"], "--warmup must be"),
+            (&["-n", "0"], "--total must be at least 1"),
+            (
+                &["--background", "echo"],
+                "--background runs on one connection",
+            ),
+            (
+                &["--background", "encrypt-best-effort"],
+                "--background runs on one connection",
+            ),
+        ] {
+            let command =
+                Command::try_parse_from(std::iter::once("bench").chain(arguments.iter().copied()))
+                    .unwrap();
+            let error = super::run(&command.args).await.err().unwrap();
+            assert!(
+                error.to_string().contains(message),
+                "{arguments:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert!((median(&[3.0, 1.0, 2.0]) - 2.0).abs() < f64::EPSILON);
+        assert!((median(&[4.0, 1.0, 3.0, 2.0]) - 2.5).abs() < f64::EPSILON);
+        assert!((median(&[10.0, 20.0]) - 15.0).abs() < f64::EPSILON);
+        assert!((median(&[7.0]) - 7.0).abs() < f64::EPSILON);
+        assert!(median(&[]).abs() < f64::EPSILON);
+    }
 
     #[test]
     fn shares_are_of_echo_when_it_ran_else_of_the_health_check() {

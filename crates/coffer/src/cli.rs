@@ -26,7 +26,7 @@ pub enum Command {
         /// Override the configured region.
         #[arg(long, env = "COFFER_REGION")]
         region: Option<String>,
-        /// Services to serve: keys (more to come).
+        /// Services to serve: keys, audit (each at most once).
         #[arg(required = true)]
         services: Vec<String>,
     },
@@ -73,6 +73,9 @@ pub enum PkiCommand {
         /// IP addresses to include (for server certificates).
         #[arg(long)]
         ip: Vec<IpAddr>,
+        /// Replace the identity's files if they exist (to renew it).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -98,7 +101,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let instance = crate::launch(&settings, &services, Arc::new(SystemClock)).await?;
             shutdown_signal().await;
             tracing::info!("shutting down");
-            instance.shutdown().await;
+            tokio::select! {
+                () = instance.shutdown() => {}
+                () = shutdown_signal() => {
+                    // Audit events not yet acknowledged wait in the outbox
+                    // and are sent at the next start.
+                    tracing::warn!("a second signal: exiting without waiting for calls in flight");
+                    std::process::exit(130);
+                }
+            }
             Ok(())
         }
         Command::Dev { dir, listen } => crate::dev::run(&dir, listen).await,
@@ -122,12 +133,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     out,
                     dns,
                     ip,
+                    force,
                 },
         } => {
+            // Refused before anything is issued.
+            pki::identity_paths(&dir, &out)?;
             let authority = pki::Authority::load(&dir)
                 .context("loading the CA (run `coffer pki init` first)")?;
             let identity = authority.issue(&spiffe_id, &dns, &ip)?;
-            let (cert, key) = pki::write_identity(&dir, &out, &identity)?;
+            let (cert, key) = pki::write_identity(&dir, &out, &identity, force)?;
             println!("issued {spiffe_id}: {} {}", cert.display(), key.display());
             Ok(())
         }

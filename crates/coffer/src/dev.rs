@@ -66,13 +66,32 @@ fn issue_if_missing(
     dns: &[String],
     ips: &[IpAddr],
 ) -> anyhow::Result<()> {
-    if layout.cert(name).exists() && layout.key(name).exists() {
+    // What the identity was issued for and until when, beside its files:
+    // one issued for other addresses (an earlier `--listen`) or near its
+    // end (identities last a year) is issued again.
+    let record = layout.dir.join(format!("{name}.issued"));
+    let wanted = format!("{spiffe_id} {dns:?} {ips:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let current = std::fs::read_to_string(&record).ok().and_then(|text| {
+        let (until, issued_for) = text.trim_end().split_once(' ')?;
+        let until: u64 = until.parse().ok()?;
+        (issued_for == wanted && until > now + RENEW_BEFORE_SECONDS).then_some(())
+    });
+    if current.is_some() && layout.cert(name).exists() && layout.key(name).exists() {
         return Ok(());
     }
     let identity = authority.issue(spiffe_id, dns, ips)?;
-    pki::write_identity(&layout.dir, name, &identity)?;
+    pki::write_identity(&layout.dir, name, &identity, true)?;
+    let until = now + pki::IDENTITY_DAYS * 24 * 60 * 60;
+    std::fs::write(&record, format!("{until} {wanted}\n"))
+        .with_context(|| format!("writing {}", record.display()))?;
     Ok(())
 }
+
+/// A dev identity is issued again when it has less than this left.
+const RENEW_BEFORE_SECONDS: u64 = 30 * 24 * 60 * 60;
 
 /// Creates what is missing in `dir` (CA, identities, root key) and writes the
 /// configuration for `listen`. Returns the layout, with an absolute path.
@@ -293,4 +312,35 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     instance.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dev identity is issued again when it was issued for other
+    /// addresses or is near its end, and kept otherwise.
+    #[test]
+    fn dev_identities_follow_the_listen_address_and_renew() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let cert = |layout: &DevDir| std::fs::read_to_string(layout.cert("service-keys"));
+        let layout = prepare(directory.path(), "127.0.0.1:8443".parse()?)?;
+        let first = cert(&layout)?;
+        let admin = std::fs::read_to_string(layout.cert("admin"))?;
+        let layout = prepare(directory.path(), "127.0.0.1:8443".parse()?)?;
+        assert_eq!(cert(&layout)?, first, "kept while it fits");
+
+        let layout = prepare(directory.path(), "10.1.2.3:8443".parse()?)?;
+        let moved = cert(&layout)?;
+        assert_ne!(moved, first, "issued again for a new address");
+        assert_eq!(std::fs::read_to_string(layout.cert("admin"))?, admin);
+
+        let record = layout.dir.join("service-keys.issued");
+        let text = std::fs::read_to_string(&record)?;
+        let (_, issued_for) = text.split_once(' ').context("a record has a space")?;
+        std::fs::write(&record, format!("1 {issued_for}"))?;
+        let layout = prepare(directory.path(), "10.1.2.3:8443".parse()?)?;
+        assert_ne!(cert(&layout)?, moved, "issued again near its end");
+        Ok(())
+    }
 }

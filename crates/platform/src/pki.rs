@@ -14,6 +14,8 @@ use thiserror::Error;
 
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// How long an issued identity is valid.
+pub const IDENTITY_DAYS: u64 = 365;
 
 #[derive(Debug, Error)]
 pub enum PkiError {
@@ -28,6 +30,12 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("{0:?} is not a SPIFFE id (spiffe://trust-domain/path)")]
     SpiffeId(String),
+    #[error(
+        "{0:?} cannot name an identity's files: use letters, digits, '.', '_' and '-', not starting with '.', and not \"ca\" (the CA's own files)"
+    )]
+    Name(String),
+    #[error("{0} already exists; pass --force to replace it")]
+    IdentityExists(PathBuf),
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -159,7 +167,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, 365);
+        validity(&mut params, IDENTITY_DAYS.cast_signed());
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedIdentity {
@@ -169,15 +177,99 @@ impl Authority {
     }
 }
 
-/// Writes `dir/{name}-cert.pem` and `dir/{name}-key.pem`; returns their paths.
+/// The paths of identity `name`'s files in `dir`: `{name}-cert.pem` and
+/// `{name}-key.pem`. A name that would leave `dir` or reach the CA's own
+/// key (`ca-key.pem`) is refused.
+pub fn identity_paths(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && name != "ca"
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(PkiError::Name(name.to_owned()));
+    }
+    Ok((
+        dir.join(format!("{name}-cert.pem")),
+        dir.join(format!("{name}-key.pem")),
+    ))
+}
+
+/// Writes `dir/{name}-cert.pem` and `dir/{name}-key.pem`; returns their
+/// paths. Existing files are replaced only when `replace` is true, each by
+/// a rename, so a server reloading them never reads half a file.
 pub fn write_identity(
     dir: &Path,
     name: &str,
     identity: &IssuedIdentity,
+    replace: bool,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
-    let cert_path = dir.join(format!("{name}-cert.pem"));
-    let key_path = dir.join(format!("{name}-key.pem"));
-    write_file(&key_path, &identity.key_pem, true)?;
-    write_file(&cert_path, &identity.cert_pem, false)?;
+    let (cert_path, key_path) = identity_paths(dir, name)?;
+    if !replace
+        && let Some(existing) = [&cert_path, &key_path]
+            .into_iter()
+            .find(|path| path.exists())
+    {
+        return Err(PkiError::IdentityExists(existing.clone()));
+    }
+    for (path, contents, private) in [
+        (&key_path, &identity.key_pem, true),
+        (&cert_path, &identity.cert_pem, false),
+    ] {
+        let staging = dir.join(format!(".{name}.staging"));
+        // A staging file left by an interrupted run is not ours to keep.
+        let _ = std::fs::remove_file(&staging);
+        write_file(&staging, contents, private)?;
+        std::fs::rename(&staging, path).map_err(io_error(path))?;
+    }
     Ok((cert_path, key_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_files_stay_in_the_directory_and_off_the_ca()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        init_ca(directory.path(), "coffer.test")?;
+        let ca_key = std::fs::read(directory.path().join(CA_KEY_FILE))?;
+        let authority = Authority::load(directory.path())?;
+        let identity = authority.issue("spiffe://coffer.test/service/keys", &[], &[])?;
+        for name in ["ca", "", ".hidden", "../outside", "a/b", "a b"] {
+            assert!(
+                matches!(
+                    write_identity(directory.path(), name, &identity, true),
+                    Err(PkiError::Name(_))
+                ),
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(directory.path().join(CA_KEY_FILE))?,
+            ca_key,
+            "the CA's key is untouched"
+        );
+
+        let (cert, key) = write_identity(directory.path(), "server", &identity, false)?;
+        assert_eq!(std::fs::read_to_string(&key)?, identity.key_pem);
+        // Not replaced unless asked to, then replaced whole.
+        let renewed = authority.issue("spiffe://coffer.test/service/keys", &[], &[])?;
+        assert!(matches!(
+            write_identity(directory.path(), "server", &renewed, false),
+            Err(PkiError::IdentityExists(path)) if path == cert
+        ));
+        assert_eq!(std::fs::read_to_string(&cert)?, identity.cert_pem);
+        write_identity(directory.path(), "server", &renewed, true)?;
+        assert_eq!(std::fs::read_to_string(&cert)?, renewed.cert_pem);
+        assert_eq!(std::fs::read_to_string(&key)?, renewed.key_pem);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+        }
+        Ok(())
+    }
 }
