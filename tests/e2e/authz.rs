@@ -973,9 +973,25 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
     };
     let created = admin.create_grant(request.clone()).await?.into_inner();
     assert_eq!(created.grant_id.len(), 64);
-    // Same name and parameters: the same grant.
+    // Same name and parameters: the same grant, with a token of its own
+    // (AWS: unique with every CreateGrant request); either token names it.
     let again = admin.create_grant(request.clone()).await?.into_inner();
     assert_eq!(again.grant_id, created.grant_id);
+    assert_ne!(again.grant_token, created.grant_token);
+    for token in [&created.grant_token, &again.grant_token] {
+        // A dry run answers as the real call would, without retiring.
+        assert_error(
+            admin
+                .retire_grant(pb::RetireGrantRequest {
+                    grant_token: token.clone(),
+                    dry_run: true,
+                    ..Default::default()
+                })
+                .await,
+            Code::FailedPrecondition,
+            "DryRunOperationException",
+        );
+    }
     // The operations are a set: the same ones in another order are the same grant.
     let mut reordered = request.clone();
     reordered.operations.reverse();

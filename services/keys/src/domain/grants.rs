@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use coffer_crypto::EncryptionContext;
+use coffer_crypto::{EncryptionContext, HmacKey, MacAlgorithm, MacKeySpec};
 use coffer_platform::authz::Caller;
 use coffer_policy::DecisionEffect;
 use serde_json::json;
@@ -52,43 +52,100 @@ pub enum RetireTarget {
     Id { key: KeyReference, grant_id: String },
 }
 
-/// A grant token: the grant id and the grant's secret.
+/// A grant token: the grant id, a nonce and an HMAC of both under the
+/// grant's secret. Every CreateGrant issues a new one, even when a named
+/// retry returns an existing grant (AWS: "the returned grant token is
+/// unique with every CreateGrant request"); all tokens of a grant are
+/// interchangeable. A token of the earlier form (the id and the secret
+/// itself) is still accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantToken {
     pub grant_id: String,
-    secret: String,
+    proof: TokenProof,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenProof {
+    /// The grant's secret, as tokens carried it before.
+    Secret(String),
+    /// A nonce and its HMAC-SHA-256 under the grant's secret, hex.
+    Mac { nonce: String, mac: String },
+}
+
+/// The MAC binding a nonce to a grant, or `None` when the stored secret is
+/// not one this service made.
+fn token_mac(grant_id: &str, nonce: &str, secret: &str) -> Option<Vec<u8>> {
+    let key = HmacKey::from_bytes(MacKeySpec::Hmac256, secret.as_bytes()).ok()?;
+    let message = format!("coffer grant token\0{grant_id}\0{nonce}");
+    key.generate_mac(MacAlgorithm::HmacSha256, message.as_bytes())
+        .ok()
 }
 
 impl GrantToken {
-    pub fn encode(grant: &GrantRecord) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}.{}", grant.grant_id, grant.token_secret))
+    /// A new token for `grant`, with a nonce of its own.
+    pub fn issue(grant: &GrantRecord) -> Result<String> {
+        let nonce = coffer_platform::hex_lower(&coffer_platform::random_id_bytes::<16>());
+        let mac = token_mac(&grant.grant_id, &nonce, &grant.token_secret).ok_or_else(|| {
+            KeysError::Store(StoreError::Corrupt(format!(
+                "grant {} has a token secret of the wrong form",
+                grant.grant_id
+            )))
+        })?;
+        Ok(URL_SAFE_NO_PAD.encode(format!(
+            "{}.{nonce}.{}",
+            grant.grant_id,
+            coffer_platform::hex_lower(&mac)
+        )))
     }
 
     /// A token this service issued, or `None`.
     pub fn parse(text: &str) -> Option<Self> {
         let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
         let text = String::from_utf8(bytes).ok()?;
-        let (grant_id, secret) = text.split_once('.')?;
         let hex = |part: &str, length: usize| {
             part.len() == length
                 && part
                     .bytes()
                     .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
         };
-        (hex(grant_id, 64) && hex(secret, 32)).then(|| Self {
+        let parts: Vec<&str> = text.split('.').collect();
+        let (grant_id, proof) = match parts[..] {
+            [grant_id, secret] if hex(secret, 32) => {
+                (grant_id, TokenProof::Secret(secret.to_owned()))
+            }
+            [grant_id, nonce, mac] if hex(nonce, 32) && hex(mac, 64) => (
+                grant_id,
+                TokenProof::Mac {
+                    nonce: nonce.to_owned(),
+                    mac: mac.to_owned(),
+                },
+            ),
+            _ => return None,
+        };
+        hex(grant_id, 64).then(|| Self {
             grant_id: grant_id.to_owned(),
-            secret: secret.to_owned(),
+            proof,
         })
     }
 
     fn matches(&self, grant: &GrantRecord) -> bool {
-        // Constant time in the secret's contents.
-        self.grant_id == grant.grant_id
-            && self.secret.len() == grant.token_secret.len()
-            && self
-                .secret
+        if self.grant_id != grant.grant_id {
+            return false;
+        }
+        let (given, expected) = match &self.proof {
+            TokenProof::Secret(secret) => (secret.clone(), grant.token_secret.clone()),
+            TokenProof::Mac { nonce, mac } => {
+                match token_mac(&grant.grant_id, nonce, &grant.token_secret) {
+                    Some(expected) => (mac.clone(), coffer_platform::hex_lower(&expected)),
+                    None => return false,
+                }
+            }
+        };
+        // Constant time in the contents.
+        given.len() == expected.len()
+            && given
                 .bytes()
-                .zip(grant.token_secret.bytes())
+                .zip(expected.bytes())
                 .fold(0u8, |difference, (a, b)| difference | (a ^ b))
                 == 0
     }
@@ -238,7 +295,7 @@ impl KeysDomain {
             GrantCreation::Existing(existing) => {
                 // Asked for again by name: the grant made the first time.
                 caller.record_response(json!({ "grantId": existing.grant_id }));
-                let token = GrantToken::encode(&existing);
+                let token = GrantToken::issue(&existing)?;
                 return Ok((key, *existing, token));
             }
             GrantCreation::OverQuota(quota) => {
@@ -255,7 +312,7 @@ impl KeysDomain {
                 )));
             }
         }
-        let token = GrantToken::encode(&grant);
+        let token = GrantToken::issue(&grant)?;
         Ok((key, grant, token))
     }
 
@@ -581,17 +638,49 @@ mod tests {
             token_secret: "cd".repeat(16),
             created_at_ms: 0,
         };
-        let token = GrantToken::parse(&GrantToken::encode(&grant)).unwrap();
+        let issued = GrantToken::issue(&grant).unwrap();
+        let token = GrantToken::parse(&issued).unwrap();
         assert!(token.matches(&grant));
+        // Each token is new, and each one works.
+        let again = GrantToken::issue(&grant).unwrap();
+        assert_ne!(again, issued);
+        assert!(GrantToken::parse(&again).unwrap().matches(&grant));
+        // A token of the earlier form (the secret itself) still works.
+        let earlier = URL_SAFE_NO_PAD.encode(format!("{}.{}", grant.grant_id, grant.token_secret));
+        assert!(GrantToken::parse(&earlier).unwrap().matches(&grant));
+
         let mut other = grant.clone();
         other.token_secret = "ce".repeat(16);
         assert!(!token.matches(&other));
+        assert!(!GrantToken::parse(&earlier).unwrap().matches(&other));
+        // A MAC moved to another nonce, or to another grant, fails.
+        let text = String::from_utf8(URL_SAFE_NO_PAD.decode(&issued).unwrap()).unwrap();
+        let (id, rest) = text.split_once('.').unwrap();
+        let (_, mac) = rest.split_once('.').unwrap();
+        let moved = URL_SAFE_NO_PAD.encode(format!("{id}.{}.{mac}", "0".repeat(32)));
+        assert!(!GrantToken::parse(&moved).unwrap().matches(&grant));
+        let mut renamed = grant.clone();
+        renamed.grant_id = "ef".repeat(32);
+        let elsewhere = URL_SAFE_NO_PAD.encode(format!("{}.{rest}", renamed.grant_id));
+        assert!(!GrantToken::parse(&elsewhere).unwrap().matches(&renamed));
         for bad in [
             "",
             "not-a-token",
             &URL_SAFE_NO_PAD.encode(format!("{}.{}", "AB".repeat(32), "cd".repeat(16))),
             &URL_SAFE_NO_PAD.encode(format!("{}.{}", "ab".repeat(32), "cd".repeat(15))),
             &URL_SAFE_NO_PAD.encode("ab".repeat(48)),
+            &URL_SAFE_NO_PAD.encode(format!(
+                "{}.{}.{}",
+                "ab".repeat(32),
+                "cd".repeat(16),
+                "ef".repeat(31)
+            )),
+            &URL_SAFE_NO_PAD.encode(format!(
+                "{}.{}.{}.x",
+                "ab".repeat(32),
+                "cd".repeat(16),
+                "ef".repeat(32)
+            )),
         ] {
             assert_eq!(GrantToken::parse(bad), None, "{bad}");
         }
