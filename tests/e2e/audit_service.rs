@@ -93,7 +93,7 @@ async fn lookup_pages_every_event_exactly_once_and_sees_only_its_account(
                     attribute_key: "EventName".into(),
                     attribute_value: "Encrypt".into(),
                 }],
-                max_results: 50,
+                max_results: Some(50),
                 next_token: token.clone(),
                 ..Default::default()
             })
@@ -195,14 +195,21 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
     let cases: Vec<(audit_pb::LookupEventsRequest, &str)> = vec![
         (
             audit_pb::LookupEventsRequest {
-                max_results: 51,
+                max_results: Some(51),
                 ..Default::default()
             },
             "InvalidMaxResultsException",
         ),
         (
             audit_pb::LookupEventsRequest {
-                max_results: -1,
+                max_results: Some(-1),
+                ..Default::default()
+            },
+            "InvalidMaxResultsException",
+        ),
+        (
+            audit_pb::LookupEventsRequest {
+                max_results: Some(0),
                 ..Default::default()
             },
             "InvalidMaxResultsException",
@@ -313,7 +320,7 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
     // A NextToken works only with the parameters it was issued for.
     let first = audit
         .lookup_events(audit_pb::LookupEventsRequest {
-            max_results: 1,
+            max_results: Some(1),
             ..Default::default()
         })
         .await?
@@ -321,7 +328,7 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
     assert!(!first.next_token.is_empty());
     audit
         .lookup_events(audit_pb::LookupEventsRequest {
-            max_results: 1,
+            max_results: Some(1),
             next_token: first.next_token.clone(),
             ..Default::default()
         })
@@ -354,7 +361,7 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
     assert_error(
         bob_audit
             .lookup_events(audit_pb::LookupEventsRequest {
-                max_results: 1,
+                max_results: Some(1),
                 next_token: first.next_token.clone(),
                 ..Default::default()
             })
@@ -1343,24 +1350,26 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
             targets: vec![target("b", endpoint.clone()), target("a", endpoint)],
         })
         .await?;
-    assert_error(
-        audit
-            .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
-                rule: "hooks".into(),
-                limit: -1,
-                ..Default::default()
-            })
-            .await,
-        Code::InvalidArgument,
-        "ValidationException",
-    );
+    for limit in [-1, 0, 101] {
+        assert_error(
+            audit
+                .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
+                    rule: "hooks".into(),
+                    limit: Some(limit),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+    }
     let mut pages = Vec::new();
     let mut next_token = String::new();
     loop {
         let page = audit
             .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
                 rule: "hooks".into(),
-                limit: 1,
+                limit: Some(1),
                 next_token: next_token.clone(),
             })
             .await?
@@ -1677,7 +1686,7 @@ async fn one_account_cannot_hold_unbounded_deliveries_and_failures_expire(
                 audit
                     .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
                         rule: "everything-untrusted".into(),
-                        limit: 100,
+                        limit: Some(100),
                         ..Default::default()
                     })
                     .await?
@@ -2076,7 +2085,7 @@ async fn killed_keys_service_loses_no_events(backend: Backend) -> anyhow::Result
     loop {
         let page = client
             .list_keys(pb::ListKeysRequest {
-                limit: 1000,
+                limit: Some(1000),
                 marker: marker.clone(),
             })
             .await?

@@ -1954,7 +1954,7 @@ async fn cross_account_use_needs_both_sides(backend: Backend) -> anyhow::Result<
             attribute_key: "ResourceName".into(),
             attribute_value: key.to_owned(),
         }],
-        max_results: 50,
+        max_results: Some(50),
         ..Default::default()
     };
     let mut audit_a = harness

@@ -219,7 +219,7 @@ async fn list_keys_pages_through_everything(backend: Backend) -> anyhow::Result<
     loop {
         let page = client
             .list_keys(pb::ListKeysRequest {
-                limit: 2,
+                limit: Some(2),
                 marker: marker.clone(),
             })
             .await?
@@ -237,18 +237,67 @@ async fn list_keys_pages_through_everything(backend: Backend) -> anyhow::Result<
 
     let outcome = client
         .list_keys(pb::ListKeysRequest {
-            limit: 2,
+            limit: Some(2),
             marker: "forged".into(),
         })
         .await;
     assert_error(outcome, Code::InvalidArgument, "InvalidMarkerException");
-    let outcome = client
-        .list_keys(pb::ListKeysRequest {
-            limit: 1001,
-            marker: String::new(),
-        })
-        .await;
-    assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    // A limit sent is 1 to the most; a 0 sent is refused, not read as
+    // left out (proto3 `optional`, as AWS's JSON tells the two apart).
+    for limit in [1001, 0, -1] {
+        let outcome = client
+            .list_keys(pb::ListKeysRequest {
+                limit: Some(limit),
+                marker: String::new(),
+            })
+            .await;
+        let status = assert_error(outcome, Code::InvalidArgument, "ValidationException");
+        assert!(status.message().contains("limit"), "{status:?}");
+    }
+    let key_id = created[0].clone();
+    for outcome in [
+        client
+            .list_aliases(pb::ListAliasesRequest {
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        client
+            .list_grants(pb::ListGrantsRequest {
+                key_id: key_id.clone(),
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        client
+            .list_resource_tags(pb::ListResourceTagsRequest {
+                key_id: key_id.clone(),
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        client
+            .list_key_policies(pb::ListKeyPoliciesRequest {
+                key_id: key_id.clone(),
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        client
+            .list_key_rotations(pb::ListKeyRotationsRequest {
+                key_id: key_id.clone(),
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    ] {
+        assert_error(outcome, Code::InvalidArgument, "ValidationException");
+    }
     Ok(())
 }
 

@@ -161,7 +161,7 @@ async fn alias_names_in_pages(
     loop {
         let page = client
             .list_aliases(pb::ListAliasesRequest {
-                limit,
+                limit: Some(limit),
                 marker: marker.clone(),
                 ..Default::default()
             })
@@ -508,7 +508,7 @@ async fn a_key_has_at_most_fifty_aliases(backend: Backend) -> anyhow::Result<()>
     );
     let count_of = |key: &str| pb::ListAliasesRequest {
         key_id: key.into(),
-        limit: 100,
+        limit: Some(100),
         ..Default::default()
     };
     let on_full = client
@@ -756,7 +756,7 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
     let first_page = client
         .list_resource_tags(pb::ListResourceTagsRequest {
             key_id: key.key_id.clone(),
-            limit: 1,
+            limit: Some(1),
             ..Default::default()
         })
         .await?
@@ -765,7 +765,7 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
     let second_page = client
         .list_resource_tags(pb::ListResourceTagsRequest {
             key_id: key.key_id.clone(),
-            limit: 1,
+            limit: Some(1),
             marker: first_page.next_marker.clone(),
         })
         .await?
@@ -784,7 +784,7 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
     let other_key = client
         .list_resource_tags(pb::ListResourceTagsRequest {
             key_id: other.key_id.clone(),
-            limit: 1,
+            limit: Some(1),
             marker: first_page.next_marker.clone(),
         })
         .await;
@@ -803,7 +803,7 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
         let page = client
             .list_resource_tags(pb::ListResourceTagsRequest {
                 key_id: key.key_id.clone(),
-                limit: 1,
+                limit: Some(1),
                 marker: marker.clone(),
             })
             .await?
@@ -1044,7 +1044,7 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
         let page = client
             .list_key_rotations(pb::ListKeyRotationsRequest {
                 key_id: key.key_id.clone(),
-                limit: 4,
+                limit: Some(4),
                 marker: marker.clone(),
                 ..Default::default()
             })
@@ -1063,7 +1063,7 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     let forged = client
         .list_key_rotations(pb::ListKeyRotationsRequest {
             key_id: key.key_id.clone(),
-            limit: 4,
+            limit: Some(4),
             marker: URL_SAFE_NO_PAD.encode(format!("r:{}", "ab".repeat(16))),
             ..Default::default()
         })
@@ -1471,7 +1471,7 @@ async fn answers_and_events_name_the_key_material(backend: Backend) -> anyhow::R
     // marker that works only for the listing it came from.
     let page = client
         .list_key_rotations(pb::ListKeyRotationsRequest {
-            limit: 1,
+            limit: Some(1),
             ..list("ALL_KEY_MATERIAL", "")
         })
         .await?

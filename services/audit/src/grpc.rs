@@ -382,10 +382,12 @@ fn pattern(text: &str) -> Result<EventPattern, ApiError> {
     })
 }
 
-fn list_limit(limit: i32) -> Result<u32, ApiError> {
+/// A list call's `Limit`: left out, the most; sent, 1 to the most (a 0 sent
+/// is refused, as EventBridge refuses it).
+fn list_limit(limit: Option<i32>) -> Result<u32, ApiError> {
     match limit {
-        0 => Ok(MAX_LIST_LIMIT.unsigned_abs()),
-        1..=MAX_LIST_LIMIT => Ok(limit.unsigned_abs()),
+        None => Ok(MAX_LIST_LIMIT.unsigned_abs()),
+        Some(limit @ 1..=MAX_LIST_LIMIT) => Ok(limit.unsigned_abs()),
         _ => Err(validation(
             "limit",
             format!("must be 1 to {MAX_LIST_LIMIT}"),
@@ -469,7 +471,7 @@ impl Audit for AuditGrpc {
             })).collect::<Vec<_>>(),
             "startTime": message.start_time.as_ref().map(millis_of),
             "endTime": message.end_time.as_ref().map(millis_of),
-            "maxResults": (message.max_results != 0).then_some(message.max_results),
+            "maxResults": message.max_results,
             "eventCategory": (!message.event_category.is_empty()).then_some(&message.event_category),
         }));
         let caller = authorize(&call, "cloudtrail:LookupEvents", "*")?;
@@ -492,8 +494,8 @@ impl Audit for AuditGrpc {
                 }
             }
             let limit = match message.max_results {
-                0 => MAX_LOOKUP_RESULTS,
-                value if (1..=MAX_LOOKUP_RESULTS).contains(&value) => value,
+                None => MAX_LOOKUP_RESULTS,
+                Some(value) if (1..=MAX_LOOKUP_RESULTS).contains(&value) => value,
                 _ => {
                     return Err(invalid(
                         "InvalidMaxResultsException",
@@ -771,8 +773,7 @@ impl Audit for AuditGrpc {
         let message = request.into_inner();
         call.audit().request_parameters(json!({
             "namePrefix": message.name_prefix,
-            // Protobuf's 0 is a limit left out.
-            "limit": (message.limit != 0).then_some(message.limit),
+        "limit": message.limit,
         }));
         // Checked before authorization, as rule names are.
         if !message.name_prefix.is_empty() {

@@ -616,11 +616,6 @@ fn list_marker(marker: &str) -> Result<Option<KeyId>> {
         .ok_or(KeysError::InvalidMarker)
 }
 
-/// A list call's `Limit` as sent: protobuf's 0 is a limit left out.
-fn limit_sent(limit: i32) -> Option<i32> {
-    (limit != 0).then_some(limit)
-}
-
 /// A key material id as answers and ListKeyRotations give it; empty for
 /// none (an asymmetric key's).
 fn material_hex(material_id: Option<MaterialId>) -> String {
@@ -730,10 +725,12 @@ fn decode_marker(listing: Listing, scope: &[&str], marker: &str) -> Result<Optio
         .ok_or(KeysError::InvalidMarker)
 }
 
-fn page_limit(field: &'static str, limit: i32, default: i32, max: i32) -> Result<u32> {
+/// A list call's `Limit`: left out, `default`; sent, 1 to `max` (a 0 sent
+/// is refused, as KMS refuses it).
+fn page_limit(field: &'static str, limit: Option<i32>, default: i32, max: i32) -> Result<u32> {
     match limit {
-        0 => Ok(default.unsigned_abs()),
-        value if (1..=max).contains(&value) => Ok(value.unsigned_abs()),
+        None => Ok(default.unsigned_abs()),
+        Some(value) if (1..=max).contains(&value) => Ok(value.unsigned_abs()),
         _ => Err(KeysError::validation(field, format!("must be 1 to {max}"))),
     }
 }
@@ -1140,25 +1137,13 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let call = CallContext::of(&request)?;
         let message = request.into_inner();
-        call.audit().request_parameters(
-            json!({"limit": limit_sent(message.limit), "marker": message.marker}),
-        );
+        call.audit()
+            .request_parameters(json!({"limit": message.limit, "marker": message.marker}));
         let outcome = async {
             let caller = caller_of(&call)?;
-            let limit = match message.limit {
-                0 => DEFAULT_LIST_LIMIT,
-                limit if (1..=MAX_LIST_LIMIT).contains(&limit) => limit,
-                _ => {
-                    return Err(KeysError::validation(
-                        "limit",
-                        format!("must be 1 to {MAX_LIST_LIMIT}"),
-                    ));
-                }
-            };
+            let limit = page_limit("limit", message.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
             let after = list_marker(&message.marker)?;
-            self.domain
-                .list_keys(&caller, limit.unsigned_abs(), after.as_ref())
-                .await
+            self.domain.list_keys(&caller, limit, after.as_ref()).await
         }
         .await;
         match outcome {
@@ -1593,7 +1578,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListAliasesResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
             |_call, caller, m| async move {
                 let key = optional_key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
@@ -1689,7 +1674,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListResourceTagsResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
             |_call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, 50, 50)?;
@@ -1826,7 +1811,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListKeyRotationsResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker, "includeKeyMaterial": m.include_key_material}),
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker, "includeKeyMaterial": m.include_key_material}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 let limit = page_limit("limit", m.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
@@ -2130,7 +2115,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListKeyPoliciesResponse>, Status> {
         self.run(
             request,
-            |m| json!({"keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker}),
+            |m| json!({"keyId": m.key_id, "limit": m.limit, "marker": m.marker}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 page_limit("limit", m.limit, 100, 1000)?;
@@ -2212,7 +2197,7 @@ impl Keys for KeysGrpc {
             request,
             |m| {
                 json!({
-                    "keyId": m.key_id, "limit": limit_sent(m.limit), "marker": m.marker,
+                    "keyId": m.key_id, "limit": m.limit, "marker": m.marker,
                     "grantId": m.grant_id, "granteePrincipal": m.grantee_principal,
                 })
             },
@@ -2259,7 +2244,7 @@ impl Keys for KeysGrpc {
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         self.run(
             request,
-            |m| json!({"retiringPrincipal": m.retiring_principal, "limit": limit_sent(m.limit), "marker": m.marker}),
+            |m| json!({"retiringPrincipal": m.retiring_principal, "limit": m.limit, "marker": m.marker}),
             |_call, caller, m| async move {
                 let retiring = principal_arn("retiring_principal", &m.retiring_principal)?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
