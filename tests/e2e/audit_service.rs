@@ -32,6 +32,7 @@ backend_tests!(
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
+    webhooks_reach_no_private_address_unless_allowed,
     rules_and_subscriptions_keep_to_eventbridge_limits,
     retention_removes_events_past_the_period,
     one_account_cannot_hold_unbounded_deliveries_and_failures_expire,
@@ -932,6 +933,97 @@ async fn start_receiver(harness: &Harness, failures: usize) -> anyhow::Result<Re
         }
     });
     Ok(Receiver { addr, received })
+}
+
+/// With `audit.webhook_private_endpoints` off, a target whose host resolves
+/// to loopback (or any non-public address) is never connected to: the
+/// delivery fails at once with a message that says why, and the receiver
+/// sees nothing. An account cannot make the service call its own network.
+async fn webhooks_reach_no_private_address_unless_allowed(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            webhook_private_endpoints: false,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let receiver = start_receiver(&harness, 0).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "creates".into(),
+            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
+            ..Default::default()
+        })
+        .await?;
+    let port = receiver.addr.port();
+    let target = |id: &str, host: &str| audit_pb::Target {
+        id: id.into(),
+        https: Some(audit_pb::HttpsTarget {
+            endpoint: format!("https://{host}:{port}/hook"),
+        }),
+        retry_policy: Some(audit_pb::RetryPolicy {
+            maximum_retry_attempts: 0,
+            maximum_event_age_in_seconds: 60,
+        }),
+        signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
+    };
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "creates".into(),
+            targets: vec![
+                target("by-name", "localhost"),
+                target("by-address", "127.0.0.1"),
+            ],
+        })
+        .await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    new_key(&mut alice).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let failures = loop {
+        let failures = audit
+            .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+                rule: "creates".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .failed_deliveries;
+        if failures.len() >= 2 {
+            break failures;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} failures recorded",
+            failures.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut ids: Vec<&str> = failures.iter().map(|f| f.target_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["by-address", "by-name"]);
+    for failure in &failures {
+        assert!(
+            failure.last_error.contains("non-public addresses")
+                && failure
+                    .last_error
+                    .contains("audit.webhook_private_endpoints"),
+            "{failure:?}"
+        );
+        assert_eq!(failure.attempts, 1, "{failure:?}");
+    }
+    assert!(
+        receiver
+            .received
+            .lock()
+            .map(|log| log.is_empty())
+            .unwrap_or(false),
+        "the receiver was reached"
+    );
+    Ok(())
 }
 
 async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(

@@ -75,6 +75,9 @@ pub struct Options {
     /// Runs the audit service as its own instance on its own port, so a
     /// test can stop and restart it while keys keeps running.
     pub separate_audit: bool,
+    /// `audit.webhook_private_endpoints`: on by default, as the tests'
+    /// webhook receivers listen on loopback.
+    pub webhook_private_endpoints: bool,
 }
 
 /// Every user of every account may do everything; roles get nothing. Tests
@@ -94,6 +97,7 @@ impl Default for Options {
             audit_deadline_ms: 5_000,
             audit_extra: String::new(),
             separate_audit: false,
+            webhook_private_endpoints: true,
         }
     }
 }
@@ -219,7 +223,7 @@ impl Harness {
              root_key:\n  file: \"{dir}/root-key\"\n\
              admin_listen: \"127.0.0.1:0\"\n\
              limits:\n  max_message_bytes: {}\n  request_timeout_ms: {}\n  max_concurrent_requests: {}\n  shutdown_grace_ms: {}\n\
-             audit:\n  mode: {}\n  deadline_ms: {}\n  outbox_grace_ms: {}\n{audit_endpoint}{}\
+             audit:\n  mode: {}\n  deadline_ms: {}\n  outbox_grace_ms: {}\n  webhook_private_endpoints: {}\n{audit_endpoint}{}\
              {authorization}\
              services:\n  keys:\n    listen: \"127.0.0.1:0\"\n    database:\n      {}\n\
              \x20 audit:\n    listen: \"{audit_listen}\"\n    database:\n      {}\n",
@@ -230,6 +234,7 @@ impl Harness {
             options.audit_mode,
             options.audit_deadline_ms,
             options.audit_deadline_ms.max(3_000),
+            options.webhook_private_endpoints,
             options.audit_extra,
             database("keys"),
             database("audit"),

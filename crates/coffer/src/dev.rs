@@ -146,6 +146,8 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
          tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n\
          root_key:\n  file: \"{}\"\n\
          telemetry:\n  log_format: text\n  log_level: info\n\
+         # Webhook receivers on this machine are reachable in development.\n\
+         audit:\n  webhook_private_endpoints: true\n\
          # Identity policies (AWS IAM JSON, or the same as YAML). This file is\n\
          # watched: edits take effect within seconds, without a restart.\n\
          authorization:\n  identity_policies:\n\

@@ -438,6 +438,7 @@ async fn open_audit(
             untrusted_spans: settings.audit.untrusted_spans,
             forward_spans_to: settings.audit.forward_spans_to.clone(),
             webhook_roots: webhook_roots(settings)?,
+            webhook_private_endpoints: settings.audit.webhook_private_endpoints,
             webhook_first_backoff: std::time::Duration::from_millis(500),
         },
     )

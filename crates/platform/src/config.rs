@@ -170,6 +170,10 @@ pub struct AuditFile {
     /// The audit service: a PEM bundle of CAs webhook targets' certificates
     /// may chain to. Unset: the `tls.ca_file` bundle.
     pub webhook_ca_file: Option<PathBuf>,
+    /// The audit service: whether webhooks may reach loopback, private,
+    /// link-local and other non-public addresses. Off, an account's
+    /// principals cannot make the service call (or probe) its own network.
+    pub webhook_private_endpoints: bool,
 }
 
 impl Default for AuditFile {
@@ -187,6 +191,7 @@ impl Default for AuditFile {
             untrusted_spans: "store".into(),
             forward_spans_to: None,
             webhook_ca_file: None,
+            webhook_private_endpoints: false,
         }
     }
 }
@@ -317,6 +322,7 @@ pub struct AuditSettings {
     pub untrusted_spans: UntrustedSpans,
     pub forward_spans_to: Option<String>,
     pub webhook_ca_file: Option<PathBuf>,
+    pub webhook_private_endpoints: bool,
 }
 
 fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
@@ -391,6 +397,7 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
         untrusted_spans,
         forward_spans_to: file.forward_spans_to,
         webhook_ca_file: file.webhook_ca_file,
+        webhook_private_endpoints: file.webhook_private_endpoints,
     })
 }
 

@@ -76,6 +76,8 @@ pub struct AuditOptions {
     pub forward_spans_to: Option<String>,
     /// The CAs webhook servers must chain to.
     pub webhook_roots: rustls::RootCertStore,
+    /// Whether webhooks may reach non-public addresses.
+    pub webhook_private_endpoints: bool,
     /// The first pause between webhook retries (then doubling).
     pub webhook_first_backoff: Duration,
 }
@@ -107,6 +109,7 @@ pub async fn connect(
     let store = store::audit_store(pool.clone());
     let dispatcher = Arc::new(webhook::Dispatcher::new(
         options.webhook_roots,
+        options.webhook_private_endpoints,
         store.clone(),
         options.webhook_first_backoff,
     ));
@@ -279,6 +282,7 @@ mod tests {
             untrusted_spans: UntrustedSpans::Store,
             forward_spans_to: None,
             webhook_roots: rustls::RootCertStore::empty(),
+            webhook_private_endpoints: true,
             webhook_first_backoff: Duration::from_millis(10),
         }
     }

@@ -69,6 +69,8 @@ struct AccountDeliveries {
 
 pub struct Dispatcher {
     tls: tokio_rustls::TlsConnector,
+    /// Whether an endpoint may resolve to a non-public address.
+    private_endpoints: bool,
     store: Arc<dyn AuditStore>,
     permits: Arc<Semaphore>,
     first_backoff: Duration,
@@ -77,10 +79,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Webhook servers must chain to one of `roots`. Starts the task that
-    /// records failures in `store`, so it needs a runtime.
+    /// Webhook servers must chain to one of `roots`, and resolve to public
+    /// addresses unless `private_endpoints`. Starts the task that records
+    /// failures in `store`, so it needs a runtime.
     pub fn new(
         roots: rustls::RootCertStore,
+        private_endpoints: bool,
         store: Arc<dyn AuditStore>,
         first_backoff: Duration,
     ) -> Self {
@@ -98,6 +102,7 @@ impl Dispatcher {
         });
         Self {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            private_endpoints,
             store,
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES)),
             first_backoff,
@@ -241,7 +246,28 @@ impl Dispatcher {
             .map_err(|_| "the endpoint is not a URL".to_owned())?;
         let host = uri.host().ok_or("the endpoint has no host")?.to_owned();
         let port = uri.port_u16().unwrap_or(443);
-        let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        // The address is vetted, then connected to as vetted: a name that
+        // resolves again to another address cannot slip past the check.
+        let resolved: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+                .await
+                .map_err(|_| "the endpoint's host does not resolve".to_owned())?
+                .collect();
+        let allowed: Vec<std::net::SocketAddr> = resolved
+            .iter()
+            .copied()
+            .filter(|address| self.private_endpoints || is_public(address.ip()))
+            .collect();
+        if allowed.is_empty() {
+            return Err(if resolved.is_empty() {
+                "the endpoint's host does not resolve".to_owned()
+            } else {
+                "the endpoint resolves only to loopback, private or other non-public addresses, \
+                 which this service does not call (audit.webhook_private_endpoints)"
+                    .to_owned()
+            });
+        }
+        let tcp = tokio::net::TcpStream::connect(&allowed[..])
             .await
             .map_err(|error| format!("connect: {error}"))?;
         let _nodelay = tcp.set_nodelay(true);
@@ -289,6 +315,44 @@ impl Dispatcher {
     }
 }
 
+/// Whether `address` is one on the public internet: not loopback, private
+/// (RFC 1918, unique local), shared (RFC 6598), link-local (cloud metadata
+/// services live there), unspecified, multicast, broadcast, documentation
+/// or reserved, nor an IPv4 one of those mapped into IPv6.
+fn is_public(address: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match address {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8
+                || first == 0x0064 && v6.segments()[1] == 0xff9b)
+        }
+    }
+}
+
 /// Marks one of an account's deliveries done when dropped (its task ended,
 /// however it ended).
 struct Done<'a>(&'a Dispatcher, &'a str);
@@ -323,6 +387,44 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_and_body() {
