@@ -2708,6 +2708,11 @@ async fn policies_read_a_keys_tags_and_aliases(backend: Backend) -> anyhow::Resu
                 "Condition":{"ForAnyValue:StringEquals":{"kms:ResourceAliases":"alias/open"}}}"#,
             "kms:resourcealiases",
         ),
+        (
+            r#"{"Effect":"Allow","Principal":"*","Action":"kms:Encrypt","Resource":"*",
+                "Condition":{"StringEquals":{"aws:PrincipalArn":"${aws:ResourceTag/owner}"}}}"#,
+            "aws:resourcetag/owner",
+        ),
     ] {
         let root = format!("arn:coffer:iam::{ACCOUNT_A}:root");
         let policy = format!(

@@ -219,11 +219,6 @@ impl RequestContext {
         }
     }
 
-    /// Keeps only the keys (lowercased) for which `keep` is true.
-    pub fn retain_keys(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.conditions.retain(|key, _| keep(key));
-    }
-
     /// Removes `key`.
     pub fn remove(&mut self, key: &str) {
         self.conditions.remove(&key.to_lowercase());

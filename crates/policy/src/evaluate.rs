@@ -257,23 +257,7 @@ pub fn authorize(
     identity_policies: &[&Policy],
     context: &RequestContext,
 ) -> AccessDecision {
-    authorize_split(resource_policy, context, identity_policies, context)
-}
-
-/// [`authorize`] where the resource policy sees a different condition
-/// context from the identity policies: KMS evaluates `aws:ResourceTag/*`
-/// and `kms:ResourceAliases` in identity policies only, never in a key
-/// policy. Both contexts must name the same principal, action and resource.
-pub fn authorize_split(
-    resource_policy: Option<&Policy>,
-    resource_context: &RequestContext,
-    identity_policies: &[&Policy],
-    context: &RequestContext,
-) -> AccessDecision {
-    debug_assert_eq!(resource_context.resource(), context.resource());
-    debug_assert_eq!(resource_context.action(), context.action());
-    let resource_decision =
-        resource_policy.map(|policy| evaluate_resource_policy(policy, resource_context));
+    let resource_decision = resource_policy.map(|policy| evaluate_resource_policy(policy, context));
     let identity_decision = evaluate(identity_policies, context);
 
     if let Some(decision) = &resource_decision

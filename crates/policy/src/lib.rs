@@ -163,8 +163,8 @@ mod scalar;
 pub use context::{PrincipalInfo, PrincipalKind, RequestContext};
 pub use error::{MAX_QUOTED_CHARS, PolicyError};
 pub use evaluate::{
-    AccessDecision, Decision, DecisionEffect, ResourceDecision, StatementRef, authorize,
-    authorize_split, evaluate, evaluate_resource_policy,
+    AccessDecision, Decision, DecisionEffect, ResourceDecision, StatementRef, authorize, evaluate,
+    evaluate_resource_policy,
 };
 pub use glob::wildcard_match;
 pub use json::MAX_NESTING_DEPTH;

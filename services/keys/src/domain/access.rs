@@ -351,10 +351,7 @@ impl KeysDomain {
                 self.location.partition
             )));
         }
-        if let Some(key) = policy
-            .named_condition_keys()
-            .find(|key| identity_policy_only(key))
-        {
+        if let Some(key) = reads_tags_or_aliases(&policy, document) {
             return Err(KeysError::MalformedPolicy(format!(
                 "The condition key {key} is evaluated in identity policies only, never in a \
                  key policy: a statement conditioned on it could never apply."
@@ -388,17 +385,25 @@ impl KeysDomain {
         {
             return Ok(parsed.policy.clone());
         }
+        let document = self.key_policy_document(key);
         let policy = Arc::new(
             // Read as stored: a rule added for new policies (overly
             // permissive conditions, other partitions) must not make an old
             // one unreadable.
-            Policy::parse_resource(&self.key_policy_document(key)).map_err(|error| {
+            Policy::parse_resource(&document).map_err(|error| {
                 KeysError::Store(crate::store::StoreError::Corrupt(format!(
                     "the stored policy of {} does not parse: {error}",
                     key.key_id
                 )))
             })?,
         );
+        // One stored before such policies were refused keeps the meaning it
+        // was written with (reading the key's tags or aliases): changing it
+        // under its owner could widen as well as narrow it.
+        if let Some(condition_key) = reads_tags_or_aliases(&policy, &document) {
+            tracing::warn!(key_id = %key.key_id, condition_key,
+                "this key policy reads the key's tags or aliases, which KMS reads in identity policies only; it is evaluated as it was written, and a PutKeyPolicy keeping it will be refused");
+        }
         if cache.len() >= MAX_CACHED_POLICIES {
             cache.clear();
         }
@@ -719,7 +724,7 @@ impl KeysDomain {
     ) -> Result<()> {
         let filter = Self::filter_for(caller, policy);
         let request = self.request_on(caller, key, &Access::to("PutKeyPolicy"), &filter, facts);
-        if authorize_on_key(caller, policy, &request).is_allowed() {
+        if caller.authorize(Some(policy), &request).is_allowed() {
             Ok(())
         } else {
             Err(KeysError::MalformedPolicy(
@@ -825,28 +830,25 @@ thread_local! {
 /// equal request was decided under the same policies.
 /// Whether a condition key is one KMS evaluates in identity policies only:
 /// "the aws:ResourceTag/tag-key condition key is supported only in IAM
-/// policies", and `kms:ResourceAliases` likewise. A key policy reading one
-/// sees it absent, so tagging or aliasing a key never widens its policy.
+/// policies", and `kms:ResourceAliases` likewise.
 fn identity_policy_only(lowercase_key: &str) -> bool {
     lowercase_key.starts_with("aws:resourcetag/") || lowercase_key == "kms:resourcealiases"
 }
 
-/// The caller's policies and `policy` (a key policy) on `request`.
-fn authorize_on_key(
-    caller: &Caller,
-    policy: &Policy,
-    request: &RequestContext,
-) -> coffer_policy::AccessDecision {
-    if !request
-        .conditions()
-        .keys()
-        .any(|key| identity_policy_only(key))
+/// The first identity-policy-only key a key policy reads, in a Condition
+/// block or as a policy variable (`${aws:ResourceTag/team}`), lowercased.
+fn reads_tags_or_aliases(policy: &Policy, document: &str) -> Option<String> {
+    if let Some(key) = policy
+        .named_condition_keys()
+        .find(|key| identity_policy_only(key))
     {
-        return caller.authorize(Some(policy), request);
+        return Some(key.to_owned());
     }
-    let mut resource_request = request.clone();
-    resource_request.retain_keys(|key| !identity_policy_only(key));
-    caller.authorize_split(Some(policy), &resource_request, request)
+    let lowercase = document.to_ascii_lowercase();
+    lowercase.match_indices("${").find_map(|(start, _)| {
+        let name = lowercase[start + 2..].split(['}', ',']).next()?.trim();
+        identity_policy_only(name).then(|| name.to_owned())
+    })
 }
 
 fn decide(caller: &Caller, policy: &Arc<Policy>, request: RequestContext) -> DecisionEffect {
@@ -866,7 +868,7 @@ fn decide(caller: &Caller, policy: &Arc<Policy>, request: RequestContext) -> Dec
         caller.mark_decided();
         return effect;
     }
-    let effect = authorize_on_key(caller, policy, &key.2).effect;
+    let effect = caller.authorize(Some(policy), &key.2).effect;
     DECISIONS.with(|decisions| {
         let mut decisions = decisions.borrow_mut();
         if decisions.len() >= MAX_REMEMBERED_DECISIONS {
@@ -982,89 +984,51 @@ mod tests {
         )
     }
 
-    /// A key policy is evaluated without `aws:ResourceTag/*` and
-    /// `kms:ResourceAliases` (a stored policy may still read them); the
-    /// caller's identity policies see them.
     #[test]
-    fn a_key_policy_never_sees_the_keys_tags_or_aliases() {
-        use coffer_platform::authz::{Authorizer, IdentityPolicies, IdentityPolicyAttachment};
-        let alice_arn = "arn:coffer:iam::111122223333:user/alice";
-        let by_tag = |effect: &str| {
+    fn key_policies_reading_tags_or_aliases_are_found() {
+        let found = |document: &str| {
+            reads_tags_or_aliases(&Policy::parse_resource(document).unwrap(), document)
+        };
+        let statement = |condition: &str| {
             format!(
-                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"{effect}","Principal":{{"AWS":"{alice_arn}"}},"Action":"kms:Encrypt","Resource":"*","Condition":{{"StringEquals":{{"aws:ResourceTag/Team":"blue"}}}}}},
-                {{"Effect":"{effect}","Principal":{{"AWS":"{alice_arn}"}},"Action":"kms:Encrypt","Resource":"*","Condition":{{"ForAnyValue:StringEquals":{{"kms:ResourceAliases":"alias/blue"}}}}}}]}}"#
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Resource":"*","Condition":{condition}}}]}}"#
             )
         };
-        let caller_with = |identity: Option<&str>| {
-            let attachments = identity
-                .map(|document| IdentityPolicyAttachment {
-                    name: "abac".into(),
-                    principals: vec![alice_arn.into()],
-                    policy: Arc::new(Policy::parse_identity(document).unwrap()),
-                })
-                .into_iter()
-                .collect();
-            let authorizer = Arc::new(Authorizer::new(
-                coffer_platform::arn::Location {
-                    partition: "coffer".into(),
-                    region: "eu-west-1".into(),
-                    dns_suffix: "coffer.internal".into(),
-                },
-                Arc::new(IdentityPolicies::new(attachments)),
-                Arc::new(coffer_platform::clock::SystemClock),
-            ));
-            let alice = coffer_platform::identity::principal_from_spiffe_id(
-                "spiffe://coffer.local/account/111122223333/user/alice",
-                "coffer.local",
-            )
-            .unwrap();
-            Caller::for_tests(&alice, authorizer).unwrap()
-        };
-        let key_arn = "arn:coffer:kms:eu-west-1:111122223333:key/k";
-        let tagged = |caller: &Caller, tags: bool, aliases: bool| {
-            let mut request = caller.request("kms:Encrypt", key_arn);
-            if tags {
-                request.add_value("aws:ResourceTag/Team", "blue");
-            }
-            if aliases {
-                request.add_value("kms:ResourceAliases", "alias/blue");
-            }
-            request
-        };
-        let key_allows = Policy::parse_resource(&by_tag("Allow")).unwrap();
-        let nobody = caller_with(None);
-        for (tags, aliases) in [(true, false), (false, true), (true, true)] {
-            assert_eq!(
-                authorize_on_key(&nobody, &key_allows, &tagged(&nobody, tags, aliases)).effect,
-                DecisionEffect::ImplicitDeny,
-                "a key policy Allow by tag {tags} or alias {aliases}"
-            );
+        assert_eq!(
+            found(&statement(
+                r#"{"StringEquals":{"aws:ResourceTag/Team":"blue"}}"#
+            ))
+            .as_deref(),
+            Some("aws:resourcetag/team")
+        );
+        assert_eq!(
+            found(&statement(
+                r#"{"ForAnyValue:StringEquals":{"KMS:ResourceAliases":"alias/a"}}"#
+            ))
+            .as_deref(),
+            Some("kms:resourcealiases")
+        );
+        assert_eq!(
+            found(&statement(
+                r#"{"StringEquals":{"aws:PrincipalTag/team":"${aws:ResourceTag/team}"}}"#
+            ))
+            .as_deref(),
+            Some("aws:resourcetag/team")
+        );
+        assert_eq!(
+            found(&statement(
+                r#"{"StringEquals":{"aws:PrincipalArn":"${kms:ResourceAliases, 'none'}"}}"#
+            ))
+            .as_deref(),
+            Some("kms:resourcealiases")
+        );
+        for innocent in [
+            r#"{"StringEquals":{"aws:RequestTag/Team":"blue"}}"#,
+            r#"{"StringEquals":{"aws:PrincipalArn":"${aws:username}"}}"#,
+            r#"{"StringEquals":{"kms:EncryptionContext:aws:ResourceTag":"x"}}"#,
+        ] {
+            assert_eq!(found(&statement(innocent)), None, "{innocent}");
         }
-        let key_denies = Policy::parse_resource(&format!(
-            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{alice_arn}"}},"Action":"kms:Encrypt","Resource":"*"}},
-            {{"Effect":"Deny","Principal":"*","Action":"kms:Encrypt","Resource":"*","Condition":{{"StringEquals":{{"aws:ResourceTag/Team":"blue"}}}}}}]}}"#
-        ))
-        .unwrap();
-        assert_eq!(
-            authorize_on_key(&nobody, &key_denies, &tagged(&nobody, true, true)).effect,
-            DecisionEffect::Allowed
-        );
-        // The identity policy reads them; the key policy trusts the account.
-        let trusting = Policy::parse_resource(
-            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:coffer:iam::111122223333:root"},"Action":"kms:*","Resource":"*"}]}"#,
-        )
-        .unwrap();
-        let abac = caller_with(Some(
-            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:Encrypt","Resource":"*","Condition":{"StringEquals":{"aws:ResourceTag/Team":"blue"}}}]}"#,
-        ));
-        assert_eq!(
-            authorize_on_key(&abac, &trusting, &tagged(&abac, true, false)).effect,
-            DecisionEffect::Allowed
-        );
-        assert_eq!(
-            authorize_on_key(&abac, &trusting, &tagged(&abac, false, true)).effect,
-            DecisionEffect::ImplicitDeny
-        );
     }
 
     #[test]

@@ -405,17 +405,15 @@ impl KeysDomain {
                 // No authorization runs before this lookup, so a key that
                 // does not exist answers as a grant that does not: the
                 // answer tells nothing about another account's keys.
-                let named = self
-                    .find_key(caller.account(), key, Reach::KeyArn)
-                    .await
-                    .map_err(|error| match error {
-                        KeysError::NotFound(_) => grant_not_found(grant_id),
-                        other => other,
-                    })?;
-                let grant = self
-                    .store
-                    .get_grant(grant_id)
-                    .await?
+                // The grant is read whether the key exists or not, so the
+                // time taken does not tell either.
+                let named = self.find_key(caller.account(), key, Reach::KeyArn).await;
+                let grant = self.store.get_grant(grant_id).await?;
+                let named = named.map_err(|error| match error {
+                    KeysError::NotFound(_) => grant_not_found(grant_id),
+                    other => other,
+                })?;
+                let grant = grant
                     .filter(|grant| grant.key_id == named.key_id)
                     .ok_or_else(|| grant_not_found(grant_id))?;
                 (grant, grant_not_found(grant_id))
