@@ -238,6 +238,20 @@ impl Dispatcher {
         }
     }
 
+    /// Why a host with no address to call was not called: one answer
+    /// whether the name is unknown or internal, so an account cannot map
+    /// the internal DNS through its failures.
+    fn unreachable(&self) -> String {
+        if self.private_endpoints {
+            "the endpoint's host does not resolve".to_owned()
+        } else {
+            "the endpoint's host resolves to no public address; non-public addresses \
+             (loopback, private, link-local and others) are not called \
+             (audit.webhook_private_endpoints)"
+                .to_owned()
+        }
+    }
+
     async fn attempt(&self, job: &DeliveryJob) -> Result<(), String> {
         let uri: http::Uri = job
             .target
@@ -251,7 +265,7 @@ impl Dispatcher {
         let resolved: Vec<std::net::SocketAddr> =
             tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
                 .await
-                .map_err(|_| "the endpoint's host does not resolve".to_owned())?
+                .map_err(|_| self.unreachable())?
                 .collect();
         let allowed: Vec<std::net::SocketAddr> = resolved
             .iter()
@@ -259,13 +273,7 @@ impl Dispatcher {
             .filter(|address| self.private_endpoints || is_public(address.ip()))
             .collect();
         if allowed.is_empty() {
-            return Err(if resolved.is_empty() {
-                "the endpoint's host does not resolve".to_owned()
-            } else {
-                "the endpoint resolves only to loopback, private or other non-public addresses, \
-                 which this service does not call (audit.webhook_private_endpoints)"
-                    .to_owned()
-            });
+            return Err(self.unreachable());
         }
         let tcp = tokio::net::TcpStream::connect(&allowed[..])
             .await
@@ -338,17 +346,42 @@ fn is_public(address: std::net::IpAddr) -> bool {
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
+            // Forms that carry an IPv4 address are judged by it: mapped
+            // (::ffff:a.b.c.d), NAT64 (64:ff9b::a.b.c.d) and 6to4
+            // (2002:aabb:ccdd::).
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if segments[..6] == [0x0064, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(segments[6], segments[7]));
+            }
+            if segments[0] == 0x2002 {
+                return is_public(embedded(segments[1], segments[2]));
+            }
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
+                // The deprecated IPv4-compatible ::a.b.c.d and IPv4-translated
+                // ::ffff:0:a.b.c.d forms.
+                || segments[..5] == [0; 5]
+                || segments[..6] == [0, 0, 0, 0, 0xffff, 0]
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || first == 0x0064 && v6.segments()[1] == 0xff9b)
+                // Site-local, deprecated but still routed where configured.
+                || (first & 0xffc0) == 0xfec0
+                // Discard-only (100::/64), Teredo (2001::/32), documentation.
+                || segments[..4] == [0x0100, 0, 0, 0]
+                || (first == 0x2001 && segments[1] == 0)
+                || (first == 0x2001 && segments[1] == 0x0db8)
+                // NAT64 for local use (64:ff9b:1::/48).
+                || (first == 0x0064 && segments[1] == 0xff9b && segments[2] == 1))
         }
     }
 }
@@ -421,6 +454,15 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "64:ff9b:1::808:808",
+            "::7f00:1",
+            "::a9fe:a9fe",
+            "::ffff:0:a00:1",
+            "2002:a9fe:a9fe::",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
