@@ -269,14 +269,7 @@ pub async fn launch(
         identity_policies.clone(),
         clock.clone(),
     ));
-    let policy_reloader = settings.authorization.source.clone().map(|source| {
-        authz::spawn_reloader(
-            identity_policies,
-            source,
-            settings.authorization.overrides.clone(),
-            settings.authorization.reload_interval,
-        )
-    });
+    let policy_reloader = authz::spawn_reloader(identity_policies, &settings.authorization);
 
     let mut groups: BTreeMap<SocketAddr, Vec<(String, ServiceRegistration)>> = BTreeMap::new();
     let mut pools = Vec::new();

@@ -143,6 +143,9 @@ pub struct AuthorizationSettings {
     pub identity_policies: Vec<IdentityPolicyAttachment>,
     /// The config file the policies were read from, watched for changes.
     pub source: Option<PathBuf>,
+    /// The text of `source` the policies were read from: a change from it,
+    /// made at any time since, is a change to put in force.
+    pub loaded_text: Option<String>,
     /// The overrides the file was loaded with, applied again on a reload.
     pub overrides: crate::config::Overrides,
     pub reload_interval: Duration,
@@ -153,6 +156,7 @@ impl Default for AuthorizationSettings {
         Self {
             identity_policies: Vec::new(),
             source: None,
+            loaded_text: None,
             overrides: crate::config::Overrides::default(),
             reload_interval: Duration::from_secs(2),
         }
@@ -164,13 +168,15 @@ impl Default for AuthorizationSettings {
 /// policies in force untouched and logs one error per change.
 pub fn spawn_reloader(
     policies: Arc<IdentityPolicies>,
-    source: PathBuf,
-    overrides: crate::config::Overrides,
-    interval: Duration,
-) -> tokio::task::JoinHandle<()> {
-    // Read before the task first runs: a change made meanwhile is a change.
-    let mut last_text = std::fs::read_to_string(&source).ok();
-    tokio::spawn(async move {
+    settings: &AuthorizationSettings,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let source = settings.source.clone()?;
+    let overrides = settings.overrides.clone();
+    let interval = settings.reload_interval;
+    // What the policies in force were read from, so an edit made while the
+    // services were starting is seen as one.
+    let mut last_text = settings.loaded_text.clone();
+    Some(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
@@ -201,7 +207,7 @@ pub fn spawn_reloader(
                     "config file changed but is invalid; the previous identity policies stay in force"),
             }
         }
-    })
+    }))
 }
 
 /// The instance-wide half of authorization: identity policies, where the
@@ -516,19 +522,6 @@ impl Caller {
         coffer_policy::authorize(resource_policy, &identity, request)
     }
 
-    /// As [`Self::authorize`], with the resource policy evaluated against
-    /// `resource_request` (see [`coffer_policy::authorize_split`]).
-    pub fn authorize_split(
-        &self,
-        resource_policy: Option<&Policy>,
-        resource_request: &RequestContext,
-        request: &RequestContext,
-    ) -> AccessDecision {
-        self.mark.set();
-        let identity: Vec<&Policy> = self.identity_policies.iter().map(Arc::as_ref).collect();
-        coffer_policy::authorize_split(resource_policy, resource_request, &identity, request)
-    }
-
     /// The decision of the caller's identity policies alone, for actions on
     /// no particular resource (`kms:CreateKey` on `*`).
     pub fn authorize_identity(&self, request: &RequestContext) -> coffer_policy::Decision {
@@ -613,16 +606,14 @@ mod tests {
         let policies = Arc::new(IdentityPolicies::new(
             settings.authorization.identity_policies.clone(),
         ));
-        let reloader = spawn_reloader(
-            policies.clone(),
-            path.clone(),
-            settings.authorization.overrides.clone(),
-            settings.authorization.reload_interval,
-        );
+        // Changed after it was loaded, before the reloader started: still
+        // a change.
         std::fs::write(
             &path,
             file(&format!("{}{}", attachment("alice"), attachment("bob"))),
         )?;
+        let reloader = spawn_reloader(policies.clone(), &settings.authorization)
+            .ok_or("a file-backed configuration has a reloader")?;
         let bob = "arn:coffer:iam::111122223333:user/bob";
         let mut reloaded = false;
         for _ in 0..100 {

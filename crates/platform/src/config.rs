@@ -448,6 +448,7 @@ pub fn load(
     };
     let mut settings = from_yaml(&text, environment)?;
     settings.authorization.source = path.map(Path::to_path_buf);
+    settings.authorization.loaded_text = path.map(|_| text);
     Ok(settings)
 }
 
@@ -498,24 +499,30 @@ pub fn from_yaml(
             applied.push((field, (name, value)));
         }
     }
-    let file: ConfigFile = serde_path_to_error::deserialize(tree).map_err(|error| {
-        let field = error.path().to_string();
-        // serde's message may quote the value, and an override's value may
-        // be a secret (a root key in a variable named like an override):
-        // name the variable instead.
-        match applied.iter().find(|(overridden, _)| {
-            field == *overridden
+    // serde's messages, and some of `validate`'s, quote the value, and an
+    // override's value may be a secret (a root key in a variable named like
+    // an override): for a field an override set, name the variable instead.
+    let redact = |error: ConfigError| -> ConfigError {
+        let set_by = applied.iter().find(|(overridden, _)| {
+            let field = error.field.as_str();
+            field == overridden
                 || field.starts_with(&format!("{overridden}."))
+                || field.starts_with(&format!("{overridden}["))
                 || overridden.starts_with(&format!("{field}."))
-        }) {
+        });
+        match set_by {
             Some((_, (name, _))) => ConfigError::new(
-                field,
+                error.field,
                 format!("the value of {name} does not fit this field (its value is not shown)"),
             ),
-            None => ConfigError::new(field, error.into_inner().to_string()),
+            None => error,
         }
+    };
+    let file: ConfigFile = serde_path_to_error::deserialize(tree).map_err(|error| {
+        let field = error.path().to_string();
+        redact(ConfigError::new(field, error.into_inner().to_string()))
     })?;
-    let mut settings = validate(file)?;
+    let mut settings = validate(file).map_err(redact)?;
     settings.authorization.overrides =
         Overrides(applied.into_iter().map(|(_, variable)| variable).collect());
     Ok(settings)
@@ -861,6 +868,7 @@ fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettin
     Ok(AuthorizationSettings {
         identity_policies: attachments,
         source: None,
+        loaded_text: None,
         overrides: Overrides::default(),
         reload_interval: Duration::from_millis(file.reload_interval_ms),
     })
@@ -978,6 +986,24 @@ services:
         let shown = error.to_string();
         assert!(!shown.contains(secret), "{shown}");
         assert!(shown.contains("COFFER_ROOT_KEY"), "{shown}");
+        // Inside a list, and in what validation (not parsing) refuses.
+        for (name, value) in [
+            (
+                "COFFER_AUTHORIZATION__IDENTITY_POLICIES",
+                format!(r#"[{{"name":"x","principals":"{secret}","policy":"{{}}"}}]"#),
+            ),
+            ("COFFER_REGION", secret.to_lowercase()),
+            ("COFFER_AUDIT__ENDPOINT", format!("https://{secret}")),
+        ] {
+            let error = from_yaml(MINIMAL, vec![(name.to_owned(), value)])
+                .err()
+                .ok_or_else(|| ConfigError::new(name, "must not validate"))?;
+            let shown = error.to_string();
+            assert!(
+                !shown.to_lowercase().contains(&secret.to_lowercase()) && shown.contains(name),
+                "{shown}"
+            );
+        }
         Ok(())
     }
 
