@@ -257,7 +257,7 @@ impl ClientTls {
 }
 
 /// Opens TCP to the channel's authority and runs the TLS handshake with the
-/// client's current configuration, insisting on HTTP/2 when ALPN answers.
+/// client's current configuration, insisting on HTTP/2 by ALPN.
 #[derive(Clone)]
 struct TlsConnect {
     tls: ClientTls,
@@ -283,11 +283,13 @@ impl tower::Service<Uri> for TlsConnect {
             let tcp = TcpStream::connect(authority.as_str()).await?;
             tcp.set_nodelay(true)?;
             let stream = TlsConnector::from(config).connect(server_name, tcp).await?;
+            // As tonic's own connector: a server that does not agree to h2
+            // by ALPN is refused here, not later with an unclear error.
             match stream.get_ref().1.alpn_protocol() {
-                None | Some(b"h2") => Ok(TokioIo::new(stream)),
-                Some(_) => Err(io::Error::new(
+                Some(b"h2") => Ok(TokioIo::new(stream)),
+                _ => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "the server did not agree to HTTP/2",
+                    "the server did not agree to HTTP/2 (ALPN h2)",
                 )),
             }
         })

@@ -183,7 +183,9 @@ impl Authority {
 pub fn identity_paths(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
     let valid = !name.is_empty()
         && !name.starts_with('.')
-        && name != "ca"
+        // Any case: on a case-insensitive file system `CA-key.pem` is the
+        // CA's key.
+        && !name.eq_ignore_ascii_case("ca")
         && name
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
@@ -238,7 +240,7 @@ mod tests {
         let ca_key = std::fs::read(directory.path().join(CA_KEY_FILE))?;
         let authority = Authority::load(directory.path())?;
         let identity = authority.issue("spiffe://coffer.test/service/keys", &[], &[])?;
-        for name in ["ca", "", ".hidden", "../outside", "a/b", "a b"] {
+        for name in ["ca", "CA", "Ca", "", ".hidden", "../outside", "a/b", "a b"] {
             assert!(
                 matches!(
                     write_identity(directory.path(), name, &identity, true),
