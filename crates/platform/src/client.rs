@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
@@ -27,7 +27,9 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::call::{CallContext, FORWARDED_FOR_HEADER, FORWARDED_SOURCE_IP_HEADER};
-use crate::tls::{FileStamp, TlsError, read_certificates, read_private_key, stamp};
+use crate::tls::{
+    FileStamp, Reloading, TlsError, read_certificates, read_file, read_private_key, stamp,
+};
 use crate::trace::TRACEPARENT_HEADER;
 
 #[derive(Debug, Error)]
@@ -57,10 +59,7 @@ impl ClientFiles {
     }
 
     fn load(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let ca = std::fs::read(&self.ca_file).map_err(|source| TlsError::Read {
-            path: self.ca_file.clone(),
-            source,
-        })?;
+        let ca = read_file(&self.ca_file)?;
         let identity = match &self.identity {
             Some((cert_file, key_file)) => {
                 Some((read_certificates(cert_file)?, read_private_key(key_file)?))
@@ -95,24 +94,11 @@ fn client_config(
     Ok(config)
 }
 
-struct LoadedClient {
-    stamps: [FileStamp; 3],
-    config: Arc<rustls::ClientConfig>,
-}
-
 #[derive(Debug)]
 struct Source {
+    /// `None` for a client made from PEM given in memory: nothing to reload.
     files: Option<ClientFiles>,
-    loaded: Mutex<LoadedClientState>,
-}
-
-/// `LoadedClient` behind a `Debug` that shows no key material.
-struct LoadedClientState(LoadedClient);
-
-impl std::fmt::Debug for LoadedClientState {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("LoadedClient")
-    }
+    config: Reloading<Arc<rustls::ClientConfig>>,
 }
 
 /// The TLS side of a client: the CA it trusts and, normally, the identity it
@@ -160,36 +146,23 @@ impl ClientTls {
         Self {
             source: Arc::new(Source {
                 files,
-                loaded: Mutex::new(LoadedClientState(LoadedClient { stamps, config })),
+                config: Reloading::new(stamps, config),
             }),
         }
     }
 
     /// The configuration for the next handshake, reloaded first if a file
-    /// changed. A set that does not load is logged once and the previous
-    /// one kept, as on the server side.
+    /// changed (as on the server side).
     fn current(&self) -> Arc<rustls::ClientConfig> {
-        let mut loaded = self
-            .source
-            .loaded
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(files) = &self.source.files {
-            let stamps = files.stamps();
-            if loaded.0.stamps != stamps {
-                loaded.0.stamps = stamps;
-                match files.load() {
-                    Ok(config) => {
-                        loaded.0.config = Arc::new(config);
-                        tracing::info!(ca_file = %files.ca_file.display(), "reloaded client tls certificates");
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, ca_file = %files.ca_file.display(), "client tls files changed but do not load; keeping the previous certificates");
-                    }
-                }
-            }
+        match &self.source.files {
+            Some(files) => self
+                .source
+                .config
+                .current(files.stamps(), &files.ca_file, || {
+                    files.load().map(Arc::new)
+                }),
+            None => self.source.config.unchanged(),
         }
-        loaded.0.config.clone()
     }
 
     fn endpoint(&self, addr: &str) -> Result<Endpoint, ClientError> {

@@ -53,7 +53,7 @@ pub enum TlsError {
     Rustls(String),
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
@@ -145,15 +145,68 @@ pub(crate) fn stamp(path: &Path) -> FileStamp {
     Some((metadata.modified().ok()?, metadata.len(), inode))
 }
 
-struct Loaded {
-    stamps: [FileStamp; 3],
-    acceptor: TlsAcceptor,
+/// A value built from three files (a TLS configuration), rebuilt when their
+/// stamps change. A set that does not build is logged once and the previous
+/// value kept; it is not tried again until a file changes again, or a broken
+/// set would be re-read on every connection.
+pub(crate) struct Reloading<T> {
+    loaded: Mutex<([FileStamp; 3], T)>,
+}
+
+impl<T> std::fmt::Debug for Reloading<T> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the configuration: it holds a private key.
+        formatter.write_str("Reloading")
+    }
+}
+
+impl<T: Clone> Reloading<T> {
+    pub(crate) fn new(stamps: [FileStamp; 3], value: T) -> Self {
+        Self {
+            loaded: Mutex::new((stamps, value)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ([FileStamp; 3], T)> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The value, rebuilt first by `build` when `stamps` differ from the
+    /// last ones seen; `file` names the set in the log.
+    pub(crate) fn current(
+        &self,
+        stamps: [FileStamp; 3],
+        file: &Path,
+        build: impl FnOnce() -> Result<T, TlsError>,
+    ) -> T {
+        let mut loaded = self.lock();
+        if loaded.0 != stamps {
+            loaded.0 = stamps;
+            match build() {
+                Ok(value) => {
+                    loaded.1 = value;
+                    tracing::info!(file = %file.display(), "reloaded tls certificates");
+                }
+                Err(error) => {
+                    tracing::error!(%error, file = %file.display(), "tls files changed but do not load; keeping the previous certificates");
+                }
+            }
+        }
+        loaded.1.clone()
+    }
+
+    /// The value as it is, for one built from no files.
+    pub(crate) fn unchanged(&self) -> T {
+        self.lock().1.clone()
+    }
 }
 
 /// The server side of mTLS, reloading its files when they change.
 pub struct ServerTls {
     settings: TlsSettings,
-    loaded: Mutex<Loaded>,
+    acceptor: Reloading<TlsAcceptor>,
 }
 
 impl ServerTls {
@@ -162,7 +215,7 @@ impl ServerTls {
         let acceptor = TlsAcceptor::from(Arc::new(build_server_config(&settings)?));
         Ok(Self {
             settings,
-            loaded: Mutex::new(Loaded { stamps, acceptor }),
+            acceptor: Reloading::new(stamps, acceptor),
         })
     }
 
@@ -176,27 +229,14 @@ impl ServerTls {
 
     /// The acceptor for the next handshake, rebuilt first if a file changed.
     pub fn acceptor(&self) -> TlsAcceptor {
-        let current_stamps = Self::stamps_of(&self.settings);
-        let mut loaded = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if loaded.stamps != current_stamps {
-            match build_server_config(&self.settings) {
-                Ok(config) => {
-                    loaded.acceptor = TlsAcceptor::from(Arc::new(config));
-                    loaded.stamps = current_stamps;
-                    tracing::info!(cert_file = %self.settings.cert_file.display(), "reloaded tls certificates");
-                }
-                Err(error) => {
-                    // Not tried again until a file changes again: a broken
-                    // set would otherwise be re-read on every connection.
-                    loaded.stamps = current_stamps;
-                    tracing::error!(%error, cert_file = %self.settings.cert_file.display(), "tls files changed but do not load; keeping the previous certificates");
-                }
-            }
-        }
-        loaded.acceptor.clone()
+        self.acceptor.current(
+            Self::stamps_of(&self.settings),
+            &self.settings.cert_file,
+            || {
+                build_server_config(&self.settings)
+                    .map(|config| TlsAcceptor::from(Arc::new(config)))
+            },
+        )
     }
 }
 
