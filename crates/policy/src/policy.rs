@@ -104,12 +104,7 @@ impl Policy {
         // (a JSON escape such as `\u0024{` spells one too): checking every
         // string errs on the side of reading conditions.
         let has_variables = mentions_variables(&root);
-        let mut keys: Vec<String> = policy
-            .statements
-            .iter()
-            .flat_map(|statement| statement.conditions.iter())
-            .map(|clause| clause.lowercase_key().to_owned())
-            .collect();
+        let mut keys: Vec<String> = policy.named_condition_keys().map(str::to_owned).collect();
         keys.sort();
         keys.dedup();
         policy.condition_keys = (!has_variables).then_some(keys);
@@ -127,20 +122,22 @@ impl Policy {
     /// Every condition key (lowercased) a Condition block names, in
     /// document order, repeated as often as it is named.
     pub fn named_condition_keys(&self) -> impl Iterator<Item = &str> {
-        self.statements
-            .iter()
-            .flat_map(|statement| statement.conditions.iter())
-            .map(ConditionClause::lowercase_key)
+        self.clauses().map(ConditionClause::lowercase_key)
     }
 
     /// The condition keys (lowercased) that a `ForAllValues:` operator
     /// reads, in document order, repeated as often as they are.
     pub fn for_all_values_keys(&self) -> impl Iterator<Item = &str> {
+        self.clauses()
+            .filter(|clause| clause.for_all_values())
+            .map(ConditionClause::lowercase_key)
+    }
+
+    /// Every statement's condition clauses, in document order.
+    fn clauses(&self) -> impl Iterator<Item = &ConditionClause> {
         self.statements
             .iter()
             .flat_map(|statement| statement.conditions.iter())
-            .filter(|clause| clause.for_all_values())
-            .map(ConditionClause::lowercase_key)
     }
 
     /// [`Policy::parse`] for an identity policy.
