@@ -31,6 +31,52 @@ pub struct Migrations {
     pub sqlite: &'static [MigrationFile],
 }
 
+impl Migrations {
+    /// What differs between these migrations and the `postgres/` and
+    /// `sqlite/` directories under `directory`: a file `NNNN_*.sql` with no
+    /// registered migration of version NNNN and the same text, or a
+    /// registered migration with no file. Empty when they agree; services
+    /// check it in a test, so a migration file cannot be left unapplied.
+    pub fn differences_from(&self, directory: &std::path::Path) -> Vec<String> {
+        let mut differences = Vec::new();
+        for (backend, registered) in [("postgres", self.postgres), ("sqlite", self.sqlite)] {
+            let folder = directory.join(backend);
+            let entries = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    differences.push(format!("{}: {error}", folder.display()));
+                    continue;
+                }
+            };
+            let mut found = Vec::new();
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(stem) = name.strip_suffix(".sql") else {
+                    continue;
+                };
+                let version = stem
+                    .split('_')
+                    .next()
+                    .and_then(|digits| digits.parse().ok());
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let known = registered
+                    .iter()
+                    .any(|file| Some(file.version) == version && file.sql == text);
+                if !known {
+                    differences.push(format!("{backend}/{name} is not a registered migration"));
+                }
+                found.extend(version);
+            }
+            for file in registered {
+                if !found.contains(&file.version) {
+                    differences.push(format!("{backend} migration {} has no file", file.version));
+                }
+            }
+        }
+        differences
+    }
+}
+
 #[derive(Debug)]
 struct Embedded(&'static [MigrationFile]);
 

@@ -56,6 +56,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             description: "rule accounts",
             sql: include_str!("../../migrations/postgres/0007_rule_accounts.sql"),
         },
+        MigrationFile {
+            version: 8,
+            description: "failures by time",
+            sql: include_str!("../../migrations/postgres/0008_failures_by_time.sql"),
+        },
     ],
     sqlite: &[
         MigrationFile {
@@ -92,6 +97,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 7,
             description: "rule accounts",
             sql: include_str!("../../migrations/sqlite/0007_rule_accounts.sql"),
+        },
+        MigrationFile {
+            version: 8,
+            description: "failures by time",
+            sql: include_str!("../../migrations/sqlite/0008_failures_by_time.sql"),
         },
     ],
 };
@@ -241,5 +251,17 @@ pub fn event_store(pool: DbPool) -> std::sync::Arc<dyn EventStore> {
     match pool {
         DbPool::Postgres(pool) => std::sync::Arc::new(PostgresEventStore::new(pool)),
         DbPool::Sqlite(pool) => std::sync::Arc::new(SqliteEventStore::new(pool)),
+    }
+}
+
+#[cfg(test)]
+mod migration_files {
+    #[test]
+    fn every_migration_file_is_registered() {
+        let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        assert_eq!(
+            super::MIGRATIONS.differences_from(&directory),
+            Vec::<String>::new()
+        );
     }
 }

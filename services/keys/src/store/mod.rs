@@ -435,3 +435,15 @@ pub fn key_store(pool: DbPool) -> std::sync::Arc<dyn KeyStore> {
         DbPool::Sqlite(pool) => std::sync::Arc::new(SqliteKeyStore::new(pool)),
     }
 }
+
+#[cfg(test)]
+mod migration_files {
+    #[test]
+    fn every_migration_file_is_registered() {
+        let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        assert_eq!(
+            super::MIGRATIONS.differences_from(&directory),
+            Vec::<String>::new()
+        );
+    }
+}
