@@ -31,6 +31,7 @@ coffer_platform::store_contract_tests!(
     a_large_batch_stores_each_new_event_once_with_its_own_resources,
     retention_removes_only_old_events_with_their_resources,
     a_correction_replaces_the_record_stored_under_its_id,
+    an_id_twice_in_one_batch_is_reported_at_the_copy_stored,
 );
 
 fn event(id: &str, time_ms: i64, name: &str) -> StoredEvent {
@@ -362,5 +363,36 @@ async fn a_correction_replaces_the_record_stored_under_its_id(
     store.insert_events(&[forged], 0).await?;
     let stored = store.get_event("withheld").await?.ok_or("missing")?;
     assert_eq!(stored.record, correction.record);
+    Ok(())
+}
+
+async fn an_id_twice_in_one_batch_is_reported_at_the_copy_stored(
+    store: &dyn EventStore,
+) -> TestResult {
+    // The insert keeps the first copy of an id; the position reported (what
+    // rules route) and the resources indexed must be that copy's too.
+    let first = event("twice", 1_000, "Decrypt");
+    let mut second = event("twice", 1_000, "Decrypt");
+    second.record = r#"{"eventID":"twice","second":true}"#.into();
+    second.resources = vec![(
+        "AWS::KMS::Key".into(),
+        "arn:coffer:kms:eu-west-1:111122223333:key/other".into(),
+    )];
+    assert_eq!(
+        store.insert_events(&[first.clone(), second], 0).await?,
+        vec![0]
+    );
+    let stored = store.get_event("twice").await?.ok_or("missing")?;
+    assert_eq!(stored.record, first.record);
+    let by_resource = |name: &str| {
+        all_time(Some(LookupAttribute::ResourceName(format!(
+            "arn:coffer:kms:eu-west-1:111122223333:key/{name}"
+        ))))
+    };
+    assert_eq!(
+        ids(&store.lookup(&by_resource("twice")).await?),
+        vec!["twice"]
+    );
+    assert!(store.lookup(&by_resource("other")).await?.is_empty());
     Ok(())
 }

@@ -249,11 +249,14 @@ macro_rules! sql_event_store {
                         .fetch_all(&mut *transaction)
                         .await
                         .map_err(StoreError::Database)?;
-                    let positions: std::collections::HashMap<&str, usize> = chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(position, event)| (event.event_id.as_str(), offset + position))
-                        .collect();
+                    // The insert keeps the first copy of an id that occurs
+                    // twice, so the position reported is the first one's.
+                    let mut positions = std::collections::HashMap::<&str, usize>::new();
+                    for (position, event) in chunk.iter().enumerate() {
+                        positions
+                            .entry(event.event_id.as_str())
+                            .or_insert(offset + position);
+                    }
                     for row in &rows {
                         let event_id: String =
                             row.try_get("event_id").map_err(StoreError::Database)?;
