@@ -59,6 +59,15 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    /// Another journal (another process on the same database) holds the
+    /// file: two would empty and replace each other's exports.
+    #[error("the ingest journal {path} is in use by another process")]
+    InUse { path: String },
+    /// A failed append left part of its record behind and it could not be
+    /// cut off: anything appended after it would be lost on a restart, so
+    /// the journal takes no more until the service restarts (and drops it).
+    #[error("the ingest journal {path} holds an append cut short; restart the audit service")]
+    Broken { path: String },
     /// A batch whose record could not be read back is never written: a
     /// restart would cut the journal short at it.
     #[error("a batch of {bytes} bytes is larger than the ingest journal's {MAX_RECORD_BYTES}")]
@@ -80,6 +89,8 @@ struct State {
     /// Where each batch not yet stored ends in the file, with its number
     /// (the count of batches appended once it was).
     ends: VecDeque<(u64, u64)>,
+    /// See [`JournalError::Broken`].
+    broken: bool,
 }
 
 /// See the module docs.
@@ -130,6 +141,16 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(failed("opened"))?;
+        // Held while the file is open (a compacted copy is locked before it
+        // replaces the journal); the system releases it if the process dies.
+        if let Err(error) = file.try_lock() {
+            return Err(match error {
+                std::fs::TryLockError::WouldBlock => JournalError::InUse {
+                    path: path.display().to_string(),
+                },
+                std::fs::TryLockError::Error(source) => failed("locked")(source),
+            });
+        }
         // A copy that a crash interrupted: the journal itself is whole.
         let _unfinished = std::fs::remove_file(Self::compacting_path(path));
         let mut bytes = Vec::new();
@@ -164,6 +185,7 @@ impl Journal {
                 appended,
                 taken: 0,
                 ends: (1..).zip(ends).collect(),
+                broken: false,
             }),
             indexed,
             work: Notify::new(),
@@ -202,12 +224,18 @@ impl Journal {
         }
         {
             let mut state = self.lock();
+            if state.broken {
+                return Err(JournalError::Broken {
+                    path: self.path.display().to_string(),
+                });
+            }
             if let Err(source) = state.file.write_all(&record) {
                 // Cut off whatever part was written, so the next append
                 // starts on a record boundary.
                 let length = state.length;
                 if let Err(error) = state.file.set_len(length) {
-                    tracing::error!(%error, "a failed journal append could not be cut off");
+                    tracing::error!(%error, journal = %self.path.display(), "a failed journal append could not be cut off; the journal takes no more");
+                    state.broken = true;
                 }
                 return Err(JournalError::Io {
                     path: self.path.display().to_string(),
@@ -345,6 +373,7 @@ impl Journal {
             .read(true)
             .append(true)
             .open(&compacting)?;
+        file.try_lock().map_err(std::io::Error::from)?;
         std::fs::rename(&compacting, &self.path)?;
         Ok(file)
     }
@@ -641,13 +670,40 @@ mod tests {
         Ok(())
     }
 
-    fn ids_after_reopening(path: &Path) -> Result<Vec<String>, JournalError> {
-        let journal = Journal::open(path)?;
-        let mut ids = Vec::new();
-        while let Some(taken) = journal.take() {
-            ids.extend(taken.events.into_iter().map(|event| event.event_id));
-        }
-        Ok(ids)
+    /// The ids a restart would recover: what the file holds, read as
+    /// [`Journal::open`] reads it (without taking the file from a journal
+    /// that still has it open).
+    fn ids_after_reopening(path: &Path) -> std::io::Result<Vec<String>> {
+        let _unfinished_copy = std::fs::remove_file(Journal::compacting_path(path));
+        let (batches, _, _) = decode_records(&std::fs::read(path)?);
+        Ok(batches
+            .into_iter()
+            .flatten()
+            .map(|event| event.event_id)
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn a_second_journal_on_the_same_file_is_refused() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let mut journal = Journal::open(&path)?;
+        let in_use = |outcome: Result<Journal, JournalError>| {
+            matches!(outcome, Err(JournalError::InUse { .. }))
+        };
+        assert!(in_use(Journal::open(&path)));
+        // The copy that replaces the file is held too.
+        journal.compact_after = 1;
+        journal.append(vec![event("one", 0)]).await?;
+        let taken = journal.take().ok_or("nothing to take")?;
+        journal.append(vec![event("two", 0)]).await?;
+        journal.stored(taken.through);
+        assert_eq!(ids_after_reopening(&path)?, ["two"]);
+        assert!(in_use(Journal::open(&path)));
+        drop(journal);
+        let reopened = Journal::open(&path)?;
+        assert_eq!(reopened.take().map(|taken| taken.events.len()), Some(1));
+        Ok(())
     }
 
     #[tokio::test]
