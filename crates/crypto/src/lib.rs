@@ -20,7 +20,7 @@ mod seal;
 mod spec;
 
 pub use asymmetric::{AsymmetricPrivateKey, AsymmetricPublicKey, KeyPairDer, generate_key_pair};
-pub use blob::{BLOB_FORMAT_V1, ParsedBlob, encrypt_symmetric, parse_blob};
+pub use blob::{BLOB_FORMAT_V1, BLOB_FORMAT_V2, ParsedBlob, encrypt_symmetric, parse_blob};
 pub use context::EncryptionContext;
 pub use error::{CryptoError, InvalidCiphertext};
 pub use hmac::HmacKey;
