@@ -32,6 +32,10 @@ pub enum RootKeyError {
     MissingEnv(String),
     #[error("root key from {origin} must be 32 bytes, raw or base64-encoded")]
     Format { origin: String },
+    #[error(
+        "root key from {origin} is 32 bytes of text, not a key: write 32 random bytes, raw or base64-encoded (head -c 32 /dev/urandom | base64)"
+    )]
+    Text { origin: String },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -66,10 +70,23 @@ impl RootKey {
         }
     }
 
-    /// Raw 32 bytes, or base64 text (surrounding whitespace ignored).
+    /// Raw 32 bytes, or base64 text (surrounding whitespace ignored). 32
+    /// bytes that are all printable text (32 hex digits, a passphrase) are
+    /// refused: random key bytes are that almost never (below 1 in 10^13),
+    /// and taken as raw they would be a far weaker key than they look.
     pub fn from_file_contents(contents: &[u8], origin: &str) -> Result<Self, RootKeyError> {
-        if let Ok(raw) = <[u8; ROOT_KEY_LEN]>::try_from(contents) {
-            return Ok(Self(Zeroizing::new(raw)));
+        if contents.len() == ROOT_KEY_LEN {
+            if contents
+                .iter()
+                .all(|byte| byte.is_ascii_graphic() || byte.is_ascii_whitespace())
+            {
+                return Err(RootKeyError::Text {
+                    origin: origin.to_owned(),
+                });
+            }
+            let mut raw = Zeroizing::new([0u8; ROOT_KEY_LEN]);
+            raw.copy_from_slice(contents);
+            return Ok(Self(raw));
         }
         let text = std::str::from_utf8(contents).map_err(|_| RootKeyError::Format {
             origin: origin.to_owned(),
@@ -81,14 +98,14 @@ impl RootKey {
         let decoded = Zeroizing::new(STANDARD.decode(text).map_err(|_| RootKeyError::Format {
             origin: origin.to_owned(),
         })?);
-        let array: [u8; ROOT_KEY_LEN] =
-            decoded
-                .as_slice()
-                .try_into()
-                .map_err(|_| RootKeyError::Format {
-                    origin: origin.to_owned(),
-                })?;
-        Ok(Self(Zeroizing::new(array)))
+        if decoded.len() != ROOT_KEY_LEN {
+            return Err(RootKeyError::Format {
+                origin: origin.to_owned(),
+            });
+        }
+        let mut key = Zeroizing::new([0u8; ROOT_KEY_LEN]);
+        key.copy_from_slice(&decoded);
+        Ok(Self(key))
     }
 
     /// The base64 form, for writing a freshly generated key to a file.
@@ -115,9 +132,9 @@ mod tests {
     fn loads_raw_and_base64_files() -> Result<(), Box<dyn std::error::Error>> {
         let directory = tempfile::tempdir()?;
         let raw_path = directory.path().join("raw");
-        std::fs::write(&raw_path, [9u8; 32])?;
+        std::fs::write(&raw_path, [0x9c_u8; 32])?;
         let raw = RootKey::load(&RootKeySource::File(raw_path))?;
-        assert_eq!(raw.as_bytes(), &[9u8; 32]);
+        assert_eq!(raw.as_bytes(), &[0x9c_u8; 32]);
 
         let text_path = directory.path().join("b64");
         std::fs::write(&text_path, format!("{}\n", raw.to_base64().as_str()))?;
@@ -135,6 +152,24 @@ mod tests {
         let message = error.map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains("must be 32 bytes"), "{message}");
         assert!(!message.contains("c2hvcnQ"), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn thirty_two_bytes_of_text_are_not_taken_as_a_raw_key()
+    -> Result<(), Box<dyn std::error::Error>> {
+        // What `openssl rand -hex 16` prints, without its newline.
+        let hex = "0123456789abcdef0123456789abcdef";
+        let error = RootKey::from_file_contents(hex.as_bytes(), "key.txt").err();
+        let message = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("32 bytes of text"), "{message}");
+        assert!(!message.contains(hex), "{message}");
+        // Raw bytes with one that is not text are still a key.
+        let mut raw = [b'a'; 32];
+        if let Some(byte) = raw.get_mut(7) {
+            *byte = 0;
+        }
+        assert_eq!(RootKey::from_file_contents(&raw, "raw")?.as_bytes(), &raw);
         Ok(())
     }
 
