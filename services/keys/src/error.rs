@@ -65,6 +65,13 @@ pub enum KeysError {
     /// The call would have succeeded, but its DryRun flag was set.
     #[error("dry run")]
     DryRun,
+    /// More slow crypto is waiting than the service queues.
+    #[error("the service is busy")]
+    Throttled,
+    /// A fault of the service itself, logged; the caller sees a generic
+    /// message.
+    #[error("{0}")]
+    Internal(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("cryptographic failure")]
@@ -205,7 +212,12 @@ pub fn api_error(error: &KeysError) -> ApiError {
             "DryRunOperationException",
             "The request would have succeeded, but the DryRun option is set.",
         ),
-        KeysError::Store(_) | KeysError::Crypto(_) => {
+        KeysError::Throttled => ApiError::new(
+            ErrorCode::ResourceExhausted,
+            "ThrottlingException",
+            "Too much cryptographic work is waiting; retry with backoff.",
+        ),
+        KeysError::Store(_) | KeysError::Crypto(_) | KeysError::Internal(_) => {
             tracing::error!(error = %cause_chain(error), "keys request failed");
             let mut internal = ApiError::internal();
             internal.exception = "KMSInternalException";

@@ -96,7 +96,10 @@ impl KeysGrpc {
             call.audit()
                 .resource(key_arn.clone(), account, KEY_RESOURCE_TYPE);
         }
-        if !matches!(error, KeysError::Store(_) | KeysError::Crypto(_)) {
+        if !matches!(
+            error,
+            KeysError::Store(_) | KeysError::Crypto(_) | KeysError::Internal(_)
+        ) {
             tracing::info!(
                 exception = api.exception,
                 request_id = call.request_id(),

@@ -9,19 +9,41 @@
 //! path and the database threads whenever they have work, so a signing
 //! load does not stretch the latency of cheap calls on the same cores.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Jobs that may wait for a thread. Calls over the server's concurrency
+/// limit never get here, but a call cancelled by its client gives its slot
+/// back while its job still waits: the bound keeps such leftovers (and
+/// their memory) from piling up without end.
+pub(crate) const MAX_QUEUED_JOBS: usize = 4_096;
+
+/// Why a job did not give its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PoolError {
+    #[error("the crypto queue is full")]
+    Busy,
+    #[error("the crypto pool has stopped")]
+    Stopped,
+    #[error("a crypto job panicked")]
+    Panicked,
+}
+
 pub(crate) struct CryptoPool {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
 impl CryptoPool {
     /// `threads` workers (at least one). Threads end when the pool is dropped.
     pub(crate) fn new(threads: usize) -> Self {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        Self::with_queue(threads, MAX_QUEUED_JOBS)
+    }
+
+    fn with_queue(threads: usize, queued: usize) -> Self {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(queued);
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..threads.max(1) {
             let queue = queue.clone();
@@ -47,18 +69,30 @@ impl CryptoPool {
         Self { jobs }
     }
 
-    /// Runs `work` on a pool thread; `None` if the pool has stopped.
+    /// Runs `work` on a pool thread. Work whose caller has gone by the time
+    /// a thread takes it is skipped; work that panics answers
+    /// [`PoolError::Panicked`] and leaves the thread running.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
+    ) -> Result<T, PoolError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            // The caller may have gone away; the work is done regardless.
-            let _caller_gone = answer.send(work());
+            if answer.is_closed() {
+                return;
+            }
+            if let Ok(outcome) = std::panic::catch_unwind(AssertUnwindSafe(work)) {
+                // The caller may have gone away meanwhile; nothing to undo.
+                let _caller_gone = answer.send(Ok(outcome));
+            } else {
+                let _caller_gone = answer.send(Err(PoolError::Panicked));
+            }
         });
-        self.jobs.send(job).ok()?;
-        answered.await.ok()
+        self.jobs.try_send(job).map_err(|error| match error {
+            mpsc::TrySendError::Full(_) => PoolError::Busy,
+            mpsc::TrySendError::Disconnected(_) => PoolError::Stopped,
+        })?;
+        answered.await.map_err(|_| PoolError::Stopped)?
     }
 }
 
@@ -92,5 +126,64 @@ mod tests {
             .expect("the pool runs the job");
         // Niceness stops at 19.
         assert_eq!(worker, (caller + CRYPTO_NICENESS).min(19));
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_caller_has_gone_is_skipped() {
+        let pool = Arc::new(CryptoPool::new(1));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Occupy the only thread until released.
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || hold.recv().is_ok()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let flag = ran.clone();
+        let abandoned = pool.run(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        // Queue the job, then drop the caller (as a cancelled call does).
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), abandoned).await;
+        release.send(()).expect("the thread waits");
+        assert_eq!(busy.await.expect("joined"), Ok(true));
+        // A job queued after the abandoned one runs once it is skipped.
+        assert_eq!(pool.run(|| 7).await, Ok(7));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_answers_an_error_and_the_thread_goes_on() {
+        let pool = CryptoPool::new(1);
+        let outcome: Result<(), PoolError> = pool.run(|| panic!("a crypto bug")).await;
+        assert_eq!(outcome, Err(PoolError::Panicked));
+        assert_eq!(pool.run(|| 5).await, Ok(5));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_more_work() {
+        let pool = Arc::new(CryptoPool::with_queue(1, 1));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(move || hold.recv().is_ok()).await }
+        });
+        // Once the thread holds the blocking job, one more fills the queue.
+        let mut queued = None;
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let waiting = tokio::spawn({
+                let pool = pool.clone();
+                async move { pool.run(|| 1).await }
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if !waiting.is_finished() {
+                queued = Some(waiting);
+                break;
+            }
+        }
+        let queued = queued.expect("a job waits behind the busy thread");
+        assert_eq!(pool.run(|| 2).await, Err(PoolError::Busy));
+        release.send(()).expect("the thread waits");
+        assert_eq!(busy.await.expect("joined"), Ok(true));
+        assert_eq!(queued.await.expect("joined"), Ok(1));
     }
 }

@@ -341,10 +341,9 @@ impl KeysDomain {
         work: impl FnOnce() -> std::result::Result<T, coffer_crypto::CryptoError> + Send + 'static,
     ) -> Result<T> {
         match self.heavy_crypto.run(work).await {
-            Some(outcome) => Ok(outcome?),
-            None => Err(KeysError::Store(crate::store::StoreError::Corrupt(
-                "the crypto pool has stopped".into(),
-            ))),
+            Ok(outcome) => Ok(outcome?),
+            Err(crypto_pool::PoolError::Busy) => Err(KeysError::Throttled),
+            Err(failure) => Err(KeysError::Internal(failure.to_string())),
         }
     }
 
