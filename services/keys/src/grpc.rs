@@ -261,6 +261,19 @@ fn encryption_algorithm(text: &str) -> Result<EncryptionAlgorithm> {
     })
 }
 
+/// A CiphertextBlob's length constraint (1 to 6144 bytes), a
+/// ValidationException as AWS's request validation gives; what is inside is
+/// judged by the decrypt (InvalidCiphertextException).
+fn ciphertext_length(field: &'static str, blob: &[u8]) -> Result<()> {
+    if blob.is_empty() || blob.len() > MAX_CIPHERTEXT_BYTES {
+        return Err(KeysError::validation(
+            field,
+            format!("must be 1 to {MAX_CIPHERTEXT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 fn grant_tokens(tokens: &[String]) -> Result<()> {
     if tokens.len() > MAX_GRANT_TOKENS {
         return Err(KeysError::validation(
@@ -1236,9 +1249,7 @@ impl Keys for KeysGrpc {
             let context = encryption_context(&message.encryption_context)?;
             let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
             grant_tokens(&message.grant_tokens)?;
-            if message.ciphertext_blob.len() > MAX_CIPHERTEXT_BYTES {
-                return Err(KeysError::InvalidCiphertext);
-            }
+            ciphertext_length("ciphertext_blob", &message.ciphertext_blob)?;
             let decrypted = self
                 .domain
                 .decrypt(
@@ -1363,9 +1374,7 @@ impl Keys for KeysGrpc {
                 let source_algorithm = encryption_algorithm(&m.source_encryption_algorithm)?;
                 let destination_algorithm = encryption_algorithm(&m.destination_encryption_algorithm)?;
                 grant_tokens(&m.grant_tokens)?;
-                if m.ciphertext_blob.len() > MAX_CIPHERTEXT_BYTES {
-                    return Err(KeysError::InvalidCiphertext);
-                }
+                ciphertext_length("ciphertext_blob", &m.ciphertext_blob)?;
                 let done = self
                     .domain
                     .re_encrypt(
