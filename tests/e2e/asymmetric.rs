@@ -946,6 +946,22 @@ async fn asymmetric_bad_input_gets_exact_errors(backend: Backend) -> anyhow::Res
         })
         .await;
     assert_error(with_context, Code::InvalidArgument, "ValidationException");
+    // Without an algorithm (SYMMETRIC_DEFAULT) the algorithm is what is
+    // wrong, context or not.
+    let default_algorithm = client
+        .encrypt(pb::EncryptRequest {
+            key_id: rsa.key_id.clone(),
+            plaintext: b"x".to_vec(),
+            encryption_context: [("k".to_owned(), "v".to_owned())].into(),
+            ..Default::default()
+        })
+        .await;
+    let status = assert_error(
+        default_algorithm,
+        Code::InvalidArgument,
+        "InvalidKeyUsageException",
+    );
+    assert!(status.message().contains("SYMMETRIC_DEFAULT"), "{status:?}");
     let sign_with_encryption_key = client
         .sign(pb::SignRequest {
             key_id: rsa.key_id,

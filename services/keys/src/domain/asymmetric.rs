@@ -238,19 +238,22 @@ impl KeysDomain {
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
     ) -> Result<RsaEncryptionAlgorithm> {
+        // The algorithm first: a call that left it out (SYMMETRIC_DEFAULT)
+        // learns that, whatever else it sent, as KMS answers it.
+        let parsed = RsaEncryptionAlgorithm::parse(algorithm.as_str()).ok_or_else(|| {
+            KeysError::InvalidKeyUsage(format!(
+                "{algorithm} is not valid for {} ({}); use RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.",
+                self.key_arn(&key.account, &key.key_id),
+                key.key_spec
+            ))
+        })?;
         if !context.is_empty() {
             return Err(KeysError::validation(
                 "encryption_context",
                 "asymmetric keys do not support an encryption context",
             ));
         }
-        RsaEncryptionAlgorithm::parse(algorithm.as_str()).ok_or_else(|| {
-            KeysError::InvalidKeyUsage(format!(
-                "{algorithm} is not valid for {} ({}); use RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256.",
-                self.key_arn(&key.account, &key.key_id),
-                key.key_spec
-            ))
-        })
+        Ok(parsed)
     }
 
     /// RSA-OAEP encryption with the key's public key, for `operation`
