@@ -24,6 +24,7 @@ backend_tests!(
     a_key_has_at_most_fifty_aliases,
     tags_are_managed_and_limited,
     rotation_keeps_old_ciphertexts_decrypting,
+    enabling_rotation_again_keeps_its_schedule,
     service_managed_keys_are_created_on_first_use_and_protected,
     re_encrypt_moves_ciphertext_between_keys,
     answers_and_events_name_the_key_material,
@@ -878,6 +879,66 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
         vec![tag("env", "prod")],
         "a refused request changed the tags"
     );
+    Ok(())
+}
+
+async fn enabling_rotation_again_keeps_its_schedule(backend: Backend) -> anyhow::Result<()> {
+    let (harness, clock) = harness_with_clock(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut client).await?;
+    let rotation_client = client.clone();
+    let enable = |period: i32| {
+        let mut client = rotation_client.clone();
+        let key_id = key.key_id.clone();
+        async move {
+            client
+                .enable_key_rotation(pb::EnableKeyRotationRequest {
+                    key_id: key_id.clone(),
+                    rotation_period_in_days: Some(period),
+                })
+                .await?;
+            let status = client
+                .get_key_rotation_status(pb::GetKeyRotationStatusRequest { key_id })
+                .await?
+                .into_inner();
+            assert_eq!(status.rotation_period_in_days, Some(period));
+            anyhow::Ok(
+                status
+                    .next_rotation_date
+                    .map(|date| date.seconds)
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let day = 86_400;
+    let enabled_at = clock_now_seconds(&clock);
+    assert!((enable(180).await? - (enabled_at + 180 * day)).abs() <= 1);
+    // Thirty days on, enabling it again with the same period (as a tool
+    // that re-applies its settings does) leaves the date alone.
+    clock.advance(30 * DAY);
+    assert!((enable(180).await? - (enabled_at + 180 * day)).abs() <= 1);
+    // A new period counts from when rotation was enabled...
+    assert!((enable(90).await? - (enabled_at + 90 * day)).abs() <= 1);
+    // ...and a date already past means rotating at once.
+    clock.advance(70 * DAY);
+    assert!((enable(95).await? - clock_now_seconds(&clock)).abs() <= 1);
+    harness.run_maintenance().await?;
+    let rotations = client
+        .list_key_rotations(pb::ListKeyRotationsRequest {
+            key_id: key.key_id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .rotations;
+    assert_eq!(rotations.len(), 1, "{rotations:?}");
+    // Turned off and on again, the period starts over.
+    client
+        .disable_key_rotation(pb::DisableKeyRotationRequest {
+            key_id: key.key_id.clone(),
+        })
+        .await?;
+    assert!((enable(95).await? - (clock_now_seconds(&clock) + 95 * day)).abs() <= 1);
     Ok(())
 }
 

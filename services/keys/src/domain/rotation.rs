@@ -43,6 +43,27 @@ pub struct RotationPage {
     pub next_after: Option<MaterialId>,
 }
 
+/// When a key rotates next after EnableKeyRotation: one period from now
+/// when rotation was off. Enabling it again keeps the schedule (a tool that
+/// re-applies its settings every day must not put the rotation off for
+/// ever); a new period counts from the last rotation (or from when rotation
+/// was enabled), and a date that has passed already means rotating now.
+fn next_rotation_on_enable(key: &KeyRecord, period_days: i32, now_ms: i64) -> i64 {
+    let period_ms = i64::from(period_days) * DAY_MS;
+    match (
+        key.rotation_enabled,
+        key.rotation_period_days,
+        key.next_rotation_ms,
+    ) {
+        (true, Some(current), Some(next)) if current == period_days => next,
+        (true, Some(current), Some(next)) => {
+            let since = next.saturating_sub(i64::from(current) * DAY_MS);
+            since.saturating_add(period_ms).max(now_ms)
+        }
+        _ => now_ms.saturating_add(period_ms),
+    }
+}
+
 impl KeysDomain {
     fn ensure_rotatable(&self, key: &KeyRecord, operation: &str) -> Result<()> {
         if key.key_spec != KeySpec::SymmetricDefault {
@@ -70,9 +91,9 @@ impl KeysDomain {
             |key, now_ms| {
                 self.ensure_rotatable(key, "EnableKeyRotation")?;
                 self.ensure_customer_managed(key, "EnableKeyRotation")?;
+                key.next_rotation_ms = Some(next_rotation_on_enable(key, period_days, now_ms));
                 key.rotation_enabled = true;
                 key.rotation_period_days = Some(period_days);
-                key.next_rotation_ms = Some(now_ms + i64::from(period_days) * DAY_MS);
                 Ok(())
             },
         )
