@@ -31,6 +31,7 @@ backend_tests!(
     subscribe_streams_only_matching_events,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
+    otlp_exports_too_large_once_decoded_are_refused_unread,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
     webhooks_reach_no_private_address_unless_allowed,
     rules_and_subscriptions_keep_to_eventbridge_limits,
@@ -504,6 +505,45 @@ async fn otlp_client(
         TraceServiceClient::new(tls.connect(&harness.audit_addr()?, "localhost").await?)
             .max_encoding_message_size(8 * 1024 * 1024),
     )
+}
+
+async fn otlp_exports_too_large_once_decoded_are_refused_unread(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    // 2.5 million empty spans: 5 MB on the wire, over a gigabyte decoded.
+    let flood = otlp_request(
+        "coffer-keys",
+        "some.library",
+        vec![Span::default(); 2_500_000],
+    );
+    let status = client
+        .export(flood)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a flood of empty spans was accepted"))?;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("once decoded"), "{status:?}");
+    // The service goes on taking ordinary exports.
+    client
+        .export(otlp_request(
+            "coffer-keys",
+            "some.library",
+            vec![Span {
+                name: "GET /".into(),
+                ..Default::default()
+            }],
+        ))
+        .await?;
+    let core = harness.audit_core()?;
+    core.settled().await;
+    let all = core
+        .store()
+        .lookup(&coffer_audit::store::LookupQuery::everything(10))
+        .await?;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    Ok(())
 }
 
 async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped(

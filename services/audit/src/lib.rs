@@ -18,6 +18,7 @@
 
 pub mod core;
 pub mod domain;
+pub mod export_guard;
 pub mod grpc;
 pub mod ingest;
 pub mod journal;
@@ -45,9 +46,6 @@ pub use crate::core::AuditCore;
 
 /// The fully qualified gRPC service name.
 pub const GRPC_SERVICE: &str = "coffer.audit.v1.Audit";
-/// Largest OTLP export accepted: large enough for a batch of events whose
-/// attributes are capped only after they arrive.
-const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Read-only flag and event category of each audit RPC.
 pub fn rpc_kind(method: &str) -> Option<RpcKind> {
@@ -238,10 +236,11 @@ impl AuditService {
                         .max_decoding_message_size(max_message_bytes)
                         .max_encoding_message_size(max_message_bytes),
                 );
-                routes.add_service(
-                    TraceServiceServer::new(ingest)
-                        .max_decoding_message_size(MAX_EXPORT_BYTES.max(max_message_bytes)),
-                );
+                let max_export_bytes = export_guard::MAX_EXPORT_BYTES.max(max_message_bytes);
+                routes.add_service(export_guard::ExportGuard::new(
+                    TraceServiceServer::new(ingest).max_decoding_message_size(max_export_bytes),
+                    max_export_bytes,
+                ));
             }),
             audit_sink: Some(Arc::new(LocalSink::new(self.core.clone()))),
             outbox: None,

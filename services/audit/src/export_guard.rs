@@ -1,0 +1,354 @@
+//! A guard in front of the OTLP trace service's decoder.
+//!
+//! An export may be up to [`MAX_EXPORT_BYTES`] on the wire, but what prost
+//! builds from it can be far larger: an empty span is 2 bytes on the wire
+//! and a few hundred once decoded, so 16 MiB of empty spans would take
+//! gigabytes before the handler could count them. The guard reads the
+//! export's bytes first and walks their protobuf structure, adding up what
+//! each message will take once decoded; an export over
+//! [`MAX_DECODED_BYTES`] is refused with INVALID_ARGUMENT without being
+//! decoded. The guard allocates nothing per field, only the bytes it was
+//! sent.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::mem::size_of;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::{BodyExt as _, Full, Limited};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, EntityRef, InstrumentationScope, KeyValue, KeyValueList,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tower::Service;
+
+/// Largest OTLP export accepted on the wire: large enough for a batch of
+/// events whose attributes are capped only after they arrive.
+pub const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest an export may be once decoded. Coffer's own exports take about
+/// twice their wire size.
+pub const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
+/// Deeper nesting is refused (prost stops at 100 too).
+const MAX_DEPTH: usize = 100;
+/// What a string or bytes field may take besides its bytes (a repeated one
+/// is a `String` in a `Vec` that may have doubled).
+const FIELD_OVERHEAD: usize = 2 * size_of::<String>();
+
+/// The messages of an OTLP trace export that hold other messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Request,
+    ResourceSpans,
+    Resource,
+    ScopeSpans,
+    Scope,
+    Span,
+    Event,
+    Link,
+    Status,
+    KeyValue,
+    AnyValue,
+    ArrayValue,
+    KeyValueList,
+    EntityRef,
+}
+
+impl Shape {
+    /// What one message takes once decoded, twice over: a repeated field's
+    /// `Vec` may have doubled its capacity.
+    fn decoded_size(self) -> usize {
+        2 * match self {
+            Shape::Request => size_of::<ExportTraceServiceRequest>(),
+            Shape::ResourceSpans => size_of::<ResourceSpans>(),
+            Shape::Resource => size_of::<Resource>(),
+            Shape::ScopeSpans => size_of::<ScopeSpans>(),
+            Shape::Scope => size_of::<InstrumentationScope>(),
+            Shape::Span => size_of::<Span>(),
+            Shape::Event => size_of::<Event>(),
+            Shape::Link => size_of::<Link>(),
+            Shape::Status => size_of::<Status>(),
+            Shape::KeyValue => size_of::<KeyValue>(),
+            Shape::AnyValue => size_of::<AnyValue>(),
+            Shape::ArrayValue => size_of::<ArrayValue>(),
+            Shape::KeyValueList => size_of::<KeyValueList>(),
+            Shape::EntityRef => size_of::<EntityRef>(),
+        }
+    }
+
+    /// The message a length-delimited field holds; `None` for strings and
+    /// bytes (and fields prost does not know, which it skips).
+    fn field(self, tag: u64) -> Option<Shape> {
+        Some(match (self, tag) {
+            (Shape::Request, 1) => Shape::ResourceSpans,
+            (Shape::ResourceSpans, 1) => Shape::Resource,
+            (Shape::ResourceSpans, 2) => Shape::ScopeSpans,
+            (Shape::Resource, 1) | (Shape::Scope, 3) | (Shape::Span, 9) => Shape::KeyValue,
+            (Shape::Resource, 3) => Shape::EntityRef,
+            (Shape::ScopeSpans, 1) => Shape::Scope,
+            (Shape::ScopeSpans, 2) => Shape::Span,
+            (Shape::Span, 11) => Shape::Event,
+            (Shape::Span, 13) => Shape::Link,
+            (Shape::Span, 15) => Shape::Status,
+            (Shape::Event, 3) | (Shape::Link, 4) | (Shape::KeyValueList, 1) => Shape::KeyValue,
+            (Shape::KeyValue, 2) | (Shape::ArrayValue, 1) => Shape::AnyValue,
+            (Shape::AnyValue, 5) => Shape::ArrayValue,
+            (Shape::AnyValue, 6) => Shape::KeyValueList,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an export was refused unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a protobuf message (or nested too deeply).
+    Malformed,
+    /// It would take more than [`MAX_DECODED_BYTES`] once decoded.
+    TooLargeDecoded,
+}
+
+fn varint(bytes: &[u8], at: &mut usize) -> Result<u64, Refusal> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at).ok_or(Refusal::Malformed)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(Refusal::Malformed)
+}
+
+/// What `message` (an ExportTraceServiceRequest) takes once decoded, at
+/// most; refused as soon as the sum passes [`MAX_DECODED_BYTES`].
+pub fn decoded_estimate(message: &[u8]) -> Result<usize, Refusal> {
+    let mut total = message.len();
+    walk(message, Shape::Request, 0, &mut total)?;
+    Ok(total)
+}
+
+fn walk(bytes: &[u8], shape: Shape, depth: usize, total: &mut usize) -> Result<(), Refusal> {
+    if depth > MAX_DEPTH {
+        return Err(Refusal::Malformed);
+    }
+    add(total, shape.decoded_size())?;
+    let mut at = 0;
+    while at < bytes.len() {
+        let key = varint(bytes, &mut at)?;
+        let step = match key & 7 {
+            0 => {
+                varint(bytes, &mut at)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let length =
+                    usize::try_from(varint(bytes, &mut at)?).map_err(|_| Refusal::Malformed)?;
+                let end = at.checked_add(length).ok_or(Refusal::Malformed)?;
+                let field = bytes.get(at..end).ok_or(Refusal::Malformed)?;
+                match shape.field(key >> 3) {
+                    Some(inner) => walk(field, inner, depth + 1, total)?,
+                    None => add(total, FIELD_OVERHEAD)?,
+                }
+                length
+            }
+            _ => return Err(Refusal::Malformed),
+        };
+        at = at.checked_add(step).ok_or(Refusal::Malformed)?;
+        if at > bytes.len() {
+            return Err(Refusal::Malformed);
+        }
+    }
+    Ok(())
+}
+
+fn add(total: &mut usize, bytes: usize) -> Result<(), Refusal> {
+    *total = total.saturating_add(bytes);
+    if *total > MAX_DECODED_BYTES {
+        return Err(Refusal::TooLargeDecoded);
+    }
+    Ok(())
+}
+
+/// The OTLP trace service behind the guard.
+#[derive(Debug, Clone)]
+pub struct ExportGuard<S> {
+    inner: S,
+    /// The largest message read (the service's own decoding limit).
+    max_message_bytes: usize,
+}
+
+impl<S> ExportGuard<S> {
+    pub fn new(inner: S, max_message_bytes: usize) -> Self {
+        Self {
+            inner,
+            max_message_bytes,
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for ExportGuard<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+impl<S> Service<http::Request<Body>> for ExportGuard<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone is the one made ready; `self` keeps a fresh one.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let max_message_bytes = self.max_message_bytes;
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            // One gRPC frame: a flag byte, a 4-byte length, the message. The
+            // answer past the limit is the one the decoder would give.
+            let Ok(collected) = Limited::new(body, max_message_bytes.saturating_add(5))
+                .collect()
+                .await
+            else {
+                return Ok(tonic::Status::out_of_range(format!(
+                    "an export is at most {max_message_bytes} bytes"
+                ))
+                .into_http());
+            };
+            let bytes = collected.to_bytes();
+            // A compressed frame, or anything but one whole frame, is left to
+            // the service, which refuses it without decoding a message.
+            if let Some((&0, rest)) = bytes.split_first()
+                && let Some((length, message)) = rest.split_first_chunk::<4>()
+                && usize::try_from(u32::from_be_bytes(*length)).ok() == Some(message.len())
+                && let Err(refusal) = decoded_estimate(message)
+            {
+                let message = match refusal {
+                    Refusal::Malformed => "the export is not a valid OTLP trace export".to_owned(),
+                    Refusal::TooLargeDecoded => format!(
+                        "the export would take more than {MAX_DECODED_BYTES} bytes once decoded; send fewer spans or attributes an export"
+                    ),
+                };
+                return Ok(tonic::Status::invalid_argument(message).into_http());
+            }
+            inner
+                .call(http::Request::from_parts(
+                    parts,
+                    Body::new(Full::new(bytes)),
+                ))
+                .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value;
+    use prost::Message as _;
+
+    fn span_with_record(record: &str) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "Encrypt".into(),
+            attributes: vec![KeyValue {
+                key: "coffer.audit.record".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(record.into())),
+                }),
+                ..KeyValue::default()
+            }],
+            ..Span::default()
+        }
+    }
+
+    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn an_ordinary_export_is_estimated_near_its_decoded_size() -> Result<(), Refusal> {
+        let record = "x".repeat(1_000);
+        let export = request((0..10_000).map(|_| span_with_record(&record)).collect());
+        let wire = export.encode_to_vec();
+        let estimate = decoded_estimate(&wire)?;
+        // At least what the spans and their strings take, and within the
+        // bound for a full batch of 1 KB records.
+        assert!(
+            estimate >= 10_000 * (size_of::<Span>() + 1_000),
+            "{estimate}"
+        );
+        assert!(
+            estimate < 3 * wire.len(),
+            "{estimate} for {} on the wire",
+            wire.len()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn empty_spans_are_refused_long_before_the_wire_limit() {
+        // 4 MiB of empty spans: 2 bytes each on the wire, about 2 million.
+        let export = request(vec![Span::default(); 2_000_000]);
+        let wire = export.encode_to_vec();
+        assert!(wire.len() < MAX_EXPORT_BYTES);
+        assert_eq!(decoded_estimate(&wire), Err(Refusal::TooLargeDecoded));
+    }
+
+    #[test]
+    fn deeply_nested_values_and_bad_wire_data_are_malformed() {
+        let mut value = AnyValue::default();
+        for _ in 0..120 {
+            value = AnyValue {
+                value: Some(any_value::Value::ArrayValue(ArrayValue {
+                    values: vec![value],
+                })),
+            };
+        }
+        let mut span = Span::default();
+        span.attributes.push(KeyValue {
+            key: "deep".into(),
+            value: Some(value),
+            ..KeyValue::default()
+        });
+        let wire = request(vec![span]).encode_to_vec();
+        assert_eq!(decoded_estimate(&wire), Err(Refusal::Malformed));
+        // A length that runs past the end, a varint that never ends, a group.
+        assert_eq!(decoded_estimate(&[0x0a, 0x05, 1]), Err(Refusal::Malformed));
+        assert_eq!(
+            decoded_estimate(&[0x08, 0xff, 0xff]),
+            Err(Refusal::Malformed)
+        );
+        assert_eq!(decoded_estimate(&[0x0b]), Err(Refusal::Malformed));
+        assert_eq!(decoded_estimate(&[]), Ok(Shape::Request.decoded_size()));
+    }
+}
