@@ -492,6 +492,18 @@ fn claimed_record(event_id: &str, request_parameters: Value) -> String {
     .to_string()
 }
 
+/// An ordinary library's tracing span, as any OTLP client sends.
+fn plain_tracing_export() -> ExportTraceServiceRequest {
+    otlp_request(
+        "coffer-keys",
+        "some.library",
+        vec![Span {
+            name: "GET /".into(),
+            ..Default::default()
+        }],
+    )
+}
+
 async fn otlp_client(
     harness: &Harness,
     spiffe_id: &str,
@@ -526,16 +538,7 @@ async fn otlp_exports_too_large_once_decoded_are_refused_unread(
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("once decoded"), "{status:?}");
     // The service goes on taking ordinary exports.
-    client
-        .export(otlp_request(
-            "coffer-keys",
-            "some.library",
-            vec![Span {
-                name: "GET /".into(),
-                ..Default::default()
-            }],
-        ))
-        .await?;
+    client.export(plain_tracing_export()).await?;
     let core = harness.audit_core()?;
     core.settled().await;
     let all = core
@@ -734,14 +737,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
     )
     .await?;
     let status = stranger
-        .export(otlp_request(
-            "coffer-keys",
-            "some.library",
-            vec![Span {
-                name: "GET /".into(),
-                ..Default::default()
-            }],
-        ))
+        .export(plain_tracing_export())
         .await
         .expect_err("a stranger's spans were accepted");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");

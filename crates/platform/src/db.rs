@@ -272,6 +272,17 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), D
 pub mod testing {
     use super::*;
 
+    /// Fails, listing them, on any [`Migrations::differences_from`] the
+    /// crate's `migrations/` directory (`manifest_dir` is the crate's
+    /// `CARGO_MANIFEST_DIR`).
+    pub fn assert_migration_files_registered(migrations: &Migrations, manifest_dir: &str) {
+        let directory = std::path::Path::new(manifest_dir).join("migrations");
+        assert_eq!(
+            migrations.differences_from(&directory),
+            Vec::<String>::new()
+        );
+    }
+
     /// The Postgres used by tests: `COFFER_TEST_POSTGRES_URL`, by default the
     /// local `test` database. `None` when it cannot be reached, except under
     /// `CI=true`, where an unreachable Postgres fails the run instead of

@@ -440,10 +440,10 @@ pub fn key_store(pool: DbPool) -> std::sync::Arc<dyn KeyStore> {
 mod migration_files {
     #[test]
     fn every_migration_file_is_registered() {
-        let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        assert_eq!(
-            super::MIGRATIONS.differences_from(&directory),
-            Vec::<String>::new()
+        let manifest = env!("CARGO_MANIFEST_DIR");
+        coffer_platform::db::testing::assert_migration_files_registered(
+            &super::MIGRATIONS,
+            manifest,
         );
     }
 }
