@@ -194,6 +194,21 @@ impl Journal {
         })
     }
 
+    /// [`Journal::open`], waiting up to `patience` while the file is held:
+    /// a service of this process that was just stopped lets go of its
+    /// journal once its indexer task has ended.
+    pub async fn open_when_free(path: &Path, patience: Duration) -> Result<Self, JournalError> {
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            match Self::open(path) {
+                Err(JournalError::InUse { .. }) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     fn compacting_path(path: &Path) -> PathBuf {
         let mut name = path.as_os_str().to_owned();
         name.push(".compacting");
@@ -700,8 +715,18 @@ mod tests {
         journal.stored(taken.through);
         assert_eq!(ids_after_reopening(&path)?, ["two"]);
         assert!(in_use(Journal::open(&path)));
-        drop(journal);
-        let reopened = Journal::open(&path)?;
+        // Let go of a little later (a stopped service's task ending), it is
+        // opened once free; never, and the wait ends.
+        assert!(matches!(
+            Journal::open_when_free(&path, Duration::from_millis(50)).await,
+            Err(JournalError::InUse { .. })
+        ));
+        let holder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(journal);
+        });
+        let reopened = Journal::open_when_free(&path, Duration::from_secs(10)).await?;
+        holder.await?;
         assert_eq!(reopened.take().map(|taken| taken.events.len()), Some(1));
         Ok(())
     }

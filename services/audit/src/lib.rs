@@ -87,6 +87,11 @@ pub struct AuditService {
     forward: Option<TraceServiceClient<tonic::transport::Channel>>,
 }
 
+/// How long a start waits for the ingest journal held by another holder
+/// (the service it replaces in this process, still shutting down) before
+/// it fails.
+const JOURNAL_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens (and migrates) the audit database and loads the rules.
 pub async fn connect(
     database: &DatabaseSettings,
@@ -94,16 +99,19 @@ pub async fn connect(
     options: AuditOptions,
 ) -> Result<(AuditService, DbPool), DbError> {
     let pool = connect_database(database, &store::MIGRATIONS).await?;
-    let journal =
-        match &pool {
-            DbPool::Sqlite(sqlite) => {
-                let path = journal::Journal::path_for(sqlite.connect_options().get_filename());
-                Some(journal::Journal::open(&path).map_err(|error| {
-                    DbError::Connect(sqlx::Error::Io(std::io::Error::other(error)))
-                })?)
-            }
-            DbPool::Postgres(_) => None,
-        };
+    let journal = match &pool {
+        DbPool::Sqlite(sqlite) => {
+            let path = journal::Journal::path_for(sqlite.connect_options().get_filename());
+            Some(
+                journal::Journal::open_when_free(&path, JOURNAL_LOCK_PATIENCE)
+                    .await
+                    .map_err(|error| {
+                        DbError::Connect(sqlx::Error::Io(std::io::Error::other(error)))
+                    })?,
+            )
+        }
+        DbPool::Postgres(_) => None,
+    };
     let store = store::audit_store(pool.clone());
     let dispatcher = Arc::new(webhook::Dispatcher::new(
         options.webhook_roots,
@@ -333,7 +341,8 @@ mod tests {
             "emptied once stored"
         );
         {
-            let journal = Journal::open(&journal_path)?;
+            // Free once the stopped service's indexer task has ended.
+            let journal = Journal::open_when_free(&journal_path, JOURNAL_LOCK_PATIENCE).await?;
             journal
                 .append(vec![event("stored-before"), event("journaled-1")])
                 .await?;
