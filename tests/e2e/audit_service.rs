@@ -1722,17 +1722,7 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
 }
 
 async fn retention_removes_events_past_the_period(backend: Backend) -> anyhow::Result<()> {
-    let clock = Arc::new(coffer_platform::clock::ManualClock::new(
-        std::time::SystemTime::now(),
-    ));
-    let harness = Harness::start_with(
-        backend,
-        Options {
-            clock: Some(clock.clone()),
-            ..Options::default()
-        },
-    )
-    .await?;
+    let (harness, clock) = Harness::start_with_clock(backend).await?;
     let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
     new_key(&mut alice).await?;
     assert_eq!(harness.audit_events().await?.len(), 1);
@@ -1754,17 +1744,7 @@ async fn retention_removes_events_past_the_period(backend: Backend) -> anyhow::R
 async fn one_account_cannot_hold_unbounded_deliveries_and_failures_expire(
     backend: Backend,
 ) -> anyhow::Result<()> {
-    let clock = Arc::new(coffer_platform::clock::ManualClock::new(
-        std::time::SystemTime::now(),
-    ));
-    let harness = Harness::start_with(
-        backend,
-        Options {
-            clock: Some(clock.clone()),
-            ..Options::default()
-        },
-    )
-    .await?;
+    let (harness, clock) = Harness::start_with_clock(backend).await?;
     let mut audit = harness
         .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
         .await?;

@@ -3,15 +3,13 @@
 //! ReEncrypt. Every error is asserted with its exact code and exception.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::clock::ManualClock;
 use coffer_tests::{
-    ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb,
-    wait_for,
+    ACCOUNT_A, ACCOUNT_B, Backend, Harness, assert_error, backend_tests, keys_pb as pb, wait_for,
 };
 use pb::keys_client::KeysClient;
 use tonic::Code;
@@ -83,19 +81,6 @@ async fn describe(
         .into_inner()
         .key_metadata
         .ok_or_else(|| anyhow::anyhow!("no metadata"))
-}
-
-async fn harness_with_clock(backend: Backend) -> anyhow::Result<(Harness, Arc<ManualClock>)> {
-    let clock = Arc::new(ManualClock::new(SystemTime::now()));
-    let harness = Harness::start_with(
-        backend,
-        Options {
-            clock: Some(clock.clone()),
-            ..Options::default()
-        },
-    )
-    .await?;
-    Ok((harness, clock))
 }
 
 async fn new_key(client: &mut KeysClient<Channel>) -> anyhow::Result<pb::KeyMetadata> {
@@ -267,7 +252,7 @@ async fn disabled_keys_refuse_use_until_enabled(backend: Backend) -> anyhow::Res
 }
 
 async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyhow::Result<()> {
-    let (harness, clock) = harness_with_clock(backend).await?;
+    let (harness, clock) = Harness::start_with_clock(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
     let doomed = new_key(&mut client).await?;
     let saved = new_key(&mut client).await?;
@@ -883,7 +868,7 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
 }
 
 async fn enabling_rotation_again_keeps_its_schedule(backend: Backend) -> anyhow::Result<()> {
-    let (harness, clock) = harness_with_clock(backend).await?;
+    let (harness, clock) = Harness::start_with_clock(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
     let key = new_key(&mut client).await?;
     let rotation_client = client.clone();
@@ -943,7 +928,7 @@ async fn enabling_rotation_again_keeps_its_schedule(backend: Backend) -> anyhow:
 }
 
 async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::Result<()> {
-    let (harness, clock) = harness_with_clock(backend).await?;
+    let (harness, clock) = Harness::start_with_clock(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
     let key = new_key(&mut client).await?;
     let status = client

@@ -175,6 +175,25 @@ impl Harness {
         Self::start_with(backend, Options::default()).await
     }
 
+    /// A harness whose services all read the returned clock, which starts
+    /// at the present and moves only when the test advances it.
+    pub async fn start_with_clock(
+        backend: Backend,
+    ) -> anyhow::Result<(Self, Arc<coffer_platform::clock::ManualClock>)> {
+        let clock = Arc::new(coffer_platform::clock::ManualClock::new(
+            std::time::SystemTime::now(),
+        ));
+        let harness = Self::start_with(
+            backend,
+            Options {
+                clock: Some(clock.clone()),
+                ..Options::default()
+            },
+        )
+        .await?;
+        Ok((harness, clock))
+    }
+
     pub async fn start_with(backend: Backend, options: Options) -> anyhow::Result<Self> {
         coffer_platform::install_crypto_provider();
         install_log_capture();
