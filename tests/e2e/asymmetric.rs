@@ -135,6 +135,8 @@ async fn signatures_verify_in_openssl(backend: Backend) -> anyhow::Result<()> {
         ),
         ("ECC_NIST_P256", &[("ECDSA_SHA_256", "-sha256", &[])]),
         ("ECC_NIST_P384", &[("ECDSA_SHA_384", "-sha384", &[])]),
+        ("ECC_NIST_P521", &[("ECDSA_SHA_512", "-sha512", &[])]),
+        ("ECC_SECG_P256K1", &[("ECDSA_SHA_256", "-sha256", &[])]),
     ];
     for (key_spec, algorithms) in cases {
         let key = create(&mut client, key_spec, "SIGN_VERIFY").await?;
@@ -520,6 +522,7 @@ async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
         ("HMAC_256", "HMAC_SHA_256", 32),
         ("HMAC_384", "HMAC_SHA_384", 48),
         ("HMAC_512", "HMAC_SHA_512", 64),
+        ("HMAC_224", "HMAC_SHA_224", 28),
     ] {
         let key = create(&mut client, key_spec, "GENERATE_VERIFY_MAC").await?;
         hmac_keys.push(key.clone());
@@ -582,9 +585,8 @@ async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
             "InvalidKeyUsageException",
         );
     }
-    // An algorithm the key's spec does not support is the wrong key usage,
-    // HMAC_SHA_224 too (a KMS algorithm no Coffer key spec supports); a
-    // name KMS does not know is invalid.
+    // An algorithm the key's spec does not support is the wrong key usage
+    // (HMAC_SHA_224 is HMAC_224's); a name KMS does not know is invalid.
     let wrong_algorithm_key = create(&mut client, "HMAC_256", "GENERATE_VERIFY_MAC").await?;
     for (algorithm, exception) in [
         ("HMAC_SHA_512", "InvalidKeyUsageException"),
@@ -691,7 +693,13 @@ async fn data_key_pairs_match_in_openssl(backend: Backend) -> anyhow::Result<()>
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
     let directory = tempfile::tempdir()?;
     let wrapping = create(&mut client, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await?;
-    for spec in ["RSA_2048", "ECC_NIST_P256", "ECC_NIST_P384"] {
+    for spec in [
+        "RSA_2048",
+        "ECC_NIST_P256",
+        "ECC_NIST_P384",
+        "ECC_NIST_P521",
+        "ECC_SECG_P256K1",
+    ] {
         let pair = client
             .generate_data_key_pair(pb::GenerateDataKeyPairRequest {
                 key_id: wrapping.key_id.clone(),
@@ -799,11 +807,13 @@ async fn asymmetric_bad_input_gets_exact_errors(backend: Backend) -> anyhow::Res
             "KEY_AGREEMENT",
             "UnsupportedOperationException",
         ),
+        ("SM2", "SIGN_VERIFY", "UnsupportedOperationException"),
         (
-            "HMAC_224",
-            "GENERATE_VERIFY_MAC",
+            "ECC_NIST_EDWARDS25519",
+            "SIGN_VERIFY",
             "UnsupportedOperationException",
         ),
+        ("ML_DSA_65", "SIGN_VERIFY", "UnsupportedOperationException"),
     ] {
         let outcome = client
             .create_key(pb::CreateKeyRequest {

@@ -99,7 +99,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "coffer-dev")]
     pub dir: PathBuf,
     /// Key spec of the signing key for `sign` and `get-public-key`
-    /// (RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384).
+    /// (RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384,
+    /// ECC_NIST_P521, ECC_SECG_P256K1).
     #[arg(long, default_value = "RSA_2048")]
     pub key_spec: String,
     /// A scenario that runs as background load while each measured one runs
@@ -788,10 +789,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
 
     let signing_algorithm = match args.key_spec.as_str() {
         "RSA_2048" | "RSA_3072" | "RSA_4096" => "RSASSA_PKCS1_V1_5_SHA_256",
-        "ECC_NIST_P256" => "ECDSA_SHA_256",
+        "ECC_NIST_P256" | "ECC_SECG_P256K1" => "ECDSA_SHA_256",
         "ECC_NIST_P384" => "ECDSA_SHA_384",
+        "ECC_NIST_P521" => "ECDSA_SHA_512",
         other => bail!(
-            "--key-spec {other} is not a signing key spec (RSA_2048/3072/4096, ECC_NIST_P256/P384)"
+            "--key-spec {other} is not a signing key spec \
+             (RSA_2048/3072/4096, ECC_NIST_P256/P384/P521, ECC_SECG_P256K1)"
         ),
     };
     let stop = match args.total {

@@ -1,4 +1,4 @@
-//! ECDSA over NIST P-256 and P-384 through aws-lc-rs, with DER (ASN.1)
+//! ECDSA over NIST P-256, P-384 and P-521 and over secp256k1 through aws-lc-rs, with DER (ASN.1)
 //! signatures as KMS returns them.
 
 use aws_lc_rs::encoding::AsDer;
@@ -119,8 +119,8 @@ pub(crate) fn verify(
     outcome.is_ok()
 }
 
-/// KMS pairs each curve with one hash: P-256 with SHA-256, P-384 with
-/// SHA-384.
+/// KMS pairs each curve with one hash: P-256 and secp256k1 with SHA-256,
+/// P-384 with SHA-384, P-521 with SHA-512.
 fn curve_algorithms(
     spec: AsymmetricKeySpec,
 ) -> Option<(
@@ -135,6 +135,14 @@ fn curve_algorithms(
         AsymmetricKeySpec::EccNistP384 => Some((
             &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
             &signature::ECDSA_P384_SHA384_ASN1,
+        )),
+        AsymmetricKeySpec::EccNistP521 => Some((
+            &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+            &signature::ECDSA_P521_SHA512_ASN1,
+        )),
+        AsymmetricKeySpec::EccSecgP256k1 => Some((
+            &signature::ECDSA_P256K1_SHA256_ASN1_SIGNING,
+            &signature::ECDSA_P256K1_SHA256_ASN1,
         )),
         AsymmetricKeySpec::Rsa2048 | AsymmetricKeySpec::Rsa3072 | AsymmetricKeySpec::Rsa4096 => {
             None

@@ -1,4 +1,4 @@
-//! HMAC KMS keys (HMAC_256/384/512): GenerateMac and VerifyMac.
+//! HMAC KMS keys (HMAC_224/256/384/512): GenerateMac and VerifyMac.
 
 use std::fmt;
 
@@ -91,6 +91,7 @@ impl HmacKey {
             });
         }
         let aws_lc_algorithm = match algorithm {
+            MacAlgorithm::HmacSha224 => hmac::HMAC_SHA224,
             MacAlgorithm::HmacSha256 => hmac::HMAC_SHA256,
             MacAlgorithm::HmacSha384 => hmac::HMAC_SHA384,
             MacAlgorithm::HmacSha512 => hmac::HMAC_SHA512,
@@ -113,6 +114,18 @@ mod tests {
         let key = HmacKey::from_bytes(MacKeySpec::Hmac256, &[0x0b; 32])?;
         let mac = key.generate_mac(MacAlgorithm::HmacSha256, b"Hi There")?;
         let expected_hex = "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7";
+        let actual_hex: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(actual_hex, expected_hex);
+        Ok(())
+    }
+
+    /// The same message with a 28-byte key, the shortest HMAC_224 takes;
+    /// the expected value is from `openssl dgst -sha224 -mac HMAC`.
+    #[test]
+    fn known_answer_hmac_sha224() -> Result<(), CryptoError> {
+        let key = HmacKey::from_bytes(MacKeySpec::Hmac224, &[0x0b; 28])?;
+        let mac = key.generate_mac(MacAlgorithm::HmacSha224, b"Hi There")?;
+        let expected_hex = "1abbc7c42cf4ca9f9d7b624564cb72d7b0945ea0a615095904a0fd34";
         let actual_hex: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
         assert_eq!(actual_hex, expected_hex);
         Ok(())
@@ -178,6 +191,15 @@ mod tests {
                 min: 32,
                 max: 64,
                 actual: 31
+            })
+        ));
+        assert!(matches!(
+            HmacKey::from_bytes(MacKeySpec::Hmac224, &[1u8; 27]),
+            Err(CryptoError::MacKeyLength {
+                key_spec: "HMAC_224",
+                min: 28,
+                max: 64,
+                actual: 27
             })
         ));
         assert!(matches!(

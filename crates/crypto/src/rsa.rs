@@ -31,7 +31,10 @@ impl RsaPrivateKey {
             AsymmetricKeySpec::Rsa2048 => KeySize::Rsa2048,
             AsymmetricKeySpec::Rsa3072 => KeySize::Rsa3072,
             AsymmetricKeySpec::Rsa4096 => KeySize::Rsa4096,
-            AsymmetricKeySpec::EccNistP256 | AsymmetricKeySpec::EccNistP384 => {
+            AsymmetricKeySpec::EccNistP256
+            | AsymmetricKeySpec::EccNistP384
+            | AsymmetricKeySpec::EccNistP521
+            | AsymmetricKeySpec::EccSecgP256k1 => {
                 return Err(CryptoError::KeyGeneration);
             }
         };
@@ -230,6 +233,8 @@ fn rsa_signature_parameters(
             &signature::RSA_PSS_SHA512,
             &signature::RSA_PSS_2048_8192_SHA512,
         )),
-        SigningAlgorithm::EcdsaSha256 | SigningAlgorithm::EcdsaSha384 => None,
+        SigningAlgorithm::EcdsaSha256
+        | SigningAlgorithm::EcdsaSha384
+        | SigningAlgorithm::EcdsaSha512 => None,
     }
 }

@@ -42,6 +42,8 @@ aws_name_enum!(
         Rsa4096 => "RSA_4096",
         EccNistP256 => "ECC_NIST_P256",
         EccNistP384 => "ECC_NIST_P384",
+        EccNistP521 => "ECC_NIST_P521",
+        EccSecgP256k1 => "ECC_SECG_P256K1",
     }
 );
 
@@ -56,6 +58,7 @@ aws_name_enum!(
         RsassaPssSha512 => "RSASSA_PSS_SHA_512",
         EcdsaSha256 => "ECDSA_SHA_256",
         EcdsaSha384 => "ECDSA_SHA_384",
+        EcdsaSha512 => "ECDSA_SHA_512",
     }
 );
 
@@ -81,6 +84,7 @@ aws_name_enum!(
 aws_name_enum!(
     /// The HMAC key specs of KMS keys.
     MacKeySpec {
+        Hmac224 => "HMAC_224",
         Hmac256 => "HMAC_256",
         Hmac384 => "HMAC_384",
         Hmac512 => "HMAC_512",
@@ -90,6 +94,7 @@ aws_name_enum!(
 aws_name_enum!(
     /// MAC algorithms of GenerateMac and VerifyMac.
     MacAlgorithm {
+        HmacSha224 => "HMAC_SHA_224",
         HmacSha256 => "HMAC_SHA_256",
         HmacSha384 => "HMAC_SHA_384",
         HmacSha512 => "HMAC_SHA_512",
@@ -116,7 +121,7 @@ impl AsymmetricKeySpec {
             Self::Rsa2048 => Some(2048),
             Self::Rsa3072 => Some(3072),
             Self::Rsa4096 => Some(4096),
-            Self::EccNistP256 | Self::EccNistP384 => None,
+            Self::EccNistP256 | Self::EccNistP384 | Self::EccNistP521 | Self::EccSecgP256k1 => None,
         }
     }
 
@@ -129,8 +134,9 @@ impl AsymmetricKeySpec {
     pub const fn signing_algorithms(self) -> &'static [SigningAlgorithm] {
         match self {
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => RSA_SIGNING_ALGORITHMS,
-            Self::EccNistP256 => &[SigningAlgorithm::EcdsaSha256],
+            Self::EccNistP256 | Self::EccSecgP256k1 => &[SigningAlgorithm::EcdsaSha256],
             Self::EccNistP384 => &[SigningAlgorithm::EcdsaSha384],
+            Self::EccNistP521 => &[SigningAlgorithm::EcdsaSha512],
         }
     }
 
@@ -169,7 +175,7 @@ impl SigningAlgorithm {
         match self {
             Self::RsassaPkcs1V15Sha256 | Self::RsassaPssSha256 | Self::EcdsaSha256 => 32,
             Self::RsassaPkcs1V15Sha384 | Self::RsassaPssSha384 | Self::EcdsaSha384 => 48,
-            Self::RsassaPkcs1V15Sha512 | Self::RsassaPssSha512 => 64,
+            Self::RsassaPkcs1V15Sha512 | Self::RsassaPssSha512 | Self::EcdsaSha512 => 64,
         }
     }
 }
@@ -188,6 +194,7 @@ impl MacKeySpec {
     /// Length of the key material Coffer generates for this spec.
     pub const fn generated_key_len(self) -> usize {
         match self {
+            Self::Hmac224 => 28,
             Self::Hmac256 => 32,
             Self::Hmac384 => 48,
             Self::Hmac512 => 64,
@@ -197,6 +204,7 @@ impl MacKeySpec {
     /// Lengths KMS accepts for imported key material of this spec.
     pub const fn accepted_key_lens(self) -> RangeInclusive<usize> {
         match self {
+            Self::Hmac224 => 28..=64,
             Self::Hmac256 => 32..=64,
             Self::Hmac384 => 48..=128,
             Self::Hmac512 => 64..=128,
@@ -206,6 +214,7 @@ impl MacKeySpec {
     /// The one MAC algorithm a key of this spec computes.
     pub const fn mac_algorithm(self) -> MacAlgorithm {
         match self {
+            Self::Hmac224 => MacAlgorithm::HmacSha224,
             Self::Hmac256 => MacAlgorithm::HmacSha256,
             Self::Hmac384 => MacAlgorithm::HmacSha384,
             Self::Hmac512 => MacAlgorithm::HmacSha512,
@@ -216,6 +225,7 @@ impl MacKeySpec {
     /// them.
     pub const fn mac_algorithms(self) -> &'static [MacAlgorithm] {
         match self {
+            Self::Hmac224 => &[MacAlgorithm::HmacSha224],
             Self::Hmac256 => &[MacAlgorithm::HmacSha256],
             Self::Hmac384 => &[MacAlgorithm::HmacSha384],
             Self::Hmac512 => &[MacAlgorithm::HmacSha512],
@@ -231,6 +241,7 @@ impl MacAlgorithm {
     /// Length of the MAC the algorithm produces.
     pub const fn mac_len(self) -> usize {
         match self {
+            Self::HmacSha224 => 28,
             Self::HmacSha256 => 32,
             Self::HmacSha384 => 48,
             Self::HmacSha512 => 64,
@@ -272,7 +283,8 @@ mod tests {
             assert_eq!(MacAlgorithm::parse(algorithm.as_str()), Some(*algorithm));
         }
         assert_eq!(SigningAlgorithm::parse("rsassa_pss_sha_256"), None);
-        assert_eq!(AsymmetricKeySpec::parse("ECC_NIST_P521"), None);
+        assert_eq!(AsymmetricKeySpec::parse("SM2"), None);
+        assert_eq!(AsymmetricKeySpec::parse("ecc_nist_p521"), None);
         assert_eq!(
             SigningAlgorithm::RsassaPssSha256.to_string(),
             "RSASSA_PSS_SHA_256"

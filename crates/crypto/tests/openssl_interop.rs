@@ -19,7 +19,8 @@ const OPENSSL: &str = "/usr/bin/openssl";
 
 /// One key per spec for this test binary, generated on first use (RSA-4096
 /// generation is the slow part).
-static KEYS: [OnceLock<Result<AsymmetricPrivateKey, String>>; 5] = [const { OnceLock::new() }; 5];
+static KEYS: [OnceLock<Result<AsymmetricPrivateKey, String>>; AsymmetricKeySpec::ALL.len()] =
+    [const { OnceLock::new() }; AsymmetricKeySpec::ALL.len()];
 
 fn key(key_spec: AsymmetricKeySpec) -> TestResult<&'static AsymmetricPrivateKey> {
     let slot = AsymmetricKeySpec::ALL
@@ -185,6 +186,8 @@ fn public_keys_load_in_openssl() -> TestResult {
             AsymmetricKeySpec::Rsa4096 => "Public-Key: (4096 bit)",
             AsymmetricKeySpec::EccNistP256 => "NIST CURVE: P-256",
             AsymmetricKeySpec::EccNistP384 => "NIST CURVE: P-384",
+            AsymmetricKeySpec::EccNistP521 => "NIST CURVE: P-521",
+            AsymmetricKeySpec::EccSecgP256k1 => "ASN1 OID: secp256k1",
         };
         assert!(text.contains(expected), "{key_spec}: {text}");
     }
@@ -286,6 +289,8 @@ fn our_signatures_verify_in_openssl() -> TestResult {
         AsymmetricKeySpec::Rsa3072,
         AsymmetricKeySpec::EccNistP256,
         AsymmetricKeySpec::EccNistP384,
+        AsymmetricKeySpec::EccNistP521,
+        AsymmetricKeySpec::EccSecgP256k1,
     ] {
         let private_key = key(key_spec)?;
         let workspace = Workspace::new()?;
@@ -335,7 +340,12 @@ fn our_signatures_verify_in_openssl() -> TestResult {
 #[test]
 fn openssl_signatures_verify_with_us() -> TestResult {
     let message = b"message signed by openssl and verified by coffer";
-    for key_spec in [AsymmetricKeySpec::Rsa2048, AsymmetricKeySpec::EccNistP384] {
+    for key_spec in [
+        AsymmetricKeySpec::Rsa2048,
+        AsymmetricKeySpec::EccNistP384,
+        AsymmetricKeySpec::EccNistP521,
+        AsymmetricKeySpec::EccSecgP256k1,
+    ] {
         let private_key = key(key_spec)?;
         let workspace = Workspace::new()?;
         let private_der = workspace.write("private.der", &private_key.to_pkcs8_der()?)?;
@@ -453,6 +463,19 @@ fn openssl_generated_pkcs8_keys_import() -> TestResult {
         (
             AsymmetricKeySpec::EccNistP256,
             ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            AsymmetricKeySpec::EccNistP521,
+            ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
+        ),
+        (
+            AsymmetricKeySpec::EccSecgP256k1,
+            [
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:secp256k1",
+            ],
         ),
     ] {
         let workspace = Workspace::new()?;

@@ -67,9 +67,9 @@ impl KeysDomain {
     }
 
     /// The algorithm named `requested`, if Coffer implements it. KMS names
-    /// algorithms no key spec of Coffer's supports (`ECDSA_SHA_512`,
-    /// `ED25519_SHA_512`, `HMAC_SHA_224`, ...); like an implemented one that
-    /// the key's spec does not support, they are not valid for this key.
+    /// algorithms no key spec of Coffer's supports (`ED25519_SHA_512`,
+    /// `ML_DSA_SHAKE_256`, `SM2DSA`); like an implemented one that the key's
+    /// spec does not support, they are not valid for this key.
     fn implemented<T>(
         &self,
         key: &KeyRecord,

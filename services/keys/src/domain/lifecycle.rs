@@ -146,9 +146,15 @@ impl KeysDomain {
                 KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096,
                 KeyUsage::EncryptDecrypt | KeyUsage::SignVerify,
             )
-            | (KeySpec::EccNistP256 | KeySpec::EccNistP384, KeyUsage::SignVerify)
             | (
-                KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512,
+                KeySpec::EccNistP256
+                | KeySpec::EccNistP384
+                | KeySpec::EccNistP521
+                | KeySpec::EccSecgP256k1,
+                KeyUsage::SignVerify,
+            )
+            | (
+                KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512,
                 KeyUsage::GenerateVerifyMac,
             ) => {}
             // Combinations AWS allows that Coffer does not implement yet.
@@ -156,9 +162,14 @@ impl KeysDomain {
                 KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 | KeySpec::Sm2,
                 KeyUsage::KeyAgreement,
             )
-            | (KeySpec::EccNistP521 | KeySpec::EccSecgP256k1, KeyUsage::SignVerify)
             | (KeySpec::Sm2, KeyUsage::EncryptDecrypt | KeyUsage::SignVerify)
-            | (KeySpec::Hmac224, KeyUsage::GenerateVerifyMac) => {
+            | (
+                KeySpec::EccNistEdwards25519
+                | KeySpec::MlDsa44
+                | KeySpec::MlDsa65
+                | KeySpec::MlDsa87,
+                KeyUsage::SignVerify,
+            ) => {
                 return Err(KeysError::Unsupported(format!(
                     "KeySpec {} with KeyUsage {} is not supported by this release of Coffer.",
                     request.key_spec, request.key_usage

@@ -50,6 +50,10 @@ string_enum!(
         Hmac384 => "HMAC_384",
         Hmac512 => "HMAC_512",
         Sm2 => "SM2",
+        EccNistEdwards25519 => "ECC_NIST_EDWARDS25519",
+        MlDsa44 => "ML_DSA_44",
+        MlDsa65 => "ML_DSA_65",
+        MlDsa87 => "ML_DSA_87",
     }
 );
 
@@ -72,7 +76,11 @@ impl KeySpec {
             | Self::EccNistP384
             | Self::EccNistP521
             | Self::EccSecgP256k1
-            | Self::Sm2 => KeyKind::Asymmetric,
+            | Self::Sm2
+            | Self::EccNistEdwards25519
+            | Self::MlDsa44
+            | Self::MlDsa65
+            | Self::MlDsa87 => KeyKind::Asymmetric,
             Self::Hmac224 | Self::Hmac256 | Self::Hmac384 | Self::Hmac512 => KeyKind::Hmac,
         }
     }
