@@ -2,7 +2,9 @@
 //! GenerateDataKey) needs no database round trip.
 //!
 //! - Key records are kept for [`KEY_RECORD_TTL`]. A change made through this
-//!   instance invalidates its entry at once; a change made through another
+//!   instance replaces its entry with the new version at once, and an
+//!   older version read concurrently never replaces a newer one; a change
+//!   made through another
 //!   replica is seen within the TTL (AWS KMS is eventually consistent in the
 //!   same way, typically within seconds).
 //! - Unsealed material versions never change, so they are kept until their
@@ -51,11 +53,20 @@ impl KeyCache {
             .then(|| record.clone())
     }
 
+    /// Caches `record`, unless the cache holds a later version of it: a
+    /// read that started before a change committed here must not put the
+    /// key back as it was (every change bumps the version).
     pub(crate) fn put_record(&self, record: &KeyRecord) {
         let mut records = self
             .records
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if records
+            .get(&record.key_id)
+            .is_some_and(|(cached, _)| cached.version > record.version)
+        {
+            return;
+        }
         if records.len() >= MAX_ENTRIES {
             records.clear();
         }
@@ -116,5 +127,51 @@ impl KeyCache {
             materials.clear();
         }
         materials.insert(material_id, (key_id.clone(), material));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::types::{KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+
+    fn record(version: i64, key_state: KeyState) -> KeyRecord {
+        KeyRecord {
+            key_id: KeyId::parse("1234abcd-12ab-34cd-56ef-1234567890ab")
+                .unwrap_or_else(|| panic!("a key id")),
+            account: AccountId::parse("111122223333").unwrap_or_else(|| panic!("an account")),
+            description: String::new(),
+            key_usage: KeyUsage::EncryptDecrypt,
+            key_spec: KeySpec::SymmetricDefault,
+            origin: Origin::AwsKms,
+            key_manager: KeyManager::Customer,
+            key_state,
+            multi_region: false,
+            current_material_id: None,
+            created_at_ms: 0,
+            deletion_date_ms: None,
+            version,
+            pending_window_days: None,
+            rotation_enabled: false,
+            rotation_period_days: None,
+            next_rotation_ms: None,
+            policy: String::new(),
+        }
+    }
+
+    /// An Encrypt that read the key just before DisableKey committed puts
+    /// its copy last: the disabled version stays.
+    #[test]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let cache = KeyCache::default();
+        let disabled = record(2, KeyState::Disabled);
+        cache.put_record(&disabled);
+        cache.put_record(&record(1, KeyState::Enabled));
+        let cached = cache.record(&disabled.account, &disabled.key_id);
+        assert_eq!(cached.map(|key| key.key_state), Some(KeyState::Disabled));
+        // A later version still replaces it.
+        cache.put_record(&record(3, KeyState::Enabled));
+        let cached = cache.record(&disabled.account, &disabled.key_id);
+        assert_eq!(cached.map(|key| key.version), Some(3));
     }
 }

@@ -326,6 +326,7 @@ impl KeysDomain {
             match self.store.update_key(&key, now_ms).await {
                 Ok(version) => {
                     key.version = version;
+                    self.cache.put_record(&key);
                     return Ok(key);
                 }
                 Err(crate::store::StoreError::Conflict) => continue,

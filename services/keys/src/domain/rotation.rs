@@ -193,6 +193,7 @@ impl KeysDomain {
         }
         self.cache.invalidate(&key.account, &key.key_id);
         key.version = self.store.add_material(&key, &material).await?;
+        self.cache.put_record(&key);
         Ok(key)
     }
 
