@@ -1035,9 +1035,9 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     assert_eq!(decrypt(&mut client, &before).await?, b"before rotation");
     assert_eq!(decrypt(&mut client, &after).await?, b"after rotation");
 
-    // On demand: ten per key, then LimitExceededException.
+    // On demand: 25 per key, then LimitExceededException.
     let mut blobs = vec![(before.clone(), b"before rotation".to_vec())];
-    for round in 0..10 {
+    for round in 0..25 {
         let answer = client
             .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
                 key_id: key.key_id.clone(),
@@ -1060,12 +1060,16 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
             plaintext,
         ));
     }
-    let eleventh = client
+    let twenty_sixth = client
         .rotate_key_on_demand(pb::RotateKeyOnDemandRequest {
             key_id: key.key_id.clone(),
         })
         .await;
-    let status = assert_error(eleventh, Code::ResourceExhausted, "LimitExceededException");
+    let status = assert_error(
+        twenty_sixth,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+    );
     // A refused rotation's event has no response elements; a done one's
     // names the key, as CloudTrail's does.
     let refused = harness
@@ -1073,12 +1077,12 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
         .await?;
     assert!(refused[0]["responseElements"].is_null(), "{:#}", refused[0]);
     let all = rotations(&mut client).await?;
-    assert_eq!(all.len(), 11);
+    assert_eq!(all.len(), 26);
     assert_eq!(
         all.iter()
             .filter(|r| r.rotation_type == "ON_DEMAND")
             .count(),
-        10
+        25
     );
     for (blob, plaintext) in &blobs {
         assert_eq!(&decrypt(&mut client, blob).await?, plaintext);

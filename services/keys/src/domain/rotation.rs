@@ -16,8 +16,9 @@ use crate::store::{KeyRecord, MaterialRecord, StoreError};
 pub const DEFAULT_ROTATION_PERIOD_DAYS: i32 = 365;
 pub const MIN_ROTATION_PERIOD_DAYS: i32 = 90;
 pub const MAX_ROTATION_PERIOD_DAYS: i32 = 2560;
-/// On-demand rotations allowed per key (AWS's quota).
-pub const MAX_ON_DEMAND_ROTATIONS: usize = 10;
+/// On-demand rotations allowed per key: AWS's quota as its developer
+/// guide gives it now (the API reference still says 10).
+pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;
 
 /// GetKeyRotationStatus.
 #[derive(Debug, Clone)]
