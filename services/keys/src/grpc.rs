@@ -56,6 +56,10 @@ impl KeysGrpc {
         Self { domain }
     }
 
+    fn partition(&self) -> &str {
+        &self.domain.location().partition
+    }
+
     fn record_key(&self, call: &CallContext, key: &KeyRecord) {
         call.audit().resource(
             self.domain.key_arn(&key.account, &key.key_id),
@@ -199,6 +203,11 @@ fn key_reference(field: &'static str, text: &str) -> Result<KeyReference> {
             field,
             format!("must be at most {MAX_KEY_ID_CHARS} characters"),
         ));
+    }
+    // No key id, ARN or alias name holds a control character (and
+    // Postgres text cannot hold NUL): such a reference names nothing.
+    if text.contains(char::is_control) {
+        return Ok(KeyReference::Unknown(text.to_owned()));
     }
     if text.starts_with("alias/") {
         return Ok(KeyReference::Alias(text.to_owned()));
@@ -354,13 +363,14 @@ fn policy_document(field: &'static str, text: &str) -> Result<()> {
 }
 
 /// An IAM principal ARN (`arn:P:iam::ACCOUNT:root|user/N|role/N`), or a
-/// Coffer service principal ARN, with no wildcards and no control
-/// characters.
-fn principal_arn(field: &'static str, text: &str) -> Result<String> {
+/// Coffer service principal ARN, of this instance's partition `P`, with no
+/// wildcards and no control characters. A principal of another partition
+/// could never call here: a grant to it would silently allow nothing.
+fn principal_arn(field: &'static str, text: &str, partition: &str) -> Result<String> {
     let invalid = || {
         KeysError::validation(
             field,
-            "must be a principal ARN such as arn:coffer:iam::111122223333:user/name",
+            format!("must be a principal ARN such as arn:{partition}:iam::111122223333:user/name"),
         )
     };
     if text.is_empty()
@@ -372,6 +382,9 @@ fn principal_arn(field: &'static str, text: &str) -> Result<String> {
         return Err(invalid());
     }
     let parts = ArnParts::parse(text).ok_or_else(invalid)?;
+    if parts.partition != partition {
+        return Err(invalid());
+    }
     let identity = parts.service == "iam"
         && parts.region.is_empty()
         && AccountId::parse(parts.account).is_some()
@@ -548,6 +561,24 @@ fn constraints_message(constraint: &Option<GrantConstraint>) -> Option<pb::Grant
     })
 }
 
+/// A key description: at most [`MAX_DESCRIPTION_CHARS`] characters, and
+/// no NUL (which Postgres text cannot hold; SQLite would store it).
+fn description(text: &str) -> Result<()> {
+    if text.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(KeysError::validation(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    if text.contains('\0') {
+        return Err(KeysError::validation(
+            "description",
+            "must not contain a NUL character",
+        ));
+    }
+    Ok(())
+}
+
 fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
     // A quota, as when a request's tags and the key's together are too
     // many: LimitExceededException either way.
@@ -566,6 +597,11 @@ fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
         if tag.tag_value.chars().count() > 256 {
             return Err(KeysError::Tag(
                 "TagValue must be at most 256 characters.".into(),
+            ));
+        }
+        if tag.tag_key.contains(char::is_control) || tag.tag_value.contains(char::is_control) {
+            return Err(KeysError::Tag(
+                "TagKey and TagValue must not contain control characters.".into(),
             ));
         }
         if tag.tag_key.to_ascii_lowercase().starts_with("aws:") {
@@ -1068,12 +1104,7 @@ impl Keys for KeysGrpc {
         }));
         let outcome = async {
             let caller = caller_of(&call)?;
-            if message.description.chars().count() > MAX_DESCRIPTION_CHARS {
-                return Err(KeysError::validation(
-                    "description",
-                    format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-                ));
-            }
+            description(&message.description)?;
             let key_usage = if message.key_usage.is_empty() {
                 KeyUsage::EncryptDecrypt
             } else {
@@ -1420,12 +1451,7 @@ impl Keys for KeysGrpc {
             |m| json!({"keyId": m.key_id, "description": m.description}),
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
-                if m.description.chars().count() > MAX_DESCRIPTION_CHARS {
-                    return Err(KeysError::validation(
-                        "description",
-                        format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-                    ));
-                }
+                description(&m.description)?;
                 let key = self
                     .domain
                     .update_key_description(&caller, &reference, &m.description)
@@ -1662,13 +1688,15 @@ impl Keys for KeysGrpc {
                 let reference = key_reference("key_id", &m.key_id)?;
                 if m.tag_keys.is_empty()
                     || m.tag_keys.len() > MAX_TAGS
-                    || m.tag_keys
-                        .iter()
-                        .any(|key| !(1..=128).contains(&key.chars().count()))
+                    || m.tag_keys.iter().any(|key| {
+                        !(1..=128).contains(&key.chars().count()) || key.contains(char::is_control)
+                    })
                 {
                     return Err(KeysError::validation(
                         "tag_keys",
-                        format!("1 to {MAX_TAGS} keys of 1 to 128 characters"),
+                        format!(
+                            "1 to {MAX_TAGS} keys of 1 to 128 characters, none a control character"
+                        ),
                     ));
                 }
                 self.domain
@@ -2166,11 +2194,16 @@ impl Keys for KeysGrpc {
             },
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
-                let grantee = principal_arn("grantee_principal", &m.grantee_principal)?;
+                let grantee =
+                    principal_arn("grantee_principal", &m.grantee_principal, self.partition())?;
                 let retiring = if m.retiring_principal.is_empty() {
                     None
                 } else {
-                    Some(principal_arn("retiring_principal", &m.retiring_principal)?)
+                    Some(principal_arn(
+                        "retiring_principal",
+                        &m.retiring_principal,
+                        self.partition(),
+                    )?)
                 };
                 let operations = grant_operations(&m.operations)?;
                 let constraint = grant_constraint(m.constraints.as_ref(), &operations)?;
@@ -2230,7 +2263,11 @@ impl Keys for KeysGrpc {
                 let grantee = if m.grantee_principal.is_empty() {
                     None
                 } else {
-                    Some(principal_arn("grantee_principal", &m.grantee_principal)?)
+                    Some(principal_arn(
+                        "grantee_principal",
+                        &m.grantee_principal,
+                        self.partition(),
+                    )?)
                 };
                 let (key, page) = self
                     .domain
@@ -2258,7 +2295,7 @@ impl Keys for KeysGrpc {
             request,
             |m| json!({"retiringPrincipal": m.retiring_principal, "limit": m.limit, "marker": m.marker}),
             |_call, caller, m| async move {
-                let retiring = principal_arn("retiring_principal", &m.retiring_principal)?;
+                let retiring = principal_arn("retiring_principal", &m.retiring_principal, self.partition())?;
                 let limit = page_limit("limit", m.limit, 50, 100)?;
                 let scope = [m.retiring_principal.as_str()];
                 let after = decode_marker(Listing::RetirableGrants, &scope, &m.marker)?;
