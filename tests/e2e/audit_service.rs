@@ -32,6 +32,7 @@ backend_tests!(
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
+    oversized_records_are_cut_and_lookups_page_by_size,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
     webhooks_reach_no_private_address_unless_allowed,
     rules_and_subscriptions_keep_to_eventbridge_limits,
@@ -546,6 +547,102 @@ async fn otlp_exports_too_large_once_decoded_are_refused_unread(
         .lookup(&coffer_audit::store::LookupQuery::everything(10))
         .await?;
     assert_eq!(all.len(), 1, "{all:#?}");
+    Ok(())
+}
+
+/// Outsider records: one of 1 MiB (256 parameters of 4 KiB) is stored cut
+/// to the record cap; six of 200 KiB, kept whole, are more than one gRPC
+/// message holds, and LookupEvents pages through them by size (before, the
+/// first page failed, and no NextToken led past it).
+async fn oversized_records_are_cut_and_lookups_page_by_size(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut outsider = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    let spans = (0..7)
+        .map(|index| {
+            let fields = if index == 0 { 256 } else { 50 };
+            let parameters: serde_json::Map<String, Value> = (0..fields)
+                .map(|field| (format!("p{field}"), json!(format!("{index}").repeat(4096))))
+                .collect();
+            Span {
+                trace_id: vec![7; 16],
+                span_id: vec![8; 8],
+                name: "Decrypt".into(),
+                attributes: vec![string_attribute(
+                    RECORD_ATTRIBUTE,
+                    claimed_record(&format!("wide-{index}"), Value::Object(parameters)),
+                )],
+                ..Default::default()
+            }
+        })
+        .collect();
+    outsider
+        .export(otlp_request("coffer-keys", AUDIT_SCOPE, spans))
+        .await?;
+    harness.audit_core()?.settled().await;
+
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let mut seen = Vec::new();
+    let mut next_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = audit
+            .lookup_events(audit_pb::LookupEventsRequest {
+                lookup_attributes: vec![audit_pb::LookupAttribute {
+                    attribute_key: "EventSource".into(),
+                    attribute_value: "untrusted".into(),
+                }],
+                next_token: next_token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        assert!(!page.events.is_empty());
+        for event in &page.events {
+            assert!(
+                event.cloud_trail_event.len() <= 256 * 1024,
+                "{} bytes",
+                event.cloud_trail_event.len()
+            );
+            let record: Value = serde_json::from_str(&event.cloud_trail_event)?;
+            assert_eq!(record["claimedEventSource"], "kms.coffer.internal");
+            if record["claimedEventID"] == "wide-0" {
+                assert!(
+                    record["recordTruncated"]["originalBytes"].as_u64() > Some(1024 * 1024),
+                    "{record:.200}"
+                );
+            } else {
+                assert!(record.get("recordTruncated").is_none());
+                assert_eq!(
+                    record["requestParameters"].as_object().map(|p| p.len()),
+                    Some(50)
+                );
+            }
+            seen.push(event.event_id.clone());
+        }
+        if page.next_token.is_empty() {
+            break;
+        }
+        next_token = page.next_token;
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 7, "every event once");
+    assert!(
+        pages >= 3,
+        "{pages} pages: at most two records of 200 KiB a page"
+    );
+    let one = audit
+        .get_event(audit_pb::GetEventRequest {
+            event_id: seen[0].clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(one.event.is_some());
     Ok(())
 }
 

@@ -30,6 +30,10 @@ use crate::store::{
 };
 
 const MAX_LOOKUP_RESULTS: i32 = 50;
+/// A LookupEvents page stops before its records pass this many bytes (it
+/// always holds at least one event, and an event is at most
+/// `MAX_RECORD_BYTES`), so that the answer fits in one gRPC message.
+const MAX_LOOKUP_PAGE_BYTES: usize = 512 * 1024;
 /// Rule names, name prefixes and target ids (EventBridge's limit).
 const MAX_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 512;
@@ -184,6 +188,20 @@ fn lookup_time(time: Option<&prost_types::Timestamp>) -> Result<Option<i64>, Api
 }
 
 /// An event as the API returns it.
+/// How many of `events`, from the first, fit in `budget` bytes of records
+/// (at least one, when there is one).
+fn events_within(events: &[StoredEvent], budget: usize) -> usize {
+    let mut used = 0usize;
+    let fitting = events
+        .iter()
+        .take_while(|event| {
+            used = used.saturating_add(event.record.len());
+            used <= budget
+        })
+        .count();
+    fitting.max(events.len().min(1))
+}
+
 fn event_of(stored: &StoredEvent) -> pb::Event {
     let record: Value = serde_json::from_str(&stored.record).unwrap_or(Value::Null);
     let resources = record
@@ -547,7 +565,9 @@ impl Audit for AuditGrpc {
         } else {
             Vec::new()
         };
-        let page = usize::try_from(query.limit - 1).unwrap_or(usize::MAX);
+        let page = usize::try_from(query.limit - 1)
+            .unwrap_or(usize::MAX)
+            .min(events_within(&events, MAX_LOOKUP_PAGE_BYTES));
         let next_token = if events.len() > page {
             events.truncate(page);
             events

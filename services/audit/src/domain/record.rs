@@ -6,6 +6,9 @@
 //!   on a character boundary, with a marker saying how much was cut.
 //! - Nesting deeper than [`MAX_DEPTH`] and arrays or objects longer than
 //!   [`MAX_ELEMENTS`] are cut the same way.
+//! - A record still over [`MAX_RECORD_BYTES`] loses its largest fields
+//!   (each replaced by a marker giving its size) until it fits; the
+//!   identifying fields ([`KEPT_WHEN_CUT`]) always stay.
 //! - Control characters are kept as data: JSON serialisation escapes them
 //!   (`\n`, `\u001b`), so a stored record is always one line and one object.
 //! - An untrusted event keeps what it claimed under `claimed*` fields, but
@@ -23,6 +26,32 @@ pub const MAX_STRING_BYTES: usize = 8 * 1024;
 pub const MAX_DEPTH: usize = 16;
 /// Most elements kept in one array or object.
 pub const MAX_ELEMENTS: usize = 256;
+/// Largest stored record (its JSON text). A LookupEvents page is built to
+/// fit in one gRPC message, so every event must fit with room to spare;
+/// CloudTrail caps an event at 256 KB as well.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// Fields a record over [`MAX_RECORD_BYTES`] always keeps (each a capped
+/// string or a small value).
+const KEPT_WHEN_CUT: &[&str] = &[
+    "eventVersion",
+    "eventID",
+    "eventTime",
+    "eventName",
+    "eventSource",
+    "eventType",
+    "eventCategory",
+    "awsRegion",
+    "readOnly",
+    "recipientAccountId",
+    "requestID",
+    "errorCode",
+    "trusted",
+    "submittedBy",
+    "traceId",
+];
+/// Longest field name kept, with a marker for its value, when a record is
+/// cut; a longer one is removed with its value.
+const MAX_MARKED_KEY_BYTES: usize = 128;
 /// Longest event id accepted.
 pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// The event source and username columns of untrusted events.
@@ -101,6 +130,47 @@ fn sanitize_at(value: Value, depth: usize) -> Value {
         }
         other => other,
     }
+}
+
+/// Length of `value` as JSON text.
+fn json_len(value: &Value) -> usize {
+    serde_json::to_vec(value).map_or(0, |text| text.len())
+}
+
+/// Cuts the largest fields of a record over [`MAX_RECORD_BYTES`] until it
+/// fits: each is replaced by a marker with its size (or removed, when its
+/// name is long), and `recordTruncated` says how much was there.
+fn cap_record(fields: &mut Map<String, Value>, total: usize) {
+    let mut sizes: Vec<(String, usize)> = fields
+        .iter()
+        .filter(|(name, _)| !KEPT_WHEN_CUT.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), name.len() + json_len(value)))
+        .collect();
+    sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    // Room for the markers and the note, generously.
+    let mut remaining = total + 1024;
+    let mut cut = 0usize;
+    for (name, size) in sizes {
+        if remaining <= MAX_RECORD_BYTES {
+            break;
+        }
+        let Some(_) = fields.remove(&name) else {
+            continue;
+        };
+        cut += 1;
+        remaining -= size;
+        if name.len() <= MAX_MARKED_KEY_BYTES {
+            let marker = Value::String(format!(
+                "[{size} bytes cut: the record was over {MAX_RECORD_BYTES} bytes]"
+            ));
+            remaining += name.len() + json_len(&marker) + 4;
+            fields.insert(name, marker);
+        }
+    }
+    fields.insert(
+        "recordTruncated".into(),
+        serde_json::json!({ "originalBytes": total, "fieldsCut": cut }),
+    );
 }
 
 fn string_field<'a>(
@@ -499,7 +569,11 @@ pub fn stored_event(record: Value, sender: Sender<'_>) -> Result<StoredEvent, Re
             event_time_ms,
         )
     };
-    let record = Value::Object(fields).to_string();
+    let mut record = serde_json::to_string(&fields).unwrap_or_default();
+    if record.len() > MAX_RECORD_BYTES {
+        cap_record(&mut fields, record.len());
+        record = serde_json::to_string(&fields).unwrap_or_default();
+    }
     Ok(StoredEvent {
         seq: 0,
         event_id,
@@ -805,6 +879,55 @@ mod tests {
         assert_eq!(stored.event_time_ms, 1_900_000_000_000);
         assert_eq!(record["eventTime"], "2030-03-17T17:46:40Z");
         assert_eq!(record["claimedEventTime"], "2026-11-22T10:00:00Z");
+    }
+
+    /// 256 parameters of 8 KiB (2 MiB) and 200 top-level fields with 8 KiB
+    /// names: each stored record fits in [`MAX_RECORD_BYTES`], keeps what
+    /// identifies it, and says what was cut.
+    #[test]
+    fn a_record_over_the_size_cap_loses_its_largest_fields() {
+        let mut wide = record();
+        wide["requestParameters"] = Value::Object(
+            (0..256)
+                .map(|index| (format!("p{index}"), json!("v".repeat(MAX_STRING_BYTES))))
+                .collect(),
+        );
+        wide["responseElements"] = json!({ "small": "kept" });
+        let mut long_names = record();
+        for index in 0..200 {
+            long_names[format!("{index:0>8192}")] = json!(index);
+        }
+        for (case, submitted) in [("wide", wide), ("long names", long_names)] {
+            for sender in [Sender::Service, OUTSIDER] {
+                let stored = stored_event(submitted.clone(), sender).unwrap();
+                assert!(
+                    stored.record.len() <= MAX_RECORD_BYTES,
+                    "{case}: {} bytes",
+                    stored.record.len()
+                );
+                let kept: Value = serde_json::from_str(&stored.record).unwrap();
+                assert_eq!(kept["eventID"], stored.event_id.as_str(), "{case}");
+                assert_eq!(kept["eventName"], "Encrypt", "{case}");
+                assert!(
+                    kept["recordTruncated"]["originalBytes"].as_u64().unwrap()
+                        > MAX_RECORD_BYTES as u64,
+                    "{case}"
+                );
+                if case == "wide" {
+                    assert!(
+                        kept["requestParameters"]
+                            .as_str()
+                            .unwrap()
+                            .contains("bytes cut"),
+                        "{case}"
+                    );
+                    assert_eq!(kept["responseElements"]["small"], "kept");
+                }
+            }
+        }
+        // A record under the cap is stored as it came.
+        let stored = stored_event(record(), Sender::Service).unwrap();
+        assert!(!stored.record.contains("recordTruncated"));
     }
 
     #[test]
