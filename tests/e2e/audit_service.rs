@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE, string_attribute};
 use coffer_platform::client::ClientTls;
 use coffer_proto::audit::v1 as audit_pb;
@@ -1533,6 +1535,28 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
         state: state.into(),
         ..Default::default()
     };
+    // NUL, which Postgres text cannot hold, is refused alike on both
+    // backends (it was an internal error on Postgres only).
+    let mut nul_description = rule("nul".into(), "ENABLED");
+    nul_description.description = "a\0b".into();
+    let status = assert_error(
+        audit.put_rule(nul_description).await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert!(status.message().contains("description"), "{status:?}");
+    let nul_token = URL_SAFE_NO_PAD.encode("\0");
+    let status = assert_error(
+        audit
+            .list_rules(audit_pb::ListRulesRequest {
+                next_token: nul_token,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert!(status.message().contains("next_token"), "{status:?}");
     audit.put_rule(rule("hooks".into(), "ENABLED")).await?;
     let target = |id: &str, endpoint: String| audit_pb::Target {
         id: id.into(),

@@ -421,10 +421,14 @@ fn page_token(token: &str) -> Result<String, ApiError> {
     if token.is_empty() {
         return Ok(String::new());
     }
+    // What a token holds (a rule name, a target id, a number) has no
+    // control character; NUL would fail a Postgres query as an internal
+    // error where SQLite answers.
     URL_SAFE_NO_PAD
         .decode(token)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|text| !text.contains(char::is_control))
         .ok_or_else(|| validation("next_token", "the NextToken is not valid"))
 }
 
@@ -728,6 +732,13 @@ impl Audit for AuditGrpc {
             return Err(call.fail(validation(
                 "description",
                 format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+            )));
+        }
+        // Postgres text cannot hold NUL; refused on both backends alike.
+        if message.description.contains('\0') {
+            return Err(call.fail(validation(
+                "description",
+                "must not contain a NUL character",
             )));
         }
         if message.event_pattern.is_empty() {
