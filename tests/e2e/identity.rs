@@ -21,7 +21,30 @@ backend_tests!(
     forwarded_identity_is_trusted_only_from_services,
     server_certificate_reloads_without_restart,
     client_certificate_reloads_without_restart,
+    a_connection_does_not_outlive_its_certificate,
 );
+
+/// A connection made with a certificate valid for 2 more seconds serves its
+/// calls until then, and none after: each call checks the certificate's
+/// validity again, so a connection kept open (keepalive) does not outlive
+/// it.
+async fn a_connection_does_not_outlive_its_certificate(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let identity = harness.short_lived_identity(
+        &Harness::user_id(ACCOUNT_A, "alice"),
+        std::time::Duration::from_secs(2),
+    )?;
+    let mut client = KeysClient::new(harness.channel_with(Some(&identity)).await?);
+    client.list_keys(pb::ListKeysRequest::default()).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let status = client
+        .list_keys(pb::ListKeysRequest::default())
+        .await
+        .expect_err("a call on an expired certificate's connection was served");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    Ok(())
+}
 
 /// A CA that the harness does not trust.
 fn foreign_authority() -> anyhow::Result<(tempfile::TempDir, Authority)> {

@@ -314,6 +314,17 @@ impl Harness {
         Ok(self.authority.issue(spiffe_id, &[], &[])?)
     }
 
+    /// A certificate from this harness's CA that expires `valid_for` from
+    /// now.
+    pub fn short_lived_identity(
+        &self,
+        spiffe_id: &str,
+        valid_for: Duration,
+    ) -> anyhow::Result<IssuedIdentity> {
+        let not_after = std::time::SystemTime::now() + valid_for;
+        Ok(self.authority.issue_until(spiffe_id, &[], &[], not_after)?)
+    }
+
     /// A certificate for a server reachable as `localhost`, from this
     /// harness's CA (webhook receivers in tests).
     pub fn localhost_identity(&self) -> anyhow::Result<IssuedIdentity> {

@@ -391,6 +391,17 @@ fn resolve_identity(
 ) -> Result<CallIdentity, ApiError> {
     let peer =
         peer.ok_or_else(|| ApiError::unauthenticated("no client certificate was presented"))?;
+    let now_seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs().cast_signed());
+    if peer
+        .not_after
+        .is_some_and(|not_after| now_seconds > not_after)
+    {
+        return Err(ApiError::unauthenticated(
+            "the client certificate of this connection has expired; reconnect with a valid one",
+        ));
+    }
     let direct = peer
         .identity
         .clone()

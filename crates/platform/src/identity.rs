@@ -172,6 +172,13 @@ pub fn principal_from_certificate(
     }
 }
 
+/// When a DER certificate stops being valid, in Unix seconds (`None` when it
+/// cannot be parsed).
+pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(certificate.validity().not_after.timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,20 @@ impl Authority {
         dns_names: &[String],
         ip_addresses: &[IpAddr],
     ) -> Result<IssuedIdentity, PkiError> {
+        let not_after = std::time::SystemTime::now()
+            + std::time::Duration::from_secs(IDENTITY_DAYS * 24 * 60 * 60);
+        self.issue_until(spiffe_id, dns_names, ip_addresses, not_after)
+    }
+
+    /// As [`Self::issue`], valid until `not_after` (short-lived
+    /// certificates, as a SPIFFE workload API hands out).
+    pub fn issue_until(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[String],
+        ip_addresses: &[IpAddr],
+        not_after: std::time::SystemTime,
+    ) -> Result<IssuedIdentity, PkiError> {
         let valid_id = spiffe_id
             .strip_prefix("spiffe://")
             .and_then(|rest| rest.split_once('/'))
@@ -167,7 +181,8 @@ impl Authority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, IDENTITY_DAYS.cast_signed());
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = time::OffsetDateTime::from(not_after);
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedIdentity {

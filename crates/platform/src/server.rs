@@ -21,6 +21,9 @@ use crate::audit::outbox::SqlOutbox;
 use crate::call::{AuditedService, CallLayer, CallSettings, ServiceCatalog};
 use crate::tls::{ServerTls, tls_incoming};
 
+/// How long a client connection is kept before it is asked to reconnect.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60 * 60);
+
 /// One service ready to be served: how its calls are audited, the encoded
 /// descriptor set reflection serves for it, and how to add its routes given
 /// the maximum message size.
@@ -169,6 +172,10 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
     let (stop_sender, stop) = stop_signal();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A connection is asked to go away after an hour (its calls in
+        // flight finish), so that a client certificate's CA leaving the
+        // trust bundle reaches every client, not only new connections.
+        .max_connection_age(MAX_CONNECTION_AGE)
         // Large enough for a whole audit export (hundreds of events) without
         // waiting for window updates.
         .initial_stream_window_size(Some(4 * 1024 * 1024))

@@ -247,6 +247,10 @@ impl ServerTls {
 pub struct PeerInfo {
     pub remote_addr: SocketAddr,
     pub identity: Result<Arc<Principal>, IdentityError>,
+    /// When the client certificate stops being valid (Unix seconds). The
+    /// handshake checked it once; every call checks it again, so a
+    /// long-lived connection does not outlive its certificate.
+    pub not_after: Option<i64>,
 }
 
 /// A server-side TLS connection and its peer.
@@ -352,17 +356,19 @@ pub fn tls_incoming(
                         return;
                     }
                 };
-                let identity = match stream.get_ref().1.peer_certificates() {
-                    Some([leaf, ..]) => {
-                        principal_from_certificate(leaf, &trust_domain).map(Arc::new)
-                    }
-                    _ => Err(IdentityError::NoCertificate),
+                let (identity, not_after) = match stream.get_ref().1.peer_certificates() {
+                    Some([leaf, ..]) => (
+                        principal_from_certificate(leaf, &trust_domain).map(Arc::new),
+                        crate::identity::certificate_not_after(leaf),
+                    ),
+                    _ => (Err(IdentityError::NoCertificate), None),
                 };
                 let connection = TlsConnection {
                     stream,
                     peer: PeerInfo {
                         remote_addr,
                         identity,
+                        not_after,
                     },
                 };
                 // The receiver is gone only when the server stopped.
