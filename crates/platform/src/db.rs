@@ -307,12 +307,27 @@ pub mod testing {
             }
             return Some(url);
         }
+        let shown = where_postgres_is(&url);
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "Postgres at {url} is unreachable and CI=true: refusing to skip the Postgres tests"
+            "Postgres at {shown} is unreachable and CI=true: refusing to skip the Postgres tests"
         );
-        eprintln!("note: Postgres at {url} is unreachable; Postgres variants are skipped");
+        eprintln!("note: Postgres at {shown} is unreachable; Postgres variants are skipped");
         None
+    }
+
+    /// Host, port and database of a Postgres URL, for messages: never its
+    /// user or password (test logs end up in CI logs).
+    pub fn where_postgres_is(url: &str) -> String {
+        match PgConnectOptions::from_str(url) {
+            Ok(options) => format!(
+                "{}:{}/{}",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or_default()
+            ),
+            Err(_) => "(an unparsable COFFER_TEST_POSTGRES_URL)".to_owned(),
+        }
     }
 
     /// A store's pool on a SQLite file `file` in `directory`, migrated.
@@ -531,5 +546,17 @@ mod checkpoint_tests {
             "the log kept growing: {logs:?} after {commits} commits"
         );
         pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    /// What the test helper prints of an unreachable Postgres names where
+    /// it is, never the password in its URL.
+    #[test]
+    fn a_postgres_url_is_shown_without_its_credentials() {
+        let shown = super::testing::where_postgres_is("postgres://tester:hunter2@127.0.0.1:1/x");
+        assert_eq!(shown, "127.0.0.1:1/x");
+        assert!(!super::testing::where_postgres_is("not a url :// hunter2").contains("hunter2"));
     }
 }
