@@ -79,6 +79,9 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "services",
 ];
 
+/// Largest `limits.max_concurrent_requests` accepted.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
+
 fn default_partition() -> String {
     "coffer".into()
 }
@@ -689,10 +692,12 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             "must be positive",
         ));
     }
-    if limits_file.max_concurrent_requests == 0 {
+    // A semaphore holds at most `usize::MAX >> 3` permits; far fewer is
+    // already more than one process serves.
+    if !(1..=MAX_CONCURRENT_REQUESTS).contains(&limits_file.max_concurrent_requests) {
         return Err(ConfigError::new(
             "limits.max_concurrent_requests",
-            "must be positive",
+            format!("must be 1 to {MAX_CONCURRENT_REQUESTS}"),
         ));
     }
     let limits = Limits {
@@ -721,7 +726,7 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         ));
     }
 
-    let authorization = authorization_settings(file.authorization)?;
+    let authorization = authorization_settings(file.authorization, &file.partition)?;
     let audit = audit_settings(file.audit)?;
 
     let mut services = BTreeMap::new();
@@ -808,7 +813,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
 
 const MAX_IDENTITY_POLICIES: usize = 1_000;
 
-fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettings, ConfigError> {
+fn authorization_settings(
+    file: AuthorizationFile,
+    partition: &str,
+) -> Result<AuthorizationSettings, ConfigError> {
     if file.reload_interval_ms < 100 {
         return Err(ConfigError::new(
             "authorization.reload_interval_ms",
@@ -837,11 +845,13 @@ fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettin
             ));
         }
         for (position, pattern) in entry.principals.iter().enumerate() {
-            if !is_principal_pattern(pattern) {
+            if !is_principal_pattern(pattern, partition) {
                 return Err(ConfigError::new(
                     format!("{field}.principals[{position}]"),
                     format!(
-                        "{pattern:?} is not a principal ARN pattern (arn:PARTITION:iam::ACCOUNT:user/NAME, role/NAME) or *"
+                        "{pattern:?} is not a principal ARN pattern of this partition \
+                         (arn:{partition}:iam::ACCOUNT:user/NAME, role/NAME) or *: \
+                         it could never match a caller here"
                     ),
                 ));
             }
@@ -859,6 +869,14 @@ fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettin
         };
         let policy = coffer_policy::Policy::parse_identity(&document)
             .map_err(|error| ConfigError::new(format!("{field}.policy"), error.to_string()))?;
+        if let Some(arn) = coffer_policy::foreign_partition_arn(&document, partition) {
+            return Err(ConfigError::new(
+                format!("{field}.policy"),
+                format!(
+                    "{arn:?} is not of this partition ({partition}): a statement naming it could never apply here"
+                ),
+            ));
+        }
         attachments.push(IdentityPolicyAttachment {
             name: entry.name,
             principals: entry.principals,
@@ -874,8 +892,11 @@ fn authorization_settings(file: AuthorizationFile) -> Result<AuthorizationSettin
     })
 }
 
-/// `*`, or an IAM principal ARN (which may hold wildcards).
-fn is_principal_pattern(pattern: &str) -> bool {
+/// `*`, or a pattern of the IAM user and role ARNs callers have here
+/// (`arn:PARTITION:iam::ACCOUNT:user/NAME` or `role/NAME`, wildcards
+/// allowed). Another partition, `sts` session ARNs, `root` and groups are
+/// never a caller's ARN here: a Deny naming them would silently never apply.
+fn is_principal_pattern(pattern: &str, our_partition: &str) -> bool {
     if pattern == "*" {
         return true;
     }
@@ -890,10 +911,12 @@ fn is_principal_pattern(pattern: &str) -> bool {
     ) else {
         return false;
     };
-    !partition.is_empty()
-        && (service == "iam" || service == "sts")
+    (partition == our_partition || partition == "*")
+        && service == "iam"
         && !account.is_empty()
-        && !resource.is_empty()
+        && (resource.starts_with("user/")
+            || resource.starts_with("role/")
+            || resource.starts_with('*'))
         && !pattern.contains('\0')
 }
 
@@ -1005,6 +1028,64 @@ services:
             );
         }
         Ok(())
+    }
+
+    /// Identity policies naming a principal or resource that can never be a
+    /// caller's or a resource's here (another partition, sts sessions, root,
+    /// groups) are refused: a Deny among them would silently never apply.
+    #[test]
+    fn identity_policies_of_another_partition_are_refused() {
+        let with = |principal: &str, resource: &str| {
+            format!(
+                "{MINIMAL}authorization:\n  identity_policies:\n    - name: guard\n      principals: [\"{principal}\"]\n      policy: '{{\"Version\":\"2012-10-17\",\"Statement\":[{{\"Effect\":\"Deny\",\"Action\":\"kms:*\",\"Resource\":\"{resource}\"}}]}}'\n"
+            )
+        };
+        let any_key = "arn:coffer:kms:*:*:key/*";
+        for good in [
+            "*",
+            "arn:coffer:iam::111122223333:user/*",
+            "arn:coffer:iam::*:role/app",
+            "arn:*:iam::111122223333:*",
+        ] {
+            let outcome = from_yaml(&with(good, any_key), no_env());
+            assert!(outcome.is_ok(), "{good}: {outcome:?}");
+        }
+        for bad in [
+            "arn:aws:iam::111122223333:user/*",
+            "arn:coffer:sts::111122223333:assumed-role/r/s",
+            "arn:coffer:iam::111122223333:root",
+            "arn:coffer:iam::111122223333:group/admins",
+        ] {
+            assert_eq!(
+                error_field(&with(bad, any_key)),
+                "authorization.identity_policies[0].principals[0]",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            error_field(&with("*", "arn:aws:kms:*:*:key/*")),
+            "authorization.identity_policies[0].policy"
+        );
+    }
+
+    #[test]
+    fn max_concurrent_requests_is_bounded() {
+        for (value, accepted) in [
+            ("1", true),
+            ("1000000", true),
+            ("0", false),
+            ("1000001", false),
+            ("2305843009213693952", false),
+        ] {
+            let outcome = from_yaml(
+                MINIMAL,
+                vec![(
+                    "COFFER_LIMITS__MAX_CONCURRENT_REQUESTS".to_owned(),
+                    value.to_owned(),
+                )],
+            );
+            assert_eq!(outcome.is_ok(), accepted, "{value}: {outcome:?}");
+        }
     }
 
     #[test]

@@ -156,6 +156,7 @@ mod error;
 mod evaluate;
 mod glob;
 mod json;
+mod partition;
 mod policy;
 mod principal;
 mod scalar;
@@ -168,5 +169,6 @@ pub use evaluate::{
 };
 pub use glob::wildcard_match;
 pub use json::MAX_NESTING_DEPTH;
+pub use partition::foreign_partition_arn;
 pub use policy::{Effect, MAX_POLICY_BYTES, Policy, PolicyKind, PolicyVersion, Statement};
 pub use principal::PrincipalMatch;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use coffer_crypto::EncryptionContext;
 use coffer_platform::arn::{AccountId, ArnParts};
 use coffer_platform::authz::{AttachedPolicies, Caller, KeyFilter};
-use coffer_policy::{DecisionEffect, Policy, RequestContext};
+use coffer_policy::{DecisionEffect, Policy, RequestContext, foreign_partition_arn};
 use serde_json::json;
 
 use super::KeysDomain;
@@ -733,39 +733,6 @@ impl KeysDomain {
             ))
         }
     }
-}
-
-/// The first principal or resource ARN of `document` (a policy that
-/// parsed) whose partition is neither `partition` nor a wildcard.
-fn foreign_partition_arn(document: &str, partition: &str) -> Option<String> {
-    use serde_json::Value;
-    fn strings(value: &Value) -> Vec<&str> {
-        match value {
-            Value::String(text) => vec![text.as_str()],
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        }
-    }
-    let root: Value = serde_json::from_str(document).ok()?;
-    let statements = match &root["Statement"] {
-        Value::Array(items) => items.iter().collect(),
-        single @ Value::Object(_) => vec![single],
-        _ => Vec::new(),
-    };
-    statements.into_iter().find_map(|statement| {
-        let mut arns = strings(&statement["Resource"]);
-        arns.extend(strings(&statement["NotResource"]));
-        for field in ["Principal", "NotPrincipal"] {
-            arns.extend(strings(&statement[field]["AWS"]));
-        }
-        arns.into_iter()
-            .find(|arn| {
-                arn.strip_prefix("arn:")
-                    .and_then(|rest| rest.split(':').next())
-                    .is_some_and(|named| !named.contains(['*', '?']) && named != partition)
-            })
-            .map(str::to_owned)
-    })
 }
 
 /// How many aliases of a key `kms:ResourceAliases` holds at most (AWS
