@@ -35,6 +35,7 @@ backend_tests!(
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
     oversized_records_are_cut_and_lookups_page_by_size,
+    a_lagging_subscriber_learns_nothing_of_other_accounts,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
     webhooks_reach_no_private_address_unless_allowed,
     rules_and_subscriptions_keep_to_eventbridge_limits,
@@ -456,6 +457,83 @@ async fn subscribe_streams_only_matching_events(backend: Backend) -> anyhow::Res
     // bob's Encrypt (another account).
     assert_eq!(record["requestID"], wanted.as_str());
     assert_eq!(event.event_name, "Encrypt");
+    Ok(())
+}
+
+/// A subscriber that stops reading falls behind while another account's
+/// events pour in; the error it gets says so, without a count (which would
+/// tell it how busy other accounts are).
+async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let mut stream = audit
+        .subscribe(audit_pb::SubscribeRequest {
+            event_pattern: r#"{"detail":{"eventName":["Decrypt"]}}"#.into(),
+        })
+        .await?
+        .into_inner();
+    let record = |account: &str, index: usize, padding: usize| {
+        json!({
+            "requestParameters": {"padding": "p".repeat(padding)},
+            "eventVersion": "1.11",
+            "eventID": format!("lag-{account}-{index}"),
+            "eventTime": "2026-11-22T10:00:00Z",
+            "eventSource": "kms.coffer.internal",
+            "eventName": "Decrypt",
+            "readOnly": true,
+            "userIdentity": {"type": "IAMUser", "userName": "alice", "accountId": account},
+            "recipientAccountId": account,
+        })
+        .to_string()
+    };
+    let span = |text: String| Span {
+        trace_id: vec![7; 16],
+        span_id: vec![8; 8],
+        name: "Decrypt".into(),
+        attributes: vec![string_attribute(RECORD_ATTRIBUTE, text)],
+        ..Default::default()
+    };
+    let mut service = otlp_client(
+        &harness,
+        &format!("spiffe://{TRUST_DOMAIN}/service/secrets"),
+    )
+    .await?;
+    // Enough of alice's to fill what her stream buffers (the channel, and
+    // the client's HTTP/2 window), then more of another account's than the
+    // live feed holds.
+    let mine = (0..1000).map(|index| span(record(ACCOUNT_A, index, 4096)));
+    service
+        .export(otlp_request("coffer-secrets", AUDIT_SCOPE, mine.collect()))
+        .await?;
+    harness.audit_core()?.settled().await;
+    for batch in 0..3 {
+        let theirs = (0..2000).map(|index| span(record(ACCOUNT_B, batch * 2000 + index, 0)));
+        service
+            .export(otlp_request(
+                "coffer-secrets",
+                AUDIT_SCOPE,
+                theirs.collect(),
+            ))
+            .await?;
+    }
+    harness.audit_core()?.settled().await;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the stream ended without saying it fell behind"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("fell behind"), "{status:?}");
+    assert!(
+        !status.message().chars().any(|c| c.is_ascii_digit()),
+        "{status:?}"
+    );
     Ok(())
 }
 

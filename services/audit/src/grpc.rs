@@ -677,10 +677,13 @@ impl Audit for AuditGrpc {
                 };
                 let event = match received {
                     Ok(event) => event,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        let status = Status::resource_exhausted(format!(
-                            "the subscriber fell behind and {missed} events were skipped; subscribe again and use LookupEvents for the gap"
-                        ));
+                    // How many were skipped is not said: the live feed
+                    // carries every account's events, and the count would
+                    // tell one account how busy the others are.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let status = Status::resource_exhausted(
+                            "the subscriber fell behind and events were skipped; subscribe again and use LookupEvents for the gap",
+                        );
                         let _closed = sender.send(Err(status)).await;
                         return;
                     }
