@@ -490,13 +490,6 @@ async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
         })
         .to_string()
     };
-    let span = |text: String| Span {
-        trace_id: vec![7; 16],
-        span_id: vec![8; 8],
-        name: "Decrypt".into(),
-        attributes: vec![string_attribute(RECORD_ATTRIBUTE, text)],
-        ..Default::default()
-    };
     let mut service = otlp_client(
         &harness,
         &format!("spiffe://{TRUST_DOMAIN}/service/secrets"),
@@ -505,13 +498,13 @@ async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
     // Enough of alice's to fill what her stream buffers (the channel, and
     // the client's HTTP/2 window), then more of another account's than the
     // live feed holds.
-    let mine = (0..1000).map(|index| span(record(ACCOUNT_A, index, 4096)));
+    let mine = (0..1000).map(|index| record_span(record(ACCOUNT_A, index, 4096)));
     service
         .export(otlp_request("coffer-secrets", AUDIT_SCOPE, mine.collect()))
         .await?;
     harness.audit_core()?.settled().await;
     for batch in 0..3 {
-        let theirs = (0..2000).map(|index| span(record(ACCOUNT_B, batch * 2000 + index, 0)));
+        let theirs = (0..2000).map(|index| record_span(record(ACCOUNT_B, batch * 2000 + index, 0)));
         service
             .export(otlp_request(
                 "coffer-secrets",
@@ -571,6 +564,17 @@ fn claimed_record(event_id: &str, request_parameters: Value) -> String {
         "resources": [{"ARN": "arn:coffer:kms:eu-west-1:111122223333:key/k", "accountId": ACCOUNT_A, "type": "AWS::KMS::Key"}],
     })
     .to_string()
+}
+
+/// A span carrying an audit record, as a Coffer service exports it.
+fn record_span(record: String) -> Span {
+    Span {
+        trace_id: vec![7; 16],
+        span_id: vec![8; 8],
+        name: "Decrypt".into(),
+        attributes: vec![string_attribute(RECORD_ATTRIBUTE, record)],
+        ..Default::default()
+    }
 }
 
 /// An ordinary library's tracing span, as any OTLP client sends.
@@ -645,16 +649,10 @@ async fn oversized_records_are_cut_and_lookups_page_by_size(
             let parameters: serde_json::Map<String, Value> = (0..fields)
                 .map(|field| (format!("p{field}"), json!(format!("{index}").repeat(4096))))
                 .collect();
-            Span {
-                trace_id: vec![7; 16],
-                span_id: vec![8; 8],
-                name: "Decrypt".into(),
-                attributes: vec![string_attribute(
-                    RECORD_ATTRIBUTE,
-                    claimed_record(&format!("wide-{index}"), Value::Object(parameters)),
-                )],
-                ..Default::default()
-            }
+            record_span(claimed_record(
+                &format!("wide-{index}"),
+                Value::Object(parameters),
+            ))
         })
         .collect();
     outsider
@@ -736,20 +734,13 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         "escapes": "line\nbreak \"quoted\" \u{1b}[31mred\u{1b}[0m",
     });
     let forged_id = "forged-0001";
-    let span = |record: String| Span {
-        trace_id: vec![7; 16],
-        span_id: vec![8; 8],
-        name: "Decrypt".into(),
-        attributes: vec![string_attribute(RECORD_ATTRIBUTE, record)],
-        ..Default::default()
-    };
     // An ordinary client claims to be the keys service.
     let mut outsider = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
     outsider
         .export(otlp_request(
             "coffer-keys",
             AUDIT_SCOPE,
-            vec![span(claimed_record(forged_id, hostile.clone()))],
+            vec![record_span(claimed_record(forged_id, hostile.clone()))],
         ))
         .await?;
     // And sends a plain tracing span too.
@@ -775,7 +766,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         .export(otlp_request(
             "coffer-secrets",
             AUDIT_SCOPE,
-            vec![span(claimed_record(forged_id, hostile))],
+            vec![record_span(claimed_record(forged_id, hostile))],
         ))
         .await?;
 
@@ -945,7 +936,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         .export(otlp_request(
             "coffer-keys",
             AUDIT_SCOPE,
-            vec![span(claimed_record("forged-0002", json!({})))],
+            vec![record_span(claimed_record("forged-0002", json!({})))],
         ))
         .await?
         .into_inner();

@@ -107,27 +107,30 @@ mod tests {
     use super::*;
 
     /// RFC 4231 test case 1's message with its key byte repeated to the
-    /// 32 bytes KMS requires; the expected value is from
-    /// `openssl dgst -sha256 -mac HMAC -macopt hexkey:0b0b...`.
+    /// shortest length each spec takes (28 bytes for HMAC_224, 32 for
+    /// HMAC_256); the expected values are from `openssl dgst -sha224` and
+    /// `-sha256` with `-mac HMAC -macopt hexkey:0b0b...`.
     #[test]
-    fn known_answer_hmac_sha256() -> Result<(), CryptoError> {
-        let key = HmacKey::from_bytes(MacKeySpec::Hmac256, &[0x0b; 32])?;
-        let mac = key.generate_mac(MacAlgorithm::HmacSha256, b"Hi There")?;
-        let expected_hex = "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7";
-        let actual_hex: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
-        assert_eq!(actual_hex, expected_hex);
-        Ok(())
-    }
-
-    /// The same message with a 28-byte key, the shortest HMAC_224 takes;
-    /// the expected value is from `openssl dgst -sha224 -mac HMAC`.
-    #[test]
-    fn known_answer_hmac_sha224() -> Result<(), CryptoError> {
-        let key = HmacKey::from_bytes(MacKeySpec::Hmac224, &[0x0b; 28])?;
-        let mac = key.generate_mac(MacAlgorithm::HmacSha224, b"Hi There")?;
-        let expected_hex = "1abbc7c42cf4ca9f9d7b624564cb72d7b0945ea0a615095904a0fd34";
-        let actual_hex: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
-        assert_eq!(actual_hex, expected_hex);
+    fn known_answers() -> Result<(), CryptoError> {
+        for (spec, algorithm, key_len, expected_hex) in [
+            (
+                MacKeySpec::Hmac224,
+                MacAlgorithm::HmacSha224,
+                28,
+                "1abbc7c42cf4ca9f9d7b624564cb72d7b0945ea0a615095904a0fd34",
+            ),
+            (
+                MacKeySpec::Hmac256,
+                MacAlgorithm::HmacSha256,
+                32,
+                "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7",
+            ),
+        ] {
+            let key = HmacKey::from_bytes(spec, &vec![0x0b; key_len])?;
+            let mac = key.generate_mac(algorithm, b"Hi There")?;
+            let actual_hex: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
+            assert_eq!(actual_hex, expected_hex, "{spec}");
+        }
         Ok(())
     }
 

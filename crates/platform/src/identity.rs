@@ -140,11 +140,20 @@ pub fn principal_from_spiffe_id(
     })
 }
 
-/// The principal named by a DER certificate's single SPIFFE URI SAN.
+/// What a verified client certificate says: who its holder is, and until
+/// when (Unix seconds) the certificate is valid.
+#[derive(Debug, Clone)]
+pub struct CertifiedPrincipal {
+    pub principal: Principal,
+    pub not_after: i64,
+}
+
+/// The principal named by a DER certificate's single SPIFFE URI SAN, with
+/// the certificate's expiry.
 pub fn principal_from_certificate(
     der: &[u8],
     trust_domain: &str,
-) -> Result<Principal, IdentityError> {
+) -> Result<CertifiedPrincipal, IdentityError> {
     use x509_parser::extensions::GeneralName;
 
     let (_, certificate) =
@@ -165,18 +174,15 @@ pub fn principal_from_certificate(
                 .collect()
         })
         .unwrap_or_default();
-    match uris.as_slice() {
+    let principal = match uris.as_slice() {
         [] => Err(IdentityError::NoSpiffeId),
         [single] => principal_from_spiffe_id(single, trust_domain),
         _ => Err(IdentityError::SeveralUris),
-    }
-}
-
-/// When a DER certificate stops being valid, in Unix seconds (`None` when it
-/// cannot be parsed).
-pub fn certificate_not_after(der: &[u8]) -> Option<i64> {
-    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(certificate.validity().not_after.timestamp())
+    }?;
+    Ok(CertifiedPrincipal {
+        principal,
+        not_after: certificate.validity().not_after.timestamp(),
+    })
 }
 
 #[cfg(test)]

@@ -58,10 +58,14 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError
     file.write_all(contents.as_bytes()).map_err(io_error(path))
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(days);
+/// Valid from an hour ago (some clock skew) until `not_after`.
+fn validity(params: &mut CertificateParams, not_after: std::time::SystemTime) {
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::from(not_after);
+}
+
+fn days_from_now(days: u64) -> std::time::SystemTime {
+    std::time::SystemTime::now() + std::time::Duration::from_secs(days * 24 * 60 * 60)
 }
 
 /// Creates `dir/ca.pem` and `dir/ca-key.pem`.
@@ -82,7 +86,7 @@ pub fn init_ca(dir: &Path, trust_domain: &str) -> Result<(), PkiError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params, 3650);
+    validity(&mut params, days_from_now(3650));
     let key = KeyPair::generate()?;
     let certificate = params.self_signed(&key)?;
     write_file(&dir.join(CA_KEY_FILE), &key.serialize_pem(), true)?;
@@ -138,9 +142,12 @@ impl Authority {
         dns_names: &[String],
         ip_addresses: &[IpAddr],
     ) -> Result<IssuedIdentity, PkiError> {
-        let not_after = std::time::SystemTime::now()
-            + std::time::Duration::from_secs(IDENTITY_DAYS * 24 * 60 * 60);
-        self.issue_until(spiffe_id, dns_names, ip_addresses, not_after)
+        self.issue_until(
+            spiffe_id,
+            dns_names,
+            ip_addresses,
+            days_from_now(IDENTITY_DAYS),
+        )
     }
 
     /// As [`Self::issue`], valid until `not_after` (short-lived
@@ -181,8 +188,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-        params.not_after = time::OffsetDateTime::from(not_after);
+        validity(&mut params, not_after);
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedIdentity {

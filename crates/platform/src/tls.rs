@@ -356,12 +356,13 @@ pub fn tls_incoming(
                         return;
                     }
                 };
-                let (identity, not_after) = match stream.get_ref().1.peer_certificates() {
-                    Some([leaf, ..]) => (
-                        principal_from_certificate(leaf, &trust_domain).map(Arc::new),
-                        crate::identity::certificate_not_after(leaf),
-                    ),
-                    _ => (Err(IdentityError::NoCertificate), None),
+                let certified = match stream.get_ref().1.peer_certificates() {
+                    Some([leaf, ..]) => principal_from_certificate(leaf, &trust_domain),
+                    _ => Err(IdentityError::NoCertificate),
+                };
+                let (identity, not_after) = match certified {
+                    Ok(certified) => (Ok(Arc::new(certified.principal)), Some(certified.not_after)),
+                    Err(error) => (Err(error), None),
                 };
                 let connection = TlsConnection {
                     stream,

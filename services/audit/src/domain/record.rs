@@ -154,9 +154,7 @@ fn cap_record(fields: &mut Map<String, Value>, total: usize) {
         if remaining <= MAX_RECORD_BYTES {
             break;
         }
-        let Some(_) = fields.remove(&name) else {
-            continue;
-        };
+        fields.remove(&name);
         cut += 1;
         remaining -= size;
         if name.len() <= MAX_MARKED_KEY_BYTES {
