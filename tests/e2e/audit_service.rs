@@ -1073,14 +1073,14 @@ async fn exactly_one_wins<T: Send + 'static>(
     Ok(())
 }
 
-/// An HTTPS receiver that answers 500 to the first `failures` requests and
-/// 200 after, recording what it received.
+/// An HTTPS receiver that answers its `n`th request (from 0) with the status
+/// `answer(n)`, recording what it received.
 struct Receiver {
     addr: std::net::SocketAddr,
     received: Arc<std::sync::Mutex<Vec<(http::HeaderMap, String, u16)>>>,
 }
 
-async fn start_receiver(harness: &Harness, failures: usize) -> anyhow::Result<Receiver> {
+async fn start_receiver(harness: &Harness, answer: fn(usize) -> u16) -> anyhow::Result<Receiver> {
     use http_body_util::BodyExt as _;
     use rustls_pki_types::pem::PemObject as _;
     let identity = harness.localhost_identity()?;
@@ -1118,7 +1118,7 @@ async fn start_receiver(harness: &Harness, failures: usize) -> anyhow::Result<Re
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                            let status = if log.len() < failures { 500 } else { 200 };
+                            let status = answer(log.len());
                             log.push((
                                 parts.headers,
                                 String::from_utf8_lossy(&body).into_owned(),
@@ -1152,7 +1152,7 @@ async fn webhooks_reach_no_private_address_unless_allowed(backend: Backend) -> a
         },
     )
     .await?;
-    let receiver = start_receiver(&harness, 0).await?;
+    let receiver = start_receiver(&harness, |_| 200).await?;
     let mut audit = harness
         .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
         .await?;
@@ -1170,8 +1170,8 @@ async fn webhooks_reach_no_private_address_unless_allowed(backend: Backend) -> a
             endpoint: format!("https://{host}:{port}/hook"),
         }),
         retry_policy: Some(audit_pb::RetryPolicy {
-            maximum_retry_attempts: 0,
-            maximum_event_age_in_seconds: 60,
+            maximum_retry_attempts: Some(0),
+            maximum_event_age_in_seconds: Some(60),
         }),
         signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
     };
@@ -1305,9 +1305,12 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
             ..Default::default()
         })
         .await?;
-    let writes = start_receiver(&harness, 0).await?;
+    let writes = start_receiver(&harness, |_| 200).await?;
 
-    let flaky = start_receiver(&harness, 2).await?;
+    // Answers EventBridge retries, then success.
+    let flaky = start_receiver(&harness, |n| [500, 429].get(n).copied().unwrap_or(200)).await?;
+    // An answer it does not: the request itself is refused.
+    let refusing = start_receiver(&harness, |_| 400).await?;
     let secret = b"0123456789abcdef-webhook-secret".to_vec();
     let target = |id: &str, port: u16, retries: i32| audit_pb::Target {
         id: id.into(),
@@ -1315,8 +1318,8 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
             endpoint: format!("https://localhost:{port}/hooks/coffer?x=1"),
         }),
         retry_policy: Some(audit_pb::RetryPolicy {
-            maximum_retry_attempts: retries,
-            maximum_event_age_in_seconds: 600,
+            maximum_retry_attempts: Some(retries),
+            maximum_event_age_in_seconds: Some(600),
         }),
         signing_secret: secret.clone(),
     };
@@ -1335,6 +1338,7 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
             targets: vec![
                 target("flaky", flaky.addr.port(), 3),
                 target("down", closed_port, 1),
+                target("refusing", refusing.addr.port(), 3),
             ],
         })
         .await?;
@@ -1346,7 +1350,7 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         .await?
         .into_inner()
         .targets;
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.len(), 3);
     assert_eq!(
         assert_error(
             audit
@@ -1417,7 +1421,7 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
     assert_eq!(written, BTreeSet::from(["CreateKey", "Decrypt"]));
     assert_eq!(
         log.iter().map(|(_, _, status)| *status).collect::<Vec<_>>(),
-        vec![500, 500, 200]
+        vec![500, 429, 200]
     );
     for (headers, body, _) in &log {
         let envelope: Value = serde_json::from_str(body)?;
@@ -1438,7 +1442,8 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
         assert!(!body.contains("0123456789abcdef-webhook-secret"));
     }
 
-    // The unreachable target: two attempts, then a recorded failure.
+    // The unreachable target: two attempts, then a recorded failure. The
+    // refusing one: one attempt, as a 400 is not retried.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let failures = loop {
         let failures = audit
@@ -1449,28 +1454,45 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
             .await?
             .into_inner()
             .failed_deliveries;
-        if !failures.is_empty() {
+        if failures.len() >= 2 {
             break failures;
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no failure recorded"
+            "{} failures recorded",
+            failures.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(failures.len(), 1);
-    assert_eq!(failures[0].target_id, "down");
-    assert_eq!(failures[0].attempts, 2);
-    assert!(
-        failures[0].last_error.starts_with("connect:"),
-        "{}",
-        failures[0].last_error
-    );
     let decrypt_event = harness.audit_events_for(&decrypt_request).await?;
+    let failed: BTreeMap<&str, (i32, &str, &str)> = failures
+        .iter()
+        .map(|failure| {
+            (
+                failure.target_id.as_str(),
+                (
+                    failure.attempts,
+                    failure.last_error.as_str(),
+                    failure.event_id.as_str(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failures:?}");
+    let event_id = decrypt_event[0]["eventID"].as_str().unwrap_or_default();
+    let (attempts, last_error, failed_event) = failed["down"];
+    assert_eq!((attempts, failed_event), (2, event_id));
+    assert!(last_error.starts_with("connect:"), "{last_error}");
     assert_eq!(
-        failures[0].event_id,
-        decrypt_event[0]["eventID"].as_str().unwrap_or_default()
+        failed["refusing"],
+        (1, "the endpoint answered HTTP 400", event_id)
     );
+    let refused = refusing
+        .received
+        .lock()
+        .map(|log| log.len())
+        .unwrap_or_default();
+    assert_eq!(refused, 1);
 
     // No secret in the rule's audit events; disabling stops deliveries.
     let events = harness.audit_events().await?;
@@ -1632,8 +1654,8 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
         https: Some(audit_pb::HttpsTarget { endpoint }),
         // Attempts at 0, 0.5 and 1.5 s, then a recorded failure.
         retry_policy: Some(audit_pb::RetryPolicy {
-            maximum_retry_attempts: 2,
-            maximum_event_age_in_seconds: 600,
+            maximum_retry_attempts: Some(2),
+            maximum_event_age_in_seconds: Some(600),
         }),
         signing_secret: b"0123456789abcdef-secret".to_vec(),
     };
@@ -1659,8 +1681,64 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
     );
     assert!(!events[0].to_string().contains("s3cret"));
 
+    // A RetryPolicy's fields are bounded as EventBridge bounds them, and
+    // one left out takes its default alone.
+    let with_policy = |retries: Option<i32>, age: Option<i32>| audit_pb::Target {
+        retry_policy: Some(audit_pb::RetryPolicy {
+            maximum_retry_attempts: retries,
+            maximum_event_age_in_seconds: age,
+        }),
+        ..target("policy", "https://localhost:1/".into())
+    };
+    for (retries, age, field) in [
+        (Some(186), None, "maximum_retry_attempts"),
+        (Some(-1), None, "maximum_retry_attempts"),
+        (None, Some(59), "maximum_event_age_in_seconds"),
+        (None, Some(0), "maximum_event_age_in_seconds"),
+        (None, Some(86_401), "maximum_event_age_in_seconds"),
+    ] {
+        let status = assert_error(
+            audit
+                .put_targets(audit_pb::PutTargetsRequest {
+                    rule: "hooks".into(),
+                    targets: vec![with_policy(retries, age)],
+                })
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+        assert!(status.message().contains(field), "{status:?}");
+    }
+    for (retries, age, stored) in [(None, Some(600), (185, 600)), (Some(0), None, (0, 86_400))] {
+        audit
+            .put_targets(audit_pb::PutTargetsRequest {
+                rule: "hooks".into(),
+                targets: vec![with_policy(retries, age)],
+            })
+            .await?;
+        let listed = audit
+            .list_targets_by_rule(audit_pb::ListTargetsByRuleRequest {
+                rule: "hooks".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .targets;
+        let policy = listed.first().and_then(|target| target.retry_policy);
+        assert_eq!(
+            policy.map(|p| (p.maximum_retry_attempts, p.maximum_event_age_in_seconds)),
+            Some((Some(stored.0), Some(stored.1)))
+        );
+    }
+    audit
+        .remove_targets(audit_pb::RemoveTargetsRequest {
+            rule: "hooks".into(),
+            ids: vec!["policy".into()],
+        })
+        .await?;
+
     // Two targets on a receiver that always fails, listed a page at a time.
-    let failing = start_receiver(&harness, usize::MAX).await?;
+    let failing = start_receiver(&harness, |_| 503).await?;
     let endpoint = format!("https://localhost:{}/hook", failing.addr.port());
     audit
         .put_targets(audit_pb::PutTargetsRequest {
@@ -1958,8 +2036,8 @@ async fn one_account_cannot_hold_unbounded_deliveries_and_failures_expire(
                 }),
                 // Retried for an hour: every delivery stays pending.
                 retry_policy: Some(audit_pb::RetryPolicy {
-                    maximum_retry_attempts: 185,
-                    maximum_event_age_in_seconds: 3600,
+                    maximum_retry_attempts: Some(185),
+                    maximum_event_age_in_seconds: Some(3600),
                 }),
                 signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
             }],

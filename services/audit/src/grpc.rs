@@ -1046,8 +1046,8 @@ impl Audit for AuditGrpc {
                         endpoint: target.endpoint,
                     }),
                     retry_policy: Some(pb::RetryPolicy {
-                        maximum_retry_attempts: target.max_retries,
-                        maximum_event_age_in_seconds: target.max_event_age_s,
+                        maximum_retry_attempts: Some(target.max_retries),
+                        maximum_event_age_in_seconds: Some(target.max_event_age_s),
                     }),
                 })
                 .collect(),
@@ -1208,21 +1208,19 @@ fn target_record(
             format!("must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes"),
         ));
     }
-    let policy = target.retry_policy.unwrap_or(pb::RetryPolicy {
-        maximum_retry_attempts: DEFAULT_RETRIES,
-        maximum_event_age_in_seconds: DEFAULT_EVENT_AGE_S,
-    });
-    if !(0..=DEFAULT_RETRIES).contains(&policy.maximum_retry_attempts) {
+    // As in EventBridge, each field of a RetryPolicy left out takes its
+    // default on its own: a policy with only the event age still retries.
+    let policy = target.retry_policy.unwrap_or_default();
+    let retries = policy.maximum_retry_attempts.unwrap_or(DEFAULT_RETRIES);
+    if !(0..=DEFAULT_RETRIES).contains(&retries) {
         return Err(validation(
             &field("retry_policy.maximum_retry_attempts"),
             format!("must be 0 to {DEFAULT_RETRIES}"),
         ));
     }
-    let age = if policy.maximum_event_age_in_seconds == 0 {
-        DEFAULT_EVENT_AGE_S
-    } else {
-        policy.maximum_event_age_in_seconds
-    };
+    let age = policy
+        .maximum_event_age_in_seconds
+        .unwrap_or(DEFAULT_EVENT_AGE_S);
     if !(60..=DEFAULT_EVENT_AGE_S).contains(&age) {
         return Err(validation(
             &field("retry_policy.maximum_event_age_in_seconds"),
@@ -1235,7 +1233,7 @@ fn target_record(
         target_id: target.id,
         endpoint,
         signing_secret: target.signing_secret,
-        max_retries: policy.maximum_retry_attempts,
+        max_retries: retries,
         max_event_age_s: age,
     })
 }

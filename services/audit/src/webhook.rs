@@ -3,10 +3,13 @@
 //! Each delivery is a POST of the event envelope (JSON) with
 //! `X-Coffer-Timestamp` (unix seconds) and `X-Coffer-Signature:
 //! v1=<hex HMAC-SHA256 of "{timestamp}.{body}" under the target's secret>`,
-//! so a receiver can check both origin and freshness. A non-2xx answer, a
-//! refused connection or a timeout is retried with exponential backoff up to
-//! the target's MaximumRetryAttempts and MaximumEventAgeInSeconds; then the
-//! failure is recorded and listed by ListFailedDeliveries.
+//! so a receiver can check both origin and freshness. As EventBridge does
+//! for API destinations, an answer of 401, 407, 409, 429 or 5xx, a refused
+//! connection or a timeout is retried with exponential backoff up to the
+//! target's MaximumRetryAttempts and MaximumEventAgeInSeconds; any other
+//! answer that is not 2xx (a 400 or a redirect, say) would be answered the
+//! same again and is not retried. A delivery that fails for good is
+//! recorded and listed by ListFailedDeliveries.
 //!
 //! What one account's rules can hold is bounded, so that no tenant's dead
 //! or slow endpoints can exhaust the service or delay another's deliveries:
@@ -193,17 +196,23 @@ impl Dispatcher {
             let outcome = match slots {
                 Ok(_slots) => tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(job))
                     .await
-                    .unwrap_or_else(|_| Err("the request timed out".to_owned())),
-                Err(_) => Err("no delivery slot came free before the event's maximum age".into()),
+                    .unwrap_or_else(|_| Err("the request timed out".to_owned().into())),
+                Err(_) => Err("no delivery slot came free before the event's maximum age"
+                    .to_owned()
+                    .into()),
             };
-            let error = match outcome {
+            let (error, retryable) = match outcome {
                 Ok(()) => {
                     tracing::debug!(event_id = %job.event_id, target = %job.target.target_id, attempts, "webhook delivered");
                     return;
                 }
-                Err(error) => error,
+                Err(Failure::Answered(status)) => (
+                    format!("the endpoint answered HTTP {status}"),
+                    retried_status(status),
+                ),
+                Err(Failure::Other(error)) => (error, true),
             };
-            if attempts >= attempts_allowed || started.elapsed() + backoff > max_age {
+            if !retryable || attempts >= attempts_allowed || started.elapsed() + backoff > max_age {
                 break error;
             }
             tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, %error, "webhook delivery failed; retrying");
@@ -252,13 +261,16 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, job: &DeliveryJob) -> Result<(), String> {
+    async fn attempt(&self, job: &DeliveryJob) -> Result<(), Failure> {
         let uri: http::Uri = job
             .target
             .endpoint
             .parse()
             .map_err(|_| "the endpoint is not a URL".to_owned())?;
-        let host = uri.host().ok_or("the endpoint has no host")?.to_owned();
+        let host = uri
+            .host()
+            .ok_or("the endpoint has no host".to_owned())?
+            .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         // The address is vetted, then connected to as vetted: a name that
         // resolves again to another address cannot slip past the check.
@@ -273,7 +285,7 @@ impl Dispatcher {
             .filter(|address| self.private_endpoints || is_public(address.ip()))
             .collect();
         if allowed.is_empty() {
-            return Err(self.unreachable());
+            return Err(self.unreachable().into());
         }
         let tcp = tokio::net::TcpStream::connect(&allowed[..])
             .await
@@ -318,9 +330,30 @@ impl Dispatcher {
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("the endpoint answered HTTP {}", status.as_u16()))
+            Err(Failure::Answered(status.as_u16()))
         }
     }
+}
+
+/// Why an attempt did not deliver.
+enum Failure {
+    /// The endpoint answered with this status, not a 2xx one.
+    Answered(u16),
+    /// No answer came: the reason, as recorded.
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure::Other(reason)
+    }
+}
+
+/// Whether an answer of `status` is worth another attempt: the statuses
+/// EventBridge retries for API destinations (401, 407, 409, 429 and 5xx).
+/// Any other one says the request itself is refused and would be again.
+fn retried_status(status: u16) -> bool {
+    matches!(status, 401 | 407 | 409 | 429 | 500..=599)
 }
 
 /// Whether `address` is one on the public internet: not loopback, private
@@ -465,6 +498,16 @@ mod tests {
             "100::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+    }
+
+    #[test]
+    fn only_the_statuses_eventbridge_retries_are_retried() {
+        for retried in [401, 407, 409, 429, 500, 502, 503, 504, 599] {
+            assert!(super::retried_status(retried), "{retried}");
+        }
+        for final_answer in [100, 204, 301, 302, 304, 400, 403, 404, 405, 410, 413, 422] {
+            assert!(!super::retried_status(final_answer), "{final_answer}");
         }
     }
 
