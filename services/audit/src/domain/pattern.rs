@@ -10,7 +10,7 @@
 //! - A leaf is a non-empty array of alternatives and matches when **any**
 //!   alternative matches (OR). Alternatives are exact strings, numbers
 //!   (compared as written, as EventBridge does: `300` does not match `300.0`;
-//!   `numeric` compares values), `true`/`false`, `null`
+//!   `numeric` compares values within ±5.0e9), `true`/`false`, `null`
 //!   or one-key filter objects: `prefix`, `suffix`, `equals-ignore-case`,
 //!   `wildcard`, `anything-but`, `numeric`, `exists` and `cidr`.
 //! - Matching is type-strict: the string `"1"` never matches the number `1`,
@@ -562,6 +562,11 @@ fn compile_anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternE
     }
 }
 
+/// The magnitude numeric matching works within, as in EventBridge: a pattern
+/// bound beyond it is refused, and an event value beyond it matches no
+/// numeric comparison.
+const NUMERIC_LIMIT: f64 = 5.0e9;
+
 fn compile_numeric(arg: &Value, path: &str) -> Result<NumericRange, PatternError> {
     let shape_err = || {
         PatternError::new(
@@ -602,6 +607,12 @@ fn compile_numeric(arg: &Value, path: &str) -> Result<NumericRange, PatternError
                 format!("numeric operator \"{op}\" must be followed by a number"),
             )
         })?;
+        if value.abs() > NUMERIC_LIMIT {
+            return Err(PatternError::new(
+                path,
+                format!("numeric values must be between -5.0e9 and 5.0e9, not {value}"),
+            ));
+        }
         let (slot, bound) = match op.as_str() {
             "=" => {
                 if range.lower.is_some() || range.upper.is_some() {
@@ -946,7 +957,9 @@ impl Matcher {
             Matcher::EqualsIgnoreCase(p) => text.is_some_and(|s| s.to_lowercase() == *p),
             Matcher::Wildcard(w) => text.is_some_and(|s| w.matches(s)),
             Matcher::AnythingBut(ab) => !ab.excludes(value),
-            Matcher::Numeric(range) => value.as_f64().is_some_and(|x| range.contains(x)),
+            Matcher::Numeric(range) => value
+                .as_f64()
+                .is_some_and(|x| x.abs() <= NUMERIC_LIMIT && range.contains(x)),
             Matcher::Cidr(cidr) => text.is_some_and(|s| cidr.contains(s)),
             Matcher::Exists(_) => false,
         }
@@ -1343,6 +1356,19 @@ mod tests {
         assert!(m(r#"{"c":[{"numeric":["<",5,">",1]}]}"#, json!({"c":3})));
     }
 
+    #[test]
+    fn numeric_matching_works_within_five_billion() {
+        let p = pat(r#"{"c":[{"numeric":[">=",-5e9,"<=",5e9]}]}"#);
+        assert!(p.matches(&json!({"c":5_000_000_000_i64})));
+        assert!(p.matches(&json!({"c":-5e9})));
+        assert!(!p.matches(&json!({"c":5_000_000_001_i64})));
+        let p = pat(r#"{"c":[{"numeric":[">",0]}]}"#);
+        assert!(!p.matches(&json!({"c":1e12})));
+        assert!(!p.matches(&json!({"c":u64::MAX})));
+        let p = pat(r#"{"c":[{"numeric":["<",0]}]}"#);
+        assert!(!p.matches(&json!({"c":-1e12})));
+    }
+
     // --- exists -------------------------------------------------------------
 
     #[test]
@@ -1635,6 +1661,14 @@ mod tests {
             "\"=\" cannot be combined",
         );
         assert_err(r#"{"a":[{"numeric":[">",1,">=",2]}]}"#, "one lower bound");
+        assert_err(
+            r#"{"a":[{"numeric":[">",5000000001]}]}"#,
+            "a[0]: numeric values must be between -5.0e9 and 5.0e9, not 5000000001",
+        );
+        assert_err(
+            r#"{"a":[{"numeric":["<",-1e10]}]}"#,
+            "between -5.0e9 and 5.0e9",
+        );
         assert_err(
             r#"{"a":[{"numeric":[">",5,"<",1]}]}"#,
             "lower bound must be below the upper bound",
