@@ -217,6 +217,18 @@ pub fn api_error(error: &KeysError) -> ApiError {
             "ThrottlingException",
             "Too much cryptographic work is waiting; retry with backoff.",
         ),
+        // A change that lost its race with concurrent ones on every attempt:
+        // the caller may retry, as after any throttling.
+        KeysError::Store(StoreError::Conflict) => {
+            tracing::warn!(
+                "a change lost to concurrent changes of the same resource on every attempt"
+            );
+            ApiError::new(
+                ErrorCode::ResourceExhausted,
+                "ThrottlingException",
+                "Concurrent requests are changing the same resource; retry with backoff.",
+            )
+        }
         KeysError::Store(_) | KeysError::Crypto(_) | KeysError::Internal(_) => {
             tracing::error!(error = %cause_chain(error), "keys request failed");
             let mut internal = ApiError::internal();
@@ -237,5 +249,22 @@ fn state_in_words(state: KeyState) -> &'static str {
         KeyState::PendingReplicaDeletion => "pending replica deletion",
         KeyState::Unavailable => "unavailable",
         KeyState::Updating => "being updated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KeysError, api_error};
+    use crate::store::StoreError;
+    use coffer_platform::error::ErrorCode;
+
+    #[test]
+    fn a_change_that_keeps_losing_its_race_is_throttled_not_internal() {
+        let error = api_error(&KeysError::Store(StoreError::Conflict));
+        assert_eq!(error.code, ErrorCode::ResourceExhausted);
+        assert_eq!(error.exception, "ThrottlingException");
+        let error = api_error(&KeysError::Store(StoreError::Corrupt("row 7".into())));
+        assert_eq!(error.exception, "KMSInternalException");
+        assert_eq!(error.message, coffer_platform::error::INTERNAL_MESSAGE);
     }
 }
