@@ -31,6 +31,7 @@ backend_tests!(
     lookup_pages_every_event_exactly_once_and_sees_only_its_account,
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
+    a_shutdown_ends_open_subscriptions,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
@@ -457,6 +458,37 @@ async fn subscribe_streams_only_matching_events(backend: Backend) -> anyhow::Res
     // bob's Encrypt (another account).
     assert_eq!(record["requestID"], wanted.as_str());
     assert_eq!(event.event_name, "Encrypt");
+    Ok(())
+}
+
+/// An open subscription does not hold a shutdown for its grace period: it
+/// ends with UNAVAILABLE, and the service stops at once.
+async fn a_shutdown_ends_open_subscriptions(backend: Backend) -> anyhow::Result<()> {
+    let mut harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let mut stream = audit
+        .subscribe(audit_pb::SubscribeRequest::default())
+        .await?
+        .into_inner();
+    let instance = harness
+        .take_instance()
+        .ok_or_else(|| anyhow::anyhow!("not running"))?;
+    // The grace period is 30 s; the shutdown ends well within it.
+    tokio::time::timeout(Duration::from_secs(10), instance.shutdown())
+        .await
+        .map_err(|_| anyhow::anyhow!("an open subscription held the shutdown"))?;
+    // Events stored before the end (the Subscribe call's own) come first.
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await? {
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("subscribe again"), "{status:?}");
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 backend_tests!(
     health_is_served_on_both_ports,
     graceful_shutdown_completes_calls_in_flight,
+    shutdown_waits_for_changes_their_callers_gave_up_on,
     excess_calls_are_shed_with_resource_exhausted,
     calls_past_their_deadline_fail_deadline_exceeded,
     a_change_committing_at_its_deadline_is_recorded_as_made,
@@ -118,6 +119,64 @@ async fn graceful_shutdown_completes_calls_in_flight(backend: Backend) -> anyhow
         Some("Enabled")
     );
     tokio::time::timeout(Duration::from_secs(30), shutdown).await??;
+    Ok(())
+}
+
+/// A change whose caller went away runs on to its end: a shutdown waits
+/// for it, within its grace period, instead of closing the databases under
+/// it (the old way, the key was never made and its event never sent).
+async fn shutdown_waits_for_changes_their_callers_gave_up_on(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let lock = harness.lock_keys_table().await?;
+    let abandoned = tokio::spawn(async move {
+        client
+            .create_key(pb::CreateKeyRequest {
+                description: "abandoned".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    harness.wait_for_in_flight(1).await?;
+    // The caller gives up: its connection closes, the server has nothing
+    // left to drain, and only the call's own task is still running.
+    abandoned.abort();
+    let instance = harness
+        .take_instance()
+        .ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let shutdown = tokio::spawn(instance.shutdown());
+    // Long enough for a shutdown that does not wait to have closed the
+    // databases; a shutdown that waits is still waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "the shutdown did not wait for the call"
+    );
+    lock.release().await?;
+    tokio::time::timeout(Duration::from_secs(30), shutdown).await??;
+
+    harness.restart().await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let keys = client
+        .list_keys(pb::ListKeysRequest::default())
+        .await?
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1);
+    let created: Vec<_> = harness
+        .audit_events()
+        .await?
+        .into_iter()
+        .filter(|event| event["eventName"] == "CreateKey")
+        .collect();
+    assert_eq!(created.len(), 1, "{created:#?}");
+    assert!(created[0].get("errorCode").is_none(), "{:#}", created[0]);
+    assert_eq!(
+        created[0]["responseElements"]["keyMetadata"]["keyId"],
+        keys[0].key_id.as_str()
+    );
     Ok(())
 }
 

@@ -99,17 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = config::load(Some(&path), environment)?;
             let _telemetry = telemetry::init(&settings.telemetry, &services.join("+"))?;
             let instance = crate::launch(&settings, &services, Arc::new(SystemClock)).await?;
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            tokio::select! {
-                () = instance.shutdown() => {}
-                () = shutdown_signal() => {
-                    // Audit events not yet acknowledged wait in the outbox
-                    // and are sent at the next start.
-                    tracing::warn!("a second signal: exiting without waiting for calls in flight");
-                    std::process::exit(130);
-                }
-            }
+            run_until_signalled(instance).await;
             Ok(())
         }
         Command::Dev { dir, listen } => crate::dev::run(&dir, listen).await,
@@ -149,7 +139,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// Serves until SIGINT or SIGTERM, then shuts `instance` down gracefully;
+/// a second signal exits at once.
+pub async fn run_until_signalled(instance: crate::Instance) {
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    tokio::select! {
+        () = instance.shutdown() => {}
+        () = shutdown_signal() => {
+            // Audit events not yet acknowledged wait in the outbox
+            // and are sent at the next start.
+            tracing::warn!("a second signal: exiting without waiting for calls in flight");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn shutdown_signal() {
     let interrupt = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for ctrl-c");

@@ -310,9 +310,7 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
         .await
         .context("creating the demo key")?;
     println!("{}", instructions(&layout, &addr, &demo));
-    crate::cli::shutdown_signal().await;
-    tracing::info!("shutting down");
-    instance.shutdown().await;
+    crate::cli::run_until_signalled(instance).await;
     Ok(())
 }
 

@@ -139,8 +139,10 @@ impl Instance {
 
     /// Graceful shutdown of every server, then the database pools.
     pub async fn shutdown(self) {
-        for task in &self.background {
-            task.abort();
+        // Open subscriptions end (UNAVAILABLE: subscribe again) rather than
+        // hold the drain for its whole grace period.
+        if let Some(audit) = &self.audit {
+            audit.close_subscriptions();
         }
         // Every server stops accepting at once and drains within the same
         // grace period, not one grace period after another.
@@ -152,6 +154,12 @@ impl Instance {
             if let Err(error) = drained {
                 tracing::error!(%error, "a server's shutdown failed");
             }
+        }
+        // Scheduled work stops only now: a deletion or rotation it was
+        // making while the calls drained is not cut off between its commit
+        // and its event.
+        for task in &self.background {
+            task.abort();
         }
         if let Some(exporter) = &self.exporter
             && let Err(error) = exporter.flush(std::time::Duration::from_secs(5)).await

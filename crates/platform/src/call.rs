@@ -212,6 +212,25 @@ struct Shared {
     settings: CallSettings,
     permits: Arc<Semaphore>,
     authorizer: Arc<Authorizer>,
+    /// Calls running in their own task, to their end and their event,
+    /// whether or not their caller still waits: a shutdown waits for them.
+    detached: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one detached call while it runs.
+struct Detached(Arc<Shared>);
+
+impl Detached {
+    fn start(shared: &Arc<Shared>) -> Self {
+        shared.detached.send_modify(|running| *running += 1);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.0.detached.send_modify(|running| *running -= 1);
+    }
 }
 
 impl Shared {
@@ -257,6 +276,7 @@ impl CallLayer {
                 settings,
                 permits,
                 authorizer,
+                detached: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -266,6 +286,17 @@ impl CallLayer {
     /// API calls currently holding a concurrency permit.
     pub fn in_flight(&self) -> usize {
         self.shared.settings.max_concurrent_requests - self.shared.permits.available_permits()
+    }
+
+    /// Waits, up to `within`, until no call runs in its own task; whether
+    /// none does. A call whose caller gave up (or whose connection closed)
+    /// still runs there, so a server that stopped serving has not yet
+    /// finished its calls, nor emitted their events.
+    pub async fn detached_calls_ended(&self, within: Duration) -> bool {
+        let mut running = self.shared.detached.subscribe();
+        tokio::time::timeout(within, running.wait_for(|running| *running == 0))
+            .await
+            .is_ok_and(|ended| ended.is_ok())
     }
 }
 
@@ -321,7 +352,11 @@ where
         if inline {
             return Box::pin(handle_call(shared, inner, request));
         }
-        let call = tokio::spawn(handle_call(shared, inner, request));
+        let detached = Detached::start(&shared);
+        let call = tokio::spawn(async move {
+            let _detached = detached;
+            handle_call(shared, inner, request).await
+        });
         Box::pin(async move {
             match call.await {
                 Ok(outcome) => outcome,

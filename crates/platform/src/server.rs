@@ -255,8 +255,9 @@ impl RunningServer {
     }
 
     /// Reports NOT_SERVING, stops accepting, and waits (up to the grace
-    /// period) for the calls in flight to finish. The admin port keeps
-    /// answering health checks (NOT_SERVING) until the drain is over.
+    /// period) for the calls in flight to finish, those whose callers went
+    /// away included. The admin port keeps answering health checks
+    /// (NOT_SERVING) until the drain is over.
     pub async fn shutdown(self) {
         if let Some(follower) = &self.audit_health {
             follower.abort();
@@ -276,8 +277,9 @@ impl RunningServer {
         if let Some(sender) = main_stop {
             let _already_stopped = sender.send(());
         }
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         if let Some(task) = main_task {
-            let drained = tokio::time::timeout(self.shutdown_grace, task).await;
+            let drained = tokio::time::timeout_at(deadline, task).await;
             match drained {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(error))) => tracing::error!(%error, "server ended with an error"),
@@ -286,6 +288,12 @@ impl RunningServer {
                     tracing::warn!(grace = ?self.shutdown_grace, "calls still in flight after the grace period")
                 }
             }
+        }
+        // Calls in their own task outlive a connection that closed: they
+        // end, and are audited, within the same grace period.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !self.call_layer.detached_calls_ended(left).await {
+            tracing::warn!(grace = ?self.shutdown_grace, "calls whose callers went away still run after the grace period");
         }
         for sender in stop_senders {
             let _already_stopped = sender.send(());

@@ -76,6 +76,8 @@ pub struct AuditCore {
     writer: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     live: broadcast::Sender<Arc<LiveEvent>>,
+    /// Set when the service shuts down: open subscriptions end.
+    closing: tokio::sync::watch::Sender<bool>,
     rules: RwLock<Arc<Vec<ActiveRule>>>,
     /// One reload at a time, so the last to read the rules is the last to
     /// install them.
@@ -119,6 +121,7 @@ impl AuditCore {
             writer: Arc::new(tokio::sync::Mutex::new(())),
             clock,
             live,
+            closing: tokio::sync::watch::Sender::new(false),
             rules: RwLock::new(Arc::new(Vec::new())),
             reloading: tokio::sync::Mutex::new(()),
             dispatcher,
@@ -151,6 +154,21 @@ impl AuditCore {
     /// A live feed of every event stored from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
+    }
+
+    /// Tells open subscriptions to end: the service is shutting down, and
+    /// a subscription never ends by itself.
+    pub fn close_subscriptions(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`close_subscriptions`](Self::close_subscriptions)
+    /// has been called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _closed_or_gone = closing.wait_for(|closing| *closing).await;
+        }
     }
 
     /// Accepts `events`, with the copies their resources' other owners get

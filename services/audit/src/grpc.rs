@@ -665,15 +665,24 @@ impl Audit for AuditGrpc {
                 ))
             })?;
         let mut live = self.core.subscribe();
+        let closed = self.core.closed();
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             let _permits = (permit, account_slot);
+            let mut closed = std::pin::pin!(closed);
             loop {
                 // A client that went away frees its slot at once, whether or
                 // not anything it would see arrives.
                 let received = tokio::select! {
                     received = live.recv() => received,
                     () = sender.closed() => return,
+                    () = closed.as_mut() => {
+                        let status = Status::unavailable(
+                            "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
+                        );
+                        let _closed = sender.try_send(Err(status));
+                        return;
+                    }
                 };
                 let event = match received {
                     Ok(event) => event,
