@@ -36,6 +36,7 @@ backend_tests!(
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
     oversized_records_are_cut_and_lookups_page_by_size,
+    a_small_message_limit_still_answers_large_events,
     a_lagging_subscriber_learns_nothing_of_other_accounts,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
     webhooks_reach_no_private_address_unless_allowed,
@@ -663,6 +664,51 @@ async fn otlp_exports_too_large_once_decoded_are_refused_unread(
         .lookup(&coffer_audit::store::LookupQuery::everything(10))
         .await?;
     assert_eq!(all.len(), 1, "{all:#?}");
+    Ok(())
+}
+
+/// `limits.max_message_bytes` bounds what callers send; it cannot make the
+/// audit service unable to answer with the events it stores (the old way,
+/// a 16 KiB limit made every lookup of a larger event fail, for good).
+async fn a_small_message_limit_still_answers_large_events(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            max_message_bytes: 16 * 1024,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut outsider = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    let parameters: serde_json::Map<String, Value> = (0..25)
+        .map(|field| (format!("p{field}"), json!("x".repeat(4096))))
+        .collect();
+    outsider
+        .export(otlp_request(
+            "coffer-keys",
+            AUDIT_SCOPE,
+            vec![record_span(claimed_record(
+                "large",
+                Value::Object(parameters),
+            ))],
+        ))
+        .await?;
+    harness.audit_core()?.settled().await;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let page = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![audit_pb::LookupAttribute {
+                attribute_key: "EventSource".into(),
+                attribute_value: "untrusted".into(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(page.events.len(), 1);
+    assert!(page.events[0].cloud_trail_event.len() > 100 * 1024);
     Ok(())
 }
 

@@ -482,7 +482,8 @@ async fn in_process_target(mode: AuditMode, over_otlp: bool) -> anyhow::Result<T
     // The environment's COFFER_* overrides apply (a Postgres database for
     // the audit service, say); the audit mode is the scenario's.
     let endpoint = over_otlp.then(|| ("COFFER_AUDIT__ENDPOINT".to_owned(), listen.to_string()));
-    let overrides = std::env::vars()
+    let overrides = coffer_platform::config::coffer_environment()?
+        .into_iter()
         .filter(|(name, _)| name != "COFFER_AUDIT__MODE")
         .chain([("COFFER_AUDIT__MODE".to_owned(), mode_name.to_owned())])
         .chain(endpoint);

@@ -92,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             region,
             services,
         } => {
-            let mut environment: Vec<(String, String)> = std::env::vars().collect();
+            let mut environment = config::coffer_environment()?;
             if let Some(region) = region {
                 environment.push(("COFFER_REGION".into(), region));
             }

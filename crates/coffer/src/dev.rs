@@ -135,16 +135,16 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
     let mut services = String::new();
     for service in BUILT_SERVICES {
         services.push_str(&format!(
-            "  {service}:\n    listen: \"{listen}\"\n    database:\n      url: \"sqlite://{}\"\n",
-            layout.dir.join(format!("{service}.db")).display()
+            "  {service}:\n    listen: \"{listen}\"\n    database:\n      url: {}\n",
+            yaml_string(&sqlite_url(&layout.dir.join(format!("{service}.db"))))
         ));
     }
     let config_text = format!(
         "# Written by `coffer dev`; rewritten at every start.\n\
          region: {DEV_REGION}\n\
          trust_domain: {DEV_TRUST_DOMAIN}\n\
-         tls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n\
-         root_key:\n  file: \"{}\"\n\
+         tls:\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n\
+         root_key:\n  file: {}\n\
          telemetry:\n  log_format: text\n  log_level: info\n\
          # Webhook receivers on this machine are reachable in development.\n\
          audit:\n  webhook_private_endpoints: true\n\
@@ -155,14 +155,44 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
          \x20     principals: [\"arn:coffer:iam::{DEV_ACCOUNT}:user/*\"]\n\
          \x20     policy: {{\"Version\": \"2012-10-17\", \"Statement\": [{{\"Effect\": \"Allow\", \"Action\": \"*\", \"Resource\": \"*\"}}]}}\n\
          services:\n{services}",
-        layout.cert(DEV_PROCESS_IDENTITY).display(),
-        layout.key(DEV_PROCESS_IDENTITY).display(),
-        layout.ca().display(),
-        layout.root_key().display(),
+        yaml_string(&layout.cert(DEV_PROCESS_IDENTITY).display().to_string()),
+        yaml_string(&layout.key(DEV_PROCESS_IDENTITY).display().to_string()),
+        yaml_string(&layout.ca().display().to_string()),
+        yaml_string(&layout.root_key().display().to_string()),
     );
     std::fs::write(layout.config(), config_text)
         .with_context(|| format!("writing {}", layout.config().display()))?;
     Ok(layout)
+}
+
+/// The overrides `coffer dev` applies, and the names of those it ignores:
+/// the trust domain, TLS files and root key are its own (its certificates
+/// are issued for them), whatever the shell exported for `coffer pki`.
+fn dev_overrides(environment: Vec<(String, String)>) -> (Vec<(String, String)>, Vec<String>) {
+    let (ignored, kept): (Vec<_>, Vec<_>) = environment.into_iter().partition(|(name, _)| {
+        name == "COFFER_TRUST_DOMAIN"
+            || name.starts_with("COFFER_TLS__")
+            || name.starts_with("COFFER_ROOT_KEY__")
+    });
+    (kept, ignored.into_iter().map(|(name, _)| name).collect())
+}
+
+/// `text` as a YAML double-quoted scalar: JSON's string syntax is YAML's,
+/// so quotes, backslashes and control characters in a path stay as they are.
+fn yaml_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// The SQLite URL of `path`, whose `%`, `?` and `#` sqlx would otherwise
+/// read as an escape, parameters or a fragment (it decodes the escapes).
+fn sqlite_url(path: &Path) -> String {
+    let escaped = path
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    format!("sqlite://{escaped}")
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
@@ -295,7 +325,11 @@ pub fn instructions(layout: &DevDir, addr: &str, demo: &Demo) -> String {
 
 pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let layout = prepare(dir, listen)?;
-    let settings = config::load(Some(&layout.config()), std::env::vars())?;
+    let (environment, ignored) = dev_overrides(config::coffer_environment()?);
+    for name in ignored {
+        eprintln!("coffer dev ignores {name}: it sets that field itself");
+    }
+    let settings = config::load(Some(&layout.config()), environment)?;
     let _telemetry = telemetry::init(&settings.telemetry, "dev")?;
     let services: Vec<String> = BUILT_SERVICES
         .iter()
@@ -317,6 +351,53 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory whose name holds YAML's and URLs' special characters is
+    /// written into the configuration as it is.
+    #[tokio::test]
+    async fn the_dev_configuration_holds_any_directory_name() -> anyhow::Result<()> {
+        let parent = tempfile::tempdir()?;
+        let directory = parent.path().join("a \"quoted\" \\ b\tc %41 ?x=1 #d");
+        let layout = prepare(&directory, "127.0.0.1:0".parse()?)?;
+        let settings = config::load(Some(&layout.config()), Vec::new())?;
+        assert_eq!(settings.tls.cert_file, layout.cert(DEV_PROCESS_IDENTITY));
+        assert!(
+            matches!(&settings.root_key, coffer_crypto::RootKeySource::File(path) if *path == layout.root_key()),
+            "{:?}",
+            settings.root_key
+        );
+        // The services start on it: identity, root key and databases.
+        let instance = crate::launch(
+            &settings,
+            &["keys".to_owned(), "audit".to_owned()],
+            Arc::new(SystemClock),
+        )
+        .await?;
+        instance.shutdown().await;
+        assert!(layout.dir.join("keys.db").exists());
+        assert!(layout.dir.join("audit.db").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn dev_keeps_its_own_identity_whatever_the_shell_exported() {
+        let variable = |name: &str| (name.to_owned(), "x".to_owned());
+        let (kept, ignored) = dev_overrides(vec![
+            variable("COFFER_TRUST_DOMAIN"),
+            variable("COFFER_TLS__CA_FILE"),
+            variable("COFFER_ROOT_KEY__FILE"),
+            variable("COFFER_LIMITS__REQUEST_TIMEOUT_MS"),
+        ]);
+        assert_eq!(kept, vec![variable("COFFER_LIMITS__REQUEST_TIMEOUT_MS")]);
+        assert_eq!(
+            ignored,
+            [
+                "COFFER_TRUST_DOMAIN",
+                "COFFER_TLS__CA_FILE",
+                "COFFER_ROOT_KEY__FILE"
+            ]
+        );
+    }
 
     /// A dev identity is issued again when it was issued for other
     /// addresses or is near its end, and kept otherwise.

@@ -79,8 +79,22 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "services",
 ];
 
+/// Bounds of `limits.shutdown_grace_ms`: with less than a second, the
+/// databases close under calls that were about to end; more than an hour
+/// is no grace period but a hang.
+const MIN_SHUTDOWN_GRACE_MS: u64 = 1_000;
+const MAX_SHUTDOWN_GRACE_MS: u64 = 3_600_000;
+
 /// Largest `limits.max_concurrent_requests` accepted.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
+
+/// Whether two listeners would ask for the same port: the same port (not
+/// 0, which the system picks) on the same address, or on any address.
+fn same_socket(one: SocketAddr, other: SocketAddr) -> bool {
+    one.port() != 0
+        && one.port() == other.port()
+        && (one.ip() == other.ip() || one.ip().is_unspecified() || other.ip().is_unspecified())
+}
 
 fn default_partition() -> String {
     "coffer".into()
@@ -437,6 +451,29 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
+/// The process's `COFFER_*` variables, for [`load`]. No other variable is
+/// read, whatever it holds; a `COFFER_*` one that is not UTF-8 is an error
+/// that names it (reading them all as text would abort the process).
+pub fn coffer_environment() -> Result<Vec<(String, String)>, ConfigError> {
+    coffer_variables(std::env::vars_os())
+}
+
+fn coffer_variables(
+    variables: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut found = Vec::new();
+    for (name, value) in variables {
+        let Some(name) = name.to_str().filter(|name| name.starts_with("COFFER_")) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError::new(name, "is not valid UTF-8"))?;
+        found.push((name.to_owned(), value));
+    }
+    Ok(found)
+}
+
 /// Reads `path`, applies `COFFER_*` overrides from `environment`, and
 /// validates. `environment` is passed in so tests need not touch the process.
 pub fn load(
@@ -686,6 +723,12 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             "must be at least 16384",
         ));
     }
+    if !(MIN_SHUTDOWN_GRACE_MS..=MAX_SHUTDOWN_GRACE_MS).contains(&limits_file.shutdown_grace_ms) {
+        return Err(ConfigError::new(
+            "limits.shutdown_grace_ms",
+            format!("must be {MIN_SHUTDOWN_GRACE_MS} to {MAX_SHUTDOWN_GRACE_MS}"),
+        ));
+    }
     if limits_file.request_timeout_ms == 0 {
         return Err(ConfigError::new(
             "limits.request_timeout_ms",
@@ -742,6 +785,14 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             ));
         }
         let listen = parse_socket_addr(&format!("{field}.listen"), &service.listen)?;
+        if let Some(admin) = admin_listen
+            && same_socket(admin, listen)
+        {
+            return Err(ConfigError::new(
+                "admin_listen",
+                format!("must not be {field}.listen's address ({listen})"),
+            ));
+        }
         let url = service.database.url;
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             DatabaseBackend::Postgres
@@ -1065,6 +1116,67 @@ services:
         assert_eq!(
             error_field(&with("*", "arn:aws:kms:*:*:key/*")),
             "authorization.identity_policies[0].policy"
+        );
+    }
+
+    #[test]
+    fn the_shutdown_grace_is_bounded_and_the_admin_port_is_its_own() {
+        for (value, accepted) in [
+            ("1000", true),
+            ("3600000", true),
+            ("0", false),
+            ("999", false),
+            ("3600001", false),
+        ] {
+            let outcome = from_yaml(
+                MINIMAL,
+                vec![(
+                    "COFFER_LIMITS__SHUTDOWN_GRACE_MS".to_owned(),
+                    value.to_owned(),
+                )],
+            );
+            match outcome {
+                Ok(_) => assert!(accepted, "{value}"),
+                Err(error) => {
+                    assert!(!accepted, "{value}: {error:?}");
+                    assert_eq!(error.field, "limits.shutdown_grace_ms");
+                }
+            }
+        }
+        for (admin, accepted) in [
+            ("127.0.0.1:9090", true),
+            ("127.0.0.2:8443", true),
+            ("127.0.0.1:8443", false),
+            ("0.0.0.0:8443", false),
+        ] {
+            let text = format!("{MINIMAL}admin_listen: \"{admin}\"\n");
+            if accepted {
+                assert!(from_yaml(&text, no_env()).is_ok(), "{admin}");
+            } else {
+                assert_eq!(error_field(&text), "admin_listen", "{admin}");
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_coffer_variables_are_read_and_must_be_text() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt as _;
+        let binary = || OsString::from_vec(vec![b'x', 0xff]);
+        let found = coffer_variables([
+            (OsString::from("PATH"), binary()),
+            (OsString::from_vec(vec![b'C', 0xff]), OsString::from("v")),
+            (OsString::from("COFFER_REGION"), OsString::from("eu-west-2")),
+        ]);
+        assert_eq!(
+            found.ok(),
+            Some(vec![("COFFER_REGION".to_owned(), "eu-west-2".to_owned())])
+        );
+        let refused = coffer_variables([(OsString::from("COFFER_REGION"), binary())]);
+        assert_eq!(
+            refused.err().map(|error| error.field).as_deref(),
+            Some("COFFER_REGION")
         );
     }
 

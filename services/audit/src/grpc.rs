@@ -34,6 +34,10 @@ const MAX_LOOKUP_RESULTS: i32 = 50;
 /// always holds at least one event, and an event is at most
 /// `MAX_RECORD_BYTES`), so that the answer fits in one gRPC message.
 const MAX_LOOKUP_PAGE_BYTES: usize = 512 * 1024;
+/// The largest answer the service sends: a LookupEvents page with room to
+/// spare for what surrounds its records. `limits.max_message_bytes` never
+/// lowers the answers' limit below it.
+pub(crate) const MAX_ANSWER_BYTES: usize = 2 * MAX_LOOKUP_PAGE_BYTES;
 /// Rule names, name prefixes and target ids (EventBridge's limit).
 const MAX_NAME_CHARS: usize = 64;
 const MAX_DESCRIPTION_CHARS: usize = 512;

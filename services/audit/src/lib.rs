@@ -239,10 +239,13 @@ impl AuditService {
             }),
             descriptor_set: coffer_proto::FILE_DESCRIPTOR_SET,
             install: Box::new(move |routes, max_message_bytes| {
+                // What callers send is bounded by the setting; what the
+                // service answers is not made smaller than its largest
+                // answer, or a large stored event could never be read.
                 routes.add_service(
                     AuditServer::new(grpc::AuditGrpc::new(core))
                         .max_decoding_message_size(max_message_bytes)
-                        .max_encoding_message_size(max_message_bytes),
+                        .max_encoding_message_size(max_message_bytes.max(grpc::MAX_ANSWER_BYTES)),
                 );
                 let max_export_bytes = export_guard::MAX_EXPORT_BYTES.max(max_message_bytes);
                 routes.add_service(export_guard::ExportGuard::new(
