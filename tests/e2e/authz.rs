@@ -30,6 +30,7 @@ backend_tests!(
     policies_read_a_keys_tags_and_aliases,
     the_lockout_check_asks_what_a_later_call_will_ask,
     grants_to_an_account_reach_its_principals_through_their_policies,
+    grants_name_keys_and_principals_as_kms_does,
 );
 
 const ALLOW_ALL: &str =
@@ -2904,5 +2905,133 @@ async fn grants_to_an_account_reach_its_principals_through_their_policies(
             "kms:GenerateDataKey",
         );
     }
+    Ok(())
+}
+
+/// The grant operations take a key ID or key ARN, never an alias (the old
+/// way, RetireGrant even made the service-managed key an alias names, for
+/// a caller with no permission at all); a grantee is an account, user or
+/// role, never a Coffer service, which could not use it; and an account
+/// granted RetireGrant passes it on to its principals, as it does the
+/// grant's other operations.
+async fn grants_name_keys_and_principals_as_kms_does(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start_with(backend, admins_only()).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let key = create_key(&mut admin, "", "").await?;
+    admin
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/granted".into(),
+            target_key_id: key.clone(),
+        })
+        .await?;
+    let grant = |key_id: &str, grantee: &str, retiring: &str| pb::CreateGrantRequest {
+        key_id: key_id.into(),
+        grantee_principal: grantee.into(),
+        retiring_principal: retiring.into(),
+        operations: vec!["Decrypt".into(), "RetireGrant".into()],
+        ..Default::default()
+    };
+    let bob = format!("arn:coffer:iam::{ACCOUNT_A}:user/bob");
+    for alias in [
+        "alias/granted",
+        &format!("arn:coffer:kms:eu-west-1:{ACCOUNT_A}:alias/granted"),
+    ] {
+        let status = assert_error(
+            admin.create_grant(grant(alias, &bob, "")).await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+        assert!(status.message().contains("not an alias"), "{status:?}");
+        assert_error(
+            admin
+                .list_grants(pb::ListGrantsRequest {
+                    key_id: alias.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::NotFound,
+            "NotFoundException",
+        );
+    }
+    let service = "arn:coffer:coffer:::service/secrets";
+    for (grantee, retiring, field) in [
+        (service, "", "grantee_principal"),
+        (bob.as_str(), service, "retiring_principal"),
+    ] {
+        let status = assert_error(
+            admin.create_grant(grant(&key, grantee, retiring)).await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+        assert!(status.message().contains(field), "{status:?}");
+    }
+    let status = assert_error(
+        admin
+            .create_grant(pb::CreateGrantRequest {
+                constraints: Some(pb::GrantConstraints {
+                    encryption_context_subset: HashMap::from([(String::new(), "v".into())]),
+                    ..Default::default()
+                }),
+                ..grant(&key, &bob, "")
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert!(
+        status.message().contains("keys must not be empty"),
+        "{status:?}"
+    );
+
+    // Naming an alias makes no service-managed key, whoever asks.
+    let mut mallory = harness.keys_for(ACCOUNT_A, "mallory").await?;
+    let status = assert_error(
+        mallory
+            .retire_grant(pb::RetireGrantRequest {
+                key_id: "alias/coffer/ssm".into(),
+                grant_id: "a".repeat(64),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+    );
+    assert!(!status.message().contains("ssm"), "{status:?}");
+    let keys = admin
+        .list_keys(pb::ListKeysRequest::default())
+        .await?
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+
+    // Granted to account B with RetireGrant: B's principals retire it as
+    // their policies allow.
+    let to_b = admin
+        .create_grant(grant(
+            &key,
+            &format!("arn:coffer:iam::{ACCOUNT_B}:root"),
+            "",
+        ))
+        .await?
+        .into_inner()
+        .grant_id;
+    let mut outsider = harness.keys_for(ACCOUNT_B, "mallory").await?;
+    let retire = |grant_id: &str| pb::RetireGrantRequest {
+        key_id: key.clone(),
+        grant_id: grant_id.into(),
+        ..Default::default()
+    };
+    assert!(outsider.retire_grant(retire(&to_b)).await.is_err());
+    let mut b_admin = harness.keys_for(ACCOUNT_B, "admin").await?;
+    b_admin.retire_grant(retire(&to_b)).await?;
+    let left = admin
+        .list_grants(pb::ListGrantsRequest {
+            key_id: key.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .grants;
+    assert!(left.is_empty(), "{left:?}");
     Ok(())
 }

@@ -382,7 +382,8 @@ impl KeysDomain {
 
     /// Retires a grant and returns its id. Its retiring principal may, and
     /// its grantee when the grant includes RetireGrant; the accounts that
-    /// created it, own its key or are its retiring principal may delegate it
+    /// created it, own its key, are its retiring principal or its grantee
+    /// (with RetireGrant) may delegate it
     /// (kms:RetireGrant in an identity policy). An explicit deny of
     /// kms:RetireGrant in the caller's identity policies stops anyone.
     pub async fn retire_grant(
@@ -441,8 +442,9 @@ impl KeysDomain {
     /// Who may retire a grant (AWS's rules; the key policy has no say:
     /// kms:RetireGrant "is not effective in a key policy"). The principals
     /// the grant names may without any policy; the account that created
-    /// the grant, the key's owner and an account named as retiring
-    /// principal delegate it to their principals through identity policies.
+    /// the grant, the key's owner, an account named as retiring principal
+    /// and an account granted RetireGrant delegate it to their principals
+    /// through identity policies.
     async fn authorize_retire(
         &self,
         caller: &Caller,
@@ -454,16 +456,20 @@ impl KeysDomain {
         let identity = self
             .identity_effect(caller, key, &Access::to("RetireGrant"))
             .await?;
+        let retires = grant
+            .operations
+            .iter()
+            .any(|operation| operation == "RetireGrant");
         let named = grant.retiring_principal.as_deref() == Some(caller.arn())
-            || (grant.grantee_principal == caller.arn()
-                && grant
-                    .operations
-                    .iter()
-                    .any(|operation| operation == "RetireGrant"));
+            || (grant.grantee_principal == caller.arn() && retires);
         let account_root = self.location.account_root(caller.account());
+        // An account named as retiring principal, or as grantee of a grant
+        // that includes RetireGrant, passes the right on to its principals
+        // through their policies, as it does the grant's other operations.
         let delegating = grant.issuing_account == *caller.account()
             || key.account == *caller.account()
-            || grant.retiring_principal.as_deref() == Some(account_root.as_str());
+            || grant.retiring_principal.as_deref() == Some(account_root.as_str())
+            || (retires && grant.grantee_principal == account_root);
         let effect = match identity {
             // The grant names the caller, so it knows of the grant and is
             // told plainly.

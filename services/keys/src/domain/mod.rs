@@ -195,6 +195,14 @@ impl KeysDomain {
                 }
                 account
             }
+            // The grant operations and GetKeyRotationStatus take a key ID or
+            // key ARN only, as in KMS; nor is a service-managed key made for
+            // an alias named there.
+            KeyReference::Alias(text) if reach == Reach::KeyArn => {
+                return Err(KeysError::NotFound(format!(
+                    "Invalid keyId '{text}': this operation takes a key ID or key ARN, not an alias"
+                )));
+            }
             KeyReference::Alias(text) => {
                 return self
                     .resolve_alias(caller, text, reach == Reach::KeyOrAliasArn)
