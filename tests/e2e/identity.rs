@@ -22,7 +22,64 @@ backend_tests!(
     server_certificate_reloads_without_restart,
     client_certificate_reloads_without_restart,
     a_connection_does_not_outlive_its_certificate,
+    one_host_cannot_hold_every_handshake,
 );
+
+/// Connections that never start their TLS handshake hold a slot each for
+/// the handshake's time limit: one host may hold only its share, a
+/// connection past it is closed at once, and other hosts still get in.
+async fn one_host_cannot_hold_every_handshake(backend: Backend) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let harness = Harness::start(backend).await?;
+    let addr: std::net::SocketAddr = harness.keys_addr()?.parse()?;
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "the keys service listens on {addr}"
+    );
+    let from = |host: [u8; 4]| {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((host, 0)))?;
+        anyhow::Ok(socket.connect(addr))
+    };
+    let mut idle = Vec::new();
+    for _ in 0..coffer_platform::tls::MAX_HANDSHAKES_PER_HOST {
+        idle.push(from([127, 0, 0, 1])?.await?);
+    }
+    let mut refused = from([127, 0, 0, 1])?.await?;
+    let mut byte = [0u8; 1];
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(5), refused.read(&mut byte)).await?;
+    assert!(
+        matches!(answer, Ok(0) | Err(_)),
+        "a connection past the host's share was kept: {answer:?}"
+    );
+    // Another host's connection waits for its handshake, as any does.
+    let mut other = from([127, 0, 0, 2])?.await?;
+    let waiting =
+        tokio::time::timeout(std::time::Duration::from_millis(500), other.read(&mut byte)).await;
+    assert!(waiting.is_err(), "another host was refused: {waiting:?}");
+    // Once the idle ones go (which the server sees a moment later), the
+    // host is served again.
+    drop(idle);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let served = match harness.keys_for(ACCOUNT_A, "alice").await {
+            Ok(mut client) => client
+                .list_keys(pb::ListKeysRequest::default())
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if served {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the host was not served again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
 
 /// A connection made with a certificate valid for 2 more seconds serves its
 /// calls until then, and none after: each call checks the certificate's

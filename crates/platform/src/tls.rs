@@ -11,7 +11,7 @@
 //! carrying the peer's [`PeerInfo`], which tonic hands to every request.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,70 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// a file descriptor) each for [`HANDSHAKE_TIMEOUT`]; past it, accepting
 /// waits and new connections queue in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress at most from one host (an IPv4 address, or an
+/// IPv6 /64, which one host is routinely given): one host holding every
+/// slot would keep every other client out. A connection past it is closed
+/// at once.
+pub const MAX_HANDSHAKES_PER_HOST: usize = MAX_HANDSHAKES / 8;
+
+/// The handshakes in progress, by host.
+#[derive(Default)]
+struct HostHandshakes(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One handshake counted against its host while it lasts.
+struct HostSlot {
+    hosts: Arc<HostHandshakes>,
+    host: IpAddr,
+}
+
+impl HostHandshakes {
+    /// The host a peer address counts as.
+    fn host_of(address: IpAddr) -> IpAddr {
+        match address {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+                }
+            },
+            v4 => v4,
+        }
+    }
+
+    fn enter(self: &Arc<Self>, address: IpAddr) -> Option<HostSlot> {
+        let host = Self::host_of(address);
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(host).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_HOST {
+            return None;
+        }
+        *count += 1;
+        Some(HostSlot {
+            hosts: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for HostSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .hosts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.host) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.host);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -317,6 +381,7 @@ pub fn tls_incoming(
     let (sender, receiver) = mpsc::channel(256);
     let trust_domain: Arc<str> = Arc::from(trust_domain);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let hosts = Arc::new(HostHandshakes::default());
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -336,6 +401,10 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            let Some(host_slot) = hosts.enter(remote_addr.ip()) else {
+                tracing::debug!(%remote_addr, "too many handshakes in progress from this host; connection closed");
+                continue;
+            };
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
@@ -344,7 +413,7 @@ pub fn tls_incoming(
             let trust_domain = trust_domain.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(permit);
+                drop((permit, host_slot));
                 let stream = match handshake {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(error)) => {
