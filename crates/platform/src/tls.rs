@@ -41,10 +41,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// waits and new connections queue in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 1024;
 /// Handshakes in progress at most from one host (an IPv4 address, or an
-/// IPv6 /64, which one host is routinely given): one host holding every
-/// slot would keep every other client out. A connection past it is closed
-/// at once.
+/// IPv6 /64, which one host is routinely given) once the server is busy
+/// with more than [`BUSY_HANDSHAKES`]: one host holding every slot would
+/// keep every other client out. A connection past it is closed at once.
+/// Below that, a host may have more, so that a load generator or a proxy
+/// opening many connections at once is not refused by an idle server.
 pub const MAX_HANDSHAKES_PER_HOST: usize = MAX_HANDSHAKES / 8;
+pub const BUSY_HANDSHAKES: usize = MAX_HANDSHAKES / 4;
 
 /// The handshakes in progress, by host.
 #[derive(Default)]
@@ -71,14 +74,17 @@ impl HostHandshakes {
         }
     }
 
-    fn enter(self: &Arc<Self>, address: IpAddr) -> Option<HostSlot> {
+    /// A slot for a handshake from `address`, while `in_progress` are (this
+    /// one included); none when the server is busy and the host has its
+    /// share.
+    fn enter(self: &Arc<Self>, address: IpAddr, in_progress: usize) -> Option<HostSlot> {
         let host = Self::host_of(address);
         let mut counts = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = counts.entry(host).or_insert(0);
-        if *count >= MAX_HANDSHAKES_PER_HOST {
+        if in_progress > BUSY_HANDSHAKES && *count >= MAX_HANDSHAKES_PER_HOST {
             return None;
         }
         *count += 1;
@@ -401,7 +407,8 @@ pub fn tls_incoming(
                     continue;
                 }
             };
-            let Some(host_slot) = hosts.enter(remote_addr.ip()) else {
+            let in_progress = MAX_HANDSHAKES - handshakes.available_permits();
+            let Some(host_slot) = hosts.enter(remote_addr.ip(), in_progress) else {
                 tracing::debug!(%remote_addr, "too many handshakes in progress from this host; connection closed");
                 continue;
             };
