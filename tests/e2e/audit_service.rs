@@ -137,30 +137,10 @@ async fn lookup_pages_every_event_exactly_once_and_sees_only_its_account(
     );
 
     // Account B's CreateKey is not visible to account A, by any attribute.
-    let creates = audit
-        .lookup_events(audit_pb::LookupEventsRequest {
-            lookup_attributes: vec![audit_pb::LookupAttribute {
-                attribute_key: "EventName".into(),
-                attribute_value: "CreateKey".into(),
-            }],
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .events;
+    let creates = events_by(&mut audit, "EventName", "CreateKey").await?;
     assert_eq!(creates.len(), 1);
     assert_eq!(creates[0].username, "alice");
-    let bobs = audit
-        .lookup_events(audit_pb::LookupEventsRequest {
-            lookup_attributes: vec![audit_pb::LookupAttribute {
-                attribute_key: "Username".into(),
-                attribute_value: "bob".into(),
-            }],
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .events;
+    let bobs = events_by(&mut audit, "Username", "bob").await?;
     assert!(bobs.is_empty());
 
     // GetEvent by id; another account's id is as good as missing.
@@ -599,6 +579,25 @@ fn claimed_record(event_id: &str, request_parameters: Value) -> String {
     .to_string()
 }
 
+/// The first page of LookupEvents by one attribute.
+async fn events_by(
+    audit: &mut audit_pb::audit_client::AuditClient<tonic::transport::Channel>,
+    attribute_key: &str,
+    attribute_value: &str,
+) -> anyhow::Result<Vec<audit_pb::Event>> {
+    Ok(audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![audit_pb::LookupAttribute {
+                attribute_key: attribute_key.into(),
+                attribute_value: attribute_value.into(),
+            }],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events)
+}
+
 /// A span carrying an audit record, as a Coffer service exports it.
 fn record_span(record: String) -> Span {
     Span {
@@ -697,18 +696,9 @@ async fn a_small_message_limit_still_answers_large_events(backend: Backend) -> a
     let mut audit = harness
         .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
         .await?;
-    let page = audit
-        .lookup_events(audit_pb::LookupEventsRequest {
-            lookup_attributes: vec![audit_pb::LookupAttribute {
-                attribute_key: "EventSource".into(),
-                attribute_value: "untrusted".into(),
-            }],
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    assert_eq!(page.events.len(), 1);
-    assert!(page.events[0].cloud_trail_event.len() > 100 * 1024);
+    let events = events_by(&mut audit, "EventSource", "untrusted").await?;
+    assert_eq!(events.len(), 1);
+    assert!(events[0].cloud_trail_event.len() > 100 * 1024);
     Ok(())
 }
 
@@ -932,17 +922,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
     let mut audit = harness
         .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
         .await?;
-    let by_source = audit
-        .lookup_events(audit_pb::LookupEventsRequest {
-            lookup_attributes: vec![audit_pb::LookupAttribute {
-                attribute_key: "Username".into(),
-                attribute_value: "alice".into(),
-            }],
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .events;
+    let by_source = events_by(&mut audit, "Username", "alice").await?;
     assert!(by_source.iter().all(|event| event.event_id == forged_id));
     let outsiders = audit
         .get_event(audit_pb::GetEventRequest {
@@ -964,17 +944,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         .await
         .expect_err("another account read an outsider's event");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    let seen = other
-        .lookup_events(audit_pb::LookupEventsRequest {
-            lookup_attributes: vec![audit_pb::LookupAttribute {
-                attribute_key: "EventSource".into(),
-                attribute_value: "untrusted".into(),
-            }],
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .events;
+    let seen = events_by(&mut other, "EventSource", "untrusted").await?;
     assert!(seen.is_empty(), "{seen:?}");
     // A client whose certificate names no Coffer identity is refused.
     let mut stranger = otlp_client(
