@@ -461,13 +461,7 @@ async fn a_shutdown_ends_open_subscriptions(backend: Backend) -> anyhow::Result<
         .await
         .map_err(|_| anyhow::anyhow!("an open subscription held the shutdown"))?;
     // Events stored before the end (the Subscribe call's own) come first.
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await? {
-            Ok(Some(_)) => {}
-            Ok(None) => anyhow::bail!("the stream ended without saying why"),
-            Err(status) => break status,
-        }
-    };
+    let status = status_ending(&mut stream, Duration::from_secs(5)).await?;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("subscribe again"), "{status:?}");
     Ok(())
@@ -527,13 +521,7 @@ async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
             .await?;
     }
     harness.audit_core()?.settled().await;
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
-            Ok(Some(_)) => {}
-            Ok(None) => anyhow::bail!("the stream ended without saying it fell behind"),
-            Err(status) => break status,
-        }
-    };
+    let status = status_ending(&mut stream, Duration::from_secs(10)).await?;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("fell behind"), "{status:?}");
     assert!(
@@ -577,6 +565,21 @@ fn claimed_record(event_id: &str, request_parameters: Value) -> String {
         "resources": [{"ARN": "arn:coffer:kms:eu-west-1:111122223333:key/k", "accountId": ACCOUNT_A, "type": "AWS::KMS::Key"}],
     })
     .to_string()
+}
+
+/// The status a Subscribe stream ends with, past the events before it;
+/// each message is waited for no longer than `wait`.
+async fn status_ending(
+    stream: &mut tonic::Streaming<audit_pb::SubscribeResponse>,
+    wait: Duration,
+) -> anyhow::Result<tonic::Status> {
+    loop {
+        match tokio::time::timeout(wait, stream.message()).await? {
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the stream ended without saying why"),
+            Err(status) => return Ok(status),
+        }
+    }
 }
 
 /// The first page of LookupEvents by one attribute.

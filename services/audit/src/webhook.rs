@@ -196,10 +196,8 @@ impl Dispatcher {
             let outcome = match slots {
                 Ok(_slots) => tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(job))
                     .await
-                    .unwrap_or_else(|_| Err("the request timed out".to_owned().into())),
-                Err(_) => Err("no delivery slot came free before the event's maximum age"
-                    .to_owned()
-                    .into()),
+                    .unwrap_or_else(|_| Err("the request timed out".into())),
+                Err(_) => Err("no delivery slot came free before the event's maximum age".into()),
             };
             let (error, retryable) = match outcome {
                 Ok(()) => {
@@ -266,11 +264,8 @@ impl Dispatcher {
             .target
             .endpoint
             .parse()
-            .map_err(|_| "the endpoint is not a URL".to_owned())?;
-        let host = uri
-            .host()
-            .ok_or("the endpoint has no host".to_owned())?
-            .to_owned();
+            .map_err(|_| "the endpoint is not a URL")?;
+        let host = uri.host().ok_or("the endpoint has no host")?.to_owned();
         let port = uri.port_u16().unwrap_or(443);
         // The address is vetted, then connected to as vetted: a name that
         // resolves again to another address cannot slip past the check.
@@ -292,7 +287,7 @@ impl Dispatcher {
             .map_err(|error| format!("connect: {error}"))?;
         let _nodelay = tcp.set_nodelay(true);
         let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-            .map_err(|_| "the endpoint host is not a valid name".to_owned())?;
+            .map_err(|_| "the endpoint host is not a valid name")?;
         let tls = self
             .tls
             .connect(server_name, tcp)
@@ -346,6 +341,12 @@ enum Failure {
 impl From<String> for Failure {
     fn from(reason: String) -> Self {
         Failure::Other(reason)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(reason: &str) -> Self {
+        Failure::Other(reason.to_owned())
     }
 }
 
