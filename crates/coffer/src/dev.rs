@@ -283,8 +283,9 @@ pub fn dial_address(listen: SocketAddr) -> String {
     }
 }
 
-/// The ready-to-paste commands.
-pub fn instructions(layout: &DevDir, addr: &str, demo: &Demo) -> String {
+/// The ready-to-paste commands, for the region the services run in (the
+/// configuration's, or `COFFER_REGION`'s).
+pub fn instructions(layout: &DevDir, addr: &str, region: &str, demo: &Demo) -> String {
     let tls = format!(
         "-cacert {} -cert {} -key {}",
         layout.ca().display(),
@@ -299,7 +300,7 @@ pub fn instructions(layout: &DevDir, addr: &str, demo: &Demo) -> String {
     );
     let plaintext = STANDARD.encode(DEMO_PLAINTEXT);
     format!(
-        "\nCoffer dev is serving {services} on {addr} (region {DEV_REGION}, account {DEV_ACCOUNT}).\n\
+        "\nCoffer dev is serving {services} on {addr} (region {region}, account {DEV_ACCOUNT}).\n\
          State, CA and identities: {dir}\n\
          Mint more identities: coffer pki issue --dir {dir} --spiffe-id spiffe://{DEV_TRUST_DOMAIN}/account/{DEV_ACCOUNT}/user/alice --out alice\n\
          \n\
@@ -343,7 +344,10 @@ pub async fn run(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let demo = bootstrap_demo(&layout, &addr)
         .await
         .context("creating the demo key")?;
-    println!("{}", instructions(&layout, &addr, &demo));
+    println!(
+        "{}",
+        instructions(&layout, &addr, &settings.location.region, &demo)
+    );
     crate::cli::run_until_signalled(instance).await;
     Ok(())
 }
@@ -376,6 +380,64 @@ mod tests {
         instance.shutdown().await;
         assert!(layout.dir.join("keys.db").exists());
         assert!(layout.dir.join("audit.db").exists());
+        Ok(())
+    }
+
+    /// Services on two addresses share one admin port, which answers for
+    /// both of them.
+    #[tokio::test]
+    async fn the_admin_port_answers_for_every_server() -> anyhow::Result<()> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let directory = tempfile::tempdir()?;
+        let layout = prepare(directory.path(), "127.0.0.1:0".parse()?)?;
+        let environment = [
+            ("COFFER_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("COFFER_SERVICES__AUDIT__LISTEN", "127.0.0.2:0"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let settings = config::load(Some(&layout.config()), environment)?;
+        let instance = crate::launch(
+            &settings,
+            &["keys".to_owned(), "audit".to_owned()],
+            Arc::new(SystemClock),
+        )
+        .await?;
+        assert_ne!(instance.addr_of("keys"), instance.addr_of("audit"));
+        let admin = instance.admin_addr().context("no admin port")?;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
+            .connect()
+            .await?;
+        let mut health = HealthClient::new(channel);
+        for service in ["", "coffer.keys.v1.Keys", "coffer.audit.v1.Audit"] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await?
+                .into_inner()
+                .status;
+            assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+        }
+        instance.shutdown().await;
+        Ok(())
+    }
+
+    /// The printed region is the one the services run in, `COFFER_REGION`
+    /// included, not the one `coffer dev` writes into its file.
+    #[test]
+    fn the_instructions_name_the_region_in_use() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let layout = prepare(directory.path(), "127.0.0.1:0".parse()?)?;
+        let (environment, _) = dev_overrides(vec![("COFFER_REGION".into(), "ap-south-2".into())]);
+        let settings = config::load(Some(&layout.config()), environment)?;
+        let demo = Demo {
+            key_id: "k".into(),
+            ciphertext_base64: "c".into(),
+        };
+        let text = instructions(&layout, "localhost:1", &settings.location.region, &demo);
+        assert!(text.contains("(region ap-south-2, account"), "{text}");
+        assert!(!text.contains(DEV_REGION), "{text}");
         Ok(())
     }
 
