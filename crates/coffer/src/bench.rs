@@ -507,6 +507,7 @@ async fn in_process_target(mode: AuditMode, over_otlp: bool) -> anyhow::Result<T
     let echo = coffer_platform::server::start(ServerParams {
         listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         admin_listener: None,
+        health: None,
         tls: Arc::new(ServerTls::load(settings.tls.clone())?),
         call: coffer_platform::call::CallSettings {
             location: settings.location.clone(),

@@ -349,6 +349,9 @@ pub async fn launch(
         (None, None) => bail!("no audit sink: serve the audit service or name audit.endpoint"),
     };
 
+    // One set of statuses for the whole process: the admin port is served
+    // by one server but answers for the services of all of them.
+    let health = tonic_health::server::HealthReporter::new();
     let mut admin_listen = settings.admin_listen;
     let mut servers = Vec::new();
     for (addr, members) in groups {
@@ -368,6 +371,7 @@ pub async fn launch(
         let server = start(ServerParams {
             listener,
             admin_listener,
+            health: Some(health.clone()),
             tls: tls.clone(),
             call: CallSettings {
                 location: settings.location.clone(),

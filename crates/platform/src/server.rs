@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::audit::AuditSink;
 use crate::audit::outbox::SqlOutbox;
@@ -56,6 +57,10 @@ pub struct ServerParams {
     pub listener: TcpListener,
     /// The plaintext health-only listener, if any.
     pub admin_listener: Option<TcpListener>,
+    /// The statuses this server reports into and answers from. The servers
+    /// of one process share them, so the admin port (on one of them)
+    /// answers for every service the process serves. `None`: its own.
+    pub health: Option<HealthReporter>,
     pub tls: Arc<ServerTls>,
     pub call: CallSettings,
     pub max_message_bytes: usize,
@@ -103,7 +108,8 @@ fn stop_signal() -> (
 
 pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
     let local_addr = params.listener.local_addr().map_err(ServerError::Address)?;
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let health = params.health.unwrap_or_default();
+    let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
 
     let mut descriptor_sets: Vec<&'static [u8]> = vec![tonic_health::pb::FILE_DESCRIPTOR_SET];
     let mut routes = RoutesBuilder::default();
