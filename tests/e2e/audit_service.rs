@@ -32,6 +32,7 @@ backend_tests!(
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
     a_shutdown_ends_open_subscriptions,
+    a_subscriber_that_stopped_reading_still_learns_of_a_shutdown,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
@@ -464,6 +465,62 @@ async fn a_shutdown_ends_open_subscriptions(backend: Backend) -> anyhow::Result<
     let status = status_ending(&mut stream, Duration::from_secs(5)).await?;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("subscribe again"), "{status:?}");
+    Ok(())
+}
+
+/// A subscriber that stopped reading still learns why its subscription
+/// ended: at a shutdown the status waits behind the events already
+/// buffered for it, and is not lost to a full buffer.
+async fn a_subscriber_that_stopped_reading_still_learns_of_a_shutdown(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let mut stream = audit
+        .subscribe(audit_pb::SubscribeRequest {
+            event_pattern: r#"{"detail":{"eventName":["Decrypt"]}}"#.into(),
+        })
+        .await?
+        .into_inner();
+    // More of alice's events than her stream buffers (the channel, and the
+    // client's HTTP/2 window), fewer than the live feed holds.
+    let mut service = otlp_client(
+        &harness,
+        &format!("spiffe://{TRUST_DOMAIN}/service/secrets"),
+    )
+    .await?;
+    let padding = json!({"padding": "p".repeat(4096)});
+    let mine = (0..1000)
+        .map(|index| record_span(claimed_record(&format!("unread-{index}"), padding.clone())));
+    service
+        .export(otlp_request("coffer-secrets", AUDIT_SCOPE, mine.collect()))
+        .await?;
+    harness.audit_core()?.settled().await;
+    let instance = harness
+        .take_instance()
+        .ok_or_else(|| anyhow::anyhow!("not running"))?;
+    let shutdown = tokio::spawn(instance.shutdown());
+    // The subscription ends while its client still reads nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await? {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => {
+                anyhow::bail!("the stream ended without saying why after {received} events")
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("subscribe again"), "{status:?}");
+    // What the live feed still held was not forwarded after the end.
+    assert!(received < 1000, "{received}");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .map_err(|_| anyhow::anyhow!("the shutdown did not end"))??;
     Ok(())
 }
 

@@ -19,7 +19,6 @@ use coffer_platform::error::{ApiError, ErrorCode};
 use coffer_proto::audit::v1 as pb;
 use pb::audit_server::Audit;
 use serde_json::{Value, json};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::core::AuditCore;
@@ -480,7 +479,40 @@ impl AuditGrpc {
     }
 }
 
-type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+/// Events a subscription has buffered for its client (beyond what HTTP/2
+/// holds in flight).
+const SUBSCRIPTION_BUFFER: usize = 256;
+
+/// A subscription's answer: the events forwarded to it, then the status it
+/// ends with, if it ends for a reason (a shutdown, falling behind). The
+/// status waits behind the events already buffered and is never lost to a
+/// full buffer.
+pub struct SubscribeStream {
+    events: tokio::sync::mpsc::Receiver<Result<pb::SubscribeResponse, Status>>,
+    ending: Option<tokio::sync::oneshot::Receiver<Status>>,
+}
+
+impl tokio_stream::Stream for SubscribeStream {
+    type Item = Result<pb::SubscribeResponse, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match self.events.poll_recv(context) {
+            Poll::Ready(None) => {}
+            other => return other,
+        }
+        // The forwarding task has ended: its status, if it left one.
+        let Some(ending) = self.ending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = std::task::ready!(std::pin::Pin::new(ending).poll(context));
+        self.ending = None;
+        Poll::Ready(status.ok().map(Err))
+    }
+}
 
 #[tonic::async_trait]
 impl Audit for AuditGrpc {
@@ -670,23 +702,28 @@ impl Audit for AuditGrpc {
             })?;
         let mut live = self.core.subscribe();
         let closed = self.core.closed();
-        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        let (sender, receiver) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
+        let (ending, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let _permits = (permit, account_slot);
             let mut closed = std::pin::pin!(closed);
+            let shutting_down = || {
+                Status::unavailable(
+                    "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
+                )
+            };
             loop {
                 // A client that went away frees its slot at once, whether or
-                // not anything it would see arrives.
+                // not anything it would see arrives; a shutdown ends the
+                // subscription before anything else.
                 let received = tokio::select! {
-                    received = live.recv() => received,
-                    () = sender.closed() => return,
+                    biased;
                     () = closed.as_mut() => {
-                        let status = Status::unavailable(
-                            "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
-                        );
-                        let _closed = sender.try_send(Err(status));
+                        let _gone = ending.send(shutting_down());
                         return;
                     }
+                    () = sender.closed() => return,
+                    received = live.recv() => received,
                 };
                 let event = match received {
                     Ok(event) => event,
@@ -694,10 +731,9 @@ impl Audit for AuditGrpc {
                     // carries every account's events, and the count would
                     // tell one account how busy the others are.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let status = Status::resource_exhausted(
+                        let _gone = ending.send(Status::resource_exhausted(
                             "the subscriber fell behind and events were skipped; subscribe again and use LookupEvents for the gap",
-                        );
-                        let _closed = sender.send(Err(status)).await;
+                        ));
                         return;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -712,12 +748,24 @@ impl Audit for AuditGrpc {
                 let message = pb::SubscribeResponse {
                     event: Some(event_of(&event.stored)),
                 };
-                if sender.send(Ok(message)).await.is_err() {
-                    return;
+                // A client that stops reading holds this send; a shutdown
+                // still ends the subscription at once.
+                tokio::select! {
+                    biased;
+                    () = closed.as_mut() => {
+                        let _gone = ending.send(shutting_down());
+                        return;
+                    }
+                    sent = sender.send(Ok(message)) => if sent.is_err() {
+                        return;
+                    },
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(SubscribeStream {
+            events: receiver,
+            ending: Some(ended),
+        }))
     }
 
     async fn put_rule(
@@ -1253,7 +1301,39 @@ fn target_record(
 
 #[cfg(test)]
 mod tests {
-    use super::{endpoint_valid, recorded_endpoint};
+    use super::{Status, SubscribeStream, endpoint_valid, pb, recorded_endpoint};
+
+    /// The status a subscription ends with comes after every event already
+    /// buffered for its client, however full the buffer was.
+    #[tokio::test]
+    async fn a_subscription_ends_with_its_status_behind_a_full_buffer() {
+        use tokio_stream::StreamExt as _;
+        let (sender, events) = tokio::sync::mpsc::channel(1);
+        let (ending, ended) = tokio::sync::oneshot::channel();
+        let mut stream = SubscribeStream {
+            events,
+            ending: Some(ended),
+        };
+        sender
+            .try_send(Ok(pb::SubscribeResponse::default()))
+            .expect("room for one");
+        assert!(
+            sender
+                .try_send(Ok(pb::SubscribeResponse::default()))
+                .is_err()
+        );
+        ending
+            .send(Status::unavailable("shutting down"))
+            .expect("the stream waits");
+        drop(sender);
+        assert!(matches!(stream.next().await, Some(Ok(_))));
+        let status = stream.next().await.and_then(Result::err);
+        assert_eq!(
+            status.map(|status| status.code()),
+            Some(tonic::Code::Unavailable)
+        );
+        assert!(stream.next().await.is_none());
+    }
 
     #[test]
     fn webhook_endpoints_are_https_with_a_host_a_numeric_port_and_no_credentials() {
