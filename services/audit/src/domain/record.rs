@@ -30,8 +30,8 @@ pub const MAX_ELEMENTS: usize = 256;
 /// fit in one gRPC message, so every event must fit with room to spare;
 /// CloudTrail caps an event at 256 KB as well.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
-/// Fields a record over [`MAX_RECORD_BYTES`] always keeps (each a capped
-/// string or a small value).
+/// Fields a record over [`MAX_RECORD_BYTES`] keeps while each is at most
+/// [`MAX_KEPT_FIELD_BYTES`] of JSON; a larger one is cut like any other.
 const KEPT_WHEN_CUT: &[&str] = &[
     "eventVersion",
     "eventID",
@@ -49,6 +49,9 @@ const KEPT_WHEN_CUT: &[&str] = &[
     "submittedBy",
     "traceId",
 ];
+/// Largest value (as JSON text) of a field in [`KEPT_WHEN_CUT`] that a cut
+/// keeps: all of them together stay far below the cap.
+const MAX_KEPT_FIELD_BYTES: usize = 1024;
 /// Longest field name kept, with a marker for its value, when a record is
 /// cut; a longer one is removed with its value.
 const MAX_MARKED_KEY_BYTES: usize = 128;
@@ -143,8 +146,10 @@ fn json_len(value: &Value) -> usize {
 fn cap_record(fields: &mut Map<String, Value>, total: usize) {
     let mut sizes: Vec<(String, usize)> = fields
         .iter()
-        .filter(|(name, _)| !KEPT_WHEN_CUT.contains(&name.as_str()))
         .map(|(name, value)| (name.clone(), name.len() + json_len(value)))
+        .filter(|(name, size)| {
+            !KEPT_WHEN_CUT.contains(&name.as_str()) || *size > name.len() + MAX_KEPT_FIELD_BYTES
+        })
         .collect();
     sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     // Room for the markers and the note, generously.
@@ -393,6 +398,10 @@ fn unchanged_event(text: &str) -> Option<StoredEvent> {
     // One line: no control characters outside strings either (inside
     // strings JSON allows none).
     if !text.starts_with('{') || text.bytes().any(|byte| byte < 0x20) {
+        return None;
+    }
+    // Over the cap, it is cut on the other path.
+    if text.len() > MAX_RECORD_BYTES {
         return None;
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
@@ -895,9 +904,31 @@ mod tests {
         for index in 0..200 {
             long_names[format!("{index:0>8192}")] = json!(index);
         }
-        for (case, submitted) in [("wide", wide), ("long names", long_names)] {
+        // Fields always kept are kept only while small: as objects, or
+        // strings of control characters (six bytes each once escaped).
+        let mut wide_kept = record();
+        let big: Map<String, Value> = (0..256)
+            .map(|index| (format!("k{index}"), json!("v".repeat(MAX_STRING_BYTES))))
+            .collect();
+        wide_kept["eventType"] = Value::Object(big.clone());
+        wide_kept["traceId"] = Value::Object(big);
+        for field in ["eventVersion", "awsRegion", "requestID", "errorCode"] {
+            wide_kept[field] = json!("\u{1}".repeat(MAX_STRING_BYTES));
+        }
+        for (case, submitted) in [
+            ("wide", wide),
+            ("long names", long_names),
+            ("wide kept fields", wide_kept),
+        ] {
             for sender in [Sender::Service, OUTSIDER] {
+                // As a value and as the text a service sends.
                 let stored = stored_event(submitted.clone(), sender).unwrap();
+                let from_text = stored_event_from_text(&submitted.to_string(), sender).unwrap();
+                assert!(
+                    from_text.record.len() <= MAX_RECORD_BYTES,
+                    "{case}, from text: {} bytes",
+                    from_text.record.len()
+                );
                 assert!(
                     stored.record.len() <= MAX_RECORD_BYTES,
                     "{case}: {} bytes",
