@@ -422,9 +422,17 @@ fn compile_statement(
 
     let principal = compile_principal(&raw, path, kind, effect)?;
 
+    // KMS accepts a key policy statement without Action or without Resource,
+    // and gives it no effect ("the policy statement has no effect"); an
+    // identity policy must have both.
+    let matches_nothing = || PatternElement {
+        negated: false,
+        patterns: Vec::new(),
+    };
     let actions = match (raw.action, raw.not_action) {
         (Some(listed), None) => compile_actions(listed, &format!("{path}.Action"), false)?,
         (None, Some(listed)) => compile_actions(listed, &format!("{path}.NotAction"), true)?,
+        _ if kind == PolicyKind::Resource => matches_nothing(),
         _ => {
             return Err(PolicyError::MissingAction {
                 path: path.to_owned(),
@@ -438,6 +446,7 @@ fn compile_statement(
         (None, Some(listed)) => {
             compile_resources(listed, &format!("{path}.NotResource"), true, version)?
         }
+        _ if kind == PolicyKind::Resource => matches_nothing(),
         _ => {
             return Err(PolicyError::MissingResource {
                 path: path.to_owned(),

@@ -4,7 +4,10 @@ use coffer_policy::{
     MAX_NESTING_DEPTH, MAX_POLICY_BYTES, Policy, PolicyError, PolicyKind, PolicyVersion,
 };
 
-use crate::support::{identity_error, resource_error};
+use coffer_policy::{DecisionEffect, RequestContext};
+use serde_json::json;
+
+use crate::support::{KEY_ARN, alice, identity_error, resource, resource_error};
 
 /// An identity policy whose single statement is `{ALLOW, extra}`.
 fn statement(extra: &str) -> String {
@@ -436,6 +439,23 @@ fn missing_elements_are_refused() {
         PolicyError::MissingPrincipal {
             path: path("Statement[0]")
         }
+    );
+}
+
+/// KMS: "If either of the required Resource or Action elements are missing
+/// from a key policy statement, the policy statement has no effect", and
+/// PutKeyPolicy succeeds.
+#[test]
+fn a_key_policy_statement_without_action_or_resource_has_no_effect() {
+    let policy = resource(&json!({"Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": "kms:Encrypt"},
+        {"Effect": "Allow", "Principal": "*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "NotResource": "arn:coffer:kms:*:*:key/none"},
+    ]}));
+    let request = RequestContext::new(alice(), "kms:Encrypt", KEY_ARN);
+    assert_eq!(
+        coffer_policy::evaluate(&[&policy], &request).effect,
+        DecisionEffect::ImplicitDeny
     );
 }
 
