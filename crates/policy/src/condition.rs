@@ -3,10 +3,19 @@
 //! The semantics are documented on the crate ("Conditions").
 
 use crate::context::RequestContext;
+use crate::policy::Effect;
 use crate::error::{PolicyError, quoted};
 use crate::glob::{CaseMode, Pattern, PatternSyntax, split_arn_components};
 use crate::json::JsonValue;
 use crate::scalar::{Cidr, Decimal, Instant, parse_instant, parse_request_address};
+
+/// Condition keys (lowercase prefixes) that AWS gives one value, named
+/// after a request's or resource's own keys, which are case-sensitive.
+const SINGLE_VALUED_PREFIXES: &[&str] = &[
+    "kms:encryptioncontext:",
+    "aws:requesttag/",
+    "aws:resourcetag/",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -216,8 +225,9 @@ impl ConditionClause {
         self.operator.qualifier == Some(SetQualifier::ForAllValues)
     }
 
-    /// Whether this clause holds for the request (see the module docs).
-    pub(crate) fn holds(&self, context: &RequestContext) -> bool {
+    /// Whether this clause holds for the request, in a statement of
+    /// `effect` (see the crate docs).
+    pub(crate) fn holds(&self, context: &RequestContext, effect: Effect) -> bool {
         let request_values = context.values_by_lowercase_key(&self.lowercase_key);
         if let ConditionValues::Absent(expected) = &self.values {
             let is_absent = request_values.is_none();
@@ -227,6 +237,12 @@ impl ConditionClause {
         let satisfies = |value: &String| self.any_listed_value_matches(value, context) != negated;
         match (self.operator.qualifier, request_values) {
             (None, None) => self.operator.if_exists || negated,
+            // One key spelled in several cases: each spelling on its own,
+            // the stricter outcome for the statement's effect.
+            (None, Some(values)) if values.len() > 1 && self.single_valued() => match effect {
+                Effect::Deny => values.iter().any(satisfies),
+                Effect::Allow => values.iter().all(satisfies),
+            },
             (None, Some(values)) if negated => values.iter().all(satisfies),
             (None, Some(values)) => values.iter().any(satisfies),
             (Some(SetQualifier::ForAllValues), None) => true,
@@ -234,6 +250,14 @@ impl ConditionClause {
             (Some(SetQualifier::ForAnyValue), None) => false,
             (Some(SetQualifier::ForAnyValue), Some(values)) => values.iter().any(satisfies),
         }
+    }
+
+    /// Whether the key has one value per spelling of its name: several
+    /// values mean several spellings of one name.
+    fn single_valued(&self) -> bool {
+        SINGLE_VALUED_PREFIXES
+            .iter()
+            .any(|prefix| self.lowercase_key.starts_with(prefix))
     }
 
     /// The positive test: does one request value match any listed value?

@@ -82,6 +82,15 @@
 //! - Several request values for a key without a set qualifier: a positive
 //!   operator holds when *any* request value matches; a negated one when
 //!   *no* request value matches (the negation again).
+//! - Keys that are single-valued in AWS but whose names Coffer matches
+//!   without case (`kms:EncryptionContext:<key>`, `aws:RequestTag/<key>`,
+//!   `aws:ResourceTag/<key>`) carry several values when the request spells
+//!   one key in several cases (`env` and `Env`). Each spelling is then
+//!   judged on its own, and the stricter outcome wins: in a `Deny`
+//!   statement the operator holds when it holds for *any* spelling's value,
+//!   in an `Allow` statement only when it holds for *every* one. A second
+//!   spelling therefore cannot switch off a `Deny … StringNotEquals` guard,
+//!   nor satisfy an `Allow … StringEquals` beside a value it forbids.
 //! - `ForAllValues:` holds when every request value satisfies the operator
 //!   (for a negated operator: matches none of the listed values), and when
 //!   the key is missing or empty. `ForAnyValue:` holds when at least one

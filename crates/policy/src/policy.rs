@@ -222,7 +222,9 @@ impl Statement {
     }
 
     pub(crate) fn conditions_hold(&self, context: &RequestContext) -> bool {
-        self.conditions.iter().all(|clause| clause.holds(context))
+        self.conditions
+            .iter()
+            .all(|clause| clause.holds(context, self.effect))
     }
 }
 

@@ -722,3 +722,53 @@ fn version_2008_keeps_dollar_braces_literal() {
     let substituted = crate::support::context_with(&[("x:k", &["alice"])]);
     assert!(!coffer_policy::evaluate(&[&policy], &substituted).is_allowed());
 }
+
+/// A request that spells one tag or encryption-context key in two cases
+/// (`env` and `Env`) carries two values for the one condition key; each is
+/// judged on its own, the stricter way for the statement's effect.
+#[test]
+fn a_key_spelled_in_two_cases_cannot_slip_past_a_condition() {
+    use coffer_policy::{DecisionEffect, evaluate};
+
+    use crate::support::{context_with, single_statement};
+    let two_spellings: &[(&str, &[&str])] = &[("aws:RequestTag/env", &["dev", "prod"])];
+    let allow_all = single_statement(json!({"Effect": "Allow", "Action": "*", "Resource": "*"}));
+    let deny_unless_dev = single_statement(json!({
+        "Effect": "Deny", "Action": "*", "Resource": "*",
+        "Condition": {"StringNotEquals": {"aws:RequestTag/env": "dev"}},
+    }));
+    assert_eq!(
+        evaluate(
+            &[&allow_all, &deny_unless_dev],
+            &context_with(two_spellings)
+        )
+        .effect,
+        DecisionEffect::ExplicitDeny
+    );
+    // One spelling with an allowed value passes the same guard.
+    assert!(
+        evaluate(
+            &[&allow_all, &deny_unless_dev],
+            &context_with(&[("aws:RequestTag/env", &["dev"])])
+        )
+        .is_allowed()
+    );
+    // An Allow needs every spelling to qualify.
+    let tenant_a = json!({"StringEquals": {"kms:EncryptionContext:tenant": "A"}});
+    check(
+        tenant_a.clone(),
+        &[("kms:EncryptionContext:tenant", &["A", "B"])],
+        false,
+    );
+    check(
+        tenant_a,
+        &[("kms:EncryptionContext:tenant", &["A"])],
+        true,
+    );
+    // Keys that are multi-valued keep AWS's rule: any value matches.
+    check(
+        json!({"StringEquals": {"aws:TagKeys": "env"}}),
+        &[("aws:TagKeys", &["env", "Env"])],
+        true,
+    );
+}

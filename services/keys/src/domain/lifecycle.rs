@@ -110,7 +110,8 @@ impl KeysDomain {
         // identity policies must allow on the account's keys, with the same
         // tag conditions. Condition names are case-insensitive and tag keys
         // are not: `Env` and `env` share one `aws:RequestTag/env` with both
-        // values, so a Deny on either value applies.
+        // values, and the policy engine judges each on its own (a Deny on
+        // either applies; an Allow must hold for both).
         let mut request_tags: std::collections::BTreeMap<String, Vec<String>> =
             std::collections::BTreeMap::new();
         for tag in &request.tags {
