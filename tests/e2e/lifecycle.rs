@@ -1078,6 +1078,30 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     assert!(refused[0]["responseElements"].is_null(), "{:#}", refused[0]);
     let all = rotations(&mut client).await?;
     assert_eq!(all.len(), 26);
+    // Oldest first, though the clock stood still for all 25: the last is
+    // the material the key uses now, and dates never go back.
+    let current = describe(&mut client, &key.key_id)
+        .await?
+        .current_key_material_id;
+    let last = all.last().ok_or_else(|| anyhow::anyhow!("no rotations"))?;
+    assert_eq!(last.key_material_id, current);
+    assert_eq!(last.key_material_state, "CURRENT");
+    let dates: Vec<_> = all
+        .iter()
+        .map(|r| r.rotation_date.clone().map(|d| (d.seconds, d.nanos)))
+        .collect();
+    assert!(dates.windows(2).all(|pair| pair[0] < pair[1]), "{dates:?}");
+    let with_first = client
+        .list_key_rotations(pb::ListKeyRotationsRequest {
+            key_id: key.key_id.clone(),
+            include_key_material: "ALL_KEY_MATERIAL".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .rotations;
+    assert_eq!(with_first.len(), 27);
+    assert_eq!(with_first[0].rotation_type, "", "{:?}", with_first[0]);
     assert_eq!(
         all.iter()
             .filter(|r| r.rotation_type == "ON_DEMAND")

@@ -176,12 +176,23 @@ impl KeysDomain {
 
     async fn rotate(&self, mut key: KeyRecord, rotation_type: RotationType) -> Result<KeyRecord> {
         let now_ms = self.now_ms();
+        // A key's materials are listed by their dates, so a new one is dated
+        // after every earlier one: a millisecond later than the last when
+        // rotations come faster than the clock (or a clock stepped back).
+        let latest_ms = self
+            .store
+            .list_materials(&key.key_id)
+            .await?
+            .iter()
+            .map(|material| material.created_at_ms)
+            .max();
+        let dated_ms = latest_ms.map_or(now_ms, |latest| now_ms.max(latest.saturating_add(1)));
         let material = self
             .new_material(
                 &key.account,
                 &key.key_id,
                 key.key_spec,
-                now_ms,
+                dated_ms,
                 Some(rotation_type),
             )
             .await?;
