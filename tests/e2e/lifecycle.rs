@@ -1088,7 +1088,7 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
     assert_eq!(last.key_material_state, "CURRENT");
     let dates: Vec<_> = all
         .iter()
-        .map(|r| r.rotation_date.clone().map(|d| (d.seconds, d.nanos)))
+        .map(|r| r.rotation_date.map(|d| (d.seconds, d.nanos)))
         .collect();
     assert!(dates.windows(2).all(|pair| pair[0] < pair[1]), "{dates:?}");
     let with_first = client

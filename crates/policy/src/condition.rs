@@ -3,10 +3,10 @@
 //! The semantics are documented on the crate ("Conditions").
 
 use crate::context::RequestContext;
-use crate::policy::Effect;
 use crate::error::{PolicyError, quoted};
 use crate::glob::{CaseMode, Pattern, PatternSyntax, split_arn_components};
 use crate::json::JsonValue;
+use crate::policy::Effect;
 use crate::scalar::{Cidr, Decimal, Instant, parse_instant, parse_request_address};
 
 /// Condition keys (lowercase prefixes) that AWS gives one value, named

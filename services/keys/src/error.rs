@@ -229,6 +229,13 @@ pub fn api_error(error: &KeysError) -> ApiError {
                 "Concurrent requests are changing the same resource; retry with backoff.",
             )
         }
+        // Scheduled for deletion between the caller's read of the key and
+        // the write: refused as the state refuses it.
+        KeysError::Store(StoreError::PendingDeletion) => ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "KMSInvalidStateException",
+            "The key is pending deletion.",
+        ),
         KeysError::Store(_) | KeysError::Crypto(_) | KeysError::Internal(_) => {
             tracing::error!(error = %cause_chain(error), "keys request failed");
             let mut internal = ApiError::internal();
@@ -266,5 +273,12 @@ mod tests {
         let error = api_error(&KeysError::Store(StoreError::Corrupt("row 7".into())));
         assert_eq!(error.exception, "KMSInternalException");
         assert_eq!(error.message, coffer_platform::error::INTERNAL_MESSAGE);
+    }
+
+    #[test]
+    fn a_write_that_finds_its_key_pending_deletion_is_an_invalid_state() {
+        let error = api_error(&KeysError::Store(StoreError::PendingDeletion));
+        assert_eq!(error.code, ErrorCode::FailedPrecondition);
+        assert_eq!(error.exception, "KMSInvalidStateException");
     }
 }

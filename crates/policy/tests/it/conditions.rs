@@ -760,11 +760,7 @@ fn a_key_spelled_in_two_cases_cannot_slip_past_a_condition() {
         &[("kms:EncryptionContext:tenant", &["A", "B"])],
         false,
     );
-    check(
-        tenant_a,
-        &[("kms:EncryptionContext:tenant", &["A"])],
-        true,
-    );
+    check(tenant_a, &[("kms:EncryptionContext:tenant", &["A"])], true);
     // Keys that are multi-valued keep AWS's rule: any value matches.
     check(
         json!({"StringEquals": {"aws:TagKeys": "env"}}),

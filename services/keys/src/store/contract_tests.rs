@@ -42,6 +42,7 @@ coffer_platform::store_contract_tests!(
     deleting_a_key_removes_everything_it_owns,
     due_queries_find_only_due_keys,
     tags_are_upserted_and_removed,
+    a_key_pending_deletion_takes_no_tags_or_aliases,
     aliases_are_unique_per_account,
     policies_are_stored_with_the_key_and_keys_are_found_in_any_account,
     grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal,
@@ -414,6 +415,73 @@ async fn due_queries_find_only_due_keys(store: &dyn KeyStore) -> TestResult {
             .await?
             .iter()
             .any(|k| k.key_id == rotating.key_id)
+    );
+    Ok(())
+}
+
+/// Writes decided on a copy of the key read before its deletion was
+/// scheduled are refused once they hold the key, and change nothing.
+async fn a_key_pending_deletion_takes_no_tags_or_aliases(store: &dyn KeyStore) -> TestResult {
+    let owner = account("151515151515");
+    let mut key = stored(store, &owner).await?;
+    let other = stored(store, &owner).await?;
+    let tag = Tag {
+        key: "env".into(),
+        value: "dev".into(),
+    };
+    store
+        .put_tags(&key.key_id, std::slice::from_ref(&tag), 50)
+        .await?;
+    let alias = |name: &str, target: &KeyId| AliasRecord {
+        account: owner.clone(),
+        alias_name: name.into(),
+        target_key_id: target.clone(),
+        created_at_ms: 10,
+        updated_at_ms: 10,
+    };
+    store
+        .create_alias(&alias("alias/elsewhere", &other.key_id), 50)
+        .await?;
+    key.key_state = KeyState::PendingDeletion;
+    key.deletion_date_ms = Some(1_800_000_000_000);
+    key.version = store.update_key(&key, 1_700_000_000_500).await?;
+
+    fn refused<T>(outcome: &Result<T, StoreError>) -> bool {
+        matches!(outcome, Err(StoreError::PendingDeletion))
+    }
+    let new_tag = Tag {
+        key: "late".into(),
+        value: "x".into(),
+    };
+    assert!(refused(&store.put_tags(&key.key_id, &[new_tag], 50).await));
+    assert!(refused(
+        &store.delete_tags(&key.key_id, &["env".to_owned()]).await
+    ));
+    assert_eq!(store.list_tags(&key.key_id).await?, vec![tag]);
+    assert!(refused(
+        &store
+            .create_alias(&alias("alias/late", &key.key_id), 50)
+            .await
+    ));
+    assert!(refused(
+        &store
+            .update_alias(
+                &owner,
+                "alias/elsewhere",
+                &other.key_id,
+                &key.key_id,
+                20,
+                50
+            )
+            .await
+    ));
+    assert_eq!(store.get_alias(&owner, "alias/late").await?, None);
+    assert_eq!(
+        store
+            .get_alias(&owner, "alias/elsewhere")
+            .await?
+            .map(|alias| alias.target_key_id),
+        Some(other.key_id.clone())
     );
     Ok(())
 }

@@ -232,6 +232,11 @@ pub struct AliasRecord {
 pub enum StoreError {
     #[error("a record with this identity already exists")]
     Conflict,
+    /// A write about a key (tags, aliases, grants) found the key pending
+    /// deletion, or deleted, once it held the key's lock: a deletion was
+    /// scheduled after the caller's copy of the key was read.
+    #[error("the key is pending deletion")]
+    PendingDeletion,
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]

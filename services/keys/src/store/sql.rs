@@ -48,8 +48,8 @@ const UPSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALU
 
 /// Takes the key's row lock (a write that changes nothing), so that
 /// concurrent tag writes to one key run one after another and each counts
-/// the other's tags.
-const LOCK_KEY: &str = "UPDATE keys SET version = version WHERE key_id = $1";
+/// the other's tags; a key pending deletion is not locked (nor written to).
+const LOCK_KEY: &str = "UPDATE keys SET version = version WHERE key_id = $1 AND key_state <> $2";
 
 const COUNT_ALIASES: &str = "SELECT COUNT(*) FROM aliases WHERE target_key_id = $1";
 
@@ -493,11 +493,15 @@ macro_rules! sql_key_store {
                 transaction: &mut sqlx::Transaction<'_, <$pool as PoolDatabase>::Database>,
                 key_id: &KeyId,
             ) -> Result<(), StoreError> {
-                sqlx::query(LOCK_KEY)
+                let locked = sqlx::query(LOCK_KEY)
                     .bind(key_id.as_str())
+                    .bind(KeyState::PendingDeletion.as_str())
                     .execute(&mut **transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
+                if locked.rows_affected() == 0 {
+                    return Err(StoreError::PendingDeletion);
+                }
                 Ok(())
             }
 
@@ -772,6 +776,7 @@ macro_rules! sql_key_store {
                 tag_keys: &[String],
             ) -> Result<(), StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                Self::lock_key_in(&mut transaction, key_id).await?;
                 for tag_key in tag_keys {
                     sqlx::query(DELETE_TAG)
                         .bind(key_id.as_str())
