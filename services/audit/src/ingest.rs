@@ -43,18 +43,73 @@ pub const MAX_SPANS_PER_EXPORT: usize = 10_000;
 /// claimed event source: the one value every span of an export repeats.
 const MAX_CLAIMED_SERVICE_BYTES: usize = 256;
 
+/// Forwards of ordinary spans that may wait for the collector at once;
+/// past them a batch is dropped, so a collector that stops answering holds
+/// a bounded amount of memory.
+pub const MAX_FORWARDS_IN_FLIGHT: usize = 32;
+/// How long a forward may take, connecting included.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends ordinary tracing spans on to an OTLP collector, in the background:
+/// an export is never held up by the collector, and at most
+/// [`MAX_FORWARDS_IN_FLIGHT`] forwards wait for it.
+#[derive(Clone)]
+pub struct SpanForwarder {
+    client: TraceServiceClient<tonic::transport::Channel>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl SpanForwarder {
+    /// A forwarder to `endpoint` (`http://` or `https://`), connecting on
+    /// first use.
+    pub fn new(endpoint: &str) -> Result<Self, tonic::transport::Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(FORWARD_TIMEOUT)
+            .timeout(FORWARD_TIMEOUT);
+        Ok(Self {
+            client: TraceServiceClient::new(endpoint.connect_lazy()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT)),
+        })
+    }
+
+    /// Starts forwarding `spans`; `false` when too many forwards already
+    /// wait and they are dropped.
+    pub fn forward(&self, spans: Vec<ResourceSpans>) -> bool {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            tracing::warn!("the span collector is not keeping up: spans dropped");
+            return false;
+        };
+        let mut client = self.client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let request = ExportTraceServiceRequest {
+                resource_spans: spans,
+            };
+            if let Err(status) = client.export(request).await {
+                tracing::warn!(code = ?status.code(), "forwarding spans to the collector failed");
+            }
+        });
+        true
+    }
+
+    /// Forwards waiting for the collector now.
+    pub fn in_flight(&self) -> usize {
+        MAX_FORWARDS_IN_FLIGHT - self.in_flight.available_permits()
+    }
+}
+
 /// The TraceService the audit service serves.
 pub struct OtlpIngest {
     core: Arc<AuditCore>,
     untrusted: UntrustedSpans,
-    forward: Option<TraceServiceClient<tonic::transport::Channel>>,
+    forward: Option<SpanForwarder>,
 }
 
 impl OtlpIngest {
     pub fn new(
         core: Arc<AuditCore>,
         untrusted: UntrustedSpans,
-        forward: Option<TraceServiceClient<tonic::transport::Channel>>,
+        forward: Option<SpanForwarder>,
     ) -> Self {
         Self {
             core,
@@ -251,16 +306,8 @@ impl TraceService for OtlpIngest {
                 });
             }
         }
-        if let (Some(client), false) = (&self.forward, forward.is_empty()) {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                let request = ExportTraceServiceRequest {
-                    resource_spans: forward,
-                };
-                if let Err(status) = client.export(request).await {
-                    tracing::warn!(code = ?status.code(), "forwarding spans to the collector failed");
-                }
-            });
+        if let (Some(forwarder), false) = (&self.forward, forward.is_empty()) {
+            forwarder.forward(forward);
         }
         self.core.ingest(events).await.map_err(|error| {
             tracing::error!(%error, "audit events could not be stored");
@@ -273,5 +320,32 @@ impl TraceService for OtlpIngest {
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_FORWARDS_IN_FLIGHT, SpanForwarder};
+
+    /// A collector that accepts connections and never answers holds at most
+    /// [`MAX_FORWARDS_IN_FLIGHT`] forwards; the rest are dropped at once.
+    #[tokio::test]
+    async fn a_silent_collector_holds_a_bounded_number_of_forwards()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let held = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                connections.push(connection);
+            }
+        });
+        let forwarder = SpanForwarder::new(&format!("http://{addr}"))?;
+        let started = (0..100).filter(|_| forwarder.forward(Vec::new())).count();
+        assert_eq!(started, MAX_FORWARDS_IN_FLIGHT);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(forwarder.in_flight(), MAX_FORWARDS_IN_FLIGHT);
+        held.abort();
+        Ok(())
     }
 }

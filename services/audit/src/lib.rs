@@ -39,7 +39,6 @@ use coffer_platform::config::{DatabaseSettings, UntrustedSpans};
 use coffer_platform::db::{DbError, DbPool, connect as connect_database};
 use coffer_platform::server::ServiceRegistration;
 use coffer_proto::audit::v1::audit_server::AuditServer;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 
 pub use crate::core::AuditCore;
@@ -84,7 +83,7 @@ pub struct AuditOptions {
 pub struct AuditService {
     pub core: Arc<AuditCore>,
     untrusted_spans: UntrustedSpans,
-    forward: Option<TraceServiceClient<tonic::transport::Channel>>,
+    forward: Option<ingest::SpanForwarder>,
 }
 
 /// How long a start waits for the ingest journal held by another holder
@@ -124,15 +123,15 @@ pub async fn connect(
         tracing::error!(%error, "event rules could not be loaded");
     }
     let forward =
-        options.forward_spans_to.and_then(
-            |endpoint| match tonic::transport::Endpoint::from_shared(endpoint) {
-                Ok(endpoint) => Some(TraceServiceClient::new(endpoint.connect_lazy())),
+        options
+            .forward_spans_to
+            .and_then(|endpoint| match ingest::SpanForwarder::new(&endpoint) {
+                Ok(forwarder) => Some(forwarder),
                 Err(error) => {
                     tracing::error!(%error, "audit.forward_spans_to is not a valid endpoint");
                     None
                 }
-            },
-        );
+            });
     Ok((
         AuditService {
             core,
