@@ -475,15 +475,7 @@ async fn a_subscriber_that_stopped_reading_still_learns_of_a_shutdown(
     backend: Backend,
 ) -> anyhow::Result<()> {
     let mut harness = Harness::start(backend).await?;
-    let mut audit = harness
-        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
-        .await?;
-    let mut stream = audit
-        .subscribe(audit_pb::SubscribeRequest {
-            event_pattern: r#"{"detail":{"eventName":["Decrypt"]}}"#.into(),
-        })
-        .await?
-        .into_inner();
+    let mut stream = alices_decrypt_subscription(&harness).await?;
     // More of alice's events than her stream buffers (the channel, and the
     // client's HTTP/2 window), fewer than the live feed holds.
     let mut service = otlp_client(
@@ -531,15 +523,7 @@ async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
     backend: Backend,
 ) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
-    let mut audit = harness
-        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
-        .await?;
-    let mut stream = audit
-        .subscribe(audit_pb::SubscribeRequest {
-            event_pattern: r#"{"detail":{"eventName":["Decrypt"]}}"#.into(),
-        })
-        .await?
-        .into_inner();
+    let mut stream = alices_decrypt_subscription(&harness).await?;
     let record = |account: &str, index: usize, padding: usize| {
         json!({
             "requestParameters": {"padding": "p".repeat(padding)},
@@ -622,6 +606,21 @@ fn claimed_record(event_id: &str, request_parameters: Value) -> String {
         "resources": [{"ARN": "arn:coffer:kms:eu-west-1:111122223333:key/k", "accountId": ACCOUNT_A, "type": "AWS::KMS::Key"}],
     })
     .to_string()
+}
+
+/// Alice's subscription to Decrypt events.
+async fn alices_decrypt_subscription(
+    harness: &Harness,
+) -> anyhow::Result<tonic::Streaming<audit_pb::SubscribeResponse>> {
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    Ok(audit
+        .subscribe(audit_pb::SubscribeRequest {
+            event_pattern: r#"{"detail":{"eventName":["Decrypt"]}}"#.into(),
+        })
+        .await?
+        .into_inner())
 }
 
 /// The status a Subscribe stream ends with, past the events before it;
