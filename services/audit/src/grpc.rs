@@ -706,60 +706,54 @@ impl Audit for AuditGrpc {
         let (ending, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let _permits = (permit, account_slot);
-            let mut closed = std::pin::pin!(closed);
-            let shutting_down = || {
-                Status::unavailable(
-                    "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
-                )
+            // Events go to the client until it goes away or falls behind;
+            // the latter ends the subscription with a status.
+            let forwarding = async {
+                loop {
+                    // A client that went away frees its slot at once,
+                    // whether or not anything it would see arrives.
+                    let received = tokio::select! {
+                        () = sender.closed() => return None,
+                        received = live.recv() => received,
+                    };
+                    let event = match received {
+                        Ok(event) => event,
+                        // How many were skipped is not said: the live feed
+                        // carries every account's events, and the count would
+                        // tell one account how busy the others are.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            return Some(Status::resource_exhausted(
+                                "the subscriber fell behind and events were skipped; subscribe again and use LookupEvents for the gap",
+                            ));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    };
+                    if !event.stored.visible_to(&account)
+                        || filter
+                            .as_ref()
+                            .is_some_and(|filter| !filter.matches(&event.envelope))
+                    {
+                        continue;
+                    }
+                    let message = pb::SubscribeResponse {
+                        event: Some(event_of(&event.stored)),
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return None;
+                    }
+                }
             };
-            loop {
-                // A client that went away frees its slot at once, whether or
-                // not anything it would see arrives; a shutdown ends the
-                // subscription before anything else.
-                let received = tokio::select! {
-                    biased;
-                    () = closed.as_mut() => {
-                        let _gone = ending.send(shutting_down());
-                        return;
-                    }
-                    () = sender.closed() => return,
-                    received = live.recv() => received,
-                };
-                let event = match received {
-                    Ok(event) => event,
-                    // How many were skipped is not said: the live feed
-                    // carries every account's events, and the count would
-                    // tell one account how busy the others are.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let _gone = ending.send(Status::resource_exhausted(
-                            "the subscriber fell behind and events were skipped; subscribe again and use LookupEvents for the gap",
-                        ));
-                        return;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                if !event.stored.visible_to(&account)
-                    || filter
-                        .as_ref()
-                        .is_some_and(|filter| !filter.matches(&event.envelope))
-                {
-                    continue;
-                }
-                let message = pb::SubscribeResponse {
-                    event: Some(event_of(&event.stored)),
-                };
-                // A client that stops reading holds this send; a shutdown
-                // still ends the subscription at once.
-                tokio::select! {
-                    biased;
-                    () = closed.as_mut() => {
-                        let _gone = ending.send(shutting_down());
-                        return;
-                    }
-                    sent = sender.send(Ok(message)) => if sent.is_err() {
-                        return;
-                    },
-                }
+            // A shutdown ends the subscription at once, even while a client
+            // that stopped reading holds a send.
+            let status = tokio::select! {
+                biased;
+                () = closed => Some(Status::unavailable(
+                    "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
+                )),
+                status = forwarding => status,
+            };
+            if let Some(status) = status {
+                let _gone = ending.send(status);
             }
         });
         Ok(Response::new(SubscribeStream {
