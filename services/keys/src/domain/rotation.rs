@@ -152,10 +152,8 @@ impl KeysDomain {
             self.check_state(&key, KeyOperation::RotateOnDemand)?;
             self.ensure_rotatable(&key, "RotateKeyOnDemand")?;
             self.ensure_customer_managed(&key, "RotateKeyOnDemand")?;
-            let on_demand = self
-                .store
-                .list_materials(&key.key_id)
-                .await?
+            let materials = self.store.list_materials(&key.key_id).await?;
+            let on_demand = materials
                 .iter()
                 .filter(|material| material.rotation_type == Some(RotationType::OnDemand))
                 .count();
@@ -166,7 +164,7 @@ impl KeysDomain {
                 )));
             }
             caller.record_response(json!({ "keyId": self.key_arn(&key.account, &key.key_id) }));
-            match self.rotate(key, RotationType::OnDemand).await {
+            match self.rotate(key, RotationType::OnDemand, &materials).await {
                 Err(KeysError::Store(StoreError::Conflict)) => continue,
                 outcome => return outcome,
             }
@@ -174,15 +172,19 @@ impl KeysDomain {
         Err(StoreError::Conflict.into())
     }
 
-    async fn rotate(&self, mut key: KeyRecord, rotation_type: RotationType) -> Result<KeyRecord> {
+    /// Makes new material current; `materials` are the key's as read with
+    /// `key` (a concurrent rotation fails the versioned write).
+    async fn rotate(
+        &self,
+        mut key: KeyRecord,
+        rotation_type: RotationType,
+        materials: &[MaterialRecord],
+    ) -> Result<KeyRecord> {
         let now_ms = self.now_ms();
         // A key's materials are listed by their dates, so a new one is dated
         // after every earlier one: a millisecond later than the last when
         // rotations come faster than the clock (or a clock stepped back).
-        let latest_ms = self
-            .store
-            .list_materials(&key.key_id)
-            .await?
+        let latest_ms = materials
             .iter()
             .map(|material| material.created_at_ms)
             .max();
@@ -227,7 +229,8 @@ impl KeysDomain {
                 let mut change = self.service_event("RotateKey", &key);
                 change.details["rotationType"] = RotationType::Automatic.as_str().into();
                 let rotation = async {
-                    match self.rotate(key, RotationType::Automatic).await {
+                    let materials = self.store.list_materials(&key.key_id).await?;
+                    match self.rotate(key, RotationType::Automatic, &materials).await {
                         Ok(key) => Ok(Some(key)),
                         Err(KeysError::Store(StoreError::Conflict)) => Ok(None),
                         Err(other) => Err(other),
