@@ -134,6 +134,27 @@ pub fn decoded_estimate(message: &[u8]) -> Result<usize, Refusal> {
     Ok(total)
 }
 
+/// What the messages of a gRPC request body (each frame a flag byte, a
+/// 4-byte length and a message) take once decoded together, at most.
+///
+/// A unary call keeps its first message while the server decodes, and
+/// drops, any that follow it, so every frame counts, not only the first.
+/// The walk stops at the first frame the service would refuse without
+/// decoding it: a compressed one (the service takes no compression) or
+/// one cut short.
+pub fn frames_estimate(mut body: &[u8]) -> Result<usize, Refusal> {
+    let mut total = 0usize;
+    while let Some((&0, rest)) = body.split_first()
+        && let Some((length, rest)) = rest.split_first_chunk::<4>()
+        && let Ok(length) = usize::try_from(u32::from_be_bytes(*length))
+        && let Some((message, rest)) = rest.split_at_checked(length)
+    {
+        add(&mut total, decoded_estimate(message)?)?;
+        body = rest;
+    }
+    Ok(total)
+}
+
 fn walk(bytes: &[u8], shape: Shape, depth: usize, total: &mut usize) -> Result<(), Refusal> {
     if depth > MAX_DEPTH {
         return Err(Refusal::Malformed);
@@ -236,13 +257,7 @@ where
                 .into_http());
             };
             let bytes = collected.to_bytes();
-            // A compressed frame, or anything but one whole frame, is left to
-            // the service, which refuses it without decoding a message.
-            if let Some((&0, rest)) = bytes.split_first()
-                && let Some((length, message)) = rest.split_first_chunk::<4>()
-                && usize::try_from(u32::from_be_bytes(*length)).ok() == Some(message.len())
-                && let Err(refusal) = decoded_estimate(message)
-            {
+            if let Err(refusal) = frames_estimate(&bytes) {
                 let message = match refusal {
                     Refusal::Malformed => "the export is not a valid OTLP trace export".to_owned(),
                     Refusal::TooLargeDecoded => format!(
@@ -350,5 +365,75 @@ mod tests {
         );
         assert_eq!(decoded_estimate(&[0x0b]), Err(Refusal::Malformed));
         assert_eq!(decoded_estimate(&[]), Ok(Shape::Request.decoded_size()));
+    }
+
+    /// The service behind the guard in these tests: counts the requests
+    /// that reach it.
+    #[derive(Clone, Default)]
+    struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Service<http::Request<Body>> for Counter {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    fn frame(message: &[u8]) -> Vec<u8> {
+        let mut framed = vec![0];
+        framed.extend_from_slice(
+            &u32::try_from(message.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        framed.extend_from_slice(message);
+        framed
+    }
+
+    /// The gRPC status of the guard's answer to `body`, or None when it
+    /// passed the body on.
+    async fn guard(body: Vec<u8>) -> (Option<tonic::Code>, usize) {
+        let counter = Counter::default();
+        let mut guard = ExportGuard::new(counter.clone(), MAX_EXPORT_BYTES);
+        let request = http::Request::new(Body::new(Full::new(tonic::codegen::Bytes::from(body))));
+        let Ok(answer) = guard.call(request).await;
+        let code = answer
+            .headers()
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i32>().ok())
+            .map(tonic::Code::from);
+        (code, counter.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_flood_in_the_first_of_two_frames_is_refused_unread() {
+        // A unary server decodes every frame of the body, so a flood in the
+        // first frame is decoded whatever follows it: here an empty frame.
+        let flood = request(vec![Span::default(); 2_000_000]).encode_to_vec();
+        let mut body = frame(&flood);
+        body.extend(frame(&[]));
+        assert_eq!(guard(body).await, (Some(tonic::Code::InvalidArgument), 0));
+        // ... or a byte of a frame cut short.
+        let mut body = frame(&flood);
+        body.push(0);
+        assert_eq!(guard(body).await, (Some(tonic::Code::InvalidArgument), 0));
+        // Two ordinary frames pass, for the service to refuse as it does.
+        let plain = request(vec![span_with_record("{}")]).encode_to_vec();
+        let mut body = frame(&plain);
+        body.extend(frame(&plain));
+        assert_eq!(guard(body).await, (None, 1));
+        // So does a compressed frame, which the service refuses undecoded.
+        let mut body = frame(&flood);
+        body[0] = 1;
+        assert_eq!(guard(body).await, (None, 1));
     }
 }
