@@ -230,9 +230,10 @@ pub async fn launch(
             .collect();
         let transport: Arc<dyn ExportTransport> = match (&settings.audit.endpoint, &audit_service) {
             (Some(endpoint), _) => {
-                let client_tls = ClientTls::from_files(
+                let client_tls = ClientTls::service_from_files(
                     &settings.tls.ca_file,
-                    Some((&settings.tls.cert_file, &settings.tls.key_file)),
+                    (&settings.tls.cert_file, &settings.tls.key_file),
+                    &settings.trust_domain,
                 )
                 .context("loading the audit client identity")?;
                 let channel = client_tls

@@ -17,7 +17,10 @@ use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -27,6 +30,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::call::{CallContext, FORWARDED_FOR_HEADER, FORWARDED_SOURCE_IP_HEADER};
+use crate::identity::principal_from_certificate;
 use crate::tls::{
     FileStamp, Reloading, TlsError, read_certificates, read_file, read_private_key, stamp,
 };
@@ -47,6 +51,8 @@ pub enum ClientError {
 struct ClientFiles {
     ca_file: PathBuf,
     identity: Option<(PathBuf, PathBuf)>,
+    /// When set, the server must be a Coffer service of this trust domain.
+    service_of: Option<String>,
 }
 
 impl ClientFiles {
@@ -66,7 +72,7 @@ impl ClientFiles {
             }
             None => None,
         };
-        client_config(&self.ca_file, &ca, identity)
+        client_config(&self.ca_file, &ca, identity, self.service_of.as_deref())
     }
 }
 
@@ -77,13 +83,27 @@ fn client_config(
         Vec<rustls::pki_types::CertificateDer<'static>>,
         rustls::pki_types::PrivateKeyDer<'static>,
     )>,
+    service_of: Option<&str>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let roots = crate::tls::root_store_from_pem(ca_source, ca_pem)?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|error| TlsError::Rustls(error.to_string()))?
-        .with_root_certificates(roots);
+        .map_err(|error| TlsError::Rustls(error.to_string()))?;
+    let builder = match service_of {
+        Some(trust_domain) => {
+            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|error| TlsError::Rustls(error.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ServiceVerifier {
+                    chain,
+                    trust_domain: trust_domain.to_owned(),
+                }))
+        }
+        None => builder.with_root_certificates(roots),
+    };
     let mut config = match identity {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
@@ -92,6 +112,87 @@ fn client_config(
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The server check of a service calling another: the certificate must
+/// chain to the CA and name the host, as for any client, and also name a
+/// Coffer service of the trust domain by its SPIFFE id. The CA issues
+/// certificates to users and roles too, and any of them may name any host;
+/// without this check, whoever holds one and can redirect a service's
+/// traffic would receive what the service sends (the audit trail).
+#[derive(Debug)]
+struct ServiceVerifier {
+    chain: Arc<WebPkiServerVerifier>,
+    trust_domain: String,
+}
+
+/// Why a server was refused by [`ServiceVerifier`].
+#[derive(Error)]
+#[error("the server's certificate does not name a Coffer service of {trust_domain}: {reason}")]
+struct NotAService {
+    trust_domain: String,
+    reason: String,
+}
+
+/// rustls shows the error in its own text by `Debug`: the sentence.
+impl std::fmt::Debug for NotAService {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, formatter)
+    }
+}
+
+impl ServerCertVerifier for ServiceVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let reason = match principal_from_certificate(end_entity, &self.trust_domain) {
+            Ok(certified) if certified.principal.is_service() => return Ok(verified),
+            Ok(certified) => format!("it names {}", certified.principal.spiffe_id()),
+            Err(error) => error.to_string(),
+        };
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(NotAService {
+                trust_domain: self.trust_domain.clone(),
+                reason,
+            }))),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain
+            .verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain
+            .verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
 }
 
 #[derive(Debug)]
@@ -115,9 +216,29 @@ impl ClientTls {
         ca_file: &Path,
         identity: Option<(&Path, &Path)>,
     ) -> Result<Self, ClientError> {
+        Self::from_files_checked(ca_file, identity, None)
+    }
+
+    /// As [`Self::from_files`], for a service calling another: the server
+    /// must also present a Coffer service's certificate of `trust_domain`
+    /// (`spiffe://{trust_domain}/service/{name}`), not a user's or role's.
+    pub fn service_from_files(
+        ca_file: &Path,
+        identity: (&Path, &Path),
+        trust_domain: &str,
+    ) -> Result<Self, ClientError> {
+        Self::from_files_checked(ca_file, Some(identity), Some(trust_domain))
+    }
+
+    fn from_files_checked(
+        ca_file: &Path,
+        identity: Option<(&Path, &Path)>,
+        service_of: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let files = ClientFiles {
             ca_file: ca_file.to_owned(),
             identity: identity.map(|(cert, key)| (cert.to_owned(), key.to_owned())),
+            service_of: service_of.map(str::to_owned),
         };
         let stamps = files.stamps();
         let config = Arc::new(files.load()?);
@@ -126,6 +247,23 @@ impl ClientTls {
 
     /// Trust `ca_pem`; present the PEM certificate chain and key when given.
     pub fn from_pem(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Self, ClientError> {
+        Self::from_pem_checked(ca_pem, identity, None)
+    }
+
+    /// As [`Self::service_from_files`], from PEM given in memory.
+    pub fn service_from_pem(
+        ca_pem: &[u8],
+        identity: (&[u8], &[u8]),
+        trust_domain: &str,
+    ) -> Result<Self, ClientError> {
+        Self::from_pem_checked(ca_pem, Some(identity), Some(trust_domain))
+    }
+
+    fn from_pem_checked(
+        ca_pem: &[u8],
+        identity: Option<(&[u8], &[u8])>,
+        service_of: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let source = Path::new("the CA certificate given");
         let identity = match identity {
             Some((cert_pem, key_pem)) => Some((
@@ -134,7 +272,7 @@ impl ClientTls {
             )),
             None => None,
         };
-        let config = Arc::new(client_config(source, ca_pem, identity)?);
+        let config = Arc::new(client_config(source, ca_pem, identity, service_of)?);
         Ok(Self::with_source(None, [None, None, None], config))
     }
 
@@ -323,7 +461,93 @@ impl Interceptor for ForwardCaller {
 mod tests {
     use super::*;
     use crate::identity::principal_from_spiffe_id;
+    use crate::pki::{Authority, IssuedIdentity};
     use crate::trace::TraceContext;
+
+    const TD: &str = "coffer.test";
+
+    /// A loopback TLS server (h2 by ALPN) presenting `identity`; `host:port`.
+    async fn serve_tls(identity: &IssuedIdentity) -> Result<String, Box<dyn std::error::Error>> {
+        let chain =
+            crate::tls::certificates_from_pem(Path::new("cert"), identity.cert_pem.as_bytes())?;
+        let key = crate::tls::private_key_from_pem(Path::new("key"), identity.key_pem.as_bytes())?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let stream = acceptor.accept(tcp).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    drop(stream);
+                });
+            }
+        });
+        Ok(addr)
+    }
+
+    /// Runs the client's TLS handshake with `addr` as `localhost`.
+    async fn handshake(tls: &ClientTls, addr: &str) -> Result<(), String> {
+        let mut connect = tls
+            .connector("localhost", addr)
+            .map_err(|error| error.to_string())?;
+        let uri: Uri = format!("http://{addr}")
+            .parse()
+            .map_err(|error: http::uri::InvalidUri| error.to_string())?;
+        tower::Service::call(&mut connect, uri)
+            .await
+            .map(drop)
+            .map_err(|error| error.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_service_client_takes_only_a_services_certificate()
+    -> Result<(), Box<dyn std::error::Error>> {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        crate::pki::init_ca(dir.path(), TD)?;
+        let authority = Authority::load(dir.path())?;
+        let localhost = ["localhost".to_owned()];
+        let issue = |spiffe_id: &str| authority.issue(spiffe_id, &localhost, &[]);
+        let ca = authority.cert_pem().as_bytes();
+        let client = issue("spiffe://coffer.test/service/keys")?;
+        let client_identity = (client.cert_pem.as_bytes(), client.key_pem.as_bytes());
+        let service_client = ClientTls::service_from_pem(ca, client_identity, TD)?;
+        let any_client = ClientTls::from_pem(ca, Some(client_identity))?;
+
+        // A user's certificate from the same CA, naming the same host.
+        let impostor = serve_tls(&issue(
+            "spiffe://coffer.test/account/111122223333/user/mallory",
+        )?)
+        .await?;
+        let refusal = handshake(&service_client, &impostor)
+            .await
+            .err()
+            .ok_or("a user's certificate was taken for a service's")?;
+        assert!(
+            refusal.contains("does not name a Coffer service of coffer.test")
+                && refusal.contains("user/mallory"),
+            "{refusal}"
+        );
+        // Only the name and the chain are checked for other clients.
+        handshake(&any_client, &impostor).await?;
+
+        // The audit service's certificate, or another service's when one
+        // process serves several.
+        for service in ["audit", "keys"] {
+            let server =
+                serve_tls(&issue(&format!("spiffe://coffer.test/service/{service}"))?).await?;
+            handshake(&service_client, &server).await?;
+        }
+        Ok(())
+    }
 
     #[test]
     fn forwards_caller_source_and_trace() -> Result<(), Box<dyn std::error::Error>> {
