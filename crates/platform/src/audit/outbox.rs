@@ -8,9 +8,10 @@
 //! together. After the call the call layer queues the final event (with its
 //! response elements) on the exporter, which removes the row once the audit
 //! service acknowledged it. The [`spawn_relay`] task sends rows the live path
-//! did not clear: rows of an earlier process (a crash) at once, this
-//! process's after `grace`. The audit service de-duplicates by event id, so
-//! a row sent twice is stored once.
+//! did not clear once they are older than `grace`, whichever process wrote
+//! them: a row of another boot id may be a crashed process's, or a live
+//! replica's on the same database, which clears it itself. The audit
+//! service de-duplicates by event id, so a row sent twice is stored once.
 //!
 //! A row holds the event as it stood at commit. Domain code records what a
 //! change's event says of it (resources, response elements) before it
@@ -32,8 +33,10 @@ use crate::db::DbPool;
 pub const INSERT_ROW: &str = "INSERT INTO audit_outbox (event_id, boot_id, created_at_ms, record) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING";
 
+/// Rows older than the grace period, whichever process wrote them: replicas
+/// share a Postgres schema, so another boot's row may be a live call's.
 const SELECT_DUE: &str = "SELECT event_id, record FROM audit_outbox \
-     WHERE boot_id <> $1 OR created_at_ms < $2 ORDER BY created_at_ms, event_id LIMIT $3";
+     WHERE created_at_ms < $1 ORDER BY created_at_ms, event_id LIMIT $2";
 
 tokio::task_local! {
     static CURRENT: Arc<OutboxSlot>;
@@ -133,14 +136,13 @@ impl SqlOutbox {
         &self.boot_id
     }
 
-    /// Rows the relay should send: another process's, or this one's older
-    /// than `grace`.
+    /// Rows the relay should send: those older than `grace`, this
+    /// process's or another's.
     pub async fn due(&self, grace: Duration, limit: u32) -> Result<Vec<EncodedEvent>, sqlx::Error> {
-        let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX));
         let limit = i64::from(limit);
         let rows: Vec<(String, String)> = match &self.pool {
             DbPool::Postgres(pool) => sqlx::query(SELECT_DUE)
-                .bind(self.boot_id.as_ref())
                 .bind(cutoff)
                 .bind(limit)
                 .fetch_all(pool)
@@ -149,7 +151,6 @@ impl SqlOutbox {
                 .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                 .collect::<Result<_, sqlx::Error>>()?,
             DbPool::Sqlite(pool) => sqlx::query(SELECT_DUE)
-                .bind(self.boot_id.as_ref())
                 .bind(cutoff)
                 .bind(limit)
                 .fetch_all(pool)
@@ -290,4 +291,87 @@ pub fn spawn_relay(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{MigrationFile, Migrations, testing};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const OUTBOX_TABLE: &[MigrationFile] = &[MigrationFile {
+        version: 1,
+        description: "audit outbox",
+        sql: "CREATE TABLE audit_outbox (event_id TEXT PRIMARY KEY, boot_id TEXT NOT NULL, \
+              created_at_ms BIGINT NOT NULL, record TEXT NOT NULL)",
+    }];
+    const MIGRATIONS: Migrations = Migrations {
+        postgres: OUTBOX_TABLE,
+        sqlite: OUTBOX_TABLE,
+    };
+
+    async fn insert(pool: &DbPool, row: &OutboxRow) -> Result<(), sqlx::Error> {
+        match pool {
+            DbPool::Postgres(pool) => {
+                sqlx::query(INSERT_ROW)
+                    .bind(&row.event_id)
+                    .bind(&row.boot_id)
+                    .bind(row.created_at_ms)
+                    .bind(&row.record)
+                    .execute(pool)
+                    .await?;
+            }
+            DbPool::Sqlite(pool) => {
+                sqlx::query(INSERT_ROW)
+                    .bind(&row.event_id)
+                    .bind(&row.boot_id)
+                    .bind(row.created_at_ms)
+                    .bind(&row.record)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replicas share one outbox table: a replica relays another's row only
+    /// once it is as old as its own would have to be.
+    async fn another_replicas_fresh_row_is_not_due(pool: DbPool) -> TestResult {
+        let (one, other) = (SqlOutbox::new(pool.clone()), SqlOutbox::new(pool.clone()));
+        let row = |event_id: &str, age_ms: i64| OutboxRow {
+            event_id: event_id.to_owned(),
+            boot_id: one.boot_id().to_string(),
+            created_at_ms: now_ms() - age_ms,
+            record: r#"{"eventName":"CreateKey"}"#.to_owned(),
+        };
+        let grace = Duration::from_secs(15);
+        insert(&pool, &row("fresh", 1_000)).await?;
+        insert(&pool, &row("stale", 60_000)).await?;
+        for outbox in [&one, &other] {
+            let due: Vec<String> = outbox
+                .due(grace, 10)
+                .await?
+                .into_iter()
+                .map(|event| event.event_id)
+                .collect();
+            assert_eq!(due, ["stale"]);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn another_replicas_fresh_row_is_not_due_sqlite() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let pool = testing::sqlite_pool(directory.path(), "outbox.db", &MIGRATIONS).await?;
+        another_replicas_fresh_row_is_not_due(pool).await
+    }
+
+    #[tokio::test]
+    async fn another_replicas_fresh_row_is_not_due_postgres() -> TestResult {
+        match testing::postgres_pool("outbox", &MIGRATIONS).await? {
+            Some(pool) => another_replicas_fresh_row_is_not_due(pool).await,
+            None => Ok(()),
+        }
+    }
 }
