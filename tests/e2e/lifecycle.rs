@@ -26,6 +26,7 @@ backend_tests!(
     service_managed_keys_are_created_on_first_use_and_protected,
     re_encrypt_moves_ciphertext_between_keys,
     answers_and_events_name_the_key_material,
+    a_key_the_scheduler_cannot_change_holds_up_no_other,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -924,6 +925,119 @@ async fn enabling_rotation_again_keeps_its_schedule(backend: Backend) -> anyhow:
         })
         .await?;
     assert!((enable(95).await? - (clock_now_seconds(&clock) + 95 * day)).abs() <= 1);
+    Ok(())
+}
+
+/// A key whose deletion or rotation keeps failing (here a trigger in the
+/// database refuses it) is left for the next run, and the keys after it are
+/// deleted and rotated all the same; the run reports the failures.
+async fn a_key_the_scheduler_cannot_change_holds_up_no_other(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let (harness, clock) = Harness::start_with_clock(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    // Each pair's stuck key is due first: scheduled, or enabled, a second
+    // before the other.
+    let mut keys = Vec::new();
+    for _ in 0..4 {
+        keys.push(new_key(&mut client).await?);
+    }
+    let [stuck_deletion, deletion, stuck_rotation, rotation] = keys.as_slice() else {
+        anyhow::bail!("four keys");
+    };
+    for key in [stuck_deletion, deletion] {
+        client
+            .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+                key_id: key.key_id.clone(),
+                pending_window_in_days: Some(7),
+            })
+            .await?;
+        clock.advance(Duration::from_secs(1));
+    }
+    for key in [stuck_rotation, rotation] {
+        client
+            .enable_key_rotation(pb::EnableKeyRotationRequest {
+                key_id: key.key_id.clone(),
+                rotation_period_in_days: Some(90),
+            })
+            .await?;
+        clock.advance(Duration::from_secs(1));
+    }
+    harness
+        .refuse_key_writes("keys", "DELETE", &stuck_deletion.key_id)
+        .await?;
+    clock.advance(91 * DAY);
+    let refused = harness
+        .run_maintenance()
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a refused deletion went unreported"))?;
+    assert_eq!(
+        refused.to_string(),
+        "keys maintenance: 1 deletions and 0 rotations failed (logged); the other keys' went through"
+    );
+    assert_eq!(
+        state_of(&mut client, &stuck_deletion.key_id).await?,
+        "PendingDeletion"
+    );
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: deletion.key_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(described, Code::NotFound, "NotFoundException");
+    let lister = client.clone();
+    let rotations_of = |key: &pb::KeyMetadata| {
+        let mut client = lister.clone();
+        let key_id = key.key_id.clone();
+        async move {
+            anyhow::Ok(
+                client
+                    .list_key_rotations(pb::ListKeyRotationsRequest {
+                        key_id,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .rotations
+                    .len(),
+            )
+        }
+    };
+    assert_eq!(rotations_of(stuck_rotation).await?, 1);
+    assert_eq!(rotations_of(rotation).await?, 1);
+    harness.allow_key_writes("keys").await?;
+
+    // Rotation: the stuck key's new material is refused (and the stuck
+    // deletion, no longer refused, goes through).
+    harness
+        .refuse_key_writes("key_materials", "INSERT", &stuck_rotation.key_id)
+        .await?;
+    clock.advance(91 * DAY);
+    let refused = harness
+        .run_maintenance()
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a refused rotation went unreported"))?;
+    assert_eq!(
+        refused.to_string(),
+        "keys maintenance: 0 deletions and 1 rotations failed (logged); the other keys' went through"
+    );
+    assert_eq!(rotations_of(stuck_rotation).await?, 1);
+    assert_eq!(rotations_of(rotation).await?, 2);
+    harness.allow_key_writes("key_materials").await?;
+
+    // Once the fault is gone, the next run catches up.
+    harness.run_maintenance().await?;
+    let described = client
+        .describe_key(pb::DescribeKeyRequest {
+            key_id: stuck_deletion.key_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(described, Code::NotFound, "NotFoundException");
+    assert_eq!(rotations_of(stuck_rotation).await?, 2);
     Ok(())
 }
 

@@ -625,6 +625,79 @@ impl Harness {
         Ok(true)
     }
 
+    /// Makes the keys database refuse `operation` (`DELETE` or `INSERT`) on
+    /// `table` for rows of `key_id`, with a trigger that raises: a fault in
+    /// the store for one key, the others untouched. [`Self::allow_key_writes`]
+    /// removes it.
+    pub async fn refuse_key_writes(
+        &self,
+        table: &str,
+        operation: &str,
+        key_id: &str,
+    ) -> anyhow::Result<()> {
+        let row = if operation == "DELETE" { "OLD" } else { "NEW" };
+        let statements = match self.keys_database()?.backend {
+            coffer_platform::config::DatabaseBackend::Sqlite => vec![format!(
+                "CREATE TRIGGER refuse_key_writes BEFORE {operation} ON {table} \
+                 WHEN {row}.key_id = '{key_id}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )],
+            coffer_platform::config::DatabaseBackend::Postgres => {
+                let schema = &self.keys_database()?.schema;
+                vec![
+                    format!(
+                        "CREATE FUNCTION \"{schema}\".refuse_key_writes() RETURNS trigger \
+                         LANGUAGE plpgsql AS $$ BEGIN IF {row}.key_id = '{key_id}' THEN \
+                         RAISE EXCEPTION 'injected fault'; END IF; RETURN {row}; END $$"
+                    ),
+                    format!(
+                        "CREATE TRIGGER refuse_key_writes BEFORE {operation} ON \"{schema}\".{table} \
+                         FOR EACH ROW EXECUTE FUNCTION \"{schema}\".refuse_key_writes()"
+                    ),
+                ]
+            }
+        };
+        self.run_on_keys_database(&statements).await
+    }
+
+    /// Removes the trigger of [`Self::refuse_key_writes`] on `table`.
+    pub async fn allow_key_writes(&self, table: &str) -> anyhow::Result<()> {
+        let statements = match self.keys_database()?.backend {
+            coffer_platform::config::DatabaseBackend::Sqlite => {
+                vec!["DROP TRIGGER refuse_key_writes".to_owned()]
+            }
+            coffer_platform::config::DatabaseBackend::Postgres => {
+                let schema = &self.keys_database()?.schema;
+                vec![
+                    format!("DROP TRIGGER refuse_key_writes ON \"{schema}\".{table}"),
+                    format!("DROP FUNCTION \"{schema}\".refuse_key_writes()"),
+                ]
+            }
+        };
+        self.run_on_keys_database(&statements).await
+    }
+
+    async fn run_on_keys_database(&self, statements: &[String]) -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let database = self.keys_database()?;
+        match database.backend {
+            coffer_platform::config::DatabaseBackend::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(&database.url).await?;
+                for statement in statements {
+                    sqlx::query(statement).execute(&mut connection).await?;
+                }
+                connection.close().await?;
+            }
+            coffer_platform::config::DatabaseBackend::Postgres => {
+                let mut connection = sqlx::PgConnection::connect(&database.url).await?;
+                for statement in statements {
+                    sqlx::query(statement).execute(&mut connection).await?;
+                }
+                connection.close().await?;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn lock_keys_table(&self) -> anyhow::Result<TableLock> {
         use sqlx::Connection as _;
         let database = self.keys_database()?;

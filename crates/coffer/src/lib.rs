@@ -105,7 +105,13 @@ impl Instance {
                 .run_due_work(events)
                 .await
                 .map_err(|error| anyhow::anyhow!("keys maintenance: {error}"))?;
-            tracing::debug!(deleted, rotated, "keys maintenance ran");
+            tracing::debug!(?deleted, ?rotated, "keys maintenance ran");
+            anyhow::ensure!(
+                deleted.failed == 0 && rotated.failed == 0,
+                "keys maintenance: {} deletions and {} rotations failed (logged); the other keys' went through",
+                deleted.failed,
+                rotated.failed
+            );
         }
         if let Some(audit) = &self.audit {
             let removed = audit
@@ -409,8 +415,16 @@ pub async fn launch(
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                if let Err(error) = keys.run_due_work(&events).await {
-                    tracing::error!(%error, "keys maintenance failed");
+                match keys.run_due_work(&events).await {
+                    Ok((deleted, rotated)) if deleted.failed + rotated.failed > 0 => {
+                        tracing::error!(
+                            deletions_failed = deleted.failed,
+                            rotations_failed = rotated.failed,
+                            "keys maintenance could not change some keys (each logged); they are tried again at the next run"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "keys maintenance failed"),
                 }
             }
         }));

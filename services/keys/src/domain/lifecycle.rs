@@ -24,6 +24,15 @@ pub const MIN_PENDING_WINDOW_DAYS: i32 = 7;
 pub const MAX_PENDING_WINDOW_DAYS: i32 = 30;
 pub const DEFAULT_PENDING_WINDOW_DAYS: i32 = 30;
 
+/// What one run of the scheduler's deletions or rotations did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DueWork {
+    /// Keys deleted or rotated.
+    pub done: usize,
+    /// Keys that could not be, left for the next run.
+    pub failed: usize,
+}
+
 /// A validated CreateKey request.
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -453,39 +462,52 @@ impl KeysDomain {
     }
 
     /// Destroys every key whose deletion date has come, with its material,
-    /// tags and aliases, each recorded as a `DeleteKey` service event.
-    /// Returns how many were destroyed.
-    pub async fn delete_due_keys(&self, events: &ServiceEvents) -> Result<usize> {
+    /// tags and aliases, each recorded as a `DeleteKey` service event. A key
+    /// that cannot be destroyed is logged and counted, and left for the next
+    /// run; the others are destroyed all the same.
+    pub async fn delete_due_keys(&self, events: &ServiceEvents) -> Result<DueWork> {
         const BATCH: u32 = 100;
-        let mut deleted = 0;
+        let mut work = DueWork::default();
         loop {
             let due = self
                 .store
                 .keys_due_for_deletion(self.now_ms(), BATCH)
                 .await?;
             let batch_len = due.len();
+            let mut progressed = false;
             for key in due {
                 self.cache.forget_key(&key.account, &key.key_id);
                 let change = self.service_event("DeleteKey", &key);
                 let deletion =
                     async { Ok::<_, KeysError>(self.store.delete_key(&key).await?.then_some(())) };
-                if events.record(change, deletion).await?.is_some() {
-                    tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
-                    deleted += 1;
+                match events.record(change, deletion).await {
+                    Ok(Some(())) => {
+                        tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
+                        work.done += 1;
+                        progressed = true;
+                    }
+                    // Changed meanwhile: read again in the next batch.
+                    Ok(None) => progressed = true,
+                    Err(error) => {
+                        tracing::warn!(key_id = %key.key_id, account = %key.account, %error, "could not delete a key whose deletion date passed; it is tried again at the next run");
+                        work.failed += 1;
+                    }
                 }
             }
-            if batch_len < BATCH as usize {
-                return Ok(deleted);
+            // A full batch of keys that all failed would come back as it is.
+            if batch_len < BATCH as usize || !progressed {
+                return Ok(work);
             }
         }
     }
 
     /// The scheduler's work: deletions and automatic rotations that are due,
-    /// recorded in `events`.
-    pub async fn run_due_work(&self, events: &ServiceEvents) -> Result<(usize, usize)> {
-        let deleted = self.delete_due_keys(events).await?;
-        let rotated = self.rotate_due_keys(events).await?;
-        Ok((deleted, rotated))
+    /// recorded in `events`. Rotations run even when deletions could not be
+    /// listed; the first error is returned after both.
+    pub async fn run_due_work(&self, events: &ServiceEvents) -> Result<(DueWork, DueWork)> {
+        let deleted = self.delete_due_keys(events).await;
+        let rotated = self.rotate_due_keys(events).await;
+        Ok((deleted?, rotated?))
     }
 
     /// The service event of a change the scheduler makes to `key`.

@@ -7,6 +7,7 @@ use coffer_platform::authz::Caller;
 use serde_json::json;
 
 use super::access::Access;
+use super::lifecycle::DueWork;
 
 use super::types::{KeyReference, KeySpec, KeyState, RotationType};
 use super::{DAY_MS, KeyOperation, KeysDomain};
@@ -213,10 +214,11 @@ impl KeysDomain {
 
     /// Rotates every key whose automatic rotation is due, each recorded as a
     /// `RotateKey` service event. A key updated concurrently is left for the
-    /// next run. Returns how many rotated.
-    pub async fn rotate_due_keys(&self, events: &ServiceEvents) -> Result<usize> {
+    /// next run; one that cannot be rotated is logged and counted, and left
+    /// for the next run too.
+    pub async fn rotate_due_keys(&self, events: &ServiceEvents) -> Result<DueWork> {
         const BATCH: u32 = 100;
-        let mut rotated = 0;
+        let mut work = DueWork::default();
         loop {
             let due = self
                 .store
@@ -226,6 +228,7 @@ impl KeysDomain {
             let mut progressed = false;
             for key in due {
                 let key_id = key.key_id.clone();
+                let account = key.account.clone();
                 let mut change = self.service_event("RotateKey", &key);
                 change.details["rotationType"] = RotationType::Automatic.as_str().into();
                 let rotation = async {
@@ -236,14 +239,21 @@ impl KeysDomain {
                         Err(other) => Err(other),
                     }
                 };
-                if events.record(change, rotation).await?.is_some() {
-                    tracing::info!(key_id = %key_id, "rotated key material on schedule");
-                    rotated += 1;
-                    progressed = true;
+                match events.record(change, rotation).await {
+                    Ok(Some(_)) => {
+                        tracing::info!(key_id = %key_id, "rotated key material on schedule");
+                        work.done += 1;
+                        progressed = true;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(key_id = %key_id, %account, %error, "could not rotate a key whose rotation is due; it is tried again at the next run");
+                        work.failed += 1;
+                    }
                 }
             }
             if batch_len < BATCH as usize || !progressed {
-                return Ok(rotated);
+                return Ok(work);
             }
         }
     }
