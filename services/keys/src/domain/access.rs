@@ -877,8 +877,12 @@ pub(crate) fn grant_covers(
         .map(|(key, value)| (key.as_str(), value.as_str()));
     let constraint_pairs = str_pairs(pairs);
     match kind {
+        // A constraint's keys differ even ignoring case (CreateGrant
+        // refuses others), a request's only exactly: with the counts equal,
+        // no request pair such as `A` beside `a` is left over.
         ConstraintKind::Equals => {
-            pairs_within(constraint_pairs.clone(), request_pairs.clone())
+            request.len() == pairs.len()
+                && pairs_within(constraint_pairs.clone(), request_pairs.clone())
                 && pairs_within(request_pairs, constraint_pairs)
         }
         ConstraintKind::Subset => pairs_within(constraint_pairs, request_pairs),
@@ -1024,6 +1028,14 @@ mod tests {
                 Some(&context(&[("A", "1"), ("b", "2")]))
             ),
             "a constraint's keys are not case sensitive"
+        );
+        assert!(
+            !grant_covers(
+                &equals,
+                "Decrypt",
+                Some(&context(&[("a", "1"), ("A", "1"), ("b", "2")]))
+            ),
+            "an extra pair whose key differs only in case"
         );
         assert!(
             !grant_covers(
