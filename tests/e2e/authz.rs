@@ -1425,25 +1425,33 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
 
     // A token given where a grant ID belongs is refused without being
     // echoed: the message is audited, and a token is a credential.
-    for retire in [true, false] {
-        let outcome = if retire {
-            admin
+    for operation in ["RetireGrant", "RevokeGrant", "ListGrants"] {
+        let grant_id = denied_retire.grant_token.clone();
+        let outcome = match operation {
+            "RetireGrant" => admin
                 .retire_grant(pb::RetireGrantRequest {
                     key_id: key.clone(),
-                    grant_id: denied_retire.grant_token.clone(),
+                    grant_id,
                     ..Default::default()
                 })
                 .await
-                .map(|_| ())
-        } else {
-            admin
+                .map(drop),
+            "RevokeGrant" => admin
                 .revoke_grant(pb::RevokeGrantRequest {
                     key_id: key.clone(),
-                    grant_id: denied_retire.grant_token.clone(),
+                    grant_id,
                     ..Default::default()
                 })
                 .await
-                .map(|_| ())
+                .map(drop),
+            _ => admin
+                .list_grants(pb::ListGrantsRequest {
+                    key_id: key.clone(),
+                    grant_id,
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
         };
         let status = assert_error(outcome, Code::InvalidArgument, "InvalidGrantIdException");
         assert!(
@@ -1456,7 +1464,11 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
         anyhow::ensure!(events.len() == 1, "{events:#?}");
         let token = &denied_retire.grant_token;
         let secret = token.get(token.len().saturating_sub(40)..).unwrap_or(token);
-        assert!(!events[0].to_string().contains(secret), "{:#}", events[0]);
+        assert!(
+            !events[0].to_string().contains(secret),
+            "{operation}: {:#}",
+            events[0]
+        );
     }
 
     // kms:GrantIsForAWSResource is "false" for a direct ListGrants and

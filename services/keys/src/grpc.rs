@@ -2237,7 +2237,7 @@ impl Keys for KeysGrpc {
             |m| {
                 json!({
                     "keyId": m.key_id, "limit": m.limit, "marker": m.marker,
-                    "grantId": m.grant_id, "granteePrincipal": m.grantee_principal,
+                    "grantId": grant_id(&m.grant_id).ok(), "granteePrincipal": m.grantee_principal,
                 })
             },
             |call, caller, m| async move {
