@@ -300,7 +300,8 @@ fn grant_tokens(tokens: &[String]) -> Result<()> {
         ));
     }
     // Grants take effect at once, so tokens are never needed; one given
-    // must still be a token this service issued.
+    // must have the form of a token this service issues (it is not looked
+    // up: no decision depends on it).
     if tokens
         .iter()
         .any(|token| GrantToken::parse(token).is_none())

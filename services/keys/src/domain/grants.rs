@@ -3,7 +3,8 @@
 //! A grant is effective as soon as CreateGrant returns and stops as soon as
 //! it is retired or revoked: authorization reads grants from the store, never
 //! from a cache. Grant tokens therefore never need to be presented; a token
-//! given in a request must still be one this service issued.
+//! given in a request must have the form of one this service issues, and is
+//! not looked up, since no decision depends on it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
