@@ -41,7 +41,8 @@ impl MaterialId {
 
     /// Parses the 32-character lowercase or uppercase hex form.
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 32 || !text.is_ascii() {
+        // `from_str_radix` alone would take a sign: "+a" is 0x0a.
+        if text.len() != 32 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = [0u8; 16];
@@ -107,6 +108,8 @@ mod tests {
         assert_eq!(MaterialId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(MaterialId::from_hex("zz"), None);
         assert_eq!(MaterialId::from_hex(&"g0".repeat(16)), None);
+        // Hex digits only: no sign, though `u8::from_str_radix` takes one.
+        assert_eq!(MaterialId::from_hex(&"+a".repeat(16)), None);
     }
 
     #[test]
