@@ -273,7 +273,7 @@ pub struct ServiceFile {
     pub database: DatabaseFile,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseFile {
     /// `postgres://…` or `sqlite://path`.
@@ -281,6 +281,47 @@ pub struct DatabaseFile {
     /// Postgres schema holding this service's tables (default `coffer_{service}`).
     pub schema: Option<String>,
     pub max_connections: Option<u32>,
+}
+
+/// Shown without the URL's password.
+impl std::fmt::Debug for DatabaseFile {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DatabaseFile")
+            .field("url", &shown_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// A database URL as it may be shown (logs, `Debug`): its password,
+/// whether after the user name or in the query (`?password=`), replaced by
+/// `***`, and the rest of the query left out.
+pub fn shown_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?***"),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return format!("{base}{query}");
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_part, host)) => {
+            let user = user_part
+                .split_once(':')
+                .map_or(user_part, |(user, _)| user);
+            if user.len() == user_part.len() {
+                format!("{user}@{host}")
+            } else {
+                format!("{user}:***@{host}")
+            }
+        }
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 /// Validated settings.
@@ -443,12 +484,25 @@ pub enum DatabaseBackend {
     Sqlite,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseSettings {
     pub backend: DatabaseBackend,
     pub url: String,
     pub schema: String,
     pub max_connections: u32,
+}
+
+/// Shown without the URL's password.
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DatabaseSettings")
+            .field("backend", &self.backend)
+            .field("url", &shown_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 /// The process's `COFFER_*` variables, for [`load`]. No other variable is
@@ -999,6 +1053,31 @@ services:
             .get("keys")
             .map(|s| s.database.schema.clone());
         assert_eq!(keys.as_deref(), Some("coffer_keys"));
+        Ok(())
+    }
+
+    #[test]
+    fn settings_are_shown_without_database_passwords() -> Result<(), ConfigError> {
+        let environment = vec![(
+            "COFFER_SERVICES__KEYS__DATABASE__URL".to_owned(),
+            "postgres://coffer:hunter2@db:5432/coffer?sslmode=verify-full".to_owned(),
+        )];
+        let settings = from_yaml(MINIMAL, environment)?;
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains(r#"url: "postgres://coffer:***@db:5432/coffer?***""#),
+            "{shown}"
+        );
+        for (url, expected) in [
+            ("postgres://u:p@h/d", "postgres://u:***@h/d"),
+            ("postgres://u@h/d", "postgres://u@h/d"),
+            ("postgres://h/d?password=p", "postgres://h/d?***"),
+            ("postgres://u:p:q@h:1", "postgres://u:***@h:1"),
+            ("sqlite://keys.db", "sqlite://keys.db"),
+        ] {
+            assert_eq!(shown_url(url), expected, "{url}");
+        }
         Ok(())
     }
 
