@@ -88,6 +88,18 @@ const MAX_SHUTDOWN_GRACE_MS: u64 = 3_600_000;
 /// Largest `limits.max_concurrent_requests` accepted.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 
+/// Bounds of `limits.max_message_bytes`: less would refuse KMS's own
+/// largest requests (a 6 KiB ciphertext with context and tokens); more
+/// would let a caller hold that much memory per call.
+const MIN_MESSAGE_BYTES: usize = 16 * 1024;
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest `limits.request_timeout_ms`: an hour, as the shutdown grace.
+const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Most connections a service's database pool may hold.
+const MAX_DATABASE_CONNECTIONS: u32 = 10_000;
+
 /// Whether two listeners would ask for the same port: the same port (not
 /// 0, which the system picks) on the same address, or on any address.
 fn same_socket(one: SocketAddr, other: SocketAddr) -> bool {
@@ -771,10 +783,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         .transpose()?;
 
     let limits_file = file.limits;
-    if limits_file.max_message_bytes < 16 * 1024 {
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&limits_file.max_message_bytes) {
         return Err(ConfigError::new(
             "limits.max_message_bytes",
-            "must be at least 16384",
+            format!("must be {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES}"),
         ));
     }
     if !(MIN_SHUTDOWN_GRACE_MS..=MAX_SHUTDOWN_GRACE_MS).contains(&limits_file.shutdown_grace_ms) {
@@ -783,10 +795,10 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             format!("must be {MIN_SHUTDOWN_GRACE_MS} to {MAX_SHUTDOWN_GRACE_MS}"),
         ));
     }
-    if limits_file.request_timeout_ms == 0 {
+    if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&limits_file.request_timeout_ms) {
         return Err(ConfigError::new(
             "limits.request_timeout_ms",
-            "must be positive",
+            format!("must be 1 to {MAX_REQUEST_TIMEOUT_MS}"),
         ));
     }
     // A semaphore holds at most `usize::MAX >> 3` permits; far fewer is
@@ -876,6 +888,13 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
                 "must be a lowercase identifier: letters, digits, underscores",
             ));
         }
+        let max_connections = service.database.max_connections.unwrap_or(16);
+        if !(1..=MAX_DATABASE_CONNECTIONS).contains(&max_connections) {
+            return Err(ConfigError::new(
+                format!("{field}.database.max_connections"),
+                format!("must be 1 to {MAX_DATABASE_CONNECTIONS}"),
+            ));
+        }
         services.insert(
             name,
             ServiceSettings {
@@ -884,7 +903,7 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
                     backend,
                     url,
                     schema,
-                    max_connections: service.database.max_connections.unwrap_or(16).max(1),
+                    max_connections,
                 },
             },
         );
@@ -1333,10 +1352,27 @@ services:
             error_field(&MINIMAL.replace("keys:", "vault:")),
             "services.vault"
         );
-        assert_eq!(
-            error_field(&format!("{MINIMAL}\nlimits: {{ max_message_bytes: 1 }}\n")),
-            "limits.max_message_bytes"
-        );
+        for limits in [
+            "max_message_bytes: 1",
+            "max_message_bytes: 18446744073709551615",
+            "request_timeout_ms: 0",
+            "request_timeout_ms: 3600001",
+        ] {
+            let field = limits.split(':').next().unwrap_or_default();
+            assert_eq!(
+                error_field(&format!("{MINIMAL}\nlimits: {{ {limits} }}\n")),
+                format!("limits.{field}")
+            );
+        }
+        for connections in [0, 10_001] {
+            assert_eq!(
+                error_field(&MINIMAL.replace(
+                    r#"{ url: "sqlite://keys.db" }"#,
+                    &format!(r#"{{ url: "sqlite://keys.db", max_connections: {connections} }}"#)
+                )),
+                "services.keys.database.max_connections"
+            );
+        }
         assert_eq!(
             error_field(&format!("{MINIMAL}\ntelemetry: {{ log_format: xml }}\n")),
             "telemetry.log_format"
