@@ -1,6 +1,8 @@
 //! CreateKey, DescribeKey, ListKeys, UpdateKeyDescription, EnableKey,
 //! DisableKey, ScheduleKeyDeletion, CancelKeyDeletion, and the deletion reaper.
 
+use std::collections::HashSet;
+
 use coffer_platform::arn::AccountId;
 use coffer_platform::audit::service::{ServiceEvent, ServiceEvents};
 use coffer_platform::authz::Caller;
@@ -31,6 +33,60 @@ pub struct DueWork {
     pub done: usize,
     /// Keys that could not be, left for the next run.
     pub failed: usize,
+}
+
+/// Runs `change` on each key `due(limit)` lists, batch by batch: `Ok(true)`
+/// when it changed the key, `Ok(false)` when it found the key changed
+/// meanwhile (left for the next run). A key whose change fails is logged,
+/// counted once, and skipped for the rest of the run; each batch asks for
+/// as many more keys as have failed, so failing keys that sort first never
+/// hide the others. The run ends with a short batch, or one in which no key
+/// changed or failed for the first time.
+pub(super) async fn for_each_due_key<Due, Listed, Change, Changed>(
+    verb: &str,
+    due: Due,
+    change: Change,
+) -> Result<DueWork>
+where
+    Due: Fn(u32) -> Listed,
+    Listed: Future<Output = std::result::Result<Vec<KeyRecord>, StoreError>>,
+    Change: Fn(KeyRecord) -> Changed,
+    Changed: Future<Output = Result<bool>>,
+{
+    const BATCH: u32 = 100;
+    let mut done = 0;
+    let mut failed = HashSet::new();
+    loop {
+        let limit = BATCH.saturating_add(u32::try_from(failed.len()).unwrap_or(u32::MAX));
+        let keys = due(limit).await?;
+        let listed = keys.len();
+        let mut progressed = false;
+        for key in keys {
+            if failed.contains(&key.key_id) {
+                continue;
+            }
+            let (key_id, account) = (key.key_id.clone(), key.account.clone());
+            match change(key).await {
+                Ok(true) => {
+                    done += 1;
+                    progressed = true;
+                }
+                Ok(false) => {}
+                // The next batch reaches one key further.
+                Err(error) => {
+                    tracing::warn!(key_id = %key_id, %account, %error, "could not {verb} a key that is due; it is tried again at the next run");
+                    failed.insert(key_id);
+                    progressed = true;
+                }
+            }
+        }
+        if listed < limit as usize || !progressed {
+            return Ok(DueWork {
+                done,
+                failed: failed.len(),
+            });
+        }
+    }
 }
 
 /// A validated CreateKey request.
@@ -466,39 +522,22 @@ impl KeysDomain {
     /// that cannot be destroyed is logged and counted, and left for the next
     /// run; the others are destroyed all the same.
     pub async fn delete_due_keys(&self, events: &ServiceEvents) -> Result<DueWork> {
-        const BATCH: u32 = 100;
-        let mut work = DueWork::default();
-        loop {
-            let due = self
-                .store
-                .keys_due_for_deletion(self.now_ms(), BATCH)
-                .await?;
-            let batch_len = due.len();
-            let mut progressed = false;
-            for key in due {
+        for_each_due_key(
+            "delete",
+            |limit| self.store.keys_due_for_deletion(self.now_ms(), limit),
+            |key| async move {
                 self.cache.forget_key(&key.account, &key.key_id);
                 let change = self.service_event("DeleteKey", &key);
                 let deletion =
                     async { Ok::<_, KeysError>(self.store.delete_key(&key).await?.then_some(())) };
-                match events.record(change, deletion).await {
-                    Ok(Some(())) => {
-                        tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
-                        work.done += 1;
-                        progressed = true;
-                    }
-                    // Changed meanwhile: read again in the next batch.
-                    Ok(None) => progressed = true,
-                    Err(error) => {
-                        tracing::warn!(key_id = %key.key_id, account = %key.account, %error, "could not delete a key whose deletion date passed; it is tried again at the next run");
-                        work.failed += 1;
-                    }
+                let deleted = events.record(change, deletion).await?.is_some();
+                if deleted {
+                    tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
                 }
-            }
-            // A full batch of keys that all failed would come back as it is.
-            if batch_len < BATCH as usize || !progressed {
-                return Ok(work);
-            }
-        }
+                Ok(deleted)
+            },
+        )
+        .await
     }
 
     /// The scheduler's work: deletions and automatic rotations that are due,
@@ -519,5 +558,79 @@ impl KeysDomain {
             resource_type: KEY_RESOURCE_TYPE,
             details: serde_json::json!({ "keyId": key.key_id.as_str() }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn due_key(index: usize) -> KeyRecord {
+        KeyRecord {
+            key_id: KeyId::parse(&format!("00000000-0000-4000-8000-{index:012}"))
+                .unwrap_or_else(|| panic!("a key id")),
+            account: AccountId::parse("111122223333").unwrap_or_else(|| panic!("an account")),
+            description: String::new(),
+            key_usage: KeyUsage::EncryptDecrypt,
+            key_spec: KeySpec::SymmetricDefault,
+            origin: Origin::AwsKms,
+            key_manager: KeyManager::Customer,
+            key_state: KeyState::PendingDeletion,
+            multi_region: false,
+            current_material_id: None,
+            created_at_ms: 0,
+            deletion_date_ms: Some(0),
+            version: 1,
+            pending_window_days: Some(7),
+            rotation_enabled: false,
+            rotation_period_days: None,
+            next_rotation_ms: None,
+            policy: String::new(),
+        }
+    }
+
+    /// More failing keys than a batch, all due first: every other key is
+    /// still reached in the same run, and each failing key counts once.
+    #[tokio::test]
+    async fn keys_that_keep_failing_hide_no_others() -> Result<()> {
+        let failing = 150;
+        let due = Mutex::new((0..250).map(due_key).collect::<Vec<_>>());
+        let listed = |limit: u32| {
+            let keys = due
+                .lock()
+                .map(|keys| keys.iter().take(limit as usize).cloned().collect());
+            async move { keys.map_err(|_| StoreError::Corrupt("poisoned".into())) }
+        };
+        let work = for_each_due_key("delete", listed, |key| {
+            let index = due
+                .lock()
+                .ok()
+                .and_then(|keys| keys.iter().position(|due| due.key_id == key.key_id));
+            let outcome = match index {
+                Some(_) if key.key_id < due_key(failing).key_id => {
+                    Err(KeysError::Store(StoreError::Corrupt("refused".into())))
+                }
+                Some(index) => {
+                    if let Ok(mut keys) = due.lock() {
+                        keys.remove(index);
+                    }
+                    Ok(true)
+                }
+                None => Ok(false),
+            };
+            async move { outcome }
+        })
+        .await?;
+        assert_eq!(
+            work,
+            DueWork {
+                done: 100,
+                failed: failing
+            }
+        );
+        assert_eq!(due.lock().map(|keys| keys.len()).ok(), Some(failing));
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use coffer_platform::authz::Caller;
 use serde_json::json;
 
 use super::access::Access;
-use super::lifecycle::DueWork;
+use super::lifecycle::{DueWork, for_each_due_key};
 
 use super::types::{KeyReference, KeySpec, KeyState, RotationType};
 use super::{DAY_MS, KeyOperation, KeysDomain};
@@ -217,18 +217,11 @@ impl KeysDomain {
     /// next run; one that cannot be rotated is logged and counted, and left
     /// for the next run too.
     pub async fn rotate_due_keys(&self, events: &ServiceEvents) -> Result<DueWork> {
-        const BATCH: u32 = 100;
-        let mut work = DueWork::default();
-        loop {
-            let due = self
-                .store
-                .keys_due_for_rotation(self.now_ms(), BATCH)
-                .await?;
-            let batch_len = due.len();
-            let mut progressed = false;
-            for key in due {
+        for_each_due_key(
+            "rotate",
+            |limit| self.store.keys_due_for_rotation(self.now_ms(), limit),
+            |key| async move {
                 let key_id = key.key_id.clone();
-                let account = key.account.clone();
                 let mut change = self.service_event("RotateKey", &key);
                 change.details["rotationType"] = RotationType::Automatic.as_str().into();
                 let rotation = async {
@@ -239,23 +232,14 @@ impl KeysDomain {
                         Err(other) => Err(other),
                     }
                 };
-                match events.record(change, rotation).await {
-                    Ok(Some(_)) => {
-                        tracing::info!(key_id = %key_id, "rotated key material on schedule");
-                        work.done += 1;
-                        progressed = true;
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(key_id = %key_id, %account, %error, "could not rotate a key whose rotation is due; it is tried again at the next run");
-                        work.failed += 1;
-                    }
+                let rotated = events.record(change, rotation).await?.is_some();
+                if rotated {
+                    tracing::info!(key_id = %key_id, "rotated key material on schedule");
                 }
-            }
-            if batch_len < BATCH as usize || !progressed {
-                return Ok(work);
-            }
-        }
+                Ok(rotated)
+            },
+        )
+        .await
     }
 
     /// Rotations (material versions after the first), oldest first; with
