@@ -309,31 +309,31 @@ impl std::fmt::Debug for DatabaseFile {
 
 /// A database URL as it may be shown (logs, `Debug`): its password,
 /// whether after the user name or in the query (`?password=`), replaced by
-/// `***`, and the rest of the query left out.
+/// `***`, and the rest of the query left out. The user part ends at the
+/// last `@`, since a password may hold `/`, `?` or `@`; text that is not a
+/// URL at all is not shown.
 pub fn shown_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, _)) => (base, "?***"),
-        None => (url, ""),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_owned();
     };
-    let Some((scheme, rest)) = base.split_once("://") else {
-        return format!("{base}{query}");
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((user_part, host)) => {
-            let user = user_part
-                .split_once(':')
-                .map_or(user_part, |(user, _)| user);
+    // Only the user name is kept of what comes before the last `@`; when
+    // there is more (a password, or a query holding an `@`), it is hidden.
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((user_part, rest)) => {
+            let user = user_part.split([':', '/', '?']).next().unwrap_or_default();
             if user.len() == user_part.len() {
-                format!("{user}@{host}")
+                (format!("{user}@"), rest)
             } else {
-                format!("{user}:***@{host}")
+                (format!("{user}:***@"), rest)
             }
         }
-        None => authority.to_owned(),
+        None => (String::new(), rest),
     };
-    format!("{scheme}://{authority}{path}{query}")
+    let rest = match rest.split_once('?') {
+        Some((base, _query)) => format!("{base}?***"),
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{user}{rest}")
 }
 
 /// Validated settings.
@@ -1094,6 +1094,13 @@ services:
             ("postgres://h/d?password=p", "postgres://h/d?***"),
             ("postgres://u:p:q@h:1", "postgres://u:***@h:1"),
             ("sqlite://keys.db", "sqlite://keys.db"),
+            ("postgres://u:1234/ss@h/d", "postgres://u:***@h/d"),
+            (
+                "postgres://u:12?34@h/d?sslmode=require",
+                "postgres://u:***@h/d?***",
+            ),
+            ("host=h password=p", "***"),
+            ("postgres://h/d?password=p@x", "postgres://h:***@x"),
         ] {
             assert_eq!(shown_url(url), expected, "{url}");
         }
