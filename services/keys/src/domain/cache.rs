@@ -133,30 +133,10 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::types::{KeyManager, KeySpec, KeyState, KeyUsage, Origin};
+    use crate::domain::types::KeyState;
 
     fn record(version: i64, key_state: KeyState) -> KeyRecord {
-        KeyRecord {
-            key_id: KeyId::parse("1234abcd-12ab-34cd-56ef-1234567890ab")
-                .unwrap_or_else(|| panic!("a key id")),
-            account: AccountId::parse("111122223333").unwrap_or_else(|| panic!("an account")),
-            description: String::new(),
-            key_usage: KeyUsage::EncryptDecrypt,
-            key_spec: KeySpec::SymmetricDefault,
-            origin: Origin::AwsKms,
-            key_manager: KeyManager::Customer,
-            key_state,
-            multi_region: false,
-            current_material_id: None,
-            created_at_ms: 0,
-            deletion_date_ms: None,
-            version,
-            pending_window_days: None,
-            rotation_enabled: false,
-            rotation_period_days: None,
-            next_rotation_ms: None,
-            policy: String::new(),
-        }
+        KeyRecord::for_tests("1234abcd-12ab-34cd-56ef-1234567890ab", key_state, version)
     }
 
     /// An Encrypt that read the key just before DisableKey committed puts

@@ -568,27 +568,11 @@ mod tests {
     use super::*;
 
     fn due_key(index: usize) -> KeyRecord {
-        KeyRecord {
-            key_id: KeyId::parse(&format!("00000000-0000-4000-8000-{index:012}"))
-                .unwrap_or_else(|| panic!("a key id")),
-            account: AccountId::parse("111122223333").unwrap_or_else(|| panic!("an account")),
-            description: String::new(),
-            key_usage: KeyUsage::EncryptDecrypt,
-            key_spec: KeySpec::SymmetricDefault,
-            origin: Origin::AwsKms,
-            key_manager: KeyManager::Customer,
-            key_state: KeyState::PendingDeletion,
-            multi_region: false,
-            current_material_id: None,
-            created_at_ms: 0,
-            deletion_date_ms: Some(0),
-            version: 1,
-            pending_window_days: Some(7),
-            rotation_enabled: false,
-            rotation_period_days: None,
-            next_rotation_ms: None,
-            policy: String::new(),
-        }
+        KeyRecord::for_tests(
+            &format!("00000000-0000-4000-8000-{index:012}"),
+            KeyState::PendingDeletion,
+            1,
+        )
     }
 
     /// More failing keys than a batch, all due first: every other key is

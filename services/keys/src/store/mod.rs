@@ -105,6 +105,34 @@ pub struct KeyRecord {
     pub policy: String,
 }
 
+#[cfg(test)]
+impl KeyRecord {
+    /// A customer managed symmetric key of account 111122223333 named
+    /// `key_id` (a UUID), in `key_state`, at `version`: for unit tests.
+    pub(crate) fn for_tests(key_id: &str, key_state: KeyState, version: i64) -> Self {
+        Self {
+            key_id: KeyId::parse(key_id).unwrap_or_else(|| panic!("{key_id} is not a key id")),
+            account: AccountId::parse("111122223333").unwrap_or_else(|| panic!("an account")),
+            description: String::new(),
+            key_usage: KeyUsage::EncryptDecrypt,
+            key_spec: KeySpec::SymmetricDefault,
+            origin: Origin::AwsKms,
+            key_manager: KeyManager::Customer,
+            key_state,
+            multi_region: false,
+            current_material_id: None,
+            created_at_ms: 0,
+            deletion_date_ms: None,
+            version,
+            pending_window_days: None,
+            rotation_enabled: false,
+            rotation_period_days: None,
+            next_rotation_ms: None,
+            policy: String::new(),
+        }
+    }
+}
+
 /// One version of a key's material, sealed under the root key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaterialRecord {
