@@ -220,6 +220,28 @@ impl ConditionClause {
         &self.lowercase_key
     }
 
+    /// The compiled patterns of this clause's values (string and ARN
+    /// operators; the others hold no patterns).
+    pub(crate) fn patterns(&self) -> Vec<&Pattern> {
+        match &self.values {
+            ConditionValues::Strings(patterns) | ConditionValues::StringsIgnoringCase(patterns) => {
+                patterns.iter().collect()
+            }
+            ConditionValues::Arns(arns) => arns
+                .iter()
+                .flat_map(|arn| match arn {
+                    ArnPattern::Anything => [].iter(),
+                    ArnPattern::Components(components) => components.iter(),
+                })
+                .collect(),
+            ConditionValues::Bools(_)
+            | ConditionValues::Numbers(_)
+            | ConditionValues::Dates(_)
+            | ConditionValues::Networks(_)
+            | ConditionValues::Absent(_) => Vec::new(),
+        }
+    }
+
     /// Whether the operator is qualified with `ForAllValues:`.
     pub(crate) fn for_all_values(&self) -> bool {
         self.operator.qualifier == Some(SetQualifier::ForAllValues)

@@ -95,6 +95,15 @@ impl Pattern {
         Ok(Self { tokens, shape })
     }
 
+    /// The keys (lowercased) of this pattern's policy variables, as
+    /// decoded: a JSON escape (`\u0024{`) spells one as well as `${` does.
+    pub(crate) fn variable_keys(&self) -> impl Iterator<Item = &str> {
+        self.tokens.iter().filter_map(|token| match token {
+            Token::Variable { lowercase_key, .. } => Some(lowercase_key.as_str()),
+            Token::Literal(_) | Token::AnyRun | Token::AnyChar => None,
+        })
+    }
+
     #[cfg(test)]
     fn has_variables(&self) -> bool {
         self.tokens

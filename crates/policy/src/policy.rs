@@ -125,6 +125,21 @@ impl Policy {
         self.clauses().map(ConditionClause::lowercase_key)
     }
 
+    /// The keys (lowercased) of every policy variable the policy holds, in
+    /// a `Resource`/`NotResource` or a condition value, as decoded from the
+    /// JSON, repeated as often as they appear.
+    pub fn variable_keys(&self) -> impl Iterator<Item = &str> {
+        self.statements.iter().flat_map(|statement| {
+            statement
+                .resources
+                .patterns
+                .iter()
+                .chain(statement.actions.patterns.iter())
+                .chain(statement.conditions.iter().flat_map(ConditionClause::patterns))
+                .flat_map(Pattern::variable_keys)
+        })
+    }
+
     /// The condition keys (lowercased) that a `ForAllValues:` operator
     /// reads, in document order, repeated as often as they are.
     pub fn for_all_values_keys(&self) -> impl Iterator<Item = &str> {

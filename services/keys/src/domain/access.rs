@@ -351,7 +351,7 @@ impl KeysDomain {
                 self.location.partition
             )));
         }
-        if let Some(key) = reads_tags_or_aliases(&policy, document) {
+        if let Some(key) = reads_tags_or_aliases(&policy) {
             return Err(KeysError::MalformedPolicy(format!(
                 "The condition key {key} is evaluated in identity policies only, never in a \
                  key policy: a statement conditioned on it could never apply."
@@ -400,7 +400,7 @@ impl KeysDomain {
         // One stored before such policies were refused keeps the meaning it
         // was written with (reading the key's tags or aliases): changing it
         // under its owner could widen as well as narrow it.
-        if let Some(condition_key) = reads_tags_or_aliases(&policy, &document) {
+        if let Some(condition_key) = reads_tags_or_aliases(&policy) {
             tracing::warn!(key_id = %key.key_id, condition_key,
                 "this key policy reads the key's tags or aliases, which KMS reads in identity policies only; it is evaluated as it was written, and a PutKeyPolicy keeping it will be refused");
         }
@@ -803,19 +803,14 @@ fn identity_policy_only(lowercase_key: &str) -> bool {
 }
 
 /// The first identity-policy-only key a key policy reads, in a Condition
-/// block or as a policy variable (`${aws:ResourceTag/team}`), lowercased.
-fn reads_tags_or_aliases(policy: &Policy, document: &str) -> Option<String> {
-    if let Some(key) = policy
+/// block or as a policy variable (`${aws:ResourceTag/team}`, however its
+/// JSON spells it), lowercased.
+fn reads_tags_or_aliases(policy: &Policy) -> Option<String> {
+    policy
         .named_condition_keys()
+        .chain(policy.variable_keys())
         .find(|key| identity_policy_only(key))
-    {
-        return Some(key.to_owned());
-    }
-    let lowercase = document.to_ascii_lowercase();
-    lowercase.match_indices("${").find_map(|(start, _)| {
-        let name = lowercase[start + 2..].split(['}', ',']).next()?.trim();
-        identity_policy_only(name).then(|| name.to_owned())
-    })
+        .map(str::to_owned)
 }
 
 fn decide(caller: &Caller, policy: &Arc<Policy>, request: RequestContext) -> DecisionEffect {
@@ -958,7 +953,7 @@ mod tests {
     #[test]
     fn key_policies_reading_tags_or_aliases_are_found() {
         let found = |document: &str| {
-            reads_tags_or_aliases(&Policy::parse_resource(document).unwrap(), document)
+            reads_tags_or_aliases(&Policy::parse_resource(document).unwrap())
         };
         let statement = |condition: &str| {
             format!(
@@ -993,6 +988,21 @@ mod tests {
             .as_deref(),
             Some("kms:resourcealiases")
         );
+        // JSON escapes spell the same variables: the policy reads what the
+        // JSON decodes to, and so does this check.
+        for escaped in [
+            r#"{"StringEquals":{"aws:PrincipalArn":"\u0024{aws:ResourceTag/owner}"}}"#,
+            r#"{"StringEquals":{"aws:PrincipalArn":"$\u007baws:\u0052esourceTag/owner}"}}"#,
+            r#"{"StringLike":{"kms:EncryptionContext:owner":"*\u0024{aws:ResourceTag/owner}"}}"#,
+        ] {
+            assert_eq!(
+                found(&statement(escaped)).as_deref(),
+                Some("aws:resourcetag/owner"),
+                "{escaped}"
+            );
+        }
+        let in_resource = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Resource":"arn:coffer:kms:*:*:key/\u0024{kms:ResourceAliases}"}]}"#;
+        assert_eq!(found(in_resource).as_deref(), Some("kms:resourcealiases"));
         for innocent in [
             r#"{"StringEquals":{"aws:RequestTag/Team":"blue"}}"#,
             r#"{"StringEquals":{"aws:PrincipalArn":"${aws:username}"}}"#,
