@@ -256,7 +256,15 @@ impl ConditionClause {
             return expected.contains(&is_absent);
         }
         let negated = self.operator.base.negated;
-        let satisfies = |value: &String| self.any_listed_value_matches(value, context) != negated;
+        let satisfies = |value: &String| {
+            let matched = self.any_listed_value_matches(value, context);
+            if negated && !matched && effect == Effect::Allow && !self.resolves(context) {
+                // A value this request cannot resolve is not known to
+                // differ: the Allow does not apply (a Deny does).
+                return false;
+            }
+            matched != negated
+        };
         match (self.operator.qualifier, request_values) {
             (None, None) => self.operator.if_exists || negated,
             // One key spelled in several cases: each spelling on its own,
@@ -271,6 +279,27 @@ impl ConditionClause {
             (Some(SetQualifier::ForAllValues), Some(values)) => values.iter().all(satisfies),
             (Some(SetQualifier::ForAnyValue), None) => false,
             (Some(SetQualifier::ForAnyValue), Some(values)) => values.iter().any(satisfies),
+        }
+    }
+
+    /// Whether every policy variable in the listed values resolves for the
+    /// request.
+    fn resolves(&self, context: &RequestContext) -> bool {
+        match &self.values {
+            ConditionValues::Strings(patterns) | ConditionValues::StringsIgnoringCase(patterns) => {
+                patterns.iter().all(|pattern| pattern.resolves(context))
+            }
+            ConditionValues::Arns(arns) => arns.iter().all(|arn| match arn {
+                ArnPattern::Anything => true,
+                ArnPattern::Components(components) => {
+                    components.iter().all(|pattern| pattern.resolves(context))
+                }
+            }),
+            ConditionValues::Bools(_)
+            | ConditionValues::Numbers(_)
+            | ConditionValues::Dates(_)
+            | ConditionValues::Networks(_)
+            | ConditionValues::Absent(_) => true,
         }
     }
 

@@ -104,6 +104,19 @@ impl Pattern {
         })
     }
 
+    /// Whether every policy variable of this pattern resolves for the
+    /// request (a pattern with none always does).
+    pub(crate) fn resolves(&self, variables: &impl VariableSource) -> bool {
+        self.shape != Shape::General
+            || self.tokens.iter().all(|token| match token {
+                Token::Variable {
+                    lowercase_key,
+                    default,
+                } => resolve(variables, lowercase_key, default.as_deref()).is_some(),
+                Token::Literal(_) | Token::AnyRun | Token::AnyChar => true,
+            })
+    }
+
     #[cfg(test)]
     fn has_variables(&self) -> bool {
         self.tokens

@@ -56,8 +56,12 @@
 //!   condition key `key` (case-insensitive), `${key, 'default'}` falls back
 //!   to the default, `${*}`, `${?}`, `${$}` are those characters literally.
 //!   A variable whose key is absent or multi-valued and has no default
-//!   matches nothing, so the pattern holding it matches nothing (and a
-//!   `NotResource`/negated condition holding it is therefore satisfied).
+//!   matches nothing, so the pattern holding it matches nothing. In a
+//!   `NotResource` or a negated condition, which hold when nothing listed
+//!   matches, such a value is not known to differ from the request's: an
+//!   Allow statement holding it does not apply ("if AWS cannot resolve a
+//!   variable this might cause the entire statement to be invalid"), and a
+//!   Deny statement does, the stricter reading.
 //!
 //! # Conditions
 //!

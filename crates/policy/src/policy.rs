@@ -225,14 +225,23 @@ impl Statement {
     }
 
     /// Resource ARNs compare case-sensitively, the whole ARN against the
-    /// pattern. `NotResource` applies to every resource it does not list.
+    /// pattern. `NotResource` applies to every resource it does not list;
+    /// when it lists one through a policy variable the request cannot
+    /// resolve, an Allow does not apply (the statement cannot be read, as
+    /// AWS says) while a Deny does (the stricter reading).
     pub(crate) fn resource_applies(&self, context: &RequestContext) -> bool {
         let resource = context.resource();
-        let listed = self
-            .resources
-            .patterns
+        let patterns = &self.resources.patterns;
+        let listed = patterns
             .iter()
             .any(|pattern| pattern.matches(resource, CaseMode::Sensitive, context));
+        if self.resources.negated
+            && !listed
+            && self.effect == Effect::Allow
+            && patterns.iter().any(|pattern| !pattern.resolves(context))
+        {
+            return false;
+        }
         listed != self.resources.negated
     }
 

@@ -1,5 +1,6 @@
 //! Every condition operator, with IfExists, set qualifiers and missing keys.
 
+use coffer_policy::{DecisionEffect, PrincipalInfo, RequestContext};
 use serde_json::{Value, json};
 
 use crate::support::condition_holds;
@@ -668,7 +669,8 @@ fn policy_variables_in_condition_values() {
     check(like.clone(), &[("x:path", &["home/alice/notes"])], true);
     check(like.clone(), &[("x:path", &["home/bob/notes"])], false);
     // An unresolvable variable matches nothing: the positive operator is
-    // false, the negated one true.
+    // false. The negated one is not known to hold, so an Allow holding it
+    // does not apply (and a Deny does: see the test below).
     check(
         json!({"StringEquals": {"x:k": "${x:absent}"}}),
         &[("x:k", &[""])],
@@ -677,6 +679,24 @@ fn policy_variables_in_condition_values() {
     check(
         json!({"StringNotEquals": {"x:k": "${x:absent}"}}),
         &[("x:k", &["v"])],
+        false,
+    );
+    check(
+        json!({"StringNotEquals": {"x:k": ["${x:absent}", "v"]}}),
+        &[("x:k", &["v"])],
+        false,
+    );
+    check(
+        json!({"ArnNotLike": {"aws:SourceArn": "arn:coffer:kms:*:${x:absent}:key/*"}}),
+        &[(
+            "aws:SourceArn",
+            &["arn:coffer:kms:eu-west-1:111122223333:key/x"],
+        )],
+        false,
+    );
+    check(
+        json!({"StringNotEquals": {"x:k": "${x:absent, 'v'}"}}),
+        &[("x:k", &["w"])],
         true,
     );
     check(
@@ -704,6 +724,48 @@ fn policy_variables_in_condition_values() {
         &[("x:k", &["ALICE"])],
         true,
     );
+}
+
+/// A negated match on a variable the request cannot resolve: an Allow
+/// does not apply, a Deny does. A role carries no `aws:username`.
+#[test]
+fn an_unresolved_variable_in_a_negated_match_widens_no_allow() {
+    let role = || PrincipalInfo::role("coffer", "111122223333", "ops");
+    let key = "arn:coffer:kms:eu-west-1:111122223333:key/k1";
+    let decide = |statement: Value| {
+        let policy = crate::support::single_statement(statement);
+        coffer_policy::evaluate(&[&policy], &RequestContext::new(role(), "kms:Decrypt", key))
+    };
+    let not_resource = json!({
+        "Effect": "Allow", "Action": "kms:Decrypt",
+        "NotResource": "arn:coffer:kms:*:*:key/${aws:username}"
+    });
+    assert!(!decide(not_resource).is_allowed());
+    let not_equals = json!({
+        "Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*",
+        "Condition": {"StringNotEquals": {"aws:PrincipalArn": "${aws:username}"}}
+    });
+    assert!(!decide(not_equals).is_allowed());
+    let policy = crate::support::identity(&json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "kms:Decrypt",
+             "NotResource": "arn:coffer:kms:*:*:key/${aws:username}"},
+            {"Effect": "Deny", "Action": "kms:Encrypt", "Resource": "*",
+             "Condition": {"StringNotEquals": {"aws:PrincipalArn": "${aws:username}"}}}
+        ]
+    }));
+    for action in ["kms:Decrypt", "kms:Encrypt"] {
+        let context = RequestContext::new(role(), action, key);
+        assert_eq!(
+            coffer_policy::evaluate(&[&policy], &context).effect,
+            DecisionEffect::ExplicitDeny,
+            "{action}"
+        );
+    }
+    let context = RequestContext::new(role(), "kms:GenerateDataKey", key);
+    assert!(coffer_policy::evaluate(&[&policy], &context).is_allowed());
 }
 
 #[test]
