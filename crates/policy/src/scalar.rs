@@ -316,6 +316,16 @@ impl Cidr {
                 network: u32::from(v4) & mask_v4(prefix),
                 prefix,
             },
+            // An IPv4-mapped block (`::ffff:203.0.113.0/120`) is the IPv4
+            // block it spells, as a request from a mapped address is the
+            // IPv4 address it carries (`contains`).
+            IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => {
+                let v4 = v6.to_ipv4_mapped().map_or(0, u32::from);
+                Self::V4 {
+                    network: v4 & mask_v4(prefix - 96),
+                    prefix: prefix - 96,
+                }
+            }
             IpAddr::V6(v6) => Self::V6 {
                 network: u128::from(v6) & mask_v6(prefix),
                 prefix,
@@ -468,6 +478,15 @@ mod tests {
         assert!(!v6.contains("10.0.0.1".parse().unwrap()));
         let all_v6 = Cidr::parse("::/0").unwrap();
         assert!(all_v6.contains("::1".parse().unwrap()));
+        // An IPv4-mapped block holds the IPv4 addresses it spells, however
+        // the request's address is written.
+        let mapped = Cidr::parse("::ffff:203.0.113.0/120").unwrap();
+        assert_eq!(mapped, block);
+        assert!(mapped.contains("203.0.113.7".parse().unwrap()));
+        assert!(mapped.contains("::ffff:203.0.113.7".parse().unwrap()));
+        assert!(!mapped.contains("203.0.114.7".parse().unwrap()));
+        let mapped_host = Cidr::parse("::ffff:192.0.2.1").unwrap();
+        assert!(mapped_host.contains("192.0.2.1".parse().unwrap()));
     }
 
     #[test]
