@@ -627,14 +627,17 @@ impl Drop for CancelGuard {
         let Some(base) = self.event.take() else {
             return;
         };
-        let event = base.finish(
-            false,
-            Some((
+        let error = if std::thread::panicking() {
+            // Dropped by a panic, not by the client.
+            let internal = ApiError::internal();
+            (internal.exception.to_owned(), internal.message)
+        } else {
+            (
                 CANCELLED_EXCEPTION.to_owned(),
                 "the client cancelled the call before it completed".to_owned(),
-            )),
-            self.recorder.take(),
-        );
+            )
+        };
+        let event = base.finish(false, Some(error), self.recorder.take());
         let sink = self.sink.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -650,6 +653,24 @@ impl Drop for CancelGuard {
             ),
         }
     }
+}
+
+/// `future`'s output, or `None` once polling it panicked. A handler's panic
+/// stays within its call: the call answers, and is audited as,
+/// InternalFailure, while its connection's other calls go on (a data-plane
+/// call runs in the connection's task, which the panic would otherwise end).
+async fn unless_panicked<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|context| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            future.as_mut().poll(context)
+        })) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Some(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_panic) => Poll::Ready(None),
+        }
+    })
+    .await
 }
 
 /// `request` with its body watched: a client that resets the stream before
@@ -788,9 +809,11 @@ where
                         recorder: recorder.clone(),
                         sink: entry.sink.clone(),
                     };
-                    let handler = inner
-                        .call(watching_for_reset(request, &recorder))
-                        .instrument(span.clone());
+                    let handler = unless_panicked(
+                        inner
+                            .call(watching_for_reset(request, &recorder))
+                            .instrument(span.clone()),
+                    );
                     let outcome = match (&outbox, &guard.event) {
                         (Some(outbox), Some(base)) => {
                             let slot = Arc::new(OutboxSlot::new(
@@ -816,8 +839,14 @@ where
                     };
                     prepared = guard.event.take();
                     match outcome {
-                        Ok(Ok(response)) => response,
-                        Ok(Err(error)) => return Err(error),
+                        Ok(Some(Ok(response))) => response,
+                        Ok(Some(Err(error))) => return Err(error),
+                        Ok(None) => {
+                            tracing::error!(rpc = %path, request_id = %request_id, "the handler panicked; the call answers InternalFailure");
+                            let error = ApiError::internal();
+                            recorder.error(error.exception, &error.message);
+                            error.into_status(&event_source).into_http::<Body>()
+                        }
                         Err(_elapsed) => {
                             let error = ApiError::deadline_exceeded();
                             recorder.error(error.exception, &error.message);
@@ -943,6 +972,158 @@ fn audit_unavailable() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditDeliveryError;
+
+    /// Keeps every event it is handed.
+    #[derive(Default)]
+    struct Kept(std::sync::Mutex<Vec<AuditEvent>>);
+
+    impl Kept {
+        fn errors(&self) -> Vec<(String, Option<String>)> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|event| (event.event_name.clone(), event.error_code.clone()))
+                .collect()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl AuditSink for Kept {
+        async fn emit(
+            &self,
+            event: &AuditEvent,
+            _delivery: Delivery,
+        ) -> Result<(), AuditDeliveryError> {
+            self.0.lock().unwrap().push(event.clone());
+            Ok(())
+        }
+
+        async fn flush(&self, _timeout: Duration) -> Result<(), AuditDeliveryError> {
+            Ok(())
+        }
+    }
+
+    /// A handler that panics, once it has awaited something, when the
+    /// request asks it to, and otherwise answers NOT_FOUND.
+    #[derive(Clone)]
+    struct Handler;
+
+    impl Service<Request<Body>> for Handler {
+        type Response = Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Result<Response<Body>, Self::Error>>;
+
+        fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<Body>) -> Self::Future {
+            let panics = request.headers().contains_key("x-test-panic");
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                assert!(!panics, "a bug in the handler");
+                Ok(tonic::Status::not_found("nothing here").into_http())
+            })
+        }
+    }
+
+    fn kind(method: &str) -> Option<RpcKind> {
+        let category = match method {
+            "Encrypt" => EventCategory::Data,
+            _ => EventCategory::Management,
+        };
+        Some(RpcKind {
+            read_only: false,
+            category,
+        })
+    }
+
+    async fn send(service: &mut CallService<Handler>, method: &str, panics: bool) -> String {
+        let mut request = Request::builder()
+            .uri(format!("/coffer.keys.v1.Keys/{method}"))
+            .body(Body::empty())
+            .unwrap();
+        if panics {
+            request
+                .headers_mut()
+                .insert("x-test-panic", HeaderValue::from_static("1"));
+        }
+        let alice = principal_from_spiffe_id(
+            "spiffe://coffer.test/account/111122223333/user/alice",
+            "coffer.test",
+        )
+        .unwrap();
+        request.extensions_mut().insert(PeerInfo {
+            remote_addr: "10.1.2.3:40000".parse().unwrap(),
+            identity: Ok(Arc::new(alice)),
+            not_after: None,
+        });
+        std::future::poll_fn(|context| service.poll_ready(context))
+            .await
+            .unwrap();
+        let response = service.call(request).await.unwrap();
+        response.headers()["grpc-status"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A handler's panic is its call's InternalFailure, answered and
+    /// audited as such, whether the call ran in the connection's task (a
+    /// data-plane call) or in its own; the service goes on serving.
+    #[tokio::test]
+    async fn a_panicking_handler_fails_its_call_only() {
+        let location = Location {
+            partition: "coffer".into(),
+            region: "eu-west-1".into(),
+            dns_suffix: "coffer.internal".into(),
+        };
+        let kept = Arc::new(Kept::default());
+        let layer = CallLayer::new(
+            vec![AuditedService {
+                catalog: ServiceCatalog {
+                    grpc_service: "coffer.keys.v1.Keys",
+                    service_name: "keys",
+                    rpc_kind: kind,
+                },
+                sink: kept.clone(),
+                outbox: None,
+            }],
+            CallSettings {
+                location: location.clone(),
+                trust_domain: "coffer.test".into(),
+                request_timeout: Duration::from_secs(10),
+                max_concurrent_requests: 8,
+                audit_mode: AuditMode::BestEffort,
+            },
+            Arc::new(Authorizer::new(
+                location,
+                Arc::new(crate::authz::IdentityPolicies::new(Vec::new())),
+                Arc::new(crate::clock::SystemClock),
+            )),
+        );
+        let mut service = layer.layer(Handler);
+        let internal = (tonic::Code::Internal as i32).to_string();
+        let not_found = (tonic::Code::NotFound as i32).to_string();
+        for method in ["Encrypt", "CreateKey"] {
+            assert_eq!(send(&mut service, method, true).await, internal, "{method}");
+            assert_eq!(send(&mut service, method, false).await, not_found, "{method}");
+        }
+        assert!(layer.detached_calls_ended(Duration::from_secs(5)).await);
+        let internal_failure = Some("InternalFailure".to_owned());
+        let not_found_exception = Some(exception_for_code(tonic::Code::NotFound).to_owned());
+        assert_eq!(
+            kept.errors(),
+            [
+                ("Encrypt".to_owned(), internal_failure.clone()),
+                ("Encrypt".to_owned(), not_found_exception.clone()),
+                ("CreateKey".to_owned(), internal_failure),
+                ("CreateKey".to_owned(), not_found_exception),
+            ]
+        );
+    }
 
     #[test]
     fn grpc_timeout_units() {
