@@ -563,6 +563,37 @@ async fn bad_input_gets_exact_errors(backend: Backend) -> anyhow::Result<()> {
             .await;
         assert_error(nul_tag, Code::InvalidArgument, "TagException");
     }
+    // Lengths are the API's constraints, as UntagResource's are.
+    for (tag_key, tag_value) in [
+        (String::new(), String::new()),
+        ("k".repeat(129), String::new()),
+        ("team".to_owned(), "v".repeat(257)),
+    ] {
+        let too_long = client
+            .tag_resource(pb::TagResourceRequest {
+                key_id: key.key_id.clone(),
+                tags: vec![coffer_proto::common::v1::Tag { tag_key, tag_value }],
+            })
+            .await;
+        let status = assert_error(too_long, Code::InvalidArgument, "ValidationException");
+        assert!(status.message().contains("tags"), "{status:?}");
+    }
+    let longest = client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: vec![coffer_proto::common::v1::Tag {
+                tag_key: "é".repeat(128),
+                tag_value: "é".repeat(256),
+            }],
+        })
+        .await;
+    assert!(longest.is_ok(), "{longest:?}");
+    client
+        .untag_resource(pb::UntagResourceRequest {
+            key_id: key.key_id.clone(),
+            tag_keys: vec!["é".repeat(128)],
+        })
+        .await?;
     let nul_untag = client
         .untag_resource(pb::UntagResourceRequest {
             key_id: key.key_id.clone(),

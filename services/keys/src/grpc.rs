@@ -585,13 +585,20 @@ fn tags(tags: &[coffer_proto::common::v1::Tag]) -> Result<Vec<Tag>> {
     }
     let mut validated: Vec<Tag> = Vec::with_capacity(tags.len());
     for tag in tags {
+        // Lengths are the API's constraints (ValidationException, as
+        // UntagResource's are); what KMS refuses of a tag's content is a
+        // TagException.
         let key_length = tag.tag_key.chars().count();
         if !(1..=128).contains(&key_length) {
-            return Err(KeysError::Tag("TagKey must be 1 to 128 characters.".into()));
+            return Err(KeysError::validation(
+                "tags",
+                "a TagKey must be 1 to 128 characters",
+            ));
         }
         if tag.tag_value.chars().count() > 256 {
-            return Err(KeysError::Tag(
-                "TagValue must be at most 256 characters.".into(),
+            return Err(KeysError::validation(
+                "tags",
+                "a TagValue must be at most 256 characters",
             ));
         }
         if tag.tag_key.contains(char::is_control) || tag.tag_value.contains(char::is_control) {
