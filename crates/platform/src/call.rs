@@ -1109,7 +1109,11 @@ mod tests {
         let not_found = (tonic::Code::NotFound as i32).to_string();
         for method in ["Encrypt", "CreateKey"] {
             assert_eq!(send(&mut service, method, true).await, internal, "{method}");
-            assert_eq!(send(&mut service, method, false).await, not_found, "{method}");
+            assert_eq!(
+                send(&mut service, method, false).await,
+                not_found,
+                "{method}"
+            );
         }
         assert!(layer.detached_calls_ended(Duration::from_secs(5)).await);
         let internal_failure = Some("InternalFailure".to_owned());

@@ -135,7 +135,12 @@ impl Policy {
                 .patterns
                 .iter()
                 .chain(statement.actions.patterns.iter())
-                .chain(statement.conditions.iter().flat_map(ConditionClause::patterns))
+                .chain(
+                    statement
+                        .conditions
+                        .iter()
+                        .flat_map(ConditionClause::patterns),
+                )
                 .flat_map(Pattern::variable_keys)
         })
     }

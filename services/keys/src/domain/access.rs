@@ -952,9 +952,8 @@ mod tests {
 
     #[test]
     fn key_policies_reading_tags_or_aliases_are_found() {
-        let found = |document: &str| {
-            reads_tags_or_aliases(&Policy::parse_resource(document).unwrap())
-        };
+        let found =
+            |document: &str| reads_tags_or_aliases(&Policy::parse_resource(document).unwrap());
         let statement = |condition: &str| {
             format!(
                 r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt","Resource":"*","Condition":{condition}}}]}}"#
