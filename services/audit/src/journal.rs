@@ -16,7 +16,11 @@
 //! - **Recovery**: at start, whatever the journal holds is indexed again.
 //!   Inserts skip event ids already stored, so an export indexed just before
 //!   a crash is not stored twice. An export cut short by the crash (shorter
-//!   than its length prefix) was never acknowledged; it is dropped.
+//!   than its length prefix) was never acknowledged; it is dropped. A whole
+//!   record that cannot be read (a damaged file) ends what is indexed, and
+//!   everything from it on is copied to `<journal>.corrupt-<ms>` before the
+//!   journal is cut there, so acknowledged exports after it are kept for an
+//!   operator rather than lost.
 //! - **Reads wait for the indexer** ([`Journal::settled`]): a lookup sees
 //!   every event acknowledged before it began.
 //! - **Bounded**: an append waits while the indexer is more than
@@ -24,7 +28,10 @@
 //!   has caught up. Under a steady load it may never quite catch up, so once
 //!   the part already stored passes [`COMPACT_AFTER_BYTES`] the rest is
 //!   copied to a new file that replaces the journal by a rename: a crash
-//!   leaves one whole file or the other, never a mix.
+//!   leaves one whole file or the other, never a mix. The copy is synced
+//!   before the rename (and the directory after it), so not even a power
+//!   loss can replace exports that had reached the disk by a copy that had
+//!   not.
 //!
 //! Postgres takes concurrent writers and shares its cache, so there exports
 //! are stored directly, without a journal.
@@ -141,27 +148,29 @@ impl Journal {
             .create(true)
             .open(path)
             .map_err(failed("opened"))?;
-        // Held while the file is open (a compacted copy is locked before it
-        // replaces the journal); the system releases it if the process dies.
-        if let Err(error) = file.try_lock() {
-            return Err(match error {
-                std::fs::TryLockError::WouldBlock => JournalError::InUse {
-                    path: path.display().to_string(),
-                },
-                std::fs::TryLockError::Error(source) => failed("locked")(source),
-            });
-        }
+        lock_journal(&file, path)?;
         // A copy that a crash interrupted: the journal itself is whole.
         let _unfinished = std::fs::remove_file(Self::compacting_path(path));
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(failed("read"))?;
         let (batches, ends, intact) = decode_records(&bytes);
-        if intact < bytes.len() {
-            tracing::warn!(
-                journal = %path.display(),
-                dropped_bytes = bytes.len() - intact,
-                "the ingest journal ends in an export that was cut short; it was never acknowledged and is dropped"
-            );
+        if let Some(rest) = bytes.get(intact..).filter(|rest| !rest.is_empty()) {
+            if torn_tail(rest) {
+                tracing::warn!(
+                    journal = %path.display(),
+                    dropped_bytes = rest.len(),
+                    "the ingest journal ends in an export that was cut short; it was never acknowledged and is dropped"
+                );
+            } else {
+                let aside = set_aside(path, rest).map_err(failed("copied aside"))?;
+                tracing::error!(
+                    journal = %path.display(),
+                    kept_aside = %aside.display(),
+                    kept_bytes = rest.len(),
+                    indexed_exports = batches.len(),
+                    "the ingest journal holds a record that cannot be read; it and what follows it are not indexed, and are kept aside for an operator"
+                );
+            }
             file.set_len(intact as u64).map_err(failed("truncated"))?;
         }
         if !batches.is_empty() {
@@ -376,12 +385,14 @@ impl Journal {
         state.file.seek(SeekFrom::Start(from))?;
         state.file.read_exact(&mut tail)?;
         let compacting = Self::compacting_path(&self.path);
-        OpenOptions::new()
+        let mut copy = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&compacting)?
-            .write_all(&tail)?;
+            .open(&compacting)?;
+        copy.write_all(&tail)?;
+        // On the disk before it can replace a file that may be.
+        copy.sync_all()?;
         // Opened before the rename: appends never go to a file that is no
         // longer the journal.
         let file = OpenOptions::new()
@@ -390,6 +401,11 @@ impl Journal {
             .open(&compacting)?;
         file.try_lock().map_err(std::io::Error::from)?;
         std::fs::rename(&compacting, &self.path)?;
+        // The rename is done: from here on the copy is the journal,
+        // whatever else fails.
+        if let Err(error) = sync_directory_of(&self.path) {
+            tracing::warn!(%error, journal = %self.path.display(), "the ingest journal's directory could not be synced after a compaction");
+        }
         Ok(file)
     }
 
@@ -558,6 +574,99 @@ impl<'a> Reader<'a> {
 
 /// The whole batches `bytes` holds, and how many bytes they take: reading
 /// stops at the first record that is cut short or does not decode.
+/// Locks `file`, opened as the journal at `path`. The lock is held while
+/// the file is open (a compacted copy is locked before it replaces the
+/// journal), and the system releases it if the process dies. Between the
+/// open and the lock another journal may have replaced the file by its
+/// copy and let go of the one it replaced: a lock on that file holds
+/// nothing, and the journal counts as in use (an opener waiting for it
+/// tries again).
+fn lock_journal(file: &File, path: &Path) -> Result<(), JournalError> {
+    let in_use = || JournalError::InUse {
+        path: path.display().to_string(),
+    };
+    let failed = |source| JournalError::Io {
+        path: path.display().to_string(),
+        action: "locked",
+        source,
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
+        Err(std::fs::TryLockError::Error(source)) => return Err(failed(source)),
+    }
+    if is_named(file, path).map_err(failed)? {
+        Ok(())
+    } else {
+        Err(in_use())
+    }
+}
+
+/// Whether `file` is the file `path` names now.
+#[cfg(unix)]
+fn is_named(file: &File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (open, named) = (file.metadata()?, std::fs::metadata(path)?);
+    Ok(open.dev() == named.dev() && open.ino() == named.ino())
+}
+
+#[cfg(not(unix))]
+fn is_named(_file: &File, _path: &Path) -> std::io::Result<bool> {
+    Ok(true)
+}
+
+#[cfg(unix)]
+fn sync_directory_of(path: &Path) -> std::io::Result<()> {
+    match path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        Some(directory) => File::open(directory)?.sync_all(),
+        None => File::open(".")?.sync_all(),
+    }
+}
+
+#[cfg(not(unix))]
+fn sync_directory_of(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Whether `rest`, what follows the journal's last readable record, is
+/// what a crash mid-append (or a power loss's zeroed tail) leaves: a
+/// record shorter than its length prefix says, or nothing but zeros.
+fn torn_tail(rest: &[u8]) -> bool {
+    if rest.iter().all(|byte| *byte == 0) {
+        return true;
+    }
+    let mut reader = Reader { bytes: rest };
+    match reader.u32() {
+        None => true,
+        Some(length) => (1..=MAX_RECORD_BYTES).contains(&length) && reader.take(length).is_none(),
+    }
+}
+
+/// Copies `rest` to a new file beside the journal, synced, and returns its
+/// path.
+fn set_aside(path: &Path, rest: &[u8]) -> std::io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{}", now_ms()));
+    let aside = PathBuf::from(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&aside)?;
+    file.write_all(rest)?;
+    file.sync_all()?;
+    sync_directory_of(path)?;
+    Ok(aside)
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis())
+}
+
 fn decode_records(bytes: &[u8]) -> (Vec<Vec<StoredEvent>>, Vec<u64>, usize) {
     let mut batches = Vec::new();
     let mut ends = Vec::new();
@@ -787,6 +896,96 @@ mod tests {
         std::fs::write(Journal::compacting_path(&path), [1, 2, 3])?;
         assert_eq!(ids_after_reopening(&path)?, ["kept"]);
         assert!(!Journal::compacting_path(&path).exists());
+        Ok(())
+    }
+
+    /// A whole record that cannot be read ends what is indexed; it and the
+    /// acknowledged records after it are kept aside, not cut off and lost.
+    #[tokio::test]
+    async fn records_after_an_unreadable_one_are_kept_aside() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        {
+            let journal = Journal::open(&path)?;
+            for id in ["first", "second", "third"] {
+                journal.append(vec![event(id, 1)]).await?;
+            }
+        }
+        let mut bytes = std::fs::read(&path)?;
+        let first_end = encode_record(&[event("first", 1)]).len();
+        // The second record's event count, past its own bytes.
+        bytes
+            .get_mut(first_end + 4..first_end + 8)
+            .ok_or("short")?
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&path, &bytes)?;
+
+        let journal = Journal::open(&path)?;
+        let taken = journal.take().ok_or("nothing recovered")?;
+        let ids: Vec<_> = taken.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["first"]);
+        assert_eq!(std::fs::metadata(&path)?.len(), first_end as u64);
+        let aside: Vec<_> = std::fs::read_dir(directory.path())?
+            .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        let aside: Vec<_> = aside
+            .into_iter()
+            .filter(|name| name.starts_with("audit.db.ingest.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        let kept = std::fs::read(directory.path().join(&aside[0]))?;
+        assert_eq!(kept, bytes.get(first_end..).ok_or("short")?);
+        // The third record is whole in what was kept.
+        let (batches, _, _) = decode_records(kept.get(first_end..).unwrap_or_default());
+        assert!(
+            batches.is_empty(),
+            "the copy starts at the unreadable record"
+        );
+        let third_start = kept.len() - encode_record(&[event("third", 1)]).len();
+        let (batches, _, _) = decode_records(kept.get(third_start..).ok_or("short")?);
+        assert_eq!(
+            batches.concat().first().map(|e| e.event_id.as_str()),
+            Some("third")
+        );
+        Ok(())
+    }
+
+    /// A zeroed or cut-short tail is what a crash leaves: dropped, with
+    /// nothing kept aside.
+    #[test]
+    fn only_a_cut_short_or_zeroed_tail_is_torn() {
+        let record = encode_record(&[event("e", 0)]);
+        assert!(torn_tail(&[0; 100]));
+        assert!(torn_tail(&[5, 0]));
+        assert!(torn_tail(
+            record.get(..record.len() - 1).unwrap_or_default()
+        ));
+        assert!(!torn_tail(&[7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]));
+        assert!(!torn_tail(&[0, 0, 0, 0, 9]));
+        assert!(!torn_tail(&[0xff, 0xff, 0xff, 0xff, 1]));
+    }
+
+    /// An opener that locks the file a compaction has just replaced (and
+    /// let go of) holds nothing: the journal counts as in use.
+    #[tokio::test]
+    async fn a_lock_on_a_replaced_file_is_not_the_journal() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let mut journal = Journal::open(&path)?;
+        journal.compact_after = 1;
+        journal.append(vec![event("one", 0)]).await?;
+        let taken = journal.take().ok_or("nothing to take")?;
+        journal.append(vec![event("two", 0)]).await?;
+        let opened_before = OpenOptions::new().read(true).append(true).open(&path)?;
+        journal.stored(taken.through);
+        drop(journal);
+        assert!(matches!(
+            lock_journal(&opened_before, &path),
+            Err(JournalError::InUse { .. })
+        ));
+        drop(opened_before);
+        let reopened = Journal::open(&path)?;
+        assert_eq!(reopened.take().map(|taken| taken.events.len()), Some(1));
         Ok(())
     }
 
