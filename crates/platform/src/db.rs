@@ -490,6 +490,70 @@ pub mod testing {
 }
 
 #[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    /// A Postgres URL asks for TLS with `sslmode`: `require` encrypts, and
+    /// `verify-full` refuses a server whose certificate its `sslrootcert`
+    /// did not sign. (Skipped where Postgres is unreachable outside CI, or
+    /// serves no TLS at all.)
+    #[tokio::test]
+    async fn postgres_connections_take_tls_as_the_url_asks() {
+        let Some(url) = testing::postgres_url().await else {
+            return;
+        };
+        let mut plain = sqlx::PgConnection::connect_with(
+            &PgConnectOptions::from_str(&url).expect("the test URL parses"),
+        )
+        .await
+        .expect("the test Postgres accepts a connection");
+        let ssl: String = sqlx::query_scalar("SHOW ssl")
+            .fetch_one(&mut plain)
+            .await
+            .expect("SHOW ssl answers");
+        if ssl != "on" {
+            eprintln!("note: the test Postgres serves no TLS; the TLS checks are skipped");
+            return;
+        }
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let required = PgConnectOptions::from_str(&format!("{url}{separator}sslmode=require"))
+            .expect("the URL parses");
+        let mut encrypted = sqlx::PgConnection::connect_with(&required)
+            .await
+            .expect("a TLS connection");
+        let over_tls: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&mut encrypted)
+                .await
+                .expect("pg_stat_ssl answers");
+        assert!(over_tls, "sslmode=require gave a plaintext connection");
+
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        crate::pki::init_ca(directory.path(), "coffer.test").expect("a CA");
+        let stranger = directory.path().join("stranger-ca.pem");
+        std::fs::write(
+            &stranger,
+            crate::pki::Authority::load(directory.path())
+                .expect("the CA loads")
+                .cert_pem(),
+        )
+        .expect("the CA certificate is written");
+        let verified = PgConnectOptions::from_str(&format!(
+            "{url}{separator}sslmode=verify-full&sslrootcert={}",
+            stranger.display()
+        ))
+        .expect("the URL parses");
+        let refused = sqlx::PgConnection::connect_with(&verified)
+            .await
+            .map(|_| "connected");
+        assert!(
+            format!("{refused:?}").contains("InvalidCertificate(UnknownIssuer)"),
+            "a server certificate no trusted CA signed was not refused as such: {refused:?}"
+        );
+    }
+}
+
+#[cfg(test)]
 mod checkpoint_tests {
     use super::*;
 
