@@ -16,11 +16,13 @@
 //! - **Recovery**: at start, whatever the journal holds is indexed again.
 //!   Inserts skip event ids already stored, so an export indexed just before
 //!   a crash is not stored twice. An export cut short by the crash (shorter
-//!   than its length prefix) was never acknowledged; it is dropped. A whole
-//!   record that cannot be read (a damaged file) ends what is indexed, and
-//!   everything from it on is copied to `<journal>.corrupt-<ms>` before the
-//!   journal is cut there, so acknowledged exports after it are kept for an
-//!   operator rather than lost.
+//!   than its length prefix) was never acknowledged; it is not indexed. A
+//!   whole record that cannot be read (a damaged file) ends what is indexed
+//!   too. Either way, everything from there on is copied to
+//!   `<journal>.corrupt-<ms>` before the journal is cut there (unless it is
+//!   nothing but zeros): a damaged length prefix looks like a record cut
+//!   short, and acknowledged exports after it are kept for an operator
+//!   rather than lost.
 //! - **Reads wait for the indexer** ([`Journal::settled`]): a lookup sees
 //!   every event acknowledged before it began.
 //! - **Bounded**: an append waits while the indexer is more than
@@ -155,17 +157,27 @@ impl Journal {
         file.read_to_end(&mut bytes).map_err(failed("read"))?;
         let (batches, ends, intact) = decode_records(&bytes);
         if let Some(rest) = bytes.get(intact..).filter(|rest| !rest.is_empty()) {
+            // Kept aside unless it is nothing but zeros: a length prefix that
+            // looks like a record cut short may be a damaged one, with
+            // acknowledged records after it.
+            let aside = match rest.iter().all(|byte| *byte == 0) {
+                true => String::new(),
+                false => set_aside(path, rest)
+                    .map_err(failed("copied aside"))?
+                    .display()
+                    .to_string(),
+            };
             if torn_tail(rest) {
                 tracing::warn!(
                     journal = %path.display(),
                     dropped_bytes = rest.len(),
-                    "the ingest journal ends in an export that was cut short; it was never acknowledged and is dropped"
+                    kept_aside = %aside,
+                    "the ingest journal ends in an export that was cut short, never acknowledged; it is not indexed"
                 );
             } else {
-                let aside = set_aside(path, rest).map_err(failed("copied aside"))?;
                 tracing::error!(
                     journal = %path.display(),
-                    kept_aside = %aside.display(),
+                    kept_aside = %aside,
                     kept_bytes = rest.len(),
                     indexed_exports = batches.len(),
                     "the ingest journal holds a record that cannot be read; it and what follows it are not indexed, and are kept aside for an operator"
@@ -762,6 +774,8 @@ mod tests {
             whole,
             "the cut record is removed"
         );
+        // Kept aside all the same: a damaged length prefix looks the same.
+        assert_eq!(set_aside_files(directory.path())?.len(), 1);
         journal.append(vec![event("after", 0)]).await?;
         drop(journal);
         assert_eq!(ids_after_reopening(&path)?, ["whole", "after"]);
@@ -925,13 +939,7 @@ mod tests {
         let ids: Vec<_> = taken.events.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, ["first"]);
         assert_eq!(std::fs::metadata(&path)?.len(), first_end as u64);
-        let aside: Vec<_> = std::fs::read_dir(directory.path())?
-            .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()?;
-        let aside: Vec<_> = aside
-            .into_iter()
-            .filter(|name| name.starts_with("audit.db.ingest.corrupt-"))
-            .collect();
+        let aside = set_aside_files(directory.path())?;
         assert_eq!(aside.len(), 1, "{aside:?}");
         let kept = std::fs::read(directory.path().join(&aside[0]))?;
         assert_eq!(kept, bytes.get(first_end..).ok_or("short")?);
@@ -950,8 +958,35 @@ mod tests {
         Ok(())
     }
 
-    /// A zeroed or cut-short tail is what a crash leaves: dropped, with
-    /// nothing kept aside.
+    /// The files `open` set aside in `directory`.
+    fn set_aside_files(directory: &Path) -> std::io::Result<Vec<String>> {
+        let names: Vec<String> = std::fs::read_dir(directory)?
+            .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        Ok(names
+            .into_iter()
+            .filter(|name| name.starts_with("audit.db.ingest.corrupt-"))
+            .collect())
+    }
+
+    /// A zeroed tail (a power loss's) is dropped with nothing kept aside.
+    #[tokio::test]
+    async fn a_zeroed_tail_is_dropped_and_not_kept() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let mut bytes = encode_record(&[event("kept", 0)]);
+        let whole = bytes.len() as u64;
+        bytes.extend_from_slice(&[0; 4096]);
+        std::fs::write(&path, &bytes)?;
+        let journal = Journal::open(&path)?;
+        assert_eq!(std::fs::metadata(&path)?.len(), whole);
+        assert!(set_aside_files(directory.path())?.is_empty());
+        assert_eq!(journal.take().map(|taken| taken.events.len()), Some(1));
+        Ok(())
+    }
+
+    /// Which tails are what a crash leaves (logged as such) and which are
+    /// damage (logged as an error).
     #[test]
     fn only_a_cut_short_or_zeroed_tail_is_torn() {
         let record = encode_record(&[event("e", 0)]);
