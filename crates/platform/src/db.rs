@@ -496,7 +496,7 @@ mod tls_tests {
     /// A Postgres URL asks for TLS with `sslmode`: `require` encrypts, and
     /// `verify-full` refuses a server whose certificate its `sslrootcert`
     /// did not sign. (Skipped where Postgres is unreachable outside CI, or
-    /// serves no TLS at all.)
+    /// serves no TLS: `ssl` off, or reached over a Unix socket.)
     #[tokio::test]
     async fn postgres_connections_take_tls_as_the_url_asks() {
         let Some(url) = testing::postgres_url().await else {
@@ -511,8 +511,14 @@ mod tls_tests {
             .fetch_one(&mut plain)
             .await
             .expect("SHOW ssl answers");
-        if ssl != "on" {
-            eprintln!("note: the test Postgres serves no TLS; the TLS checks are skipped");
+        let over_a_socket: bool = sqlx::query_scalar("SELECT inet_server_addr() IS NULL")
+            .fetch_one(&mut plain)
+            .await
+            .expect("inet_server_addr answers");
+        if ssl != "on" || over_a_socket {
+            eprintln!(
+                "note: the test Postgres serves no TLS here (ssl={ssl}, over a Unix socket: {over_a_socket}); the TLS checks are skipped"
+            );
             return;
         }
         let separator = if url.contains('?') { '&' } else { '?' };
