@@ -342,7 +342,7 @@ where
         // cancels or disconnects drops only the wait below, never the call,
         // so the call still ends (or meets its deadline) and is audited with
         // its real outcome. Data-plane calls change nothing, so they run in
-        // the connection's task (a spawn and a cross-task wake-up less per
+        // the stream's task (a spawn and a cross-task wake-up less per
         // call, about a sixth of Encrypt's cost); one abandoned midway is
         // audited by `CancelGuard` as RequestCanceledException.
         let inline = shared
@@ -656,9 +656,9 @@ impl Drop for CancelGuard {
 }
 
 /// `future`'s output, or `None` once polling it panicked. A handler's panic
-/// stays within its call: the call answers, and is audited as,
-/// InternalFailure, while its connection's other calls go on (a data-plane
-/// call runs in the connection's task, which the panic would otherwise end).
+/// stays within its call, which answers, and is audited as, InternalFailure
+/// (uncaught, it would reset the stream with no gRPC status, and the call's
+/// event would say the client had cancelled it).
 async fn unless_panicked<F: Future>(future: F) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
     std::future::poll_fn(|context| {
@@ -790,7 +790,7 @@ where
                     error.into_status(&event_source).into_http::<Body>()
                 }
                 Ok(_permit) => {
-                    // Data-plane calls run in the connection's own task; if
+                    // Data-plane calls run in the stream's own task; if
                     // the client goes away mid-call this guard still emits
                     // the call's one event (see `CallService::call`).
                     let mut guard = CancelGuard {
@@ -1071,7 +1071,7 @@ mod tests {
     }
 
     /// A handler's panic is its call's InternalFailure, answered and
-    /// audited as such, whether the call ran in the connection's task (a
+    /// audited as such, whether the call ran in the stream's task (a
     /// data-plane call) or in its own; the service goes on serving.
     #[tokio::test]
     async fn a_panicking_handler_fails_its_call_only() {
