@@ -222,24 +222,22 @@ impl ConditionClause {
 
     /// The compiled patterns of this clause's values (string and ARN
     /// operators; the others hold no patterns).
-    pub(crate) fn patterns(&self) -> Vec<&Pattern> {
-        match &self.values {
+    pub(crate) fn patterns(&self) -> impl Iterator<Item = &Pattern> {
+        let (strings, arns): (&[Pattern], &[ArnPattern]) = match &self.values {
             ConditionValues::Strings(patterns) | ConditionValues::StringsIgnoringCase(patterns) => {
-                patterns.iter().collect()
+                (patterns, &[])
             }
-            ConditionValues::Arns(arns) => arns
-                .iter()
-                .flat_map(|arn| match arn {
-                    ArnPattern::Anything => [].iter(),
-                    ArnPattern::Components(components) => components.iter(),
-                })
-                .collect(),
+            ConditionValues::Arns(arns) => (&[], arns),
             ConditionValues::Bools(_)
             | ConditionValues::Numbers(_)
             | ConditionValues::Dates(_)
             | ConditionValues::Networks(_)
-            | ConditionValues::Absent(_) => Vec::new(),
-        }
+            | ConditionValues::Absent(_) => (&[], &[]),
+        };
+        strings.iter().chain(arns.iter().flat_map(|arn| match arn {
+            ArnPattern::Anything => [].iter(),
+            ArnPattern::Components(components) => components.iter(),
+        }))
     }
 
     /// Whether the operator is qualified with `ForAllValues:`.
@@ -285,22 +283,7 @@ impl ConditionClause {
     /// Whether every policy variable in the listed values resolves for the
     /// request.
     fn resolves(&self, context: &RequestContext) -> bool {
-        match &self.values {
-            ConditionValues::Strings(patterns) | ConditionValues::StringsIgnoringCase(patterns) => {
-                patterns.iter().all(|pattern| pattern.resolves(context))
-            }
-            ConditionValues::Arns(arns) => arns.iter().all(|arn| match arn {
-                ArnPattern::Anything => true,
-                ArnPattern::Components(components) => {
-                    components.iter().all(|pattern| pattern.resolves(context))
-                }
-            }),
-            ConditionValues::Bools(_)
-            | ConditionValues::Numbers(_)
-            | ConditionValues::Dates(_)
-            | ConditionValues::Networks(_)
-            | ConditionValues::Absent(_) => true,
-        }
+        self.patterns().all(|pattern| pattern.resolves(context))
     }
 
     /// Whether the key has one value per spelling of its name: several
