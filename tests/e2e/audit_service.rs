@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE, string_attribute};
@@ -252,6 +253,21 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
             },
             "InvalidTimeRangeException",
         ),
+        // StartTime after EndTime by less than a millisecond.
+        (
+            audit_pb::LookupEventsRequest {
+                start_time: Some(prost_types::Timestamp {
+                    seconds: 1_000,
+                    nanos: 900_000,
+                }),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 1_000,
+                    nanos: 100_000,
+                }),
+                ..Default::default()
+            },
+            "InvalidTimeRangeException",
+        ),
         (
             audit_pb::LookupEventsRequest {
                 end_time: Some(prost_types::Timestamp {
@@ -339,6 +355,25 @@ async fn lookup_rejects_bad_input_with_cloudtrail_exceptions(
     ] {
         assert_error(
             audit.lookup_events(other).await,
+            Code::InvalidArgument,
+            "InvalidNextTokenException",
+        );
+    }
+    // The scope in a token is no secret: a cursor made up in front of it is
+    // still not a token this service issued.
+    let issued = String::from_utf8(URL_SAFE_NO_PAD.decode(&first.next_token)?)?;
+    let (time, rest) = issued.split_once('.').context("a token's time")?;
+    let (_, scope) = rest.rsplit_once('.').context("a token's scope")?;
+    for event_id in ["a\0b", "a'b", ""] {
+        let forged = URL_SAFE_NO_PAD.encode(format!("{time}.{event_id}.{scope}"));
+        assert_error(
+            audit
+                .lookup_events(audit_pb::LookupEventsRequest {
+                    max_results: Some(1),
+                    next_token: forged,
+                    ..Default::default()
+                })
+                .await,
             Code::InvalidArgument,
             "InvalidNextTokenException",
         );

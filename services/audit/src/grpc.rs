@@ -170,24 +170,37 @@ fn millis_of(time: &prost_types::Timestamp) -> i64 {
         .saturating_add(i64::from(time.nanos / 1_000_000))
 }
 
-/// A lookup's StartTime or EndTime; a Timestamp that is not one (nanos
-/// outside a second, or seconds beyond what milliseconds hold) is refused as
-/// CloudTrail refuses a time outside the range of possible values.
-fn lookup_time(time: Option<&prost_types::Timestamp>) -> Result<Option<i64>, ApiError> {
+/// A lookup's StartTime or EndTime, in nanoseconds since the epoch; a
+/// Timestamp that is not one (nanos outside a second, or a time beyond what
+/// milliseconds in an `i64` hold) is refused as CloudTrail refuses a time
+/// outside the range of possible values.
+fn lookup_time(time: Option<&prost_types::Timestamp>) -> Result<Option<i128>, ApiError> {
     let Some(time) = time else {
         return Ok(None);
     };
-    let millis = (0..1_000_000_000)
-        .contains(&time.nanos)
-        .then(|| time.seconds.checked_mul(1000))
-        .flatten()
-        .and_then(|millis| millis.checked_add(i64::from(time.nanos / 1_000_000)));
-    millis.map(Some).ok_or_else(|| {
-        invalid(
+    let nanos = i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos);
+    let representable = i64::try_from(nanos.div_euclid(1_000_000)).is_ok()
+        && i64::try_from((nanos + 999_999).div_euclid(1_000_000)).is_ok();
+    if (0..1_000_000_000).contains(&time.nanos) && representable {
+        Ok(Some(nanos))
+    } else {
+        Err(invalid(
             "InvalidTimeRangeException",
             "the time is outside the range of possible values",
-        )
-    })
+        ))
+    }
+}
+
+/// The whole milliseconds of a range's bound: a StartTime rounds up and an
+/// EndTime down, so no event outside the range as given is listed.
+fn bound_millis(nanos: i128, round_up: bool) -> i64 {
+    let millis = if round_up {
+        (nanos + 999_999).div_euclid(1_000_000)
+    } else {
+        nanos.div_euclid(1_000_000)
+    };
+    // [`lookup_time`] refused any time whose milliseconds do not fit.
+    i64::try_from(millis).unwrap_or(if millis < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// An event as the API returns it.
@@ -306,7 +319,12 @@ fn lookup_attribute(attributes: &[pb::LookupAttribute]) -> Result<Wanted, ApiErr
 fn lookup_scope(message: &pb::LookupEventsRequest, account: &str) -> u64 {
     let bounds: Vec<String> = [&message.start_time, &message.end_time]
         .into_iter()
-        .map(|bound| format!("{:?}", bound.as_ref().map(millis_of)))
+        .map(|bound| {
+            format!(
+                "{:?}",
+                bound.as_ref().map(|time| (time.seconds, time.nanos))
+            )
+        })
         .collect();
     coffer_platform::scope_hash(
         std::iter::once(account)
@@ -340,7 +358,6 @@ fn decode_cursor(token: &str, scope: u64) -> Result<Option<LookupCursor>, ApiErr
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(bad)?;
-    // An event id may hold dots; the time and the scope do not.
     let (time, rest) = text.split_once('.').ok_or_else(bad)?;
     let (event_id, bound) = rest.rsplit_once('.').ok_or_else(bad)?;
     if bound != format!("{scope:016x}") {
@@ -348,6 +365,12 @@ fn decode_cursor(token: &str, scope: u64) -> Result<Option<LookupCursor>, ApiErr
             "InvalidNextTokenException",
             "the NextToken was issued for a lookup with other parameters",
         ));
+    }
+    // The scope is no secret, so a caller can put any cursor before it; one
+    // that could not be an event's is not a token this service issued (and a
+    // NUL in it would fail a Postgres query as an internal error).
+    if !crate::domain::record::is_valid_event_id(event_id) {
+        return Err(bad());
     }
     Ok(Some(LookupCursor {
         event_time_ms: time.parse().map_err(|_| bad())?,
@@ -564,15 +587,27 @@ impl Audit for AuditGrpc {
             let now = self.core.clock().now_millis();
             let retention = i64::try_from(self.core.retention().as_millis()).unwrap_or(i64::MAX);
             let start = lookup_time(message.start_time.as_ref())?;
-            let end_ms = lookup_time(message.end_time.as_ref())?.unwrap_or(now);
+            let end = lookup_time(message.end_time.as_ref())?;
+            // Compared as given, to the nanosecond, before any rounding.
+            if let Some(start) = start
+                && start > end.unwrap_or(i128::from(now) * 1_000_000)
+            {
+                return Err(invalid(
+                    "InvalidTimeRangeException",
+                    "StartTime must not be after EndTime",
+                ));
+            }
+            let end_ms = end.map_or(now, |end| bound_millis(end, false));
             let start_ms = match start {
-                Some(start_ms) if start_ms > end_ms => {
-                    return Err(invalid(
-                        "InvalidTimeRangeException",
-                        "StartTime must not be after EndTime",
-                    ));
+                Some(start) => {
+                    let start_ms = bound_millis(start, true);
+                    // Both bounds within one millisecond, with no whole
+                    // millisecond between them: nothing can be in range.
+                    if start_ms > end_ms {
+                        matchable = false;
+                    }
+                    start_ms
                 }
-                Some(start_ms) => start_ms,
                 // Without a StartTime the range begins where retention
                 // does; an EndTime before that is a range with no events
                 // in it, not an error of the caller's.

@@ -324,7 +324,7 @@ impl<'de> serde::de::Visitor<'de> for Unchanged {
 }
 
 /// 1 to [`MAX_EVENT_ID_BYTES`] letters, digits, '-' or '_'.
-fn is_valid_event_id(event_id: &str) -> bool {
+pub(crate) fn is_valid_event_id(event_id: &str) -> bool {
     (1..=MAX_EVENT_ID_BYTES).contains(&event_id.len())
         && event_id
             .bytes()

@@ -226,7 +226,8 @@ pub trait EventStore: Send + Sync + 'static {
 
     async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>, StoreError>;
 
-    /// Events matching `query`, newest first (by event time, then arrival).
+    /// Events matching `query`, newest first: by event time, then by event
+    /// id, descending (ids are unique, so no two events tie).
     async fn lookup(&self, query: &LookupQuery) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Removes up to `limit` events older than `cutoff_ms`, oldest first,
