@@ -24,6 +24,7 @@ backend_tests!(
     rotation_keeps_old_ciphertexts_decrypting,
     enabling_rotation_again_keeps_its_schedule,
     service_managed_keys_are_created_on_first_use_and_protected,
+    a_failed_first_use_leaves_no_service_managed_key_behind,
     re_encrypt_moves_ciphertext_between_keys,
     answers_and_events_name_the_key_material,
     a_key_the_scheduler_cannot_change_holds_up_no_other,
@@ -1494,6 +1495,65 @@ async fn service_managed_keys_are_created_on_first_use_and_protected(
         ]
     );
     assert_eq!(alias_names_in_pages(&mut client, 1).await?, all);
+    Ok(())
+}
+
+/// The first use of a service-managed alias makes the key and the alias
+/// together: when the alias cannot be written, no key is left behind that
+/// nothing names, that callers cannot delete, and that the next use would
+/// duplicate.
+async fn a_failed_first_use_leaves_no_service_managed_key_behind(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let alice = Harness::user_id(ACCOUNT_A, "alice");
+    let mut via_secrets = harness.keys_via("secrets", &alice).await?;
+    let managed = "alias/coffer/secretsmanager";
+    harness
+        .refuse_key_writes_where("aliases", "INSERT", "alias_name", managed)
+        .await?;
+    let request = |plaintext: &[u8]| pb::EncryptRequest {
+        key_id: managed.into(),
+        plaintext: plaintext.to_vec(),
+        ..Default::default()
+    };
+    assert_error(
+        via_secrets.encrypt(request(b"first")).await,
+        Code::Internal,
+        "KMSInternalException",
+    );
+    harness.allow_key_writes("aliases").await?;
+    let blob = via_secrets
+        .encrypt(request(b"second"))
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    let keys = client
+        .list_keys(pb::ListKeysRequest::default())
+        .await?
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let aliases = client
+        .list_aliases(pb::ListAliasesRequest {
+            key_id: managed.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .aliases;
+    assert_eq!(aliases.len(), 1, "{aliases:?}");
+    assert_eq!(aliases[0].target_key_id, keys[0].key_id);
+    let plaintext = via_secrets
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .plaintext;
+    assert_eq!(plaintext, b"second");
     Ok(())
 }
 

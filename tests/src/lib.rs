@@ -635,18 +635,30 @@ impl Harness {
         operation: &str,
         key_id: &str,
     ) -> anyhow::Result<()> {
+        self.refuse_key_writes_where(table, operation, "key_id", key_id)
+            .await
+    }
+
+    /// [`Self::refuse_key_writes`] for the rows whose `column` is `value`.
+    pub async fn refuse_key_writes_where(
+        &self,
+        table: &str,
+        operation: &str,
+        column: &str,
+        value: &str,
+    ) -> anyhow::Result<()> {
         let row = if operation == "DELETE" { "OLD" } else { "NEW" };
         let statements = match self.keys_database()?.backend {
             coffer_platform::config::DatabaseBackend::Sqlite => vec![format!(
                 "CREATE TRIGGER refuse_key_writes BEFORE {operation} ON {table} \
-                 WHEN {row}.key_id = '{key_id}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+                 WHEN {row}.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
             )],
             coffer_platform::config::DatabaseBackend::Postgres => {
                 let schema = &self.keys_database()?.schema;
                 vec![
                     format!(
                         "CREATE FUNCTION \"{schema}\".refuse_key_writes() RETURNS trigger \
-                         LANGUAGE plpgsql AS $$ BEGIN IF {row}.key_id = '{key_id}' THEN \
+                         LANGUAGE plpgsql AS $$ BEGIN IF {row}.{column} = '{value}' THEN \
                          RAISE EXCEPTION 'injected fault'; END IF; RETURN {row}; END $$"
                     ),
                     format!(

@@ -165,54 +165,64 @@ impl KeysDomain {
             return Ok(key);
         }
         let service_prefix = alias_name.rsplit('/').next().unwrap_or_default();
-        let key = self
-            .insert_new_key(
-                account,
-                NewKey {
-                    description: format!("Default key that protects my {service_title} data when no other key is defined"),
-                    key_usage: KeyUsage::EncryptDecrypt,
-                    key_spec: KeySpec::SymmetricDefault,
-                    tags: Vec::new(),
-                    multi_region: false,
-                    policy: Some(self.service_managed_key_policy(account, service_prefix)),
-                    bypass_policy_lockout_safety_check: Some(true),
-                },
-                KeyManager::Aws,
-                |_| Ok(()),
-            )
-            .await?;
-        let now_ms = self.now_ms();
-        let alias = AliasRecord {
-            account: account.clone(),
-            alias_name: alias_name.to_owned(),
-            target_key_id: key.key_id.clone(),
-            created_at_ms: now_ms,
-            updated_at_ms: now_ms,
+        let request = NewKey {
+            description: format!(
+                "Default key that protects my {service_title} data when no other key is defined"
+            ),
+            key_usage: KeyUsage::EncryptDecrypt,
+            key_spec: KeySpec::SymmetricDefault,
+            tags: Vec::new(),
+            multi_region: false,
+            policy: Some(self.service_managed_key_policy(account, service_prefix)),
+            bypass_policy_lockout_safety_check: Some(true),
         };
-        match self.store.create_alias(&alias, MAX_ALIASES_PER_KEY).await {
-            Ok(_) => Ok(key),
-            Err(StoreError::Conflict) => {
-                // Another request created it first: use theirs, drop ours.
-                self.cache.forget_key(account, &key.key_id);
-                self.store.delete_key(&key).await?;
-                let existing = self
-                    .store
-                    .get_alias(account, alias_name)
-                    .await?
-                    .ok_or_else(|| {
-                        KeysError::Store(StoreError::Corrupt(
-                            "service-managed alias vanished".into(),
-                        ))
-                    })?;
-                self.store
-                    .get_key(account, &existing.target_key_id)
-                    .await?
-                    .ok_or_else(|| {
-                        KeysError::Store(StoreError::Corrupt("service-managed key vanished".into()))
-                    })
+        // The key and its alias are written in one transaction, so a
+        // failure between them cannot leave a key no alias names (which
+        // callers could neither use through the alias nor delete).
+        for _attempt in 0..2 {
+            let (key, material) = self
+                .new_key_record(account, &request, KeyManager::Aws, |_| Ok(()))
+                .await?;
+            let alias = AliasRecord {
+                account: account.clone(),
+                alias_name: alias_name.to_owned(),
+                target_key_id: key.key_id.clone(),
+                created_at_ms: key.created_at_ms,
+                updated_at_ms: key.created_at_ms,
+            };
+            match self
+                .store
+                .create_service_managed_key(&key, &material, &alias)
+                .await
+            {
+                Ok(true) => return Ok(key),
+                // Another request created it first: use theirs.
+                Ok(false) => {
+                    let existing = self
+                        .store
+                        .get_alias(account, alias_name)
+                        .await?
+                        .ok_or_else(|| {
+                            KeysError::Store(StoreError::Corrupt(
+                                "service-managed alias vanished".into(),
+                            ))
+                        })?;
+                    return self
+                        .store
+                        .get_key(account, &existing.target_key_id)
+                        .await?
+                        .ok_or_else(|| {
+                            KeysError::Store(StoreError::Corrupt(
+                                "service-managed key vanished".into(),
+                            ))
+                        });
+                }
+                // A key id taken already: a fault of the generator, tried once more.
+                Err(StoreError::Conflict) => continue,
+                Err(other) => return Err(other.into()),
             }
-            Err(other) => Err(other.into()),
         }
+        Err(StoreError::Conflict.into())
     }
 
     fn ensure_alias_target(&self, key: &KeyRecord, operation: &str) -> Result<()> {

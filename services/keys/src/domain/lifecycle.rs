@@ -318,41 +318,12 @@ impl KeysDomain {
         key_manager: KeyManager,
         check: impl Fn(&KeyRecord) -> Result<()>,
     ) -> Result<KeyRecord> {
-        let now_ms = self.now_ms();
         // A fresh UUID collides with an existing key id only by a fault of the
         // generator; retry once so such a fault cannot surface as a user error.
         for _attempt in 0..2 {
-            let key_id = KeyId::generate();
-            let rotates = key_manager == KeyManager::Aws;
-            let mut key = KeyRecord {
-                key_id,
-                account: caller.clone(),
-                description: request.description.clone(),
-                key_usage: request.key_usage,
-                key_spec: request.key_spec,
-                origin: Origin::AwsKms,
-                key_manager,
-                key_state: KeyState::Enabled,
-                multi_region: false,
-                current_material_id: None,
-                created_at_ms: now_ms,
-                deletion_date_ms: None,
-                version: 0,
-                pending_window_days: None,
-                rotation_enabled: rotates,
-                rotation_period_days: rotates
-                    .then_some(super::rotation::DEFAULT_ROTATION_PERIOD_DAYS),
-                next_rotation_ms: rotates.then(|| {
-                    now_ms + i64::from(super::rotation::DEFAULT_ROTATION_PERIOD_DAYS) * DAY_MS
-                }),
-                policy: request.policy.clone().unwrap_or_default(),
-            };
-            // Before any (possibly slow RSA) key generation.
-            check(&key)?;
-            let material = self
-                .new_material(caller, &key.key_id, request.key_spec, now_ms, None)
+            let (key, material) = self
+                .new_key_record(caller, &request, key_manager, &check)
                 .await?;
-            key.current_material_id = Some(material.material_id);
             match self
                 .store
                 .create_key(&key, &material, &request.tags, CUSTOMER_KEYS_PER_ACCOUNT)
@@ -370,6 +341,48 @@ impl KeysDomain {
             }
         }
         Err(StoreError::Conflict.into())
+    }
+
+    /// A new key of `request` with a fresh id, and its first material
+    /// version, not yet stored. `check` sees the key before its material is
+    /// made (an RSA key pair can take a while).
+    pub(crate) async fn new_key_record(
+        &self,
+        caller: &AccountId,
+        request: &NewKey,
+        key_manager: KeyManager,
+        check: impl Fn(&KeyRecord) -> Result<()>,
+    ) -> Result<(KeyRecord, crate::store::MaterialRecord)> {
+        let now_ms = self.now_ms();
+        let rotates = key_manager == KeyManager::Aws;
+        let mut key = KeyRecord {
+            key_id: KeyId::generate(),
+            account: caller.clone(),
+            description: request.description.clone(),
+            key_usage: request.key_usage,
+            key_spec: request.key_spec,
+            origin: Origin::AwsKms,
+            key_manager,
+            key_state: KeyState::Enabled,
+            multi_region: false,
+            current_material_id: None,
+            created_at_ms: now_ms,
+            deletion_date_ms: None,
+            version: 0,
+            pending_window_days: None,
+            rotation_enabled: rotates,
+            rotation_period_days: rotates.then_some(super::rotation::DEFAULT_ROTATION_PERIOD_DAYS),
+            next_rotation_ms: rotates.then(|| {
+                now_ms + i64::from(super::rotation::DEFAULT_ROTATION_PERIOD_DAYS) * DAY_MS
+            }),
+            policy: request.policy.clone().unwrap_or_default(),
+        };
+        check(&key)?;
+        let material = self
+            .new_material(caller, &key.key_id, request.key_spec, now_ms, None)
+            .await?;
+        key.current_material_id = Some(material.material_id);
+        Ok((key, material))
     }
 
     pub async fn describe_key(

@@ -47,6 +47,7 @@ coffer_platform::store_contract_tests!(
     policies_are_stored_with_the_key_and_keys_are_found_in_any_account,
     grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal,
     customer_keys_are_capped_per_account,
+    a_service_managed_key_is_stored_with_its_alias_or_not_at_all,
 );
 
 fn account(digits: &str) -> AccountId {
@@ -555,6 +556,53 @@ async fn tags_are_upserted_and_removed(store: &dyn KeyStore) -> TestResult {
     counts.sort_unstable();
     assert_eq!(counts, [31, 61], "one write fits, the other would pass 50");
     assert_eq!(store.list_tags(&key.key_id).await?.len(), 31);
+    Ok(())
+}
+
+async fn a_service_managed_key_is_stored_with_its_alias_or_not_at_all(
+    store: &dyn KeyStore,
+) -> TestResult {
+    let owner = account("151515151515");
+    let managed = |material_id| KeyRecord {
+        key_manager: KeyManager::Aws,
+        ..new_key(&owner, material_id)
+    };
+    let alias = |target: &KeyId| AliasRecord {
+        account: owner.clone(),
+        alias_name: "alias/coffer/ssm".into(),
+        target_key_id: target.clone(),
+        created_at_ms: 10,
+        updated_at_ms: 10,
+    };
+    let first_material = MaterialId::generate()?;
+    let first = managed(first_material);
+    assert!(
+        store
+            .create_service_managed_key(&first, &material(first_material), &alias(&first.key_id))
+            .await?
+    );
+    assert_eq!(
+        store.get_key(&owner, &first.key_id).await?,
+        Some(first.clone())
+    );
+    // A second key for the same alias: refused, and nothing of it stays.
+    let second_material = MaterialId::generate()?;
+    let second = managed(second_material);
+    assert!(
+        !store
+            .create_service_managed_key(&second, &material(second_material), &alias(&second.key_id))
+            .await?
+    );
+    assert_eq!(store.get_key(&owner, &second.key_id).await?, None);
+    assert!(store.list_materials(&second.key_id).await?.is_empty());
+    assert_eq!(
+        store
+            .get_alias(&owner, "alias/coffer/ssm")
+            .await?
+            .map(|alias| alias.target_key_id),
+        Some(first.key_id.clone())
+    );
+    assert_eq!(store.list_keys(&owner, None, 10).await?, [first]);
     Ok(())
 }
 

@@ -300,6 +300,18 @@ pub trait KeyStore: Send + Sync + 'static {
         max_customer_keys: u64,
     ) -> Result<KeyCreation, StoreError>;
 
+    /// Stores a new service-managed key with its first material version and
+    /// the alias that names it, atomically: `false`, and nothing written,
+    /// when the account already has an alias of that name (another request
+    /// made the key first). A failure leaves neither, so no key is ever left
+    /// without its alias.
+    async fn create_service_managed_key(
+        &self,
+        key: &KeyRecord,
+        material: &MaterialRecord,
+        alias: &AliasRecord,
+    ) -> Result<bool, StoreError>;
+
     /// The key `key_id` of `account`; `None` when it does not exist there.
     async fn get_key(
         &self,

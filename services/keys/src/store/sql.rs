@@ -489,6 +489,47 @@ macro_rules! sql_key_store {
 
             /// Holds the key's row until the transaction ends, so that
             /// counts of what belongs to it (tags, aliases) cannot race.
+            /// Inserts a key with its first material version and tags.
+            async fn insert_key_in(
+                transaction: &mut sqlx::Transaction<'_, <$pool as PoolDatabase>::Database>,
+                key: &KeyRecord,
+                material: &MaterialRecord,
+                tags: &[Tag],
+            ) -> Result<(), StoreError> {
+                sqlx::query(INSERT_KEY)
+                    .bind(key.key_id.as_str())
+                    .bind(key.account.as_str())
+                    .bind(&key.description)
+                    .bind(key.key_usage.as_str())
+                    .bind(key.key_spec.as_str())
+                    .bind(key.origin.as_str())
+                    .bind(key.key_manager.as_str())
+                    .bind(key.key_state.as_str())
+                    .bind(key.multi_region)
+                    .bind(key.current_material_id.map(|id| id.to_hex()))
+                    .bind(key.created_at_ms)
+                    .bind(key.deletion_date_ms)
+                    .bind(key.pending_window_days)
+                    .bind(key.rotation_enabled)
+                    .bind(key.rotation_period_days)
+                    .bind(key.next_rotation_ms)
+                    .bind(&key.policy)
+                    .execute(&mut **transaction)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Self::insert_material_in(&mut **transaction, &key.key_id, material).await?;
+                for tag in tags {
+                    sqlx::query(INSERT_TAG)
+                        .bind(key.key_id.as_str())
+                        .bind(&tag.key)
+                        .bind(&tag.value)
+                        .execute(&mut **transaction)
+                        .await
+                        .map_err(convert_sqlx_error)?;
+                }
+                Ok(())
+            }
+
             async fn lock_key_in(
                 transaction: &mut sqlx::Transaction<'_, <$pool as PoolDatabase>::Database>,
                 key_id: &KeyId,
@@ -568,40 +609,39 @@ macro_rules! sql_key_store {
                         return Ok(KeyCreation::OverQuota);
                     }
                 }
-                sqlx::query(INSERT_KEY)
-                    .bind(key.key_id.as_str())
-                    .bind(key.account.as_str())
-                    .bind(&key.description)
-                    .bind(key.key_usage.as_str())
-                    .bind(key.key_spec.as_str())
-                    .bind(key.origin.as_str())
-                    .bind(key.key_manager.as_str())
-                    .bind(key.key_state.as_str())
-                    .bind(key.multi_region)
-                    .bind(key.current_material_id.map(|id| id.to_hex()))
-                    .bind(key.created_at_ms)
-                    .bind(key.deletion_date_ms)
-                    .bind(key.pending_window_days)
-                    .bind(key.rotation_enabled)
-                    .bind(key.rotation_period_days)
-                    .bind(key.next_rotation_ms)
-                    .bind(&key.policy)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(convert_sqlx_error)?;
-                Self::insert_material_in(&mut *transaction, &key.key_id, material).await?;
-                for tag in tags {
-                    sqlx::query(INSERT_TAG)
-                        .bind(key.key_id.as_str())
-                        .bind(&tag.key)
-                        .bind(&tag.value)
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(convert_sqlx_error)?;
-                }
+                Self::insert_key_in(&mut transaction, key, material, tags).await?;
                 Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)?;
                 Ok(KeyCreation::Created)
+            }
+
+            async fn create_service_managed_key(
+                &self,
+                key: &KeyRecord,
+                material: &MaterialRecord,
+                alias: &AliasRecord,
+            ) -> Result<bool, StoreError> {
+                let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
+                Self::insert_key_in(&mut transaction, key, material, &[]).await?;
+                let named = sqlx::query(INSERT_ALIAS)
+                    .bind(alias.account.as_str())
+                    .bind(&alias.alias_name)
+                    .bind(alias.target_key_id.as_str())
+                    .bind(alias.created_at_ms)
+                    .bind(alias.updated_at_ms)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(convert_sqlx_error);
+                match named {
+                    // Dropping the transaction takes the key out again.
+                    Err(StoreError::Conflict) => return Ok(false),
+                    other => {
+                        other?;
+                    }
+                }
+                Self::outbox_in(&mut *transaction).await?;
+                transaction.commit().await.map_err(convert_sqlx_error)?;
+                Ok(true)
             }
 
             async fn get_key(
