@@ -430,9 +430,12 @@ impl KeysDomain {
             &record.sealed_material,
         )?;
         let loaded = if let Some(asymmetric) = AsymmetricKeySpec::parse(key.key_spec.as_str()) {
-            cache::LoadedMaterial::Asymmetric(Arc::new(AsymmetricPrivateKey::from_pkcs8_der(
-                asymmetric, &raw,
-            )?))
+            // Parsing checks the key's consistency (bignum work for RSA):
+            // on the crypto pool, as its signatures are, not on a worker.
+            let parsed = self
+                .off_worker(move || AsymmetricPrivateKey::from_pkcs8_der(asymmetric, &raw))
+                .await?;
+            cache::LoadedMaterial::Asymmetric(Arc::new(parsed))
         } else if let Some(mac) = MacKeySpec::parse(key.key_spec.as_str()) {
             cache::LoadedMaterial::Hmac(Arc::new(HmacKey::from_bytes(mac, &raw)?))
         } else {
