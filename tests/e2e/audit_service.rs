@@ -41,6 +41,7 @@ backend_tests!(
     a_small_message_limit_still_answers_large_events,
     a_lagging_subscriber_learns_nothing_of_other_accounts,
     rules_deliver_signed_webhooks_with_retries_and_record_failures,
+    webhook_retries_wait_as_the_endpoint_asks,
     webhooks_reach_no_private_address_unless_allowed,
     rules_and_subscriptions_keep_to_eventbridge_limits,
     retention_removes_events_past_the_period,
@@ -1216,13 +1217,24 @@ async fn exactly_one_wins<T: Send + 'static>(
 }
 
 /// An HTTPS receiver that answers its `n`th request (from 0) with the status
-/// `answer(n)`, recording what it received.
+/// `answer(n)`, recording what it received and when.
 struct Receiver {
     addr: std::net::SocketAddr,
     received: Arc<std::sync::Mutex<Vec<(http::HeaderMap, String, u16)>>>,
+    arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
 }
 
 async fn start_receiver(harness: &Harness, answer: fn(usize) -> u16) -> anyhow::Result<Receiver> {
+    start_receiver_asking(harness, answer, None).await
+}
+
+/// [`start_receiver`], answering every request it does not take with
+/// `Retry-After: {retry_after}` when one is given.
+async fn start_receiver_asking(
+    harness: &Harness,
+    answer: fn(usize) -> u16,
+    retry_after: Option<&'static str>,
+) -> anyhow::Result<Receiver> {
     use http_body_util::BodyExt as _;
     use rustls_pki_types::pem::PemObject as _;
     let identity = harness.localhost_identity()?;
@@ -1237,7 +1249,9 @@ async fn start_receiver(harness: &Harness, answer: fn(usize) -> u16) -> anyhow::
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = received.clone();
+    let times = arrivals.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -1245,6 +1259,7 @@ async fn start_receiver(harness: &Harness, answer: fn(usize) -> u16) -> anyhow::
             };
             let acceptor = acceptor.clone();
             let log = log.clone();
+            let times = times.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -1252,7 +1267,12 @@ async fn start_receiver(harness: &Harness, answer: fn(usize) -> u16) -> anyhow::
                 let service = hyper::service::service_fn(
                     move |request: http::Request<hyper::body::Incoming>| {
                         let log = log.clone();
+                        let times = times.clone();
                         async move {
+                            times
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(std::time::Instant::now());
                             let (parts, body) = request.into_parts();
                             let body = body
                                 .collect()
@@ -1266,9 +1286,11 @@ async fn start_receiver(harness: &Harness, answer: fn(usize) -> u16) -> anyhow::
                                 String::from_utf8_lossy(&body).into_owned(),
                                 status,
                             ));
-                            http::Response::builder()
-                                .status(status)
-                                .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+                            let mut response = http::Response::builder().status(status);
+                            if let Some(wait) = retry_after.filter(|_| status >= 300) {
+                                response = response.header(http::header::RETRY_AFTER, wait);
+                            }
+                            response.body(http_body_util::Full::new(hyper::body::Bytes::new()))
                         }
                     },
                 );
@@ -1278,7 +1300,105 @@ async fn start_receiver(harness: &Harness, answer: fn(usize) -> u16) -> anyhow::
             });
         }
     });
-    Ok(Receiver { addr, received })
+    Ok(Receiver {
+        addr,
+        received,
+        arrivals,
+    })
+}
+
+/// A `Retry-After` answer is waited for: the next attempt comes no sooner,
+/// and when the wait would outlast the event's maximum age there is none,
+/// the failure saying why.
+async fn webhook_retries_wait_as_the_endpoint_asks(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "creates".into(),
+            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
+            ..Default::default()
+        })
+        .await?;
+    // Asks for a second, then takes the event.
+    let patient =
+        start_receiver_asking(&harness, |n| if n == 0 { 429 } else { 200 }, Some("1")).await?;
+    // Asks for an hour, past the event's maximum age of a minute.
+    let busy = start_receiver_asking(&harness, |_| 503, Some("3600")).await?;
+    let target = |id: &str, port: u16| audit_pb::Target {
+        id: id.into(),
+        https: Some(audit_pb::HttpsTarget {
+            endpoint: format!("https://localhost:{port}/hooks"),
+        }),
+        retry_policy: Some(audit_pb::RetryPolicy {
+            maximum_retry_attempts: Some(3),
+            maximum_event_age_in_seconds: Some(60),
+        }),
+        signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
+    };
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "creates".into(),
+            targets: vec![
+                target("patient", patient.addr.port()),
+                target("busy", busy.addr.port()),
+            ],
+        })
+        .await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    new_key(&mut alice).await?;
+
+    let arrivals = || {
+        patient
+            .arrivals
+            .lock()
+            .map(|times| times.clone())
+            .unwrap_or_default()
+    };
+    wait_for("two deliveries", Duration::from_secs(20), || async {
+        Ok(arrivals().len() >= 2)
+    })
+    .await?;
+    let times = arrivals();
+    assert!(
+        times[1] - times[0] >= Duration::from_secs(1),
+        "retried after {:?}",
+        times[1] - times[0]
+    );
+    wait_for("the failure", Duration::from_secs(20), || {
+        let mut audit = audit.clone();
+        async move {
+            Ok(!audit
+                .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+                    rule: "creates".into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .failed_deliveries
+                .is_empty())
+        }
+    })
+    .await?;
+    let failures = audit
+        .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+            rule: "creates".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .failed_deliveries;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].target_id, "busy");
+    assert_eq!(failures[0].attempts, 1);
+    assert_eq!(
+        failures[0].last_error,
+        "the endpoint answered HTTP 503, asking for a retry after 3600 s, past the event's maximum age"
+    );
+    assert_eq!(busy.arrivals.lock().map(|times| times.len()).ok(), Some(1));
+    Ok(())
 }
 
 /// With `audit.webhook_private_endpoints` off, a target whose host resolves

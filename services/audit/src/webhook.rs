@@ -8,7 +8,11 @@
 //! connection or a timeout is retried with exponential backoff up to the
 //! target's MaximumRetryAttempts and MaximumEventAgeInSeconds; any other
 //! answer that is not 2xx (a 400 or a redirect, say) would be answered the
-//! same again and is not retried. A delivery that fails for good is
+//! same again and is not retried. Each pause is the backoff less up to half
+//! of it at random, so deliveries that failed together do not all come back
+//! together; an endpoint that answers with `Retry-After` (seconds or an
+//! HTTP date) is not called again before then, and when then is past the
+//! event's maximum age, not at all. A delivery that fails for good is
 //! recorded and listed by ListFailedDeliveries.
 //!
 //! What one account's rules can hold is bounded, so that no tenant's dead
@@ -199,22 +203,36 @@ impl Dispatcher {
                     .unwrap_or_else(|_| Err("the request timed out".into())),
                 Err(_) => Err("no delivery slot came free before the event's maximum age".into()),
             };
-            let (error, retryable) = match outcome {
+            let (error, retryable, asked) = match outcome {
                 Ok(()) => {
                     tracing::debug!(event_id = %job.event_id, target = %job.target.target_id, attempts, "webhook delivered");
                     return;
                 }
-                Err(Failure::Answered(status)) => (
+                Err(Failure::Answered {
+                    status,
+                    retry_after,
+                }) => (
                     format!("the endpoint answered HTTP {status}"),
                     retried_status(status),
+                    retry_after,
                 ),
-                Err(Failure::Other(error)) => (error, true),
+                Err(Failure::Other(error)) => (error, true, None),
             };
-            if !retryable || attempts >= attempts_allowed || started.elapsed() + backoff > max_age {
+            if !retryable || attempts >= attempts_allowed {
                 break error;
             }
+            let wait = pause(backoff, asked, random_fraction());
+            if started.elapsed().saturating_add(wait) > max_age {
+                break match asked {
+                    Some(asked) if asked >= wait => format!(
+                        "{error}, asking for a retry after {} s, past the event's maximum age",
+                        asked.as_secs()
+                    ),
+                    _ => error,
+                };
+            }
             tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, %error, "webhook delivery failed; retrying");
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             if !self.still_targeted(&job.target).await {
                 tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, "the target was removed, changed or disabled; its retries stop");
@@ -321,19 +339,31 @@ impl Dispatcher {
             .await
             .map_err(|error| format!("HTTP: {error}"));
         driver.abort();
-        let status = response?.status();
+        let response = response?;
+        let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(Failure::Answered(status.as_u16()))
+            Err(Failure::Answered {
+                status: status.as_u16(),
+                retry_after: response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| retry_after(value, std::time::SystemTime::now())),
+            })
         }
     }
 }
 
 /// Why an attempt did not deliver.
 enum Failure {
-    /// The endpoint answered with this status, not a 2xx one.
-    Answered(u16),
+    /// The endpoint answered with this status, not a 2xx one, and asked
+    /// for the next attempt no sooner than `retry_after` from now.
+    Answered {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// No answer came: the reason, as recorded.
     Other(String),
 }
@@ -355,6 +385,36 @@ impl From<&str> for Failure {
 /// Any other one says the request itself is refused and would be again.
 fn retried_status(status: u16) -> bool {
     matches!(status, 401 | 407 | 409 | 429 | 500..=599)
+}
+
+/// The pause before the next attempt: `backoff` less up to half of it, by
+/// `fraction` (0 to 1, drawn at random), or what the endpoint asked for when
+/// that is longer.
+fn pause(backoff: Duration, asked: Option<Duration>, fraction: f64) -> Duration {
+    let jittered = backoff.mul_f64(1.0 - fraction.clamp(0.0, 1.0) / 2.0);
+    asked.map_or(jittered, |asked| asked.max(jittered))
+}
+
+/// A uniformly drawn fraction, 0 to 1.
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    match aws_lc_rs::rand::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX),
+        // No randomness to be had: the whole backoff.
+        Err(_) => 0.0,
+    }
+}
+
+/// How long a `Retry-After` of `value` asks to wait from `now`: whole
+/// seconds, or an HTTP date (RFC 9110); `None` for anything else.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        // More digits than a u64 holds is a wait longer than any event's age.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Whether `address` is one on the public internet: not loopback, private
@@ -509,6 +569,47 @@ mod tests {
         }
         for final_answer in [100, 204, 301, 302, 304, 400, 403, 404, 405, 410, 413, 422] {
             assert!(!super::retried_status(final_answer), "{final_answer}");
+        }
+    }
+
+    #[test]
+    fn pauses_take_up_to_half_the_backoff_off_and_wait_as_asked() {
+        let backoff = Duration::from_secs(8);
+        assert_eq!(pause(backoff, None, 0.0), backoff);
+        assert_eq!(pause(backoff, None, 0.5), Duration::from_secs(6));
+        assert_eq!(pause(backoff, None, 1.0), Duration::from_secs(4));
+        // An asked-for wait longer than the pause is kept, a shorter one is not.
+        let asked = Some(Duration::from_secs(30));
+        assert_eq!(pause(backoff, asked, 0.5), Duration::from_secs(30));
+        assert_eq!(
+            pause(backoff, Some(Duration::from_secs(1)), 1.0),
+            Duration::from_secs(4)
+        );
+        let drawn: Vec<f64> = (0..64).map(|_| random_fraction()).collect();
+        assert!(drawn.iter().all(|fraction| (0.0..=1.0).contains(fraction)));
+        assert!(drawn.iter().any(|fraction| *fraction != drawn[0]));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        // 1994-11-06T08:49:37Z is 784111777 s after the epoch.
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in ["", "-5", "1.5", "soon", "Sun, 06 Nov 1994"] {
+            assert_eq!(retry_after(bad, now), None, "{bad:?}");
         }
     }
 
