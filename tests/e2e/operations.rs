@@ -21,6 +21,7 @@ backend_tests!(
     oversize_messages_are_refused_and_the_server_stays_up,
     abandoned_data_plane_calls_are_audited_once,
     calls_abandoned_before_their_message_are_audited_as_cancelled,
+    connections_are_told_how_many_streams_they_may_open,
 );
 
 async fn plaintext_channel(
@@ -463,4 +464,90 @@ async fn the_one_event(harness: &Harness, event_name: &str) -> anyhow::Result<se
     let mut all = named().await?;
     anyhow::ensure!(all.len() == 1, "{all:#?}");
     Ok(all.remove(0))
+}
+
+/// Every connection is told how many streams it may have open at once, on
+/// the mTLS port and on the plaintext admin port: left unset, there would be
+/// no limit at all, and no cap on the streams the server resets either.
+async fn connections_are_told_how_many_streams_they_may_open(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    use rustls_pki_types::pem::PemObject as _;
+    let harness = Harness::start(backend).await?;
+    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&harness.ca_pem()?) {
+        roots.add(certificate?)?;
+    }
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(harness.keys_addr()?).await?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    assert_eq!(
+        advertised_streams(tls).await?,
+        coffer_platform::server::MAX_STREAMS_PER_CONNECTION as usize
+    );
+    let admin = harness
+        .instance()?
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    assert_eq!(
+        advertised_streams(tokio::net::TcpStream::connect(admin).await?).await?,
+        16
+    );
+    Ok(())
+}
+
+/// How many streams the server lets `io`'s connection have open at once,
+/// read once a health check has been answered (so its SETTINGS are in).
+async fn advertised_streams<T>(io: T) -> anyhow::Result<usize>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::handshake(io).await?;
+    tokio::spawn(connection);
+    let mut client = client.ready().await?;
+    let request = http::Request::post("https://localhost/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let (response, mut body) = client.send_request(request, false)?;
+    // One message, empty: a HealthCheckRequest for the server as a whole.
+    body.send_data(hyper::body::Bytes::from_static(&[0; 5]), true)?;
+    assert_eq!(response.await?.status(), http::StatusCode::OK);
+    Ok(client.current_max_send_streams())
+}
+
+/// The admin port is plaintext and open to anyone who can reach it: a peer
+/// that connects and sends nothing is closed after ten seconds, instead of
+/// holding its connection (and a file descriptor) for ever.
+#[tokio::test]
+async fn a_silent_peer_on_the_admin_port_is_closed() -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let harness = Harness::start(Backend::Sqlite).await?;
+    let admin = harness
+        .instance()?
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let mut silent = tokio::net::TcpStream::connect(admin).await?;
+    // Others are served meanwhile.
+    assert_eq!(
+        admin_health(&harness, "").await?,
+        ServingStatus::Serving as i32
+    );
+    // Whatever the server says, the connection ends.
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buffer = [0u8; 256];
+        while silent.read(&mut buffer).await.is_ok_and(|read| read > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection is still open");
+    Ok(())
 }

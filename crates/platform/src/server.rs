@@ -25,6 +25,27 @@ use crate::tls::{ServerTls, tls_incoming};
 /// How long a client connection is kept before it is asked to reconnect.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60 * 60);
 
+/// Streams one HTTP/2 connection may have open at once: as many as the
+/// default `limits.max_concurrent_requests` of the whole server. Left unset,
+/// tonic would tell hyper "no limit", and also lift h2's cap on streams the
+/// server resets ([`MAX_LOCAL_RESET_STREAMS`]).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
+/// Streams the server may reset on one connection before it sends GOAWAY:
+/// h2's own default, which guards against reset floods (RUSTSEC-2024-0003).
+const MAX_LOCAL_RESET_STREAMS: usize = 1024;
+
+/// The admin port is plaintext and unauthenticated. A peer has this long to
+/// send its first bytes, and at most [`ADMIN_WAITING`] connections wait for
+/// them at once, so silent connections cannot pile up.
+const ADMIN_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+const ADMIN_WAITING: usize = 64;
+/// An admin connection is closed, streams and all, after this long: a
+/// probe's connection lasts milliseconds, and a health `Watch` reconnects.
+const ADMIN_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
+/// Streams one admin connection may have open at once.
+const ADMIN_STREAMS_PER_CONNECTION: u32 = 16;
+
 /// One service ready to be served: how its calls are audited, the encoded
 /// descriptor set reflection serves for it, and how to add its routes given
 /// the maximum message size.
@@ -182,6 +203,8 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         // flight finish), so that a client certificate's CA leaving the
         // trust bundle reaches every client, not only new connections.
         .max_connection_age(MAX_CONNECTION_AGE)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESET_STREAMS))
         // Large enough for a whole audit export (hundreds of events) without
         // waiting for window updates.
         .initial_stream_window_size(Some(4 * 1024 * 1024))
@@ -196,8 +219,15 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
     if let Some(admin_listener) = params.admin_listener {
         admin_addr = Some(admin_listener.local_addr().map_err(ServerError::Address)?);
         let (admin_stop_sender, admin_stop) = stop_signal();
-        let admin_incoming = tokio_stream::wrappers::TcpListenerStream::new(admin_listener);
+        let admin_incoming = admin_incoming(admin_listener);
         let admin = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(ADMIN_STREAMS_PER_CONNECTION)
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESET_STREAMS))
+            // With a grace set, tonic closes a connection outright once
+            // the age and the grace have passed (it sends no GOAWAY first).
+            .max_connection_age(ADMIN_CONNECTION_AGE)
+            .max_connection_age_grace(Duration::ZERO)
             .add_service(health_service)
             .serve_with_incoming_shutdown(admin_incoming, admin_stop);
         tasks.push(tokio::spawn(admin));
@@ -215,6 +245,51 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         tasks,
         audit_health,
     })
+}
+
+/// Connections to the admin port, each yielded once its client has sent
+/// something: one that sends nothing within [`ADMIN_FIRST_BYTES_TIMEOUT`] is
+/// closed, and while [`ADMIN_WAITING`] wait, no more are accepted. Stops when
+/// the returned stream is dropped.
+fn admin_incoming(
+    listener: TcpListener,
+) -> tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(ADMIN_WAITING);
+    let waiting = Arc::new(tokio::sync::Semaphore::new(ADMIN_WAITING));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                () = sender.closed() => break,
+                permit = waiting.clone().acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
+            let accepted = tokio::select! {
+                () = sender.closed() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let tcp = match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                let spoke = tokio::time::timeout(ADMIN_FIRST_BYTES_TIMEOUT, tcp.peek(&mut first))
+                    .await
+                    .is_ok_and(|peeked| peeked.is_ok_and(|bytes| bytes > 0));
+                drop(permit);
+                if spoke {
+                    // The receiver is gone only when the server stopped.
+                    let _server_stopped = sender.send(Ok(tcp)).await;
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
 /// NOT_SERVING while the audit service is unreachable past the deadline
