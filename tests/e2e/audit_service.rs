@@ -32,6 +32,7 @@ backend_tests!(
     lookup_pages_every_event_exactly_once_and_sees_only_its_account,
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
+    a_subscription_ends_when_its_certificate_expires,
     a_shutdown_ends_open_subscriptions,
     a_subscriber_that_stopped_reading_still_learns_of_a_shutdown,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
@@ -476,6 +477,37 @@ async fn subscribe_streams_only_matching_events(backend: Backend) -> anyhow::Res
     // bob's Encrypt (another account).
     assert_eq!(record["requestID"], wanted.as_str());
     assert_eq!(event.event_name, "Encrypt");
+    Ok(())
+}
+
+/// A subscription lasts no longer than the client certificate it was opened
+/// with: the check at the start of a call is not the last.
+async fn a_subscription_ends_when_its_certificate_expires(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let identity = harness.short_lived_identity(
+        &Harness::user_id(ACCOUNT_A, "alice"),
+        Duration::from_secs(3),
+    )?;
+    let tls = ClientTls::from_pem(
+        &harness.ca_pem()?,
+        Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
+    )?;
+    let channel = tls.connect(&harness.audit_addr()?, "localhost").await?;
+    let mut stream = audit_pb::audit_client::AuditClient::new(channel)
+        .subscribe(audit_pb::SubscribeRequest::default())
+        .await?
+        .into_inner();
+    let started = std::time::Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await? {
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("expired"), "{ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
     Ok(())
 }
 

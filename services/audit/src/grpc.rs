@@ -704,6 +704,19 @@ impl Audit for AuditGrpc {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let call = CallContext::of(&request)?;
+        // The call was let in while the connection's client certificate was
+        // valid; the subscription does not outlive it.
+        let certificate_expires = request
+            .extensions()
+            .get::<coffer_platform::tls::PeerInfo>()
+            .and_then(|peer| peer.not_after)
+            .map(|not_after| {
+                let now =
+                    coffer_platform::clock::Clock::now_millis(&coffer_platform::clock::SystemClock);
+                let left_ms = not_after.saturating_mul(1000).saturating_sub(now).max(0);
+                tokio::time::Instant::now()
+                    + std::time::Duration::from_millis(left_ms.unsigned_abs())
+            });
         let message = request.into_inner();
         call.audit()
             .request_parameters(json!({ "eventPattern": message.event_pattern }));
@@ -780,10 +793,19 @@ impl Audit for AuditGrpc {
             };
             // A shutdown ends the subscription at once, even while a client
             // that stopped reading holds a send.
+            let expired = async {
+                match certificate_expires {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let status = tokio::select! {
                 biased;
                 () = closed => Some(Status::unavailable(
                     "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
+                )),
+                () = expired => Some(Status::unauthenticated(
+                    "the client certificate of this connection has expired; subscribe again with a valid one",
                 )),
                 status = forwarding => status,
             };
