@@ -31,6 +31,7 @@ backend_tests!(
     the_lockout_check_asks_what_a_later_call_will_ask,
     grants_to_an_account_reach_its_principals_through_their_policies,
     grants_name_keys_and_principals_as_kms_does,
+    list_retirable_grants_is_authorized_on_the_retiring_principal,
 );
 
 const ALLOW_ALL: &str =
@@ -1331,6 +1332,31 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
         Code::InvalidArgument,
         "InvalidGrantIdException",
     );
+    // Lengths past KMS's limits are ValidationExceptions naming the field,
+    // before the text is looked at.
+    let status = assert_error(
+        admin
+            .revoke_grant(pb::RevokeGrantRequest {
+                key_id: key.clone(),
+                grant_id: "a".repeat(129),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert!(status.message().starts_with("grant_id"), "{status:?}");
+    let status = assert_error(
+        admin
+            .retire_grant(pb::RetireGrantRequest {
+                grant_token: "A".repeat(8193),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+    );
+    assert!(status.message().starts_with("grant_token"), "{status:?}");
     Ok(())
 }
 
@@ -1424,7 +1450,8 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
     );
 
     // A token given where a grant ID belongs is refused without being
-    // echoed: the message is audited, and a token is a credential.
+    // echoed: the message is audited, and a token is a credential. It is
+    // longer than a grant ID may be, which KMS checks first.
     for operation in ["RetireGrant", "RevokeGrant", "ListGrants"] {
         let grant_id = denied_retire.grant_token.clone();
         let outcome = match operation {
@@ -1453,7 +1480,8 @@ async fn grants_follow_aws_rules_for_retiring_delegating_and_quotas(
                 .await
                 .map(drop),
         };
-        let status = assert_error(outcome, Code::InvalidArgument, "InvalidGrantIdException");
+        let status = assert_error(outcome, Code::InvalidArgument, "ValidationException");
+        assert!(status.message().starts_with("grant_id"), "{status:?}");
         assert!(
             !status.message().contains(&denied_retire.grant_token),
             "{status:?}"
@@ -3045,5 +3073,60 @@ async fn grants_name_keys_and_principals_as_kms_does(backend: Backend) -> anyhow
         .into_inner()
         .grants;
     assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
+
+/// ListRetirableGrants is authorized on the retiring principal the request
+/// names, as in KMS: an identity policy can allow it for some principals
+/// and deny it for others.
+async fn list_retirable_grants_is_authorized_on_the_retiring_principal(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[
+            {{"Effect":"Allow","Action":"kms:ListRetirableGrants","Resource":"arn:coffer:iam::{ACCOUNT_A}:user/*"}},
+            {{"Effect":"Deny","Action":"kms:ListRetirableGrants","Resource":"arn:coffer:iam::{ACCOUNT_A}:user/vault"}}]}}"#
+    );
+    let harness = Harness::start_with(backend, admins_and("auditor", &policy)).await?;
+    let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
+    let key = create_key(&mut admin, "", "").await?;
+    for retirer in ["retirer", "vault"] {
+        admin
+            .create_grant(pb::CreateGrantRequest {
+                key_id: key.clone(),
+                grantee_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/app"),
+                retiring_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/{retirer}"),
+                operations: vec!["Encrypt".into()],
+                ..Default::default()
+            })
+            .await?;
+    }
+    let mut auditor = harness.keys_for(ACCOUNT_A, "auditor").await?;
+    let retirable = |name: &str| pb::ListRetirableGrantsRequest {
+        retiring_principal: format!("arn:coffer:iam::{ACCOUNT_A}:user/{name}"),
+        ..Default::default()
+    };
+    let listed = auditor
+        .list_retirable_grants(retirable("retirer"))
+        .await?
+        .into_inner()
+        .grants;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0].retiring_principal,
+        format!("arn:coffer:iam::{ACCOUNT_A}:user/retirer")
+    );
+    let status = assert_error(
+        auditor.list_retirable_grants(retirable("vault")).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+    assert!(
+        status
+            .message()
+            .contains(&format!("arn:coffer:iam::{ACCOUNT_A}:user/vault")),
+        "{status:?}"
+    );
+    assert_audited_denial(&harness, &status, "the denied principal").await?;
     Ok(())
 }

@@ -407,10 +407,17 @@ fn principal_arn(field: &'static str, text: &str, partition: &str) -> Result<Str
     }
 }
 
+/// A grant ID: 1 to 128 characters (ValidationException otherwise, as KMS
+/// checks the length before anything else), letters and digits
+/// (InvalidGrantIdException otherwise).
 fn grant_id(text: &str) -> Result<String> {
-    let valid = !text.is_empty()
-        && text.len() <= MAX_GRANT_ID_CHARS
-        && text.bytes().all(|byte| byte.is_ascii_alphanumeric());
+    if text.is_empty() || text.chars().count() > MAX_GRANT_ID_CHARS {
+        return Err(KeysError::validation(
+            "grant_id",
+            format!("must be 1 to {MAX_GRANT_ID_CHARS} characters"),
+        ));
+    }
+    let valid = text.bytes().all(|byte| byte.is_ascii_alphanumeric());
     if valid {
         Ok(text.to_owned())
     } else {
@@ -2333,6 +2340,14 @@ impl Keys for KeysGrpc {
                     m.key_id.is_empty(),
                     m.grant_id.is_empty(),
                 ) {
+                    (false, true, true)
+                        if m.grant_token.chars().count() > MAX_GRANT_TOKEN_CHARS =>
+                    {
+                        return Err(KeysError::validation(
+                            "grant_token",
+                            format!("must be 1 to {MAX_GRANT_TOKEN_CHARS} characters"),
+                        ));
+                    }
                     (false, true, true) => RetireTarget::Token(
                         GrantToken::parse(&m.grant_token).ok_or(KeysError::InvalidGrantToken)?,
                     ),

@@ -358,7 +358,9 @@ impl KeysDomain {
     }
 
     /// Grants whose retiring principal is `retiring_principal`, which must
-    /// be of the caller's account.
+    /// be of the caller's account. As in KMS, the resource authorized is
+    /// that principal, so an identity policy can allow the listing for some
+    /// principals and deny it for others.
     pub async fn list_retirable_grants(
         &self,
         caller: &Caller,
@@ -366,7 +368,7 @@ impl KeysDomain {
         limit: u32,
         after: Option<&str>,
     ) -> Result<GrantPage> {
-        self.authorize_account(caller, "ListRetirableGrants", &[])?;
+        self.authorize_identity_on(caller, "ListRetirableGrants", retiring_principal, &[])?;
         let account_of = retiring_principal.split(':').nth(4).unwrap_or_default();
         if account_of != caller.account().as_str() {
             return Err(KeysError::AccessDenied(format!(
