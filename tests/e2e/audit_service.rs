@@ -1248,6 +1248,23 @@ async fn exactly_one_wins<T: Send + 'static>(
     Ok(())
 }
 
+/// The signing secret of the webhook targets of these tests.
+const WEBHOOK_SECRET: &[u8] = b"0123456789abcdef-webhook-secret";
+
+/// A webhook target calling `endpoint`, retried `retries` times within
+/// `max_age_s` seconds.
+fn webhook_target(id: &str, endpoint: String, retries: i32, max_age_s: i32) -> audit_pb::Target {
+    audit_pb::Target {
+        id: id.into(),
+        https: Some(audit_pb::HttpsTarget { endpoint }),
+        retry_policy: Some(audit_pb::RetryPolicy {
+            maximum_retry_attempts: Some(retries),
+            maximum_event_age_in_seconds: Some(max_age_s),
+        }),
+        signing_secret: WEBHOOK_SECRET.to_vec(),
+    }
+}
+
 /// An HTTPS receiver that answers its `n`th request (from 0) with the status
 /// `answer(n)`, recording what it received and when.
 struct Receiver {
@@ -1359,17 +1376,8 @@ async fn webhook_retries_wait_as_the_endpoint_asks(backend: Backend) -> anyhow::
         start_receiver_asking(&harness, |n| if n == 0 { 429 } else { 200 }, Some("1")).await?;
     // Asks for an hour, past the event's maximum age of a minute.
     let busy = start_receiver_asking(&harness, |_| 503, Some("3600")).await?;
-    let target = |id: &str, port: u16| audit_pb::Target {
-        id: id.into(),
-        https: Some(audit_pb::HttpsTarget {
-            endpoint: format!("https://localhost:{port}/hooks"),
-        }),
-        retry_policy: Some(audit_pb::RetryPolicy {
-            maximum_retry_attempts: Some(3),
-            maximum_event_age_in_seconds: Some(60),
-        }),
-        signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
-    };
+    let target =
+        |id: &str, port: u16| webhook_target(id, format!("https://localhost:{port}/hooks"), 3, 60);
     audit
         .put_targets(audit_pb::PutTargetsRequest {
             rule: "creates".into(),
@@ -1458,17 +1466,8 @@ async fn webhooks_reach_no_private_address_unless_allowed(backend: Backend) -> a
         })
         .await?;
     let port = receiver.addr.port();
-    let target = |id: &str, host: &str| audit_pb::Target {
-        id: id.into(),
-        https: Some(audit_pb::HttpsTarget {
-            endpoint: format!("https://{host}:{port}/hook"),
-        }),
-        retry_policy: Some(audit_pb::RetryPolicy {
-            maximum_retry_attempts: Some(0),
-            maximum_event_age_in_seconds: Some(60),
-        }),
-        signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
-    };
+    let target =
+        |id: &str, host: &str| webhook_target(id, format!("https://{host}:{port}/hook"), 0, 60);
     audit
         .put_targets(audit_pb::PutTargetsRequest {
             rule: "creates".into(),
@@ -1605,17 +1604,13 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
     let flaky = start_receiver(&harness, |n| [500, 429].get(n).copied().unwrap_or(200)).await?;
     // An answer it does not: the request itself is refused.
     let refusing = start_receiver(&harness, |_| 400).await?;
-    let secret = b"0123456789abcdef-webhook-secret".to_vec();
-    let target = |id: &str, port: u16, retries: i32| audit_pb::Target {
-        id: id.into(),
-        https: Some(audit_pb::HttpsTarget {
-            endpoint: format!("https://localhost:{port}/hooks/coffer?x=1"),
-        }),
-        retry_policy: Some(audit_pb::RetryPolicy {
-            maximum_retry_attempts: Some(retries),
-            maximum_event_age_in_seconds: Some(600),
-        }),
-        signing_secret: secret.clone(),
+    let target = |id: &str, port: u16, retries: i32| {
+        webhook_target(
+            id,
+            format!("https://localhost:{port}/hooks/coffer?x=1"),
+            retries,
+            600,
+        )
     };
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -1727,7 +1722,7 @@ async fn rules_deliver_signed_webhooks_with_retries_and_record_failures(
             .parse()?;
         let expected = format!(
             "v1={}",
-            coffer_audit::webhook::sign(&secret, timestamp, body)
+            coffer_audit::webhook::sign(WEBHOOK_SECRET, timestamp, body)
         );
         assert_eq!(
             headers[coffer_audit::webhook::SIGNATURE_HEADER].to_str()?,
@@ -1943,16 +1938,9 @@ async fn rules_and_subscriptions_keep_to_eventbridge_limits(
     );
     assert!(status.message().contains("next_token"), "{status:?}");
     audit.put_rule(rule("hooks".into(), "ENABLED")).await?;
-    let target = |id: &str, endpoint: String| audit_pb::Target {
-        id: id.into(),
-        https: Some(audit_pb::HttpsTarget { endpoint }),
-        // Attempts at 0, 0.5 and 1.5 s, then a recorded failure.
-        retry_policy: Some(audit_pb::RetryPolicy {
-            maximum_retry_attempts: Some(2),
-            maximum_event_age_in_seconds: Some(600),
-        }),
-        signing_secret: b"0123456789abcdef-secret".to_vec(),
-    };
+    // Three attempts within about 1.5 s (pauses of 0.25 to 0.5 s, then
+    // 0.5 to 1 s), then a recorded failure.
+    let target = |id: &str, endpoint: String| webhook_target(id, endpoint, 2, 600);
     let refused = assert_error(
         audit
             .put_targets(audit_pb::PutTargetsRequest {
@@ -2323,18 +2311,13 @@ async fn one_account_cannot_hold_unbounded_deliveries_and_failures_expire(
     audit
         .put_targets(audit_pb::PutTargetsRequest {
             rule: "everything-untrusted".into(),
-            targets: vec![audit_pb::Target {
-                id: "down".into(),
-                https: Some(audit_pb::HttpsTarget {
-                    endpoint: format!("https://localhost:{closed_port}/"),
-                }),
-                // Retried for an hour: every delivery stays pending.
-                retry_policy: Some(audit_pb::RetryPolicy {
-                    maximum_retry_attempts: Some(185),
-                    maximum_event_age_in_seconds: Some(3600),
-                }),
-                signing_secret: b"0123456789abcdef-webhook-secret".to_vec(),
-            }],
+            // Retried for an hour: every delivery stays pending.
+            targets: vec![webhook_target(
+                "down",
+                format!("https://localhost:{closed_port}/"),
+                185,
+                3600,
+            )],
         })
         .await?;
     let extra = 7;
