@@ -36,10 +36,12 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 const MAX_LOCAL_RESET_STREAMS: usize = 1024;
 
 /// The admin port is plaintext and unauthenticated. A peer has this long to
-/// send its first bytes, and at most [`ADMIN_WAITING`] connections wait for
-/// them at once, so silent connections cannot pile up.
+/// send its first bytes, and as on the mTLS port ([`crate::tls`]'s
+/// handshakes) at most 1,024 connections wait for them at once, and once
+/// more than 256 do, one host may hold no more than 128: silent
+/// connections cannot pile up, and one host's cannot keep the kubelet's
+/// probes out.
 const ADMIN_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
-const ADMIN_WAITING: usize = 64;
 /// An admin connection is closed, streams and all, after this long: a
 /// probe's connection lasts milliseconds, and a health `Watch` reconnects.
 const ADMIN_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
@@ -249,13 +251,15 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
 
 /// Connections to the admin port, each yielded once its client has sent
 /// something: one that sends nothing within [`ADMIN_FIRST_BYTES_TIMEOUT`] is
-/// closed, and while [`ADMIN_WAITING`] wait, no more are accepted. Stops when
-/// the returned stream is dropped.
+/// closed. Waiting connections are bounded as TLS handshakes are (see
+/// [`ADMIN_FIRST_BYTES_TIMEOUT`]). Stops when the returned stream is dropped.
 fn admin_incoming(
     listener: TcpListener,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, std::io::Error>> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(ADMIN_WAITING);
-    let waiting = Arc::new(tokio::sync::Semaphore::new(ADMIN_WAITING));
+    const WAITING: usize = crate::tls::MAX_HANDSHAKES;
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let waiting = Arc::new(tokio::sync::Semaphore::new(WAITING));
+    let hosts = Arc::new(crate::tls::HostHandshakes::default());
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -267,13 +271,18 @@ fn admin_incoming(
                 () = sender.closed() => break,
                 accepted = listener.accept() => accepted,
             };
-            let tcp = match accepted {
-                Ok((tcp, _)) => tcp,
+            let (tcp, remote_addr) = match accepted {
+                Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(%error, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let in_progress = WAITING - waiting.available_permits();
+            let Some(host_slot) = hosts.enter(remote_addr.ip(), in_progress) else {
+                tracing::debug!(%remote_addr, "too many silent admin connections from this host; connection closed");
+                continue;
             };
             let sender = sender.clone();
             tokio::spawn(async move {
@@ -281,7 +290,7 @@ fn admin_incoming(
                 let spoke = tokio::time::timeout(ADMIN_FIRST_BYTES_TIMEOUT, tcp.peek(&mut first))
                     .await
                     .is_ok_and(|peeked| peeked.is_ok_and(|bytes| bytes > 0));
-                drop(permit);
+                drop((permit, host_slot));
                 if spoke {
                     // The receiver is gone only when the server stopped.
                     let _server_stopped = sender.send(Ok(tcp)).await;

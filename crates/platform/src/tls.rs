@@ -39,7 +39,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// start, so without a bound a flood of connections would hold a task (and
 /// a file descriptor) each for [`HANDSHAKE_TIMEOUT`]; past it, accepting
 /// waits and new connections queue in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 1024;
+pub(crate) const MAX_HANDSHAKES: usize = 1024;
 /// Handshakes in progress at most from one host (an IPv4 address, or an
 /// IPv6 /64, which one host is routinely given) once the server is busy
 /// with more than [`BUSY_HANDSHAKES`]: one host holding every slot would
@@ -51,10 +51,10 @@ pub const BUSY_HANDSHAKES: usize = MAX_HANDSHAKES / 4;
 
 /// The handshakes in progress, by host.
 #[derive(Default)]
-struct HostHandshakes(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+pub(crate) struct HostHandshakes(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
 
 /// One handshake counted against its host while it lasts.
-struct HostSlot {
+pub(crate) struct HostSlot {
     hosts: Arc<HostHandshakes>,
     host: IpAddr,
 }
@@ -77,7 +77,7 @@ impl HostHandshakes {
     /// A slot for a handshake from `address`, while `in_progress` are (this
     /// one included); none when the server is busy and the host has its
     /// share.
-    fn enter(self: &Arc<Self>, address: IpAddr, in_progress: usize) -> Option<HostSlot> {
+    pub(crate) fn enter(self: &Arc<Self>, address: IpAddr, in_progress: usize) -> Option<HostSlot> {
         let host = Self::host_of(address);
         let mut counts = self
             .0
