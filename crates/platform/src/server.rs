@@ -251,54 +251,19 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
 
 /// Connections to the admin port, each yielded once its client has sent
 /// something: one that sends nothing within [`ADMIN_FIRST_BYTES_TIMEOUT`] is
-/// closed. Waiting connections are bounded as TLS handshakes are (see
-/// [`ADMIN_FIRST_BYTES_TIMEOUT`]). Stops when the returned stream is dropped.
+/// closed. Waiting connections are bounded as TLS handshakes are
+/// ([`crate::tls::bounded_incoming`]). Stops when the returned stream is
+/// dropped.
 fn admin_incoming(
     listener: TcpListener,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, std::io::Error>> {
-    const WAITING: usize = crate::tls::MAX_HANDSHAKES;
-    let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    let waiting = Arc::new(tokio::sync::Semaphore::new(WAITING));
-    let hosts = Arc::new(crate::tls::HostHandshakes::default());
-    tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                () = sender.closed() => break,
-                permit = waiting.clone().acquire_owned() => permit,
-            };
-            let Ok(permit) = permit else { break };
-            let accepted = tokio::select! {
-                () = sender.closed() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, remote_addr) = match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let in_progress = WAITING - waiting.available_permits();
-            let Some(host_slot) = hosts.enter(remote_addr.ip(), in_progress) else {
-                tracing::debug!(%remote_addr, "too many silent admin connections from this host; connection closed");
-                continue;
-            };
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                let spoke = tokio::time::timeout(ADMIN_FIRST_BYTES_TIMEOUT, tcp.peek(&mut first))
-                    .await
-                    .is_ok_and(|peeked| peeked.is_ok_and(|bytes| bytes > 0));
-                drop((permit, host_slot));
-                if spoke {
-                    // The receiver is gone only when the server stopped.
-                    let _server_stopped = sender.send(Ok(tcp)).await;
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(receiver)
+    crate::tls::bounded_incoming(listener, "silent admin connections", |tcp, _| async move {
+        let mut first = [0u8; 1];
+        let spoke = tokio::time::timeout(ADMIN_FIRST_BYTES_TIMEOUT, tcp.peek(&mut first))
+            .await
+            .is_ok_and(|peeked| peeked.is_ok_and(|bytes| bytes > 0));
+        spoke.then_some(tcp)
+    })
 }
 
 /// NOT_SERVING while the audit service is unreachable past the deadline

@@ -39,7 +39,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// start, so without a bound a flood of connections would hold a task (and
 /// a file descriptor) each for [`HANDSHAKE_TIMEOUT`]; past it, accepting
 /// waits and new connections queue in the kernel's backlog.
-pub(crate) const MAX_HANDSHAKES: usize = 1024;
+const MAX_HANDSHAKES: usize = 1024;
 /// Handshakes in progress at most from one host (an IPv4 address, or an
 /// IPv6 /64, which one host is routinely given) once the server is busy
 /// with more than [`BUSY_HANDSHAKES`]: one host holding every slot would
@@ -51,10 +51,10 @@ pub const BUSY_HANDSHAKES: usize = MAX_HANDSHAKES / 4;
 
 /// The handshakes in progress, by host.
 #[derive(Default)]
-pub(crate) struct HostHandshakes(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+struct HostHandshakes(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
 
 /// One handshake counted against its host while it lasts.
-pub(crate) struct HostSlot {
+struct HostSlot {
     hosts: Arc<HostHandshakes>,
     host: IpAddr,
 }
@@ -384,15 +384,70 @@ pub fn tls_incoming(
     tls: Arc<ServerTls>,
     trust_domain: String,
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
-    let (sender, receiver) = mpsc::channel(256);
     let trust_domain: Arc<str> = Arc::from(trust_domain);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    bounded_incoming(listener, "handshakes", move |tcp, remote_addr| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let acceptor = tls.acceptor();
+        let trust_domain = trust_domain.clone();
+        async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::info!(%remote_addr, %error, "tls handshake refused");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::info!(%remote_addr, "tls handshake timed out");
+                    return None;
+                }
+            };
+            let certified = match stream.get_ref().1.peer_certificates() {
+                Some([leaf, ..]) => principal_from_certificate(leaf, &trust_domain),
+                _ => Err(IdentityError::NoCertificate),
+            };
+            let (identity, not_after) = match certified {
+                Ok(certified) => (Ok(Arc::new(certified.principal)), Some(certified.not_after)),
+                Err(error) => (Err(error), None),
+            };
+            Some(TlsConnection {
+                stream,
+                peer: PeerInfo {
+                    remote_addr,
+                    identity,
+                    not_after,
+                },
+            })
+        }
+    })
+}
+
+/// Accepts TCP connections and has `admit` make each into a connection to
+/// serve (or refuse it with `None`), each on a task of its own. While
+/// [`MAX_HANDSHAKES`] are being admitted, accepting waits (new connections
+/// queue in the kernel's backlog); once more than [`BUSY_HANDSHAKES`] are, a
+/// host that has [`MAX_HANDSHAKES_PER_HOST`] of them has its next connection
+/// closed at once. `what` names the admissions in logs. Stops when the
+/// returned stream is dropped.
+pub(crate) fn bounded_incoming<T, Admit, Admitted>(
+    listener: TcpListener,
+    what: &'static str,
+    admit: Admit,
+) -> ReceiverStream<Result<T, io::Error>>
+where
+    T: Send + 'static,
+    Admit: Fn(TcpStream, SocketAddr) -> Admitted + Send + 'static,
+    Admitted: std::future::Future<Output = Option<T>> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(256);
+    let admitting = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let hosts = Arc::new(HostHandshakes::default());
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
                 () = sender.closed() => break,
-                permit = handshakes.clone().acquire_owned() => permit,
+                permit = admitting.clone().acquire_owned() => permit,
             };
             let Ok(permit) = permit else { break };
             let accepted = tokio::select! {
@@ -407,49 +462,20 @@ pub fn tls_incoming(
                     continue;
                 }
             };
-            let in_progress = MAX_HANDSHAKES - handshakes.available_permits();
+            let in_progress = MAX_HANDSHAKES - admitting.available_permits();
             let Some(host_slot) = hosts.enter(remote_addr.ip(), in_progress) else {
-                tracing::debug!(%remote_addr, "too many handshakes in progress from this host; connection closed");
+                tracing::debug!(%remote_addr, what, "too many in progress from this host; connection closed");
                 continue;
             };
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-            let acceptor = tls.acceptor();
+            let admitted = admit(tcp, remote_addr);
             let sender = sender.clone();
-            let trust_domain = trust_domain.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                let admitted = admitted.await;
                 drop((permit, host_slot));
-                let stream = match handshake {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::info!(%remote_addr, %error, "tls handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%remote_addr, "tls handshake timed out");
-                        return;
-                    }
-                };
-                let certified = match stream.get_ref().1.peer_certificates() {
-                    Some([leaf, ..]) => principal_from_certificate(leaf, &trust_domain),
-                    _ => Err(IdentityError::NoCertificate),
-                };
-                let (identity, not_after) = match certified {
-                    Ok(certified) => (Ok(Arc::new(certified.principal)), Some(certified.not_after)),
-                    Err(error) => (Err(error), None),
-                };
-                let connection = TlsConnection {
-                    stream,
-                    peer: PeerInfo {
-                        remote_addr,
-                        identity,
-                        not_after,
-                    },
-                };
-                // The receiver is gone only when the server stopped.
-                let _server_stopped = sender.send(Ok(connection)).await;
+                if let Some(connection) = admitted {
+                    // The receiver is gone only when the server stopped.
+                    let _server_stopped = sender.send(Ok(connection)).await;
+                }
             });
         }
     });
