@@ -36,6 +36,7 @@ backend_tests!(
     a_shutdown_ends_open_subscriptions,
     a_subscriber_that_stopped_reading_still_learns_of_a_shutdown,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
+    an_oversized_request_is_audited_capped_and_stops_no_delivery,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
     oversized_records_are_cut_and_lookups_page_by_size,
@@ -2384,6 +2385,64 @@ async fn admin_health(admin: std::net::SocketAddr) -> anyhow::Result<i32> {
         .await?
         .into_inner()
         .status)
+}
+
+/// A request far larger than an audit record may be (a 3 MiB key id of
+/// control characters, 18 MiB once escaped as JSON) is recorded capped, so
+/// its event travels to a separate audit service in an export it accepts.
+/// Before, the export was refused as too large and retried for ever, and
+/// every required-mode call after it waited for it and failed UNAVAILABLE.
+async fn an_oversized_request_is_audited_capped_and_stops_no_delivery(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            separate_audit: true,
+            max_message_bytes: 4 * 1024 * 1024,
+            audit_deadline_ms: 1_000,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut alice).await?;
+    let oversized = alice
+        .encrypt(pb::EncryptRequest {
+            key_id: "\u{1}".repeat(3 * 1024 * 1024),
+            plaintext: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert_error(oversized, Code::InvalidArgument, "ValidationException");
+    // Answered and acknowledged within the deadline, by calls made one
+    // after another: nothing waits behind a refused export.
+    for _ in 0..3 {
+        encrypt(&mut alice, &key).await?;
+    }
+    let events = harness.audit_events().await?;
+    let refused: Vec<&Value> = events
+        .iter()
+        .filter(|event| {
+            event["eventName"] == "Encrypt" && event["errorCode"] == "ValidationException"
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let recorded_key_id = refused[0]["requestParameters"]["keyId"]
+        .as_str()
+        .context("keyId is not a string")?;
+    assert!(
+        recorded_key_id.len() < 9 * 1024 && recorded_key_id.ends_with("bytes truncated]"),
+        "{} bytes: {}",
+        recorded_key_id.len(),
+        recorded_key_id.get(..64).unwrap_or_default()
+    );
+    let answered = events
+        .iter()
+        .filter(|event| event["eventName"] == "Encrypt" && event["errorCode"].is_null())
+        .count();
+    assert_eq!(answered, 3);
+    Ok(())
 }
 
 async fn required_mode_survives_the_audit_service_going_away(

@@ -33,7 +33,7 @@
 //!   in [`ExportCounters::lost`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,14 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// apart at c=64 on two cores; 4 events an export left ~30 % of the CPU
 /// outside RSA, 16 about 23 % (BENCHMARKS.md, session 9).
 pub const GATHERED_ENOUGH: usize = 16;
+/// Most bytes of records in one export. Every record is within
+/// [`super::caps::MAX_RECORD_BYTES`], so an export of events of any size
+/// stays far below what the audit service accepts (16 MiB); a batch that
+/// could not be accepted would be retried, and refused, for ever.
+pub const MAX_EXPORT_RECORD_BYTES: usize = 4 * 1024 * 1024;
+/// Most bytes of records held in the queue, whatever `queue_limit` allows:
+/// past it the queue counts as full.
+pub const MAX_QUEUED_RECORD_BYTES: usize = 512 * 1024 * 1024;
 
 /// Where exports go.
 #[async_trait::async_trait]
@@ -152,6 +160,8 @@ struct Shared {
     deadline: Duration,
     queue_limit: usize,
     batch_limit: usize,
+    /// Bytes of the records in `queue`; changed only with the queue locked.
+    queued_bytes: AtomicUsize,
     healthy: watch::Sender<bool>,
     counters: ExportCounters,
     /// Events taken by the sender and not yet acknowledged or given up.
@@ -183,11 +193,28 @@ impl Shared {
     /// Queues `entry` unless the queue is full; a refused entry is given
     /// back, for [`Self::queued_or_refused`] once the lock is released.
     fn push_locked(&self, queue: &mut VecDeque<Entry>, entry: Entry) -> Option<Entry> {
-        if queue.len() >= self.queue_limit {
+        if !self.has_room(queue, &entry) {
             return Some(entry);
         }
+        self.queued_bytes
+            .fetch_add(entry.event.record.len(), Ordering::Relaxed);
         queue.push_back(entry);
         None
+    }
+
+    /// Whether the queue (locked by the caller) can take `entry`.
+    fn has_room(&self, queue: &VecDeque<Entry>, entry: &Entry) -> bool {
+        queue.len() < self.queue_limit
+            && self.queued_bytes.load(Ordering::Relaxed) + entry.event.record.len()
+                <= MAX_QUEUED_RECORD_BYTES
+    }
+
+    /// The next entry of the queue (locked by the caller).
+    fn pop_locked(&self, queue: &mut VecDeque<Entry>) -> Option<Entry> {
+        let entry = queue.pop_front()?;
+        self.queued_bytes
+            .fetch_sub(entry.event.record.len(), Ordering::Relaxed);
+        Some(entry)
     }
 
     /// Wakes the sender for a queued entry, or accounts for a refused one.
@@ -251,6 +278,7 @@ impl AuditExporter {
             deadline: settings.deadline,
             queue_limit: settings.queue_limit,
             batch_limit: settings.batch_limit,
+            queued_bytes: AtomicUsize::new(0),
             healthy,
             counters: ExportCounters::default(),
             in_flight: AtomicU64::new(0),
@@ -289,7 +317,7 @@ impl AuditExporter {
             event_id: event.event_id.clone(),
             event_name: event.event_name.clone(),
             trace_id: event.trace_id.clone(),
-            record: serde_json::to_string(event)
+            record: super::caps::capped_record(event)
                 .map_err(|error| AuditDeliveryError::Failed(error.to_string()))?,
         })
     }
@@ -520,11 +548,20 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                 None
             } else {
                 let mut batch = Vec::with_capacity(queue.len().min(shared.batch_limit));
+                let mut batch_bytes = 0;
                 while batch.len() < shared.batch_limit {
-                    let Some(entry) = queue.pop_front() else {
+                    let fits = queue.front().is_some_and(|entry| {
+                        batch.is_empty()
+                            || batch_bytes + entry.event.record.len() <= MAX_EXPORT_RECORD_BYTES
+                    });
+                    if !fits {
+                        break;
+                    }
+                    let Some(entry) = shared.pop_locked(&mut queue) else {
                         break;
                     };
                     if !entry.is_withdrawn() {
+                        batch_bytes += entry.event.record.len();
                         batch.push(entry);
                     }
                 }
@@ -620,13 +657,16 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                         tracing::warn!(%error, events = count, "audit export failed; will retry");
                         let mut queue = shared.lock();
                         for entry in batch.into_iter().rev() {
-                            if queue.len() >= shared.queue_limit {
+                            if !shared.has_room(&queue, &entry) {
                                 if entry.outbox.is_none() {
                                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                                 }
                                 leave_to_relay(entry);
                                 continue;
                             }
+                            shared
+                                .queued_bytes
+                                .fetch_add(entry.event.record.len(), Ordering::Relaxed);
                             queue.push_front(entry);
                         }
                     }
@@ -770,6 +810,28 @@ mod tests {
             .wait_until(Duration::from_secs(5), |batches| !batches.is_empty())
             .await;
         assert_eq!(batches, [1]);
+    }
+
+    #[tokio::test]
+    async fn an_export_carries_at_most_its_share_of_bytes() {
+        let (exporter, transport) = exporter(LONG);
+        let quarter = MAX_EXPORT_RECORD_BYTES / 4;
+        for index in 0..10 {
+            exporter.enqueue_encoded(
+                EncodedEvent {
+                    record: "x".repeat(quarter),
+                    ..event(index)
+                },
+                None,
+            );
+        }
+        let batches = transport
+            .wait_until(Duration::from_secs(5), |batches| {
+                batches.iter().sum::<usize>() == 10
+            })
+            .await;
+        assert_eq!(batches, [4, 4, 2]);
+        assert_eq!(exporter.shared.queued_bytes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

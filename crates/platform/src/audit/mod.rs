@@ -13,6 +13,7 @@
 //! mode a state change writes its event to the service's [`outbox`] in the
 //! same transaction, and data-plane answers wait for the acknowledgement.
 
+pub mod caps;
 pub mod export;
 pub mod otlp;
 pub mod outbox;

@@ -2,13 +2,9 @@
 //! hygiene (size caps, depth caps, one well-formed JSON object) and trust
 //! (an event from anyone but a Coffer service can never pass for one).
 //!
-//! - Every string value (and object key) is capped at [`MAX_STRING_BYTES`]
-//!   on a character boundary, with a marker saying how much was cut.
-//! - Nesting deeper than [`MAX_DEPTH`] and arrays or objects longer than
-//!   [`MAX_ELEMENTS`] are cut the same way.
-//! - A record still over [`MAX_RECORD_BYTES`] loses its largest fields
-//!   (each replaced by a marker giving its size) until it fits; the
-//!   identifying fields ([`KEPT_WHEN_CUT`]) always stay.
+//! - The caps of [`coffer_platform::audit::caps`]: strings, nesting and
+//!   element counts, and [`MAX_RECORD_BYTES`] for a whole record. A service
+//!   applies them to its own events already; an outsider's are capped here.
 //! - Control characters are kept as data: JSON serialisation escapes them
 //!   (`\n`, `\u001b`), so a stored record is always one line and one object.
 //! - An untrusted event keeps what it claimed under `claimed*` fields, but
@@ -20,41 +16,10 @@ use thiserror::Error;
 
 use crate::store::StoredEvent;
 
-/// Longest string value kept whole.
-pub const MAX_STRING_BYTES: usize = 8 * 1024;
-/// Deepest nesting kept.
-pub const MAX_DEPTH: usize = 16;
-/// Most elements kept in one array or object.
-pub const MAX_ELEMENTS: usize = 256;
-/// Largest stored record (its JSON text). A LookupEvents page is built to
-/// fit in one gRPC message, so every event must fit with room to spare;
-/// CloudTrail caps an event at 256 KB as well.
-pub const MAX_RECORD_BYTES: usize = 256 * 1024;
-/// Fields a record over [`MAX_RECORD_BYTES`] keeps while each is at most
-/// [`MAX_KEPT_FIELD_BYTES`] of JSON; a larger one is cut like any other.
-const KEPT_WHEN_CUT: &[&str] = &[
-    "eventVersion",
-    "eventID",
-    "eventTime",
-    "eventName",
-    "eventSource",
-    "eventType",
-    "eventCategory",
-    "awsRegion",
-    "readOnly",
-    "recipientAccountId",
-    "requestID",
-    "errorCode",
-    "trusted",
-    "submittedBy",
-    "traceId",
-];
-/// Largest value (as JSON text) of a field in [`KEPT_WHEN_CUT`] that a cut
-/// keeps: all of them together stay far below the cap.
-const MAX_KEPT_FIELD_BYTES: usize = 1024;
-/// Longest field name kept, with a marker for its value, when a record is
-/// cut; a longer one is removed with its value.
-const MAX_MARKED_KEY_BYTES: usize = 128;
+pub use coffer_platform::audit::caps::{
+    MAX_DEPTH, MAX_ELEMENTS, MAX_RECORD_BYTES, MAX_STRING_BYTES, cap_record, sanitize,
+};
+
 /// Longest event id accepted.
 pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// The event source and username columns of untrusted events.
@@ -72,108 +37,6 @@ pub enum RecordError {
     BadEventId,
     #[error("eventTime is not an RFC 3339 time")]
     BadEventTime,
-}
-
-/// Caps strings, depth and sizes of a JSON value (see the module docs).
-pub fn sanitize(value: Value) -> Value {
-    sanitize_at(value, 0)
-}
-
-fn cap_string(text: String) -> String {
-    if text.len() <= MAX_STRING_BYTES {
-        return text;
-    }
-    let mut end = MAX_STRING_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let cut = text.len() - end;
-    let mut capped = text;
-    capped.truncate(end);
-    capped.push_str(&format!("…[{cut} bytes truncated]"));
-    capped
-}
-
-fn sanitize_at(value: Value, depth: usize) -> Value {
-    match value {
-        Value::String(text) => Value::String(cap_string(text)),
-        Value::Array(items) if depth >= MAX_DEPTH => Value::String(format!(
-            "[array of {} elements cut at depth {MAX_DEPTH}]",
-            items.len()
-        )),
-        Value::Object(fields) if depth >= MAX_DEPTH => Value::String(format!(
-            "[object of {} fields cut at depth {MAX_DEPTH}]",
-            fields.len()
-        )),
-        Value::Array(items) => {
-            let total = items.len();
-            let mut kept: Vec<Value> = items
-                .into_iter()
-                .take(MAX_ELEMENTS)
-                .map(|item| sanitize_at(item, depth + 1))
-                .collect();
-            if total > MAX_ELEMENTS {
-                kept.push(Value::String(format!(
-                    "[{} more elements truncated]",
-                    total - MAX_ELEMENTS
-                )));
-            }
-            Value::Array(kept)
-        }
-        Value::Object(fields) => {
-            let total = fields.len();
-            let mut kept = Map::new();
-            for (key, field) in fields.into_iter().take(MAX_ELEMENTS) {
-                kept.insert(cap_string(key), sanitize_at(field, depth + 1));
-            }
-            if total > MAX_ELEMENTS {
-                kept.insert("truncatedFields".into(), Value::from(total - MAX_ELEMENTS));
-            }
-            Value::Object(kept)
-        }
-        other => other,
-    }
-}
-
-/// Length of `value` as JSON text.
-fn json_len(value: &Value) -> usize {
-    serde_json::to_vec(value).map_or(0, |text| text.len())
-}
-
-/// Cuts the largest fields of a record over [`MAX_RECORD_BYTES`] until it
-/// fits: each is replaced by a marker with its size (or removed, when its
-/// name is long), and `recordTruncated` says how much was there.
-fn cap_record(fields: &mut Map<String, Value>, total: usize) {
-    let mut sizes: Vec<(String, usize)> = fields
-        .iter()
-        .map(|(name, value)| (name.clone(), name.len() + json_len(value)))
-        .filter(|(name, size)| {
-            !KEPT_WHEN_CUT.contains(&name.as_str()) || *size > name.len() + MAX_KEPT_FIELD_BYTES
-        })
-        .collect();
-    sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    // Room for the markers and the note, generously.
-    let mut remaining = total + 1024;
-    let mut cut = 0usize;
-    for (name, size) in sizes {
-        if remaining <= MAX_RECORD_BYTES {
-            break;
-        }
-        fields.remove(&name);
-        cut += 1;
-        remaining -= size;
-        if name.len() <= MAX_MARKED_KEY_BYTES {
-            let marker = Value::String(format!(
-                "[{size} bytes cut: the record was over {MAX_RECORD_BYTES} bytes]"
-            ));
-            remaining += name.len() + json_len(&marker) + 4;
-            fields.insert(name, marker);
-        }
-    }
-    fields.insert(
-        "recordTruncated".into(),
-        serde_json::json!({ "originalBytes": total, "fieldsCut": cut }),
-    );
 }
 
 fn string_field<'a>(
