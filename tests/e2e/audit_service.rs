@@ -1200,6 +1200,40 @@ async fn otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another(
     let record: Value = serde_json::from_str(&span[0].cloud_trail_event)?;
     assert_eq!(record["claimedEventSource"], "s".repeat(256));
 
+    // A name that no compression shortens (1,900 random CJK characters,
+    // 5,700 bytes): Postgres refuses an index entry over about 2,700 bytes,
+    // which failed the write and every export sharing it. The lookup
+    // columns hold its first 1,024 bytes, and a lookup by the whole name
+    // still finds it.
+    let mut state: u32 = 0x2545_f491;
+    let wide_name: String = (0..1_900)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            char::from_u32(0x4e00 + (state >> 8) % 0x5000).unwrap_or('x')
+        })
+        .collect();
+    outsider
+        .export(otlp_request(
+            "wide",
+            "some.library",
+            vec![Span {
+                name: wide_name.clone(),
+                ..Default::default()
+            }],
+        ))
+        .await?;
+    let wide = audit
+        .lookup_events(by_name(&wide_name))
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(wide.len(), 1, "{wide:?}");
+    assert!(
+        wide_name.starts_with(&wide[0].event_name) && wide[0].event_name.len() == 1_023,
+        "{} bytes",
+        wide[0].event_name.len()
+    );
+
     // An export carries at most 10,000 spans; the rest are rejected.
     let many = (0..10_001)
         .map(|n| Span {

@@ -82,15 +82,29 @@ fn value_rows(rows: usize, width: usize, style: Placeholders) -> String {
     text
 }
 
-/// Text as the lookup columns hold it. Postgres' `text` cannot hold NUL,
-/// and one event carrying it would fail every export it shares a write with,
-/// so a NUL is U+FFFD in these columns on both backends, in what is stored
-/// and in what is looked up alike. The record keeps it (JSON escapes it).
+/// Longest text a lookup column holds, in bytes. Postgres refuses a B-tree
+/// index entry over about 2,700 bytes (a third of a page) that it cannot
+/// compress, and an outsider names its own spans.
+const MAX_COLUMN_BYTES: usize = 1024;
+
+/// Text as the lookup columns hold it, in what is stored and in what is
+/// looked up alike, on both backends; the record keeps the text whole.
+/// One event a column refuses would fail every export it shares a write
+/// with, so:
+/// - a NUL, which Postgres' `text` cannot hold, is U+FFFD;
+/// - text past [`MAX_COLUMN_BYTES`] is cut at the last character that fits
+///   (a lookup by a longer value matches the events whose value begins
+///   with the same [`MAX_COLUMN_BYTES`]).
 fn column(text: &str) -> Cow<'_, str> {
-    if text.contains('\0') {
-        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    let mut end = text.len().min(MAX_COLUMN_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let kept = text.get(..end).unwrap_or_default();
+    if kept.contains('\0') {
+        Cow::Owned(kept.replace('\0', "\u{FFFD}"))
     } else {
-        Cow::Borrowed(text)
+        Cow::Borrowed(kept)
     }
 }
 
