@@ -1267,6 +1267,77 @@ async fn otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another(
     Ok(())
 }
 
+/// Exports arriving together share one write (group commit). One the store
+/// refuses fails alone: the others that shared its write are written again
+/// on their own and acknowledged. Postgres only: on SQLite an export is
+/// acknowledged once it is in the ingest journal, before the store sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_the_store_refuses_fails_alone_on_postgres() -> anyhow::Result<()> {
+    match coffer_tests::postgres_backend().await {
+        Some(backend) => an_export_the_store_refuses_fails_alone(backend).await,
+        None => Ok(()),
+    }
+}
+
+async fn an_export_the_store_refuses_fails_alone(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    harness
+        .refuse_writes_where("audit", "events", "INSERT", "event_name", "poison")
+        .await?;
+    let outsider = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
+    let mut exports = tokio::task::JoinSet::new();
+    for index in 0..32 {
+        let mut outsider = outsider.clone();
+        let name = if index == 16 {
+            "poison".to_owned()
+        } else {
+            format!("fine-{index}")
+        };
+        exports.spawn(async move {
+            let request = otlp_request(
+                "many",
+                "some.library",
+                vec![Span {
+                    name: name.clone(),
+                    ..Default::default()
+                }],
+            );
+            (name, outsider.export(request).await.map(drop))
+        });
+    }
+    let mut outcomes = BTreeMap::new();
+    while let Some(joined) = exports.join_next().await {
+        let (name, outcome) = joined?;
+        outcomes.insert(name, outcome.map_err(|status| status.code()));
+    }
+    let failed: Vec<(&String, &Result<(), Code>)> = outcomes
+        .iter()
+        .filter(|(_, outcome)| outcome.is_err())
+        .collect();
+    assert_eq!(
+        failed,
+        [(&"poison".to_owned(), &Err(Code::Unavailable))],
+        "only the refused export fails"
+    );
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let stored = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            lookup_attributes: vec![audit_pb::LookupAttribute {
+                attribute_key: "EventSource".into(),
+                attribute_value: "untrusted".into(),
+            }],
+            max_results: Some(50),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .events;
+    assert_eq!(stored.len(), 31, "{stored:?}");
+    Ok(())
+}
+
 /// Of calls racing for the last place under a quota, exactly one gets it
 /// and the others answer `LimitExceededException`.
 async fn exactly_one_wins<T: Send + 'static>(

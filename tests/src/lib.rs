@@ -588,11 +588,18 @@ pub enum TableLock {
 
 impl Harness {
     fn keys_database(&self) -> anyhow::Result<&coffer_platform::config::DatabaseSettings> {
+        self.database_of("keys")
+    }
+
+    fn database_of(
+        &self,
+        service: &str,
+    ) -> anyhow::Result<&coffer_platform::config::DatabaseSettings> {
         Ok(&self
             .settings
             .services
-            .get("keys")
-            .context("keys is not configured")?
+            .get(service)
+            .with_context(|| format!("{service} is not configured"))?
             .database)
     }
 
@@ -647,14 +654,28 @@ impl Harness {
         column: &str,
         value: &str,
     ) -> anyhow::Result<()> {
+        self.refuse_writes_where("keys", table, operation, column, value)
+            .await
+    }
+
+    /// [`Self::refuse_key_writes_where`] in `service`'s database.
+    pub async fn refuse_writes_where(
+        &self,
+        service: &str,
+        table: &str,
+        operation: &str,
+        column: &str,
+        value: &str,
+    ) -> anyhow::Result<()> {
         let row = if operation == "DELETE" { "OLD" } else { "NEW" };
-        let statements = match self.keys_database()?.backend {
+        let database = self.database_of(service)?;
+        let statements = match database.backend {
             coffer_platform::config::DatabaseBackend::Sqlite => vec![format!(
                 "CREATE TRIGGER refuse_key_writes BEFORE {operation} ON {table} \
                  WHEN {row}.{column} = '{value}' BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
             )],
             coffer_platform::config::DatabaseBackend::Postgres => {
-                let schema = &self.keys_database()?.schema;
+                let schema = &database.schema;
                 vec![
                     format!(
                         "CREATE FUNCTION \"{schema}\".refuse_key_writes() RETURNS trigger \
@@ -668,7 +689,7 @@ impl Harness {
                 ]
             }
         };
-        self.run_on_keys_database(&statements).await
+        self.run_on_database(service, &statements).await
     }
 
     /// Removes the trigger of [`Self::refuse_key_writes`] on `table`.
@@ -685,12 +706,12 @@ impl Harness {
                 ]
             }
         };
-        self.run_on_keys_database(&statements).await
+        self.run_on_database("keys", &statements).await
     }
 
-    async fn run_on_keys_database(&self, statements: &[String]) -> anyhow::Result<()> {
+    async fn run_on_database(&self, service: &str, statements: &[String]) -> anyhow::Result<()> {
         use sqlx::Connection as _;
-        let database = self.keys_database()?;
+        let database = self.database_of(service)?;
         match database.backend {
             coffer_platform::config::DatabaseBackend::Sqlite => {
                 let mut connection = sqlx::SqliteConnection::connect(&database.url).await?;

@@ -305,9 +305,23 @@ impl AuditCore {
             .store
             .insert_events(&all, self.clock.now_millis())
             .await;
+        let shared_by_several = senders.len() > 1;
         let mut remaining = all.into_iter();
         for ((start, length), sender) in spans.into_iter().zip(senders) {
             let own: Vec<StoredEvent> = remaining.by_ref().take(length).collect();
+            if result.is_err() && shared_by_several {
+                // An export the store refuses (a fault of one event, a
+                // constraint) must not fail the others that shared its
+                // write: each is written again on its own.
+                let alone = self
+                    .store
+                    .insert_events(&own, self.clock.now_millis())
+                    .await
+                    .map(|fresh| self.route(own, fresh))
+                    .map_err(|error| error.to_string());
+                let _waiter_gone = sender.send(alone);
+                continue;
+            }
             let share = match &result {
                 Ok(fresh) => {
                     let own_fresh = fresh
