@@ -768,20 +768,59 @@ async fn otlp_exports_too_large_once_decoded_are_refused_unread(
     backend: Backend,
 ) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
+    let mut service = otlp_client(&harness, &Harness::service_id("keys")).await?;
     let mut client = otlp_client(&harness, &Harness::user_id(ACCOUNT_A, "mallory")).await?;
-    // 2.5 million empty spans: 5 MB on the wire, over a gigabyte decoded.
+    // 2.5 million empty spans: 5 MB on the wire, over a gigabyte decoded
+    // (from a service, whose exports may be 16 MiB on the wire).
     let flood = otlp_request(
         "coffer-keys",
         "some.library",
         vec![Span::default(); 2_500_000],
     );
-    let status = client
+    let status = service
         .export(flood)
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("a flood of empty spans was accepted"))?;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("once decoded"), "{status:?}");
+    // From outside Coffer, 5 MiB is over the 4 MiB an export may be on
+    // the wire, and 100,000 empty spans (200 KB, ~40 MB decoded) over the
+    // 16 MiB it may take decoded.
+    let large = otlp_request(
+        "app",
+        "some.library",
+        vec![Span {
+            name: "x".repeat(5 << 20),
+            ..Default::default()
+        }],
+    );
+    let status = client
+        .export(large)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an outsider's 5 MB export was accepted"))?;
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("at most 4194304 bytes"),
+        "{status:?}"
+    );
+    let status = client
+        .export(otlp_request(
+            "app",
+            "some.library",
+            vec![Span::default(); 100_000],
+        ))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a flood of empty spans was accepted"))?;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("more than 16777216 bytes once decoded"),
+        "{status:?}"
+    );
     // The service goes on taking ordinary exports.
     client.export(plain_tracing_export()).await?;
     let core = harness.audit_core()?;

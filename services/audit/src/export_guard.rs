@@ -9,13 +9,23 @@
 //! [`MAX_DECODED_BYTES`] is refused with INVALID_ARGUMENT without being
 //! decoded. The guard allocates nothing per field, only the bytes it was
 //! sent.
+//!
+//! It also looks at who sends before it reads anything: a client that is no
+//! Coffer identity is refused unread, and an export from outside Coffer (a
+//! principal of an account, whose spans are untrusted events) is held to
+//! [`MAX_OUTSIDER_EXPORT_BYTES`], and to [`OUTSIDER_EXPORTS_AT_ONCE`] being
+//! received and stored at once, server-wide: what outsiders' exports can
+//! hold in memory is bounded, and the services' own exports never wait
+//! for them.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::mem::size_of;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use coffer_platform::tls::PeerInfo;
 use http_body_util::{BodyExt as _, Full, Limited};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
@@ -24,9 +34,12 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tower::Service;
+
+use crate::ingest::export_sender;
 
 /// Largest OTLP export accepted on the wire: large enough for a batch of
 /// events whose attributes are capped only after they arrive.
@@ -34,6 +47,18 @@ pub const MAX_EXPORT_BYTES: usize = 16 * 1024 * 1024;
 /// Largest an export may be once decoded. Coffer's own exports take about
 /// twice their wire size.
 pub const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
+/// Largest export accepted on the wire from outside Coffer: the OTLP/gRPC
+/// receivers' usual limit (the OpenTelemetry Collector's default).
+pub const MAX_OUTSIDER_EXPORT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest an export from outside Coffer may be once decoded.
+pub const MAX_OUTSIDER_DECODED_BYTES: usize = 16 * 1024 * 1024;
+/// Exports from outside Coffer received and stored at once, server-wide.
+pub const OUTSIDER_EXPORTS_AT_ONCE: usize = 4;
+/// How long an outsider's export waits for its turn before it is refused
+/// with RESOURCE_EXHAUSTED (exporters retry it).
+const OUTSIDER_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long any export's bytes may take to arrive.
+const EXPORT_READ_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// Deeper nesting is refused (prost stops at 100 too).
 const MAX_DEPTH: usize = 100;
 /// What a string or bytes field may take besides its bytes (a repeated one
@@ -109,7 +134,8 @@ impl Shape {
 pub enum Refusal {
     /// Not a protobuf message (or nested too deeply).
     Malformed,
-    /// It would take more than [`MAX_DECODED_BYTES`] once decoded.
+    /// It would take more than [`MAX_DECODED_BYTES`] once decoded (than
+    /// [`MAX_OUTSIDER_DECODED_BYTES`], from outside Coffer).
     TooLargeDecoded,
 }
 
@@ -205,6 +231,8 @@ pub struct ExportGuard<S> {
     inner: S,
     /// The largest message read (the service's own decoding limit).
     max_message_bytes: usize,
+    /// Turns of outsiders' exports, shared by every clone.
+    outsider_turns: Arc<Semaphore>,
 }
 
 impl<S> ExportGuard<S> {
@@ -212,6 +240,7 @@ impl<S> ExportGuard<S> {
         Self {
             inner,
             max_message_bytes,
+            outsider_turns: Arc::new(Semaphore::new(OUTSIDER_EXPORTS_AT_ONCE)),
         }
     }
 }
@@ -243,25 +272,60 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let max_message_bytes = self.max_message_bytes;
+        let outsider_turns = self.outsider_turns.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
+            let trusted = match export_sender(parts.extensions.get::<PeerInfo>()) {
+                Ok(principal) => principal.is_service(),
+                Err(status) => return Ok(status.into_http()),
+            };
+            let (max_export_bytes, max_decoded_bytes, _turn) = if trusted {
+                (max_message_bytes, MAX_DECODED_BYTES, None)
+            } else {
+                let Ok(Ok(turn)) =
+                    tokio::time::timeout(OUTSIDER_TURN_WAIT, outsider_turns.acquire_owned()).await
+                else {
+                    return Ok(tonic::Status::resource_exhausted(
+                        "too many exports from outside Coffer are being received; retry later",
+                    )
+                    .into_http());
+                };
+                (
+                    max_message_bytes.min(MAX_OUTSIDER_EXPORT_BYTES),
+                    MAX_OUTSIDER_DECODED_BYTES,
+                    Some(turn),
+                )
+            };
             // One gRPC frame: a flag byte, a 4-byte length, the message. The
             // answer past the limit is the one the decoder would give.
-            let Ok(collected) = Limited::new(body, max_message_bytes.saturating_add(5))
-                .collect()
-                .await
-            else {
-                return Ok(tonic::Status::out_of_range(format!(
-                    "an export is at most {max_message_bytes} bytes"
-                ))
-                .into_http());
+            let collecting = Limited::new(body, max_export_bytes.saturating_add(5)).collect();
+            let collected = match tokio::time::timeout(EXPORT_READ_TIME, collecting).await {
+                Ok(Ok(collected)) => collected,
+                Ok(Err(_)) => {
+                    return Ok(tonic::Status::out_of_range(format!(
+                        "an export is at most {max_export_bytes} bytes"
+                    ))
+                    .into_http());
+                }
+                Err(_) => {
+                    return Ok(tonic::Status::deadline_exceeded(format!(
+                        "the export did not arrive within {} s",
+                        EXPORT_READ_TIME.as_secs()
+                    ))
+                    .into_http());
+                }
             };
             let bytes = collected.to_bytes();
-            if let Err(refusal) = frames_estimate(&bytes) {
+            let refused = match frames_estimate(&bytes) {
+                Ok(estimate) if estimate > max_decoded_bytes => Some(Refusal::TooLargeDecoded),
+                Ok(_) => None,
+                Err(refusal) => Some(refusal),
+            };
+            if let Some(refusal) = refused {
                 let message = match refusal {
                     Refusal::Malformed => "the export is not a valid OTLP trace export".to_owned(),
                     Refusal::TooLargeDecoded => format!(
-                        "the export would take more than {MAX_DECODED_BYTES} bytes once decoded; send fewer spans or attributes an export"
+                        "the export would take more than {max_decoded_bytes} bytes once decoded; send fewer spans or attributes an export"
                     ),
                 };
                 return Ok(tonic::Status::invalid_argument(message).into_http());
@@ -403,15 +467,109 @@ mod tests {
     async fn guard(body: Vec<u8>) -> (Option<tonic::Code>, usize) {
         let counter = Counter::default();
         let mut guard = ExportGuard::new(counter.clone(), MAX_EXPORT_BYTES);
-        let request = http::Request::new(Body::new(Full::new(tonic::codegen::Bytes::from(body))));
+        let code = guarded(&mut guard, body, Some("spiffe://coffer.test/service/keys")).await;
+        (code, counter.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// The gRPC status of `guard`'s answer to `body` sent by `sender` (no
+    /// client certificate: `None`), or None when it passed the body on.
+    async fn guarded(
+        guard: &mut ExportGuard<Counter>,
+        body: Vec<u8>,
+        sender: Option<&str>,
+    ) -> Option<tonic::Code> {
+        let mut request =
+            http::Request::new(Body::new(Full::new(tonic::codegen::Bytes::from(body))));
+        if let Some(spiffe_id) = sender {
+            request.extensions_mut().insert(PeerInfo {
+                remote_addr: ([127, 0, 0, 1], 4000).into(),
+                identity: coffer_platform::identity::principal_from_spiffe_id(
+                    spiffe_id,
+                    "coffer.test",
+                )
+                .map(Arc::new),
+                not_after: None,
+            });
+        }
         let Ok(answer) = guard.call(request).await;
-        let code = answer
+        answer
             .headers()
             .get("grpc-status")
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<i32>().ok())
-            .map(tonic::Code::from);
-        (code, counter.0.load(std::sync::atomic::Ordering::SeqCst))
+            .map(tonic::Code::from)
+    }
+
+    const OUTSIDER: &str = "spiffe://coffer.test/account/111122223333/user/app";
+
+    #[tokio::test]
+    async fn who_sends_is_known_before_anything_is_read() {
+        let counter = Counter::default();
+        let mut guard = ExportGuard::new(counter.clone(), MAX_EXPORT_BYTES);
+        let plain = frame(&request(vec![span_with_record("{}")]).encode_to_vec());
+        let large = frame(&request(vec![span_with_record(&"x".repeat(5 << 20))]).encode_to_vec());
+        let calls = || counter.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            guarded(&mut guard, plain.clone(), None).await,
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            guarded(
+                &mut guard,
+                plain.clone(),
+                Some("spiffe://elsewhere.test/service/keys")
+            )
+            .await,
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(calls(), 0);
+        // 5 MiB: over an outsider's 4 MiB, within a service's 16 MiB.
+        assert_eq!(
+            guarded(&mut guard, large.clone(), Some(OUTSIDER)).await,
+            Some(tonic::Code::OutOfRange)
+        );
+        assert_eq!(calls(), 0);
+        assert_eq!(
+            guarded(&mut guard, large, Some("spiffe://coffer.test/service/keys")).await,
+            None
+        );
+        assert_eq!(guarded(&mut guard, plain, Some(OUTSIDER)).await, None);
+        assert_eq!(calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn outsiders_exports_wait_for_a_turn_and_services_do_not() {
+        let counter = Counter::default();
+        let guard = ExportGuard::new(counter.clone(), MAX_EXPORT_BYTES);
+        let plain = frame(&request(vec![span_with_record("{}")]).encode_to_vec());
+        let turns = guard
+            .outsider_turns
+            .clone()
+            .acquire_many_owned(u32::try_from(OUTSIDER_EXPORTS_AT_ONCE).unwrap_or(u32::MAX))
+            .await
+            .expect("the semaphore is open");
+        let waiting = {
+            let mut guard = guard.clone();
+            let plain = plain.clone();
+            tokio::spawn(async move { guarded(&mut guard, plain, Some(OUTSIDER)).await })
+        };
+        let mut service_guard = guard.clone();
+        assert_eq!(
+            guarded(
+                &mut service_guard,
+                plain,
+                Some("spiffe://coffer.test/service/keys")
+            )
+            .await,
+            None,
+            "a service's export does not wait"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the outsider's export waits");
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(turns);
+        assert_eq!(waiting.await.ok(), Some(None));
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE};
 use coffer_platform::config::UntrustedSpans;
+use coffer_platform::identity::Principal;
 use coffer_platform::tls::PeerInfo;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
@@ -205,22 +206,36 @@ fn external_record(resource: &ResourceSpans, span: &Span) -> Value {
     })
 }
 
+/// Who sent an export, as its connection shows: a Coffer service (whose
+/// audit spans are trusted events) or a principal of an account (whose
+/// spans are filed in it, untrusted). Anyone else is refused, before the
+/// export is read ([`crate::export_guard`]) and again here.
+pub(crate) fn export_sender(peer: Option<&PeerInfo>) -> Result<Arc<Principal>, Status> {
+    let principal = match peer {
+        Some(peer) => peer.identity.clone().map_err(|error| {
+            Status::unauthenticated(format!("the client is not a Coffer identity: {error}"))
+        })?,
+        None => {
+            return Err(Status::unauthenticated(
+                "no client certificate was presented",
+            ));
+        }
+    };
+    if !principal.is_service() && principal.account().is_none() {
+        return Err(Status::permission_denied(
+            "spans from a principal of no account are not accepted",
+        ));
+    }
+    Ok(principal)
+}
+
 #[tonic::async_trait]
 impl TraceService for OtlpIngest {
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let principal = match request.extensions().get::<PeerInfo>() {
-            Some(peer) => peer.identity.clone().map_err(|error| {
-                Status::unauthenticated(format!("the client is not a Coffer identity: {error}"))
-            })?,
-            None => {
-                return Err(Status::unauthenticated(
-                    "no client certificate was presented",
-                ));
-            }
-        };
+        let principal = export_sender(request.extensions().get::<PeerInfo>())?;
         let trusted = principal.is_service();
         let sender = match principal.account() {
             _ if trusted => Sender::Service,
