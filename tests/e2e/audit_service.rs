@@ -37,6 +37,7 @@ backend_tests!(
     a_subscriber_that_stopped_reading_still_learns_of_a_shutdown,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     an_oversized_request_is_audited_capped_and_stops_no_delivery,
+    a_service_speaks_for_itself_only,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
     oversized_records_are_cut_and_lookups_page_by_size,
@@ -547,11 +548,7 @@ async fn a_subscriber_that_stopped_reading_still_learns_of_a_shutdown(
     let mut stream = alices_decrypt_subscription(&harness).await?;
     // More of alice's events than her stream buffers (the channel, and the
     // client's HTTP/2 window), fewer than the live feed holds.
-    let mut service = otlp_client(
-        &harness,
-        &format!("spiffe://{TRUST_DOMAIN}/service/secrets"),
-    )
-    .await?;
+    let mut service = otlp_client(&harness, &Harness::service_id("keys")).await?;
     let padding = json!({"padding": "p".repeat(4096)});
     let mine = (0..1000)
         .map(|index| record_span(claimed_record(&format!("unread-{index}"), padding.clone())));
@@ -607,11 +604,7 @@ async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
         })
         .to_string()
     };
-    let mut service = otlp_client(
-        &harness,
-        &format!("spiffe://{TRUST_DOMAIN}/service/secrets"),
-    )
-    .await?;
+    let mut service = otlp_client(&harness, &Harness::service_id("keys")).await?;
     // Enough of alice's to fill what her stream buffers (the channel, and
     // the client's HTTP/2 window), then more of another account's than the
     // live feed holds.
@@ -992,11 +985,7 @@ async fn otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_cappe
         ))
         .await?;
     // A Coffer service sends a record with the same (claimed) event id.
-    let mut service = otlp_client(
-        &harness,
-        &format!("spiffe://{TRUST_DOMAIN}/service/secrets"),
-    )
-    .await?;
+    let mut service = otlp_client(&harness, &Harness::service_id("keys")).await?;
     service
         .export(otlp_request(
             "coffer-secrets",
@@ -1303,6 +1292,68 @@ async fn otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another(
         .into_inner()
         .events;
     assert!(past.is_empty(), "{past:?}");
+    Ok(())
+}
+
+/// A Coffer service's certificate makes its records trusted events, but
+/// only as itself: a record naming another service's event source is
+/// rejected, and a correction (`answerWithheld`) cannot rewrite another
+/// service's event.
+async fn a_service_speaks_for_itself_only(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut alice).await?;
+    encrypt(&mut alice, &key).await?;
+    let events = harness.audit_events().await?;
+    let original = events
+        .iter()
+        .find(|event| event["eventName"] == "Encrypt")
+        .context("no Encrypt event")?
+        .clone();
+    let event_id = original["eventID"].as_str().context("no eventID")?;
+
+    let mut secrets = otlp_client(&harness, &Harness::service_id("secrets")).await?;
+    let as_keys = secrets
+        .export(otlp_request(
+            "coffer-secrets",
+            AUDIT_SCOPE,
+            vec![record_span(claimed_record("as-keys", json!({})))],
+        ))
+        .await?
+        .into_inner()
+        .partial_success
+        .context("the record was accepted")?;
+    assert_eq!(as_keys.rejected_spans, 1);
+    assert!(
+        as_keys
+            .error_message
+            .contains("its own event source (secretsmanager.…)"),
+        "{as_keys:?}"
+    );
+    let mut correction = original.clone();
+    correction["eventSource"] = json!("secretsmanager.coffer.internal");
+    correction["answerWithheld"] = json!(true);
+    correction["errorCode"] = json!("ServiceUnavailableException");
+    let answer = secrets
+        .export(otlp_request(
+            "coffer-secrets",
+            AUDIT_SCOPE,
+            vec![record_span(correction.to_string())],
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(answer.partial_success, None);
+
+    let after = harness.audit_events().await?;
+    let stored = after
+        .iter()
+        .find(|event| event["eventID"] == event_id)
+        .context("the event is gone")?;
+    assert_eq!(stored, &original, "the keys service's event is unchanged");
+    assert!(
+        after.iter().all(|event| event["eventID"] != "as-keys"),
+        "{after:?}"
+    );
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //!   says): filed under eventSource and username `untrusted`, in the
 //!   sender's account, with what it claimed kept as data, so it can never
 //!   pass for a service's event or land in another account's trail. A
-//!   client whose certificate names no Coffer identity is refused.
+//!   client whose certificate names no Coffer identity is refused. A
+//!   service's record naming another service's event source is rejected: a
+//!   service speaks for itself only.
 //! - Ordinary tracing spans from Coffer services are forwarded to the
 //!   configured collector, or dropped.
 //!
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE};
 use coffer_platform::config::UntrustedSpans;
 use coffer_platform::identity::Principal;
+use coffer_platform::service_prefix;
 use coffer_platform::tls::PeerInfo;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
@@ -237,6 +240,9 @@ impl TraceService for OtlpIngest {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let principal = export_sender(request.extensions().get::<PeerInfo>())?;
         let trusted = principal.is_service();
+        // A service speaks for itself only: its events name its own event
+        // source (`kms.…` for the keys service), never another service's.
+        let own_source = trusted.then(|| format!("{}.", service_prefix(principal.name())));
         let sender = match principal.account() {
             _ if trusted => Sender::Service,
             Some(account) => Sender::Outsider {
@@ -291,6 +297,16 @@ impl TraceService for OtlpIngest {
                     let record = match (is_audit, attribute(&span.attributes, RECORD_ATTRIBUTE)) {
                         (true, Some(any_value::Value::StringValue(text))) => {
                             match stored_event_from_text(text, sender) {
+                                Ok(event)
+                                    if own_source.as_ref().is_some_and(|own| {
+                                        !event.event_source.starts_with(own.as_str())
+                                    }) =>
+                                {
+                                    reject(format!(
+                                        "a Coffer service's events name its own event source ({}…)",
+                                        own_source.as_deref().unwrap_or_default()
+                                    ));
+                                }
                                 Ok(event) => events.push(event),
                                 Err(error) => reject(error.to_string()),
                             }

@@ -124,7 +124,9 @@ fn insert_resources_statement(rows: usize, style: Placeholders) -> String {
     )
 }
 
-const CORRECT_EVENT: &str = "UPDATE events SET record = $1 WHERE event_id = $2 AND trusted = $3";
+/// A correction replaces the record of the same service's event only.
+const CORRECT_EVENT: &str =
+    "UPDATE events SET record = $1 WHERE event_id = $2 AND trusted = $3 AND event_source = $4";
 
 const DELETE_OLD: &str = "DELETE FROM events WHERE seq IN \
      (SELECT seq FROM events WHERE event_time_ms < $1 ORDER BY seq LIMIT $2)";
@@ -312,6 +314,7 @@ macro_rules! sql_event_store {
                         .bind(&event.record)
                         .bind(&event.event_id)
                         .bind(true)
+                        .bind(column(&event.event_source))
                         .execute(&mut *transaction)
                         .await
                         .map_err(StoreError::Database)?;
