@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -62,10 +62,11 @@ pub struct BenchArgs {
         default_value = "echo,encrypt,decrypt,generate-data-key"
     )]
     pub scenario: Vec<String>,
-    /// Requests in flight at once.
+    /// Requests in flight at once (1 to 100,000).
     #[arg(long, short = 'c', default_value_t = 64)]
     pub concurrency: usize,
-    /// HTTP/2 connections the requests are spread over.
+    /// HTTP/2 connections the requests are spread over (1 to 1,000, and
+    /// at most --concurrency).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
     /// How long each scenario runs (seconds), unless --total is given.
@@ -107,7 +108,7 @@ pub struct BenchArgs {
     /// (for example `sign`, to see Encrypt's latency under RSA load).
     #[arg(long)]
     pub background: Option<String>,
-    /// Concurrency of the background load.
+    /// Concurrency of the background load (1 to 100,000).
     #[arg(long, default_value_t = 64)]
     pub background_concurrency: usize,
     /// Worker threads of the load generator's runtime. One keeps the
@@ -122,7 +123,10 @@ pub struct BenchArgs {
     pub audit_over_otlp: bool,
 }
 
-/// One scenario's results, in ghz's terms.
+/// One scenario's results, in ghz's terms: `count` and the rate are of
+/// every response, the latencies (average, fastest, slowest, percentiles)
+/// of the OK ones only, as ghz computes them; `status_codes` counts every
+/// response by its gRPC code name (`OK`, `Unavailable`, ...).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub scenario: String,
@@ -256,11 +260,45 @@ async fn send(workload: &Workload, channel: Channel) -> tonic::Code {
     }
 }
 
-/// How long a run lasts: a duration, or a request count.
-#[derive(Debug, Clone, Copy)]
+/// A gRPC code's name as ghz (and grpc-go) prints it.
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "Canceled",
+        tonic::Code::Unknown => "Unknown",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::DeadlineExceeded => "DeadlineExceeded",
+        tonic::Code::NotFound => "NotFound",
+        tonic::Code::AlreadyExists => "AlreadyExists",
+        tonic::Code::PermissionDenied => "PermissionDenied",
+        tonic::Code::ResourceExhausted => "ResourceExhausted",
+        tonic::Code::FailedPrecondition => "FailedPrecondition",
+        tonic::Code::Aborted => "Aborted",
+        tonic::Code::OutOfRange => "OutOfRange",
+        tonic::Code::Unimplemented => "Unimplemented",
+        tonic::Code::Internal => "Internal",
+        tonic::Code::Unavailable => "Unavailable",
+        tonic::Code::DataLoss => "DataLoss",
+        tonic::Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Responses in `codes` that were not OK.
+fn not_ok(codes: &BTreeMap<String, u64>) -> u64 {
+    codes
+        .iter()
+        .filter(|(name, _)| name.as_str() != "OK")
+        .map(|(_, count)| count)
+        .sum()
+}
+
+/// How long a run lasts: a duration, a request count, or until a flag is
+/// raised (a background load, for as long as the measured run lasts).
+#[derive(Debug, Clone)]
 pub enum Stop {
     After(Duration),
     Count(u64),
+    Until(Arc<AtomicBool>),
 }
 
 /// Drives `workload` with `concurrency` workers spread over `channels`.
@@ -277,21 +315,26 @@ async fn drive(
         let channel = channels[worker % channels.len()].clone();
         let workload = workload.clone();
         let issued = issued.clone();
+        let stop = stop.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies_us: Vec<u32> = Vec::with_capacity(4096);
             let mut codes: BTreeMap<String, u64> = BTreeMap::new();
             loop {
-                let go_on = match stop {
-                    Stop::After(duration) => started.elapsed() < duration,
-                    Stop::Count(total) => issued.fetch_add(1, Ordering::Relaxed) < total,
+                let go_on = match &stop {
+                    Stop::After(duration) => started.elapsed() < *duration,
+                    Stop::Count(total) => issued.fetch_add(1, Ordering::Relaxed) < *total,
+                    Stop::Until(raised) => !raised.load(Ordering::Relaxed),
                 };
                 if !go_on {
                     break;
                 }
                 let sent = Instant::now();
                 let code = send(&workload, channel.clone()).await;
-                latencies_us.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
-                *codes.entry(format!("{code:?}").to_uppercase()).or_default() += 1;
+                if code == tonic::Code::Ok {
+                    latencies_us
+                        .push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                }
+                *codes.entry(code_name(code).to_owned()).or_default() += 1;
             }
             (latencies_us, codes)
         }));
@@ -317,7 +360,8 @@ fn summarize(
     elapsed: Duration,
 ) -> Summary {
     latencies_us.sort_unstable();
-    let count = latencies_us.len() as u64;
+    let count: u64 = status_codes.values().sum();
+    let ok_count = latencies_us.len() as u64;
     let millis = |micros: u32| f64::from(micros) / 1000.0;
     let percentile = |fraction: f64| {
         if latencies_us.is_empty() {
@@ -337,10 +381,10 @@ fn summarize(
         count,
         total_seconds: elapsed.as_secs_f64(),
         requests_per_second: count as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
-        average_ms: if count == 0 {
+        average_ms: if ok_count == 0 {
             0.0
         } else {
-            total_us as f64 / count as f64 / 1000.0
+            total_us as f64 / ok_count as f64 / 1000.0
         },
         fastest_ms: latencies_us.first().copied().map_or(0.0, millis),
         slowest_ms: latencies_us.last().copied().map_or(0.0, millis),
@@ -480,11 +524,16 @@ async fn in_process_target(mode: AuditMode, over_otlp: bool) -> anyhow::Result<T
         AuditMode::BestEffort => "best_effort",
     };
     // The environment's COFFER_* overrides apply (a Postgres database for
-    // the audit service, say); the audit mode is the scenario's.
+    // the audit service, say), except those `coffer dev` ignores too (its
+    // certificates are issued for its own trust domain and files) and the
+    // admin port (a second target would find it taken); the audit mode is
+    // the scenario's.
     let endpoint = over_otlp.then(|| ("COFFER_AUDIT__ENDPOINT".to_owned(), listen.to_string()));
-    let overrides = coffer_platform::config::coffer_environment()?
+    let (environment, _ignored) =
+        crate::dev::dev_overrides(coffer_platform::config::coffer_environment()?);
+    let overrides = environment
         .into_iter()
-        .filter(|(name, _)| name != "COFFER_AUDIT__MODE")
+        .filter(|(name, _)| name != "COFFER_AUDIT__MODE" && name != "COFFER_ADMIN_LISTEN")
         .chain([("COFFER_AUDIT__MODE".to_owned(), mode_name.to_owned())])
         .chain(endpoint);
     let settings = coffer_platform::config::load(Some(&layout.config()), overrides)?;
@@ -640,8 +689,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             );
         }
     }
-    if args.concurrency == 0 || args.connections == 0 {
-        bail!("--concurrency and --connections must be at least 1");
+    if !(1..=100_000).contains(&args.concurrency) {
+        bail!("--concurrency must be 1 to 100000");
+    }
+    if !(1..=1_000).contains(&args.connections) || args.connections > args.concurrency {
+        bail!("--connections must be 1 to 1000, and at most --concurrency");
+    }
+    if args.background.is_some() && !(1..=100_000).contains(&args.background_concurrency) {
+        bail!("--background-concurrency must be 1 to 100000");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
     if let Some(background) = &args.background
         && NOT_IN_BACKGROUND.contains(&background.as_str())
@@ -677,6 +735,23 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
     if args.payload == 0 || args.payload > 4096 {
         bail!("--payload must be 1 to 4096 bytes (KMS's plaintext limit)");
     }
+    let needs_signing_key = args
+        .scenario
+        .iter()
+        .chain(args.background.iter())
+        .any(|scenario| scenario == "sign" || scenario == "get-public-key");
+    // Checked before anything starts, and only when a scenario signs.
+    let signing_algorithm = match (needs_signing_key, args.key_spec.as_str()) {
+        (false, _) => "",
+        (true, "RSA_2048" | "RSA_3072" | "RSA_4096") => "RSASSA_PKCS1_V1_5_SHA_256",
+        (true, "ECC_NIST_P256" | "ECC_SECG_P256K1") => "ECDSA_SHA_256",
+        (true, "ECC_NIST_P384") => "ECDSA_SHA_384",
+        (true, "ECC_NIST_P521") => "ECDSA_SHA_512",
+        (true, other) => bail!(
+            "--key-spec {other} is not a signing key spec \
+             (RSA_2048/3072/4096, ECC_NIST_P256/P384/P521, ECC_SECG_P256K1)"
+        ),
+    };
     let wants_best_effort = args
         .scenario
         .iter()
@@ -718,6 +793,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 .context("CreateKey returned no metadata")?;
             Some((target, channels, key_id))
         }
+    };
+    let stored_before = match &target.audit {
+        Some(audit) => audit.count_after_flush("Encrypt").await?,
+        None => 0,
     };
     let keys_channels = channels(&target.tls, &target.keys_addr, args.connections).await?;
     let mut setup = keys_pb::keys_client::KeysClient::new(keys_channels[0].clone());
@@ -767,11 +846,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         }
     };
 
-    let needs_signing_key = args
-        .scenario
-        .iter()
-        .chain(args.background.iter())
-        .any(|scenario| scenario == "sign" || scenario == "get-public-key");
     let signing_key_id = if needs_signing_key {
         setup
             .create_key(keys_pb::CreateKeyRequest {
@@ -789,16 +863,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         String::new()
     };
 
-    let signing_algorithm = match args.key_spec.as_str() {
-        "RSA_2048" | "RSA_3072" | "RSA_4096" => "RSASSA_PKCS1_V1_5_SHA_256",
-        "ECC_NIST_P256" | "ECC_SECG_P256K1" => "ECDSA_SHA_256",
-        "ECC_NIST_P384" => "ECDSA_SHA_384",
-        "ECC_NIST_P521" => "ECDSA_SHA_512",
-        other => bail!(
-            "--key-spec {other} is not a signing key spec \
-             (RSA_2048/3072/4096, ECC_NIST_P256/P384/P521, ECC_SECG_P256K1)"
-        ),
-    };
     let stop = match args.total {
         Some(total) => Stop::Count(total),
         None => Stop::After(Duration::from_secs_f64(args.duration)),
@@ -842,7 +906,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
     // Encrypt included), for the accounting check.
     let mut encrypt_calls: u64 = 1;
     let mut encrypt_ok: u64 = 1;
-    let rounds = args.rounds.max(1);
+    // Responses of the measured runs (background included), and those of
+    // them that were not OK: the run fails if there were any.
+    let mut measured_calls: u64 = 0;
+    let mut failed_calls: u64 = 0;
+    let rounds = args.rounds;
     let mut per_scenario: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         if rounds > 1 {
@@ -886,23 +954,35 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                     let background_workload = workload_for(background)?;
                     let background_channels = channels(&target.tls, &target.keys_addr, 1).await?;
                     let concurrency = args.background_concurrency;
-                    let background_stop = Stop::After(match stop {
-                        Stop::After(duration) => duration,
-                        Stop::Count(_) => Duration::from_secs_f64(args.duration),
-                    });
-                    Some(tokio::spawn(async move {
-                        drive(
-                            &background_workload,
-                            &background_channels,
-                            concurrency,
-                            background_stop,
-                        )
-                        .await
-                    }))
+                    // It runs exactly as long as the measured run does.
+                    let measured_done = Arc::new(AtomicBool::new(false));
+                    let background_stop = Stop::Until(measured_done.clone());
+                    Some((
+                        measured_done,
+                        tokio::spawn(async move {
+                            drive(
+                                &background_workload,
+                                &background_channels,
+                                concurrency,
+                                background_stop,
+                            )
+                            .await
+                        }),
+                    ))
                 }
             };
-            let (latencies, codes, elapsed) =
-                drive(&workload, &scenario_channels, args.concurrency, stop).await;
+            let (latencies, codes, elapsed) = drive(
+                &workload,
+                &scenario_channels,
+                args.concurrency,
+                stop.clone(),
+            )
+            .await;
+            if let Some((measured_done, _)) = &background {
+                measured_done.store(true, Ordering::Relaxed);
+            }
+            measured_calls += codes.values().sum::<u64>();
+            failed_calls += not_ok(&codes);
             if audited_encrypts {
                 encrypt_calls += codes.values().sum::<u64>();
                 encrypt_ok += codes.get("OK").copied().unwrap_or(0);
@@ -930,8 +1010,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 .or_default()
                 .push(summary.requests_per_second);
             summaries.push(summary);
-            if let (Some(task), Some(name)) = (background, &args.background) {
+            if let (Some((_, task)), Some(name)) = (background, &args.background) {
                 let (latencies, codes, elapsed) = task.await?;
+                measured_calls += codes.values().sum::<u64>();
+                failed_calls += not_ok(&codes);
                 if name == "encrypt" {
                     encrypt_calls += codes.values().sum::<u64>();
                     encrypt_ok += codes.get("OK").copied().unwrap_or(0);
@@ -997,7 +1079,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         }
     }
     if let Some(audit) = &target.audit {
-        let stored = audit.count_after_flush("Encrypt").await?;
+        // Only the events stored during this run: an audit database given
+        // in the environment may hold earlier runs'.
+        let stored = audit.count_after_flush("Encrypt").await? - stored_before;
         let verdict = if u64::try_from(stored).ok() == Some(encrypt_calls) {
             "equal"
         } else {
@@ -1009,6 +1093,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
         if verdict != "equal" {
             bail!("the audit service stored {stored} Encrypt events for {encrypt_calls} calls");
         }
+    }
+    if failed_calls > 0 {
+        bail!(
+            "{failed_calls} of {measured_calls} measured calls were not OK (their codes are above); \
+             the latencies above are of the OK calls only"
+        );
     }
     Ok(summaries)
 }
@@ -1095,6 +1185,22 @@ mod tests {
                 &["--background", "encrypt-best-effort"],
                 "--background runs on one connection",
             ),
+            (
+                &["-c", "18446744073709551615"],
+                "--concurrency must be 1 to",
+            ),
+            (&["-c", "2", "--connections", "8"], "at most --concurrency"),
+            (&["--connections", "0"], "--connections must be 1 to"),
+            (
+                &["--background", "sign", "--background-concurrency", "0"],
+                "--background-concurrency must be",
+            ),
+            (&["--rounds", "0"], "--rounds must be at least 1"),
+            // Refused before any instance starts, and only when it signs.
+            (
+                &["--scenario", "sign", "--key-spec", "AES_128"],
+                "not a signing key spec",
+            ),
         ] {
             let command =
                 Command::try_parse_from(std::iter::once("bench").chain(arguments.iter().copied()))
@@ -1105,6 +1211,47 @@ mod tests {
                 "{arguments:?}: {error}"
             );
         }
+    }
+
+    /// As ghz: the count and rate are of every response, the latencies of
+    /// the OK ones, and codes are named as grpc-go names them.
+    #[test]
+    fn latencies_are_of_the_ok_responses_and_codes_are_named_as_ghz_names_them() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: super::BenchArgs,
+        }
+        let args = Command::try_parse_from(["bench"]).unwrap().args;
+        let codes: std::collections::BTreeMap<String, u64> = [
+            (super::code_name(tonic::Code::Ok).to_owned(), 2),
+            (
+                super::code_name(tonic::Code::ResourceExhausted).to_owned(),
+                2,
+            ),
+        ]
+        .into();
+        assert_eq!(super::not_ok(&codes), 2);
+        let summary = super::summarize(
+            "encrypt",
+            &args,
+            vec![3_000, 1_000],
+            codes,
+            std::time::Duration::from_secs(2),
+        );
+        assert_eq!(summary.count, 4);
+        assert!((summary.requests_per_second - 2.0).abs() < 1e-9);
+        assert!((summary.fastest_ms - 1.0).abs() < 1e-9);
+        assert!((summary.average_ms - 2.0).abs() < 1e-9);
+        assert!((summary.p99_ms - 3.0).abs() < 1e-9);
+        let rendered = summary.render();
+        assert!(rendered.contains("[OK]\t2 responses"), "{rendered}");
+        assert!(
+            rendered.contains("[ResourceExhausted]\t2 responses"),
+            "{rendered}"
+        );
+        assert_eq!(super::code_name(tonic::Code::Cancelled), "Canceled");
     }
 
     #[test]

@@ -168,7 +168,9 @@ pub fn prepare(dir: &Path, listen: SocketAddr) -> anyhow::Result<DevDir> {
 /// The overrides `coffer dev` applies, and the names of those it ignores:
 /// the trust domain, TLS files and root key are its own (its certificates
 /// are issued for them), whatever the shell exported for `coffer pki`.
-fn dev_overrides(environment: Vec<(String, String)>) -> (Vec<(String, String)>, Vec<String>) {
+pub(crate) fn dev_overrides(
+    environment: Vec<(String, String)>,
+) -> (Vec<(String, String)>, Vec<String>) {
     let (ignored, kept): (Vec<_>, Vec<_>) = environment.into_iter().partition(|(name, _)| {
         name == "COFFER_TRUST_DOMAIN"
             || name.starts_with("COFFER_TLS__")
