@@ -66,11 +66,15 @@ fn issue_if_missing(
     dns: &[String],
     ips: &[IpAddr],
 ) -> anyhow::Result<()> {
-    // What the identity was issued for and until when, beside its files:
-    // one issued for other addresses (an earlier `--listen`) or near its
-    // end (identities last a year) is issued again.
+    // What the identity was issued for, by which CA and until when, beside
+    // its files: one issued for other addresses (an earlier `--listen`), by
+    // another CA (`ca.pem` was removed and made again) or near its end
+    // (identities last a year) is issued again.
     let record = layout.dir.join(format!("{name}.issued"));
-    let wanted = format!("{spiffe_id} {dns:?} {ips:?}");
+    let wanted = format!(
+        "{spiffe_id} {dns:?} {ips:?} ca-sha256:{}",
+        ca_fingerprint(layout)?
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs());
@@ -88,6 +92,18 @@ fn issue_if_missing(
     std::fs::write(&record, format!("{until} {wanted}\n"))
         .with_context(|| format!("writing {}", record.display()))?;
     Ok(())
+}
+
+/// The SHA-256 of the CA certificate file, in hex.
+fn ca_fingerprint(layout: &DevDir) -> anyhow::Result<String> {
+    let pem =
+        std::fs::read(layout.ca()).with_context(|| format!("reading {}", layout.ca().display()))?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &pem);
+    Ok(digest
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
 }
 
 /// A dev identity is issued again when it has less than this left.
@@ -238,7 +254,17 @@ pub async fn bootstrap_demo(layout: &DevDir, addr: &str) -> anyhow::Result<Demo>
                 ..Default::default()
             })
             .await;
-        if described.is_ok() {
+        // Kept only while it can still encrypt: one disabled or scheduled
+        // for deletion since is replaced (and stays as it is).
+        let usable = described
+            .ok()
+            .and_then(|answer| answer.into_inner().key_metadata)
+            .is_some_and(|metadata| {
+                metadata.key_state == "Enabled"
+                    && metadata.key_usage == "ENCRYPT_DECRYPT"
+                    && metadata.key_spec == "SYMMETRIC_DEFAULT"
+            });
+        if usable {
             key_id = Some(candidate);
         }
     }
@@ -382,6 +408,67 @@ mod tests {
         instance.shutdown().await;
         assert!(layout.dir.join("keys.db").exists());
         assert!(layout.dir.join("audit.db").exists());
+        Ok(())
+    }
+
+    /// Identities are issued again when the CA they were issued by is gone
+    /// (its files removed and a new CA made), and only then.
+    #[test]
+    fn a_new_ca_issues_every_identity_again() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let listen = "127.0.0.1:0".parse()?;
+        let layout = prepare(directory.path(), listen)?;
+        let read = |name: &str| std::fs::read(layout.cert(name));
+        let admin = read("admin")?;
+        let server = read(DEV_PROCESS_IDENTITY)?;
+        prepare(directory.path(), listen)?;
+        assert_eq!(read("admin")?, admin, "the same CA: kept");
+        std::fs::remove_file(layout.ca())?;
+        std::fs::remove_file(layout.dir.join(pki::CA_KEY_FILE))?;
+        prepare(directory.path(), listen)?;
+        assert_ne!(read("admin")?, admin);
+        assert_ne!(read(DEV_PROCESS_IDENTITY)?, server);
+        // Issued by the new CA: the admin's certificate is accepted by a
+        // client configuration built on it.
+        ClientTls::from_files(
+            &layout.ca(),
+            Some((&layout.cert("admin"), &layout.key("admin"))),
+        )?;
+        Ok(())
+    }
+
+    /// A remembered demo key that can no longer encrypt (disabled since) is
+    /// replaced, so `coffer dev` still starts.
+    #[tokio::test]
+    async fn a_demo_key_that_cannot_encrypt_is_replaced() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let layout = prepare(directory.path(), "127.0.0.1:0".parse()?)?;
+        let settings = config::load(Some(&layout.config()), Vec::new())?;
+        let instance = crate::launch(
+            &settings,
+            &["keys".to_owned(), "audit".to_owned()],
+            Arc::new(SystemClock),
+        )
+        .await?;
+        let addr = instance.addr_of("keys").context("keys")?.to_string();
+        let first = bootstrap_demo(&layout, &addr).await?;
+        assert_eq!(bootstrap_demo(&layout, &addr).await?.key_id, first.key_id);
+        let tls = ClientTls::from_files(
+            &layout.ca(),
+            Some((&layout.cert("admin"), &layout.key("admin"))),
+        )?;
+        keys_pb::keys_client::KeysClient::new(tls.connect(&addr, "localhost").await?)
+            .disable_key(keys_pb::DisableKeyRequest {
+                key_id: first.key_id.clone(),
+            })
+            .await?;
+        let second = bootstrap_demo(&layout, &addr).await?;
+        assert_ne!(second.key_id, first.key_id);
+        assert_eq!(
+            std::fs::read_to_string(layout.dir.join(DEMO_KEY_FILE))?,
+            second.key_id
+        );
+        instance.shutdown().await;
         Ok(())
     }
 
