@@ -14,8 +14,8 @@ use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE, string_attribu
 use coffer_platform::client::ClientTls;
 use coffer_proto::audit::v1 as audit_pb;
 use coffer_tests::{
-    ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, TRUST_DOMAIN, assert_error, backend_tests,
-    exception_of, keys_pb as pb, request_id_of, wait_for,
+    ACCOUNT_A, ACCOUNT_B, Backend, Harness, Options, assert_error, backend_tests, exception_of,
+    keys_pb as pb, request_id_of, wait_for,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -38,6 +38,7 @@ backend_tests!(
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
     an_oversized_request_is_audited_capped_and_stops_no_delivery,
     a_service_speaks_for_itself_only,
+    a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
     oversized_records_are_cut_and_lookups_page_by_size,
@@ -2637,6 +2638,49 @@ async fn an_oversized_request_is_audited_capped_and_stops_no_delivery(
         .filter(|event| event["eventName"] == "Encrypt" && event["errorCode"].is_null())
         .count();
     assert_eq!(answered, 3);
+    Ok(())
+}
+
+/// A data-plane answer waits for its event's acknowledgement, but not past
+/// the caller's deadline: the wait ends there, and the event records a
+/// timeout (the answer withheld), not the success the caller never got.
+/// Before, tonic's own timer for `grpc-timeout` dropped the call in the
+/// middle of the wait and the success event was stored as it was.
+async fn a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut harness = Harness::start_with(
+        backend,
+        Options {
+            separate_audit: true,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut alice).await?;
+    encrypt(&mut alice, &key).await?;
+    harness.stop_audit().await?;
+    let mut request = tonic::Request::new(pb::EncryptRequest {
+        key_id: key.clone(),
+        plaintext: b"too late".to_vec(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let late = alice.encrypt(request).await;
+    assert!(late.is_err(), "{late:?}");
+    harness.start_audit().await?;
+    let encrypts: Vec<Value> = harness
+        .audit_events()
+        .await?
+        .into_iter()
+        .filter(|event| event["eventName"] == "Encrypt")
+        .collect();
+    assert_eq!(encrypts.len(), 2, "{encrypts:#?}");
+    assert!(encrypts[0].get("errorCode").is_none(), "{:?}", encrypts[0]);
+    assert_eq!(encrypts[1]["errorCode"], "RequestTimeoutException");
+    assert_eq!(encrypts[1]["answerWithheld"], true);
+    assert_eq!(encrypts[1]["responseElements"], Value::Null);
     Ok(())
 }
 

@@ -338,6 +338,12 @@ where
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
         let shared = self.shared.clone();
+        // The call's deadline counts from here, before tonic's own timer
+        // for the caller's `grpc-timeout` starts (it does once this returns,
+        // and it polls this future first): the call layer's deadline comes
+        // first, so the call ends answering, and audited as,
+        // RequestTimeoutException rather than being dropped by tonic.
+        let arrived = tokio::time::Instant::now();
         // Calls that may change state run in their own task: a client that
         // cancels or disconnects drops only the wait below, never the call,
         // so the call still ends (or meets its deadline) and is audited with
@@ -350,12 +356,12 @@ where
             .and_then(|(entry, method)| (entry.catalog.rpc_kind)(method))
             .is_some_and(|kind| kind.category == EventCategory::Data);
         if inline {
-            return Box::pin(handle_call(shared, inner, request));
+            return Box::pin(handle_call(shared, inner, request, arrived));
         }
         let detached = Detached::start(&shared);
         let call = tokio::spawn(async move {
             let _detached = detached;
-            handle_call(shared, inner, request).await
+            handle_call(shared, inner, request, arrived).await
         });
         Box::pin(async move {
             match call.await {
@@ -617,6 +623,9 @@ struct CancelGuard {
     event: Option<EventBase>,
     recorder: AuditRecorder,
     sink: Arc<dyn AuditSink>,
+    /// Dropped past it, the call ran out of time (tonic's own timer for
+    /// the caller's `grpc-timeout` ended it) rather than being cancelled.
+    deadline_at: tokio::time::Instant,
 }
 
 /// The error recorded for a call the client abandoned.
@@ -631,6 +640,9 @@ impl Drop for CancelGuard {
             // Dropped by a panic, not by the client.
             let internal = ApiError::internal();
             (internal.exception.to_owned(), internal.message)
+        } else if tokio::time::Instant::now() >= self.deadline_at {
+            let timed_out = ApiError::deadline_exceeded();
+            (timed_out.exception.to_owned(), timed_out.message)
         } else {
             (
                 CANCELLED_EXCEPTION.to_owned(),
@@ -692,6 +704,7 @@ async fn handle_call<S>(
     shared: Arc<Shared>,
     mut inner: S,
     mut request: Request<Body>,
+    arrived: tokio::time::Instant,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send,
@@ -754,6 +767,9 @@ where
     let decision = DecisionMark::default();
     let span = crate::telemetry::rpc_span(&path, &request_id, &parent_trace);
     let mut prepared: Option<EventBase> = None;
+    // The server's limit, until the caller's own is read (once it is
+    // authenticated).
+    let mut deadline_at = arrived + shared.settings.request_timeout;
 
     let (mut response, identity) = match identity {
         Err(error) => {
@@ -777,6 +793,7 @@ where
                 .map_or(shared.settings.request_timeout, |asked| {
                     asked.min(shared.settings.request_timeout)
                 });
+            deadline_at = arrived + deadline;
             let response = match shared.permits.clone().try_acquire_owned() {
                 Err(_) => {
                     let error = ApiError::throttled();
@@ -808,6 +825,7 @@ where
                         )),
                         recorder: recorder.clone(),
                         sink: entry.sink.clone(),
+                        deadline_at,
                     };
                     let handler = unless_panicked(
                         inner
@@ -823,7 +841,7 @@ where
                             ));
                             outbox_slot = Some(slot.clone());
                             let mut scoped = std::pin::pin!(slot.clone().scope(handler));
-                            match tokio::time::timeout(deadline, scoped.as_mut()).await {
+                            match tokio::time::timeout_at(deadline_at, scoped.as_mut()).await {
                                 // Its change is committing, or committed: the
                                 // call finishes, late, and its event says
                                 // what happened (as CloudTrail records a call
@@ -835,7 +853,7 @@ where
                                 outcome => outcome,
                             }
                         }
-                        _ => tokio::time::timeout(deadline, handler).await,
+                        _ => tokio::time::timeout_at(deadline_at, handler).await,
                     };
                     prepared = guard.event.take();
                     match outcome {
@@ -929,16 +947,23 @@ where
     );
     let delivery = match (&outbox, &outbox_slot) {
         (Some(outbox), Some(slot)) if slot.written() => Delivery::Outboxed(outbox.clone()),
-        _ if acknowledged && event.error_code.is_none() => Delivery::Acknowledged,
+        _ if acknowledged && event.error_code.is_none() => {
+            Delivery::Acknowledged { by: deadline_at }
+        }
         _ => Delivery::Background,
     };
-    let waited = matches!(delivery, Delivery::Acknowledged);
+    let waited = matches!(delivery, Delivery::Acknowledged { .. });
     drop(running);
     match entry.sink.emit(&event, delivery).await {
         Ok(()) => {}
         Err(error) if waited => {
-            // The answer is withheld; the event records what the caller got.
-            let unavailable = audit_unavailable();
+            // The answer is withheld; the event records what the caller got:
+            // the call's deadline, when the wait ran into it.
+            let unavailable = if tokio::time::Instant::now() >= deadline_at {
+                ApiError::deadline_exceeded()
+            } else {
+                audit_unavailable()
+            };
             tracing::warn!(%error, request_id = %request_id, "answer withheld: audit event not acknowledged");
             event.response_elements = Value::Null;
             event.error_code = Some(unavailable.exception.to_owned());

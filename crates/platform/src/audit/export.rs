@@ -450,11 +450,11 @@ impl AuditSink for AuditExporter {
                 });
                 Ok(())
             }
-            Delivery::Acknowledged => {
+            Delivery::Acknowledged { by } => {
                 if !self.is_healthy() {
                     return Err(AuditDeliveryError::Unacknowledged);
                 }
-                let give_up = tokio::time::Instant::now() + self.shared.deadline;
+                let give_up = (tokio::time::Instant::now() + self.shared.deadline).min(by);
                 let (ack, acknowledged) = oneshot::channel();
                 let withdrawn = Arc::new(AtomicBool::new(false));
                 let entry = Entry {

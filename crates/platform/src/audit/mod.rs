@@ -282,8 +282,9 @@ pub enum Delivery {
     /// Queued; the call does not wait.
     Background,
     /// The call waits until the audit service acknowledged the event
-    /// (`required` mode's data plane).
-    Acknowledged,
+    /// (`required` mode's data plane), at most until `by` (the call's
+    /// deadline) and the audit deadline.
+    Acknowledged { by: tokio::time::Instant },
     /// Queued; the event is also in this outbox, whose row is removed once
     /// the audit service acknowledged it.
     Outboxed(Arc<outbox::SqlOutbox>),
@@ -293,7 +294,7 @@ impl std::fmt::Debug for Delivery {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(match self {
             Self::Background => "Background",
-            Self::Acknowledged => "Acknowledged",
+            Self::Acknowledged { .. } => "Acknowledged",
             Self::Outboxed(_) => "Outboxed",
         })
     }
