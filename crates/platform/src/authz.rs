@@ -138,7 +138,9 @@ impl IdentityPolicies {
 }
 
 /// Where identity policies come from and how often to look for changes.
-#[derive(Debug, Clone)]
+/// Its `Debug` leaves out the text of the config file, which may hold
+/// database passwords.
+#[derive(Clone)]
 pub struct AuthorizationSettings {
     pub identity_policies: Vec<IdentityPolicyAttachment>,
     /// The config file the policies were read from, watched for changes.
@@ -149,6 +151,25 @@ pub struct AuthorizationSettings {
     /// The overrides the file was loaded with, applied again on a reload.
     pub overrides: crate::config::Overrides,
     pub reload_interval: Duration,
+}
+
+impl std::fmt::Debug for AuthorizationSettings {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AuthorizationSettings")
+            .field("identity_policies", &self.identity_policies)
+            .field("source", &self.source)
+            .field(
+                "loaded_text",
+                &self
+                    .loaded_text
+                    .as_ref()
+                    .map(|text| format!("<{} bytes>", text.len())),
+            )
+            .field("overrides", &self.overrides)
+            .field("reload_interval", &self.reload_interval)
+            .finish()
+    }
 }
 
 impl Default for AuthorizationSettings {

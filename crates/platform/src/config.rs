@@ -1075,6 +1075,24 @@ services:
         Ok(())
     }
 
+    /// Loaded from a file, the settings keep its text (to see edits of the
+    /// identity policies); shown, they do not show it.
+    #[test]
+    fn settings_loaded_from_a_file_are_shown_without_its_text()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("coffer.yaml");
+        std::fs::write(
+            &path,
+            MINIMAL.replace("sqlite://keys.db", "postgres://coffer:hunter2@db/coffer"),
+        )?;
+        let settings = load(Some(&path), Vec::new())?;
+        assert!(settings.authorization.loaded_text.is_some());
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        Ok(())
+    }
+
     #[test]
     fn settings_are_shown_without_database_passwords() -> Result<(), ConfigError> {
         let environment = vec![(
