@@ -373,6 +373,22 @@ async fn oversize_messages_are_refused_and_the_server_stays_up(
         })
         .await?;
     assert!(!encrypted.into_inner().ciphertext_blob.is_empty());
+    // The limit bounds what callers send, not what the service answers: a
+    // ListKeys page of 160 keys (~20 KB) is answered, and audited as such.
+    for _ in 0..159 {
+        client.create_key(pb::CreateKeyRequest::default()).await?;
+    }
+    let listed = client
+        .list_keys(pb::ListKeysRequest {
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await?;
+    let request_id = coffer_tests::request_id_of(listed.metadata());
+    assert_eq!(listed.into_inner().keys.len(), 160);
+    let events = harness.audit_events_for(&request_id).await?;
+    assert_eq!(events.len(), 1);
+    assert!(events[0].get("errorCode").is_none(), "{:?}", events[0]);
     Ok(())
 }
 

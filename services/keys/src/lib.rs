@@ -21,6 +21,10 @@ use coffer_platform::db::{DbError, DbPool, connect as connect_database};
 use coffer_platform::server::ServiceRegistration;
 use coffer_proto::keys::v1::keys_server::KeysServer;
 
+/// The largest answer the service gives, whatever `limits.max_message_bytes`
+/// says: a ListKeys page of 1,000 keys is about 120 KB.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 pub use domain::KeysDomain;
 
 /// The fully qualified gRPC service name.
@@ -89,10 +93,14 @@ pub fn registration(
         }),
         descriptor_set: coffer_proto::FILE_DESCRIPTOR_SET,
         install: Box::new(move |routes, max_message_bytes| {
+            // What callers send is bounded by the setting; what the service
+            // answers is not made smaller than its largest answer (a
+            // ListKeys page of 1,000 keys is ~120 KB), or a small setting
+            // would fail such a call after it ran, in its trailers.
             routes.add_service(
                 KeysServer::new(grpc::KeysGrpc::new(domain))
                     .max_decoding_message_size(max_message_bytes)
-                    .max_encoding_message_size(max_message_bytes),
+                    .max_encoding_message_size(max_message_bytes.max(MAX_ANSWER_BYTES)),
             );
         }),
         audit_sink: None,
