@@ -245,6 +245,7 @@ fn leave_to_relay(entry: Entry) {
         if let Err(error) = outbox.complete(&event.event_id, &event.record).await {
             tracing::warn!(%error, event_id = %event.event_id, "an outbox row could not take its final event");
         }
+        outbox.release(std::slice::from_ref(&event.event_id));
     });
 }
 
@@ -300,6 +301,11 @@ impl AuditExporter {
 
     pub fn is_healthy(&self) -> bool {
         *self.shared.healthy.borrow()
+    }
+
+    /// Events waiting in the queue (not those of an export under way).
+    pub fn queued(&self) -> usize {
+        self.shared.lock().len()
     }
 
     /// Queues an event that is already a record (the outbox relay's rows).
@@ -634,6 +640,7 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                             // de-duplicates.
                             tracing::warn!(%error, "delivered outbox rows could not be removed");
                         }
+                        outbox.release(&ids);
                     });
                 }
                 if failing_since.take().is_some() {

@@ -19,6 +19,7 @@
 //! the relay (its queue is full), the row is brought up to the final event
 //! first ([`SqlOutbox::complete`]).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -99,7 +100,7 @@ pub fn pending_row() -> Option<OutboxRow> {
             event.response_elements = draft.response_elements.unwrap_or_default();
             event.additional_event_data = draft.additional_event_data;
             event.resources = draft.resources;
-            let record = serde_json::to_string(&event).ok()?;
+            let record = super::caps::capped_record(&event).ok()?;
             slot.written.store(true, Ordering::Release);
             Some(OutboxRow {
                 event_id: event.event_id,
@@ -121,6 +122,11 @@ fn now_ms() -> i64 {
 pub struct SqlOutbox {
     pool: DbPool,
     boot_id: Arc<str>,
+    /// Rows the relay handed to the exporter whose events it still holds
+    /// (neither delivered nor given back): not handed over again until then,
+    /// so an outage longer than the grace period does not queue them again
+    /// and again.
+    relayed: std::sync::Mutex<HashSet<String>>,
 }
 
 impl SqlOutbox {
@@ -129,6 +135,28 @@ impl SqlOutbox {
         Self {
             pool,
             boot_id: Arc::from(crate::hex_lower(&crate::random_id_bytes::<16>())),
+            relayed: std::sync::Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn relayed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.relayed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks a row as handed to the exporter by the relay; `false` when it
+    /// already is.
+    fn mark_relayed(&self, event_id: &str) -> bool {
+        self.relayed().insert(event_id.to_owned())
+    }
+
+    /// The exporter no longer holds these rows' events: delivered (and the
+    /// rows removed, or left for the relay if that failed) or given back.
+    pub(crate) fn release(&self, event_ids: &[String]) {
+        let mut relayed = self.relayed();
+        for event_id in event_ids {
+            relayed.remove(event_id);
         }
     }
 
@@ -264,8 +292,9 @@ pub fn spawn_relay(
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(RELAY_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Rows handed to the exporter and not yet removed are not handed
-        // over again until `grace` has passed once more.
+        // A row whose event the exporter still holds is not handed over
+        // again ([`SqlOutbox::release`]); one it gave back (its queue was
+        // full) waits for `grace` to pass once more.
         let mut handed: std::collections::HashMap<String, std::time::Instant> =
             std::collections::HashMap::new();
         loop {
@@ -276,7 +305,8 @@ pub fn spawn_relay(
                     handed.retain(|_, at| now.duration_since(*at) < grace);
                     let mut sent = 0usize;
                     for row in rows {
-                        if handed.contains_key(&row.event_id) {
+                        if handed.contains_key(&row.event_id) || !outbox.mark_relayed(&row.event_id)
+                        {
                             continue;
                         }
                         handed.insert(row.event_id.clone(), now);
@@ -357,6 +387,58 @@ mod tests {
                 .collect();
             assert_eq!(due, ["stale"]);
         }
+        Ok(())
+    }
+
+    /// The audit service as it is in an outage that hangs: an export never
+    /// ends.
+    struct Hanging;
+
+    #[async_trait::async_trait]
+    impl super::super::export::ExportTransport for Hanging {
+        async fn export(&self, _events: &[EncodedEvent]) -> Result<(), String> {
+            std::future::pending().await
+        }
+    }
+
+    /// Through an outage longer than the grace period the relay hands each
+    /// row over once: the exporter holds it until it is delivered. Before,
+    /// every row was queued again at each grace period, and a long outage
+    /// filled the queue with copies.
+    #[tokio::test]
+    async fn through_an_outage_each_row_is_handed_over_once() -> TestResult {
+        use super::super::export::{AuditExporter, ExportSettings};
+        let directory = tempfile::tempdir()?;
+        let pool = testing::sqlite_pool(directory.path(), "outbox.db", &MIGRATIONS).await?;
+        let outbox = Arc::new(SqlOutbox::new(pool.clone()));
+        for index in 0..3 {
+            insert(
+                &pool,
+                &OutboxRow {
+                    event_id: format!("row-{index}"),
+                    boot_id: outbox.boot_id().to_string(),
+                    created_at_ms: now_ms() - 60_000,
+                    record: r#"{"eventName":"CreateKey"}"#.to_owned(),
+                },
+            )
+            .await?;
+        }
+        let exporter = AuditExporter::start(
+            Arc::new(Hanging),
+            ExportSettings {
+                mode: crate::config::AuditMode::Required,
+                deadline: Duration::from_secs(5),
+                queue_limit: 1_000,
+                batch_limit: 100,
+                gather: Duration::ZERO,
+            },
+        );
+        let relay = spawn_relay(outbox.clone(), exporter.clone(), Duration::from_millis(50));
+        // Four ticks of the relay: the first hands the three rows over (an
+        // export that hangs), the others find them still held.
+        tokio::time::sleep(RELAY_INTERVAL * 3 + RELAY_INTERVAL / 2).await;
+        relay.abort();
+        assert_eq!(exporter.queued(), 0, "no row was queued a second time");
         Ok(())
     }
 
