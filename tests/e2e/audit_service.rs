@@ -39,6 +39,8 @@ backend_tests!(
     an_oversized_request_is_audited_capped_and_stops_no_delivery,
     a_service_speaks_for_itself_only,
     a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited,
+    a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed,
+    targets_removed_before_a_failure_are_no_longer_sent_to,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
     oversized_records_are_cut_and_lookups_page_by_size,
@@ -1551,6 +1553,167 @@ async fn start_receiver_asking(
         received,
         arrivals,
     })
+}
+
+/// A delivery waiting for an attempt slot is dropped when its target is
+/// removed meanwhile: every attempt, the first included, checks that its
+/// target is still on its rule as it was routed. Before, only retries did,
+/// and a first attempt called the old endpoint with the old secret.
+async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "creates".into(),
+            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
+            ..Default::default()
+        })
+        .await?;
+    // Holds every connection it accepts, unanswered, until told to let go;
+    // from then on it closes them at once.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let stalled_port = stalling.local_addr()?.port();
+    let held = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = stalling.accept().await {
+            if let Some(connections) = holder.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                connections.push(connection);
+            }
+        }
+    });
+    let fresh = start_receiver(&harness, |_| 200).await?;
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "creates".into(),
+            targets: vec![
+                webhook_target(
+                    "stalled",
+                    format!("https://localhost:{stalled_port}/hooks"),
+                    0,
+                    60,
+                ),
+                webhook_target(
+                    "fresh",
+                    format!("https://localhost:{}/hooks", fresh.addr.port()),
+                    0,
+                    60,
+                ),
+            ],
+        })
+        .await?;
+    // The stalled target's first 16 deliveries take every attempt slot of
+    // the account; the deliveries of the last events wait for one.
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    for _ in 0..20 {
+        new_key(&mut alice).await?;
+    }
+    let held_count = || {
+        held.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, Vec::len)
+    };
+    wait_for("every slot held", Duration::from_secs(10), || async {
+        Ok(held_count() >= webhook_slots())
+    })
+    .await?;
+    let delivered = || fresh.received.lock().map(|log| log.len()).unwrap_or(0);
+    let before = delivered();
+    assert!(before < 20, "no delivery to the fresh target waited");
+    audit
+        .remove_targets(audit_pb::RemoveTargetsRequest {
+            rule: "creates".into(),
+            ids: vec!["fresh".into()],
+        })
+        .await?;
+    // The slots come free: every stalled delivery fails, for good.
+    held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    wait_for(
+        "the stalled deliveries' failures",
+        Duration::from_secs(20),
+        || {
+            let mut audit = audit.clone();
+            async move {
+                Ok(audit
+                    .list_failed_deliveries(audit_pb::ListFailedDeliveriesRequest {
+                        rule: "creates".into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .failed_deliveries
+                    .len()
+                    >= 20)
+            }
+        },
+    )
+    .await?;
+    assert_eq!(delivered(), before, "a removed target was called");
+    Ok(())
+}
+
+/// A RemoveTargets that fails partway (the store refuses the second
+/// target) fails, but the target it did remove is no longer sent to.
+async fn targets_removed_before_a_failure_are_no_longer_sent_to(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "creates".into(),
+            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
+            ..Default::default()
+        })
+        .await?;
+    let removed = start_receiver(&harness, |_| 200).await?;
+    let kept = start_receiver(&harness, |_| 200).await?;
+    let endpoint =
+        |receiver: &Receiver| format!("https://localhost:{}/hooks", receiver.addr.port());
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "creates".into(),
+            targets: vec![
+                webhook_target("removed", endpoint(&removed), 0, 60),
+                webhook_target("kept", endpoint(&kept), 0, 60),
+            ],
+        })
+        .await?;
+    harness
+        .refuse_writes_where("audit", "rule_targets", "DELETE", "target_id", "kept")
+        .await?;
+    let outcome = audit
+        .remove_targets(audit_pb::RemoveTargetsRequest {
+            rule: "creates".into(),
+            ids: vec!["removed".into(), "kept".into()],
+        })
+        .await;
+    assert_error(outcome, Code::Internal, "InternalFailure");
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    new_key(&mut alice).await?;
+    let count = |receiver: &Receiver| receiver.received.lock().map(|log| log.len()).unwrap_or(0);
+    wait_for(
+        "the kept target's delivery",
+        Duration::from_secs(10),
+        || async { Ok(count(&kept) == 1) },
+    )
+    .await?;
+    // Both deliveries leave together; a moment for the other to land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&removed), 0, "a removed target was sent to");
+    Ok(())
+}
+
+/// Attempt slots an account has (`MAX_ATTEMPTS_PER_ACCOUNT`).
+fn webhook_slots() -> usize {
+    coffer_audit::webhook::MAX_ATTEMPTS_PER_ACCOUNT
 }
 
 /// A `Retry-After` answer is waited for: the next attempt comes no sooner,

@@ -1098,12 +1098,20 @@ impl Audit for AuditGrpc {
             .map_err(|error| call.fail(error))?;
         let mut failed_entries = Vec::new();
         for id in &message.ids {
-            let removed = self
+            let removed = match self
                 .core
                 .store()
                 .remove_target(&account, &message.rule, id)
                 .await
-                .map_err(|error| call.fail(store_failed(&error)))?;
+            {
+                Ok(removed) => removed,
+                Err(error) => {
+                    // The targets removed before it are gone: they are no
+                    // longer routed to, though the call fails.
+                    self.rules_changed().await;
+                    return Err(call.fail(store_failed(&error)));
+                }
+            };
             if !removed {
                 failed_entries.push(pb::FailedEntry {
                     target_id: id.clone(),

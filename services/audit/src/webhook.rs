@@ -198,9 +198,20 @@ impl Dispatcher {
             })
             .await;
             let outcome = match slots {
-                Ok(_slots) => tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(job))
-                    .await
-                    .unwrap_or_else(|_| Err("the request timed out".into())),
+                Ok(_slots) => {
+                    // Checked with the slots held, right before every
+                    // attempt, the first included: a job may have waited
+                    // for its slots, and was routed with the target as it
+                    // then stood. A changed target (a rotated secret, a new
+                    // endpoint) or a removed one is not called.
+                    if !self.still_targeted(&job.target).await {
+                        tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, "the target was removed, changed or disabled; its delivery stops");
+                        return;
+                    }
+                    tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(job))
+                        .await
+                        .unwrap_or_else(|_| Err("the request timed out".into()))
+                }
                 Err(_) => Err("no delivery slot came free before the event's maximum age".into()),
             };
             let (error, retryable, asked) = match outcome {
@@ -234,18 +245,14 @@ impl Dispatcher {
             tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, %error, "webhook delivery failed; retrying");
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            if !self.still_targeted(&job.target).await {
-                tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, "the target was removed, changed or disabled; its retries stop");
-                return;
-            }
         };
         tracing::warn!(event_id = %job.event_id, target = %job.target.target_id, attempts, error = %last_error, "webhook delivery failed for good");
         self.record_failure(job, attempts, last_error);
     }
 
     /// Whether `target` is still on its rule, unchanged, and the rule still
-    /// enabled: a retry goes nowhere the rule no longer sends to. When the
-    /// store cannot say, the retries go on.
+    /// enabled: an attempt goes nowhere the rule no longer sends to. When
+    /// the store cannot say, the attempt is made.
     async fn still_targeted(&self, target: &TargetRecord) -> bool {
         let (rule, targets) = tokio::join!(
             self.store.get_rule(&target.account_id, &target.rule_name),
@@ -257,7 +264,7 @@ impl Dispatcher {
                 rule.is_some_and(|rule| rule.enabled) && targets.iter().any(|now| now == target)
             }
             (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(%error, "could not check a webhook target before a retry");
+                tracing::warn!(%error, "could not check a webhook target before an attempt");
                 true
             }
         }
