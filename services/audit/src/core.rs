@@ -223,12 +223,17 @@ impl AuditCore {
                 stored,
             });
             let read_only_management = live.read_only_management();
+            // Written once for all the rules that send it, and only if one does.
+            let mut body: Option<Arc<str>> = None;
             for rule in rules.iter() {
-                if live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
+                if !rule.targets.is_empty()
+                    && live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
                     && (rule.read_only_events || !read_only_management)
                     && rule.pattern.matches(&live.envelope)
                 {
-                    let body: Arc<str> = Arc::from(live.envelope.to_string());
+                    let body = body
+                        .get_or_insert_with(|| Arc::from(live.envelope.to_string()))
+                        .clone();
                     for target in &rule.targets {
                         self.dispatcher.deliver(DeliveryJob {
                             target: target.clone(),
