@@ -2824,14 +2824,22 @@ async fn a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited(
     let key = new_key(&mut alice).await?;
     encrypt(&mut alice, &key).await?;
     harness.stop_audit().await?;
-    let mut request = tonic::Request::new(pb::EncryptRequest {
+    // Sent by a client that keeps no timer of its own (tonic's would
+    // cancel the call at the same moment), so what the server answers at
+    // the deadline arrives.
+    let request = pb::EncryptRequest {
         key_id: key.clone(),
         plaintext: b"too late".to_vec(),
         ..Default::default()
-    });
-    request.set_timeout(Duration::from_millis(300));
-    let late = alice.encrypt(request).await;
-    assert!(late.is_err(), "{late:?}");
+    };
+    let status = unary_with_grpc_timeout(
+        &harness,
+        "/coffer.keys.v1.Keys/Encrypt",
+        &prost::Message::encode_to_vec(&request),
+        "300m",
+    )
+    .await?;
+    assert_eq!(status, Some(Code::DeadlineExceeded as i32));
     harness.start_audit().await?;
     let encrypts: Vec<Value> = harness
         .audit_events()
@@ -2845,6 +2853,60 @@ async fn a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited(
     assert_eq!(encrypts[1]["answerWithheld"], true);
     assert_eq!(encrypts[1]["responseElements"], Value::Null);
     Ok(())
+}
+
+/// Calls `path` as alice with one message and a `grpc-timeout` header, over
+/// a bare HTTP/2 connection that sets no deadline of its own, and returns
+/// the answer's `grpc-status`.
+async fn unary_with_grpc_timeout(
+    harness: &Harness,
+    path: &str,
+    message: &[u8],
+    timeout: &str,
+) -> anyhow::Result<Option<i32>> {
+    use rustls_pki_types::pem::PemObject as _;
+    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&harness.ca_pem()?) {
+        roots.add(certificate?)?;
+    }
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(harness.keys_addr()?).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (client, connection) = h2::client::handshake(tls).await?;
+    tokio::spawn(connection);
+    let mut client = client.ready().await?;
+    let request = http::Request::post(format!("https://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())?;
+    let (response, mut body) = client.send_request(request, false)?;
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    framed.extend_from_slice(message);
+    body.send_data(framed.into(), true)?;
+    let response = response.await?;
+    let status_of = |headers: &http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i32>().ok())
+    };
+    if let Some(status) = status_of(response.headers()) {
+        return Ok(Some(status));
+    }
+    let mut answer = response.into_body();
+    while answer.data().await.transpose()?.is_some() {}
+    Ok(answer.trailers().await?.as_ref().and_then(status_of))
 }
 
 async fn required_mode_survives_the_audit_service_going_away(
