@@ -1447,6 +1447,24 @@ async fn exactly_one_wins<T: Send + 'static>(
     Ok(())
 }
 
+/// Alice's audit client, once she has a rule `creates` matching her
+/// CreateKey events.
+async fn alice_with_creates_rule(
+    harness: &Harness,
+) -> anyhow::Result<audit_pb::audit_client::AuditClient<tonic::transport::Channel>> {
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    audit
+        .put_rule(audit_pb::PutRuleRequest {
+            name: "creates".into(),
+            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(audit)
+}
+
 /// The signing secret of the webhook targets of these tests.
 const WEBHOOK_SECRET: &[u8] = b"0123456789abcdef-webhook-secret";
 
@@ -1563,16 +1581,7 @@ async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
     backend: Backend,
 ) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
-    let mut audit = harness
-        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
-        .await?;
-    audit
-        .put_rule(audit_pb::PutRuleRequest {
-            name: "creates".into(),
-            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
-            ..Default::default()
-        })
-        .await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
     // Holds every connection it accepts, unanswered, until told to let go;
     // from then on it closes them at once.
     let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -1663,16 +1672,7 @@ async fn targets_removed_before_a_failure_are_no_longer_sent_to(
     backend: Backend,
 ) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
-    let mut audit = harness
-        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
-        .await?;
-    audit
-        .put_rule(audit_pb::PutRuleRequest {
-            name: "creates".into(),
-            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
-            ..Default::default()
-        })
-        .await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
     let removed = start_receiver(&harness, |_| 200).await?;
     let kept = start_receiver(&harness, |_| 200).await?;
     let endpoint =
@@ -1721,16 +1721,7 @@ fn webhook_slots() -> usize {
 /// the failure saying why.
 async fn webhook_retries_wait_as_the_endpoint_asks(backend: Backend) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
-    let mut audit = harness
-        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
-        .await?;
-    audit
-        .put_rule(audit_pb::PutRuleRequest {
-            name: "creates".into(),
-            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
-            ..Default::default()
-        })
-        .await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
     // Asks for a second, then takes the event.
     let patient =
         start_receiver_asking(&harness, |n| if n == 0 { 429 } else { 200 }, Some("1")).await?;
@@ -1815,16 +1806,7 @@ async fn webhooks_reach_no_private_address_unless_allowed(backend: Backend) -> a
     )
     .await?;
     let receiver = start_receiver(&harness, |_| 200).await?;
-    let mut audit = harness
-        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
-        .await?;
-    audit
-        .put_rule(audit_pb::PutRuleRequest {
-            name: "creates".into(),
-            event_pattern: r#"{"detail":{"eventName":["CreateKey"]}}"#.into(),
-            ..Default::default()
-        })
-        .await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
     let port = receiver.addr.port();
     let target =
         |id: &str, host: &str| webhook_target(id, format!("https://{host}:{port}/hook"), 0, 60);
@@ -2864,22 +2846,8 @@ async fn unary_with_grpc_timeout(
     message: &[u8],
     timeout: &str,
 ) -> anyhow::Result<Option<i32>> {
-    use rustls_pki_types::pem::PemObject as _;
-    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&harness.ca_pem()?) {
-        roots.add(certificate?)?;
-    }
-    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(harness.keys_addr()?).await?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+    let tls = harness
+        .raw_keys_connection(&Harness::user_id(ACCOUNT_A, "alice"))
         .await?;
     let (client, connection) = h2::client::handshake(tls).await?;
     tokio::spawn(connection);

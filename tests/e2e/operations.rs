@@ -488,23 +488,9 @@ async fn the_one_event(harness: &Harness, event_name: &str) -> anyhow::Result<se
 async fn connections_are_told_how_many_streams_they_may_open(
     backend: Backend,
 ) -> anyhow::Result<()> {
-    use rustls_pki_types::pem::PemObject as _;
     let harness = Harness::start(backend).await?;
-    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&harness.ca_pem()?) {
-        roots.add(certificate?)?;
-    }
-    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(harness.keys_addr()?).await?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+    let tls = harness
+        .raw_keys_connection(&Harness::user_id(ACCOUNT_A, "alice"))
         .await?;
     assert_eq!(
         advertised_streams(tls).await?,

@@ -398,6 +398,31 @@ impl Harness {
             .to_string())
     }
 
+    /// A TLS connection to the keys service as `spiffe_id`, offering only
+    /// HTTP/2, for tests that speak HTTP/2 themselves.
+    pub async fn raw_keys_connection(
+        &self,
+        spiffe_id: &str,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        use rustls_pki_types::pem::PemObject as _;
+        let identity = self.identity(spiffe_id)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls_pki_types::CertificateDer::pem_slice_iter(&self.ca_pem()?) {
+            roots.add(certificate?)?;
+        }
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.keys_addr()?).await?;
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+            .await?)
+    }
+
     /// An audit client for `spiffe_id`.
     pub async fn audit_as(
         &self,
