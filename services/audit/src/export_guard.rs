@@ -39,7 +39,7 @@ use tonic::body::Body;
 use tonic::server::NamedService;
 use tower::Service;
 
-use crate::ingest::export_sender;
+use crate::ingest::{ExportSender, export_sender};
 
 /// Largest OTLP export accepted on the wire: large enough for a batch of
 /// events whose attributes are capped only after they arrive.
@@ -276,7 +276,7 @@ where
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let trusted = match export_sender(parts.extensions.get::<PeerInfo>()) {
-                Ok(principal) => principal.is_service(),
+                Ok(sender) => matches!(sender, ExportSender::Service(_)),
                 Err(status) => return Ok(status.into_http()),
             };
             let (max_export_bytes, max_decoded_bytes, _turn) = if trusted {

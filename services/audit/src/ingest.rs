@@ -20,6 +20,7 @@
 
 use std::sync::Arc;
 
+use coffer_platform::arn::AccountId;
 use coffer_platform::audit::otlp::{AUDIT_SCOPE, RECORD_ATTRIBUTE};
 use coffer_platform::config::UntrustedSpans;
 use coffer_platform::identity::Principal;
@@ -209,11 +210,21 @@ fn external_record(resource: &ResourceSpans, span: &Span) -> Value {
     })
 }
 
-/// Who sent an export, as its connection shows: a Coffer service (whose
-/// audit spans are trusted events) or a principal of an account (whose
-/// spans are filed in it, untrusted). Anyone else is refused, before the
-/// export is read ([`crate::export_guard`]) and again here.
-pub(crate) fn export_sender(peer: Option<&PeerInfo>) -> Result<Arc<Principal>, Status> {
+/// Who sent an export, as its connection shows.
+pub(crate) enum ExportSender {
+    /// A Coffer service: its audit spans are trusted events.
+    Service(Arc<Principal>),
+    /// A principal of an account: its spans are filed there, untrusted.
+    Outsider {
+        principal: Arc<Principal>,
+        account: AccountId,
+    },
+}
+
+/// The sender of an export. Anyone but a Coffer service or a principal of
+/// an account is refused, before the export is read
+/// ([`crate::export_guard`]) and again here.
+pub(crate) fn export_sender(peer: Option<&PeerInfo>) -> Result<ExportSender, Status> {
     let principal = match peer {
         Some(peer) => peer.identity.clone().map_err(|error| {
             Status::unauthenticated(format!("the client is not a Coffer identity: {error}"))
@@ -224,12 +235,15 @@ pub(crate) fn export_sender(peer: Option<&PeerInfo>) -> Result<Arc<Principal>, S
             ));
         }
     };
-    if !principal.is_service() && principal.account().is_none() {
-        return Err(Status::permission_denied(
-            "spans from a principal of no account are not accepted",
-        ));
+    if principal.is_service() {
+        return Ok(ExportSender::Service(principal));
     }
-    Ok(principal)
+    match principal.account().cloned() {
+        Some(account) => Ok(ExportSender::Outsider { principal, account }),
+        None => Err(Status::permission_denied(
+            "spans from a principal of no account are not accepted",
+        )),
+    }
 }
 
 #[tonic::async_trait]
@@ -238,24 +252,24 @@ impl TraceService for OtlpIngest {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let principal = export_sender(request.extensions().get::<PeerInfo>())?;
-        let trusted = principal.is_service();
+        let export_sender = export_sender(request.extensions().get::<PeerInfo>())?;
         // A service speaks for itself only: its events name its own event
         // source (`kms.…` for the keys service), never another service's.
-        let own_source = trusted.then(|| format!("{}.", service_prefix(principal.name())));
-        let sender = match principal.account() {
-            _ if trusted => Sender::Service,
-            Some(account) => Sender::Outsider {
-                received_ms: self.core.clock().now_millis(),
-                account: account.as_str(),
-                identity: principal.spiffe_id(),
-            },
-            None => {
-                return Err(Status::permission_denied(
-                    "spans from a principal of no account are not accepted",
-                ));
-            }
+        let (sender, own_source) = match &export_sender {
+            ExportSender::Service(principal) => (
+                Sender::Service,
+                Some(format!("{}.", service_prefix(principal.name()))),
+            ),
+            ExportSender::Outsider { principal, account } => (
+                Sender::Outsider {
+                    received_ms: self.core.clock().now_millis(),
+                    account: account.as_str(),
+                    identity: principal.spiffe_id(),
+                },
+                None,
+            ),
         };
+        let trusted = own_source.is_some();
         let export = request.into_inner();
         let mut events = Vec::new();
         let mut rejected: i64 = 0;

@@ -209,6 +209,19 @@ impl Shared {
                 <= MAX_QUEUED_RECORD_BYTES
     }
 
+    /// Puts a failed export's entry back at the front of the queue (locked
+    /// by the caller), unless the queue is full; a refused entry is given
+    /// back.
+    fn requeue_locked(&self, queue: &mut VecDeque<Entry>, entry: Entry) -> Option<Entry> {
+        if !self.has_room(queue, &entry) {
+            return Some(entry);
+        }
+        self.queued_bytes
+            .fetch_add(entry.event.record.len(), Ordering::Relaxed);
+        queue.push_front(entry);
+        None
+    }
+
     /// The next entry of the queue (locked by the caller).
     fn pop_locked(&self, queue: &mut VecDeque<Entry>) -> Option<Entry> {
         let entry = queue.pop_front()?;
@@ -664,17 +677,12 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                         tracing::warn!(%error, events = count, "audit export failed; will retry");
                         let mut queue = shared.lock();
                         for entry in batch.into_iter().rev() {
-                            if !shared.has_room(&queue, &entry) {
-                                if entry.outbox.is_none() {
+                            if let Some(refused) = shared.requeue_locked(&mut queue, entry) {
+                                if refused.outbox.is_none() {
                                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                                 }
-                                leave_to_relay(entry);
-                                continue;
+                                leave_to_relay(refused);
                             }
-                            shared
-                                .queued_bytes
-                                .fetch_add(entry.event.record.len(), Ordering::Relaxed);
-                            queue.push_front(entry);
                         }
                     }
                 }
