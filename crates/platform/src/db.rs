@@ -156,7 +156,12 @@ pub async fn connect(
                 .map_err(DbError::Connect)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                // Every commit is synced before it returns: an answered
+                // CreateKey or RotateKeyOnDemand survives a power loss, not
+                // only a crash of the process (`NORMAL` syncs at the next
+                // checkpoint, and a data key wrapped under a rotation that
+                // was then rolled back could never be unwrapped again).
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 // Statement journals (a multi-row insert with a conflict
@@ -252,9 +257,25 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), D
     let mut connection = sqlx::PgConnection::connect_with(options)
         .await
         .map_err(DbError::Connect)?;
-    // The schema name was validated as a lowercase identifier.
-    let statement = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-    let created = sqlx::query(&statement).execute(&mut connection).await;
+    // Postgres checks the right to create schemas before it looks for the
+    // schema, so a role given its schema by an administrator (and no CREATE
+    // on the database) is refused by `CREATE SCHEMA IF NOT EXISTS`.
+    let found = sqlx::query("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+        .bind(schema)
+        .fetch_optional(&mut connection)
+        .await;
+    let created = match found {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            // The schema name was validated as a lowercase identifier.
+            let statement = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+            sqlx::query(&statement)
+                .execute(&mut connection)
+                .await
+                .map(drop)
+        }
+        Err(error) => Err(error),
+    };
     let _closed = connection.close().await;
     match created {
         Ok(_) => Ok(()),
@@ -628,5 +649,104 @@ mod message_tests {
         let shown = super::testing::where_postgres_is("postgres://tester:hunter2@127.0.0.1:1/x");
         assert_eq!(shown, "127.0.0.1:1/x");
         assert!(!super::testing::where_postgres_is("not a url :// hunter2").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::*;
+    use sqlx::ConnectOptions as _;
+
+    const NO_MIGRATIONS: Migrations = Migrations {
+        postgres: &[],
+        sqlite: &[],
+    };
+
+    /// Every SQLite connection syncs a commit before it returns
+    /// (`synchronous=FULL`, 2), so what was answered survives a power loss.
+    #[tokio::test]
+    async fn sqlite_commits_are_synced_before_they_return() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let DbPool::Sqlite(pool) = testing::sqlite_pool(directory.path(), "d.db", &NO_MIGRATIONS)
+            .await
+            .expect("the database opens")
+        else {
+            panic!("a SQLite pool");
+        };
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut connection = pool.acquire().await.expect("a connection");
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *connection)
+                .await
+                .expect("the pragma answers");
+            assert_eq!(level, 2, "synchronous is not FULL on this connection");
+            held.push(connection);
+        }
+        drop(held);
+        pool.close().await;
+    }
+
+    /// A role that owns the schema an administrator made for it, and may not
+    /// create schemas in the database, still connects and migrates.
+    #[tokio::test]
+    async fn postgres_takes_a_schema_made_for_a_role_without_create_rights() {
+        let Some(url) = testing::postgres_url().await else {
+            return;
+        };
+        let admin_options = PgConnectOptions::from_str(&url).expect("the test URL parses");
+        let mut admin = sqlx::PgConnection::connect_with(&admin_options)
+            .await
+            .expect("the test Postgres accepts a connection");
+        let schema = testing::unique_schema("e2e_keys");
+        let role = format!("r_{}", &schema[schema.len() - 32..]);
+        // Names: lowercase letters, digits and underscores. A new role has
+        // no CREATE on the database (PUBLIC is never given it).
+        for statement in [
+            format!("CREATE ROLE \"{role}\" LOGIN"),
+            format!("CREATE SCHEMA \"{schema}\" AUTHORIZATION \"{role}\""),
+        ] {
+            sqlx::query(&statement)
+                .execute(&mut admin)
+                .await
+                .expect("the set-up statement runs");
+        }
+        const ONE_TABLE: &[MigrationFile] = &[MigrationFile {
+            version: 1,
+            description: "one table",
+            sql: "CREATE TABLE t (id BIGINT PRIMARY KEY)",
+        }];
+        let settings = DatabaseSettings {
+            backend: DatabaseBackend::Postgres,
+            url: admin_options
+                .clone()
+                .username(&role)
+                .to_url_lossy()
+                .to_string(),
+            schema: schema.clone(),
+            max_connections: 1,
+        };
+        let outcome = connect(
+            &settings,
+            &Migrations {
+                postgres: ONE_TABLE,
+                sqlite: &[],
+            },
+        )
+        .await;
+        if let Ok(pool) = &outcome {
+            pool.close().await;
+        }
+        for statement in [
+            format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+            format!("DROP ROLE IF EXISTS \"{role}\""),
+        ] {
+            let _ = sqlx::query(&statement).execute(&mut admin).await;
+        }
+        let _closed = admin.close().await;
+        assert!(
+            outcome.is_ok(),
+            "the role could not use its schema: {outcome:?}"
+        );
     }
 }
