@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::domain::pattern::EventPattern;
-use crate::journal::Journal;
+use crate::journal::{Journal, SYNC_INTERVAL};
 use crate::store::{AuditStore, StoreError, StoredEvent, TargetRecord};
 use crate::webhook::{DeliveryJob, Dispatcher};
 
@@ -86,6 +86,7 @@ pub struct AuditCore {
     retention: Duration,
     /// Where accepted batches wait for the indexer (SQLite).
     journal: Option<Arc<Journal>>,
+    /// The task that indexes what the journal holds and syncs it.
     indexer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -130,7 +131,13 @@ impl AuditCore {
             indexer: std::sync::Mutex::new(None),
         });
         if let Some(journal) = journal {
-            let indexer = tokio::spawn(run_indexer(Arc::downgrade(&core), journal));
+            let me = Arc::downgrade(&core);
+            let indexer = tokio::spawn(async move {
+                tokio::select! {
+                    () = run_indexer(me, journal.clone()) => {}
+                    () = run_syncer(&journal) => {}
+                }
+            });
             *core
                 .indexer
                 .lock()
@@ -188,6 +195,12 @@ impl AuditCore {
                 .map_err(|error| StoreError::Batch(error.to_string())),
             None => self.store_and_route(events).await.map(|_| ()),
         }
+    }
+
+    /// The ingest journal, where there is one (SQLite).
+    #[cfg(test)]
+    pub(crate) fn journal(&self) -> Option<&Journal> {
+        self.journal.as_deref()
     }
 
     /// Waits until every event accepted before this call is in the store
@@ -429,6 +442,19 @@ async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
             pause = (pause * 2).min(INDEX_RETRY_MAX);
         }
         journal.stored(taken.through);
+    }
+}
+
+/// Puts what the journal takes on the disk every [`SYNC_INTERVAL`]; ends
+/// with the indexer.
+async fn run_syncer(journal: &Journal) {
+    let mut ticks = tokio::time::interval(SYNC_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = journal.sync().await {
+            tracing::warn!(%error, "the ingest journal could not be synced; retrying");
+        }
     }
 }
 

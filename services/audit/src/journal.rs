@@ -8,11 +8,14 @@
 //! acknowledged; the indexer task then stores what the journal holds into the
 //! event store, many exports per transaction.
 //!
-//! - **Durability** is that of SQLite's own commit in WAL mode with
-//!   `synchronous=NORMAL` (how every Coffer SQLite database runs): the bytes
-//!   are in the operating system's page cache when the answer is sent, so a
-//!   crash of the process loses nothing; neither survives a power loss
-//!   without an fsync.
+//! - **Durability**: the bytes are in the operating system's page cache
+//!   when the answer is sent, so a crash of the process loses nothing. They
+//!   reach the disk within [`SYNC_INTERVAL`] ([`Journal::sync`], run by the
+//!   core beside the indexer, off the answer's path): a power loss loses at
+//!   most the exports acknowledged in that last moment. (Syncing before each
+//!   answer would add a disk flush, a few hundred microseconds here, to
+//!   every audited call.) What the indexer stores is synced by SQLite's
+//!   commit (`synchronous=FULL`) before the journal lets go of it.
 //! - **Recovery**: at start, whatever the journal holds is indexed again.
 //!   Inserts skip event ids already stored, so an export indexed just before
 //!   a crash is not stored twice. An export cut short by the crash (shorter
@@ -26,14 +29,14 @@
 //! - **Reads wait for the indexer** ([`Journal::settled`]): a lookup sees
 //!   every event acknowledged before it began.
 //! - **Bounded**: an append waits while the indexer is more than
-//!   [`MAX_QUEUED_EVENTS`] behind. The file is emptied whenever the indexer
+//!   [`MAX_QUEUED_EVENTS`] events or [`MAX_QUEUED_BYTES`] behind. The file is emptied whenever the indexer
 //!   has caught up. Under a steady load it may never quite catch up, so once
 //!   the part already stored passes [`COMPACT_AFTER_BYTES`] the rest is
 //!   copied to a new file that replaces the journal by a rename: a crash
 //!   leaves one whole file or the other, never a mix. The copy is synced
 //!   before the rename (and the directory after it), so not even a power
 //!   loss can replace exports that had reached the disk by a copy that had
-//!   not.
+//!   not. The copy keeps the journal's permissions.
 //!
 //! Postgres takes concurrent writers and shares its cache, so there exports
 //! are stored directly, without a journal.
@@ -51,8 +54,18 @@ use crate::store::StoredEvent;
 
 /// How far the indexer may fall behind before appends wait.
 pub const MAX_QUEUED_EVENTS: usize = 50_000;
+/// How far, in bytes of journal records, the indexer may fall behind before
+/// appends wait: events of up to 256 KiB each would otherwise let 50,000
+/// of them hold gigabytes of memory (and of file to read back at a start).
+pub const MAX_QUEUED_BYTES: u64 = 256 * 1024 * 1024;
 /// Events the indexer stores per transaction, at most.
 const INDEX_BATCH: usize = 4_000;
+/// Bytes of journal records the indexer takes at once, at most (a single
+/// larger batch is taken alone).
+const INDEX_BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// How soon an appended export is on the disk, at most (see
+/// [`Journal::sync`]).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 /// How much of the file may hold batches already stored, while others
 /// still wait, before the waiting ones are moved to a new file.
 pub const COMPACT_AFTER_BYTES: u64 = 64 * 1024 * 1024;
@@ -87,9 +100,11 @@ struct State {
     file: File,
     /// Length of the file: what an append that fails is cut back to.
     length: u64,
-    /// Batches appended and not yet taken by the indexer.
-    queue: VecDeque<Vec<StoredEvent>>,
+    /// Batches appended and not yet taken by the indexer, each with the
+    /// length of its record.
+    queue: VecDeque<(Vec<StoredEvent>, u64)>,
     queued_events: usize,
+    queued_bytes: u64,
     /// Batches appended since the journal was opened (recovered ones
     /// included).
     appended: u64,
@@ -100,6 +115,8 @@ struct State {
     ends: VecDeque<(u64, u64)>,
     /// See [`JournalError::Broken`].
     broken: bool,
+    /// Batches known to be on the disk (see [`Journal::sync`]).
+    synced: u64,
 }
 
 /// See the module docs.
@@ -107,6 +124,8 @@ pub struct Journal {
     path: PathBuf,
     /// See [`COMPACT_AFTER_BYTES`].
     compact_after: u64,
+    /// See [`MAX_QUEUED_BYTES`].
+    max_queued_bytes: u64,
     state: Mutex<State>,
     /// Batches stored by the indexer.
     indexed: watch::Sender<u64>,
@@ -162,7 +181,7 @@ impl Journal {
             // acknowledged records after it.
             let aside = match rest.iter().all(|byte| *byte == 0) {
                 true => String::new(),
-                false => set_aside(path, rest)
+                false => set_aside(path, &file, rest)
                     .map_err(failed("copied aside"))?
                     .display()
                     .to_string(),
@@ -194,19 +213,29 @@ impl Journal {
         }
         let queued_events = batches.iter().map(Vec::len).sum();
         let appended = batches.len() as u64;
+        let lengths = ends
+            .iter()
+            .scan(0, |start, &end| Some(end - std::mem::replace(start, end)));
+        let queue: VecDeque<(Vec<StoredEvent>, u64)> = batches.into_iter().zip(lengths).collect();
+        let queued_bytes = queue.iter().map(|(_, bytes)| bytes).sum();
         let (indexed, _) = watch::channel(0);
         Ok(Self {
             path: path.to_owned(),
             compact_after: COMPACT_AFTER_BYTES,
+            max_queued_bytes: MAX_QUEUED_BYTES,
             state: Mutex::new(State {
                 file,
                 length: intact as u64,
-                queue: batches.into(),
+                queue,
                 queued_events,
+                queued_bytes,
                 appended,
                 taken: 0,
                 ends: (1..).zip(ends).collect(),
                 broken: false,
+                // Whatever was read back was on the disk or reaches it with
+                // the next sync; counting it unsynced costs one sync.
+                synced: 0,
             }),
             indexed,
             work: Notify::new(),
@@ -253,7 +282,7 @@ impl Journal {
         }
         loop {
             let room = self.room.notified();
-            if self.lock().queued_events < MAX_QUEUED_EVENTS {
+            if self.has_room() {
                 break;
             }
             room.await;
@@ -279,9 +308,11 @@ impl Journal {
                     source,
                 });
             }
-            state.length += record.len() as u64;
+            let bytes = record.len() as u64;
+            state.length += bytes;
             state.queued_events += events.len();
-            state.queue.push_back(events);
+            state.queued_bytes += bytes;
+            state.queue.push_back((events, bytes));
             state.appended += 1;
             let end = (state.appended, state.length);
             state.ends.push_back(end);
@@ -290,19 +321,33 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether the indexer is within [`MAX_QUEUED_EVENTS`] and the byte
+    /// bound of what was appended.
+    fn has_room(&self) -> bool {
+        let state = self.lock();
+        state.queued_events < MAX_QUEUED_EVENTS && state.queued_bytes < self.max_queued_bytes
+    }
+
     /// Takes what waits for the indexer, several batches at once, up to
-    /// about [`INDEX_BATCH`] events; `None` if nothing waits.
+    /// about [`INDEX_BATCH`] events and [`INDEX_BATCH_BYTES`]; `None` if
+    /// nothing waits.
     pub fn take(&self) -> Option<Taken> {
         let mut state = self.lock();
         let mut events: Vec<StoredEvent> = Vec::new();
-        while let Some(batch) = state.queue.front() {
-            if !events.is_empty() && events.len() + batch.len() > INDEX_BATCH {
+        let mut bytes = 0;
+        while let Some((batch, batch_bytes)) = state.queue.front() {
+            if !events.is_empty()
+                && (events.len() + batch.len() > INDEX_BATCH
+                    || bytes + batch_bytes > INDEX_BATCH_BYTES)
+            {
                 break;
             }
-            let Some(batch) = state.queue.pop_front() else {
+            let Some((batch, batch_bytes)) = state.queue.pop_front() else {
                 break;
             };
+            bytes += batch_bytes;
             state.queued_events -= batch.len();
+            state.queued_bytes -= batch_bytes;
             state.taken += 1;
             if events.is_empty() {
                 events = batch;
@@ -402,6 +447,8 @@ impl Journal {
             .create(true)
             .truncate(true)
             .open(&compacting)?;
+        // Readable by no one the journal was not readable by.
+        copy.set_permissions(state.file.metadata()?.permissions())?;
         copy.write_all(&tail)?;
         // On the disk before it can replace a file that may be.
         copy.sync_all()?;
@@ -419,6 +466,40 @@ impl Journal {
             tracing::warn!(%error, journal = %self.path.display(), "the ingest journal's directory could not be synced after a compaction");
         }
         Ok(file)
+    }
+
+    /// Puts every export appended before this call on the disk (one
+    /// `fdatasync`, on a blocking thread, outside the lock), unless they are
+    /// there already. The core calls it every [`SYNC_INTERVAL`].
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        let failed = |source| JournalError::Io {
+            path: self.path.display().to_string(),
+            action: "synced",
+            source,
+        };
+        let (file, appended) = {
+            let state = self.lock();
+            if state.synced == state.appended {
+                return Ok(());
+            }
+            // Batches appended before a compaction are in its copy, synced
+            // before it replaced the file; later ones are in the file this
+            // handle shares.
+            (state.file.try_clone().map_err(failed)?, state.appended)
+        };
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|error| failed(std::io::Error::other(error)))?
+            .map_err(failed)?;
+        let mut state = self.lock();
+        state.synced = state.synced.max(appended);
+        Ok(())
+    }
+
+    /// Batches appended and not yet known to be on the disk.
+    pub fn unsynced(&self) -> u64 {
+        let state = self.lock();
+        state.appended - state.synced
     }
 
     /// Waits (up to `timeout`) until everything appended before this call is
@@ -655,9 +736,9 @@ fn torn_tail(rest: &[u8]) -> bool {
     }
 }
 
-/// Copies `rest` to a new file beside the journal, synced, and returns its
-/// path.
-fn set_aside(path: &Path, rest: &[u8]) -> std::io::Result<PathBuf> {
+/// Copies `rest` to a new file beside the journal (`journal`, whose
+/// permissions it takes), synced, and returns its path.
+fn set_aside(path: &Path, journal: &File, rest: &[u8]) -> std::io::Result<PathBuf> {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".corrupt-{}", now_ms()));
     let aside = PathBuf::from(name);
@@ -665,9 +746,14 @@ fn set_aside(path: &Path, rest: &[u8]) -> std::io::Result<PathBuf> {
         .write(true)
         .create_new(true)
         .open(&aside)?;
+    file.set_permissions(journal.metadata()?.permissions())?;
     file.write_all(rest)?;
     file.sync_all()?;
-    sync_directory_of(path)?;
+    // As after a compaction: some file systems cannot sync a directory, and
+    // refusing to start over it would keep the service down.
+    if let Err(error) = sync_directory_of(path) {
+        tracing::warn!(%error, journal = %path.display(), "the ingest journal's directory could not be synced after a part was kept aside");
+    }
     Ok(aside)
 }
 
@@ -881,6 +967,83 @@ mod tests {
         journal.append(vec![event("five", 0)]).await?;
         journal.stored(taken.through);
         assert_eq!(ids_after_reopening(&path)?, ["five"]);
+        Ok(())
+    }
+
+    /// Appends wait while the part not yet indexed holds as many bytes as
+    /// the bound allows, however few events that is, and go on once the
+    /// indexer takes it.
+    #[tokio::test]
+    async fn appends_wait_while_the_waiting_part_is_at_its_byte_bound() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let mut journal = Journal::open(&path)?;
+        let one_record = encode_record(&[event("one", 0)]).len() as u64;
+        journal.max_queued_bytes = one_record + 1;
+        journal.append(vec![event("one", 0)]).await?;
+        journal.append(vec![event("two", 0)]).await?;
+        let journal = std::sync::Arc::new(journal);
+        let third = tokio::spawn({
+            let journal = journal.clone();
+            async move { journal.append(vec![event("three", 0)]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!third.is_finished(), "an append went past the byte bound");
+        let taken = journal.take().ok_or("nothing to take")?;
+        assert_eq!(taken.events.len(), 2);
+        tokio::time::timeout(Duration::from_secs(5), third).await???;
+        assert_eq!(journal.take().map(|taken| taken.events.len()), Some(1));
+        Ok(())
+    }
+
+    /// A compaction's copy, and a part kept aside, are as private as the
+    /// journal they come from.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn copies_of_the_journal_keep_its_permissions() -> TestResult {
+        use std::os::unix::fs::PermissionsExt as _;
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let mode = |path: &Path| -> std::io::Result<u32> {
+            Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+        };
+        {
+            let mut journal = Journal::open(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            journal.compact_after = 1;
+            journal.append(vec![event("one", 0)]).await?;
+            let taken = journal.take().ok_or("nothing to take")?;
+            journal.append(vec![event("two", 0)]).await?;
+            journal.stored(taken.through);
+            assert_eq!(ids_after_reopening(&path)?, ["two"], "compacted");
+            assert_eq!(mode(&path)?, 0o600);
+        }
+        let mut file = OpenOptions::new().append(true).open(&path)?;
+        file.write_all(&[0xff; 9])?;
+        drop(file);
+        drop(Journal::open(&path)?);
+        let aside = set_aside_files(directory.path())?;
+        assert_eq!(aside.len(), 1);
+        assert_eq!(mode(&directory.path().join(&aside[0]))?, 0o600);
+        Ok(())
+    }
+
+    /// What was appended is counted unsynced until a sync puts it on the
+    /// disk; a sync with nothing new to sync does nothing.
+    #[tokio::test]
+    async fn a_sync_covers_every_append_before_it() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let journal = Journal::open(&path)?;
+        assert_eq!(journal.unsynced(), 0);
+        journal.append(vec![event("one", 0)]).await?;
+        journal.append(vec![event("two", 0)]).await?;
+        assert_eq!(journal.unsynced(), 2);
+        journal.sync().await?;
+        assert_eq!(journal.unsynced(), 0);
+        journal.sync().await?;
+        journal.append(vec![event("three", 0)]).await?;
+        assert_eq!(journal.unsynced(), 1);
         Ok(())
     }
 

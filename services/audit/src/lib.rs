@@ -360,6 +360,26 @@ mod tests {
         Ok(())
     }
 
+    /// The core puts what the journal takes on the disk by itself, soon
+    /// after the answer and without waiting for the indexer.
+    #[tokio::test]
+    async fn the_journal_is_synced_soon_after_an_export() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let database = sqlite_database(directory.path());
+        let clock: Arc<dyn Clock> = Arc::new(coffer_platform::clock::SystemClock);
+        let (service, _pool) = connect(&database, clock, options()).await?;
+        let journal = service.core.journal().ok_or("no journal on SQLite")?;
+        service.core.ingest(vec![event("synced-1")]).await?;
+        let synced = tokio::time::timeout(Duration::from_secs(5), async {
+            while journal.unsynced() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(synced.is_ok(), "the journal was never synced");
+        Ok(())
+    }
+
     /// A co-located service's export: every record that reads is stored as
     /// trusted; one that does not is refused alone (logged) and the export
     /// still succeeds, as the OTLP endpoint's partial success does.
