@@ -45,17 +45,39 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
+/// Writes `contents` to `path` whole: into a staging file beside it, made
+/// anew (a private one readable by its owner only, whatever was there
+/// before, and never through a link planted in its place), synced, then
+/// renamed over `path`, so a reader never sees half a file and a power
+/// loss never leaves an empty one.
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
     use std::io::Write as _;
+    let name = path
+        .file_name()
+        .ok_or_else(|| PkiError::Name(path.display().to_string()))?;
+    let mut staging_name = std::ffi::OsString::from(".");
+    staging_name.push(name);
+    staging_name.push(".staging");
+    let staging = path.with_file_name(staging_name);
+    // A staging file left by an interrupted run is not ours to keep.
+    match std::fs::remove_file(&staging) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_error(&staging)(error));
+        }
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(if private { 0o600 } else { 0o644 });
     }
-    let mut file = options.open(path).map_err(io_error(path))?;
-    file.write_all(contents.as_bytes()).map_err(io_error(path))
+    let mut file = options.open(&staging).map_err(io_error(&staging))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&staging))?;
+    std::fs::rename(&staging, path).map_err(io_error(path))
 }
 
 /// Valid from an hour ago (some clock skew) until `not_after`.
@@ -236,22 +258,58 @@ pub fn write_identity(
     {
         return Err(PkiError::IdentityExists(existing.clone()));
     }
-    for (path, contents, private) in [
-        (&key_path, &identity.key_pem, true),
-        (&cert_path, &identity.cert_pem, false),
-    ] {
-        let staging = dir.join(format!(".{name}.staging"));
-        // A staging file left by an interrupted run is not ours to keep.
-        let _ = std::fs::remove_file(&staging);
-        write_file(&staging, contents, private)?;
-        std::fs::rename(&staging, path).map_err(io_error(path))?;
-    }
+    write_file(&key_path, &identity.key_pem, true)?;
+    write_file(&cert_path, &identity.cert_pem, false)?;
     Ok((cert_path, key_path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A private key is written to a file of its own, readable by its owner
+    /// only, whatever was at its path before: neither a readable leftover
+    /// nor a link to somewhere else gets the key.
+    #[cfg(unix)]
+    #[test]
+    fn keys_replace_what_was_at_their_path_and_are_private()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let directory = tempfile::tempdir()?;
+        let elsewhere = tempfile::tempdir()?;
+        let decoy = elsewhere.path().join("decoy");
+        std::fs::write(&decoy, "untouched")?;
+        std::os::unix::fs::symlink(&decoy, directory.path().join(CA_KEY_FILE))?;
+        init_ca(directory.path(), "coffer.test")?;
+        assert_eq!(std::fs::read_to_string(&decoy)?, "untouched");
+        let key = directory.path().join(CA_KEY_FILE);
+        let metadata = std::fs::symlink_metadata(&key)?;
+        assert!(metadata.is_file(), "the key went through the link");
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+
+        let readable = directory.path().join("server-key.pem");
+        std::fs::write(&readable, "left over")?;
+        std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644))?;
+        let identity = Authority::load(directory.path())?.issue(
+            "spiffe://coffer.test/service/keys",
+            &[],
+            &[],
+        )?;
+        write_identity(directory.path(), "server", &identity, true)?;
+        assert_eq!(std::fs::read_to_string(&readable)?, identity.key_pem);
+        assert_eq!(
+            std::fs::metadata(&readable)?.permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<String> = std::fs::read_dir(directory.path())?
+            .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert!(
+            names.iter().all(|name| !name.ends_with(".staging")),
+            "{names:?}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn identity_files_stay_in_the_directory_and_off_the_ca()
