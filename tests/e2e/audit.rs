@@ -433,6 +433,13 @@ async fn events_have_cloudtrail_shapes(backend: Backend) -> anyhow::Result<()> {
             .filter_map(|resource| resource["ARN"].as_str())
             .collect();
         assert_eq!(resources, [alias_arn.as_str(), key.as_str()], "{event:#}");
+        // The key's ARN, as CloudTrail records it although the call does
+        // not return it.
+        assert_eq!(
+            event["responseElements"],
+            json!({"keyId": key}),
+            "{event:#}"
+        );
     }
 
     // A required parameter sent empty is recorded: the description cleared.
@@ -471,5 +478,60 @@ async fn events_have_cloudtrail_shapes(backend: Backend) -> anyhow::Result<()> {
         .await?;
     let event = single_event(&harness, &request_id_of(cancelled.metadata())).await?;
     assert_eq!(event["responseElements"], json!({"keyId": key}));
+    assert_eq!(
+        single_event(&harness, &request_id_of(cleared.metadata())).await?["responseElements"],
+        Value::Null,
+        "UpdateKeyDescription records no response, as in CloudTrail"
+    );
+
+    // The other calls CloudTrail records the changed key's ARN for.
+    let other = client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let enabled = client
+        .enable_key(pb::EnableKeyRequest {
+            key_id: key_id.clone(),
+        })
+        .await?;
+    let rotating = client
+        .enable_key_rotation(pb::EnableKeyRotationRequest {
+            key_id: key_id.clone(),
+            rotation_period_in_days: None,
+        })
+        .await?;
+    let disabled = client
+        .disable_key(pb::DisableKeyRequest {
+            key_id: other.key_id.clone(),
+        })
+        .await?;
+    client
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/moved".into(),
+            target_key_id: key_id.clone(),
+        })
+        .await?;
+    let moved = client
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/moved".into(),
+            target_key_id: other.key_id.clone(),
+        })
+        .await?;
+    for (name, response, arn) in [
+        ("EnableKey", enabled.metadata(), &key),
+        ("EnableKeyRotation", rotating.metadata(), &key),
+        ("DisableKey", disabled.metadata(), &other.arn),
+        ("UpdateAlias", moved.metadata(), &other.arn),
+    ] {
+        let event = single_event(&harness, &request_id_of(response)).await?;
+        assert_eq!(event["eventName"], name);
+        assert_eq!(
+            event["responseElements"],
+            json!({"keyId": arn}),
+            "{event:#}"
+        );
+    }
     Ok(())
 }

@@ -244,6 +244,7 @@ impl KeysDomain {
             .resolve(caller, target, &Access::to("CreateAlias"))
             .await?;
         self.ensure_alias_target(&key, "CreateAlias")?;
+        self.record_key_response(caller, &key);
         let now_ms = self.now_ms();
         let caller = caller.account();
         let alias = AliasRecord {
@@ -331,6 +332,7 @@ impl KeysDomain {
                     ),
                 ));
             }
+            self.record_key_response(principal, &new_key);
             match self
                 .store
                 .update_alias(
@@ -367,6 +369,7 @@ impl KeysDomain {
                 .await?;
             if let Some(key) = &key {
                 self.record_key(principal, key);
+                self.record_key_response(principal, key);
             }
             if self
                 .store

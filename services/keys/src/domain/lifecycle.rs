@@ -447,6 +447,7 @@ impl KeysDomain {
             |key, _now| {
                 self.ensure_customer_managed(key, "EnableKey")?;
                 key.key_state = KeyState::Enabled;
+                self.record_key_response(caller, key);
                 Ok(())
             },
         )
@@ -466,6 +467,7 @@ impl KeysDomain {
             |key, _now| {
                 self.ensure_customer_managed(key, "DisableKey")?;
                 key.key_state = KeyState::Disabled;
+                self.record_key_response(caller, key);
                 Ok(())
             },
         )
@@ -523,7 +525,7 @@ impl KeysDomain {
                 key.key_state = KeyState::Disabled;
                 key.deletion_date_ms = None;
                 key.pending_window_days = None;
-                caller.record_response(json!({ "keyId": self.key_arn(&key.account, &key.key_id) }));
+                self.record_key_response(caller, key);
                 Ok(())
             },
         )

@@ -149,6 +149,16 @@ impl KeysDomain {
         );
     }
 
+    /// Records the key's ARN as the event's `responseElements.keyId`, as
+    /// CloudTrail does (since December 2022) for the calls that change a key
+    /// or its aliases without returning it. Called before the store write,
+    /// so the outbox copy of the event has it too.
+    pub(crate) fn record_key_response(&self, caller: &Caller, key: &KeyRecord) {
+        caller.record_response(
+            serde_json::json!({ "keyId": self.key_arn(&key.account, &key.key_id) }),
+        );
+    }
+
     /// The answer for a reference that names no key the caller can see.
     pub(crate) fn missing(&self, caller: &AccountId, reference: &KeyReference) -> KeysError {
         match reference {

@@ -4,7 +4,6 @@
 use coffer_crypto::MaterialId;
 use coffer_platform::audit::service::ServiceEvents;
 use coffer_platform::authz::Caller;
-use serde_json::json;
 
 use super::access::Access;
 use super::lifecycle::{DueWork, for_each_due_key};
@@ -96,6 +95,7 @@ impl KeysDomain {
                 key.next_rotation_ms = Some(next_rotation_on_enable(key, period_days, now_ms));
                 key.rotation_enabled = true;
                 key.rotation_period_days = Some(period_days);
+                self.record_key_response(caller, key);
                 Ok(())
             },
         )
@@ -164,7 +164,7 @@ impl KeysDomain {
                     self.key_arn(&key.account, &key.key_id)
                 )));
             }
-            caller.record_response(json!({ "keyId": self.key_arn(&key.account, &key.key_id) }));
+            self.record_key_response(caller, &key);
             match self.rotate(key, RotationType::OnDemand, &materials).await {
                 Err(KeysError::Store(StoreError::Conflict)) => continue,
                 outcome => return outcome,
