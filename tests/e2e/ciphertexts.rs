@@ -83,23 +83,41 @@ async fn tampered_truncated_empty_random_and_wrong_context(backend: Backend) -> 
 
     // Outside CiphertextBlob's length constraint (1 to 6144 bytes) the
     // request itself is invalid, as AWS's validation answers it.
+    // Lengths are checked before any grant token is looked at, by Decrypt
+    // and ReEncrypt alike.
     for (label, ciphertext_blob) in [("empty", Vec::new()), ("oversized", vec![1u8; 6145])] {
-        let outcome = client
-            .decrypt(pb::DecryptRequest {
-                ciphertext_blob,
-                encryption_context: context.clone(),
-                ..Default::default()
-            })
-            .await;
-        let status = assert_error(outcome, Code::InvalidArgument, "ValidationException");
-        assert!(
-            status.message().contains("ciphertext_blob"),
-            "{label}: {status:?}"
-        );
-        assert!(
-            status.message().contains("1 to 6144 bytes"),
-            "{label}: {status:?}"
-        );
+        for grant_tokens in [Vec::new(), vec!["not-a-grant-token".to_owned()]] {
+            let decrypted = client
+                .decrypt(pb::DecryptRequest {
+                    ciphertext_blob: ciphertext_blob.clone(),
+                    encryption_context: context.clone(),
+                    grant_tokens: grant_tokens.clone(),
+                    ..Default::default()
+                })
+                .await;
+            let re_encrypted = client
+                .re_encrypt(pb::ReEncryptRequest {
+                    ciphertext_blob: ciphertext_blob.clone(),
+                    source_encryption_context: context.clone(),
+                    destination_key_id: "alias/any".into(),
+                    grant_tokens,
+                    ..Default::default()
+                })
+                .await;
+            for status in [
+                assert_error(decrypted, Code::InvalidArgument, "ValidationException"),
+                assert_error(re_encrypted, Code::InvalidArgument, "ValidationException"),
+            ] {
+                assert!(
+                    status.message().contains("ciphertext_blob"),
+                    "{label}: {status:?}"
+                );
+                assert!(
+                    status.message().contains("1 to 6144 bytes"),
+                    "{label}: {status:?}"
+                );
+            }
+        }
     }
 
     // The untouched blob still decrypts: nothing above corrupted anything.

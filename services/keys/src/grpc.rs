@@ -1295,8 +1295,9 @@ impl Keys for KeysGrpc {
             let expected = optional_key_reference("key_id", &message.key_id)?;
             let context = encryption_context(&message.encryption_context)?;
             let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
-            grant_tokens(&message.grant_tokens)?;
+            // Field lengths first (ValidationException), then the tokens.
             ciphertext_length("ciphertext_blob", &message.ciphertext_blob)?;
+            grant_tokens(&message.grant_tokens)?;
             let decrypted = self
                 .domain
                 .decrypt(
@@ -1420,8 +1421,8 @@ impl Keys for KeysGrpc {
                 let destination_context = encryption_context(&m.destination_encryption_context)?;
                 let source_algorithm = encryption_algorithm(&m.source_encryption_algorithm)?;
                 let destination_algorithm = encryption_algorithm(&m.destination_encryption_algorithm)?;
-                grant_tokens(&m.grant_tokens)?;
                 ciphertext_length("ciphertext_blob", &m.ciphertext_blob)?;
+                grant_tokens(&m.grant_tokens)?;
                 let done = self
                     .domain
                     .re_encrypt(
