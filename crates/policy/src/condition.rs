@@ -266,8 +266,9 @@ impl ConditionClause {
         match (self.operator.qualifier, request_values) {
             (None, None) => self.operator.if_exists || negated,
             // One key spelled in several cases: each spelling on its own,
-            // the stricter outcome for the statement's effect.
-            (None, Some(values)) if values.len() > 1 && self.single_valued() => match effect {
+            // the stricter outcome for the statement's effect. A set
+            // qualifier changes nothing here: the key has one value in AWS.
+            (_, Some(values)) if values.len() > 1 && self.single_valued() => match effect {
                 Effect::Deny => values.iter().any(satisfies),
                 Effect::Allow => values.iter().all(satisfies),
             },

@@ -94,7 +94,9 @@
 //!   statement the operator holds when it holds for *any* spelling's value,
 //!   in an `Allow` statement only when it holds for *every* one. A second
 //!   spelling therefore cannot switch off a `Deny … StringNotEquals` guard,
-//!   nor satisfy an `Allow … StringEquals` beside a value it forbids.
+//!   nor satisfy an `Allow … StringEquals` beside a value it forbids. This
+//!   holds with a set qualifier too (`ForAnyValue:StringNotEquals` in an
+//!   Allow is not satisfied by `Env` beside a forbidden `env`).
 //! - `ForAllValues:` holds when every request value satisfies the operator
 //!   (for a negated operator: matches none of the listed values), and when
 //!   the key is missing or empty. `ForAnyValue:` holds when at least one

@@ -823,6 +823,27 @@ fn a_key_spelled_in_two_cases_cannot_slip_past_a_condition() {
         false,
     );
     check(tenant_a, &[("kms:EncryptionContext:tenant", &["A"])], true);
+    // A set qualifier does not loosen it: the key has one value in AWS.
+    let not_secret =
+        json!({"ForAnyValue:StringNotEquals": {"kms:EncryptionContext:env": "secret"}});
+    check(
+        not_secret.clone(),
+        &[("kms:EncryptionContext:env", &["secret", "x"])],
+        false,
+    );
+    check(not_secret, &[("kms:EncryptionContext:env", &["x"])], true);
+    let deny_all_unless_dev = single_statement(json!({
+        "Effect": "Deny", "Action": "*", "Resource": "*",
+        "Condition": {"ForAllValues:StringNotEquals": {"aws:RequestTag/env": "dev"}},
+    }));
+    assert_eq!(
+        evaluate(
+            &[&allow_all, &deny_all_unless_dev],
+            &context_with(two_spellings)
+        )
+        .effect,
+        DecisionEffect::ExplicitDeny
+    );
     // Keys that are multi-valued keep AWS's rule: any value matches.
     check(
         json!({"StringEquals": {"aws:TagKeys": "env"}}),
