@@ -440,10 +440,20 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
             "must be 1 to 36500",
         ));
     }
-    if file.outbox_grace_ms < file.deadline_ms {
+    if !(file.deadline_ms..=MAX_OUTBOX_GRACE_MS).contains(&file.outbox_grace_ms) {
         return Err(ConfigError::new(
             "audit.outbox_grace_ms",
-            "must be at least audit.deadline_ms",
+            format!(
+                "must be at least audit.deadline_ms and at most {MAX_OUTBOX_GRACE_MS} (an hour)"
+            ),
+        ));
+    }
+    if let Some(endpoint) = &file.forward_spans_to
+        && !is_collector_url(endpoint)
+    {
+        return Err(ConfigError::new(
+            "audit.forward_spans_to",
+            format!("{endpoint:?} is not an http:// or https:// URL with a host"),
         ));
     }
     if let Some(endpoint) = &file.endpoint
@@ -674,6 +684,20 @@ fn apply_override(
 
 /// `host:port` or `[v6]:port`: a host of DNS labels or an IP address and a
 /// port from 1 to 65535.
+/// The longest `audit.outbox_grace_ms`: an outbox row waits for the live
+/// path at most this long before the relay sends it.
+const MAX_OUTBOX_GRACE_MS: u64 = 3_600_000;
+
+/// Whether `text` is where an OTLP/gRPC collector listens: an `http://` or
+/// `https://` URL with a host (a typo is refused at start, not found when
+/// the first span fails to leave).
+fn is_collector_url(text: &str) -> bool {
+    text.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|host| !host.is_empty())
+    })
+}
+
 fn is_host_port(text: &str) -> bool {
     if let Ok(address) = text.parse::<SocketAddr>() {
         return address.port() != 0;
@@ -827,11 +851,11 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         }
     };
     if let Some(endpoint) = &file.telemetry.otlp_endpoint
-        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        && !is_collector_url(endpoint)
     {
         return Err(ConfigError::new(
             "telemetry.otlp_endpoint",
-            "must start with http:// or https://",
+            "must be an http:// or https:// URL with a host",
         ));
     }
 
@@ -1406,6 +1430,44 @@ services:
             error_field(&format!("{MINIMAL}\naudit: {{ gather_ms: 101 }}\n")),
             "audit.gather_ms"
         );
+        for grace in [4_999, 3_600_001] {
+            assert_eq!(
+                error_field(&format!(
+                    "{MINIMAL}\naudit: {{ outbox_grace_ms: {grace} }}\n"
+                )),
+                "audit.outbox_grace_ms"
+            );
+        }
+        for endpoint in [
+            "otel-collector:4317",
+            "grpc://collector:4317",
+            "http://",
+            "http:// x",
+        ] {
+            assert_eq!(
+                error_field(&format!(
+                    "{MINIMAL}\naudit: {{ forward_spans_to: \"{endpoint}\" }}\n"
+                )),
+                "audit.forward_spans_to",
+                "{endpoint}"
+            );
+            assert_eq!(
+                error_field(&format!(
+                    "{MINIMAL}\ntelemetry: {{ otlp_endpoint: \"{endpoint}\" }}\n"
+                )),
+                "telemetry.otlp_endpoint",
+                "{endpoint}"
+            );
+        }
+        for endpoint in ["http://otel-collector:4317", "https://10.0.0.5:4317"] {
+            let settings = from_yaml(
+                &format!(
+                    "{MINIMAL}\naudit: {{ forward_spans_to: \"{endpoint}\", outbox_grace_ms: 3600000 }}\ntelemetry: {{ otlp_endpoint: \"{endpoint}\" }}\n"
+                ),
+                no_env(),
+            );
+            assert!(settings.is_ok(), "{endpoint}: {settings:?}");
+        }
     }
 
     #[test]
