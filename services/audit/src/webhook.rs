@@ -18,8 +18,11 @@
 //! What one account's rules can hold is bounded, so that no tenant's dead
 //! or slow endpoints can exhaust the service or delay another's deliveries:
 //! it has at most [`MAX_PENDING_PER_ACCOUNT`] deliveries pending (in an
-//! attempt or waiting to retry) and [`MAX_ATTEMPTS_PER_ACCOUNT`] attempts in
-//! progress. A delivery beyond its account's (or the service's) bound is not
+//! attempt or waiting to retry), holding at most
+//! [`MAX_PENDING_BYTES_PER_ACCOUNT`] of bodies (an event's record may be
+//! 256 KiB), and [`MAX_ATTEMPTS_PER_ACCOUNT`] attempts in progress; the
+//! service holds at most [`MAX_PENDING`] deliveries and
+//! [`MAX_PENDING_BYTES`]. A delivery beyond its account's (or the service's) bound is not
 //! attempted: it is recorded as failed at once, as EventBridge sends what it
 //! cannot deliver to the target's dead-letter queue.
 
@@ -42,7 +45,12 @@ pub const MAX_ATTEMPTS_PER_ACCOUNT: usize = 16;
 /// Deliveries pending at most for one account.
 pub const MAX_PENDING_PER_ACCOUNT: usize = 1_000;
 /// Deliveries pending at most across all accounts.
-const MAX_PENDING: usize = 20_000;
+pub const MAX_PENDING: usize = 20_000;
+/// Bytes of bodies one account's pending deliveries hold at most (a body
+/// two targets share counts twice).
+pub const MAX_PENDING_BYTES_PER_ACCOUNT: usize = 16 * 1024 * 1024;
+/// Bytes of bodies all pending deliveries hold at most.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 /// Failures waiting to be written, one at a time; beyond, they are logged.
 const FAILURES_WAITING: usize = 1_024;
 /// How long one attempt may take.
@@ -66,11 +74,13 @@ pub struct DeliveryJob {
 #[derive(Default)]
 struct Pending {
     total: usize,
+    total_bytes: usize,
     accounts: HashMap<String, AccountDeliveries>,
 }
 
 struct AccountDeliveries {
     pending: usize,
+    bytes: usize,
     attempts: Arc<Semaphore>,
 }
 
@@ -121,35 +131,56 @@ impl Dispatcher {
     /// Starts delivering `job` in the background, or records it as failed
     /// when its account (or the service) has as many pending as it may.
     pub fn deliver(self: &Arc<Self>, job: DeliveryJob) {
+        let bytes = job.body.len();
         let admitted = {
             let mut pending = self.lock_pending();
-            let Pending { total, accounts } = &mut *pending;
+            let Pending {
+                total,
+                total_bytes,
+                accounts,
+            } = &mut *pending;
             let account = accounts
                 .entry(job.target.account_id.clone())
                 .or_insert_with(|| AccountDeliveries {
                     pending: 0,
+                    bytes: 0,
                     attempts: Arc::new(Semaphore::new(MAX_ATTEMPTS_PER_ACCOUNT)),
                 });
-            if account.pending >= MAX_PENDING_PER_ACCOUNT {
-                Err(format!(
+            let refused = if account.pending >= MAX_PENDING_PER_ACCOUNT {
+                Some(format!(
                     "not attempted: the account has {MAX_PENDING_PER_ACCOUNT} deliveries pending, the most it may"
                 ))
-            } else if *total >= MAX_PENDING {
-                if account.pending == 0 {
-                    accounts.remove(&job.target.account_id);
-                }
-                Err("not attempted: the service has as many deliveries pending as it may".into())
+            } else if account.bytes + bytes > MAX_PENDING_BYTES_PER_ACCOUNT {
+                Some(format!(
+                    "not attempted: the account's pending deliveries hold {} bytes; with this one's {bytes} that is more than the {MAX_PENDING_BYTES_PER_ACCOUNT} it may",
+                    account.bytes
+                ))
+            } else if *total >= MAX_PENDING || *total_bytes + bytes > MAX_PENDING_BYTES {
+                Some("not attempted: the service has as many deliveries pending as it may".into())
             } else {
-                account.pending += 1;
-                *total += 1;
-                Ok(account.attempts.clone())
+                None
+            };
+            match refused {
+                Some(reason) => {
+                    if account.pending == 0 {
+                        accounts.remove(&job.target.account_id);
+                    }
+                    Err(reason)
+                }
+                None => {
+                    account.pending += 1;
+                    account.bytes += bytes;
+                    *total += 1;
+                    *total_bytes += bytes;
+                    Ok(account.attempts.clone())
+                }
             }
         };
         match admitted {
             Ok(attempts) => {
                 let dispatcher = self.clone();
                 tokio::spawn(async move {
-                    let _done = Done(&dispatcher, &job.target.account_id);
+                    let _done = Done(&dispatcher, &job.target.account_id, job.body.len());
                     dispatcher.run(&job, &attempts).await;
                 });
             }
@@ -487,16 +518,18 @@ fn is_public(address: std::net::IpAddr) -> bool {
     }
 }
 
-/// Marks one of an account's deliveries done when dropped (its task ended,
-/// however it ended).
-struct Done<'a>(&'a Dispatcher, &'a str);
+/// Marks one of an account's deliveries (its body of `.2` bytes) done when
+/// dropped (its task ended, however it ended).
+struct Done<'a>(&'a Dispatcher, &'a str, usize);
 
 impl Drop for Done<'_> {
     fn drop(&mut self) {
         let mut pending = self.0.lock_pending();
         pending.total = pending.total.saturating_sub(1);
+        pending.total_bytes = pending.total_bytes.saturating_sub(self.2);
         if let Some(account) = pending.accounts.get_mut(self.1) {
             account.pending = account.pending.saturating_sub(1);
+            account.bytes = account.bytes.saturating_sub(self.2);
             if account.pending == 0 {
                 pending.accounts.remove(self.1);
             }
@@ -521,6 +554,67 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an account's pending deliveries hold is bounded in bytes too:
+    /// bodies of 1 MiB to an endpoint that is down, retried for an hour,
+    /// fill the account's 16 MiB and the next is refused, while another
+    /// account's still go out; one that ends frees its bytes.
+    #[tokio::test]
+    async fn pending_deliveries_are_bounded_in_bytes_per_account() {
+        const NO_MIGRATIONS: coffer_platform::db::Migrations = coffer_platform::db::Migrations {
+            postgres: &[],
+            sqlite: &[],
+        };
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let pool =
+            coffer_platform::db::testing::sqlite_pool(directory.path(), "a.db", &NO_MIGRATIONS)
+                .await
+                .expect("a database");
+        let dispatcher = Arc::new(Dispatcher::new(
+            rustls::RootCertStore::empty(),
+            true,
+            crate::store::audit_store(pool),
+            Duration::from_secs(60),
+        ));
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let body: Arc<str> = "x".repeat(1024 * 1024).into();
+        let job = |account: &str, n: usize| DeliveryJob {
+            target: TargetRecord {
+                account_id: account.to_owned(),
+                rule_name: "r".into(),
+                target_id: "t".into(),
+                endpoint: format!("https://localhost:{closed_port}/"),
+                signing_secret: vec![1; 32],
+                max_retries: 185,
+                max_event_age_s: 3600,
+            },
+            event_id: format!("e{n}"),
+            body: body.clone(),
+        };
+        let held = |account: &str| {
+            let pending = dispatcher.lock_pending();
+            pending
+                .accounts
+                .get(account)
+                .map_or((0, 0), |held| (held.pending, held.bytes))
+        };
+        for n in 0..20 {
+            dispatcher.deliver(job("111122223333", n));
+        }
+        assert_eq!(held("111122223333"), (16, 16 * 1024 * 1024));
+        dispatcher.deliver(job("444455556666", 0));
+        assert_eq!(held("444455556666"), (1, 1024 * 1024));
+        assert_eq!(dispatcher.lock_pending().total_bytes, 17 * 1024 * 1024);
+        // A delivery that ends frees its count and its bytes: the next is
+        // taken.
+        drop(Done(&dispatcher, "111122223333", 1024 * 1024));
+        assert_eq!(held("111122223333"), (15, 15 * 1024 * 1024));
+        dispatcher.deliver(job("111122223333", 20));
+        assert_eq!(held("111122223333"), (16, 16 * 1024 * 1024));
+    }
 
     #[test]
     fn only_public_addresses_are_public() {
