@@ -86,19 +86,19 @@ pub struct AuditCore {
     retention: Duration,
     /// Where accepted batches wait for the indexer (SQLite).
     journal: Option<Arc<Journal>>,
-    /// The task that indexes what the journal holds and syncs it.
-    indexer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The tasks that index what the journal holds and sync it.
+    journal_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for AuditCore {
     fn drop(&mut self) {
-        if let Some(indexer) = self
-            .indexer
+        for task in self
+            .journal_tasks
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+            .drain(..)
         {
-            indexer.abort();
+            task.abort();
         }
     }
 }
@@ -128,20 +128,19 @@ impl AuditCore {
             dispatcher,
             retention,
             journal: journal.clone(),
-            indexer: std::sync::Mutex::new(None),
+            journal_tasks: std::sync::Mutex::new(Vec::new()),
         });
         if let Some(journal) = journal {
-            let me = Arc::downgrade(&core);
-            let indexer = tokio::spawn(async move {
-                tokio::select! {
-                    () = run_indexer(me, journal.clone()) => {}
-                    () = run_syncer(&journal) => {}
-                }
-            });
+            // Separate tasks: a compaction or a long transaction of the
+            // indexer does not hold the syncs back.
+            let tasks = vec![
+                tokio::spawn(run_indexer(Arc::downgrade(&core), journal.clone())),
+                tokio::spawn(run_syncer(journal)),
+            ];
             *core
-                .indexer
+                .journal_tasks
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(indexer);
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = tasks;
         }
         core
     }
@@ -445,15 +444,17 @@ async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
     }
 }
 
-/// Puts what the journal takes on the disk every [`SYNC_INTERVAL`]; ends
-/// with the indexer.
-async fn run_syncer(journal: &Journal) {
+/// Puts what the journal takes on the disk every [`SYNC_INTERVAL`], until
+/// the core is gone or a sync fails (the journal is then broken, and the
+/// service must be restarted: see [`Journal::sync`]).
+async fn run_syncer(journal: Arc<Journal>) {
     let mut ticks = tokio::time::interval(SYNC_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         if let Err(error) = journal.sync().await {
-            tracing::warn!(%error, "the ingest journal could not be synced; retrying");
+            tracing::error!(%error, "the ingest journal could not be synced; it takes no more exports until the audit service restarts");
+            return;
         }
     }
 }

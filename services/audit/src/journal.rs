@@ -9,10 +9,12 @@
 //! event store, many exports per transaction.
 //!
 //! - **Durability**: the bytes are in the operating system's page cache
-//!   when the answer is sent, so a crash of the process loses nothing. They
-//!   reach the disk within [`SYNC_INTERVAL`] ([`Journal::sync`], run by the
-//!   core beside the indexer, off the answer's path): a power loss loses at
-//!   most the exports acknowledged in that last moment. (Syncing before each
+//!   when the answer is sent, so a crash of the process loses nothing. A
+//!   task of the core syncs them to the disk every [`SYNC_INTERVAL`]
+//!   ([`Journal::sync`], off the answer's path), and the journal syncs once
+//!   more when it is closed: a power loss loses only the exports
+//!   acknowledged since the last sync (that interval and the time a sync
+//!   takes). A sync that fails leaves the journal broken, taking no more. (Syncing before each
 //!   answer would add a disk flush, a few hundred microseconds here, to
 //!   every audited call.) What the indexer stores is synced by SQLite's
 //!   commit (`synchronous=FULL`) before the journal lets go of it.
@@ -113,7 +115,7 @@ struct State {
     /// Where each batch not yet stored ends in the file, with its number
     /// (the count of batches appended once it was).
     ends: VecDeque<(u64, u64)>,
-    /// See [`JournalError::Broken`].
+    /// See [`JournalError::Broken`]; also set when a sync fails.
     broken: bool,
     /// Batches known to be on the disk (see [`Journal::sync`]).
     synced: u64,
@@ -135,6 +137,19 @@ pub struct Journal {
     room: Notify,
     /// Cuts the indexer's linger short: a reader waits.
     hurry: Notify,
+}
+
+impl Drop for Journal {
+    /// Syncs what was appended since the last sync, so a service that stops
+    /// leaves nothing it acknowledged only in the cache.
+    fn drop(&mut self) {
+        let state = self.lock();
+        if state.synced != state.appended
+            && let Err(error) = state.file.sync_data()
+        {
+            tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be synced as it was closed");
+        }
+    }
 }
 
 /// What the indexer takes in one go: the events of one or more appended
@@ -442,13 +457,11 @@ impl Journal {
         state.file.seek(SeekFrom::Start(from))?;
         state.file.read_exact(&mut tail)?;
         let compacting = Self::compacting_path(&self.path);
-        let mut copy = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&compacting)?;
-        // Readable by no one the journal was not readable by.
-        copy.set_permissions(state.file.metadata()?.permissions())?;
+        match std::fs::remove_file(&compacting) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        let mut copy = create_like(&compacting, &state.file)?;
         copy.write_all(&tail)?;
         // On the disk before it can replace a file that may be.
         copy.sync_all()?;
@@ -487,13 +500,25 @@ impl Journal {
             // handle shares.
             (state.file.try_clone().map_err(failed)?, state.appended)
         };
-        tokio::task::spawn_blocking(move || file.sync_data())
+        let outcome = tokio::task::spawn_blocking(move || file.sync_data())
             .await
-            .map_err(|error| failed(std::io::Error::other(error)))?
-            .map_err(failed)?;
+            .map_err(std::io::Error::other)
+            .and_then(|outcome| outcome);
         let mut state = self.lock();
-        state.synced = state.synced.max(appended);
-        Ok(())
+        match outcome {
+            Ok(()) => {
+                state.synced = state.synced.max(appended);
+                Ok(())
+            }
+            Err(source) => {
+                // What failed to reach the disk may be gone from the cache
+                // too (Linux marks it clean), and a second sync would report
+                // success: the journal takes no more, as after an append cut
+                // short.
+                state.broken = true;
+                Err(failed(source))
+            }
+        }
     }
 
     /// Batches appended and not yet known to be on the disk.
@@ -708,6 +733,21 @@ fn is_named(_file: &File, _path: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// A new file at `path` (never one already there, nor through a link),
+/// readable by no one `journal` is not readable by, from its creation on.
+fn create_like(path: &Path, journal: &File) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(journal.metadata()?.permissions().mode() & 0o777);
+    }
+    #[cfg(not(unix))]
+    let _ = journal;
+    options.open(path)
+}
+
 #[cfg(unix)]
 fn sync_directory_of(path: &Path) -> std::io::Result<()> {
     let directory = path
@@ -742,11 +782,7 @@ fn set_aside(path: &Path, journal: &File, rest: &[u8]) -> std::io::Result<PathBu
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".corrupt-{}", now_ms()));
     let aside = PathBuf::from(name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&aside)?;
-    file.set_permissions(journal.metadata()?.permissions())?;
+    let mut file = create_like(&aside, journal)?;
     file.write_all(rest)?;
     file.sync_all()?;
     // As after a compaction: some file systems cannot sync a directory, and
@@ -1009,14 +1045,14 @@ mod tests {
         };
         {
             let mut journal = Journal::open(&path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604))?;
             journal.compact_after = 1;
             journal.append(vec![event("one", 0)]).await?;
             let taken = journal.take().ok_or("nothing to take")?;
             journal.append(vec![event("two", 0)]).await?;
             journal.stored(taken.through);
             assert_eq!(ids_after_reopening(&path)?, ["two"], "compacted");
-            assert_eq!(mode(&path)?, 0o600);
+            assert_eq!(mode(&path)?, 0o604);
         }
         let mut file = OpenOptions::new().append(true).open(&path)?;
         file.write_all(&[0xff; 9])?;
@@ -1024,7 +1060,7 @@ mod tests {
         drop(Journal::open(&path)?);
         let aside = set_aside_files(directory.path())?;
         assert_eq!(aside.len(), 1);
-        assert_eq!(mode(&directory.path().join(&aside[0]))?, 0o600);
+        assert_eq!(mode(&directory.path().join(&aside[0]))?, 0o604);
         Ok(())
     }
 
