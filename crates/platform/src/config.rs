@@ -682,8 +682,6 @@ fn apply_override(
     Ok(None)
 }
 
-/// `host:port` or `[v6]:port`: a host of DNS labels or an IP address and a
-/// port from 1 to 65535.
 /// The longest `audit.outbox_grace_ms`: an outbox row waits for the live
 /// path at most this long before the relay sends it.
 const MAX_OUTBOX_GRACE_MS: u64 = 3_600_000;
@@ -698,6 +696,8 @@ fn is_collector_url(text: &str) -> bool {
     })
 }
 
+/// `host:port` or `[v6]:port`: a host of DNS labels or an IP address and a
+/// port from 1 to 65535.
 fn is_host_port(text: &str) -> bool {
     if let Ok(address) = text.parse::<SocketAddr>() {
         return address.port() != 0;

@@ -46,10 +46,11 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 }
 
 /// Writes `contents` to `path` whole: into a staging file beside it, made
-/// anew (a private one readable by its owner only, whatever was there
-/// before, and never through a link planted in its place), synced, then
-/// renamed over `path`, so a reader never sees half a file and a power
-/// loss never leaves an empty one.
+/// anew under a name of its own (a private one readable by its owner only,
+/// whatever was there before, and never through a link planted in its
+/// place), synced, then renamed over `path` and the directory synced, so a
+/// reader never sees half a file and a power loss never leaves an empty
+/// one. Two writers of the same file each rename a whole one.
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
     use std::io::Write as _;
     let name = path
@@ -57,15 +58,8 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError
         .ok_or_else(|| PkiError::Name(path.display().to_string()))?;
     let mut staging_name = std::ffi::OsString::from(".");
     staging_name.push(name);
-    staging_name.push(".staging");
+    staging_name.push(format!(".{}.staging", uuid::Uuid::new_v4().simple()));
     let staging = path.with_file_name(staging_name);
-    // A staging file left by an interrupted run is not ours to keep.
-    match std::fs::remove_file(&staging) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_error(&staging)(error));
-        }
-        _ => {}
-    }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -74,10 +68,25 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError
         options.mode(if private { 0o600 } else { 0o644 });
     }
     let mut file = options.open(&staging).map_err(io_error(&staging))?;
-    file.write_all(contents.as_bytes())
+    let written = file
+        .write_all(contents.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(io_error(&staging))?;
-    std::fs::rename(&staging, path).map_err(io_error(path))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&staging);
+        return Err(io_error(path)(error));
+    }
+    #[cfg(unix)]
+    {
+        let directory = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Some file systems cannot sync a directory: the file is whole
+        // either way.
+        let _ = std::fs::File::open(directory).and_then(|directory| directory.sync_all());
+    }
+    Ok(())
 }
 
 /// Valid from an hour ago (some clock skew) until `not_after`.

@@ -367,9 +367,13 @@ impl KeysDomain {
             let (alias, key) = self
                 .alias_and_target(principal, alias_name, &access)
                 .await?;
-            if let Some(key) = &key {
-                self.record_key(principal, key);
-                self.record_key_response(principal, key);
+            match &key {
+                Some(key) => {
+                    self.record_key(principal, key);
+                    self.record_key_response(principal, key);
+                }
+                // An earlier attempt's key is not this one's.
+                None => principal.record_response(serde_json::Value::Null),
             }
             if self
                 .store
