@@ -453,7 +453,7 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
     {
         return Err(ConfigError::new(
             "audit.forward_spans_to",
-            format!("{endpoint:?} is not an http:// or https:// URL with a host"),
+            format!("{endpoint:?} is not an http:// URL with a host (https:// is not supported)"),
         ));
     }
     if let Some(endpoint) = &file.endpoint
@@ -686,13 +686,14 @@ fn apply_override(
 /// path at most this long before the relay sends it.
 const MAX_OUTBOX_GRACE_MS: u64 = 3_600_000;
 
-/// Whether `text` is where an OTLP/gRPC collector listens: an `http://` or
-/// `https://` URL with a host (a typo is refused at start, not found when
-/// the first span fails to leave).
+/// Whether `text` is where an OTLP/gRPC collector listens: an `http://` URL
+/// with a host (a typo is refused at start, not found when the first span
+/// fails to leave). `https://` is refused: the trace exporters carry no TLS
+/// set-up (a collector beside the service, or a sidecar, is reached in
+/// plain gRPC), and would fail at start or at the first span.
 fn is_collector_url(text: &str) -> bool {
     text.parse::<http::Uri>().is_ok_and(|uri| {
-        matches!(uri.scheme_str(), Some("http" | "https"))
-            && uri.host().is_some_and(|host| !host.is_empty())
+        uri.scheme_str() == Some("http") && uri.host().is_some_and(|host| !host.is_empty())
     })
 }
 
@@ -855,7 +856,7 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
     {
         return Err(ConfigError::new(
             "telemetry.otlp_endpoint",
-            "must be an http:// or https:// URL with a host",
+            "must be an http:// URL with a host (https:// is not supported)",
         ));
     }
 
@@ -1443,6 +1444,7 @@ services:
             "grpc://collector:4317",
             "http://",
             "http:// x",
+            "https://collector:4317",
         ] {
             assert_eq!(
                 error_field(&format!(
@@ -1459,7 +1461,7 @@ services:
                 "{endpoint}"
             );
         }
-        for endpoint in ["http://otel-collector:4317", "https://10.0.0.5:4317"] {
+        for endpoint in ["http://otel-collector:4317", "http://10.0.0.5:4317"] {
             let settings = from_yaml(
                 &format!(
                     "{MINIMAL}\naudit: {{ forward_spans_to: \"{endpoint}\", outbox_grace_ms: 3600000 }}\ntelemetry: {{ otlp_endpoint: \"{endpoint}\" }}\n"

@@ -12,6 +12,8 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use thiserror::Error;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -53,27 +55,22 @@ pub fn init(
 ) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&settings.log_level)
         .map_err(|error| TelemetryError::Filter(error.to_string()))?;
-    let (json_layer, text_layer) = match settings.log_format {
-        LogFormat::Json => (
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
-            ),
-            None,
-        ),
-        LogFormat::Text => (
-            None,
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_writer(std::io::stderr),
-            ),
-        ),
-    };
+    // The level filters the log lines only: the exported call spans (info)
+    // go out whatever the level, and debug lines stay out of them.
+    let log_layer = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter);
     let mut guard = TelemetryGuard::default();
     let otel_layer = match &settings.otlp_endpoint {
         None => None,
@@ -94,14 +91,16 @@ pub fn init(
                 .build();
             let tracer = provider.tracer("coffer");
             guard.provider = Some(provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(LevelFilter::INFO),
+            )
         }
     };
     let _first = OTLP_ENABLED.set(otel_layer.is_some());
     tracing_subscriber::registry()
-        .with(filter)
-        .with(json_layer)
-        .with(text_layer)
+        .with(log_layer)
         .with(otel_layer)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;

@@ -100,6 +100,21 @@ impl KeyCache {
         materials.retain(|_, (cached_key, _)| cached_key != key_id);
     }
 
+    /// Forgets a key the store no longer has, when this cache knew it (an
+    /// expired record of it is still here): its material is wiped. A key
+    /// id never seen costs one lookup, not a walk over the material.
+    pub(crate) fn forget_deleted(&self, account: &AccountId, key_id: &KeyId) {
+        let known = self
+            .records
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(key_id)
+            .is_some_and(|(record, _)| record.account == *account);
+        if known {
+            self.forget_key(account, key_id);
+        }
+    }
+
     pub(crate) fn material(
         &self,
         key_id: &KeyId,
@@ -153,5 +168,37 @@ mod tests {
         cache.put_record(&record(3, KeyState::Enabled));
         let cached = cache.record(&disabled.account, &disabled.key_id);
         assert_eq!(cached.map(|key| key.version), Some(3));
+    }
+
+    /// A key found deleted (by another replica) leaves with its material,
+    /// once its record is known here; another key's material stays.
+    #[test]
+    fn a_key_found_deleted_takes_its_material_along() -> Result<(), Box<dyn std::error::Error>> {
+        let cache = KeyCache::default();
+        let key = record(1, KeyState::Enabled);
+        let material =
+            |cache: &KeyCache, id: &MaterialId| cache.material(&key.key_id, id).is_some();
+        let ours = MaterialId::generate()?;
+        let loaded = || -> Result<LoadedMaterial, coffer_crypto::CryptoError> {
+            Ok(LoadedMaterial::Symmetric(Arc::new(
+                SymmetricKeyMaterial::from_bytes(&[7; 32])?,
+            )))
+        };
+        cache.put_material(&key.key_id, ours.clone(), loaded()?);
+        // Not known by its record: nothing is walked, nothing is dropped.
+        cache.forget_deleted(&key.account, &key.key_id);
+        assert!(material(&cache, &ours));
+        cache.put_record(&key);
+        let other =
+            KeyId::parse("0000abcd-12ab-34cd-56ef-1234567890ab").ok_or("the key id parses")?;
+        let theirs = MaterialId::generate()?;
+        cache.put_material(&other, theirs.clone(), loaded()?);
+        cache.forget_deleted(&key.account, &key.key_id);
+        assert!(
+            !material(&cache, &ours),
+            "the deleted key's material stayed"
+        );
+        assert!(cache.material(&other, &theirs).is_some());
+        Ok(())
     }
 }

@@ -97,13 +97,15 @@ impl CryptoPool {
 }
 
 /// How much lower than the process the crypto threads are scheduled.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 const CRYPTO_NICENESS: i32 = 10;
 
-/// Lowers the calling thread's priority (Linux applies `setpriority` to one
-/// thread). Failing to is harmless: the thread runs at normal priority.
+/// Lowers the calling thread's priority. Only on Linux, where
+/// `setpriority` applies to the one thread: elsewhere it would lower the
+/// whole process, once more for every crypto thread. Failing to is
+/// harmless: the thread runs at normal priority.
 fn lower_priority() {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
         let current = rustix::process::getpriority_process(None).unwrap_or(0);
         if let Err(error) = rustix::process::setpriority_process(None, current + CRYPTO_NICENESS) {
@@ -112,7 +114,7 @@ fn lower_priority() {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -547,6 +547,9 @@ impl KeysDomain {
                     async { Ok::<_, KeysError>(self.store.delete_key(&key).await?.then_some(())) };
                 let deleted = events.record(change, deletion).await?.is_some();
                 if deleted {
+                    // Again: a read between the first forget and the commit
+                    // may have cached the key as it was.
+                    self.cache.forget_key(&key.account, &key.key_id);
                     tracing::info!(key_id = %key.key_id, account = %key.account, "deleted key whose deletion date passed");
                 }
                 Ok(deleted)

@@ -250,8 +250,11 @@ impl KeysDomain {
             return Ok(Some(KeyRecord::clone(&record)));
         }
         let record = self.store.get_key(account, key_id).await?;
-        if let Some(record) = &record {
-            self.cache.put_record(record);
+        match &record {
+            Some(record) => self.cache.put_record(record),
+            // Deleted, perhaps by another replica's reaper: its material
+            // leaves this replica's cache too.
+            None => self.cache.forget_deleted(account, key_id),
         }
         Ok(record)
     }
