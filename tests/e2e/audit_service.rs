@@ -33,6 +33,7 @@ backend_tests!(
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
     a_subscription_ends_when_its_certificate_expires,
+    outbox_rows_left_by_a_required_run_are_sent_after_a_switch_to_best_effort,
     a_shutdown_ends_open_subscriptions,
     a_subscriber_that_stopped_reading_still_learns_of_a_shutdown,
     otlp_spans_from_non_services_are_untrusted_and_hostile_values_are_capped,
@@ -2783,6 +2784,48 @@ async fn an_oversized_request_is_audited_capped_and_stops_no_delivery(
         .filter(|event| event["eventName"] == "Encrypt" && event["errorCode"].is_null())
         .count();
     assert_eq!(answered, 3);
+    Ok(())
+}
+
+/// A state change committed while the audit service was down waits in the
+/// outbox; if the operator then restarts in `best_effort` mode (which
+/// writes no outbox rows), the relay still sends what the `required` run
+/// left. Before, no relay ran in `best_effort` and the row stayed for ever.
+async fn outbox_rows_left_by_a_required_run_are_sent_after_a_switch_to_best_effort(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut harness = Harness::start_with(
+        backend,
+        Options {
+            separate_audit: true,
+            // The outbox's grace is then 3 s.
+            audit_deadline_ms: 1_000,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    new_key(&mut alice).await?;
+    harness.stop_audit().await?;
+    let created = alice.create_key(pb::CreateKeyRequest::default()).await?;
+    let created_request = request_id_of(created.metadata());
+    assert!(harness.instance()?.outbox_rows().await? >= 1);
+
+    harness.settings_mut().audit.mode = coffer_platform::config::AuditMode::BestEffort;
+    harness.restart().await?;
+    harness.start_audit().await?;
+    wait_for(
+        "the required run's outbox row was never sent",
+        Duration::from_secs(30),
+        || async { Ok(harness.audit_events_for(&created_request).await?.len() == 1) },
+    )
+    .await?;
+    wait_for(
+        "the outbox never drained",
+        Duration::from_secs(20),
+        || async { Ok(harness.instance()?.outbox_rows().await? == 0) },
+    )
+    .await?;
     Ok(())
 }
 

@@ -515,6 +515,12 @@ impl Harness {
         self.instance.take()
     }
 
+    /// The settings the services start with, for a test that restarts
+    /// them with others ([`Harness::restart`], [`Harness::start_audit`]).
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
     /// Starts the services again on the same state.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;

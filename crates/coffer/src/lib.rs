@@ -317,19 +317,21 @@ pub async fn launch(
                 )
                 .await
                 .with_context(|| format!("opening the {name} database"))?;
-                let outbox = match (&exporter, required) {
-                    (Some(exporter), true) => {
-                        let outbox = Arc::new(SqlOutbox::new(pool.clone()));
-                        background.push(spawn_relay(
-                            outbox.clone(),
-                            exporter.clone(),
-                            settings.audit.outbox_grace,
-                        ));
-                        outboxes.push(outbox.clone());
-                        Some(outbox)
-                    }
-                    _ => None,
-                };
+                // The relay runs in either mode: rows a `required` run left
+                // behind (the audit service was down when it stopped) are
+                // still sent after a switch to `best_effort`, which writes
+                // no new ones.
+                let outbox = exporter.as_ref().map(|exporter| {
+                    let outbox = Arc::new(SqlOutbox::new(pool.clone()));
+                    background.push(spawn_relay(
+                        outbox.clone(),
+                        exporter.clone(),
+                        settings.audit.outbox_grace,
+                    ));
+                    outboxes.push(outbox.clone());
+                    outbox
+                });
+                let outbox = outbox.filter(|_| required);
                 pools.push(pool);
                 keys_domain = Some(domain.clone());
                 keys_outbox.clone_from(&outbox);

@@ -670,8 +670,18 @@ async fn send_loop(shared: Arc<Shared>, transport: Arc<dyn ExportTransport>) {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 match shared.mode {
                     AuditMode::BestEffort => {
-                        shared.counters.lost.fetch_add(count, Ordering::Relaxed);
-                        tracing::warn!(%error, events = count, "audit export failed; events dropped (best_effort)");
+                        // An event with an outbox row (one a `required` run
+                        // left, handed over by the relay) is not lost: its
+                        // row goes back to the relay for a later attempt.
+                        let mut lost = 0;
+                        for entry in batch {
+                            if entry.outbox.is_none() {
+                                lost += 1;
+                            }
+                            leave_to_relay(entry);
+                        }
+                        shared.counters.lost.fetch_add(lost, Ordering::Relaxed);
+                        tracing::warn!(%error, events = count, "audit export failed; events dropped (best_effort) or left to the outbox relay");
                     }
                     AuditMode::Required => {
                         tracing::warn!(%error, events = count, "audit export failed; will retry");
