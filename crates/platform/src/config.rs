@@ -636,12 +636,33 @@ pub fn from_yaml(
     };
     let file: ConfigFile = serde_path_to_error::deserialize(tree).map_err(|error| {
         let field = error.path().to_string();
-        redact(ConfigError::new(field, error.into_inner().to_string()))
+        let message = without_quoted_text(&error.into_inner().to_string());
+        redact(ConfigError::new(field, message))
     })?;
     let mut settings = validate(file).map_err(redact)?;
     settings.authorization.overrides =
         Overrides(applied.into_iter().map(|(_, variable)| variable).collect());
     Ok(settings)
+}
+
+/// serde's message with the text it quotes withheld: `invalid type: string
+/// "postgres://coffer:hunter2@db", expected …` would put a password written
+/// in the wrong place into the logs (a reload's error is logged).
+fn without_quoted_text(message: &str) -> String {
+    for kind in ["invalid type: string \"", "invalid value: string \""] {
+        if let Some(start) = message.find(kind)
+            && let Some(end) = message.rfind("\", expected")
+            && end >= start + kind.len()
+        {
+            let label = &kind[..kind.len() - "string \"".len()];
+            return format!(
+                "{}{label}a string (not shown){}",
+                &message[..start],
+                &message[end + 1..]
+            );
+        }
+    }
+    message.to_owned()
 }
 
 /// Applies one `COFFER_*` variable to `tree`; the dotted field it set, or
@@ -1484,6 +1505,32 @@ services:
         )?;
         assert_eq!(most.audit.gather, Duration::from_millis(100));
         Ok(())
+    }
+
+    /// A value in the wrong place is refused without being quoted: it may
+    /// be a secret (a database URL with its password).
+    #[test]
+    fn a_misplaced_value_is_not_quoted_in_the_error() {
+        let text = MINIMAL.replace(
+            r#"{ url: "sqlite://keys.db" }"#,
+            r#""postgres://coffer:hunter2@db/coffer""#,
+        );
+        let error = from_yaml(&text, no_env()).err();
+        let rendered = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(rendered.contains("services.keys.database"), "{rendered}");
+        assert!(
+            rendered.contains("invalid type: a string (not shown), expected"),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("hunter2"), "{rendered}");
+        assert_eq!(
+            without_quoted_text("invalid value: string \"x\", expected one of a, b"),
+            "invalid value: a string (not shown), expected one of a, b"
+        );
+        assert_eq!(
+            without_quoted_text("missing field `url`"),
+            "missing field `url`"
+        );
     }
 
     #[test]
