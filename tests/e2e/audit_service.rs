@@ -33,6 +33,7 @@ backend_tests!(
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
     a_subscription_ends_when_its_certificate_expires,
+    a_subscription_ends_when_its_permission_is_reloaded_away,
     outbox_rows_left_by_a_required_run_are_sent_after_a_switch_to_best_effort,
     a_shutdown_ends_open_subscriptions,
     a_subscriber_that_stopped_reading_still_learns_of_a_shutdown,
@@ -514,6 +515,67 @@ async fn a_subscription_ends_when_its_certificate_expires(backend: Backend) -> a
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("expired"), "{ended:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
+
+/// A subscription lasts no longer than the permission it was opened with:
+/// once the identity policies are reloaded without alice's
+/// cloudtrail:Subscribe, her open stream ends with AccessDeniedException
+/// (there is no revocation list; a policy change is how an operator cuts a
+/// still-valid certificate off). bob, still allowed, keeps his.
+async fn a_subscription_ends_when_its_permission_is_reloaded_away(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let policy = |users: &str| {
+        format!(
+            "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: subscribers\n      principals: [{users}]\n      policy: '{{\"Version\":\"2012-10-17\",\"Statement\":[{{\"Effect\":\"Allow\",\"Action\":\"*\",\"Resource\":\"*\"}}]}}'\n"
+        )
+    };
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            authorization: policy(
+                r#""arn:coffer:iam::*:user/alice", "arn:coffer:iam::*:user/bob""#,
+            ),
+            ..Options::default()
+        },
+    )
+    .await?;
+    let mut streams = Vec::new();
+    for (account, user) in [(ACCOUNT_A, "alice"), (ACCOUNT_B, "bob")] {
+        let mut audit = harness.audit_as(&Harness::user_id(account, user)).await?;
+        streams.push(
+            audit
+                .subscribe(audit_pb::SubscribeRequest::default())
+                .await?
+                .into_inner(),
+        );
+    }
+    harness.rewrite_authorization(&policy(r#""arn:coffer:iam::*:user/bob""#))?;
+    let status = status_ending(&mut streams[0], Duration::from_secs(10)).await?;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(exception_of(&status), "AccessDeniedException");
+    assert!(status.message().contains("user/alice"), "{status:?}");
+    // bob's stream still carries his events.
+    let mut bob = harness.keys_for(ACCOUNT_B, "bob").await?;
+    let created = bob.create_key(pb::CreateKeyRequest::default()).await?;
+    let wanted = request_id_of(created.metadata());
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = streams[1].message().await? {
+            let record: Value = serde_json::from_str(
+                &message
+                    .event
+                    .map(|event| event.cloud_trail_event)
+                    .unwrap_or_default(),
+            )?;
+            if record["requestID"] == wanted.as_str() {
+                return anyhow::Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await??;
+    assert!(seen, "bob's subscription ended");
     Ok(())
 }
 

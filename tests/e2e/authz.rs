@@ -859,23 +859,6 @@ async fn key_policies_are_managed_and_guard_against_lockout(
     Ok(())
 }
 
-fn rewrite_authorization(harness: &Harness, block: &str) -> anyhow::Result<()> {
-    let path = harness.dir().join("coffer.yaml");
-    let text = std::fs::read_to_string(&path)?;
-    let start = text
-        .find("authorization:")
-        .ok_or_else(|| anyhow::anyhow!("no block"))?;
-    let end = text
-        .find("services:")
-        .ok_or_else(|| anyhow::anyhow!("no services"))?;
-    let mut updated = String::new();
-    updated.push_str(&text[..start]);
-    updated.push_str(block);
-    updated.push_str(&text[end..]);
-    std::fs::write(&path, updated)?;
-    Ok(())
-}
-
 async fn identity_policies_reload_without_restart(backend: Backend) -> anyhow::Result<()> {
     let harness = Harness::start_with(backend, admins_only()).await?;
     let mut admin = harness.keys_for(ACCOUNT_A, "admin").await?;
@@ -890,7 +873,7 @@ async fn identity_policies_reload_without_restart(backend: Backend) -> anyhow::R
     let encrypt_only = format!(
         "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: admins\n      principals: [\"arn:coffer:iam::*:user/admin\"]\n      policy: '{ALLOW_ALL}'\n    - name: alice\n      principals: [\"arn:coffer:iam::{ACCOUNT_A}:user/alice\"]\n      policy:\n        Version: \"2012-10-17\"\n        Statement:\n          - Effect: Allow\n            Action: [\"kms:Encrypt\", \"kms:DescribeKey\"]\n            Resource: \"arn:coffer:kms:eu-west-1:{ACCOUNT_A}:key/*\"\n"
     );
-    rewrite_authorization(&harness, &encrypt_only)?;
+    harness.rewrite_authorization(&encrypt_only)?;
     let mut reloaded = false;
     for _ in 0..100 {
         if encrypt_with(&mut alice, &key, &[], Vec::new())
@@ -917,7 +900,7 @@ async fn identity_policies_reload_without_restart(backend: Backend) -> anyhow::R
     let broken = format!(
         "authorization:\n  reload_interval_ms: 100\n  identity_policies:\n    - name: alice\n      principals: [\"arn:coffer:iam::{ACCOUNT_A}:user/alice\"]\n      policy: '{{\"Statement\":[{{\"Effect\":\"Allow\",\"Action\":\"kms:*\",\"Resource\":\"*\",\"Surprise\":true}}]}}'\n"
     );
-    rewrite_authorization(&harness, &broken)?;
+    harness.rewrite_authorization(&broken)?;
     let mut logged = false;
     for _ in 0..100 {
         if captured_logs().contains("the previous identity policies stay in force") {

@@ -515,6 +515,26 @@ impl Harness {
         self.instance.take()
     }
 
+    /// Replaces the `authorization:` block of the config file the services
+    /// read their identity policies from (and reload them from, every
+    /// `reload_interval_ms`) with `block`.
+    pub fn rewrite_authorization(&self, block: &str) -> anyhow::Result<()> {
+        let path = self.dir().join("coffer.yaml");
+        let text = std::fs::read_to_string(&path)?;
+        let start = text
+            .find("authorization:")
+            .context("the config file has no authorization block")?;
+        let end = text
+            .find("services:")
+            .context("the config file has no services block")?;
+        let mut updated = String::new();
+        updated.push_str(&text[..start]);
+        updated.push_str(block);
+        updated.push_str(&text[end..]);
+        std::fs::write(&path, updated)?;
+        Ok(())
+    }
+
     /// The settings the services start with, for a test that restarts
     /// them with others ([`Harness::restart`], [`Harness::start_audit`]).
     pub fn settings_mut(&mut self) -> &mut Settings {

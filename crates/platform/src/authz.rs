@@ -64,6 +64,9 @@ struct PolicySet {
 /// The identity policies in force; replaced as a whole on reload.
 pub struct IdentityPolicies {
     current: RwLock<Arc<PolicySet>>,
+    /// Counts the replacements, for what holds on to an authorization
+    /// (an open subscription) and must decide again after one.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for IdentityPolicies {
@@ -82,7 +85,14 @@ impl IdentityPolicies {
                 attachments,
                 by_principal: Mutex::new(HashMap::new()),
             })),
+            generation: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes whenever [`IdentityPolicies::replace`] puts new policies in
+    /// force.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Puts a new set of policies in force for every later call.
@@ -95,6 +105,7 @@ impl IdentityPolicies {
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = set;
+        self.generation.send_modify(|generation| *generation += 1);
     }
 
     fn snapshot(&self) -> Arc<PolicySet> {
@@ -549,6 +560,37 @@ impl Caller {
         self.mark.set();
         let identity: Vec<&Policy> = self.identity_policies.iter().map(Arc::as_ref).collect();
         coffer_policy::evaluate(&identity, request)
+    }
+
+    /// Whether the identity policies in force *now* (reloaded since the
+    /// call began, perhaps) still allow `action` on `resource`: for what
+    /// outlives the call's own decision, an open subscription. Neither
+    /// marks the call nor records anything.
+    pub fn still_allowed(&self, action: &str, resource: &str) -> bool {
+        let current = self.authorizer.identity.for_principal(self.principal.arn());
+        let identity: Vec<&Policy> = current.iter().map(Arc::as_ref).collect();
+        coffer_policy::evaluate(&identity, &self.request(action, resource)).is_allowed()
+    }
+
+    /// See [`IdentityPolicies::changes`].
+    pub fn policy_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.authorizer.identity.changes()
+    }
+
+    /// This caller without the call's audit record and decision mark, for
+    /// a task that outlives the call.
+    pub fn detached(&self) -> Self {
+        Self {
+            principal: self.principal.clone(),
+            account: self.account.clone(),
+            principal_type: self.principal_type,
+            via_service: self.via_service.clone(),
+            source_ip: self.source_ip,
+            authorizer: self.authorizer.clone(),
+            identity_policies: self.identity_policies.clone(),
+            mark: DecisionMark::default(),
+            audit: None,
+        }
     }
 
     /// Records that access was decided by a rule other than a policy (a

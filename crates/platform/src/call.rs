@@ -164,6 +164,12 @@ impl CallContext {
         error.into_status(&self.error_domain)
     }
 
+    /// `error` as this service answers it, without recording it in the
+    /// call's event: for a status a stream ends with after the call.
+    pub fn status_of(&self, error: ApiError) -> tonic::Status {
+        error.into_status(&self.error_domain)
+    }
+
     /// Answers `shown` (the same answer a missing resource gets) while the
     /// audit event records what really happened (`actual`, a denial).
     pub fn fail_concealed(&self, shown: ApiError, actual: &ApiError) -> tonic::Status {

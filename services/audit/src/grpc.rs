@@ -750,6 +750,18 @@ impl Audit for AuditGrpc {
             })?;
         let mut live = self.core.subscribe();
         let closed = self.core.closed();
+        // Decided again whenever the identity policies are reloaded: a
+        // principal whose Subscribe permission is taken away is cut off.
+        let subscriber = caller.detached();
+        let mut policy_changes = subscriber.policy_changes();
+        let revoked_status = call.status_of(ApiError::new(
+            ErrorCode::PermissionDenied,
+            "AccessDeniedException",
+            format!(
+                "{} is no longer allowed cloudtrail:Subscribe: the identity policies were reloaded",
+                subscriber.arn()
+            ),
+        ));
         let (sender, receiver) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
         let (ending, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -799,6 +811,14 @@ impl Audit for AuditGrpc {
                     None => std::future::pending().await,
                 }
             };
+            let revoked = async {
+                while policy_changes.changed().await.is_ok() {
+                    if !subscriber.still_allowed("cloudtrail:Subscribe", "*") {
+                        return;
+                    }
+                }
+                std::future::pending().await
+            };
             let status = tokio::select! {
                 biased;
                 () = closed => Some(Status::unavailable(
@@ -807,6 +827,7 @@ impl Audit for AuditGrpc {
                 () = expired => Some(Status::unauthenticated(
                     "the client certificate of this connection has expired; subscribe again with a valid one",
                 )),
+                () = revoked => Some(revoked_status),
                 status = forwarding => status,
             };
             if let Some(status) = status {
