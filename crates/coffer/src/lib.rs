@@ -178,11 +178,22 @@ impl Instance {
         {
             tracing::warn!(%error, "audit events still queued at shutdown; outboxed ones are resent at the next start");
         }
+        // A call still running past the grace period holds a connection,
+        // and closing waits for it: not for ever.
         for pool in self.pools {
-            pool.close().await;
+            if tokio::time::timeout(POOL_CLOSE_PATIENCE, pool.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!(patience = ?POOL_CLOSE_PATIENCE, "a database pool still had connections in use; closed without them");
+            }
         }
     }
 }
+
+/// How long a shutdown waits for a database pool's connections to come
+/// back before it goes on without them.
+const POOL_CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts `service_names` as `settings` configures them. Services that share
 /// a listen address share one server.
