@@ -119,14 +119,18 @@ impl Instance {
             },
             None => Ok(()),
         };
-        if let Some(audit) = &self.audit {
-            let removed = audit
-                .enforce_retention()
-                .await
-                .map_err(|error| anyhow::anyhow!("audit retention: {error}"))?;
-            tracing::debug!(removed, "audit retention ran");
-        }
-        keys
+        let audit = match &self.audit {
+            Some(audit) => match audit.enforce_retention().await {
+                Ok(removed) => {
+                    tracing::debug!(removed, "audit retention ran");
+                    Ok(())
+                }
+                Err(error) => Err(anyhow::anyhow!("audit retention: {error}")),
+            },
+            None => Ok(()),
+        };
+        // The first failure, as documented: the keys service's runs first.
+        keys.and(audit)
     }
 
     /// What the audit exporter has done, when this instance exports.
