@@ -184,7 +184,7 @@ mod tests {
                 SymmetricKeyMaterial::from_bytes(&[7; 32])?,
             )))
         };
-        cache.put_material(&key.key_id, ours.clone(), loaded()?);
+        cache.put_material(&key.key_id, ours, loaded()?);
         // Not known by its record: nothing is walked, nothing is dropped.
         cache.forget_deleted(&key.account, &key.key_id);
         assert!(material(&cache, &ours));
@@ -192,7 +192,7 @@ mod tests {
         let other =
             KeyId::parse("0000abcd-12ab-34cd-56ef-1234567890ab").ok_or("the key id parses")?;
         let theirs = MaterialId::generate()?;
-        cache.put_material(&other, theirs.clone(), loaded()?);
+        cache.put_material(&other, theirs, loaded()?);
         cache.forget_deleted(&key.account, &key.key_id);
         assert!(
             !material(&cache, &ours),
