@@ -1046,3 +1046,59 @@ fn verify_of_arbitrary_signatures_never_succeeds() -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// A burst of RSA key generation (up to seconds each) does not hold signing
+/// back: key pairs are generated on at most half the crypto threads, so a
+/// Sign sent behind six RSA_4096 pairs is answered while they are still
+/// being generated. Before, they shared one queue and the Sign waited for
+/// the first four. (Where there is a single core there is no other thread
+/// to sign on, and nothing to check.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_is_not_queued_behind_key_generation() -> anyhow::Result<()> {
+    if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) < 2 {
+        return Ok(());
+    }
+    let harness = Harness::start(Backend::Sqlite).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let signing = create(&mut client, "ECC_NIST_P256", "SIGN_VERIFY").await?;
+    let wrapping = create(&mut client, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await?;
+    let generated = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut generating = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let mut client = client.clone();
+        let key_id = wrapping.key_id.clone();
+        let generated = generated.clone();
+        generating.spawn(async move {
+            client
+                .generate_data_key_pair_without_plaintext(
+                    pb::GenerateDataKeyPairWithoutPlaintextRequest {
+                        key_id,
+                        key_pair_spec: "RSA_4096".into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            generated.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            anyhow::Ok(())
+        });
+    }
+    // The pairs are queued first.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    client
+        .sign(pb::SignRequest {
+            key_id: signing.key_id.clone(),
+            message: b"not behind the key pairs".to_vec(),
+            signing_algorithm: "ECDSA_SHA_256".into(),
+            ..Default::default()
+        })
+        .await?;
+    let done_before_the_signature = generated.load(std::sync::atomic::Ordering::SeqCst);
+    while let Some(finished) = generating.join_next().await {
+        finished??;
+    }
+    assert!(
+        done_before_the_signature <= 1,
+        "the Sign waited for {done_before_the_signature} of the 6 key pairs"
+    );
+    Ok(())
+}

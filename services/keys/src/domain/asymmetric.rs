@@ -328,9 +328,7 @@ impl KeysDomain {
             );
             return Err(KeysError::DryRun);
         }
-        let pair = self
-            .off_worker(move || coffer_crypto::generate_key_pair(pair_spec))
-            .await?;
+        let pair = self.generate_key_pair(pair_spec).await?;
         let (material_id, private_key_ciphertext_blob) = self
             .encrypt_under(&key, context, &pair.private_key_pkcs8)
             .await?;

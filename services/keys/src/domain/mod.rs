@@ -69,6 +69,10 @@ pub struct KeysDomain {
     /// Threads for slow crypto (RSA key generation and private-key
     /// operations), so it never runs on the async workers.
     heavy_crypto: crypto_pool::CryptoPool,
+    /// Key pairs generated at once, at most: half the crypto threads (at
+    /// least one), so a burst of RSA key generation (up to seconds each)
+    /// leaves the other threads to signing and decryption.
+    key_generation: tokio::sync::Semaphore,
     root_key: Arc<RootKey>,
     location: Location,
     clock: Arc<dyn Clock>,
@@ -81,13 +85,13 @@ impl KeysDomain {
         location: Location,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let crypto_threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Self {
             store,
             cache: cache::KeyCache::default(),
             policies: access::PolicyCache::default(),
-            heavy_crypto: crypto_pool::CryptoPool::new(
-                std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-            ),
+            heavy_crypto: crypto_pool::CryptoPool::new(crypto_threads),
+            key_generation: tokio::sync::Semaphore::new((crypto_threads / 2).max(1)),
             root_key,
             location,
             clock,
@@ -369,8 +373,23 @@ impl KeysDomain {
         }
     }
 
+    /// A new key pair of `spec`, generated on the crypto pool when one of
+    /// the [`KeysDomain::key_generation`] slots is free.
+    pub(crate) async fn generate_key_pair(
+        &self,
+        spec: AsymmetricKeySpec,
+    ) -> Result<coffer_crypto::KeyPairDer> {
+        let _slot = self
+            .key_generation
+            .acquire()
+            .await
+            .map_err(|_| KeysError::Internal("the key generation slots are closed".into()))?;
+        self.off_worker(move || coffer_crypto::generate_key_pair(spec))
+            .await
+    }
+
     /// New material for a key of `key_spec`, sealed under the root key.
-    /// RSA key generation runs on the blocking pool.
+    /// Key pairs are generated on the crypto pool.
     pub(crate) async fn new_material(
         &self,
         account: &AccountId,
@@ -382,9 +401,7 @@ impl KeysDomain {
         let material_id = MaterialId::generate()?;
         let raw: Zeroizing<Vec<u8>> =
             if let Some(asymmetric) = AsymmetricKeySpec::parse(key_spec.as_str()) {
-                let pair = self
-                    .off_worker(move || coffer_crypto::generate_key_pair(asymmetric))
-                    .await?;
+                let pair = self.generate_key_pair(asymmetric).await?;
                 pair.private_key_pkcs8
             } else if let Some(mac) = MacKeySpec::parse(key_spec.as_str()) {
                 Zeroizing::new(HmacKey::generate(mac)?.as_bytes().to_vec())
