@@ -754,6 +754,9 @@ impl Audit for AuditGrpc {
         // principal whose Subscribe permission is taken away is cut off.
         let subscriber = caller.detached();
         let mut policy_changes = subscriber.policy_changes();
+        // A reload between the call's decision and this subscription would
+        // count as seen: decide once more against what is in force now.
+        policy_changes.mark_changed();
         let revoked_status = call.status_of(ApiError::new(
             ErrorCode::PermissionDenied,
             "AccessDeniedException",

@@ -4,7 +4,7 @@
 //! waiting for the async runtime to hand work over; the async workers only
 //! enqueue and await the answer.
 //!
-//! The threads run at a lower scheduling priority (nice 10): RSA keeps
+//! The threads run at a lower scheduling priority (nice 10, on Linux): RSA keeps
 //! every idle cycle, but a core is handed to the async workers, the audit
 //! path and the database threads whenever they have work, so a signing
 //! load does not stretch the latency of cheap calls on the same cores.
@@ -114,10 +114,11 @@ fn lower_priority() {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn crypto_threads_run_below_the_callers_priority() {
         let caller = rustix::process::getpriority_process(None).expect("the caller's priority");

@@ -69,9 +69,9 @@ pub struct KeysDomain {
     /// Threads for slow crypto (RSA key generation and private-key
     /// operations), so it never runs on the async workers.
     heavy_crypto: crypto_pool::CryptoPool,
-    /// Key pairs generated at once, at most: half the crypto threads (at
-    /// least one), so a burst of RSA key generation (up to seconds each)
-    /// leaves the other threads to signing and decryption.
+    /// RSA key pairs generated at once, at most: half the crypto threads
+    /// (at least one), so a burst of RSA key generation (up to seconds
+    /// each) leaves the other threads to signing and decryption.
     key_generation: tokio::sync::Semaphore,
     root_key: Arc<RootKey>,
     location: Location,
@@ -373,17 +373,20 @@ impl KeysDomain {
         }
     }
 
-    /// A new key pair of `spec`, generated on the crypto pool when one of
-    /// the [`KeysDomain::key_generation`] slots is free.
+    /// A new key pair of `spec`, generated on the crypto pool; an RSA one
+    /// once one of the [`KeysDomain::key_generation`] slots is free (an ECC
+    /// pair takes microseconds, and waits for none).
     pub(crate) async fn generate_key_pair(
         &self,
         spec: AsymmetricKeySpec,
     ) -> Result<coffer_crypto::KeyPairDer> {
-        let _slot = self
-            .key_generation
-            .acquire()
-            .await
-            .map_err(|_| KeysError::Internal("the key generation slots are closed".into()))?;
+        let _slot =
+            match spec.is_rsa() {
+                true => Some(self.key_generation.acquire().await.map_err(|_| {
+                    KeysError::Internal("the key generation slots are closed".into())
+                })?),
+                false => None,
+            };
         self.off_worker(move || coffer_crypto::generate_key_pair(spec))
             .await
     }
