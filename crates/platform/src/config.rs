@@ -448,12 +448,13 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
             ),
         ));
     }
+    // Not quoted: a URL may carry credentials.
     if let Some(endpoint) = &file.forward_spans_to
         && !is_collector_url(endpoint)
     {
         return Err(ConfigError::new(
             "audit.forward_spans_to",
-            format!("{endpoint:?} is not an http:// URL with a host (https:// is not supported)"),
+            "must be an http:// URL with a host (https:// is not supported)",
         ));
     }
     if let Some(endpoint) = &file.endpoint
@@ -1482,6 +1483,14 @@ services:
                 "{endpoint}"
             );
         }
+        let shown = from_yaml(
+            &format!("{MINIMAL}\naudit: {{ forward_spans_to: \"grpc://u:hunter2@c:4317\" }}\n"),
+            no_env(),
+        )
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+        assert!(!shown.contains("hunter2"), "{shown}");
         for endpoint in ["http://otel-collector:4317", "http://10.0.0.5:4317"] {
             let settings = from_yaml(
                 &format!(
