@@ -73,6 +73,36 @@ pub fn hex_lower(bytes: &[u8]) -> String {
     text
 }
 
+/// The largest index at most `at` that falls on a character boundary of
+/// `text` (its length when `at` is past it): where to cut text to a byte
+/// limit. `str::floor_char_boundary`, which needs a newer Rust than ours.
+pub fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// Syncs the directory that holds `path`, so a file created or renamed
+/// there survives a power loss. Does nothing where directories cannot be
+/// opened to be synced (not Unix).
+pub fn sync_directory_of(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let directory = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(directory)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
+}
+
 /// What a list marker or a lookup token is bound to: a 64-bit FNV-1a hash
 /// of the request parameters it was issued for, each part ended by a byte
 /// no UTF-8 text holds (so `["ab", "c"]` and `["a", "bc"]` differ). It is the

@@ -76,16 +76,9 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), PkiError
         let _ = std::fs::remove_file(&staging);
         return Err(io_error(path)(error));
     }
-    #[cfg(unix)]
-    {
-        let directory = path
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        // Some file systems cannot sync a directory: the file is whole
-        // either way.
-        let _ = std::fs::File::open(directory).and_then(|directory| directory.sync_all());
-    }
+    // Some file systems cannot sync a directory: the file is whole either
+    // way.
+    let _ = crate::sync_directory_of(path);
     Ok(())
 }
 

@@ -183,11 +183,10 @@ fn external_record(resource: &ResourceSpans, span: &Span) -> Value {
         .map_or(Value::Null, json_of);
     let claimed_service = match claimed_service {
         Value::String(mut name) if name.len() > MAX_CLAIMED_SERVICE_BYTES => {
-            let mut end = MAX_CLAIMED_SERVICE_BYTES;
-            while !name.is_char_boundary(end) {
-                end -= 1;
-            }
-            name.truncate(end);
+            name.truncate(coffer_platform::floor_char_boundary(
+                &name,
+                MAX_CLAIMED_SERVICE_BYTES,
+            ));
             Value::String(name)
         }
         other => other,

@@ -14,10 +14,11 @@
 //!   ([`Journal::sync`], off the answer's path), and the journal syncs once
 //!   more when it is closed: a power loss loses only the exports
 //!   acknowledged since the last sync (that interval and the time a sync
-//!   takes). A sync that fails leaves the journal broken, taking no more. (Syncing before each
-//!   answer would add a disk flush, a few hundred microseconds here, to
-//!   every audited call.) What the indexer stores is synced by SQLite's
-//!   commit (`synchronous=FULL`) before the journal lets go of it.
+//!   takes). A sync that fails leaves the journal broken, taking no more.
+//!   (Syncing before each answer would add a disk flush, a few hundred
+//!   microseconds here, to every audited call.) What the indexer stores is
+//!   synced by SQLite's commit (`synchronous=FULL`) before the journal lets
+//!   go of it.
 //! - **Recovery**: at start, whatever the journal holds is indexed again.
 //!   Inserts skip event ids already stored, so an export indexed just before
 //!   a crash is not stored twice. An export cut short by the crash (shorter
@@ -31,8 +32,8 @@
 //! - **Reads wait for the indexer** ([`Journal::settled`]): a lookup sees
 //!   every event acknowledged before it began.
 //! - **Bounded**: an append waits while the indexer is more than
-//!   [`MAX_QUEUED_EVENTS`] events or [`MAX_QUEUED_BYTES`] behind. The file is emptied whenever the indexer
-//!   has caught up. Under a steady load it may never quite catch up, so once
+//!   [`MAX_QUEUED_EVENTS`] events or [`MAX_QUEUED_BYTES`] behind. The file
+//!   is emptied whenever the indexer has caught up. Under a steady load it may never quite catch up, so once
 //!   the part already stored passes [`COMPACT_AFTER_BYTES`] the rest is
 //!   copied to a new file that replaces the journal by a rename: a crash
 //!   leaves one whole file or the other, never a mix. The copy is synced
@@ -50,6 +51,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use coffer_platform::sync_directory_of;
 use tokio::sync::{Notify, watch};
 
 use crate::store::StoredEvent;
@@ -746,20 +748,6 @@ fn create_like(path: &Path, journal: &File) -> std::io::Result<File> {
     #[cfg(not(unix))]
     let _ = journal;
     options.open(path)
-}
-
-#[cfg(unix)]
-fn sync_directory_of(path: &Path) -> std::io::Result<()> {
-    let directory = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(directory)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_directory_of(_path: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 /// Whether `rest`, what follows the journal's last readable record, is

@@ -79,10 +79,7 @@ fn cap_string(text: String) -> String {
     if text.len() <= MAX_STRING_BYTES {
         return text;
     }
-    let mut end = MAX_STRING_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = crate::floor_char_boundary(&text, MAX_STRING_BYTES);
     let cut = text.len() - end;
     let mut capped = text;
     capped.truncate(end);

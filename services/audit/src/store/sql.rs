@@ -96,11 +96,9 @@ const MAX_COLUMN_BYTES: usize = 1024;
 ///   (a lookup by a longer value matches the events whose value begins
 ///   with the same [`MAX_COLUMN_BYTES`]).
 fn column(text: &str) -> Cow<'_, str> {
-    let mut end = text.len().min(MAX_COLUMN_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let kept = text.get(..end).unwrap_or_default();
+    let kept = text
+        .get(..coffer_platform::floor_char_boundary(text, MAX_COLUMN_BYTES))
+        .unwrap_or_default();
     if kept.contains('\0') {
         Cow::Owned(kept.replace('\0', "\u{FFFD}"))
     } else {
