@@ -729,6 +729,7 @@ mod durability_tests {
             url: admin_options
                 .clone()
                 .username(&role)
+                .password(&password)
                 .to_url_lossy()
                 .to_string(),
             schema: schema.clone(),

@@ -18,11 +18,10 @@
 //! What one account's rules can hold is bounded, so that no tenant's dead
 //! or slow endpoints can exhaust the service or delay another's deliveries:
 //! it has at most [`MAX_PENDING_PER_ACCOUNT`] deliveries pending (in an
-//! attempt or waiting to retry), holding at most
-//! [`MAX_PENDING_BYTES_PER_ACCOUNT`] of bodies (an event's record may be
-//! 256 KiB), and [`MAX_ATTEMPTS_PER_ACCOUNT`] attempts in progress; the
-//! service holds at most [`MAX_PENDING`] deliveries and
-//! [`MAX_PENDING_BYTES`]. A delivery beyond its account's (or the service's) bound is not
+//! attempt or waiting to retry), holding at most 16 MiB of bodies (an
+//! event's record may be 256 KiB), and [`MAX_ATTEMPTS_PER_ACCOUNT`]
+//! attempts in progress; the service holds at most 20,000 deliveries and
+//! 256 MiB. A delivery beyond its account's (or the service's) bound is not
 //! attempted: it is recorded as failed at once, as EventBridge sends what it
 //! cannot deliver to the target's dead-letter queue.
 
@@ -45,12 +44,12 @@ pub const MAX_ATTEMPTS_PER_ACCOUNT: usize = 16;
 /// Deliveries pending at most for one account.
 pub const MAX_PENDING_PER_ACCOUNT: usize = 1_000;
 /// Deliveries pending at most across all accounts.
-pub const MAX_PENDING: usize = 20_000;
+const MAX_PENDING: usize = 20_000;
 /// Bytes of bodies one account's pending deliveries hold at most (a body
 /// two targets share counts twice).
-pub const MAX_PENDING_BYTES_PER_ACCOUNT: usize = 16 * 1024 * 1024;
+const MAX_PENDING_BYTES_PER_ACCOUNT: usize = 16 * 1024 * 1024;
 /// Bytes of bodies all pending deliveries hold at most.
-pub const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 /// Failures waiting to be written, one at a time; beyond, they are logged.
 const FAILURES_WAITING: usize = 1_024;
 /// How long one attempt may take.
@@ -180,7 +179,7 @@ impl Dispatcher {
             Ok(attempts) => {
                 let dispatcher = self.clone();
                 tokio::spawn(async move {
-                    let _done = Done(&dispatcher, &job.target.account_id, job.body.len());
+                    let _done = Done(&dispatcher, &job.target.account_id, bytes);
                     dispatcher.run(&job, &attempts).await;
                 });
             }

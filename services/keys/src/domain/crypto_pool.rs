@@ -4,10 +4,11 @@
 //! waiting for the async runtime to hand work over; the async workers only
 //! enqueue and await the answer.
 //!
-//! The threads run at a lower scheduling priority (nice 10, on Linux): RSA keeps
-//! every idle cycle, but a core is handed to the async workers, the audit
-//! path and the database threads whenever they have work, so a signing
-//! load does not stretch the latency of cheap calls on the same cores.
+//! The threads run at a lower scheduling priority (nice 10, on Linux): RSA
+//! keeps every idle cycle, but a core is handed to the async workers, the
+//! audit path and the database threads whenever they have work, so a
+//! signing load does not stretch the latency of cheap calls on the same
+//! cores.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
