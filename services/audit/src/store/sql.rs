@@ -163,9 +163,14 @@ fn lookup_statement(attribute: Option<&LookupAttribute>, one_account: bool) -> S
     } else {
         "$5 IS NULL"
     };
+    // `e.event_time_ms <= $3` says again what the cursor's OR implies, so
+    // that Postgres bounds its index scan at the cursor: without it, each
+    // page walks every event newer than the cursor again (SQLite draws the
+    // bound from the OR itself).
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          WHERE e.event_time_ms >= $1 AND e.event_time_ms <= $2 \
+         AND e.event_time_ms <= $3 \
          AND (e.event_time_ms < $3 OR (e.event_time_ms = $3 AND e.event_id < $4)) \
          AND {account}{filter} \
          ORDER BY e.event_time_ms DESC, e.event_id DESC LIMIT {limit}"
