@@ -382,17 +382,22 @@ macro_rules! sql_rule_store {
                     .iter()
                     .map(Self::target_from_row)
                     .collect::<Result<Vec<_>, _>>()?;
+                // Grouped once, so that a reload (after every rule change)
+                // costs rules plus targets, not their product.
+                let mut by_rule: std::collections::HashMap<(String, String), Vec<TargetRecord>> =
+                    std::collections::HashMap::new();
+                for target in targets {
+                    by_rule
+                        .entry((target.account_id.clone(), target.rule_name.clone()))
+                        .or_default()
+                        .push(target);
+                }
                 Ok(rules
                     .into_iter()
                     .map(|rule| {
-                        let own = targets
-                            .iter()
-                            .filter(|target| {
-                                target.account_id == rule.account_id
-                                    && target.rule_name == rule.name
-                            })
-                            .cloned()
-                            .collect();
+                        let own = by_rule
+                            .remove(&(rule.account_id.clone(), rule.name.clone()))
+                            .unwrap_or_default();
                         (rule, own)
                     })
                     .collect())
