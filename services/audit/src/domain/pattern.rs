@@ -525,6 +525,14 @@ fn compile_anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternE
                             format!("anything-but {name} must be a string"),
                         ));
                     };
+                    // Every string begins and ends with "": such a rule
+                    // would match no string at all, and EventBridge refuses it.
+                    if s.is_empty() {
+                        return Err(PatternError::new(
+                            path,
+                            format!("anything-but {name} must not be empty"),
+                        ));
+                    }
                     Ok(if name == "prefix" {
                         AnythingBut::Prefix(s.clone())
                     } else {
@@ -1008,12 +1016,32 @@ fn match_nested(pattern: &ObjectPattern, value: Option<&Value>) -> bool {
     if objects.is_empty() {
         // No object here: every field below is absent (only exists:false can match).
         pattern.matches_object(None)
+    } else if pattern.only_absences() {
+        // Nothing to match picks an element out, so a field is there when
+        // any element has it (as EventBridge reads arrays): every element
+        // must lack it.
+        objects.iter().all(|map| pattern.matches_object(Some(map)))
     } else {
         objects.iter().any(|map| pattern.matches_object(Some(map)))
     }
 }
 
 impl ObjectPattern {
+    /// Whether every field below asks only that it be absent
+    /// (`exists: false`), with no `$or`.
+    fn only_absences(&self) -> bool {
+        self.any_of.is_empty()
+            && self.fields.iter().all(|(_, field)| match field {
+                FieldPattern::Nested(nested) => nested.only_absences(),
+                FieldPattern::Leaf(alternatives) => {
+                    !alternatives.is_empty()
+                        && alternatives
+                            .iter()
+                            .all(|matcher| matches!(matcher, Matcher::Exists(false)))
+                }
+            })
+    }
+
     fn matches_object(&self, object: Option<&Map<String, Value>>) -> bool {
         let fields_match = self.fields.iter().all(|(key, field)| {
             let child = object.and_then(|map| map.get(key));
@@ -1168,6 +1196,21 @@ mod tests {
             {"kind":"key","state":"disabled"},
             {"kind":"alias","state":"enabled"}
         ]})));
+    }
+
+    #[test]
+    fn exists_false_in_an_array_of_objects() {
+        // Alone, it asks that no element have the field.
+        let p = pat(r#"{"a":{"b":[{"exists":false}]}}"#);
+        assert!(!p.matches(&json!({"a":[{"b":1},{"c":2}]})));
+        assert!(p.matches(&json!({"a":[{"c":1},{"c":2}]})));
+        let deeper = pat(r#"{"a":{"b":{"c":[{"exists":false}]}}}"#);
+        assert!(!deeper.matches(&json!({"a":[{"b":{"c":1}},{"b":{}}]})));
+        assert!(deeper.matches(&json!({"a":[{"b":{}},{"b":{"d":1}}]})));
+        // Beside a field that matches, only that element counts.
+        let p = pat(r#"{"a":{"b":[{"exists":false}],"c":[2]}}"#);
+        assert!(p.matches(&json!({"a":[{"b":1},{"c":2}]})));
+        assert!(!p.matches(&json!({"a":[{"b":1,"c":2}]})));
     }
 
     #[test]
@@ -1618,6 +1661,15 @@ mod tests {
         assert_err(
             r#"{"a":[{"anything-but":{"prefix":1}}]}"#,
             "anything-but prefix must be a string",
+        );
+        // Either would exclude every string.
+        assert_err(
+            r#"{"a":[{"anything-but":{"prefix":""}}]}"#,
+            "a[0]: anything-but prefix must not be empty",
+        );
+        assert_err(
+            r#"{"a":[{"anything-but":{"suffix":""}}]}"#,
+            "a[0]: anything-but suffix must not be empty",
         );
         assert_err(
             r#"{"a":[{"anything-but":{"wildcard":[]}}]}"#,
