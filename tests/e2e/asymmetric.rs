@@ -584,6 +584,39 @@ async fn hmac_keys_generate_and_verify(backend: Backend) -> anyhow::Result<()> {
             Code::InvalidArgument,
             "InvalidKeyUsageException",
         );
+        // A blob another key made is the wrong key for it first (AWS
+        // answers IncorrectKeyException here), for ReEncrypt's source too.
+        let symmetric = create(&mut client, "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT").await?;
+        let blob = client
+            .encrypt(pb::EncryptRequest {
+                key_id: symmetric.key_id.clone(),
+                plaintext: b"p".to_vec(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .ciphertext_blob;
+        let another_keys_blob = client
+            .decrypt(pb::DecryptRequest {
+                key_id: key.key_id.clone(),
+                ciphertext_blob: blob.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(
+            another_keys_blob,
+            Code::InvalidArgument,
+            "IncorrectKeyException",
+        );
+        let re_encrypted = client
+            .re_encrypt(pb::ReEncryptRequest {
+                ciphertext_blob: blob,
+                source_key_id: key.key_id.clone(),
+                destination_key_id: symmetric.key_id.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_error(re_encrypted, Code::InvalidArgument, "IncorrectKeyException");
     }
     // An algorithm the key's spec does not support is the wrong key usage
     // (HMAC_SHA_224 is HMAC_224's); a name KMS does not know is invalid.

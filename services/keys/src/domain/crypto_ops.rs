@@ -181,9 +181,16 @@ impl KeysDomain {
         if let Some(key) = &named
             && key.key_usage != KeyUsage::EncryptDecrypt
         {
-            // The named key decides before the blob is read, as in AWS: a
-            // signing or MAC key is the wrong kind whatever the blob holds.
+            // A signing or MAC key is the wrong kind whatever the blob holds;
+            // but a blob that names another key is first of all the wrong
+            // key for it, as AWS answers.
             self.ensure_usable(key)?;
+            let names_another = parse_blob(blob).is_ok_and(|parsed| {
+                KeyId::parse(parsed.key_id()).is_some_and(|id| id != key.key_id)
+            });
+            if names_another {
+                return Err(KeysError::IncorrectKey);
+            }
             return Err(self.wrong_usage(key, action, KeyUsage::EncryptDecrypt));
         }
         if let Some(key) = &named
