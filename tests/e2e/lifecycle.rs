@@ -559,20 +559,34 @@ async fn aliases_name_keys_wherever_a_key_id_goes(backend: Backend) -> anyhow::R
         Code::AlreadyExists,
         "AlreadyExistsException",
     );
-    for bad in [
-        "app/payments",
-        "alias/",
-        "alias/has space",
-        "alias/aws/ebs",
-        "alias/coffer/mine",
-        "alias/ünïcode",
+    // Outside the API's constraint it is a ValidationException, as in KMS;
+    // within it, a name KMS refuses is an InvalidAliasNameException.
+    let too_long = format!("alias/{}", "a".repeat(251));
+    for (bad, exception) in [
+        ("app/payments", "ValidationException"),
+        ("alias/has space", "ValidationException"),
+        ("alias/ünïcode", "ValidationException"),
+        (too_long.as_str(), "ValidationException"),
+        ("", "ValidationException"),
+        ("alias/", "InvalidAliasNameException"),
+        ("alias/a:b", "InvalidAliasNameException"),
+        ("alias/aws/ebs", "InvalidAliasNameException"),
+        ("alias/coffer/mine", "InvalidAliasNameException"),
     ] {
-        assert_error(
+        let status = assert_error(
             client.create_alias(create(bad, &first.key_id)).await,
             Code::InvalidArgument,
-            "InvalidAliasNameException",
+            exception,
         );
+        assert!(!status.message().is_empty(), "{bad:?}");
     }
+    let longest = format!("alias/{}", "a".repeat(250));
+    client.create_alias(create(&longest, &first.key_id)).await?;
+    client
+        .delete_alias(pb::DeleteAliasRequest {
+            alias_name: longest,
+        })
+        .await?;
     assert_error(
         client
             .create_alias(create("alias/x", "alias/app/payments"))
@@ -814,6 +828,22 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
         .untag_resource(pb::UntagResourceRequest {
             key_id: key.key_id.clone(),
             tag_keys: vec!["team".into()],
+        })
+        .await?;
+    // KMS sets no bound on the names one UntagResource lists: those the key
+    // has no tag under are ignored.
+    client
+        .tag_resource(pb::TagResourceRequest {
+            key_id: key.key_id.clone(),
+            tags: vec![tag("gone", "soon")],
+        })
+        .await?;
+    let mut many: Vec<String> = (0..60).map(|index| format!("absent{index}")).collect();
+    many.extend(["gone".to_owned(), "gone".to_owned()]);
+    client
+        .untag_resource(pb::UntagResourceRequest {
+            key_id: key.key_id.clone(),
+            tag_keys: many,
         })
         .await?;
     let too_many: Vec<Tag> = (0..50)

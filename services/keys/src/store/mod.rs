@@ -380,6 +380,8 @@ pub trait KeyStore: Send + Sync + 'static {
         max_tags: usize,
     ) -> Result<usize, StoreError>;
 
+    /// Removes the tags named `tag_keys` from the key; names it has no tag
+    /// under are ignored, as many as there are.
     async fn delete_tags(&self, key_id: &KeyId, tag_keys: &[String]) -> Result<(), StoreError>;
 
     /// A new alias; `Conflict` when the name is taken in the account.

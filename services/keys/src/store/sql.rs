@@ -155,6 +155,8 @@ fn select_key_aliases_page() -> String {
     )
 }
 
+const SELECT_TAG_KEYS: &str = "SELECT tag_key FROM key_tags WHERE key_id = $1";
+
 const SELECT_TAGS: &str =
     "SELECT tag_key, tag_value FROM key_tags WHERE key_id = $1 ORDER BY tag_key";
 
@@ -817,7 +819,16 @@ macro_rules! sql_key_store {
             ) -> Result<(), StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 Self::lock_key_in(&mut transaction, key_id).await?;
-                for tag_key in tag_keys {
+                // Only what the key holds (50 tags at most) is deleted, one
+                // statement each, however many names the request lists.
+                let held: Vec<String> = sqlx::query_scalar(SELECT_TAG_KEYS)
+                    .bind(key_id.as_str())
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                let asked: std::collections::HashSet<&str> =
+                    tag_keys.iter().map(String::as_str).collect();
+                for tag_key in held.iter().filter(|held| asked.contains(held.as_str())) {
                     sqlx::query(DELETE_TAG)
                         .bind(key_id.as_str())
                         .bind(tag_key)
