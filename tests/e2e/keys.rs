@@ -706,5 +706,29 @@ async fn serve_refuses_unknown_and_repeated_services(backend: Backend) -> anyhow
             Err(error) => assert!(error.to_string().contains(message), "{error:#}"),
         }
     }
+    // An admin address in use stops the start before any store is opened:
+    // the databases named here are never created.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut settings = harness.settings().clone();
+    settings.admin_listen = Some(taken.local_addr()?);
+    let mut unopened = Vec::new();
+    for (name, service) in &mut settings.services {
+        let path = harness.dir().join(format!("never-opened-{name}.db"));
+        service.listen = "127.0.0.1:0".parse()?;
+        service.database.backend = coffer_platform::config::DatabaseBackend::Sqlite;
+        service.database.url = format!("sqlite://{}", path.display());
+        unopened.push(path);
+    }
+    let both = ["keys".to_owned(), "audit".to_owned()];
+    match coffer::launch(&settings, &both, clock).await {
+        Ok(_) => anyhow::bail!("served with the admin address in use"),
+        Err(error) => assert!(
+            error.to_string().contains("binding admin address"),
+            "{error:#}"
+        ),
+    }
+    for path in unopened {
+        assert!(!path.exists(), "{} was opened", path.display());
+    }
     Ok(())
 }

@@ -226,8 +226,8 @@ pub async fn launch(
     }
     let tls = Arc::new(ServerTls::load(settings.tls.clone()).context("loading TLS certificates")?);
 
-    // Every listener is bound first, so an address in use fails the start
-    // before any store is opened.
+    // Every listener (the admin port's too) is bound first, so an address
+    // in use fails the start before any store is opened or migrated.
     let mut listeners: BTreeMap<SocketAddr, TcpListener> = BTreeMap::new();
     for name in service_names {
         let service = settings
@@ -241,6 +241,14 @@ pub async fn launch(
             slot.insert(listener);
         }
     }
+    let mut admin_listener = match settings.admin_listen {
+        Some(admin) => Some(
+            TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("binding admin address {admin}"))?,
+        ),
+        None => None,
+    };
     // The audit service opens first: a co-located service's exporter
     // delivers to it directly.
     let mut audit_service = if service_names.iter().any(|name| name == "audit") {
@@ -382,20 +390,12 @@ pub async fn launch(
     // One set of statuses for the whole process: the admin port is served
     // by one server but answers for the services of all of them.
     let health = tonic_health::server::HealthReporter::new();
-    let mut admin_listen = settings.admin_listen;
     let mut servers = Vec::new();
     for (addr, members) in groups {
         let listener = listeners
             .remove(&addr)
             .with_context(|| format!("no listener bound for {addr}"))?;
-        let admin_listener = match admin_listen.take() {
-            Some(admin) => Some(
-                TcpListener::bind(admin)
-                    .await
-                    .with_context(|| format!("binding admin address {admin}"))?,
-            ),
-            None => None,
-        };
+        let admin_listener = admin_listener.take();
         let (names, registrations): (Vec<String>, Vec<ServiceRegistration>) =
             members.into_iter().unzip();
         let server = start(ServerParams {
