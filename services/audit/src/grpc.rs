@@ -203,7 +203,6 @@ fn bound_millis(nanos: i128, round_up: bool) -> i64 {
     i64::try_from(millis).unwrap_or(if millis < 0 { i64::MIN } else { i64::MAX })
 }
 
-/// An event as the API returns it.
 /// How many of `events`, from the first, fit in `budget` bytes of records
 /// (at least one, when there is one).
 fn events_within(events: &[StoredEvent], budget: usize) -> usize {
@@ -218,6 +217,7 @@ fn events_within(events: &[StoredEvent], budget: usize) -> usize {
     fitting.max(events.len().min(1))
 }
 
+/// An event as the API returns it.
 fn event_of(stored: &StoredEvent) -> pb::Event {
     let record: Value = serde_json::from_str(&stored.record).unwrap_or(Value::Null);
     let resources = record
