@@ -207,39 +207,62 @@ pub fn spawn_reloader(
     let interval = settings.reload_interval;
     // What the policies in force were read from, so an edit made while the
     // services were starting is seen as one.
-    let mut last_text = settings.loaded_text.clone();
-    Some(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let loaded_text = settings.loaded_text.clone();
+    Some(crate::background::supervised(
+        "identity policy reloader",
+        crate::background::RESTART_PAUSE,
+        move || {
+            reload_policies(
+                policies.clone(),
+                source.clone(),
+                overrides.clone(),
+                interval,
+                loaded_text.clone(),
+            )
+        },
+    ))
+}
+
+/// [`spawn_reloader`]'s loop, from `last_text`, the text the policies were
+/// loaded from at start-up (started again after a panic, it may put the
+/// policies in force once more: harmless).
+async fn reload_policies(
+    policies: Arc<IdentityPolicies>,
+    source: PathBuf,
+    overrides: crate::config::Overrides,
+    interval: Duration,
+    mut last_text: Option<String>,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
         ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            let text = match tokio::fs::read_to_string(&source).await {
-                Ok(text) => text,
-                Err(error) => {
-                    if last_text.take().is_some() {
-                        tracing::error!(path = %source.display(), %error,
-                            "config file unreadable; identity policies unchanged");
-                    }
-                    continue;
+        let text = match tokio::fs::read_to_string(&source).await {
+            Ok(text) => text,
+            Err(error) => {
+                if last_text.take().is_some() {
+                    tracing::error!(path = %source.display(), %error,
+                        "config file unreadable; identity policies unchanged");
                 }
-            };
-            if last_text.as_deref() == Some(text.as_str()) {
                 continue;
             }
-            last_text = Some(text.clone());
-            match crate::config::from_yaml(&text, overrides.clone()) {
-                Ok(settings) => {
-                    let count = settings.authorization.identity_policies.len();
-                    policies.replace(settings.authorization.identity_policies);
-                    tracing::info!(path = %source.display(), policies = count,
-                        "identity policies reloaded");
-                }
-                Err(error) => tracing::error!(path = %source.display(), %error,
-                    "config file changed but is invalid; the previous identity policies stay in force"),
-            }
+        };
+        if last_text.as_deref() == Some(text.as_str()) {
+            continue;
         }
-    }))
+        last_text = Some(text.clone());
+        match crate::config::from_yaml(&text, overrides.clone()) {
+            Ok(settings) => {
+                let count = settings.authorization.identity_policies.len();
+                policies.replace(settings.authorization.identity_policies);
+                tracing::info!(path = %source.display(), policies = count,
+                    "identity policies reloaded");
+            }
+            Err(error) => tracing::error!(path = %source.display(), %error,
+                "config file changed but is invalid; the previous identity policies stay in force"),
+        }
+    }
 }
 
 /// The instance-wide half of authorization: identity policies, where the

@@ -8,11 +8,13 @@
 //!   identity, trace context, deadline, load shedding and its one audit event.
 //! - [`server`]: health, reflection, limits and graceful shutdown around a set
 //!   of services; [`client`]: mTLS channels between services.
+//! - [`background`]: scheduled work that starts again after a panic.
 //! - [`error`], [`db`], [`telemetry`], [`audit`], [`pki`], [`arn`].
 
 pub mod arn;
 pub mod audit;
 pub mod authz;
+pub mod background;
 pub mod call;
 pub mod client;
 pub mod clock;

@@ -10,6 +10,7 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use coffer_platform::background::{RESTART_PAUSE, supervised};
 use coffer_platform::clock::Clock;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -497,28 +498,35 @@ pub fn envelope(stored: &StoredEvent) -> Value {
 
 /// Runs the retention job every [`RETENTION_INTERVAL`] and, in a task of
 /// its own (a long purge must not hold it up), re-reads the rules every
-/// [`RULES_REFRESH_INTERVAL`].
+/// [`RULES_REFRESH_INTERVAL`]. Each starts again should it panic
+/// ([`supervised`]).
 pub fn spawn_upkeep(core: Arc<AuditCore>) -> [tokio::task::JoinHandle<()>; 2] {
     let refreshing = core.clone();
-    let refresh = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(RULES_REFRESH_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if let Err(error) = refreshing.reload_rules().await {
-                tracing::error!(%error, "the event rules could not be re-read");
+    let refresh = supervised("event rule refresh", RESTART_PAUSE, move || {
+        let core = refreshing.clone();
+        async move {
+            let mut ticks = tokio::time::interval(RULES_REFRESH_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = core.reload_rules().await {
+                    tracing::error!(%error, "the event rules could not be re-read");
+                }
             }
         }
     });
-    let retention = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(RETENTION_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            match core.enforce_retention().await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
-                Err(error) => tracing::error!(%error, "audit retention failed"),
+    let retention = supervised("audit retention", RESTART_PAUSE, move || {
+        let core = core.clone();
+        async move {
+            let mut ticks = tokio::time::interval(RETENTION_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                match core.enforce_retention().await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
+                    Err(error) => tracing::error!(%error, "audit retention failed"),
+                }
             }
         }
     });

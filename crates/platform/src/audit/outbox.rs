@@ -283,44 +283,54 @@ impl SqlOutbox {
 pub const RELAY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Sends due outbox rows through `exporter` every [`RELAY_INTERVAL`]. A row
-/// is removed once the audit service acknowledged it.
+/// is removed once the audit service acknowledged it. Started again should
+/// it panic ([`crate::background::supervised`]).
 pub fn spawn_relay(
     outbox: Arc<SqlOutbox>,
     exporter: Arc<super::export::AuditExporter>,
     grace: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(RELAY_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A row whose event the exporter still holds is not handed over
-        // again ([`SqlOutbox::release`]); one it gave back (its queue was
-        // full) waits for `grace` to pass once more.
-        let mut handed: std::collections::HashMap<String, std::time::Instant> =
-            std::collections::HashMap::new();
-        loop {
-            ticks.tick().await;
-            match outbox.due(grace, 1_000).await {
-                Ok(rows) => {
-                    let now = std::time::Instant::now();
-                    handed.retain(|_, at| now.duration_since(*at) < grace);
-                    let mut sent = 0usize;
-                    for row in rows {
-                        if handed.contains_key(&row.event_id) || !outbox.mark_relayed(&row.event_id)
-                        {
-                            continue;
-                        }
-                        handed.insert(row.event_id.clone(), now);
-                        exporter.enqueue_encoded(row, Some(outbox.clone()));
-                        sent += 1;
+    crate::background::supervised(
+        "outbox relay",
+        crate::background::RESTART_PAUSE,
+        move || relay(outbox.clone(), exporter.clone(), grace),
+    )
+}
+
+async fn relay(
+    outbox: Arc<SqlOutbox>,
+    exporter: Arc<super::export::AuditExporter>,
+    grace: Duration,
+) {
+    let mut ticks = tokio::time::interval(RELAY_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A row whose event the exporter still holds is not handed over
+    // again ([`SqlOutbox::release`]); one it gave back (its queue was
+    // full) waits for `grace` to pass once more.
+    let mut handed: std::collections::HashMap<String, std::time::Instant> =
+        std::collections::HashMap::new();
+    loop {
+        ticks.tick().await;
+        match outbox.due(grace, 1_000).await {
+            Ok(rows) => {
+                let now = std::time::Instant::now();
+                handed.retain(|_, at| now.duration_since(*at) < grace);
+                let mut sent = 0usize;
+                for row in rows {
+                    if handed.contains_key(&row.event_id) || !outbox.mark_relayed(&row.event_id) {
+                        continue;
                     }
-                    if sent > 0 {
-                        tracing::info!(events = sent, "outbox relay resent audit events");
-                    }
+                    handed.insert(row.event_id.clone(), now);
+                    exporter.enqueue_encoded(row, Some(outbox.clone()));
+                    sent += 1;
                 }
-                Err(error) => tracing::warn!(%error, "outbox relay could not read the outbox"),
+                if sent > 0 {
+                    tracing::info!(events = sent, "outbox relay resent audit events");
+                }
             }
+            Err(error) => tracing::warn!(%error, "outbox relay could not read the outbox"),
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,87 @@
+//! Scheduled work that outlives a panic.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+/// How long a background task that panicked waits before it starts again.
+pub const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs `start()` as a task of its own and, whenever that task panics,
+/// logs an error and starts it again after `pause`: one faulty run of
+/// scheduled work (a rotation, a relay pass, a policy reload) must not stop
+/// that work, unseen, for the rest of the process's life. Ends when the
+/// task returns; aborting the returned handle aborts the task with it.
+pub fn supervised<F, Fut>(name: &'static str, pause: Duration, mut start: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let mut run = AbortOnDrop(tokio::spawn(start()));
+            match (&mut run.0).await {
+                Err(error) if error.is_panic() => {
+                    tracing::error!(task = name, restart_in = ?pause, "a background task panicked; it starts again");
+                }
+                // Returned, or aborted from outside.
+                Ok(()) | Err(_) => return,
+            }
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// A task that is aborted when its handle is dropped: the supervisor's own
+/// abort reaches the task it runs.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_started_again_and_one_that_returns_is_not() {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counted = starts.clone();
+        let handle = supervised("test", Duration::from_millis(1), move || {
+            let run = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert!(run >= 2, "run {run} fails");
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("the supervisor ended")
+            .expect("the supervisor itself did not panic");
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn aborting_the_supervisor_aborts_its_task() {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<()>(1);
+        let handle = supervised("test", Duration::from_millis(1), move || {
+            let sender = sender.clone();
+            async move {
+                // Holds its sender until it is dropped.
+                let _held = sender;
+                std::future::pending::<()>().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        handle.abort();
+        // Every sender gone: the task was dropped, not left running.
+        let ended = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
+        assert_eq!(ended.ok(), Some(None));
+    }
+}
