@@ -28,6 +28,7 @@ backend_tests!(
     re_encrypt_moves_ciphertext_between_keys,
     answers_and_events_name_the_key_material,
     a_key_the_scheduler_cannot_change_holds_up_no_other,
+    an_account_at_its_key_quota_is_refused_another_key,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -1902,5 +1903,34 @@ async fn answers_and_events_name_the_key_material(backend: Backend) -> anyhow::R
     let data = additional_data(&harness, answer.metadata()).await?;
     assert!(data.is_null(), "{data}");
     assert_eq!(answer.into_inner().key_material_id, "");
+    Ok(())
+}
+
+/// An account with 100,000 customer managed keys (AWS's quota; those pending
+/// deletion count) is refused another, whatever its spec; another account
+/// is not.
+async fn an_account_at_its_key_quota_is_refused_another_key(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    new_key(&mut client).await?;
+    harness.insert_placeholder_keys(ACCOUNT_A, 99_999).await?;
+    for (key_spec, key_usage) in [
+        ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),
+        ("RSA_4096", "SIGN_VERIFY"),
+    ] {
+        let refused = client
+            .create_key(pb::CreateKeyRequest {
+                key_spec: key_spec.into(),
+                key_usage: key_usage.into(),
+                ..Default::default()
+            })
+            .await;
+        let status = assert_error(refused, Code::ResourceExhausted, "LimitExceededException");
+        assert!(status.message().contains("100000"), "{status:?}");
+    }
+    let mut other = harness.keys_for(ACCOUNT_B, "bob").await?;
+    new_key(&mut other).await?;
     Ok(())
 }

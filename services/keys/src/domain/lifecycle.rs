@@ -318,6 +318,21 @@ impl KeysDomain {
         key_manager: KeyManager,
         check: impl Fn(&KeyRecord) -> Result<()>,
     ) -> Result<KeyRecord> {
+        let over_quota = || {
+            KeysError::LimitExceeded(format!(
+                "Account {caller} already has {CUSTOMER_KEYS_PER_ACCOUNT} customer managed \
+                 keys, the most an account may have"
+            ))
+        };
+        // Asked before the key's material is made (an RSA key pair can take
+        // seconds of a crypto thread), so that an account at its quota
+        // cannot have that work done for nothing; the store decides for
+        // certain under the account's lock.
+        if key_manager == KeyManager::Customer
+            && self.store.count_customer_keys(caller).await? >= CUSTOMER_KEYS_PER_ACCOUNT
+        {
+            return Err(over_quota());
+        }
         // A fresh UUID collides with an existing key id only by a fault of the
         // generator; retry once so such a fault cannot surface as a user error.
         for _attempt in 0..2 {
@@ -330,12 +345,7 @@ impl KeysDomain {
                 .await
             {
                 Ok(KeyCreation::Created) => return Ok(key),
-                Ok(KeyCreation::OverQuota) => {
-                    return Err(KeysError::LimitExceeded(format!(
-                        "Account {caller} already has {CUSTOMER_KEYS_PER_ACCOUNT} customer managed \
-                         keys, the most an account may have"
-                    )));
-                }
+                Ok(KeyCreation::OverQuota) => return Err(over_quota()),
                 Err(StoreError::Conflict) => continue,
                 Err(other) => return Err(other.into()),
             }

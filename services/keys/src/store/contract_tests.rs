@@ -225,7 +225,10 @@ async fn customer_keys_are_capped_per_account(store: &dyn KeyStore) -> TestResul
     let mut managed = new_key(&owner, MaterialId::generate()?);
     managed.key_manager = KeyManager::Aws;
     assert_eq!(create(managed, 2).await?.1, KeyCreation::Created);
+    // The count read ahead of the lock sees the same keys.
+    assert_eq!(store.count_customer_keys(&owner).await?, 2);
     let other = account("444455556666");
+    assert_eq!(store.count_customer_keys(&other).await?, 0);
     assert_eq!(
         create(new_key(&other, MaterialId::generate()?), 2).await?.1,
         KeyCreation::Created

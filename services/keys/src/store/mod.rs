@@ -300,6 +300,11 @@ pub trait KeyStore: Send + Sync + 'static {
         max_customer_keys: u64,
     ) -> Result<KeyCreation, StoreError>;
 
+    /// How many customer managed keys `account` has (those pending deletion
+    /// included), read outside any lock: a cheap early answer before a key
+    /// is made; [`KeyStore::create_key`] decides under the lock.
+    async fn count_customer_keys(&self, account: &AccountId) -> Result<u64, StoreError>;
+
     /// Stores a new service-managed key with its first material version and
     /// the alias that names it, atomically: `false`, and nothing written,
     /// when the account already has an alias of that name (another request

@@ -617,6 +617,16 @@ macro_rules! sql_key_store {
                 Ok(KeyCreation::Created)
             }
 
+            async fn count_customer_keys(&self, account: &AccountId) -> Result<u64, StoreError> {
+                let keys: i64 = sqlx::query_scalar(COUNT_KEYS_MANAGED_BY)
+                    .bind(account.as_str())
+                    .bind(KeyManager::Customer.as_str())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(convert_sqlx_error)?;
+                Ok(u64::try_from(keys).unwrap_or(0))
+            }
+
             async fn create_service_managed_key(
                 &self,
                 key: &KeyRecord,
