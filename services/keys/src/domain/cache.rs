@@ -11,7 +11,9 @@
 //!   key is deleted here or the cache is full. They are wiped when dropped.
 //!
 //! Both maps are bounded; when one is full it is emptied rather than
-//! evicting entry by entry, which keeps the hot path a single lookup.
+//! evicting entry by entry, which keeps the hot path a single lookup (the
+//! records map first drops only its expired entries, and is emptied when
+//! none is).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -68,7 +70,13 @@ impl KeyCache {
             return;
         }
         if records.len() >= MAX_ENTRIES {
-            records.clear();
+            // Expired entries go first: a fresh one may be the newer
+            // version that keeps a concurrent older read out. Only a cache
+            // of nothing but fresh entries is emptied.
+            records.retain(|_, (_, fetched_at)| fetched_at.elapsed() < KEY_RECORD_TTL);
+            if records.len() >= MAX_ENTRIES {
+                records.clear();
+            }
         }
         records.insert(
             record.key_id.clone(),
@@ -168,6 +176,38 @@ mod tests {
         cache.put_record(&record(3, KeyState::Enabled));
         let cached = cache.record(&disabled.account, &disabled.key_id);
         assert_eq!(cached.map(|key| key.version), Some(3));
+    }
+
+    /// A full cache makes room from its expired records, keeping a fresh
+    /// one: the newer version still keeps an older read out.
+    #[test]
+    fn making_room_keeps_the_newer_version_guard() -> Result<(), Box<dyn std::error::Error>> {
+        let cache = KeyCache::default();
+        let disabled = record(2, KeyState::Disabled);
+        cache.put_record(&disabled);
+        let long_ago = Instant::now()
+            .checked_sub(KEY_RECORD_TTL * 2)
+            .ok_or("no instant that long ago")?;
+        {
+            let mut records = cache.records.write().map_err(|_| "poisoned")?;
+            for index in 1..MAX_ENTRIES {
+                let id = format!("00000000-0000-4000-8000-{index:012}");
+                let stale = KeyRecord::for_tests(&id, KeyState::Enabled, 1);
+                records.insert(stale.key_id.clone(), (Arc::new(stale), long_ago));
+            }
+            assert_eq!(records.len(), MAX_ENTRIES);
+        }
+        // Full: this one makes room.
+        cache.put_record(&KeyRecord::for_tests(
+            "ffffffff-0000-4000-8000-000000000000",
+            KeyState::Enabled,
+            1,
+        ));
+        cache.put_record(&record(1, KeyState::Enabled));
+        let cached = cache.record(&disabled.account, &disabled.key_id);
+        assert_eq!(cached.map(|key| key.key_state), Some(KeyState::Disabled));
+        assert_eq!(cache.records.read().map_err(|_| "poisoned")?.len(), 2);
+        Ok(())
     }
 
     /// A key found deleted (by another replica) leaves with its material,
