@@ -355,15 +355,29 @@ async fn deleting_a_key_removes_everything_it_owns(store: &dyn KeyStore) -> Test
             50,
         )
         .await?;
+    let schedule = |key: &KeyRecord| {
+        let mut pending = key.clone();
+        pending.key_state = KeyState::PendingDeletion;
+        pending.deletion_date_ms = Some(1_800_000_000_000);
+        pending
+    };
+    let mut pending = schedule(&key);
+    pending.version = store.update_key(&pending, 2).await?;
     // A copy older than what is stored (a deletion cancelled since) deletes
     // nothing.
-    let mut cancelled = key.clone();
+    let mut cancelled = pending.clone();
     cancelled.key_state = KeyState::Disabled;
-    cancelled.version = store.update_key(&cancelled, 2).await?;
-    assert!(!store.delete_key(&key).await?);
+    cancelled.deletion_date_ms = None;
+    cancelled.version = store.update_key(&cancelled, 3).await?;
+    assert!(!store.delete_key(&pending).await?);
+    // Nor does a copy of the stored version that says it is pending
+    // deletion when the store says otherwise.
+    assert!(!store.delete_key(&schedule(&cancelled)).await?);
     assert!(store.get_key(&owner, &key.key_id).await?.is_some());
-    assert!(store.delete_key(&cancelled).await?);
-    assert!(!store.delete_key(&cancelled).await?);
+    let mut pending = schedule(&cancelled);
+    pending.version = store.update_key(&pending, 4).await?;
+    assert!(store.delete_key(&pending).await?);
+    assert!(!store.delete_key(&pending).await?);
     assert_eq!(store.get_key(&owner, &key.key_id).await?, None);
     assert!(store.list_materials(&key.key_id).await?.is_empty());
     assert!(store.list_tags(&key.key_id).await?.is_empty());
@@ -913,7 +927,11 @@ async fn grants_round_trip_and_are_found_by_key_grantee_and_retiring_principal(
     assert_eq!(store.get_grant(&first.grant_id).await?, None);
 
     // Deleting the key takes its grants with it.
-    assert!(store.delete_key(&key).await?);
+    let mut pending = key.clone();
+    pending.key_state = KeyState::PendingDeletion;
+    pending.deletion_date_ms = Some(1_800_000_000_000);
+    pending.version = store.update_key(&pending, 2).await?;
+    assert!(store.delete_key(&pending).await?);
     assert_eq!(store.get_grant(&second.grant_id).await?, None);
     Ok(())
 }

@@ -357,8 +357,10 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn list_materials(&self, key_id: &KeyId) -> Result<Vec<MaterialRecord>, StoreError>;
 
     /// Removes a key with its materials, tags and aliases if its stored
-    /// version is still `key.version`. `false` when it is absent or has
-    /// changed since (a deletion cancelled meanwhile must not be lost).
+    /// version is still `key.version` and it is stored pending deletion.
+    /// `false` when it is absent or has changed since (a deletion cancelled
+    /// meanwhile must not be lost), or is not pending deletion whatever
+    /// `key` says: key material is destroyed only as scheduled.
     async fn delete_key(&self, key: &KeyRecord) -> Result<bool, StoreError>;
 
     /// Keys pending deletion whose date has come, across accounts.

@@ -41,7 +41,7 @@ const MATERIAL_COLUMNS: &str = "material_id, sealed_material, origin, created_at
 const SELECT_MATERIALS: &str = "SELECT material_id, sealed_material, origin, created_at_ms, rotation_type \
      FROM key_materials WHERE key_id = $1 ORDER BY created_at_ms, material_id";
 
-const DELETE_KEY: &str = "DELETE FROM keys WHERE key_id = $1 AND version = $2";
+const DELETE_KEY: &str = "DELETE FROM keys WHERE key_id = $1 AND version = $2 AND key_state = $3";
 
 const UPSERT_TAG: &str = "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES ($1, $2, $3) \
      ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value";
@@ -755,6 +755,7 @@ macro_rules! sql_key_store {
                 let outcome = sqlx::query(DELETE_KEY)
                     .bind(key.key_id.as_str())
                     .bind(key.version)
+                    .bind(KeyState::PendingDeletion.as_str())
                     .execute(&mut *transaction)
                     .await
                     .map_err(convert_sqlx_error)?;
