@@ -19,7 +19,7 @@ use coffer_platform::audit::export::{
 use coffer_platform::audit::outbox::{SqlOutbox, spawn_relay};
 use coffer_platform::audit::service::ServiceEvents;
 use coffer_platform::authz::{self, Authorizer, IdentityPolicies};
-use coffer_platform::background::{RESTART_PAUSE, supervised};
+use coffer_platform::background::supervised;
 use coffer_platform::call::CallSettings;
 use coffer_platform::client::ClientTls;
 use coffer_platform::clock::Clock;
@@ -434,9 +434,11 @@ pub async fn launch(
         (domain, events)
     });
     if let Some((keys, events)) = keys.clone() {
-        background.push(supervised("keys maintenance", RESTART_PAUSE, move || {
-            run_keys_maintenance(keys.clone(), events.clone())
-        }));
+        background.push(supervised(
+            "keys maintenance",
+            MAINTENANCE_INTERVAL,
+            move || run_keys_maintenance(keys.clone(), events.clone()),
+        ));
     }
     background.extend(policy_reloader);
     Ok(Instance {

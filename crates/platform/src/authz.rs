@@ -210,7 +210,7 @@ pub fn spawn_reloader(
     let loaded_text = settings.loaded_text.clone();
     Some(crate::background::supervised(
         "identity policy reloader",
-        crate::background::RESTART_PAUSE,
+        interval,
         move || {
             reload_policies(
                 policies.clone(),

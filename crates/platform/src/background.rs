@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-/// How long a background task that panicked waits before it starts again.
-pub const RESTART_PAUSE: Duration = Duration::from_secs(1);
-
 /// Runs `start()` as a task of its own and, whenever that task panics,
 /// logs an error and starts it again after `pause`: one faulty run of
 /// scheduled work (a rotation, a relay pass, a policy reload) must not stop
-/// that work, unseen, for the rest of the process's life. Ends when the
-/// task returns; aborting the returned handle aborts the task with it.
+/// that work, unseen, for the rest of the process's life. `pause` is the
+/// work's own interval, so that work which panics every time still runs
+/// no more often than it is scheduled to. Ends when the task returns;
+/// aborting the returned handle aborts the task with it.
 pub fn supervised<F, Fut>(name: &'static str, pause: Duration, mut start: F) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,

@@ -10,7 +10,7 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use coffer_platform::background::{RESTART_PAUSE, supervised};
+use coffer_platform::background::supervised;
 use coffer_platform::clock::Clock;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -498,11 +498,11 @@ pub fn envelope(stored: &StoredEvent) -> Value {
 
 /// Runs the retention job every [`RETENTION_INTERVAL`] and, in a task of
 /// its own (a long purge must not hold it up), re-reads the rules every
-/// [`RULES_REFRESH_INTERVAL`]. Each starts again should it panic
-/// ([`supervised`]).
+/// [`RULES_REFRESH_INTERVAL`]. Each starts again, an interval later,
+/// should it panic ([`supervised`]).
 pub fn spawn_upkeep(core: Arc<AuditCore>) -> [tokio::task::JoinHandle<()>; 2] {
     let refreshing = core.clone();
-    let refresh = supervised("event rule refresh", RESTART_PAUSE, move || {
+    let refresh = supervised("event rule refresh", RULES_REFRESH_INTERVAL, move || {
         let core = refreshing.clone();
         async move {
             let mut ticks = tokio::time::interval(RULES_REFRESH_INTERVAL);
@@ -515,7 +515,7 @@ pub fn spawn_upkeep(core: Arc<AuditCore>) -> [tokio::task::JoinHandle<()>; 2] {
             }
         }
     });
-    let retention = supervised("audit retention", RESTART_PAUSE, move || {
+    let retention = supervised("audit retention", RETENTION_INTERVAL, move || {
         let core = core.clone();
         async move {
             let mut ticks = tokio::time::interval(RETENTION_INTERVAL);

@@ -290,11 +290,9 @@ pub fn spawn_relay(
     exporter: Arc<super::export::AuditExporter>,
     grace: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    crate::background::supervised(
-        "outbox relay",
-        crate::background::RESTART_PAUSE,
-        move || relay(outbox.clone(), exporter.clone(), grace),
-    )
+    crate::background::supervised("outbox relay", RELAY_INTERVAL, move || {
+        relay(outbox.clone(), exporter.clone(), grace)
+    })
 }
 
 async fn relay(
