@@ -13,7 +13,7 @@
 //! Both maps are bounded; when one is full it is emptied rather than
 //! evicting entry by entry, which keeps the hot path a single lookup (the
 //! records map first drops only its expired entries, and is emptied when
-//! none is).
+//! too few are).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -71,10 +71,12 @@ impl KeyCache {
         }
         if records.len() >= MAX_ENTRIES {
             // Expired entries go first: a fresh one may be the newer
-            // version that keeps a concurrent older read out. Only a cache
-            // of nothing but fresh entries is emptied.
-            records.retain(|_, (_, fetched_at)| fetched_at.elapsed() < KEY_RECORD_TTL);
-            if records.len() >= MAX_ENTRIES {
+            // version that keeps a concurrent older read out. A cache still
+            // nine tenths full of fresh entries is emptied instead, so that
+            // the walk is not repeated every few misses.
+            let now = Instant::now();
+            records.retain(|_, (_, fetched_at)| now.duration_since(*fetched_at) < KEY_RECORD_TTL);
+            if records.len() >= MAX_ENTRIES / 10 * 9 {
                 records.clear();
             }
         }
