@@ -591,9 +591,72 @@ impl KeysDomain {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    /// An account at its quota is refused before anything of the new key
+    /// is made: its first check (the policy lockout check, which runs
+    /// before the material is generated) is never reached.
+    #[tokio::test]
+    async fn an_account_at_its_quota_is_refused_before_the_material_is_made()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let pool = coffer_platform::db::testing::sqlite_pool(
+            directory.path(),
+            "keys.db",
+            &crate::store::MIGRATIONS,
+        )
+        .await?;
+        let coffer_platform::db::DbPool::Sqlite(sqlite) = &pool else {
+            return Err("not SQLite".into());
+        };
+        sqlx::query(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < {CUSTOMER_KEYS_PER_ACCOUNT}) \
+             INSERT INTO keys (key_id, account_id, description, key_usage, key_spec, origin, \
+             key_manager, key_state, multi_region, created_at_ms, updated_at_ms) \
+             SELECT printf('00000000-0000-4000-8000-%012d', i), '111122223333', '', \
+             'SIGN_VERIFY', 'RSA_4096', 'AWS_KMS', 'CUSTOMER', 'Enabled', 0, 0, 0 FROM n"
+        ))
+        .execute(sqlite)
+        .await?;
+        let domain = KeysDomain::new(
+            crate::store::key_store(pool),
+            Arc::new(coffer_crypto::RootKey::generate()?),
+            coffer_platform::arn::Location {
+                partition: "coffer".into(),
+                region: "eu-west-1".into(),
+                dns_suffix: "coffer.internal".into(),
+            },
+            Arc::new(coffer_platform::clock::SystemClock),
+        );
+        let checked = AtomicUsize::new(0);
+        let request = NewKey {
+            description: String::new(),
+            key_usage: KeyUsage::SignVerify,
+            key_spec: KeySpec::Rsa4096,
+            tags: Vec::new(),
+            multi_region: false,
+            policy: None,
+            bypass_policy_lockout_safety_check: None,
+        };
+        let account = AccountId::parse("111122223333").ok_or("an account")?;
+        let outcome = domain
+            .insert_new_key(&account, request, KeyManager::Customer, |_| {
+                checked.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(outcome, Err(KeysError::LimitExceeded(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(checked.load(Ordering::SeqCst), 0, "the key was made first");
+        Ok(())
+    }
 
     fn due_key(index: usize) -> KeyRecord {
         KeyRecord::for_tests(
