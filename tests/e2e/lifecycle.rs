@@ -1179,12 +1179,15 @@ async fn rotation_keeps_old_ciphertexts_decrypting(backend: Backend) -> anyhow::
             })
             .await?;
         if round == 0 {
+            // The event records the key id the call returned, as
+            // CloudTrail's RotateKeyOnDemand example does (not the ARN).
             let events = harness
                 .audit_events_for(&coffer_tests::request_id_of(answer.metadata()))
                 .await?;
+            assert_eq!(answer.get_ref().key_id, key.key_id);
             assert_eq!(
                 events[0]["responseElements"]["keyId"],
-                key.arn.as_str(),
+                key.key_id.as_str(),
                 "{:#}",
                 events[0]
             );

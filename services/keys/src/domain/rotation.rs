@@ -164,7 +164,9 @@ impl KeysDomain {
                     self.key_arn(&key.account, &key.key_id)
                 )));
             }
-            self.record_key_response(caller, &key);
+            // The key id, as the call returns it (CloudTrail's example for
+            // RotateKeyOnDemand), not the ARN of the calls that return none.
+            caller.record_response(serde_json::json!({ "keyId": key.key_id.as_str() }));
             match self.rotate(key, RotationType::OnDemand, &materials).await {
                 Err(KeysError::Store(StoreError::Conflict)) => continue,
                 outcome => return outcome,
