@@ -14,19 +14,17 @@ use coffer_policy::DecisionEffect;
 use serde_json::json;
 
 use super::access::{Access, Reach, pairs_within, str_pairs};
-use super::types::{KeyKind, KeyReference, KeySpec, KeyUsage};
+use super::types::{KeyKind, KeyManager, KeyReference, KeySpec, KeyUsage};
 use super::{KeyOperation, KeysDomain};
 use crate::error::{KeysError, Result, dry_run_stops};
 use crate::store::{
-    ConstraintKind, GrantConstraint, GrantCreation, GrantQuota, GrantQuotas, GrantRecord,
-    KeyRecord, StoreError,
+    ConstraintKind, GrantConstraint, GrantCreation, GrantRecord, KeyRecord, StoreError,
 };
 
-/// AWS's quotas: 50,000 grants on a key, 500 of them for one grantee.
-pub const GRANT_QUOTAS: GrantQuotas = GrantQuotas {
-    per_key: 50_000,
-    per_grantee: 500,
-};
+/// AWS's quota of grants on a customer managed key (a service-managed key
+/// has none). AWS once also allowed only 500 of them for one grantee; it
+/// no longer does.
+pub const GRANTS_PER_KEY: u64 = 50_000;
 
 /// A validated CreateGrant request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,7 +289,8 @@ impl KeysDomain {
         };
         // In the event the grant's write commits with (DESIGN §5).
         caller.record_response(json!({ "grantId": grant.grant_id }));
-        match self.store.create_grant(&grant, GRANT_QUOTAS).await? {
+        let max_per_key = (key.key_manager == KeyManager::Customer).then_some(GRANTS_PER_KEY);
+        match self.store.create_grant(&grant, max_per_key).await? {
             GrantCreation::Created => {}
             GrantCreation::Existing(existing) => {
                 // Asked for again by name: the grant made the first time.
@@ -299,16 +298,9 @@ impl KeysDomain {
                 let token = GrantToken::issue(&existing)?;
                 return Ok((key, *existing, token));
             }
-            GrantCreation::OverQuota(quota) => {
-                let (quota, of) = match quota {
-                    GrantQuota::PerKey => (GRANT_QUOTAS.per_key, "grants".to_owned()),
-                    GrantQuota::PerGrantee => (
-                        GRANT_QUOTAS.per_grantee,
-                        format!("grants for {}", grant.grantee_principal),
-                    ),
-                };
+            GrantCreation::OverQuota => {
                 return Err(KeysError::LimitExceeded(format!(
-                    "Key {} already has {quota} {of}, the most a key may have",
+                    "Key {} already has {GRANTS_PER_KEY} grants, the most a key may have",
                     self.key_arn(&key.account, &key.key_id)
                 )));
             }

@@ -173,20 +173,6 @@ impl ConstraintKind {
 /// A grant's constraint: its kind and its pairs, sorted by key.
 pub type GrantConstraint = (ConstraintKind, Vec<(String, String)>);
 
-/// How many grants a key may have, in all and for one grantee principal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GrantQuotas {
-    pub per_key: u64,
-    pub per_grantee: u64,
-}
-
-/// The grant quota a new grant would break.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrantQuota {
-    PerKey,
-    PerGrantee,
-}
-
 /// What CreateKey's write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyCreation {
@@ -203,8 +189,8 @@ pub enum GrantCreation {
     /// A grant of the same name and the same parameters was already there
     /// (CreateGrant's idempotency): it is the answer, and nothing is written.
     Existing(Box<GrantRecord>),
-    /// The grant would break a quota: nothing is written.
-    OverQuota(GrantQuota),
+    /// The key already has its most grants: nothing is written.
+    OverQuota,
 }
 
 /// A grant as stored.
@@ -434,12 +420,13 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Stores a grant, unless one of the same name asks for the same (a
     /// named grant is created once however often it is asked for) or it
-    /// would take its key past `quotas`. Decided under the key's lock, so
-    /// concurrent requests cannot both pass.
+    /// would give its key more than `max_per_key` grants (`None`: no
+    /// quota). Decided under the key's lock, so concurrent requests cannot
+    /// both pass.
     async fn create_grant(
         &self,
         grant: &GrantRecord,
-        quotas: GrantQuotas,
+        max_per_key: Option<u64>,
     ) -> Result<GrantCreation, StoreError>;
 
     async fn get_grant(&self, grant_id: &str) -> Result<Option<GrantRecord>, StoreError>;

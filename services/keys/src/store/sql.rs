@@ -8,8 +8,8 @@ use coffer_platform::arn::AccountId;
 use sqlx::Row;
 
 use super::{
-    AliasRecord, ConstraintKind, GrantCreation, GrantQuota, GrantQuotas, GrantRecord, KeyCreation,
-    KeyRecord, KeyStore, MaterialRecord, StoreError, convert_sqlx_error,
+    AliasRecord, ConstraintKind, GrantCreation, GrantRecord, KeyCreation, KeyRecord, KeyStore,
+    MaterialRecord, StoreError, convert_sqlx_error,
 };
 use crate::domain::types::{
     KeyId, KeyManager, KeySpec, KeyState, KeyUsage, Origin, RotationType, Tag,
@@ -77,9 +77,7 @@ const INSERT_GRANT: &str = "INSERT INTO grants (grant_id, key_id, key_account, n
 
 const DELETE_GRANT: &str = "DELETE FROM grants WHERE grant_id = $1";
 
-const COUNT_GRANTS: &str = "SELECT COUNT(*), \
-     COALESCE(SUM(CASE WHEN grantee_principal = $2 THEN 1 ELSE 0 END), 0) \
-     FROM grants WHERE key_id = $1";
+const COUNT_GRANTS: &str = "SELECT COUNT(*) FROM grants WHERE key_id = $1";
 
 fn select_grant() -> String {
     format!("SELECT {GRANT_COLUMNS} FROM grants WHERE grant_id = $1")
@@ -958,7 +956,7 @@ macro_rules! sql_key_store {
             async fn create_grant(
                 &self,
                 grant: &GrantRecord,
-                quotas: GrantQuotas,
+                max_per_key: Option<u64>,
             ) -> Result<GrantCreation, StoreError> {
                 let mut transaction = self.pool.begin().await.map_err(convert_sqlx_error)?;
                 Self::lock_key_in(&mut transaction, &grant.key_id).await?;
@@ -1000,18 +998,15 @@ macro_rules! sql_key_store {
                     .map_err(convert_sqlx_error)?;
                 // Counted with the new grant in, under the key's lock, as
                 // tags are: dropping the transaction takes it out again.
-                let (on_key, for_grantee): (i64, i64) = sqlx::query_as(COUNT_GRANTS)
-                    .bind(grant.key_id.as_str())
-                    .bind(&grant.grantee_principal)
-                    .fetch_one(&mut *transaction)
-                    .await
-                    .map_err(convert_sqlx_error)?;
-                let over = |count: i64, quota: u64| u64::try_from(count).unwrap_or(0) > quota;
-                if over(on_key, quotas.per_key) {
-                    return Ok(GrantCreation::OverQuota(GrantQuota::PerKey));
-                }
-                if over(for_grantee, quotas.per_grantee) {
-                    return Ok(GrantCreation::OverQuota(GrantQuota::PerGrantee));
+                if let Some(max_per_key) = max_per_key {
+                    let on_key: i64 = sqlx::query_scalar(COUNT_GRANTS)
+                        .bind(grant.key_id.as_str())
+                        .fetch_one(&mut *transaction)
+                        .await
+                        .map_err(convert_sqlx_error)?;
+                    if u64::try_from(on_key).unwrap_or(0) > max_per_key {
+                        return Ok(GrantCreation::OverQuota);
+                    }
                 }
                 Self::outbox_in(&mut *transaction).await?;
                 transaction.commit().await.map_err(convert_sqlx_error)?;
