@@ -940,6 +940,23 @@ async fn enabling_rotation_again_keeps_its_schedule(backend: Backend) -> anyhow:
     // ...and a date already past means rotating at once.
     clock.advance(70 * DAY);
     assert!((enable(95).await? - clock_now_seconds(&clock)).abs() <= 1);
+    // An automatic rotation due (within 20 minutes) refuses one on demand,
+    // as KMS does: the key would rotate twice in a row.
+    let on_demand = || {
+        let mut client = rotation_client.clone();
+        let key_id = key.key_id.clone();
+        async move {
+            client
+                .rotate_key_on_demand(pb::RotateKeyOnDemandRequest { key_id })
+                .await
+        }
+    };
+    let status = assert_error(
+        on_demand().await,
+        Code::FailedPrecondition,
+        "ConflictException",
+    );
+    assert!(status.message().contains(&key.arn), "{status:?}");
     harness.run_maintenance().await?;
     let rotations = client
         .list_key_rotations(pb::ListKeyRotationsRequest {
@@ -950,6 +967,15 @@ async fn enabling_rotation_again_keeps_its_schedule(backend: Backend) -> anyhow:
         .into_inner()
         .rotations;
     assert_eq!(rotations.len(), 1, "{rotations:?}");
+    // Rotated, the next one is 95 days off: on demand is fine now, and
+    // again refused 19 minutes before the next.
+    on_demand().await?;
+    clock.advance(95 * DAY - Duration::from_secs(19 * 60));
+    assert_error(
+        on_demand().await,
+        Code::FailedPrecondition,
+        "ConflictException",
+    );
     // Turned off and on again, the period starts over.
     client
         .disable_key_rotation(pb::DisableKeyRotationRequest {

@@ -42,6 +42,10 @@ pub enum KeysError {
     AlreadyExists(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// KMS's ConflictException: the request collides with work already
+    /// under way on the resource.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     InvalidAliasName(String),
     #[error("the signature is not valid")]
@@ -169,6 +173,11 @@ pub fn api_error(error: &KeysError) -> ApiError {
         KeysError::AlreadyExists(message) => ApiError::new(
             ErrorCode::AlreadyExists,
             "AlreadyExistsException",
+            message.clone(),
+        ),
+        KeysError::Conflict(message) => ApiError::new(
+            ErrorCode::FailedPrecondition,
+            "ConflictException",
             message.clone(),
         ),
         KeysError::LimitExceeded(message) => ApiError::new(

@@ -20,6 +20,10 @@ pub const MAX_ROTATION_PERIOD_DAYS: i32 = 2560;
 /// guide gives it now (the API reference still says 10).
 pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;
 
+/// How soon before a key's automatic rotation an on-demand one is refused
+/// (KMS's ConflictException: the two would rotate the key twice in a row).
+pub const ON_DEMAND_CONFLICT_WINDOW_MS: i64 = 20 * 60 * 1000;
+
 /// GetKeyRotationStatus.
 #[derive(Debug, Clone)]
 pub struct RotationStatus {
@@ -158,6 +162,16 @@ impl KeysDomain {
                 .iter()
                 .filter(|material| material.rotation_type == Some(RotationType::OnDemand))
                 .count();
+            if key.rotation_enabled
+                && key.next_rotation_ms.is_some_and(|due| {
+                    due <= self.now_ms().saturating_add(ON_DEMAND_CONFLICT_WINDOW_MS)
+                })
+            {
+                return Err(KeysError::Conflict(format!(
+                    "An automatic rotation of {} is due within 20 minutes; rotate it on demand after that one.",
+                    self.key_arn(&key.account, &key.key_id)
+                )));
+            }
             if on_demand >= MAX_ON_DEMAND_ROTATIONS {
                 return Err(KeysError::LimitExceeded(format!(
                     "{} has reached its limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
