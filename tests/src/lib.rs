@@ -743,32 +743,17 @@ impl Harness {
         self.run_on_database(service, &statements).await
     }
 
-    /// Writes `count` disabled customer managed keys of `account` straight
-    /// into the keys database (ids `00000000-0000-4000-8000-…`, no
-    /// material): an account brought to a quota without calling CreateKey
-    /// that often.
+    /// [`coffer_keys::store::insert_placeholder_keys`] in this instance's
+    /// keys database.
     pub async fn insert_placeholder_keys(&self, account: &str, count: u32) -> anyhow::Result<()> {
-        let columns = "key_id, account_id, description, key_usage, key_spec, origin, key_manager, \
-                       key_state, multi_region, created_at_ms, updated_at_ms";
-        let values = format!(
-            "'{account}', '', 'ENCRYPT_DECRYPT', 'SYMMETRIC_DEFAULT', 'AWS_KMS', 'CUSTOMER', \
-             'Disabled', FALSE, 0, 0"
-        );
-        let database = self.keys_database()?;
-        let statement = match database.backend {
-            coffer_platform::config::DatabaseBackend::Sqlite => format!(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) \
-                 INSERT INTO keys ({columns}) \
-                 SELECT printf('00000000-0000-4000-8000-%012d', i), {values} FROM n"
-            ),
-            coffer_platform::config::DatabaseBackend::Postgres => format!(
-                "INSERT INTO \"{schema}\".keys ({columns}) \
-                 SELECT '00000000-0000-4000-8000-' || lpad(i::text, 12, '0'), {values} \
-                 FROM generate_series(1, {count}) AS i",
-                schema = database.schema
-            ),
-        };
-        self.run_on_database("keys", &[statement]).await
+        let account = coffer_platform::arn::AccountId::parse(account)
+            .with_context(|| format!("{account} is not an account"))?;
+        let pool =
+            coffer_platform::db::connect(self.keys_database()?, &coffer_keys::store::MIGRATIONS)
+                .await?;
+        let inserted = coffer_keys::store::insert_placeholder_keys(&pool, &account, count).await;
+        pool.close().await;
+        Ok(inserted?)
     }
 
     /// Removes the trigger of [`Self::refuse_key_writes`] on `table`.

@@ -610,18 +610,12 @@ mod tests {
             &crate::store::MIGRATIONS,
         )
         .await?;
-        let coffer_platform::db::DbPool::Sqlite(sqlite) = &pool else {
-            return Err("not SQLite".into());
-        };
-        sqlx::query(&format!(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
-             WHERE i < {CUSTOMER_KEYS_PER_ACCOUNT}) \
-             INSERT INTO keys (key_id, account_id, description, key_usage, key_spec, origin, \
-             key_manager, key_state, multi_region, created_at_ms, updated_at_ms) \
-             SELECT printf('00000000-0000-4000-8000-%012d', i), '111122223333', '', \
-             'SIGN_VERIFY', 'RSA_4096', 'AWS_KMS', 'CUSTOMER', 'Enabled', 0, 0, 0 FROM n"
-        ))
-        .execute(sqlite)
+        let account = AccountId::parse("111122223333").ok_or("an account")?;
+        crate::store::insert_placeholder_keys(
+            &pool,
+            &account,
+            u32::try_from(CUSTOMER_KEYS_PER_ACCOUNT)?,
+        )
         .await?;
         let domain = KeysDomain::new(
             crate::store::key_store(pool),
@@ -643,7 +637,6 @@ mod tests {
             policy: None,
             bypass_policy_lockout_safety_check: None,
         };
-        let account = AccountId::parse("111122223333").ok_or("an account")?;
         let outcome = domain
             .insert_new_key(&account, request, KeyManager::Customer, |_| {
                 checked.fetch_add(1, Ordering::SeqCst);

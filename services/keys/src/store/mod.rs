@@ -477,6 +477,44 @@ pub fn key_store(pool: DbPool) -> std::sync::Arc<dyn KeyStore> {
     }
 }
 
+/// Test support: writes `count` disabled customer managed keys of `account`
+/// straight into the keys database behind `pool` (ids
+/// `00000000-0000-4000-8000-…`, no material), an account brought to a
+/// quota without calling CreateKey that often.
+pub async fn insert_placeholder_keys(
+    pool: &DbPool,
+    account: &AccountId,
+    count: u32,
+) -> Result<(), StoreError> {
+    let columns = "key_id, account_id, description, key_usage, key_spec, origin, key_manager, \
+                   key_state, multi_region, created_at_ms, updated_at_ms";
+    let values = "$1, '', 'ENCRYPT_DECRYPT', 'SYMMETRIC_DEFAULT', 'AWS_KMS', 'CUSTOMER', \
+                  'Disabled', FALSE, 0, 0";
+    match pool {
+        DbPool::Sqlite(pool) => sqlx::query(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+             INSERT INTO keys ({columns}) \
+             SELECT printf('00000000-0000-4000-8000-%012d', i), {values} FROM n"
+        ))
+        .bind(account.as_str())
+        .bind(i64::from(count))
+        .execute(pool)
+        .await
+        .map(|_| ()),
+        DbPool::Postgres(pool) => sqlx::query(&format!(
+            "INSERT INTO keys ({columns}) \
+             SELECT '00000000-0000-4000-8000-' || lpad(i::text, 12, '0'), {values} \
+             FROM generate_series(1, $2) AS i"
+        ))
+        .bind(account.as_str())
+        .bind(i64::from(count))
+        .execute(pool)
+        .await
+        .map(|_| ()),
+    }
+    .map_err(convert_sqlx_error)
+}
+
 #[cfg(test)]
 mod migration_files {
     #[test]
