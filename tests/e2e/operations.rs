@@ -19,6 +19,7 @@ backend_tests!(
     calls_past_their_deadline_fail_deadline_exceeded,
     a_change_committing_at_its_deadline_is_recorded_as_made,
     oversize_messages_are_refused_and_the_server_stays_up,
+    undecodable_messages_are_refused_as_the_callers_fault,
     abandoned_data_plane_calls_are_audited_once,
     calls_abandoned_before_their_message_are_audited_as_cancelled,
     connections_are_told_how_many_streams_they_may_open,
@@ -355,10 +356,11 @@ async fn oversize_messages_are_refused_and_the_server_stays_up(
                 ..Default::default()
             })
             .await;
-        let status = outcome
-            .err()
-            .ok_or_else(|| anyhow::anyhow!("{size} bytes were accepted"))?;
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let status = assert_error(
+            outcome,
+            Code::ResourceExhausted,
+            "RequestEntityTooLargeException",
+        );
         let events = harness
             .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
             .await?;
@@ -424,6 +426,66 @@ async fn abandoned_data_plane_calls_are_audited_once(backend: Backend) -> anyhow
     assert_eq!(event["errorCode"], "RequestCanceledException", "{event:#}");
     assert_eq!(event["userIdentity"]["userName"], "alice");
     assert_eq!(event["requestParameters"]["keyPairSpec"], "RSA_4096");
+    Ok(())
+}
+
+/// What an EncryptRequest is on the wire, but with its `key_id` (a string,
+/// field 1) free to hold bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawEncryptRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    key_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    plaintext: Vec<u8>,
+}
+
+/// A message that is not valid protobuf for its request type is the
+/// caller's fault, refused as AWS refuses a body it cannot read
+/// (SerializationException), not answered INTERNAL as if the server had
+/// failed; it has its one event, and the server goes on.
+async fn undecodable_messages_are_refused_as_the_callers_fault(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let mut grpc = tonic::client::Grpc::new(harness.channel_with(Some(&identity)).await?);
+    grpc.ready().await?;
+    let outcome = grpc
+        .unary::<_, pb::EncryptResponse, _>(
+            tonic::Request::new(RawEncryptRequest {
+                key_id: vec![b'k', 0xff, 0xfe],
+                plaintext: vec![1; 16],
+            }),
+            http::uri::PathAndQuery::from_static("/coffer.keys.v1.Keys/Encrypt"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let status = assert_error(outcome, Code::InvalidArgument, "SerializationException");
+    assert!(
+        status.message().contains("EncryptRequest.key_id"),
+        "{status:?}"
+    );
+    let events = harness
+        .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
+        .await?;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["eventName"], "Encrypt");
+    assert_eq!(events[0]["errorCode"], "SerializationException");
+    // The same call, decodable, is answered.
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    client
+        .encrypt(pb::EncryptRequest {
+            key_id: key.key_id,
+            plaintext: vec![1; 16],
+            ..Default::default()
+        })
+        .await?;
     Ok(())
 }
 

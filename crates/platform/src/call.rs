@@ -37,7 +37,7 @@ use crate::audit::{
 };
 use crate::authz::{Authorizer, Caller, DecisionMark};
 use crate::config::AuditMode;
-use crate::error::{ApiError, exception_for_code};
+use crate::error::{ApiError, ErrorCode, exception_for_code};
 use crate::identity::{Principal, PrincipalKind, principal_from_spiffe_id};
 use crate::service_prefix;
 use crate::tls::PeerInfo;
@@ -499,6 +499,43 @@ fn parse_grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// The refusal of a request tonic turned away before its handler saw it,
+/// with the code and exception any other refusal of bad input has (and
+/// so the ErrorInfo that names the exception):
+/// - an over-size message: tonic answers OUT_OF_RANGE; the gRPC
+///   specification (and Coffer's closed set of codes) says
+///   RESOURCE_EXHAUSTED, and AWS names it RequestEntityTooLargeException;
+/// - a message that is not valid protobuf (a string field that is not
+///   UTF-8, a truncated field): tonic answers INTERNAL, as if the server
+///   had failed, where AWS answers a body it cannot read with
+///   SerializationException, the caller's fault.
+fn refused_before_the_handler(code: tonic::Code, response: &Response<Body>) -> Option<ApiError> {
+    /// How prost's decoding errors begin (tonic-prost passes them on).
+    const UNDECODABLE: &str = "failed to decode Protobuf message: ";
+    match code {
+        tonic::Code::OutOfRange => Some(ApiError::new(
+            ErrorCode::ResourceExhausted,
+            "RequestEntityTooLargeException",
+            "the request message is larger than the server accepts",
+        )),
+        tonic::Code::Internal => {
+            // What prost says names the message, the field and the fault,
+            // never a value.
+            let status = tonic::Status::from_header_map(response.headers())?;
+            let detail = status.message().strip_prefix(UNDECODABLE)?;
+            Some(ApiError::new(
+                ErrorCode::InvalidArgument,
+                "SerializationException",
+                format!(
+                    "the request message could not be decoded: {}",
+                    detail.chars().take(256).collect::<String>()
+                ),
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn grpc_status_of(response: &Response<Body>) -> tonic::Code {
     response
         .headers()
@@ -903,18 +940,12 @@ where
             "the client cancelled the call before its request arrived".to_owned(),
         ));
     }
-    if code == tonic::Code::OutOfRange && draft.error.is_none() {
-        // tonic rejects an over-size message with OUT_OF_RANGE; the gRPC
-        // specification (and Coffer's closed set of codes) says RESOURCE_EXHAUSTED.
-        code = tonic::Code::ResourceExhausted;
-        response.headers_mut().insert(
-            "grpc-status",
-            HeaderValue::from(tonic::Code::ResourceExhausted as i32),
-        );
-        draft.error = Some((
-            "RequestEntityTooLargeException".to_owned(),
-            "the request message is larger than the server accepts".to_owned(),
-        ));
+    if draft.error.is_none()
+        && let Some(refusal) = refused_before_the_handler(code, &response)
+    {
+        code = refusal.code.grpc_code();
+        draft.error = Some((refusal.exception.to_owned(), refusal.message.clone()));
+        response = refusal.into_status(&event_source).into_http::<Body>();
     }
     let (error_code, error_message) = match (code, draft.error.take()) {
         (tonic::Code::Ok, _) => (None, None),
