@@ -514,6 +514,7 @@ async fn a_subscription_ends_when_its_certificate_expires(backend: Backend) -> a
     };
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("expired"), "{ended:?}");
+    assert_eq!(exception_of(&ended), "UnrecognizedClientException");
     assert!(started.elapsed() < Duration::from_secs(10));
     Ok(())
 }
@@ -600,6 +601,7 @@ async fn a_shutdown_ends_open_subscriptions(backend: Backend) -> anyhow::Result<
     // Events stored before the end (the Subscribe call's own) come first.
     let status = status_ending(&mut stream, Duration::from_secs(5)).await?;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(exception_of(&status), "ServiceUnavailableException");
     assert!(status.message().contains("subscribe again"), "{status:?}");
     Ok(())
 }
@@ -692,6 +694,7 @@ async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
     harness.audit_core()?.settled().await;
     let status = status_ending(&mut stream, Duration::from_secs(10)).await?;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(exception_of(&status), "ThrottlingException");
     assert!(status.message().contains("fell behind"), "{status:?}");
     assert!(
         !status.message().chars().any(|c| c.is_ascii_digit()),

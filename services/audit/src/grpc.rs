@@ -765,6 +765,21 @@ impl Audit for AuditGrpc {
                 subscriber.arn()
             ),
         ));
+        // Every way a subscription ends with a status names its exception,
+        // as any other refusal does.
+        let lagged_status = call.status_of(ApiError::new(
+            ErrorCode::ResourceExhausted,
+            "ThrottlingException",
+            "the subscriber fell behind and events were skipped; subscribe again and use LookupEvents for the gap",
+        ));
+        let closing_status = call.status_of(ApiError::new(
+            ErrorCode::Unavailable,
+            "ServiceUnavailableException",
+            "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
+        ));
+        let expired_status = call.status_of(ApiError::unauthenticated(
+            "the client certificate of this connection has expired; subscribe again with a valid one",
+        ));
         let (sender, receiver) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
         let (ending, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -785,9 +800,7 @@ impl Audit for AuditGrpc {
                         // carries every account's events, and the count would
                         // tell one account how busy the others are.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            return Some(Status::resource_exhausted(
-                                "the subscriber fell behind and events were skipped; subscribe again and use LookupEvents for the gap",
-                            ));
+                            return Some(lagged_status);
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     };
@@ -824,12 +837,8 @@ impl Audit for AuditGrpc {
             };
             let status = tokio::select! {
                 biased;
-                () = closed => Some(Status::unavailable(
-                    "the audit service is shutting down; subscribe again, and use LookupEvents for what was missed",
-                )),
-                () = expired => Some(Status::unauthenticated(
-                    "the client certificate of this connection has expired; subscribe again with a valid one",
-                )),
+                () = closed => Some(closing_status),
+                () = expired => Some(expired_status),
                 () = revoked => Some(revoked_status),
                 status = forwarding => status,
             };
