@@ -792,6 +792,16 @@ async fn tags_are_managed_and_limited(backend: Backend) -> anyhow::Result<()> {
         })
         .await;
     assert_error(other_key, Code::InvalidArgument, "InvalidMarkerException");
+    // One longer than KMS's MarkerType allows (1,024 characters) is outside
+    // the field's constraint.
+    let oversize = client
+        .list_resource_tags(pb::ListResourceTagsRequest {
+            key_id: key.key_id.clone(),
+            limit: Some(1),
+            marker: "A".repeat(1025),
+        })
+        .await;
+    assert_error(oversize, Code::InvalidArgument, "ValidationException");
     // Keys differing in case page in byte order on either database, whatever
     // its collation: every tag once.
     client

@@ -664,7 +664,30 @@ fn random_length(field: &'static str, count: i32) -> Result<usize> {
     usize::try_from(count).map_err(|_| KeysError::validation(field, "must be positive"))
 }
 
+/// KMS's `MarkerType`: 1 to 1,024 characters, each U+0020 to U+00FF.
+/// Every marker Coffer issues has that shape (the longest, for a tag key
+/// of 128 four-byte characters, is 708 characters).
+const MAX_MARKER_CHARS: usize = 1024;
+
+/// A marker outside `MarkerType` is refused as any field outside its
+/// constraint is (ValidationException naming it); InvalidMarkerException is
+/// for one of the right shape that no list issued for this request.
+fn check_marker_shape(marker: &str) -> Result<()> {
+    let mut characters = 0_usize;
+    for character in marker.chars() {
+        characters += 1;
+        if characters > MAX_MARKER_CHARS || !('\u{20}'..='\u{ff}').contains(&character) {
+            return Err(KeysError::validation(
+                "marker",
+                format!("must be 1 to {MAX_MARKER_CHARS} characters from U+0020 to U+00FF"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn list_marker(marker: &str) -> Result<Option<KeyId>> {
+    check_marker_shape(marker)?;
     if marker.is_empty() {
         return Ok(None);
     }
@@ -768,6 +791,7 @@ fn marker_scope(scope: &[&str]) -> String {
 }
 
 fn decode_marker(listing: Listing, scope: &[&str], marker: &str) -> Result<Option<String>> {
+    check_marker_shape(marker)?;
     if marker.is_empty() {
         return Ok(None);
     }
@@ -2187,6 +2211,7 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let reference = key_reference("key_id", &m.key_id)?;
                 page_limit("limit", m.limit, 100, 1000)?;
+                check_marker_shape(&m.marker)?;
                 if !m.marker.is_empty() {
                     return Err(KeysError::InvalidMarker);
                 }
@@ -2469,6 +2494,63 @@ mod tests {
                 field: "key_id",
                 ..
             })
+        ));
+        Ok(())
+    }
+
+    /// The longest items a list can end a page on give markers of
+    /// `MarkerType`'s shape, which decode back to them; a marker outside
+    /// that shape is a ValidationException, one inside it that no list
+    /// issued an InvalidMarkerException.
+    #[test]
+    fn markers_keep_to_the_marker_type() -> Result<()> {
+        let scope = ["1234abcd-12ab-34cd-56ef-1234567890ab"];
+        let alias = format!("alias/{}", "a".repeat(250));
+        let tag_key = "\u{1F511}".repeat(128);
+        for (listing, item) in [
+            (Listing::Aliases, alias.as_str()),
+            (Listing::Tags, &tag_key),
+        ] {
+            let marker = encode_marker(listing, &scope, item);
+            assert!(
+                marker.chars().count() <= MAX_MARKER_CHARS,
+                "{}",
+                marker.len()
+            );
+            check_marker_shape(&marker)?;
+            assert_eq!(
+                decode_marker(listing, &scope, &marker)?.as_deref(),
+                Some(item)
+            );
+        }
+        for outside in [
+            "x".repeat(MAX_MARKER_CHARS + 1),
+            "a\u{7}b".into(),
+            "\u{100}".into(),
+        ] {
+            assert!(matches!(
+                decode_marker(Listing::Tags, &scope, &outside),
+                Err(KeysError::Validation {
+                    field: "marker",
+                    ..
+                })
+            ));
+            assert!(matches!(
+                list_marker(&outside),
+                Err(KeysError::Validation {
+                    field: "marker",
+                    ..
+                })
+            ));
+        }
+        let latin = "\u{ff}".repeat(MAX_MARKER_CHARS);
+        assert!(matches!(
+            decode_marker(Listing::Tags, &scope, &latin),
+            Err(KeysError::InvalidMarker)
+        ));
+        assert!(matches!(
+            list_marker("not a marker"),
+            Err(KeysError::InvalidMarker)
         ));
         Ok(())
     }
