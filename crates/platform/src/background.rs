@@ -32,6 +32,25 @@ where
     })
 }
 
+/// Runs `future` to its end, turning a panic while it is polled into an
+/// `Err` holding the panic's payload, as [`std::panic::catch_unwind`] does
+/// for a closure: for a step of long-running work that must outlive one
+/// faulty run without the task around it ending (and with what the step
+/// was working on still at hand to retry).
+pub async fn unwound<F: Future>(future: F) -> std::thread::Result<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |context| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            future.as_mut().poll(context)
+        })) {
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
 /// A task that is aborted when its handle is dropped: the supervisor's own
 /// abort reaches the task it runs.
 struct AbortOnDrop(JoinHandle<()>);
@@ -64,6 +83,21 @@ mod tests {
             .expect("the supervisor ended")
             .expect("the supervisor itself did not panic");
         assert_eq!(starts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_an_unwound_future_is_an_error_its_output_is_not() {
+        let panicking = unwound(async {
+            tokio::task::yield_now().await;
+            panic!("a faulty step");
+        });
+        let payload = panicking.await.expect_err("the panic was not caught");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"a faulty step"));
+        let finished = unwound(async {
+            tokio::task::yield_now().await;
+            5
+        });
+        assert_eq!(finished.await.ok(), Some(5));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use coffer_platform::background::supervised;
+use coffer_platform::background::{supervised, unwound};
 use coffer_platform::clock::Clock;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -235,31 +235,44 @@ impl AuditCore {
                 envelope: envelope(&stored),
                 stored,
             });
-            let read_only_management = live.read_only_management();
-            // Written once for all the rules that send it, and only if one does.
-            let mut body: Option<Arc<str>> = None;
-            for rule in rules.iter() {
-                if !rule.targets.is_empty()
-                    && live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
-                    && (rule.read_only_events || !read_only_management)
-                    && rule.pattern.matches(&live.envelope)
-                {
-                    let body = body
-                        .get_or_insert_with(|| Arc::from(live.envelope.to_string()))
-                        .clone();
-                    for target in &rule.targets {
-                        self.dispatcher.deliver(DeliveryJob {
-                            target: target.clone(),
-                            event_id: live.stored.event_id.clone(),
-                            body: body.clone(),
-                        });
-                    }
-                }
+            // A fault of the pattern code on one event costs that event its
+            // deliveries, not the other events theirs or the caller (the
+            // indexer, a group commit) its task.
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.deliver_to_rules(&live, &rules);
+            }));
+            if delivered.is_err() {
+                tracing::error!(event_id = %live.stored.event_id, "matching an audit event against the event rules panicked; no rule target receives it");
             }
             // No subscriber is not an error.
             let _receivers = self.live.send(live);
         }
         count
+    }
+
+    /// Hands `live` to the targets of every rule of its account that matches it.
+    fn deliver_to_rules(&self, live: &LiveEvent, rules: &[ActiveRule]) {
+        let read_only_management = live.read_only_management();
+        // Written once for all the rules that send it, and only if one does.
+        let mut body: Option<Arc<str>> = None;
+        for rule in rules {
+            if !rule.targets.is_empty()
+                && live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
+                && (rule.read_only_events || !read_only_management)
+                && rule.pattern.matches(&live.envelope)
+            {
+                let body = body
+                    .get_or_insert_with(|| Arc::from(live.envelope.to_string()))
+                    .clone();
+                for target in &rule.targets {
+                    self.dispatcher.deliver(DeliveryJob {
+                        target: target.clone(),
+                        event_id: live.stored.event_id.clone(),
+                        body: body.clone(),
+                    });
+                }
+            }
+        }
     }
 
     /// Stores `events`, sharing one transaction with whatever other exports
@@ -410,6 +423,9 @@ const INDEX_LINGER: Duration = Duration::from_millis(20);
 
 /// Stores what the journal holds, oldest first, until the core is gone. A
 /// batch the store refuses is retried, never dropped: it was acknowledged.
+/// So is one whose storing panics: a panic would otherwise end this task
+/// and leave the batch taken but unstored, and with the indexer gone the
+/// journal would fill until every export was refused.
 async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
     loop {
         journal.linger(INDEX_LINGER).await;
@@ -424,17 +440,25 @@ async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
             };
             // The indexer is the store's only writer here: no group commit
             // to share.
-            match core
-                .store
-                .insert_events(&taken.events, core.clock.now_millis())
-                .await
-            {
-                Ok(fresh) => {
+            let stored = unwound(async {
+                core.store
+                    .insert_events(&taken.events, core.clock.now_millis())
+                    .await
+            })
+            .await;
+            match stored {
+                Ok(Ok(fresh)) => {
                     core.route(taken.events, fresh);
                     break;
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::error!(%error, events = taken.events.len(), "journaled audit events could not be stored; retrying");
+                }
+                Err(_panic) => {
+                    tracing::error!(
+                        events = taken.events.len(),
+                        "storing journaled audit events panicked; retrying"
+                    );
                 }
             }
             drop(core);

@@ -360,6 +360,49 @@ mod tests {
         Ok(())
     }
 
+    /// A clock that panics the first time it is read once armed: a fault
+    /// in the middle of the indexer's storing of a batch.
+    struct PanicsOnce {
+        armed: std::sync::atomic::AtomicBool,
+    }
+
+    impl Clock for PanicsOnce {
+        fn now(&self) -> std::time::SystemTime {
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                panic!("a fault while storing");
+            }
+            std::time::SystemTime::now()
+        }
+    }
+
+    /// A panic while the indexer stores a batch neither ends the indexer
+    /// nor loses the batch, which was acknowledged: it is stored on the
+    /// retry, and what is exported after it is stored too.
+    #[tokio::test]
+    async fn a_panic_while_storing_journaled_events_loses_nothing() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let database = sqlite_database(directory.path());
+        let clock = Arc::new(PanicsOnce {
+            armed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (service, _pool) = connect(&database, clock.clone(), options()).await?;
+        service.core.ingest(vec![event("before")]).await?;
+        assert_eq!(stored_ids(&service.core).await?, ["before"]);
+        clock.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        service.core.ingest(vec![event("during")]).await?;
+        assert_eq!(stored_ids(&service.core).await?, ["before", "during"]);
+        assert!(
+            !clock.armed.load(std::sync::atomic::Ordering::SeqCst),
+            "the fault never struck"
+        );
+        service.core.ingest(vec![event("after")]).await?;
+        assert_eq!(
+            stored_ids(&service.core).await?,
+            ["after", "before", "during"]
+        );
+        Ok(())
+    }
+
     /// The core puts what the journal takes on the disk by itself, soon
     /// after the answer and without waiting for the indexer.
     #[tokio::test]
