@@ -16,6 +16,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 backend_tests!(
+    a_key_scheduled_for_deletion_behind_a_held_record_is_named_when_writes_are_refused,
     disabled_keys_refuse_use_until_enabled,
     scheduled_deletion_destroys_the_key_when_due,
     aliases_name_keys_wherever_a_key_id_goes,
@@ -724,6 +725,48 @@ async fn aliases_name_keys_wherever_a_key_id_goes(backend: Backend) -> anyhow::R
     assert_error(deleted_again, Code::NotFound, "NotFoundException");
     // Blobs made through the alias still decrypt: they name the key, not the alias.
     assert_eq!(decrypt(&mut client, &by_alias).await?, b"via alias");
+    Ok(())
+}
+
+/// A key scheduled for deletion while this instance holds its record (by
+/// another replica; a record is trusted for 2 s) passes the state check on
+/// that record, and is refused by the write's own: as the state check
+/// refuses it, naming the key.
+async fn a_key_scheduled_for_deletion_behind_a_held_record_is_named_when_writes_are_refused(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    use coffer_proto::common::v1::Tag;
+    let harness = Harness::start(backend).await?;
+    let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
+    let key = new_key(&mut client).await?;
+    let tags = |tag_key: &str| pb::TagResourceRequest {
+        key_id: key.key_id.clone(),
+        tags: vec![Tag {
+            tag_key: tag_key.into(),
+            tag_value: "v".into(),
+        }],
+    };
+    // Read (and held) by this instance.
+    client.tag_resource(tags("before")).await?;
+    harness
+        .set_key_state_behind_the_service(&key.key_id, "PendingDeletion")
+        .await?;
+    let pending = format!("{} is pending deletion.", key.arn);
+    let tagged = client.tag_resource(tags("after")).await;
+    let status = assert_error(tagged, Code::FailedPrecondition, "KMSInvalidStateException");
+    assert_eq!(status.message(), pending);
+    let aliased = client
+        .create_alias(pb::CreateAliasRequest {
+            alias_name: "alias/behind".into(),
+            target_key_id: key.key_id.clone(),
+        })
+        .await;
+    let status = assert_error(
+        aliased,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+    );
+    assert_eq!(status.message(), pending);
     Ok(())
 }
 

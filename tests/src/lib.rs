@@ -756,6 +756,30 @@ impl Harness {
         Ok(inserted?)
     }
 
+    /// Puts `key_id` in `state` straight in the keys database, behind the
+    /// service's back, as another replica's change would be made while
+    /// this instance holds the key's record.
+    pub async fn set_key_state_behind_the_service(
+        &self,
+        key_id: &str,
+        state: &str,
+    ) -> anyhow::Result<()> {
+        let database = self.keys_database()?;
+        let table = match database.backend {
+            coffer_platform::config::DatabaseBackend::Sqlite => "keys".to_owned(),
+            coffer_platform::config::DatabaseBackend::Postgres => {
+                format!("\"{}\".keys", database.schema)
+            }
+        };
+        self.run_on_database(
+            "keys",
+            &[format!(
+                "UPDATE {table} SET key_state = '{state}' WHERE key_id = '{key_id}'"
+            )],
+        )
+        .await
+    }
+
     /// Removes the trigger of [`Self::refuse_key_writes`] on `table`.
     pub async fn allow_key_writes(&self, table: &str) -> anyhow::Result<()> {
         let statements = match self.keys_database()?.backend {

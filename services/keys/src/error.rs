@@ -239,7 +239,8 @@ pub fn api_error(error: &KeysError) -> ApiError {
             )
         }
         // Scheduled for deletion between the caller's read of the key and
-        // the write: refused as the state refuses it.
+        // the write: refused as the state refuses it. The domain's writes
+        // name the key (`KeysDomain::write_refused`); this is for any other.
         KeysError::Store(StoreError::PendingDeletion) => ApiError::new(
             ErrorCode::FailedPrecondition,
             "KMSInvalidStateException",

@@ -263,7 +263,9 @@ impl KeysDomain {
                 "An alias with the name {} already exists.",
                 self.alias_arn(caller, alias_name)
             ))),
-            Err(other) => Err(other.into()),
+            Err(other) => Err(self.write_refused(&alias.account, &alias.target_key_id)(
+                other,
+            )),
         }
     }
 
@@ -343,7 +345,8 @@ impl KeysDomain {
                     self.now_ms(),
                     MAX_ALIASES_PER_KEY,
                 )
-                .await?
+                .await
+                .map_err(self.write_refused(&new_key.account, &new_key.key_id))?
             {
                 Some(count) if count > MAX_ALIASES_PER_KEY => {
                     return Err(self.too_many_aliases(caller, &new_key.key_id));

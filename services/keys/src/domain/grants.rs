@@ -290,7 +290,12 @@ impl KeysDomain {
         // In the event the grant's write commits with (DESIGN §5).
         caller.record_response(json!({ "grantId": grant.grant_id }));
         let max_per_key = (key.key_manager == KeyManager::Customer).then_some(GRANTS_PER_KEY);
-        match self.store.create_grant(&grant, max_per_key).await? {
+        match self
+            .store
+            .create_grant(&grant, max_per_key)
+            .await
+            .map_err(self.write_refused(&key.account, &key.key_id))?
+        {
             GrantCreation::Created => {}
             GrantCreation::Existing(existing) => {
                 // Asked for again by name: the grant made the first time.

@@ -107,6 +107,26 @@ impl KeysDomain {
             .arn(SERVICE_PREFIX, account, &format!("key/{key_id}"))
     }
 
+    /// What a failed write on `key_id`'s behalf tells the caller. A key the
+    /// write's lock finds PendingDeletion was scheduled for deletion after
+    /// this call read it (by another call, or another replica while this
+    /// one's record was cached): refused as that state refuses the call,
+    /// naming the key as the state check does.
+    pub(crate) fn write_refused(
+        &self,
+        account: &AccountId,
+        key_id: &KeyId,
+    ) -> impl Fn(crate::store::StoreError) -> KeysError + '_ {
+        let key_arn = self.key_arn(account, key_id);
+        move |error| match error {
+            crate::store::StoreError::PendingDeletion => KeysError::InvalidState {
+                key_arn: key_arn.clone(),
+                state: KeyState::PendingDeletion,
+            },
+            other => other.into(),
+        }
+    }
+
     /// The seal binding of one material version: the key ARN and material id.
     fn seal_binding<'a>(key_arn: &'a str, material_hex: &'a str) -> SealBinding<'a> {
         SealBinding {

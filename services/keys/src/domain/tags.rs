@@ -38,7 +38,8 @@ impl KeysDomain {
         let count = self
             .store
             .put_tags(&key.key_id, tags, MAX_TAGS_PER_KEY)
-            .await?;
+            .await
+            .map_err(self.write_refused(&key.account, &key.key_id))?;
         if count > MAX_TAGS_PER_KEY {
             return Err(KeysError::LimitExceeded(format!(
                 "A key can have at most {MAX_TAGS_PER_KEY} tags; with these it would have {count}."
@@ -62,7 +63,10 @@ impl KeysDomain {
             .await?;
         self.check_state(&key, KeyOperation::Tag)?;
         self.ensure_customer_managed(&key, "UntagResource")?;
-        Ok(self.store.delete_tags(&key.key_id, tag_keys).await?)
+        self.store
+            .delete_tags(&key.key_id, tag_keys)
+            .await
+            .map_err(self.write_refused(&key.account, &key.key_id))
     }
 
     pub async fn list_resource_tags(
