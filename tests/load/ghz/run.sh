@@ -2,7 +2,10 @@
 # Runs one ghz scenario against a running `coffer dev`, filling in the demo
 # key id and ciphertext that `coffer dev` wrote to its directory.
 #
-#   tests/load/ghz/run.sh encrypt [coffer-dev] [extra ghz flags...]
+#   tests/load/ghz/run.sh encrypt [coffer-dev] [extra ghz flags...] [HOST:PORT]
+#
+# The configs dial 127.0.0.1:8443, `coffer dev`'s default; for one started
+# with `--listen`, give its address last (ghz lets it override the config's).
 #
 # Scenarios: encrypt, decrypt, generate-data-key, health (the files beside
 # this script). The same RPCs are measured by `coffer bench` where ghz is
