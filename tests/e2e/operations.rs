@@ -20,6 +20,7 @@ backend_tests!(
     a_change_committing_at_its_deadline_is_recorded_as_made,
     oversize_messages_are_refused_and_the_server_stays_up,
     undecodable_messages_are_refused_as_the_callers_fault,
+    requests_tonic_turns_away_name_their_exception,
     abandoned_data_plane_calls_are_audited_once,
     calls_abandoned_before_their_message_are_audited_as_cancelled,
     connections_are_told_how_many_streams_they_may_open,
@@ -486,6 +487,84 @@ async fn undecodable_messages_are_refused_as_the_callers_fault(
             ..Default::default()
         })
         .await?;
+    Ok(())
+}
+
+/// The other requests tonic turns away before a handler sees them: an
+/// operation the service does not have, a compressed message, a call with
+/// no message at all. Each answers with the exception naming the fault in
+/// its ErrorInfo and has its one event.
+async fn requests_tonic_turns_away_name_their_exception(backend: Backend) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let identity = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
+    let mut grpc = tonic::client::Grpc::new(harness.channel_with(Some(&identity)).await?);
+    let request = || pb::EncryptRequest {
+        key_id: "alias/none".into(),
+        plaintext: vec![1; 16],
+        ..Default::default()
+    };
+    let one_event = |status: tonic::Status, exception: &'static str| {
+        let harness = &harness;
+        async move {
+            let events = harness
+                .audit_events_for(&coffer_tests::request_id_of(status.metadata()))
+                .await?;
+            anyhow::ensure!(events.len() == 1, "{events:#?}");
+            anyhow::ensure!(events[0]["errorCode"] == exception, "{:#}", events[0]);
+            anyhow::Ok(events.into_iter().next().unwrap_or_default())
+        }
+    };
+
+    // An operation Keys does not have, with a name far longer than any.
+    let long_name = format!("No{}", "Such".repeat(100));
+    grpc.ready().await?;
+    let unknown = grpc
+        .unary::<_, pb::EncryptResponse, _>(
+            tonic::Request::new(request()),
+            http::uri::PathAndQuery::try_from(format!("/coffer.keys.v1.Keys/{long_name}"))?,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let status = assert_error(unknown, Code::Unimplemented, "UnknownOperationException");
+    let event = one_event(status, "UnknownOperationException").await?;
+    assert_eq!(
+        event["eventName"].as_str().map(str::len),
+        Some(128),
+        "{event:#}"
+    );
+
+    // A message said to be compressed: Coffer accepts none.
+    let mut compressed = tonic::Request::new(request());
+    compressed.metadata_mut().insert(
+        "grpc-encoding",
+        tonic::metadata::MetadataValue::from_static("gzip"),
+    );
+    grpc.ready().await?;
+    let outcome = grpc
+        .unary::<_, pb::EncryptResponse, _>(
+            compressed,
+            http::uri::PathAndQuery::from_static("/coffer.keys.v1.Keys/Encrypt"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let status = assert_error(
+        outcome,
+        Code::Unimplemented,
+        "UnsupportedOperationException",
+    );
+    one_event(status, "UnsupportedOperationException").await?;
+
+    // A call whose client ends its stream without sending a message.
+    grpc.ready().await?;
+    let empty = grpc
+        .client_streaming::<_, pb::EncryptRequest, pb::EncryptResponse, _>(
+            tonic::Request::new(tokio_stream::empty()),
+            http::uri::PathAndQuery::from_static("/coffer.keys.v1.Keys/Encrypt"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let status = assert_error(empty, Code::InvalidArgument, "SerializationException");
+    one_event(status, "SerializationException").await?;
     Ok(())
 }
 

@@ -51,6 +51,10 @@ pub const FORWARDED_SOURCE_IP_HEADER: &str = "x-coffer-forwarded-source-ip";
 pub const REQUEST_ID_HEADER: &str = "x-coffer-request-id";
 
 const MAX_USER_AGENT_LEN: usize = 256;
+/// How much of an operation's name an event keeps: all of any real one
+/// (AWS's longest are under 50 characters), not all of whatever a caller
+/// puts in a path.
+const MAX_OPERATION_NAME_CHARS: usize = 128;
 
 /// How long a call past its deadline may still run once it has begun
 /// committing a change (its outbox row, a transaction's last write, is
@@ -438,13 +442,7 @@ fn resolve_identity(
 ) -> Result<CallIdentity, ApiError> {
     let peer =
         peer.ok_or_else(|| ApiError::unauthenticated("no client certificate was presented"))?;
-    let now_seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs().cast_signed());
-    if peer
-        .not_after
-        .is_some_and(|not_after| now_seconds > not_after)
-    {
+    if peer.certificate_expired() {
         return Err(ApiError::unauthenticated(
             "the client certificate of this connection has expired; reconnect with a valid one",
         ));
@@ -500,18 +498,34 @@ fn parse_grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The refusal of a request tonic turned away before its handler saw it,
-/// with the code and exception any other refusal of bad input has (and
-/// so the ErrorInfo that names the exception):
+/// with the code and exception any other refusal has (and so the ErrorInfo
+/// that names the exception):
 /// - an over-size message: tonic answers OUT_OF_RANGE; the gRPC
 ///   specification (and Coffer's closed set of codes) says
 ///   RESOURCE_EXHAUSTED, and AWS names it RequestEntityTooLargeException;
-/// - a message that is not valid protobuf (a string field that is not
-///   UTF-8, a truncated field): tonic answers INTERNAL, as if the server
-///   had failed, where AWS answers a body it cannot read with
-///   SerializationException, the caller's fault.
-fn refused_before_the_handler(code: tonic::Code, response: &Response<Body>) -> Option<ApiError> {
+/// - a request that is not one valid protobuf message (a string field that
+///   is not UTF-8, a field or frame cut short, no message at all, a bad
+///   compressed-flag): tonic answers INTERNAL, as if the server had failed,
+///   where AWS answers a body it cannot read with SerializationException,
+///   the caller's fault;
+/// - an operation the service does not have (UnknownOperationException) or
+///   a compressed message (Coffer accepts none): UNIMPLEMENTED, gRPC's code
+///   for both, which tonic gives without saying which.
+fn refused_before_the_handler(
+    code: tonic::Code,
+    response: &Response<Body>,
+    operation: &str,
+) -> Option<ApiError> {
     /// How prost's decoding errors begin (tonic-prost passes them on).
     const UNDECODABLE: &str = "failed to decode Protobuf message: ";
+    /// How tonic's own complaints about a request's framing begin.
+    const MISFRAMED: [&str; 3] = [
+        "Missing request message.",
+        "Unexpected EOF decoding stream.",
+        "protocol error: received message with",
+    ];
+    /// How tonic refuses a compression it has not been given.
+    const COMPRESSED: &str = "Content is compressed with";
     match code {
         tonic::Code::OutOfRange => Some(ApiError::new(
             ErrorCode::ResourceExhausted,
@@ -519,10 +533,15 @@ fn refused_before_the_handler(code: tonic::Code, response: &Response<Body>) -> O
             "the request message is larger than the server accepts",
         )),
         tonic::Code::Internal => {
-            // What prost says names the message, the field and the fault,
-            // never a value.
             let status = tonic::Status::from_header_map(response.headers())?;
-            let detail = status.message().strip_prefix(UNDECODABLE)?;
+            let message = status.message();
+            // What prost says names the message, the field and the fault,
+            // never a value; what tonic says of the framing is fixed text.
+            let detail = match message.strip_prefix(UNDECODABLE) {
+                Some(detail) => detail,
+                None if MISFRAMED.iter().any(|fault| message.starts_with(fault)) => message,
+                None => return None,
+            };
             Some(ApiError::new(
                 ErrorCode::InvalidArgument,
                 "SerializationException",
@@ -531,6 +550,23 @@ fn refused_before_the_handler(code: tonic::Code, response: &Response<Body>) -> O
                     detail.chars().take(256).collect::<String>()
                 ),
             ))
+        }
+        tonic::Code::Unimplemented => {
+            let compressed = tonic::Status::from_header_map(response.headers())
+                .is_some_and(|status| status.message().starts_with(COMPRESSED));
+            Some(if compressed {
+                ApiError::new(
+                    ErrorCode::Unimplemented,
+                    "UnsupportedOperationException",
+                    "the request message is compressed; send it uncompressed (grpc-encoding identity)",
+                )
+            } else {
+                ApiError::new(
+                    ErrorCode::Unimplemented,
+                    "UnknownOperationException",
+                    format!("{operation} is not an operation of this service"),
+                )
+            })
         }
         _ => None,
     }
@@ -729,15 +765,15 @@ async fn unless_panicked<F: Future>(future: F) -> Option<F::Output> {
 }
 
 /// `request` with its body watched: a client that resets the stream before
-/// its message is complete ends the body in CANCELLED, which the recorder
-/// notes (only then: the watch costs nothing on a body that ends well).
+/// its message is complete ends the body in an error (CANCELLED for a
+/// CANCEL, INTERNAL or UNKNOWN for a reset with another reason), which the
+/// recorder notes (only then: the watch costs nothing on a body that ends
+/// well).
 fn watching_for_reset(request: Request<Body>, recorder: &AuditRecorder) -> Request<Body> {
     let recorder = recorder.clone();
     request.map(|body| {
         Body::new(body.map_err(move |status: tonic::Status| {
-            if status.code() == tonic::Code::Cancelled {
-                recorder.client_reset();
-            }
+            recorder.client_reset();
             status
         }))
     })
@@ -761,7 +797,9 @@ where
         read_only: false,
         category: EventCategory::Management,
     });
-    let event_name = method.to_owned();
+    // The operation as the caller named it, which may be one the service
+    // does not have: cut to a length no real operation's name comes near.
+    let event_name: String = method.chars().take(MAX_OPERATION_NAME_CHARS).collect();
     let event_source = entry.event_source.clone();
     let required = shared.settings.audit_mode == AuditMode::Required;
     // In `required` mode a data-plane answer is released only once its
@@ -941,11 +979,18 @@ where
         ));
     }
     if draft.error.is_none()
-        && let Some(refusal) = refused_before_the_handler(code, &response)
+        && let Some(refusal) = refused_before_the_handler(code, &response, &event_name)
     {
         code = refusal.code.grpc_code();
         draft.error = Some((refusal.exception.to_owned(), refusal.message.clone()));
+        // What tonic says it accepts (the encodings) still holds.
+        let accepted = response.headers_mut().remove("grpc-accept-encoding");
         response = refusal.into_status(&event_source).into_http::<Body>();
+        if let Some(accepted) = accepted {
+            response
+                .headers_mut()
+                .insert("grpc-accept-encoding", accepted);
+        }
     }
     let (error_code, error_message) = match (code, draft.error.take()) {
         (tonic::Code::Ok, _) => (None, None),

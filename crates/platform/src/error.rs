@@ -22,6 +22,9 @@ pub enum ErrorCode {
     DeadlineExceeded,
     Unavailable,
     Internal,
+    /// An operation the service does not have, or a request encoded in a
+    /// way it does not accept (gRPC's own code for both).
+    Unimplemented,
 }
 
 impl ErrorCode {
@@ -37,6 +40,7 @@ impl ErrorCode {
             Self::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
+            Self::Unimplemented => tonic::Code::Unimplemented,
         }
     }
 }

@@ -323,6 +323,18 @@ pub struct PeerInfo {
     pub not_after: Option<i64>,
 }
 
+impl PeerInfo {
+    /// Whether the client certificate has stopped being valid since the
+    /// handshake checked it.
+    pub fn certificate_expired(&self) -> bool {
+        let now_seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs().cast_signed());
+        self.not_after
+            .is_some_and(|not_after| now_seconds > not_after)
+    }
+}
+
 /// A server-side TLS connection and its peer.
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
