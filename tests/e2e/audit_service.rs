@@ -29,6 +29,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 backend_tests!(
+    an_exporters_connection_does_not_outlive_its_certificate,
     lookup_pages_every_event_exactly_once_and_sees_only_its_account,
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
@@ -700,6 +701,62 @@ async fn a_lagging_subscriber_learns_nothing_of_other_accounts(
         !status.message().chars().any(|c| c.is_ascii_digit()),
         "{status:?}"
     );
+    Ok(())
+}
+
+/// An exporter keeps its connection open for as long as it runs; an
+/// export on it after its certificate has expired is refused, as an API
+/// call on such a connection is, and stores nothing.
+async fn an_exporters_connection_does_not_outlive_its_certificate(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let identity = harness.short_lived_identity(
+        &Harness::service_id("keys"),
+        std::time::Duration::from_secs(2),
+    )?;
+    let tls = ClientTls::from_pem(
+        &harness.ca_pem()?,
+        Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
+    )?;
+    let mut exporter =
+        TraceServiceClient::new(tls.connect(&harness.audit_addr()?, "localhost").await?);
+    let export = |index: usize| {
+        let record = json!({
+            "eventVersion": "1.11",
+            "eventID": format!("expiring-{index}"),
+            "eventTime": "2026-11-22T10:00:00Z",
+            "eventSource": "kms.coffer.internal",
+            "eventName": "Decrypt",
+            "readOnly": true,
+            "userIdentity": {"type": "IAMUser", "userName": "alice", "accountId": ACCOUNT_A},
+            "recipientAccountId": ACCOUNT_A,
+        });
+        otlp_request(
+            "coffer-keys",
+            AUDIT_SCOPE,
+            vec![record_span(record.to_string())],
+        )
+    };
+    exporter.export(export(1)).await?;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let status = exporter
+        .export(export(2))
+        .await
+        .expect_err("an export on an expired certificate's connection was taken");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    harness.audit_core()?.settled().await;
+    let stored: Vec<String> = harness
+        .audit_core()?
+        .store()
+        .lookup(&coffer_audit::store::LookupQuery::everything(100))
+        .await?
+        .into_iter()
+        .filter(|event| event.event_name == "Decrypt")
+        .map(|event| event.event_id)
+        .collect();
+    assert_eq!(stored, ["expiring-1"]);
     Ok(())
 }
 

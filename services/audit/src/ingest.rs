@@ -222,9 +222,16 @@ pub(crate) enum ExportSender {
 
 /// The sender of an export. Anyone but a Coffer service or a principal of
 /// an account is refused, before the export is read
-/// ([`crate::export_guard`]) and again here.
+/// ([`crate::export_guard`]) and again here; so is one whose certificate
+/// has expired since its connection was made (an exporter keeps its
+/// connection open for as long as it runs).
 pub(crate) fn export_sender(peer: Option<&PeerInfo>) -> Result<ExportSender, Status> {
     let principal = match peer {
+        Some(peer) if peer.certificate_expired() => {
+            return Err(Status::unauthenticated(
+                "the client certificate of this connection has expired; reconnect with a valid one",
+            ));
+        }
         Some(peer) => peer.identity.clone().map_err(|error| {
             Status::unauthenticated(format!("the client is not a Coffer identity: {error}"))
         })?,
