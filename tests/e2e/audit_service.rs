@@ -713,7 +713,7 @@ async fn an_exporters_connection_does_not_outlive_its_certificate(
     let harness = Harness::start(backend).await?;
     let identity = harness.short_lived_identity(
         &Harness::service_id("keys"),
-        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(4),
     )?;
     let tls = ClientTls::from_pem(
         &harness.ca_pem()?,
@@ -739,7 +739,7 @@ async fn an_exporters_connection_does_not_outlive_its_certificate(
         )
     };
     exporter.export(export(1)).await?;
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     let status = exporter
         .export(export(2))
         .await

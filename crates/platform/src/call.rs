@@ -59,8 +59,7 @@ const MAX_OPERATION_NAME_CHARS: usize = 128;
 /// How long a call past its deadline may still run once it has begun
 /// committing a change (its outbox row, a transaction's last write, is
 /// written). Stopped then, the call would be recorded as failed whether or
-/// not its change had committed. A call that commits twice has this grace
-/// from its first commit on, so it is not left half done.
+/// not its change had committed.
 const COMMIT_GRACE: Duration = Duration::from_secs(5);
 
 /// How one gRPC service's calls are audited.

@@ -54,6 +54,7 @@ impl LiveEvent {
 
 struct ActiveRule {
     account_id: String,
+    name: String,
     /// ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS: read-only management
     /// events too.
     read_only_events: bool,
@@ -235,15 +236,7 @@ impl AuditCore {
                 envelope: envelope(&stored),
                 stored,
             });
-            // A fault of the pattern code on one event costs that event its
-            // deliveries, not the other events theirs or the caller (the
-            // indexer, a group commit) its task.
-            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.deliver_to_rules(&live, &rules);
-            }));
-            if delivered.is_err() {
-                tracing::error!(event_id = %live.stored.event_id, "matching an audit event against the event rules panicked; no rule target receives it");
-            }
+            self.deliver_to_rules(&live, &rules);
             // No subscriber is not an error.
             let _receivers = self.live.send(live);
         }
@@ -259,7 +252,7 @@ impl AuditCore {
             if !rule.targets.is_empty()
                 && live.stored.account_id.as_deref() == Some(rule.account_id.as_str())
                 && (rule.read_only_events || !read_only_management)
-                && rule.pattern.matches(&live.envelope)
+                && rule_matches(rule, live)
             {
                 let body = body
                     .get_or_insert_with(|| Arc::from(live.envelope.to_string()))
@@ -377,6 +370,7 @@ impl AuditCore {
             match EventPattern::parse(&rule.event_pattern) {
                 Ok(pattern) => active.push(ActiveRule {
                     account_id: rule.account_id,
+                    name: rule.name,
                     read_only_events: rule.read_only_events,
                     pattern,
                     targets,
@@ -420,6 +414,20 @@ impl AuditCore {
 
 /// How long the indexer lets exports gather before storing them.
 const INDEX_LINGER: Duration = Duration::from_millis(20);
+
+/// Whether `rule`'s pattern matches `live`. A panic of the pattern code (a
+/// fault) is logged and counts as no match: one faulty rule costs the event
+/// that rule's deliveries only, not its other rules' nor the caller (the
+/// indexer, a group commit) its task.
+fn rule_matches(rule: &ActiveRule, live: &LiveEvent) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rule.pattern.matches(&live.envelope)
+    }))
+    .unwrap_or_else(|_panic| {
+        tracing::error!(rule = %rule.name, event_id = %live.stored.event_id, "matching an audit event against an event rule panicked; that rule does not deliver it");
+        false
+    })
+}
 
 /// Stores what the journal holds, oldest first, until the core is gone. A
 /// batch the store refuses is retried, never dropped: it was acknowledged.
