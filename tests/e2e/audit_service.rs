@@ -715,27 +715,15 @@ async fn an_exporters_connection_does_not_outlive_its_certificate(
         &Harness::service_id("keys"),
         std::time::Duration::from_secs(4),
     )?;
-    let tls = ClientTls::from_pem(
-        &harness.ca_pem()?,
-        Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),
-    )?;
-    let mut exporter =
-        TraceServiceClient::new(tls.connect(&harness.audit_addr()?, "localhost").await?);
+    let mut exporter = otlp_client_of(&harness, &identity).await?;
     let export = |index: usize| {
-        let record = json!({
-            "eventVersion": "1.11",
-            "eventID": format!("expiring-{index}"),
-            "eventTime": "2026-11-22T10:00:00Z",
-            "eventSource": "kms.coffer.internal",
-            "eventName": "Decrypt",
-            "readOnly": true,
-            "userIdentity": {"type": "IAMUser", "userName": "alice", "accountId": ACCOUNT_A},
-            "recipientAccountId": ACCOUNT_A,
-        });
         otlp_request(
             "coffer-keys",
             AUDIT_SCOPE,
-            vec![record_span(record.to_string())],
+            vec![record_span(claimed_record(
+                &format!("expiring-{index}"),
+                json!({}),
+            ))],
         )
     };
     exporter.export(export(1)).await?;
@@ -872,7 +860,14 @@ async fn otlp_client(
     harness: &Harness,
     spiffe_id: &str,
 ) -> anyhow::Result<TraceServiceClient<tonic::transport::Channel>> {
-    let identity = harness.identity(spiffe_id)?;
+    otlp_client_of(harness, &harness.identity(spiffe_id)?).await
+}
+
+/// An OTLP client presenting `identity`.
+async fn otlp_client_of(
+    harness: &Harness,
+    identity: &coffer_platform::pki::IssuedIdentity,
+) -> anyhow::Result<TraceServiceClient<tonic::transport::Channel>> {
     let tls = ClientTls::from_pem(
         &harness.ca_pem()?,
         Some((identity.cert_pem.as_bytes(), identity.key_pem.as_bytes())),

@@ -26,6 +26,18 @@ backend_tests!(
     connections_are_told_how_many_streams_they_may_open,
 );
 
+/// A new symmetric key of `client`'s account.
+async fn new_key(
+    client: &mut pb::keys_client::KeysClient<tonic::transport::Channel>,
+) -> anyhow::Result<pb::KeyMetadata> {
+    client
+        .create_key(pb::CreateKeyRequest::default())
+        .await?
+        .into_inner()
+        .key_metadata
+        .ok_or_else(|| anyhow::anyhow!("no metadata"))
+}
+
 async fn plaintext_channel(
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<tonic::transport::Channel> {
@@ -343,12 +355,7 @@ async fn oversize_messages_are_refused_and_the_server_stays_up(
     )
     .await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
-    let key = client
-        .create_key(pb::CreateKeyRequest::default())
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let key = new_key(&mut client).await?;
     for size in [20_000, 1024 * 1024] {
         let outcome = client
             .encrypt(pb::EncryptRequest {
@@ -400,13 +407,7 @@ async fn oversize_messages_are_refused_and_the_server_stays_up(
 async fn abandoned_data_plane_calls_are_audited_once(backend: Backend) -> anyhow::Result<()> {
     let harness = Harness::start(backend).await?;
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
-    let key_id = client
-        .create_key(pb::CreateKeyRequest::default())
-        .await?
-        .into_inner()
-        .key_metadata
-        .map(|metadata| metadata.key_id)
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let key_id = new_key(&mut client).await?.key_id;
     // RSA-4096 key generation takes long enough to abandon the call midway.
     let call = tokio::spawn(async move {
         client
@@ -474,12 +475,7 @@ async fn undecodable_messages_are_refused_as_the_callers_fault(
     assert_eq!(events[0]["errorCode"], "SerializationException");
     // The same call, decodable, is answered.
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
-    let key = client
-        .create_key(pb::CreateKeyRequest::default())
-        .await?
-        .into_inner()
-        .key_metadata
-        .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
+    let key = new_key(&mut client).await?;
     client
         .encrypt(pb::EncryptRequest {
             key_id: key.key_id,
