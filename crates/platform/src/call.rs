@@ -745,24 +745,6 @@ impl Drop for CancelGuard {
     }
 }
 
-/// `future`'s output, or `None` once polling it panicked. A handler's panic
-/// stays within its call, which answers, and is audited as, InternalFailure
-/// (uncaught, it would reset the stream with no gRPC status, and the call's
-/// event would say the client had cancelled it).
-async fn unless_panicked<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(|context| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            future.as_mut().poll(context)
-        })) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Some(output)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_panic) => Poll::Ready(None),
-        }
-    })
-    .await
-}
-
 /// `request` with its body watched: a client that resets the stream before
 /// its message is complete ends the body in an error (CANCELLED for a
 /// CANCEL, INTERNAL or UNKNOWN for a reset with another reason), which the
@@ -907,11 +889,15 @@ where
                         sink: entry.sink.clone(),
                         deadline_at,
                     };
-                    let handler = unless_panicked(
-                        inner
-                            .call(watching_for_reset(request, &recorder))
-                            .instrument(span.clone()),
-                    );
+                    // `None` once the handler panicked: the panic stays
+                    // within its call, which answers, and is audited as,
+                    // InternalFailure (uncaught, it would reset the stream
+                    // with no gRPC status, and the call's event would say the
+                    // client had cancelled it).
+                    let handling = inner
+                        .call(watching_for_reset(request, &recorder))
+                        .instrument(span.clone());
+                    let handler = async move { crate::background::unwound(handling).await.ok() };
                     let outcome = match (&outbox, &guard.event) {
                         (Some(outbox), Some(base)) => {
                             let slot = Arc::new(OutboxSlot::new(
