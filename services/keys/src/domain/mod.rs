@@ -112,15 +112,14 @@ impl KeysDomain {
     /// this call read it (by another call, or another replica while this
     /// one's record was cached): refused as that state refuses the call,
     /// naming the key as the state check does.
-    pub(crate) fn write_refused(
-        &self,
-        account: &AccountId,
-        key_id: &KeyId,
-    ) -> impl Fn(crate::store::StoreError) -> KeysError + '_ {
-        let key_arn = self.key_arn(account, key_id);
+    pub(crate) fn write_refused<'a>(
+        &'a self,
+        account: &'a AccountId,
+        key_id: &'a KeyId,
+    ) -> impl Fn(crate::store::StoreError) -> KeysError + 'a {
         move |error| match error {
             crate::store::StoreError::PendingDeletion => KeysError::InvalidState {
-                key_arn: key_arn.clone(),
+                key_arn: self.key_arn(account, key_id),
                 state: KeyState::PendingDeletion,
             },
             other => other.into(),
