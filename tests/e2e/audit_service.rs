@@ -28,6 +28,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::operations::unary_with_grpc_timeout;
+
 backend_tests!(
     an_exporters_connection_does_not_outlive_its_certificate,
     lookup_pages_every_event_exactly_once_and_sees_only_its_account,
@@ -2981,7 +2983,11 @@ async fn a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited(
         "300m",
     )
     .await?;
-    assert_eq!(status, Some(Code::DeadlineExceeded as i32));
+    assert_error(
+        Err::<(), _>(status),
+        Code::DeadlineExceeded,
+        "RequestTimeoutException",
+    );
     harness.start_audit().await?;
     let encrypts: Vec<Value> = harness
         .audit_events()
@@ -2995,46 +3001,6 @@ async fn a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited(
     assert_eq!(encrypts[1]["answerWithheld"], true);
     assert_eq!(encrypts[1]["responseElements"], Value::Null);
     Ok(())
-}
-
-/// Calls `path` as alice with one message and a `grpc-timeout` header, over
-/// a bare HTTP/2 connection that sets no deadline of its own, and returns
-/// the answer's `grpc-status`.
-async fn unary_with_grpc_timeout(
-    harness: &Harness,
-    path: &str,
-    message: &[u8],
-    timeout: &str,
-) -> anyhow::Result<Option<i32>> {
-    let tls = harness
-        .raw_keys_connection(&Harness::user_id(ACCOUNT_A, "alice"))
-        .await?;
-    let (client, connection) = h2::client::handshake(tls).await?;
-    tokio::spawn(connection);
-    let mut client = client.ready().await?;
-    let request = http::Request::post(format!("https://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", timeout)
-        .body(())?;
-    let (response, mut body) = client.send_request(request, false)?;
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
-    framed.extend_from_slice(message);
-    body.send_data(framed.into(), true)?;
-    let response = response.await?;
-    let status_of = |headers: &http::HeaderMap| {
-        headers
-            .get("grpc-status")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<i32>().ok())
-    };
-    if let Some(status) = status_of(response.headers()) {
-        return Ok(Some(status));
-    }
-    let mut answer = response.into_body();
-    while answer.data().await.transpose()?.is_some() {}
-    Ok(answer.trailers().await?.as_ref().and_then(status_of))
 }
 
 async fn required_mode_survives_the_audit_service_going_away(

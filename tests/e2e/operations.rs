@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use coffer_tests::{
-    ACCOUNT_A, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb,
+    ACCOUNT_A, Backend, Harness, Options, assert_error, backend_tests, keys_pb as pb, request_id_of,
 };
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -236,17 +236,20 @@ async fn calls_past_their_deadline_fail_deadline_exceeded(backend: Backend) -> a
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
     let lock = harness.lock_keys_table().await?;
 
-    // The caller's own, shorter deadline: the client gives up, and the server
-    // stops the call too, recording why.
-    let mut request = tonic::Request::new(pb::CreateKeyRequest::default());
-    request.set_timeout(Duration::from_millis(200));
-    let outcome = client.create_key(request).await;
-    let status = outcome
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("a held call succeeded"))?;
-    assert!(
-        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
-        "{status:?}"
+    // The caller's own, shorter deadline: the server stops the call,
+    // answering and recording why (sent by a client that keeps no timer of
+    // its own, so the server's answer is what arrives).
+    let status = unary_with_grpc_timeout(
+        &harness,
+        "/coffer.keys.v1.Keys/CreateKey",
+        &prost::Message::encode_to_vec(&pb::CreateKeyRequest::default()),
+        "200m",
+    )
+    .await?;
+    assert_error(
+        Err::<(), _>(status),
+        Code::DeadlineExceeded,
+        "RequestTimeoutException",
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -297,19 +300,24 @@ async fn a_change_committing_at_its_deadline_is_recorded_as_made(
         return Ok(());
     }
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
-    let mut request = tonic::Request::new(pb::CreateKeyRequest {
+    let request = pb::CreateKeyRequest {
         description: "committed late".into(),
         ..Default::default()
-    });
-    request.set_timeout(Duration::from_millis(200));
-    let status = client
-        .create_key(request)
-        .await
-        .err()
-        .ok_or_else(|| anyhow::anyhow!("a call slower than its deadline succeeded"))?;
-    assert!(
-        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
-        "{status:?}"
+    };
+    // The caller hears of its deadline when it passes, not once the change
+    // has committed (before, tonic's timer answered CANCELLED with no
+    // ErrorInfo).
+    let status = unary_with_grpc_timeout(
+        &harness,
+        "/coffer.keys.v1.Keys/CreateKey",
+        &prost::Message::encode_to_vec(&request),
+        "200m",
+    )
+    .await?;
+    let status = assert_error(
+        Err::<(), _>(status),
+        Code::DeadlineExceeded,
+        "RequestTimeoutException",
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let event = loop {
@@ -336,6 +344,11 @@ async fn a_change_committing_at_its_deadline_is_recorded_as_made(
         .keys;
     assert_eq!(keys.len(), 1, "the key was created");
     assert!(event.get("errorCode").is_none(), "{event:#}");
+    // The answer names the call its event records.
+    assert_eq!(
+        event["requestID"],
+        request_id_of(status.metadata()).as_str()
+    );
     assert_eq!(
         event["responseElements"]["keyMetadata"]["keyId"],
         keys[0].key_id.as_str()
@@ -529,6 +542,22 @@ async fn requests_tonic_turns_away_name_their_exception(backend: Backend) -> any
         "{event:#}"
     );
 
+    // A service this server does not serve: no service received the call,
+    // so none records it, but the refusal is named as any other is.
+    grpc.ready().await?;
+    let nowhere = grpc
+        .unary::<_, pb::EncryptResponse, _>(
+            tonic::Request::new(request()),
+            http::uri::PathAndQuery::from_static("/coffer.nothing.v1.Nothing/Encrypt"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let status = assert_error(nowhere, Code::Unimplemented, "UnknownOperationException");
+    assert_eq!(
+        status.message(),
+        "/coffer.nothing.v1.Nothing/Encrypt names no operation of this server"
+    );
+
     // A message said to be compressed: Coffer accepts none.
     let mut compressed = tonic::Request::new(request());
     compressed.metadata_mut().insert(
@@ -698,4 +727,40 @@ async fn a_silent_peer_on_the_admin_port_is_closed() -> anyhow::Result<()> {
     .await;
     assert!(closed.is_ok(), "the silent connection is still open");
     Ok(())
+}
+
+/// Calls `path` as alice with one message and a `grpc-timeout` header, over
+/// a bare HTTP/2 connection that sets no deadline of its own, and returns
+/// the answer's status (an `Ok` one when it succeeded).
+pub(crate) async fn unary_with_grpc_timeout(
+    harness: &Harness,
+    path: &str,
+    message: &[u8],
+    timeout: &str,
+) -> anyhow::Result<tonic::Status> {
+    let tls = harness
+        .raw_keys_connection(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let (client, connection) = h2::client::handshake(tls).await?;
+    tokio::spawn(connection);
+    let mut client = client.ready().await?;
+    let request = http::Request::post(format!("https://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(())?;
+    let (response, mut body) = client.send_request(request, false)?;
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    framed.extend_from_slice(message);
+    body.send_data(framed.into(), true)?;
+    let response = response.await?;
+    let no_status = || anyhow::anyhow!("an answer without a grpc-status");
+    if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+        return Ok(status);
+    }
+    let mut answer = response.into_body();
+    while answer.data().await.transpose()?.is_some() {}
+    let trailers = answer.trailers().await?.ok_or_else(no_status)?;
+    tonic::Status::from_header_map(&trailers).ok_or_else(no_status)
 }

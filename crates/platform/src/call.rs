@@ -353,6 +353,9 @@ where
         // first, so the call ends answering, and audited as,
         // RequestTimeoutException rather than being dropped by tonic.
         let arrived = tokio::time::Instant::now();
+        let catalog = shared.catalog_for(request.uri().path());
+        // Every random id a call of ours needs, from one call to the DRBG.
+        let ids = catalog.is_some().then(CallIds::generate);
         // Calls that may change state run in their own task: a client that
         // cancels or disconnects drops only the wait below, never the call,
         // so the call still ends (or meets its deadline) and is audited with
@@ -360,20 +363,47 @@ where
         // the stream's task (a spawn and a cross-task wake-up less per
         // call, about a sixth of Encrypt's cost); one abandoned midway is
         // audited by `CancelGuard` as RequestCanceledException.
-        let inline = shared
-            .catalog_for(request.uri().path())
+        let inline = catalog
             .and_then(|(entry, method)| (entry.catalog.rpc_kind)(method))
             .is_some_and(|kind| kind.category == EventCategory::Data);
         if inline {
-            return Box::pin(handle_call(shared, inner, request, arrived));
+            return Box::pin(handle_call(shared, inner, request, arrived, ids));
         }
+        // Past the caller's own deadline the wait ends here, answering
+        // RequestTimeoutException, even while the call itself goes on (a
+        // change committing, see COMMIT_GRACE); tonic's timer for
+        // `grpc-timeout` would otherwise answer first, CANCELLED with no
+        // ErrorInfo. It starts after this one, and polls this future first.
+        let past_the_deadline = catalog
+            .zip(ids.as_ref())
+            .zip(parse_grpc_timeout(request.headers()))
+            .map(|(((entry, _), ids), asked)| {
+                (arrived + asked, entry.event_source.clone(), ids.request_id)
+            });
         let detached = Detached::start(&shared);
         let call = tokio::spawn(async move {
             let _detached = detached;
-            handle_call(shared, inner, request, arrived).await
+            handle_call(shared, inner, request, arrived, ids).await
         });
         Box::pin(async move {
-            match call.await {
+            let joined = match past_the_deadline {
+                None => call.await,
+                Some((deadline_at, domain, request_id)) => {
+                    match tokio::time::timeout_at(deadline_at, call).await {
+                        Ok(joined) => joined,
+                        Err(_elapsed) => {
+                            let mut answer = ApiError::deadline_exceeded()
+                                .into_status(&domain)
+                                .into_http::<Body>();
+                            if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
+                                answer.headers_mut().insert(REQUEST_ID_HEADER, value);
+                            }
+                            return Ok(answer);
+                        }
+                    }
+                }
+            };
+            match joined {
                 Ok(outcome) => outcome,
                 Err(join_error) => {
                     tracing::error!(error = %join_error, "api call task failed");
@@ -571,6 +601,26 @@ fn refused_before_the_handler(
     }
 }
 
+/// What a call outside Coffer's API (health, reflection, a service this
+/// server does not have) is answered: as it was, but that the router's or
+/// a service's bare UNIMPLEMENTED gets the ErrorInfo any other refusal has.
+/// No service of Coffer's received it, so none records it.
+fn outside_the_api(path: &str, response: Response<Body>) -> Response<Body> {
+    if grpc_status_of(&response) != tonic::Code::Unimplemented
+        || response.headers().contains_key("grpc-status-details-bin")
+    {
+        return response;
+    }
+    let named: String = path.chars().take(MAX_OPERATION_NAME_CHARS).collect();
+    ApiError::new(
+        ErrorCode::Unimplemented,
+        "UnknownOperationException",
+        format!("{named} names no operation of this server"),
+    )
+    .into_status("coffer")
+    .into_http::<Body>()
+}
+
 fn grpc_status_of(response: &Response<Body>) -> tonic::Code {
     response
         .headers()
@@ -765,14 +815,16 @@ async fn handle_call<S>(
     mut inner: S,
     mut request: Request<Body>,
     arrived: tokio::time::Instant,
+    ids: Option<CallIds>,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send,
     S::Future: Send,
 {
     let path = request.uri().path().to_owned();
-    let Some((entry, method)) = shared.catalog_for(&path) else {
-        return inner.call(request).await;
+    let (Some((entry, method)), Some(ids)) = (shared.catalog_for(&path), ids) else {
+        let response = inner.call(request).await?;
+        return Ok(outside_the_api(&path, response));
     };
     let rpc_kind = (entry.catalog.rpc_kind)(method).unwrap_or(RpcKind {
         read_only: false,
@@ -792,8 +844,6 @@ where
         .filter(|_| required && rpc_kind.category == EventCategory::Management);
     let mut outbox_slot: Option<Arc<OutboxSlot>> = None;
 
-    // Every random id this call needs, from one call to the DRBG.
-    let ids = CallIds::generate();
     let request_id: Arc<str> = Arc::from(ids.request_id.to_string());
     let incoming_trace = request
         .headers()
