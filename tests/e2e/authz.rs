@@ -1296,6 +1296,13 @@ async fn grants_allow_exactly_what_they_say_and_stop_at_once(
             }),
             "constraints",
         ),
+        // A constraint with no pairs: KMS takes an empty map as a
+        // constraint, which proto3 cannot tell from an absent one; it is
+        // refused rather than granted for every context.
+        (
+            bad(|r| r.constraints = Some(pb::GrantConstraints::default())),
+            "constraints",
+        ),
     ] {
         let status = assert_error(
             admin.create_grant(request).await,

@@ -471,7 +471,16 @@ fn grant_constraint(
         constraints.encryption_context_equals.is_empty(),
         constraints.encryption_context_subset.is_empty(),
     ) {
-        (true, true) => return Ok(None),
+        // KMS counts an empty map it is sent as a constraint (an empty
+        // EncryptionContextEquals allows only calls with no context); a
+        // proto3 map has no presence, so an empty one is refused, never
+        // taken as no constraint at all.
+        (true, true) => {
+            return Err(KeysError::validation(
+                "constraints",
+                "give encryption_context_equals or encryption_context_subset, with at least one pair",
+            ));
+        }
         (false, false) => {
             return Err(KeysError::validation(
                 "constraints",
