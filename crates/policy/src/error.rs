@@ -130,6 +130,11 @@ pub enum PolicyError {
         reason: &'static str,
     },
 
+    #[error(
+        "{path}: the number has more than 15 significant digits or is 2^53 or more, and would not be kept exactly; write it as a string"
+    )]
+    ImpreciseNumber { path: String },
+
     #[error("{path}: malformed policy variable in \"{value}\": {reason}")]
     InvalidPolicyVariable {
         path: String,

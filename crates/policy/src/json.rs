@@ -174,8 +174,17 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         Ok(JsonValue::Number(value.to_string()))
     }
 
+    /// serde_json reads a number with a fraction or an exponent, or one
+    /// past the 64-bit integers, as an `f64`: one it may have rounded is
+    /// refused, never compared as the number it was rounded to.
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<JsonValue, E> {
-        Ok(JsonValue::Number(value.to_string()))
+        let text = value.to_string();
+        if !kept_exactly(value, &text) {
+            return Err(self.state.fail(PolicyError::ImpreciseNumber {
+                path: self.state.current_path(),
+            }));
+        }
+        Ok(JsonValue::Number(text))
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<JsonValue, E> {
@@ -227,6 +236,18 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 }
 
+/// Whether `value`, written `text` (the shortest form that reads back as
+/// it), is what any number of up to 15 significant digits below 2^53
+/// would have read as: those an `f64` holds exactly, and so the only ones
+/// a policy can give unquoted.
+fn kept_exactly(value: f64, text: &str) -> bool {
+    /// 2^53: from here on, not every integer is an `f64`.
+    const INTEGERS_KEPT_BELOW: f64 = 9_007_199_254_740_992.0;
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0').len();
+    value.is_finite() && value.abs() < INTEGERS_KEPT_BELOW && significant <= 15
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +272,40 @@ mod tests {
                 ("a".to_owned(), JsonValue::Object(vec![])),
             ])
         );
+    }
+
+    #[test]
+    fn numbers_that_may_have_been_rounded_are_refused() {
+        for text in [
+            "0.5",
+            "1e3",
+            "-2.25",
+            "123456789012345",
+            "0.000001",
+            "900719925474099.0",
+        ] {
+            assert!(
+                parse_strict(&format!(r#"{{"n": {text}}}"#)).is_ok(),
+                "{text}"
+            );
+        }
+        // Past u64, past 2^53, or more digits than an f64 keeps: each would
+        // be compared as another number.
+        for text in [
+            "18446744073709551617",
+            "9007199254740993.0",
+            "1e20",
+            "0.1234567890123456789",
+        ] {
+            let error = parse_strict(&format!(r#"{{"a": [{{"n": {text}}}]}}"#)).unwrap_err();
+            assert_eq!(
+                error,
+                PolicyError::ImpreciseNumber {
+                    path: "a[0].n".to_owned()
+                },
+                "{text}"
+            );
+        }
     }
 
     #[test]
