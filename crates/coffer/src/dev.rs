@@ -188,9 +188,14 @@ pub(crate) fn dev_overrides(
     environment: Vec<(String, String)>,
 ) -> (Vec<(String, String)>, Vec<String>) {
     let (ignored, kept): (Vec<_>, Vec<_>) = environment.into_iter().partition(|(name, _)| {
-        name == "COFFER_TRUST_DOMAIN"
-            || name.starts_with("COFFER_TLS__")
-            || name.starts_with("COFFER_ROOT_KEY__")
+        // The field an override sets is read without regard to case, and
+        // may be the whole mapping (`COFFER_TLS`).
+        let field = name
+            .strip_prefix("COFFER_")
+            .and_then(|path| path.split("__").next())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        ["trust_domain", "tls", "root_key"].contains(&field.as_str())
     });
     (kept, ignored.into_iter().map(|(name, _)| name).collect())
 }
@@ -538,14 +543,27 @@ mod tests {
             variable("COFFER_TLS__CA_FILE"),
             variable("COFFER_ROOT_KEY__FILE"),
             variable("COFFER_LIMITS__REQUEST_TIMEOUT_MS"),
+            variable("COFFER_ROOT_KEY"),
+            variable("COFFER_TLS"),
+            variable("COFFER_tls__key_file"),
+            variable("COFFER_ROOT_KEY_MATERIAL"),
         ]);
-        assert_eq!(kept, vec![variable("COFFER_LIMITS__REQUEST_TIMEOUT_MS")]);
+        assert_eq!(
+            kept,
+            vec![
+                variable("COFFER_LIMITS__REQUEST_TIMEOUT_MS"),
+                variable("COFFER_ROOT_KEY_MATERIAL"),
+            ]
+        );
         assert_eq!(
             ignored,
             [
                 "COFFER_TRUST_DOMAIN",
                 "COFFER_TLS__CA_FILE",
-                "COFFER_ROOT_KEY__FILE"
+                "COFFER_ROOT_KEY__FILE",
+                "COFFER_ROOT_KEY",
+                "COFFER_TLS",
+                "COFFER_tls__key_file",
             ]
         );
     }

@@ -516,5 +516,38 @@ fn webhook_roots(settings: &Settings) -> anyhow::Result<rustls::RootCertStore> {
             .add(certificate)
             .with_context(|| format!("a CA certificate in {}", path.display()))?;
     }
+    // An empty store would be accepted, and every webhook refused.
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "{} holds no PEM certificate for webhook servers to chain to",
+        path.display()
+    );
     Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_ca_file_without_a_certificate_is_refused() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let not_pem = directory.path().join("ca.der");
+        std::fs::write(&not_pem, b"\x30\x82 not a PEM file")?;
+        let config = format!(
+            "region: eu-west-1\n\
+             tls: {{ cert_file: c.pem, key_file: k.pem, ca_file: {not_pem:?} }}\n\
+             root_key: {{ file: root-key }}\n\
+             services:\n  audit:\n    listen: 127.0.0.1:8443\n    database: {{ url: \"sqlite://a.db\" }}\n"
+        );
+        let settings = coffer_platform::config::from_yaml(&config, Vec::new())?;
+        let error = webhook_roots(&settings)
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("a file with no certificate was taken as the CAs"))?;
+        assert!(
+            error.to_string().contains("holds no PEM certificate"),
+            "{error:#}"
+        );
+        Ok(())
+    }
 }

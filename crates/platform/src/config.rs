@@ -462,7 +462,7 @@ fn audit_settings(file: AuditFile) -> Result<AuditSettings, ConfigError> {
     {
         return Err(ConfigError::new(
             "audit.endpoint",
-            format!("{endpoint:?} is not host:port (no scheme: the connection is always mTLS)"),
+            "is not host:port (no scheme: the connection is always mTLS)",
         ));
     }
     Ok(AuditSettings {
@@ -611,6 +611,12 @@ pub fn from_yaml(
     }
     // Each applied override with the dotted field it sets.
     let mut applied: Vec<(String, (String, String))> = Vec::new();
+    // A variable setting a whole mapping (`COFFER_LIMITS`) goes before those
+    // setting a field inside it, whatever order the process's environment
+    // lists them in, so neither is lost; of the same depth, the later wins
+    // (flags such as `--region` come last).
+    let mut environment: Vec<(String, String)> = environment.into_iter().collect();
+    environment.sort_by_key(|(name, _)| name.matches("__").count());
     for (name, value) in environment {
         if let Some(field) = apply_override(&mut tree, &name, &value)? {
             applied.push((field, (name, value)));
@@ -771,6 +777,37 @@ fn parse_socket_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError>
     })
 }
 
+/// `telemetry.log_level`: a level, or `target=level` directives. A bare word
+/// that is not a level would be taken as a target to log at every level (so
+/// `warning` logs nothing of Coffer's), and an empty filter as no filter:
+/// both turn the logs off without a word, and are refused.
+fn validate_log_level(level: &str) -> Result<(), ConfigError> {
+    const FIELD: &str = "telemetry.log_level";
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if level.trim().is_empty() {
+        return Err(ConfigError::new(
+            FIELD,
+            "must not be empty; give a level (off, error, warn, info, debug, trace)",
+        ));
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let is_level = LEVELS
+            .iter()
+            .any(|named| named.eq_ignore_ascii_case(directive));
+        if !is_level && !directive.contains('=') && !directive.contains('[') {
+            return Err(ConfigError::new(
+                FIELD,
+                format!(
+                    "{directive:?} is not a level (off, error, warn, info, debug, trace) or a target=level directive"
+                ),
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|error| ConfigError::new(FIELD, error.to_string()))
+}
+
 fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
     let region = file
         .region
@@ -873,6 +910,7 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             ));
         }
     };
+    validate_log_level(&file.telemetry.log_level)?;
     if let Some(endpoint) = &file.telemetry.otlp_endpoint
         && !is_collector_url(endpoint)
     {
@@ -909,7 +947,17 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         let url = service.database.url;
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             DatabaseBackend::Postgres
-        } else if url.starts_with("sqlite:") {
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            // SQLite opens an empty name, or `:memory:`, as a private
+            // database for each connection, gone when the process ends.
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            let file = file.split_once('?').map_or(file, |(file, _)| file);
+            if file.is_empty() || file == ":memory:" || url.contains("mode=memory") {
+                return Err(ConfigError::new(
+                    format!("{field}.database.url"),
+                    "must name a database file (an empty name or an in-memory database is lost when the process ends)",
+                ));
+            }
             DatabaseBackend::Sqlite
         } else {
             return Err(ConfigError::new(
@@ -1399,6 +1447,67 @@ services:
             .err()
             .map(|e| e.field)
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn log_levels_that_would_silence_the_logs_are_refused() {
+        let with_level = |level: &str| format!("{MINIMAL}telemetry: {{ log_level: {level:?} }}\n");
+        for level in ["warning", "inof", "", " ", "info,debg", "coffer=verbose"] {
+            assert_eq!(
+                error_field(&with_level(level)),
+                "telemetry.log_level",
+                "{level:?}"
+            );
+        }
+        for level in ["warn", "INFO", "info,coffer_keys=debug", "h2=off", "trace"] {
+            assert!(from_yaml(&with_level(level), no_env()).is_ok(), "{level:?}");
+        }
+    }
+
+    #[test]
+    fn a_sqlite_database_must_be_a_file() {
+        for url in [
+            "sqlite:",
+            "sqlite://",
+            "sqlite://?mode=rwc",
+            "sqlite::memory:",
+            "sqlite://keys.db?mode=memory",
+        ] {
+            assert_eq!(
+                error_field(&MINIMAL.replace("sqlite://keys.db", url)),
+                "services.keys.database.url",
+                "{url}"
+            );
+        }
+        for url in [
+            "sqlite:keys.db",
+            "sqlite:///var/lib/coffer/keys.db?mode=rwc",
+        ] {
+            assert!(
+                from_yaml(&MINIMAL.replace("sqlite://keys.db", url), no_env()).is_ok(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mapping_override_goes_before_the_fields_inside_it() -> Result<(), ConfigError> {
+        for environment in [
+            [
+                ("COFFER_LIMITS__REQUEST_TIMEOUT_MS", "5000"),
+                ("COFFER_LIMITS", "{max_concurrent_requests: 64}"),
+            ],
+            [
+                ("COFFER_LIMITS", "{max_concurrent_requests: 64}"),
+                ("COFFER_LIMITS__REQUEST_TIMEOUT_MS", "5000"),
+            ],
+        ] {
+            let environment = environment.map(|(name, value)| (name.to_owned(), value.to_owned()));
+            let settings = from_yaml(MINIMAL, environment)?;
+            assert_eq!(settings.limits.request_timeout, Duration::from_secs(5));
+            assert_eq!(settings.limits.max_concurrent_requests, 64);
+        }
+        Ok(())
     }
 
     #[test]
