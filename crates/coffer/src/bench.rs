@@ -72,8 +72,9 @@ pub struct BenchArgs {
     /// How long each scenario runs (seconds), unless --total is given.
     #[arg(long, short = 'z', default_value_t = 10.0)]
     pub duration: f64,
-    /// Stop each scenario after this many requests instead.
-    #[arg(long, short = 'n')]
+    /// Stop each scenario after this many requests instead (not with
+    /// --duration).
+    #[arg(long, short = 'n', conflicts_with = "duration")]
     pub total: Option<u64>,
     /// Run the scenario list this many times, interleaved, and report each
     /// scenario's median requests/sec and its ratio to echo or, when echo
@@ -123,13 +124,15 @@ pub struct BenchArgs {
     pub audit_over_otlp: bool,
 }
 
-/// One scenario's results, in ghz's terms: `count` and the rate are of
-/// every response, the latencies (average, fastest, slowest, percentiles)
-/// of the OK ones only, as ghz computes them; `status_codes` counts every
-/// response by its gRPC code name (`OK`, `Unavailable`, ...).
+/// One scenario's results, in ghz's terms: `count`, the rate and the
+/// average are of every response, the other latencies (fastest, slowest,
+/// percentiles) of the OK ones only, as ghz computes them; `status_codes`
+/// counts every response by its gRPC code name (`OK`, `Unavailable`, ...).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub scenario: String,
+    /// Which of the `--rounds` it was measured in, from 1.
+    pub round: usize,
     pub concurrency: usize,
     pub connections: usize,
     pub payload_bytes: usize,
@@ -301,13 +304,32 @@ pub enum Stop {
     Until(Arc<AtomicBool>),
 }
 
+/// How long one call may take before it counts as DeadlineExceeded and the
+/// worker goes on (ghz's default `--timeout`), so a server that stops
+/// answering ends the run rather than hanging it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection may take to open (ghz's `--connect-timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one run of a workload measured.
+#[derive(Debug, Default)]
+struct Driven {
+    /// The latency of each OK response.
+    ok_latencies_us: Vec<u32>,
+    /// The latencies of every response, summed.
+    all_latencies_us: u64,
+    /// Every response, by its code's name.
+    codes: BTreeMap<String, u64>,
+    elapsed: Duration,
+}
+
 /// Drives `workload` with `concurrency` workers spread over `channels`.
 async fn drive(
     workload: &Workload,
     channels: &[Channel],
     concurrency: usize,
     stop: Stop,
-) -> (Vec<u32>, BTreeMap<String, u64>, Duration) {
+) -> Driven {
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::with_capacity(concurrency);
@@ -318,6 +340,7 @@ async fn drive(
         let stop = stop.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies_us: Vec<u32> = Vec::with_capacity(4096);
+            let mut all_us: u64 = 0;
             let mut codes: BTreeMap<String, u64> = BTreeMap::new();
             loop {
                 let go_on = match &stop {
@@ -329,39 +352,42 @@ async fn drive(
                     break;
                 }
                 let sent = Instant::now();
-                let code = send(&workload, channel.clone()).await;
+                let code = tokio::time::timeout(CALL_TIMEOUT, send(&workload, channel.clone()))
+                    .await
+                    .unwrap_or(tonic::Code::DeadlineExceeded);
+                let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                all_us += u64::from(micros);
                 if code == tonic::Code::Ok {
-                    latencies_us
-                        .push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    latencies_us.push(micros);
                 }
                 *codes.entry(code_name(code).to_owned()).or_default() += 1;
             }
-            (latencies_us, codes)
+            (latencies_us, all_us, codes)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut driven = Driven::default();
     for worker in workers {
-        if let Ok((worker_latencies, worker_codes)) = worker.await {
-            latencies.extend(worker_latencies);
-            for (code, count) in worker_codes {
-                *codes.entry(code).or_default() += count;
+        if let Ok((latencies, all_us, codes)) = worker.await {
+            driven.ok_latencies_us.extend(latencies);
+            driven.all_latencies_us += all_us;
+            for (code, count) in codes {
+                *driven.codes.entry(code).or_default() += count;
             }
         }
     }
-    (latencies, codes, started.elapsed())
+    driven.elapsed = started.elapsed();
+    driven
 }
 
-fn summarize(
-    scenario: &str,
-    args: &BenchArgs,
-    mut latencies_us: Vec<u32>,
-    status_codes: BTreeMap<String, u64>,
-    elapsed: Duration,
-) -> Summary {
+fn summarize(scenario: &str, args: &BenchArgs, round: usize, driven: Driven) -> Summary {
+    let Driven {
+        ok_latencies_us: mut latencies_us,
+        all_latencies_us,
+        codes: status_codes,
+        elapsed,
+    } = driven;
     latencies_us.sort_unstable();
     let count: u64 = status_codes.values().sum();
-    let ok_count = latencies_us.len() as u64;
     let millis = |micros: u32| f64::from(micros) / 1000.0;
     let percentile = |fraction: f64| {
         if latencies_us.is_empty() {
@@ -372,19 +398,19 @@ fn summarize(
             - 1;
         millis(latencies_us[index])
     };
-    let total_us: u64 = latencies_us.iter().map(|&micros| u64::from(micros)).sum();
     Summary {
         scenario: scenario.to_owned(),
+        round,
         concurrency: args.concurrency,
         connections: args.connections,
         payload_bytes: args.payload,
         count,
         total_seconds: elapsed.as_secs_f64(),
         requests_per_second: count as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
-        average_ms: if ok_count == 0 {
+        average_ms: if count == 0 {
             0.0
         } else {
-            total_us as f64 / ok_count as f64 / 1000.0
+            all_latencies_us as f64 / count as f64 / 1000.0
         },
         fastest_ms: latencies_us.first().copied().map_or(0.0, millis),
         slowest_ms: latencies_us.last().copied().map_or(0.0, millis),
@@ -674,7 +700,15 @@ fn add_heavy_identity_policy(layout: &crate::dev::DevDir) -> anyhow::Result<()> 
 async fn channels(tls: &ClientTls, addr: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
-        channels.push(tls.connect(addr, "localhost").await?);
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(addr, "localhost"))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "connecting to {addr}: no TLS connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })?;
+        channels.push(connected?);
     }
     Ok(channels)
 }
@@ -936,7 +970,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             };
             let audited_encrypts = matches!(scenario.as_str(), "encrypt" | "encrypt-policy-50");
             if args.warmup > 0.0 {
-                let (_, codes, _) = drive(
+                let Driven { codes, .. } = drive(
                     &workload,
                     &scenario_channels,
                     args.concurrency,
@@ -971,7 +1005,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                     ))
                 }
             };
-            let (latencies, codes, elapsed) = drive(
+            let driven = drive(
                 &workload,
                 &scenario_channels,
                 args.concurrency,
@@ -981,13 +1015,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
             if let Some((measured_done, _)) = &background {
                 measured_done.store(true, Ordering::Relaxed);
             }
+            let codes = &driven.codes;
+            if codes.is_empty() {
+                bail!("{scenario}: no request completed in the run; give a longer --duration");
+            }
             measured_calls += codes.values().sum::<u64>();
-            failed_calls += not_ok(&codes);
+            failed_calls += not_ok(codes);
             if audited_encrypts {
                 encrypt_calls += codes.values().sum::<u64>();
                 encrypt_ok += codes.get("OK").copied().unwrap_or(0);
             }
-            let summary = summarize(scenario, args, latencies, codes, elapsed);
+            let summary = summarize(scenario, args, round + 1, driven);
             println!("{}", summary.render());
             let scenario_audit = if scenario == "encrypt-best-effort" {
                 best_effort
@@ -1011,9 +1049,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 .push(summary.requests_per_second);
             summaries.push(summary);
             if let (Some((_, task)), Some(name)) = (background, &args.background) {
-                let (latencies, codes, elapsed) = task.await?;
+                let driven = task.await?;
+                let codes = &driven.codes;
                 measured_calls += codes.values().sum::<u64>();
-                failed_calls += not_ok(&codes);
+                failed_calls += not_ok(codes);
                 if name == "encrypt" {
                     encrypt_calls += codes.values().sum::<u64>();
                     encrypt_ok += codes.get("OK").copied().unwrap_or(0);
@@ -1026,9 +1065,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Vec<Summary>> {
                 let summary = summarize(
                     &format!("{name} (background)"),
                     &background_args,
-                    latencies,
-                    codes,
-                    elapsed,
+                    round + 1,
+                    driven,
                 );
                 println!("{}", summary.render());
                 summaries.push(summary);
@@ -1213,8 +1251,9 @@ mod tests {
         }
     }
 
-    /// As ghz: the count and rate are of every response, the latencies of
-    /// the OK ones, and codes are named as grpc-go names them.
+    /// As ghz: the count, rate and average are of every response, the
+    /// other latencies of the OK ones, and codes are named as grpc-go
+    /// names them.
     #[test]
     fn latencies_are_of_the_ok_responses_and_codes_are_named_as_ghz_names_them() {
         use clap::Parser as _;
@@ -1224,6 +1263,13 @@ mod tests {
             args: super::BenchArgs,
         }
         let args = Command::try_parse_from(["bench"]).unwrap().args;
+        // A run is as long, or as many calls, never both.
+        let both = Command::try_parse_from(["bench", "-z", "5", "-n", "10"]).err();
+        assert_eq!(
+            both.map(|error| error.kind()),
+            Some(clap::error::ErrorKind::ArgumentConflict)
+        );
+        assert!(Command::try_parse_from(["bench", "-n", "10"]).is_ok());
         let codes: std::collections::BTreeMap<String, u64> = [
             (super::code_name(tonic::Code::Ok).to_owned(), 2),
             (
@@ -1233,17 +1279,23 @@ mod tests {
         ]
         .into();
         assert_eq!(super::not_ok(&codes), 2);
+        // Two OK calls of 3 and 1 ms, two refused in 0.1 ms each.
         let summary = super::summarize(
             "encrypt",
             &args,
-            vec![3_000, 1_000],
-            codes,
-            std::time::Duration::from_secs(2),
+            1,
+            super::Driven {
+                ok_latencies_us: vec![3_000, 1_000],
+                all_latencies_us: 4_200,
+                codes,
+                elapsed: std::time::Duration::from_secs(2),
+            },
         );
         assert_eq!(summary.count, 4);
         assert!((summary.requests_per_second - 2.0).abs() < 1e-9);
         assert!((summary.fastest_ms - 1.0).abs() < 1e-9);
-        assert!((summary.average_ms - 2.0).abs() < 1e-9);
+        // As ghz's: the average is of every response, the rest of the OK.
+        assert!((summary.average_ms - 1.05).abs() < 1e-9);
         assert!((summary.p99_ms - 3.0).abs() < 1e-9);
         let rendered = summary.render();
         assert!(rendered.contains("[OK]\t2 responses"), "{rendered}");
@@ -1252,6 +1304,71 @@ mod tests {
             "{rendered}"
         );
         assert_eq!(super::code_name(tonic::Code::Cancelled), "Canceled");
+    }
+
+    /// `tests/load/ghz/run.sh` fills in the demo key from the dev directory
+    /// it is given, or `coffer-dev`, and passes the rest on to ghz (a stub
+    /// here, which writes out what it was given).
+    #[test]
+    fn the_ghz_script_passes_flags_on_and_reads_the_dev_directory_it_is_given() -> anyhow::Result<()>
+    {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/load/ghz/run.sh")
+            .canonicalize()?;
+        let work = tempfile::tempdir()?;
+        let root = work.path();
+        for (dir, key) in [("coffer-dev", "default-key"), ("elsewhere", "other-key")] {
+            std::fs::create_dir(root.join(dir))?;
+            std::fs::write(root.join(dir).join("demo-key-id"), key)?;
+            std::fs::write(root.join(dir).join("demo-ciphertext.b64"), "Y2lwaGVy")?;
+        }
+        std::fs::create_dir(root.join("bin"))?;
+        let stub = root.join("bin/ghz");
+        // Its arguments, then the filled-in config.
+        std::fs::write(&stub, "#!/bin/sh\necho \"$@\"\ncat \"$2\"\n")?;
+        std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let path = format!("{}:{}", root.join("bin").display(), std::env::var("PATH")?);
+        let run = |arguments: &[&str]| -> anyhow::Result<String> {
+            let output = std::process::Command::new("bash")
+                .arg(&script)
+                .args(arguments)
+                .current_dir(root)
+                .env("PATH", &path)
+                .output()?;
+            anyhow::ensure!(
+                output.status.success(),
+                "{arguments:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Ok(String::from_utf8(output.stdout)?)
+        };
+        let flags_only = run(&["encrypt", "-n", "10"])?;
+        assert!(
+            flags_only
+                .lines()
+                .next()
+                .is_some_and(|line| line.ends_with(" -n 10")),
+            "{flags_only}"
+        );
+        assert!(flags_only.contains("default-key"), "{flags_only}");
+        let elsewhere = run(&["encrypt", "elsewhere", "-n", "10", "127.0.0.1:9443"])?;
+        assert!(
+            elsewhere
+                .lines()
+                .next()
+                .is_some_and(|line| line.ends_with(" -n 10 127.0.0.1:9443")),
+            "{elsewhere}"
+        );
+        assert!(elsewhere.contains("other-key"), "{elsewhere}");
+        let address_only = run(&["health", "127.0.0.1:9443"])?;
+        assert!(
+            address_only
+                .lines()
+                .next()
+                .is_some_and(|line| line.ends_with(" 127.0.0.1:9443")),
+            "{address_only}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -11,9 +11,15 @@
 # this script). The same RPCs are measured by `coffer bench` where ghz is
 # not installed.
 set -euo pipefail
-scenario=${1:?usage: run.sh SCENARIO [DEV_DIR] [ghz flags...]}
-dev_dir=${2:-coffer-dev}
-shift $(( $# >= 2 ? 2 : 1 ))
+scenario=${1:?usage: run.sh SCENARIO [DEV_DIR] [ghz flags...] [HOST:PORT]}
+shift
+# The second argument is the dev directory only when it is one: `run.sh
+# encrypt -n 1000` passes `-n 1000` on to ghz.
+dev_dir=coffer-dev
+if [[ $# -ge 1 && -d $1 ]]; then
+  dev_dir=$1
+  shift
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 config="$here/$scenario.json"
 [[ -f $config ]] || { echo "no such scenario: $scenario" >&2; exit 2; }
