@@ -36,6 +36,7 @@ backend_tests!(
     lookup_rejects_bad_input_with_cloudtrail_exceptions,
     subscribe_streams_only_matching_events,
     a_subscription_ends_when_its_certificate_expires,
+    a_subscription_ends_when_its_connection_reaches_its_age,
     a_subscription_ends_when_its_permission_is_reloaded_away,
     outbox_rows_left_by_a_required_run_are_sent_after_a_switch_to_best_effort,
     a_shutdown_ends_open_subscriptions,
@@ -519,6 +520,55 @@ async fn a_subscription_ends_when_its_certificate_expires(backend: Backend) -> a
     assert!(ended.message().contains("expired"), "{ended:?}");
     assert_eq!(exception_of(&ended), "UnrecognizedClientException");
     assert!(started.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
+
+/// A subscription lasts no longer than its connection, which the server
+/// asks to go away at `limits.max_connection_age_ms`: the client then
+/// reconnects, and its certificate is checked against the trust bundle of
+/// the day (before, a Subscribe kept its connection open for as long as the
+/// certificate was valid, past any CA's removal).
+async fn a_subscription_ends_when_its_connection_reaches_its_age(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            max_connection_age_ms: 2_000,
+            ..Options::default()
+        },
+    )
+    .await?;
+    // Each a new connection.
+    let subscribe = || async {
+        anyhow::Ok(
+            harness
+                .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+                .await?
+                .subscribe(audit_pb::SubscribeRequest::default())
+                .await?
+                .into_inner(),
+        )
+    };
+    let mut stream = subscribe().await?;
+    let started = std::time::Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await? {
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert_eq!(exception_of(&ended), "ServiceUnavailableException");
+    assert!(ended.message().contains("maximum age"), "{ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // On a new connection, the subscription goes on.
+    let mut again = subscribe().await?;
+    let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
+    alice.list_keys(pb::ListKeysRequest::default()).await?;
+    let next = tokio::time::timeout(Duration::from_secs(10), again.message()).await??;
+    assert!(next.is_some_and(|message| message.event.is_some()));
     Ok(())
 }
 

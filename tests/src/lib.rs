@@ -62,6 +62,8 @@ pub struct Options {
     pub request_timeout_ms: u64,
     pub max_concurrent_requests: usize,
     pub shutdown_grace_ms: u64,
+    /// `limits.max_connection_age_ms`.
+    pub max_connection_age_ms: u64,
     /// A clock the test moves; the system clock when `None`.
     pub clock: Option<Arc<coffer_platform::clock::ManualClock>>,
     /// The `authorization:` block of the config file.
@@ -91,6 +93,7 @@ impl Default for Options {
             request_timeout_ms: 30_000,
             max_concurrent_requests: 256,
             shutdown_grace_ms: 30_000,
+            max_connection_age_ms: 3_600_000,
             clock: None,
             authorization: DEFAULT_AUTHORIZATION.to_owned(),
             audit_mode: "required",
@@ -241,7 +244,7 @@ impl Harness {
              tls:\n  cert_file: \"{dir}/server-cert.pem\"\n  key_file: \"{dir}/server-key.pem\"\n  ca_file: \"{dir}/ca.pem\"\n\
              root_key:\n  file: \"{dir}/root-key\"\n\
              admin_listen: \"127.0.0.1:0\"\n\
-             limits:\n  max_message_bytes: {}\n  request_timeout_ms: {}\n  max_concurrent_requests: {}\n  shutdown_grace_ms: {}\n\
+             limits:\n  max_message_bytes: {}\n  request_timeout_ms: {}\n  max_concurrent_requests: {}\n  shutdown_grace_ms: {}\n  max_connection_age_ms: {}\n\
              audit:\n  mode: {}\n  deadline_ms: {}\n  outbox_grace_ms: {}\n  webhook_private_endpoints: {}\n{audit_endpoint}{}\
              {authorization}\
              services:\n  keys:\n    listen: \"127.0.0.1:0\"\n    database:\n      {}\n\
@@ -250,6 +253,7 @@ impl Harness {
             options.request_timeout_ms,
             options.max_concurrent_requests,
             options.shutdown_grace_ms,
+            options.max_connection_age_ms,
             options.audit_mode,
             options.audit_deadline_ms,
             options.audit_deadline_ms.max(3_000),

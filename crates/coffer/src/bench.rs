@@ -593,6 +593,7 @@ async fn in_process_target(mode: AuditMode, over_otlp: bool) -> anyhow::Result<T
         },
         max_message_bytes: settings.limits.max_message_bytes,
         shutdown_grace: Duration::from_secs(5),
+        max_connection_age: settings.limits.max_connection_age,
         services: vec![ServiceRegistration {
             catalog: None,
             descriptor_set: coffer_proto::FILE_DESCRIPTOR_SET,

@@ -413,6 +413,7 @@ pub async fn launch(
             },
             max_message_bytes: settings.limits.max_message_bytes,
             shutdown_grace: settings.limits.shutdown_grace,
+            max_connection_age: settings.limits.max_connection_age,
             services: registrations,
             audit_sink: default_sink.clone(),
             authorizer: authorizer.clone(),

@@ -1201,6 +1201,7 @@ mod tests {
             remote_addr: "10.1.2.3:40000".parse().unwrap(),
             identity: Ok(Arc::new(alice)),
             not_after: None,
+            reconnect_by: None,
         });
         std::future::poll_fn(|context| service.poll_ready(context))
             .await

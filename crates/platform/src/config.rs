@@ -85,6 +85,11 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
 const MIN_SHUTDOWN_GRACE_MS: u64 = 1_000;
 const MAX_SHUTDOWN_GRACE_MS: u64 = 3_600_000;
 
+/// Bounds of `limits.max_connection_age_ms`: a second (every call would
+/// otherwise pay for a handshake) to a day.
+const MIN_CONNECTION_AGE_MS: u64 = 1_000;
+const MAX_CONNECTION_AGE_MS: u64 = 86_400_000;
+
 /// Largest `limits.max_concurrent_requests` accepted.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 
@@ -146,6 +151,7 @@ pub struct LimitsFile {
     pub request_timeout_ms: u64,
     pub max_concurrent_requests: usize,
     pub shutdown_grace_ms: u64,
+    pub max_connection_age_ms: u64,
 }
 
 impl Default for LimitsFile {
@@ -155,6 +161,7 @@ impl Default for LimitsFile {
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
             shutdown_grace_ms: 30_000,
+            max_connection_age_ms: 3_600_000,
         }
     }
 }
@@ -364,6 +371,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub shutdown_grace: Duration,
+    /// How long a client connection is kept before it is asked to
+    /// reconnect (and an open `Subscribe` on it ends), so that a CA taken
+    /// out of the trust bundle reaches every client.
+    pub max_connection_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -879,6 +890,13 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
             format!("must be {MIN_SHUTDOWN_GRACE_MS} to {MAX_SHUTDOWN_GRACE_MS}"),
         ));
     }
+    if !(MIN_CONNECTION_AGE_MS..=MAX_CONNECTION_AGE_MS).contains(&limits_file.max_connection_age_ms)
+    {
+        return Err(ConfigError::new(
+            "limits.max_connection_age_ms",
+            format!("must be {MIN_CONNECTION_AGE_MS} to {MAX_CONNECTION_AGE_MS}"),
+        ));
+    }
     if !(1..=MAX_REQUEST_TIMEOUT_MS).contains(&limits_file.request_timeout_ms) {
         return Err(ConfigError::new(
             "limits.request_timeout_ms",
@@ -898,6 +916,7 @@ fn validate(file: ConfigFile) -> Result<Settings, ConfigError> {
         request_timeout: Duration::from_millis(limits_file.request_timeout_ms),
         max_concurrent_requests: limits_file.max_concurrent_requests,
         shutdown_grace: Duration::from_millis(limits_file.shutdown_grace_ms),
+        max_connection_age: Duration::from_millis(limits_file.max_connection_age_ms),
     };
 
     let log_format = match file.telemetry.log_format.as_str() {

@@ -22,9 +22,6 @@ use crate::audit::outbox::SqlOutbox;
 use crate::call::{AuditedService, CallLayer, CallSettings, ServiceCatalog};
 use crate::tls::{ServerTls, tls_incoming};
 
-/// How long a client connection is kept before it is asked to reconnect.
-pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60 * 60);
-
 /// Streams one HTTP/2 connection may have open at once: as many as the
 /// default `limits.max_concurrent_requests` of the whole server. Left unset,
 /// tonic would tell hyper "no limit", and also lift h2's cap on streams the
@@ -41,6 +38,11 @@ const MAX_LOCAL_RESET_STREAMS: usize = 1024;
 /// more than 256 do, one host may hold no more than 128: silent
 /// connections cannot pile up, and one host's cannot keep the kubelet's
 /// probes out.
+/// How long, past a call's deadline, a connection asked to go away may
+/// stay open for the calls still on it: their commit (5 s at most) and
+/// answer.
+const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 const ADMIN_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// An admin connection is closed, streams and all, after this long: a
 /// probe's connection lasts milliseconds, and a health `Watch` reconnects.
@@ -88,6 +90,9 @@ pub struct ServerParams {
     pub call: CallSettings,
     pub max_message_bytes: usize,
     pub shutdown_grace: Duration,
+    /// How long a client connection is kept before it is asked to
+    /// reconnect (`limits.max_connection_age_ms`).
+    pub max_connection_age: Duration,
     pub services: Vec<ServiceRegistration>,
     /// Where events go, unless a registration says otherwise. Its health
     /// (the audit service being reachable) is the server's health.
@@ -197,14 +202,18 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         params.listener,
         params.tls,
         params.call.trust_domain.clone(),
+        params.max_connection_age,
     );
     let (stop_sender, stop) = stop_signal();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // A connection is asked to go away after an hour (its calls in
-        // flight finish), so that a client certificate's CA leaving the
-        // trust bundle reaches every client, not only new connections.
-        .max_connection_age(MAX_CONNECTION_AGE)
+        // flight finish, and an open Subscribe ends by itself), so that a
+        // client certificate's CA leaving the trust bundle reaches every
+        // client, not only new connections. Past the grace (a call's
+        // longest run, with its commit) it is closed whatever is open.
+        .max_connection_age(params.max_connection_age)
+        .max_connection_age_grace(params.call.request_timeout + CONNECTION_CLOSE_GRACE)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESET_STREAMS))
         // Large enough for a whole audit export (hundreds of events) without

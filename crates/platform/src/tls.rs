@@ -321,6 +321,10 @@ pub struct PeerInfo {
     /// handshake checked it once; every call checks it again, so a
     /// long-lived connection does not outlive its certificate.
     pub not_after: Option<i64>,
+    /// When the server asks the connection to go away (its
+    /// `limits.max_connection_age` from the handshake): a stream that would
+    /// otherwise stay open (`Subscribe`) ends then, so the connection does.
+    pub reconnect_by: Option<tokio::time::Instant>,
 }
 
 impl PeerInfo {
@@ -395,6 +399,7 @@ pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     trust_domain: String,
+    max_connection_age: std::time::Duration,
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
     let trust_domain: Arc<str> = Arc::from(trust_domain);
     bounded_incoming(listener, "handshakes", move |tcp, remote_addr| {
@@ -429,6 +434,7 @@ pub fn tls_incoming(
                     remote_addr,
                     identity,
                     not_after,
+                    reconnect_by: Some(tokio::time::Instant::now() + max_connection_age),
                 },
             })
         }

@@ -489,6 +489,7 @@ mod tests {
                 )
                 .map(Arc::new),
                 not_after: None,
+                reconnect_by: None,
             });
         }
         let Ok(answer) = guard.call(request).await;

@@ -706,17 +706,17 @@ impl Audit for AuditGrpc {
         let call = CallContext::of(&request)?;
         // The call was let in while the connection's client certificate was
         // valid; the subscription does not outlive it.
-        let certificate_expires = request
-            .extensions()
-            .get::<coffer_platform::tls::PeerInfo>()
-            .and_then(|peer| peer.not_after)
-            .map(|not_after| {
-                let now =
-                    coffer_platform::clock::Clock::now_millis(&coffer_platform::clock::SystemClock);
-                let left_ms = not_after.saturating_mul(1000).saturating_sub(now).max(0);
-                tokio::time::Instant::now()
-                    + std::time::Duration::from_millis(left_ms.unsigned_abs())
-            });
+        let peer = request.extensions().get::<coffer_platform::tls::PeerInfo>();
+        // Nor the connection: when the server asks it to go away, for the
+        // client to reconnect (and its certificate to be checked against
+        // the trust bundle again), the subscription ends.
+        let reconnect_by = peer.and_then(|peer| peer.reconnect_by);
+        let certificate_expires = peer.and_then(|peer| peer.not_after).map(|not_after| {
+            let now =
+                coffer_platform::clock::Clock::now_millis(&coffer_platform::clock::SystemClock);
+            let left_ms = not_after.saturating_mul(1000).saturating_sub(now).max(0);
+            tokio::time::Instant::now() + std::time::Duration::from_millis(left_ms.unsigned_abs())
+        });
         let message = request.into_inner();
         call.audit()
             .request_parameters(json!({ "eventPattern": message.event_pattern }));
@@ -780,6 +780,11 @@ impl Audit for AuditGrpc {
         let expired_status = call.status_of(ApiError::unauthenticated(
             "the client certificate of this connection has expired; subscribe again with a valid one",
         ));
+        let aged_status = call.status_of(ApiError::new(
+            ErrorCode::Unavailable,
+            "ServiceUnavailableException",
+            "the connection has reached its maximum age; subscribe again on a new one, and use LookupEvents for what was missed",
+        ));
         let (sender, receiver) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
         let (ending, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -827,6 +832,12 @@ impl Audit for AuditGrpc {
                     None => std::future::pending().await,
                 }
             };
+            let aged = async {
+                match reconnect_by {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let revoked = async {
                 while policy_changes.changed().await.is_ok() {
                     if !subscriber.still_allowed("cloudtrail:Subscribe", "*") {
@@ -839,6 +850,7 @@ impl Audit for AuditGrpc {
                 biased;
                 () = closed => Some(closing_status),
                 () = expired => Some(expired_status),
+                () = aged => Some(aged_status),
                 () = revoked => Some(revoked_status),
                 status = forwarding => status,
             };
