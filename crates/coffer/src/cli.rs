@@ -127,6 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             // Refused before anything is issued.
+            pki::check_coffer_identity(&spiffe_id)?;
             pki::identity_paths(&dir, &out)?;
             let authority = pki::Authority::load(&dir)
                 .context("loading the CA (run `coffer pki init` first)")?;

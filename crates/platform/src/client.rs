@@ -522,22 +522,33 @@ mod tests {
         let service_client = ClientTls::service_from_pem(ca, client_identity, TD)?;
         let any_client = ClientTls::from_pem(ca, Some(client_identity))?;
 
-        // A user's certificate from the same CA, naming the same host.
-        let impostor = serve_tls(&issue(
-            "spiffe://coffer.test/account/111122223333/user/mallory",
-        )?)
-        .await?;
+        // A server certificate from the same CA, naming the same host, of
+        // something that is not a Coffer service.
+        let impostor = serve_tls(&issue("spiffe://coffer.test/service/webhook")?).await?;
         let refusal = handshake(&service_client, &impostor)
             .await
             .err()
-            .ok_or("a user's certificate was taken for a service's")?;
+            .ok_or("a webhook's certificate was taken for a service's")?;
         assert!(
-            refusal.contains("does not name a Coffer service of coffer.test")
-                && refusal.contains("user/mallory"),
+            refusal.contains("does not name a Coffer service of coffer.test"),
             "{refusal}"
         );
-        // Only the name and the chain are checked for other clients.
-        handshake(&any_client, &impostor).await?;
+        // A user's certificate serves to no client: it is not issued for
+        // server authentication.
+        let user = serve_tls(&issue(
+            "spiffe://coffer.test/account/111122223333/user/mallory",
+        )?)
+        .await?;
+        for client in [&service_client, &any_client] {
+            let refusal = handshake(client, &user)
+                .await
+                .err()
+                .ok_or("a user's certificate served")?;
+            assert!(
+                refusal.contains("does not allow extended key usage for server authentication"),
+                "{refusal}"
+            );
+        }
 
         // The audit service's certificate, or another service's when one
         // process serves several.

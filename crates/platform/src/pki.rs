@@ -31,6 +31,10 @@ pub enum PkiError {
     #[error("{0:?} is not a SPIFFE id (spiffe://trust-domain/path)")]
     SpiffeId(String),
     #[error(
+        "{id:?} is not an identity Coffer accepts: {reason} (a lowercase trust domain, then /account/{{12 digits}}/user|role/{{name}} or /service/{{keys,secrets,parameters,certificates,audit}})"
+    )]
+    NotACofferIdentity { id: String, reason: String },
+    #[error(
         "{0:?} cannot name an identity's files: use letters, digits, '.', '_' and '-', not starting with '.', and not \"ca\" (the CA's own files)"
     )]
     Name(String),
@@ -206,11 +210,23 @@ impl Authority {
             spiffe_id.rsplit('/').next().unwrap_or(spiffe_id),
         );
         params.distinguished_name = name;
+        // A leaf, as SPIFFE's X509-SVID requires it to say; only a service
+        // is a server, so no user's or role's certificate can stand in for
+        // one, whatever names it is issued for.
+        params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        let is_service = spiffe_id
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(_, path)| path.starts_with("service/"));
+        params.extended_key_usages = if is_service {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, not_after);
         let key = KeyPair::generate()?;
@@ -220,6 +236,33 @@ impl Authority {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// Refuses a SPIFFE id no Coffer server would take as a caller (`coffer pki
+/// issue` checks before it issues): a trust domain that is not lowercase,
+/// or a path that is not an account's user or role or a Coffer service.
+pub fn check_coffer_identity(spiffe_id: &str) -> Result<(), PkiError> {
+    let refused = |reason: &str| PkiError::NotACofferIdentity {
+        id: spiffe_id.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let domain = spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(domain, _)| domain)
+        .ok_or_else(|| PkiError::SpiffeId(spiffe_id.to_owned()))?;
+    let domain_is_valid = !domain.is_empty()
+        && domain.bytes().all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-_".contains(&byte)
+        });
+    if !domain_is_valid {
+        return Err(refused(
+            "a trust domain is lowercase letters, digits, '.', '-' and '_'",
+        ));
+    }
+    crate::identity::principal_from_spiffe_id(spiffe_id, domain)
+        .map(drop)
+        .map_err(|error| refused(&error.to_string()))
 }
 
 /// The paths of identity `name`'s files in `dir`: `{name}-cert.pem` and
@@ -268,6 +311,64 @@ pub fn write_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_identities_coffer_accepts_are_issued_by_the_command() {
+        for good in [
+            "spiffe://coffer.local/account/444455556666/user/bob",
+            "spiffe://coffer.local/account/444455556666/role/app-1",
+            "spiffe://example.org/service/keys",
+        ] {
+            assert!(check_coffer_identity(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "spiffe://coffer.local/account/4444/user/bob",
+            "spiffe://Coffer.Local/account/444455556666/user/bob",
+            "spiffe://coffer.local/service/kms",
+            "spiffe://coffer.local/account/444455556666/user/a?b",
+            "spiffe://coffer.local/account/444455556666/group/admins",
+        ] {
+            assert!(
+                matches!(
+                    check_coffer_identity(bad),
+                    Err(PkiError::NotACofferIdentity { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            check_coffer_identity("https://coffer.local/service/keys"),
+            Err(PkiError::SpiffeId(_))
+        ));
+    }
+
+    /// Every certificate issued is a leaf; only a service's may serve.
+    #[test]
+    fn users_certificates_are_leaves_for_clients_only() -> Result<(), Box<dyn std::error::Error>> {
+        use rustls_pki_types::pem::PemObject as _;
+        let directory = tempfile::tempdir()?;
+        init_ca(directory.path(), "coffer.test")?;
+        let authority = Authority::load(directory.path())?;
+        for (id, serves) in [
+            ("spiffe://coffer.test/account/111122223333/user/bob", false),
+            ("spiffe://coffer.test/account/111122223333/role/app", false),
+            ("spiffe://coffer.test/service/keys", true),
+        ] {
+            let issued = authority.issue(id, &["localhost".to_owned()], &[])?;
+            let der = rustls_pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())?;
+            let (_, certificate) = x509_parser::parse_x509_certificate(&der)?;
+            let constraints = certificate
+                .basic_constraints()?
+                .ok_or("no basicConstraints")?;
+            assert!(!constraints.value.ca, "{id}");
+            let usage = certificate
+                .extended_key_usage()?
+                .ok_or("no extendedKeyUsage")?;
+            assert!(usage.value.client_auth, "{id}");
+            assert_eq!(usage.value.server_auth, serves, "{id}");
+        }
+        Ok(())
+    }
 
     /// A private key is written to a file of its own, readable by its owner
     /// only, whatever was at its path before: neither a readable leftover
