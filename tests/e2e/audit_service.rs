@@ -509,13 +509,7 @@ async fn a_subscription_ends_when_its_certificate_expires(backend: Backend) -> a
         .await?
         .into_inner();
     let started = std::time::Instant::now();
-    let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await? {
-            Ok(Some(_)) => {}
-            Ok(None) => anyhow::bail!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let ended = status_ending(&mut stream, Duration::from_secs(15)).await?;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("expired"), "{ended:?}");
     assert_eq!(exception_of(&ended), "UnrecognizedClientException");
@@ -552,13 +546,7 @@ async fn a_subscription_ends_when_its_connection_reaches_its_age(
     };
     let mut stream = subscribe().await?;
     let started = std::time::Instant::now();
-    let ended = loop {
-        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await? {
-            Ok(Some(_)) => {}
-            Ok(None) => anyhow::bail!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let ended = status_ending(&mut stream, Duration::from_secs(15)).await?;
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
     assert_eq!(exception_of(&ended), "ServiceUnavailableException");
     assert!(ended.message().contains("maximum age"), "{ended:?}");

@@ -1343,32 +1343,21 @@ mod tests {
             );
             Ok(String::from_utf8(output.stdout)?)
         };
-        let flags_only = run(&["encrypt", "-n", "10"])?;
-        assert!(
-            flags_only
-                .lines()
-                .next()
-                .is_some_and(|line| line.ends_with(" -n 10")),
-            "{flags_only}"
-        );
-        assert!(flags_only.contains("default-key"), "{flags_only}");
-        let elsewhere = run(&["encrypt", "elsewhere", "-n", "10", "127.0.0.1:9443"])?;
-        assert!(
-            elsewhere
-                .lines()
-                .next()
-                .is_some_and(|line| line.ends_with(" -n 10 127.0.0.1:9443")),
-            "{elsewhere}"
-        );
-        assert!(elsewhere.contains("other-key"), "{elsewhere}");
-        let address_only = run(&["health", "127.0.0.1:9443"])?;
-        assert!(
-            address_only
-                .lines()
-                .next()
-                .is_some_and(|line| line.ends_with(" 127.0.0.1:9443")),
-            "{address_only}"
-        );
+        // What ghz was given ends with `ending`, from a config for `key`.
+        let check = |arguments: &[&str], ending: &str, key: &str| -> anyhow::Result<()> {
+            let output = run(arguments)?;
+            let given = output.lines().next().unwrap_or_default();
+            assert!(given.ends_with(ending), "{arguments:?}: {output}");
+            assert!(output.contains(key), "{arguments:?}: {output}");
+            Ok(())
+        };
+        check(&["encrypt", "-n", "10"], " -n 10", "default-key")?;
+        check(
+            &["encrypt", "elsewhere", "-n", "10", "127.0.0.1:9443"],
+            " -n 10 127.0.0.1:9443",
+            "other-key",
+        )?;
+        check(&["health", "127.0.0.1:9443"], " 127.0.0.1:9443", "")?;
         Ok(())
     }
 
