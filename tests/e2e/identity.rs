@@ -199,9 +199,11 @@ async fn malformed_identities_are_unauthenticated(backend: Backend) -> anyhow::R
     Ok(())
 }
 
+/// A client that forwards `forwarded_for` from `source_ip`, if any.
 fn forwarding_client(
     channel: tonic::transport::Channel,
     forwarded_for: &str,
+    source_ip: Option<&str>,
 ) -> anyhow::Result<
     KeysClient<
         tonic::service::interceptor::InterceptedService<
@@ -211,12 +213,18 @@ fn forwarding_client(
     >,
 > {
     let value: MetadataValue<_> = forwarded_for.parse()?;
+    let source_ip: Option<MetadataValue<_>> = source_ip.map(str::parse).transpose()?;
     Ok(KeysClient::with_interceptor(
         channel,
         move |mut request: tonic::Request<()>| {
             request
                 .metadata_mut()
                 .insert("x-coffer-forwarded-for", value.clone());
+            if let Some(source_ip) = &source_ip {
+                request
+                    .metadata_mut()
+                    .insert("x-coffer-forwarded-source-ip", source_ip.clone());
+            }
             Ok(request)
         },
     ))
@@ -229,7 +237,11 @@ async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> a
     // The secrets service acting for bob: the key lands in bob's account and
     // the event names both.
     let service = harness.identity(&Harness::service_id("secrets"))?;
-    let mut as_service = forwarding_client(harness.channel_with(Some(&service)).await?, &bob)?;
+    let mut as_service = forwarding_client(
+        harness.channel_with(Some(&service)).await?,
+        &bob,
+        Some("203.0.113.9"),
+    )?;
     let response = as_service
         .create_key(pb::CreateKeyRequest::default())
         .await?;
@@ -247,10 +259,15 @@ async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> a
         events[0]["userIdentity"]["invokedBy"],
         "secretsmanager.coffer.internal"
     );
+    assert_eq!(events[0]["sourceIPAddress"], "203.0.113.9");
 
     // An ordinary user claiming to act for bob is ignored: the key is alice's.
     let alice = harness.identity(&Harness::user_id(ACCOUNT_A, "alice"))?;
-    let mut as_alice = forwarding_client(harness.channel_with(Some(&alice)).await?, &bob)?;
+    let mut as_alice = forwarding_client(
+        harness.channel_with(Some(&alice)).await?,
+        &bob,
+        Some("203.0.113.9"),
+    )?;
     let key = as_alice
         .create_key(pb::CreateKeyRequest::default())
         .await?
@@ -313,13 +330,24 @@ async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> a
         );
     }
 
-    // A service forwarding garbage, or another service, is refused.
-    for forwarded in [
-        "not a spiffe id",
-        "spiffe://coffer.test/service/keys",
-        "spiffe://evil.test/account/444455556666/user/bob",
+    // A service forwarding garbage, or another service, is refused; so is
+    // a caller without its source address, which would otherwise be taken
+    // for the service's own (an internal address, in aws:SourceIp too).
+    for (forwarded, source_ip) in [
+        ("not a spiffe id", Some("203.0.113.9")),
+        ("spiffe://coffer.test/service/keys", Some("203.0.113.9")),
+        (
+            "spiffe://evil.test/account/444455556666/user/bob",
+            Some("203.0.113.9"),
+        ),
+        (bob.as_str(), None),
+        (bob.as_str(), Some("not an address")),
     ] {
-        let mut client = forwarding_client(harness.channel_with(Some(&service)).await?, forwarded)?;
+        let mut client = forwarding_client(
+            harness.channel_with(Some(&service)).await?,
+            forwarded,
+            source_ip,
+        )?;
         let outcome = client.list_keys(pb::ListKeysRequest::default()).await;
         assert_error(
             outcome,

@@ -22,7 +22,11 @@ pub const TRUST_DOMAIN: &str = "coffer.test";
 pub const ACCOUNT_A: &str = "111122223333";
 pub const ACCOUNT_B: &str = "444455556666";
 
-/// Adds `x-coffer-forwarded-for` to every request.
+/// The source address a test's forwarding service says its caller has.
+pub const FORWARDED_SOURCE_IP: &str = "198.51.100.7";
+
+/// Adds `x-coffer-forwarded-for` (and the caller's source address,
+/// [`FORWARDED_SOURCE_IP`]) to every request.
 #[derive(Clone)]
 pub struct ForwardFor(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
 
@@ -34,6 +38,10 @@ impl tonic::service::Interceptor for ForwardFor {
         request
             .metadata_mut()
             .insert(coffer_platform::call::FORWARDED_FOR_HEADER, self.0.clone());
+        request.metadata_mut().insert(
+            coffer_platform::call::FORWARDED_SOURCE_IP_HEADER,
+            tonic::metadata::MetadataValue::from_static(FORWARDED_SOURCE_IP),
+        );
         Ok(request)
     }
 }

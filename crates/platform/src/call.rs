@@ -495,11 +495,17 @@ fn resolve_identity(
         .and_then(|text| principal_from_spiffe_id(text, trust_domain).ok())
         .filter(|principal| !principal.is_service())
         .ok_or_else(|| ApiError::unauthenticated("the forwarded caller identity is malformed"))?;
+    // The caller's address, never the forwarding service's own: that would
+    // put an internal address in `aws:SourceIp` and `sourceIPAddress`.
     let source_ip = headers
         .get(FORWARDED_SOURCE_IP_HEADER)
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| peer.remote_addr.ip());
+        .ok_or_else(|| {
+            ApiError::unauthenticated(
+                "the forwarded caller's source IP address is missing or malformed",
+            )
+        })?;
     Ok(CallIdentity {
         principal: Arc::new(forwarded_principal),
         invoked_by: Some(direct),
