@@ -396,8 +396,19 @@ async fn scheduled_deletion_destroys_the_key_when_due(backend: Backend) -> anyho
             .await?
             .is_empty()
     );
-    // ... and the key and its material are gone after it.
+    // ... past it, it is too late to cancel, even before the reaper runs ...
     clock.advance(DAY + Duration::from_secs(1));
+    let late = client
+        .cancel_key_deletion(pb::CancelKeyDeletionRequest {
+            key_id: doomed.key_id.clone(),
+        })
+        .await;
+    let status = assert_error(late, Code::FailedPrecondition, "KMSInvalidStateException");
+    assert_eq!(
+        status.message(),
+        format!("{} is pending deletion.", doomed.arn)
+    );
+    // ... and the key and its material are gone after it.
     harness.run_maintenance().await?;
     let described = client
         .describe_key(pb::DescribeKeyRequest {
@@ -1001,6 +1012,11 @@ async fn enabling_rotation_again_keeps_its_schedule(backend: Backend) -> anyhow:
     assert!((enable(90).await? - (enabled_at + 90 * day)).abs() <= 1);
     // ...and a date already past means rotating at once.
     clock.advance(70 * DAY);
+    assert!((enable(95).await? - clock_now_seconds(&clock)).abs() <= 1);
+    // Changed again before that rotation ran, the period still counts from
+    // when rotation was enabled (not from the moment the last change was
+    // due).
+    assert!((enable(180).await? - (enabled_at + 180 * day)).abs() <= 1);
     assert!((enable(95).await? - clock_now_seconds(&clock)).abs() <= 1);
     // An automatic rotation due (within 20 minutes) refuses one on demand,
     // as KMS does: the key would rotate twice in a row.

@@ -1868,16 +1868,14 @@ impl Keys for KeysGrpc {
                     .get_key_rotation_status(&caller, &key_reference("key_id", &m.key_id)?)
                     .await?;
                 let rotation_enabled = status.rotation_enabled();
+                let next_rotation_ms = status.next_rotation_ms();
                 let key = status.key;
                 self.record_key(&call, &key);
                 Ok(pb::GetKeyRotationStatusResponse {
                     key_rotation_enabled: rotation_enabled,
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
                     rotation_period_in_days: key.rotation_period_days.filter(|_| rotation_enabled),
-                    next_rotation_date: key
-                        .next_rotation_ms
-                        .filter(|_| rotation_enabled)
-                        .map(timestamp),
+                    next_rotation_date: next_rotation_ms.map(timestamp),
                     on_demand_rotation_start_date: None,
                 })
             },

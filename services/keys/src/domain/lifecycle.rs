@@ -531,7 +531,16 @@ impl KeysDomain {
             reference,
             KeyOperation::CancelDeletion,
             &Access::to("CancelKeyDeletion"),
-            |key, _now| {
+            |key, now| {
+                // Past its deletion date the key is as good as deleted (the
+                // reaper's next run, or one that keeps failing, has not
+                // destroyed it yet): too late to cancel, as in KMS.
+                if key.deletion_date_ms.is_some_and(|due| due <= now) {
+                    return Err(KeysError::InvalidState {
+                        key_arn: self.key_arn(&key.account, &key.key_id),
+                        state: key.key_state,
+                    });
+                }
                 key.key_state = KeyState::Disabled;
                 key.deletion_date_ms = None;
                 key.pending_window_days = None;

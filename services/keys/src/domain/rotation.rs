@@ -28,6 +28,8 @@ pub const ON_DEMAND_CONFLICT_WINDOW_MS: i64 = 20 * 60 * 1000;
 #[derive(Debug, Clone)]
 pub struct RotationStatus {
     pub key: KeyRecord,
+    /// When the status was read.
+    pub as_of_ms: i64,
 }
 
 impl RotationStatus {
@@ -36,6 +38,15 @@ impl RotationStatus {
     /// deletion is cancelled.
     pub fn rotation_enabled(&self) -> bool {
         self.key.rotation_enabled && self.key.key_state != KeyState::PendingDeletion
+    }
+
+    /// When the key rotates next, when it rotates automatically: a rotation
+    /// that is due already happens now (at the scheduler's next run).
+    pub fn next_rotation_ms(&self) -> Option<i64> {
+        self.key
+            .next_rotation_ms
+            .filter(|_| self.rotation_enabled())
+            .map(|due| due.max(self.as_of_ms))
     }
 }
 
@@ -52,7 +63,10 @@ pub struct RotationPage {
 /// when rotation was off. Enabling it again keeps the schedule (a tool that
 /// re-applies its settings every day must not put the rotation off for
 /// ever); a new period counts from the last rotation (or from when rotation
-/// was enabled), and a date that has passed already means rotating now.
+/// was enabled), and a date that has passed already means rotating now. The
+/// date is kept as it falls, past or not, so that a later change of period
+/// still counts from the same start (kept as now, a second change before
+/// the rotation ran would count from a start moved forward).
 fn next_rotation_on_enable(key: &KeyRecord, period_days: i32, now_ms: i64) -> i64 {
     let period_ms = i64::from(period_days) * DAY_MS;
     match (
@@ -63,7 +77,7 @@ fn next_rotation_on_enable(key: &KeyRecord, period_days: i32, now_ms: i64) -> i6
         (true, Some(current), Some(next)) if current == period_days => next,
         (true, Some(current), Some(next)) => {
             let since = next.saturating_sub(i64::from(current) * DAY_MS);
-            since.saturating_add(period_ms).max(now_ms)
+            since.saturating_add(period_ms)
         }
         _ => now_ms.saturating_add(period_ms),
     }
@@ -139,7 +153,10 @@ impl KeysDomain {
         self.check_state(&key, KeyOperation::RotationStatus)?;
         // A key that cannot rotate automatically (asymmetric, HMAC) is not
         // refused: its status is off, as KMS reports it.
-        Ok(RotationStatus { key })
+        Ok(RotationStatus {
+            key,
+            as_of_ms: self.now_ms(),
+        })
     }
 
     /// Makes new material current now. Limited to
