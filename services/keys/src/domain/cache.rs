@@ -103,11 +103,7 @@ impl KeyCache {
     /// Forgets a key entirely, material included (after deletion).
     pub(crate) fn forget_key(&self, account: &AccountId, key_id: &KeyId) {
         self.invalidate(account, key_id);
-        let mut materials = self
-            .materials
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        materials.retain(|_, (cached_key, _)| cached_key != key_id);
+        self.forget_material(key_id);
     }
 
     /// Forgets a key the store no longer has, when this cache knew it (an
@@ -123,6 +119,25 @@ impl KeyCache {
         if known {
             self.forget_key(account, key_id);
         }
+    }
+
+    /// The keys whose material is held, each once.
+    pub(crate) fn keys_with_material(&self) -> Vec<KeyId> {
+        let materials = self
+            .materials
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let keys: std::collections::BTreeSet<&KeyId> =
+            materials.values().map(|(key_id, _)| key_id).collect();
+        keys.into_iter().cloned().collect()
+    }
+
+    /// Wipes the material held of one key.
+    pub(crate) fn forget_material(&self, key_id: &KeyId) {
+        self.materials
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|_, (cached_key, _)| cached_key != key_id);
     }
 
     pub(crate) fn material(

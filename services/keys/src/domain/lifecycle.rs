@@ -583,7 +583,29 @@ impl KeysDomain {
     pub async fn run_due_work(&self, events: &ServiceEvents) -> Result<(DueWork, DueWork)> {
         let deleted = self.delete_due_keys(events).await;
         let rotated = self.rotate_due_keys(events).await;
+        if let Err(error) = self.forget_material_of_unusable_keys().await {
+            tracing::warn!(%error, "cannot check which cached key material is still usable");
+        }
         Ok((deleted?, rotated?))
+    }
+
+    /// Wipes the cached material of every key that is gone (deleted by
+    /// another instance, whose reaper won) or pending deletion (no call
+    /// uses its material until the deletion is cancelled, when it is read
+    /// again). Without this, an instance that had used a key held its
+    /// material until the cache filled or the process ended.
+    async fn forget_material_of_unusable_keys(&self) -> Result<()> {
+        for key_id in self.cache.keys_with_material() {
+            let usable = self
+                .store
+                .find_key(&key_id)
+                .await?
+                .is_some_and(|key| key.key_state != KeyState::PendingDeletion);
+            if !usable {
+                self.cache.forget_material(&key_id);
+            }
+        }
+        Ok(())
     }
 
     /// The service event of a change the scheduler makes to `key`.
@@ -657,6 +679,87 @@ mod tests {
             "{outcome:?}"
         );
         assert_eq!(checked.load(Ordering::SeqCst), 0, "the key was made first");
+        Ok(())
+    }
+
+    /// The material of a key another instance deleted, or of one pending
+    /// deletion, is wiped from this instance's cache at its next run of the
+    /// scheduled work; an enabled key's stays.
+    #[tokio::test]
+    async fn cached_material_of_keys_gone_elsewhere_is_wiped()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let pool = coffer_platform::db::testing::sqlite_pool(
+            directory.path(),
+            "keys.db",
+            &crate::store::MIGRATIONS,
+        )
+        .await?;
+        let account = AccountId::parse("111122223333").ok_or("an account")?;
+        let domain = KeysDomain::new(
+            crate::store::key_store(pool),
+            Arc::new(coffer_crypto::RootKey::generate()?),
+            coffer_platform::arn::Location {
+                partition: "coffer".into(),
+                region: "eu-west-1".into(),
+                dns_suffix: "coffer.internal".into(),
+            },
+            Arc::new(coffer_platform::clock::SystemClock),
+        );
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            let request = NewKey {
+                description: String::new(),
+                key_usage: KeyUsage::EncryptDecrypt,
+                key_spec: KeySpec::SymmetricDefault,
+                tags: Vec::new(),
+                multi_region: false,
+                policy: None,
+                bypass_policy_lockout_safety_check: None,
+            };
+            let key = domain
+                .insert_new_key(&account, request, KeyManager::Customer, |_| Ok(()))
+                .await?;
+            let material = key.current_material_id.ok_or("no material")?;
+            domain.load_material(&key, &material).await?;
+            assert!(domain.cache.material(&key.key_id, &material).is_some());
+            keys.push((key, material));
+        }
+        let [
+            (kept, kept_material),
+            (deleted, deleted_material),
+            (pending, pending_material),
+        ] = <[_; 3]>::try_from(keys).map_err(|_| "three keys")?;
+        // Another instance's reaper deletes one, and a caller schedules
+        // another's deletion there, while this instance's cache holds them.
+        for key in [&deleted, &pending] {
+            let mut scheduled = key.clone();
+            scheduled.key_state = KeyState::PendingDeletion;
+            scheduled.version = domain.store.update_key(&scheduled, domain.now_ms()).await?;
+            if key.key_id == deleted.key_id {
+                assert!(domain.store.delete_key(&scheduled).await?, "not deleted");
+            }
+        }
+
+        domain.forget_material_of_unusable_keys().await?;
+        assert!(
+            domain
+                .cache
+                .material(&deleted.key_id, &deleted_material)
+                .is_none()
+        );
+        assert!(
+            domain
+                .cache
+                .material(&pending.key_id, &pending_material)
+                .is_none()
+        );
+        assert!(
+            domain
+                .cache
+                .material(&kept.key_id, &kept_material)
+                .is_some()
+        );
         Ok(())
     }
 
