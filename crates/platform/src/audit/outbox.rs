@@ -208,15 +208,22 @@ impl SqlOutbox {
             .collect())
     }
 
-    /// Replaces a row's record with the call's final event (what it
-    /// recorded after its commit too), when the live path leaves it to the
-    /// relay. No row, no change: it was delivered already.
+    /// Puts the call's final event (what it recorded after its commit too)
+    /// in its row, when the live path leaves it to the relay. A row that is
+    /// not there is written: the call's write may have failed to commit
+    /// after its row was prepared, and its event would otherwise be lost
+    /// without a word; one delivered already is sent again, and the audit
+    /// service keeps the copy it has (it de-duplicates by event id).
     pub async fn complete(&self, event_id: &str, record: &str) -> Result<(), sqlx::Error> {
-        const COMPLETE: &str = "UPDATE audit_outbox SET record = $2 WHERE event_id = $1";
+        const COMPLETE: &str = "INSERT INTO audit_outbox (event_id, boot_id, created_at_ms, record) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO UPDATE SET record = excluded.record";
+        let created_at_ms = now_ms();
         match &self.pool {
             DbPool::Postgres(pool) => {
                 sqlx::query(COMPLETE)
                     .bind(event_id)
+                    .bind(self.boot_id.as_ref())
+                    .bind(created_at_ms)
                     .bind(record)
                     .execute(pool)
                     .await?;
@@ -224,6 +231,8 @@ impl SqlOutbox {
             DbPool::Sqlite(pool) => {
                 sqlx::query(COMPLETE)
                     .bind(event_id)
+                    .bind(self.boot_id.as_ref())
+                    .bind(created_at_ms)
                     .bind(record)
                     .execute(pool)
                     .await?;
@@ -396,6 +405,68 @@ mod tests {
             assert_eq!(due, ["stale"]);
         }
         Ok(())
+    }
+
+    /// A final event left to the relay replaces its row's record, and is
+    /// written when its row is not there (the call's commit failed after
+    /// the row was prepared): before, it was an update of no row, and the
+    /// event was lost without a word.
+    async fn a_final_event_left_to_the_relay_is_kept(pool: DbPool) -> TestResult {
+        let outbox = SqlOutbox::new(pool.clone());
+        insert(
+            &pool,
+            &OutboxRow {
+                event_id: "committed".to_owned(),
+                boot_id: outbox.boot_id().to_string(),
+                created_at_ms: now_ms() - 60_000,
+                record: r#"{"eventName":"CreateKey"}"#.to_owned(),
+            },
+        )
+        .await?;
+        outbox
+            .complete("committed", r#"{"eventName":"CreateKey","final":1}"#)
+            .await?;
+        outbox
+            .complete("never-committed", r#"{"eventName":"CreateKey","final":2}"#)
+            .await?;
+        // The written row is due, with no grace, once it is older than now.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut rows: Vec<(String, String)> = outbox
+            .due(Duration::ZERO, 10)
+            .await?
+            .into_iter()
+            .map(|event| (event.event_id, event.record))
+            .collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "committed".to_owned(),
+                    r#"{"eventName":"CreateKey","final":1}"#.to_owned()
+                ),
+                (
+                    "never-committed".to_owned(),
+                    r#"{"eventName":"CreateKey","final":2}"#.to_owned()
+                ),
+            ]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_final_event_left_to_the_relay_is_kept_sqlite() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let pool = testing::sqlite_pool(directory.path(), "outbox.db", &MIGRATIONS).await?;
+        a_final_event_left_to_the_relay_is_kept(pool).await
+    }
+
+    #[tokio::test]
+    async fn a_final_event_left_to_the_relay_is_kept_postgres() -> TestResult {
+        match testing::postgres_pool("outbox_final", &MIGRATIONS).await? {
+            Some(pool) => a_final_event_left_to_the_relay_is_kept(pool).await,
+            None => Ok(()),
+        }
     }
 
     /// The audit service as it is in an outage that hangs: an export never
