@@ -2779,10 +2779,48 @@ async fn retention_removes_events_past_the_period(backend: Backend) -> anyhow::R
     clock.advance(Duration::from_secs(89 * 86_400));
     harness.run_maintenance().await?;
     assert_eq!(harness.audit_events().await?.len(), 1, "kept for 90 days");
+    let event_id = harness.audit_events().await?[0]["eventID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     clock.advance(Duration::from_secs(2 * 86_400));
+    // Past the period, before the hourly job has deleted it, it is gone
+    // from LookupEvents (even asked for from 1970) and GetEvent too.
+    let mut audit = harness
+        .audit_as(&Harness::user_id(ACCOUNT_A, "alice"))
+        .await?;
+    let found = audit
+        .lookup_events(audit_pb::LookupEventsRequest {
+            start_time: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(
+        found
+            .events
+            .iter()
+            .all(|event| event.event_name != "CreateKey"),
+        "{:?}",
+        found.events
+    );
+    assert_error(
+        audit
+            .get_event(audit_pb::GetEventRequest { event_id })
+            .await,
+        Code::NotFound,
+        "ResourceNotFoundException",
+    );
     harness.run_maintenance().await?;
     assert!(
-        harness.audit_events().await?.is_empty(),
+        harness
+            .audit_events()
+            .await?
+            .iter()
+            .all(|event| event["eventName"] != "CreateKey"),
         "gone after 90 days"
     );
     Ok(())

@@ -459,6 +459,13 @@ fn page_token(token: &str) -> Result<String, ApiError> {
 }
 
 impl AuditGrpc {
+    /// The time (ms) before which events are past retention: not shown, and
+    /// deleted at the retention job's next run.
+    fn retained_since(&self) -> i64 {
+        let retention = i64::try_from(self.core.retention().as_millis()).unwrap_or(i64::MAX);
+        self.core.clock().now_millis().saturating_sub(retention)
+    }
+
     async fn existing_rule(&self, caller: &Caller, name: &str) -> Result<RuleRecord, ApiError> {
         self.core
             .store()
@@ -585,7 +592,6 @@ impl Audit for AuditGrpc {
                 }
             };
             let now = self.core.clock().now_millis();
-            let retention = i64::try_from(self.core.retention().as_millis()).unwrap_or(i64::MAX);
             let start = lookup_time(message.start_time.as_ref())?;
             let end = lookup_time(message.end_time.as_ref())?;
             // Compared as given, to the nanosecond, before any rounding.
@@ -598,9 +604,18 @@ impl Audit for AuditGrpc {
                 ));
             }
             let end_ms = end.map_or(now, |end| bound_millis(end, false));
+            // The range never begins before retention does, whether or not
+            // a StartTime was given: an event past it is gone, as in
+            // CloudTrail's 90 days, even before the hourly job deletes it.
+            // An EndTime before that is a range with no events in it, not
+            // an error of the caller's.
+            let oldest = self.retained_since();
+            if oldest > end_ms {
+                matchable = false;
+            }
             let start_ms = match start {
                 Some(start) => {
-                    let start_ms = bound_millis(start, true);
+                    let start_ms = bound_millis(start, true).max(oldest);
                     // Both bounds within one millisecond, with no whole
                     // millisecond between them: nothing can be in range.
                     if start_ms > end_ms {
@@ -608,16 +623,7 @@ impl Audit for AuditGrpc {
                     }
                     start_ms
                 }
-                // Without a StartTime the range begins where retention
-                // does; an EndTime before that is a range with no events
-                // in it, not an error of the caller's.
-                None => {
-                    let oldest = now.saturating_sub(retention);
-                    if oldest > end_ms {
-                        matchable = false;
-                    }
-                    oldest.min(end_ms)
-                }
+                None => oldest.min(end_ms),
             };
             let query = LookupQuery {
                 attribute,
@@ -686,6 +692,9 @@ impl Audit for AuditGrpc {
             .await
             .map_err(|error| call.fail(store_failed(&error)))?
             .filter(|event| event.visible_to(caller.account().as_str()))
+            // Past retention an event is gone, before the hourly job
+            // deletes it too.
+            .filter(|event| event.event_time_ms >= self.retained_since())
             .ok_or_else(|| {
                 call.fail(not_found(format!(
                     "Event {} does not exist.",
