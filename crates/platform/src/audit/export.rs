@@ -461,6 +461,9 @@ impl AuditSink for AuditExporter {
                 Ok(())
             }
             Delivery::Outboxed(outbox) => {
+                // Held here until delivered or left to the relay, which
+                // meanwhile does not hand its row over a second time.
+                outbox.mark_relayed(&encoded.event_id);
                 self.shared.push(Entry {
                     event: encoded,
                     ack: None,

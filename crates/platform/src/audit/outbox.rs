@@ -145,9 +145,9 @@ impl SqlOutbox {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Marks a row as handed to the exporter by the relay; `false` when it
-    /// already is.
-    fn mark_relayed(&self, event_id: &str) -> bool {
+    /// Marks a row as handed to the exporter (by the relay, or by its call
+    /// on the live path); `false` when it already is.
+    pub(crate) fn mark_relayed(&self, event_id: &str) -> bool {
         self.relayed().insert(event_id.to_owned())
     }
 
@@ -467,6 +467,87 @@ mod tests {
             Some(pool) => a_final_event_left_to_the_relay_is_kept(pool).await,
             None => Ok(()),
         }
+    }
+
+    /// A call's own (live) event, still held by the exporter through an
+    /// outage longer than the grace period, is not handed over a second
+    /// time by the relay: before, every such row was queued twice, and the
+    /// queue filled twice as fast, dropping events that have no outbox row.
+    #[tokio::test]
+    async fn the_relay_does_not_copy_a_live_event_the_exporter_holds() -> TestResult {
+        use super::super::export::{AuditExporter, ExportSettings};
+        use super::super::{AuditEvent, AuditSink as _, Delivery, EventCategory, UserIdentity};
+        let directory = tempfile::tempdir()?;
+        let pool = testing::sqlite_pool(directory.path(), "outbox.db", &MIGRATIONS).await?;
+        let outbox = Arc::new(SqlOutbox::new(pool.clone()));
+        let exporter = AuditExporter::start(
+            Arc::new(Hanging),
+            ExportSettings {
+                mode: crate::config::AuditMode::Required,
+                deadline: Duration::from_secs(5),
+                queue_limit: 1_000,
+                batch_limit: 100,
+                gather: Duration::ZERO,
+            },
+        );
+        // Two calls' rows, older than the grace period; the calls' own
+        // events are in the exporter (the first in the export that hangs,
+        // the second queued behind it).
+        for index in 0..2 {
+            let event_id = format!("live-{index}");
+            insert(
+                &pool,
+                &OutboxRow {
+                    event_id: event_id.clone(),
+                    boot_id: outbox.boot_id().to_string(),
+                    created_at_ms: now_ms() - 60_000,
+                    record: r#"{"eventName":"CreateKey"}"#.to_owned(),
+                },
+            )
+            .await?;
+            let event = AuditEvent {
+                event_version: "1.11",
+                event_id,
+                event_time: crate::telemetry::now_rfc3339(),
+                event_source: "kms.coffer.internal".to_owned(),
+                event_name: "CreateKey".to_owned(),
+                event_type: "AwsApiCall",
+                aws_region: "eu-west-1".to_owned(),
+                source_ip_address: "127.0.0.1".to_owned(),
+                user_agent: String::new(),
+                user_identity: UserIdentity {
+                    identity_type: "IAMUser".to_owned(),
+                    principal_id: None,
+                    arn: None,
+                    account_id: Some("111122223333".to_owned()),
+                    user_name: None,
+                    invoked_by: None,
+                },
+                request_parameters: serde_json::Value::Null,
+                response_elements: serde_json::Value::Null,
+                additional_event_data: None,
+                error_code: None,
+                error_message: None,
+                request_id: String::new(),
+                read_only: false,
+                resources: Vec::new(),
+                management_event: true,
+                event_category: EventCategory::Management,
+                recipient_account_id: None,
+                service_event_details: None,
+                trace_id: String::new(),
+                answer_withheld: false,
+            };
+            exporter
+                .emit(&event, Delivery::Outboxed(outbox.clone()))
+                .await?;
+        }
+        let queued = exporter.queued();
+        let relay = spawn_relay(outbox.clone(), exporter.clone(), Duration::from_millis(50));
+        tokio::time::sleep(RELAY_INTERVAL * 3 + RELAY_INTERVAL / 2).await;
+        relay.abort();
+        assert_eq!(exporter.queued(), queued, "the relay queued a second copy");
+        Ok(())
     }
 
     /// The audit service as it is in an outage that hangs: an export never
