@@ -283,6 +283,7 @@ pub async fn launch(
                     channel,
                     &exporting.join("+"),
                     settings.audit.deadline,
+                    settings.audit.mode,
                 ))
             }
             (None, Some((audit, _))) => {

@@ -74,14 +74,16 @@ pub struct OtlpTransport {
     client: TraceServiceClient<Channel>,
     service_name: String,
     timeout: Duration,
+    mode: AuditMode,
 }
 
 impl OtlpTransport {
-    pub fn new(channel: Channel, service_name: &str, timeout: Duration) -> Self {
+    pub fn new(channel: Channel, service_name: &str, timeout: Duration, mode: AuditMode) -> Self {
         Self {
             client: TraceServiceClient::new(channel).max_decoding_message_size(4 * 1024 * 1024),
             service_name: service_name.to_owned(),
             timeout,
+            mode,
         }
     }
 }
@@ -100,17 +102,30 @@ impl ExportTransport for OtlpTransport {
         request.set_timeout(self.timeout);
         match tokio::time::timeout(self.timeout, client.export(request)).await {
             Ok(Ok(response)) => {
-                // A record the audit service refuses would be refused again:
-                // it is logged, never retried (it would block the queue).
-                if let Some(partial) = response.into_inner().partial_success
-                    && partial.rejected_spans > 0
-                {
-                    tracing::error!(
-                        rejected = partial.rejected_spans,
-                        reason = %partial.error_message,
-                        "the audit service refused audit events"
-                    );
+                let Some(partial) = response
+                    .into_inner()
+                    .partial_success
+                    .filter(|partial| partial.rejected_spans > 0)
+                else {
+                    return Ok(());
+                };
+                // Coffer's own records are refused only when this process's
+                // certificate does not fit what it exports (or by a defect):
+                // every export would be. In `required` mode that is a
+                // failed export, retried, so that no answer is released
+                // and no outbox row removed for an event that was not
+                // stored; in `best_effort` mode it is logged and dropped
+                // (retried, it would block the queue).
+                let refused = format!(
+                    "the audit service refused {} of {} audit events: {}",
+                    partial.rejected_spans,
+                    events.len(),
+                    partial.error_message
+                );
+                if self.mode == AuditMode::Required {
+                    return Err(refused);
                 }
+                tracing::error!("{refused}");
                 Ok(())
             }
             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
@@ -792,6 +807,66 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(30);
+
+    /// An audit service that refuses one span of every export, as one does
+    /// every record of a process whose certificate names another service.
+    struct Refusing;
+
+    #[tonic::async_trait]
+    impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+        for Refusing
+    {
+        async fn export(
+            &self,
+            _request: tonic::Request<
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+            >,
+        ) -> Result<
+            tonic::Response<
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+            >,
+            tonic::Status,
+        > {
+            use opentelemetry_proto::tonic::collector::trace::v1::{
+                ExportTracePartialSuccess, ExportTraceServiceResponse,
+            };
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans: 1,
+                    error_message: "a Coffer service's events name its own event source".into(),
+                }),
+            }))
+        }
+    }
+
+    /// In `required` mode an export the audit service refused in part is a
+    /// failed one (retried; nothing acknowledged); in `best_effort` mode it
+    /// is logged and counted delivered. Before, both took it as delivered.
+    #[tokio::test]
+    async fn a_refused_export_is_a_failure_where_delivery_is_required()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Refusing))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let required = OtlpTransport::new(channel.clone(), "keys", LONG, AuditMode::Required);
+        let outcome = required.export(&[event(1), event(2)]).await;
+        assert_eq!(
+            outcome,
+            Err("the audit service refused 1 of 2 audit events: a Coffer service's events name its own event source".to_owned())
+        );
+        let best_effort = OtlpTransport::new(channel, "keys", LONG, AuditMode::BestEffort);
+        assert_eq!(best_effort.export(&[event(1)]).await, Ok(()));
+        server.abort();
+        Ok(())
+    }
 
     #[tokio::test]
     async fn an_export_waits_for_the_calls_that_were_running_and_carries_their_events() {
