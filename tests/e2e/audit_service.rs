@@ -3161,6 +3161,18 @@ async fn required_mode_survives_the_audit_service_going_away(
             pending_window_in_days: Some(9),
         })
         .await?;
+    // A call whose change commits (the first use of a service-managed key
+    // creates it) and which is then refused: its row says what the caller
+    // got, not the success it was written as before the commit.
+    assert_error(
+        alice
+            .disable_key(pb::DisableKeyRequest {
+                key_id: "alias/coffer/acm".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
     let rows: Vec<Value> = harness
         .instance()?
         .outbox_records()
@@ -3193,6 +3205,8 @@ async fn required_mode_survives_the_audit_service_going_away(
         row("RetireGrant")["additionalEventData"]["grantId"],
         grant.grant_id.as_str()
     );
+    let refused = row("DisableKey");
+    assert_eq!(refused["errorCode"], "AccessDeniedException", "{refused:#}");
     let scheduled = row("ScheduleKeyDeletion");
     assert_eq!(
         scheduled["responseElements"]["keyId"],

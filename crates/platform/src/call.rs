@@ -1075,6 +1075,23 @@ where
         }
         _ => Delivery::Background,
     };
+    // A row written with a change says the call succeeded (it is written
+    // before the commit); a call that then failed (its change made, as the
+    // first use of a service-managed key is, before what it was asked was
+    // refused) has its row say so before it answers, or a crash before its
+    // event is delivered would leave the relay to store a success.
+    if let (Delivery::Outboxed(outbox), Some(_)) = (&delivery, &event.error_code) {
+        let completed = match crate::audit::caps::capped_record(&event) {
+            Ok(record) => outbox
+                .complete(&event.event_id, &record)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = completed {
+            tracing::warn!(%error, request_id = %request_id, "a failed call's outbox row still says it succeeded");
+        }
+    }
     let waited = matches!(delivery, Delivery::Acknowledged { .. });
     drop(running);
     match entry.sink.emit(&event, delivery).await {
