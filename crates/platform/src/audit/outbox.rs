@@ -475,20 +475,22 @@ mod tests {
     /// queue filled twice as fast, dropping events that have no outbox row.
     #[tokio::test]
     async fn the_relay_does_not_copy_a_live_event_the_exporter_holds() -> TestResult {
-        use super::super::export::{AuditExporter, ExportSettings};
-        use super::super::{AuditEvent, AuditSink as _, Delivery, EventCategory, UserIdentity};
+        use super::super::service::{ServiceEvent, ServiceEvents};
+        use super::super::{AuditSink as _, Delivery};
         let directory = tempfile::tempdir()?;
         let pool = testing::sqlite_pool(directory.path(), "outbox.db", &MIGRATIONS).await?;
         let outbox = Arc::new(SqlOutbox::new(pool.clone()));
-        let exporter = AuditExporter::start(
-            Arc::new(Hanging),
-            ExportSettings {
-                mode: crate::config::AuditMode::Required,
-                deadline: Duration::from_secs(5),
-                queue_limit: 1_000,
-                batch_limit: 100,
-                gather: Duration::ZERO,
+        let exporter = hanging_exporter();
+        let events = ServiceEvents::new(
+            &crate::arn::Location {
+                partition: "coffer".into(),
+                region: "eu-west-1".into(),
+                dns_suffix: "coffer.internal".into(),
             },
+            "keys",
+            exporter.clone(),
+            None,
+            Arc::new(crate::clock::SystemClock),
         );
         // Two calls' rows, older than the grace period; the calls' own
         // events are in the exporter (the first in the export that hangs,
@@ -505,39 +507,14 @@ mod tests {
                 },
             )
             .await?;
-            let event = AuditEvent {
-                event_version: "1.11",
-                event_id,
-                event_time: crate::telemetry::now_rfc3339(),
-                event_source: "kms.coffer.internal".to_owned(),
-                event_name: "CreateKey".to_owned(),
-                event_type: "AwsApiCall",
-                aws_region: "eu-west-1".to_owned(),
-                source_ip_address: "127.0.0.1".to_owned(),
-                user_agent: String::new(),
-                user_identity: UserIdentity {
-                    identity_type: "IAMUser".to_owned(),
-                    principal_id: None,
-                    arn: None,
-                    account_id: Some("111122223333".to_owned()),
-                    user_name: None,
-                    invoked_by: None,
-                },
-                request_parameters: serde_json::Value::Null,
-                response_elements: serde_json::Value::Null,
-                additional_event_data: None,
-                error_code: None,
-                error_message: None,
-                request_id: String::new(),
-                read_only: false,
-                resources: Vec::new(),
-                management_event: true,
-                event_category: EventCategory::Management,
-                recipient_account_id: None,
-                service_event_details: None,
-                trace_id: String::new(),
-                answer_withheld: false,
-            };
+            let mut event = events.event_of(&ServiceEvent {
+                name: "RotateKey",
+                account: "111122223333".to_owned(),
+                resource_arn: "arn:coffer:kms:eu-west-1:111122223333:key/k".to_owned(),
+                resource_type: "AWS::KMS::Key",
+                details: serde_json::Value::Null,
+            });
+            event.event_id = event_id;
             exporter
                 .emit(&event, Delivery::Outboxed(outbox.clone()))
                 .await?;
@@ -554,6 +531,21 @@ mod tests {
     /// ends.
     struct Hanging;
 
+    /// A `required`-mode exporter to an audit service in such an outage.
+    fn hanging_exporter() -> Arc<super::super::export::AuditExporter> {
+        use super::super::export::{AuditExporter, ExportSettings};
+        AuditExporter::start(
+            Arc::new(Hanging),
+            ExportSettings {
+                mode: crate::config::AuditMode::Required,
+                deadline: Duration::from_secs(5),
+                queue_limit: 1_000,
+                batch_limit: 100,
+                gather: Duration::ZERO,
+            },
+        )
+    }
+
     #[async_trait::async_trait]
     impl super::super::export::ExportTransport for Hanging {
         async fn export(&self, _events: &[EncodedEvent]) -> Result<(), String> {
@@ -567,7 +559,6 @@ mod tests {
     /// filled the queue with copies.
     #[tokio::test]
     async fn through_an_outage_each_row_is_handed_over_once() -> TestResult {
-        use super::super::export::{AuditExporter, ExportSettings};
         let directory = tempfile::tempdir()?;
         let pool = testing::sqlite_pool(directory.path(), "outbox.db", &MIGRATIONS).await?;
         let outbox = Arc::new(SqlOutbox::new(pool.clone()));
@@ -583,16 +574,7 @@ mod tests {
             )
             .await?;
         }
-        let exporter = AuditExporter::start(
-            Arc::new(Hanging),
-            ExportSettings {
-                mode: crate::config::AuditMode::Required,
-                deadline: Duration::from_secs(5),
-                queue_limit: 1_000,
-                batch_limit: 100,
-                gather: Duration::ZERO,
-            },
-        );
+        let exporter = hanging_exporter();
         let relay = spawn_relay(outbox.clone(), exporter.clone(), Duration::from_millis(50));
         // Four ticks of the relay: the first hands the three rows over (an
         // export that hangs), the others find them still held.

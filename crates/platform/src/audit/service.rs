@@ -82,7 +82,7 @@ impl ServiceEvents {
         }
     }
 
-    fn event_of(&self, change: &ServiceEvent) -> AuditEvent {
+    pub(crate) fn event_of(&self, change: &ServiceEvent) -> AuditEvent {
         let now_ms = self.clock.now_millis();
         AuditEvent {
             event_version: "1.11",

@@ -628,6 +628,22 @@ mod tests {
 
     use super::*;
 
+    /// A domain on `pool`, with a fresh root key and the system clock.
+    fn domain_on(
+        pool: coffer_platform::db::DbPool,
+    ) -> std::result::Result<KeysDomain, Box<dyn std::error::Error>> {
+        Ok(KeysDomain::new(
+            crate::store::key_store(pool),
+            Arc::new(coffer_crypto::RootKey::generate()?),
+            coffer_platform::arn::Location {
+                partition: "coffer".into(),
+                region: "eu-west-1".into(),
+                dns_suffix: "coffer.internal".into(),
+            },
+            Arc::new(coffer_platform::clock::SystemClock),
+        ))
+    }
+
     /// An account at its quota is refused before anything of the new key
     /// is made: its first check (the policy lockout check, which runs
     /// before the material is generated) is never reached.
@@ -648,16 +664,7 @@ mod tests {
             u32::try_from(CUSTOMER_KEYS_PER_ACCOUNT)?,
         )
         .await?;
-        let domain = KeysDomain::new(
-            crate::store::key_store(pool),
-            Arc::new(coffer_crypto::RootKey::generate()?),
-            coffer_platform::arn::Location {
-                partition: "coffer".into(),
-                region: "eu-west-1".into(),
-                dns_suffix: "coffer.internal".into(),
-            },
-            Arc::new(coffer_platform::clock::SystemClock),
-        );
+        let domain = domain_on(pool)?;
         let checked = AtomicUsize::new(0);
         let request = NewKey {
             description: String::new(),
@@ -696,16 +703,7 @@ mod tests {
         )
         .await?;
         let account = AccountId::parse("111122223333").ok_or("an account")?;
-        let domain = KeysDomain::new(
-            crate::store::key_store(pool),
-            Arc::new(coffer_crypto::RootKey::generate()?),
-            coffer_platform::arn::Location {
-                partition: "coffer".into(),
-                region: "eu-west-1".into(),
-                dns_suffix: "coffer.internal".into(),
-            },
-            Arc::new(coffer_platform::clock::SystemClock),
-        );
+        let domain = domain_on(pool)?;
         let mut keys = Vec::new();
         for _ in 0..3 {
             let request = NewKey {
