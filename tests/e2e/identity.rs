@@ -276,6 +276,20 @@ async fn forwarded_identity_is_trusted_only_from_services(backend: Backend) -> a
         .ok_or_else(|| anyhow::anyhow!("no metadata"))?;
     assert_eq!(key.aws_account_id, ACCOUNT_A);
 
+    // Nor is a service that acts for no caller (the audit service): the
+    // call is its own, which has no account to use keys in.
+    let audit = harness.identity(&Harness::service_id("audit"))?;
+    let mut as_audit = forwarding_client(
+        harness.channel_with(Some(&audit)).await?,
+        &bob,
+        Some("203.0.113.9"),
+    )?;
+    assert_error(
+        as_audit.create_key(pb::CreateKeyRequest::default()).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+    );
+
     // A service acting for nobody has no account to use keys in.
     let mut bare_service = KeysClient::new(harness.channel_with(Some(&service)).await?);
     let outcome = bare_service

@@ -481,8 +481,10 @@ fn resolve_identity(
         .clone()
         .map_err(|error| ApiError::unauthenticated(error.to_string()))?;
     let forwarded = headers.get(FORWARDED_FOR_HEADER);
-    let Some(forwarded) = forwarded.filter(|_| direct.is_service()) else {
-        // An ordinary caller's forwarding headers are ignored, never trusted.
+    let may_forward = direct.is_service() && FORWARDING_SERVICES.contains(&direct.name());
+    let Some(forwarded) = forwarded.filter(|_| may_forward) else {
+        // An ordinary caller's forwarding headers are ignored, never trusted;
+        // so are those of a service that acts for no caller (audit).
         return Ok(CallIdentity {
             principal: direct,
             invoked_by: None,
@@ -512,6 +514,12 @@ fn resolve_identity(
         source_ip,
     })
 }
+
+/// The services that call others on their callers' behalf (as Secrets
+/// Manager, Parameter Store and ACM call KMS): only their forwarding headers
+/// are honoured. The audit service acts for no caller, and the keys service
+/// calls no other for one.
+const FORWARDING_SERVICES: [&str; 3] = ["secrets", "parameters", "certificates"];
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
 fn parse_grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
