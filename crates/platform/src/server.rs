@@ -32,17 +32,17 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// h2's own default, which guards against reset floods (RUSTSEC-2024-0003).
 const MAX_LOCAL_RESET_STREAMS: usize = 1024;
 
+/// How long, past a call's deadline, a connection asked to go away may
+/// stay open for the calls still on it: their commit (5 s at most) and
+/// answer.
+const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(10);
+
 /// The admin port is plaintext and unauthenticated. A peer has this long to
 /// send its first bytes, and as on the mTLS port ([`crate::tls`]'s
 /// handshakes) at most 1,024 connections wait for them at once, and once
 /// more than 256 do, one host may hold no more than 128: silent
 /// connections cannot pile up, and one host's cannot keep the kubelet's
 /// probes out.
-/// How long, past a call's deadline, a connection asked to go away may
-/// stay open for the calls still on it: their commit (5 s at most) and
-/// answer.
-const CONNECTION_CLOSE_GRACE: Duration = Duration::from_secs(10);
-
 const ADMIN_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// An admin connection is closed, streams and all, after this long: a
 /// probe's connection lasts milliseconds, and a health `Watch` reconnects.
@@ -207,7 +207,8 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
     let (stop_sender, stop) = stop_signal();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        // A connection is asked to go away after an hour (its calls in
+        // A connection is asked to go away after `max_connection_age` (an
+        // hour unless configured otherwise; its calls in
         // flight finish, and an open Subscribe ends by itself), so that a
         // client certificate's CA leaving the trust bundle reaches every
         // client, not only new connections. Past the grace (a call's
