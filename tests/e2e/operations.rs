@@ -555,7 +555,7 @@ async fn requests_tonic_turns_away_name_their_exception(backend: Backend) -> any
     let status = assert_error(nowhere, Code::Unimplemented, "UnknownOperationException");
     assert_eq!(
         status.message(),
-        "/coffer.nothing.v1.Nothing/Encrypt names no operation of this server"
+        "/coffer.nothing.v1.Nothing/Encrypt is not an operation of this service"
     );
 
     // A message said to be compressed: Coffer accepts none.

@@ -620,19 +620,17 @@ fn refused_before_the_handler(
 /// a service's bare UNIMPLEMENTED gets the ErrorInfo any other refusal has.
 /// No service of Coffer's received it, so none records it.
 fn outside_the_api(path: &str, response: Response<Body>) -> Response<Body> {
-    if grpc_status_of(&response) != tonic::Code::Unimplemented
+    let code = grpc_status_of(&response);
+    if code != tonic::Code::Unimplemented
         || response.headers().contains_key("grpc-status-details-bin")
     {
         return response;
     }
     let named: String = path.chars().take(MAX_OPERATION_NAME_CHARS).collect();
-    ApiError::new(
-        ErrorCode::Unimplemented,
-        "UnknownOperationException",
-        format!("{named} names no operation of this server"),
-    )
-    .into_status("coffer")
-    .into_http::<Body>()
+    match refused_before_the_handler(code, &response, &named) {
+        Some(refusal) => refusal.into_status("coffer").into_http::<Body>(),
+        None => response,
+    }
 }
 
 fn grpc_status_of(response: &Response<Body>) -> tonic::Code {
