@@ -759,8 +759,10 @@ fn is_host_port(text: &str) -> bool {
     port_valid && host_valid
 }
 
-fn validate_dns_like(field: &str, value: &str) -> Result<(), ConfigError> {
-    let valid = !value.is_empty()
+/// Whether `value` is lowercase DNS labels separated by dots (a trust
+/// domain, a region).
+pub(crate) fn is_dns_like(value: &str) -> bool {
+    !value.is_empty()
         && value.len() <= 253
         && value.split('.').all(|label| {
             !label.is_empty()
@@ -768,8 +770,11 @@ fn validate_dns_like(field: &str, value: &str) -> Result<(), ConfigError> {
                 && label
                     .bytes()
                     .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
-        });
-    if valid {
+        })
+}
+
+fn validate_dns_like(field: &str, value: &str) -> Result<(), ConfigError> {
+    if is_dns_like(value) {
         Ok(())
     } else {
         Err(ConfigError::new(

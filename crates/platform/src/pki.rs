@@ -187,13 +187,9 @@ impl Authority {
         ip_addresses: &[IpAddr],
         not_after: std::time::SystemTime,
     ) -> Result<IssuedIdentity, PkiError> {
-        let valid_id = spiffe_id
-            .strip_prefix("spiffe://")
-            .and_then(|rest| rest.split_once('/'))
-            .is_some_and(|(domain, path)| !domain.is_empty() && !path.is_empty());
-        if !valid_id {
+        let Some((_, path)) = domain_and_path(spiffe_id) else {
             return Err(PkiError::SpiffeId(spiffe_id.to_owned()));
-        }
+        };
         let mut params = CertificateParams::new(dns_names.to_vec())?;
         params.subject_alt_names.push(SanType::URI(
             spiffe_id
@@ -215,11 +211,7 @@ impl Authority {
         // one, whatever names it is issued for.
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let is_service = spiffe_id
-            .strip_prefix("spiffe://")
-            .and_then(|rest| rest.split_once('/'))
-            .is_some_and(|(_, path)| path.starts_with("service/"));
-        params.extended_key_usages = if is_service {
+        params.extended_key_usages = if path.starts_with("service/") {
             vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -238,6 +230,14 @@ impl Authority {
     }
 }
 
+/// A SPIFFE id's trust domain and path, when it has both.
+fn domain_and_path(spiffe_id: &str) -> Option<(&str, &str)> {
+    spiffe_id
+        .strip_prefix("spiffe://")?
+        .split_once('/')
+        .filter(|(domain, path)| !domain.is_empty() && !path.is_empty())
+}
+
 /// Refuses a SPIFFE id no Coffer server would take as a caller (`coffer pki
 /// issue` checks before it issues): a trust domain that is not lowercase,
 /// or a path that is not an account's user or role or a Coffer service.
@@ -246,18 +246,12 @@ pub fn check_coffer_identity(spiffe_id: &str) -> Result<(), PkiError> {
         id: spiffe_id.to_owned(),
         reason: reason.to_owned(),
     };
-    let domain = spiffe_id
-        .strip_prefix("spiffe://")
-        .and_then(|rest| rest.split_once('/'))
-        .map(|(domain, _)| domain)
-        .ok_or_else(|| PkiError::SpiffeId(spiffe_id.to_owned()))?;
-    let domain_is_valid = !domain.is_empty()
-        && domain.bytes().all(|byte| {
-            byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-_".contains(&byte)
-        });
-    if !domain_is_valid {
+    let (domain, _) =
+        domain_and_path(spiffe_id).ok_or_else(|| PkiError::SpiffeId(spiffe_id.to_owned()))?;
+    // As a server's `trust_domain` must be.
+    if !crate::config::is_dns_like(domain) {
         return Err(refused(
-            "a trust domain is lowercase letters, digits, '.', '-' and '_'",
+            "a trust domain is lowercase DNS labels separated by dots",
         ));
     }
     crate::identity::principal_from_spiffe_id(spiffe_id, domain)
