@@ -19,7 +19,7 @@ use coffer_platform::audit::export::{
 use coffer_platform::audit::outbox::{SqlOutbox, spawn_relay};
 use coffer_platform::audit::service::ServiceEvents;
 use coffer_platform::authz::{self, Authorizer, IdentityPolicies};
-use coffer_platform::background::supervised;
+use coffer_platform::background::every;
 use coffer_platform::call::CallSettings;
 use coffer_platform::client::ClientTls;
 use coffer_platform::clock::Clock;
@@ -436,11 +436,9 @@ pub async fn launch(
         (domain, events)
     });
     if let Some((keys, events)) = keys.clone() {
-        background.push(supervised(
-            "keys maintenance",
-            MAINTENANCE_INTERVAL,
-            move || run_keys_maintenance(keys.clone(), events.clone()),
-        ));
+        background.push(every("keys maintenance", MAINTENANCE_INTERVAL, move || {
+            run_keys_maintenance(keys.clone(), events.clone())
+        }));
     }
     background.extend(policy_reloader);
     Ok(Instance {
@@ -454,23 +452,18 @@ pub async fn launch(
     })
 }
 
-/// Runs the keys service's due work every [`MAINTENANCE_INTERVAL`].
+/// One run of the keys service's due work (every [`MAINTENANCE_INTERVAL`]).
 async fn run_keys_maintenance(keys: Arc<coffer_keys::KeysDomain>, events: ServiceEvents) {
-    let mut ticks = tokio::time::interval(MAINTENANCE_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        match keys.run_due_work(&events).await {
-            Ok((deleted, rotated)) if deleted.failed + rotated.failed > 0 => {
-                tracing::error!(
-                    deletions_failed = deleted.failed,
-                    rotations_failed = rotated.failed,
-                    "keys maintenance could not change some keys (each logged); they are tried again at the next run"
-                );
-            }
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "keys maintenance failed"),
+    match keys.run_due_work(&events).await {
+        Ok((deleted, rotated)) if deleted.failed + rotated.failed > 0 => {
+            tracing::error!(
+                deletions_failed = deleted.failed,
+                rotations_failed = rotated.failed,
+                "keys maintenance could not change some keys (each logged); they are tried again at the next run"
+            );
         }
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "keys maintenance failed"),
     }
 }
 

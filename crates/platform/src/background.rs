@@ -32,6 +32,28 @@ where
     })
 }
 
+/// Runs `step` every `interval` (the first time at once, a late tick
+/// delaying the next rather than bunching), [`supervised`]: a panicking
+/// step starts the loop again an interval later.
+pub fn every<F, Fut>(name: &'static str, interval: Duration, step: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let step = std::sync::Arc::new(step);
+    supervised(name, interval, move || {
+        let step = step.clone();
+        async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                step().await;
+            }
+        }
+    })
+}
+
 /// Runs `future` to its end, turning a panic while it is polled into an
 /// `Err` holding the panic's payload, as [`std::panic::catch_unwind`] does
 /// for a closure: for a step of long-running work that must outlive one
@@ -83,6 +105,24 @@ mod tests {
             .expect("the supervisor ended")
             .expect("the supervisor itself did not panic");
         assert_eq!(starts.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_step_run_every_interval_goes_on_after_it_panics() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let handle = every("test", Duration::from_millis(1), move || {
+            let run = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert!(run != 1, "the second run fails");
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while runs.load(Ordering::SeqCst) < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "the step stopped");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        handle.abort();
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use coffer_platform::background::{supervised, unwound};
+use coffer_platform::background::{every, unwound};
 use coffer_platform::clock::Clock;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -531,34 +531,24 @@ pub fn envelope(stored: &StoredEvent) -> Value {
 /// Runs the retention job every [`RETENTION_INTERVAL`] and, in a task of
 /// its own (a long purge must not hold it up), re-reads the rules every
 /// [`RULES_REFRESH_INTERVAL`]. Each starts again, an interval later,
-/// should it panic ([`supervised`]).
+/// should it panic ([`every`]).
 pub fn spawn_upkeep(core: Arc<AuditCore>) -> [tokio::task::JoinHandle<()>; 2] {
     let refreshing = core.clone();
-    let refresh = supervised("event rule refresh", RULES_REFRESH_INTERVAL, move || {
+    let refresh = every("event rule refresh", RULES_REFRESH_INTERVAL, move || {
         let core = refreshing.clone();
         async move {
-            let mut ticks = tokio::time::interval(RULES_REFRESH_INTERVAL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                if let Err(error) = core.reload_rules().await {
-                    tracing::error!(%error, "the event rules could not be re-read");
-                }
+            if let Err(error) = core.reload_rules().await {
+                tracing::error!(%error, "the event rules could not be re-read");
             }
         }
     });
-    let retention = supervised("audit retention", RETENTION_INTERVAL, move || {
+    let retention = every("audit retention", RETENTION_INTERVAL, move || {
         let core = core.clone();
         async move {
-            let mut ticks = tokio::time::interval(RETENTION_INTERVAL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                match core.enforce_retention().await {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
-                    Err(error) => tracing::error!(%error, "audit retention failed"),
-                }
+            match core.enforce_retention().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "audit retention removed old events"),
+                Err(error) => tracing::error!(%error, "audit retention failed"),
             }
         }
     });
