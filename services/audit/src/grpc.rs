@@ -217,6 +217,14 @@ fn events_within(events: &[StoredEvent], budget: usize) -> usize {
     fitting.max(events.len().min(1))
 }
 
+/// Ends at `at`; never, without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An event as the API returns it.
 fn event_of(stored: &StoredEvent) -> pb::Event {
     let record: Value = serde_json::from_str(&stored.record).unwrap_or(Value::Null);
@@ -835,18 +843,8 @@ impl Audit for AuditGrpc {
             };
             // A shutdown ends the subscription at once, even while a client
             // that stopped reading holds a send.
-            let expired = async {
-                match certificate_expires {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let aged = async {
-                match reconnect_by {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expired = sleep_until_some(certificate_expires);
+            let aged = sleep_until_some(reconnect_by);
             let revoked = async {
                 while policy_changes.changed().await.is_ok() {
                     if !subscriber.still_allowed("cloudtrail:Subscribe", "*") {

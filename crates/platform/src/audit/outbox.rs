@@ -358,6 +358,16 @@ mod tests {
         sqlite: OUTBOX_TABLE,
     };
 
+    /// A CreateKey row of `outbox`'s, written `age_ms` ago.
+    fn row_of(outbox: &SqlOutbox, event_id: &str, age_ms: i64) -> OutboxRow {
+        OutboxRow {
+            event_id: event_id.to_owned(),
+            boot_id: outbox.boot_id().to_string(),
+            created_at_ms: now_ms() - age_ms,
+            record: r#"{"eventName":"CreateKey"}"#.to_owned(),
+        }
+    }
+
     async fn insert(pool: &DbPool, row: &OutboxRow) -> Result<(), sqlx::Error> {
         match pool {
             DbPool::Postgres(pool) => {
@@ -386,12 +396,7 @@ mod tests {
     /// once it is as old as its own would have to be.
     async fn another_replicas_fresh_row_is_not_due(pool: DbPool) -> TestResult {
         let (one, other) = (SqlOutbox::new(pool.clone()), SqlOutbox::new(pool.clone()));
-        let row = |event_id: &str, age_ms: i64| OutboxRow {
-            event_id: event_id.to_owned(),
-            boot_id: one.boot_id().to_string(),
-            created_at_ms: now_ms() - age_ms,
-            record: r#"{"eventName":"CreateKey"}"#.to_owned(),
-        };
+        let row = |event_id: &str, age_ms: i64| row_of(&one, event_id, age_ms);
         let grace = Duration::from_secs(15);
         insert(&pool, &row("fresh", 1_000)).await?;
         insert(&pool, &row("stale", 60_000)).await?;
@@ -413,16 +418,7 @@ mod tests {
     /// event was lost without a word.
     async fn a_final_event_left_to_the_relay_is_kept(pool: DbPool) -> TestResult {
         let outbox = SqlOutbox::new(pool.clone());
-        insert(
-            &pool,
-            &OutboxRow {
-                event_id: "committed".to_owned(),
-                boot_id: outbox.boot_id().to_string(),
-                created_at_ms: now_ms() - 60_000,
-                record: r#"{"eventName":"CreateKey"}"#.to_owned(),
-            },
-        )
-        .await?;
+        insert(&pool, &row_of(&outbox, "committed", 60_000)).await?;
         outbox
             .complete("committed", r#"{"eventName":"CreateKey","final":1}"#)
             .await?;
@@ -497,16 +493,7 @@ mod tests {
         // the second queued behind it).
         for index in 0..2 {
             let event_id = format!("live-{index}");
-            insert(
-                &pool,
-                &OutboxRow {
-                    event_id: event_id.clone(),
-                    boot_id: outbox.boot_id().to_string(),
-                    created_at_ms: now_ms() - 60_000,
-                    record: r#"{"eventName":"CreateKey"}"#.to_owned(),
-                },
-            )
-            .await?;
+            insert(&pool, &row_of(&outbox, &event_id, 60_000)).await?;
             let mut event = events.event_of(&ServiceEvent {
                 name: "RotateKey",
                 account: "111122223333".to_owned(),
@@ -563,16 +550,7 @@ mod tests {
         let pool = testing::sqlite_pool(directory.path(), "outbox.db", &MIGRATIONS).await?;
         let outbox = Arc::new(SqlOutbox::new(pool.clone()));
         for index in 0..3 {
-            insert(
-                &pool,
-                &OutboxRow {
-                    event_id: format!("row-{index}"),
-                    boot_id: outbox.boot_id().to_string(),
-                    created_at_ms: now_ms() - 60_000,
-                    record: r#"{"eventName":"CreateKey"}"#.to_owned(),
-                },
-            )
-            .await?;
+            insert(&pool, &row_of(&outbox, &format!("row-{index}"), 60_000)).await?;
         }
         let exporter = hanging_exporter();
         let relay = spawn_relay(outbox.clone(), exporter.clone(), Duration::from_millis(50));

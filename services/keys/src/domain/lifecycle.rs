@@ -628,12 +628,23 @@ mod tests {
 
     use super::*;
 
-    /// A domain on `pool`, with a fresh root key and the system clock.
-    fn domain_on(
-        pool: coffer_platform::db::DbPool,
-    ) -> std::result::Result<KeysDomain, Box<dyn std::error::Error>> {
-        Ok(KeysDomain::new(
-            crate::store::key_store(pool),
+    /// A domain on a SQLite store in `directory`, with a fresh root key and
+    /// the system clock, its pool, and the account the tests use.
+    async fn sqlite_domain(
+        directory: &std::path::Path,
+    ) -> std::result::Result<
+        (KeysDomain, coffer_platform::db::DbPool, AccountId),
+        Box<dyn std::error::Error>,
+    > {
+        let pool = coffer_platform::db::testing::sqlite_pool(
+            directory,
+            "keys.db",
+            &crate::store::MIGRATIONS,
+        )
+        .await?;
+        let account = AccountId::parse("111122223333").ok_or("an account")?;
+        let domain = KeysDomain::new(
+            crate::store::key_store(pool.clone()),
             Arc::new(coffer_crypto::RootKey::generate()?),
             coffer_platform::arn::Location {
                 partition: "coffer".into(),
@@ -641,7 +652,8 @@ mod tests {
                 dns_suffix: "coffer.internal".into(),
             },
             Arc::new(coffer_platform::clock::SystemClock),
-        ))
+        );
+        Ok((domain, pool, account))
     }
 
     /// An account at its quota is refused before anything of the new key
@@ -651,20 +663,13 @@ mod tests {
     async fn an_account_at_its_quota_is_refused_before_the_material_is_made()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
         let directory = tempfile::tempdir()?;
-        let pool = coffer_platform::db::testing::sqlite_pool(
-            directory.path(),
-            "keys.db",
-            &crate::store::MIGRATIONS,
-        )
-        .await?;
-        let account = AccountId::parse("111122223333").ok_or("an account")?;
+        let (domain, pool, account) = sqlite_domain(directory.path()).await?;
         crate::store::insert_placeholder_keys(
             &pool,
             &account,
             u32::try_from(CUSTOMER_KEYS_PER_ACCOUNT)?,
         )
         .await?;
-        let domain = domain_on(pool)?;
         let checked = AtomicUsize::new(0);
         let request = NewKey {
             description: String::new(),
@@ -696,14 +701,7 @@ mod tests {
     async fn cached_material_of_keys_gone_elsewhere_is_wiped()
     -> std::result::Result<(), Box<dyn std::error::Error>> {
         let directory = tempfile::tempdir()?;
-        let pool = coffer_platform::db::testing::sqlite_pool(
-            directory.path(),
-            "keys.db",
-            &crate::store::MIGRATIONS,
-        )
-        .await?;
-        let account = AccountId::parse("111122223333").ok_or("an account")?;
-        let domain = domain_on(pool)?;
+        let (domain, _pool, account) = sqlite_domain(directory.path()).await?;
         let mut keys = Vec::new();
         for _ in 0..3 {
             let request = NewKey {
