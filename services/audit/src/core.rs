@@ -473,7 +473,7 @@ async fn run_indexer(core: Weak<AuditCore>, journal: Arc<Journal>) {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(INDEX_RETRY_MAX);
         }
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
     }
 }
 

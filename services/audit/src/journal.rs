@@ -39,7 +39,12 @@
 //!   leaves one whole file or the other, never a mix. The copy is synced
 //!   before the rename (and the directory after it), so not even a power
 //!   loss can replace exports that had reached the disk by a copy that had
-//!   not. The copy keeps the journal's permissions.
+//!   not; no sync runs from the moment the copy's part is noted until the
+//!   directory is synced, so the exports appended meanwhile, added to the
+//!   copy unsynced just before the rename, had not. The copying and the
+//!   syncs run off the lock, on a blocking thread: exports are appended
+//!   and lookups served while they do. The copy keeps the journal's
+//!   permissions.
 //!
 //! Postgres takes concurrent writers and shares its cache, so there exports
 //! are stored directly, without a journal.
@@ -121,6 +126,10 @@ struct State {
     broken: bool,
     /// Batches known to be on the disk (see [`Journal::sync`]).
     synced: u64,
+    /// After a compaction failed: how far the stored part must reach before
+    /// the next is tried (0 otherwise), so a failing one is not retried
+    /// after every batch.
+    compact_again_at: u64,
 }
 
 /// See the module docs.
@@ -131,6 +140,13 @@ pub struct Journal {
     /// See [`MAX_QUEUED_BYTES`].
     max_queued_bytes: u64,
     state: Mutex<State>,
+    /// Held by a sync, and by a compaction from the moment it notes what to
+    /// copy until the copy has replaced the file: a batch a sync put on the
+    /// disk is then always in the part of the copy synced before the rename.
+    syncs: tokio::sync::Mutex<()>,
+    /// Lets a test hold a compaction once it has noted what to copy.
+    #[cfg(test)]
+    copy_gate: tokio::sync::Semaphore,
     /// Batches stored by the indexer.
     indexed: watch::Sender<u64>,
     /// Wakes the indexer.
@@ -253,7 +269,11 @@ impl Journal {
                 // Whatever was read back was on the disk or reaches it with
                 // the next sync; counting it unsynced costs one sync.
                 synced: 0,
+                compact_again_at: 0,
             }),
+            syncs: tokio::sync::Mutex::new(()),
+            #[cfg(test)]
+            copy_gate: tokio::sync::Semaphore::new(1),
             indexed,
             work: Notify::new(),
             room: Notify::new(),
@@ -403,8 +423,8 @@ impl Journal {
     /// Records that the batches up to `through` are in the event store.
     /// Empties the file once everything appended is stored, and moves what
     /// is not to a new file once the stored part is large.
-    pub fn stored(&self, through: u64) {
-        {
+    pub async fn stored(&self, through: u64) {
+        let compact_from = {
             let mut state = self.lock();
             let mut stored_end = 0;
             while let Some(&(batch, end)) = state.ends.front()
@@ -413,74 +433,118 @@ impl Journal {
                 stored_end = end;
                 state.ends.pop_front();
             }
-            if state.appended != through && stored_end >= self.compact_after {
-                self.compact(&mut state, stored_end);
-            } else if state.appended == through && state.length > 0 {
-                match state.file.set_len(0) {
-                    Ok(()) => state.length = 0,
-                    Err(error) => {
-                        // It is emptied at the next chance; what it holds is
-                        // stored already and would be skipped on recovery.
-                        tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be emptied");
+            if state.appended != through
+                && stored_end >= self.compact_after.max(state.compact_again_at)
+            {
+                Some(stored_end)
+            } else {
+                if state.appended == through && state.length > 0 {
+                    match state.file.set_len(0) {
+                        Ok(()) => {
+                            state.length = 0;
+                            state.compact_again_at = 0;
+                        }
+                        Err(error) => {
+                            // It is emptied at the next chance; what it holds
+                            // is stored already and would be skipped on
+                            // recovery.
+                            tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be emptied");
+                        }
                     }
                 }
+                None
             }
+        };
+        if let Some(stored_end) = compact_from {
+            self.compact(stored_end).await;
         }
         self.indexed.send_replace(through);
     }
 
-    /// Replaces the file by a copy of what follows `stored_end`. On failure
-    /// the file stays as it is, to be compacted at a later chance.
-    fn compact(&self, state: &mut State, stored_end: u64) {
-        match self.copy_from(state, stored_end) {
-            Ok(file) => {
-                state.file = file;
-                state.length -= stored_end;
-                for (_, end) in &mut state.ends {
-                    *end -= stored_end;
+    /// Replaces the file by a copy of what follows `stored_end`. The bulk of
+    /// the copy is written and synced off the lock and off the async
+    /// workers, so appends and reads go on meanwhile; under the lock only
+    /// what they appended since is added to it before the rename. On failure
+    /// the file stays as it is, to be compacted once the stored part has
+    /// grown by [`COMPACT_AFTER_BYTES`] more.
+    async fn compact(&self, stored_end: u64) {
+        let _no_sync = self.syncs.lock().await;
+        // Noted once no sync runs: every batch synced so far is in this part.
+        let (length, appended) = {
+            let state = self.lock();
+            (state.length, state.appended)
+        };
+        #[cfg(test)]
+        let _held = self.copy_gate.acquire().await;
+        let compacting = Self::compacting_path(&self.path);
+        let copied = {
+            let (path, compacting) = (self.path.clone(), compacting.clone());
+            tokio::task::spawn_blocking(move || copy_part(&path, &compacting, stored_end, length))
+                .await
+                .unwrap_or_else(|panic| Err(std::io::Error::other(panic)))
+        };
+        let replaced = copied
+            .and_then(|(source, copy)| self.replace(source, copy, &compacting, stored_end, length));
+        match replaced {
+            Ok(()) => {
+                let path = self.path.clone();
+                let directory = tokio::task::spawn_blocking(move || sync_directory_of(&path))
+                    .await
+                    .unwrap_or_else(|panic| Err(std::io::Error::other(panic)));
+                if let Err(error) = directory {
+                    tracing::warn!(%error, journal = %self.path.display(), "the ingest journal's directory could not be synced after a compaction");
                 }
+                // What was appended since is in the copy too, but not yet
+                // on the disk: the next sync puts it there.
+                let mut state = self.lock();
+                state.synced = state.synced.max(appended);
             }
             Err(error) => {
-                let _unfinished = std::fs::remove_file(Self::compacting_path(&self.path));
+                let _unfinished = std::fs::remove_file(&compacting);
+                self.lock().compact_again_at = stored_end.saturating_add(self.compact_after);
                 tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be compacted");
             }
         }
     }
 
-    /// Writes what follows `from` to a new file and renames it over the
-    /// journal. Returns the new file, open for appends.
-    fn copy_from(&self, state: &mut State, from: u64) -> std::io::Result<File> {
-        let tail_length = state
-            .length
-            .checked_sub(from)
-            .and_then(|length| usize::try_from(length).ok())
-            .ok_or_else(|| std::io::Error::other("the stored part ends past the file"))?;
-        let mut tail = vec![0; tail_length];
-        state.file.seek(SeekFrom::Start(from))?;
-        state.file.read_exact(&mut tail)?;
-        let compacting = Self::compacting_path(&self.path);
-        match std::fs::remove_file(&compacting) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-            _ => {}
+    /// The end of a compaction, under the lock: adds to the copy what was
+    /// appended after `length` while it was made, and renames it over the
+    /// journal, which from then on appends go to.
+    fn replace(
+        &self,
+        mut source: File,
+        mut copy: File,
+        compacting: &Path,
+        stored_end: u64,
+        length: u64,
+    ) -> std::io::Result<()> {
+        let mut state = self.lock();
+        if state.broken {
+            return Err(std::io::Error::other("the journal takes no more appends"));
         }
-        let mut copy = create_like(&compacting, &state.file)?;
-        copy.write_all(&tail)?;
-        // On the disk before it can replace a file that may be.
-        copy.sync_all()?;
+        let appended_since = state
+            .length
+            .checked_sub(length)
+            .ok_or_else(|| std::io::Error::other("the journal is shorter than its copy"))?;
+        source.seek(SeekFrom::Start(length))?;
+        if std::io::copy(&mut (&mut source).take(appended_since), &mut copy)? != appended_since {
+            return Err(std::io::Error::other("the journal ended early"));
+        }
         // Opened before the rename: appends never go to a file that is no
         // longer the journal.
         let file = OpenOptions::new()
             .read(true)
             .append(true)
-            .open(&compacting)?;
+            .open(compacting)?;
         file.try_lock().map_err(std::io::Error::from)?;
-        std::fs::rename(&compacting, &self.path)?;
-        // The rename is done: from here on the copy is the journal,
-        // whatever else fails.
-        if let Err(error) = sync_directory_of(&self.path) {
-            tracing::warn!(%error, journal = %self.path.display(), "the ingest journal's directory could not be synced after a compaction");
+        std::fs::rename(compacting, &self.path)?;
+        state.file = file;
+        state.length -= stored_end;
+        for (_, end) in &mut state.ends {
+            *end -= stored_end;
         }
-        Ok(file)
+        state.compact_again_at = 0;
+        Ok(())
     }
 
     /// Puts every export appended before this call on the disk (one
@@ -492,14 +556,16 @@ impl Journal {
             action: "synced",
             source,
         };
+        let _no_compaction = self.syncs.lock().await;
         let (file, appended) = {
             let state = self.lock();
             if state.synced == state.appended {
                 return Ok(());
             }
-            // Batches appended before a compaction are in its copy, synced
-            // before it replaced the file; later ones are in the file this
-            // handle shares.
+            // No compaction replaces the file while this syncs it: batches
+            // appended before the last one are in its copy, synced before it
+            // replaced the file; later ones are in the file this handle
+            // shares.
             (state.file.try_clone().map_err(failed)?, state.appended)
         };
         let outcome = tokio::task::spawn_blocking(move || file.sync_data())
@@ -750,6 +816,28 @@ fn create_like(path: &Path, journal: &File) -> std::io::Result<File> {
     options.open(path)
 }
 
+/// Copies `[from, to)` of the journal at `path`, read through a handle of
+/// its own (an append moves the offset of the handles that share the
+/// journal's), to a new file at `compacting`, synced. Returns both handles.
+fn copy_part(path: &Path, compacting: &Path, from: u64, to: u64) -> std::io::Result<(File, File)> {
+    let mut source = File::open(path)?;
+    match std::fs::remove_file(compacting) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut copy = create_like(compacting, &source)?;
+    let length = to
+        .checked_sub(from)
+        .ok_or_else(|| std::io::Error::other("the stored part ends past the file"))?;
+    source.seek(SeekFrom::Start(from))?;
+    if std::io::copy(&mut (&mut source).take(length), &mut copy)? != length {
+        return Err(std::io::Error::other("the journal ended early"));
+    }
+    // On the disk before it can replace a file that may be.
+    copy.sync_all()?;
+    Ok((source, copy))
+}
+
 /// Whether `rest`, what follows the journal's last readable record, is
 /// what a crash mid-append (or a power loss's zeroed tail) leaves: a
 /// record shorter than its length prefix says, or nothing but zeros.
@@ -903,14 +991,14 @@ mod tests {
         );
         let taken = journal.take().ok_or("nothing to take")?;
         journal.append(vec![event("two", 0)]).await?;
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
         assert!(
             std::fs::metadata(&path)?.len() > 0,
             "a batch appended after the take is still only in the journal"
         );
         assert!(!journal.settled(Duration::from_millis(20)).await);
         let taken = journal.take().ok_or("nothing to take")?;
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
         assert_eq!(std::fs::metadata(&path)?.len(), 0);
         assert!(journal.settled(Duration::from_millis(20)).await);
         Ok(())
@@ -943,7 +1031,7 @@ mod tests {
         journal.append(vec![event("one", 0)]).await?;
         let taken = journal.take().ok_or("nothing to take")?;
         journal.append(vec![event("two", 0)]).await?;
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
         assert_eq!(ids_after_reopening(&path)?, ["two"]);
         assert!(in_use(Journal::open(&path)));
         // Let go of a little later (a stopped service's task ending), it is
@@ -976,7 +1064,7 @@ mod tests {
         journal.append(vec![event("three", 2)]).await?;
         journal.append(vec![event("four", 0)]).await?;
         let waiting_part = std::fs::metadata(&path)?.len() - stored_part;
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
         assert_eq!(
             std::fs::metadata(&path)?.len(),
             waiting_part,
@@ -989,8 +1077,56 @@ mod tests {
         // the copy went into the new file.
         let taken = journal.take().ok_or("nothing to take")?;
         journal.append(vec![event("five", 0)]).await?;
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
         assert_eq!(ids_after_reopening(&path)?, ["five"]);
+        Ok(())
+    }
+
+    /// A compaction copies and syncs without holding up appends, while no
+    /// sync runs; what was appended meanwhile moves to the copy, counted
+    /// unsynced until the next sync puts it on the disk there.
+    #[tokio::test]
+    async fn exports_are_appended_while_a_compaction_copies() -> TestResult {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("audit.db.ingest");
+        let mut journal = Journal::open(&path)?;
+        journal.compact_after = 1;
+        let journal = std::sync::Arc::new(journal);
+        journal.append(vec![event("one", 0)]).await?;
+        let taken = journal.take().ok_or("nothing to take")?;
+        journal.append(vec![event("two", 0)]).await?;
+        journal.sync().await?;
+        let held = journal.copy_gate.acquire().await?;
+        let compaction = tokio::spawn({
+            let journal = journal.clone();
+            async move { journal.stored(taken.through).await }
+        });
+        while journal.syncs.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            journal.append(vec![event("three", 0)]),
+        )
+        .await??;
+        assert_eq!(journal.unsynced(), 1);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), journal.sync())
+                .await
+                .is_err(),
+            "a sync ran while the copy was being made"
+        );
+        drop(held);
+        compaction.await?;
+        assert_eq!(ids_after_reopening(&path)?, ["two", "three"]);
+        assert_eq!(journal.unsynced(), 1, "three is not yet synced in the copy");
+        journal.sync().await?;
+        assert_eq!(journal.unsynced(), 0);
+        let taken = journal.take().ok_or("nothing to take")?;
+        assert_eq!(taken.events.len(), 2);
+        journal.append(vec![event("four", 0)]).await?;
+        journal.stored(taken.through).await;
+        assert_eq!(ids_after_reopening(&path)?, ["four"]);
         Ok(())
     }
 
@@ -1038,7 +1174,7 @@ mod tests {
             journal.append(vec![event("one", 0)]).await?;
             let taken = journal.take().ok_or("nothing to take")?;
             journal.append(vec![event("two", 0)]).await?;
-            journal.stored(taken.through);
+            journal.stored(taken.through).await;
             assert_eq!(ids_after_reopening(&path)?, ["two"], "compacted");
             assert_eq!(mode(&path)?, 0o604);
         }
@@ -1080,7 +1216,7 @@ mod tests {
         let taken = journal.take().ok_or("nothing to take")?;
         journal.append(vec![event("two", 0)]).await?;
         let length = std::fs::metadata(&path)?.len();
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
         assert_eq!(std::fs::metadata(&path)?.len(), length);
         // Recovery skips stored events by their ids; both come back.
         assert_eq!(ids_after_reopening(&path)?, ["one", "two"]);
@@ -1197,7 +1333,7 @@ mod tests {
         let taken = journal.take().ok_or("nothing to take")?;
         journal.append(vec![event("two", 0)]).await?;
         let opened_before = OpenOptions::new().read(true).append(true).open(&path)?;
-        journal.stored(taken.through);
+        journal.stored(taken.through).await;
         drop(journal);
         assert!(matches!(
             lock_journal(&opened_before, &path),
