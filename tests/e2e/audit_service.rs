@@ -46,6 +46,7 @@ backend_tests!(
     a_service_speaks_for_itself_only,
     a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited,
     a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed,
+    a_delivery_waiting_while_its_target_changes_goes_where_it_points_now,
     targets_removed_before_a_failure_are_no_longer_sent_to,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
@@ -1731,17 +1732,30 @@ async fn start_receiver_asking(
     })
 }
 
-/// A delivery waiting for an attempt slot is dropped when its target is
-/// removed meanwhile: every attempt, the first included, checks that its
-/// target is still on its rule as it was routed. Before, only retries did,
-/// and a first attempt called the old endpoint with the old secret.
-async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
-    backend: Backend,
-) -> anyhow::Result<()> {
-    let harness = Harness::start(backend).await?;
-    let mut audit = alice_with_creates_rule(&harness).await?;
-    // Holds every connection it accepts, unanswered, until told to let go;
-    // from then on it closes them at once.
+/// Every attempt slot of account A held by deliveries to the rule
+/// "creates"'s target "stalled", whose endpoint takes connections and never
+/// answers, until [`StalledSlots::release`].
+struct StalledSlots {
+    held: Arc<std::sync::Mutex<Option<Vec<tokio::net::TcpStream>>>>,
+}
+
+impl StalledSlots {
+    /// Closes the held connections, and from then on every new one at once:
+    /// the stalled deliveries fail, for good.
+    fn release(&self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// Puts "stalled" and `waiting` on the rule "creates", then creates 20 keys
+/// as alice: the stalled target's first deliveries take every attempt slot
+/// of the account, and the deliveries to `waiting` of the last events wait
+/// for one.
+async fn stall_every_slot(
+    harness: &Harness,
+    audit: &mut audit_pb::audit_client::AuditClient<tonic::transport::Channel>,
+    waiting: audit_pb::Target,
+) -> anyhow::Result<StalledSlots> {
     let stalling = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let stalled_port = stalling.local_addr()?.port();
     let held = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
@@ -1753,7 +1767,6 @@ async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
             }
         }
     });
-    let fresh = start_receiver(&harness, |_| 200).await?;
     audit
         .put_targets(audit_pb::PutTargetsRequest {
             rule: "creates".into(),
@@ -1764,17 +1777,10 @@ async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
                     0,
                     60,
                 ),
-                webhook_target(
-                    "fresh",
-                    format!("https://localhost:{}/hooks", fresh.addr.port()),
-                    0,
-                    60,
-                ),
+                waiting,
             ],
         })
         .await?;
-    // The stalled target's first 16 deliveries take every attempt slot of
-    // the account; the deliveries of the last events wait for one.
     let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
     for _ in 0..20 {
         new_key(&mut alice).await?;
@@ -1789,6 +1795,26 @@ async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
         Ok(held_count() >= webhook_slots())
     })
     .await?;
+    Ok(StalledSlots { held })
+}
+
+/// A delivery waiting for an attempt slot is dropped when its target is
+/// removed meanwhile: every attempt, the first included, checks that its
+/// target is still on its rule. Before, only retries did, and a first
+/// attempt called the old endpoint with the old secret.
+async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
+    let fresh = start_receiver(&harness, |_| 200).await?;
+    let endpoint = format!("https://localhost:{}/hooks", fresh.addr.port());
+    let stalled = stall_every_slot(
+        &harness,
+        &mut audit,
+        webhook_target("fresh", endpoint, 0, 60),
+    )
+    .await?;
     let delivered = || fresh.received.lock().map(|log| log.len()).unwrap_or(0);
     let before = delivered();
     assert!(before < 20, "no delivery to the fresh target waited");
@@ -1798,8 +1824,7 @@ async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
             ids: vec!["fresh".into()],
         })
         .await?;
-    // The slots come free: every stalled delivery fails, for good.
-    held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    stalled.release();
     wait_for(
         "the stalled deliveries' failures",
         Duration::from_secs(20),
@@ -1821,6 +1846,70 @@ async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
     )
     .await?;
     assert_eq!(delivered(), before, "a removed target was called");
+    Ok(())
+}
+
+/// A delivery waiting for an attempt slot while its target is changed (a
+/// new endpoint, a rotated secret) goes to the target as it is now, signed
+/// with the new secret; before, it was dropped without a trace.
+async fn a_delivery_waiting_while_its_target_changes_goes_where_it_points_now(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
+    let old = start_receiver(&harness, |_| 200).await?;
+    let new = start_receiver(&harness, |_| 200).await?;
+    let endpoint =
+        |receiver: &Receiver| format!("https://localhost:{}/hooks", receiver.addr.port());
+    let stalled = stall_every_slot(
+        &harness,
+        &mut audit,
+        webhook_target("moving", endpoint(&old), 0, 60),
+    )
+    .await?;
+    let count = |receiver: &Receiver| receiver.received.lock().map(|log| log.len()).unwrap_or(0);
+    let before = count(&old);
+    assert!(before < 20, "no delivery to the moving target waited");
+    let rotated = b"a-rotated-webhook-signing-secret".to_vec();
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "creates".into(),
+            targets: vec![audit_pb::Target {
+                signing_secret: rotated.clone(),
+                ..webhook_target("moving", endpoint(&new), 1, 60)
+            }],
+        })
+        .await?;
+    stalled.release();
+    wait_for(
+        "the waiting deliveries, at the new endpoint",
+        Duration::from_secs(20),
+        || async { Ok(count(&new) >= 20 - before) },
+    )
+    .await?;
+    assert_eq!(count(&new), 20 - before);
+    assert_eq!(
+        count(&old),
+        before,
+        "the old endpoint was called after the change"
+    );
+    for (headers, body, _) in new
+        .received
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .iter()
+    {
+        let timestamp: i64 = headers[coffer_audit::webhook::TIMESTAMP_HEADER]
+            .to_str()?
+            .parse()?;
+        assert_eq!(
+            headers[coffer_audit::webhook::SIGNATURE_HEADER].to_str()?,
+            format!(
+                "v1={}",
+                coffer_audit::webhook::sign(&rotated, timestamp, body)
+            )
+        );
+    }
     Ok(())
 }
 

@@ -213,8 +213,13 @@ impl Dispatcher {
 
     async fn run(&self, job: &DeliveryJob, account_attempts: &Semaphore) {
         let started = tokio::time::Instant::now();
-        let max_age = Duration::from_secs(u64::try_from(job.target.max_event_age_s).unwrap_or(0));
-        let attempts_allowed = u32::try_from(job.target.max_retries).unwrap_or(0) + 1;
+        let limits = |target: &TargetRecord| {
+            (
+                Duration::from_secs(u64::try_from(target.max_event_age_s).unwrap_or(0)),
+                u32::try_from(target.max_retries).unwrap_or(0) + 1,
+            )
+        };
+        let (mut max_age, mut attempts_allowed) = limits(&job.target);
         let mut backoff = self.first_backoff;
         let mut attempts = 0u32;
         let last_error = loop {
@@ -229,16 +234,19 @@ impl Dispatcher {
             .await;
             let outcome = match slots {
                 Ok(_slots) => {
-                    // Checked with the slots held, right before every
-                    // attempt, the first included: a job may have waited
-                    // for its slots, and was routed with the target as it
-                    // then stood. A changed target (a rotated secret, a new
-                    // endpoint) or a removed one is not called.
-                    if !self.still_targeted(&job.target).await {
-                        tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, "the target was removed, changed or disabled; its delivery stops");
+                    // Read with the slots held, right before every attempt,
+                    // the first included: a job may have waited for its
+                    // slots, and was routed with the target as it then
+                    // stood. A changed target (a rotated secret, a new
+                    // endpoint, other retry limits) is called as it is now;
+                    // a removed one, or one whose rule was disabled, not at
+                    // all.
+                    let Some(target) = self.current_target(&job.target).await else {
+                        tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, "the target was removed or its rule disabled; its delivery stops");
                         return;
-                    }
-                    tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(job))
+                    };
+                    (max_age, attempts_allowed) = limits(&target);
+                    tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(job, &target))
                         .await
                         .unwrap_or_else(|_| Err("the request timed out".into()))
                 }
@@ -280,22 +288,25 @@ impl Dispatcher {
         self.record_failure(job, attempts, last_error);
     }
 
-    /// Whether `target` is still on its rule, unchanged, and the rule still
-    /// enabled: an attempt goes nowhere the rule no longer sends to. When
-    /// the store cannot say, the attempt is made.
-    async fn still_targeted(&self, target: &TargetRecord) -> bool {
+    /// The target of `routed`'s id as its rule holds it now, if the rule is
+    /// still enabled: an attempt goes nowhere the rule no longer sends to,
+    /// and with the secret the target has now. When the store cannot say,
+    /// the target as it was routed.
+    async fn current_target(&self, routed: &TargetRecord) -> Option<TargetRecord> {
         let (rule, targets) = tokio::join!(
-            self.store.get_rule(&target.account_id, &target.rule_name),
+            self.store.get_rule(&routed.account_id, &routed.rule_name),
             self.store
-                .list_targets(&target.account_id, &target.rule_name),
+                .list_targets(&routed.account_id, &routed.rule_name),
         );
         match (rule, targets) {
-            (Ok(rule), Ok(targets)) => {
-                rule.is_some_and(|rule| rule.enabled) && targets.iter().any(|now| now == target)
-            }
+            (Ok(rule), Ok(targets)) => rule.filter(|rule| rule.enabled).and_then(|_| {
+                targets
+                    .into_iter()
+                    .find(|now| now.target_id == routed.target_id)
+            }),
             (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!(%error, "could not check a webhook target before an attempt");
-                true
+                Some(routed.clone())
             }
         }
     }
@@ -314,9 +325,8 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, job: &DeliveryJob) -> Result<(), Failure> {
-        let uri: http::Uri = job
-            .target
+    async fn attempt(&self, job: &DeliveryJob, target: &TargetRecord) -> Result<(), Failure> {
+        let uri: http::Uri = target
             .endpoint
             .parse()
             .map_err(|_| "the endpoint is not a URL")?;
@@ -354,12 +364,8 @@ impl Dispatcher {
                 .map_err(|error| format!("HTTP: {error}"))?;
         let driver = tokio::spawn(connection);
         let timestamp = now_ms() / 1000;
-        let signature = sign(&job.target.signing_secret, timestamp, &job.body);
-        let path = uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str)
-            .to_owned();
-        let request = http::Request::post(path)
+        let signature = sign(&target.signing_secret, timestamp, &job.body);
+        let request = http::Request::post(request_target(&uri))
             .header(
                 http::header::HOST,
                 uri.authority().map_or(host.as_str(), |a| a.as_str()),
@@ -433,6 +439,15 @@ fn pause(backoff: Duration, asked: Option<Duration>, fraction: f64) -> Duration 
 }
 
 /// A uniformly drawn fraction, 0 to 1.
+/// The request target of a POST to `uri`: its path, `/` when it has none
+/// (`https://host?x=1` is posted to `/?x=1`), and its query.
+fn request_target(uri: &http::Uri) -> String {
+    match uri.query() {
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_owned(),
+    }
+}
+
 fn random_fraction() -> f64 {
     let mut bytes = [0u8; 4];
     match aws_lc_rs::rand::fill(&mut bytes) {
@@ -711,6 +726,26 @@ mod tests {
         for bad in ["", "-5", "1.5", "soon", "Sun, 06 Nov 1994"] {
             assert_eq!(retry_after(bad, now), None, "{bad:?}");
         }
+    }
+
+    /// An endpoint with a query and no path is posted to `/` with its
+    /// query: `?x=1` alone is no request target.
+    #[test]
+    fn the_request_target_always_has_a_path() -> Result<(), Box<dyn std::error::Error>> {
+        for (endpoint, expected) in [
+            ("https://hooks.example?token=abc", "/?token=abc"),
+            ("https://hooks.example", "/"),
+            (
+                "https://hooks.example:8443/in/coffer?x=1&y=2",
+                "/in/coffer?x=1&y=2",
+            ),
+            ("https://hooks.example/in", "/in"),
+        ] {
+            let target = request_target(&endpoint.parse()?);
+            assert_eq!(target, expected, "{endpoint}");
+            http::Request::post(target).body(())?;
+        }
+        Ok(())
     }
 
     #[test]
