@@ -9,8 +9,9 @@
 //!   descends into the nested event object of the same name.
 //! - A leaf is a non-empty array of alternatives and matches when **any**
 //!   alternative matches (OR). Alternatives are exact strings, numbers
-//!   (compared as written, as EventBridge does: `300` does not match `300.0`;
-//!   `numeric` compares values within ±5.0e9), `true`/`false`, `null`
+//!   (matched as written or, within ±5.0e9, by value to six digits after
+//!   the point, as EventBridge does: `300` matches `300.0`; `numeric`
+//!   compares values within ±5.0e9), `true`/`false`, `null`
 //!   or one-key filter objects: `prefix`, `suffix`, `equals-ignore-case`,
 //!   `wildcard`, `anything-but`, `numeric`, `exists` and `cidr`.
 //! - Matching is type-strict: the string `"1"` never matches the number `1`,
@@ -890,11 +891,23 @@ fn check_duplicate_keys(json: &str) -> Result<(), PatternError> {
 // Matching
 // ---------------------------------------------------------------------------
 
-/// EventBridge compares exact numbers by their string form: `300`, `300.0`
-/// and `3.0e2` are three values. (Parsed JSON keeps no exponent, so the last
-/// two compare equal here.)
+/// EventBridge matches an exact number both as written and by its value:
+/// `300` matches `300.0`, and `1.0000001` matches `1.0000002` (values are
+/// compared to six digits after the point). Only numbers within ±5.0e9 have
+/// a value to compare; beyond, as written only (an account number, say).
 fn numbers_equal(a: &Number, b: &Number) -> bool {
-    a.to_string() == b.to_string()
+    a.to_string() == b.to_string() || comparable(a).is_some_and(|a| Some(a) == comparable(b))
+}
+
+/// A number's value as EventBridge compares it: offset by 5.0e9 and scaled to
+/// millionths, the rest cut off; `None` outside ±5.0e9.
+fn comparable(number: &Number) -> Option<i64> {
+    let value = number
+        .as_f64()
+        .filter(|value| (-NUMERIC_LIMIT..=NUMERIC_LIMIT).contains(value))?;
+    // Within 0..=1.0e16 once offset and scaled: an i64 holds it (the
+    // cast cuts the fraction off, as EventBridge's does).
+    Some(((NUMERIC_LIMIT + value) * 1e6) as i64)
 }
 
 impl Literal {
@@ -1133,11 +1146,19 @@ mod tests {
         assert!(!p.matches(&json!({"state":"running"})));
     }
 
+    /// As EventBridge's matcher does: a number matches as written, or by
+    /// its value within ±5.0e9, to six digits after the point.
     #[test]
-    fn numbers_compare_as_written() {
+    fn numbers_match_as_written_or_by_value() {
         assert!(m(r#"{"n":[300]}"#, json!({"n":300})));
-        assert!(!m(r#"{"n":[300]}"#, json!({"n":300.0})));
-        assert!(!m(r#"{"n":[300.0]}"#, json!({"n":300})));
+        assert!(m(r#"{"n":[300]}"#, json!({"n":300.0})));
+        assert!(m(r#"{"n":[300.0]}"#, json!({"n":300})));
+        assert!(m(r#"{"n":[3e2]}"#, json!({"n":300})));
+        assert!(m(r#"{"n":[-0.5]}"#, json!({"n":-0.5000001})));
+        assert!(!m(r#"{"n":[-0.5]}"#, json!({"n":-0.500001})));
+        // Beyond ±5.0e9, as written only.
+        assert!(m(r#"{"n":[111122223333]}"#, json!({"n":111122223333u64})));
+        assert!(!m(r#"{"n":[111122223333]}"#, json!({"n":111122223333.0})));
         assert!(m(r#"{"n":[-1.5]}"#, json!({"n":-1.5})));
         assert!(!m(r#"{"n":[300]}"#, json!({"n":301})));
         assert!(m(
@@ -1325,8 +1346,9 @@ mod tests {
         let p = pat(r#"{"n":[{"anything-but":123}]}"#);
         assert!(p.matches(&json!({"n":124})));
         assert!(!p.matches(&json!({"n":123})));
-        // Numbers compare as written: 123.0 is another value.
-        assert!(p.matches(&json!({"n":123.0})));
+        // Numbers compare by value too: 123.0 is excluded as well.
+        assert!(!p.matches(&json!({"n":123.0})));
+        assert!(p.matches(&json!({"n":123.5})));
     }
 
     #[test]
