@@ -396,3 +396,81 @@ async fn an_id_twice_in_one_batch_is_reported_at_the_copy_stored(
     assert!(store.lookup(&by_resource("other")).await?.is_empty());
     Ok(())
 }
+
+/// On Postgres, a failed delivery recorded while a DeleteRule has removed
+/// the rule's targets but not yet committed waits for it, and is not left
+/// behind for a rule made again under the name (SQLite has one writer, and
+/// the race cannot happen there).
+#[tokio::test]
+async fn a_failure_recorded_as_its_rule_is_deleted_is_not_left_behind() -> TestResult {
+    let Some(pool) = testing::postgres_pool("audit_rules", &MIGRATIONS).await? else {
+        return Ok(());
+    };
+    let DbPool::Postgres(raw) = pool.clone() else {
+        return Err("not a Postgres pool".into());
+    };
+    let store = audit_store(pool);
+    let (account, name) = ("111122223333", "creates");
+    let rule = RuleRecord {
+        account_id: account.into(),
+        name: name.into(),
+        event_pattern: r#"{"source":["coffer.kms"]}"#.into(),
+        enabled: true,
+        read_only_events: false,
+        description: String::new(),
+        created_by: "alice".into(),
+        created_at_ms: 0,
+    };
+    store.put_rule(&rule, 100).await?;
+    let target = TargetRecord {
+        account_id: account.into(),
+        rule_name: name.into(),
+        target_id: "hook".into(),
+        endpoint: "https://hooks.example/in".into(),
+        signing_secret: b"0123456789abcdef".to_vec(),
+        max_retries: 0,
+        max_event_age_s: 60,
+    };
+    store.put_targets(account, name, &[target], 5).await?;
+    // DeleteRule's statements, its commit held back.
+    let mut deleting = raw.begin().await?;
+    for statement in [
+        "UPDATE rules SET enabled = enabled WHERE account_id = $1 AND name = $2",
+        "DELETE FROM rule_targets WHERE account_id = $1 AND rule_name = $2",
+        "DELETE FROM failed_deliveries WHERE account_id = $1 AND rule_name = $2",
+        "DELETE FROM rules WHERE account_id = $1 AND name = $2",
+    ] {
+        sqlx::query(statement)
+            .bind(account)
+            .bind(name)
+            .execute(&mut *deleting)
+            .await?;
+    }
+    let recording = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .record_failed_delivery(&FailedDeliveryRecord {
+                    seq: 0,
+                    account_id: account.into(),
+                    rule_name: name.into(),
+                    target_id: "hook".into(),
+                    event_id: "event-1".into(),
+                    attempts: 1,
+                    last_error: "the endpoint answered HTTP 500".into(),
+                    failed_at_ms: 1,
+                })
+                .await
+        }
+    });
+    // Time for the recording to reach its insert, or the rule's lock.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    deleting.commit().await?;
+    recording.await??;
+    store.put_rule(&rule, 100).await?;
+    assert_eq!(
+        store.list_failed_deliveries(account, name, 0, 10).await?,
+        []
+    );
+    Ok(())
+}

@@ -184,8 +184,9 @@ const UPSERT_TARGET: &str = "INSERT INTO rule_targets (account_id, rule_name, ta
      max_event_age_s = excluded.max_event_age_s";
 const DELETE_TARGET: &str =
     "DELETE FROM rule_targets WHERE account_id = $1 AND rule_name = $2 AND target_id = $3";
-/// Only while the target is on its rule: a failure that comes in as the
-/// rule is deleted is not left behind for a new rule of the same name.
+/// Only while the target is on its rule, checked under the rule's lock (see
+/// `record_failed_delivery`): a failure that comes in as the rule is deleted
+/// is not left behind for a new rule of the same name.
 const INSERT_FAILURE: &str = "INSERT INTO failed_deliveries (account_id, rule_name, target_id, \
      event_id, attempts, last_error, failed_at_ms) SELECT $1, $2, $3, $4, $5, $6, $7 \
      WHERE EXISTS (SELECT 1 FROM rule_targets WHERE account_id = $1 AND rule_name = $2 \
@@ -513,6 +514,17 @@ macro_rules! sql_rule_store {
                 &self,
                 failure: &FailedDeliveryRecord,
             ) -> Result<(), StoreError> {
+                // The rule's lock first: on Postgres the insert's check
+                // alone would still see the target a DeleteRule that has
+                // not yet committed is removing, and leave its failure
+                // behind once it has. Waiting for the lock, it finds the
+                // rule gone.
+                let mut transaction = self.pool().begin().await.map_err(StoreError::Database)?;
+                if !Self::lock_rule_in(&mut transaction, &failure.account_id, &failure.rule_name)
+                    .await?
+                {
+                    return Ok(());
+                }
                 sqlx::query(INSERT_FAILURE)
                     .bind(&failure.account_id)
                     .bind(&failure.rule_name)
@@ -521,10 +533,10 @@ macro_rules! sql_rule_store {
                     .bind(failure.attempts)
                     .bind(&failure.last_error)
                     .bind(failure.failed_at_ms)
-                    .execute(self.pool())
+                    .execute(&mut *transaction)
                     .await
                     .map_err(StoreError::Database)?;
-                Ok(())
+                transaction.commit().await.map_err(StoreError::Database)
             }
 
             async fn delete_failures_before(
