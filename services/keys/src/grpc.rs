@@ -773,11 +773,13 @@ impl Listing {
         }
     }
 
-    /// Whether `item` has the shape of this list's sort key.
+    /// Whether `item` has the shape of this list's sort key: a marker
+    /// rewritten to hold what no key of the list holds (a NUL, which
+    /// Postgres refuses as text) is not ours.
     fn fits(self, item: &str) -> bool {
         match self {
-            Self::Aliases => item.starts_with("alias/"),
-            Self::Tags => !item.is_empty(),
+            Self::Aliases => item.starts_with("alias/") && alias_name(item, true).is_ok(),
+            Self::Tags => !item.is_empty() && !item.chars().any(char::is_control),
             Self::Grants | Self::RetirableGrants | Self::Rotations => {
                 !item.is_empty() && item.bytes().all(|byte| byte.is_ascii_hexdigit())
             }
@@ -2655,6 +2657,10 @@ mod tests {
             format!("r:{scope}:"),
             format!("t:{scope}:"),
             format!("a:{scope}:app"),
+            format!("a:{scope}:alias/\0"),
+            format!("a:{scope}:alias/a b"),
+            format!("a:{scope}:alias/{}", "a".repeat(251)),
+            format!("t:{scope}:te\0am"),
         ] {
             let forged = URL_SAFE_NO_PAD.encode(text);
             for listing in [
