@@ -3,6 +3,7 @@
 //! for a Coffer public key, Coffer decrypts; Coffer's public keys load in
 //! openssl; a data key pair's private key matches its public key.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -457,6 +458,58 @@ async fn openssl_encrypts_and_coffer_decrypts(backend: Backend) -> anyhow::Resul
         .await;
     let status = assert_error(too_large, Code::InvalidArgument, "ValidationException");
     assert!(status.message().contains("ciphertext_blob"), "{status:?}");
+    // ReEncrypt has two contexts and two algorithms: an error names which.
+    let context = HashMap::from([("purpose".to_owned(), "test".to_owned())]);
+    for (request, field) in [
+        (
+            pb::ReEncryptRequest {
+                ciphertext_blob: onto_rsa.ciphertext_blob.clone(),
+                source_key_id: key.key_id.clone(),
+                source_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                destination_key_id: key.key_id.clone(),
+                destination_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                destination_encryption_context: context.clone(),
+                ..Default::default()
+            },
+            "destination_encryption_context",
+        ),
+        (
+            pb::ReEncryptRequest {
+                ciphertext_blob: onto_rsa.ciphertext_blob.clone(),
+                source_key_id: key.key_id.clone(),
+                source_encryption_algorithm: "RSAES_OAEP_SHA_256".into(),
+                source_encryption_context: context.clone(),
+                destination_key_id: symmetric.key_id.clone(),
+                ..Default::default()
+            },
+            "source_encryption_context",
+        ),
+        (
+            pb::ReEncryptRequest {
+                ciphertext_blob: onto_rsa.ciphertext_blob.clone(),
+                destination_key_id: symmetric.key_id.clone(),
+                destination_encryption_context: HashMap::from([(String::new(), "v".to_owned())]),
+                ..Default::default()
+            },
+            "destination_encryption_context",
+        ),
+        (
+            pb::ReEncryptRequest {
+                ciphertext_blob: onto_rsa.ciphertext_blob.clone(),
+                destination_key_id: symmetric.key_id.clone(),
+                source_encryption_algorithm: "RSAES_OAEP".into(),
+                ..Default::default()
+            },
+            "source_encryption_algorithm",
+        ),
+    ] {
+        let status = assert_error(
+            client.re_encrypt(request).await,
+            Code::InvalidArgument,
+            "ValidationException",
+        );
+        assert!(status.message().starts_with(field), "{status:?}");
+    }
 
     // An alias may move to another asymmetric key only if its usage is the
     // same.

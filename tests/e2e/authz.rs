@@ -748,6 +748,8 @@ async fn key_policies_are_managed_and_guard_against_lockout(
             r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"kms:*","NotResource":"arn:aws-cn:kms:*:*:key/*"}}"#,
             "arn:aws-cn:kms",
         ),
+        // Within AWS's constraint on the field, not a policy.
+        (" \n\t", "not valid JSON"),
     ] {
         let status = assert_error(
             admin

@@ -238,33 +238,33 @@ fn optional_key_reference(field: &'static str, text: &str) -> Result<Option<KeyR
     key_reference(field, text).map(Some)
 }
 
+/// A request's encryption context, `field` (ReEncrypt has two).
 fn encryption_context(
+    field: &'static str,
     pairs: &std::collections::HashMap<String, String>,
 ) -> Result<EncryptionContext> {
     if pairs.keys().any(String::is_empty) {
-        return Err(KeysError::validation(
-            "encryption_context",
-            "keys must not be empty",
-        ));
+        return Err(KeysError::validation(field, "keys must not be empty"));
     }
     let context: EncryptionContext = pairs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_ENCRYPTION_CONTEXT_BYTES {
         return Err(KeysError::validation(
-            "encryption_context",
+            field,
             format!("must be at most {MAX_ENCRYPTION_CONTEXT_BYTES} bytes of keys and values"),
         ));
     }
     Ok(context)
 }
 
-fn encryption_algorithm(text: &str) -> Result<EncryptionAlgorithm> {
+/// A request's encryption algorithm, `field` (ReEncrypt has two).
+fn encryption_algorithm(field: &'static str, text: &str) -> Result<EncryptionAlgorithm> {
     if text.is_empty() {
         return Ok(EncryptionAlgorithm::SymmetricDefault);
     }
     EncryptionAlgorithm::parse(text).ok_or_else(|| {
         KeysError::validation(
-            "encryption_algorithm",
+            field,
             format!("must be one of {}", EncryptionAlgorithm::names()),
         )
     })
@@ -335,9 +335,10 @@ fn policy_name(text: &str) -> Result<String> {
 }
 
 /// A key policy document as given: present and at most 32 KiB; the policy
-/// language itself is checked by the domain.
+/// language itself is checked by the domain (one of nothing but white space
+/// is within AWS's constraint, and a MalformedPolicyDocumentException).
 fn policy_document(field: &'static str, text: &str) -> Result<()> {
-    if text.trim().is_empty() {
+    if text.is_empty() {
         return Err(KeysError::validation(field, "must not be empty"));
     }
     // AWS's pattern for a key policy: [\u0009\u000A\u000D\u0020-\u00FF]+.
@@ -496,10 +497,7 @@ fn grant_constraint(
             &constraints.encryption_context_subset,
         ),
     };
-    encryption_context(pairs).map_err(|error| match error {
-        KeysError::Validation { message, .. } => KeysError::validation("constraints", message),
-        other => other,
-    })?;
+    encryption_context("constraints", pairs)?;
     let characters: usize = pairs
         .iter()
         .map(|(key, value)| key.chars().count() + value.chars().count())
@@ -1065,7 +1063,7 @@ impl KeysGrpc {
     ) -> Result<crate::domain::crypto_ops::DataKey> {
         let reference = key_reference("key_id", fields.key_id)?;
         let length = data_key_length(fields.number_of_bytes, fields.key_spec)?;
-        let context = encryption_context(fields.encryption_context)?;
+        let context = encryption_context("encryption_context", fields.encryption_context)?;
         grant_tokens(fields.grant_tokens)?;
         let data_key = self
             .domain
@@ -1088,7 +1086,7 @@ impl KeysGrpc {
     )> {
         let reference = key_reference("key_id", fields.key_id)?;
         let spec = key_pair_spec(fields.key_pair_spec)?;
-        let context = encryption_context(fields.encryption_context)?;
+        let context = encryption_context("encryption_context", fields.encryption_context)?;
         grant_tokens(fields.grant_tokens)?;
         let pair = self
             .domain
@@ -1298,8 +1296,9 @@ impl Keys for KeysGrpc {
                     format!("must be 1 to {MAX_PLAINTEXT_BYTES} bytes"),
                 ));
             }
-            let context = encryption_context(&message.encryption_context)?;
-            let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
+            let context = encryption_context("encryption_context", &message.encryption_context)?;
+            let algorithm =
+                encryption_algorithm("encryption_algorithm", &message.encryption_algorithm)?;
             grant_tokens(&message.grant_tokens)?;
             let (key, ciphertext_blob) = self
                 .domain
@@ -1316,9 +1315,12 @@ impl Keys for KeysGrpc {
                     ciphertext_blob,
                     key_id: self.domain.key_arn(&key.account, &key.key_id),
                     // Validated before the call; the default when none was given.
-                    encryption_algorithm: encryption_algorithm(&message.encryption_algorithm)
-                        .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
-                        .to_string(),
+                    encryption_algorithm: encryption_algorithm(
+                        "encryption_algorithm",
+                        &message.encryption_algorithm,
+                    )
+                    .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
+                    .to_string(),
                 }))
             }
             Err(error) => Err(self.fail(&call, &error)),
@@ -1340,8 +1342,9 @@ impl Keys for KeysGrpc {
         let outcome = async {
             let caller = caller_of(&call)?;
             let expected = optional_key_reference("key_id", &message.key_id)?;
-            let context = encryption_context(&message.encryption_context)?;
-            let algorithm = encryption_algorithm(&message.encryption_algorithm)?;
+            let context = encryption_context("encryption_context", &message.encryption_context)?;
+            let algorithm =
+                encryption_algorithm("encryption_algorithm", &message.encryption_algorithm)?;
             // Field lengths first (ValidationException), then the tokens.
             ciphertext_length("ciphertext_blob", &message.ciphertext_blob)?;
             grant_tokens(&message.grant_tokens)?;
@@ -1369,9 +1372,12 @@ impl Keys for KeysGrpc {
                     .domain
                     .key_arn(&decrypted.key.account, &decrypted.key.key_id),
                 plaintext: decrypted.plaintext.to_vec(),
-                encryption_algorithm: encryption_algorithm(&message.encryption_algorithm)
-                    .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
-                    .to_string(),
+                encryption_algorithm: encryption_algorithm(
+                    "encryption_algorithm",
+                    &message.encryption_algorithm,
+                )
+                .unwrap_or(EncryptionAlgorithm::SymmetricDefault)
+                .to_string(),
                 key_material_id: material_hex(decrypted.material_id),
             })),
             Err(error) => Err(self.fail(&call, &error)),
@@ -1464,10 +1470,10 @@ impl Keys for KeysGrpc {
             |call, caller, m| async move {
                 let source = optional_key_reference("source_key_id", &m.source_key_id)?;
                 let destination = key_reference("destination_key_id", &m.destination_key_id)?;
-                let source_context = encryption_context(&m.source_encryption_context)?;
-                let destination_context = encryption_context(&m.destination_encryption_context)?;
-                let source_algorithm = encryption_algorithm(&m.source_encryption_algorithm)?;
-                let destination_algorithm = encryption_algorithm(&m.destination_encryption_algorithm)?;
+                let source_context = encryption_context("source_encryption_context", &m.source_encryption_context)?;
+                let destination_context = encryption_context("destination_encryption_context", &m.destination_encryption_context)?;
+                let source_algorithm = encryption_algorithm("source_encryption_algorithm", &m.source_encryption_algorithm)?;
+                let destination_algorithm = encryption_algorithm("destination_encryption_algorithm", &m.destination_encryption_algorithm)?;
                 ciphertext_length("ciphertext_blob", &m.ciphertext_blob)?;
                 grant_tokens(&m.grant_tokens)?;
                 let done = self

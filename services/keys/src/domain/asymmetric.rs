@@ -237,6 +237,7 @@ impl KeysDomain {
         key: &KeyRecord,
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
+        context_field: &'static str,
     ) -> Result<RsaEncryptionAlgorithm> {
         // The algorithm first: a call that left it out (SYMMETRIC_DEFAULT)
         // learns that, whatever else it sent, as KMS answers it.
@@ -249,7 +250,7 @@ impl KeysDomain {
         })?;
         if !context.is_empty() {
             return Err(KeysError::validation(
-                "encryption_context",
+                context_field,
                 "asymmetric keys do not support an encryption context",
             ));
         }
@@ -267,7 +268,11 @@ impl KeysDomain {
         plaintext: &[u8],
         operation: &str,
     ) -> Result<Vec<u8>> {
-        let rsa_algorithm = self.rsa_algorithm(key, algorithm, context)?;
+        let context_field = match operation {
+            "Encrypt" => "encryption_context",
+            _ => "destination_encryption_context",
+        };
+        let rsa_algorithm = self.rsa_algorithm(key, algorithm, context, context_field)?;
         let private = self.private_key(key, operation).await?;
         private
             .public_key()
@@ -280,15 +285,21 @@ impl KeysDomain {
             })
     }
 
-    /// RSA decryption, on the blocking pool. Any failure is InvalidCiphertext.
+    /// RSA decryption, on the blocking pool, for `action` (Decrypt, or
+    /// ReEncryptFrom). Any failure is InvalidCiphertext.
     pub(crate) async fn rsa_decrypt(
         &self,
         key: &KeyRecord,
         algorithm: EncryptionAlgorithm,
         context: &EncryptionContext,
         ciphertext: Vec<u8>,
+        action: &str,
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let rsa_algorithm = self.rsa_algorithm(key, algorithm, context)?;
+        let context_field = match action {
+            "Decrypt" => "encryption_context",
+            _ => "source_encryption_context",
+        };
+        let rsa_algorithm = self.rsa_algorithm(key, algorithm, context, context_field)?;
         let private = self.private_key(key, "Decrypt").await?;
         self.off_worker(move || private.decrypt(rsa_algorithm, &ciphertext))
             .await

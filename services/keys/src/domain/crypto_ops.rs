@@ -198,7 +198,7 @@ impl KeysDomain {
         {
             self.ensure_usable(key)?;
             let plaintext = self
-                .rsa_decrypt(key, algorithm, context, blob.to_vec())
+                .rsa_decrypt(key, algorithm, context, blob.to_vec(), action)
                 .await?;
             return Ok(Decrypted {
                 key: key.clone(),
