@@ -173,24 +173,27 @@ fn rfc3339_of_nanos(nanos: u64) -> String {
         .unwrap_or_else(coffer_platform::telemetry::now_rfc3339)
 }
 
-/// The CloudTrail-shaped record of an ordinary span from an untrusted
-/// sender: what it says, as data.
-fn external_record(resource: &ResourceSpans, span: &Span) -> Value {
-    let claimed_service = resource
+/// The service a resource's spans claim to come from (its `service.name`,
+/// when a string), cut to [`MAX_CLAIMED_SERVICE_BYTES`]. Read once per
+/// resource and cut before anything is copied: a name of megabytes shared
+/// by ten thousand spans costs no more than a short one.
+fn claimed_service(resource: &ResourceSpans) -> Option<&str> {
+    let name = resource
         .resource
         .as_ref()
-        .and_then(|resource| attribute(&resource.attributes, "service.name"))
-        .map_or(Value::Null, json_of);
-    let claimed_service = match claimed_service {
-        Value::String(mut name) if name.len() > MAX_CLAIMED_SERVICE_BYTES => {
-            name.truncate(coffer_platform::floor_char_boundary(
-                &name,
-                MAX_CLAIMED_SERVICE_BYTES,
-            ));
-            Value::String(name)
+        .and_then(|resource| attribute(&resource.attributes, "service.name"))?;
+    match name {
+        any_value::Value::StringValue(name) => {
+            name.get(..coffer_platform::floor_char_boundary(name, MAX_CLAIMED_SERVICE_BYTES))
         }
-        other => other,
-    };
+        _ => None,
+    }
+}
+
+/// The CloudTrail-shaped record of an ordinary span from an untrusted
+/// sender (of the service its resource claims, see [`claimed_service`]):
+/// what it says, as data.
+fn external_record(claimed_service: Option<&str>, span: &Span) -> Value {
     json!({
         "eventVersion": "1.11",
         // Of the span's ids, not random, so a retried export is the same
@@ -202,7 +205,7 @@ fn external_record(resource: &ResourceSpans, span: &Span) -> Value {
             &span.span_id,
         ])),
         "eventTime": rfc3339_of_nanos(span.start_time_unix_nano),
-        "eventSource": claimed_service.as_str().unwrap_or("external"),
+        "eventSource": claimed_service.unwrap_or("external"),
         "eventName": span.name,
         "eventType": "ExternalSpan",
         "requestParameters": Value::Object(attributes_json(&span.attributes)),
@@ -289,6 +292,7 @@ impl TraceService for OtlpIngest {
         let mut spans: usize = 0;
         let mut forward: Vec<ResourceSpans> = Vec::new();
         for resource_spans in &export.resource_spans {
+            let claimed_service = claimed_service(resource_spans);
             let mut ordinary: Vec<ScopeSpans> = Vec::new();
             for scope_spans in &resource_spans.scope_spans {
                 let is_audit = scope_spans
@@ -336,7 +340,7 @@ impl TraceService for OtlpIngest {
                             reject("an audit span carries no record".into());
                             continue;
                         }
-                        _ => external_record(resource_spans, span),
+                        _ => external_record(claimed_service, span),
                     };
                     match stored_event(record, sender) {
                         Ok(event) => events.push(event),
@@ -371,7 +375,46 @@ impl TraceService for OtlpIngest {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_FORWARDS_IN_FLIGHT, SpanForwarder};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, KeyValueList, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+
+    use super::{
+        MAX_CLAIMED_SERVICE_BYTES, MAX_FORWARDS_IN_FLIGHT, SpanForwarder, claimed_service,
+    };
+
+    fn claiming(name: any_value::Value) -> ResourceSpans {
+        ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue { value: Some(name) }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The service a resource claims is a string, cut (on a character
+    /// boundary) before it is copied; anything else claims none.
+    #[test]
+    fn a_claimed_service_is_a_string_cut_short() {
+        // The 256th byte is the middle of the é.
+        let long = format!("{}é{}", "s".repeat(255), "s".repeat(4 * 1024 * 1024));
+        let resource = claiming(any_value::Value::StringValue(long.clone()));
+        let claimed = claimed_service(&resource).unwrap_or_default();
+        assert_eq!(claimed.len(), MAX_CLAIMED_SERVICE_BYTES - 1);
+        assert!(long.starts_with(claimed));
+        let resource = claiming(any_value::Value::StringValue("payments".into()));
+        assert_eq!(claimed_service(&resource), Some("payments"));
+        let resource = claiming(any_value::Value::KvlistValue(KeyValueList {
+            values: vec![KeyValue::default(); 1000],
+        }));
+        assert_eq!(claimed_service(&resource), None);
+        assert_eq!(claimed_service(&ResourceSpans::default()), None);
+    }
 
     /// A collector that accepts connections and never answers holds at most
     /// [`MAX_FORWARDS_IN_FLIGHT`] forwards; the rest are dropped at once.
