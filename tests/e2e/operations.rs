@@ -24,6 +24,7 @@ backend_tests!(
     abandoned_data_plane_calls_are_audited_once,
     calls_abandoned_before_their_message_are_audited_as_cancelled,
     connections_are_told_how_many_streams_they_may_open,
+    a_connection_at_its_age_is_asked_to_go_away_then_closed,
 );
 
 /// A new symmetric key of `client`'s account.
@@ -671,6 +672,87 @@ async fn connections_are_told_how_many_streams_they_may_open(
         16
     );
     Ok(())
+}
+
+/// A connection that reaches `limits.max_connection_age_ms` is asked to go
+/// away (GOAWAY) and, with nothing open on it, closes then; one that keeps a
+/// stream from ending (it never lets the answer through) stays for the
+/// grace (its calls' deadline and ten seconds), then is closed. Before,
+/// tonic (given that grace) sent no GOAWAY: the connection took new calls
+/// until the age and the grace had passed, and was then cut under them.
+async fn a_connection_at_its_age_is_asked_to_go_away_then_closed(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start_with(
+        backend,
+        Options {
+            max_connection_age_ms: 1_000,
+            request_timeout_ms: 1_000,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let alice = Harness::user_id(ACCOUNT_A, "alice");
+    // Its client keeps the connection: only the server ends it.
+    let (_idle_client, _idle_answer, idle) = health_check_over(
+        h2::client::Builder::new(),
+        harness.raw_keys_connection(&alice).await?,
+    )
+    .await?;
+    // A window of nothing: the answer's message never gets through.
+    let mut stalled_builder = h2::client::Builder::new();
+    stalled_builder.initial_window_size(0);
+    let stalled = tokio::spawn(health_check_over(
+        stalled_builder,
+        harness.raw_keys_connection(&alice).await?,
+    ));
+    let started = tokio::time::Instant::now();
+    let idle_ended = tokio::time::timeout(Duration::from_secs(8), idle)
+        .await
+        .map_err(|_| anyhow::anyhow!("the idle connection was not asked to go away"))??;
+    assert!(
+        idle_ended.is_ok(),
+        "closed without a GOAWAY: {idle_ended:?}"
+    );
+    let (_stalled_client, _stalled_answer, stalled) = stalled.await??;
+    tokio::time::sleep_until(started + Duration::from_secs(3)).await;
+    if stalled.is_finished() {
+        anyhow::bail!("a connection was cut at its age: {:?}", stalled.await);
+    }
+    tokio::time::timeout(Duration::from_secs(20), stalled)
+        .await
+        .map_err(|_| anyhow::anyhow!("the stalled connection was never closed"))??
+        .ok();
+    Ok(())
+}
+
+/// What [`health_check_over`] leaves open: the connection's client (the
+/// connection lasts while it is held), the answer's body (its stream lasts
+/// while it is held) and the task that drives the connection until it ends.
+type HeldCheck = (
+    h2::client::SendRequest<hyper::body::Bytes>,
+    h2::RecvStream,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+);
+
+/// Sends one health check over a new HTTP/2 connection on `io` made by
+/// `builder` and waits for its answer's headers.
+async fn health_check_over<T>(builder: h2::client::Builder, io: T) -> anyhow::Result<HeldCheck>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = builder.handshake(io).await?;
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await?;
+    let request = http::Request::post("https://localhost/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let (response, mut body) = client.send_request(request, false)?;
+    body.send_data(hyper::body::Bytes::from_static(&[0; 5]), true)?;
+    let response = response.await?;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    Ok((client, response.into_body(), driver))
 }
 
 /// How many streams the server lets `io`'s connection have open at once,

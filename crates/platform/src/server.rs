@@ -203,18 +203,20 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
         params.tls,
         params.call.trust_domain.clone(),
         params.max_connection_age,
+        params.call.request_timeout + CONNECTION_CLOSE_GRACE,
     );
     let (stop_sender, stop) = stop_signal();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        // A connection is asked to go away after `max_connection_age` (an
-        // hour unless configured otherwise; its calls in
-        // flight finish, and an open Subscribe ends by itself), so that a
-        // client certificate's CA leaving the trust bundle reaches every
-        // client, not only new connections. Past the grace (a call's
-        // longest run, with its commit) it is closed whatever is open.
+        // A connection is asked to go away (GOAWAY) after
+        // `max_connection_age` (an hour unless configured otherwise; its
+        // calls in flight finish, and an open Subscribe ends by itself), so
+        // that a client certificate's CA leaving the trust bundle reaches
+        // every client, not only new connections. Past the grace (a call's
+        // longest run, with its commit) it is closed whatever is open: by
+        // the connection itself (`TlsConnection`), as tonic given a grace
+        // would close it then without asking it to go away first.
         .max_connection_age(params.max_connection_age)
-        .max_connection_age_grace(params.call.request_timeout + CONNECTION_CLOSE_GRACE)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESET_STREAMS))
         // Large enough for a whole audit export (hundreds of events) without

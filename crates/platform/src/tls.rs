@@ -10,6 +10,7 @@
 //! [`tls_incoming`] turns a TCP listener into a stream of [`TlsConnection`]s
 //! carrying the peer's [`PeerInfo`], which tonic hands to every request.
 
+use std::future::Future as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -343,6 +344,25 @@ impl PeerInfo {
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     peer: PeerInfo,
+    /// When the connection is closed, whatever is still open on it: a while
+    /// after the server asked it to go away ([`PeerInfo::reconnect_by`]),
+    /// for a client that keeps a stream from ending (by never reading its
+    /// answer, say). tonic cannot both ask a connection to go away and close
+    /// it later: given a grace, it closes the connection at the age and the
+    /// grace without asking first. Polled outside the task's budget: a
+    /// read must not yield for its sake.
+    close_at: Pin<Box<tokio::task::Unconstrained<tokio::time::Sleep>>>,
+    /// Set once `close_at` has passed: every read and write fails.
+    closed: bool,
+}
+
+impl TlsConnection {
+    fn outlived() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the connection outlived its maximum age and grace",
+        )
+    }
 }
 
 impl Connected for TlsConnection {
@@ -359,6 +379,12 @@ impl AsyncRead for TlsConnection {
         context: &mut Context<'_>,
         buffer: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // The connection always has a read pending, so this wakes it when
+        // the time comes, even when nothing else happens on it.
+        if self.closed || self.close_at.as_mut().poll(context).is_ready() {
+            self.closed = true;
+            return Poll::Ready(Err(Self::outlived()));
+        }
         Pin::new(&mut self.stream).poll_read(context, buffer)
     }
 }
@@ -369,6 +395,9 @@ impl AsyncWrite for TlsConnection {
         context: &mut Context<'_>,
         buffer: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.closed {
+            return Poll::Ready(Err(Self::outlived()));
+        }
         Pin::new(&mut self.stream).poll_write(context, buffer)
     }
 
@@ -385,6 +414,9 @@ impl AsyncWrite for TlsConnection {
         context: &mut Context<'_>,
         buffers: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.closed {
+            return Poll::Ready(Err(Self::outlived()));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
     }
 
@@ -394,12 +426,15 @@ impl AsyncWrite for TlsConnection {
 }
 
 /// Accepts TCP connections, completes each TLS handshake on its own task, and
-/// yields the ones that succeed. Stops when the returned stream is dropped.
+/// yields the ones that succeed, each to be asked to go away after
+/// `max_connection_age` and closed `close_grace` after that. Stops when the
+/// returned stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     trust_domain: String,
     max_connection_age: std::time::Duration,
+    close_grace: std::time::Duration,
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
     let trust_domain: Arc<str> = Arc::from(trust_domain);
     bounded_incoming(listener, "handshakes", move |tcp, remote_addr| {
@@ -428,14 +463,19 @@ pub fn tls_incoming(
                 Ok(certified) => (Ok(Arc::new(certified.principal)), Some(certified.not_after)),
                 Err(error) => (Err(error), None),
             };
+            let reconnect_by = tokio::time::Instant::now() + max_connection_age;
             Some(TlsConnection {
                 stream,
                 peer: PeerInfo {
                     remote_addr,
                     identity,
                     not_after,
-                    reconnect_by: Some(tokio::time::Instant::now() + max_connection_age),
+                    reconnect_by: Some(reconnect_by),
                 },
+                close_at: Box::pin(tokio::task::unconstrained(tokio::time::sleep_until(
+                    reconnect_by + close_grace,
+                ))),
+                closed: false,
             })
         }
     })
