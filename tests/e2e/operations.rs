@@ -25,6 +25,7 @@ backend_tests!(
     calls_abandoned_before_their_message_are_audited_as_cancelled,
     connections_are_told_how_many_streams_they_may_open,
     a_connection_at_its_age_is_asked_to_go_away_then_closed,
+    a_watch_on_the_admin_port_does_not_hold_up_a_shutdown,
 );
 
 /// A new symmetric key of `client`'s account.
@@ -753,6 +754,42 @@ where
     let response = response.await?;
     assert_eq!(response.status(), http::StatusCode::OK);
     Ok((client, response.into_body(), driver))
+}
+
+/// A health `Watch` left open on the admin port does not hold up a
+/// shutdown: the admin port closes with the rest, the grace at the most
+/// (before, the shutdown waited for the admin connection's five minutes).
+async fn a_watch_on_the_admin_port_does_not_hold_up_a_shutdown(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut harness = Harness::start_with(
+        backend,
+        Options {
+            shutdown_grace_ms: 1_000,
+            ..Options::default()
+        },
+    )
+    .await?;
+    let admin = harness
+        .instance()?
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let mut client = HealthClient::new(plaintext_channel(admin).await?);
+    let mut watch = client
+        .watch(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        watch.message().await?.map(|answer| answer.status),
+        Some(ServingStatus::Serving as i32)
+    );
+    let instance = harness
+        .take_instance()
+        .ok_or_else(|| anyhow::anyhow!("not running"))?;
+    tokio::time::timeout(Duration::from_secs(10), instance.shutdown())
+        .await
+        .map_err(|_| anyhow::anyhow!("an open Watch held the shutdown"))?;
+    Ok(())
 }
 
 /// How many streams the server lets `io`'s connection have open at once,

@@ -47,6 +47,9 @@ const ADMIN_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 /// An admin connection is closed, streams and all, after this long: a
 /// probe's connection lasts milliseconds, and a health `Watch` reconnects.
 const ADMIN_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
+/// How long the admin port may take to close once the main port has (or
+/// the grace has passed), at least.
+const ADMIN_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 /// Streams one admin connection may have open at once.
 const ADMIN_STREAMS_PER_CONNECTION: u32 = 16;
 
@@ -345,14 +348,15 @@ impl RunningServer {
             let _already_stopped = sender.send(());
         }
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        if let Some(task) = main_task {
-            let drained = tokio::time::timeout_at(deadline, task).await;
+        if let Some(mut task) = main_task {
+            let drained = tokio::time::timeout_at(deadline, &mut task).await;
             match drained {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(error))) => tracing::error!(%error, "server ended with an error"),
                 Ok(Err(error)) => tracing::error!(%error, "server task failed"),
                 Err(_) => {
-                    tracing::warn!(grace = ?self.shutdown_grace, "calls still in flight after the grace period")
+                    tracing::warn!(grace = ?self.shutdown_grace, "calls still in flight after the grace period");
+                    task.abort();
                 }
             }
         }
@@ -365,9 +369,16 @@ impl RunningServer {
         for sender in stop_senders {
             let _already_stopped = sender.send(());
         }
-        for task in tasks {
-            if let Ok(Err(error)) = task.await {
-                tracing::error!(%error, "admin server ended with an error");
+        // The admin port serves health only; a connection left on it (an
+        // open `Watch`, a peer that never finished its preface) does not
+        // hold up the shutdown, and what follows it (the audit exporter's
+        // last flush) past the grace.
+        let admin_deadline = deadline.max(tokio::time::Instant::now() + ADMIN_SHUTDOWN_WAIT);
+        for mut task in tasks {
+            match tokio::time::timeout_at(admin_deadline, &mut task).await {
+                Ok(Ok(Err(error))) => tracing::error!(%error, "admin server ended with an error"),
+                Err(_) => task.abort(),
+                Ok(_) => {}
             }
         }
     }
