@@ -848,6 +848,48 @@ async fn a_silent_peer_on_the_admin_port_is_closed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Peers that send a byte and no more hold their admin connections (for
+/// the connection's five minutes): past its share, one host's next ones
+/// are closed at once, and a probe from another host is still answered.
+/// Before, every one was kept, however many.
+#[tokio::test]
+async fn one_host_cannot_hold_every_admin_connection() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let harness = Harness::start(Backend::Sqlite).await?;
+    let admin = harness
+        .instance()?
+        .admin_addr()
+        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let mut crowd = Vec::new();
+    for _ in 0..200 {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.2:0".parse()?)?;
+        let mut connection = socket.connect(admin).await?;
+        connection.write_all(b"P").await?;
+        crowd.push(connection);
+    }
+    // A connection served reads the server's SETTINGS; one refused, its end.
+    let closed = crowd.into_iter().map(|mut connection| {
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 64];
+            tokio::time::timeout(Duration::from_secs(5), connection.read(&mut buffer))
+                .await
+                .is_ok_and(|read| read.map_or(true, |bytes| bytes == 0))
+        })
+    });
+    let mut refused = 0;
+    for closed in closed.collect::<Vec<_>>() {
+        refused += usize::from(closed.await?);
+    }
+    assert!(refused >= 50, "only {refused} of 200 were closed");
+    let probed = tokio::time::timeout(Duration::from_secs(5), admin_health(&harness, "")).await;
+    assert_eq!(
+        probed.map_err(|_| anyhow::anyhow!("the probe was kept out"))??,
+        ServingStatus::Serving as i32
+    );
+    Ok(())
+}
+
 /// Calls `path` as alice with one message and a `grpc-timeout` header, over
 /// a bare HTTP/2 connection that sets no deadline of its own, and returns
 /// the answer's status (an `Ok` one when it succeeded).

@@ -50,6 +50,8 @@ const ADMIN_CONNECTION_AGE: Duration = Duration::from_secs(5 * 60);
 /// How long the admin port may take to close once the main port has (or
 /// the grace has passed), at least.
 const ADMIN_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+/// Connections open at most on the admin port (see [`admin_incoming`]).
+const ADMIN_CONNECTIONS: usize = 512;
 /// Streams one admin connection may have open at once.
 const ADMIN_STREAMS_PER_CONNECTION: u32 = 16;
 
@@ -267,17 +269,36 @@ pub async fn start(params: ServerParams) -> Result<RunningServer, ServerError> {
 /// Connections to the admin port, each yielded once its client has sent
 /// something: one that sends nothing within [`ADMIN_FIRST_BYTES_TIMEOUT`] is
 /// closed. Waiting connections are bounded as TLS handshakes are
-/// ([`crate::tls::bounded_incoming`]). Stops when the returned stream is
-/// dropped.
+/// ([`crate::tls::bounded_incoming`]), and open ones too (a peer that sent
+/// a byte and no more holds its connection until [`ADMIN_CONNECTION_AGE`]):
+/// [`ADMIN_CONNECTIONS`] at most, and once more than a quarter of that are
+/// open, an eighth from one host. Stops when the returned stream is dropped.
 fn admin_incoming(
     listener: TcpListener,
-) -> tokio_stream::wrappers::ReceiverStream<Result<tokio::net::TcpStream, std::io::Error>> {
-    crate::tls::bounded_incoming(listener, "silent admin connections", |tcp, _| async move {
-        let mut first = [0u8; 1];
-        let spoke = tokio::time::timeout(ADMIN_FIRST_BYTES_TIMEOUT, tcp.peek(&mut first))
-            .await
-            .is_ok_and(|peeked| peeked.is_ok_and(|bytes| bytes > 0));
-        spoke.then_some(tcp)
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<crate::tls::Counted<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let open = Arc::new(crate::tls::LiveConnections::new(
+        ADMIN_CONNECTIONS,
+        ADMIN_CONNECTIONS / 4,
+        ADMIN_CONNECTIONS / 8,
+    ));
+    crate::tls::bounded_incoming(listener, "silent admin connections", move |tcp, peer| {
+        let open = open.clone();
+        async move {
+            let mut first = [0u8; 1];
+            let spoke = tokio::time::timeout(ADMIN_FIRST_BYTES_TIMEOUT, tcp.peek(&mut first))
+                .await
+                .is_ok_and(|peeked| peeked.is_ok_and(|bytes| bytes > 0));
+            if !spoke {
+                return None;
+            }
+            let counted = open.count(tcp, peer.ip());
+            if counted.is_none() {
+                tracing::debug!(%peer, "too many admin connections open; connection closed");
+            }
+            counted
+        }
     })
 }
 

@@ -50,17 +50,29 @@ const MAX_HANDSHAKES: usize = 1024;
 pub const MAX_HANDSHAKES_PER_HOST: usize = MAX_HANDSHAKES / 8;
 pub const BUSY_HANDSHAKES: usize = MAX_HANDSHAKES / 4;
 
-/// The handshakes in progress, by host.
-#[derive(Default)]
-struct HostHandshakes(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+/// What is in progress (handshakes, connections), by host: once more than
+/// `busy` are in all, a host may hold no more than `per_host` of them.
+struct HostShares {
+    counts: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    busy: usize,
+    per_host: usize,
+}
 
-/// One handshake counted against its host while it lasts.
-struct HostSlot {
-    hosts: Arc<HostHandshakes>,
+/// One handshake or connection counted against its host while it lasts.
+pub(crate) struct HostSlot {
+    hosts: Arc<HostShares>,
     host: IpAddr,
 }
 
-impl HostHandshakes {
+impl HostShares {
+    fn new(busy: usize, per_host: usize) -> Self {
+        Self {
+            counts: std::sync::Mutex::default(),
+            busy,
+            per_host,
+        }
+    }
+
     /// The host a peer address counts as.
     fn host_of(address: IpAddr) -> IpAddr {
         match address {
@@ -75,17 +87,17 @@ impl HostHandshakes {
         }
     }
 
-    /// A slot for a handshake from `address`, while `in_progress` are (this
+    /// A slot for something from `address`, while `in_progress` are (this
     /// one included); none when the server is busy and the host has its
     /// share.
-    pub(crate) fn enter(self: &Arc<Self>, address: IpAddr, in_progress: usize) -> Option<HostSlot> {
+    fn enter(self: &Arc<Self>, address: IpAddr, in_progress: usize) -> Option<HostSlot> {
         let host = Self::host_of(address);
         let mut counts = self
-            .0
+            .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = counts.entry(host).or_insert(0);
-        if in_progress > BUSY_HANDSHAKES && *count >= MAX_HANDSHAKES_PER_HOST {
+        if in_progress > self.busy && *count >= self.per_host {
             return None;
         }
         *count += 1;
@@ -100,7 +112,7 @@ impl Drop for HostSlot {
     fn drop(&mut self) {
         let mut counts = self
             .hosts
-            .0
+            .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = counts.get_mut(&self.host) {
@@ -481,6 +493,81 @@ pub fn tls_incoming(
     })
 }
 
+/// The connections open on a port: at most `max`, and once more than
+/// `busy` are, at most `per_host` from one host, so that one host's
+/// connections cannot keep another's out (the kubelet's probes, on the
+/// admin port).
+pub(crate) struct LiveConnections {
+    open: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    hosts: Arc<HostShares>,
+}
+
+impl LiveConnections {
+    pub(crate) fn new(max: usize, busy: usize, per_host: usize) -> Self {
+        Self {
+            open: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            hosts: Arc::new(HostShares::new(busy, per_host)),
+        }
+    }
+
+    /// `io`, from `address`, counted while it is open; `None` (and it is
+    /// closed) when the port has its most, or is busy and the host has its
+    /// share.
+    pub(crate) fn count<T>(&self, io: T, address: IpAddr) -> Option<Counted<T>> {
+        let permit = self.open.clone().try_acquire_owned().ok()?;
+        let open = self.max - self.open.available_permits();
+        let slot = self.hosts.enter(address, open)?;
+        Some(Counted {
+            io,
+            _counted: (permit, slot),
+        })
+    }
+}
+
+/// A connection counted by [`LiveConnections`] while it is open.
+pub(crate) struct Counted<T> {
+    io: T,
+    _counted: (tokio::sync::OwnedSemaphorePermit, HostSlot),
+}
+
+impl<T: Connected> Connected for Counted<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(context, buffer)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(context, buffer)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(context)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(context)
+    }
+}
+
 /// Accepts TCP connections and has `admit` make each into a connection to
 /// serve (or refuse it with `None`), each on a task of its own. While
 /// [`MAX_HANDSHAKES`] are being admitted, accepting waits (new connections
@@ -500,7 +587,7 @@ where
 {
     let (sender, receiver) = mpsc::channel(256);
     let admitting = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    let hosts = Arc::new(HostHandshakes::default());
+    let hosts = Arc::new(HostShares::new(BUSY_HANDSHAKES, MAX_HANDSHAKES_PER_HOST));
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
