@@ -14,9 +14,11 @@
 //! Coffer identity is refused unread, and an export from outside Coffer (a
 //! principal of an account, whose spans are untrusted events) is held to
 //! [`MAX_OUTSIDER_EXPORT_BYTES`], and to [`OUTSIDER_EXPORTS_AT_ONCE`] being
-//! received and stored at once, server-wide: what outsiders' exports can
-//! hold in memory is bounded, and the services' own exports never wait
-//! for them.
+//! received and stored at once, server-wide, of which one account may have
+//! [`OUTSIDER_EXPORTS_PER_ACCOUNT`]: what outsiders' exports can hold in
+//! memory is bounded, one account's exports that never finish arriving
+//! cannot keep every other account's out, and the services' own exports
+//! never wait for them.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use coffer_platform::arn::AccountId;
 use coffer_platform::tls::PeerInfo;
 use http_body_util::{BodyExt as _, Full, Limited};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -54,6 +57,9 @@ pub const MAX_OUTSIDER_EXPORT_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_OUTSIDER_DECODED_BYTES: usize = 16 * 1024 * 1024;
 /// Exports from outside Coffer received and stored at once, server-wide.
 pub const OUTSIDER_EXPORTS_AT_ONCE: usize = 4;
+/// Of [`OUTSIDER_EXPORTS_AT_ONCE`], how many one account's exports may
+/// take; one more is refused at once with RESOURCE_EXHAUSTED.
+pub const OUTSIDER_EXPORTS_PER_ACCOUNT: usize = 2;
 /// How long an outsider's export waits for its turn before it is refused
 /// with RESOURCE_EXHAUSTED (exporters retry it).
 const OUTSIDER_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -233,6 +239,9 @@ pub struct ExportGuard<S> {
     max_message_bytes: usize,
     /// Turns of outsiders' exports, shared by every clone.
     outsider_turns: Arc<Semaphore>,
+    /// The outsiders' exports in progress (waiting for a turn or holding
+    /// one), by account.
+    accounts: Arc<AccountExports>,
 }
 
 impl<S> ExportGuard<S> {
@@ -241,6 +250,52 @@ impl<S> ExportGuard<S> {
             inner,
             max_message_bytes,
             outsider_turns: Arc::new(Semaphore::new(OUTSIDER_EXPORTS_AT_ONCE)),
+            accounts: Arc::default(),
+        }
+    }
+}
+
+/// Outsiders' exports in progress, by account.
+#[derive(Debug, Default)]
+struct AccountExports(std::sync::Mutex<std::collections::HashMap<AccountId, usize>>);
+
+/// One export counted against its account while it is in progress.
+struct AccountExport {
+    accounts: Arc<AccountExports>,
+    account: AccountId,
+}
+
+impl AccountExports {
+    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AccountId, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `account`'s export counted; `None` when it has
+    /// [`OUTSIDER_EXPORTS_PER_ACCOUNT`] in progress.
+    fn enter(self: &Arc<Self>, account: &AccountId) -> Option<AccountExport> {
+        let mut counts = self.counts();
+        let count = counts.entry(account.clone()).or_insert(0);
+        if *count >= OUTSIDER_EXPORTS_PER_ACCOUNT {
+            return None;
+        }
+        *count += 1;
+        Some(AccountExport {
+            accounts: self.clone(),
+            account: account.clone(),
+        })
+    }
+}
+
+impl Drop for AccountExport {
+    fn drop(&mut self) {
+        let mut counts = self.accounts.counts();
+        if let Some(count) = counts.get_mut(&self.account) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.account);
+            }
         }
     }
 }
@@ -273,15 +328,21 @@ where
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let max_message_bytes = self.max_message_bytes;
         let outsider_turns = self.outsider_turns.clone();
+        let accounts = self.accounts.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let trusted = match export_sender(parts.extensions.get::<PeerInfo>()) {
-                Ok(sender) => matches!(sender, ExportSender::Service(_)),
+            let outsider = match export_sender(parts.extensions.get::<PeerInfo>()) {
+                Ok(ExportSender::Service(_)) => None,
+                Ok(ExportSender::Outsider { account, .. }) => Some(account),
                 Err(status) => return Ok(status.into_http()),
             };
-            let (max_export_bytes, max_decoded_bytes, _turn) = if trusted {
-                (max_message_bytes, MAX_DECODED_BYTES, None)
-            } else {
+            let (max_export_bytes, max_decoded_bytes, _turn) = if let Some(account) = outsider {
+                let Some(counted) = accounts.enter(&account) else {
+                    return Ok(tonic::Status::resource_exhausted(format!(
+                        "this account has {OUTSIDER_EXPORTS_PER_ACCOUNT} exports being received; retry later"
+                    ))
+                    .into_http());
+                };
                 let Ok(Ok(turn)) =
                     tokio::time::timeout(OUTSIDER_TURN_WAIT, outsider_turns.acquire_owned()).await
                 else {
@@ -293,8 +354,10 @@ where
                 (
                     max_message_bytes.min(MAX_OUTSIDER_EXPORT_BYTES),
                     MAX_OUTSIDER_DECODED_BYTES,
-                    Some(turn),
+                    Some((turn, counted)),
                 )
+            } else {
+                (max_message_bytes, MAX_DECODED_BYTES, None)
             };
             // One gRPC frame: a flag byte, a 4-byte length, the message. The
             // answer past the limit is the one the decoder would give.
@@ -571,6 +634,60 @@ mod tests {
         drop(turns);
         assert_eq!(waiting.await.ok(), Some(None));
         assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// One account's exports that never finish arriving take no more than
+    /// their share of the outsiders' turns: its next one is refused at
+    /// once, and another account's is received.
+    #[tokio::test]
+    async fn one_account_cannot_hold_every_outsider_turn() {
+        let counter = Counter::default();
+        let guard = ExportGuard::new(counter.clone(), MAX_EXPORT_BYTES);
+        let stalled = || {
+            let mut request = http::Request::new(Body::new(http_body_util::StreamBody::new(
+                tokio_stream::pending::<
+                    Result<hyper::body::Frame<tonic::codegen::Bytes>, Infallible>,
+                >(),
+            )));
+            request.extensions_mut().insert(PeerInfo {
+                remote_addr: ([127, 0, 0, 1], 4000).into(),
+                identity: coffer_platform::identity::principal_from_spiffe_id(
+                    OUTSIDER,
+                    "coffer.test",
+                )
+                .map(Arc::new),
+                not_after: None,
+                reconnect_by: None,
+            });
+            let mut guard = guard.clone();
+            tokio::spawn(async move { guard.call(request).await })
+        };
+        let held: Vec<_> = (0..OUTSIDER_EXPORTS_PER_ACCOUNT)
+            .map(|_| stalled())
+            .collect();
+        while guard.outsider_turns.available_permits()
+            > OUTSIDER_EXPORTS_AT_ONCE - OUTSIDER_EXPORTS_PER_ACCOUNT
+        {
+            tokio::task::yield_now().await;
+        }
+        let plain = frame(&request(vec![span_with_record("{}")]).encode_to_vec());
+        assert_eq!(
+            guarded(&mut guard.clone(), plain.clone(), Some(OUTSIDER)).await,
+            Some(tonic::Code::ResourceExhausted)
+        );
+        assert_eq!(
+            guarded(
+                &mut guard.clone(),
+                plain,
+                Some("spiffe://coffer.test/account/444455556666/user/app")
+            )
+            .await,
+            None
+        );
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        for export in held {
+            export.abort();
+        }
     }
 
     #[tokio::test]
