@@ -362,13 +362,24 @@ pub struct TlsConnection {
     /// answer, say). tonic cannot both ask a connection to go away and close
     /// it later: given a grace, it closes the connection at the age and the
     /// grace without asking first. Polled outside the task's budget: a
-    /// read must not yield for its sake.
+    /// read or write must not yield for its sake.
     close_at: Pin<Box<tokio::task::Unconstrained<tokio::time::Sleep>>>,
     /// Set once `close_at` has passed: every read and write fails.
     closed: bool,
 }
 
 impl TlsConnection {
+    /// Whether `close_at` has passed; if not, the task is woken when it
+    /// does. Checked by every read, write and flush, so that the connection
+    /// is closed then whichever it is waiting on (a client that stops
+    /// reading may leave it waiting to write).
+    fn expired(&mut self, context: &mut Context<'_>) -> bool {
+        if !self.closed {
+            self.closed = self.close_at.as_mut().poll(context).is_ready();
+        }
+        self.closed
+    }
+
     fn outlived() -> io::Error {
         io::Error::new(
             io::ErrorKind::TimedOut,
@@ -391,10 +402,7 @@ impl AsyncRead for TlsConnection {
         context: &mut Context<'_>,
         buffer: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // The connection always has a read pending, so this wakes it when
-        // the time comes, even when nothing else happens on it.
-        if self.closed || self.close_at.as_mut().poll(context).is_ready() {
-            self.closed = true;
+        if self.expired(context) {
             return Poll::Ready(Err(Self::outlived()));
         }
         Pin::new(&mut self.stream).poll_read(context, buffer)
@@ -407,13 +415,16 @@ impl AsyncWrite for TlsConnection {
         context: &mut Context<'_>,
         buffer: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.closed {
+        if self.expired(context) {
             return Poll::Ready(Err(Self::outlived()));
         }
         Pin::new(&mut self.stream).poll_write(context, buffer)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.expired(context) {
+            return Poll::Ready(Err(Self::outlived()));
+        }
         Pin::new(&mut self.stream).poll_flush(context)
     }
 
@@ -426,7 +437,7 @@ impl AsyncWrite for TlsConnection {
         context: &mut Context<'_>,
         buffers: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.closed {
+        if self.expired(context) {
             return Poll::Ready(Err(Self::outlived()));
         }
         Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
