@@ -39,12 +39,13 @@
 //!   leaves one whole file or the other, never a mix. The copy is synced
 //!   before the rename (and the directory after it), so not even a power
 //!   loss can replace exports that had reached the disk by a copy that had
-//!   not; no sync runs from the moment the copy's part is noted until the
-//!   directory is synced, so the exports appended meanwhile, added to the
-//!   copy unsynced just before the rename, had not. The copying and the
-//!   syncs run off the lock, on a blocking thread: exports are appended
-//!   and lookups served while they do. The copy keeps the journal's
-//!   permissions.
+//!   not. The part waiting when the compaction starts is copied and synced
+//!   while appends and syncs go on; then syncs wait while what was appended
+//!   meanwhile is added and synced, and what comes after that is added,
+//!   unsynced (no sync has run since), just before the rename. The copying
+//!   and the syncs run off the lock, on a blocking thread: exports are
+//!   appended and lookups served while they do. The copy keeps the
+//!   journal's permissions.
 //!
 //! Postgres takes concurrent writers and shares its cache, so there exports
 //! are stored directly, without a journal.
@@ -468,43 +469,74 @@ impl Journal {
     /// the file stays as it is, to be compacted once the stored part has
     /// grown by [`COMPACT_AFTER_BYTES`] more.
     async fn compact(&self, stored_end: u64) {
+        let compacting = Self::compacting_path(&self.path);
+        if let Err(error) = self.compact_into(&compacting, stored_end).await {
+            let _unfinished = std::fs::remove_file(&compacting);
+            self.lock().compact_again_at = stored_end.saturating_add(self.compact_after);
+            tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be compacted");
+        }
+    }
+
+    /// [`Self::compact`], through a copy at `compacting`. What waits now is
+    /// copied and synced while syncs go on: exports acknowledged meanwhile
+    /// reach the disk as ever.
+    async fn compact_into(&self, compacting: &Path, stored_end: u64) -> std::io::Result<()> {
+        let (first_part_end, _) = self.waiting_end()?;
+        let (path, copy_path) = (self.path.clone(), compacting.to_owned());
+        let (source, copy) =
+            blocking(move || copy_part(&path, &copy_path, stored_end, first_part_end)).await?;
+        self.finish_compaction(source, copy, compacting, stored_end, first_part_end)
+            .await
+    }
+
+    /// Where the file ends now and how many batches it holds; an error when
+    /// the journal takes no more (it is not compacted then).
+    fn waiting_end(&self) -> std::io::Result<(u64, u64)> {
+        let state = self.lock();
+        if state.broken {
+            return Err(std::io::Error::other("the journal takes no more appends"));
+        }
+        Ok((state.length, state.appended))
+    }
+
+    /// The rest of a compaction whose first part (to `first_part_end`) is
+    /// copied and synced: from here until the rename no sync runs, so a
+    /// batch a sync has put on the disk is always in the synced part of the
+    /// copy. What was appended while the first part was copied (and perhaps
+    /// synced) is added and synced too, off the lock; what is appended after
+    /// that, under the lock, unsynced, just before the rename.
+    async fn finish_compaction(
+        &self,
+        source: File,
+        copy: File,
+        compacting: &Path,
+        stored_end: u64,
+        first_part_end: u64,
+    ) -> std::io::Result<()> {
         let _no_sync = self.syncs.lock().await;
-        // Noted once no sync runs: every batch synced so far is in this part.
-        let (length, appended) = {
-            let state = self.lock();
-            (state.length, state.appended)
-        };
+        let (length, appended) = self.waiting_end()?;
         #[cfg(test)]
         let _held = self.copy_gate.acquire().await;
-        let compacting = Self::compacting_path(&self.path);
-        let copied = {
-            let (path, compacting) = (self.path.clone(), compacting.clone());
-            tokio::task::spawn_blocking(move || copy_part(&path, &compacting, stored_end, length))
-                .await
-                .unwrap_or_else(|panic| Err(std::io::Error::other(panic)))
-        };
-        let replaced = copied
-            .and_then(|(source, copy)| self.replace(source, copy, &compacting, stored_end, length));
-        match replaced {
-            Ok(()) => {
-                let path = self.path.clone();
-                let directory = tokio::task::spawn_blocking(move || sync_directory_of(&path))
-                    .await
-                    .unwrap_or_else(|panic| Err(std::io::Error::other(panic)));
-                if let Err(error) = directory {
-                    tracing::warn!(%error, journal = %self.path.display(), "the ingest journal's directory could not be synced after a compaction");
-                }
-                // What was appended since is in the copy too, but not yet
-                // on the disk: the next sync puts it there.
-                let mut state = self.lock();
-                state.synced = state.synced.max(appended);
+        let (source, copy) = blocking(move || {
+            let (mut source, mut copy) = (source, copy);
+            if length > first_part_end {
+                append_part(&mut source, &mut copy, first_part_end, length)?;
+                copy.sync_data()?;
             }
-            Err(error) => {
-                let _unfinished = std::fs::remove_file(&compacting);
-                self.lock().compact_again_at = stored_end.saturating_add(self.compact_after);
-                tracing::warn!(%error, journal = %self.path.display(), "the ingest journal could not be compacted");
-            }
+            Ok((source, copy))
+        })
+        .await?;
+        let replaced = self.replace(source, copy, compacting, stored_end, length);
+        replaced?;
+        let path = self.path.clone();
+        if let Err(error) = blocking(move || sync_directory_of(&path)).await {
+            tracing::warn!(%error, journal = %self.path.display(), "the ingest journal's directory could not be synced after a compaction");
         }
+        // What was appended since is in the copy too, but not yet on the
+        // disk: the next sync puts it there.
+        let mut state = self.lock();
+        state.synced = state.synced.max(appended);
+        Ok(())
     }
 
     /// The end of a compaction, under the lock: adds to the copy what was
@@ -526,10 +558,7 @@ impl Journal {
             .length
             .checked_sub(length)
             .ok_or_else(|| std::io::Error::other("the journal is shorter than its copy"))?;
-        source.seek(SeekFrom::Start(length))?;
-        if std::io::copy(&mut (&mut source).take(appended_since), &mut copy)? != appended_since {
-            return Err(std::io::Error::other("the journal ended early"));
-        }
+        append_part(&mut source, &mut copy, length, length + appended_since)?;
         // Opened before the rename: appends never go to a file that is no
         // longer the journal.
         let file = OpenOptions::new()
@@ -826,16 +855,31 @@ fn copy_part(path: &Path, compacting: &Path, from: u64, to: u64) -> std::io::Res
         _ => {}
     }
     let mut copy = create_like(compacting, &source)?;
-    let length = to
-        .checked_sub(from)
-        .ok_or_else(|| std::io::Error::other("the stored part ends past the file"))?;
-    source.seek(SeekFrom::Start(from))?;
-    if std::io::copy(&mut (&mut source).take(length), &mut copy)? != length {
-        return Err(std::io::Error::other("the journal ended early"));
-    }
+    append_part(&mut source, &mut copy, from, to)?;
     // On the disk before it can replace a file that may be.
     copy.sync_all()?;
     Ok((source, copy))
+}
+
+/// Appends `[from, to)` of the journal (read through `source`) to `copy`.
+fn append_part(source: &mut File, copy: &mut File, from: u64, to: u64) -> std::io::Result<()> {
+    let length = to
+        .checked_sub(from)
+        .ok_or_else(|| std::io::Error::other("a part of the journal that ends before it begins"))?;
+    source.seek(SeekFrom::Start(from))?;
+    if std::io::copy(&mut source.take(length), copy)? != length {
+        return Err(std::io::Error::other("the journal ended early"));
+    }
+    Ok(())
+}
+
+/// `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|panic| Err(std::io::Error::other(panic)))
 }
 
 /// Whether `rest`, what follows the journal's last readable record, is
@@ -1101,9 +1145,12 @@ mod tests {
             let journal = journal.clone();
             async move { journal.stored(taken.through).await }
         });
-        while journal.syncs.try_lock().is_ok() {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while journal.syncs.try_lock().is_ok() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await?;
         tokio::time::timeout(
             Duration::from_secs(10),
             journal.append(vec![event("three", 0)]),

@@ -463,8 +463,24 @@ async fn a_failure_recorded_as_its_rule_is_deleted_is_not_left_behind() -> TestR
                 .await
         }
     });
-    // Time for the recording to reach its insert, or the rule's lock.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The recording waits for the rule's lock (before, its insert went
+    // ahead, seeing the target the deletion had not yet committed away).
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'UPDATE rules SET enabled = enabled%'",
+            )
+            .fetch_one(&raw)
+            .await?;
+            if waiting > 0 {
+                return Ok::<(), sqlx::Error>(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .map_err(|_| "the recording never waited for the rule's lock")??;
     deleting.commit().await?;
     recording.await??;
     store.put_rule(&rule, 100).await?;
