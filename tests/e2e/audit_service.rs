@@ -47,6 +47,7 @@ backend_tests!(
     a_caller_deadline_that_ends_the_wait_for_the_audit_service_is_audited,
     a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed,
     a_delivery_waiting_while_its_target_changes_goes_where_it_points_now,
+    a_delivery_waiting_while_its_rule_is_made_again_is_dropped,
     targets_removed_before_a_failure_are_no_longer_sent_to,
     otlp_outsiders_cannot_fail_a_shared_write_or_speak_for_another,
     otlp_exports_too_large_once_decoded_are_refused_unread,
@@ -1910,6 +1911,50 @@ async fn a_delivery_waiting_while_its_target_changes_goes_where_it_points_now(
             )
         );
     }
+    Ok(())
+}
+
+/// A delivery waiting for an attempt slot while its rule is deleted and
+/// made again under its name, with a target of the same id, is dropped:
+/// the new rule is another rule, which never matched the event.
+async fn a_delivery_waiting_while_its_rule_is_made_again_is_dropped(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let harness = Harness::start(backend).await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
+    let old = start_receiver(&harness, |_| 200).await?;
+    let new = start_receiver(&harness, |_| 200).await?;
+    let endpoint =
+        |receiver: &Receiver| format!("https://localhost:{}/hooks", receiver.addr.port());
+    let stalled = stall_every_slot(
+        &harness,
+        &mut audit,
+        webhook_target("moving", endpoint(&old), 0, 60),
+    )
+    .await?;
+    audit
+        .delete_rule(audit_pb::DeleteRuleRequest {
+            name: "creates".into(),
+            force: true,
+        })
+        .await?;
+    let mut audit = alice_with_creates_rule(&harness).await?;
+    audit
+        .put_targets(audit_pb::PutTargetsRequest {
+            rule: "creates".into(),
+            targets: vec![webhook_target("moving", endpoint(&new), 0, 60)],
+        })
+        .await?;
+    stalled.release();
+    // The waiting deliveries are attempted (or not) at once; a moment for
+    // any to land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let count = |receiver: &Receiver| receiver.received.lock().map(|log| log.len()).unwrap_or(0);
+    assert_eq!(
+        count(&new),
+        0,
+        "the new rule's target got the old rule's deliveries"
+    );
     Ok(())
 }
 

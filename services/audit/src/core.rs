@@ -60,6 +60,10 @@ struct ActiveRule {
     read_only_events: bool,
     pattern: EventPattern,
     targets: Vec<TargetRecord>,
+    /// When the rule was created: a rule deleted and made again under its
+    /// name is another rule, whose targets the first's deliveries are not
+    /// for.
+    created_at_ms: i64,
 }
 
 /// Events waiting for the writer, with where to send how many were new.
@@ -260,6 +264,7 @@ impl AuditCore {
                 for target in &rule.targets {
                     self.dispatcher.deliver(DeliveryJob {
                         target: target.clone(),
+                        rule_created_at_ms: rule.created_at_ms,
                         event_id: live.stored.event_id.clone(),
                         body: body.clone(),
                     });
@@ -374,6 +379,7 @@ impl AuditCore {
                     read_only_events: rule.read_only_events,
                     pattern,
                     targets,
+                    created_at_ms: rule.created_at_ms,
                 }),
                 Err(error) => {
                     tracing::error!(rule = %rule.name, %error, "a stored event pattern no longer parses; rule skipped");

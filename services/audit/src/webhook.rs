@@ -65,6 +65,8 @@ pub const EVENT_ID_HEADER: &str = "x-coffer-event-id";
 #[derive(Debug, Clone)]
 pub struct DeliveryJob {
     pub target: TargetRecord,
+    /// When the target's rule was created (see [`Dispatcher::run`]).
+    pub rule_created_at_ms: i64,
     pub event_id: String,
     pub body: Arc<str>,
 }
@@ -239,9 +241,9 @@ impl Dispatcher {
                     // slots, and was routed with the target as it then
                     // stood. A changed target (a rotated secret, a new
                     // endpoint, other retry limits) is called as it is now;
-                    // a removed one, or one whose rule was disabled, not at
-                    // all.
-                    let Some(target) = self.current_target(&job.target).await else {
+                    // a removed one, or one whose rule was disabled (or
+                    // deleted, and perhaps made again), not at all.
+                    let Some(target) = self.current_target(job).await else {
                         tracing::info!(event_id = %job.event_id, target = %job.target.target_id, attempts, "the target was removed or its rule disabled; its delivery stops");
                         return;
                     };
@@ -288,22 +290,25 @@ impl Dispatcher {
         self.record_failure(job, attempts, last_error);
     }
 
-    /// The target of `routed`'s id as its rule holds it now, if the rule is
-    /// still enabled: an attempt goes nowhere the rule no longer sends to,
-    /// and with the secret the target has now. When the store cannot say,
-    /// the target as it was routed.
-    async fn current_target(&self, routed: &TargetRecord) -> Option<TargetRecord> {
+    /// The target of `job`'s id as its rule holds it now, if the rule is
+    /// still the one the job was routed by and enabled: an attempt goes
+    /// nowhere the rule no longer sends to, and with the secret the target
+    /// has now. When the store cannot say, the target as it was routed.
+    async fn current_target(&self, job: &DeliveryJob) -> Option<TargetRecord> {
+        let routed = &job.target;
         let (rule, targets) = tokio::join!(
             self.store.get_rule(&routed.account_id, &routed.rule_name),
             self.store
                 .list_targets(&routed.account_id, &routed.rule_name),
         );
         match (rule, targets) {
-            (Ok(rule), Ok(targets)) => rule.filter(|rule| rule.enabled).and_then(|_| {
-                targets
-                    .into_iter()
-                    .find(|now| now.target_id == routed.target_id)
-            }),
+            (Ok(rule), Ok(targets)) => rule
+                .filter(|rule| rule.enabled && rule.created_at_ms == job.rule_created_at_ms)
+                .and_then(|_| {
+                    targets
+                        .into_iter()
+                        .find(|now| now.target_id == routed.target_id)
+                }),
             (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!(%error, "could not check a webhook target before an attempt");
                 Some(routed.clone())
@@ -438,7 +443,6 @@ fn pause(backoff: Duration, asked: Option<Duration>, fraction: f64) -> Duration 
     asked.map_or(jittered, |asked| asked.max(jittered))
 }
 
-/// A uniformly drawn fraction, 0 to 1.
 /// The request target of a POST to `uri`: its path, `/` when it has none
 /// (`https://host?x=1` is posted to `/?x=1`), and its query.
 fn request_target(uri: &http::Uri) -> String {
@@ -448,6 +452,7 @@ fn request_target(uri: &http::Uri) -> String {
     }
 }
 
+/// A uniformly drawn fraction, 0 to 1.
 fn random_fraction() -> f64 {
     let mut bytes = [0u8; 4];
     match aws_lc_rs::rand::fill(&mut bytes) {
@@ -596,6 +601,7 @@ mod tests {
             .port();
         let body: Arc<str> = "x".repeat(1024 * 1024).into();
         let job = |account: &str, n: usize| DeliveryJob {
+            rule_created_at_ms: 0,
             target: TargetRecord {
                 account_id: account.to_owned(),
                 rule_name: "r".into(),
