@@ -58,7 +58,8 @@ pub const MAX_OUTSIDER_DECODED_BYTES: usize = 16 * 1024 * 1024;
 /// Exports from outside Coffer received and stored at once, server-wide.
 pub const OUTSIDER_EXPORTS_AT_ONCE: usize = 4;
 /// Of [`OUTSIDER_EXPORTS_AT_ONCE`], how many one account's exports may
-/// take; one more is refused at once with RESOURCE_EXHAUSTED.
+/// take; one more waits (within [`OUTSIDER_TURN_WAIT`] in all) for one of
+/// them to end.
 pub const OUTSIDER_EXPORTS_PER_ACCOUNT: usize = 2;
 /// How long an outsider's export waits for its turn before it is refused
 /// with RESOURCE_EXHAUSTED (exporters retry it).
@@ -255,47 +256,55 @@ impl<S> ExportGuard<S> {
     }
 }
 
-/// Outsiders' exports in progress, by account.
+/// The turns of each account with outsiders' exports in progress or
+/// waiting.
 #[derive(Debug, Default)]
-struct AccountExports(std::sync::Mutex<std::collections::HashMap<AccountId, usize>>);
+struct AccountExports(std::sync::Mutex<std::collections::HashMap<AccountId, Arc<Semaphore>>>);
 
-/// One export counted against its account while it is in progress.
+/// One of an account's turns, held while its export is in progress.
 struct AccountExport {
     accounts: Arc<AccountExports>,
     account: AccountId,
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AccountExports {
-    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<AccountId, usize>> {
+    fn turns(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<AccountId, Arc<Semaphore>>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `account`'s export counted; `None` when it has
-    /// [`OUTSIDER_EXPORTS_PER_ACCOUNT`] in progress.
-    fn enter(self: &Arc<Self>, account: &AccountId) -> Option<AccountExport> {
-        let mut counts = self.counts();
-        let count = counts.entry(account.clone()).or_insert(0);
-        if *count >= OUTSIDER_EXPORTS_PER_ACCOUNT {
-            return None;
-        }
-        *count += 1;
+    /// One of `account`'s [`OUTSIDER_EXPORTS_PER_ACCOUNT`] turns, once one
+    /// is free.
+    async fn enter(self: Arc<Self>, account: AccountId) -> Option<AccountExport> {
+        let turns = self
+            .turns()
+            .entry(account.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(OUTSIDER_EXPORTS_PER_ACCOUNT)))
+            .clone();
+        let turn = turns.acquire_owned().await.ok()?;
         Some(AccountExport {
-            accounts: self.clone(),
-            account: account.clone(),
+            accounts: self,
+            account,
+            turn: Some(turn),
         })
     }
 }
 
 impl Drop for AccountExport {
+    /// Gives the turn back, and forgets the account once no export of it
+    /// holds or waits for one.
     fn drop(&mut self) {
-        let mut counts = self.accounts.counts();
-        if let Some(count) = counts.get_mut(&self.account) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.account);
-            }
+        let mut turns = self.accounts.turns();
+        drop(self.turn.take());
+        if turns
+            .get(&self.account)
+            .is_some_and(|turns| Arc::strong_count(turns) == 1)
+        {
+            turns.remove(&self.account);
         }
     }
 }
@@ -337,15 +346,12 @@ where
                 Err(status) => return Ok(status.into_http()),
             };
             let (max_export_bytes, max_decoded_bytes, _turn) = if let Some(account) = outsider {
-                let Some(counted) = accounts.enter(&account) else {
-                    return Ok(tonic::Status::resource_exhausted(format!(
-                        "this account has {OUTSIDER_EXPORTS_PER_ACCOUNT} exports being received; retry later"
-                    ))
-                    .into_http());
+                let turns = async {
+                    let account_turn = accounts.enter(account).await?;
+                    let turn = outsider_turns.acquire_owned().await.ok()?;
+                    Some((turn, account_turn))
                 };
-                let Ok(Ok(turn)) =
-                    tokio::time::timeout(OUTSIDER_TURN_WAIT, outsider_turns.acquire_owned()).await
-                else {
+                let Ok(Some(turns)) = tokio::time::timeout(OUTSIDER_TURN_WAIT, turns).await else {
                     return Ok(tonic::Status::resource_exhausted(
                         "too many exports from outside Coffer are being received; retry later",
                     )
@@ -354,7 +360,7 @@ where
                 (
                     max_message_bytes.min(MAX_OUTSIDER_EXPORT_BYTES),
                     MAX_OUTSIDER_DECODED_BYTES,
-                    Some((turn, counted)),
+                    Some(turns),
                 )
             } else {
                 (max_message_bytes, MAX_DECODED_BYTES, None)
@@ -637,8 +643,8 @@ mod tests {
     }
 
     /// One account's exports that never finish arriving take no more than
-    /// their share of the outsiders' turns: its next one is refused at
-    /// once, and another account's is received.
+    /// their share of the outsiders' turns: its next one waits for one of
+    /// them to end, while another account's is received at once.
     #[tokio::test]
     async fn one_account_cannot_hold_every_outsider_turn() {
         let counter = Counter::default();
@@ -671,10 +677,11 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let plain = frame(&request(vec![span_with_record("{}")]).encode_to_vec());
-        assert_eq!(
-            guarded(&mut guard.clone(), plain.clone(), Some(OUTSIDER)).await,
-            Some(tonic::Code::ResourceExhausted)
-        );
+        let third = {
+            let mut guard = guard.clone();
+            let plain = plain.clone();
+            tokio::spawn(async move { guarded(&mut guard, plain, Some(OUTSIDER)).await })
+        };
         assert_eq!(
             guarded(
                 &mut guard.clone(),
@@ -684,10 +691,21 @@ mod tests {
             .await,
             None
         );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !third.is_finished(),
+            "a third export of the account went ahead"
+        );
         assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
         for export in held {
             export.abort();
         }
+        assert_eq!(third.await.ok(), Some(None));
+        assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(
+            guard.accounts.turns().is_empty(),
+            "an account with nothing in progress is kept"
+        );
     }
 
     #[tokio::test]
