@@ -1850,26 +1850,59 @@ async fn a_delivery_waiting_for_a_slot_stops_when_its_target_is_removed(
     Ok(())
 }
 
+/// The rule "creates" with every attempt slot held (see
+/// [`stall_every_slot`]) and deliveries waiting for the target "moving",
+/// which calls `old`; `new` is another receiver to move it to.
+struct MovingTarget {
+    harness: Harness,
+    audit: audit_pb::audit_client::AuditClient<tonic::transport::Channel>,
+    old: Receiver,
+    new: Receiver,
+    stalled: StalledSlots,
+}
+
+impl MovingTarget {
+    async fn start(backend: Backend) -> anyhow::Result<Self> {
+        let harness = Harness::start(backend).await?;
+        let mut audit = alice_with_creates_rule(&harness).await?;
+        let old = start_receiver(&harness, |_| 200).await?;
+        let new = start_receiver(&harness, |_| 200).await?;
+        let moving = webhook_target("moving", receiver_endpoint(&old), 0, 60);
+        let stalled = stall_every_slot(&harness, &mut audit, moving).await?;
+        Ok(Self {
+            harness,
+            audit,
+            old,
+            new,
+            stalled,
+        })
+    }
+}
+
+/// Where `receiver` takes webhooks.
+fn receiver_endpoint(receiver: &Receiver) -> String {
+    format!("https://localhost:{}/hooks", receiver.addr.port())
+}
+
+/// How many requests `receiver` has had.
+fn received_count(receiver: &Receiver) -> usize {
+    receiver.received.lock().map(|log| log.len()).unwrap_or(0)
+}
+
 /// A delivery waiting for an attempt slot while its target is changed (a
 /// new endpoint, a rotated secret) goes to the target as it is now, signed
 /// with the new secret; before, it was dropped without a trace.
 async fn a_delivery_waiting_while_its_target_changes_goes_where_it_points_now(
     backend: Backend,
 ) -> anyhow::Result<()> {
-    let harness = Harness::start(backend).await?;
-    let mut audit = alice_with_creates_rule(&harness).await?;
-    let old = start_receiver(&harness, |_| 200).await?;
-    let new = start_receiver(&harness, |_| 200).await?;
-    let endpoint =
-        |receiver: &Receiver| format!("https://localhost:{}/hooks", receiver.addr.port());
-    let stalled = stall_every_slot(
-        &harness,
-        &mut audit,
-        webhook_target("moving", endpoint(&old), 0, 60),
-    )
-    .await?;
-    let count = |receiver: &Receiver| receiver.received.lock().map(|log| log.len()).unwrap_or(0);
-    let before = count(&old);
+    let MovingTarget {
+        harness: _harness,
+        mut audit,
+        old,
+        new,
+        stalled,
+    } = MovingTarget::start(backend).await?;
+    let before = received_count(&old);
     assert!(before < 20, "no delivery to the moving target waited");
     let rotated = b"a-rotated-webhook-signing-secret".to_vec();
     audit
@@ -1877,7 +1910,7 @@ async fn a_delivery_waiting_while_its_target_changes_goes_where_it_points_now(
             rule: "creates".into(),
             targets: vec![audit_pb::Target {
                 signing_secret: rotated.clone(),
-                ..webhook_target("moving", endpoint(&new), 1, 60)
+                ..webhook_target("moving", receiver_endpoint(&new), 1, 60)
             }],
         })
         .await?;
@@ -1885,12 +1918,12 @@ async fn a_delivery_waiting_while_its_target_changes_goes_where_it_points_now(
     wait_for(
         "the waiting deliveries, at the new endpoint",
         Duration::from_secs(20),
-        || async { Ok(count(&new) >= 20 - before) },
+        || async { Ok(received_count(&new) >= 20 - before) },
     )
     .await?;
-    assert_eq!(count(&new), 20 - before);
+    assert_eq!(received_count(&new), 20 - before);
     assert_eq!(
-        count(&old),
+        received_count(&old),
         before,
         "the old endpoint was called after the change"
     );
@@ -1920,18 +1953,13 @@ async fn a_delivery_waiting_while_its_target_changes_goes_where_it_points_now(
 async fn a_delivery_waiting_while_its_rule_is_made_again_is_dropped(
     backend: Backend,
 ) -> anyhow::Result<()> {
-    let harness = Harness::start(backend).await?;
-    let mut audit = alice_with_creates_rule(&harness).await?;
-    let old = start_receiver(&harness, |_| 200).await?;
-    let new = start_receiver(&harness, |_| 200).await?;
-    let endpoint =
-        |receiver: &Receiver| format!("https://localhost:{}/hooks", receiver.addr.port());
-    let stalled = stall_every_slot(
-        &harness,
-        &mut audit,
-        webhook_target("moving", endpoint(&old), 0, 60),
-    )
-    .await?;
+    let MovingTarget {
+        harness,
+        mut audit,
+        new,
+        stalled,
+        ..
+    } = MovingTarget::start(backend).await?;
     audit
         .delete_rule(audit_pb::DeleteRuleRequest {
             name: "creates".into(),
@@ -1942,16 +1970,15 @@ async fn a_delivery_waiting_while_its_rule_is_made_again_is_dropped(
     audit
         .put_targets(audit_pb::PutTargetsRequest {
             rule: "creates".into(),
-            targets: vec![webhook_target("moving", endpoint(&new), 0, 60)],
+            targets: vec![webhook_target("moving", receiver_endpoint(&new), 0, 60)],
         })
         .await?;
     stalled.release();
     // The waiting deliveries are attempted (or not) at once; a moment for
     // any to land.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let count = |receiver: &Receiver| receiver.received.lock().map(|log| log.len()).unwrap_or(0);
     assert_eq!(
-        count(&new),
+        received_count(&new),
         0,
         "the new rule's target got the old rule's deliveries"
     );
@@ -3229,10 +3256,7 @@ async fn required_mode_survives_the_audit_service_going_away(
         },
     )
     .await?;
-    let admin = harness
-        .instance()?
-        .admin_addr()
-        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let admin = harness.admin_addr()?;
     let mut alice = harness.keys_for(ACCOUNT_A, "alice").await?;
     let key = new_key(&mut alice).await?;
     encrypt(&mut alice, &key).await?;

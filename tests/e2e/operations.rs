@@ -51,10 +51,7 @@ async fn plaintext_channel(
 }
 
 async fn admin_health(harness: &Harness, service: &str) -> anyhow::Result<i32> {
-    let admin = harness
-        .instance()?
-        .admin_addr()
-        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let admin = harness.admin_addr()?;
     let mut client = HealthClient::new(plaintext_channel(admin).await?);
     let response = client
         .check(HealthCheckRequest {
@@ -89,10 +86,7 @@ async fn health_is_served_on_both_ports(backend: Backend) -> anyhow::Result<()> 
 
 async fn graceful_shutdown_completes_calls_in_flight(backend: Backend) -> anyhow::Result<()> {
     let mut harness = Harness::start(backend).await?;
-    let admin = harness
-        .instance()?
-        .admin_addr()
-        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let admin = harness.admin_addr()?;
     let mut admin_health = HealthClient::new(plaintext_channel(admin).await?);
     let mut client = harness.keys_for(ACCOUNT_A, "alice").await?;
 
@@ -664,10 +658,7 @@ async fn connections_are_told_how_many_streams_they_may_open(
         advertised_streams(tls).await?,
         coffer_platform::server::MAX_STREAMS_PER_CONNECTION as usize
     );
-    let admin = harness
-        .instance()?
-        .admin_addr()
-        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let admin = harness.admin_addr()?;
     assert_eq!(
         advertised_streams(tokio::net::TcpStream::connect(admin).await?).await?,
         16
@@ -750,6 +741,7 @@ where
         .header("te", "trailers")
         .body(())?;
     let (response, mut body) = client.send_request(request, false)?;
+    // One message, empty: a HealthCheckRequest for the server as a whole.
     body.send_data(hyper::body::Bytes::from_static(&[0; 5]), true)?;
     let response = response.await?;
     assert_eq!(response.status(), http::StatusCode::OK);
@@ -770,10 +762,7 @@ async fn a_watch_on_the_admin_port_does_not_hold_up_a_shutdown(
         },
     )
     .await?;
-    let admin = harness
-        .instance()?
-        .admin_addr()
-        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let admin = harness.admin_addr()?;
     let mut client = HealthClient::new(plaintext_channel(admin).await?);
     let mut watch = client
         .watch(HealthCheckRequest::default())
@@ -798,17 +787,7 @@ async fn advertised_streams<T>(io: T) -> anyhow::Result<usize>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, connection) = h2::client::handshake(io).await?;
-    tokio::spawn(connection);
-    let mut client = client.ready().await?;
-    let request = http::Request::post("https://localhost/grpc.health.v1.Health/Check")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())?;
-    let (response, mut body) = client.send_request(request, false)?;
-    // One message, empty: a HealthCheckRequest for the server as a whole.
-    body.send_data(hyper::body::Bytes::from_static(&[0; 5]), true)?;
-    assert_eq!(response.await?.status(), http::StatusCode::OK);
+    let (client, _answer, _connection) = health_check_over(h2::client::Builder::new(), io).await?;
     Ok(client.current_max_send_streams())
 }
 
@@ -819,10 +798,7 @@ where
 async fn a_silent_peer_on_the_admin_port_is_closed() -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt as _;
     let harness = Harness::start(Backend::Sqlite).await?;
-    let admin = harness
-        .instance()?
-        .admin_addr()
-        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let admin = harness.admin_addr()?;
     let mut silent = tokio::net::TcpStream::connect(admin).await?;
     // Many more from another host (127.0.0.2) keep no probe out: a host
     // past its share has its next connection closed, and the others are
@@ -856,10 +832,7 @@ async fn a_silent_peer_on_the_admin_port_is_closed() -> anyhow::Result<()> {
 async fn one_host_cannot_hold_every_admin_connection() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let harness = Harness::start(Backend::Sqlite).await?;
-    let admin = harness
-        .instance()?
-        .admin_addr()
-        .ok_or_else(|| anyhow::anyhow!("no admin port"))?;
+    let admin = harness.admin_addr()?;
     let mut crowd = Vec::new();
     for _ in 0..200 {
         let socket = tokio::net::TcpSocket::new_v4()?;

@@ -309,6 +309,13 @@ impl Harness {
     }
 
     /// `host:port` of the keys service.
+    /// Where the plaintext admin port (health) listens.
+    pub fn admin_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        self.instance()?
+            .admin_addr()
+            .context("the admin port is not served")
+    }
+
     pub fn keys_addr(&self) -> anyhow::Result<String> {
         Ok(self
             .instance()?
