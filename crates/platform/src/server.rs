@@ -278,11 +278,11 @@ fn admin_incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<
     Result<crate::tls::Counted<tokio::net::TcpStream>, std::io::Error>,
 > {
-    let open = Arc::new(crate::tls::LiveConnections::new(
+    let open = crate::tls::LiveConnections::new(
         ADMIN_CONNECTIONS,
         ADMIN_CONNECTIONS / 4,
         ADMIN_CONNECTIONS / 8,
-    ));
+    );
     crate::tls::bounded_incoming(listener, "silent admin connections", move |tcp, peer| {
         let open = open.clone();
         async move {

@@ -507,7 +507,8 @@ pub fn tls_incoming(
 /// The connections open on a port: at most `max`, and once more than
 /// `busy` are, at most `per_host` from one host, so that one host's
 /// connections cannot keep another's out (the kubelet's probes, on the
-/// admin port).
+/// admin port). Clones count the same connections.
+#[derive(Clone)]
 pub(crate) struct LiveConnections {
     open: Arc<tokio::sync::Semaphore>,
     max: usize,

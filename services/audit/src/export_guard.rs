@@ -542,6 +542,17 @@ mod tests {
 
     /// The gRPC status of `guard`'s answer to `body` sent by `sender` (no
     /// client certificate: `None`), or None when it passed the body on.
+    /// The connection of a client whose certificate names `spiffe_id`.
+    fn peer(spiffe_id: &str) -> PeerInfo {
+        PeerInfo {
+            remote_addr: ([127, 0, 0, 1], 4000).into(),
+            identity: coffer_platform::identity::principal_from_spiffe_id(spiffe_id, "coffer.test")
+                .map(Arc::new),
+            not_after: None,
+            reconnect_by: None,
+        }
+    }
+
     async fn guarded(
         guard: &mut ExportGuard<Counter>,
         body: Vec<u8>,
@@ -550,16 +561,7 @@ mod tests {
         let mut request =
             http::Request::new(Body::new(Full::new(tonic::codegen::Bytes::from(body))));
         if let Some(spiffe_id) = sender {
-            request.extensions_mut().insert(PeerInfo {
-                remote_addr: ([127, 0, 0, 1], 4000).into(),
-                identity: coffer_platform::identity::principal_from_spiffe_id(
-                    spiffe_id,
-                    "coffer.test",
-                )
-                .map(Arc::new),
-                not_after: None,
-                reconnect_by: None,
-            });
+            request.extensions_mut().insert(peer(spiffe_id));
         }
         let Ok(answer) = guard.call(request).await;
         answer
@@ -655,16 +657,7 @@ mod tests {
                     Result<hyper::body::Frame<tonic::codegen::Bytes>, Infallible>,
                 >(),
             )));
-            request.extensions_mut().insert(PeerInfo {
-                remote_addr: ([127, 0, 0, 1], 4000).into(),
-                identity: coffer_platform::identity::principal_from_spiffe_id(
-                    OUTSIDER,
-                    "coffer.test",
-                )
-                .map(Arc::new),
-                not_after: None,
-                reconnect_by: None,
-            });
+            request.extensions_mut().insert(peer(OUTSIDER));
             let mut guard = guard.clone();
             tokio::spawn(async move { guard.call(request).await })
         };

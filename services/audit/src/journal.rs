@@ -141,9 +141,10 @@ pub struct Journal {
     /// See [`MAX_QUEUED_BYTES`].
     max_queued_bytes: u64,
     state: Mutex<State>,
-    /// Held by a sync, and by a compaction from the moment it notes what to
-    /// copy until the copy has replaced the file: a batch a sync put on the
-    /// disk is then always in the part of the copy synced before the rename.
+    /// Held by a sync, and by a compaction from when the first part of its
+    /// copy is synced until the copy has replaced the file: a batch a sync
+    /// put on the disk is then always in the part of the copy synced before
+    /// the rename (see [`Journal::finish_compaction`]).
     syncs: tokio::sync::Mutex<()>,
     /// Lets a test hold a compaction once it has noted what to copy.
     #[cfg(test)]
@@ -462,10 +463,10 @@ impl Journal {
         self.indexed.send_replace(through);
     }
 
-    /// Replaces the file by a copy of what follows `stored_end`. The bulk of
-    /// the copy is written and synced off the lock and off the async
-    /// workers, so appends and reads go on meanwhile; under the lock only
-    /// what they appended since is added to it before the rename. On failure
+    /// Replaces the file by a copy of what follows `stored_end`. The copy is
+    /// written and synced off the lock and off the async workers, so appends
+    /// and reads go on meanwhile; under the lock only what was appended
+    /// after its last part is added to it before the rename. On failure
     /// the file stays as it is, to be compacted once the stored part has
     /// grown by [`COMPACT_AFTER_BYTES`] more.
     async fn compact(&self, stored_end: u64) {
@@ -526,8 +527,7 @@ impl Journal {
             Ok((source, copy))
         })
         .await?;
-        let replaced = self.replace(source, copy, compacting, stored_end, length);
-        replaced?;
+        self.replace(source, copy, compacting, stored_end, length)?;
         let path = self.path.clone();
         if let Err(error) = blocking(move || sync_directory_of(&path)).await {
             tracing::warn!(%error, journal = %self.path.display(), "the ingest journal's directory could not be synced after a compaction");
@@ -554,11 +554,7 @@ impl Journal {
         if state.broken {
             return Err(std::io::Error::other("the journal takes no more appends"));
         }
-        let appended_since = state
-            .length
-            .checked_sub(length)
-            .ok_or_else(|| std::io::Error::other("the journal is shorter than its copy"))?;
-        append_part(&mut source, &mut copy, length, length + appended_since)?;
+        append_part(&mut source, &mut copy, length, state.length)?;
         // Opened before the rename: appends never go to a file that is no
         // longer the journal.
         let file = OpenOptions::new()
